@@ -1,0 +1,176 @@
+"""The in-process engine: every decoding mode through one interface, target and draft in one
+process. It is the reference the networked system must match token for token, and the place
+where early verdicts are scored as would-be pre-draft hits or misses.
+
+One speculative round, as in the paper:
+  1. the draft proposes gamma tokens after the committed sequence;
+  2. the target scores committed + block in one forward (exits report mid-forward);
+  3. the verdict (accepted, next token) commits accepted + 1 tokens;
+  4. both KV caches roll back to the committed sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from edgespec.decoding.early import EarlyVerdictJudge
+from edgespec.decoding.modes import Mode
+from edgespec.decoding.sampling import SamplingParams, choose_token, seeded_generator
+from edgespec.decoding.stats import Clock, GenerationStats
+from edgespec.decoding.stopping import clip_to_stop
+from edgespec.decoding.verification import RoundUniforms, verdict_from_logits
+from edgespec.models.draft import DraftRuntime
+from edgespec.models.target import TargetRuntime
+
+logger = logging.getLogger(__name__)
+
+# The draft's randomness is the edge's own; offsetting its seed keeps it independent of the
+# server's verification uniforms while staying reproducible from one user-given seed.
+DRAFT_SEED_OFFSET = 1_000_003
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 128
+    gamma: int = 4
+    sampling: SamplingParams = SamplingParams()
+    seed: int = 0
+    eos_ids: frozenset[int] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 1 <= self.gamma <= 64:
+            raise ValueError(f"gamma must be in 1..64, got {self.gamma}")
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]  # generated ids only, prompt excluded
+    stats: GenerationStats
+    text: str = ""
+
+
+class LocalEngine:
+    def __init__(self, target: TargetRuntime, draft: DraftRuntime | None = None) -> None:
+        self.target = target
+        self.draft = draft
+
+    def generate(self, prompt_ids: Sequence[int], mode: Mode, config: GenerationConfig) -> GenerationResult:
+        if not prompt_ids:
+            raise ValueError("the prompt must contain at least one token")
+        if mode.uses_draft and self.draft is None:
+            raise ValueError(f"mode {mode.value} needs a draft model")
+        if mode.uses_exits and self.target.exits is None:
+            raise ValueError(f"mode {mode.value} needs exits attached to the target")
+        self.target.reset()
+        if self.draft is not None:
+            self.draft.reset()
+        stats = GenerationStats(mode=mode.value, prompt_tokens=len(prompt_ids))
+        clock = Clock(stats)
+        committed = [int(t) for t in prompt_ids]
+        if mode is Mode.CLOUD_AR:
+            self._autoregressive(committed, config, stats, clock, use_draft=False)
+        elif mode is Mode.EDGE_ONLY:
+            self._autoregressive(committed, config, stats, clock, use_draft=True)
+        else:
+            self._speculative(committed, config, stats, clock, with_exits=mode.uses_exits)
+        stats.total_s = clock.now()
+        generated = committed[len(prompt_ids) :]
+        stats.new_tokens = len(generated)
+        return GenerationResult(tokens=generated, stats=stats)
+
+    def _autoregressive(
+        self, committed: list[int], config: GenerationConfig, stats: GenerationStats, clock: Clock, use_draft: bool
+    ) -> None:
+        generator = seeded_generator(config.seed + (DRAFT_SEED_OFFSET if use_draft else 0))
+        actor = "edge" if use_draft else "cloud"
+        produced = 0
+        while True:
+            start = clock.now()
+            if use_draft:
+                assert self.draft is not None
+                logits = self.draft.next_token_logits(committed)
+            else:
+                logits = self.target.score_tail(committed, 1)[0]
+                stats.target_passes += 1
+            uniform = None if config.sampling.greedy else float(torch.rand(1, generator=generator, dtype=torch.float64))
+            token = choose_token(logits, config.sampling, uniform)
+            end = clock.now()
+            clock.record(actor, "decode", start, end, stats.rounds)
+            stats.rounds += 1
+            commit = clip_to_stop([token], config.eos_ids, config.max_new_tokens - produced)
+            committed.extend(commit.tokens)
+            produced += len(commit.tokens)
+            if produced == len(commit.tokens):
+                stats.ttft_s = end
+            if commit.finished:
+                stats.finish_reason = "eos" if commit.tokens and commit.tokens[-1] in config.eos_ids else "length"
+                return
+
+    def _speculative(
+        self, committed: list[int], config: GenerationConfig, stats: GenerationStats, clock: Clock, with_exits: bool
+    ) -> None:
+        assert self.draft is not None
+        params = config.sampling
+        verify_generator = seeded_generator(config.seed)
+        draft_generator = seeded_generator(config.seed + DRAFT_SEED_OFFSET)
+        produced = 0
+        while True:
+            round_index = stats.rounds
+            # Never draft past the token budget: those tokens could not be committed anyway.
+            gamma = min(config.gamma, config.max_new_tokens - produced)
+            start = clock.now()
+            block = self.draft.draft(committed, gamma, params, None if params.greedy else draft_generator)
+            drafted_at = clock.now()
+            clock.record("edge", "draft", start, drafted_at, round_index)
+            stats.draft_s += drafted_at - start
+
+            uniforms = None if params.greedy else RoundUniforms.draw(verify_generator, gamma)
+            judge = None
+            if with_exits:
+                assert self.target.exits is not None
+                judge = EarlyVerdictJudge(self.target.exits, block.tokens, params, block.probs, uniforms)
+            logits = self.target.score_tail(committed + block.tokens, gamma + 1, on_exit=judge)
+            verified_at = clock.now()
+            stats.verify_s += verified_at - drafted_at
+            stats.target_passes += 1
+            clock.record("cloud", "verify", drafted_at, verified_at, round_index)
+            verdict = verdict_from_logits(logits, block.tokens, params, block.probs, uniforms)
+            if judge is not None:
+                self._score_early_verdicts(judge, verdict, stats, clock, drafted_at, round_index)
+
+            commit = clip_to_stop(verdict.committed(block.tokens), config.eos_ids, config.max_new_tokens - produced)
+            committed.extend(commit.tokens)
+            produced += len(commit.tokens)
+            stats.rounds += 1
+            stats.drafted += gamma
+            stats.accepted += verdict.accepted
+            if round_index == 0:
+                stats.ttft_s = verified_at
+            self.target.rollback(committed)
+            self.draft.rollback(committed)
+            logger.debug("round %d: accepted %d/%d next %d", round_index, verdict.accepted, gamma, verdict.next_token)
+            if commit.finished:
+                stats.finish_reason = "eos" if commit.tokens[-1] in config.eos_ids else "length"
+                return
+
+    @staticmethod
+    def _score_early_verdicts(
+        judge: EarlyVerdictJudge, final: object, stats: GenerationStats, clock: Clock, verify_start: float, round_index: int
+    ) -> None:
+        for early in judge.verdicts:
+            stats.count_exit(early.layer, early.streamed, early.verdict == final)
+            at = verify_start + early.elapsed_s
+            clock.record("cloud", f"exit@{early.layer}" + ("" if early.streamed else " (held)"), at, at, round_index)
+        hint = judge.hint
+        if hint is None:
+            stats.no_hint += 1
+        elif hint.verdict == final:
+            stats.hits += 1
+        else:
+            stats.misses += 1

@@ -1,0 +1,88 @@
+"""Turning logits into the distribution a token is drawn from, and drawing it reproducibly.
+
+Both sides of a speculative round must agree on what "the target's distribution" is, so the
+logit processing (temperature, top-k, top-p) lives in one place and is applied identically to the
+target, the draft and every exit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How tokens are chosen. ``temperature == 0`` means greedy (argmax)."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0: no top-k filter
+    top_p: float = 1.0  # 1.0: no nucleus filter
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+GREEDY = SamplingParams()
+
+
+def logits_to_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Probabilities over the vocabulary, in float32. ``logits``: [..., vocab]."""
+    if params.greedy:
+        raise ValueError("greedy decoding has no sampling distribution; use argmax")
+    scores = logits.float() / params.temperature
+    if params.top_k > 0 and params.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, params.top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
+        sorted_probs = sorted_scores.softmax(dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p; the first token is always kept.
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        drop_sorted = mass_before >= params.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return scores.softmax(dim=-1)
+
+
+def sample_with_uniform(probs: torch.Tensor, uniform: float) -> int:
+    """Inverse-CDF draw from ``probs`` [vocab] with a given uniform in [0, 1).
+
+    Drawing through an explicit uniform (not ``torch.multinomial``) makes a draw a deterministic
+    function of (probabilities, uniform): the server and an early exit can apply the *same*
+    uniform to different distributions, and a replay over the network reproduces it exactly.
+    """
+    cdf = probs.double().cumsum(dim=-1)
+    target = uniform * float(cdf[-1])
+    index = int(torch.searchsorted(cdf, torch.tensor([target], dtype=cdf.dtype), right=True)[0])
+    index = min(index, probs.shape[-1] - 1)
+    # searchsorted can land on a zero-probability slot only through rounding at the very top.
+    while probs[index] <= 0 and index > 0:
+        index -= 1
+    return index
+
+
+def choose_token(logits: torch.Tensor, params: SamplingParams, uniform: float | None = None) -> int:
+    """One next token from last-position ``logits`` [vocab]: argmax, or a draw with ``uniform``."""
+    if params.greedy:
+        return int(torch.argmax(logits))
+    if uniform is None:
+        raise ValueError("sampling needs a uniform draw")
+    return sample_with_uniform(logits_to_probs(logits, params), uniform)
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(seed)
+    return generator
+

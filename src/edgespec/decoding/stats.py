@@ -1,0 +1,86 @@
+"""What a generation reports: counts, timings and a timeline of who was busy when."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TimelineEvent:
+    actor: str  # "edge" | "cloud" | "link"
+    what: str  # e.g. "draft", "verify", "exit@24", "prefill"
+    start_s: float  # relative to the generation's start
+    end_s: float
+    round: int
+
+
+@dataclass
+class GenerationStats:
+    mode: str
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    hits: int = 0  # rounds whose streamed early verdict equalled the final verdict
+    misses: int = 0  # rounds whose streamed early verdict was wrong
+    no_hint: int = 0  # rounds where no exit was confident enough to stream
+    target_passes: int = 0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    ttft_s: float = 0.0
+    total_s: float = 0.0
+    finish_reason: str = ""
+    per_exit: dict[str, dict[str, int]] = field(default_factory=dict)
+    timeline: list[TimelineEvent] = field(default_factory=list)
+
+    @property
+    def tokens_per_round(self) -> float:
+        return self.new_tokens / self.rounds if self.rounds else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.rounds if self.rounds else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.total_s if self.total_s > 0 else 0.0
+
+    def count_exit(self, layer: int, streamed: bool, correct: bool) -> None:
+        entry = self.per_exit.setdefault(str(layer), {"rounds": 0, "streamed": 0, "correct": 0, "streamed_correct": 0})
+        entry["rounds"] += 1
+        entry["streamed"] += int(streamed)
+        entry["correct"] += int(correct)
+        entry["streamed_correct"] += int(streamed and correct)
+
+    def as_dict(self, with_timeline: bool = True) -> dict[str, Any]:
+        data = asdict(self)
+        if not with_timeline:
+            data.pop("timeline")
+        data.update(
+            tokens_per_round=self.tokens_per_round,
+            acceptance_rate=self.acceptance_rate,
+            hit_rate=self.hit_rate,
+            tokens_per_s=self.tokens_per_s,
+        )
+        return data
+
+
+class Clock:
+    """Seconds since a fixed start, and a helper to log busy intervals on the timeline."""
+
+    def __init__(self, stats: GenerationStats) -> None:
+        self._start = time.perf_counter()
+        self._stats = stats
+
+    def now(self) -> float:
+        return time.perf_counter() - self._start
+
+    def record(self, actor: str, what: str, start_s: float, end_s: float, round_index: int) -> None:
+        self._stats.timeline.append(TimelineEvent(actor, what, start_s, end_s, round_index))

@@ -1,0 +1,119 @@
+"""The verification rule: pure functions from (target logits, draft block) to a verdict.
+
+A verdict is ``(accepted, next_token)``: the number of draft tokens the target keeps and the token
+that follows them — the *recovered* token at the first rejected position, or the *bonus* token when
+the whole block is accepted. The same functions turn an exit's logits into an *early verdict*, so an
+early verdict is exactly the verdict the server would give if that exit were the last layer.
+
+Sampling follows Leviathan et al. 2023 / Chen et al. 2023: accept draft token x with probability
+min(1, p(x) / q(x)); on rejection draw from norm(max(0, p - q)); if all are accepted draw the bonus
+from p. Every random choice is made through uniforms handed in by the caller, so a verdict is a
+deterministic function of its inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from edgespec.decoding.sampling import SamplingParams, logits_to_probs, sample_with_uniform
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: int
+    next_token: int
+
+    def committed(self, draft_tokens: Sequence[int]) -> list[int]:
+        """The tokens this verdict commits: the accepted draft prefix, then the next token."""
+        return list(draft_tokens[: self.accepted]) + [self.next_token]
+
+
+@dataclass(frozen=True)
+class RoundUniforms:
+    """The randomness of one sampled round: one uniform per draft token, one for the next token."""
+
+    accept: tuple[float, ...]
+    resample: float
+
+    @staticmethod
+    def draw(generator: torch.Generator, gamma: int) -> "RoundUniforms":
+        values = torch.rand(gamma + 1, generator=generator, dtype=torch.float64).tolist()
+        return RoundUniforms(accept=tuple(values[:gamma]), resample=values[gamma])
+
+
+def greedy_verdict(target_logits: torch.Tensor, draft_tokens: Sequence[int]) -> Verdict:
+    """``target_logits``: [gamma + 1, vocab], row i scores the token after draft position i - 1."""
+    gamma = len(draft_tokens)
+    _check_shapes(target_logits, gamma)
+    target_choice = torch.argmax(target_logits, dim=-1)  # [gamma + 1]
+    accepted = 0
+    while accepted < gamma and int(target_choice[accepted]) == int(draft_tokens[accepted]):
+        accepted += 1
+    return Verdict(accepted=accepted, next_token=int(target_choice[accepted]))
+
+
+def rejection_sample_verdict(
+    target_probs: torch.Tensor,
+    draft_tokens: Sequence[int],
+    draft_probs: torch.Tensor,
+    uniforms: RoundUniforms,
+) -> Verdict:
+    """Lossless speculative sampling.
+
+    ``target_probs``: [gamma + 1, vocab]; ``draft_probs``: [gamma, vocab], the distributions the
+    draft tokens were drawn from (after the same logit processing as the target's).
+    """
+    gamma = len(draft_tokens)
+    _check_shapes(target_probs, gamma)
+    if draft_probs.shape != (gamma, target_probs.shape[-1]):
+        raise ValueError(f"draft_probs must be [{gamma}, {target_probs.shape[-1]}], got {tuple(draft_probs.shape)}")
+    if len(uniforms.accept) < gamma:
+        raise ValueError(f"need {gamma} acceptance uniforms, got {len(uniforms.accept)}")
+    for position, token in enumerate(draft_tokens):
+        p = float(target_probs[position, token])
+        q = float(draft_probs[position, token])
+        # q == 0 cannot come from an honest draft; rejecting keeps the output distribution exact.
+        if q > 0 and uniforms.accept[position] < min(1.0, p / q):
+            continue
+        recovered = _recovered_distribution(target_probs[position], draft_probs[position])
+        return Verdict(accepted=position, next_token=sample_with_uniform(recovered, uniforms.resample))
+    bonus = sample_with_uniform(target_probs[gamma], uniforms.resample)
+    return Verdict(accepted=gamma, next_token=bonus)
+
+
+def verdict_from_logits(
+    logits: torch.Tensor,
+    draft_tokens: Sequence[int],
+    params: SamplingParams,
+    draft_probs: torch.Tensor | None = None,
+    uniforms: RoundUniforms | None = None,
+) -> Verdict:
+    """One entry point for final and early verdicts alike."""
+    if params.greedy:
+        return greedy_verdict(logits, draft_tokens)
+    if draft_probs is None or uniforms is None:
+        raise ValueError("sampled verification needs the draft probabilities and the round's uniforms")
+    return rejection_sample_verdict(logits_to_probs(logits, params), draft_tokens, draft_probs, uniforms)
+
+
+def verdict_confidence(logits: torch.Tensor, verdict: Verdict) -> float:
+    """How sure a head is of its verdict: the lowest top-1 probability over the positions that
+    decide it (every accepted position and the one that yields the next token)."""
+    probs = logits[: verdict.accepted + 1].float().softmax(dim=-1)
+    return float(probs.max(dim=-1).values.min())
+
+
+def _recovered_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    residual = torch.clamp(p.double() - q.double(), min=0.0)
+    total = float(residual.sum())
+    # p == q everywhere leaves no residual mass; then a rejection is impossible except through
+    # rounding, and p itself is the right distribution to fall back on.
+    return residual / total if total > 0 else p.double()
+
+
+def _check_shapes(logits: torch.Tensor, gamma: int) -> None:
+    if logits.dim() != 2 or logits.shape[0] != gamma + 1:
+        raise ValueError(f"expected logits of shape [{gamma + 1}, vocab] for {gamma} draft tokens, got {tuple(logits.shape)}")

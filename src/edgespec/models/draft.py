@@ -1,0 +1,72 @@
+"""The draft runtime: proposes a block of gamma tokens after a given sequence.
+
+The cache tracks its tokens (see ``TrackedCache``), so drafting after any verdict — or after an
+*assumed* verdict when pre-drafting — rolls back exactly to what is still valid and feeds only
+the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from edgespec.decoding.sampling import SamplingParams, logits_to_probs, sample_with_uniform
+from edgespec.models.kv import TrackedCache, forward_with_cache
+
+
+@dataclass(frozen=True)
+class DraftBlock:
+    tokens: list[int]
+    # [gamma, vocab] float32 distributions the tokens were drawn from; None when greedy.
+    probs: torch.Tensor | None = None
+
+
+class DraftRuntime:
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.kv = TrackedCache(model.config)
+
+    @torch.inference_mode()
+    def draft(
+        self,
+        sequence: Sequence[int],
+        gamma: int,
+        params: SamplingParams,
+        generator: torch.Generator | None = None,
+    ) -> DraftBlock:
+        if gamma < 1:
+            raise ValueError(f"gamma must be >= 1, got {gamma}")
+        if not params.greedy and generator is None:
+            raise ValueError("sampled drafting needs a generator")
+        pending = self.kv.sync(sequence, keep_uncached=1)
+        tokens: list[int] = []
+        probs: list[torch.Tensor] = []
+        for step in range(gamma):
+            logits = forward_with_cache(self.model, self.kv, pending, tail=1)[0]
+            if params.greedy:
+                token = int(torch.argmax(logits))
+            else:
+                distribution = logits_to_probs(logits, params)
+                uniform = float(torch.rand(1, generator=generator, dtype=torch.float64))
+                token = sample_with_uniform(distribution, uniform)
+                probs.append(distribution)
+            tokens.append(token)
+            pending = [token]
+        # The last drafted token stays unfed: it is only worth feeding if the target accepts it.
+        return DraftBlock(tokens=tokens, probs=torch.stack(probs) if probs else None)
+
+    @torch.inference_mode()
+    def next_token_logits(self, sequence: Sequence[int]) -> torch.Tensor:
+        """Logits [vocab] after ``sequence`` (for edge-only decoding)."""
+        pending = self.kv.sync(sequence, keep_uncached=1)
+        return forward_with_cache(self.model, self.kv, pending, tail=1)[0]
+
+    def rollback(self, sequence: Sequence[int]) -> None:
+        """Drop cache entries that ``sequence`` (the committed tokens) no longer supports."""
+        self.kv.sync(sequence, keep_uncached=1)
+
+    def reset(self) -> None:
+        self.kv.reset()

@@ -1,0 +1,87 @@
+"""A KV cache that knows which tokens it holds, so rollback is a prefix comparison.
+
+The KV entry at position i depends only on tokens[: i + 1], so after any verdict the cache stays
+valid for the longest common prefix of what it holds and what is committed; everything after
+that is cut. Callers never compute rollback lengths by hand: they say what the sequence is now.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Sequence
+
+import torch
+from transformers import DynamicCache, PretrainedConfig
+
+logger = logging.getLogger(__name__)
+
+
+class TrackedCache:
+    def __init__(self, config: PretrainedConfig) -> None:
+        self._config = config
+        self.cache = DynamicCache(config=config)
+        self.tokens: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def reset(self) -> None:
+        self.cache = DynamicCache(config=self._config)
+        self.tokens = []
+
+    def truncate(self, length: int) -> None:
+        """Drop every entry at position >= ``length``."""
+        length = max(0, min(length, len(self.tokens)))
+        remove = len(self.tokens) - length
+        if remove == 0:
+            return
+        if length == 0:
+            self.reset()
+            return
+        # transformers >= 5 crops by a negative count of tokens to remove.
+        self.cache.crop(-remove)
+        self.tokens = self.tokens[:length]
+
+    def sync(self, sequence: Sequence[int], keep_uncached: int = 1) -> list[int]:
+        """Roll back to what is still valid for ``sequence`` and return the tokens still to feed.
+
+        ``keep_uncached`` tokens at the end of ``sequence`` are always returned (and dropped from
+        the cache if present) because the caller needs the logits at those positions.
+        """
+        common = 0
+        limit = min(len(self.tokens), len(sequence) - keep_uncached)
+        while common < limit and self.tokens[common] == sequence[common]:
+            common += 1
+        if common < len(self.tokens):
+            logger.debug("kv rollback %d -> %d", len(self.tokens), common)
+        self.truncate(common)
+        return [int(t) for t in sequence[common:]]
+
+    def appended(self, fed: Sequence[int]) -> None:
+        """Record that a forward pass just wrote KV entries for ``fed``."""
+        self.tokens.extend(int(t) for t in fed)
+        held = self.cache.get_seq_length()
+        if held != len(self.tokens):
+            raise RuntimeError(f"KV cache holds {held} positions but tracks {len(self.tokens)} tokens")
+
+    def layer_tensors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(keys, values) per layer, for checking rollback against a cache built from scratch."""
+        return [(layer.keys, layer.values) for layer in self.cache.layers]
+
+
+def _cache_argument_name(model: torch.nn.Module) -> str:
+    # transformers 5.x renamed `past_key_values` to `cache`; accept either spelling.
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def forward_with_cache(model: torch.nn.Module, kv: TrackedCache, pending: Sequence[int], tail: int) -> torch.Tensor:
+    """Feed ``pending`` tokens through ``model`` on top of ``kv``; logits [tail, vocab] in float32."""
+    if not pending:
+        raise ValueError("nothing to feed: the sequence is already fully cached")
+    input_ids = torch.tensor([list(pending)], dtype=torch.long)
+    kwargs = {_cache_argument_name(model): kv.cache}
+    output = model(input_ids=input_ids, use_cache=True, logits_to_keep=tail, **kwargs)
+    kv.appended(pending)
+    return output.logits[0, -tail:, :].float()

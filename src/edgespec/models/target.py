@@ -1,0 +1,115 @@
+"""The target runtime: a `transformers` causal LM with a tracked KV cache and early exits.
+
+Exits are read through forward hooks on the model's own decoder layers, so the model's forward
+(masks, rotary embeddings, cache updates) runs unmodified for every Llama/Qwen2/Mistral-style
+model and the final logits are bit-identical with or without exits. After each exit layer the
+hook turns the hidden state of the requested positions into exit logits (adapter -> frozen final
+norm -> frozen LM head) and hands them to a callback, mid-forward: that is the early verdict's
+moment.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from edgespec.exits.heads import ExitHeads, ExitReading
+from edgespec.models.kv import TrackedCache, forward_with_cache
+
+logger = logging.getLogger(__name__)
+
+ExitCallback = Callable[[ExitReading], None]
+
+
+def decoder_parts(model: nn.Module) -> tuple[nn.ModuleList, nn.Module, nn.Module]:
+    """(decoder layers, final norm, LM head) of a Llama-family causal LM."""
+    base = getattr(model, "model", None)
+    layers = getattr(base, "layers", None)
+    norm = getattr(base, "norm", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(layers, nn.ModuleList) or norm is None or head is None:
+        raise TypeError(
+            f"{type(model).__name__} does not look like a Llama/Qwen2/Mistral causal LM "
+            "(expected .model.layers, .model.norm and an output embedding)"
+        )
+    return layers, norm, head
+
+
+class TargetRuntime:
+    def __init__(self, model: nn.Module, exits: ExitHeads | None = None) -> None:
+        self.model = model
+        self.layers, self.final_norm, self.lm_head = decoder_parts(model)
+        self.num_layers = len(self.layers)
+        self.kv = TrackedCache(model.config)
+        self.exits: ExitHeads | None = None
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._callback: ExitCallback | None = None
+        self._tail = 1
+        self._started = 0.0
+        if exits is not None:
+            self.attach_exits(exits)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.lm_head.weight.shape[0])
+
+    def attach_exits(self, exits: ExitHeads) -> None:
+        self.detach_exits()
+        for layer in exits.layers:
+            if not 1 <= layer < self.num_layers:
+                raise ValueError(f"exit layer {layer} is outside 1..{self.num_layers - 1} for this {self.num_layers}-layer target")
+        dtype = next(self.model.parameters()).dtype
+        self.exits = exits.to(dtype=dtype).eval().requires_grad_(False)
+        for layer in exits.layers:
+            self._hooks.append(self.layers[layer - 1].register_forward_hook(self._make_hook(layer)))
+
+    def detach_exits(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        self.exits = None
+
+    def exit_logits(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Exit logits from hidden states [..., hidden] after ``layer`` decoder layers."""
+        assert self.exits is not None
+        return self.lm_head(self.final_norm(self.exits.adapter(layer)(hidden)))
+
+    def _make_hook(self, layer: int) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+            if self._callback is None:
+                return
+            hidden = output[0] if isinstance(output, tuple) else output
+            tail = hidden[0, -self._tail :, :]  # [tail, hidden]
+            logits = self.exit_logits(layer, tail).float()
+            self._callback(ExitReading(layer=layer, logits=logits, elapsed_s=time.perf_counter() - self._started))
+
+        return hook
+
+    @torch.inference_mode()
+    def score_tail(self, sequence: Sequence[int], tail: int, on_exit: ExitCallback | None = None) -> torch.Tensor:
+        """Final logits [tail, vocab] (float32) for the last ``tail`` positions of ``sequence``.
+
+        Row i predicts the token after ``sequence[len - tail + i]``. The cache is rolled back to
+        what is still valid and only the uncached suffix is fed. ``on_exit`` receives each
+        exit's logits for the same ``tail`` positions as soon as its layer has run.
+        """
+        if tail < 1 or tail > len(sequence):
+            raise ValueError(f"tail must be in 1..{len(sequence)}, got {tail}")
+        pending = self.kv.sync(sequence, keep_uncached=tail)
+        self._callback, self._tail, self._started = on_exit, tail, time.perf_counter()
+        try:
+            logits = forward_with_cache(self.model, self.kv, pending, tail)
+        finally:
+            self._callback = None
+        return logits
+
+    def reset(self) -> None:
+        self.kv.reset()
+
+    def rollback(self, sequence: Sequence[int]) -> None:
+        """Drop cache entries that ``sequence`` (the committed tokens) no longer supports."""
+        self.kv.sync(sequence, keep_uncached=1)

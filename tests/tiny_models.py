@@ -1,0 +1,50 @@
+"""Tiny randomly initialised Llama / Qwen2 models, built in seconds, for oracle tests."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+
+VOCAB = 96
+
+
+def tiny_model(family: str, seed: int, layers: int = 4, hidden: int = 64) -> PreTrainedModel:
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    torch.manual_seed(seed)
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    elif family == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    else:
+        raise ValueError(family)
+    # A wider init spreads the logits, so bf16-free fp32 block-vs-step rounding never flips an argmax.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.2)
+    return model.float().eval().requires_grad_(False)
+
+
+def greedy_reference(model: PreTrainedModel, prompt: list[int], max_new_tokens: int, eos: int | None = None) -> list[int]:
+    """The oracle: `transformers` `generate`, greedy."""
+    out = model.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=0,
+    )
+    return out[0, len(prompt) :].tolist()
