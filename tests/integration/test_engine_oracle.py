@@ -1,0 +1,130 @@
+"""The in-process engine's greedy output equals `transformers` `generate`, token for token, in
+every mode, for every draft length, with drafts that always agree, never agree, or sometimes do."""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+
+import pytest
+import torch
+
+from edgespec.decoding.engine import GenerationConfig, LocalEngine
+from edgespec.decoding.modes import Mode
+from edgespec.decoding.sampling import SamplingParams
+from edgespec.exits.heads import ExitHeads
+from edgespec.models.draft import DraftRuntime
+from edgespec.models.target import TargetRuntime
+from tiny_models import VOCAB, greedy_reference, tiny_model
+
+PROMPT = [3, 17, 42, 8, 9, 61]
+NEW_TOKENS = 24
+FAMILIES = ("llama", "qwen2")
+DRAFTS = ("self", "random", "unrelated", "layer-skip")
+
+
+@lru_cache(maxsize=None)
+def target_model(family: str) -> torch.nn.Module:
+    return tiny_model(family, seed=0)
+
+
+@lru_cache(maxsize=None)
+def draft_model(family: str, kind: str) -> torch.nn.Module:
+    if kind == "self":
+        return target_model(family)
+    if kind == "random":
+        return tiny_model(family, seed=99)
+    if kind == "layer-skip":
+        # The target's first 3 of 4 layers: a different model that agrees only part of the time.
+        skipping = copy.deepcopy(target_model(family))
+        skipping.model.layers = skipping.model.layers[:3]
+        skipping.config.num_hidden_layers = 3
+        return skipping
+    # Unrelated: the other family, a different shape, trained on nothing in common.
+    other = "qwen2" if family == "llama" else "llama"
+    return tiny_model(other, seed=7, layers=2, hidden=32)
+
+
+@lru_cache(maxsize=None)
+def reference(family: str, new_tokens: int = NEW_TOKENS, eos: int | None = None) -> tuple[int, ...]:
+    return tuple(greedy_reference(target_model(family), PROMPT, new_tokens, eos))
+
+
+def engine(family: str, draft: str, exit_layers: tuple[int, ...] = ()) -> LocalEngine:
+    exits = ExitHeads.logit_lens(exit_layers, target_model(family).config.hidden_size) if exit_layers else None
+    return LocalEngine(TargetRuntime(target_model(family), exits), DraftRuntime(draft_model(family, draft)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("draft", DRAFTS)
+@pytest.mark.parametrize("gamma", range(1, 9))
+def test_speculative_greedy_equals_generate(family: str, draft: str, gamma: int) -> None:
+    result = engine(family, draft).generate(PROMPT, Mode.SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=gamma))
+    assert tuple(result.tokens) == reference(family)
+    stats = result.stats
+    if draft == "self":
+        assert stats.accepted == stats.drafted, "the target drafting for itself must be accepted in full"
+    if draft == "random":
+        assert stats.accepted <= stats.drafted // 4, "a random draft should be rejected almost always"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_layer_skip_draft_is_sometimes_accepted_and_sometimes_not(family: str) -> None:
+    stats = engine(family, "layer-skip").generate(PROMPT, Mode.SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=4)).stats
+    assert 0 < stats.accepted < stats.drafted // 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", [Mode.CLOUD_AR, Mode.SD, Mode.SD_EE])
+def test_every_lossless_mode_equals_generate(family: str, mode: Mode) -> None:
+    result = engine(family, "layer-skip", exit_layers=(1, 2, 3)).generate(
+        PROMPT, mode, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3)
+    )
+    assert tuple(result.tokens) == reference(family)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("gamma", [2, 5, 8])
+@pytest.mark.parametrize("eos_at", [3, 10])
+def test_eos_inside_a_block_stops_like_generate(family: str, gamma: int, eos_at: int) -> None:
+    eos = reference(family)[eos_at]
+    expected = reference(family, eos=eos)
+    assert expected[-1] == eos and len(expected) <= eos_at + 1
+    for draft in ("self", "layer-skip"):
+        config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=gamma, eos_ids=frozenset({eos}))
+        result = engine(family, draft).generate(PROMPT, Mode.SD, config)
+        assert tuple(result.tokens) == expected
+        assert result.stats.finish_reason == "eos"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("max_new_tokens", [1, 5, 11])
+@pytest.mark.parametrize("mode", [Mode.CLOUD_AR, Mode.SD])
+def test_max_new_tokens_inside_a_block_stops_like_generate(family: str, max_new_tokens: int, mode: Mode) -> None:
+    result = engine(family, "self").generate(PROMPT, mode, GenerationConfig(max_new_tokens=max_new_tokens, gamma=4))
+    assert tuple(result.tokens) == reference(family, new_tokens=max_new_tokens)
+    assert result.stats.finish_reason == "length"
+
+
+def test_self_draft_with_logit_lens_exits_counts_hits_and_misses() -> None:
+    stats = engine("qwen2", "self", exit_layers=(2, 3)).generate(
+        PROMPT, Mode.SD_EE, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=4)
+    ).stats
+    assert stats.hits + stats.misses + stats.no_hint == stats.rounds
+    assert set(stats.per_exit) == {"2", "3"}
+    assert all(entry["rounds"] == stats.rounds for entry in stats.per_exit.values())
+    assert any(event.what.startswith("exit@") for event in stats.timeline)
+
+
+def test_draft_vocabulary_matches_target() -> None:
+    assert draft_model("llama", "unrelated").config.vocab_size == VOCAB
+
+
+@pytest.mark.parametrize("mode", [Mode.CLOUD_AR, Mode.SD, Mode.SD_EE])
+def test_sampling_is_reproducible_from_the_seed(mode: Mode) -> None:
+    def run(seed: int) -> list[int]:
+        config = GenerationConfig(max_new_tokens=16, gamma=3, sampling=SamplingParams(temperature=1.0, top_k=40), seed=seed)
+        return engine("llama", "layer-skip", exit_layers=(2,)).generate(PROMPT, mode, config).tokens
+
+    assert run(11) == run(11)
+    assert run(11) != run(12)

@@ -1,0 +1,55 @@
+"""Exits read the target; they never change it."""
+
+from __future__ import annotations
+
+import torch
+
+from edgespec.exits.heads import ExitHeads, ExitReading, ExitSpec
+from edgespec.models.target import TargetRuntime
+from tiny_models import tiny_model
+
+SEQUENCE = [4, 8, 15, 16, 23, 42, 7, 1]
+
+
+def test_final_logits_are_bit_identical_with_and_without_exits() -> None:
+    model = tiny_model("llama", seed=0)
+    plain = TargetRuntime(model).score_tail(SEQUENCE, 5)
+    heads = ExitHeads([ExitSpec(1), ExitSpec(2, kind="linear"), ExitSpec(3)], model.config.hidden_size)
+    with torch.no_grad():
+        heads.adapter(2).proj.weight.add_(0.3)  # a non-trivial adapter must not leak into the final layer
+    readings: list[ExitReading] = []
+    with_exits = TargetRuntime(model, heads).score_tail(SEQUENCE, 5, on_exit=readings.append)
+    assert torch.equal(plain, with_exits)
+    assert [r.layer for r in readings] == [1, 2, 3]
+    assert all(r.logits.shape == (5, model.config.vocab_size) for r in readings)
+
+
+def test_logit_lens_exit_equals_final_norm_and_head_on_the_hidden_state() -> None:
+    model = tiny_model("qwen2", seed=1)
+    readings: list[ExitReading] = []
+    TargetRuntime(model, ExitHeads.logit_lens([2], model.config.hidden_size)).score_tail(SEQUENCE, 3, on_exit=readings.append)
+    with torch.no_grad():
+        hidden = model(torch.tensor([SEQUENCE]), output_hidden_states=True).hidden_states[2][0, -3:]
+        expected = model.lm_head(model.model.norm(hidden)).float()
+    torch.testing.assert_close(readings[0].logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_last_exit_layer_must_be_inside_the_target() -> None:
+    model = tiny_model("llama", seed=0)
+    try:
+        TargetRuntime(model, ExitHeads.logit_lens([4], model.config.hidden_size))
+    except ValueError as error:
+        assert "outside 1..3" in str(error)
+    else:
+        raise AssertionError("an exit at the last layer must be refused")
+
+
+def test_exit_heads_round_trip_through_safetensors(tmp_path) -> None:
+    heads = ExitHeads([ExitSpec(2, kind="linear", threshold=0.7), ExitSpec(3)], 64, {"steps": 10})
+    with torch.no_grad():
+        heads.adapter(2).proj.weight.normal_()
+    heads.save(tmp_path)
+    loaded = ExitHeads.load(tmp_path)
+    assert loaded.specs == heads.specs and loaded.metadata == {"steps": 10}
+    for name, tensor in heads.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name])
