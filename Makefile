@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgespec-installed
 PROMPT ?= Write a Python function that returns the n-th Fibonacci number, with a docstring.
 
-.PHONY: install demo test test-fast real-check clean
+.PHONY: install demo test test-fast real-check proto clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,12 @@ test-fast: install
 # The README's real-pair table: Qwen pair, bf16 and fp32, MT-bench and HumanEval prompts.
 real-check: install
 	$(PY) scripts/real_pair_check.py --out out/real-pair
+
+# Regenerate the gRPC code after editing the .proto (grpcio-tools lives in its own venv so it
+# cannot downgrade the runtime's protobuf).
+proto:
+	test -x .venv-proto/bin/python || (python3 -m venv .venv-proto && .venv-proto/bin/pip install --quiet grpcio-tools==1.85.1)
+	cd src && ../.venv-proto/bin/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. edgespec/transport/edgespec.proto
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -29,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO if args.log else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command not in ("link",):
+        _quiet_transformers()
     try:
         return int(args.handler(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
@@ -37,6 +39,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         return 2
+
+
+def _quiet_transformers() -> None:
+    # Its per-load "Loading weights" bars would interleave with our own output.
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:

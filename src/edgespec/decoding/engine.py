@@ -129,14 +129,13 @@ class LocalEngine:
         assert self.draft is not None
         params = config.sampling
         verify_generator = seeded_generator(config.seed)
-        draft_generator = seeded_generator(config.seed + DRAFT_SEED_OFFSET)
         produced = 0
         while True:
             round_index = stats.rounds
             # Never draft past the token budget: those tokens could not be committed anyway.
             gamma = min(config.gamma, config.max_new_tokens - produced)
             start = clock.now()
-            block = self.draft.draft(committed, gamma, params, None if params.greedy else draft_generator)
+            block = self.draft.draft(committed, gamma, params, seed=config.seed + DRAFT_SEED_OFFSET)
             drafted_at = clock.now()
             clock.record("edge", "draft", start, drafted_at, round_index)
             stats.draft_s += drafted_at - start

@@ -81,8 +81,37 @@ def choose_token(logits: torch.Tensor, params: SamplingParams, uniform: float | 
     return sample_with_uniform(logits_to_probs(logits, params), uniform)
 
 
+def position_uniform(seed: int, position: int) -> float:
+    """A uniform fixed by (seed, absolute position): the draft's randomness.
+
+    Tying the draft's draw to the position it fills, not to how many draws came before, makes a
+    pre-draft that hits identical to the draft that would have been made after the verdict, so a
+    seeded sampled generation gives the same text in every mode, in process or over the network.
+    A position is only ever re-drafted after a rejection *before* it, which does not depend on
+    this draw, so reuse leaves it independent of everything the verifier has seen.
+    """
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed((seed * 1_000_003 + position) % (2**63))
+    return float(torch.rand(1, generator=generator, dtype=torch.float64))
+
+
 def seeded_generator(seed: int) -> torch.Generator:
     generator = torch.Generator(device="cpu")
     generator.manual_seed(seed)
     return generator
 
+
+
+def restrict_support(probs: torch.Tensor, limit: int) -> torch.Tensor:
+    """Keep the ``limit`` most likely tokens of ``probs`` [vocab] and renormalise.
+
+    The draft samples from this restricted distribution so that a block's draft probabilities fit
+    on the wire as ``limit`` (id, p) pairs per token. Verification stays lossless for any draft
+    distribution, as long as the one sent is exactly the one sampled from.
+    """
+    if limit <= 0 or int((probs > 0).sum()) <= limit:
+        return probs
+    values, ids = torch.topk(probs, limit)
+    restricted = torch.zeros_like(probs)
+    restricted[ids] = values / values.sum()
+    return restricted

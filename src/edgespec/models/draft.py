@@ -8,12 +8,21 @@ the rest.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from edgespec.decoding.sampling import SamplingParams, logits_to_probs, sample_with_uniform
+from edgespec.decoding.sampling import (
+    SamplingParams,
+    logits_to_probs,
+    position_uniform,
+    restrict_support,
+    sample_with_uniform,
+)
+
+# A sampled draft token's distribution travels as this many (id, probability) pairs at most.
+DRAFT_SUPPORT = 64
 from edgespec.models.kv import TrackedCache, forward_with_cache
 
 
@@ -35,23 +44,25 @@ class DraftRuntime:
         sequence: Sequence[int],
         gamma: int,
         params: SamplingParams,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
+        should_stop: Callable[[], bool] | None = None,
     ) -> DraftBlock:
+        """Draft up to ``gamma`` tokens after ``sequence``. ``should_stop`` is polled between
+        steps so a pre-draft whose premise was just disproved stops early (a shorter block)."""
         if gamma < 1:
             raise ValueError(f"gamma must be >= 1, got {gamma}")
-        if not params.greedy and generator is None:
-            raise ValueError("sampled drafting needs a generator")
         pending = self.kv.sync(sequence, keep_uncached=1)
         tokens: list[int] = []
         probs: list[torch.Tensor] = []
         for step in range(gamma):
+            if step > 0 and should_stop is not None and should_stop():
+                break
             logits = forward_with_cache(self.model, self.kv, pending, tail=1)[0]
             if params.greedy:
                 token = int(torch.argmax(logits))
             else:
-                distribution = logits_to_probs(logits, params)
-                uniform = float(torch.rand(1, generator=generator, dtype=torch.float64))
-                token = sample_with_uniform(distribution, uniform)
+                distribution = restrict_support(logits_to_probs(logits, params), DRAFT_SUPPORT)
+                token = sample_with_uniform(distribution, position_uniform(seed, len(sequence) + step))
                 probs.append(distribution)
             tokens.append(token)
             pending = [token]

@@ -90,19 +90,28 @@ class TargetRuntime:
         return hook
 
     @torch.inference_mode()
-    def score_tail(self, sequence: Sequence[int], tail: int, on_exit: ExitCallback | None = None) -> torch.Tensor:
+    def score_tail(
+        self,
+        sequence: Sequence[int],
+        tail: int,
+        on_exit: ExitCallback | None = None,
+        kv: TrackedCache | None = None,
+    ) -> torch.Tensor:
         """Final logits [tail, vocab] (float32) for the last ``tail`` positions of ``sequence``.
 
         Row i predicts the token after ``sequence[len - tail + i]``. The cache is rolled back to
         what is still valid and only the uncached suffix is fed. ``on_exit`` receives each
-        exit's logits for the same ``tail`` positions as soon as its layer has run.
+        exit's logits for the same ``tail`` positions as soon as its layer has run. ``kv`` is a
+        session's own cache when one model serves many sessions (default: this runtime's).
+        Not thread-safe: one forward at a time per runtime.
         """
         if tail < 1 or tail > len(sequence):
             raise ValueError(f"tail must be in 1..{len(sequence)}, got {tail}")
-        pending = self.kv.sync(sequence, keep_uncached=tail)
+        kv = kv or self.kv
+        pending = kv.sync(sequence, keep_uncached=tail)
         self._callback, self._tail, self._started = on_exit, tail, time.perf_counter()
         try:
-            logits = forward_with_cache(self.model, self.kv, pending, tail)
+            logits = forward_with_cache(self.model, kv, pending, tail)
         finally:
             self._callback = None
         return logits
@@ -110,6 +119,9 @@ class TargetRuntime:
     def reset(self) -> None:
         self.kv.reset()
 
-    def rollback(self, sequence: Sequence[int]) -> None:
+    def rollback(self, sequence: Sequence[int], kv: TrackedCache | None = None) -> None:
         """Drop cache entries that ``sequence`` (the committed tokens) no longer supports."""
-        self.kv.sync(sequence, keep_uncached=1)
+        (kv or self.kv).sync(sequence, keep_uncached=1)
+
+    def new_cache(self) -> TrackedCache:
+        return TrackedCache(self.model.config)

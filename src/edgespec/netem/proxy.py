@@ -1,0 +1,462 @@
+"""A user-space TCP link emulator: a proxy that adds delay, jitter, a bandwidth cap and
+loss-as-delay between real sockets (this kernel has no netem).
+
+Each accepted client connection gets its own upstream connection and two independent
+directions. A direction is a `LinkModel` (pure arithmetic: when is a chunk delivered?) plus a
+bounded delay line that holds chunks until that time. The model, per piece of at most 16 KiB:
+
+    start      = max(read_time, busy_until)            # one transmitter per direction
+    busy_until = start + len * 8 / bandwidth           # serialization caps throughput
+    deliver    = max(busy_until + delay + jitter (+ loss penalty), last_delivery)
+
+The `max` with the last delivery keeps FIFO order: TCP never reorders, so a late chunk (jitter,
+a "retransmission") holds back everything behind it, as head-of-line blocking does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from edgespec.netem.profiles import LinkProfile
+
+__all__ = ["LinkEmulator", "LinkModel", "LinkStats", "direction_rng", "MAX_PIECE_BYTES"]
+
+logger = logging.getLogger(__name__)
+
+MAX_PIECE_BYTES = 16 * 1024
+_READ_BYTES = 64 * 1024
+# Without a cap the buffer is what limits throughput (buffer / delay), so it must be roomy; with a
+# cap, twice the bandwidth-delay product keeps the link busy without minutes of bufferbloat.
+_UNCAPPED_BUFFER_BYTES = 4 * 1024 * 1024
+_MIN_CAPPED_BUFFER_BYTES = 256 * 1024
+_CLOSE_TIMEOUT_S = 2.0
+
+UP, DOWN = "up", "down"
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    """A snapshot; `bytes_up` is client → upstream, `bytes_down` upstream → client (delivered)."""
+
+    bytes_up: int = 0
+    bytes_down: int = 0
+    connections: int = 0
+    active_connections: int = 0
+    loss_events: int = 0
+
+
+def direction_rng(seed: int, connection: int, direction: str) -> random.Random:
+    """The random stream of one direction of one connection.
+
+    Separate streams keep a connection's jitter independent of how the other direction's reads
+    happened to be split; string seeds hash the same in every process (no PYTHONHASHSEED).
+    """
+    return random.Random(f"edgespec.netem:{seed}:{connection}:{direction}")
+
+
+class LinkModel:
+    """When each piece written into one direction of the link comes out (pure, no I/O)."""
+
+    def __init__(self, profile: LinkProfile, rng: random.Random) -> None:
+        self.profile = profile
+        self._rng = rng
+        self._delay_s = profile.one_way_delay_ms / 1000.0
+        self._jitter_s = profile.jitter_ms / 1000.0
+        self._penalty_s = profile.loss_penalty_ms / 1000.0
+        self._bytes_per_s = profile.bytes_per_second
+        self._busy_until = float("-inf")
+        self._last_delivery = float("-inf")
+        self.loss_events = 0
+
+    def hold(self, until: float) -> None:
+        """Nothing may start transmitting before `until` (used for the TCP handshake)."""
+        self._busy_until = max(self._busy_until, until)
+
+    def schedule(self, now: float, nbytes: int) -> float:
+        """Delivery time of `nbytes` handed to the link at `now` (0 bytes: a FIN)."""
+        start = max(now, self._busy_until)
+        sent = start + (nbytes / self._bytes_per_s if self._bytes_per_s else 0.0)
+        self._busy_until = sent
+        deliver = max(sent + self._propagation(), self._last_delivery)
+        self._last_delivery = deliver
+        return deliver
+
+    def _propagation(self) -> float:
+        # Draw jitter and loss only when enabled so that turning one on does not shift the
+        # other's random sequence.
+        delay = self._delay_s
+        if self._jitter_s:
+            delay = max(0.0, delay + self._rng.uniform(-self._jitter_s, self._jitter_s))
+        if self.profile.loss and self._rng.random() < self.profile.loss:
+            self.loss_events += 1
+            delay += self._penalty_s
+        return delay
+
+
+class _DelayLine:
+    """FIFO of (delivery time, piece) between one reader and one writer; None marks EOF.
+
+    Bounded in bytes so a fast sender is pushed back (through the socket buffers) instead of
+    the emulator buffering without limit.
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        self._items: deque[tuple[float, bytes | None]] = deque()
+        self._queued = 0
+        self._limit = limit_bytes
+        self._not_empty = asyncio.Event()
+        self._has_space = asyncio.Event()
+        self._has_space.set()
+
+    async def put(self, piece: bytes | None, schedule: Callable[[int], float]) -> None:
+        while self._queued >= self._limit:
+            self._has_space.clear()
+            await self._has_space.wait()
+        # Scheduled only once it is in: time spent waiting for space is the sender's, not the link's.
+        size = len(piece) if piece else 0
+        self._items.append((schedule(size), piece))
+        self._queued += size
+        self._not_empty.set()
+
+    async def next_delivery(self) -> float:
+        while not self._items:
+            self._not_empty.clear()
+            await self._not_empty.wait()
+        return self._items[0][0]
+
+    def pop_due(self, now: float) -> tuple[list[bytes], bool]:
+        """Pieces due at `now`, and whether EOF came due after them."""
+        pieces: list[bytes] = []
+        eof = False
+        while self._items and self._items[0][0] <= now:
+            _, piece = self._items.popleft()
+            if piece is None:
+                eof = True
+                break
+            pieces.append(piece)
+            self._queued -= len(piece)
+        if self._queued < self._limit:
+            self._has_space.set()
+        return pieces, eof
+
+
+def _split(data: bytes) -> Iterator[bytes]:
+    view = memoryview(data)
+    for offset in range(0, len(data), MAX_PIECE_BYTES):
+        yield bytes(view[offset : offset + MAX_PIECE_BYTES])
+
+
+def _set_nodelay(writer: asyncio.StreamWriter) -> None:
+    # Nagle would add up to 40 ms of its own to small gRPC frames and spoil the emulated delay.
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class LinkEmulator:
+    """Listens on `listen_host:listen_port` and relays each connection to the upstream through
+    an emulated link shaped by `profile`, the same in both directions.
+
+    `emulate_handshake` holds a new connection's first client bytes for one extra round trip,
+    which the TCP handshake would cost on a real link (the local accept is instant).
+    `max_buffer_bytes` bounds what each direction holds in flight (default: see module).
+    """
+
+    def __init__(
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        profile: LinkProfile,
+        listen_host: str = "127.0.0.1",
+        listen_port: int = 0,
+        seed: int = 0,
+        *,
+        emulate_handshake: bool = True,
+        max_buffer_bytes: int | None = None,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        if max_buffer_bytes is not None and max_buffer_bytes < MAX_PIECE_BYTES:
+            raise ValueError(f"max_buffer_bytes must be >= {MAX_PIECE_BYTES}, got {max_buffer_bytes}")
+        self.upstream_host = upstream_host
+        self.upstream_port = upstream_port
+        self.profile = profile
+        self.listen_host = listen_host
+        self.listen_port = listen_port
+        self.seed = seed
+        self.emulate_handshake = emulate_handshake
+        self.buffer_bytes = max_buffer_bytes or _default_buffer_bytes(profile)
+        self.connect_timeout_s = connect_timeout_s
+        self._server: asyncio.AbstractServer | None = None
+        self._closing = False
+        self._port: int | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._counts = {UP: 0, DOWN: 0}
+        self._connections = 0
+        self._active = 0
+        self._live_models: set[LinkModel] = set()
+        self._retired_loss_events = 0
+        # Thread wrapper state.
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._thread_error: BaseException | None = None
+
+    # -- asyncio API ---------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Start listening; returns the bound port."""
+        if self._server is not None:
+            raise RuntimeError("link emulator already started")
+        self._closing = False
+        self._server = await asyncio.start_server(self._handle, self.listen_host, self.listen_port)
+        self._port = int(self._server.sockets[0].getsockname()[1])
+        logger.debug(
+            "link emulator %s:%d -> %s:%d (%s)",
+            self.listen_host, self._port, self.upstream_host, self.upstream_port, self.profile.describe(),
+        )
+        return self._port
+
+    async def stop(self) -> None:
+        """Stop listening and drop every open connection (abruptly: in-flight bytes are lost)."""
+        if self._server is None:
+            return
+        self._closing = True
+        self._server.close()
+        handlers = list(self._handlers)
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await self._server.wait_closed()
+        self._server = None
+        logger.info("link emulator on port %s stopped: %s", self._port, self.stats)
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("link emulator not started")
+        return self._port
+
+    @property
+    def stats(self) -> LinkStats:
+        return LinkStats(
+            bytes_up=self._counts[UP],
+            bytes_down=self._counts[DOWN],
+            connections=self._connections,
+            active_connections=self._active,
+            loss_events=self._retired_loss_events + sum(model.loss_events for model in list(self._live_models)),
+        )
+
+    # -- thread wrapper ------------------------------------------------------------------
+
+    def run_in_thread(self, timeout_s: float = 10.0) -> int:
+        """Run on a private event loop in a daemon thread; returns the bound port."""
+        if self._thread is not None:
+            raise RuntimeError("link emulator thread already running")
+        ready = threading.Event()
+        self._thread_error = None
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._thread_main(ready)), name="edgespec-link-emulator", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(timeout_s):
+            raise RuntimeError(f"link emulator did not start within {timeout_s} s")
+        if self._thread_error is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+            raise self._thread_error
+        return self.port
+
+    def stop_thread(self, timeout_s: float = 10.0) -> None:
+        """Stop what `run_in_thread` started and wait for its thread to end."""
+        thread, loop, stop = self._thread, self._loop, self._stop_requested
+        if thread is None:
+            return
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop may already be gone
+                loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout_s)
+        if thread.is_alive():
+            raise RuntimeError(f"link emulator thread did not stop within {timeout_s} s")
+        self._thread = None
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[int]:
+        """`with LinkEmulator(...).running() as port:` for code without an event loop."""
+        port = self.run_in_thread()
+        try:
+            yield port
+        finally:
+            self.stop_thread()
+
+    async def _thread_main(self, ready: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_requested = asyncio.Event()
+        try:
+            await self.start()
+        except BaseException as error:  # handed to the caller's thread, which re-raises it
+            self._thread_error = error
+            ready.set()
+            return
+        ready.set()
+        try:
+            await self._stop_requested.wait()
+        finally:
+            await self.stop()
+
+    # -- connections ---------------------------------------------------------------------
+
+    async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if self._closing:
+            client_writer.transport.abort()
+            return
+        self._handlers.add(task)  # type: ignore[arg-type]
+        connection = self._connections
+        self._connections += 1
+        self._active += 1
+        try:
+            await self._serve(connection, client_reader, client_writer)
+        finally:
+            self._active -= 1
+            self._handlers.discard(task)  # type: ignore[arg-type]
+
+    async def _serve(
+        self, connection: int, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
+        accepted = asyncio.get_running_loop().time()
+        upstream_writer: asyncio.StreamWriter | None = None
+        models: tuple[LinkModel, LinkModel] | None = None
+        clean = False
+        try:
+            _set_nodelay(client_writer)
+            upstream = await self._connect_upstream(connection)
+            if upstream is None:
+                return
+            upstream_reader, upstream_writer = upstream
+            _set_nodelay(upstream_writer)
+            models = self._new_models(connection, accepted)
+            clean = await self._relay(
+                (client_reader, upstream_writer, models[0], UP), (upstream_reader, client_writer, models[1], DOWN)
+            )
+        except Exception:  # a bug here must not kill the server; asyncio would only log it anyway
+            logger.exception("link emulator connection %d failed", connection)
+        finally:
+            if models is not None:
+                self._retire_models(models)
+            await _close(client_writer, clean)
+            if upstream_writer is not None:
+                await _close(upstream_writer, clean)
+            logger.debug("connection %d closed (%s)", connection, "clean" if clean else "aborted")
+
+    async def _connect_upstream(
+        self, connection: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        try:
+            return await asyncio.wait_for(
+                asyncio.open_connection(self.upstream_host, self.upstream_port), self.connect_timeout_s
+            )
+        except (OSError, asyncio.TimeoutError) as error:
+            logger.warning(
+                "connection %d: upstream %s:%d unreachable: %s",
+                connection, self.upstream_host, self.upstream_port, error or type(error).__name__,
+            )
+            return None
+
+    def _new_models(self, connection: int, accepted: float) -> tuple[LinkModel, LinkModel]:
+        up = LinkModel(self.profile, direction_rng(self.seed, connection, UP))
+        down = LinkModel(self.profile, direction_rng(self.seed, connection, DOWN))
+        if self.emulate_handshake:
+            # A real client's connect() returns after SYN + SYN-ACK: its first byte leaves one
+            # round trip after it started connecting.
+            up.hold(accepted + 2.0 * self.profile.one_way_delay_ms / 1000.0)
+        self._live_models.update((up, down))
+        return up, down
+
+    def _retire_models(self, models: tuple[LinkModel, ...]) -> None:
+        # Fold finished connections into a counter so a long-running emulator does not hoard models.
+        for model in models:
+            self._live_models.discard(model)
+            self._retired_loss_events += model.loss_events
+
+    async def _relay(self, *directions: tuple[asyncio.StreamReader, asyncio.StreamWriter, LinkModel, str]) -> bool:
+        """Pump every direction until each has delivered its EOF; False if a side failed."""
+        tasks: list[asyncio.Task[None]] = []
+        for reader, writer, model, name in directions:
+            line = _DelayLine(self.buffer_bytes)
+            tasks.append(asyncio.ensure_future(self._ingest(reader, line, model)))
+            tasks.append(asyncio.ensure_future(self._deliver(line, writer, name)))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            failure = next((task.exception() for task in done if task.exception() is not None), None)
+            if failure is not None:
+                if not isinstance(failure, (ConnectionError, OSError)):
+                    raise failure
+                logger.debug("connection reset: %s", failure)
+                return False
+            return True
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _ingest(self, reader: asyncio.StreamReader, line: _DelayLine, model: LinkModel) -> None:
+        loop = asyncio.get_running_loop()
+
+        def schedule(nbytes: int) -> float:
+            return model.schedule(loop.time(), nbytes)
+
+        while True:
+            data = await reader.read(_READ_BYTES)
+            if not data:
+                await line.put(None, schedule)  # the FIN travels the link like data
+                return
+            for piece in _split(data):
+                await line.put(piece, schedule)
+
+    async def _deliver(self, line: _DelayLine, writer: asyncio.StreamWriter, direction: str) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            wait = await line.next_delivery() - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            # Everything already due goes out in one write: fewer syscalls when a backlog builds.
+            pieces, eof = line.pop_due(loop.time())
+            if pieces:
+                data = b"".join(pieces)
+                writer.write(data)
+                self._counts[direction] += len(data)
+            if eof:
+                if writer.can_write_eof():
+                    writer.write_eof()
+                await writer.drain()
+                return
+            await writer.drain()
+
+
+def _default_buffer_bytes(profile: LinkProfile) -> int:
+    rate = profile.bytes_per_second
+    if rate is None:
+        return _UNCAPPED_BUFFER_BYTES
+    worst_delay_s = (profile.one_way_delay_ms + profile.jitter_ms + profile.loss_penalty_ms * (profile.loss > 0)) / 1000
+    return max(_MIN_CAPPED_BUFFER_BYTES, int(2 * rate * worst_delay_s))
+
+
+async def _close(writer: asyncio.StreamWriter, clean: bool) -> None:
+    if not clean:
+        writer.transport.abort()
+        return
+    writer.close()
+    # The peer may be gone or stalled; a close must not hang the handler (or stop()).
+    with contextlib.suppress(OSError, asyncio.TimeoutError):
+        await asyncio.wait_for(writer.wait_closed(), _CLOSE_TIMEOUT_S)

@@ -1,0 +1,158 @@
+"""One generation session on the server: its committed sequence, its own KV cache, its seeded
+verification randomness, and the rules for which block may be verified next.
+
+Everything here runs on the compute thread and knows nothing of gRPC: the servicer turns wire
+messages into calls and results back into messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from edgespec.decoding.early import EarlyVerdict, EarlyVerdictJudge
+from edgespec.decoding.sampling import SamplingParams, choose_token, seeded_generator
+from edgespec.decoding.stopping import clip_to_stop
+from edgespec.decoding.verification import RoundUniforms, Verdict, verdict_from_logits
+from edgespec.models.target import TargetRuntime
+from edgespec.transport import edgespec_pb2 as pb
+from edgespec.transport.codec import ProtocolError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    max_prompt_tokens: int = 8192
+    max_new_tokens: int = 4096
+    max_block: int = 64
+
+
+@dataclass
+class RoundOutcome:
+    verdict: Verdict
+    committed: list[int]
+    finished: bool
+    verify_ms: float
+    early: list[EarlyVerdict] = field(default_factory=list)
+
+
+class ServerSession:
+    def __init__(
+        self,
+        runtime: TargetRuntime,
+        prompt_ids: list[int],
+        committed_ids: list[int],
+        sampling: SamplingParams,
+        seed: int,
+        max_new_tokens: int,
+        eos_ids: frozenset[int],
+        limits: SessionLimits,
+    ) -> None:
+        vocab = runtime.vocab_size
+        if not prompt_ids:
+            raise ProtocolError(pb.BAD_REQUEST, "the prompt is empty")
+        if len(prompt_ids) > limits.max_prompt_tokens:
+            raise ProtocolError(pb.TOO_LARGE, f"prompt of {len(prompt_ids)} tokens exceeds the limit of {limits.max_prompt_tokens}")
+        if not 1 <= max_new_tokens <= limits.max_new_tokens:
+            raise ProtocolError(pb.TOO_LARGE, f"max_new_tokens must be in 1..{limits.max_new_tokens}, got {max_new_tokens}")
+        for token in (*prompt_ids, *committed_ids):
+            if token >= vocab:
+                raise ProtocolError(pb.OUT_OF_VOCABULARY, f"token id {token} is outside the vocabulary (size {vocab})")
+        self.id = secrets.token_urlsafe(18)
+        self.runtime = runtime
+        self.kv = runtime.new_cache()
+        self.sequence = list(prompt_ids) + list(committed_ids)
+        self.prompt_len = len(prompt_ids)
+        self.sampling = sampling
+        self.generator = seeded_generator(seed)
+        self.max_new_tokens = max_new_tokens
+        self.eos_ids = eos_ids
+        self.limits = limits
+        self.next_round = 0
+        self.last_verdict: tuple[int, Verdict] | None = None
+        self.finished = self.produced >= max_new_tokens or bool(committed_ids and committed_ids[-1] in eos_ids)
+
+    @property
+    def produced(self) -> int:
+        return len(self.sequence) - self.prompt_len
+
+    def prefill(self) -> float:
+        """Fill the KV cache with everything but the last committed token; returns ms."""
+        start = time.perf_counter()
+        if len(self.sequence) > 1:
+            self.runtime.score_tail(self.sequence[:-1], 1, kv=self.kv)
+        return (time.perf_counter() - start) * 1000
+
+    def check_block(self, block: pb.DraftBlock) -> None:
+        if self.finished:
+            raise ProtocolError(pb.OUT_OF_ORDER, "the generation has finished; no more blocks are accepted")
+        if block.round != self.next_round:
+            raise ProtocolError(pb.OUT_OF_ORDER, f"block for round {block.round}, expected round {self.next_round}")
+        if not 1 <= len(block.tokens) <= self.limits.max_block:
+            raise ProtocolError(pb.TOO_LARGE, f"a block must hold 1..{self.limits.max_block} tokens, got {len(block.tokens)}")
+        vocab = self.runtime.vocab_size
+        if any(token >= vocab for token in block.tokens):
+            raise ProtocolError(pb.OUT_OF_VOCABULARY, f"a draft token is outside the vocabulary (size {vocab})")
+        if not self.sampling.greedy and len(block.probs) != len(block.tokens):
+            raise ProtocolError(pb.BAD_REQUEST, "sampling mode needs one draft distribution per draft token")
+
+    def assumption_holds(self, assumes: pb.Assumption) -> bool:
+        """A pipelined pre-draft is valid only if it assumed the verdict that actually came."""
+        if self.last_verdict is None or self.finished:
+            return False
+        round_index, verdict = self.last_verdict
+        return assumes.round == round_index and Verdict(assumes.accepted, assumes.next_token) == verdict
+
+    def verify(
+        self,
+        tokens: list[int],
+        draft_probs: torch.Tensor | None,
+        on_early: Callable[[EarlyVerdict], None] | None,
+    ) -> RoundOutcome:
+        start = time.perf_counter()
+        gamma = len(tokens)
+        uniforms = None if self.sampling.greedy else RoundUniforms.draw(self.generator, gamma)
+        judge = None
+        if on_early is not None and self.runtime.exits is not None:
+            judge = EarlyVerdictJudge(self.runtime.exits, tokens, self.sampling, draft_probs, uniforms)
+
+            def on_exit(reading):  # type: ignore[no-untyped-def]
+                early = judge(reading)
+                if early.streamed:
+                    on_early(early)
+
+        logits = self.runtime.score_tail(self.sequence + tokens, gamma + 1, on_exit=on_exit if judge else None, kv=self.kv)
+        verdict = verdict_from_logits(logits, tokens, self.sampling, draft_probs, uniforms)
+        commit = clip_to_stop(verdict.committed(tokens), self.eos_ids, self.max_new_tokens - self.produced)
+        self._commit(commit.tokens, commit.finished, verdict)
+        return RoundOutcome(
+            verdict=verdict,
+            committed=commit.tokens,
+            finished=commit.finished,
+            verify_ms=(time.perf_counter() - start) * 1000,
+            early=judge.verdicts if judge else [],
+        )
+
+    def decode_step(self) -> tuple[int, bool, float]:
+        """One autoregressive token (cloud-ar): (token, finished, ms)."""
+        start = time.perf_counter()
+        logits = self.runtime.score_tail(self.sequence, 1, kv=self.kv)[0]
+        uniform = None if self.sampling.greedy else float(torch.rand(1, generator=self.generator, dtype=torch.float64))
+        token = choose_token(logits, self.sampling, uniform)
+        commit = clip_to_stop([token], self.eos_ids, self.max_new_tokens - self.produced)
+        self._commit(commit.tokens, commit.finished, None)
+        return token, commit.finished, (time.perf_counter() - start) * 1000
+
+    def _commit(self, tokens: list[int], finished: bool, verdict: Verdict | None) -> None:
+        self.sequence.extend(tokens)
+        self.runtime.rollback(self.sequence, kv=self.kv)
+        if verdict is not None:
+            self.last_verdict = (self.next_round, verdict)
+            self.next_round += 1
+        self.finished = finished
