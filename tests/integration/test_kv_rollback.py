@@ -16,6 +16,7 @@ from tiny_models import tiny_model
 
 
 def assert_cache_matches_scratch(kv: TrackedCache, model: torch.nn.Module, committed: list[int]) -> None:
+    # Same tokens, same positions; only the order of float additions differs (blocks vs one pass).
     held = len(kv)
     assert kv.tokens == committed[:held], "the cache must only hold a prefix of the committed tokens"
     assert kv.cache.get_seq_length() == held
@@ -23,8 +24,8 @@ def assert_cache_matches_scratch(kv: TrackedCache, model: torch.nn.Module, commi
     forward_with_cache(model, scratch, committed[:held], tail=1)
     for (keys, values), (ref_keys, ref_values) in zip(kv.layer_tensors(), scratch.layer_tensors()):
         assert keys.shape == ref_keys.shape
-        torch.testing.assert_close(keys, ref_keys, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(values, ref_values, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(keys, ref_keys, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(values, ref_values, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])

@@ -326,6 +326,11 @@ class LinkEmulator:
         self._active += 1
         try:
             await self._serve(connection, client_reader, client_writer)
+        except asyncio.CancelledError:
+            # stop() cancels handlers; ending quietly spares Python 3.11's stream callback, which
+            # calls task.exception() on a cancelled task and logs a spurious traceback.
+            if not self._closing:
+                raise
         finally:
             self._active -= 1
             self._handlers.discard(task)  # type: ignore[arg-type]
