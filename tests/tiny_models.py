@@ -48,3 +48,14 @@ def greedy_reference(model: PreTrainedModel, prompt: list[int], max_new_tokens: 
         pad_token_id=0,
     )
     return out[0, len(prompt) :].tolist()
+
+
+def layer_skip_copy(model: PreTrainedModel, keep: int) -> PreTrainedModel:
+    """The model's first ``keep`` layers as a draft: agrees with the full model part of the time.
+
+    Build it from a fresh model, never a deepcopy of one a TargetRuntime has hooked: a deepcopy
+    would carry the exit hooks along.
+    """
+    model.model.layers = model.model.layers[:keep]
+    model.config.num_hidden_layers = keep
+    return model

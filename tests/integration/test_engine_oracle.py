@@ -3,7 +3,6 @@ every mode, for every draft length, with drafts that always agree, never agree, 
 
 from __future__ import annotations
 
-import copy
 from functools import lru_cache
 
 import pytest
@@ -15,7 +14,7 @@ from edgespec.decoding.sampling import SamplingParams
 from edgespec.exits.heads import ExitHeads
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
-from tiny_models import VOCAB, greedy_reference, tiny_model
+from tiny_models import layer_skip_copy, VOCAB, greedy_reference, tiny_model
 
 PROMPT = [3, 17, 42, 8, 9, 61]
 NEW_TOKENS = 24
@@ -36,10 +35,7 @@ def draft_model(family: str, kind: str) -> torch.nn.Module:
         return tiny_model(family, seed=99)
     if kind == "layer-skip":
         # The target's first 3 of 4 layers: a different model that agrees only part of the time.
-        skipping = copy.deepcopy(target_model(family))
-        skipping.model.layers = skipping.model.layers[:3]
-        skipping.config.num_hidden_layers = 3
-        return skipping
+        return layer_skip_copy(tiny_model(family, seed=0), keep=3)
     # Unrelated: the other family, a different shape, trained on nothing in common.
     other = "qwen2" if family == "llama" else "llama"
     return tiny_model(other, seed=7, layers=2, hidden=32)

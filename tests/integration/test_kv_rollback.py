@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from edgespec.decoding.verification import RoundUniforms, verdict_from_logits
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.kv import TrackedCache, forward_with_cache
 from edgespec.models.target import TargetRuntime
-from tiny_models import tiny_model
+from tiny_models import layer_skip_copy, tiny_model
 
 
 def assert_cache_matches_scratch(kv: TrackedCache, model: torch.nn.Module, committed: list[int]) -> None:
@@ -35,9 +34,7 @@ def test_caches_roll_back_exactly_after_every_verdict(family: str, params: Sampl
     target_model = tiny_model(family, seed=0)
     draft_model = target_model
     if draft_kind == "layer-skip":
-        draft_model = copy.deepcopy(target_model)
-        draft_model.model.layers = draft_model.model.layers[:3]
-        draft_model.config.num_hidden_layers = 3
+        draft_model = layer_skip_copy(tiny_model(family, seed=0), keep=3)
     target, draft = TargetRuntime(target_model), DraftRuntime(draft_model)
     committed = [5, 9, 2, 44]
     verify_gen = seeded_generator(1)

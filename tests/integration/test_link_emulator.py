@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import random
 import signal
@@ -268,6 +269,21 @@ def test_unreachable_upstream_closes_the_client() -> None:
                 pass
 
 
+def test_stopping_with_a_connection_open_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
+    with linked(LinkProfile("test", one_way_delay_ms=20)) as (_, emulator, port):
+        sock = connect(port)
+        ping_ms(sock)
+        sock.sendall(b"in flight")
+    with sock:
+        sock.settimeout(5.0)
+        try:
+            assert sock.recv(64) == b""  # the emulator dropped the connection
+        except ConnectionResetError:
+            pass
+    assert emulator.stats.active_connections == 0
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR], caplog.text
+
+
 def test_async_stop_drops_open_connections_and_leaks_no_tasks() -> None:
     async def scenario() -> None:
         async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -276,6 +292,8 @@ def test_async_stop_drops_open_connections_and_leaks_no_tasks() -> None:
                 await writer.drain()
             writer.close()
 
+        errors: list[dict[str, object]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
         upstream = await asyncio.start_server(echo, HOST, 0)
         emulator = LinkEmulator(HOST, upstream.sockets[0].getsockname()[1], LinkProfile("t", 10))
         port = await emulator.start()
@@ -292,6 +310,7 @@ def test_async_stop_drops_open_connections_and_leaks_no_tasks() -> None:
         writer.close()
         upstream.close()
         await upstream.wait_closed()
+        assert not errors, errors  # e.g. a cancelled handler that asyncio's stream callback trips over
 
     asyncio.run(asyncio.wait_for(scenario(), 15.0))
 

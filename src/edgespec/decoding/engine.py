@@ -19,7 +19,7 @@ import torch
 
 from edgespec.decoding.early import EarlyVerdictJudge
 from edgespec.decoding.modes import Mode
-from edgespec.decoding.sampling import SamplingParams, choose_token, seeded_generator
+from edgespec.decoding.sampling import SamplingParams, choose_token, position_uniform, seeded_generator
 from edgespec.decoding.stats import Clock, GenerationStats
 from edgespec.decoding.stopping import clip_to_stop
 from edgespec.decoding.verification import RoundUniforms, Verdict, verdict_from_logits
@@ -97,7 +97,7 @@ class LocalEngine:
     def _autoregressive(
         self, committed: list[int], config: GenerationConfig, stats: GenerationStats, clock: Clock, use_draft: bool
     ) -> None:
-        generator = seeded_generator(config.seed + (DRAFT_SEED_OFFSET if use_draft else 0))
+        generator = seeded_generator(config.seed)
         actor = "edge" if use_draft else "cloud"
         produced = 0
         while True:
@@ -108,7 +108,12 @@ class LocalEngine:
             else:
                 logits = self.target.score_tail(committed, 1)[0]
                 stats.target_passes += 1
-            uniform = None if config.sampling.greedy else float(torch.rand(1, generator=generator, dtype=torch.float64))
+            if config.sampling.greedy:
+                uniform = None
+            elif use_draft:  # the edge's randomness, as the networked client draws it
+                uniform = position_uniform(config.seed + DRAFT_SEED_OFFSET, len(committed))
+            else:
+                uniform = float(torch.rand(1, generator=generator, dtype=torch.float64))
             token = choose_token(logits, config.sampling, uniform)
             end = clock.now()
             clock.record(actor, "decode", start, end, stats.rounds)

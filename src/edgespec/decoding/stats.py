@@ -33,6 +33,13 @@ class GenerationStats:
     ttft_s: float = 0.0
     total_s: float = 0.0
     finish_reason: str = ""
+    # Over the network (zero in process):
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    wait_s: float = 0.0  # edge blocked on the server: block sent -> final verdict received
+    server_verify_s: float = 0.0  # the server's own verify compute, as it reported
+    dropped: int = 0  # pipelined pre-drafts the server dropped (assumption did not hold)
+    pipelined: int = 0  # rounds verified straight from a pipelined pre-draft
     per_exit: dict[str, dict[str, int]] = field(default_factory=dict)
     timeline: list[TimelineEvent] = field(default_factory=list)
 
@@ -43,6 +50,11 @@ class GenerationStats:
     @property
     def acceptance_rate(self) -> float:
         return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def idle_s(self) -> float:
+        """Edge time not spent drafting."""
+        return max(0.0, self.total_s - self.draft_s)
 
     @property
     def hit_rate(self) -> float:
@@ -67,6 +79,7 @@ class GenerationStats:
             tokens_per_round=self.tokens_per_round,
             acceptance_rate=self.acceptance_rate,
             hit_rate=self.hit_rate,
+            idle_s=self.idle_s,
             tokens_per_s=self.tokens_per_s,
         )
         return data

@@ -439,8 +439,9 @@ class LinkEmulator:
             pieces, eof = line.pop_due(loop.time())
             if pieces:
                 data = b"".join(pieces)
-                writer.write(data)
+                # Counted first: write() may hand bytes to a peer thread that reads stats next.
                 self._counts[direction] += len(data)
+                writer.write(data)
             if eof:
                 if writer.can_write_eof():
                     writer.write_eof()

@@ -76,6 +76,7 @@ class ServerSession:
         self.limits = limits
         self.next_round = 0
         self.last_verdict: tuple[int, Verdict] | None = None
+        self.early_verdicts = False  # stream exit verdicts to the client
         self.finished = self.produced >= max_new_tokens or bool(committed_ids and committed_ids[-1] in eos_ids)
 
     @property

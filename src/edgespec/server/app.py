@@ -1,0 +1,114 @@
+"""Start a verifier server: load the target with its exits, bind, serve until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+
+from edgespec.exits.heads import ExitHeads
+from edgespec.models.target import TargetRuntime
+from edgespec.server.servicer import VerifierService
+from edgespec.server.session import SessionLimits
+from edgespec.transport import edgespec_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+# Draft blocks are small; generous limits still stop a runaway message early.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    limits: SessionLimits = SessionLimits()
+
+
+def build_server(service: VerifierService, config: ServerConfig) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ]
+    )
+    pb_grpc.add_VerifierServicer_to_server(service, server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise RuntimeError(f"cannot bind {config.host}:{config.port}")
+    return server, port
+
+
+async def serve(
+    model: object,
+    tokenizer: object,
+    eos_ids: frozenset[int],
+    exits: ExitHeads | None,
+    config: ServerConfig,
+    target_name: str = "",
+    ready: asyncio.Event | None = None,
+) -> None:
+    service = VerifierService(TargetRuntime(model, exits), tokenizer, eos_ids, target_name, config.limits)  # type: ignore[arg-type]
+    server, port = build_server(service, config)
+    await server.start()
+    logger.info("serving %s on %s:%d (exits %s)", target_name, config.host, port, exits.layers if exits else "none")
+    print(f"edgespec: serving {target_name} on {config.host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop(grace=1.0)
+        service.shutdown()
+
+
+class RunningServer:
+    """A server on its own event loop in a daemon thread: for tests and embedding."""
+
+    def __init__(self, service: VerifierService, config: ServerConfig) -> None:
+        import threading
+
+        self.service = service
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+        self._thread = threading.Thread(target=self._run, args=(config,), daemon=True, name="edgespec-server")
+        self._thread.start()
+        if not self._started.wait(timeout=30):
+            raise RuntimeError("the server did not start within 30 s")
+
+    def _run(self, config: ServerConfig) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def start() -> None:
+            self._server, self.port = build_server(self.service, config)
+            await self._server.start()
+            self._started.set()
+
+        self._loop.run_until_complete(start())
+        self._loop.run_forever()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop serving; ``grace=None`` kills open streams at once, like a crashed server."""
+        if self._server is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop)
+        future.result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self.service.shutdown()
+        self._server = None

@@ -1,0 +1,187 @@
+"""The gRPC service: thin handlers that decode a message, call the session on the compute
+thread, and encode what comes back. Early verdicts are pushed onto the reply stream from inside
+the forward pass, the moment an exit clears its threshold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import AsyncIterator, Callable, TypeVar
+
+import grpc
+
+from edgespec.decoding.early import EarlyVerdict
+from edgespec.models.target import TargetRuntime
+from edgespec.prompting import render_prompt
+from edgespec.server.session import ServerSession, SessionLimits
+from edgespec.transport import edgespec_pb2 as pb
+from edgespec.transport import edgespec_pb2_grpc as pb_grpc
+from edgespec.transport.codec import PROTOCOL_VERSION, ProtocolError, distributions_from_wire, sampling_from_wire
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+_END = object()
+
+
+class VerifierService(pb_grpc.VerifierServicer):
+    def __init__(
+        self,
+        runtime: TargetRuntime,
+        tokenizer: object,
+        eos_ids: frozenset[int],
+        target_name: str = "",
+        limits: SessionLimits = SessionLimits(),
+    ) -> None:
+        self.runtime = runtime
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.target_name = target_name
+        self.limits = limits
+        # One model, one forward at a time: every session's compute is serialised here, off the
+        # event loop, so replies keep streaming while the model runs.
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify")
+        self.sessions: dict[str, ServerSession] = {}
+
+    async def _run(self, function: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._compute, function, *args)
+
+    async def Session(self, request_iterator: AsyncIterator[pb.ClientMessage], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ServerMessage]:  # noqa: N802
+        replies: asyncio.Queue[object] = asyncio.Queue()
+        worker = asyncio.create_task(self._serve_session(request_iterator, replies))
+        try:
+            while True:
+                reply = await replies.get()
+                if reply is _END:
+                    break
+                yield reply  # type: ignore[misc]
+        finally:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+
+    async def _serve_session(self, requests: AsyncIterator[pb.ClientMessage], replies: asyncio.Queue[object]) -> None:
+        session: ServerSession | None = None
+        try:
+            async for message in requests:
+                kind = message.WhichOneof("kind")
+                if kind == "open":
+                    if session is not None:
+                        raise ProtocolError(pb.BAD_REQUEST, "the session is already open")
+                    session = await self._open(message.open, replies)
+                elif kind == "block":
+                    if session is None:
+                        raise ProtocolError(pb.BAD_REQUEST, "send open before any block")
+                    await self._block(session, message.block, replies)
+                elif kind == "close":
+                    break
+                else:
+                    raise ProtocolError(pb.BAD_REQUEST, "empty message")
+        except ProtocolError as error:
+            logger.info("session %s: %s", session.id if session else "-", error)
+            replies.put_nowait(pb.ServerMessage(error=pb.Error(code=error.code, message=str(error))))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a bug must end this session, never the server
+            logger.exception("session %s failed", session.id if session else "-")
+            replies.put_nowait(pb.ServerMessage(error=pb.Error(code=pb.INTERNAL, message=f"internal error: {error}")))
+        finally:
+            if session is not None:
+                self.sessions.pop(session.id, None)
+            replies.put_nowait(_END)
+
+    async def _open(self, request: pb.Open, replies: asyncio.Queue[object]) -> ServerSession:
+        if request.protocol_version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                pb.UNSUPPORTED_VERSION,
+                f"protocol version {request.protocol_version} is not supported; this server speaks {PROTOCOL_VERSION}",
+            )
+        if request.kind not in (pb.CLOUD_AR, pb.SPECULATIVE):
+            raise ProtocolError(pb.BAD_REQUEST, "open.kind must be CLOUD_AR or SPECULATIVE")
+        sampling = sampling_from_wire(request.sampling)
+        prompt_ids = list(request.prompt_ids)
+        if request.messages:
+            if prompt_ids:
+                raise ProtocolError(pb.BAD_REQUEST, "send prompt_ids or messages, not both")
+            try:
+                prompt_ids = render_prompt(self.tokenizer, [{"role": m.role, "content": m.content} for m in request.messages])
+            except Exception as error:
+                raise ProtocolError(pb.BAD_REQUEST, f"cannot render the chat messages: {error}") from None
+        session = ServerSession(
+            self.runtime,
+            prompt_ids,
+            list(request.committed_ids),
+            sampling,
+            int(request.seed),
+            int(request.max_new_tokens),
+            self.eos_ids,
+            self.limits,
+        )
+        self.sessions[session.id] = session
+        prefill_ms = await self._run(session.prefill)
+        replies.put_nowait(
+            pb.ServerMessage(
+                opened=pb.Opened(
+                    session_id=session.id,
+                    protocol_version=PROTOCOL_VERSION,
+                    prompt_ids=prompt_ids,
+                    eos_ids=sorted(self.eos_ids),
+                    exit_layers=list(self.runtime.exits.layers) if self.runtime.exits else [],
+                    num_layers=self.runtime.num_layers,
+                    prefill_ms=prefill_ms,
+                    target=self.target_name,
+                )
+            )
+        )
+        logger.info("session %s opened: %d prompt tokens, kind %s", session.id, len(prompt_ids), pb.SessionKind.Name(request.kind))
+        if request.kind == pb.CLOUD_AR:
+            await self._decode_all(session, replies)
+        session.early_verdicts = bool(request.early_verdicts)
+        return session
+
+    async def _decode_all(self, session: ServerSession, replies: asyncio.Queue[object]) -> None:
+        while not session.finished:
+            token, finished, ms = await self._run(session.decode_step)
+            replies.put_nowait(pb.ServerMessage(tokens=pb.Tokens(ids=[token], finished=finished, compute_ms=ms)))
+
+    async def _block(self, session: ServerSession, block: pb.DraftBlock, replies: asyncio.Queue[object]) -> None:
+        pipelined = block.HasField("assumes")
+        if pipelined and not session.assumption_holds(block.assumes):
+            replies.put_nowait(pb.ServerMessage(dropped=pb.Dropped(round=block.round)))
+            return
+        session.check_block(block)
+        draft_probs = None if session.sampling.greedy else distributions_from_wire(block.probs, self.runtime.vocab_size)
+        loop = asyncio.get_running_loop()
+        round_index = block.round
+
+        def stream_early(early: EarlyVerdict) -> None:
+            message = pb.ServerMessage(
+                early=pb.EarlyVerdict(
+                    round=round_index,
+                    exit_layer=early.layer,
+                    accepted=early.verdict.accepted,
+                    next_token=early.verdict.next_token,
+                    confidence=early.confidence,
+                    elapsed_ms=early.elapsed_s * 1000,
+                )
+            )
+            loop.call_soon_threadsafe(replies.put_nowait, message)
+
+        on_early = stream_early if session.early_verdicts else None
+        outcome = await self._run(session.verify, list(block.tokens), draft_probs, on_early)
+        replies.put_nowait(
+            pb.ServerMessage(
+                final=pb.FinalVerdict(
+                    round=round_index,
+                    accepted=outcome.verdict.accepted,
+                    next_token=outcome.verdict.next_token,
+                    finished=outcome.finished,
+                    verify_ms=outcome.verify_ms,
+                    pipelined=pipelined,
+                    timings=[pb.SegmentTiming(name=f"exit {e.layer}", ms=e.elapsed_s * 1000) for e in outcome.early],
+                )
+            )
+        )
+
+    def shutdown(self) -> None:
+        self._compute.shutdown(wait=False, cancel_futures=True)
