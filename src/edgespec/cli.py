@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO if args.log else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.command not in ("link",):
+    if args.command != "link":
         _quiet_transformers()
     try:
         return int(args.handler(args) or 0)
@@ -72,29 +72,55 @@ def build_parser() -> argparse.ArgumentParser:
     path.add_argument("name")
     path.set_defaults(handler=cmd_models_path)
 
-    generate = commands.add_parser("generate", help="generate text (in process with --local)")
+    generate = commands.add_parser("generate", help="generate text, over the network or in process (--local)")
     generate.add_argument("prompt", help="user message (chat-templated) or, with --raw, text to continue")
-    generate.add_argument("--local", action="store_true", help="run target and draft in this process")
-    generate.add_argument("--target", default=DEFAULT_TARGET, help="preset name, HF model dir or .gguf file")
+    where = generate.add_mutually_exclusive_group(required=True)
+    where.add_argument("--server", metavar="HOST:PORT", help="the verifier server (edgespec serve), or a link in front of it")
+    where.add_argument("--local", action="store_true", help="run target and draft in this process")
+    generate.add_argument("--target", default=DEFAULT_TARGET, help="--local: preset name, HF model dir or .gguf file")
     generate.add_argument("--draft", default=DEFAULT_DRAFT, help="preset name, HF model dir or .gguf file")
-    generate.add_argument("--mode", default="sd", help="cloud-ar (or ar), edge-only, sd, sd-ee")
-    generate.add_argument("--max-new-tokens", type=int, default=128)
-    generate.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
-    generate.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    generate.add_argument("--top-k", type=int, default=0)
-    generate.add_argument("--top-p", type=float, default=1.0)
-    generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument(
+    generate.add_argument("--mode", default="sd-ee-pipelined", help="cloud-ar (or ar), edge-only, sd, sd-ee, sd-ee-predraft, sd-ee-pipelined")
+    add_decoding_arguments(generate)
+    add_model_arguments(generate)
+    add_exit_argument(generate)
+    generate.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    generate.add_argument("--json", action="store_true", help="print one JSON object with tokens, text and stats")
+    generate.set_defaults(handler=cmd_generate)
+
+    serve = commands.add_parser("serve", help="host the target with its exits as a gRPC verifier")
+    serve.add_argument("--target", default=DEFAULT_TARGET, help="preset name, HF model dir or .gguf file")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=50051)
+    add_model_arguments(serve)
+    add_exit_argument(serve)
+    serve.set_defaults(handler=cmd_serve)
+
+    from edgespec.netem.command import add_link_parser
+
+    add_link_parser(commands)
+    return parser
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"], help="auto: bf16 where the CPU has it natively, else fp32")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+
+
+def add_exit_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--exits",
         default="auto",
         help="'auto' (logit lens at 1/2, 3/4 and 6/7 of the layers: 14,21,24 of 28), 'none', a heads directory, or logit-lens:L1,L2,...",
     )
-    generate.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    generate.add_argument("--raw", action="store_true", help="do not apply the chat template")
-    generate.add_argument("--json", action="store_true", help="print one JSON object with tokens, text and stats")
-    generate.set_defaults(handler=cmd_generate)
-    return parser
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
@@ -124,50 +150,108 @@ def cmd_models_path(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    if not args.local:
-        raise ValueError("only --local generation is available in this version (the networked client comes with `edgespec serve`)")
     import torch
 
-    from edgespec.decoding.engine import GenerationConfig, LocalEngine
+    from edgespec.decoding.engine import GenerationConfig, GenerationResult
     from edgespec.decoding.modes import Mode
     from edgespec.decoding.sampling import SamplingParams
     from edgespec.models.draft import DraftRuntime
-    from edgespec.models.loading import load_model
-    from edgespec.models.target import TargetRuntime
+    from edgespec.models.loading import load_model, load_tokenizer
     from edgespec.prompting import eos_token_ids, render_prompt
 
     if args.threads:
         torch.set_num_threads(args.threads)
     mode = Mode.parse(args.mode)
-    sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    target = load_model(args.target, args.dtype)
     draft = load_model(args.draft, args.dtype) if mode.uses_draft else None
-    exits = resolve_exits(args.exits, target.model) if mode.uses_exits else None
-    engine = LocalEngine(TargetRuntime(target.model, exits), DraftRuntime(draft.model) if draft else None)
-    prompt_ids = render_prompt(target.tokenizer, args.prompt, raw=args.raw)
+    if args.local:
+        target = load_model(args.target, args.dtype)
+        tokenizer, eos_source = target.tokenizer, target.model
+    else:
+        tokenizer = draft.tokenizer if draft else load_tokenizer(args.draft)
+        eos_source = draft.model if draft else None
+    prompt_ids = render_prompt(tokenizer, args.prompt, raw=args.raw)
     config = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
         gamma=args.gamma,
-        sampling=sampling,
+        sampling=SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p),
         seed=args.seed,
-        eos_ids=eos_token_ids(target.model, target.tokenizer),
+        # Over the network the server's EOS set decides; this one serves edge-only and --local.
+        eos_ids=eos_token_ids(eos_source, tokenizer),
     )
-    streamed: list[int] = []
+    printer = StreamPrinter(tokenizer)
+    on_commit = None if args.json else printer
+    draft_runtime = DraftRuntime(draft.model) if draft else None
+    if args.local:
+        from edgespec.decoding.engine import LocalEngine
+        from edgespec.models.target import TargetRuntime
 
-    def stream(tokens: list[int]) -> None:
-        # Decode the whole text so far and print the new suffix: tokens can split characters.
-        before = target.tokenizer.decode(streamed, skip_special_tokens=True)
-        streamed.extend(tokens)
-        sys.stdout.write(target.tokenizer.decode(streamed, skip_special_tokens=True)[len(before) :])
-        sys.stdout.flush()
+        exits = resolve_exits(args.exits, target.model) if mode.uses_exits else None
+        result = LocalEngine(TargetRuntime(target.model, exits), draft_runtime).generate(prompt_ids, mode, config, on_commit)
+    else:
+        from edgespec.client.edge_client import ConnectionLost, EdgeClient, ServerError
 
-    result = engine.generate(prompt_ids, mode, config, on_commit=None if args.json else stream)
-    result.text = target.tokenizer.decode(result.tokens, skip_special_tokens=True)
+        try:
+            result = EdgeClient(args.server, draft_runtime).generate(prompt_ids, mode, config, on_commit)
+        except (ConnectionLost, ServerError) as error:
+            partial: GenerationResult | None = error.partial
+            if partial is not None:
+                partial.text = tokenizer.decode(partial.tokens, skip_special_tokens=True)
+                if args.json:
+                    print(json.dumps({"tokens": partial.tokens, "text": partial.text, "stats": partial.stats.as_dict(), "error": str(error)}))
+                else:
+                    print()
+            print(f"edgespec: error: {error} (the {len(partial.tokens) if partial else 0} tokens committed before it are kept above)", file=sys.stderr)
+            return 3
+    result.text = tokenizer.decode(result.tokens, skip_special_tokens=True)
     if args.json:
         print(json.dumps({"tokens": result.tokens, "text": result.text, "stats": result.stats.as_dict()}))
     else:
         print()
         print(format_stats(result.stats), file=sys.stderr)
+    return 0
+
+
+class StreamPrinter:
+    """Prints committed tokens as text as they arrive. Decodes the whole text so far and prints
+    the new suffix, since one token can end in the middle of a character."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.printed = ""
+
+    def __call__(self, tokens: list[int]) -> None:
+        self.tokens.extend(tokens)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.startswith(self.printed):
+            sys.stdout.write(text[len(self.printed) :])
+            sys.stdout.flush()
+            self.printed = text
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import torch
+
+    from edgespec.models.loading import load_model
+    from edgespec.prompting import eos_token_ids
+    from edgespec.server.app import ServerConfig, serve
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    target = load_model(args.target, args.dtype)
+    exits = resolve_exits(args.exits, target.model)
+    asyncio.run(
+        serve(
+            target.model,
+            target.tokenizer,
+            eos_token_ids(target.model, target.tokenizer),
+            exits,
+            ServerConfig(host=args.host, port=args.port),
+            target_name=f"{target.name} ({target.dtype})",
+        )
+    )
     return 0
 
 

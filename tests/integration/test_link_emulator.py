@@ -380,7 +380,7 @@ def test_link_command_runs_until_sigterm() -> None:
                 "--upstream", f"{HOST}:{server.server_address[1]}", "--profile", "lan", "--delay-ms", "2"]
         process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
-            sock = _connect_with_retry(listen, deadline_s=10.0)
+            sock = _connect_with_retry(listen, process, deadline_s=10.0)
             with sock:
                 assert ping_ms(sock) >= 4.0 - 0.1
             process.send_signal(signal.SIGTERM)
@@ -394,12 +394,14 @@ def test_link_command_runs_until_sigterm() -> None:
     assert "1 connections, 32 bytes up, 32 bytes down" in stderr
 
 
-def _connect_with_retry(port: int, deadline_s: float) -> socket.socket:
+def _connect_with_retry(port: int, process: subprocess.Popen[str], deadline_s: float) -> socket.socket:
     deadline = time.monotonic() + deadline_s
     while True:
         try:
             return connect(port)
         except ConnectionRefusedError:
+            if process.poll() is not None:
+                raise AssertionError(f"edgespec link exited early: {process.communicate()[1]}") from None
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)

@@ -27,6 +27,24 @@ logger = logging.getLogger(__name__)
 SourceKind = Literal["preset", "gguf", "hf_dir"]
 
 DTYPES = ("bfloat16", "float32")
+DTYPE_CHOICES = ("auto", *DTYPES)
+
+
+def resolve_dtype(dtype: str) -> str:
+    """``auto``: bfloat16 where the CPU computes it natively (AVX512-BF16 / AMX), else float32.
+
+    On a CPU without native bf16 (AVX2 only) PyTorch emulates it and bf16 runs *slower* than
+    fp32 (measured here: 0.5B draft decode 300 ms bf16 vs 200 ms fp32 on one thread).
+    """
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}")
+        return dtype
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "float32"
+    return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
 CONVERSION_MARKER = "edgespec-conversion.json"
 # Bump when the conversion recipe changes so old caches are not reused.
 CONVERSION_VERSION = 1
@@ -258,8 +276,7 @@ def converted_dir(name_or_path: str | os.PathLike[str]) -> Path:
 
 def load_model(name_or_path: str | os.PathLike[str], dtype: str = "bfloat16") -> LoadedModel:
     """Load a preset, GGUF file or HF directory for inference (eval mode, no grads)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    dtype = resolve_dtype(dtype)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -272,3 +289,10 @@ def load_model(name_or_path: str | os.PathLike[str], dtype: str = "bfloat16") ->
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     logger.info("loaded %s (%s) from %s in %.1f s", source.name, dtype, model_dir, time.perf_counter() - start)
     return LoadedModel(model=model, tokenizer=tokenizer, name=source.name, dtype=dtype, path=model_dir)
+
+
+def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Any:
+    """Just the tokenizer (an edge client in cloud-ar mode needs no draft weights)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(converted_dir(name_or_path))
