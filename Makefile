@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job on the embedded default pair: Qwen2.5-Coder-0.5B drafts, Qwen2.5-Coder-1.5B verifies.
+# The main job on the embedded default pair: `edgespec serve` (Qwen2.5-Coder-1.5B) behind a
+# `wan` link, the edge client (Qwen2.5-Coder-0.5B drafting) in its own process, every mode.
 demo: install
-	$(VENV)/bin/edgespec generate --local --mode sd-ee --max-new-tokens 96 "$(PROMPT)"
+	$(PY) scripts/demo.py --prompt "$(PROMPT)"
 
 # Unit + integration tests on tiny models, plus the bounded real-model tests (SmolLM2-135M).
 test: install

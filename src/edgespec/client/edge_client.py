@@ -176,15 +176,24 @@ class EdgeClient:
             async with grpc.aio.insecure_channel(self.address) as channel:
                 await asyncio.wait_for(channel.channel_ready(), self.options.connect_timeout_s)
                 stream = _Stream(pb_grpc.VerifierStub(channel).Session(), stats, self.options.read_timeout_s)
+                first_block = None
                 try:
+                    if mode is not Mode.CLOUD_AR:
+                        # Draft the first block (the draft's own prefill included) while the server
+                        # prefills the prompt, instead of after it.
+                        first_block = asyncio.ensure_future(
+                            self._draft(list(committed), min(config.gamma, config.max_new_tokens), config, stats, clock, 0)
+                        )
                     opened = await self._open(stream, committed, mode, config, stats)
-                    if mode is Mode.CLOUD_AR:
+                    if first_block is None:
                         await self._cloud_ar(stream, stats, clock, commit)
                     else:
-                        await self._speculative(stream, opened, committed, mode, config, stats, clock, commit)
+                        await self._speculative(stream, opened, first_block, committed, mode, config, stats, clock, commit)
                     await stream.send(pb.ClientMessage(close=pb.Close()))
                 finally:
                     stream.cancel()
+                    if first_block is not None and not first_block.done():
+                        first_block.cancel()
         except ServerError as error:
             error.partial = partial()
             raise
@@ -258,6 +267,7 @@ class EdgeClient:
         self,
         stream: _Stream,
         opened: pb.Opened,
+        first_block: asyncio.Future,
         committed: list[int],
         mode: Mode,
         config: GenerationConfig,
@@ -274,7 +284,7 @@ class EdgeClient:
             return config.max_new_tokens - (len(committed) - prompt_len) - extra
 
         round_index = 0
-        block = await self._draft(committed, min(config.gamma, budget()), config, stats, clock, round_index)
+        block = await first_block
         await self._send_block(stream, round_index, block)
         while True:
             sent_at = clock.now()
