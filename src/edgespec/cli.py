@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--target", default=DEFAULT_TARGET, help="--local: preset name, HF model dir or .gguf file")
     generate.add_argument("--draft", default=DEFAULT_DRAFT, help="preset name, HF model dir or .gguf file")
     generate.add_argument("--mode", default="sd-ee-pipelined", help="cloud-ar (or ar), edge-only, sd, sd-ee, sd-ee-predraft, sd-ee-pipelined")
+    generate.add_argument("--draft-backend", default="transformers", choices=["transformers", "llamacpp"], help="llamacpp: the same GGUF on llama.cpp (fast on CPUs)")
     add_decoding_arguments(generate)
     add_model_arguments(generate)
     add_exit_argument(generate)
@@ -155,20 +156,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from edgespec.decoding.engine import GenerationConfig, GenerationResult
     from edgespec.decoding.modes import Mode
     from edgespec.decoding.sampling import SamplingParams
-    from edgespec.models.draft import DraftRuntime
-    from edgespec.models.loading import load_model, load_tokenizer
+    from edgespec.models.loading import load_draft, load_model, load_tokenizer
     from edgespec.prompting import eos_token_ids, render_prompt
 
     if args.threads:
         torch.set_num_threads(args.threads)
     mode = Mode.parse(args.mode)
-    draft = load_model(args.draft, args.dtype) if mode.uses_draft else None
+    draft_runtime, tokenizer = None, None
+    if mode.uses_draft:
+        draft_runtime, tokenizer = load_draft(args.draft, args.draft_backend, args.dtype, threads=args.threads or 1)
     if args.local:
         target = load_model(args.target, args.dtype)
         tokenizer, eos_source = target.tokenizer, target.model
     else:
-        tokenizer = draft.tokenizer if draft else load_tokenizer(args.draft)
-        eos_source = draft.model if draft else None
+        tokenizer = tokenizer or load_tokenizer(args.draft)
+        eos_source = getattr(draft_runtime, "model", None)
     prompt_ids = render_prompt(tokenizer, args.prompt, raw=args.raw)
     config = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
@@ -180,7 +182,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     printer = StreamPrinter(tokenizer)
     on_commit = None if args.json else printer
-    draft_runtime = DraftRuntime(draft.model) if draft else None
     if args.local:
         from edgespec.decoding.engine import LocalEngine
         from edgespec.models.target import TargetRuntime

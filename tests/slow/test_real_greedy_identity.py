@@ -53,3 +53,17 @@ def test_real_model_greedy_equals_generate_in_every_lossless_mode(target: Loaded
         assert result.tokens == expected, f"{mode.value} diverged from generate"
         if mode is Mode.SD:
             assert result.stats.accepted > 0
+
+
+def test_llamacpp_draft_is_lossless_too(target: LoadedModel) -> None:
+    """The draft backend changes speed, never the output: llama.cpp drafting from the quantised
+    GGUF, the fp32 transformers target verifying, equals `generate`."""
+    from edgespec.models.fetch import gguf_path
+    from edgespec.models.llamacpp_draft import LlamaCppDraft
+
+    engine = LocalEngine(TargetRuntime(target.model), LlamaCppDraft(gguf_path("smollm2-135m"), threads=1))
+    prompt_ids = render_prompt(target.tokenizer, PROMPTS[0])
+    config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=4, eos_ids=eos_token_ids(target.model, target.tokenizer))
+    result = engine.generate(prompt_ids, Mode.SD, config)
+    assert result.tokens == reference(target, prompt_ids)
+    assert result.stats.accepted > 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -20,7 +20,9 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_KINDS = ("identity", "linear")
+ADAPTER_KINDS = ("identity", "linear", "lowrank", "mlp")
+# Kinds whose size is set by ``ExitSpec.rank``.
+RANKED_KINDS = ("lowrank", "mlp")
 CONFIG_FILE = "exits.json"
 WEIGHTS_FILE = "exits.safetensors"
 
@@ -33,16 +35,29 @@ class ExitSpec:
     kind: str = "identity"
     # An early verdict is streamed only when its confidence reaches this value.
     threshold: float = 0.0
+    # Inner width of ``lowrank`` / ``mlp`` adapters (0 for the others).
+    rank: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in ADAPTER_KINDS:
             raise ValueError(f"unknown exit adapter kind {self.kind!r}; choose from {ADAPTER_KINDS}")
+        if self.kind in RANKED_KINDS and self.rank < 1:
+            raise ValueError(f"a {self.kind} exit adapter needs rank >= 1")
         if self.layer < 1:
             raise ValueError(f"exit layer must be >= 1, got {self.layer}")
 
 
 class ExitAdapter(nn.Module):
-    def __init__(self, kind: str, hidden_size: int) -> None:
+    """Maps the hidden state after an exit layer towards what the final norm + LM head expect.
+
+    * ``identity``: the logit lens (no parameters);
+    * ``linear``: ``W h + b``, a full square map (H*H parameters);
+    * ``lowrank``: ``h + U V^T h + b``, a residual rank-``rank`` correction;
+    * ``mlp``: ``h + U silu(V^T rmsnorm(h)) + b``, a residual bottleneck MLP with its own norm.
+    Every trainable kind starts at the identity, so an untrained adapter is the logit lens.
+    """
+
+    def __init__(self, kind: str, hidden_size: int, rank: int = 0) -> None:
         super().__init__()
         self.kind = kind
         if kind == "linear":
@@ -50,11 +65,25 @@ class ExitAdapter(nn.Module):
             # Start at the logit lens so an untrained adapter is no worse than none.
             nn.init.eye_(self.proj.weight)
             nn.init.zeros_(self.proj.bias)
+        elif kind in RANKED_KINDS:
+            if kind == "mlp":
+                self.norm_weight = nn.Parameter(torch.ones(hidden_size))
+            self.down = nn.Linear(hidden_size, rank, bias=False)
+            self.up = nn.Linear(rank, hidden_size, bias=True)
+            nn.init.normal_(self.down.weight, std=hidden_size**-0.5)
+            nn.init.zeros_(self.up.weight)
+            nn.init.zeros_(self.up.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.kind == "identity":
             return hidden
-        return self.proj(hidden.to(self.proj.weight.dtype)).to(hidden.dtype)
+        if self.kind == "linear":
+            return self.proj(hidden.to(self.proj.weight.dtype)).to(hidden.dtype)
+        x = hidden.to(self.up.weight.dtype)
+        if self.kind == "lowrank":
+            return (x + self.up(self.down(x))).to(hidden.dtype)
+        normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.norm_weight
+        return (x + self.up(nn.functional.silu(self.down(normed)))).to(hidden.dtype)
 
 
 class ExitHeads(nn.Module):
@@ -68,7 +97,7 @@ class ExitHeads(nn.Module):
             raise ValueError(f"duplicate exit layers: {layers}")
         self.hidden_size = hidden_size
         self.metadata = dict(metadata or {})
-        self.adapters = nn.ModuleDict({str(s.layer): ExitAdapter(s.kind, hidden_size) for s in self.specs})
+        self.adapters = nn.ModuleDict({str(s.layer): ExitAdapter(s.kind, hidden_size, s.rank) for s in self.specs})
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -84,7 +113,16 @@ class ExitHeads(nn.Module):
     def logit_lens(layers: Iterable[int], hidden_size: int) -> "ExitHeads":
         return ExitHeads([ExitSpec(layer) for layer in layers], hidden_size, {"source": "logit-lens"})
 
-    def save(self, directory: str | Path) -> None:
+    def with_thresholds(self, thresholds: dict[int, float]) -> "ExitHeads":
+        """The same adapters (shared, not copied) under new thresholds."""
+        specs = [replace(s, threshold=float(thresholds.get(s.layer, s.threshold))) for s in self.specs]
+        heads = ExitHeads(specs, self.hidden_size, self.metadata)
+        heads.adapters = self.adapters
+        return heads
+
+    def save(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
+        """``exits.json`` + ``exits.safetensors``; ``dtype`` (e.g. float16) stores the weights
+        smaller, and loading casts them back to the adapters' float32."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {
@@ -93,7 +131,7 @@ class ExitHeads(nn.Module):
             "metadata": self.metadata,
         }
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        tensors = {name: t.detach().contiguous() for name, t in self.state_dict().items()}
+        tensors = {name: t.detach().to(dtype or t.dtype).contiguous() for name, t in self.state_dict().items()}
         if tensors:
             save_file(tensors, str(directory / WEIGHTS_FILE))
 

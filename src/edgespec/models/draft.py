@@ -34,9 +34,23 @@ class DraftBlock:
 
 
 class DraftRuntime:
+    """The `transformers` draft backend. Other backends (llama.cpp) override the three cache
+    methods below; the drafting rule itself is shared."""
+
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.kv = TrackedCache(model.config)
+
+    def _sync(self, sequence: Sequence[int]) -> list[int]:
+        """Roll the cache back to what ``sequence`` supports; the tokens still to feed (>= 1)."""
+        return self.kv.sync(sequence, keep_uncached=1)
+
+    def _feed(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Feed ``tokens`` on top of the cache; float32 logits [vocab] after the last one."""
+        return forward_with_cache(self.model, self.kv, tokens, tail=1)[0]
+
+    def reset(self) -> None:
+        self.kv.reset()
 
     @torch.inference_mode()
     def draft(
@@ -51,13 +65,13 @@ class DraftRuntime:
         steps so a pre-draft whose premise was just disproved stops early (a shorter block)."""
         if gamma < 1:
             raise ValueError(f"gamma must be >= 1, got {gamma}")
-        pending = self.kv.sync(sequence, keep_uncached=1)
+        pending = self._sync(sequence)
         tokens: list[int] = []
         probs: list[torch.Tensor] = []
         for step in range(gamma):
             if step > 0 and should_stop is not None and should_stop():
                 break
-            logits = forward_with_cache(self.model, self.kv, pending, tail=1)[0]
+            logits = self._feed(pending)
             if params.greedy:
                 token = int(torch.argmax(logits))
             else:
@@ -72,12 +86,8 @@ class DraftRuntime:
     @torch.inference_mode()
     def next_token_logits(self, sequence: Sequence[int]) -> torch.Tensor:
         """Logits [vocab] after ``sequence`` (for edge-only decoding)."""
-        pending = self.kv.sync(sequence, keep_uncached=1)
-        return forward_with_cache(self.model, self.kv, pending, tail=1)[0]
+        return self._feed(self._sync(sequence))
 
     def rollback(self, sequence: Sequence[int]) -> None:
         """Drop cache entries that ``sequence`` (the committed tokens) no longer supports."""
-        self.kv.sync(sequence, keep_uncached=1)
-
-    def reset(self) -> None:
-        self.kv.reset()
+        self._sync(sequence)

@@ -296,3 +296,24 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(converted_dir(name_or_path))
+
+
+DRAFT_BACKENDS = ("transformers", "llamacpp")
+
+
+def load_draft(name_or_path: str | os.PathLike[str], backend: str = "transformers", dtype: str = "auto", threads: int = 1) -> tuple[Any, Any]:
+    """(draft runtime, tokenizer) on the chosen backend; llama.cpp reads the GGUF directly."""
+    from edgespec.models.draft import DraftRuntime
+
+    if backend == "transformers":
+        loaded = load_model(name_or_path, dtype)
+        return DraftRuntime(loaded.model), loaded.tokenizer
+    if backend != "llamacpp":
+        raise ValueError(f"draft backend must be one of {', '.join(DRAFT_BACKENDS)}, got {backend!r}")
+    from edgespec.models.llamacpp_draft import LlamaCppDraft
+
+    source = resolve_model_source(name_or_path)
+    if source.kind == "hf_dir":
+        raise ValueError("the llama.cpp backend reads GGUF files: pass a preset or a .gguf path, not a Hugging Face directory")
+    gguf_file = gguf_path(source.preset) if source.preset is not None else source.path
+    return LlamaCppDraft(gguf_file, threads=threads), load_tokenizer(name_or_path)
