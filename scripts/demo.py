@@ -2,7 +2,7 @@
 
 Starts `edgespec serve` (Qwen2.5-Coder-1.5B with exits, one core), puts `edgespec link --profile
 wan` (50 ms RTT, 20 Mbit/s) in front of it, and runs the edge client (Qwen2.5-Coder-0.5B drafting,
-the other core) in separate processes, once per mode; prints each mode's speed side by side.
+on llama.cpp by default, the other core) in separate processes, once per mode; prints each mode's speed side by side.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ def main() -> None:
     parser.add_argument("--draft", default="qwen2.5-coder-0.5b")
     parser.add_argument("--profile", default="wan")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--draft-backend", default="llamacpp", choices=["llamacpp", "transformers"])
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--prompt", default="Write a Python function that returns the n-th Fibonacci number.")
     parser.add_argument("--log-dir", default="out/demo")
@@ -28,7 +29,7 @@ def main() -> None:
     print(f"starting the server ({args.target}) and a '{args.profile}' link; the first run converts the weights (minutes, once)...", flush=True)
     with deploy(args.target, args.dtype, args.profile, log_dir=args.log_dir) as deployment:
         address = f"127.0.0.1:{deployment.client_port}"
-        common = ["--draft", args.draft, "--dtype", args.dtype]
+        common = ["--draft", args.draft, "--dtype", args.dtype, "--draft-backend", args.draft_backend]
         run_client(address, [*common, "--mode", "sd", "--max-new-tokens", "4", "warm-up"])  # excluded
         rows = []
         for mode in MODES:
