@@ -88,6 +88,8 @@ class LocalEngine:
         elif mode is Mode.EDGE_ONLY:
             self._autoregressive(committed, config, stats, clock, use_draft=True)
         else:
+            # In one process there is no link to hide work behind: the pre-draft modes run as
+            # sd-ee, whose hits and misses are exactly the pre-drafts that would hit or miss.
             self._speculative(committed, config, stats, clock, with_exits=mode.uses_exits)
         stats.total_s = clock.now()
         generated = committed[len(prompt_ids) :]
