@@ -96,9 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_exit_argument(serve)
     serve.set_defaults(handler=cmd_serve)
 
+    from edgespec.bench.command import add_bench_parser
     from edgespec.netem.command import add_link_parser
 
     add_link_parser(commands)
+    add_bench_parser(commands)
     return parser
 
 

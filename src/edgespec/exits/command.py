@@ -203,15 +203,26 @@ def run_eval_exits(args: argparse.Namespace) -> int:
         report["calibration_rule"] = calibration_rule(args.min_precision, args.min_count)
         tables["calibration (held-out ShareGPT)"] = summarize(calibration, thresholds)
         report["calibration"] = {"table": tables["calibration (held-out ShareGPT)"], "hints": hint_outcomes(calibration, thresholds)}
-        if args.exits != "logit-lens":
-            calibrated = heads.with_thresholds(thresholds)
-            calibrated.metadata = {**heads.metadata, "calibration": {"rule": report["calibration_rule"], "thresholds": {str(k): v for k, v in thresholds.items()}, "rounds": int(next(iter(calibration.values()))["correct"].numel())}}
-            storage = getattr(torch, heads.metadata.get("storage_dtype", "float32"))
-            calibrated.save(args.exits, dtype=storage)
     benchmark = exit_outcomes(heads, load_rounds(args.rounds_dir), norm, head_weight)
     tables["benchmark (MT-bench + HumanEval)"] = summarize(benchmark, thresholds)
     report["benchmark"] = {"table": tables["benchmark (MT-bench + HumanEval)"], "hints": hint_outcomes(benchmark, thresholds)}
     report["thresholds"] = {str(k): v for k, v in thresholds.items()}
+    if args.calibrate and args.exits != "logit-lens":
+        compact = {
+            layer: {key: entry[key] for key in ("top1_agreement", "verdict_match", "threshold", "precision", "coverage", "rounds")}
+            for layer, entry in report["benchmark"]["table"].items()
+        }
+        calibrated = heads.with_thresholds(thresholds)
+        calibrated.metadata = {
+            **heads.metadata,
+            "calibration": {
+                "rule": report["calibration_rule"],
+                "thresholds": {str(k): v for k, v in thresholds.items()},
+                "rounds": int(next(iter(calibration.values()))["correct"].numel()),
+            },
+            "benchmark": {"prompts": f"mtbench[:{args.prompts_per_set}] + humaneval[:{args.prompts_per_set}]", "gamma": args.gamma, "per_exit": compact, "hints": report["benchmark"]["hints"]},
+        }
+        calibrated.save(args.exits, dtype=getattr(torch, heads.metadata.get("storage_dtype", "float32")))
     args.report.mkdir(parents=True, exist_ok=True)
     (args.report / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_curves(tables, str(args.report / "curves.png"))
@@ -231,3 +242,17 @@ def format_table(report: dict[str, Any]) -> str:
             precision = "–" if entry["precision"] is None else f"{entry['precision']:.2f}"
             lines.append(f"| {layer} | {entry['top1_agreement']:.3f} | {entry['verdict_match']:.3f} | {entry['threshold']:.2f} | {precision} | {entry['coverage']:.3f} |")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point (``python -m edgespec.exits.command train-exits ...``) until the
+    main CLI registers these commands."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="edgespec-exits")
+    add_exit_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

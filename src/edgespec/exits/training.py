@@ -105,6 +105,51 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
+@dataclass
+class DistillationTarget:
+    """What one batch is distilled towards, shared by every exit: the head rows of each
+    position's support, and the final layer's log-probabilities over it."""
+
+    top_rows: torch.Tensor  # [B, k, H] head rows of each position's top-k
+    tail_rows: torch.Tensor  # [R, H] head rows of the sampled tail
+    offset: torch.Tensor  # [k + R] sampled-softmax correction (0 on top-k, log((V-k)/R) on the tail)
+    mask: torch.Tensor  # [B, k + R] tail ids that duplicate a top-k id of the position
+    target_logp: torch.Tensor  # [B, k + R]
+
+
+@torch.no_grad()
+def distillation_target(final_hidden: torch.Tensor, topk_ids: torch.Tensor, tail_ids: torch.Tensor, head_weight: torch.Tensor) -> DistillationTarget:
+    vocab, k = head_weight.shape[0], topk_ids.shape[1]
+    top_rows = head_weight[topk_ids]
+    tail_rows = head_weight[tail_ids]
+    final_logits = torch.cat([torch.einsum("bh,bkh->bk", final_hidden, top_rows), final_hidden @ tail_rows.T], dim=1)
+    offset = torch.zeros(final_logits.shape[1])
+    offset[k:] = math.log(max(vocab - k, 1) / max(len(tail_ids), 1))
+    duplicate = (tail_ids[None, :, None] == topk_ids[:, None, :]).any(-1)  # [B, R]
+    mask = torch.cat([torch.zeros(topk_ids.shape, dtype=torch.bool), duplicate], dim=1)
+    target_logp = torch.log_softmax((final_logits + offset).masked_fill(mask, float("-inf")), dim=-1)
+    return DistillationTarget(top_rows, tail_rows, offset, mask, target_logp)
+
+
+def exit_distillation_loss(
+    exit_hidden: torch.Tensor, target: DistillationTarget, final_norm: nn.Module, ce_weight: float = 0.0
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """KL(final || exit) over the support of ``target`` (+ ``ce_weight`` * CE on the final
+    argmax, which is top-k[0]). ``exit_hidden``: the adapter's output [B, H], before the norm."""
+    k = target.top_rows.shape[1]
+    exit_normed = final_norm(exit_hidden)
+    exit_logits = torch.cat([torch.einsum("bh,bkh->bk", exit_normed, target.top_rows), exit_normed @ target.tail_rows.T], dim=1)
+    exit_logp = torch.log_softmax((exit_logits + target.offset).masked_fill(target.mask, float("-inf")), dim=-1)
+    target_p = target.target_logp.exp()
+    terms = torch.where(target_p > 0, target_p * (target.target_logp - exit_logp), torch.zeros_like(target_p))
+    kl = terms.sum(-1).mean()
+    ce = -exit_logp[:, 0].mean()
+    loss = kl + ce_weight * ce if ce_weight else kl
+    with torch.no_grad():
+        agree = (exit_logits[:, :k].argmax(-1) == 0).float().mean()
+    return loss, {"kl": float(kl.detach()), "ce": float(ce.detach()), "top1_in_support": float(agree)}
+
+
 def distillation_loss(
     exit_hidden: torch.Tensor,
     final_hidden: torch.Tensor,
@@ -119,30 +164,8 @@ def distillation_loss(
     ``exit_hidden``: adapter output [B, H] (before the final norm); ``final_hidden``: the final
     *normed* hidden state [B, H]; ``topk_ids``: [B, k]; ``tail_ids``: [R].
     """
-    vocab = head_weight.shape[0]
-    k = topk_ids.shape[1]
-    exit_normed = final_norm(exit_hidden)
-    top_rows = head_weight[topk_ids]  # [B, k, H]
-    tail_rows = head_weight[tail_ids]  # [R, H]
-    exit_logits = torch.cat([torch.einsum("bh,bkh->bk", exit_normed, top_rows), exit_normed @ tail_rows.T], dim=1)
-    with torch.no_grad():
-        final_logits = torch.cat([torch.einsum("bh,bkh->bk", final_hidden, top_rows), final_hidden @ tail_rows.T], dim=1)
-        correction = math.log(max(vocab - k, 1) / max(len(tail_ids), 1))
-        offset = torch.zeros(final_logits.shape[1])
-        offset[k:] = correction
-        duplicate = (tail_ids[None, :, None] == topk_ids[:, None, :]).any(-1)  # [B, R]
-        mask = torch.cat([torch.zeros(topk_ids.shape, dtype=torch.bool), duplicate], dim=1)
-        final_logits = (final_logits + offset).masked_fill(mask, float("-inf"))
-        target_logp = torch.log_softmax(final_logits, dim=-1)
-        target_p = target_logp.exp()
-    exit_logp = torch.log_softmax((exit_logits + offset).masked_fill(mask, float("-inf")), dim=-1)
-    terms = torch.where(target_p > 0, target_p * (target_logp - exit_logp), torch.zeros_like(target_p))
-    kl = terms.sum(-1).mean()
-    ce = -exit_logp[:, 0].mean()  # topk_ids[:, 0] is the final argmax
-    loss = kl + ce_weight * ce if ce_weight else kl
-    with torch.no_grad():
-        agree = (exit_logits[:, :k].argmax(-1) == 0).float().mean()
-    return loss, {"kl": float(kl.detach()), "ce": float(ce.detach()), "top1_in_support": float(agree)}
+    target = distillation_target(final_hidden, topk_ids, tail_ids, head_weight)
+    return exit_distillation_loss(exit_hidden, target, final_norm, ce_weight)
 
 
 @torch.no_grad()
@@ -220,16 +243,9 @@ def train_exits(
         optimizer.zero_grad(set_to_none=True)
         total = torch.zeros(())
         metrics: dict[str, float] = {"step": step + 1, "lr": lr}
+        target = distillation_target(train.final[batch], train.topk_ids[batch], tail, head_weight)
         for layer in config.layers:
-            loss, parts = distillation_loss(
-                heads.adapter(layer)(train.hidden[layer][batch]),
-                train.final[batch],
-                train.topk_ids[batch],
-                tail,
-                final_norm,
-                head_weight,
-                config.ce_weight,
-            )
+            loss, parts = exit_distillation_loss(heads.adapter(layer)(train.hidden[layer][batch]), target, final_norm, config.ce_weight)
             total = total + loss
             metrics.update({f"{name}@{layer}": round(value, 5) for name, value in parts.items()})
         total.backward()

@@ -1,0 +1,56 @@
+"""The edge side of a benchmark: one process, the draft loaded once, every job of one profile.
+
+Run by the harness as `python -m edgespec.bench.client_worker JOBS.jsonl RESULTS.jsonl`; each job
+line names a prompt (token ids), a mode and the generation settings; each result line is the
+job plus the generated tokens and the client's stats. Warm-up runs first and is not recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from edgespec.client.edge_client import ConnectionLost, EdgeClient, ServerError
+from edgespec.decoding.engine import GenerationConfig
+from edgespec.decoding.modes import Mode
+from edgespec.models.loading import load_draft
+
+logger = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("jobs", type=Path)
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--draft", required=True)
+    parser.add_argument("--draft-backend", default="transformers")
+    parser.add_argument("--dtype", default="auto")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # the edge device's one core
+    draft, _ = load_draft(args.draft, args.draft_backend, args.dtype, threads=1)
+    client = EdgeClient(args.address, draft)
+    jobs = [json.loads(line) for line in args.jobs.read_text().splitlines() if line.strip()]
+    with args.results.open("a") as sink:
+        for job in jobs:
+            config = GenerationConfig(max_new_tokens=job["max_new_tokens"], gamma=job["gamma"], seed=job.get("seed", 0))
+            record = dict(job)
+            try:
+                result = client.generate(job["prompt_ids"], Mode.parse(job["mode"]), config)
+                record.update(tokens=result.tokens, stats=result.stats.as_dict())
+            except (ConnectionLost, ServerError) as error:
+                record.update(error=str(error))
+            record.pop("prompt_ids")
+            if not job.get("warmup"):
+                sink.write(json.dumps(record) + "\n")
+                sink.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""`edgespec bench`: parse options into a BenchConfig, run, write results, summary, report, plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgespec.bench.runner import ALL_MODES, BenchConfig, build_jobs, run_profile, summarize_all
+
+
+def add_bench_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("bench", help="benchmark every mode over emulated networks (separate processes)")
+    parser.add_argument("--target", default="qwen2.5-coder-1.5b")
+    parser.add_argument("--draft", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--draft-backend", default="llamacpp", choices=["llamacpp", "transformers"])
+    parser.add_argument("--exits", default="auto")
+    parser.add_argument("--modes", default=",".join(ALL_MODES))
+    parser.add_argument("--profiles", default="wan", help="comma-separated: lan, wan, cellular")
+    parser.add_argument("--prompts", default="mtbench,humaneval", help="comma-separated: mtbench, humaneval, FILE.jsonl")
+    parser.add_argument("--num-prompts", type=int, default=10)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--gamma", type=int, default=4)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    parser.add_argument("--gpu-usd-per-hour", type=float, default=2.50)
+    parser.add_argument("--egress-usd-per-gb", type=float, default=0.09)
+    parser.add_argument("--out", default="out/bench")
+    parser.set_defaults(handler=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from edgespec.bench.metrics import PriceModel
+    from edgespec.bench.report import plot_speedups, plot_timeline, render_markdown
+    from edgespec.models.loading import load_tokenizer
+
+    split = lambda text: tuple(part.strip() for part in text.split(",") if part.strip())  # noqa: E731
+    config = BenchConfig(
+        target=args.target,
+        draft=args.draft,
+        draft_backend=args.draft_backend,
+        exits=args.exits,
+        modes=split(args.modes),
+        profiles=split(args.profiles),
+        prompts=split(args.prompts),
+        num_prompts=args.num_prompts,
+        max_new_tokens=args.max_new_tokens,
+        gamma=args.gamma,
+        dtype=args.dtype,
+        out=args.out,
+        price=PriceModel(args.gpu_usd_per_hour, args.egress_usd_per_gb),
+    )
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = build_jobs(config, load_tokenizer(config.draft))
+    records: list[dict[str, Any]] = []
+    with tqdm(total=len(jobs) * len(config.profiles), desc="generations", unit="gen") as bar:
+        for profile in config.profiles:
+            bar.set_postfix_str(profile)
+            records += run_profile(config, profile, jobs, out, bar.update)
+    command = "edgespec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    with (out / "results.jsonl").open("w") as sink:
+        for record in records:
+            sink.write(json.dumps({**record, "config": json.loads(json.dumps(config, default=lambda o: o.__dict__))}) + "\n")
+    summary = summarize_all(config, records)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "report.md").write_text(render_markdown(summary, command))
+    plot_speedups(summary, out / "speedup.png")
+    timeline_source = next((r for r in records if r["mode"] == "sd-ee-pipelined" and "stats" in r), None) or next(r for r in records if "stats" in r)
+    plot_timeline(timeline_source, out / "timeline.png")
+    print(render_markdown(summary, command))
+    print(f"wrote {out}/results.jsonl, summary.json, report.md, speedup.png, timeline.png")
+    return 0

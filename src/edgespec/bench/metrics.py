@@ -1,0 +1,80 @@
+"""From per-generation records to the numbers a benchmark reports, per mode and profile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from edgespec.netem import PROFILES
+
+
+@dataclass(frozen=True)
+class PriceModel:
+    """What a generation costs the cloud: GPU seconds while verifying, plus egress bytes."""
+
+    gpu_usd_per_hour: float = 2.50  # one A100-class GPU, on-demand, order of magnitude
+    egress_usd_per_gb: float = 0.09
+
+    def usd(self, server_busy_s: float, wire_bytes: float) -> float:
+        return server_busy_s * self.gpu_usd_per_hour / 3600 + wire_bytes * self.egress_usd_per_gb / 1e9
+
+
+def link_round_trips(mode: str, rounds: int) -> int:
+    """Round trips on the critical path: one per round when speculating, one in all when the
+    server streams (cloud-ar), none on the edge alone."""
+    if mode == "edge-only":
+        return 0
+    return 1 if mode == "cloud-ar" else rounds
+
+
+def summarize(records: Iterable[dict[str, Any]], profile: str, price: PriceModel) -> dict[str, Any]:
+    """Sums over the prompts of one mode x profile, then ratios (a mean of ratios would let
+    short generations dominate)."""
+    records = [r for r in records if "stats" in r]
+    if not records:
+        return {}
+    total = {key: sum(r["stats"][key] for r in records) for key in (
+        "new_tokens", "rounds", "total_s", "draft_s", "server_verify_s", "bytes_sent", "bytes_received",
+        "hits", "misses", "no_hint", "target_passes", "pipelined", "dropped", "wait_s",
+    )}
+    tokens = max(1, total["new_tokens"])
+    rounds = max(1, total["rounds"])
+    rtt_s = PROFILES[profile].rtt_ms / 1000 if profile in PROFILES else 0.0
+    wire = total["bytes_sent"] + total["bytes_received"]
+    return {
+        "prompts": len(records),
+        "tokens": total["new_tokens"],
+        "tokens_per_s": total["new_tokens"] / total["total_s"] if total["total_s"] else 0.0,
+        "ms_per_token": 1000 * total["total_s"] / tokens,
+        "ttft_ms": 1000 * sum(r["stats"]["ttft_s"] for r in records) / len(records),
+        "tokens_per_round": total["new_tokens"] / rounds,
+        "hit_rate": total["hits"] / rounds,
+        "miss_rate": total["misses"] / rounds,
+        "pipelined_rounds": total["pipelined"],
+        "target_passes_per_token": total["target_passes"] / tokens,
+        "server_busy_s_per_token": total["server_verify_s"] / tokens,
+        "bytes_per_token": wire / tokens,
+        "usd_per_1k_tokens": 1000 * price.usd(total["server_verify_s"], wire) / tokens,
+        # Waiting for verdicts beyond the server's compute and the emulated round trips: what
+        # gRPC, serialisation, the emulator's queues and scheduling add per round.
+        "overhead_ms_per_round": 1000
+        * (total["wait_s"] - total["server_verify_s"] - sum(link_round_trips(r["mode"], r["stats"]["rounds"]) for r in records) * rtt_s)
+        / rounds,
+        "edge_wait_s_per_token": total["wait_s"] / tokens,
+        # Drafting and the network fully hidden: only the verifier's compute remains.
+        "physical_limit_tokens_per_s": total["new_tokens"] / total["server_verify_s"] if total["server_verify_s"] else 0.0,
+        "errors": 0,
+    }
+
+
+def count_mismatches(records: list[dict[str, Any]], baseline_mode: str = "cloud-ar") -> dict[tuple[str, str], int]:
+    """(profile, mode) -> prompts whose greedy output differs from the baseline's."""
+    reference = {(r["profile"], r["prompt_id"]): r.get("tokens") for r in records if r["mode"] == baseline_mode}
+    mismatches: dict[tuple[str, str], int] = {}
+    for r in records:
+        if r["mode"] in (baseline_mode, "edge-only"):
+            continue
+        key = (r["profile"], r["mode"])
+        expected = reference.get((r["profile"], r["prompt_id"]))
+        mismatches[key] = mismatches.get(key, 0) + int(expected is not None and r.get("tokens") != expected)
+    return mismatches

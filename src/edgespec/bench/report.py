@@ -1,0 +1,95 @@
+"""Benchmark outputs: report.md tables and PNG plots (speedup per mode and profile; one round
+timeline showing when edge, link and cloud are busy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+COLUMNS = [
+    ("tokens/s", "tokens_per_s", "{:.2f}"),
+    ("vs cloud-ar", "speedup_vs_cloud_ar", "{:.2f}x"),
+    ("ms/token", "ms_per_token", "{:.0f}"),
+    ("TTFT ms", "ttft_ms", "{:.0f}"),
+    ("tok/round", "tokens_per_round", "{:.2f}"),
+    ("hit rate", "hit_rate", "{:.2f}"),
+    ("target passes/token", "target_passes_per_token", "{:.2f}"),
+    ("server s/token", "server_busy_s_per_token", "{:.3f}"),
+    ("bytes/token", "bytes_per_token", "{:.0f}"),
+    ("$ / 1k tok", "usd_per_1k_tokens", "{:.5f}"),
+    ("overhead ms/round", "overhead_ms_per_round", "{:.1f}"),
+    ("physical limit tok/s", "physical_limit_tokens_per_s", "{:.2f}"),
+    ("mismatches", "mismatches", "{}"),
+    ("errors", "errors", "{}"),
+]
+
+
+def render_markdown(summary: dict[str, Any], command: str) -> str:
+    config = summary["config"]
+    lines = [
+        "# edgespec benchmark",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Target {config['target']} ({config['dtype']}), draft {config['draft']} on {config['draft_backend']}, "
+        f"γ = {config['gamma']}, {config['max_new_tokens']} new tokens, prompts {', '.join(config['prompts'])} "
+        f"({config['num_prompts']} each), exits {config['exits']}. Server and client in separate processes, one thread each. "
+        f"Price model: ${config['price']['gpu_usd_per_hour']}/GPU-hour of verify compute + ${config['price']['egress_usd_per_gb']}/GB on the wire.",
+        "",
+    ]
+    for profile, modes in summary["profiles"].items():
+        lines += [f"## {profile}", "", "| mode | " + " | ".join(name for name, _, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+        for mode, stats in modes.items():
+            cells = [fmt.format(stats[key]) if key in stats else "–" for _, key, fmt in COLUMNS]
+            lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot_speedups(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    profiles = list(summary["profiles"])
+    modes = [m for m in next(iter(summary["profiles"].values()))]
+    width = 0.8 / max(1, len(modes))
+    figure, axis = plt.subplots(figsize=(9, 4.5))
+    for index, mode in enumerate(modes):
+        values = [summary["profiles"][p].get(mode, {}).get("speedup_vs_cloud_ar", 0.0) for p in profiles]
+        axis.bar([i + index * width for i in range(len(profiles))], values, width, label=mode)
+    axis.axhline(1.0, color="black", linewidth=0.8)
+    axis.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(profiles))], profiles)
+    axis.set_ylabel("tokens/s ÷ cloud-ar tokens/s")
+    axis.set_title("Speedup over cloud autoregressive decoding")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_timeline(record: dict[str, Any], path: Path, max_rounds: int = 6) -> None:
+    """Who is busy when, for the first rounds of one generation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    events = [e for e in record["stats"]["timeline"] if e["round"] < max_rounds]
+    lanes = {"edge": 2, "link": 1, "cloud": 0}
+    colours = {"draft": "tab:blue", "pre-draft": "tab:cyan", "verify (server)": "tab:red", "decode": "tab:red"}
+    figure, axis = plt.subplots(figsize=(11, 3))
+    for event in events:
+        lane = lanes.get(event["actor"], 1)
+        width = max(event["end_s"] - event["start_s"], 0.002)
+        colour = colours.get(event["what"], "tab:orange")
+        axis.broken_barh([(event["start_s"], width)], (lane - 0.35, 0.7), facecolors=colour)
+        if event["what"].startswith("early"):
+            axis.text(event["start_s"], lane + 0.38, event["what"].replace("early@", "e"), fontsize=6)
+    axis.set_yticks(list(lanes.values()), list(lanes))
+    axis.set_xlabel("seconds since the request")
+    axis.set_title(f"Round timeline: {record['mode']} on {record['profile']} ({record['prompt_id']})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,36 @@
+from edgespec.bench.metrics import PriceModel, count_mismatches, summarize
+
+
+def record(mode: str, tokens: int, rounds: int, total_s: float, verify_s: float, wait_s: float, prompt: str = "p1", out=None) -> dict:
+    stats = dict(
+        new_tokens=tokens, rounds=rounds, total_s=total_s, draft_s=0.1, server_verify_s=verify_s, bytes_sent=1000,
+        bytes_received=1000, hits=rounds // 2, misses=0, no_hint=0, target_passes=rounds, pipelined=0, dropped=0,
+        wait_s=wait_s, ttft_s=0.2,
+    )
+    return {"mode": mode, "profile": "wan", "prompt_id": prompt, "stats": stats, "tokens": out or [1, 2, 3]}
+
+
+def test_ratios_are_taken_over_sums_not_averaged() -> None:
+    summary = summarize([record("sd", 10, 5, 2.0, 1.0, 1.5), record("sd", 30, 5, 2.0, 1.0, 1.5)], "wan", PriceModel())
+    assert summary["tokens_per_s"] == 40 / 4.0
+    assert summary["tokens_per_round"] == 4.0
+    assert summary["target_passes_per_token"] == 10 / 40
+    assert summary["bytes_per_token"] == 4000 / 40
+    # wait 3.0 s - verify 2.0 s - 10 rounds x 50 ms RTT = 0.5 s over 10 rounds
+    assert abs(summary["overhead_ms_per_round"] - 50.0) < 1e-9
+    assert summary["physical_limit_tokens_per_s"] == 40 / 2.0
+
+
+def test_price_counts_gpu_seconds_and_egress() -> None:
+    price = PriceModel(gpu_usd_per_hour=3600.0, egress_usd_per_gb=1e9)
+    assert price.usd(server_busy_s=2.0, wire_bytes=3) == 2.0 + 3.0
+
+
+def test_mismatches_compare_each_mode_with_cloud_ar_per_prompt() -> None:
+    records = [
+        record("cloud-ar", 3, 3, 1, 1, 1, out=[1, 2, 3]),
+        record("sd", 3, 1, 1, 1, 1, out=[1, 2, 3]),
+        record("sd-ee", 3, 1, 1, 1, 1, out=[1, 2, 4]),
+        record("edge-only", 3, 3, 1, 0, 0, out=[9, 9, 9]),
+    ]
+    assert count_mismatches(records) == {("wan", "sd"): 0, ("wan", "sd-ee"): 1}
