@@ -169,8 +169,8 @@ def build_training_cache(
     manifest_path = directory / MANIFEST
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
-        if list(manifest["layers"]) != list(layers) or manifest["topk"] != topk:
-            raise ValueError(f"{directory} caches layers {manifest['layers']} top-{manifest['topk']}; asked for {list(layers)} top-{topk}")
+        if not set(layers) <= set(manifest["layers"]) or manifest["topk"] != topk:
+            raise ValueError(f"{directory} caches layers {manifest['layers']} top-{manifest['topk']}; asked for layers {list(layers)} top-{topk}: use another --cache-dir")
     else:
         manifest = {
             "kind": "training",
@@ -182,6 +182,8 @@ def build_training_cache(
             "shards": [],
             **(description or {}),
         }
+    # Training may use a subset of the cached layers; more sources are cached at all of them.
+    layers = list(manifest["layers"])
     done = sum(s["sources"] for s in manifest["shards"])
     tap = LayerTap(model, layers)
     _, _, head = decoder_parts(model)
