@@ -97,10 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cmd_serve)
 
     from edgespec.bench.command import add_bench_parser
+    from edgespec.exits.command import add_exit_commands
     from edgespec.netem.command import add_link_parser
 
     add_link_parser(commands)
     add_bench_parser(commands)
+    add_exit_commands(commands)
     return parser
 
 
@@ -122,7 +124,8 @@ def add_exit_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--exits",
         default="auto",
-        help="'auto' (logit lens at 1/2, 3/4 and 6/7 of the layers: 14,21,24 of 28), 'none', a heads directory, or logit-lens:L1,L2,...",
+        help="'auto' (the trained heads shipped for a preset target, else logit lens at 1/2, 3/4 and 6/7 of the layers), "
+        "'none', a heads directory, or logit-lens:L1,L2,...",
     )
 
 
@@ -188,7 +191,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from edgespec.decoding.engine import LocalEngine
         from edgespec.models.target import TargetRuntime
 
-        exits = resolve_exits(args.exits, target.model) if mode.uses_exits else None
+        exits = resolve_exits(args.exits, target.model, args.target) if mode.uses_exits else None
         result = LocalEngine(TargetRuntime(target.model, exits), draft_runtime).generate(prompt_ids, mode, config, on_commit)
     else:
         from edgespec.client.edge_client import ConnectionLost, EdgeClient, ServerError
@@ -244,7 +247,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     target = load_model(args.target, args.dtype)
-    exits = resolve_exits(args.exits, target.model)
+    exits = resolve_exits(args.exits, target.model, args.target)
     asyncio.run(
         serve(
             target.model,
@@ -258,13 +261,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_exits(spec: str, model: Any) -> ExitHeads | None:
+def resolve_exits(spec: str, model: Any, target_name: str = "") -> ExitHeads | None:
+    from edgespec.exits.command import default_exits_dir
     from edgespec.exits.heads import ExitHeads
 
     if spec == "none":
         return None
     hidden_size = int(model.config.hidden_size)
     if spec == "auto":
+        shipped = default_exits_dir(target_name) if target_name else None
+        if shipped is not None:
+            return ExitHeads.load(shipped).streaming_only()
         layers = int(model.config.num_hidden_layers)
         return ExitHeads.logit_lens(sorted({max(1, round(layers * f)) for f in (1 / 2, 3 / 4, 6 / 7)} - {layers}), hidden_size)
     if spec.startswith("logit-lens:"):

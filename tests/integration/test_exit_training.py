@@ -115,3 +115,36 @@ def test_final_logits_stay_bit_identical_with_trained_exits(cached, tmp_path: Pa
         hidden = model(torch.tensor([sequence]), output_hidden_states=True).hidden_states[3][0, -5:]
         expected = model.lm_head(model.model.norm(heads.adapter(3)(hidden)))
     torch.testing.assert_close(readings[1].logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sharegpt_reader_streams_records_and_stops_at_the_truncation(tmp_path: Path) -> None:
+    from edgespec.data.sharegpt import iter_conversations, iter_json_array
+
+    records = [
+        {"id": "a", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
+        {"id": "b", "conversations": [{"from": "gpt", "value": "starts with the model"}, {"from": "human", "value": "x"}]},
+        {"id": "c", "conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+    ]
+    import json
+
+    text = json.dumps(records, indent=2)
+    truncated = text[: -2] + ',\n  {"id": "d", "conversations": [{"from": "human", "val'  # cut mid-record
+    path = tmp_path / "sharegpt.json"
+    path.write_text(truncated)
+    assert [r["id"] for r in iter_json_array(path, chunk_chars=16)] == ["a", "b", "c"]
+    conversations = list(iter_conversations("all", path))
+    assert [c.id for c in conversations] == ["a", "c"]
+    assert conversations[0].messages == ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"})
+    assert conversations[1].messages[0] == {"role": "user", "content": "q"}
+
+
+def test_shipped_heads_load_for_the_default_target() -> None:
+    from edgespec.exits.command import default_exits_dir
+
+    assert default_exits_dir("no-such-target") is None
+    directory = default_exits_dir("qwen2.5-coder-1.5b")
+    assert directory is not None
+    heads = ExitHeads.load(directory)
+    assert heads.hidden_size == 1536 and all(1 <= layer < 28 for layer in heads.layers)
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in heads.state_dict().values())
+    assert "calibration" in heads.metadata and "rule" in heads.metadata["calibration"]

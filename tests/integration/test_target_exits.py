@@ -53,3 +53,12 @@ def test_exit_heads_round_trip_through_safetensors(tmp_path) -> None:
     assert loaded.specs == heads.specs and loaded.metadata == {"steps": 10}
     for name, tensor in heads.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name])
+
+
+def test_exits_that_can_never_stream_are_left_off_the_hot_path() -> None:
+    heads = ExitHeads([ExitSpec(1, kind="linear", threshold=1.01), ExitSpec(2, kind="linear", threshold=0.5)], 64)
+    with torch.no_grad():
+        heads.adapter(2).proj.weight.normal_()
+    kept = heads.streaming_only()
+    assert kept.layers == (2,)
+    assert torch.equal(kept.adapter(2).proj.weight, heads.adapter(2).proj.weight)

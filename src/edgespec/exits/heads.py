@@ -3,7 +3,9 @@ norm and LM head.
 
 An exit never changes what the target computes; it only reads the hidden state after its layer.
 The ``identity`` adapter is the untrained "logit lens": the intermediate hidden state goes through
-the final norm and LM head as is. Trained adapters (``linear``) start from the identity too.
+the final norm and LM head as is. Trained adapters (``linear``, ``lowrank``, ``mlp``; see
+``ExitAdapter``) start from the identity too. Trained, calibrated heads for preset targets ship
+in ``edgespec/exits/shipped/<target>/`` (see ``edgespec.exits.command.default_exits_dir``).
 """
 
 from __future__ import annotations
@@ -119,6 +121,18 @@ class ExitHeads(nn.Module):
         heads = ExitHeads(specs, self.hidden_size, self.metadata)
         heads.adapters = self.adapters
         return heads
+
+    def streaming_only(self) -> "ExitHeads":
+        """The exits whose threshold can be reached (<= 1). An exit calibrated never to stream
+        would still cost a final norm + LM head every round, for nothing."""
+        keep = [spec for spec in self.specs if spec.threshold <= 1.0]
+        if len(keep) == len(self.specs):
+            return self
+        subset = ExitHeads(keep, self.hidden_size, self.metadata)
+        prefixes = tuple(f"adapters.{spec.layer}." for spec in keep)
+        subset.load_state_dict({k: v for k, v in self.state_dict().items() if k.startswith(prefixes)}, strict=True)
+        logger.info("dropped never-streaming exits %s", sorted(set(self.layers) - set(subset.layers)))
+        return subset
 
     def save(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
         """``exits.json`` + ``exits.safetensors``; ``dtype`` (e.g. float16) stores the weights
