@@ -27,7 +27,7 @@ def edgespec_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "edgespec.cli", *args]
 
 
-def _pin(core: int | None) -> Any:
+def pin_to_core(core: int | None) -> Any:
     if core is None or not hasattr(os, "sched_setaffinity") or core >= (os.cpu_count() or 1):
         return None
     return lambda: os.sched_setaffinity(0, {core})
@@ -72,7 +72,7 @@ def deploy(
             edgespec_command("serve", "--target", target, "--dtype", dtype, "--exits", exits, "--port", str(server_port), "--threads", "1"),
             stdout=server_log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_pin(server_core),
+            preexec_fn=pin_to_core(server_core),
         )
         processes.append(server)
         # The first start joins and converts the target's weights: minutes, once.
@@ -106,7 +106,7 @@ def run_client(address: str, args: Sequence[str], client_core: int | None = 1, t
         capture_output=True,
         text=True,
         timeout=timeout_s,
-        preexec_fn=_pin(client_core),
+        preexec_fn=pin_to_core(client_core),
     )
     lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
     if not lines:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgespec.bench.metrics import PriceModel, count_mismatches, summarize
-from edgespec.bench.processes import _pin, deploy
+from edgespec.bench.processes import pin_to_core, deploy
 from edgespec.data.prompt_sets import PromptRecord, load_prompts
 from edgespec.decoding.modes import Mode
 from edgespec.prompting import render_prompt
@@ -86,7 +86,7 @@ def run_profile(
             "--draft-backend", config.draft_backend, "--dtype", config.dtype,
         ]
         with open(out / f"logs-{profile}" / "client.log", "w") as log:
-            worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_pin(1))
+            worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin_to_core(1))
             done = 0
             while worker.poll() is None:
                 time.sleep(1.0)
