@@ -62,3 +62,11 @@ def test_exits_that_can_never_stream_are_left_off_the_hot_path() -> None:
     kept = heads.streaming_only()
     assert kept.layers == (2,)
     assert torch.equal(kept.adapter(2).proj.weight, heads.adapter(2).proj.weight)
+
+
+def test_segments_yield_each_exit_in_layer_order_then_the_final_logits() -> None:
+    model = tiny_model("llama", seed=0)
+    plain = TargetRuntime(model).score_tail(SEQUENCE, 4)
+    items = list(TargetRuntime(model, ExitHeads.logit_lens([1, 3], model.config.hidden_size)).iter_segments(SEQUENCE, 4))
+    assert [item.layer for item in items[:-1]] == [1, 3]
+    assert torch.equal(items[-1], plain)

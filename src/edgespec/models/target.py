@@ -11,8 +11,10 @@ moment.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -118,6 +120,29 @@ class TargetRuntime:
 
     def reset(self) -> None:
         self.kv.reset()
+
+    def iter_segments(
+        self, sequence: Sequence[int], tail: int, kv: TrackedCache | None = None
+    ) -> Iterator[ExitReading | torch.Tensor]:
+        """The forward pass in segments: yields each exit's reading the moment its layer has run,
+        then the final logits [tail, vocab]. (A generator view of ``score_tail``'s callback; the
+        forward runs on a helper thread while the caller consumes readings.)"""
+        items: queue.Queue[object] = queue.Queue()
+
+        def run() -> None:
+            try:
+                items.put(self.score_tail(sequence, tail, on_exit=items.put, kv=kv))
+            except BaseException as error:  # re-raised in the consumer's thread
+                items.put(error)
+
+        threading.Thread(target=run, daemon=True, name="target-forward").start()
+        while True:
+            item = items.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+            if isinstance(item, torch.Tensor):
+                return
 
     def rollback(self, sequence: Sequence[int], kv: TrackedCache | None = None) -> None:
         """Drop cache entries that ``sequence`` (the committed tokens) no longer supports."""
