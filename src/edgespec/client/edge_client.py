@@ -11,7 +11,6 @@ import asyncio
 import logging
 import queue
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -344,7 +343,7 @@ class EdgeClient:
             else:
                 stats.misses += 1
             if step.finished or final.finished:
-                stats.finish_reason = "eos" if step.tokens and step.tokens[-1] in eos else "length"
+                stats.finish_reason = step.reason or "length"  # the server may end it (its budget)
                 if pre_stop is not None:
                     pre_stop.set()
                 return

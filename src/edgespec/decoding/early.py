@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -32,8 +32,10 @@ class EarlyVerdictJudge:
         params: SamplingParams,
         draft_probs: torch.Tensor | None = None,
         uniforms: RoundUniforms | None = None,
+        on_streamed: Callable[[EarlyVerdict], None] | None = None,
     ) -> None:
         self._exits = exits
+        self._on_streamed = on_streamed
         self._draft_tokens = list(draft_tokens)
         self._params = params
         self._draft_probs = draft_probs
@@ -51,6 +53,8 @@ class EarlyVerdictJudge:
             streamed=confidence >= self._exits.spec(reading.layer).threshold,
         )
         self.verdicts.append(early)
+        if early.streamed and self._on_streamed is not None:
+            self._on_streamed(early)
         return early
 
     @property

@@ -15,14 +15,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-import torch
-
 from edgespec.decoding.early import EarlyVerdictJudge
 from edgespec.decoding.modes import Mode
-from edgespec.decoding.sampling import SamplingParams, choose_token, position_uniform, seeded_generator
+from edgespec.decoding.rounds import verify_block
+from edgespec.decoding.sampling import SamplingParams, choose_token, next_uniform, position_uniform, seeded_generator
 from edgespec.decoding.stats import Clock, GenerationStats
 from edgespec.decoding.stopping import clip_to_stop
-from edgespec.decoding.verification import RoundUniforms, Verdict, verdict_from_logits
+from edgespec.decoding.verification import Verdict
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
 
@@ -115,7 +114,7 @@ class LocalEngine:
             elif use_draft:  # the edge's randomness, as the networked client draws it
                 uniform = position_uniform(config.seed + DRAFT_SEED_OFFSET, len(committed))
             else:
-                uniform = float(torch.rand(1, generator=generator, dtype=torch.float64))
+                uniform = next_uniform(generator)
             token = choose_token(logits, config.sampling, uniform)
             end = clock.now()
             clock.record(actor, "decode", start, end, stats.rounds)
@@ -127,7 +126,7 @@ class LocalEngine:
             if produced == len(commit.tokens):
                 stats.ttft_s = end
             if commit.finished:
-                stats.finish_reason = "eos" if commit.tokens and commit.tokens[-1] in config.eos_ids else "length"
+                stats.finish_reason = commit.reason
                 return
 
     def _speculative(
@@ -147,17 +146,11 @@ class LocalEngine:
             clock.record("edge", "draft", start, drafted_at, round_index)
             stats.draft_s += drafted_at - start
 
-            uniforms = None if params.greedy else RoundUniforms.draw(verify_generator, gamma)
-            judge = None
-            if with_exits:
-                assert self.target.exits is not None
-                judge = EarlyVerdictJudge(self.target.exits, block.tokens, params, block.probs, uniforms)
-            logits = self.target.score_tail(committed + block.tokens, gamma + 1, on_exit=judge)
+            verdict, judge = verify_block(self.target, committed, block.tokens, params, block.probs, verify_generator, with_exits)
             verified_at = clock.now()
             stats.verify_s += verified_at - drafted_at
             stats.target_passes += 1
             clock.record("cloud", "verify", drafted_at, verified_at, round_index)
-            verdict = verdict_from_logits(logits, block.tokens, params, block.probs, uniforms)
             if judge is not None:
                 self._score_early_verdicts(judge, verdict, stats, clock, drafted_at, round_index)
 
@@ -174,7 +167,7 @@ class LocalEngine:
             self.draft.rollback(committed)
             logger.debug("round %d: accepted %d/%d next %d", round_index, verdict.accepted, gamma, verdict.next_token)
             if commit.finished:
-                stats.finish_reason = "eos" if commit.tokens[-1] in config.eos_ids else "length"
+                stats.finish_reason = commit.reason
                 return
 
     @staticmethod

@@ -90,8 +90,10 @@ def position_uniform(seed: int, position: int) -> float:
     A position is only ever re-drafted after a rejection *before* it, which does not depend on
     this draw, so reuse leaves it independent of everything the verifier has seen.
     """
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed((seed * 1_000_003 + position) % (2**63))
+    return next_uniform(seeded_generator((seed * 1_000_003 + position) % (2**63)))
+
+
+def next_uniform(generator: torch.Generator) -> float:
     return float(torch.rand(1, generator=generator, dtype=torch.float64))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Collection, Sequence
 
 
@@ -10,6 +10,12 @@ from typing import Collection, Sequence
 class Commit:
     tokens: list[int]
     finished: bool
+    at_eos: bool = field(default=False, compare=False)
+
+    @property
+    def reason(self) -> str:
+        """Why generation finished here: "eos", "length", or "" while it goes on."""
+        return "eos" if self.at_eos else "length" if self.finished else ""
 
 
 def clip_to_stop(tokens: Sequence[int], eos_ids: Collection[int], budget: int) -> Commit:
@@ -24,5 +30,5 @@ def clip_to_stop(tokens: Sequence[int], eos_ids: Collection[int], budget: int) -
             return Commit(kept, finished=True)
         kept.append(int(token))
         if token in eos_ids:
-            return Commit(kept, finished=True)
+            return Commit(kept, finished=True, at_eos=True)
     return Commit(kept, finished=len(kept) >= budget)

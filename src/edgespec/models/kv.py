@@ -17,6 +17,16 @@ from transformers import DynamicCache, PretrainedConfig
 logger = logging.getLogger(__name__)
 
 
+def valid_prefix(held: Sequence[int], sequence: Sequence[int], keep_uncached: int = 1) -> int:
+    """How many held positions stay valid for ``sequence``: their common prefix, leaving the last
+    ``keep_uncached`` tokens of ``sequence`` to be fed again (the caller needs their logits)."""
+    limit = min(len(held), len(sequence) - keep_uncached)
+    common = 0
+    while common < limit and int(held[common]) == int(sequence[common]):
+        common += 1
+    return common
+
+
 class TrackedCache:
     def __init__(self, config: PretrainedConfig) -> None:
         self._config = config
@@ -49,10 +59,7 @@ class TrackedCache:
         ``keep_uncached`` tokens at the end of ``sequence`` are always returned (and dropped from
         the cache if present) because the caller needs the logits at those positions.
         """
-        common = 0
-        limit = min(len(self.tokens), len(sequence) - keep_uncached)
-        while common < limit and self.tokens[common] == sequence[common]:
-            common += 1
+        common = valid_prefix(self.tokens, sequence, keep_uncached)
         if common < len(self.tokens):
             logger.debug("kv rollback %d -> %d", len(self.tokens), common)
         self.truncate(common)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from edgespec.models.draft import DraftRuntime
+from edgespec.models.kv import valid_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -33,17 +34,10 @@ class LlamaCppDraft(DraftRuntime):
         self.vocab_size = int(self.llm.n_vocab())
         logger.info("llama.cpp draft %s (ctx %d, %d threads)", gguf_file, n_ctx, threads)
 
-    def _held(self) -> np.ndarray:
-        return self.llm.input_ids[: self.llm.n_tokens]
-
     def _sync(self, sequence: Sequence[int]) -> list[int]:
         if len(sequence) >= self.n_ctx:
             raise ValueError(f"sequence of {len(sequence)} tokens exceeds the draft context of {self.n_ctx}")
-        held = self._held()
-        limit = min(len(held), len(sequence) - 1)
-        common = 0
-        while common < limit and int(held[common]) == int(sequence[common]):
-            common += 1
+        common = valid_prefix(self.llm.input_ids[: self.llm.n_tokens], sequence)
         # llama.cpp's eval() removes every KV entry from n_tokens on before decoding.
         self.llm.n_tokens = common
         return [int(t) for t in sequence[common:]]

@@ -15,10 +15,11 @@ from typing import Callable
 
 import torch
 
-from edgespec.decoding.early import EarlyVerdict, EarlyVerdictJudge
-from edgespec.decoding.sampling import SamplingParams, choose_token, seeded_generator
+from edgespec.decoding.early import EarlyVerdict
+from edgespec.decoding.rounds import verify_block
+from edgespec.decoding.sampling import SamplingParams, choose_token, next_uniform, seeded_generator
 from edgespec.decoding.stopping import clip_to_stop
-from edgespec.decoding.verification import RoundUniforms, Verdict, verdict_from_logits
+from edgespec.decoding.verification import Verdict
 from edgespec.models.target import TargetRuntime
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport.codec import ProtocolError
@@ -117,19 +118,10 @@ class ServerSession:
         on_early: Callable[[EarlyVerdict], None] | None,
     ) -> RoundOutcome:
         start = time.perf_counter()
-        gamma = len(tokens)
-        uniforms = None if self.sampling.greedy else RoundUniforms.draw(self.generator, gamma)
-        judge = None
-        if on_early is not None and self.runtime.exits is not None:
-            judge = EarlyVerdictJudge(self.runtime.exits, tokens, self.sampling, draft_probs, uniforms)
-
-            def on_exit(reading):  # type: ignore[no-untyped-def]
-                early = judge(reading)
-                if early.streamed:
-                    on_early(early)
-
-        logits = self.runtime.score_tail(self.sequence + tokens, gamma + 1, on_exit=on_exit if judge else None, kv=self.kv)
-        verdict = verdict_from_logits(logits, tokens, self.sampling, draft_probs, uniforms)
+        verdict, judge = verify_block(
+            self.runtime, self.sequence, tokens, self.sampling, draft_probs, self.generator,
+            with_exits=on_early is not None, on_streamed=on_early, kv=self.kv,
+        )
         commit = clip_to_stop(verdict.committed(tokens), self.eos_ids, self.max_new_tokens - self.produced)
         self._commit(commit.tokens, commit.finished, verdict)
         return RoundOutcome(
@@ -144,7 +136,7 @@ class ServerSession:
         """One autoregressive token (cloud-ar): (token, finished, ms)."""
         start = time.perf_counter()
         logits = self.runtime.score_tail(self.sequence, 1, kv=self.kv)[0]
-        uniform = None if self.sampling.greedy else float(torch.rand(1, generator=self.generator, dtype=torch.float64))
+        uniform = None if self.sampling.greedy else next_uniform(self.generator)
         token = choose_token(logits, self.sampling, uniform)
         commit = clip_to_stop([token], self.eos_ids, self.max_new_tokens - self.produced)
         self._commit(commit.tokens, commit.finished, None)
