@@ -1,8 +1,13 @@
 """One verification round, as the server and the in-process engine both run it: draw the round's
-uniforms, score committed + block in one forward (exits judged mid-forward), decide the verdict."""
+uniforms, score committed + block in one forward (exits judged mid-forward), decide the verdict.
+
+The round is split around its forward pass (``begin_round`` ... ``PendingRound.finish``) so a
+server can run many sessions' rounds in one batched forward.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -11,7 +16,42 @@ from edgespec.decoding.early import EarlyVerdict, EarlyVerdictJudge
 from edgespec.decoding.sampling import SamplingParams
 from edgespec.decoding.verification import RoundUniforms, Verdict, verdict_from_logits
 from edgespec.models.kv import TrackedCache
-from edgespec.models.target import TargetRuntime
+from edgespec.models.target import ScoreRequest, TargetRuntime
+
+
+@dataclass
+class PendingRound:
+    """A round whose forward pass is still to run: ``request`` says what to score."""
+
+    request: ScoreRequest
+    tokens: list[int]
+    params: SamplingParams
+    draft_probs: torch.Tensor | None
+    uniforms: RoundUniforms | None
+    judge: EarlyVerdictJudge | None
+
+    def finish(self, logits: torch.Tensor) -> tuple[Verdict, EarlyVerdictJudge | None]:
+        return verdict_from_logits(logits, self.tokens, self.params, self.draft_probs, self.uniforms), self.judge
+
+
+def begin_round(
+    target: TargetRuntime,
+    sequence: Sequence[int],
+    tokens: Sequence[int],
+    params: SamplingParams,
+    draft_probs: torch.Tensor | None,
+    generator: torch.Generator,
+    with_exits: bool,
+    on_streamed: Callable[[EarlyVerdict], None] | None = None,
+    kv: TrackedCache | None = None,
+) -> PendingRound:
+    gamma = len(tokens)
+    uniforms = None if params.greedy else RoundUniforms.draw(generator, gamma)
+    judge = None
+    if with_exits and target.exits is not None:
+        judge = EarlyVerdictJudge(target.exits, tokens, params, draft_probs, uniforms, on_streamed)
+    request = ScoreRequest(list(sequence) + list(tokens), gamma + 1, kv or target.kv, on_exit=judge)
+    return PendingRound(request, list(tokens), params, draft_probs, uniforms, judge)
 
 
 def verify_block(
@@ -27,10 +67,6 @@ def verify_block(
 ) -> tuple[Verdict, EarlyVerdictJudge | None]:
     """The verdict on ``tokens`` drafted after ``sequence``, and the judge holding every early
     verdict of the pass (None without exits). ``on_streamed`` hears each confident one at once."""
-    gamma = len(tokens)
-    uniforms = None if params.greedy else RoundUniforms.draw(generator, gamma)
-    judge = None
-    if with_exits and target.exits is not None:
-        judge = EarlyVerdictJudge(target.exits, tokens, params, draft_probs, uniforms, on_streamed)
-    logits = target.score_tail(list(sequence) + list(tokens), gamma + 1, on_exit=judge, kv=kv)
-    return verdict_from_logits(logits, tokens, params, draft_probs, uniforms), judge
+    pending = begin_round(target, sequence, tokens, params, draft_probs, generator, with_exits, on_streamed, kv)
+    request = pending.request
+    return pending.finish(target.score_tail(request.sequence, request.tail, request.on_exit, request.kv))

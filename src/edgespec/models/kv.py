@@ -77,7 +77,7 @@ class TrackedCache:
         return [(layer.keys, layer.values) for layer in self.cache.layers]
 
 
-def _cache_argument_name(model: torch.nn.Module) -> str:
+def cache_argument_name(model: torch.nn.Module) -> str:
     # transformers 5.x renamed `past_key_values` to `cache`; accept either spelling.
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
@@ -88,7 +88,16 @@ def forward_with_cache(model: torch.nn.Module, kv: TrackedCache, pending: Sequen
     if not pending:
         raise ValueError("nothing to feed: the sequence is already fully cached")
     input_ids = torch.tensor([list(pending)], dtype=torch.long)
-    kwargs = {_cache_argument_name(model): kv.cache}
+    kwargs = {cache_argument_name(model): kv.cache}
     output = model(input_ids=input_ids, use_cache=True, logits_to_keep=tail, **kwargs)
     kv.appended(pending)
     return output.logits[0, -tail:, :].float()
+
+
+def kv_bytes_per_token(model: torch.nn.Module) -> int:
+    """Bytes of KV cache one token costs (keys and values, every layer): sizes a memory bound."""
+    config = model.config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    itemsize = next(model.parameters()).element_size()
+    return 2 * config.num_hidden_layers * heads * head_dim * itemsize

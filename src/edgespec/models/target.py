@@ -14,17 +14,39 @@ import logging
 import queue
 import threading
 import time
+import weakref
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from edgespec.exits.heads import ExitHeads, ExitReading
+from edgespec.models.batching import can_batch, forward_batch
 from edgespec.models.kv import TrackedCache, forward_with_cache
 
 logger = logging.getLogger(__name__)
 
 ExitCallback = Callable[[ExitReading], None]
+
+
+@dataclass
+class ScoreRequest:
+    """One session's share of a (batched) forward: see ``TargetRuntime.score_tail``."""
+
+    sequence: Sequence[int]
+    tail: int
+    kv: TrackedCache
+    on_exit: ExitCallback | None = None
+
+
+@dataclass(frozen=True)
+class _Tap:
+    """Which batch row's last ``tail`` positions an exit callback reads."""
+
+    row: int
+    tail: int
+    callback: ExitCallback
 
 
 def decoder_parts(model: nn.Module) -> tuple[nn.ModuleList, nn.Module, nn.Module]:
@@ -49,9 +71,11 @@ class TargetRuntime:
         self.kv = TrackedCache(model.config)
         self.exits: ExitHeads | None = None
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
-        self._callback: ExitCallback | None = None
-        self._tail = 1
+        self._taps: list[_Tap] = []
         self._started = 0.0
+        # Session caches still alive somewhere: lets a server (and its tests) see that closed
+        # sessions really release their KV memory.
+        self.live_caches: weakref.WeakSet[TrackedCache] = weakref.WeakSet()
         if exits is not None:
             self.attach_exits(exits)
 
@@ -82,12 +106,17 @@ class TargetRuntime:
 
     def _make_hook(self, layer: int) -> Callable[..., None]:
         def hook(_module: nn.Module, _inputs: object, output: object) -> None:
-            if self._callback is None:
+            taps = self._taps
+            if not taps:
                 return
             hidden = output[0] if isinstance(output, tuple) else output
-            tail = hidden[0, -self._tail :, :]  # [tail, hidden]
-            logits = self.exit_logits(layer, tail).float()
-            self._callback(ExitReading(layer=layer, logits=logits, elapsed_s=time.perf_counter() - self._started))
+            # Every row's real tokens end at the last column (batches are left-padded), and one
+            # LM-head product serves all rows of the batch.
+            rows = torch.cat([hidden[tap.row, -tap.tail :, :] for tap in taps])
+            logits = self.exit_logits(layer, rows).float()
+            elapsed = time.perf_counter() - self._started
+            for tap, part in zip(taps, torch.split(logits, [tap.tail for tap in taps])):
+                tap.callback(ExitReading(layer=layer, logits=part, elapsed_s=elapsed))
 
         return hook
 
@@ -111,12 +140,30 @@ class TargetRuntime:
             raise ValueError(f"tail must be in 1..{len(sequence)}, got {tail}")
         kv = kv or self.kv
         pending = kv.sync(sequence, keep_uncached=tail)
-        self._callback, self._tail, self._started = on_exit, tail, time.perf_counter()
+        self._taps = [_Tap(0, tail, on_exit)] if on_exit is not None else []
+        self._started = time.perf_counter()
         try:
             logits = forward_with_cache(self.model, kv, pending, tail)
         finally:
-            self._callback = None
+            self._taps = []
         return logits
+
+    @torch.inference_mode()
+    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[torch.Tensor]:
+        """``score_tail`` for several sessions in one forward pass (each with its own cache);
+        exit callbacks fire per session as each exit layer completes for the whole batch."""
+        for request in requests:
+            if request.tail < 1 or request.tail > len(request.sequence):
+                raise ValueError(f"tail must be in 1..{len(request.sequence)}, got {request.tail}")
+        if len(requests) == 1 or not all(can_batch(r.kv) for r in requests):
+            return [self.score_tail(r.sequence, r.tail, r.on_exit, r.kv) for r in requests]
+        pendings = [r.kv.sync(r.sequence, keep_uncached=r.tail) for r in requests]
+        self._taps = [_Tap(row, r.tail, r.on_exit) for row, r in enumerate(requests) if r.on_exit is not None]
+        self._started = time.perf_counter()
+        try:
+            return forward_batch(self.model, [r.kv for r in requests], pendings, [r.tail for r in requests])
+        finally:
+            self._taps = []
 
     def reset(self) -> None:
         self.kv.reset()
@@ -149,4 +196,6 @@ class TargetRuntime:
         (kv or self.kv).sync(sequence, keep_uncached=1)
 
     def new_cache(self) -> TrackedCache:
-        return TrackedCache(self.model.config)
+        cache = TrackedCache(self.model.config)
+        self.live_caches.add(cache)
+        return cache

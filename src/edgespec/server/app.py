@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import grpc
 
 from edgespec.exits.heads import ExitHeads
+from edgespec.models.kv import kv_bytes_per_token
 from edgespec.models.target import TargetRuntime
+from edgespec.server.scheduler import AdmissionLimits
 from edgespec.server.servicer import VerifierService
 from edgespec.server.session import SessionLimits
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
@@ -26,6 +28,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     limits: SessionLimits = SessionLimits()
+    admission: AdmissionLimits = AdmissionLimits()
 
 
 def build_server(service: VerifierService, config: ServerConfig) -> tuple[grpc.aio.Server, int]:
@@ -33,7 +36,9 @@ def build_server(service: VerifierService, config: ServerConfig) -> tuple[grpc.a
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.keepalive_time_ms", 20_000),
+            # Pings find a dead link (no RST ever arrives) within ~10 s, so its session is freed.
+            ("grpc.keepalive_time_ms", 5_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ]
@@ -54,7 +59,12 @@ async def serve(
     target_name: str = "",
     ready: asyncio.Event | None = None,
 ) -> None:
-    service = VerifierService(TargetRuntime(model, exits), tokenizer, eos_ids, target_name, config.limits)  # type: ignore[arg-type]
+    service = VerifierService(TargetRuntime(model, exits), tokenizer, eos_ids, target_name, config.limits, config.admission)  # type: ignore[arg-type]
+    worst_case = kv_bytes_per_token(model) * config.admission.max_sessions * (config.limits.max_prompt_tokens + config.limits.max_new_tokens)  # type: ignore[arg-type]
+    logger.info(
+        "admission: %d sessions, %d queued rounds, batches of up to %d; worst-case KV memory %.1f GiB",
+        config.admission.max_sessions, config.admission.max_queued, config.admission.max_batch, worst_case / 2**30,
+    )
     server, port = build_server(service, config)
     await server.start()
     logger.info("serving %s on %s:%d (exits %s)", target_name, config.host, port, exits.layers if exits else "none")

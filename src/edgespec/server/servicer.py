@@ -1,27 +1,30 @@
-"""The gRPC service: thin handlers that decode a message, call the session on the compute
-thread, and encode what comes back. Early verdicts are pushed onto the reply stream from inside
-the forward pass, the moment an exit clears its threshold.
+"""The gRPC service: thin handlers that decode a message, hand the session's forward to the
+batch scheduler, and encode what comes back. Early verdicts are pushed onto the reply stream from
+inside the (batched) forward pass, the moment an exit clears its threshold.
+
+Admission control lives here too: a bounded number of open sessions, each with an idle timeout
+and a maximum lifetime, so memory stays bounded whatever clients do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator, Callable, TypeVar
+import time
+from typing import AsyncIterator
 
 import grpc
 
 from edgespec.decoding.early import EarlyVerdict
 from edgespec.models.target import TargetRuntime
 from edgespec.prompting import render_prompt
+from edgespec.server.scheduler import AdmissionLimits, BatchScheduler
 from edgespec.server.session import ServerSession, SessionLimits
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
 from edgespec.transport.codec import PROTOCOL_VERSION, ProtocolError, distributions_from_wire, sampling_from_wire
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 _END = object()
 
 
@@ -33,19 +36,18 @@ class VerifierService(pb_grpc.VerifierServicer):
         eos_ids: frozenset[int],
         target_name: str = "",
         limits: SessionLimits = SessionLimits(),
+        admission: AdmissionLimits = AdmissionLimits(),
     ) -> None:
         self.runtime = runtime
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.target_name = target_name
         self.limits = limits
-        # One model, one forward at a time: every session's compute is serialised here, off the
-        # event loop, so replies keep streaming while the model runs.
-        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify")
+        self.admission = admission
+        # One model, one (batched) forward at a time, off the event loop, so replies keep
+        # streaming while the model runs.
+        self.scheduler = BatchScheduler(runtime, admission)
         self.sessions: dict[str, ServerSession] = {}
-
-    async def _run(self, function: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._compute, function, *args)
 
     async def Session(self, request_iterator: AsyncIterator[pb.ClientMessage], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ServerMessage]:  # noqa: N802
         replies: asyncio.Queue[object] = asyncio.Queue()
@@ -62,13 +64,21 @@ class VerifierService(pb_grpc.VerifierServicer):
 
     async def _serve_session(self, requests: AsyncIterator[pb.ClientMessage], replies: asyncio.Queue[object]) -> None:
         session: ServerSession | None = None
+        messages = requests.__aiter__()
+        opened_at = time.monotonic()
         try:
-            async for message in requests:
+            while True:
+                try:
+                    message = await asyncio.wait_for(messages.__anext__(), self._read_timeout(opened_at))
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    raise self._expired(opened_at) from None
                 kind = message.WhichOneof("kind")
                 if kind == "open":
                     if session is not None:
                         raise ProtocolError(pb.BAD_REQUEST, "the session is already open")
-                    session = await self._open(message.open, replies)
+                    session = await self._open(message.open, replies, opened_at)
                 elif kind == "block":
                     if session is None:
                         raise ProtocolError(pb.BAD_REQUEST, "send open before any block")
@@ -90,7 +100,18 @@ class VerifierService(pb_grpc.VerifierServicer):
                 self.sessions.pop(session.id, None)
             replies.put_nowait(_END)
 
-    async def _open(self, request: pb.Open, replies: asyncio.Queue[object]) -> ServerSession:
+    def _read_timeout(self, opened_at: float) -> float:
+        lifetime_left = self.limits.max_lifetime_s - (time.monotonic() - opened_at)
+        return max(0.0, min(self.limits.idle_timeout_s, lifetime_left))
+
+    def _expired(self, opened_at: float) -> ProtocolError:
+        if time.monotonic() - opened_at >= self.limits.max_lifetime_s:
+            return ProtocolError(pb.EXPIRED, f"the session reached its maximum lifetime of {self.limits.max_lifetime_s:g} s")
+        return ProtocolError(pb.EXPIRED, f"no message for {self.limits.idle_timeout_s:g} s: the session was ended to free its memory")
+
+    async def _open(self, request: pb.Open, replies: asyncio.Queue[object], opened_at: float) -> ServerSession:
+        if len(self.sessions) >= self.admission.max_sessions:
+            raise ProtocolError(pb.BUSY, f"the server is at its limit of {self.admission.max_sessions} open sessions; retry later")
         if request.protocol_version != PROTOCOL_VERSION:
             raise ProtocolError(
                 pb.UNSUPPORTED_VERSION,
@@ -118,7 +139,8 @@ class VerifierService(pb_grpc.VerifierServicer):
             self.limits,
         )
         self.sessions[session.id] = session
-        prefill_ms = await self._run(session.prefill)
+        prefill = session.prefill_job()
+        prefill_ms = (await self.scheduler.submit(prefill)).forward_ms if prefill is not None else 0.0
         replies.put_nowait(
             pb.ServerMessage(
                 opened=pb.Opened(
@@ -135,14 +157,17 @@ class VerifierService(pb_grpc.VerifierServicer):
         )
         logger.info("session %s opened: %d prompt tokens, kind %s", session.id, len(prompt_ids), pb.SessionKind.Name(request.kind))
         if request.kind == pb.CLOUD_AR:
-            await self._decode_all(session, replies)
+            await self._decode_all(session, replies, opened_at)
         session.early_verdicts = bool(request.early_verdicts)
         return session
 
-    async def _decode_all(self, session: ServerSession, replies: asyncio.Queue[object]) -> None:
+    async def _decode_all(self, session: ServerSession, replies: asyncio.Queue[object], opened_at: float) -> None:
         while not session.finished:
-            token, finished, ms = await self._run(session.decode_step)
-            replies.put_nowait(pb.ServerMessage(tokens=pb.Tokens(ids=[token], finished=finished, compute_ms=ms)))
+            if time.monotonic() - opened_at >= self.limits.max_lifetime_s:
+                raise self._expired(opened_at)
+            result = await self.scheduler.submit(session.decode_job())
+            token, finished = result.value
+            replies.put_nowait(pb.ServerMessage(tokens=pb.Tokens(ids=[token], finished=finished, compute_ms=result.forward_ms)))
 
     async def _block(self, session: ServerSession, block: pb.DraftBlock, replies: asyncio.Queue[object]) -> None:
         pipelined = block.HasField("assumes")
@@ -168,7 +193,8 @@ class VerifierService(pb_grpc.VerifierServicer):
             loop.call_soon_threadsafe(replies.put_nowait, message)
 
         on_early = stream_early if session.early_verdicts else None
-        outcome = await self._run(session.verify, list(block.tokens), draft_probs, on_early)
+        result = await self.scheduler.submit(session.verify_job(list(block.tokens), draft_probs, on_early))
+        outcome = result.value
         replies.put_nowait(
             pb.ServerMessage(
                 final=pb.FinalVerdict(
@@ -176,7 +202,8 @@ class VerifierService(pb_grpc.VerifierServicer):
                     accepted=outcome.verdict.accepted,
                     next_token=outcome.verdict.next_token,
                     finished=outcome.finished,
-                    verify_ms=outcome.verify_ms,
+                    verify_ms=result.forward_ms,
+                    queued_ms=result.queued_ms,
                     pipelined=pipelined,
                     timings=[pb.SegmentTiming(name=f"exit {e.layer}", ms=e.elapsed_s * 1000) for e in outcome.early],
                 )
@@ -184,4 +211,4 @@ class VerifierService(pb_grpc.VerifierServicer):
         )
 
     def shutdown(self) -> None:
-        self._compute.shutdown(wait=False, cancel_futures=True)
+        self.scheduler.close()

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from edgespec.decoding.early import EarlyVerdict
-from edgespec.decoding.rounds import verify_block
+from edgespec.decoding.rounds import begin_round
 from edgespec.decoding.sampling import SamplingParams, choose_token, next_uniform, seeded_generator
 from edgespec.decoding.stopping import clip_to_stop
 from edgespec.decoding.verification import Verdict
-from edgespec.models.target import TargetRuntime
+from edgespec.models.target import ScoreRequest, TargetRuntime
+from edgespec.server.scheduler import Job
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport.codec import ProtocolError
 
@@ -32,6 +32,10 @@ class SessionLimits:
     max_prompt_tokens: int = 8192
     max_new_tokens: int = 4096
     max_block: int = 64
+    # A session that sends nothing for this long, or lives longer than this, is ended (EXPIRED)
+    # so a vanished client cannot pin its KV cache.
+    idle_timeout_s: float = 120.0
+    max_lifetime_s: float = 3600.0
 
 
 @dataclass
@@ -39,7 +43,6 @@ class RoundOutcome:
     verdict: Verdict
     committed: list[int]
     finished: bool
-    verify_ms: float
     early: list[EarlyVerdict] = field(default_factory=list)
 
 
@@ -84,12 +87,12 @@ class ServerSession:
     def produced(self) -> int:
         return len(self.sequence) - self.prompt_len
 
-    def prefill(self) -> float:
-        """Fill the KV cache with everything but the last committed token; returns ms."""
-        start = time.perf_counter()
-        if len(self.sequence) > 1:
-            self.runtime.score_tail(self.sequence[:-1], 1, kv=self.kv)
-        return (time.perf_counter() - start) * 1000
+    def prefill_job(self) -> Job[None] | None:
+        """Fill the KV cache with everything but the last committed token (None: nothing to fill).
+        Runs alone: it is the one long forward, and padding other sessions to it would waste."""
+        if len(self.sequence) < 2:
+            return None
+        return Job(ScoreRequest(self.sequence[:-1], 1, self.kv), finish=lambda logits: None, solo=True)
 
     def check_block(self, block: pb.DraftBlock) -> None:
         if self.finished:
@@ -111,36 +114,36 @@ class ServerSession:
         round_index, verdict = self.last_verdict
         return assumes.round == round_index and Verdict(assumes.accepted, assumes.next_token) == verdict
 
-    def verify(
+    def verify_job(
         self,
         tokens: list[int],
         draft_probs: torch.Tensor | None,
         on_early: Callable[[EarlyVerdict], None] | None,
-    ) -> RoundOutcome:
-        start = time.perf_counter()
-        verdict, judge = verify_block(
+    ) -> Job[RoundOutcome]:
+        pending = begin_round(
             self.runtime, self.sequence, tokens, self.sampling, draft_probs, self.generator,
             with_exits=on_early is not None, on_streamed=on_early, kv=self.kv,
         )
-        commit = clip_to_stop(verdict.committed(tokens), self.eos_ids, self.max_new_tokens - self.produced)
-        self._commit(commit.tokens, commit.finished, verdict)
-        return RoundOutcome(
-            verdict=verdict,
-            committed=commit.tokens,
-            finished=commit.finished,
-            verify_ms=(time.perf_counter() - start) * 1000,
-            early=judge.verdicts if judge else [],
-        )
 
-    def decode_step(self) -> tuple[int, bool, float]:
-        """One autoregressive token (cloud-ar): (token, finished, ms)."""
-        start = time.perf_counter()
-        logits = self.runtime.score_tail(self.sequence, 1, kv=self.kv)[0]
+        def finish(logits: torch.Tensor) -> RoundOutcome:
+            verdict, judge = pending.finish(logits)
+            commit = clip_to_stop(verdict.committed(tokens), self.eos_ids, self.max_new_tokens - self.produced)
+            self._commit(commit.tokens, commit.finished, verdict)
+            return RoundOutcome(verdict, commit.tokens, commit.finished, early=judge.verdicts if judge else [])
+
+        return Job(pending.request, finish)
+
+    def decode_job(self) -> Job[tuple[int, bool]]:
+        """One autoregressive token (cloud-ar): (token, finished)."""
         uniform = None if self.sampling.greedy else next_uniform(self.generator)
-        token = choose_token(logits, self.sampling, uniform)
-        commit = clip_to_stop([token], self.eos_ids, self.max_new_tokens - self.produced)
-        self._commit(commit.tokens, commit.finished, None)
-        return token, commit.finished, (time.perf_counter() - start) * 1000
+
+        def finish(logits: torch.Tensor) -> tuple[int, bool]:
+            token = choose_token(logits[0], self.sampling, uniform)
+            commit = clip_to_stop([token], self.eos_ids, self.max_new_tokens - self.produced)
+            self._commit(commit.tokens, commit.finished, None)
+            return token, commit.finished
+
+        return Job(ScoreRequest(list(self.sequence), 1, self.kv), finish)
 
     def _commit(self, tokens: list[int], finished: bool, verdict: Verdict | None) -> None:
         self.sequence.extend(tokens)

@@ -24,6 +24,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTERNAL: _ClassVar[ErrorCode]
     UNAUTHENTICATED: _ClassVar[ErrorCode]
     BUSY: _ClassVar[ErrorCode]
+    EXPIRED: _ClassVar[ErrorCode]
 SESSION_KIND_UNSPECIFIED: SessionKind
 CLOUD_AR: SessionKind
 SPECULATIVE: SessionKind
@@ -36,6 +37,7 @@ OUT_OF_ORDER: ErrorCode
 INTERNAL: ErrorCode
 UNAUTHENTICATED: ErrorCode
 BUSY: ErrorCode
+EXPIRED: ErrorCode
 
 class ClientMessage(_message.Message):
     __slots__ = ("open", "block", "close")

@@ -1,0 +1,94 @@
+"""One forward pass over several sessions' KV caches at once (ragged lengths).
+
+Each session keeps its own `TrackedCache`. For a batched pass the caches are copied into one
+padded cache, the new tokens are left-padded so every row's real tokens end at the last column,
+and an attention mask hides both kinds of padding:
+
+    row i: [ cache_i (L_i) | pad (Lmax - L_i) | pad (Pmax - P_i) | pending_i (P_i) ]
+
+Position ids are given explicitly (L_i + j for the j-th pending token), so rotary embeddings see
+each session's true positions. Afterwards each session's cache gets exactly its own P_i new
+entries. Copying the caches costs memory traffic proportional to the batch's total context; for
+the short verify blocks of speculative decoding that is small beside the weights' traffic it
+saves (one pass over the weights for the whole batch instead of one per session).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from edgespec.models.kv import TrackedCache, cache_argument_name
+
+logger = logging.getLogger(__name__)
+
+# Any id in the vocabulary will do: padded positions are masked out of every attention.
+_PAD_ID = 0
+
+
+def can_batch(cache: TrackedCache) -> bool:
+    """Only plain full-attention layers can be padded and split this way (a sliding-window
+    layer keeps a rolling buffer whose padding would shift what it keeps)."""
+    return all(type(layer) is DynamicLayer for layer in cache.cache.layers)
+
+
+def forward_batch(
+    model: torch.nn.Module, caches: Sequence[TrackedCache], pendings: Sequence[Sequence[int]], tails: Sequence[int]
+) -> list[torch.Tensor]:
+    """Feed each ``pendings[i]`` on top of ``caches[i]`` in one pass; logits [tails[i], vocab]
+    (float32) per session. The caches are only changed once the pass has succeeded."""
+    if len({id(c) for c in caches}) != len(caches):
+        raise ValueError("a cache appears twice in one batch")
+    if any(not p for p in pendings):
+        raise ValueError("nothing to feed for a session: its sequence is already fully cached")
+    batch = len(caches)
+    cached = [len(c) for c in caches]
+    fed = [len(p) for p in pendings]
+    longest_cache, longest_feed = max(cached), max(fed)
+
+    input_ids = torch.full((batch, longest_feed), _PAD_ID, dtype=torch.long)
+    position_ids = torch.zeros((batch, longest_feed), dtype=torch.long)
+    attention_mask = torch.zeros((batch, longest_cache + longest_feed), dtype=torch.long)
+    for row, (pending, held) in enumerate(zip(pendings, cached)):
+        start = longest_feed - len(pending)
+        input_ids[row, start:] = torch.tensor(list(pending), dtype=torch.long)
+        position_ids[row, start:] = torch.arange(held, held + len(pending))
+        attention_mask[row, :held] = 1
+        attention_mask[row, longest_cache + start :] = 1
+
+    padded = _padded_cache(model, caches, cached, longest_cache)
+    output = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=max(tails),
+        **{cache_argument_name(model): padded},
+    )
+    for row, (kv, pending) in enumerate(zip(caches, pendings)):
+        for layer, batched in zip(kv.cache.layers, padded.layers):
+            layer.update(batched.keys[row : row + 1, :, -len(pending) :].clone(), batched.values[row : row + 1, :, -len(pending) :].clone())
+        kv.appended(pending)
+    return [output.logits[row, -tail:, :].float() for row, tail in enumerate(tails)]
+
+
+def _padded_cache(model: torch.nn.Module, caches: Sequence[TrackedCache], cached: list[int], longest: int) -> DynamicCache:
+    padded = DynamicCache(config=model.config)
+    if longest == 0:
+        return padded
+    reference = next(c for c, n in zip(caches, cached) if n > 0).cache.layers
+    for index, layer in enumerate(padded.layers):
+        template = reference[index].keys
+        shape = (len(caches), template.shape[1], longest, template.shape[3])
+        keys = template.new_zeros(shape)
+        values = template.new_zeros(shape)
+        for row, (kv, held) in enumerate(zip(caches, cached)):
+            if held:
+                keys[row, :, :held] = kv.cache.layers[index].keys[0]
+                values[row, :, :held] = kv.cache.layers[index].values[0]
+        layer.update(keys, values)
+    return padded
