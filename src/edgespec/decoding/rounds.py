@@ -50,7 +50,7 @@ def begin_round(
     judge = None
     if with_exits and target.exits is not None:
         judge = EarlyVerdictJudge(target.exits, tokens, params, draft_probs, uniforms, on_streamed)
-    request = ScoreRequest(list(sequence) + list(tokens), gamma + 1, kv or target.kv, on_exit=judge)
+    request = ScoreRequest(list(sequence) + list(tokens), gamma + 1, kv if kv is not None else target.kv, on_exit=judge)
     return PendingRound(request, list(tokens), params, draft_probs, uniforms, judge)
 
 

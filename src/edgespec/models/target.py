@@ -10,6 +10,7 @@ moment.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -76,6 +77,8 @@ class TargetRuntime:
         # Session caches still alive somewhere: lets a server (and its tests) see that closed
         # sessions really release their KV memory.
         self.live_caches: weakref.WeakSet[TrackedCache] = weakref.WeakSet()
+        # Sessions per forward pass actually run (1 for every unbatched pass).
+        self.batch_sizes: collections.Counter[int] = collections.Counter()
         if exits is not None:
             self.attach_exits(exits)
 
@@ -138,7 +141,7 @@ class TargetRuntime:
         """
         if tail < 1 or tail > len(sequence):
             raise ValueError(f"tail must be in 1..{len(sequence)}, got {tail}")
-        kv = kv or self.kv
+        kv = kv if kv is not None else self.kv
         pending = kv.sync(sequence, keep_uncached=tail)
         self._taps = [_Tap(0, tail, on_exit)] if on_exit is not None else []
         self._started = time.perf_counter()
@@ -146,6 +149,7 @@ class TargetRuntime:
             logits = forward_with_cache(self.model, kv, pending, tail)
         finally:
             self._taps = []
+        self.batch_sizes[1] += 1
         return logits
 
     @torch.inference_mode()
@@ -161,9 +165,11 @@ class TargetRuntime:
         self._taps = [_Tap(row, r.tail, r.on_exit) for row, r in enumerate(requests) if r.on_exit is not None]
         self._started = time.perf_counter()
         try:
-            return forward_batch(self.model, [r.kv for r in requests], pendings, [r.tail for r in requests])
+            logits = forward_batch(self.model, [r.kv for r in requests], pendings, [r.tail for r in requests])
         finally:
             self._taps = []
+        self.batch_sizes[len(requests)] += 1
+        return logits
 
     def reset(self) -> None:
         self.kv.reset()
@@ -193,7 +199,7 @@ class TargetRuntime:
 
     def rollback(self, sequence: Sequence[int], kv: TrackedCache | None = None) -> None:
         """Drop cache entries that ``sequence`` (the committed tokens) no longer supports."""
-        (kv or self.kv).sync(sequence, keep_uncached=1)
+        (kv if kv is not None else self.kv).sync(sequence, keep_uncached=1)
 
     def new_cache(self) -> TrackedCache:
         cache = TrackedCache(self.model.config)

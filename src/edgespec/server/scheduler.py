@@ -139,29 +139,37 @@ class BatchScheduler:
             return batch
 
     def _loop(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            started = time.perf_counter()
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._run(batch)
+            # Drop the batch before blocking for the next one: its jobs reference the sessions'
+            # caches, which must be freed the moment their sessions end.
+            del batch
+
+    def _run(self, batch: list[_Entry]) -> None:
+        started = time.perf_counter()
+        try:
+            all_logits = self.runtime.score_batch([entry.job.request for entry in batch])
+        except Exception as error:  # noqa: BLE001 - every waiting session hears of it
+            logger.exception("a batched forward of %d sessions failed", len(batch))
+            for entry in batch:
+                _post(entry, _fail, error)
+            return
+        forward_ms = (time.perf_counter() - started) * 1000
+        self.stats.forwards += 1
+        self.stats.jobs += len(batch)
+        self.stats.batch_sizes[len(batch)] += 1
+        for entry, logits in zip(batch, all_logits):
             try:
-                all_logits = self.runtime.score_batch([entry.job.request for entry in batch])
-            except Exception as error:  # noqa: BLE001 - every waiting session hears of it
-                logger.exception("a batched forward of %d sessions failed", len(batch))
-                for entry in batch:
-                    _post(entry, _fail, error)
+                value = entry.job.finish(logits)
+            except Exception as error:  # noqa: BLE001 - only this session fails
+                _post(entry, _fail, error)
                 continue
-            forward_ms = (time.perf_counter() - started) * 1000
-            self.stats.forwards += 1
-            self.stats.jobs += len(batch)
-            self.stats.batch_sizes[len(batch)] += 1
-            for entry, logits in zip(batch, all_logits):
-                try:
-                    value = entry.job.finish(logits)
-                except Exception as error:  # noqa: BLE001 - only this session fails
-                    _post(entry, _fail, error)
-                    continue
-                result = JobResult(value, forward_ms, (started - entry.submitted) * 1000, len(batch))
-                _post(entry, _resolve, result)
-            if len(batch) > 1:
-                logger.debug("batched forward: %d sessions in %.1f ms", len(batch), forward_ms)
+            _post(entry, _resolve, JobResult(value, forward_ms, (started - entry.submitted) * 1000, len(batch)))
+        if len(batch) > 1:
+            logger.debug("batched forward: %d sessions in %.1f ms", len(batch), forward_ms)
 
 
 def _post(entry: _Entry, action: Callable[..., None], *args: object) -> None:
