@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--target", default=DEFAULT_TARGET, help="preset name, HF model dir or .gguf file")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=50051)
+    admission = serve.add_argument_group("admission control (memory stays bounded whatever clients do)")
+    admission.add_argument("--max-sessions", type=int, default=64, help="open sessions; one more is refused with BUSY")
+    admission.add_argument("--max-queued", type=int, default=256, help="rounds waiting for the model; one more is refused with BUSY")
+    admission.add_argument("--max-batch", type=int, default=32, help="sessions verified together in one forward pass (1: no batching)")
+    admission.add_argument("--idle-timeout", type=float, default=120.0, help="seconds without a message before a session is ended (EXPIRED)")
+    admission.add_argument("--max-lifetime", type=float, default=3600.0, help="seconds a session may live")
     add_model_arguments(serve)
     add_exit_argument(serve)
     serve.set_defaults(handler=cmd_serve)
@@ -243,7 +249,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from edgespec.models.loading import load_model
     from edgespec.prompting import eos_token_ids
     from edgespec.server.app import ServerConfig, serve
+    from edgespec.server.scheduler import AdmissionLimits
+    from edgespec.server.session import SessionLimits
 
+    # Bad limits fail here, before minutes of model loading.
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        limits=SessionLimits(idle_timeout_s=args.idle_timeout, max_lifetime_s=args.max_lifetime),
+        admission=AdmissionLimits(max_sessions=args.max_sessions, max_queued=args.max_queued, max_batch=args.max_batch),
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     target = load_model(args.target, args.dtype)
@@ -254,7 +269,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             target.tokenizer,
             eos_token_ids(target.model, target.tokenizer),
             exits,
-            ServerConfig(host=args.host, port=args.port),
+            config,
             target_name=f"{target.name} ({target.dtype})",
         )
     )

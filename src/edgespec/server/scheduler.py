@@ -34,6 +34,10 @@ class AdmissionLimits:
     max_queued: int = 256  # jobs waiting for the model; one more is refused with BUSY
     max_batch: int = 32  # sessions per forward pass
 
+    def __post_init__(self) -> None:
+        if min(self.max_sessions, self.max_queued, self.max_batch) < 1:
+            raise ValueError("admission limits must be >= 1")
+
 
 @dataclass
 class Job(Generic[T]):
@@ -105,6 +109,11 @@ class BatchScheduler:
             raise
 
     def close(self) -> None:
+        if self.stats.forwards:
+            logger.info(
+                "served %d rounds in %d forward passes (sessions per pass: %s)",
+                self.stats.jobs, self.stats.forwards, dict(sorted(self.stats.batch_sizes.items())),
+            )
         with self._wake:
             self._closed = True
             pending = list(self._queue)
