@@ -34,3 +34,15 @@ def test_mismatches_compare_each_mode_with_cloud_ar_per_prompt() -> None:
         record("edge-only", 3, 3, 1, 0, 0, out=[9, 9, 9]),
     ]
     assert count_mismatches(records) == {("wan", "sd"): 0, ("wan", "sd-ee"): 1}
+
+
+def test_aggregate_rate_is_all_clients_tokens_over_the_shared_wall_time() -> None:
+    from edgespec.bench.runner import aggregate_tokens_per_s
+
+    records = [
+        {"tokens": [1] * 10, "started_at": 100.0, "ended_at": 102.0},
+        {"tokens": [1] * 30, "started_at": 101.0, "ended_at": 104.0},
+        {"error": "lost", "started_at": 90.0, "ended_at": 200.0},  # failed runs produce nothing and do not stretch the window
+    ]
+    assert aggregate_tokens_per_s(records) == 40 / 4.0
+    assert aggregate_tokens_per_s([]) == 0.0

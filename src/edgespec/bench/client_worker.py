@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draft", required=True)
     parser.add_argument("--draft-backend", default="transformers")
     parser.add_argument("--dtype", default="auto")
+    # Concurrent clients: after warm-up each touches --ready, then waits for --go, so all of them
+    # start measuring together (model loading times differ by seconds).
+    parser.add_argument("--ready", type=Path)
+    parser.add_argument("--go", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the edge device's one core
     draft, _ = load_draft(args.draft, args.draft_backend, args.dtype, threads=1)
@@ -38,13 +43,18 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [json.loads(line) for line in args.jobs.read_text().splitlines() if line.strip()]
     with args.results.open("a") as sink:
         for job in jobs:
+            if args.ready and not job.get("warmup") and not args.ready.exists():
+                args.ready.touch()
+                while args.go and not args.go.exists():
+                    time.sleep(0.02)
             config = GenerationConfig(max_new_tokens=job["max_new_tokens"], gamma=job["gamma"], seed=job.get("seed", 0))
-            record = dict(job)
+            record = dict(job, started_at=time.time())
             try:
                 result = client.generate(job["prompt_ids"], Mode.parse(job["mode"]), config)
                 record.update(tokens=result.tokens, stats=result.stats.as_dict())
             except (ConnectionLost, ServerError) as error:
                 record.update(error=str(error))
+            record["ended_at"] = time.time()
             record.pop("prompt_ids")
             if not job.get("warmup"):
                 sink.write(json.dumps(record) + "\n")

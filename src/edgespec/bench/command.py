@@ -25,6 +25,7 @@ def add_bench_parser(subparsers: Any) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--gamma", type=int, default=4)
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    parser.add_argument("--clients", type=int, default=1, help="concurrent edge clients per mode, one shared (batching) server; scored by aggregate tokens/s")
     parser.add_argument("--gpu-usd-per-hour", type=float, default=2.50)
     parser.add_argument("--egress-usd-per-gb", type=float, default=0.09)
     parser.add_argument("--out", default="out/bench")
@@ -51,6 +52,7 @@ def run_bench(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         gamma=args.gamma,
         dtype=args.dtype,
+        clients=args.clients,
         out=args.out,
         price=PriceModel(args.gpu_usd_per_hour, args.egress_usd_per_gb),
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = [
+    ("aggregate tokens/s", "aggregate_tokens_per_s", "{:.2f}"),
     ("tokens/s", "tokens_per_s", "{:.2f}"),
     ("vs cloud-ar", "speedup_vs_cloud_ar", "{:.2f}x"),
     ("ms/token", "ms_per_token", "{:.0f}"),
@@ -37,10 +38,18 @@ def render_markdown(summary: dict[str, Any], command: str) -> str:
         f"Price model: ${config['price']['gpu_usd_per_hour']}/GPU-hour of verify compute + ${config['price']['egress_usd_per_gb']}/GB on the wire.",
         "",
     ]
+    if config.get("clients", 1) > 1:
+        lines += [
+            f"**{config['clients']} concurrent clients per mode** sharing one batching server: `vs cloud-ar` compares "
+            "aggregate tokens/s (all clients' tokens over the wall time); tokens/s is per client. Server s/token "
+            "and price count a batched pass once per session riding in it: an upper bound under batching.",
+            "",
+        ]
+    columns = [c for c in COLUMNS if c[1] != "aggregate_tokens_per_s" or config.get("clients", 1) > 1]
     for profile, modes in summary["profiles"].items():
-        lines += [f"## {profile}", "", "| mode | " + " | ".join(name for name, _, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+        lines += [f"## {profile}", "", "| mode | " + " | ".join(name for name, _, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
         for mode, stats in modes.items():
-            cells = [fmt.format(stats[key]) if key in stats else "–" for _, key, fmt in COLUMNS]
+            cells = [fmt.format(stats[key]) if key in stats else "–" for _, key, fmt in columns]
             lines.append(f"| {mode} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines) + "\n"

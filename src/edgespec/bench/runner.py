@@ -36,6 +36,9 @@ class BenchConfig:
     max_new_tokens: int = 128
     gamma: int = 4
     dtype: str = "auto"
+    # Concurrent edge clients sharing one server: each mode is run by this many clients at once
+    # and scored by aggregate tokens/s (the server batches their rounds).
+    clients: int = 1
     out: str = "out/bench"
     price: PriceModel = field(default_factory=PriceModel)
 
@@ -44,6 +47,10 @@ class BenchConfig:
             Mode.parse(mode)
         if "cloud-ar" not in self.modes:
             raise ValueError("the benchmark needs cloud-ar in --modes: every speedup is measured against it")
+        if self.clients < 1:
+            raise ValueError("--clients must be >= 1")
+        if self.clients > 1 and self.num_prompts * len(self.prompts) < self.clients:
+            raise ValueError(f"{self.clients} clients need at least as many prompts; raise --num-prompts")
 
 
 def build_jobs(config: BenchConfig, tokenizer: Any) -> list[dict[str, Any]]:
@@ -80,27 +87,87 @@ def run_profile(
     jobs_file.write_text("".join(json.dumps(j) + "\n" for j in warmup_jobs(jobs, config.modes) + jobs))
     results_file.unlink(missing_ok=True)
     with deploy(config.target, config.dtype, profile, exits=config.exits, log_dir=str(out / f"logs-{profile}")) as deployment:
-        command = [
-            sys.executable, "-m", "edgespec.bench.client_worker", str(jobs_file), str(results_file),
-            "--address", f"127.0.0.1:{deployment.client_port}", "--draft", config.draft,
-            "--draft-backend", config.draft_backend, "--dtype", config.dtype,
-        ]
-        with open(out / f"logs-{profile}" / "client.log", "w") as log:
-            worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin_to_core(1))
-            done = 0
-            while worker.poll() is None:
-                time.sleep(1.0)
-                now = _count_lines(results_file)
-                if now > done:
-                    progress(now - done)
-                    done = now
-        if worker.returncode != 0:
-            raise RuntimeError(f"the benchmark client failed (exit {worker.returncode}); see {out / f'logs-{profile}' / 'client.log'}")
-        progress(_count_lines(results_file) - done)
+        if config.clients == 1:
+            _run_workers([jobs_file], [results_file], config, deployment.client_port, out / f"logs-{profile}", progress)
+        else:
+            results_file.touch()
+            for mode in config.modes:
+                _run_concurrent(config, Mode.parse(mode).value, jobs, results_file, deployment.client_port, out / f"logs-{profile}", progress)
     records = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
     for record in records:
         record["profile"] = profile
     return records
+
+
+def _worker_command(config: BenchConfig, port: int, jobs_file: Path, results_file: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "edgespec.bench.client_worker", str(jobs_file), str(results_file),
+        "--address", f"127.0.0.1:{port}", "--draft", config.draft,
+        "--draft-backend", config.draft_backend, "--dtype", config.dtype,
+    ]
+
+
+def _run_workers(
+    jobs_files: list[Path], results_files: list[Path], config: BenchConfig, port: int, log_dir: Path,
+    progress: Callable[[int], None], barrier: Path | None = None,
+) -> None:
+    """Client worker processes on the edge core; with ``barrier``, all start measuring together."""
+    workers = []
+    for index, (jobs_file, results_file) in enumerate(zip(jobs_files, results_files)):
+        command = _worker_command(config, port, jobs_file, results_file)
+        if barrier is not None:
+            command += ["--ready", str(barrier.with_name(f"{barrier.name}.ready{index}")), "--go", str(barrier)]
+        log = open(log_dir / f"client{index if len(jobs_files) > 1 else ''}.log", "w")
+        workers.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin_to_core(1)), log))
+    done = 0
+    while any(worker.poll() is None for worker, _ in workers):
+        time.sleep(0.5)
+        if barrier is not None and not barrier.exists():
+            if all(barrier.with_name(f"{barrier.name}.ready{i}").exists() for i in range(len(workers))):
+                barrier.touch()
+        now = sum(_count_lines(f) for f in results_files)
+        if now > done:
+            progress(now - done)
+            done = now
+    for worker, log in workers:
+        log.close()
+        if worker.returncode != 0:
+            raise RuntimeError(f"a benchmark client failed (exit {worker.returncode}); see {log.name}")
+    progress(sum(_count_lines(f) for f in results_files) - done)
+
+
+def _run_concurrent(
+    config: BenchConfig, mode: str, jobs: list[dict[str, Any]], results_file: Path, port: int, log_dir: Path,
+    progress: Callable[[int], None],
+) -> None:
+    """``config.clients`` clients run this mode's prompts at once, dealt out round-robin."""
+    mode_jobs = [dict(j, clients=config.clients) for j in jobs if j["mode"] == mode]
+    jobs_files, results_files = [], []
+    for index in range(config.clients):
+        share = mode_jobs[index :: config.clients]
+        jobs_file = log_dir / f"jobs-{mode}-{index}.jsonl"
+        jobs_file.write_text("".join(json.dumps(j) + "\n" for j in warmup_jobs(share, (mode,)) + share))
+        jobs_files.append(jobs_file)
+        results_files.append(log_dir / f"raw-{mode}-{index}.jsonl")
+        results_files[-1].unlink(missing_ok=True)
+    barrier = log_dir / f"go-{mode}"
+    for stale in log_dir.glob(f"go-{mode}*"):
+        stale.unlink()
+    _run_workers(jobs_files, results_files, config, port, log_dir, progress, barrier)
+    with results_file.open("a") as sink:
+        for index, path in enumerate(results_files):
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    sink.write(json.dumps(dict(json.loads(line), client_index=index)) + "\n")
+
+
+def aggregate_tokens_per_s(records: list[dict[str, Any]]) -> float:
+    """Every client's tokens over the wall time from the first start to the last finish."""
+    timed = [r for r in records if "started_at" in r and "tokens" in r]
+    if not timed:
+        return 0.0
+    wall = max(r["ended_at"] for r in timed) - min(r["started_at"] for r in timed)
+    return sum(len(r["tokens"]) for r in timed) / wall if wall > 0 else 0.0
 
 
 def _count_lines(path: Path) -> int:
@@ -118,9 +185,14 @@ def summarize_all(config: BenchConfig, records: list[dict[str, Any]]) -> dict[st
             summary = summarize(chosen, profile, config.price)
             summary["errors"] = sum(1 for r in chosen if "error" in r)
             summary["mismatches"] = mismatches.get((profile, name), 0)
+            if config.clients > 1:
+                summary["clients"] = config.clients
+                summary["aggregate_tokens_per_s"] = aggregate_tokens_per_s(chosen)
             per_mode[name] = summary
-        baseline = per_mode.get("cloud-ar", {}).get("tokens_per_s") or 0.0
+        # With concurrent clients the server's throughput is what is compared: aggregate tokens/s.
+        rate = "aggregate_tokens_per_s" if config.clients > 1 else "tokens_per_s"
+        baseline = per_mode.get("cloud-ar", {}).get(rate) or 0.0
         for summary in per_mode.values():
-            summary["speedup_vs_cloud_ar"] = summary.get("tokens_per_s", 0.0) / baseline if baseline else 0.0
+            summary["speedup_vs_cloud_ar"] = summary.get(rate, 0.0) / baseline if baseline else 0.0
         profiles[profile] = per_mode
     return {"config": asdict(config), "profiles": profiles}
