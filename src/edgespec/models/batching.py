@@ -61,10 +61,11 @@ def forward_batch(
         attention_mask[row, longest_cache + start :] = 1
 
     padded = _padded_cache(model, caches, cached, longest_cache)
+    device = model.device
     output = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        position_ids=position_ids.to(device),
         use_cache=True,
         logits_to_keep=max(tails),
         **{cache_argument_name(model): padded},

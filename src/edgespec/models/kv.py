@@ -87,7 +87,7 @@ def forward_with_cache(model: torch.nn.Module, kv: TrackedCache, pending: Sequen
     """Feed ``pending`` tokens through ``model`` on top of ``kv``; logits [tail, vocab] in float32."""
     if not pending:
         raise ValueError("nothing to feed: the sequence is already fully cached")
-    input_ids = torch.tensor([list(pending)], dtype=torch.long)
+    input_ids = torch.tensor([list(pending)], dtype=torch.long, device=model.device)
     kwargs = {cache_argument_name(model): kv.cache}
     output = model(input_ids=input_ids, use_cache=True, logits_to_keep=tail, **kwargs)
     kv.appended(pending)
