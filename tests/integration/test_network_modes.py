@@ -10,7 +10,8 @@ from functools import lru_cache
 import pytest
 import torch
 
-from edgespec.client.edge_client import ConnectionLost, EdgeClient
+from edgespec.client.edge_client import ClientOptions, ConnectionLost, EdgeClient
+from edgespec.client.recovery import NO_RECOVERY
 from edgespec.decoding.engine import GenerationConfig, LocalEngine
 from edgespec.decoding.modes import Mode
 from edgespec.decoding.sampling import SamplingParams
@@ -137,7 +138,7 @@ def test_streaming_yields_the_same_tokens_round_by_round(served) -> None:
     assert [t for chunk in chunks for t in chunk] == greedy_reference(target_model(), PROMPT, NEW_TOKENS)
 
 
-def test_a_server_killed_mid_generation_returns_what_was_committed() -> None:
+def test_a_server_killed_mid_generation_returns_what_was_committed_without_recovery() -> None:
     service = VerifierService(TargetRuntime(target_model(), exits((2,))), tokenizer=None, eos_ids=frozenset())
     server = RunningServer(service, ServerConfig(port=0))
     seen: list[int] = []
@@ -147,8 +148,9 @@ def test_a_server_killed_mid_generation_returns_what_was_committed() -> None:
         if len(seen) >= 6 and server.port:
             server.stop()
 
+    no_recovery = EdgeClient(f"127.0.0.1:{server.port}", DraftRuntime(layer_skip_draft()), ClientOptions(recovery=NO_RECOVERY))
     with pytest.raises(ConnectionLost) as lost:
-        client(f"127.0.0.1:{server.port}").generate(
+        no_recovery.generate(
             PROMPT, Mode.SD, GenerationConfig(max_new_tokens=200, gamma=2), on_commit=kill_after_some
         )
     partial = lost.value.partial

@@ -40,8 +40,21 @@ class GenerationStats:
     server_verify_s: float = 0.0  # the server's own verify compute, as it reported
     dropped: int = 0  # pipelined pre-drafts the server dropped (assumption did not hold)
     pipelined: int = 0  # rounds verified straight from a pipelined pre-draft
+    # Network failures (zero when nothing failed):
+    connection_losses: int = 0  # outages: a session with the server failed (link or server died)
+    reconnects: int = 0  # sessions re-opened with the committed tokens after an outage
+    fallbacks: int = 0  # times the client gave up on the server and decoded edge-only
+    switchbacks: int = 0  # times it went back from edge-only to the requested mode
+    # Tokens the draft alone decided during fallbacks: NOT the target's output (not lossless).
+    fallback_tokens: int = 0
+    fallback_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) in the new tokens
     per_exit: dict[str, dict[str, int]] = field(default_factory=dict)
     timeline: list[TimelineEvent] = field(default_factory=list)
+
+    @property
+    def lossless(self) -> bool:
+        """Every token was decided by the target (always False for edge-only by request)."""
+        return self.mode != "edge-only" and self.fallback_tokens == 0
 
     @property
     def tokens_per_round(self) -> float:
@@ -81,6 +94,7 @@ class GenerationStats:
             hit_rate=self.hit_rate,
             idle_s=self.idle_s,
             tokens_per_s=self.tokens_per_s,
+            lossless=self.lossless,
         )
         return data
 
