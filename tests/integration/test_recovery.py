@@ -1,0 +1,198 @@
+"""Network failures over real gRPC on loopback: a server killed mid-generation (and restarted on
+the same port), a server gone for good, a server back after the client fell back, a link cut.
+Committed text is never lost or duplicated: the chunks `on_commit` hears concatenate to exactly
+the final tokens, and every token the target decided equals `generate`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from functools import lru_cache
+
+import pytest
+import torch
+
+from edgespec.client.edge_client import ClientOptions, ConnectionLost, EdgeClient
+from edgespec.client.recovery import RecoveryPolicy
+from edgespec.decoding.engine import GenerationConfig, GenerationResult
+from edgespec.decoding.modes import Mode
+from edgespec.exits.heads import ExitHeads, ExitSpec
+from edgespec.models.draft import DraftRuntime
+from edgespec.models.target import TargetRuntime
+from edgespec.netem import LinkEmulator, resolve_profile
+from edgespec.server.app import RunningServer, ServerConfig
+from edgespec.server.servicer import VerifierService
+from tiny_models import greedy_reference, layer_skip_copy, tiny_model
+
+PROMPT = [3, 17, 42, 8, 9, 61]
+NEW_TOKENS = 24
+
+# Retry long enough to outlast every restart below, and never fall back unless a test asks to:
+# a silent fallback would turn a failed reconnect into a passing length check.
+PATIENT = RecoveryPolicy(retries=30, backoff_initial_s=0.05, backoff_max_s=0.3, outage_budget_s=15.0, fallback=False)
+
+
+@lru_cache(maxsize=None)
+def target_model() -> torch.nn.Module:
+    return tiny_model("qwen2", seed=0)
+
+
+@lru_cache(maxsize=None)
+def draft_model() -> torch.nn.Module:
+    return layer_skip_copy(tiny_model("qwen2", seed=0), keep=3)
+
+
+def serve(port: int = 0, forward_sleep_s: float = 0.03) -> RunningServer:
+    """A server on a fresh copy of the target (a killed server's compute thread may still be
+    finishing a forward on its own copy), slowed so that a kill lands mid-generation."""
+    model = tiny_model("qwen2", seed=0)
+    model.model.layers[-1].register_forward_hook(lambda *args: time.sleep(forward_sleep_s))
+    exits = ExitHeads([ExitSpec(2), ExitSpec(3)], model.config.hidden_size)
+    service = VerifierService(TargetRuntime(model, exits), tokenizer=None, eos_ids=frozenset())
+    return RunningServer(service, ServerConfig(port=port))
+
+
+def edge_client(port: int, policy: RecoveryPolicy = PATIENT, draft: torch.nn.Module | None = None) -> EdgeClient:
+    options = ClientOptions(connect_timeout_s=5.0, read_timeout_s=10.0, recovery=policy)
+    return EdgeClient(f"127.0.0.1:{port}", DraftRuntime(draft or draft_model()), options)
+
+
+class Recorder:
+    """An `on_commit` that keeps every chunk and runs an action once, after the first commit."""
+
+    def __init__(self, action: object = None) -> None:
+        self.chunks: list[list[int]] = []
+        self.action = action
+        self.tokens_at_action: int | None = None
+
+    def __call__(self, tokens: list[int]) -> None:
+        self.chunks.append(list(tokens))
+        if self.action is not None and self.tokens_at_action is None:
+            self.tokens_at_action = len(self.streamed)
+            self.action()  # type: ignore[operator]
+
+    @property
+    def streamed(self) -> list[int]:
+        return [token for chunk in self.chunks for token in chunk]
+
+
+def assert_streamed_exactly(result: GenerationResult, recorder: Recorder) -> None:
+    assert recorder.streamed == result.tokens, "on_commit chunks lost or duplicated a token"
+
+
+@pytest.mark.parametrize("mode", [Mode.CLOUD_AR, Mode.SD, Mode.SD_EE_PIPELINED], ids=lambda m: m.value)
+def test_a_server_killed_and_restarted_mid_generation_changes_nothing(mode: Mode) -> None:
+    expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
+    servers = [serve()]
+    port = servers[0].port
+
+    def restart_later() -> None:
+        time.sleep(0.4)  # down long enough for refused reconnects and a backoff or two
+        servers.append(serve(port))
+
+    def kill() -> None:
+        servers[0].stop(grace=None)
+        threading.Thread(target=restart_later, daemon=True).start()
+
+    recorder = Recorder(kill)
+    try:
+        result = edge_client(port).generate(PROMPT, mode, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3), recorder)
+    finally:
+        for server in servers:
+            server.stop()
+    assert recorder.tokens_at_action is not None and recorder.tokens_at_action < NEW_TOKENS
+    assert result.tokens == expected
+    assert_streamed_exactly(result, recorder)
+    assert result.stats.connection_losses == 1 and result.stats.reconnects == 1
+    assert result.stats.fallbacks == 0 and result.stats.lossless
+
+
+def test_a_server_gone_for_good_ends_edge_only_with_the_committed_prefix_intact() -> None:
+    server = serve()
+    policy = RecoveryPolicy(retries=2, backoff_initial_s=0.05, outage_budget_s=5.0, fallback=True, probe_interval_s=0.2)
+    recorder = Recorder(lambda: server.stop(grace=None))
+    result = edge_client(server.port, policy).generate(PROMPT, Mode.SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3), recorder)
+    cut = recorder.tokens_at_action
+    assert cut is not None and 0 < cut < NEW_TOKENS
+    assert len(result.tokens) == NEW_TOKENS
+    assert_streamed_exactly(result, recorder)
+    assert result.tokens[:cut] == greedy_reference(target_model(), PROMPT, cut)
+    # Past the cut the draft alone decided: its own greedy continuation of the committed text.
+    assert result.tokens[cut:] == greedy_reference(draft_model(), PROMPT + result.tokens[:cut], NEW_TOKENS - cut)
+    stats = result.stats
+    assert stats.fallbacks == 1 and stats.switchbacks == 0 and stats.reconnects == 0
+    assert stats.fallback_tokens == NEW_TOKENS - cut and stats.fallback_spans == [(cut, NEW_TOKENS)]
+    assert not stats.lossless
+    assert any(event.what.startswith("fallback") for event in stats.timeline)
+
+
+def test_without_fallback_a_server_gone_for_good_raises_with_every_committed_token() -> None:
+    server = serve()
+    policy = RecoveryPolicy(retries=2, backoff_initial_s=0.05, fallback=False)
+    recorder = Recorder(lambda: server.stop(grace=None))
+    with pytest.raises(ConnectionLost, match="2 reconnect attempts") as lost:
+        edge_client(server.port, policy).generate(PROMPT, Mode.SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3), recorder)
+    partial = lost.value.partial
+    assert partial.tokens == recorder.streamed and len(partial.tokens) == recorder.tokens_at_action
+    assert partial.tokens == greedy_reference(target_model(), PROMPT, len(partial.tokens))
+    assert partial.stats.connection_losses == 1 and partial.stats.fallbacks == 0
+
+
+def test_the_client_switches_back_when_the_server_returns_after_a_fallback() -> None:
+    new_tokens = 48
+    # A slower draft keeps the edge-only stretch long enough for a probe to find the server.
+    draft = layer_skip_copy(tiny_model("qwen2", seed=0), keep=3)
+    draft.model.layers[-1].register_forward_hook(lambda *args: time.sleep(0.02))
+    servers = [serve()]
+    port = servers[0].port
+    killed_at: list[int] = []
+
+    def on_commit(tokens: list[int]) -> None:
+        recorder.chunks.append(list(tokens))
+        produced = len(recorder.streamed)
+        if not killed_at:
+            killed_at.append(produced)
+            servers[0].stop(grace=None)
+        elif len(servers) == 1 and produced >= killed_at[0] + 3:
+            servers.append(serve(port))  # the server is dead, so these 3 tokens were edge-only
+
+    recorder = Recorder()
+    policy = RecoveryPolicy(retries=1, backoff_initial_s=0.05, fallback=True, probe_interval_s=0.2)
+    try:
+        result = edge_client(port, policy, draft).generate(PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(max_new_tokens=new_tokens, gamma=3), on_commit)
+    finally:
+        for server in servers:
+            server.stop()
+    stats = result.stats
+    assert len(result.tokens) == new_tokens
+    assert_streamed_exactly(result, recorder)
+    assert stats.fallbacks == 1 and stats.switchbacks == 1 and stats.reconnects == 1
+    [(start, end)] = stats.fallback_spans
+    assert start == killed_at[0] and end - start == stats.fallback_tokens >= 3 and end < new_tokens
+    assert result.tokens[:start] == greedy_reference(target_model(), PROMPT, start)
+    # After the switch back the target decides again: its greedy continuation of what is committed.
+    assert result.tokens[end:] == greedy_reference(target_model(), PROMPT + result.tokens[:end], new_tokens - end)
+
+
+def test_a_link_cut_mid_generation_is_redone_over_the_restored_link() -> None:
+    expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
+    server = serve()
+    profile = resolve_profile("lan", {"one_way_delay_ms": 5.0})
+    links = [LinkEmulator("127.0.0.1", server.port, profile)]
+    port = links[0].run_in_thread()
+
+    def cut() -> None:
+        links[0].stop_thread()  # drops every open connection: in-flight bytes are lost
+        links.append(LinkEmulator("127.0.0.1", server.port, profile, listen_port=port))
+        links[-1].run_in_thread()
+
+    recorder = Recorder(cut)
+    try:
+        result = edge_client(port).generate(PROMPT, Mode.SD_EE_PREDRAFT, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3), recorder)
+    finally:
+        links[-1].stop_thread()
+        server.stop()
+    assert recorder.tokens_at_action is not None and recorder.tokens_at_action < NEW_TOKENS
+    assert result.tokens == expected
+    assert_streamed_exactly(result, recorder)
+    assert result.stats.reconnects == 1 and result.stats.lossless
