@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from edgespec import __version__
 
 if TYPE_CHECKING:  # heavy imports (torch, transformers) wait until a command needs them
+    from edgespec.client.recovery import RecoveryPolicy
     from edgespec.decoding.stats import GenerationStats
     from edgespec.exits.heads import ExitHeads
 
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_exit_argument(generate)
     generate.add_argument("--raw", action="store_true", help="do not apply the chat template")
     generate.add_argument("--json", action="store_true", help="print one JSON object with tokens, text and stats")
+    add_recovery_arguments(generate)
     generate.set_defaults(handler=cmd_generate)
 
     serve = commands.add_parser("serve", help="host the target with its exits as a gRPC verifier")
@@ -119,6 +121,26 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+
+
+def add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("network failures (--server)")
+    group.add_argument("--retries", type=int, default=6, help="reconnect attempts per outage (exponential backoff with jitter)")
+    group.add_argument("--outage-budget", type=float, default=15.0, metavar="S", help="stop reconnecting after this many seconds")
+    group.add_argument(
+        "--fallback",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="past the retries, go on edge-only (the draft alone: NOT lossless) and switch back when the server returns; "
+        "--no-fallback exits with code 3 instead",
+    )
+    group.add_argument("--probe-interval", type=float, default=2.0, metavar="S", help="while edge-only, try the server this often")
+
+
+def recovery_policy(args: argparse.Namespace) -> RecoveryPolicy:
+    from edgespec.client.recovery import RecoveryPolicy
+
+    return RecoveryPolicy(retries=args.retries, outage_budget_s=args.outage_budget, fallback=args.fallback, probe_interval_s=args.probe_interval)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -200,10 +222,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         exits = resolve_exits(args.exits, target.model, args.target) if mode.uses_exits else None
         result = LocalEngine(TargetRuntime(target.model, exits), draft_runtime).generate(prompt_ids, mode, config, on_commit)
     else:
-        from edgespec.client.edge_client import ConnectionLost, EdgeClient, ServerError
+        from edgespec.client.edge_client import ClientOptions, ConnectionLost, EdgeClient, ServerError
 
+        options = ClientOptions(recovery=recovery_policy(args))
         try:
-            result = EdgeClient(args.server, draft_runtime).generate(prompt_ids, mode, config, on_commit)
+            result = EdgeClient(args.server, draft_runtime, options).generate(prompt_ids, mode, config, on_commit)
         except (ConnectionLost, ServerError) as error:
             partial: GenerationResult | None = error.partial
             if partial is not None:
@@ -220,7 +243,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         print()
         print(format_stats(result.stats), file=sys.stderr)
+    if result.stats.fallback_tokens:
+        print(fallback_warning(result.stats), file=sys.stderr)
     return 0
+
+
+def fallback_warning(stats: GenerationStats) -> str:
+    spans = ", ".join(f"{start}..{end - 1}" for start, end in stats.fallback_spans if end > start)
+    return (
+        f"edgespec: warning: the server was unreachable; {stats.fallback_tokens} of {stats.new_tokens} tokens "
+        f"(positions {spans}) were decided by the draft alone (edge-only fallback) and are NOT the target's output"
+    )
 
 
 class StreamPrinter:
@@ -307,6 +340,8 @@ def format_stats(stats: GenerationStats) -> str:
     ]
     if stats.per_exit:
         parts.append(f"hits={stats.hits} misses={stats.misses} no-hint={stats.no_hint}")
+    if stats.connection_losses:
+        parts.append(f"outages={stats.connection_losses} reconnects={stats.reconnects} fallbacks={stats.fallbacks} switchbacks={stats.switchbacks}")
     return " ".join(parts)
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from edgespec.client.edge_client import ConnectionLost, EdgeClient, ServerError
+from edgespec.client.edge_client import ClientOptions, ConnectionLost, EdgeClient, ServerError
+from edgespec.client.recovery import NO_RECOVERY
 from edgespec.decoding.engine import GenerationConfig
 from edgespec.decoding.modes import Mode
 from edgespec.models.loading import load_draft
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the edge device's one core
     draft, _ = load_draft(args.draft, args.draft_backend, args.dtype, threads=1)
-    client = EdgeClient(args.address, draft)
+    # A benchmark measures the mode: an outage is an error, never a silent reconnect or fallback.
+    client = EdgeClient(args.address, draft, ClientOptions(recovery=NO_RECOVERY))
     jobs = [json.loads(line) for line in args.jobs.read_text().splitlines() if line.strip()]
     with args.results.open("a") as sink:
         for job in jobs:
