@@ -14,8 +14,9 @@ import torch
 
 from edgespec.client.edge_client import ClientOptions, ConnectionLost, EdgeClient
 from edgespec.client.recovery import RecoveryPolicy
-from edgespec.decoding.engine import GenerationConfig, GenerationResult
+from edgespec.decoding.engine import GenerationConfig, GenerationResult, LocalEngine
 from edgespec.decoding.modes import Mode
+from edgespec.decoding.sampling import SamplingParams
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
@@ -105,6 +106,32 @@ def test_a_server_killed_and_restarted_mid_generation_changes_nothing(mode: Mode
     assert_streamed_exactly(result, recorder)
     assert result.stats.connection_losses == 1 and result.stats.reconnects == 1
     assert result.stats.fallbacks == 0 and result.stats.lossless
+
+
+@pytest.mark.parametrize("mode", [Mode.CLOUD_AR, Mode.SD_EE_PIPELINED], ids=lambda m: m.value)
+def test_a_resumed_sampled_generation_is_the_uninterrupted_one(mode: Mode) -> None:
+    """The target's uniforms are keyed by (seed, position), so re-opening after a crash redraws
+    nothing differently: the same sample as the in-process engine without any outage."""
+    config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3, sampling=SamplingParams(temperature=0.9, top_k=30), seed=11)
+    local = LocalEngine(TargetRuntime(target_model()), DraftRuntime(draft_model()))
+    expected = local.generate(PROMPT, Mode.CLOUD_AR if mode is Mode.CLOUD_AR else Mode.SD, config).tokens
+    servers = [serve()]
+    port = servers[0].port
+
+    def crash_and_restart() -> None:
+        servers[0].stop(grace=None)
+        servers.append(serve(port))
+
+    recorder = Recorder(crash_and_restart)
+    try:
+        result = edge_client(port).generate(PROMPT, mode, config, recorder)
+    finally:
+        for server in servers:
+            server.stop()
+    assert recorder.tokens_at_action is not None and recorder.tokens_at_action < NEW_TOKENS
+    assert result.tokens == expected
+    assert_streamed_exactly(result, recorder)
+    assert result.stats.reconnects == 1
 
 
 def test_a_server_gone_for_good_ends_edge_only_with_the_committed_prefix_intact() -> None:

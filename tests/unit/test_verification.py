@@ -8,7 +8,8 @@ import itertools
 import pytest
 import torch
 
-from edgespec.decoding.sampling import SamplingParams, logits_to_probs, sample_with_uniform, seeded_generator
+from edgespec.decoding.engine import DRAFT_SEED_OFFSET
+from edgespec.decoding.sampling import SamplingParams, logits_to_probs, position_uniform, sample_with_uniform, seeded_generator
 from edgespec.decoding.verification import (
     RoundUniforms,
     Verdict,
@@ -75,21 +76,30 @@ LENGTH = 3  # tokens per sampled sequence: 3**3 = 27 outcomes
 
 
 def sample_sequences_speculatively(
-    target: torch.Tensor, draft: torch.Tensor, gamma: int, samples: int, seed: int
+    target: torch.Tensor, draft: torch.Tensor, gamma: int, samples: int, seed: int, position_tied: bool = False
 ) -> torch.Tensor:
     """Sequences of LENGTH tokens from position-wise distributions ``target`` [LENGTH, V], drafted
-    from ``draft`` [LENGTH, V] and verified round by round. Returns outcome counts [V ** LENGTH]."""
+    from ``draft`` [LENGTH, V] and verified round by round. Returns outcome counts [V ** LENGTH].
+
+    ``position_tied``: every uniform keyed by (seed, position) as the system draws them (the
+    draft's ``position_uniform``, the target's ``RoundUniforms.at``), one seed per sequence."""
     generator = seeded_generator(seed)
     counts = torch.zeros(VOCAB**LENGTH)
-    for _ in range(samples):
+    for sample in range(samples):
         sequence: list[int] = []
         while len(sequence) < LENGTH:
             start = len(sequence)
             block = min(gamma, LENGTH - start)
             positions = [min(start + i, LENGTH - 1) for i in range(block + 1)]
             q = draft[positions[:block]]
-            tokens = [sample_with_uniform(q[i], float(torch.rand(1, generator=generator, dtype=torch.float64))) for i in range(block)]
-            verdict = rejection_sample_verdict(target[positions], tokens, q, RoundUniforms.draw(generator, block))
+            if position_tied:
+                key = seed * 100_000 + sample
+                tokens = [sample_with_uniform(q[i], position_uniform(key + DRAFT_SEED_OFFSET, start + i)) for i in range(block)]
+                uniforms = RoundUniforms.at(key, start, block)
+            else:
+                tokens = [sample_with_uniform(q[i], float(torch.rand(1, generator=generator, dtype=torch.float64))) for i in range(block)]
+                uniforms = RoundUniforms.draw(generator, block)
+            verdict = rejection_sample_verdict(target[positions], tokens, q, uniforms)
             sequence.extend(verdict.committed(tokens))
         index = 0
         for token in sequence[:LENGTH]:
@@ -105,8 +115,13 @@ def product_distribution(target: torch.Tensor) -> torch.Tensor:
     return probs
 
 
-@pytest.mark.parametrize("gamma", [1, 2, 3])
-def test_rejection_sampling_converges_to_the_target_distribution(gamma: int) -> None:
+# Position-tied draws are checked where rounds are many per sequence (a resumed session's case).
+@pytest.mark.parametrize(
+    "gamma, position_tied",
+    [(1, False), (2, False), (3, False), (1, True), (2, True)],
+    ids=["1-sequential", "2-sequential", "3-sequential", "1-position-tied", "2-position-tied"],
+)
+def test_rejection_sampling_converges_to_the_target_distribution(gamma: int, position_tied: bool) -> None:
     generator = seeded_generator(1234 + gamma)
     target = torch.rand(LENGTH, VOCAB, generator=generator, dtype=torch.float64) ** 2
     target /= target.sum(-1, keepdim=True)
@@ -116,7 +131,7 @@ def test_rejection_sampling_converges_to_the_target_distribution(gamma: int) -> 
     expected = product_distribution(target)
     distances = []
     for samples in (200, 1_500, 8_000):
-        counts = sample_sequences_speculatively(target, draft, gamma, samples, seed=samples + gamma)
+        counts = sample_sequences_speculatively(target, draft, gamma, samples, seed=samples + gamma, position_tied=position_tied)
         distances.append(float(0.5 * (counts / samples - expected).abs().sum()))
     # Total variation shrinks like 1/sqrt(samples); the biased draft alone is far off.
     draft_distance = float(0.5 * (product_distribution(draft) - expected).abs().sum())
@@ -134,6 +149,14 @@ def test_sampled_verdict_is_a_deterministic_function_of_its_uniforms() -> None:
     again = [verdict_from_logits(logits, tokens, params, draft_probs, RoundUniforms.draw(seeded_generator(s), 3)) for s in range(20)]
     assert first == again
     assert len(set(first)) > 1
+
+
+def test_position_tied_uniforms_depend_on_the_position_alone() -> None:
+    whole = RoundUniforms.at(7, start=10, gamma=4)  # positions 10..14
+    later = RoundUniforms.at(7, start=12, gamma=2)  # positions 12..14, as a round after a resume sees them
+    assert later.accept == whole.accept[2:] and later.resample == whole.resample[2:]
+    assert RoundUniforms.at(8, start=10, gamma=4) != whole
+    assert len(set(whole.accept + whole.resample)) == 9
 
 
 def test_sampled_verdict_needs_draft_probabilities() -> None:

@@ -18,10 +18,10 @@ from typing import Callable, Sequence
 from edgespec.decoding.early import EarlyVerdictJudge
 from edgespec.decoding.modes import Mode
 from edgespec.decoding.rounds import verify_block
-from edgespec.decoding.sampling import SamplingParams, choose_token, next_uniform, position_uniform, seeded_generator
+from edgespec.decoding.sampling import SamplingParams, choose_token, position_uniform
 from edgespec.decoding.stats import Clock, GenerationStats
 from edgespec.decoding.stopping import clip_to_stop
-from edgespec.decoding.verification import Verdict
+from edgespec.decoding.verification import RoundUniforms, Verdict
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
 
@@ -98,7 +98,6 @@ class LocalEngine:
     def _autoregressive(
         self, committed: list[int], config: GenerationConfig, stats: GenerationStats, clock: Clock, use_draft: bool
     ) -> None:
-        generator = seeded_generator(config.seed)
         actor = "edge" if use_draft else "cloud"
         produced = 0
         while True:
@@ -113,8 +112,8 @@ class LocalEngine:
                 uniform = None
             elif use_draft:  # the edge's randomness, as the networked client draws it
                 uniform = position_uniform(config.seed + DRAFT_SEED_OFFSET, len(committed))
-            else:
-                uniform = next_uniform(generator)
+            else:  # the target's position-tied draw, as the server takes it
+                uniform = RoundUniforms.at(config.seed, len(committed), 0).resample[0]
             token = choose_token(logits, config.sampling, uniform)
             end = clock.now()
             clock.record(actor, "decode", start, end, stats.rounds)
@@ -134,7 +133,6 @@ class LocalEngine:
     ) -> None:
         assert self.draft is not None
         params = config.sampling
-        verify_generator = seeded_generator(config.seed)
         produced = 0
         while True:
             round_index = stats.rounds
@@ -146,7 +144,7 @@ class LocalEngine:
             clock.record("edge", "draft", start, drafted_at, round_index)
             stats.draft_s += drafted_at - start
 
-            verdict, judge = verify_block(self.target, committed, block.tokens, params, block.probs, verify_generator, with_exits)
+            verdict, judge = verify_block(self.target, committed, block.tokens, params, block.probs, config.seed, with_exits)
             verified_at = clock.now()
             stats.verify_s += verified_at - drafted_at
             stats.target_passes += 1

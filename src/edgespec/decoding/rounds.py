@@ -1,5 +1,6 @@
-"""One verification round, as the server and the in-process engine both run it: draw the round's
-uniforms, score committed + block in one forward (exits judged mid-forward), decide the verdict.
+"""One verification round, as the server and the in-process engine both run it: take the round's
+position-tied uniforms, score committed + block in one forward (exits judged mid-forward), decide
+the verdict.
 
 The round is split around its forward pass (``begin_round`` ... ``PendingRound.finish``) so a
 server can run many sessions' rounds in one batched forward.
@@ -40,13 +41,13 @@ def begin_round(
     tokens: Sequence[int],
     params: SamplingParams,
     draft_probs: torch.Tensor | None,
-    generator: torch.Generator,
+    seed: int,
     with_exits: bool,
     on_streamed: Callable[[EarlyVerdict], None] | None = None,
     kv: TrackedCache | None = None,
 ) -> PendingRound:
     gamma = len(tokens)
-    uniforms = None if params.greedy else RoundUniforms.draw(generator, gamma)
+    uniforms = None if params.greedy else RoundUniforms.at(seed, len(sequence), gamma)
     judge = None
     if with_exits and target.exits is not None:
         judge = EarlyVerdictJudge(target.exits, tokens, params, draft_probs, uniforms, on_streamed)
@@ -60,13 +61,13 @@ def verify_block(
     tokens: Sequence[int],
     params: SamplingParams,
     draft_probs: torch.Tensor | None,
-    generator: torch.Generator,
+    seed: int,
     with_exits: bool,
     on_streamed: Callable[[EarlyVerdict], None] | None = None,
     kv: TrackedCache | None = None,
 ) -> tuple[Verdict, EarlyVerdictJudge | None]:
     """The verdict on ``tokens`` drafted after ``sequence``, and the judge holding every early
     verdict of the pass (None without exits). ``on_streamed`` hears each confident one at once."""
-    pending = begin_round(target, sequence, tokens, params, draft_probs, generator, with_exits, on_streamed, kv)
+    pending = begin_round(target, sequence, tokens, params, draft_probs, seed, with_exits, on_streamed, kv)
     request = pending.request
     return pending.finish(target.score_tail(request.sequence, request.tail, request.on_exit, request.kv))

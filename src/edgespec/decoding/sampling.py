@@ -90,7 +90,13 @@ def position_uniform(seed: int, position: int) -> float:
     A position is only ever re-drafted after a rejection *before* it, which does not depend on
     this draw, so reuse leaves it independent of everything the verifier has seen.
     """
-    return next_uniform(seeded_generator((seed * 1_000_003 + position) % (2**63)))
+    return position_uniforms(seed, position, 1)[0]
+
+
+def position_uniforms(seed: int, position: int, count: int) -> list[float]:
+    """``count`` uniforms fixed by (seed, absolute position); the first is ``position_uniform``."""
+    generator = seeded_generator((seed * 1_000_003 + position) % (2**63))
+    return torch.rand(count, generator=generator, dtype=torch.float64).tolist()
 
 
 def next_uniform(generator: torch.Generator) -> float:

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from edgespec.decoding.sampling import SamplingParams, logits_to_probs, sample_with_uniform
+from edgespec.decoding.sampling import SamplingParams, logits_to_probs, position_uniforms, sample_with_uniform
 
 
 @dataclass(frozen=True)
@@ -33,15 +33,33 @@ class Verdict:
 
 @dataclass(frozen=True)
 class RoundUniforms:
-    """The randomness of one sampled round: one uniform per draft token, one for the next token."""
+    """The randomness of one sampled round: an acceptance uniform per draft token, and a
+    resampling uniform per position the next token can land on (gamma + 1). A round consults the
+    acceptance uniforms up to its first rejection and one resampling uniform, never more."""
 
     accept: tuple[float, ...]
-    resample: float
+    resample: tuple[float, ...]
 
     @staticmethod
     def draw(generator: torch.Generator, gamma: int) -> "RoundUniforms":
+        """Sequential draws: gamma + 1 values from ``generator`` (one resampling uniform serves
+        every position, since a round consults only one)."""
         values = torch.rand(gamma + 1, generator=generator, dtype=torch.float64).tolist()
-        return RoundUniforms(accept=tuple(values[:gamma]), resample=values[gamma])
+        return RoundUniforms(accept=tuple(values[:gamma]), resample=(values[gamma],) * (gamma + 1))
+
+    @staticmethod
+    def at(seed: int, start: int, gamma: int) -> "RoundUniforms":
+        """Position-tied draws for a block whose first token sits at absolute position ``start``.
+
+        Each position owns one (accept, resample) pair keyed by (seed, position), so a verdict does
+        not depend on how many rounds came before: a session resumed after an outage, whose
+        rounds restart from the committed text, decides every position with the same uniforms as
+        an uninterrupted one. Still lossless: a position's pair is consulted only in the round
+        that decides that position (a rejection before it leaves it unread; once decided it is
+        committed), so every consulted uniform is fresh and independent of the history so far.
+        """
+        pairs = [position_uniforms(seed, start + offset, 2) for offset in range(gamma + 1)]
+        return RoundUniforms(accept=tuple(pair[0] for pair in pairs[:gamma]), resample=tuple(pair[1] for pair in pairs))
 
 
 def greedy_verdict(target_logits: torch.Tensor, draft_tokens: Sequence[int]) -> Verdict:
@@ -70,8 +88,8 @@ def rejection_sample_verdict(
     _check_shapes(target_probs, gamma)
     if draft_probs.shape != (gamma, target_probs.shape[-1]):
         raise ValueError(f"draft_probs must be [{gamma}, {target_probs.shape[-1]}], got {tuple(draft_probs.shape)}")
-    if len(uniforms.accept) < gamma:
-        raise ValueError(f"need {gamma} acceptance uniforms, got {len(uniforms.accept)}")
+    if len(uniforms.accept) < gamma or len(uniforms.resample) < gamma + 1:
+        raise ValueError(f"need {gamma} acceptance and {gamma + 1} resampling uniforms, got {len(uniforms.accept)} and {len(uniforms.resample)}")
     for position, token in enumerate(draft_tokens):
         p = float(target_probs[position, token])
         q = float(draft_probs[position, token])
@@ -79,8 +97,8 @@ def rejection_sample_verdict(
         if q > 0 and uniforms.accept[position] < min(1.0, p / q):
             continue
         recovered = _recovered_distribution(target_probs[position], draft_probs[position])
-        return Verdict(accepted=position, next_token=sample_with_uniform(recovered, uniforms.resample))
-    bonus = sample_with_uniform(target_probs[gamma], uniforms.resample)
+        return Verdict(accepted=position, next_token=sample_with_uniform(recovered, uniforms.resample[position]))
+    bonus = sample_with_uniform(target_probs[gamma], uniforms.resample[gamma])
     return Verdict(accepted=gamma, next_token=bonus)
 
 

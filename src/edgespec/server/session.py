@@ -16,9 +16,9 @@ import torch
 
 from edgespec.decoding.early import EarlyVerdict
 from edgespec.decoding.rounds import begin_round
-from edgespec.decoding.sampling import SamplingParams, choose_token, next_uniform, seeded_generator
+from edgespec.decoding.sampling import SamplingParams, choose_token
 from edgespec.decoding.stopping import clip_to_stop
-from edgespec.decoding.verification import Verdict
+from edgespec.decoding.verification import RoundUniforms, Verdict
 from edgespec.models.target import ScoreRequest, TargetRuntime
 from edgespec.server.scheduler import Job
 from edgespec.transport import edgespec_pb2 as pb
@@ -74,7 +74,7 @@ class ServerSession:
         self.sequence = list(prompt_ids) + list(committed_ids)
         self.prompt_len = len(prompt_ids)
         self.sampling = sampling
-        self.generator = seeded_generator(seed)
+        self.seed = seed  # verification uniforms are keyed by (seed, position): see RoundUniforms.at
         self.max_new_tokens = max_new_tokens
         self.eos_ids = eos_ids
         self.limits = limits
@@ -121,7 +121,7 @@ class ServerSession:
         on_early: Callable[[EarlyVerdict], None] | None,
     ) -> Job[RoundOutcome]:
         pending = begin_round(
-            self.runtime, self.sequence, tokens, self.sampling, draft_probs, self.generator,
+            self.runtime, self.sequence, tokens, self.sampling, draft_probs, self.seed,
             with_exits=on_early is not None, on_streamed=on_early, kv=self.kv,
         )
 
@@ -135,7 +135,7 @@ class ServerSession:
 
     def decode_job(self) -> Job[tuple[int, bool]]:
         """One autoregressive token (cloud-ar): (token, finished)."""
-        uniform = None if self.sampling.greedy else next_uniform(self.generator)
+        uniform = None if self.sampling.greedy else RoundUniforms.at(self.seed, len(self.sequence), 0).resample[0]
 
         def finish(logits: torch.Tensor) -> tuple[int, bool]:
             token = choose_token(logits[0], self.sampling, uniform)
