@@ -23,6 +23,7 @@ from edgespec.models.target import TargetRuntime
 from edgespec.netem import LinkEmulator, resolve_profile
 from edgespec.server.app import RunningServer, ServerConfig
 from edgespec.server.servicer import VerifierService
+from freezable_relay import FreezableRelay
 from tiny_models import greedy_reference, layer_skip_copy, tiny_model
 
 PROMPT = [3, 17, 42, 8, 9, 61]
@@ -223,3 +224,25 @@ def test_a_link_cut_mid_generation_is_redone_over_the_restored_link() -> None:
     assert result.tokens == expected
     assert_streamed_exactly(result, recorder)
     assert result.stats.reconnects == 1 and result.stats.lossless
+
+
+def test_a_link_that_goes_silent_is_found_dead_by_keepalive_and_the_round_redone() -> None:
+    """No reset ever arrives and the read deadline is far off: only unanswered keepalive pings
+    can tell the link is dead."""
+    expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
+    server = serve()
+    relay = FreezableRelay(server.port)
+    options = ClientOptions(read_timeout_s=60.0, keepalive_s=1.0, keepalive_timeout_s=1.0, recovery=PATIENT)
+    recorder = Recorder(relay.freeze_open_connections)
+    started = time.monotonic()
+    try:
+        with relay.running() as port:
+            client = EdgeClient(f"127.0.0.1:{port}", DraftRuntime(draft_model()), options)
+            result = client.generate(PROMPT, Mode.SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3), recorder)
+    finally:
+        server.stop()
+    assert time.monotonic() - started < 15.0, "the dead link was found by the read deadline, not keepalive"
+    assert recorder.tokens_at_action is not None and recorder.tokens_at_action < NEW_TOKENS
+    assert result.tokens == expected
+    assert_streamed_exactly(result, recorder)
+    assert result.stats.reconnects == 1

@@ -235,11 +235,19 @@ class EdgeClient:
         return grpc.aio.insecure_channel(self.address, options=self._channel_options())
 
     def _channel_options(self) -> list[tuple[str, int]]:
+        timeout_ms = int(self.options.keepalive_timeout_s * 1000)
         return [
             ("grpc.keepalive_time_ms", int(self.options.keepalive_s * 1000)),
-            ("grpc.keepalive_timeout_ms", int(self.options.keepalive_timeout_s * 1000)),
+            ("grpc.keepalive_timeout_ms", timeout_ms),
+            # A keepalive ping can ride on a ping already in flight, which then times out after
+            # this (60 s by default), not after keepalive_timeout: measured, a silent link went
+            # unnoticed until the read deadline without it.
+            ("grpc.http2.ping_timeout_ms", timeout_ms),
             # Keep pinging through a long verify, when no data flows either way.
             ("grpc.http2.max_pings_without_data", 0),
+            # gRPC shares connections between channels to the same address; a reconnect must not
+            # be handed the dead connection it is fleeing.
+            ("grpc.use_local_subchannel_pool", 1),
         ]
 
     async def _with_recovery(self, gen: _Generation) -> None:

@@ -31,9 +31,11 @@ PERMANENT_CODES = frozenset(
     }
 )
 
-# Protocol error codes (``ServerError.code``) that mean "the cloud is there but cannot take you
-# now": treated like an outage. Every other refusal is the request's fault and is raised.
-TRANSIENT_SERVER_CODES = frozenset({"BUSY"})
+# Protocol error codes (``ServerError.code``) a re-opened session cures: BUSY (admission control:
+# "retry later") and EXPIRED (the session outlived the server's idle or lifetime limit; a new one
+# resumes from the committed text). Treated like an outage; every other refusal is the request's
+# fault and is raised.
+TRANSIENT_SERVER_CODES = frozenset({"BUSY", "EXPIRED"})
 
 
 @dataclass(frozen=True)
