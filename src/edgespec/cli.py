@@ -116,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
+    parser.add_argument("--gamma", type=int, default=4, help="draft tokens per round (with --adaptive-gamma: the first round's)")
+    parser.add_argument("--adaptive-gamma", action="store_true", help="choose each round's gamma from measured acceptance, draft, verify and link costs")
+    parser.add_argument("--max-gamma", type=int, default=8, help="the longest block --adaptive-gamma may choose")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -208,6 +210,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     config = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
         gamma=args.gamma,
+        adaptive_gamma=args.adaptive_gamma,
+        max_gamma=args.max_gamma,
         sampling=SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p),
         seed=args.seed,
         # Over the network the server's EOS set decides; this one serves edge-only and --local.

@@ -157,3 +157,16 @@ def test_a_server_killed_mid_generation_returns_what_was_committed_without_recov
     assert "lost the server" in str(lost.value)
     assert partial.tokens == seen and len(seen) >= 6
     assert partial.tokens == greedy_reference(target_model(), PROMPT, len(seen))
+
+
+@pytest.mark.parametrize("mode", [Mode.SD, Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED], ids=lambda m: m.value)
+def test_adaptive_gamma_stays_lossless_over_the_network_and_in_process(served, mode: Mode) -> None:
+    address, _ = served
+    expected = greedy_reference(target_model(), PROMPT, 40)
+    config = GenerationConfig(max_new_tokens=40, gamma=2, adaptive_gamma=True, max_gamma=6)
+    result = client(address).generate(PROMPT, mode, config)
+    assert result.tokens == expected
+    assert sum(result.stats.gamma_counts.values()) == result.stats.rounds
+    assert max(int(g) for g in result.stats.gamma_counts) <= 6
+    local = LocalEngine(TargetRuntime(tiny_model("qwen2", seed=0)), DraftRuntime(layer_skip_draft())).generate(PROMPT, Mode.SD, config)
+    assert local.tokens == expected

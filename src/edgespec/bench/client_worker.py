@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.ready.touch()
                 while args.go and not args.go.exists():
                     time.sleep(0.02)
-            config = GenerationConfig(max_new_tokens=job["max_new_tokens"], gamma=job["gamma"], seed=job.get("seed", 0))
+            config = GenerationConfig(
+                max_new_tokens=job["max_new_tokens"], gamma=job["gamma"], seed=job.get("seed", 0),
+                adaptive_gamma=job.get("adaptive_gamma", False), max_gamma=job.get("max_gamma", 8),
+            )
             record = dict(job, started_at=time.time())
             try:
                 result = client.generate(job["prompt_ids"], Mode.parse(job["mode"]), config)

@@ -24,6 +24,8 @@ def add_bench_parser(subparsers: Any) -> None:
     parser.add_argument("--num-prompts", type=int, default=10)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--gamma", type=int, default=4)
+    parser.add_argument("--adaptive-gamma", action="store_true", help="speculative modes choose each round's gamma from measured costs")
+    parser.add_argument("--max-gamma", type=int, default=8)
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     parser.add_argument("--clients", type=int, default=1, help="concurrent edge clients per mode, one shared (batching) server; scored by aggregate tokens/s")
     parser.add_argument("--gpu-usd-per-hour", type=float, default=2.50)
@@ -51,6 +53,8 @@ def run_bench(args: argparse.Namespace) -> int:
         num_prompts=args.num_prompts,
         max_new_tokens=args.max_new_tokens,
         gamma=args.gamma,
+        adaptive_gamma=args.adaptive_gamma,
+        max_gamma=args.max_gamma,
         dtype=args.dtype,
         clients=args.clients,
         out=args.out,

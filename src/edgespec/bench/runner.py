@@ -35,6 +35,8 @@ class BenchConfig:
     num_prompts: int = 10
     max_new_tokens: int = 128
     gamma: int = 4
+    adaptive_gamma: bool = False
+    max_gamma: int = 8
     dtype: str = "auto"
     # Concurrent edge clients sharing one server: each mode is run by this many clients at once
     # and scored by aggregate tokens/s (the server batches their rounds).
@@ -69,6 +71,8 @@ def build_jobs(config: BenchConfig, tokenizer: Any) -> list[dict[str, Any]]:
                         "prompt_tokens": len(prompt_ids),
                         "max_new_tokens": config.max_new_tokens,
                         "gamma": config.gamma,
+                        "adaptive_gamma": config.adaptive_gamma,
+                        "max_gamma": config.max_gamma,
                         **{f"extra_{k}": v for k, v in record.extra.items()},
                     }
                 )

@@ -96,6 +96,13 @@ class _Generation:
         self.finished = False
         self.falling_back = False  # tokens are being decided by the draft alone
         self._emit = on_commit or (lambda tokens: None)
+        self.gamma_policy = config.gamma_policy()
+        self.draft_s: dict[int, float] = {}  # round -> seconds its block took to draft
+
+    def gamma(self, extra: int = 0) -> int:
+        """The next block's length: the policy's choice (or the fixed γ), within the budget."""
+        chosen = self.gamma_policy.next_gamma() if self.gamma_policy else self.config.gamma
+        return min(chosen, self.budget(extra))
 
     @property
     def produced(self) -> int:
@@ -318,7 +325,7 @@ class EdgeClient:
                 if gen.mode is not Mode.CLOUD_AR:
                     # Draft the first block (the draft's own prefill included) while the server
                     # prefills the prompt, instead of after it.
-                    first_block = asyncio.ensure_future(self._draft(list(gen.committed), min(gen.config.gamma, gen.budget()), gen, 0))
+                    first_block = asyncio.ensure_future(self._draft(list(gen.committed), gen.gamma(), gen, 0))
                 reply = await self._open(stream, gen)
                 opened()
                 if first_block is None:
@@ -475,6 +482,13 @@ class EdgeClient:
                 stats.target_passes += 1
                 stats.drafted += len(block.tokens)
                 stats.accepted += verdict.accepted
+                stats.count_gamma(len(block.tokens))
+                if gen.gamma_policy is not None:
+                    # A pre-drafted block's draft time was hidden behind the last verify; charging
+                    # it anyway keeps the model simple and errs towards shorter blocks.
+                    draft_s = gen.draft_s.get(round_index, 0.0)
+                    wait_s = clock.now() - sent_at
+                    gen.gamma_policy.observe(len(block.tokens), verdict.accepted, draft_s, final.verify_ms / 1000, draft_s + wait_s)
                 stats.pipelined += int(final.pipelined)
                 step = clip_to_stop(verdict.committed(block.tokens), eos, gen.budget())
                 gen.commit(step.tokens)
@@ -498,7 +512,7 @@ class EdgeClient:
                 else:
                     if pre_stop is not None:
                         pre_stop.set()
-                    block = await self._draft(committed, min(config.gamma, gen.budget()), gen, round_index)
+                    block = await self._draft(committed, gen.gamma(), gen, round_index)
                     await self._send_block(stream, round_index, block)
         finally:
             # A pre-draft built on a verdict this session will never deliver (or no longer
@@ -517,7 +531,7 @@ class EdgeClient:
         if assumed.finished:
             return None, None  # the assumed verdict ends the generation: nothing to pre-draft
         stop = threading.Event()
-        gamma = min(gen.config.gamma, gen.budget(len(assumed.tokens)))
+        gamma = gen.gamma(len(assumed.tokens))
         task = asyncio.ensure_future(
             self._draft(gen.committed + assumed.tokens, gamma, gen, round_index + 1, stop, what="pre-draft")
         )
@@ -544,6 +558,7 @@ class EdgeClient:
 
         block, start, end = await self._in_draft_thread(run)
         stats.draft_s += end - start
+        gen.draft_s[round_index] = end - start
         clock.record("edge", what, start, end, round_index)
         return block
 

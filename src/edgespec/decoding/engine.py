@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 from edgespec.decoding.early import EarlyVerdictJudge
 from edgespec.decoding.modes import Mode
+from edgespec.decoding.gamma_policy import AdaptiveGamma
 from edgespec.decoding.rounds import verify_block
 from edgespec.decoding.sampling import SamplingParams, choose_token, position_uniform
 from edgespec.decoding.stats import Clock, GenerationStats
@@ -39,12 +40,20 @@ class GenerationConfig:
     sampling: SamplingParams = SamplingParams()
     seed: int = 0
     eos_ids: frozenset[int] = field(default_factory=frozenset)
+    # Pick each round's γ from measured costs (decoding/gamma_policy.py), starting at ``gamma``.
+    adaptive_gamma: bool = False
+    max_gamma: int = 8
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 1 <= self.gamma <= 64:
             raise ValueError(f"gamma must be in 1..64, got {self.gamma}")
+        if self.adaptive_gamma and not self.gamma <= self.max_gamma <= 64:
+            raise ValueError(f"max_gamma must be in gamma..64, got {self.max_gamma}")
+
+    def gamma_policy(self) -> AdaptiveGamma | None:
+        return AdaptiveGamma(initial=self.gamma, max_gamma=self.max_gamma) if self.adaptive_gamma else None
 
 
 @dataclass
@@ -133,11 +142,13 @@ class LocalEngine:
     ) -> None:
         assert self.draft is not None
         params = config.sampling
+        policy = config.gamma_policy()
         produced = 0
         while True:
             round_index = stats.rounds
             # Never draft past the token budget: those tokens could not be committed anyway.
-            gamma = min(config.gamma, config.max_new_tokens - produced)
+            gamma = min(policy.next_gamma() if policy else config.gamma, config.max_new_tokens - produced)
+            stats.count_gamma(gamma)
             start = clock.now()
             block = self.draft.draft(committed, gamma, params, seed=config.seed + DRAFT_SEED_OFFSET)
             drafted_at = clock.now()
@@ -159,6 +170,8 @@ class LocalEngine:
             stats.rounds += 1
             stats.drafted += gamma
             stats.accepted += verdict.accepted
+            if policy is not None:
+                policy.observe(gamma, verdict.accepted, drafted_at - start, verified_at - drafted_at, verified_at - start)
             if round_index == 0:
                 stats.ttft_s = verified_at
             self.target.rollback(committed)

@@ -49,6 +49,7 @@ class GenerationStats:
     fallback_tokens: int = 0
     fallback_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) in the new tokens
     per_exit: dict[str, dict[str, int]] = field(default_factory=dict)
+    gamma_counts: dict[str, int] = field(default_factory=dict)  # rounds per draft length used
     timeline: list[TimelineEvent] = field(default_factory=list)
 
     @property
@@ -76,6 +77,9 @@ class GenerationStats:
     @property
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.total_s if self.total_s > 0 else 0.0
+
+    def count_gamma(self, gamma: int) -> None:
+        self.gamma_counts[str(gamma)] = self.gamma_counts.get(str(gamma), 0) + 1
 
     def count_exit(self, layer: int, streamed: bool, correct: bool) -> None:
         entry = self.per_exit.setdefault(str(layer), {"rounds": 0, "streamed": 0, "correct": 0, "streamed_correct": 0})
