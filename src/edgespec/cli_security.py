@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ssl
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -55,6 +56,12 @@ def add_client_security_arguments(parser: argparse.ArgumentParser) -> None:
 def server_security(args: argparse.Namespace) -> ServerSecurity:
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("--tls-cert and --tls-key go together")
+    if args.tls_cert is not None:
+        # gRPC would only say "failed to bind", and only after the model has loaded.
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(args.tls_cert, args.tls_key)
+        except ssl.SSLError as error:
+            raise ValueError(f"--tls-cert {args.tls_cert} / --tls-key {args.tls_key} are not a PEM certificate and its key: {error}") from None
     return ServerSecurity(
         token=resolve_token(args.auth_token, args.auth_token_file),
         certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,

@@ -11,6 +11,7 @@ from edgespec.cli_security import client_security, server_security, session_limi
 from edgespec.server.app import MAX_MESSAGE_BYTES
 from edgespec.server.session import SessionLimits
 from edgespec.transport.security import AUTH_TOKEN_ENV, ClientSecurity, ServerSecurity, resolve_token
+from self_signed import self_signed_pair
 
 
 def test_the_token_comes_from_the_flag_then_the_file_then_the_environment(tmp_path: Path) -> None:
@@ -45,14 +46,15 @@ def test_security_settings_never_show_the_token_or_key_in_their_repr() -> None:
 
 def test_serve_flags_build_the_server_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(AUTH_TOKEN_ENV, "env-token")
-    (tmp_path / "cert.pem").write_bytes(b"CERT")
-    (tmp_path / "key.pem").write_bytes(b"KEY")
+    cert, key = self_signed_pair()
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "key.pem").write_bytes(key)
     args = build_parser().parse_args(
         ["serve", "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"), "--max-prompt-tokens", "100",
          "--max-block", "8", "--max-new-tokens-limit", "50", "--max-message-bytes", "65536"]
     )
     security = server_security(args)
-    assert (security.token, security.certificate_chain, security.private_key) == ("env-token", b"CERT", b"KEY")
+    assert (security.token, security.certificate_chain, security.private_key) == ("env-token", cert, key)
     assert session_limits(args) == SessionLimits(max_prompt_tokens=100, max_new_tokens=50, max_block=8)
     assert args.max_message_bytes == 65536
 
@@ -68,6 +70,14 @@ def test_a_certificate_without_its_key_is_refused(tmp_path: Path) -> None:
     (tmp_path / "cert.pem").write_bytes(b"CERT")
     with pytest.raises(ValueError, match="together"):
         server_security(build_parser().parse_args(["serve", "--tls-cert", str(tmp_path / "cert.pem")]))
+
+
+def test_a_key_that_does_not_match_the_certificate_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_bytes(self_signed_pair()[0])
+    (tmp_path / "key.pem").write_bytes(self_signed_pair()[1])
+    args = build_parser().parse_args(["serve", "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")])
+    with pytest.raises(ValueError, match="not a PEM certificate and its key"):
+        server_security(args)
 
 
 @pytest.mark.parametrize("flag", ["--max-block", "--max-prompt-tokens", "--max-new-tokens-limit", "--max-message-bytes"])

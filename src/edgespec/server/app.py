@@ -55,7 +55,10 @@ def build_server(service: VerifierService, config: ServerConfig) -> tuple[grpc.a
     address = f"{config.host}:{config.port}"
     if security.tls:
         credentials = grpc.ssl_server_credentials([(security.private_key, security.certificate_chain)])
-        port = server.add_secure_port(address, credentials)
+        try:
+            port = server.add_secure_port(address, credentials)
+        except RuntimeError as error:
+            raise RuntimeError(f"cannot serve TLS on {address} (address in use, or a certificate and key that do not match?): {error}") from None
     else:
         if security.token and config.host not in LOOPBACK_HOSTS:
             logger.warning("an auth token without TLS crosses the network in clear text; add --tls-cert/--tls-key")
