@@ -11,6 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from edgespec import __version__
+from edgespec.cli_security import (
+    add_client_security_arguments,
+    add_server_security_arguments,
+    client_security,
+    server_security,
+    session_limits,
+)
 
 if TYPE_CHECKING:  # heavy imports (torch, transformers) wait until a command needs them
     from edgespec.client.recovery import RecoveryPolicy
@@ -88,9 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--raw", action="store_true", help="do not apply the chat template")
     generate.add_argument("--json", action="store_true", help="print one JSON object with tokens, text and stats")
     add_recovery_arguments(generate)
+    add_client_security_arguments(generate)
     generate.set_defaults(handler=cmd_generate)
 
-    serve = commands.add_parser("serve", help="host the target with its exits as a gRPC verifier")
+    serve = commands.add_parser(
+        "serve",
+        help="host the target with its exits as a gRPC verifier",
+        description="Host the target with its exits as a gRPC verifier. Without --auth-token(-file) or $EDGESPEC_AUTH_TOKEN "
+        "anyone who reaches the port can use the model: bind to 127.0.0.1 (the default) or set a token, and add TLS "
+        "when the token crosses an untrusted network.",
+    )
     serve.add_argument("--target", default=DEFAULT_TARGET, help="preset name, HF model dir or .gguf file")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=50051)
@@ -102,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     admission.add_argument("--max-lifetime", type=float, default=3600.0, help="seconds a session may live")
     add_model_arguments(serve)
     add_exit_argument(serve)
+    add_server_security_arguments(serve)
     serve.set_defaults(handler=cmd_serve)
 
     from edgespec.bench.command import add_bench_parser
@@ -194,6 +209,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from edgespec.models.loading import load_draft, load_model, load_tokenizer
     from edgespec.prompting import eos_token_ids, render_prompt
 
+    # Bad security settings fail here, before the models load.
+    security = None if args.local else client_security(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     mode = Mode.parse(args.mode)
@@ -228,7 +245,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         from edgespec.client.edge_client import ClientOptions, ConnectionLost, EdgeClient, ServerError
 
-        options = ClientOptions(recovery=recovery_policy(args))
+        assert security is not None
+        options = ClientOptions(recovery=recovery_policy(args), security=security)
         try:
             result = EdgeClient(args.server, draft_runtime, options).generate(prompt_ids, mode, config, on_commit)
         except (ConnectionLost, ServerError) as error:
@@ -287,14 +305,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from edgespec.prompting import eos_token_ids
     from edgespec.server.app import ServerConfig, serve
     from edgespec.server.scheduler import AdmissionLimits
-    from edgespec.server.session import SessionLimits
 
-    # Bad limits fail here, before minutes of model loading.
+    # Bad limits and security settings fail here, before minutes of model loading.
     config = ServerConfig(
         host=args.host,
         port=args.port,
-        limits=SessionLimits(idle_timeout_s=args.idle_timeout, max_lifetime_s=args.max_lifetime),
+        limits=session_limits(args),
         admission=AdmissionLimits(max_sessions=args.max_sessions, max_queued=args.max_queued, max_batch=args.max_batch),
+        max_message_bytes=args.max_message_bytes,
+        security=server_security(args),
     )
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -57,6 +57,7 @@ def test_no_recovery_never_retries_nor_falls_back() -> None:
         (rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED), True),
         (rpc_error(grpc.StatusCode.UNAUTHENTICATED), False),
         (rpc_error(grpc.StatusCode.UNIMPLEMENTED), False),
+        (rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED), False),  # over the server's message size limit
         (ConnectionError("the server closed the stream"), True),
         (asyncio.TimeoutError(), True),
         (ValueError("a bug"), False),

@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Sequence
 
 import grpc
 
+from edgespec.client.channel import open_channel
 from edgespec.client.recovery import (
     TRANSIENT_SERVER_CODES,
     Outage,
@@ -43,6 +44,7 @@ from edgespec.transport.codec import (
     verdict_of,
     wire_size,
 )
+from edgespec.transport.security import INSECURE, ClientSecurity
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class ClientOptions:
     keepalive_s: float = 10.0
     keepalive_timeout_s: float = 5.0
     recovery: RecoveryPolicy = RecoveryPolicy()
+    security: ClientSecurity = INSECURE
 
 
 class _Generation:
@@ -146,7 +149,14 @@ class _Stream:
 
     async def send(self, message: pb.ClientMessage) -> None:
         self.stats.bytes_sent += wire_size(message)
-        await self.call.write(message)
+        try:
+            await self.call.write(message)
+        except asyncio.InvalidStateError:
+            # The server ended the call first: raise its status (e.g. UNAUTHENTICATED), which says why.
+            code = await self.call.code()
+            if code is grpc.StatusCode.OK:
+                raise
+            raise grpc.aio.AioRpcError(code, await self.call.initial_metadata(), await self.call.trailing_metadata(), await self.call.details()) from None
 
     def next_message(self) -> asyncio.Task:
         """The pending read as a task, so it can be awaited alongside a running draft."""
@@ -239,7 +249,7 @@ class EdgeClient:
     # ------------------------------------------------------------------ sessions and outages
 
     def _open_channel(self) -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel(self.address, options=self._channel_options())
+        return open_channel(self.address, self.options.security, self._channel_options())
 
     def _channel_options(self) -> list[tuple[str, int]]:
         timeout_ms = int(self.options.keepalive_timeout_s * 1000)
@@ -287,8 +297,9 @@ class EdgeClient:
                     raise
                 failure: BaseException = error
             except (grpc.aio.AioRpcError, ConnectionError, asyncio.TimeoutError, asyncio.InvalidStateError) as error:
-                if not is_transient(error):
-                    raise self._lost(gen, error) from error
+                if isinstance(error, grpc.aio.AioRpcError) and not is_transient(error):
+                    # The server refused (a bad token, an oversized message): no outage, and no retry.
+                    raise ServerError(error.code().name, error.details() or "") from error
                 failure = error
             if outage is None:
                 outage = Outage(policy)

@@ -12,15 +12,18 @@ import grpc
 from edgespec.exits.heads import ExitHeads
 from edgespec.models.kv import kv_bytes_per_token
 from edgespec.models.target import TargetRuntime
+from edgespec.server.auth import TokenAuthInterceptor
 from edgespec.server.scheduler import AdmissionLimits
 from edgespec.server.servicer import VerifierService
 from edgespec.server.session import SessionLimits
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
+from edgespec.transport.security import ServerSecurity
 
 logger = logging.getLogger(__name__)
 
 # Draft blocks are small; generous limits still stop a runaway message early.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 @dataclass(frozen=True)
@@ -29,13 +32,18 @@ class ServerConfig:
     port: int = 50051
     limits: SessionLimits = SessionLimits()
     admission: AdmissionLimits = AdmissionLimits()
+    # gRPC refuses a bigger message with RESOURCE_EXHAUSTED before it is decoded.
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    security: ServerSecurity = ServerSecurity()
 
 
 def build_server(service: VerifierService, config: ServerConfig) -> tuple[grpc.aio.Server, int]:
+    security = config.security
     server = grpc.aio.server(
+        interceptors=[TokenAuthInterceptor(security.token)] if security.token else None,
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
             # Pings find a dead link (no RST ever arrives) within ~10 s, so its session is freed.
             ("grpc.keepalive_time_ms", 5_000),
             ("grpc.keepalive_timeout_ms", 5_000),
@@ -44,7 +52,17 @@ def build_server(service: VerifierService, config: ServerConfig) -> tuple[grpc.a
         ]
     )
     pb_grpc.add_VerifierServicer_to_server(service, server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    if security.tls:
+        credentials = grpc.ssl_server_credentials([(security.private_key, security.certificate_chain)])
+        try:
+            port = server.add_secure_port(address, credentials)
+        except RuntimeError as error:
+            raise RuntimeError(f"cannot serve TLS on {address} (address in use, or a certificate and key that do not match?): {error}") from None
+    else:
+        if security.token and config.host not in LOOPBACK_HOSTS:
+            logger.warning("an auth token without TLS crosses the network in clear text; add --tls-cert/--tls-key")
+        port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"cannot bind {config.host}:{config.port}")
     return server, port
@@ -68,7 +86,8 @@ async def serve(
     server, port = build_server(service, config)
     await server.start()
     logger.info("serving %s on %s:%d (exits %s)", target_name, config.host, port, exits.layers if exits else "none")
-    print(f"edgespec: serving {target_name} on {config.host}:{port}", flush=True)
+    guard = ", ".join(name for name, on in (("TLS", config.security.tls), ("auth token", config.security.token)) if on) or "no TLS, no auth"
+    print(f"edgespec: serving {target_name} on {config.host}:{port} ({guard})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

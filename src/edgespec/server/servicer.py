@@ -23,6 +23,7 @@ from edgespec.server.session import ServerSession, SessionLimits
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
 from edgespec.transport.codec import PROTOCOL_VERSION, ProtocolError, distributions_from_wire, sampling_from_wire
+from edgespec.transport.validation import check_block, check_open, decoded
 
 logger = logging.getLogger(__name__)
 _END = object()
@@ -64,7 +65,7 @@ class VerifierService(pb_grpc.VerifierServicer):
 
     async def _serve_session(self, requests: AsyncIterator[pb.ClientMessage], replies: asyncio.Queue[object]) -> None:
         session: ServerSession | None = None
-        messages = requests.__aiter__()
+        messages = decoded(requests)
         opened_at = time.monotonic()
         try:
             while True:
@@ -84,6 +85,8 @@ class VerifierService(pb_grpc.VerifierServicer):
                         raise ProtocolError(pb.BAD_REQUEST, "send open before any block")
                     await self._block(session, message.block, replies)
                 elif kind == "close":
+                    if session is None:
+                        raise ProtocolError(pb.BAD_REQUEST, "close before open: there is no session to close")
                     break
                 else:
                     raise ProtocolError(pb.BAD_REQUEST, "empty message")
@@ -119,6 +122,7 @@ class VerifierService(pb_grpc.VerifierServicer):
             )
         if request.kind not in (pb.CLOUD_AR, pb.SPECULATIVE):
             raise ProtocolError(pb.BAD_REQUEST, "open.kind must be CLOUD_AR or SPECULATIVE")
+        check_open(request, self.limits.max_new_tokens)
         sampling = sampling_from_wire(request.sampling)
         prompt_ids = list(request.prompt_ids)
         if request.messages:
@@ -170,6 +174,7 @@ class VerifierService(pb_grpc.VerifierServicer):
             replies.put_nowait(pb.ServerMessage(tokens=pb.Tokens(ids=[token], finished=finished, compute_ms=result.forward_ms)))
 
     async def _block(self, session: ServerSession, block: pb.DraftBlock, replies: asyncio.Queue[object]) -> None:
+        check_block(block, self.runtime.vocab_size, self.limits.max_block, session.sampling.greedy)
         pipelined = block.HasField("assumes")
         if pipelined and not session.assumption_holds(block.assumes):
             replies.put_nowait(pb.ServerMessage(dropped=pb.Dropped(round=block.round)))

@@ -13,6 +13,12 @@ from edgespec.transport import edgespec_pb2 as pb
 PROTOCOL_VERSION = 1
 # gRPC's own framing per message (compressed flag + length): counted so byte totals are honest.
 GRPC_FRAME_BYTES = 5
+# Below this a temperature overflows float32 logits to inf (NaN probabilities); above it sampling
+# is uniform noise. Either is a client mistake worth a clear error.
+MIN_TEMPERATURE = 1e-3
+MAX_TEMPERATURE = 100.0
+# A draft row (a softmax, maybe restricted and renormalised) sums to 1 up to float32 rounding.
+PROB_SUM_TOLERANCE = 1e-3
 
 
 class ProtocolError(Exception):
@@ -28,12 +34,14 @@ def sampling_to_wire(params: SamplingParams) -> pb.Sampling:
 
 
 def sampling_from_wire(message: pb.Sampling) -> SamplingParams:
-    top_p = message.top_p if 0.0 < message.top_p <= 1.0 else 1.0
-    try:
-        # float32 on the wire: round so 0.7 stays 0.7 and both sides compute the same logits.
-        return SamplingParams(temperature=round(float(message.temperature), 6), top_k=int(message.top_k), top_p=round(float(top_p), 6))
-    except ValueError as error:
-        raise ProtocolError(pb.BAD_REQUEST, f"bad sampling parameters: {error}") from None
+    """top_k >= the vocabulary size filters nothing, like 0, so any top_k is valid."""
+    temperature, top_p = float(message.temperature), float(message.top_p)
+    if not (temperature == 0.0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
+        raise ProtocolError(pb.BAD_REQUEST, f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}], got {temperature}")
+    if not 0.0 <= top_p <= 1.0:  # NaN fails this too
+        raise ProtocolError(pb.BAD_REQUEST, f"top_p must be in [0, 1] (0 or 1: off), got {top_p}")
+    # float32 on the wire: round so 0.7 stays 0.7 and both sides compute the same logits.
+    return SamplingParams(temperature=round(temperature, 6), top_k=int(message.top_k), top_p=round(top_p, 6) if top_p > 0 else 1.0)
 
 
 def distributions_to_wire(probs: torch.Tensor | None) -> list[pb.SparseDistribution]:
@@ -50,15 +58,23 @@ def distributions_to_wire(probs: torch.Tensor | None) -> list[pb.SparseDistribut
 def distributions_from_wire(rows: Sequence[pb.SparseDistribution], vocab_size: int) -> torch.Tensor:
     dense = torch.zeros(len(rows), vocab_size, dtype=torch.float32)
     for index, row in enumerate(rows):
-        if len(row.ids) != len(row.probs) or not row.ids:
-            raise ProtocolError(pb.BAD_REQUEST, f"draft distribution {index}: ids and probs must be equal, non-empty lists")
-        if max(row.ids) >= vocab_size:
-            raise ProtocolError(pb.OUT_OF_VOCABULARY, f"draft distribution {index} names a token outside the vocabulary")
-        values = torch.tensor(list(row.probs), dtype=torch.float32)
-        if not torch.isfinite(values).all() or (values < 0).any() or float(values.sum()) <= 0:
-            raise ProtocolError(pb.BAD_REQUEST, f"draft distribution {index} is not a probability distribution")
-        dense[index, torch.tensor(list(row.ids), dtype=torch.long)] = values
+        check_distribution(index, row, vocab_size)
+        dense[index, torch.tensor(list(row.ids), dtype=torch.long)] = torch.tensor(list(row.probs), dtype=torch.float32)
     return dense
+
+
+def check_distribution(index: int, row: pb.SparseDistribution, vocab_size: int) -> None:
+    """A draft row must be a distribution over distinct in-vocabulary ids, or the rejection rule
+    (which divides by it) would compute nonsense."""
+    if len(row.ids) != len(row.probs) or not row.ids:
+        raise ProtocolError(pb.BAD_REQUEST, f"draft distribution {index}: ids and probs must be equal, non-empty lists")
+    if max(row.ids) >= vocab_size:
+        raise ProtocolError(pb.OUT_OF_VOCABULARY, f"draft distribution {index} names a token outside the vocabulary (size {vocab_size})")
+    if len(set(row.ids)) != len(row.ids):
+        raise ProtocolError(pb.BAD_REQUEST, f"draft distribution {index} names a token twice")
+    values = torch.tensor(list(row.probs), dtype=torch.float32)
+    if not torch.isfinite(values).all() or (values < 0).any() or abs(float(values.sum()) - 1) > PROB_SUM_TOLERANCE:
+        raise ProtocolError(pb.BAD_REQUEST, f"draft distribution {index} is not a probability distribution (finite, >= 0, summing to 1)")
 
 
 def verdict_of(message: pb.FinalVerdict | pb.EarlyVerdict | pb.Assumption) -> Verdict:

@@ -1,0 +1,56 @@
+"""Checks on client messages that need no session state: run before anything is computed, and
+before a pipelined block's assumption is judged, so a malformed block is refused, never dropped.
+
+Order-dependent rules (which round comes next, whether the generation has ended) live with the
+session (server/session.py).
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from google.protobuf.message import DecodeError
+
+from edgespec.transport import edgespec_pb2 as pb
+from edgespec.transport.codec import ProtocolError, check_distribution
+
+
+async def decoded(requests: AsyncIterator[pb.ClientMessage]) -> AsyncIterator[pb.ClientMessage]:
+    """The stream's messages; bytes that are no ClientMessage are the client's error, not a bug."""
+    iterator = requests.__aiter__()
+    while True:
+        try:
+            message = await iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        except DecodeError as error:
+            raise ProtocolError(pb.BAD_REQUEST, f"undecodable message: {error}") from None
+        yield message
+
+
+def check_open(request: pb.Open, max_new_tokens_limit: int) -> None:
+    # committed_ids count against max_new_tokens; more of them than that is no resume but a second
+    # prompt smuggled past the prompt limit, and would be prefilled before any other check.
+    budget = min(int(request.max_new_tokens), max_new_tokens_limit)
+    if len(request.committed_ids) > budget:
+        raise ProtocolError(
+            pb.TOO_LARGE, f"{len(request.committed_ids)} committed_ids exceed max_new_tokens ({budget}), which they count against"
+        )
+
+
+def check_block(block: pb.DraftBlock, vocab_size: int, max_block: int, greedy: bool) -> None:
+    size = len(block.tokens)
+    if size == 0:
+        raise ProtocolError(pb.BAD_REQUEST, "a block must hold at least one draft token")
+    if size > max_block:
+        raise ProtocolError(pb.TOO_LARGE, f"a block of {size} tokens exceeds this server's limit of {max_block}")
+    if max(block.tokens) >= vocab_size:
+        raise ProtocolError(pb.OUT_OF_VOCABULARY, f"a draft token is outside the vocabulary (size {vocab_size})")
+    if greedy:
+        if block.probs:
+            raise ProtocolError(pb.BAD_REQUEST, "a greedy session's blocks carry no draft distributions")
+        return
+    if len(block.probs) != size:
+        raise ProtocolError(pb.BAD_REQUEST, f"sampling needs one draft distribution per draft token: {size} tokens, {len(block.probs)} distributions")
+    for index, row in enumerate(block.probs):
+        check_distribution(index, row, vocab_size)
