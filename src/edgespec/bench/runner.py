@@ -121,7 +121,7 @@ def _run_workers(
         command = _worker_command(config, port, jobs_file, results_file)
         if barrier is not None:
             command += ["--ready", str(barrier.with_name(f"{barrier.name}.ready{index}")), "--go", str(barrier)]
-        log = open(log_dir / f"client{index if len(jobs_files) > 1 else ''}.log", "w")
+        log = open(log_dir / (f"client-{jobs_file.stem.removeprefix('jobs-')}.log" if barrier is not None else "client.log"), "w")
         workers.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin_to_core(1)), log))
     done = 0
     while any(worker.poll() is None for worker, _ in workers):

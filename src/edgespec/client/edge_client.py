@@ -80,6 +80,24 @@ class ClientOptions:
     security: ClientSecurity = INSECURE
 
 
+_SYNC_LOOP: asyncio.AbstractEventLoop | None = None
+_SYNC_LOOP_LOCK = threading.Lock()
+
+
+def _sync_loop() -> asyncio.AbstractEventLoop:
+    """One event loop, on a daemon thread, for every synchronous call in this process.
+
+    grpc.aio's completion-queue poller stays bound to each loop it has served; a loop per call
+    (asyncio.run) leaves it posting to closed loops ("Event loop is closed" tracebacks)."""
+    global _SYNC_LOOP
+    with _SYNC_LOOP_LOCK:
+        if _SYNC_LOOP is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, daemon=True, name="edgespec-client").start()
+            _SYNC_LOOP = loop
+        return _SYNC_LOOP
+
+
 class _Generation:
     """One generation's state on the client: the committed text, and the accounting that every
     session of it (the first, and each one re-opened after an outage) adds to."""
@@ -199,7 +217,7 @@ class EdgeClient:
         config: GenerationConfig,
         on_commit: Callable[[list[int]], None] | None = None,
     ) -> GenerationResult:
-        return asyncio.run(self.agenerate(prompt_ids, mode, config, on_commit))
+        return asyncio.run_coroutine_threadsafe(self.agenerate(prompt_ids, mode, config, on_commit), _sync_loop()).result()
 
     def stream(self, prompt_ids: Sequence[int], mode: Mode, config: GenerationConfig) -> Iterator[list[int]]:
         """Yield each round's committed tokens as they are decided; raises what generate raises."""
