@@ -130,23 +130,30 @@ def test_32_concurrent_sessions_each_equal_generate_in_batched_forwards() -> Non
         server.stop()
 
 
-async def _open_stream(address: str, prompt: list[int]) -> tuple[grpc.aio.Channel, grpc.aio.StreamStreamCall, pb.ServerMessage]:
+async def _open_stream(
+    address: str, prompt: list[int], kind: int = pb.SPECULATIVE
+) -> tuple[grpc.aio.Channel, grpc.aio.StreamStreamCall, pb.ServerMessage]:
     channel = grpc.aio.insecure_channel(address)
     call = pb_grpc.VerifierStub(channel).Session()
-    await call.write(pb.ClientMessage(open=pb.Open(protocol_version=PROTOCOL_VERSION, kind=pb.SPECULATIVE, prompt_ids=prompt, max_new_tokens=64)))
+    await call.write(pb.ClientMessage(open=pb.Open(protocol_version=PROTOCOL_VERSION, kind=kind, prompt_ids=prompt, max_new_tokens=64)))
     return channel, call, await call.read()
 
 
-def test_a_client_that_vanishes_mid_round_frees_its_session_within_5_s() -> None:
+@pytest.mark.parametrize("kind", [pb.SPECULATIVE, pb.CLOUD_AR], ids=["verify", "cloud-ar-decode"])
+def test_a_client_that_vanishes_mid_round_frees_its_session_within_5_s(kind: int) -> None:
     model = tiny_model("qwen2", seed=0)
-    model.model.layers[-1].register_forward_hook(lambda *args: time.sleep(0.5))  # a round in flight
+    model.model.layers[-1].register_forward_hook(lambda *args: time.sleep(0.2))  # a forward in flight
     server, service = start_server(model)
 
     async def vanish() -> None:
-        channel, call, opened = await _open_stream(f"127.0.0.1:{server.port}", [3, 17, 42])
-        assert opened.WhichOneof("kind") == "opened"
-        await call.write(pb.ClientMessage(block=pb.DraftBlock(round=0, tokens=[5, 6, 7])))
-        await asyncio.sleep(0.1)  # the verify is now running
+        channel, call, opened = await _open_stream(f"127.0.0.1:{server.port}", [3, 17, 42], kind)
+        if kind == pb.SPECULATIVE:
+            assert opened.WhichOneof("kind") == "opened"
+            await call.write(pb.ClientMessage(block=pb.DraftBlock(round=0, tokens=[5, 6, 7])))
+        else:  # the server is decoding all 64 tokens inside the open
+            assert opened.WhichOneof("kind") == "opened"
+            assert (await call.read()).WhichOneof("kind") == "tokens"
+        await asyncio.sleep(0.1)  # a forward is now running
         assert len(service.sessions) == 1
         call.cancel()
         await channel.close(grace=None)

@@ -143,25 +143,31 @@ class VerifierService(pb_grpc.VerifierServicer):
             self.limits,
         )
         self.sessions[session.id] = session
-        prefill = session.prefill_job()
-        prefill_ms = (await self.scheduler.submit(prefill)).forward_ms if prefill is not None else 0.0
-        replies.put_nowait(
-            pb.ServerMessage(
-                opened=pb.Opened(
-                    session_id=session.id,
-                    protocol_version=PROTOCOL_VERSION,
-                    prompt_ids=prompt_ids,
-                    eos_ids=sorted(self.eos_ids),
-                    exit_layers=list(self.runtime.exits.layers) if self.runtime.exits else [],
-                    num_layers=self.runtime.num_layers,
-                    prefill_ms=prefill_ms,
-                    target=self.target_name,
+        try:
+            prefill = session.prefill_job()
+            prefill_ms = (await self.scheduler.submit(prefill)).forward_ms if prefill is not None else 0.0
+            replies.put_nowait(
+                pb.ServerMessage(
+                    opened=pb.Opened(
+                        session_id=session.id,
+                        protocol_version=PROTOCOL_VERSION,
+                        prompt_ids=prompt_ids,
+                        eos_ids=sorted(self.eos_ids),
+                        exit_layers=list(self.runtime.exits.layers) if self.runtime.exits else [],
+                        num_layers=self.runtime.num_layers,
+                        prefill_ms=prefill_ms,
+                        target=self.target_name,
+                    )
                 )
             )
-        )
-        logger.info("session %s opened: %d prompt tokens, kind %s", session.id, len(prompt_ids), pb.SessionKind.Name(request.kind))
-        if request.kind == pb.CLOUD_AR:
-            await self._decode_all(session, replies, opened_at)
+            logger.info("session %s opened: %d prompt tokens, kind %s", session.id, len(prompt_ids), pb.SessionKind.Name(request.kind))
+            if request.kind == pb.CLOUD_AR:
+                await self._decode_all(session, replies, opened_at)
+        except BaseException:
+            # Until _open returns, the caller does not hold the session to free it: a failed
+            # prefill, or a client gone mid cloud-ar decode, must not leave it counted open.
+            self.sessions.pop(session.id, None)
+            raise
         session.early_verdicts = bool(request.early_verdicts)
         return session
 
