@@ -58,4 +58,6 @@ def layer_skip_copy(model: PreTrainedModel, keep: int) -> PreTrainedModel:
     """
     model.model.layers = model.model.layers[:keep]
     model.config.num_hidden_layers = keep
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:keep]
     return model

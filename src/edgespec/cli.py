@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     admission.add_argument("--idle-timeout", type=float, default=120.0, help="seconds without a message before a session is ended (EXPIRED)")
     admission.add_argument("--max-lifetime", type=float, default=3600.0, help="seconds a session may live")
     add_model_arguments(serve)
+    serve.add_argument("--device", default="cpu", help="where the target runs: cpu, cuda, cuda:1, ... (exits follow it)")
     add_exit_argument(serve)
     add_server_security_arguments(serve)
     serve.set_defaults(handler=cmd_serve)
@@ -318,6 +319,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     target = load_model(args.target, args.dtype)
+    if args.device != "cpu":
+        target.model.to(args.device)  # the verifier on an accelerator; verdicts stay on the CPU
     exits = resolve_exits(args.exits, target.model, args.target)
     asyncio.run(
         serve(

@@ -74,7 +74,7 @@ def forward_batch(
         for layer, batched in zip(kv.cache.layers, padded.layers):
             layer.update(batched.keys[row : row + 1, :, -len(pending) :].clone(), batched.values[row : row + 1, :, -len(pending) :].clone())
         kv.appended(pending)
-    return [output.logits[row, -tail:, :].float() for row, tail in enumerate(tails)]
+    return [output.logits[row, -tail:, :].float().cpu() for row, tail in enumerate(tails)]
 
 
 def _padded_cache(model: torch.nn.Module, caches: Sequence[TrackedCache], cached: list[int], longest: int) -> DynamicCache:

@@ -49,8 +49,11 @@ class TrackedCache:
         if length == 0:
             self.reset()
             return
-        # transformers >= 5 crops by a negative count of tokens to remove.
-        self.cache.crop(-remove)
+        # Layer by layer, skipping any layer never written (a model running fewer layers than its
+        # config lists): transformers before 5.2x crops those too and fails on their empty keys.
+        for layer in self.cache.layers:
+            if getattr(layer, "is_initialized", True) and getattr(layer, "keys", None) is not None:
+                layer.crop(-remove)
         self.tokens = self.tokens[:length]
 
     def sync(self, sequence: Sequence[int], keep_uncached: int = 1) -> list[int]:
@@ -91,7 +94,8 @@ def forward_with_cache(model: torch.nn.Module, kv: TrackedCache, pending: Sequen
     kwargs = {cache_argument_name(model): kv.cache}
     output = model(input_ids=input_ids, use_cache=True, logits_to_keep=tail, **kwargs)
     kv.appended(pending)
-    return output.logits[0, -tail:, :].float()
+    # Verdicts are decided on the CPU: a few rows of logits, whatever device ran the forward.
+    return output.logits[0, -tail:, :].float().cpu()
 
 
 def kv_bytes_per_token(model: torch.nn.Module) -> int:

@@ -92,7 +92,7 @@ class TargetRuntime:
             if not 1 <= layer < self.num_layers:
                 raise ValueError(f"exit layer {layer} is outside 1..{self.num_layers - 1} for this {self.num_layers}-layer target")
         dtype = next(self.model.parameters()).dtype
-        self.exits = exits.to(dtype=dtype).eval().requires_grad_(False)
+        self.exits = exits.to(device=self.model.device, dtype=dtype).eval().requires_grad_(False)
         for layer in exits.layers:
             self._hooks.append(self.layers[layer - 1].register_forward_hook(self._make_hook(layer)))
 
@@ -116,7 +116,7 @@ class TargetRuntime:
             # Every row's real tokens end at the last column (batches are left-padded), and one
             # LM-head product serves all rows of the batch.
             rows = torch.cat([hidden[tap.row, -tap.tail :, :] for tap in taps])
-            logits = self.exit_logits(layer, rows).float()
+            logits = self.exit_logits(layer, rows).float().cpu()
             elapsed = time.perf_counter() - self._started
             for tap, part in zip(taps, torch.split(logits, [tap.tail for tap in taps])):
                 tap.callback(ExitReading(layer=layer, logits=part, elapsed_s=elapsed))
