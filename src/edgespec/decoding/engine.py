@@ -122,7 +122,7 @@ class LocalEngine:
             elif use_draft:  # the edge's randomness, as the networked client draws it
                 uniform = position_uniform(config.seed + DRAFT_SEED_OFFSET, len(committed))
             else:  # the target's position-tied draw, as the server takes it
-                uniform = RoundUniforms.at(config.seed, len(committed), 0).resample[0]
+                uniform = RoundUniforms.for_decode(config.seed, len(committed))
             token = choose_token(logits, config.sampling, uniform)
             end = clock.now()
             clock.record(actor, "decode", start, end, stats.rounds)

@@ -99,10 +99,6 @@ def position_uniforms(seed: int, position: int, count: int) -> list[float]:
     return torch.rand(count, generator=generator, dtype=torch.float64).tolist()
 
 
-def next_uniform(generator: torch.Generator) -> float:
-    return float(torch.rand(1, generator=generator, dtype=torch.float64))
-
-
 def seeded_generator(seed: int) -> torch.Generator:
     generator = torch.Generator(device="cpu")
     generator.manual_seed(seed)

@@ -61,6 +61,12 @@ class RoundUniforms:
         pairs = [position_uniforms(seed, start + offset, 2) for offset in range(gamma + 1)]
         return RoundUniforms(accept=tuple(pair[0] for pair in pairs[:gamma]), resample=tuple(pair[1] for pair in pairs))
 
+    @staticmethod
+    def for_decode(seed: int, position: int) -> float:
+        """The target's draw for one autoregressively decoded token at ``position`` (cloud-ar):
+        the resampling uniform a round would use there, so both decide it alike."""
+        return RoundUniforms.at(seed, position, 0).resample[0]
+
 
 def greedy_verdict(target_logits: torch.Tensor, draft_tokens: Sequence[int]) -> Verdict:
     """``target_logits``: [gamma + 1, vocab], row i scores the token after draft position i - 1."""

@@ -42,7 +42,7 @@ def forward_batch(
     """Feed each ``pendings[i]`` on top of ``caches[i]`` in one pass; logits [tails[i], vocab]
     (float32) per session. The caches are only changed once the pass has succeeded."""
     if len({id(c) for c in caches}) != len(caches):
-        raise ValueError(f"a cache appears twice in one batch: {[(id(c), len(c)) for c in caches]}")
+        raise ValueError("a cache appears twice in one batch: each session's rows need a cache of their own")
     if any(not p for p in pendings):
         raise ValueError("nothing to feed for a session: its sequence is already fully cached")
     batch = len(caches)

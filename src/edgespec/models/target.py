@@ -50,6 +50,11 @@ class _Tap:
     callback: ExitCallback
 
 
+def _check_tail(sequence: Sequence[int], tail: int) -> None:
+    if tail < 1 or tail > len(sequence):
+        raise ValueError(f"tail must be in 1..{len(sequence)}, got {tail}")
+
+
 def decoder_parts(model: nn.Module) -> tuple[nn.ModuleList, nn.Module, nn.Module]:
     """(decoder layers, final norm, LM head) of a Llama-family causal LM."""
     base = getattr(model, "model", None)
@@ -139,8 +144,7 @@ class TargetRuntime:
         session's own cache when one model serves many sessions (default: this runtime's).
         Not thread-safe: one forward at a time per runtime.
         """
-        if tail < 1 or tail > len(sequence):
-            raise ValueError(f"tail must be in 1..{len(sequence)}, got {tail}")
+        _check_tail(sequence, tail)
         kv = kv if kv is not None else self.kv
         pending = kv.sync(sequence, keep_uncached=tail)
         self._taps = [_Tap(0, tail, on_exit)] if on_exit is not None else []
@@ -157,8 +161,7 @@ class TargetRuntime:
         """``score_tail`` for several sessions in one forward pass (each with its own cache);
         exit callbacks fire per session as each exit layer completes for the whole batch."""
         for request in requests:
-            if request.tail < 1 or request.tail > len(request.sequence):
-                raise ValueError(f"tail must be in 1..{len(request.sequence)}, got {request.tail}")
+            _check_tail(request.sequence, request.tail)
         if len(requests) == 1 or not all(can_batch(r.kv) for r in requests):
             return [self.score_tail(r.sequence, r.tail, r.on_exit, r.kv) for r in requests]
         pendings = [r.kv.sync(r.sequence, keep_uncached=r.tail) for r in requests]

@@ -135,7 +135,7 @@ class ServerSession:
 
     def decode_job(self) -> Job[tuple[int, bool]]:
         """One autoregressive token (cloud-ar): (token, finished)."""
-        uniform = None if self.sampling.greedy else RoundUniforms.at(self.seed, len(self.sequence), 0).resample[0]
+        uniform = None if self.sampling.greedy else RoundUniforms.for_decode(self.seed, len(self.sequence))
 
         def finish(logits: torch.Tensor) -> tuple[int, bool]:
             token = choose_token(logits[0], self.sampling, uniform)
