@@ -185,7 +185,7 @@ class VerifierService(pb_grpc.VerifierServicer):
         if pipelined and not session.assumption_holds(block.assumes):
             replies.put_nowait(pb.ServerMessage(dropped=pb.Dropped(round=block.round)))
             return
-        session.check_block(block)
+        session.check_order(block)
         draft_probs = None if session.sampling.greedy else distributions_from_wire(block.probs, self.runtime.vocab_size)
         loop = asyncio.get_running_loop()
         round_index = block.round

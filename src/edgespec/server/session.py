@@ -94,18 +94,13 @@ class ServerSession:
             return None
         return Job(ScoreRequest(self.sequence[:-1], 1, self.kv), finish=lambda logits: None, solo=True)
 
-    def check_block(self, block: pb.DraftBlock) -> None:
+    def check_order(self, block: pb.DraftBlock) -> None:
+        """Whether this session takes ``block`` now; its contents are checked on arrival
+        (transport/validation.check_block), before any session state is consulted."""
         if self.finished:
             raise ProtocolError(pb.OUT_OF_ORDER, "the generation has finished; no more blocks are accepted")
         if block.round != self.next_round:
             raise ProtocolError(pb.OUT_OF_ORDER, f"block for round {block.round}, expected round {self.next_round}")
-        if not 1 <= len(block.tokens) <= self.limits.max_block:
-            raise ProtocolError(pb.TOO_LARGE, f"a block must hold 1..{self.limits.max_block} tokens, got {len(block.tokens)}")
-        vocab = self.runtime.vocab_size
-        if any(token >= vocab for token in block.tokens):
-            raise ProtocolError(pb.OUT_OF_VOCABULARY, f"a draft token is outside the vocabulary (size {vocab})")
-        if not self.sampling.greedy and len(block.probs) != len(block.tokens):
-            raise ProtocolError(pb.BAD_REQUEST, "sampling mode needs one draft distribution per draft token")
 
     def assumption_holds(self, assumes: pb.Assumption) -> bool:
         """A pipelined pre-draft is valid only if it assumed the verdict that actually came."""
