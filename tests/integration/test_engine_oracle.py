@@ -112,6 +112,12 @@ def test_self_draft_with_logit_lens_exits_counts_hits_and_misses() -> None:
     assert any(event.what.startswith("exit@") for event in stats.timeline)
 
 
+def test_a_prompt_past_the_context_window_is_refused_with_a_clear_error() -> None:
+    window = target_model("llama").config.max_position_embeddings
+    with pytest.raises(ValueError, match=f"context window of {window}"):
+        engine("llama", "self").generate([1] * (window - 4), Mode.SD, GenerationConfig(max_new_tokens=5))
+
+
 def test_draft_vocabulary_matches_target() -> None:
     assert draft_model("llama", "unrelated").config.vocab_size == VOCAB
 

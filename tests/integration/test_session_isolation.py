@@ -12,10 +12,12 @@ import torch
 from edgespec.client.edge_client import ClientOptions, EdgeClient, ServerError
 from edgespec.decoding.engine import GenerationConfig
 from edgespec.decoding.modes import Mode
+from edgespec.decoding.sampling import GREEDY
 from edgespec.models.target import TargetRuntime
 from edgespec.server.app import RunningServer, ServerConfig
 from edgespec.server.servicer import VerifierService
-from edgespec.server.session import SessionLimits
+from edgespec.server.session import ServerSession, SessionLimits
+from edgespec.transport.codec import ProtocolError
 from edgespec.transport import edgespec_pb2 as pb
 from tiny_models import greedy_reference, tiny_model
 from wire import GreedySession, RawSession, block_message, drafts_from, open_message
@@ -126,3 +128,15 @@ def test_a_message_over_the_size_limit_is_refused_by_grpc_and_the_server_serves_
     assert mapped.value.code == "RESOURCE_EXHAUSTED"
     result = EdgeClient(address).generate(PROMPT_A, Mode.CLOUD_AR, GenerationConfig(max_new_tokens=NEW_TOKENS))
     assert result.tokens == reference(tuple(PROMPT_A), NEW_TOKENS)
+
+
+def test_a_session_past_the_targets_context_window_is_refused_before_any_forward() -> None:
+    runtime = TargetRuntime(target_model())
+    window = runtime.context_length
+    assert window == 512
+    roomy = SessionLimits(max_prompt_tokens=2 * window, max_new_tokens=2 * window)
+    with pytest.raises(ProtocolError, match="context window of 512") as refused:
+        ServerSession(runtime, [1] * (window - 8), [], GREEDY, 0, 9, frozenset(), roomy)
+    assert refused.value.code == pb.TOO_LARGE
+    assert len(runtime.live_caches) == 0
+    ServerSession(runtime, [1] * (window - 8), [], GREEDY, 0, 8, frozenset(), roomy)  # exactly fits

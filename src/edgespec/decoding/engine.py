@@ -84,6 +84,7 @@ class LocalEngine:
             raise ValueError(f"mode {mode.value} needs a draft model")
         if mode.uses_exits and self.target.exits is None:
             raise ValueError(f"mode {mode.value} needs exits attached to the target")
+        self.target.check_fits(len(prompt_ids), config.max_new_tokens)
         self.target.reset()
         if self.draft is not None:
             self.draft.reset()

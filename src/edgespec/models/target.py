@@ -91,6 +91,22 @@ class TargetRuntime:
     def vocab_size(self) -> int:
         return int(self.lm_head.weight.shape[0])
 
+    @property
+    def context_length(self) -> int | None:
+        """Positions the target was trained for (None when its config does not say). Past them
+        a rotary model does not fail, it silently degrades, so callers refuse such requests."""
+        length = getattr(self.model.config, "max_position_embeddings", None)
+        return int(length) if length else None
+
+    def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """ValueError when a prompt plus its new tokens would run past the context window."""
+        length = self.context_length
+        if length is not None and prompt_tokens + max_new_tokens > length:
+            raise ValueError(
+                f"a prompt of {prompt_tokens} tokens plus max_new_tokens {max_new_tokens} exceeds "
+                f"the target's context window of {length} tokens"
+            )
+
     def attach_exits(self, exits: ExitHeads) -> None:
         self.detach_exits()
         for layer in exits.layers:

@@ -65,6 +65,10 @@ class ServerSession:
             raise ProtocolError(pb.TOO_LARGE, f"prompt of {len(prompt_ids)} tokens exceeds the limit of {limits.max_prompt_tokens}")
         if not 1 <= max_new_tokens <= limits.max_new_tokens:
             raise ProtocolError(pb.TOO_LARGE, f"max_new_tokens must be in 1..{limits.max_new_tokens}, got {max_new_tokens}")
+        try:
+            runtime.check_fits(len(prompt_ids), max_new_tokens)
+        except ValueError as error:
+            raise ProtocolError(pb.TOO_LARGE, str(error)) from None
         for token in (*prompt_ids, *committed_ids):
             if token >= vocab:
                 raise ProtocolError(pb.OUT_OF_VOCABULARY, f"token id {token} is outside the vocabulary (size {vocab})")
