@@ -125,13 +125,19 @@ class ExitHeads(nn.Module):
     def streaming_only(self) -> "ExitHeads":
         """The exits whose threshold can be reached (<= 1). An exit calibrated never to stream
         would still cost a final norm + LM head every round, for nothing."""
-        keep = [spec for spec in self.specs if spec.threshold <= 1.0]
+        keep = [spec.layer for spec in self.specs if spec.threshold <= 1.0]
         if len(keep) == len(self.specs):
             return self
+        logger.info("dropped never-streaming exits %s", sorted(set(self.layers) - set(keep)))
+        return self.subset(keep)
+
+    def subset(self, layers: Iterable[int]) -> "ExitHeads":
+        """These exits at ``layers`` only (their adapters' weights copied)."""
+        wanted = set(layers)
+        keep = [spec for spec in self.specs if spec.layer in wanted]
         subset = ExitHeads(keep, self.hidden_size, self.metadata)
         prefixes = tuple(f"adapters.{spec.layer}." for spec in keep)
         subset.load_state_dict({k: v for k, v in self.state_dict().items() if k.startswith(prefixes)}, strict=True)
-        logger.info("dropped never-streaming exits %s", sorted(set(self.layers) - set(subset.layers)))
         return subset
 
     def save(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
