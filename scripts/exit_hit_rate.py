@@ -16,15 +16,15 @@ from pathlib import Path
 
 import torch
 
-from edgespec.data.prompt_sets import load_prompts
 from edgespec.decoding.engine import GenerationConfig, LocalEngine
 from edgespec.decoding.modes import Mode
 from edgespec.exits.command import default_exits_dir
+from edgespec.exits.evaluation import benchmark_prompts
 from edgespec.exits.heads import ExitHeads
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.loading import load_model
 from edgespec.models.target import TargetRuntime
-from edgespec.prompting import eos_token_ids, render_prompt
+from edgespec.prompting import eos_token_ids
 
 
 def exits_up_to(heads: ExitHeads, max_layer: int | None) -> ExitHeads:
@@ -59,12 +59,12 @@ def main() -> None:
     totals = {"rounds": 0, "hits": 0, "misses": 0, "no_hint": 0, "new_tokens": 0, "equals_generate": 0, "checked": 0}
     per_exit: dict[str, dict[str, int]] = {}
     with (args.out / "results.jsonl").open("w") as sink:
-        for record in (p for name in ("mtbench", "humaneval") for p in load_prompts(name, args.per_set)):
-            prompt_ids = render_prompt(target.tokenizer, record.messages)
+        # The same held-out prompts eval-exits records its rounds on, so both hit rates compare.
+        for prompt_id, prompt_ids in benchmark_prompts(target.tokenizer, args.per_set):
             config = GenerationConfig(max_new_tokens=args.max_new_tokens, gamma=args.gamma, eos_ids=eos)
             result = engine.generate(prompt_ids, Mode.SD_EE, config)
             stats = result.stats
-            row = {"id": record.id, "rounds": stats.rounds, "hits": stats.hits, "misses": stats.misses, "no_hint": stats.no_hint, "new_tokens": stats.new_tokens, "per_exit": stats.per_exit}
+            row = {"id": prompt_id, "rounds": stats.rounds, "hits": stats.hits, "misses": stats.misses, "no_hint": stats.no_hint, "new_tokens": stats.new_tokens, "per_exit": stats.per_exit}
             if args.check_generate:
                 reference = target.model.generate(
                     torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long), max_new_tokens=args.max_new_tokens, do_sample=False
