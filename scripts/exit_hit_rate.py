@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from edgespec.decoding.engine import GenerationConfig, LocalEngine
+from edgespec.decoding.config import GenerationConfig
+from edgespec.decoding.engine import LocalEngine
 from edgespec.decoding.modes import Mode
 from edgespec.exits.command import default_exits_dir
 from edgespec.exits.evaluation import benchmark_prompts

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from edgespec.data.prompt_sets import load_prompts
-from edgespec.decoding.engine import GenerationConfig, LocalEngine
+from edgespec.decoding.config import GenerationConfig
+from edgespec.decoding.engine import LocalEngine
 from edgespec.decoding.modes import Mode
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.loading import load_model

@@ -204,7 +204,7 @@ def cmd_models_path(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from edgespec.decoding.engine import GenerationConfig, GenerationResult
+    from edgespec.decoding.config import GenerationConfig, GenerationResult
     from edgespec.decoding.modes import Mode
     from edgespec.decoding.sampling import SamplingParams
     from edgespec.models.loading import load_draft, load_model, load_tokenizer

@@ -8,7 +8,8 @@ from functools import lru_cache
 import pytest
 import torch
 
-from edgespec.decoding.engine import GenerationConfig, LocalEngine
+from edgespec.decoding.config import GenerationConfig
+from edgespec.decoding.engine import LocalEngine
 from edgespec.decoding.modes import Mode
 from edgespec.decoding.sampling import SamplingParams
 from edgespec.exits.heads import ExitHeads

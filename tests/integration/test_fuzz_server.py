@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from edgespec.client.edge_client import EdgeClient
-from edgespec.decoding.engine import GenerationConfig
+from edgespec.decoding.config import GenerationConfig
 from edgespec.decoding.modes import Mode
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.target import TargetRuntime

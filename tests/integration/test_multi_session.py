@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from edgespec.client.edge_client import EdgeClient
-from edgespec.decoding.engine import GenerationConfig
+from edgespec.decoding.config import GenerationConfig
 from edgespec.decoding.modes import Mode
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime

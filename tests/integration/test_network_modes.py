@@ -12,7 +12,8 @@ import torch
 
 from edgespec.client.edge_client import ClientOptions, ConnectionLost, EdgeClient
 from edgespec.client.recovery import NO_RECOVERY
-from edgespec.decoding.engine import GenerationConfig, LocalEngine
+from edgespec.decoding.config import GenerationConfig
+from edgespec.decoding.engine import LocalEngine
 from edgespec.decoding.modes import Mode
 from edgespec.decoding.sampling import SamplingParams
 from edgespec.exits.heads import ExitHeads, ExitSpec

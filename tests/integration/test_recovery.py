@@ -14,7 +14,8 @@ import torch
 
 from edgespec.client.edge_client import ClientOptions, ConnectionLost, EdgeClient
 from edgespec.client.recovery import RecoveryPolicy
-from edgespec.decoding.engine import GenerationConfig, GenerationResult, LocalEngine
+from edgespec.decoding.config import GenerationConfig, GenerationResult
+from edgespec.decoding.engine import LocalEngine
 from edgespec.decoding.modes import Mode
 from edgespec.decoding.sampling import SamplingParams
 from edgespec.exits.heads import ExitHeads, ExitSpec

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgespec.client.edge_client import ClientOptions, EdgeClient, ServerError
-from edgespec.decoding.engine import GenerationConfig
+from edgespec.decoding.config import GenerationConfig
 from edgespec.decoding.modes import Mode
 from edgespec.decoding.sampling import GREEDY
 from edgespec.models.target import TargetRuntime

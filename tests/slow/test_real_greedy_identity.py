@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgespec.decoding.engine import GenerationConfig, LocalEngine
+from edgespec.decoding.config import GenerationConfig
+from edgespec.decoding.engine import LocalEngine
 from edgespec.decoding.modes import Mode
 from edgespec.exits.heads import ExitHeads
 from edgespec.models.draft import DraftRuntime

@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from edgespec.decoding.engine import DRAFT_SEED_OFFSET
+from edgespec.decoding.config import DRAFT_SEED_OFFSET
 from edgespec.decoding.sampling import SamplingParams, logits_to_probs, position_uniform, sample_with_uniform, seeded_generator
 from edgespec.decoding.verification import (
     RoundUniforms,

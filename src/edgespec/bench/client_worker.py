@@ -18,7 +18,7 @@ import torch
 
 from edgespec.client.edge_client import ClientOptions, ConnectionLost, EdgeClient, ServerError
 from edgespec.client.recovery import NO_RECOVERY
-from edgespec.decoding.engine import GenerationConfig
+from edgespec.decoding.config import GenerationConfig
 from edgespec.decoding.modes import Mode
 from edgespec.models.loading import load_draft
 

@@ -28,7 +28,7 @@ from edgespec.client.recovery import (
     wait_connected,
     wait_until_reachable,
 )
-from edgespec.decoding.engine import DRAFT_SEED_OFFSET, GenerationConfig, GenerationResult
+from edgespec.decoding.config import DRAFT_SEED_OFFSET, GenerationConfig, GenerationResult
 from edgespec.decoding.modes import Mode
 from edgespec.decoding.sampling import choose_token, position_uniform
 from edgespec.decoding.stats import Clock, GenerationStats

@@ -12,14 +12,13 @@ One speculative round, as in the paper:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from edgespec.decoding.config import DRAFT_SEED_OFFSET, GenerationConfig, GenerationResult
 from edgespec.decoding.early import EarlyVerdictJudge
 from edgespec.decoding.modes import Mode
-from edgespec.decoding.gamma_policy import AdaptiveGamma
 from edgespec.decoding.rounds import verify_block
-from edgespec.decoding.sampling import SamplingParams, choose_token, position_uniform
+from edgespec.decoding.sampling import choose_token, position_uniform
 from edgespec.decoding.stats import Clock, GenerationStats
 from edgespec.decoding.stopping import clip_to_stop
 from edgespec.decoding.verification import RoundUniforms, Verdict
@@ -27,40 +26,6 @@ from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
 
 logger = logging.getLogger(__name__)
-
-# The draft's randomness is the edge's own; offsetting its seed keeps it independent of the
-# server's verification uniforms while staying reproducible from one user-given seed.
-DRAFT_SEED_OFFSET = 1_000_003
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    max_new_tokens: int = 128
-    gamma: int = 4
-    sampling: SamplingParams = SamplingParams()
-    seed: int = 0
-    eos_ids: frozenset[int] = field(default_factory=frozenset)
-    # Pick each round's γ from measured costs (decoding/gamma_policy.py), starting at ``gamma``.
-    adaptive_gamma: bool = False
-    max_gamma: int = 8
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not 1 <= self.gamma <= 64:
-            raise ValueError(f"gamma must be in 1..64, got {self.gamma}")
-        if self.adaptive_gamma and not self.gamma <= self.max_gamma <= 64:
-            raise ValueError(f"max_gamma must be in gamma..64, got {self.max_gamma}")
-
-    def gamma_policy(self) -> AdaptiveGamma | None:
-        return AdaptiveGamma(initial=self.gamma, max_gamma=self.max_gamma) if self.adaptive_gamma else None
-
-
-@dataclass
-class GenerationResult:
-    tokens: list[int]  # generated ids only, prompt excluded
-    stats: GenerationStats
-    text: str = ""
 
 
 class LocalEngine:
