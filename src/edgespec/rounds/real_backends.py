@@ -1,0 +1,66 @@
+"""Backends that run the real models and charge their measured wall time: the in-process engine
+is the discrete-event world (``rounds/world.py``) with these, so every mode, pre-drafting and
+pipelining included, runs the real draft and target with each side's real cost."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from edgespec.decoding.config import DRAFT_SEED_OFFSET
+from edgespec.decoding.rounds import begin_round
+from edgespec.decoding.sampling import SamplingParams, choose_token
+from edgespec.decoding.verification import RoundUniforms
+from edgespec.models.draft import DraftBlock, DraftRuntime
+from edgespec.models.kv import TrackedCache
+from edgespec.models.target import TargetRuntime
+from edgespec.rounds.world import CloudJob, VerifyResult
+
+
+class RealEdge:
+    def __init__(self, draft: DraftRuntime, sampling: SamplingParams, seed: int) -> None:
+        self.runtime = draft
+        self.sampling = sampling
+        self.seed = seed + DRAFT_SEED_OFFSET
+
+    def draft(self, sequence: Sequence[int], gamma: int) -> tuple[DraftBlock, float]:
+        start = time.perf_counter()
+        block = self.runtime.draft(sequence, gamma, self.sampling, seed=self.seed)
+        return block, time.perf_counter() - start
+
+
+class RealCloud:
+    """The target, one forward per job (in process there is one session, so no batching)."""
+
+    def __init__(self, target: TargetRuntime, kv: TrackedCache | None = None) -> None:
+        self.target = target
+        self.kv = kv if kv is not None else target.kv
+        self._sampling: dict[int, tuple[SamplingParams, int]] = {}
+
+    def open(self, session: int, sampling: SamplingParams, seed: int) -> None:
+        self._sampling[session] = (sampling, seed)
+
+    def close(self, session: int) -> None:
+        self._sampling.pop(session, None)
+
+    def run(self, jobs: list[CloudJob]) -> tuple[list[Any], float]:
+        start = time.perf_counter()
+        results = [self._run(job) for job in jobs]
+        return results, time.perf_counter() - start
+
+    def _run(self, job: CloudJob) -> Any:
+        sampling, seed = self._sampling[job.session]
+        if job.kind == "prefill":
+            self.target.score_tail(job.sequence, 1, kv=self.kv)
+            return None
+        if job.kind == "decode":
+            logits = self.target.score_tail(job.sequence, 1, kv=self.kv)[0]
+            uniform = None if sampling.greedy else RoundUniforms.for_decode(seed, len(job.sequence))
+            return choose_token(logits, sampling, uniform)
+        assert job.block is not None
+        pending = begin_round(
+            self.target, job.sequence, job.block.tokens, sampling, job.block.payload, seed, job.with_exits, kv=self.kv
+        )
+        request = pending.request
+        verdict, judge = pending.finish(self.target.score_tail(request.sequence, request.tail, request.on_exit, request.kv))
+        return VerifyResult(verdict, judge.verdicts if judge is not None else [])

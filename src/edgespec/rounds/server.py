@@ -1,0 +1,166 @@
+"""The cloud side of speculative rounds, sans I/O.
+
+Feed it blocks as they arrive (plain, or tagged with the verdict they assume), the early verdicts
+an exit reached mid-forward, and the final verdict of each forward; it answers with what to verify
+next, what to stream and what to drop. Blocks are held per round, so a pipelined block that
+arrives while the round it depends on is still being verified waits here, not on the link, and is
+verified the moment that verdict is decided if its assumption held (and dropped unverified if not).
+It knows nothing of gRPC, tensors or threads: its driver runs the forwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Collection
+
+from edgespec.decoding.stopping import clip_to_stop
+from edgespec.decoding.verification import Verdict
+
+
+class OutOfOrder(ValueError):
+    """A block this session cannot take (wrong round, or after the generation finished)."""
+
+
+@dataclass(frozen=True)
+class IncomingBlock:
+    round: int
+    tokens: list[int]
+    payload: Any = None  # what the driver needs to verify it (the draft's distributions)
+    assumes: tuple[int, Verdict] | None = None
+
+
+# ---------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class Verify:
+    """Run the forward for ``block`` after ``sequence``; report with ``ServerRounds.verified``."""
+
+    block: IncomingBlock
+    sequence: list[int]
+
+    @property
+    def pipelined(self) -> bool:
+        return self.block.assumes is not None
+
+
+@dataclass(frozen=True)
+class StreamEarly:
+    round: int
+    layer: int
+    verdict: Verdict
+    confidence: float
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class SendFinal:
+    round: int
+    verdict: Verdict
+    committed: list[int]
+    finished: bool
+    pipelined: bool
+
+
+@dataclass(frozen=True)
+class Drop:
+    round: int
+
+
+ServerAction = Verify | StreamEarly | SendFinal | Drop
+
+
+@dataclass
+class ServerRounds:
+    """One session's verification order. ``sequence`` is prompt + committed tokens."""
+
+    sequence: list[int]
+    prompt_len: int
+    eos_ids: Collection[int]
+    max_new_tokens: int
+    early_verdicts: bool = False
+    decided: int = 0  # rounds with a final verdict
+    verifying: bool = False
+    last_verdict: Verdict | None = None
+    finished: bool = False
+    _waiting: dict[int, list[IncomingBlock]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.finished = self.produced >= self.max_new_tokens or (self.produced > 0 and self.sequence[-1] in self.eos_ids)
+
+    @property
+    def produced(self) -> int:
+        return len(self.sequence) - self.prompt_len
+
+    @property
+    def held(self) -> int:
+        """Blocks waiting for a verdict to be decided."""
+        return sum(len(blocks) for blocks in self._waiting.values())
+
+    # ---------------------------------------------------------------- events
+
+    def block(self, block: IncomingBlock) -> list[ServerAction]:
+        if block.assumes is not None:
+            assumed_round, _ = block.assumes
+            if self.finished or assumed_round + 1 != block.round or block.round != self.decided + int(self.verifying):
+                return [Drop(block.round)]  # its premise is decided wrong already, or never will be
+            if not self.verifying:
+                return [Drop(block.round)] if not self._holds(block) else self._start(block)
+            self._waiting.setdefault(block.round, []).append(block)
+            return []
+        if self.finished:
+            raise OutOfOrder("the generation has finished; no more blocks are accepted")
+        expected = self.decided + int(self.verifying)
+        if block.round != expected or any(b.assumes is None for b in self._waiting.get(block.round, [])):
+            raise OutOfOrder(f"block for round {block.round}, expected round {expected}")
+        if self.verifying:
+            self._waiting.setdefault(block.round, []).append(block)
+            return []
+        return self._start(block)
+
+    def early(self, round_index: int, layer: int, verdict: Verdict, confidence: float, elapsed_s: float, streamed: bool) -> list[ServerAction]:
+        """An exit's verdict mid-forward: streamed when the client asked and the exit is sure."""
+        if not (self.early_verdicts and streamed and self.verifying and round_index == self.decided):
+            return []
+        return [StreamEarly(round_index, layer, verdict, confidence, elapsed_s)]
+
+    def verified(self, verify: Verify, verdict: Verdict) -> list[ServerAction]:
+        """The forward of ``verify`` gave ``verdict``: commit, answer, and start what waits on it."""
+        block = verify.block
+        if not self.verifying or block.round != self.decided:
+            raise OutOfOrder(f"verdict for round {block.round} while round {self.decided} is verified")
+        step = clip_to_stop(verdict.committed(block.tokens), self.eos_ids, self.max_new_tokens - self.produced)
+        self.sequence.extend(step.tokens)
+        self.decided += 1
+        self.verifying = False
+        self.last_verdict = verdict
+        self.finished = step.finished
+        actions: list[ServerAction] = [SendFinal(block.round, verdict, step.tokens, step.finished, verify.pipelined)]
+        waiting = self._waiting.pop(self.decided, [])
+        chosen = None
+        for candidate in waiting:
+            if chosen is None and not self.finished and (candidate.assumes is None or self._holds(candidate)):
+                chosen = candidate
+            elif candidate.assumes is not None:
+                actions.append(Drop(candidate.round))
+        if chosen is not None:
+            actions += self._start(chosen)
+        return actions
+
+    def close(self) -> list[Drop]:
+        """The session ends: every held block is dropped without compute."""
+        held = [Drop(b.round) for blocks in self._waiting.values() for b in blocks]
+        self._waiting.clear()
+        return held
+
+    # ---------------------------------------------------------------- helpers
+
+    def _holds(self, block: IncomingBlock) -> bool:
+        assert block.assumes is not None
+        assumed_round, verdict = block.assumes
+        return assumed_round == self.decided - 1 and verdict == self.last_verdict
+
+    def _start(self, block: IncomingBlock) -> list[ServerAction]:
+        self.verifying = True
+        return [Verify(block, list(self.sequence))]
+

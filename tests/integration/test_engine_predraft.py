@@ -1,0 +1,146 @@
+"""The pre-draft modes run for real in process (the round core on the virtual clock): greedy
+output equals `generate`, with pre-draft hits, misses and pipelined rounds counted as over the
+network, for a perfect exit (every early verdict right), a poor one, and a useless draft."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import lru_cache
+
+import pytest
+import torch
+
+from edgespec.decoding.config import GenerationConfig, GenerationResult
+from edgespec.decoding.engine import LocalEngine
+from edgespec.decoding.modes import Mode
+from edgespec.decoding.sampling import SamplingParams
+from edgespec.exits.heads import ExitHeads, ExitSpec
+from edgespec.models.draft import DraftRuntime
+from edgespec.models.target import TargetRuntime
+from edgespec.rounds.real_backends import RealCloud, RealEdge
+from edgespec.rounds.world import ClientSpec, Link, VerifyResult, World
+from tiny_models import greedy_reference, layer_skip_copy, tiny_model
+
+PROMPT = [3, 17, 42, 8, 9, 61]
+NEW_TOKENS = 32
+PREDRAFT_MODES = [Mode.SD_EE, Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED]
+
+
+PERFECT = (3,)  # on the target with a pass-through last layer, the lens after layer 3 is final
+POOR = (2,)
+
+
+@lru_cache(maxsize=None)
+def target_model() -> torch.nn.Module:
+    """Zeroing the last layer's output projections makes it pass the residual through, so the
+    logit lens after layer 3 *is* the final layer: its early verdicts are always right."""
+    model = tiny_model("qwen2", seed=0)
+    with torch.no_grad():
+        model.model.layers[-1].self_attn.o_proj.weight.zero_()
+        model.model.layers[-1].mlp.down_proj.weight.zero_()
+    return model
+
+
+def engine(exit_layers: tuple[int, ...], draft: str = "layer-skip", link: Link = Link()) -> LocalEngine:
+    model = target_model()
+    exits = ExitHeads([ExitSpec(layer) for layer in exit_layers], model.config.hidden_size)
+    draft_model = layer_skip_copy(tiny_model("qwen2", seed=0), keep=2) if draft == "layer-skip" else tiny_model("qwen2", seed=7)
+    return LocalEngine(TargetRuntime(model, exits), DraftRuntime(draft_model), link)
+
+
+@pytest.mark.parametrize("mode", PREDRAFT_MODES, ids=lambda m: m.value)
+@pytest.mark.parametrize("gamma", [1, 3, 6])
+@pytest.mark.parametrize("exit_layers", [PERFECT, POOR], ids=["perfect-exit", "poor-exit"])
+def test_predraft_modes_equal_generate(mode: Mode, gamma: int, exit_layers: tuple[int, ...]) -> None:
+    expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
+    result = engine(exit_layers).generate(PROMPT, mode, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=gamma))
+    assert result.tokens == expected
+    stats = result.stats
+    assert stats.hits + stats.misses + stats.no_hint == stats.rounds
+    if exit_layers == PERFECT:
+        # The last layer as an exit is always right: every round is a hit.
+        assert stats.hits == stats.rounds and stats.misses == 0
+        assert stats.dropped == 0
+
+
+class FixedCostEdge(RealEdge):
+    """The real draft, charged a fixed cost per token, so pipelining does not hang on how fast
+    this machine runs the tiny models."""
+
+    def draft(self, sequence, gamma):  # type: ignore[no-untyped-def]
+        block, _ = super().draft(sequence, gamma)
+        return block, 0.01 * len(block.tokens)
+
+
+class FixedCostCloud(RealCloud):
+    def run(self, jobs):  # type: ignore[no-untyped-def]
+        results, _ = super().run(jobs)
+        for result in results:
+            if isinstance(result, VerifyResult):  # exits report at a fixed share of the forward
+                result.early[:] = [dataclasses.replace(e, elapsed_s=0.1 * e.layer / 4) for e in result.early]
+        return results, 0.1
+
+
+def fixed_cost_run(exit_layers: tuple[int, ...], mode: Mode, config: GenerationConfig) -> GenerationResult:
+    model = target_model()
+    runtime = TargetRuntime(model, ExitHeads([ExitSpec(layer) for layer in exit_layers], model.config.hidden_size))
+    edge = FixedCostEdge(DraftRuntime(layer_skip_copy(tiny_model("qwen2", seed=0), keep=2)), config.sampling, config.seed)
+    spec = ClientSpec(PROMPT, mode, config, edge, Link(one_way_s=0.005))
+    (result,) = World(FixedCostCloud(runtime)).run([spec])
+    return result
+
+
+def test_pipelined_blocks_are_verified_on_a_hit_and_dropped_on_a_miss() -> None:
+    """An exit at 3/4 of a 100 ms forward leaves 25 ms, enough to draft 2 tokens at 10 ms each
+    and ship them (5 ms): with a perfect exit every round after the first is pipelined. The
+    logit lens after layer 2 is exactly the 2-layer draft, so it assumes every block accepted:
+    right when the target agrees, wrong otherwise; the output is the same."""
+    config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=2)
+    expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
+    perfect = fixed_cost_run(PERFECT, Mode.SD_EE_PIPELINED, config)
+    assert perfect.tokens == expected
+    assert perfect.stats.pipelined == perfect.stats.rounds - 1 and perfect.stats.dropped == 0
+    poor = fixed_cost_run(POOR, Mode.SD_EE_PIPELINED, config)
+    assert poor.tokens == expected
+    stats = poor.stats
+    assert stats.hits > 0 and stats.misses > 0
+    # Every pre-draft was shipped in time: a hit is verified from it, a miss drops it, except in
+    # the last rounds, where the assumed verdict would fill the token budget (nothing to pre-draft).
+    assert stats.hits - 3 <= stats.pipelined <= stats.hits
+    assert stats.misses - 3 <= stats.dropped <= stats.misses and stats.dropped > 0
+
+
+def test_poor_exits_give_hits_and_misses() -> None:
+    expected = greedy_reference(target_model(), PROMPT, 48)
+    predraft = engine(POOR).generate(PROMPT, Mode.SD_EE_PREDRAFT, GenerationConfig(max_new_tokens=48, gamma=3))
+    pipelined = engine(POOR).generate(PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(max_new_tokens=48, gamma=3))
+    for result in (predraft, pipelined):
+        assert result.tokens == expected
+        assert result.stats.hits > 0 and result.stats.misses > 0
+
+
+def test_a_useless_draft_stays_lossless_in_every_predraft_mode() -> None:
+    expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
+    for mode in PREDRAFT_MODES:
+        result = engine(POOR, draft="random").generate(PROMPT, mode, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=4))
+        assert result.tokens == expected
+
+
+def test_pipelining_hides_the_draft_behind_the_verify() -> None:
+    """With a perfect exit, the pipelined mode's virtual wall time is below sd's: the next block
+    is drafted while the verifier still computes (the clock charges each side's measured cost)."""
+    config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=4)
+    link = Link(one_way_s=0.02)
+    sd = engine(PERFECT, link=link).generate(PROMPT, Mode.SD, config)
+    pipelined = engine(PERFECT, link=link).generate(PROMPT, Mode.SD_EE_PIPELINED, config)
+    assert pipelined.tokens == sd.tokens
+    # Per round sd pays a full round trip; the pipelined mode pays it only when a block leaves late.
+    assert pipelined.stats.total_s < sd.stats.total_s
+
+
+def test_seeded_sampling_is_the_same_in_every_speculative_mode() -> None:
+    """Position-tied uniforms: a verdict depends only on the draft rows and the position, so the
+    pre-draft modes sample the same text as sd for one seed."""
+    config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3, sampling=SamplingParams(temperature=1.0), seed=11)
+    texts = {mode: engine(POOR).generate(PROMPT, mode, config).tokens for mode in [Mode.SD, *PREDRAFT_MODES]}
+    assert len(set(map(tuple, texts.values()))) == 1, texts
