@@ -17,7 +17,7 @@ from edgespec.models.target import TargetRuntime
 from edgespec.server.app import RunningServer, ServerConfig
 from edgespec.server.servicer import VerifierService
 from edgespec.server.session import ServerSession, SessionLimits
-from edgespec.transport.codec import ProtocolError
+from edgespec.server.refusals import Refused
 from edgespec.transport import edgespec_pb2 as pb
 from tiny_models import greedy_reference, tiny_model
 from wire import GreedySession, RawSession, block_message, drafts_from, open_message
@@ -135,8 +135,8 @@ def test_a_session_past_the_targets_context_window_is_refused_before_any_forward
     window = runtime.context_length
     assert window == 512
     roomy = SessionLimits(max_prompt_tokens=2 * window, max_new_tokens=2 * window)
-    with pytest.raises(ProtocolError, match="context window of 512") as refused:
+    with pytest.raises(Refused, match="context window of 512") as refused:
         ServerSession(runtime, [1] * (window - 8), [], GREEDY, 0, 9, frozenset(), roomy)
-    assert refused.value.code == pb.TOO_LARGE
+    assert refused.value.code == "TOO_LARGE"
     assert len(runtime.live_caches) == 0
     ServerSession(runtime, [1] * (window - 8), [], GREEDY, 0, 8, frozenset(), roomy)  # exactly fits

@@ -9,6 +9,23 @@ import grpc
 from edgespec.transport.security import AUTH_METADATA_KEY, AUTH_SCHEME, INSECURE, ClientSecurity
 
 
+def keepalive_options(keepalive_s: float, keepalive_timeout_s: float) -> list[tuple[str, int]]:
+    timeout_ms = int(keepalive_timeout_s * 1000)
+    return [
+        ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", timeout_ms),
+        # A keepalive ping can ride on a ping already in flight, which then times out after this
+        # (60 s by default), not after keepalive_timeout: measured, a silent link went unnoticed
+        # until the read deadline without it.
+        ("grpc.http2.ping_timeout_ms", timeout_ms),
+        # Keep pinging through a long verify, when no data flows either way.
+        ("grpc.http2.max_pings_without_data", 0),
+        # gRPC shares connections between channels to the same address; a reconnect must not be
+        # handed the dead connection it is fleeing.
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+
+
 def open_channel(address: str, security: ClientSecurity = INSECURE, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
     interceptors = [_BearerToken(security.token)] if security.token else None
     if not security.tls:

@@ -31,10 +31,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from edgespec.decoding.config import GenerationConfig
+from edgespec.decoding.modes import Mode
 from edgespec.decoding.sampling import GREEDY
-from edgespec.decoding.verification import greedy_verdict
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime, decoder_parts
+from edgespec.rounds.real_backends import RealCloud, RealEdge
+from edgespec.rounds.world import ClientSpec, CloudJob, World
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +286,7 @@ def record_rounds(
     target = TargetRuntime(target_model)
     draft = DraftRuntime(draft_model)
     tap = LayerTap(target_model, layers)
-    stop = set(eos_ids)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, gamma=gamma, eos_ids=frozenset(eos_ids))
     progress = tqdm(total=num_prompts, initial=done, desc="recording speculative rounds", unit="prompt")
     try:
         for index, (prompt_id, prompt) in enumerate(prompts):
@@ -294,32 +297,11 @@ def record_rounds(
             started = time.perf_counter()
             target.reset()
             draft.reset()
-            committed = list(prompt)
             rows: dict[str, list[torch.Tensor]] = {}
-            produced = 0
-            while produced < max_new_tokens:
-                block = draft.draft(committed, gamma, GREEDY).tokens
-                tap.tail, tap.armed, tap.captured = gamma + 1, True, {}
-                logits = target.score_tail(committed + block, gamma + 1)
-                tap.armed = False
-                verdict = greedy_verdict(logits, block)
-                for layer in layers:
-                    rows.setdefault(f"h.{layer}", []).append(tap.captured[f"h.{layer}"])
-                rows.setdefault("final_top1", []).append(torch.argmax(logits, dim=-1).to(torch.int32))
-                rows.setdefault("draft", []).append(torch.tensor(block, dtype=torch.int32))
-                rows.setdefault("verdict", []).append(torch.tensor([verdict.accepted, verdict.next_token], dtype=torch.int32))
-                new = verdict.committed(block)
-                finished = False
-                for t in new:
-                    committed.append(t)
-                    produced += 1
-                    if t in stop or produced >= max_new_tokens:
-                        finished = True
-                        break
-                if finished:
-                    break
-                target.rollback(committed)
-                draft.rollback(committed)
+            # The rounds are the engine's own (the round core, sd mode); the tap reads each verify.
+            cloud = _RecordingCloud(target, tap, layers, gamma, rows)
+            (result,) = World(cloud).run([ClientSpec(list(prompt), Mode.SD, config, RealEdge(draft, GREEDY, 0), eos_ids=config.eos_ids)])
+            produced = len(result.tokens)
             tensors = {name: torch.stack(parts) for name, parts in rows.items()}  # [rounds, gamma+1, ...]
             path = directory / f"shard-{index:05d}.safetensors"
             _save_atomic(tensors, path)
@@ -332,6 +314,34 @@ def record_rounds(
         tap.remove()
         progress.close()
     return manifest
+
+
+class _RecordingCloud(RealCloud):
+    """The target as the engine runs it, with the hidden states of every full-length verify
+    recorded (a last block cut short by the token budget has no place in [rounds, gamma + 1])."""
+
+    def __init__(self, target: TargetRuntime, tap: LayerTap, layers: Sequence[int], gamma: int, rows: dict[str, list[torch.Tensor]]) -> None:
+        super().__init__(target)
+        self.tap, self.layers, self.gamma, self.rows = tap, layers, gamma, rows
+
+    def _run(self, job: CloudJob) -> Any:
+        record = job.kind == "verify" and job.block is not None and len(job.block.tokens) == self.gamma
+        if record:
+            self.tap.tail, self.tap.armed, self.tap.captured = self.gamma + 1, True, {}
+        try:
+            result = super()._run(job)
+        finally:
+            self.tap.armed = False
+        if record:
+            assert job.block is not None
+            logits = self.target.score_tail(job.sequence + job.block.tokens, self.gamma + 1, kv=self.kv)
+            for layer in self.layers:
+                self.rows.setdefault(f"h.{layer}", []).append(self.tap.captured[f"h.{layer}"])
+            self.rows.setdefault("final_top1", []).append(torch.argmax(logits, dim=-1).to(torch.int32))
+            self.rows.setdefault("draft", []).append(torch.tensor(job.block.tokens, dtype=torch.int32))
+            verdict = result.verdict
+            self.rows.setdefault("verdict", []).append(torch.tensor([verdict.accepted, verdict.next_token], dtype=torch.int32))
+        return result
 
 
 def load_rounds(directory: str | Path) -> dict[str, torch.Tensor]:

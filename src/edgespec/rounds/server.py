@@ -67,7 +67,14 @@ class Drop:
     round: int
 
 
-ServerAction = Verify | StreamEarly | SendFinal | Drop
+@dataclass(frozen=True)
+class Reject:
+    """A held block turned out to be one the session cannot take: end it with OUT_OF_ORDER."""
+
+    reason: str
+
+
+ServerAction = Verify | StreamEarly | SendFinal | Drop | Reject
 
 
 @dataclass
@@ -143,6 +150,8 @@ class ServerRounds:
                 chosen = candidate
             elif candidate.assumes is not None:
                 actions.append(Drop(candidate.round))
+            else:
+                actions.append(Reject("the generation has finished; no more blocks are accepted"))
         if chosen is not None:
             actions += self._start(chosen)
         return actions

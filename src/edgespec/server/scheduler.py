@@ -21,8 +21,7 @@ from typing import Callable, Generic, TypeVar
 import torch
 
 from edgespec.models.target import ScoreRequest, TargetRuntime
-from edgespec.transport import edgespec_pb2 as pb
-from edgespec.transport.codec import ProtocolError
+from edgespec.server.refusals import Refused
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -97,9 +96,9 @@ class BatchScheduler:
         entry = _Entry(job, loop.create_future(), loop, time.perf_counter())
         with self._wake:
             if self._closed:
-                raise ProtocolError(pb.BUSY, "the server is shutting down")
+                raise Refused("BUSY", "the server is shutting down")
             if len(self._queue) >= self.limits.max_queued:
-                raise ProtocolError(pb.BUSY, f"the server is busy ({len(self._queue)} rounds queued); retry later")
+                raise Refused("BUSY", f"the server is busy ({len(self._queue)} rounds queued); retry later")
             self._queue.append(entry)
             self._wake.notify()
         try:

@@ -19,10 +19,12 @@ from edgespec.decoding.early import EarlyVerdict
 from edgespec.models.target import TargetRuntime
 from edgespec.prompting import render_prompt
 from edgespec.server.scheduler import AdmissionLimits, BatchScheduler
+from edgespec.rounds.server import Drop, IncomingBlock, OutOfOrder, Reject, SendFinal, ServerAction, Verify
+from edgespec.server.refusals import Refused
 from edgespec.server.session import ServerSession, SessionLimits
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
-from edgespec.transport.codec import PROTOCOL_VERSION, ProtocolError, distributions_from_wire, sampling_from_wire
+from edgespec.transport.codec import PROTOCOL_VERSION, ProtocolError, distributions_from_wire, sampling_from_wire, verdict_of
 from edgespec.transport.validation import check_block, check_open, decoded
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ class VerifierService(pb_grpc.VerifierServicer):
 
     async def _serve_session(self, requests: AsyncIterator[pb.ClientMessage], replies: asyncio.Queue[object]) -> None:
         session: ServerSession | None = None
+        verifying: asyncio.Task | None = None  # the session's forward in flight, if any
         messages = decoded(requests)
         opened_at = time.monotonic()
         try:
@@ -72,6 +75,9 @@ class VerifierService(pb_grpc.VerifierServicer):
                 try:
                     message = await asyncio.wait_for(messages.__anext__(), self._read_timeout(opened_at))
                 except StopAsyncIteration:
+                    # A client may half-close right after its last block: answer what it sent.
+                    if verifying is not None:
+                        await verifying
                     break
                 except asyncio.TimeoutError:
                     raise self._expired(opened_at) from None
@@ -83,16 +89,16 @@ class VerifierService(pb_grpc.VerifierServicer):
                 elif kind == "block":
                     if session is None:
                         raise ProtocolError(pb.BAD_REQUEST, "send open before any block")
-                    await self._block(session, message.block, replies)
+                    verifying = self._carry_out(session, self._take_block(session, message.block), replies, verifying)
                 elif kind == "close":
                     if session is None:
                         raise ProtocolError(pb.BAD_REQUEST, "close before open: there is no session to close")
                     break
                 else:
                     raise ProtocolError(pb.BAD_REQUEST, "empty message")
-        except ProtocolError as error:
+        except (ProtocolError, Refused) as error:
             logger.info("session %s: %s", session.id if session else "-", error)
-            replies.put_nowait(pb.ServerMessage(error=pb.Error(code=error.code, message=str(error))))
+            replies.put_nowait(_error_reply(error))
         except asyncio.CancelledError:
             raise
         except Exception as error:  # a bug must end this session, never the server
@@ -101,6 +107,10 @@ class VerifierService(pb_grpc.VerifierServicer):
         finally:
             if session is not None:
                 self.sessions.pop(session.id, None)
+                session.rounds.close()  # held pipelined blocks go without compute
+            if verifying is not None:
+                verifying.cancel()
+                await asyncio.gather(verifying, return_exceptions=True)
             replies.put_nowait(_END)
 
     def _read_timeout(self, opened_at: float) -> float:
@@ -168,7 +178,7 @@ class VerifierService(pb_grpc.VerifierServicer):
             # prefill, or a client gone mid cloud-ar decode, must not leave it counted open.
             self.sessions.pop(session.id, None)
             raise
-        session.early_verdicts = bool(request.early_verdicts)
+        session.rounds.early_verdicts = bool(request.early_verdicts)
         return session
 
     async def _decode_all(self, session: ServerSession, replies: asyncio.Queue[object], opened_at: float) -> None:
@@ -179,47 +189,82 @@ class VerifierService(pb_grpc.VerifierServicer):
             token, finished = result.value
             replies.put_nowait(pb.ServerMessage(tokens=pb.Tokens(ids=[token], finished=finished, compute_ms=result.forward_ms)))
 
-    async def _block(self, session: ServerSession, block: pb.DraftBlock, replies: asyncio.Queue[object]) -> None:
+    def _take_block(self, session: ServerSession, block: pb.DraftBlock) -> list[ServerAction]:
         check_block(block, self.runtime.vocab_size, self.limits.max_block, session.sampling.greedy)
-        pipelined = block.HasField("assumes")
-        if pipelined and not session.assumption_holds(block.assumes):
-            replies.put_nowait(pb.ServerMessage(dropped=pb.Dropped(round=block.round)))
-            return
-        session.check_order(block)
-        draft_probs = None if session.sampling.greedy else distributions_from_wire(block.probs, self.runtime.vocab_size)
+        assumes = (block.assumes.round, verdict_of(block.assumes)) if block.HasField("assumes") else None
+        probs = None if session.sampling.greedy else distributions_from_wire(block.probs, self.runtime.vocab_size)
+        try:
+            return session.rounds.block(IncomingBlock(block.round, list(block.tokens), probs, assumes))
+        except OutOfOrder as error:
+            raise ProtocolError(pb.OUT_OF_ORDER, str(error)) from None
+
+    def _carry_out(
+        self, session: ServerSession, actions: list[ServerAction], replies: asyncio.Queue[object], verifying: asyncio.Task | None
+    ) -> asyncio.Task | None:
+        """Send what the round core says; start the forward it asks for (the core never asks for
+        a second while one is in flight)."""
+        for action in actions:
+            if isinstance(action, Drop):
+                replies.put_nowait(pb.ServerMessage(dropped=pb.Dropped(round=action.round)))
+            elif isinstance(action, SendFinal):
+                raise AssertionError("a final verdict comes from _verify, with its forward's timings")
+            elif isinstance(action, Verify):
+                verifying = asyncio.ensure_future(self._verify(session, action, replies))
+        return verifying
+
+    async def _verify(self, session: ServerSession, verify: Verify, replies: asyncio.Queue[object]) -> None:
+        """Run the forwards the core asks for, one after another, until it asks for none."""
         loop = asyncio.get_running_loop()
-        round_index = block.round
+        rounds = session.rounds
+        try:
+            while True:
+                round_index = verify.block.round
 
-        def stream_early(early: EarlyVerdict) -> None:
-            message = pb.ServerMessage(
-                early=pb.EarlyVerdict(
-                    round=round_index,
-                    exit_layer=early.layer,
-                    accepted=early.verdict.accepted,
-                    next_token=early.verdict.next_token,
-                    confidence=early.confidence,
-                    elapsed_ms=early.elapsed_s * 1000,
-                )
-            )
-            loop.call_soon_threadsafe(replies.put_nowait, message)
+                def stream_early(early: EarlyVerdict) -> None:
+                    def deliver() -> None:
+                        for action in rounds.early(round_index, early.layer, early.verdict, early.confidence, early.elapsed_s, early.streamed):
+                            replies.put_nowait(pb.ServerMessage(early=pb.EarlyVerdict(
+                                round=action.round, exit_layer=action.layer, accepted=action.verdict.accepted,
+                                next_token=action.verdict.next_token, confidence=action.confidence, elapsed_ms=action.elapsed_s * 1000,
+                            )))
+                    loop.call_soon_threadsafe(deliver)
 
-        on_early = stream_early if session.early_verdicts else None
-        result = await self.scheduler.submit(session.verify_job(list(block.tokens), draft_probs, on_early))
-        outcome = result.value
-        replies.put_nowait(
-            pb.ServerMessage(
-                final=pb.FinalVerdict(
-                    round=round_index,
-                    accepted=outcome.verdict.accepted,
-                    next_token=outcome.verdict.next_token,
-                    finished=outcome.finished,
-                    verify_ms=result.forward_ms,
-                    queued_ms=result.queued_ms,
-                    pipelined=pipelined,
-                    timings=[pb.SegmentTiming(name=f"exit {e.layer}", ms=e.elapsed_s * 1000) for e in outcome.early],
-                )
-            )
-        )
+                on_early = stream_early if rounds.early_verdicts else None
+                result = await self.scheduler.submit(session.verify_job(verify, on_early))
+                verdict, judge = result.value
+                actions = rounds.verified(verify, verdict)
+                self.runtime.rollback(rounds.sequence, kv=session.kv)
+                final = actions[0]
+                assert isinstance(final, SendFinal)
+                replies.put_nowait(pb.ServerMessage(final=pb.FinalVerdict(
+                    round=final.round, accepted=verdict.accepted, next_token=verdict.next_token, finished=final.finished,
+                    verify_ms=result.forward_ms, queued_ms=result.queued_ms, pipelined=final.pipelined,
+                    timings=[pb.SegmentTiming(name=f"exit {e.layer}", ms=e.elapsed_s * 1000) for e in (judge.verdicts if judge else [])],
+                )))
+                following = [a for a in actions[1:] if isinstance(a, Verify)]
+                for action in actions[1:]:
+                    if isinstance(action, Drop):
+                        replies.put_nowait(pb.ServerMessage(dropped=pb.Dropped(round=action.round)))
+                    elif isinstance(action, Reject):
+                        raise ProtocolError(pb.OUT_OF_ORDER, action.reason)
+                if not following:
+                    return
+                verify = following[0]
+        except asyncio.CancelledError:
+            raise
+        except (ProtocolError, Refused) as error:
+            logger.info("session %s: %s", session.id, error)
+            replies.put_nowait(_error_reply(error))
+            replies.put_nowait(_END)
+        except Exception as error:  # a bug must end this session, never the server
+            logger.exception("session %s failed", session.id)
+            replies.put_nowait(pb.ServerMessage(error=pb.Error(code=pb.INTERNAL, message=f"internal error: {error}")))
+            replies.put_nowait(_END)
 
     def shutdown(self) -> None:
         self.scheduler.close()
+
+
+def _error_reply(error: ProtocolError | Refused) -> pb.ServerMessage:
+    code = pb.ErrorCode.Value(error.code) if isinstance(error, Refused) else error.code
+    return pb.ServerMessage(error=pb.Error(code=code, message=str(error)))

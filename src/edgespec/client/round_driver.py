@@ -1,0 +1,141 @@
+"""Drives the client's round core over a gRPC session: drafts on the device's worker thread,
+messages from the server as they arrive, the core's actions carried out in order.
+
+The event loop keeps reading the stream while the draft model computes: that is what lets a
+pre-draft start the moment an early verdict lands and a pipelined block leave before the final
+verdict arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import Executor
+from typing import Callable
+
+from edgespec.client.stream import ServerError, SessionStream
+from edgespec.decoding.config import DRAFT_SEED_OFFSET
+from edgespec.models.draft import DraftBlock, DraftRuntime
+from edgespec.rounds import client as core
+from edgespec.rounds.state import Generation
+from edgespec.transport import edgespec_pb2 as pb
+from edgespec.transport.codec import distributions_to_wire, verdict_of
+
+
+class EdgeRun:
+    """One generation on the client: the core's shared state, the wall clock its events are
+    timed by, and the caller's streaming callback."""
+
+    def __init__(self, gen: Generation, on_commit: Callable[[list[int]], None] | None) -> None:
+        self.gen = gen
+        self._t0 = time.perf_counter()
+        self._emit = on_commit or (lambda tokens: None)
+
+    def now(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def commit(self, tokens: list[int]) -> None:
+        self.gen.commit(tokens, self.now())
+        self._emit(tokens)
+
+    def event(self, what: str) -> None:
+        at = self.now()
+        self.gen.record("link", what, at, at)
+
+
+class RoundDriver:
+    def __init__(self, run: EdgeRun, draft: DraftRuntime, draft_thread: Executor) -> None:
+        self.run = run
+        self.gen = run.gen
+        self.draft = draft
+        self.draft_thread = draft_thread
+        self.rounds = core.ClientRounds(run.gen)
+        self._drafts: dict[asyncio.Future, tuple[int, threading.Event]] = {}
+        self._stream: SessionStream | None = None
+        self._unsent: list[core.SendBlock] = []
+
+    def start(self) -> None:
+        """Start drafting the first block (while the server prefills the prompt)."""
+        self._apply_sync(self.rounds.start())
+
+    async def play(self, stream: SessionStream) -> None:
+        """Run rounds until the generation finishes (or the stream fails: then raise)."""
+        self._stream = stream
+        try:
+            for send in self._unsent:
+                await self._send(send)
+            self._unsent = []
+            while not self.gen.finished:
+                reader = stream.next_message()
+                await asyncio.wait({reader, *self._drafts}, return_when=asyncio.FIRST_COMPLETED)
+                for future in [f for f in self._drafts if f.done()]:
+                    draft_id, _ = self._drafts.pop(future)
+                    block, start, end = future.result()
+                    await self._apply(self.rounds.drafted(draft_id, block, start, end))
+                if reader.done() and not self.gen.finished:
+                    await self._apply(self._on_message(await stream.receive()))
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop every draft still running: their premise died with the session or the text is done."""
+        for future, (_, stop) in self._drafts.items():
+            stop.set()
+            future.cancel()
+        self._drafts.clear()
+
+    def _on_message(self, message: pb.ServerMessage) -> list[core.ClientAction]:
+        kind, now = message.WhichOneof("kind"), self.run.now()
+        try:
+            if kind == "early":
+                return self.rounds.early(message.early.round, message.early.exit_layer, verdict_of(message.early), now)
+            if kind == "final":
+                final = message.final
+                return self.rounds.final(final.round, verdict_of(final), final.finished, final.pipelined, final.verify_ms / 1000, now)
+            if kind == "dropped":
+                return self.rounds.dropped(message.dropped.round)
+        except core.ProtocolViolation as error:
+            raise ServerError("BAD_REPLY", str(error)) from None
+        raise ServerError("BAD_REPLY", f"unexpected {kind} message in round {self.rounds.round}")
+
+    async def _apply(self, actions: list[core.ClientAction]) -> None:
+        for action in actions:
+            if isinstance(action, core.SendBlock):
+                await self._send(action)
+            else:
+                self._apply_sync([action])
+
+    def _apply_sync(self, actions: list[core.ClientAction]) -> None:
+        for action in actions:
+            if isinstance(action, core.Draft):
+                self._start_draft(action)
+            elif isinstance(action, core.CancelDraft):
+                for draft_id, stop in self._drafts.values():
+                    if draft_id == action.id:
+                        stop.set()
+            elif isinstance(action, core.SendBlock):
+                self._unsent.append(action)  # before the session opened
+            elif isinstance(action, core.Commit):
+                self.run._emit(action.tokens)
+
+    def _start_draft(self, action: core.Draft) -> None:
+        stop = threading.Event()
+        config, now, draft = self.gen.config, self.run.now, self.draft
+
+        def work() -> tuple[DraftBlock, float, float]:
+            start = now()
+            block = draft.draft(action.sequence, action.gamma, config.sampling, seed=config.seed + DRAFT_SEED_OFFSET, should_stop=stop.is_set)
+            return block, start, now()
+
+        future = asyncio.get_running_loop().run_in_executor(self.draft_thread, work)
+        self._drafts[future] = (action.id, stop)
+
+    async def _send(self, send: core.SendBlock) -> None:
+        assert self._stream is not None
+        block = send.block
+        message = pb.DraftBlock(round=send.round, tokens=block.tokens, probs=distributions_to_wire(block.probs))
+        if send.assumes is not None:
+            assumed_round, verdict = send.assumes
+            message.assumes.CopyFrom(pb.Assumption(round=assumed_round, accepted=verdict.accepted, next_token=verdict.next_token))
+        await self._stream.send(pb.ClientMessage(block=message))

@@ -1,0 +1,157 @@
+"""`edgespec trace` and `edgespec simulate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgespec.bench.metrics import PriceModel
+
+HEATMAP_RTTS_MS = (0, 10, 25, 50, 100, 200)
+HEATMAP_DECODE_MS = (5, 10, 20, 40, 80, 160, 320)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def add_sim_parsers(subparsers: Any) -> None:
+    trace = subparsers.add_parser("trace", help="record greedy traces: the target's continuation, the draft's and exits' choices along it")
+    trace.add_argument("--target", default="qwen2.5-coder-1.5b")
+    trace.add_argument("--draft", default="qwen2.5-coder-0.5b")
+    trace.add_argument("--exits", default="auto", help="auto | none | DIR | logit-lens:L1,L2")
+    trace.add_argument("--prompts", default="mtbench,humaneval", help="comma-separated: mtbench, humaneval, FILE.jsonl")
+    trace.add_argument("--num-prompts", type=int, default=6)
+    trace.add_argument("--max-new-tokens", type=int, default=64)
+    trace.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    trace.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    trace.add_argument("--out", default="out/traces")
+    trace.set_defaults(handler=run_trace)
+
+    sim = subparsers.add_parser("simulate", help="replay traces through the round core on a simulated clock")
+    sim.add_argument("--traces", default="out/traces")
+    sim.add_argument("--hardware", default="host", help="host (probed here, cached) | h200 (measured costs) | FILE.json")
+    sim.add_argument("--target", default="qwen2.5-coder-1.5b", help="for --hardware host: the model to probe")
+    sim.add_argument("--draft", default="qwen2.5-coder-0.5b")
+    sim.add_argument("--draft-backend", default="llamacpp", choices=["llamacpp", "transformers"])
+    sim.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    sim.add_argument("--refresh-probe", action="store_true", help="probe this host again instead of using the cached profile")
+    sim.add_argument("--profiles", default="wan", help="comma-separated: lan, wan, cellular")
+    sim.add_argument("--modes", default="cloud-ar,sd,sd-ee,sd-ee-predraft,sd-ee-pipelined")
+    sim.add_argument("--clients", default="1", help="N, or a sweep N1,N2,... (clients sharing one batching verifier)")
+    sim.add_argument("--gamma", type=int, default=4)
+    sim.add_argument("--adaptive-gamma", action="store_true")
+    sim.add_argument("--max-gamma", type=int, default=8)
+    sim.add_argument("--max-new-tokens", type=int, default=64)
+    sim.add_argument("--max-batch", type=int, default=32)
+    sim.add_argument("--no-plots", action="store_true")
+    sim.add_argument("--out", default="out/simulate")
+    sim.set_defaults(handler=run_simulate)
+
+
+def run_trace(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from edgespec.cli import resolve_exits
+    from edgespec.data.prompt_sets import load_prompts
+    from edgespec.models.loading import load_model, resolve_dtype
+    from edgespec.models.target import TargetRuntime
+    from edgespec.prompting import eos_token_ids, render_prompt
+    from edgespec.sim.trace import record_trace, write_traces
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = resolve_dtype(args.dtype)
+    target = load_model(args.target, dtype)
+    draft = load_model(args.draft, dtype)
+    exits = resolve_exits(args.exits, target.model, args.target)
+    runtime = TargetRuntime(target.model, exits)
+    eos = eos_token_ids(target.tokenizer)
+    records = [(name, record) for name in _split(args.prompts) for record in load_prompts(name, args.num_prompts)]
+    traces = []
+    for name, record in tqdm(records, desc="tracing", unit="prompt"):
+        prompt_ids = render_prompt(target.tokenizer, record.text if not record.is_chat else record.messages, raw=not record.is_chat)
+        traces.append(record_trace(runtime, draft.model, prompt_ids, args.max_new_tokens, eos, record.id, name))
+    meta = {
+        "target": args.target, "draft": args.draft, "dtype": dtype, "exits": args.exits,
+        "exit_layers": list(exits.layers) if exits is not None else [], "max_new_tokens": args.max_new_tokens,
+        "eos_ids": sorted(eos), "command": "edgespec " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    }
+    path = write_traces(args.out, traces, meta)
+    print(f"wrote {len(traces)} traces to {path}")
+    return 0
+
+
+def resolve_hardware(args: argparse.Namespace) -> Any:
+    from edgespec.sim.costs import HardwareProfile, h200_profile
+    from edgespec.sim.probe import cache_path, host_profile
+
+    if args.hardware == "host":
+        return host_profile(args.target, args.draft, args.draft_backend, _dtype(args.dtype), refresh=args.refresh_probe)
+    if args.hardware == "h200":
+        edge = cache_path(args.target, args.draft, args.draft_backend, _dtype(args.dtype))
+        return h200_profile(HardwareProfile.load(edge) if edge.is_file() else None)
+    return HardwareProfile.load(args.hardware)
+
+
+def _dtype(dtype: str) -> str:
+    from edgespec.models.loading import resolve_dtype
+
+    return resolve_dtype(dtype)
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from edgespec.bench.report import render_markdown
+    from edgespec.netem import PROFILES
+    from edgespec.sim.plots import plot_clients, plot_speedup_map
+    from edgespec.sim.simulate import SimConfig, clients_sweep, link_for, simulate, speedup_grid
+    from edgespec.sim.trace import load_traces
+
+    traces = load_traces(args.traces)
+    meta = json.loads((Path(args.traces) / "meta.json").read_text())
+    too_short = [t.id for t in traces if not t.ended_in_eos and len(t.continuation) < args.max_new_tokens]
+    if too_short:
+        raise ValueError(f"traces {too_short} hold fewer than --max-new-tokens {args.max_new_tokens} tokens: trace with a larger --max-new-tokens")
+    hardware = resolve_hardware(args)
+    counts = [int(c) for c in _split(args.clients)]
+    links = _split(args.profiles)
+    for name in links:
+        if name not in PROFILES:
+            raise ValueError(f"unknown link profile {name!r}; choose from {', '.join(PROFILES)}")
+    config = SimConfig(
+        modes=_split(args.modes), max_new_tokens=args.max_new_tokens, gamma=args.gamma,
+        adaptive_gamma=args.adaptive_gamma, max_gamma=args.max_gamma, clients=counts[-1], max_batch=args.max_batch,
+    )
+    summary, records = simulate(traces, hardware, links, config)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "edgespec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    summary["config"] = {
+        "target": meta["target"], "draft": meta["draft"], "dtype": meta["dtype"], "draft_backend": f"simulated ({hardware.name})",
+        "gamma": args.gamma, "max_new_tokens": args.max_new_tokens, "prompts": sorted({t.prompt_set for t in traces}),
+        "num_prompts": len(traces), "exits": meta["exits"], "price": PriceModel().__dict__, "clients": counts[-1],
+        "hardware": hardware.__dict__, "simulated": True,
+    }
+    if len(counts) > 1:
+        sweep = clients_sweep(traces, hardware, link_for(PROFILES[links[0]], hardware), config.modes, counts, config)
+        summary["sweep"] = {"clients": counts, "median_per_client_tokens_per_s": sweep}
+        if not args.no_plots:
+            plot_clients(sweep, counts, f"simulated, {hardware.name}, {links[0]}", out / "clients.png")
+    if not args.no_plots:
+        grid = speedup_grid(traces, hardware, config.modes, HEATMAP_RTTS_MS, HEATMAP_DECODE_MS, SimConfig(**{**config.__dict__, "clients": 1}))
+        summary["speedup_map"] = {"rtt_ms": HEATMAP_RTTS_MS, "decode_ms": HEATMAP_DECODE_MS, "speedup": grid}
+        plot_speedup_map(grid, HEATMAP_RTTS_MS, HEATMAP_DECODE_MS, f"simulated on {hardware.name} costs, scaled to each decode time", out / "speedup-map.png")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    with (out / "results.jsonl").open("w") as sink:
+        for record in records:
+            sink.write(json.dumps(record) + "\n")
+    report = render_markdown(summary, command).replace("# edgespec benchmark", f"# edgespec simulation ({hardware.name}: {hardware.source})")
+    (out / "report.md").write_text(report)
+    print(report)
+    print(f"wrote {out}/summary.json, report.md, results.jsonl" + ("" if args.no_plots else ", speedup-map.png" + (", clients.png" if len(counts) > 1 else "")))
+    return 0

@@ -1,0 +1,113 @@
+"""Hardware cost profiles: what each step of a generation costs on a given verifier and edge
+device. ``host`` is probed on this machine (``sim/probe.py``), ``h200`` comes from the costs
+measured on an H200 (``docs/gpu``), and a user's JSON file describes any other pair."""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+GPU_COSTS = Path(__file__).resolve().parents[3] / "docs" / "gpu" / "costs-qwen1.5b.json"
+
+
+def _interpolate(table: dict[int, float], x: float) -> float:
+    keys = sorted(table)
+    if x <= keys[0]:
+        return table[keys[0]]
+    if x >= keys[-1]:
+        if len(keys) == 1:
+            return table[keys[-1]]
+        a, b = keys[-2], keys[-1]  # extend the last segment's slope
+        return max(table[b], table[b] + (table[b] - table[a]) * (x - b) / (b - a))
+    i = bisect.bisect_left(keys, x)
+    a, b = keys[i - 1], keys[i]
+    return table[a] + (table[b] - table[a]) * (x - a) / (b - a)
+
+
+@dataclass
+class HardwareProfile:
+    name: str
+    # The verifier: one forward over ``rows`` new positions of one session (rows = γ + 1 for a
+    # verify, 1 for a decode), in ms.
+    forward_ms: dict[int, float]
+    prefill_ms_per_token: float
+    prefill_fixed_ms: float = 0.0
+    exit_ms: float = 0.0  # added to a forward per exit read out
+    num_layers: int = 28
+    # A batched forward of b sessions costs the longest one's time times this factor.
+    batch_factor: dict[int, float] = field(default_factory=lambda: {1: 1.0})
+    # The edge device.
+    draft_ms_per_token: float = 20.0
+    draft_prefill_ms_per_token: float = 1.0
+    # Protocol handling per message on each side (serialisation, gRPC, event loops).
+    message_overhead_ms: float = 0.5
+    source: str = ""
+    host: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.forward_ms = {int(k): float(v) for k, v in self.forward_ms.items()}
+        self.batch_factor = {int(k): float(v) for k, v in self.batch_factor.items()}
+
+    def forward_s(self, rows: int, exits: int = 0) -> float:
+        return (_interpolate(self.forward_ms, rows) + exits * self.exit_ms) / 1000
+
+    def batch_s(self, single_s: list[float]) -> float:
+        return max(single_s) * _interpolate(self.batch_factor, len(single_s))
+
+    def prefill_s(self, tokens: int) -> float:
+        return (self.prefill_fixed_ms + self.prefill_ms_per_token * tokens) / 1000
+
+    def draft_s(self, tokens: int, fed: int) -> float:
+        """Drafting ``tokens`` after feeding ``fed`` new committed tokens (the prompt, first)."""
+        extra = max(0, fed - 1) * self.draft_prefill_ms_per_token
+        return (tokens * self.draft_ms_per_token + extra) / 1000
+
+    def scaled(self, decode_ms: float) -> "HardwareProfile":
+        """The same verifier made faster or slower so that a decode costs ``decode_ms``."""
+        factor = decode_ms / self.forward_ms[min(self.forward_ms)]
+        copy = HardwareProfile(**asdict(self))
+        copy.forward_ms = {k: v * factor for k, v in self.forward_ms.items()}
+        copy.prefill_ms_per_token *= factor
+        copy.prefill_fixed_ms *= factor
+        copy.exit_ms *= factor
+        copy.name = f"{self.name} x{factor:.2f}"
+        return copy
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @staticmethod
+    def load(path: str | Path) -> "HardwareProfile":
+        try:
+            return HardwareProfile(**json.loads(Path(path).read_text()))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path} is not a hardware profile ({error}); see `edgespec simulate --help`") from None
+
+
+def h200_profile(edge: HardwareProfile | None) -> HardwareProfile:
+    """The H200's measured costs (random weights in the real shapes); the edge side from this
+    host's probe when given (the draft runs on the device, not the GPU)."""
+    data = json.loads(GPU_COSTS.read_text())
+    forward = {1: data["decode_ms"], **{int(g) + 1: v["ms"] for g, v in data["verify"].items()}}
+    exit_ms = sum(v["with_exits_ms"] - v["ms"] for v in data["verify"].values()) / len(data["verify"]) / max(1, len(data["exit_layers"]))
+    single = data["batched"]["1"]["verify_gamma4_ms"]
+    batch = {int(b): v["verify_gamma4_ms"] / single for b, v in data["batched"].items()}
+    context = data.get("context", 384)
+    profile = HardwareProfile(
+        name="h200",
+        forward_ms=forward,
+        prefill_ms_per_token=data["prefill_ms"] / context,
+        exit_ms=max(0.0, exit_ms),
+        batch_factor=batch,
+        source=f"{GPU_COSTS.name}: {data['device']}, {data['dtype']}, random weights in the real shapes",
+    )
+    if edge is not None:
+        profile.draft_ms_per_token = edge.draft_ms_per_token
+        profile.draft_prefill_ms_per_token = edge.draft_prefill_ms_per_token
+        profile.message_overhead_ms = edge.message_overhead_ms
+        profile.source += f"; edge costs from {edge.name}"
+    return profile

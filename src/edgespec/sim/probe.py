@@ -1,0 +1,130 @@
+"""The `host` hardware profile: a short probe of this machine's costs, one thread per side as
+the benchmark runs them, cached per target, draft, backend and dtype."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from edgespec.sim.costs import HardwareProfile
+
+logger = logging.getLogger(__name__)
+
+CONTEXT = 200  # tokens of context the forwards run on (a prompt plus some output)
+
+
+def cache_path(target: str, draft: str, backend: str, dtype: str) -> Path:
+    root = Path(os.environ.get("EDGESPEC_CACHE", Path.home() / ".cache" / "edgespec"))
+    slug = "-".join(part.replace("/", "_") for part in (target, draft, backend, dtype))
+    return root / "profiles" / f"host-{slug}.json"
+
+
+def host_facts() -> dict[str, Any]:
+    flags = ""
+    model = platform.processor()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), model)
+        flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "native_bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cores": os.cpu_count(),
+        "threads_per_process": 1,
+    }
+
+
+def _median_s(run: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def probe_host(target_name: str, draft_name: str, backend: str, dtype: str, exits_spec: str = "auto") -> HardwareProfile:
+    """Measure: target prefill, a forward over 1..9 new rows, an exit's cost; the draft's prefill
+    and per-token cost; a batched verify of 4 sessions. About a minute on a 2-core machine."""
+    from edgespec.cli import resolve_exits
+    from edgespec.models.loading import load_draft, load_model, resolve_dtype
+    from edgespec.models.target import ScoreRequest, TargetRuntime
+    from edgespec.decoding.sampling import GREEDY
+
+    torch.set_num_threads(1)
+    dtype = resolve_dtype(dtype)
+    loaded = load_model(target_name, dtype)
+    runtime = TargetRuntime(loaded.model)
+    num_layers = int(loaded.model.config.num_hidden_layers)
+    context = list(range(1000, 1000 + CONTEXT))
+
+    def forward(rows: int, kv: Any = None) -> None:
+        runtime.score_tail(context + list(range(10, 10 + rows)), rows, kv=kv)
+
+    runtime.score_tail(context, 1)  # fill the cache once; every timed forward then adds `rows`
+    forward(2)
+    forward_ms = {rows: 1000 * _median_s(lambda r=rows: forward(r), 3) for rows in (1, 2, 3, 5, 7, 9)}
+    short, long = 64, 256
+    prefill = {}
+    for n in (short, long):
+        prefill[n] = _median_s(lambda n=n: (runtime.reset(), runtime.score_tail(list(range(2000, 2000 + n)), 1)), 2) * 1000
+    per_token = (prefill[long] - prefill[short]) / (long - short)
+    exits = resolve_exits(exits_spec, loaded.model, target_name)
+    exit_ms = 0.0
+    if exits is not None:
+        runtime.score_tail(context, 1)
+        runtime.attach_exits(exits)
+        with_exits = 1000 * _median_s(lambda: runtime.score_tail(context + [10, 11, 12, 13, 14], 5, on_exit=lambda reading: None), 3)
+        runtime.detach_exits()
+        exit_ms = max(0.0, (with_exits - forward_ms[5]) / len(exits.layers))
+    caches = [runtime.new_cache() for _ in range(4)]
+    for kv in caches:
+        runtime.score_tail(context, 1, kv=kv)
+    batch4 = 1000 * _median_s(lambda: runtime.score_batch([ScoreRequest(context + [10, 11, 12, 13, 14], 5, kv) for kv in caches]), 2)
+    del caches, runtime, loaded
+
+    draft, _ = load_draft(draft_name, backend, dtype, threads=1)
+    prompt = list(range(3000, 3000 + CONTEXT))
+    draft_prefill = _median_s(lambda: (draft.reset(), draft.draft(prompt, 1, GREEDY)), 2) * 1000
+    steps = []
+    for offset in range(4):  # drafts after a verdict: a few new committed tokens, then 4 steps
+        sequence = prompt + list(range(500, 503 + offset))
+        draft.draft(sequence[:-2], 1, GREEDY)
+        start = time.perf_counter()
+        draft.draft(sequence, 4, GREEDY)
+        steps.append((time.perf_counter() - start) * 1000 / 4)
+    draft_ms = statistics.median(steps)
+    profile = HardwareProfile(
+        name="host",
+        forward_ms=forward_ms,
+        prefill_ms_per_token=per_token,
+        prefill_fixed_ms=max(0.0, prefill[short] - per_token * short),
+        exit_ms=exit_ms,
+        num_layers=num_layers,
+        batch_factor={1: 1.0, 4: batch4 / forward_ms[5]},
+        draft_ms_per_token=draft_ms,
+        draft_prefill_ms_per_token=max(0.0, (draft_prefill - draft_ms) / CONTEXT),
+        source=f"probed {time.strftime('%Y-%m-%d %H:%M')}: target {target_name} ({dtype}), draft {draft_name} on {backend}, {CONTEXT} tokens of context",
+        host=host_facts() | {"dtype": dtype},
+    )
+    return profile
+
+
+def host_profile(target: str, draft: str, backend: str, dtype: str, refresh: bool = False) -> HardwareProfile:
+    path = cache_path(target, draft, backend, dtype)
+    if path.is_file() and not refresh:
+        return HardwareProfile.load(path)
+    logger.info("probing this host's costs (about a minute); cached at %s", path)
+    profile = probe_host(target, draft, backend, dtype)
+    profile.save(path)
+    return profile

@@ -1,0 +1,118 @@
+"""Backends that replay a greedy trace and charge a hardware profile's costs: the simulator is
+the discrete-event world (``rounds/world.py``) with these instead of the real models."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from edgespec.decoding.early import EarlyVerdict
+from edgespec.decoding.verification import Verdict
+from edgespec.models.draft import DraftBlock
+from edgespec.rounds.world import CloudJob, VerifyResult
+from edgespec.sim.costs import HardwareProfile
+from edgespec.sim.trace import Trace
+
+# Tokens no model emits: what the draft "says" past the point where the trace stops knowing
+# (after its own first disagreement, or after a wrongly assumed verdict). They can never be
+# accepted, since the target's tokens are the trace's.
+UNKNOWN = -1
+
+
+class TraceEdge:
+    """The draft, as the trace says it drafts along the target's continuation."""
+
+    def __init__(self, trace: Trace, profile: HardwareProfile) -> None:
+        self.trace = trace
+        self.profile = profile
+        self._cached: list[int] = []  # what the draft's KV cache holds (a rollback keeps the common prefix)
+
+    def draft(self, sequence: Sequence[int], gamma: int) -> tuple[DraftBlock, float]:
+        trace = self.trace
+        start = len(trace.prompt_ids)
+        position = len(sequence) - start
+        known = list(sequence[:start]) == trace.prompt_ids and list(sequence[start:]) == trace.continuation[:position]
+        tokens: list[int] = []
+        for step in range(gamma):
+            index = position + step
+            on_track = known and index < len(trace.draft_argmax) and all(
+                t == c for t, c in zip(tokens, trace.continuation[position:])
+            )
+            tokens.append(trace.draft_argmax[index] if on_track else UNKNOWN - step)
+        common = 0
+        for a, b in zip(self._cached, sequence[:-1]):  # at least the last token is fed
+            if a != b:
+                break
+            common += 1
+        # As DraftRuntime: feed what the cache lacks, then one token per step; the last drafted
+        # token stays unfed.
+        self._cached = list(sequence) + tokens[:-1]
+        return DraftBlock(tokens), self.profile.draft_s(gamma, len(sequence) - common)
+
+
+class TraceCloud:
+    """The target and its exits, as the trace says they decide, at the profile's costs."""
+
+    def __init__(self, traces: dict[int, Trace], profile: HardwareProfile) -> None:
+        self.traces = traces
+        self.profile = profile
+
+    def open(self, session: int, sampling: Any, seed: int) -> None:
+        if not sampling.greedy:
+            raise ValueError("traces replay greedy decoding only")
+
+    def close(self, session: int) -> None:
+        pass
+
+    def run(self, jobs: list[CloudJob]) -> tuple[list[Any], float]:
+        profile = self.profile
+        singles, results = [], []
+        for job in jobs:
+            trace = self.traces[job.session]
+            if job.kind == "prefill":
+                singles.append(profile.prefill_s(len(job.sequence)))
+                results.append(None)
+                continue
+            position = len(job.sequence) - len(trace.prompt_ids)
+            if job.kind == "decode":
+                singles.append(profile.forward_s(1))
+                results.append(trace.continuation[position])
+                continue
+            assert job.block is not None
+            exits = len(trace.exits) if job.with_exits else 0
+            cost = profile.forward_s(len(job.block.tokens) + 1, exits)
+            singles.append(cost)
+            results.append((trace, position, job))
+        total = profile.batch_s(singles) if len(jobs) > 1 else singles[0]
+        return [self._verify(*r, total) if isinstance(r, tuple) else r for r in results], total
+
+    def _verify(self, trace: Trace, position: int, job: CloudJob, forward_s: float) -> VerifyResult:
+        assert job.block is not None
+        tokens = job.block.tokens
+        truth = trace.continuation[position:]
+        if len(truth) < len(tokens) + 1:
+            raise ValueError(f"trace {trace.id} ends at {len(trace.continuation)} tokens: record it with a larger --max-new-tokens")
+        accepted = 0
+        while accepted < len(tokens) and tokens[accepted] == truth[accepted]:
+            accepted += 1
+        verdict = Verdict(accepted, truth[accepted])
+        early = []
+        if job.with_exits:
+            for layer, exit_trace in sorted(trace.exits.items(), key=lambda item: int(item[0])):
+                early.append(self._early(int(layer), exit_trace, tokens, truth, position, accepted, trace.num_layers, forward_s))
+        return VerifyResult(verdict, early)
+
+    @staticmethod
+    def _early(layer: int, exit_trace: Any, tokens: list[int], truth: list[int], position: int, accepted: int, num_layers: int, forward_s: float) -> EarlyVerdict:
+        choice = exit_trace.argmax[position:]
+        sure = exit_trace.confidence[position:]
+        n = 0
+        while n < len(tokens) and n <= accepted and tokens[n] == choice[n]:
+            n += 1
+        if n > accepted:
+            # The exit agrees with the draft where the target does not: from here on the trace
+            # has no record of the exit (its context holds a token the target rejected), but the
+            # verdict is wrong whatever it says. Replayed as a miss, with the confidence known so far.
+            verdict, confidence = Verdict(n, UNKNOWN), min(sure[: accepted + 1])
+        else:
+            verdict, confidence = Verdict(n, choice[n]), min(sure[: n + 1])
+        return EarlyVerdict(layer, verdict, confidence, forward_s * layer / num_layers, confidence >= exit_trace.threshold)

@@ -1,0 +1,144 @@
+"""`edgespec simulate`: the round core on a discrete-event clock, tokens from recorded traces,
+time from a hardware profile; the same summary and report as `edgespec bench`."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from edgespec.bench.metrics import PriceModel, summarize
+from edgespec.decoding.config import GenerationConfig
+from edgespec.decoding.modes import Mode
+from edgespec.netem import PROFILES
+from edgespec.netem.profiles import LinkProfile
+from edgespec.rounds.world import ClientSpec, Link, World
+from edgespec.sim.costs import HardwareProfile
+from edgespec.sim.replay import TraceCloud, TraceEdge
+from edgespec.sim.trace import Trace
+
+SIMULATED_MODES = ("cloud-ar", "sd", "sd-ee", "sd-ee-predraft", "sd-ee-pipelined")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    modes: tuple[str, ...] = SIMULATED_MODES
+    max_new_tokens: int = 64
+    gamma: int = 4
+    adaptive_gamma: bool = False
+    max_gamma: int = 8
+    clients: int = 1
+    max_batch: int = 32
+
+    def generation(self, eos_ids: frozenset[int]) -> GenerationConfig:
+        return GenerationConfig(
+            max_new_tokens=self.max_new_tokens, gamma=self.gamma, eos_ids=eos_ids,
+            adaptive_gamma=self.adaptive_gamma, max_gamma=self.max_gamma,
+        )
+
+
+def link_for(link: LinkProfile, profile: HardwareProfile) -> Link:
+    """The emulated link (its mean delay: jitter averages out over a run), plus the protocol's
+    own handling per message, and the TCP + HTTP/2 handshakes before the first message."""
+    bandwidth = link.bytes_per_s if link.bytes_per_s else float("inf")
+    return Link(one_way_s=(link.one_way_delay_ms + profile.message_overhead_ms) / 1000, bandwidth_bytes_per_s=bandwidth, connect_rtts=2.0)
+
+
+def _eos(trace: Trace) -> frozenset[int]:
+    return frozenset({trace.continuation[-1]}) if trace.ended_in_eos else frozenset()
+
+
+def run_mode(traces: Sequence[Trace], mode: Mode, profile: HardwareProfile, link: Link, config: SimConfig) -> list[dict[str, Any]]:
+    """One record per generation, in `edgespec bench`'s shape. With several clients they start
+    together, each on its own trace, against one batching verifier."""
+    records = []
+    groups = [list(traces)] if config.clients > 1 else [[t] for t in traces]
+    for group in groups:
+        chosen = [group[i % len(group)] for i in range(config.clients)] if config.clients > 1 else group
+        cloud = TraceCloud(dict(enumerate(chosen)), profile)
+        specs = [
+            ClientSpec(t.prompt_ids, mode, config.generation(_eos(t)), TraceEdge(t, profile) if mode.uses_draft else None, link, eos_ids=_eos(t))
+            for t in chosen
+        ]
+        world = World(cloud, config.max_batch)
+        for index, (trace, result) in enumerate(zip(chosen, world.run(specs))):
+            records.append({
+                "prompt_set": trace.prompt_set, "prompt_id": trace.id, "mode": mode.value, "client_index": index,
+                "tokens": result.tokens, "stats": result.stats.as_dict(with_timeline=False),
+                "started_at": 0.0, "ended_at": result.stats.total_s, "verifier_busy_s": world.verifier.busy_s, "wall_s": world.wall_s,
+            })
+    return records
+
+
+def summarize_modes(records: list[dict[str, Any]], link_name: str, modes: Sequence[str], clients: int, price: PriceModel) -> dict[str, Any]:
+    per_mode: dict[str, Any] = {}
+    for mode in modes:
+        chosen = [r for r in records if r["mode"] == mode]
+        summary = summarize(chosen, link_name, price)
+        if clients > 1:
+            wall = max(r["wall_s"] for r in chosen)
+            rates = sorted(len(r["tokens"]) / r["stats"]["total_s"] for r in chosen)
+            summary.update(
+                clients=clients,
+                aggregate_tokens_per_s=sum(len(r["tokens"]) for r in chosen) / wall,
+                per_client_tokens_per_s_median=statistics.median(rates),
+                per_client_tokens_per_s_p10=rates[max(0, int(0.1 * len(rates)) - (1 if len(rates) >= 10 else 0))],
+                server_busy_share=max(r["verifier_busy_s"] for r in chosen) / wall,
+            )
+        per_mode[mode] = summary
+    rate = "aggregate_tokens_per_s" if clients > 1 else "tokens_per_s"
+    baseline = per_mode.get("cloud-ar", {}).get(rate) or 0.0
+    for summary in per_mode.values():
+        summary["speedup_vs_cloud_ar"] = summary.get(rate, 0.0) / baseline if baseline else 0.0
+    return per_mode
+
+
+def simulate(
+    traces: Sequence[Trace], profile: HardwareProfile, links: Sequence[str], config: SimConfig, price: PriceModel = PriceModel()
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    records: list[dict[str, Any]] = []
+    profiles: dict[str, Any] = {}
+    for name in links:
+        link = link_for(PROFILES[name], profile)
+        chosen = []
+        for mode in config.modes:
+            chosen += run_mode(traces, Mode.parse(mode), profile, link, config)
+        for record in chosen:
+            record["profile"] = name
+        profiles[name] = summarize_modes(chosen, name, [Mode.parse(m).value for m in config.modes], config.clients, price)
+        records += chosen
+    return {"profiles": profiles}, records
+
+
+def speedup_grid(
+    traces: Sequence[Trace], profile: HardwareProfile, modes: Sequence[str], rtts_ms: Sequence[float], decode_ms: Sequence[float], config: SimConfig
+) -> dict[str, list[list[float]]]:
+    """Per mode, tokens/s against cloud-ar's over (target decode time) x (round-trip time)."""
+    grid: dict[str, list[list[float]]] = {m: [] for m in modes if m != "cloud-ar"}
+    for decode in decode_ms:
+        scaled = profile.scaled(decode)
+        rows: dict[str, list[float]] = {m: [] for m in grid}
+        for rtt in rtts_ms:
+            link = Link(one_way_s=(rtt / 2 + scaled.message_overhead_ms) / 1000, connect_rtts=2.0)
+            rate = {}
+            for mode in ["cloud-ar", *grid]:
+                chosen = run_mode(traces, Mode.parse(mode), scaled, link, config)
+                rate[mode] = sum(len(r["tokens"]) for r in chosen) / sum(r["stats"]["total_s"] for r in chosen)
+            for mode in grid:
+                rows[mode].append(rate[mode] / rate["cloud-ar"])
+        for mode in grid:
+            grid[mode].append(rows[mode])
+    return grid
+
+
+def clients_sweep(
+    traces: Sequence[Trace], profile: HardwareProfile, link: Link, modes: Sequence[str], counts: Sequence[int], config: SimConfig
+) -> dict[str, list[float]]:
+    """Median per-client tokens/s against the number of clients sharing one batching verifier."""
+    sweep: dict[str, list[float]] = {m: [] for m in modes}
+    for count in counts:
+        point = SimConfig(**{**config.__dict__, "clients": count})
+        for mode in modes:
+            chosen = run_mode(traces, Mode.parse(mode), profile, link, point)
+            sweep[mode].append(statistics.median(len(r["tokens"]) / r["stats"]["total_s"] for r in chosen))
+    return sweep

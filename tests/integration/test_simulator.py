@@ -1,0 +1,94 @@
+"""Traces and the simulator: a replay of a recorded greedy trace through the round core is
+exact in tokens and verdicts (the same rounds, the same accepted counts as the real engine)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pytest
+import torch
+
+from edgespec.decoding.config import GenerationConfig
+from edgespec.decoding.engine import LocalEngine
+from edgespec.decoding.modes import Mode
+from edgespec.exits.heads import ExitHeads, ExitSpec
+from edgespec.models.draft import DraftRuntime
+from edgespec.models.target import TargetRuntime
+from edgespec.rounds.world import Link
+from edgespec.sim.costs import HardwareProfile, h200_profile
+from edgespec.sim.simulate import SimConfig, clients_sweep, run_mode
+from edgespec.sim.trace import Trace, record_trace
+from tiny_models import greedy_reference, layer_skip_copy, tiny_model
+
+PROMPTS = [[3, 17, 42, 8, 9, 61], [5, 6, 7], [90, 1, 2, 3, 4, 5, 6, 7]]
+NEW_TOKENS = 40
+PROFILE = HardwareProfile(name="test", forward_ms={1: 10.0, 5: 12.0, 9: 14.0}, prefill_ms_per_token=0.5, exit_ms=0.5, num_layers=4,
+                          batch_factor={1: 1.0, 8: 2.0}, draft_ms_per_token=3.0, draft_prefill_ms_per_token=0.2)
+
+
+@lru_cache(maxsize=None)
+def models() -> tuple[torch.nn.Module, torch.nn.Module]:
+    return tiny_model("qwen2", seed=0), layer_skip_copy(tiny_model("qwen2", seed=0), keep=2)
+
+
+def runtime() -> TargetRuntime:
+    target, _ = models()
+    exits = ExitHeads([ExitSpec(2, threshold=0.0), ExitSpec(3, threshold=0.3)], target.config.hidden_size)
+    return TargetRuntime(target, exits)
+
+
+@lru_cache(maxsize=None)
+def traces() -> tuple[Trace, ...]:
+    target, draft = models()
+    return tuple(record_trace(runtime(), draft, p, NEW_TOKENS + 8, [], f"p{i}", "test") for i, p in enumerate(PROMPTS))
+
+
+def test_a_trace_holds_the_target_continuation_and_the_draft_and_exit_choices() -> None:
+    target, draft = models()
+    trace = traces()[0]
+    assert trace.continuation == greedy_reference(target, PROMPTS[0], NEW_TOKENS + 8)
+    assert len(trace.draft_argmax) == len(trace.continuation) + 1
+    assert set(trace.exits) == {"2", "3"} and len(trace.exits["3"].argmax) == len(trace.continuation) + 1
+    # Teacher-forced draft argmax = what the draft alone would say after each prefix.
+    with torch.no_grad():
+        logits = draft(torch.tensor([PROMPTS[0] + trace.continuation[:5]])).logits[0, -1]
+    assert trace.draft_argmax[5] == int(logits.argmax())
+
+
+@pytest.mark.parametrize("mode", [Mode.CLOUD_AR, Mode.SD, Mode.SD_EE, Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED], ids=lambda m: m.value)
+@pytest.mark.parametrize("gamma", [1, 4, 7])
+def test_replay_is_exact_in_tokens_and_verdicts(mode: Mode, gamma: int) -> None:
+    config = SimConfig(modes=(mode.value,), max_new_tokens=NEW_TOKENS, gamma=gamma)
+    records = run_mode(traces(), mode, PROFILE, Link(one_way_s=0.02), config)
+    target, draft = models()
+    for trace, record in zip(traces(), records):
+        assert record["tokens"] == trace.continuation[:NEW_TOKENS]
+        if mode is Mode.CLOUD_AR:
+            continue
+        real = LocalEngine(runtime(), DraftRuntime(draft)).generate(trace.prompt_ids, Mode.SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=gamma))
+        # Same rounds, same verdicts: the speculative modes decide alike; only time differs.
+        assert (record["stats"]["rounds"], record["stats"]["accepted"]) == (real.stats.rounds, real.stats.accepted)
+
+
+def test_sd_ee_would_be_hits_match_the_real_engine() -> None:
+    target, draft = models()
+    config = SimConfig(modes=("sd-ee",), max_new_tokens=NEW_TOKENS, gamma=3)
+    records = run_mode(traces(), Mode.SD_EE, PROFILE, Link(), config)
+    for trace, record in zip(traces(), records):
+        real = LocalEngine(runtime(), DraftRuntime(draft)).generate(trace.prompt_ids, Mode.SD_EE, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3))
+        assert record["stats"]["hits"] == real.stats.hits
+        assert record["stats"]["hits"] + record["stats"]["misses"] + record["stats"]["no_hint"] == real.stats.rounds
+
+
+def test_batching_verifier_slows_each_client_as_clients_grow() -> None:
+    config = SimConfig(modes=("cloud-ar", "sd"), max_new_tokens=NEW_TOKENS, gamma=4)
+    sweep = clients_sweep(traces(), PROFILE, Link(one_way_s=0.02), ("cloud-ar", "sd"), (1, 3, 6, 24), config)
+    for rates in sweep.values():
+        assert rates[0] >= rates[1] >= rates[2] >= rates[3] > 0
+
+
+def test_h200_profile_reads_the_measured_costs() -> None:
+    profile = h200_profile(None)
+    assert profile.forward_s(1) == pytest.approx(0.0163, abs=0.001)
+    assert profile.forward_s(5) == pytest.approx(0.019, abs=0.001)
+    assert profile.batch_s([0.0199] * 32) == pytest.approx(0.082, abs=0.002)

@@ -1,0 +1,168 @@
+"""The round core without models, sockets or clocks: events in, actions out."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgespec.decoding.config import GenerationConfig
+from edgespec.decoding.modes import Mode
+from edgespec.decoding.verification import Verdict
+from edgespec.models.draft import DraftBlock
+from edgespec.rounds import client as core
+from edgespec.rounds.server import Drop, IncomingBlock, OutOfOrder, Reject, SendFinal, ServerRounds, StreamEarly, Verify
+from edgespec.rounds.state import Generation
+
+PROMPT = [1, 2, 3]
+
+
+def rounds(mode: Mode, **config: object) -> core.ClientRounds:
+    return core.ClientRounds(Generation(PROMPT, mode, GenerationConfig(**config)))  # type: ignore[arg-type]
+
+
+def kinds(actions: list[object]) -> list[str]:
+    return [type(a).__name__ for a in actions]
+
+
+def test_sd_round_drafts_sends_and_commits() -> None:
+    client = rounds(Mode.SD, gamma=3, max_new_tokens=10)
+    (draft,) = client.start()
+    assert isinstance(draft, core.Draft) and draft.sequence == PROMPT and draft.gamma == 3
+    (send,) = client.drafted(draft.id, DraftBlock([7, 8, 9]), 0.0, 0.1)
+    assert isinstance(send, core.SendBlock) and send.round == 0 and send.assumes is None
+    actions = client.final(0, Verdict(2, 5), False, False, 0.2, 0.4)
+    assert kinds(actions) == ["Commit", "Draft"]
+    assert actions[0].tokens == [7, 8, 5]
+    assert actions[1].sequence == PROMPT + [7, 8, 5]
+    assert client.gen.stats.rounds == 1 and client.gen.stats.accepted == 2 and client.gen.stats.wait_s == pytest.approx(0.3)
+
+
+def test_the_block_never_runs_past_the_token_budget_and_eos_finishes() -> None:
+    client = rounds(Mode.SD, gamma=4, max_new_tokens=3, eos_ids=frozenset({9}))
+    (draft,) = client.start()
+    assert draft.gamma == 3
+    client.drafted(draft.id, DraftBlock([7, 9, 8]), 0, 0)
+    actions = client.final(0, Verdict(3, 4), False, False, 0, 0)
+    assert kinds(actions) == ["Commit", "Finished"] and actions[0].tokens == [7, 9]
+    assert client.gen.stats.finish_reason == "eos"
+
+
+def test_predraft_hit_sends_the_predraft_at_once() -> None:
+    client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20)
+    (draft,) = client.start()
+    client.drafted(draft.id, DraftBlock([7, 8]), 0, 0)
+    (pre,) = client.early(0, 14, Verdict(2, 6), 0.1)
+    assert isinstance(pre, core.Draft) and pre.sequence == PROMPT + [7, 8, 6] and pre.round == 1
+    assert client.drafted(pre.id, DraftBlock([10, 11]), 0.1, 0.2) == []  # held until the verdict
+    actions = client.final(0, Verdict(2, 6), False, False, 0.3, 0.3)
+    assert kinds(actions) == ["Commit", "SendBlock"] and actions[1].block.tokens == [10, 11] and actions[1].assumes is None
+    assert client.gen.stats.hits == 1
+
+
+def test_predraft_miss_cancels_and_redrafts() -> None:
+    client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20)
+    (draft,) = client.start()
+    client.drafted(draft.id, DraftBlock([7, 8]), 0, 0)
+    (pre,) = client.early(0, 14, Verdict(2, 6), 0.1)
+    actions = client.final(0, Verdict(1, 5), False, False, 0.3, 0.3)
+    assert kinds(actions) == ["Commit", "CancelDraft", "Draft"]
+    assert actions[1].id == pre.id and actions[2].sequence == PROMPT + [7, 5]
+    assert client.drafted(pre.id, DraftBlock([10, 11]), 0.1, 0.2) == []  # a cancelled draft is ignored
+    assert client.gen.stats.misses == 1
+
+
+def test_a_new_early_verdict_replaces_the_predraft() -> None:
+    client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20)
+    (draft,) = client.start()
+    client.drafted(draft.id, DraftBlock([7, 8]), 0, 0)
+    (first,) = client.early(0, 14, Verdict(2, 6), 0.1)
+    assert client.early(0, 21, Verdict(2, 6), 0.15) == []  # the same verdict again: nothing new
+    cancel, second = client.early(0, 21, Verdict(0, 4), 0.2)
+    assert cancel == core.CancelDraft(first.id) and second.sequence == PROMPT + [4]
+
+
+def test_pipelined_predraft_ships_tagged_and_is_not_resent_on_a_hit() -> None:
+    client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=20)
+    (draft,) = client.start()
+    client.drafted(draft.id, DraftBlock([7, 8]), 0, 0)
+    (pre,) = client.early(0, 14, Verdict(2, 6), 0.1)
+    (send,) = client.drafted(pre.id, DraftBlock([10, 11]), 0.1, 0.2)
+    assert send.round == 1 and send.assumes == (0, Verdict(2, 6))
+    assert client.early(0, 21, Verdict(0, 4), 0.25) == []  # shipped: later hints change nothing
+    assert kinds(client.final(0, Verdict(2, 6), False, False, 0.3, 0.3)) == ["Commit"]
+    assert kinds(client.final(1, Verdict(2, 3), False, True, 0.3, 0.6)) == ["Commit", "Draft"]
+    assert client.gen.stats.pipelined == 1
+
+
+def test_a_final_verdict_for_another_round_is_a_protocol_violation() -> None:
+    client = rounds(Mode.SD)
+    (draft,) = client.start()
+    client.drafted(draft.id, DraftBlock([7]), 0, 0)
+    with pytest.raises(core.ProtocolViolation):
+        client.final(3, Verdict(0, 1), False, False, 0, 0)
+
+
+def server(**kw: object) -> ServerRounds:
+    return ServerRounds(list(PROMPT), len(PROMPT), frozenset({99}), int(kw.pop("max_new_tokens", 20)), **kw)  # type: ignore[arg-type]
+
+
+def test_server_verifies_a_pipelined_block_the_moment_its_assumption_holds() -> None:
+    rounds_ = server()
+    (verify,) = rounds_.block(IncomingBlock(0, [7, 8]))
+    assert isinstance(verify, Verify) and verify.sequence == PROMPT
+    assert rounds_.block(IncomingBlock(1, [10, 11], assumes=(0, Verdict(2, 6)))) == []  # held
+    assert rounds_.block(IncomingBlock(1, [12, 13], assumes=(0, Verdict(1, 6)))) == []  # a second branch
+    final, drop, following = rounds_.verified(verify, Verdict(2, 6))
+    assert final == SendFinal(0, Verdict(2, 6), [7, 8, 6], False, False)
+    assert drop == Drop(1)  # the branch whose assumption failed: no compute
+    assert isinstance(following, Verify) and following.pipelined and following.block.tokens == [10, 11]
+    assert following.sequence == PROMPT + [7, 8, 6]
+    (final,) = rounds_.verified(following, Verdict(0, 5))
+    assert final.pipelined and rounds_.held == 0
+
+
+def test_server_drops_a_block_whose_assumption_failed_and_never_verifies_twice() -> None:
+    rounds_ = server()
+    (verify,) = rounds_.block(IncomingBlock(0, [7, 8]))
+    rounds_.verified(verify, Verdict(0, 5))
+    assert rounds_.block(IncomingBlock(1, [1], assumes=(0, Verdict(2, 6)))) == [Drop(1)]  # late and wrong
+    (again,) = rounds_.block(IncomingBlock(1, [1]))
+    with pytest.raises(OutOfOrder):
+        rounds_.block(IncomingBlock(1, [1]))  # the same round while it is verified
+    rounds_.verified(again, Verdict(1, 2))
+    with pytest.raises(OutOfOrder):
+        rounds_.block(IncomingBlock(1, [1]))  # a decided round
+
+
+def test_server_frees_held_blocks_when_the_session_ends() -> None:
+    rounds_ = server()
+    rounds_.block(IncomingBlock(0, [7, 8]))
+    rounds_.block(IncomingBlock(1, [10], assumes=(0, Verdict(2, 6))))
+    assert rounds_.close() == [Drop(1)] and rounds_.held == 0
+
+
+def test_server_finish_drops_tagged_and_rejects_plain_held_blocks() -> None:
+    rounds_ = server(max_new_tokens=3)
+    (verify,) = rounds_.block(IncomingBlock(0, [7, 8]))
+    rounds_.block(IncomingBlock(1, [10], assumes=(0, Verdict(2, 6))))
+    final, drop = rounds_.verified(verify, Verdict(2, 6))
+    assert final.finished and drop == Drop(1)
+    rounds2 = server(max_new_tokens=3)
+    (verify,) = rounds2.block(IncomingBlock(0, [7, 8]))
+    rounds2.block(IncomingBlock(1, [10]))
+    assert isinstance(rounds2.verified(verify, Verdict(2, 6))[1], Reject)
+
+
+def test_server_streams_only_confident_early_verdicts_of_the_round_in_flight() -> None:
+    rounds_ = server(early_verdicts=True)
+    (verify,) = rounds_.block(IncomingBlock(0, [7, 8]))
+    assert rounds_.early(0, 14, Verdict(1, 3), 0.5, 0.01, streamed=False) == []
+    assert rounds_.early(0, 21, Verdict(1, 3), 0.95, 0.02, streamed=True) == [StreamEarly(0, 21, Verdict(1, 3), 0.95, 0.02)]
+    rounds_.verified(verify, Verdict(1, 3))
+    assert rounds_.early(0, 21, Verdict(1, 3), 0.95, 0.02, streamed=True) == []
+
+
+def test_a_resumed_session_ending_in_eos_is_finished() -> None:
+    rounds_ = ServerRounds(PROMPT + [5, 99], len(PROMPT), frozenset({99}), 20)
+    assert rounds_.finished
+    with pytest.raises(OutOfOrder):
+        rounds_.block(IncomingBlock(0, [1]))
