@@ -22,7 +22,7 @@ from edgespec.cli_security import (
 if TYPE_CHECKING:  # heavy imports (torch, transformers) wait until a command needs them
     from edgespec.client.recovery import RecoveryPolicy
     from edgespec.decoding.stats import GenerationStats
-    from edgespec.exits.heads import ExitHeads
+    from edgespec.models.exit_heads import ExitHeads
 
 logger = logging.getLogger("edgespec")
 
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_decoding_arguments(generate)
     add_model_arguments(generate)
     add_exit_argument(generate)
+    generate.add_argument("--link", choices=["lan", "wan", "cellular"], help="--local: charge this link's delay on the virtual clock (default: none)")
     generate.add_argument("--raw", action="store_true", help="do not apply the chat template")
     generate.add_argument("--json", action="store_true", help="print one JSON object with tokens, text and stats")
     add_recovery_arguments(generate)
@@ -137,6 +138,8 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gamma", type=int, default=4, help="draft tokens per round (with --adaptive-gamma: the first round's)")
     parser.add_argument("--adaptive-gamma", action="store_true", help="choose each round's gamma from measured acceptance, draft, verify and link costs")
     parser.add_argument("--max-gamma", type=int, default=8, help="the longest block --adaptive-gamma may choose")
+    parser.add_argument("--branches", type=int, default=2, help="pre-draft modes: branches per round, each on one assumed verdict")
+    parser.add_argument("--no-guess", action="store_true", help="pre-draft modes: pre-draft on early verdicts only (the paper's method), not on the draft's own guess at send time")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -231,6 +234,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         gamma=args.gamma,
         adaptive_gamma=args.adaptive_gamma,
+        branches=args.branches,
+        guess_verdict=not args.no_guess,
         max_gamma=args.max_gamma,
         sampling=SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p),
         seed=args.seed,
@@ -243,8 +248,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from edgespec.decoding.engine import LocalEngine
         from edgespec.models.target import TargetRuntime
 
+        from edgespec.netem import resolve_profile
+        from edgespec.rounds.world import Link
+
         exits = resolve_exits(args.exits, target.model, args.target) if mode.uses_exits else None
-        result = LocalEngine(TargetRuntime(target.model, exits), draft_runtime).generate(prompt_ids, mode, config, on_commit)
+        link = Link()
+        if args.link:  # the link on the virtual clock: its mean one-way delay per message
+            profile = resolve_profile(args.link, {})
+            link = Link(one_way_s=profile.one_way_delay_ms / 1000, bandwidth_bytes_per_s=profile.bytes_per_s or float("inf"))
+        result = LocalEngine(TargetRuntime(target.model, exits), draft_runtime, link).generate(prompt_ids, mode, config, on_commit)
     else:
         from edgespec.client.edge_client import ClientOptions, ConnectionLost, EdgeClient, ServerError
 
@@ -339,7 +351,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def resolve_exits(spec: str, model: Any, target_name: str = "") -> ExitHeads | None:
     from edgespec.exits.command import default_exits_dir
-    from edgespec.exits.heads import ExitHeads
+    from edgespec.models.exit_heads import ExitHeads
 
     if spec == "none":
         return None

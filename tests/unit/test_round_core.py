@@ -47,7 +47,7 @@ def test_the_block_never_runs_past_the_token_budget_and_eos_finishes() -> None:
 
 
 def test_predraft_hit_sends_the_predraft_at_once() -> None:
-    client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20)
+    client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20, guess_verdict=False, branches=1)
     (draft,) = client.start()
     client.drafted(draft.id, DraftBlock([7, 8]), 0, 0)
     (pre,) = client.early(0, 14, Verdict(2, 6), 0.1)
@@ -59,7 +59,7 @@ def test_predraft_hit_sends_the_predraft_at_once() -> None:
 
 
 def test_predraft_miss_cancels_and_redrafts() -> None:
-    client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20)
+    client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20, guess_verdict=False, branches=1)
     (draft,) = client.start()
     client.drafted(draft.id, DraftBlock([7, 8]), 0, 0)
     (pre,) = client.early(0, 14, Verdict(2, 6), 0.1)
@@ -71,7 +71,7 @@ def test_predraft_miss_cancels_and_redrafts() -> None:
 
 
 def test_a_new_early_verdict_replaces_the_predraft() -> None:
-    client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20)
+    client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20, guess_verdict=False, branches=1)
     (draft,) = client.start()
     client.drafted(draft.id, DraftBlock([7, 8]), 0, 0)
     (first,) = client.early(0, 14, Verdict(2, 6), 0.1)
@@ -81,7 +81,7 @@ def test_a_new_early_verdict_replaces_the_predraft() -> None:
 
 
 def test_pipelined_predraft_ships_tagged_and_is_not_resent_on_a_hit() -> None:
-    client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=20)
+    client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=20, guess_verdict=False, branches=1)
     (draft,) = client.start()
     client.drafted(draft.id, DraftBlock([7, 8]), 0, 0)
     (pre,) = client.early(0, 14, Verdict(2, 6), 0.1)
@@ -91,6 +91,50 @@ def test_pipelined_predraft_ships_tagged_and_is_not_resent_on_a_hit() -> None:
     assert kinds(client.final(0, Verdict(2, 6), False, False, 0.3, 0.3)) == ["Commit"]
     assert kinds(client.final(1, Verdict(2, 3), False, True, 0.3, 0.6)) == ["Commit", "Draft"]
     assert client.gen.stats.pipelined == 1
+
+
+def test_the_guess_branch_starts_at_send_time_and_chains() -> None:
+    client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20)
+    (draft,) = client.start()
+    assert draft.gamma == 3  # one past the block: the draft's own bonus guess
+    send, guess = client.drafted(draft.id, DraftBlock([7, 8, 6]), 0, 0.1)
+    assert send.block.tokens == [7, 8] and isinstance(guess, core.Draft)
+    assert guess.sequence == PROMPT + [7, 8, 6] and guess.gamma == 3
+    assert client.drafted(guess.id, DraftBlock([10, 11, 12]), 0.1, 0.2) == []
+    actions = client.final(0, Verdict(2, 6), False, False, 0.3, 0.3)
+    # The guess was right: its block leaves at once, and its own guess branch starts.
+    assert kinds(actions) == ["Commit", "SendBlock", "Draft"]
+    assert actions[1].block.tokens == [10, 11] and actions[2].sequence == PROMPT + [7, 8, 6, 10, 11, 12]
+    assert client.gen.stats.hits_by_source == {"guess": 1}
+
+
+def test_pipelined_branches_ship_tagged_and_the_right_one_is_used() -> None:
+    client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=20, branches=2)
+    (draft,) = client.start()
+    _, guess = client.drafted(draft.id, DraftBlock([7, 8, 6]), 0, 0.1)
+    (exit_branch,) = client.early(0, 21, Verdict(1, 4), 0.15)
+    assert exit_branch.sequence == PROMPT + [7, 4]
+    (ship_guess,) = client.drafted(guess.id, DraftBlock([10, 11, 12]), 0.1, 0.2)
+    (ship_exit,) = client.drafted(exit_branch.id, DraftBlock([20, 21, 22]), 0.2, 0.3)
+    assert ship_guess.assumes == (0, Verdict(2, 6)) and ship_exit.assumes == (0, Verdict(1, 4))
+    assert ship_exit.block.tokens == [20, 21] and client.gen.stats.branches_shipped == 2
+    assert client.early(0, 24, Verdict(0, 3), 0.35) == []  # both branches shipped: no room
+    actions = client.final(0, Verdict(1, 4), False, False, 0.3, 0.4)
+    assert kinds(actions) == ["Commit", "Draft"]  # the exit branch is at the server; its guess starts
+    assert actions[1].sequence == PROMPT + [7, 4, 20, 21, 22]
+    assert client.gen.stats.hits_by_source == {"exit 21": 1}
+
+
+def test_a_later_exit_replaces_an_unshipped_earlier_branch() -> None:
+    client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20, branches=2)
+    (draft,) = client.start()
+    _, guess = client.drafted(draft.id, DraftBlock([7, 8, 6]), 0, 0.1)
+    (first,) = client.early(0, 14, Verdict(1, 4), 0.15)
+    cancel, second = client.early(0, 21, Verdict(0, 3), 0.2)
+    assert cancel == core.CancelDraft(first.id)  # the older exit goes, the guess stays
+    assert second.sequence == PROMPT + [3]
+    actions = client.final(0, Verdict(0, 9), False, False, 0.3, 0.4)
+    assert kinds(actions) == ["Commit", "CancelDraft", "CancelDraft", "Draft"] and client.gen.stats.misses == 1
 
 
 def test_a_final_verdict_for_another_round_is_a_protocol_violation() -> None:

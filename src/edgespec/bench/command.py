@@ -26,6 +26,8 @@ def add_bench_parser(subparsers: Any) -> None:
     parser.add_argument("--gamma", type=int, default=4)
     parser.add_argument("--adaptive-gamma", action="store_true", help="speculative modes choose each round's gamma from measured costs")
     parser.add_argument("--max-gamma", type=int, default=8)
+    parser.add_argument("--branches", type=int, default=2, help="pre-draft modes: branches per round, each on one assumed verdict")
+    parser.add_argument("--no-guess", action="store_true", help="pre-draft modes: pre-draft on early verdicts only (the paper's method), not on the draft's own guess at send time")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     parser.add_argument("--clients", type=int, default=1, help="concurrent edge clients per mode, one shared (batching) server; scored by aggregate tokens/s")
     parser.add_argument("--gpu-usd-per-hour", type=float, default=2.50)
@@ -54,6 +56,8 @@ def run_bench(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         gamma=args.gamma,
         adaptive_gamma=args.adaptive_gamma,
+        branches=args.branches,
+        guess_verdict=not args.no_guess,
         max_gamma=args.max_gamma,
         dtype=args.dtype,
         clients=args.clients,

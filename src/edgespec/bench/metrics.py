@@ -37,6 +37,12 @@ def summarize(records: Iterable[dict[str, Any]], profile: str, price: PriceModel
         "new_tokens", "rounds", "total_s", "draft_s", "server_verify_s", "bytes_sent", "bytes_received",
         "hits", "misses", "no_hint", "target_passes", "pipelined", "dropped", "wait_s",
     )}
+    for key in ("branches", "branches_shipped"):
+        total[key] = sum(r["stats"].get(key, 0) for r in records)
+    by_source: dict[str, int] = {}
+    for r in records:
+        for source, count in r["stats"].get("hits_by_source", {}).items():
+            by_source[source] = by_source.get(source, 0) + count
     tokens = max(1, total["new_tokens"])
     rounds = max(1, total["rounds"])
     rtt_s = PROFILES[profile].rtt_ms / 1000 if profile in PROFILES else 0.0
@@ -51,6 +57,15 @@ def summarize(records: Iterable[dict[str, Any]], profile: str, price: PriceModel
         "hit_rate": total["hits"] / rounds,
         "miss_rate": total["misses"] / rounds,
         "pipelined_rounds": total["pipelined"],
+        "pipelined_share": total["pipelined"] / rounds,
+        "branches": total["branches"],
+        "branches_shipped": total["branches_shipped"],
+        "branches_dropped": total["dropped"],
+        "hits_by_source": by_source,
+        # Shares of the wall time each side computed (summed over prompts run one after another).
+        "edge_busy_share": total["draft_s"] / total["total_s"] if total["total_s"] else 0.0,
+        "cloud_busy_share": total["server_verify_s"] / total["total_s"] if total["total_s"] else 0.0,
+        "draft_ms_per_token": 1000 * total["draft_s"] / max(1, sum(r["stats"].get("drafted", 0) for r in records)),
         "target_passes_per_token": total["target_passes"] / tokens,
         "server_busy_s_per_token": total["server_verify_s"] / tokens,
         "bytes_per_token": wire / tokens,

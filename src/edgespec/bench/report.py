@@ -14,6 +14,12 @@ COLUMNS = [
     ("TTFT ms", "ttft_ms", "{:.0f}"),
     ("tok/round", "tokens_per_round", "{:.2f}"),
     ("hit rate", "hit_rate", "{:.2f}"),
+    ("pipelined share", "pipelined_share", "{:.2f}"),
+    ("branches / shipped / dropped", "branch_counts", "{}"),
+    ("hits by source", "hits_by_source_text", "{}"),
+    ("edge busy", "edge_busy_share", "{:.2f}"),
+    ("cloud busy", "cloud_busy_share", "{:.2f}"),
+    ("draft ms/token", "draft_ms_per_token", "{:.1f}"),
     ("target passes/token", "target_passes_per_token", "{:.2f}"),
     ("server s/token", "server_busy_s_per_token", "{:.3f}"),
     ("bytes/token", "bytes_per_token", "{:.0f}"),
@@ -49,6 +55,9 @@ def render_markdown(summary: dict[str, Any], command: str) -> str:
     for profile, modes in summary["profiles"].items():
         lines += [f"## {profile}", "", "| mode | " + " | ".join(name for name, _, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
         for mode, stats in modes.items():
+            if "branches" in stats:
+                stats = dict(stats, branch_counts=f"{stats['branches']} / {stats['branches_shipped']} / {stats['branches_dropped']}",
+                             hits_by_source_text=", ".join(f"{k}: {v}" for k, v in sorted(stats["hits_by_source"].items())) or "–")
             cells = [fmt.format(stats[key]) if key in stats else "–" for _, key, fmt in columns]
             lines.append(f"| {mode} | " + " | ".join(cells) + " |")
         lines.append("")

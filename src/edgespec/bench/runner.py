@@ -36,6 +36,8 @@ class BenchConfig:
     max_new_tokens: int = 128
     gamma: int = 4
     adaptive_gamma: bool = False
+    branches: int = 2
+    guess_verdict: bool = True
     max_gamma: int = 8
     dtype: str = "auto"
     # Concurrent edge clients sharing one server: each mode is run by this many clients at once
@@ -72,6 +74,8 @@ def build_jobs(config: BenchConfig, tokenizer: Any) -> list[dict[str, Any]]:
                         "max_new_tokens": config.max_new_tokens,
                         "gamma": config.gamma,
                         "adaptive_gamma": config.adaptive_gamma,
+                        "branches": config.branches,
+                        "guess_verdict": config.guess_verdict,
                         "max_gamma": config.max_gamma,
                         **{f"extra_{k}": v for k, v in record.extra.items()},
                     }

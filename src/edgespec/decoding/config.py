@@ -24,12 +24,20 @@ class GenerationConfig:
     # Pick each round's γ from measured costs (decoding/gamma_policy.py), starting at ``gamma``.
     adaptive_gamma: bool = False
     max_gamma: int = 8
+    # Pre-draft modes: at most this many pre-drafted branches per round, each on one assumed
+    # verdict; ``guess_verdict`` starts one at send time on the draft's own guess (every token
+    # accepted, its next token as the bonus), before any exit speaks. branches=1 without the guess
+    # is the paper's pre-drafting (on the latest confident early verdict only).
+    branches: int = 2
+    guess_verdict: bool = True
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 1 <= self.gamma <= 64:
             raise ValueError(f"gamma must be in 1..64, got {self.gamma}")
+        if not 1 <= self.branches <= 8:
+            raise ValueError(f"branches must be in 1..8, got {self.branches}")
         if self.adaptive_gamma and not self.gamma <= self.max_gamma <= 64:
             raise ValueError(f"max_gamma must be in gamma..64, got {self.max_gamma}")
 

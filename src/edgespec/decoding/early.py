@@ -9,7 +9,7 @@ import torch
 
 from edgespec.decoding.sampling import SamplingParams
 from edgespec.decoding.verification import RoundUniforms, Verdict, verdict_confidence, verdict_from_logits
-from edgespec.exits.heads import ExitHeads, ExitReading
+from edgespec.models.exit_heads import ExitHeads, ExitReading
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,11 @@ class GenerationStats:
     # Tokens the draft alone decided during fallbacks: NOT the target's output (not lossless).
     fallback_tokens: int = 0
     fallback_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) in the new tokens
+    # Pre-draft branches (each on one assumed verdict): started, shipped before the verdict
+    # (pipelined), and the rounds each source's branch was right ("guess" or "exit N").
+    branches: int = 0
+    branches_shipped: int = 0
+    hits_by_source: dict[str, int] = field(default_factory=dict)
     per_exit: dict[str, dict[str, int]] = field(default_factory=dict)
     gamma_counts: dict[str, int] = field(default_factory=dict)  # rounds per draft length used
     timeline: list[TimelineEvent] = field(default_factory=list)

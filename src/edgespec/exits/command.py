@@ -162,7 +162,7 @@ def run_eval_exits(args: argparse.Namespace) -> int:
 
     from edgespec.exits.calibration import calibration_rule, pick_threshold
     from edgespec.exits.evaluation import benchmark_prompts, calibration_prompts, exit_outcomes, hint_outcomes, plot_curves, summarize
-    from edgespec.exits.heads import ExitHeads
+    from edgespec.models.exit_heads import ExitHeads
     from edgespec.exits.hidden_cache import load_rounds, read_manifest, record_rounds
     from edgespec.models.loading import load_model
     from edgespec.prompting import eos_token_ids

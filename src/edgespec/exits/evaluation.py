@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from edgespec.decoding.verification import greedy_verdict, verdict_confidence
-from edgespec.exits.heads import ExitHeads
+from edgespec.models.exit_heads import ExitHeads
 
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(21)) + (0.97, 0.98, 0.99, 0.995)
 

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from edgespec.exits.heads import ExitHeads, ExitSpec
+from edgespec.models.exit_heads import ExitHeads, ExitSpec
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from edgespec.exits.heads import ExitHeads, ExitReading
+from edgespec.models.exit_heads import ExitHeads, ExitReading
 from edgespec.models.batching import can_batch, forward_batch
 from edgespec.models.kv import TrackedCache, forward_with_cache
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from edgespec.exits.heads import ExitHeads
+from edgespec.models.exit_heads import ExitHeads
 from edgespec.models.kv import kv_bytes_per_token
 from edgespec.models.target import TargetRuntime
 from edgespec.server.auth import TokenAuthInterceptor

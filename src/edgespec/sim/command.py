@@ -46,6 +46,8 @@ def add_sim_parsers(subparsers: Any) -> None:
     sim.add_argument("--gamma", type=int, default=4)
     sim.add_argument("--adaptive-gamma", action="store_true")
     sim.add_argument("--max-gamma", type=int, default=8)
+    sim.add_argument("--branches", type=int, default=2, help="pre-draft modes: branches per round, each on one assumed verdict")
+    sim.add_argument("--no-guess", action="store_true", help="pre-draft modes: pre-draft on early verdicts only (the paper's method), not on the draft's own guess at send time")
     sim.add_argument("--max-new-tokens", type=int, default=64)
     sim.add_argument("--max-batch", type=int, default=32)
     sim.add_argument("--no-plots", action="store_true")
@@ -71,7 +73,7 @@ def run_trace(args: argparse.Namespace) -> int:
     draft = load_model(args.draft, dtype)
     exits = resolve_exits(args.exits, target.model, args.target)
     runtime = TargetRuntime(target.model, exits)
-    eos = eos_token_ids(target.tokenizer)
+    eos = eos_token_ids(target.model, target.tokenizer)
     records = [(name, record) for name in _split(args.prompts) for record in load_prompts(name, args.num_prompts)]
     traces = []
     for name, record in tqdm(records, desc="tracing", unit="prompt"):
@@ -126,6 +128,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     config = SimConfig(
         modes=_split(args.modes), max_new_tokens=args.max_new_tokens, gamma=args.gamma,
         adaptive_gamma=args.adaptive_gamma, max_gamma=args.max_gamma, clients=counts[-1], max_batch=args.max_batch,
+        branches=args.branches, guess_verdict=not args.no_guess,
     )
     summary, records = simulate(traces, hardware, links, config)
     out = Path(args.out)

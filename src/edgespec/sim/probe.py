@@ -104,6 +104,7 @@ def probe_host(target_name: str, draft_name: str, backend: str, dtype: str, exit
         draft.draft(sequence, 4, GREEDY)
         steps.append((time.perf_counter() - start) * 1000 / 4)
     draft_ms = statistics.median(steps)
+    overhead_ms = measure_message_overhead_ms()
     profile = HardwareProfile(
         name="host",
         forward_ms=forward_ms,
@@ -114,10 +115,43 @@ def probe_host(target_name: str, draft_name: str, backend: str, dtype: str, exit
         batch_factor={1: 1.0, 4: batch4 / forward_ms[5]},
         draft_ms_per_token=draft_ms,
         draft_prefill_ms_per_token=max(0.0, (draft_prefill - draft_ms) / CONTEXT),
+        message_overhead_ms=overhead_ms,
         source=f"probed {time.strftime('%Y-%m-%d %H:%M')}: target {target_name} ({dtype}), draft {draft_name} on {backend}, {CONTEXT} tokens of context",
         host=host_facts() | {"dtype": dtype},
     )
     return profile
+
+
+def measure_message_overhead_ms(rounds: int = 40) -> float:
+    """What the protocol costs per message here: a real client and server on loopback through the
+    link emulator set to no delay, with a tiny model so compute is negligible; (wait − verify) per
+    round over its two messages."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgespec.client.edge_client import ClientOptions, EdgeClient
+    from edgespec.client.recovery import NO_RECOVERY
+    from edgespec.decoding.config import GenerationConfig
+    from edgespec.decoding.modes import Mode
+    from edgespec.models.draft import DraftRuntime
+    from edgespec.models.target import TargetRuntime
+    from edgespec.netem import LinkEmulator, resolve_profile
+    from edgespec.server.app import RunningServer, ServerConfig
+    from edgespec.server.servicer import VerifierService
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, max_position_embeddings=512, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).float().eval().requires_grad_(False)
+    server = RunningServer(VerifierService(TargetRuntime(model), tokenizer=None, eos_ids=frozenset()), ServerConfig(port=0))
+    try:
+        with LinkEmulator("127.0.0.1", server.port, resolve_profile("lan", {"one_way_delay_ms": 0.0})).running() as port:
+            client = EdgeClient(f"127.0.0.1:{port}", DraftRuntime(model), ClientOptions(recovery=NO_RECOVERY))
+            generation = GenerationConfig(max_new_tokens=rounds * 2, gamma=1)
+            client.generate([1, 2, 3], Mode.SD, GenerationConfig(max_new_tokens=4, gamma=1))  # warm up
+            stats = client.generate([1, 2, 3], Mode.SD, generation).stats
+    finally:
+        server.stop()
+    return max(0.0, 1000 * (stats.wait_s - stats.server_verify_s) / stats.rounds / 2)
 
 
 def host_profile(target: str, draft: str, backend: str, dtype: str, refresh: bool = False) -> HardwareProfile:

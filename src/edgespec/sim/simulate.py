@@ -27,6 +27,8 @@ class SimConfig:
     gamma: int = 4
     adaptive_gamma: bool = False
     max_gamma: int = 8
+    branches: int = 2
+    guess_verdict: bool = True
     clients: int = 1
     max_batch: int = 32
 
@@ -34,6 +36,7 @@ class SimConfig:
         return GenerationConfig(
             max_new_tokens=self.max_new_tokens, gamma=self.gamma, eos_ids=eos_ids,
             adaptive_gamma=self.adaptive_gamma, max_gamma=self.max_gamma,
+            branches=self.branches, guess_verdict=self.guess_verdict,
         )
 
 
