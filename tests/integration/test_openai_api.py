@@ -129,7 +129,7 @@ class EdgeServe:
         self.thread.start()
 
     def client(self, api_key: str = API_KEY, **options: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=60, **options)
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, **{"max_retries": 0, "timeout": 60, **options})
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -372,6 +372,12 @@ def test_a_client_that_disconnects_mid_stream_frees_its_cloud_session(verifier: 
         client.close()
         assert verifier.sessions.wait_for(lambda sessions: len(sessions) == 0, timeout=3.0), "the cloud session outlived its client"
         assert time.monotonic() - disconnected < 3.0
+        # Not streamed: a client that gives up waiting (its timeout) frees the session too.
+        with pytest.raises(openai.APITimeoutError):
+            edge.client(timeout=1.0).chat.completions.create(
+                model=TARGET_NAME, messages=[{"role": "user", "content": content}], max_tokens=300, temperature=0
+            )
+        assert verifier.sessions.wait_for(lambda sessions: len(sessions) == 0, timeout=3.0), "the cloud session outlived its client"
     finally:
         verifier.delay_s = 0.0
     # The edge goes on serving after the cancelled generation.

@@ -196,6 +196,8 @@ class EdgeBackend:
         """Start a generation on a free slot (waiting for one). CloudUnavailable if the verifier
         cannot be reached now: a request never starts on the draft alone."""
         config = self.config(request)
+        if self.settings.mode is Mode.EDGE_ONLY:  # the draft alone, asked for: no cloud involved
+            return await self._run_on_free_slot(prompt_ids, config, request.stops)
         await self.check_reachable()
         if self.cloud is None:
             try:
@@ -203,13 +205,16 @@ class EdgeBackend:
             except Exception as error:  # reachable but the probe failed: the run will say why
                 logger.debug("cloud probe failed: %s", error)
             config = self.config(request) if self.cloud is not None else config
+        return await self._run_on_free_slot(prompt_ids, config, request.stops)
+
+    async def _run_on_free_slot(self, prompt_ids: list[int], config: GenerationConfig, stops: tuple[str, ...]) -> RequestRun:
         if self._free is None:
             self._free = asyncio.Queue()
             for slot in self.slots:
                 self._free.put_nowait(slot)
         slot = await self._free.get()
         # No await from here on: the slot is owned by the run, which always gives it back.
-        return RequestRun(self, slot, prompt_ids, config, request.stops)
+        return RequestRun(self, slot, prompt_ids, config, stops)
 
     def release(self, slot: Slot, task: asyncio.Task[Any]) -> None:
         """Give ``slot`` back once ``task`` has ended and its draft worker is idle (in the
