@@ -23,9 +23,11 @@ import torch
 import uvicorn
 
 from chat_tokenizer import chat_tokenizer
-from edgespec.client.edge_client import ClientOptions
+from edgespec.client.edge_client import ClientOptions, EdgeClient
 from edgespec.client.recovery import RecoveryPolicy
+from edgespec.decoding.config import GenerationConfig
 from edgespec.decoding.modes import Mode
+from edgespec.decoding.sampling import SamplingParams
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
@@ -242,6 +244,20 @@ def test_completion_equals_generate_on_the_raw_prompt(edge: EdgeServe, stream: b
     else:
         assert reply.choices[0].text == text
         assert reply.usage.completion_tokens == len(tokens)
+
+
+def test_a_seeded_sampled_request_is_the_edge_clients_seeded_generation(verifier: Verifier, edge: EdgeServe) -> None:
+    content = "Hello there, what is the answer?"
+    config = GenerationConfig(max_new_tokens=MAX_TOKENS, gamma=3, sampling=SamplingParams(temperature=0.8, top_p=0.9), seed=7, eos_ids=EOS)
+    direct = EdgeClient(verifier.address, DraftRuntime(draft_model())).generate(chat_prompt(content), Mode.SD_EE_PIPELINED, config)
+    replies = [
+        edge.client().chat.completions.create(
+            model=TARGET_NAME, messages=[{"role": "user", "content": content}], max_tokens=MAX_TOKENS, temperature=0.8, top_p=0.9, seed=7
+        ).choices[0].message.content
+        for _ in range(2)
+    ]
+    assert replies == [tokenizer().decode(direct.tokens, skip_special_tokens=True)] * 2
+    assert replies[0] != expected(chat_prompt(content))[0]  # really sampled, not greedy
 
 
 # ------------------------------------------------------------------ stop strings

@@ -113,6 +113,8 @@ def create_app(backend: EdgeBackend, api_key: str | None = None) -> FastAPI:
         try:
             info = await backend.describe_cloud()
             logger.info("edge-serve: cloud target %r reachable at %s", info.target, backend.settings.address)
+            if backend.settings.mode.uses_exits and not info.exit_layers:
+                logger.warning("edge-serve: mode %s needs exits, and the verifier has none: requests will fail", backend.settings.mode.value)
         except (CloudUnavailable, CloudRefused) as error:
             # Serve anyway: requests get a 503 until the verifier answers.
             logger.warning("edge-serve: %s", error)

@@ -14,8 +14,18 @@ DONE = "data: [DONE]\n\n"
 
 
 def sse(payload: BaseModel | dict[str, Any]) -> str:
-    data = payload.model_dump(exclude_none=False) if isinstance(payload, BaseModel) else payload
+    data = chunk_fields(payload) if isinstance(payload, BaseModel) else payload
     return f"data: {json.dumps(data, separators=(',', ':'), ensure_ascii=False)}\n\n"
+
+
+def chunk_fields(chunk: BaseModel) -> dict[str, Any]:
+    """A chunk as OpenAI spells it: unset fields left out (the last delta is ``{}``), except
+    each choice's ``finish_reason`` and ``logprobs``, which are always present."""
+    data = chunk.model_dump(exclude_none=True)
+    for choice in data.get("choices", []):
+        choice.setdefault("finish_reason", None)
+        choice.setdefault("logprobs", None)
+    return data
 
 
 class ChunkFormat:
