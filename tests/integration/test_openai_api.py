@@ -292,6 +292,8 @@ def test_stop_strings_cut_exactly_where_generates_text_would(edge: EdgeServe, st
             got, reason, usage = reply.choices[0].message.content, reply.choices[0].finish_reason, reply.usage
         assert got == cut, f"stop {stop!r}"
         assert reason == "stop"
+        if not stream:  # the statistics of the rounds run before the stop came through
+            assert reply.model_extra["edgespec"]["rounds"] >= 1 and reply.model_extra["edgespec"]["lossless"] is True
         assert usage.completion_tokens == needed
     # Several stops: the earliest occurrence of any of them decides; one that never occurs is harmless.
     several = [stops[-1], stops[1], "QQQQQQ"]

@@ -195,17 +195,14 @@ class EdgeBackend:
     async def start(self, prompt_ids: list[int], request: SamplingRequest) -> RequestRun:
         """Start a generation on a free slot (waiting for one). CloudUnavailable if the verifier
         cannot be reached now: a request never starts on the draft alone."""
-        config = self.config(request)
-        if self.settings.mode is Mode.EDGE_ONLY:  # the draft alone, asked for: no cloud involved
-            return await self._run_on_free_slot(prompt_ids, config, request.stops)
-        await self.check_reachable()
-        if self.cloud is None:
-            try:
-                await self.describe_cloud()  # the EOS set edge-only fallback must stop on
-            except Exception as error:  # reachable but the probe failed: the run will say why
-                logger.debug("cloud probe failed: %s", error)
-            config = self.config(request) if self.cloud is not None else config
-        return await self._run_on_free_slot(prompt_ids, config, request.stops)
+        if self.settings.mode is not Mode.EDGE_ONLY:  # edge-only was asked for: no cloud involved
+            await self.check_reachable()
+            if self.cloud is None:
+                try:
+                    await self.describe_cloud()  # the EOS set an edge-only fallback must stop on
+                except Exception as error:  # reachable, but the probe failed: the run will say why
+                    logger.debug("cloud probe failed: %s", error)
+        return await self._run_on_free_slot(prompt_ids, self.config(request), request.stops)
 
     async def _run_on_free_slot(self, prompt_ids: list[int], config: GenerationConfig, stops: tuple[str, ...]) -> RequestRun:
         if self._free is None:
@@ -214,7 +211,11 @@ class EdgeBackend:
                 self._free.put_nowait(slot)
         slot = await self._free.get()
         # No await from here on: the slot is owned by the run, which always gives it back.
-        return RequestRun(self, slot, prompt_ids, config, stops)
+        try:
+            return RequestRun(self, slot, prompt_ids, config, stops)
+        except BaseException:
+            self._free.put_nowait(slot)
+            raise
 
     def release(self, slot: Slot, task: asyncio.Task[Any]) -> None:
         """Give ``slot`` back once ``task`` has ended and its draft worker is idle (in the
