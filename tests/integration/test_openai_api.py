@@ -341,6 +341,9 @@ def test_the_error_body_has_openais_exact_shape(edge: EdgeServe) -> None:
     error = body["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["param"] == "n" and error["code"] == "unsupported_parameter"
+    image = [{"type": "image_url", "image_url": {"url": "data:,"}}]
+    status, body = raw(f"{edge.url}/v1/chat/completions", {"model": TARGET_NAME, "messages": [{"role": "user", "content": image}]})
+    assert status == 400 and body["error"]["param"] == "messages.0.content.0" and "image_url" in body["error"]["message"]
     status, body = raw(f"{edge.url}/v1/nowhere")
     assert status == 404 and body["error"]["type"] == "invalid_request_error"
 

@@ -33,17 +33,31 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return OpenAIError(400, message, "invalid_request_error", param, code)
 
 
+# Pydantic names the member of a union it tried (``str``, ``list[TextPart]``) in an error's location;
+# the caller knows only the parameter.
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _param(location: Any) -> str | None:
+    parts = [str(part) for part in location if part != "body"]
+    parts = [part for part in parts if part not in _UNION_TAGS and "[" not in part and "(" not in part]
+    return ".".join(parts) or None
+
+
 def validation_error(error: RequestValidationError) -> OpenAIError:
-    """The first problem pydantic found, named by its parameter (``messages.0.content``)."""
-    first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request", "type": ""}
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(location) or None
-    kind = first.get("type", "")
-    if kind == "extra_forbidden":
+    """The most telling problem pydantic found, named by its parameter (``messages.0.content``)."""
+    errors = list(error.errors())
+    if not errors:
+        return bad_request("invalid request")
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return bad_request("the request body is not valid JSON")
+    # Our own validators' refusals say more than a union's "not a string" for its other member.
+    first = next((e for e in errors if e.get("type") == "value_error"), errors[0])
+    param = _param(first.get("loc", ()))
+    if first.get("type") == "extra_forbidden":
         return bad_request(f"Unrecognized request argument supplied: {param}", param, "unsupported_parameter")
-    message = str(first.get("msg", "invalid value"))
     # Validators raise ValueError("..."): pydantic prefixes "Value error, ".
-    message = message.removeprefix("Value error, ")
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     code = "unsupported_parameter" if message.startswith("unsupported:") else "invalid_value" if param else None
     message = message.removeprefix("unsupported:").strip()
     return bad_request(f"{param}: {message}" if param else message, param, code)

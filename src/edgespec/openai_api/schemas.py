@@ -102,7 +102,8 @@ class _Request(BaseModel):
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Other part types (images, audio) carry other fields: let them through to be refused by type.
+    model_config = ConfigDict(extra="allow")
     type: str
     text: str | None = None
 
