@@ -8,7 +8,6 @@ from typing import Any, AsyncIterator, Callable
 from pydantic import BaseModel
 
 from edgespec.openai_api.backend import Event, Failed, Finished, RequestRun, TextDelta
-from edgespec.openai_api.errors import OpenAIError
 
 DONE = "data: [DONE]\n\n"
 
@@ -69,7 +68,3 @@ async def stream_events(first: Event, run: RequestRun, chunks: ChunkFormat, incl
             event = await run.next_event()
     finally:
         run.close()
-
-
-def error_event(error: OpenAIError) -> str:
-    return sse(error.body())
