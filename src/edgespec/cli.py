@@ -124,9 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     from edgespec.bench.command import add_bench_parser
     from edgespec.exits.command import add_exit_commands
     from edgespec.netem.command import add_link_parser
+    from edgespec.openai_api.command import add_edge_serve_parser
     from edgespec.sim.command import add_sim_parsers
 
     add_link_parser(commands)
+    add_edge_serve_parser(commands)
     add_bench_parser(commands)
     add_sim_parsers(commands)
     add_exit_commands(commands)

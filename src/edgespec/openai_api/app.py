@@ -1,0 +1,270 @@
+"""The FastAPI app: OpenAI's chat and completion endpoints over an ``EdgeBackend``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+import time
+from typing import Any, AsyncIterator, Awaitable, TypeVar
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from edgespec.decoding.stats import GenerationStats
+from edgespec.openai_api.backend import EdgeBackend, Event, Failed, Finished, RequestRun, SamplingRequest, TextDelta
+from edgespec.openai_api.cloud import CloudRefused, CloudUnavailable
+from edgespec.openai_api.errors import OpenAIError, bad_request, install_error_handlers
+from edgespec.openai_api.schemas import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    ChatMessageOut,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    EdgespecInfo,
+    ModelCard,
+    ModelList,
+    Usage,
+)
+from edgespec.openai_api.streaming import ChunkFormat, stream_events
+from edgespec.prompting import render_prompt
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected while the request was being served."""
+
+
+def edgespec_info(stats: GenerationStats) -> EdgespecInfo:
+    return EdgespecInfo(
+        mode=stats.mode,
+        rounds=stats.rounds,
+        tokens_per_round=round(stats.tokens_per_round, 4),
+        hit_rate=round(stats.hit_rate, 4),
+        acceptance_rate=round(stats.acceptance_rate, 4),
+        lossless=stats.lossless,
+        fallback_tokens=stats.fallback_tokens,
+        fallback_spans=[(int(start), int(end)) for start, end in stats.fallback_spans],
+        connection_losses=stats.connection_losses,
+        reconnects=stats.reconnects,
+    )
+
+
+def usage_of(finished: Finished) -> Usage:
+    return Usage(
+        prompt_tokens=finished.prompt_tokens,
+        completion_tokens=finished.completion_tokens,
+        total_tokens=finished.prompt_tokens + finished.completion_tokens,
+    )
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    # The body has been read, so the next ASGI message is the disconnect (if it ever comes).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; if the client disconnects first, cancel it and raise ClientGone."""
+    job = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({job, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not job.done():
+            job.cancel()
+    if job.cancelled():
+        raise ClientGone()
+    return job.result()
+
+
+def check_api_key(api_key: str | None):  # type: ignore[no-untyped-def]
+    """A dependency: requests must carry ``Authorization: Bearer <api_key>`` when one is set."""
+
+    async def guard(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
+            message = "You didn't provide an API key." if not header else "Incorrect API key provided."
+            raise OpenAIError(401, message + " Send it as 'Authorization: Bearer KEY'.", "invalid_request_error", None, "invalid_api_key")
+
+    return guard
+
+
+def create_app(backend: EdgeBackend, api_key: str | None = None) -> FastAPI:
+    """The ASGI app. ``api_key``: required from every /v1 request when set (/health stays open)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            info = await backend.describe_cloud()
+            logger.info("edge-serve: cloud target %r reachable at %s", info.target, backend.settings.address)
+            if backend.settings.mode.uses_exits and not info.exit_layers:
+                logger.warning("edge-serve: mode %s needs exits, and the verifier has none: requests will fail", backend.settings.mode.value)
+        except (CloudUnavailable, CloudRefused) as error:
+            # Serve anyway: requests get a 503 until the verifier answers.
+            logger.warning("edge-serve: %s", error)
+        yield
+
+    app = FastAPI(title="edgespec edge-serve", lifespan=lifespan)
+    install_error_handlers(app)
+    api = APIRouter(prefix="/v1", dependencies=[Depends(check_api_key(api_key))])
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        try:
+            await backend.check_reachable()
+            cloud = "reachable"
+        except CloudUnavailable:
+            cloud = "unreachable"
+        return JSONResponse(
+            {"status": "ok", "cloud": cloud, "model": backend.model_id, "mode": backend.settings.mode.value,
+             "slots": len(backend.slots), "free_slots": backend.free_slots}
+        )
+
+    @api.get("/models")
+    async def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=await model_id(), created=int(time.time()))])
+
+    async def model_id() -> str:
+        if backend.model_id is None:
+            try:
+                await backend.describe_cloud()
+            except CloudUnavailable as error:
+                raise OpenAIError(503, str(error), "server_error", None, "cloud_unreachable") from None
+            except CloudRefused as error:
+                raise OpenAIError(502, str(error), "server_error", None, "cloud_refused") from None
+        return backend.model_id or "edgespec"
+
+    @api.post("/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        try:
+            prompt_ids = render_prompt(backend.tokenizer, [message.as_template_message() for message in body.messages])
+        except ValueError as error:
+            raise bad_request(str(error), "messages") from None
+        ident, created, model = f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), backend.model_id or body.model or "edgespec"
+
+        def chunk(delta: ChatDelta, finished: Finished | None = None) -> ChatCompletionChunk:
+            return ChatCompletionChunk(
+                id=ident, created=created, model=model,
+                choices=[ChatChunkChoice(delta=delta, finish_reason=finished.finish_reason if finished else None)],
+                edgespec=edgespec_info(finished.stats) if finished else None,
+            )
+
+        chunks = ChunkFormat(
+            opening=lambda: chunk(ChatDelta(role="assistant", content="")),
+            text=lambda text: chunk(ChatDelta(content=text)),
+            final=lambda finished: chunk(ChatDelta(), finished),
+            usage=lambda finished: ChatCompletionChunk(id=ident, created=created, model=model, choices=[], usage=usage_of(finished)),
+        )
+
+        def whole(text: str, finished: Finished) -> ChatCompletion:
+            return ChatCompletion(
+                id=ident, created=created, model=model,
+                choices=[ChatChoice(message=ChatMessageOut(content=text), finish_reason=finished.finish_reason)],
+                usage=usage_of(finished), edgespec=edgespec_info(finished.stats),
+            )
+
+        return await serve_request(request, body, prompt_ids, chunks, whole)
+
+    @api.post("/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        prompt = body.prompt
+        if isinstance(prompt, str):
+            try:
+                prompt_ids = render_prompt(backend.tokenizer, prompt, raw=True)
+            except ValueError as error:
+                raise bad_request(str(error), "prompt") from None
+        else:
+            prompt_ids = [int(token) for token in prompt]  # type: ignore[union-attr]
+            vocab = len(backend.tokenizer)
+            if any(not 0 <= token < vocab for token in prompt_ids):
+                raise bad_request(f"token ids must be in [0, {vocab})", "prompt")
+        ident, created, model = f"cmpl-{secrets.token_hex(12)}", int(time.time()), backend.model_id or body.model or "edgespec"
+
+        def chunk(text: str, finished: Finished | None = None) -> Completion:
+            return Completion(
+                id=ident, created=created, model=model,
+                choices=[CompletionChoice(text=text, finish_reason=finished.finish_reason if finished else None)],
+                edgespec=edgespec_info(finished.stats) if finished else None,
+            )
+
+        chunks = ChunkFormat(
+            opening=lambda: None,
+            text=lambda text: chunk(text),
+            final=lambda finished: chunk("", finished),
+            usage=lambda finished: Completion(id=ident, created=created, model=model, choices=[], usage=usage_of(finished)),
+        )
+
+        def whole(text: str, finished: Finished) -> Completion:
+            return Completion(
+                id=ident, created=created, model=model,
+                choices=[CompletionChoice(text=text, finish_reason=finished.finish_reason)],
+                usage=usage_of(finished), edgespec=edgespec_info(finished.stats),
+            )
+
+        return await serve_request(request, body, prompt_ids, chunks, whole)
+
+    async def serve_request(request: Request, body: Any, prompt_ids: list[int], chunks: ChunkFormat, whole: Any) -> Response:
+        sampling = SamplingRequest(
+            max_tokens=body.token_limit, temperature=body.temperature, top_p=body.top_p, seed=body.wire_seed, stops=body.stops
+        )
+        try:
+            run = await until_disconnected(request, backend.start(prompt_ids, sampling))
+        except CloudUnavailable as error:
+            raise OpenAIError(503, str(error), "server_error", None, "cloud_unreachable") from None
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        except ValueError as error:  # a sampling setting the config refuses
+            raise bad_request(str(error)) from None
+        try:
+            # Wait for the first event before answering, so a refusal at the start (the
+            # verifier's limits, its token) is an HTTP error even for a stream.
+            first = await until_disconnected(request, run.next_event())
+            if isinstance(first, Failed):
+                raise first.error
+            if body.stream:
+                streaming = StreamingResponse(
+                    stream_events(first, run, chunks, body.include_usage_chunk),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                )
+                run = None  # the stream owns it now and closes it
+                return streaming
+            text, finished = await until_disconnected(request, collect(first, run))
+            return JSONResponse(whole(text, finished).model_dump())
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        finally:
+            if run is not None:
+                run.close()
+
+    app.include_router(api)
+    return app
+
+
+async def collect(first: Event, run: RequestRun) -> tuple[str, Finished]:
+    parts: list[str] = []
+    event = first
+    while True:
+        if isinstance(event, TextDelta):
+            parts.append(event.text)
+        elif isinstance(event, Finished):
+            return "".join(parts), event
+        elif isinstance(event, Failed):
+            raise event.error
+        event = await run.next_event()
