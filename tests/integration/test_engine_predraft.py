@@ -152,3 +152,17 @@ def test_seeded_sampling_is_the_same_in_every_speculative_mode() -> None:
     config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3, sampling=SamplingParams(temperature=1.0), seed=11)
     texts = {mode: engine(POOR).generate(PROMPT, mode, config).tokens for mode in [Mode.SD, *PREDRAFT_MODES]}
     assert len(set(map(tuple, texts.values()))) == 1, texts
+
+
+def test_the_guess_alone_needs_no_exits() -> None:
+    """Without exits the pre-draft modes run on the send-time guess; without the guess either,
+    there is nothing to pre-draft on, and the engine says so."""
+    model = target_model()
+    engine_ = LocalEngine(TargetRuntime(model), DraftRuntime(layer_skip_copy(tiny_model("qwen2", seed=0), keep=2)))
+    expected = greedy_reference(model, PROMPT, NEW_TOKENS)
+    for mode in (Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED):
+        result = engine_.generate(PROMPT, mode, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3))
+        assert result.tokens == expected
+        assert set(result.stats.hits_by_source) <= {"guess"} and result.stats.branches > 0
+    with pytest.raises(ValueError, match="needs exits"):
+        engine_.generate(PROMPT, Mode.SD_EE_PREDRAFT, GenerationConfig(max_new_tokens=NEW_TOKENS, guess_verdict=False))

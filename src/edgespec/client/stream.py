@@ -102,7 +102,7 @@ async def open_session(stream: SessionStream, gen: Generation) -> pb.Opened:
     message = await stream.receive()
     if message.WhichOneof("kind") != "opened":
         raise ServerError("BAD_REPLY", f"expected opened, got {message.WhichOneof('kind')}")
-    if mode.uses_exits and not message.opened.exit_layers:
+    if config.needs_exits(mode) and not message.opened.exit_layers:
         raise ServerError("NO_EXITS", f"mode {mode.value} needs a server with exits; this one has none")
     gen.eos = frozenset(message.opened.eos_ids)
     return message.opened

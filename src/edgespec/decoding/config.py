@@ -4,10 +4,14 @@ the round core and the benchmark, so none of them imports another for its types.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from edgespec.decoding.gamma_policy import AdaptiveGamma
 from edgespec.decoding.sampling import SamplingParams
 from edgespec.decoding.stats import GenerationStats
+
+if TYPE_CHECKING:
+    from edgespec.decoding.modes import Mode
 
 # The draft's randomness is the edge's own; offsetting its seed keeps it independent of the
 # server's verification uniforms while staying reproducible from one user-given seed.
@@ -40,6 +44,11 @@ class GenerationConfig:
             raise ValueError(f"branches must be in 1..8, got {self.branches}")
         if self.adaptive_gamma and not self.gamma <= self.max_gamma <= 64:
             raise ValueError(f"max_gamma must be in gamma..64, got {self.max_gamma}")
+
+    def needs_exits(self, mode: "Mode") -> bool:
+        """Whether ``mode`` cannot run without exits: sd-ee measures them, and pre-drafting
+        without the send-time guess has nothing else to pre-draft on."""
+        return mode.uses_exits and (mode.value == "sd-ee" or not self.guess_verdict)
 
     def gamma_policy(self) -> AdaptiveGamma | None:
         return AdaptiveGamma(initial=self.gamma, max_gamma=self.max_gamma) if self.adaptive_gamma else None

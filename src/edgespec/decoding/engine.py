@@ -47,8 +47,8 @@ class LocalEngine:
             raise ValueError("the prompt must contain at least one token")
         if mode.uses_draft and self.draft is None:
             raise ValueError(f"mode {mode.value} needs a draft model")
-        if mode.uses_exits and self.target.exits is None:
-            raise ValueError(f"mode {mode.value} needs exits attached to the target")
+        if config.needs_exits(mode) and self.target.exits is None:
+            raise ValueError(f"mode {mode.value} needs exits attached to the target" + ("" if mode is Mode.SD_EE else " (or the send-time guess)"))
         self.target.check_fits(len(prompt_ids), config.max_new_tokens)
         self.target.reset()
         if self.draft is not None:
