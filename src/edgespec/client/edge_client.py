@@ -125,7 +125,9 @@ class EdgeClient:
             raise ValueError(f"mode {mode.value} needs a draft model on the edge")
         run = EdgeRun(Generation(prompt_ids, mode, config), on_commit)
         if self.draft is not None:
-            self.draft.reset()
+            # On the draft thread: a pre-draft of the last generation may still be running there
+            # (stopped, but not yet at its next step), and the cache is that thread's.
+            await asyncio.get_running_loop().run_in_executor(self._draft_thread, self.draft.reset)
         try:
             if mode is Mode.EDGE_ONLY:
                 await self._edge_only(run)

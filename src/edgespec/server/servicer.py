@@ -182,6 +182,8 @@ class VerifierService(pb_grpc.VerifierServicer):
         return session
 
     async def _decode_all(self, session: ServerSession, replies: asyncio.Queue[object], opened_at: float) -> None:
+        if session.finished:  # a resumed session whose text was already complete (EOS or budget)
+            replies.put_nowait(pb.ServerMessage(tokens=pb.Tokens(ids=[], finished=True)))
         while not session.finished:
             if time.monotonic() - opened_at >= self.limits.max_lifetime_s:
                 raise self._expired(opened_at)
