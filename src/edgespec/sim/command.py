@@ -51,6 +51,7 @@ def add_sim_parsers(subparsers: Any) -> None:
     sim.add_argument("--max-new-tokens", type=int, default=64)
     sim.add_argument("--max-batch", type=int, default=32)
     sim.add_argument("--no-plots", action="store_true")
+    sim.add_argument("--compare-bench", metavar="SUMMARY.json", help="a measured `edgespec bench` summary of the same prompts: report simulated vs measured tokens/s per mode")
     sim.add_argument("--out", default="out/simulate")
     sim.set_defaults(handler=run_simulate)
 
@@ -154,7 +155,45 @@ def run_simulate(args: argparse.Namespace) -> int:
         for record in records:
             sink.write(json.dumps(record) + "\n")
     report = render_markdown(summary, command).replace("# edgespec benchmark", f"# edgespec simulation ({hardware.name}: {hardware.source})")
+    if args.compare_bench:
+        comparison = compare_with_bench(summary, json.loads(Path(args.compare_bench).read_text()))
+        summary["compared_with_bench"] = comparison
+        report += render_comparison(comparison, args.compare_bench)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out / "report.md").write_text(report)
     print(report)
     print(f"wrote {out}/summary.json, report.md, results.jsonl" + ("" if args.no_plots else ", speedup-map.png" + (", clients.png" if len(counts) > 1 else "")))
     return 0
+
+
+def compare_with_bench(simulated: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
+    """Per profile and mode: simulated and measured tokens/s, and their ratio."""
+    rows: dict[str, Any] = {}
+    for profile, modes in simulated["profiles"].items():
+        for mode, stats in modes.items():
+            real = measured.get("profiles", {}).get(profile, {}).get(mode)
+            if not real:
+                continue
+            rows.setdefault(profile, {})[mode] = {
+                "simulated_tokens_per_s": stats["tokens_per_s"],
+                "measured_tokens_per_s": real["tokens_per_s"],
+                "ratio": stats["tokens_per_s"] / real["tokens_per_s"] if real["tokens_per_s"] else 0.0,
+                "simulated_vs_cloud_ar": stats.get("speedup_vs_cloud_ar", 0.0),
+                "measured_vs_cloud_ar": real.get("speedup_vs_cloud_ar", 0.0),
+                "simulated_hit_rate": stats.get("hit_rate", 0.0),
+                "measured_hit_rate": real.get("hit_rate", 0.0),
+            }
+    return rows
+
+
+def render_comparison(comparison: dict[str, Any], source: str) -> str:
+    lines = ["", f"## Simulated vs measured (`{source}`)", ""]
+    for profile, modes in comparison.items():
+        lines += [f"### {profile}", "", "| mode | simulated tok/s | measured tok/s | simulated / measured | vs cloud-ar sim / meas | hit rate sim / meas |", "|---|---|---|---|---|---|"]
+        for mode, row in modes.items():
+            lines.append(
+                f"| {mode} | {row['simulated_tokens_per_s']:.2f} | {row['measured_tokens_per_s']:.2f} | {row['ratio']:.2f} | "
+                f"{row['simulated_vs_cloud_ar']:.2f}x / {row['measured_vs_cloud_ar']:.2f}x | {row['simulated_hit_rate']:.2f} / {row['measured_hit_rate']:.2f} |"
+            )
+        lines.append("")
+    return "\n".join(lines) + "\n"

@@ -122,10 +122,10 @@ def probe_host(target_name: str, draft_name: str, backend: str, dtype: str, exit
     return profile
 
 
-def measure_message_overhead_ms(rounds: int = 40) -> float:
-    """What the protocol costs per message here: a real client and server on loopback through the
-    link emulator set to no delay, with a tiny model so compute is negligible; (wait − verify) per
-    round over its two messages."""
+def measure_message_overhead_ms(rounds: int = 30, one_way_ms: float = 25.0) -> float:
+    """What the protocol costs per message here beyond the link's delay: a real client and server
+    on loopback through the link emulator (``one_way_ms``, wan's), with a tiny model so compute is
+    negligible; (wait − verify − round trip) per round, over its two messages."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from edgespec.client.edge_client import ClientOptions, EdgeClient
@@ -144,14 +144,14 @@ def measure_message_overhead_ms(rounds: int = 40) -> float:
     model = LlamaForCausalLM(config).float().eval().requires_grad_(False)
     server = RunningServer(VerifierService(TargetRuntime(model), tokenizer=None, eos_ids=frozenset()), ServerConfig(port=0))
     try:
-        with LinkEmulator("127.0.0.1", server.port, resolve_profile("lan", {"one_way_delay_ms": 0.0})).running() as port:
+        with LinkEmulator("127.0.0.1", server.port, resolve_profile("lan", {"one_way_delay_ms": one_way_ms})).running() as port:
             client = EdgeClient(f"127.0.0.1:{port}", DraftRuntime(model), ClientOptions(recovery=NO_RECOVERY))
             generation = GenerationConfig(max_new_tokens=rounds * 2, gamma=1)
             client.generate([1, 2, 3], Mode.SD, GenerationConfig(max_new_tokens=4, gamma=1))  # warm up
             stats = client.generate([1, 2, 3], Mode.SD, generation).stats
     finally:
         server.stop()
-    return max(0.0, 1000 * (stats.wait_s - stats.server_verify_s) / stats.rounds / 2)
+    return max(0.0, (1000 * (stats.wait_s - stats.server_verify_s) / stats.rounds - 2 * one_way_ms) / 2)
 
 
 def host_profile(target: str, draft: str, backend: str, dtype: str, refresh: bool = False) -> HardwareProfile:
