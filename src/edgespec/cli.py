@@ -257,7 +257,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         link = Link()
         if args.link:  # the link on the virtual clock: its mean one-way delay per message
             profile = resolve_profile(args.link, {})
-            link = Link(one_way_s=profile.one_way_delay_ms / 1000, bandwidth_bytes_per_s=profile.bytes_per_s or float("inf"))
+            link = Link(one_way_s=profile.one_way_delay_ms / 1000, bandwidth_bytes_per_s=profile.bytes_per_second or float("inf"))
         result = LocalEngine(TargetRuntime(target.model, exits), draft_runtime, link).generate(prompt_ids, mode, config, on_commit)
     else:
         from edgespec.client.edge_client import ClientOptions, ConnectionLost, EdgeClient, ServerError

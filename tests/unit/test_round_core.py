@@ -96,45 +96,83 @@ def test_pipelined_predraft_ships_tagged_and_is_not_resent_on_a_hit() -> None:
 def test_the_guess_branch_starts_at_send_time_and_chains() -> None:
     client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20)
     (draft,) = client.start()
-    assert draft.gamma == 3  # one past the block: the draft's own bonus guess
-    send, guess = client.drafted(draft.id, DraftBlock([7, 8, 6]), 0, 0.1)
+    assert draft.gamma == 2
+    send, guess = client.drafted(draft.id, DraftBlock([7, 8]), 0, 0.1)
     assert send.block.tokens == [7, 8] and isinstance(guess, core.Draft)
-    assert guess.sequence == PROMPT + [7, 8, 6] and guess.gamma == 3
-    assert client.drafted(guess.id, DraftBlock([10, 11, 12]), 0.1, 0.2) == []
+    # The guess drafts on from the block: its first token is the bonus it assumes.
+    assert guess.sequence == PROMPT + [7, 8] and guess.gamma == 3
+    assert client.drafted(guess.id, DraftBlock([6, 10, 11]), 0.1, 0.2) == []
     actions = client.final(0, Verdict(2, 6), False, False, 0.3, 0.3)
     # The guess was right: its block leaves at once, and its own guess branch starts.
     assert kinds(actions) == ["Commit", "SendBlock", "Draft"]
-    assert actions[1].block.tokens == [10, 11] and actions[2].sequence == PROMPT + [7, 8, 6, 10, 11, 12]
+    assert actions[1].block.tokens == [10, 11] and actions[2].sequence == PROMPT + [7, 8, 6, 10, 11]
     assert client.gen.stats.hits_by_source == {"guess": 1}
+
+
+def test_a_guess_still_drafting_is_decided_when_its_bonus_is_known() -> None:
+    client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20)
+    (draft,) = client.start()
+    _, guess = client.drafted(draft.id, DraftBlock([7, 8]), 0, 0.1)
+    assert kinds(client.final(0, Verdict(2, 6), False, False, 0.3, 0.15)) == ["Commit"]  # wait for it
+    (send, next_guess) = client.drafted(guess.id, DraftBlock([6, 10, 11]), 0.1, 0.2)
+    assert send.round == 1 and send.block.tokens == [10, 11] and isinstance(next_guess, core.Draft)
+    # A wrong bonus: the round is redrafted from the verdict.
+    client.final(1, Verdict(2, 4), False, False, 0.3, 0.4)
+    (redraft,) = client.drafted(next_guess.id, DraftBlock([5, 1, 2]), 0.2, 0.5)
+    assert redraft.sequence == PROMPT + [7, 8, 6, 10, 11, 4]
+    assert client.gen.stats.hits == 1 and client.gen.stats.misses == 1
+
+
+def test_a_rejection_cancels_the_guess_at_once() -> None:
+    client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20)
+    (draft,) = client.start()
+    _, guess = client.drafted(draft.id, DraftBlock([7, 8]), 0, 0.1)
+    actions = client.final(0, Verdict(1, 4), False, False, 0.3, 0.15)
+    assert kinds(actions) == ["Commit", "CancelDraft", "Draft"] and actions[1].id == guess.id
 
 
 def test_pipelined_branches_ship_tagged_and_the_right_one_is_used() -> None:
     client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=20, branches=2)
     (draft,) = client.start()
-    _, guess = client.drafted(draft.id, DraftBlock([7, 8, 6]), 0, 0.1)
+    _, guess = client.drafted(draft.id, DraftBlock([7, 8]), 0, 0.1)
     (exit_branch,) = client.early(0, 21, Verdict(1, 4), 0.15)
     assert exit_branch.sequence == PROMPT + [7, 4]
-    (ship_guess,) = client.drafted(guess.id, DraftBlock([10, 11, 12]), 0.1, 0.2)
-    (ship_exit,) = client.drafted(exit_branch.id, DraftBlock([20, 21, 22]), 0.2, 0.3)
-    assert ship_guess.assumes == (0, Verdict(2, 6)) and ship_exit.assumes == (0, Verdict(1, 4))
-    assert ship_exit.block.tokens == [20, 21] and client.gen.stats.branches_shipped == 2
+    (ship_guess,) = client.drafted(guess.id, DraftBlock([6, 10, 11]), 0.1, 0.2)
+    (ship_exit,) = client.drafted(exit_branch.id, DraftBlock([20, 21]), 0.2, 0.3)
+    assert ship_guess.assumes == (0, Verdict(2, 6)) and ship_guess.block.tokens == [10, 11]
+    assert ship_exit.assumes == (0, Verdict(1, 4)) and client.gen.stats.branches_shipped == 2
     assert client.early(0, 24, Verdict(0, 3), 0.35) == []  # both branches shipped: no room
     actions = client.final(0, Verdict(1, 4), False, False, 0.3, 0.4)
     assert kinds(actions) == ["Commit", "Draft"]  # the exit branch is at the server; its guess starts
-    assert actions[1].sequence == PROMPT + [7, 4, 20, 21, 22]
+    assert actions[1].sequence == PROMPT + [7, 4, 20, 21]
     assert client.gen.stats.hits_by_source == {"exit 21": 1}
 
 
 def test_a_later_exit_replaces_an_unshipped_earlier_branch() -> None:
     client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20, branches=2)
     (draft,) = client.start()
-    _, guess = client.drafted(draft.id, DraftBlock([7, 8, 6]), 0, 0.1)
+    _, guess = client.drafted(draft.id, DraftBlock([7, 8]), 0, 0.1)
     (first,) = client.early(0, 14, Verdict(1, 4), 0.15)
     cancel, second = client.early(0, 21, Verdict(0, 3), 0.2)
     assert cancel == core.CancelDraft(first.id)  # the older exit goes, the guess stays
     assert second.sequence == PROMPT + [3]
     actions = client.final(0, Verdict(0, 9), False, False, 0.3, 0.4)
     assert kinds(actions) == ["Commit", "CancelDraft", "CancelDraft", "Draft"] and client.gen.stats.misses == 1
+
+
+def test_guessing_stops_when_it_does_not_pay() -> None:
+    client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=200)
+    (draft,) = client.start()
+    at = 0.0
+    guesses = 0
+    for round_index in range(12):
+        actions = client.drafted(draft.id, DraftBlock([7, 8]), at, at + 0.02)
+        guess = next((a for a in actions if isinstance(a, core.Draft)), None)
+        guesses += guess is not None
+        actions = client.final(round_index, Verdict(0, 5), False, False, 0.05, at + 0.1)  # every guess wrong
+        draft = next(a for a in actions if isinstance(a, core.Draft))
+        at += 0.1
+    assert 0 < guesses < 12
 
 
 def test_a_final_verdict_for_another_round_is_a_protocol_violation() -> None:

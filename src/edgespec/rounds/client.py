@@ -10,8 +10,9 @@ Modes: ``sd`` ignores early verdicts; ``sd-ee`` counts them as would-be pre-draf
 verifies, and sends the branch the final verdict confirms at once; ``sd-ee-pipelined`` also ships
 each branch as soon as it is drafted, tagged with the verdict it assumes, so the server verifies
 the right one the moment the verdict is decided. Branches come from the draft's own guess at send
-time (every token accepted, its next token as the bonus: it drafts one token past the block) and
-from confident early verdicts. Only final verdicts commit tokens.
+time (every token accepted, its next token as the bonus: the branch drafts on from the block, its
+first token being that guess) and from confident early verdicts; the guess is made only while it
+pays (``_GuessGate``: its hit rate against the draft step a wrong guess wastes). Only final verdicts commit tokens.
 """
 
 from __future__ import annotations
@@ -73,13 +74,14 @@ class ProtocolViolation(ValueError):
 
 @dataclass
 class _Branch:
-    """A pre-draft of the next block on one assumed verdict of the round in flight."""
+    """A pre-draft of the next block on one assumed verdict of the round in flight. The guess
+    branch drafts from the block itself: its first token is the draft's guess of the bonus, so its
+    verdict is known only once it has drafted (``assumed`` is None until then)."""
 
     id: int
-    assumed: Verdict
+    assumed: Verdict | None
     source: str  # "guess" | "exit <layer>"
     block: DraftBlock | None = None
-    bonus: int | None = None  # the draft's own next token after the block: its guess
     draft_s: float = 0.0
     tagged: bool = False  # shipped before the final verdict (pipelined)
 
@@ -91,12 +93,39 @@ class _InFlight:
     sent_at: float
 
 
-def _split(block: DraftBlock, gamma: int) -> tuple[DraftBlock, int | None]:
-    """A block drafted one token long: the block proper, and the draft's guess of the bonus."""
-    if len(block.tokens) <= gamma:
-        return block, None
-    probs = None if block.probs is None else block.probs[:gamma]
-    return DraftBlock(block.tokens[:gamma], probs), block.tokens[gamma]
+class _GuessGate:
+    """Whether guessing pays in this session: a right guess saves the draft time the verify and
+    the round trip hide (at most), a wrong one costs the draft step it is stopped in. A guess is
+    right when the whole block is accepted and the bonus is the draft's own next token: about
+    α^(γ+1) for a per-token acceptance α, estimated (decayed) from every round, guessed or not."""
+
+    def __init__(self, decay: float = 0.8) -> None:
+        self.decay = decay
+        self._accepted = 0.0
+        self._rejected = 0.0
+        self.step_s: float | None = None  # draft seconds per token (the first block, with its prefill, excluded)
+        self.wait_s: float | None = None  # block sent -> final verdict
+
+    def _mix(self, old: float | None, new: float) -> float:
+        return new if old is None else self.decay * old + (1 - self.decay) * new
+
+    def observe_round(self, gamma: int, accepted: int, draft_s: float, wait_s: float, first: bool) -> None:
+        self._accepted = self.decay * self._accepted + accepted
+        self._rejected = self.decay * self._rejected + (1 if accepted < gamma else 0)
+        if gamma and not first:
+            self.step_s = self._mix(self.step_s, draft_s / gamma)
+        self.wait_s = self._mix(self.wait_s, wait_s)
+
+    def hit_rate(self, gamma: int) -> float:
+        seen = self._accepted + self._rejected
+        alpha = self._accepted / seen if seen else 0.8
+        return alpha ** (gamma + 1)
+
+    def worth_it(self, gamma: int) -> bool:
+        if self.step_s is None or self.wait_s is None:
+            return True
+        h = self.hit_rate(gamma)
+        return h * min((gamma + 1) * self.step_s, self.wait_s) > (1 - h) * self.step_s
 
 
 class ClientRounds:
@@ -111,11 +140,13 @@ class ClientRounds:
         self.max_branches = gen.config.branches
         self.round = 0  # every session numbers its rounds from 0
         self._ids = itertools.count()
-        self._waiting_for: tuple[int, int] | None = None  # (draft id, γ) of the next block to send
+        self._waiting_for: int | None = None  # the draft that becomes the current round's block
+        self._pending_guess: tuple[_Branch, Verdict] | None = None  # a guess still drafting when its verdict came
         self._in_flight: _InFlight | None = None
         self._latest: Verdict | None = None  # the last early verdict of the round in flight
         self._branches: list[_Branch] = []
-        self._asked: dict[int, int] = {}  # draft id -> tokens asked for
+        self._deferred_exit: tuple[Verdict, str] | None = None  # an exit verdict waiting on the open guess
+        self._gate = _GuessGate()
 
     # ---------------------------------------------------------------- events
 
@@ -125,16 +156,40 @@ class ClientRounds:
     def drafted(self, draft_id: int, block: DraftBlock, start: float, end: float) -> list[ClientAction]:
         gen = self.gen
         branch = next((b for b in self._branches if b.id == draft_id), None)
+        pending = self._pending_guess if self._pending_guess is not None and self._pending_guess[0].id == draft_id else None
         gen.stats.draft_s += end - start
-        gen.record("edge", "pre-draft" if branch is not None else "draft", start, end, self.round + (branch is not None))
-        if self._waiting_for is not None and draft_id == self._waiting_for[0]:
-            block, bonus = _split(block, self._waiting_for[1])
+        gen.record("edge", "pre-draft" if branch or pending else "draft", start, end, self.round + bool(branch))
+        if draft_id == self._waiting_for:
             self._waiting_for = None
-            return self._send_current(block, bonus, end - start, end)
+            return self._send_current(block, end - start, end)
+        if pending is not None:  # the verdict came while the guess was drafting: now it is known
+            guess, verdict = pending
+            self._pending_guess = None
+            right = bool(block.tokens) and block.tokens[0] == verdict.next_token
+            self._score_guess(right)
+            if right:
+                return self._send_current(_rest(block), end - start, end)
+            return [self._draft_current()]
         if branch is None or branch.block is not None:
             return []  # a draft that was cancelled while it ran
-        branch.block, branch.bonus = _split(block, self._asked[draft_id] - int(self.guess))
         branch.draft_s = end - start
+        if branch.assumed is None:  # the guess: its first token is the bonus it assumes
+            assert self._in_flight is not None
+            branch.assumed = Verdict(len(self._in_flight.block.tokens), block.tokens[0])
+            if clip_to_stop(branch.assumed.committed(self._in_flight.block.tokens), gen.eos, gen.budget()).finished:
+                self._branches.remove(branch)  # it assumes the end of the text: nothing to pre-draft
+                return []
+            block = _rest(block)
+            deferred, self._deferred_exit = self._deferred_exit, None
+            if deferred is not None and deferred[0] != branch.assumed:
+                actions = self._branch(*deferred)
+                branch.block = block
+                return actions + self._ship(branch)
+        branch.block = block
+        return self._ship(branch)
+
+    def _ship(self, branch: _Branch) -> list[ClientAction]:
+        gen = self.gen
         if self.pipelined:
             branch.tagged = True
             gen.stats.branches_shipped += 1
@@ -147,6 +202,11 @@ class ClientRounds:
         self._latest = verdict
         self.gen.record("link", f"early@{layer}", at, at, round_index)
         if not self.predraft or any(b.assumed == verdict for b in self._branches):
+            return []
+        if verdict.accepted == len(self._in_flight.block.tokens) and any(b.assumed is None for b in self._branches):
+            # The exit agrees the whole block goes through: the open guess drafts that very
+            # branch unless its bonus differs, which is known once it has drafted its first token.
+            self._deferred_exit = (verdict, f"exit {layer}")
             return []
         return self._branch(verdict, f"exit {layer}")
 
@@ -169,6 +229,7 @@ class ClientRounds:
         stats.accepted += verdict.accepted
         stats.count_gamma(len(block.tokens))
         stats.pipelined += int(pipelined)
+        self._gate.observe_round(len(block.tokens), verdict.accepted, current.draft_s, at - current.sent_at, first=round_index == 0)
         if gen.gamma_policy is not None:
             # A pre-drafted block's draft time was hidden behind the last verify; charging it
             # anyway keeps the model simple and errs towards shorter blocks.
@@ -176,26 +237,35 @@ class ClientRounds:
         step = clip_to_stop(verdict.committed(block.tokens), gen.eos, gen.budget())
         gen.commit(step.tokens, at)
         actions: list[ClientAction] = [Commit(step.tokens)]
-        branches, hit = self._branches, next((b for b in self._branches if b.assumed == verdict), None)
-        self._score(verdict, hit)
-        self._in_flight, self._latest, self._branches = None, None, []
-        actions += [CancelDraft(b.id) for b in branches if b.block is None and b is not hit]
-        if step.finished or server_finished:
+        branches = self._branches
+        hit = next((b for b in branches if b.assumed == verdict), None)
+        # A guess still drafting may yet be right: only if the whole block was accepted.
+        open_guess = next((b for b in branches if b.assumed is None and verdict.accepted == len(block.tokens)), None)
+        self._in_flight, self._branches, self._deferred_exit = None, [], None
+        keep = hit or open_guess
+        actions += [CancelDraft(b.id) for b in branches if b.block is None and b is not keep]
+        finished = step.finished or server_finished
+        if not (open_guess is not None and hit is None and not finished):
+            self._score(verdict, hit, branches)
+        self._latest = None
+        if finished:
             gen.finish(step.reason or "length")  # the server may end it (its budget)
-            if hit is not None and hit.block is None:
-                actions.append(CancelDraft(hit.id))
+            if keep is not None and keep.block is None:
+                actions.append(CancelDraft(keep.id))
             return actions + [Finished(gen.stats.finish_reason)]
         self.round += 1
+        if hit is None and open_guess is not None:
+            self._pending_guess = (open_guess, verdict)  # decided when it has drafted its first token
+            return actions
         if hit is None:
             return actions + [self._draft_current()]
         if hit.block is None:
-            # Still drafting: it becomes this round's block (its length is what the branch asked).
-            self._waiting_for = (hit.id, self._asked[hit.id] - int(self.guess))
+            self._waiting_for = hit.id  # still drafting: it becomes this round's block
             return actions
         if hit.tagged:  # already at the server, verified as we speak
             self._in_flight = _InFlight(hit.block, hit.draft_s, at)
-            return actions + self._guess_branch(hit.block, hit.bonus)
-        return actions + self._send_current(hit.block, hit.bonus, hit.draft_s, at)
+            return actions + self._guess_branch()
+        return actions + self._send_current(hit.block, hit.draft_s, at)
 
     def dropped(self, round_index: int) -> list[ClientAction]:
         self.gen.stats.dropped += 1
@@ -205,13 +275,15 @@ class ClientRounds:
         """The session ends early (an outage): stop whatever is still drafting."""
         ids = [b.id for b in self._branches if b.block is None]
         if self._waiting_for is not None:
-            ids.append(self._waiting_for[0])
-        self._waiting_for, self._branches = None, []
+            ids.append(self._waiting_for)
+        if self._pending_guess is not None:
+            ids.append(self._pending_guess[0].id)
+        self._waiting_for, self._branches, self._pending_guess = None, [], None
         return [CancelDraft(i) for i in ids]
 
     # ---------------------------------------------------------------- helpers
 
-    def _score(self, verdict: Verdict, hit: _Branch | None) -> None:
+    def _score(self, verdict: Verdict, hit: _Branch | None, branches: list[_Branch]) -> None:
         stats = self.gen.stats
         if not self.predraft:  # sd-ee scores the would-be pre-draft: the latest early verdict
             if self._latest is None:
@@ -224,34 +296,43 @@ class ClientRounds:
         if hit is not None:
             stats.hits += 1
             stats.hits_by_source[hit.source] = stats.hits_by_source.get(hit.source, 0) + 1
-        elif self._branches:
+        elif branches:
             stats.misses += 1
         else:
             stats.no_hint += 1
 
+    def _score_guess(self, right: bool) -> None:
+        stats = self.gen.stats
+        if right:
+            stats.hits += 1
+            stats.hits_by_source["guess"] = stats.hits_by_source.get("guess", 0) + 1
+        else:
+            stats.misses += 1
+
     def _draft_current(self) -> Draft:
-        gamma = self.gen.gamma()
-        draft = self._new_draft(self.gen.committed, gamma, self.round, "draft")
-        self._waiting_for = (draft.id, gamma)
+        draft = Draft(next(self._ids), list(self.gen.committed), self.gen.gamma(), self.round, "draft")
+        self._waiting_for = draft.id
         return draft
 
-    def _new_draft(self, sequence: list[int], gamma: int, round_index: int, what: str) -> Draft:
-        # Guessing drafts one token past the block: the draft's own bonus guess.
-        asked = gamma + int(self.guess)
-        draft = Draft(next(self._ids), list(sequence), asked, round_index, what)
-        self._asked[draft.id] = asked
-        return draft
-
-    def _send_current(self, block: DraftBlock, bonus: int | None, draft_s: float, at: float) -> list[ClientAction]:
+    def _send_current(self, block: DraftBlock, draft_s: float, at: float) -> list[ClientAction]:
         self._in_flight = _InFlight(block, draft_s, at)
-        return [SendBlock(self.round, block)] + self._guess_branch(block, bonus)
+        return [SendBlock(self.round, block)] + self._guess_branch()
 
-    def _guess_branch(self, block: DraftBlock, bonus: int | None) -> list[ClientAction]:
-        """Pre-draft at once on the likeliest verdict: the whole block accepted, the draft's
-        next token as the bonus."""
-        if not self.guess or bonus is None:
+    def _guess_branch(self) -> list[ClientAction]:
+        """Pre-draft at once on the likeliest verdict: the whole block accepted, with the draft's
+        own next token as the bonus (drafted first, as the branch's first token)."""
+        assert self._in_flight is not None
+        block = self._in_flight.block
+        gamma = self.gen.gamma(len(block.tokens) + 1)
+        if not self.guess or not self._gate.worth_it(gamma):
             return []
-        return self._branch(Verdict(len(block.tokens), bonus), "guess")
+        # A block that ends the text (EOS, or the budget with its bonus) leaves nothing to guess.
+        if clip_to_stop(list(block.tokens) + [-1], self.gen.eos, self.gen.budget()).finished:
+            return []
+        draft = Draft(next(self._ids), self.gen.committed + list(block.tokens), gamma + 1, self.round + 1, "pre-draft")
+        self._branches.append(_Branch(draft.id, None, "guess"))
+        self.gen.stats.branches += 1
+        return [draft]
 
     def _branch(self, verdict: Verdict, source: str) -> list[ClientAction]:
         assert self._in_flight is not None
@@ -271,7 +352,12 @@ class ClientRounds:
         if assumed.finished:
             return actions  # the assumed verdict ends the generation: nothing to pre-draft
         gamma = self.gen.gamma(len(assumed.tokens))
-        draft = self._new_draft(self.gen.committed + assumed.tokens, gamma, self.round + 1, "pre-draft")
+        draft = Draft(next(self._ids), self.gen.committed + assumed.tokens, gamma, self.round + 1, "pre-draft")
         self._branches.append(_Branch(draft.id, verdict, source))
         self.gen.stats.branches += 1
         return actions + [draft]
+
+
+def _rest(block: DraftBlock) -> DraftBlock:
+    """A guess branch's block without its first token (the bonus it assumes)."""
+    return DraftBlock(block.tokens[1:], None if block.probs is None else block.probs[1:])

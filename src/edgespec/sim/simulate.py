@@ -45,7 +45,7 @@ def link_for(link: LinkProfile, profile: HardwareProfile) -> Link:
     own handling per message; a new channel is ready after one one-way delay (measured through
     the emulator: the client's connection to the local proxy is immediate, the proxy's upstream
     handshake is not waited for)."""
-    bandwidth = link.bytes_per_s if link.bytes_per_s else float("inf")
+    bandwidth = link.bytes_per_second if link.bytes_per_second else float("inf")
     return Link(one_way_s=(link.one_way_delay_ms + profile.message_overhead_ms) / 1000, bandwidth_bytes_per_s=bandwidth, connect_rtts=0.5)
 
 
