@@ -31,10 +31,11 @@ class WatchedService(VerifierService):
         self.blocks: list[pb.DraftBlock] = []  # every block received, in arrival order
         self._changed = threading.Condition()
 
-    def wait_for_block(self, predicate: Callable[[pb.DraftBlock], bool], timeout_s: float) -> bool:
-        """True once a received block satisfies ``predicate``; False after ``timeout_s``."""
+    def wait_for_block(self, predicate: Callable[[pb.DraftBlock], bool], timeout_s: float, since: int = 0) -> bool:
+        """True once a block received after the first ``since`` satisfies ``predicate``; False
+        after ``timeout_s``."""
         with self._changed:
-            return self._changed.wait_for(lambda: any(predicate(b) for b in self.blocks), timeout_s)
+            return self._changed.wait_for(lambda: any(predicate(b) for b in self.blocks[since:]), timeout_s)
 
     def _record(self, message: pb.ClientMessage) -> None:
         if message.WhichOneof("kind") == "block":
@@ -73,23 +74,26 @@ def is_tagged_for(round_index: int) -> Callable[[pb.DraftBlock], bool]:
 class FirstVerifyHold:
     """Holds round 0's verify forward after the target's last layer until round 1's tagged
     pre-draft has reached ``service`` (at most ``timeout_s``); ``released_by_predraft`` says
-    which ended the hold. Only the first verify of the first session is held."""
+    which ended the hold. Only the first verify after ``arm`` is held: arm it just before the
+    generation, with no other session on the server."""
 
     def __init__(self, model: torch.nn.Module, timeout_s: float = 10.0) -> None:
         self.service: WatchedService | None = None
         self.timeout_s = timeout_s
         self.armed = False
+        self.since = 0  # blocks received before arming belong to earlier sessions
         self.released_by_predraft: bool | None = None
         model.model.layers[-1].register_forward_hook(self._hook)
 
     def arm(self, service: WatchedService) -> None:
         self.service, self.armed, self.released_by_predraft = service, True, None
+        self.since = len(service.blocks)
 
     def _hook(self, *_args: object) -> None:
         service = self.service
         # Block 0 reaches the server only after the prefill (the client sends it once the
         # session is open), so the first forward after it is round 0's verify.
-        if not self.armed or service is None or not any(b.round == 0 for b in service.blocks):
+        if not self.armed or service is None or not any(b.round == 0 for b in service.blocks[self.since :]):
             return
         self.armed = False
-        self.released_by_predraft = service.wait_for_block(is_tagged_for(1), self.timeout_s)
+        self.released_by_predraft = service.wait_for_block(is_tagged_for(1), self.timeout_s, self.since)
