@@ -95,3 +95,22 @@ def test_bench_oracle_check_reports_each_mode_s_first_difference_and_caches_gene
     text = render_markdown(summary, "edgespec bench --check-oracle")
     assert "oracle mismatches" in text and "bfloat16" in text and "self-consistency" in text
     assert "- cloud-ar differs from fp32 `generate`: t/0@3 (fp32 margin" in text
+
+
+def test_the_demo_explanation_names_who_differs_where_and_what_fp32_generate_says() -> None:
+    from edgespec.bench.oracle import explain_outputs
+
+    tokens, logits = generate_logits()
+    runner_up = int(torch.topk(logits[7], 2).indices[1])
+    parted = tokens[:7] + [runner_up] + tokens[8:]
+    outputs = {"cloud-ar": parted, "sd": tokens, "sd-ee": tokens, "edge-only": [1] * NEW_TOKENS}
+    lines = explain_outputs(model(), PROMPT, outputs, oracle=tokens)
+    margin = float(torch.topk(logits[7], 2).values.diff().abs())
+    # cloud-ar chose the runner-up at 7: both speculative modes part from it there, and fp32
+    # sides with them; edge-only is not explained (not lossless), but the oracle line names it.
+    assert len(lines) == 3
+    assert lines[0].startswith("sd: token 7: cloud-ar chose") and lines[0].endswith("fp32 picks sd's token")
+    assert f"margin {margin:.3f}" in lines[0]
+    assert lines[1].startswith("sd-ee: token 7")
+    assert lines[2] == "fp32 generate (the oracle) equals: sd, sd-ee; differs from: cloud-ar (from token 7), edge-only (from token 0)"
+    assert explain_outputs(model(), PROMPT, {"cloud-ar": tokens, "sd": tokens}) == []

@@ -147,12 +147,12 @@ class OracleCache:
             sink.write(json.dumps({"key": key, "tokens": tokens, **about}) + "\n")
 
 
-def describe_difference(difference: Difference, decode: Any = None) -> str:
+def describe_difference(difference: Difference, decode: Any = None, reference: str = "reference", other: str = "this mode") -> str:
     """One line a person can read: where, what each side chose, and the fp32 margin."""
     show = (lambda t: repr(decode([t]))) if decode is not None else str
-    other = "ended" if difference.other_token is None else f"chose {show(difference.other_token)}"
+    choice = "ended" if difference.other_token is None else f"chose {show(difference.other_token)}"
     return (
-        f"token {difference.position}: reference chose {show(difference.reference_token)}, this mode {other}; "
+        f"token {difference.position}: {reference} chose {show(difference.reference_token)}, {other} {choice}; "
         f"fp32 target's top two there: {show(difference.fp32_top1)} vs {show(difference.fp32_top2)}, "
         f"margin {difference.fp32_margin:.3f} logits"
     )
@@ -160,3 +160,36 @@ def describe_difference(difference: Difference, decode: Any = None) -> str:
 
 def as_dict(difference: Difference) -> dict[str, Any]:
     return {**asdict(difference), "fp32_agrees_with": difference.fp32_agrees_with}
+
+
+def explain_outputs(
+    fp32_model: Any,
+    prompt_ids: Sequence[int],
+    outputs: dict[str, Sequence[int]],
+    reference_mode: str = "cloud-ar",
+    oracle: Sequence[int] | None = None,
+    decode: Any = None,
+    skip: Iterable[str] = ("edge-only",),
+) -> list[str]:
+    """Lines that say, for every mode whose output differs from ``reference_mode``'s, where it
+    parts and how close the fp32 target was to a tie there; then, given ``oracle`` (fp32
+    `generate`), which outputs equal it."""
+    reference = outputs[reference_mode]
+    skipped = set(skip)
+    lines = []
+    for mode, tokens in outputs.items():
+        if mode == reference_mode or mode in skipped:
+            continue
+        difference = explain_difference(fp32_model, prompt_ids, reference, tokens)
+        if difference is None:
+            continue
+        side = {"reference": reference_mode, "other": mode, "neither": "neither"}[difference.fp32_agrees_with]
+        lines.append(f"{mode}: {describe_difference(difference, decode, reference_mode, mode)}; fp32 picks {side}'s token")
+    if oracle is not None:
+        equal = [mode for mode, tokens in outputs.items() if first_difference(oracle, tokens) is None]
+        parted = [f"{mode} (from token {first_difference(oracle, tokens)})" for mode, tokens in outputs.items() if mode not in equal]
+        lines.append(
+            "fp32 generate (the oracle) equals: " + (", ".join(equal) or "none")
+            + ("; differs from: " + ", ".join(parted) if parted else "")
+        )
+    return lines
