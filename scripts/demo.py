@@ -80,11 +80,11 @@ def same_text(mode: str, result: dict[str, Any], baseline: dict[str, Any]) -> st
 def explain(args: argparse.Namespace, outputs: dict[str, list[int]]) -> None:
     """Where and why lossless modes' texts differ: the fp32 target teacher-forced on cloud-ar's
     text (one forward), and fp32 generate when affordable."""
-    from edgespec.models.loading import load_model, load_tokenizer
+    from edgespec.models.loading import load_model, load_tokenizer, resolve_dtype
     from edgespec.prompting import eos_token_ids, render_prompt
 
     print()
-    print(f"why texts differ: loading {args.target} in float32 (the server ran in {args.dtype}) ...", flush=True)
+    print(f"why texts differ: loading {args.target} in float32 (the server ran in {resolve_dtype(args.dtype)}) ...", flush=True)
     # The prompt exactly as `edgespec generate` rendered it (the draft's tokenizer; same vocabulary).
     prompt_ids = render_prompt(load_tokenizer(args.draft), args.prompt)
     target = load_model(args.target, dtype="float32")
