@@ -112,29 +112,36 @@ def perfect_exit_target() -> torch.nn.Module:
     return model
 
 
+@pytest.mark.parametrize("stop", ["eos", "budget"])
 @pytest.mark.parametrize("mode", [Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED], ids=lambda m: m.value)
-def test_no_predraft_when_the_assumed_verdict_ends_the_generation(mode: Mode) -> None:
+def test_no_predraft_when_the_assumed_verdict_ends_the_generation(mode: Mode, stop: str) -> None:
+    """The last round's early verdict (right, with a perfect exit) assumes a verdict that ends
+    the generation, by EOS or by max_new_tokens: nothing may be drafted or shipped after it."""
     reference_model = perfect_exit_target()
-    eos = eos_at(greedy_reference(reference_model, PROMPT, HORIZON), 10)
-    expected = greedy_reference(reference_model, PROMPT, HORIZON, eos=eos)
+    if stop == "eos":
+        eos_ids = frozenset({eos_at(greedy_reference(reference_model, PROMPT, HORIZON), 10)})
+        expected = greedy_reference(reference_model, PROMPT, HORIZON, eos=min(eos_ids))
+    else:
+        eos_ids, expected = frozenset(), greedy_reference(reference_model, PROMPT, 13)
     served_model = perfect_exit_target()
     hold = FirstVerifyHold(served_model)
-    service = WatchedService(TargetRuntime(served_model, ExitHeads([ExitSpec(3)], 64)), tokenizer=None, eos_ids=frozenset({eos}))
+    service = WatchedService(TargetRuntime(served_model, ExitHeads([ExitSpec(3)], 64)), tokenizer=None, eos_ids=eos_ids)
     server = RunningServer(service, ServerConfig(port=0))
     draft = RecordingDraft(layer_skip_copy(tiny_model("qwen2", seed=0), keep=3))
     if mode is Mode.SD_EE_PIPELINED:
         hold.arm(service)  # round 1's tagged pre-draft reaches the server before round 0's verdict
     try:
-        result = EdgeClient(f"127.0.0.1:{server.port}", draft).generate(PROMPT, mode, GenerationConfig(max_new_tokens=HORIZON, gamma=3))
+        config = GenerationConfig(max_new_tokens=HORIZON if stop == "eos" else len(expected), gamma=3)
+        result = EdgeClient(f"127.0.0.1:{server.port}", draft).generate(PROMPT, mode, config)
     finally:
         server.stop()
     stats = result.stats
-    assert result.tokens == expected and stats.finish_reason == "eos"
-    # Every early verdict was right, the last one included: it assumed a verdict with EOS in it.
+    assert result.tokens == expected and stats.finish_reason == ("eos" if stop == "eos" else "length")
+    # Every early verdict was right, the last one included: it assumed the verdict that ended it.
     assert stats.hits == stats.rounds and stats.misses == 0
-    # ... and nothing was ever drafted after that assumed EOS, nor shipped for a round after it.
+    # ... and nothing was ever drafted after that end, nor shipped for a round after it.
     drafted_after = [seq[len(PROMPT) :] for seq in draft.asked]
-    assert all(eos not in after for after in drafted_after), drafted_after
+    assert all(len(after) < len(expected) and not eos_ids & set(after) for after in drafted_after), drafted_after
     assert max(block.round for block in service.blocks) == stats.rounds - 1
     if mode is Mode.SD_EE_PIPELINED:
         assert hold.released_by_predraft and stats.pipelined >= 1, "the pipelined path never ran"
