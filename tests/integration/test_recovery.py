@@ -240,14 +240,34 @@ def test_without_fallback_a_server_gone_for_good_raises_with_every_committed_tok
     assert partial.stats.connection_losses == 1 and partial.stats.fallbacks == 0
 
 
+class WaitForProbe:
+    """A draft forward hook: once armed (at the server's restart), the next edge-only forward
+    waits until a connection made through ``relay`` after the restart has come and gone: the
+    client's reachability probe (the session itself can only re-open after this token). So the
+    edge-only stretch always outlasts the probe, however fast the draft."""
+
+    def __init__(self, relay: FreezableRelay) -> None:
+        self.relay = relay
+        self.mark: int | None = None
+        self.probe_seen: bool | None = None
+
+    def arm(self) -> None:
+        self.mark = self.relay.relayed
+
+    def __call__(self, *_args: object) -> None:
+        if self.mark is not None:
+            mark, self.mark = self.mark, None
+            self.probe_seen = self.relay.wait_for_ended_after(mark, timeout_s=10)
+
+
 def test_the_client_switches_back_when_the_server_returns_after_a_fallback() -> None:
     new_tokens = 48
-    # A slower draft keeps the edge-only stretch long enough for a probe to find the server.
-    draft = layer_skip_copy(tiny_model("qwen2", seed=0), keep=3)
-    draft.model.layers[-1].register_forward_hook(lambda *args: time.sleep(0.02))
     first, kill_first = killable_server()
     servers = [first]
-    port = first.port
+    relay = FreezableRelay(first.port)
+    probe = WaitForProbe(relay)
+    draft = layer_skip_copy(tiny_model("qwen2", seed=0), keep=3)
+    draft.model.layers[-1].register_forward_hook(probe)
     killed_at: list[int] = []
 
     def on_commit(tokens: list[int]) -> None:
@@ -257,15 +277,18 @@ def test_the_client_switches_back_when_the_server_returns_after_a_fallback() -> 
             killed_at.append(produced)
             kill_first()
         elif len(servers) == 1 and produced >= killed_at[0] + 3:
-            servers.append(serve(port))  # the server is dead, so these 3 tokens were edge-only
+            probe.arm()
+            servers.append(serve(first.port))  # the server is dead, so these 3 tokens were edge-only
 
     recorder = Recorder()
     policy = RecoveryPolicy(retries=1, backoff_initial_s=0.05, fallback=True, probe_interval_s=0.2)
     try:
-        result = edge_client(port, policy, draft).generate(PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(max_new_tokens=new_tokens, gamma=3), on_commit)
+        with relay.running() as port:
+            result = edge_client(port, policy, draft).generate(PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(max_new_tokens=new_tokens, gamma=3), on_commit)
     finally:
         for server in servers:
             server.stop()
+    assert probe.probe_seen, "no probe reached the restarted server"
     stats = result.stats
     assert len(result.tokens) == new_tokens
     assert_streamed_exactly(result, recorder)
