@@ -1,6 +1,9 @@
 """A TCP relay whose open connections can be frozen: bytes stop flowing both ways but nothing is
 closed, like a link that dies without a reset (a cut cable, a NAT that forgot the flow). New
-connections after a freeze relay normally, so a client that notices can reconnect through it."""
+connections after a freeze relay normally, so a client that notices can reconnect through it.
+
+It also numbers the connections it relays to the server, so a test can wait for "a connection
+made after this point has come and gone" (a client's reachability probe) instead of sleeping."""
 
 from __future__ import annotations
 
@@ -18,6 +21,20 @@ class FreezableRelay:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="freezable-relay")
+        self._changed = threading.Condition()
+        self._relayed = 0  # connections that reached the server, numbered from 1
+        self._ended: list[int] = []  # the numbers of those that have ended
+
+    @property
+    def relayed(self) -> int:
+        with self._changed:
+            return self._relayed
+
+    def wait_for_ended_after(self, mark: int, timeout_s: float) -> bool:
+        """True once a connection numbered above ``mark`` (made after ``relayed`` read ``mark``)
+        has ended; False after ``timeout_s``."""
+        with self._changed:
+            return self._changed.wait_for(lambda: any(number > mark for number in self._ended), timeout_s)
 
     def freeze_open_connections(self) -> None:
         for frozen in list(self._frozen):
@@ -56,7 +73,13 @@ class FreezableRelay:
         except OSError:
             writer.transport.abort()
             return
+        with self._changed:
+            self._relayed += 1
+            number = self._relayed
         await asyncio.gather(self._pump(reader, up_writer, frozen), self._pump(up_reader, writer, frozen), return_exceptions=True)
+        with self._changed:
+            self._ended.append(number)
+            self._changed.notify_all()
 
     @staticmethod
     async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, frozen: asyncio.Event) -> None:

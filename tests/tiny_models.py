@@ -8,9 +8,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, Qwen2Co
 VOCAB = 96
 
 
-def tiny_model(family: str, seed: int, layers: int = 4, hidden: int = 64) -> PreTrainedModel:
+def tiny_model(family: str, seed: int, layers: int = 4, hidden: int = 64, vocab: int = VOCAB) -> PreTrainedModel:
     common = dict(
-        vocab_size=VOCAB,
+        vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=hidden * 2,
         num_hidden_layers=layers,

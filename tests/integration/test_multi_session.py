@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
+import threading
 import time
 from functools import lru_cache
 
@@ -139,29 +140,48 @@ async def _open_stream(
     return channel, call, await call.read()
 
 
+class ForwardHold:
+    """Parks the target's ``nth`` forward pass after its last layer until released: the test
+    knows a forward is in flight (``started``) and for how long, without guessing with sleeps."""
+
+    def __init__(self, model: torch.nn.Module, nth: int) -> None:
+        self.nth, self.seen = nth, 0
+        self.started, self.release = threading.Event(), threading.Event()
+        model.model.layers[-1].register_forward_hook(self._hook)
+
+    def _hook(self, *_args: object) -> None:
+        self.seen += 1
+        if self.seen == self.nth:
+            self.started.set()
+            self.release.wait(10)
+
+
 @pytest.mark.parametrize("kind", [pb.SPECULATIVE, pb.CLOUD_AR], ids=["verify", "cloud-ar-decode"])
 def test_a_client_that_vanishes_mid_round_frees_its_session_within_5_s(kind: int) -> None:
     model = tiny_model("qwen2", seed=0)
-    model.model.layers[-1].register_forward_hook(lambda *args: time.sleep(0.2))  # a forward in flight
+    # Forward 1 is the prompt's prefill; then the verify of the block (forward 2), or the
+    # cloud-ar decodes, the first of which (forward 2) the test reads before vanishing.
+    hold = ForwardHold(model, nth=2 if kind == pb.SPECULATIVE else 3)
     server, service = start_server(model)
 
     async def vanish() -> None:
         channel, call, opened = await _open_stream(f"127.0.0.1:{server.port}", [3, 17, 42], kind)
+        assert opened.WhichOneof("kind") == "opened"
         if kind == pb.SPECULATIVE:
-            assert opened.WhichOneof("kind") == "opened"
             await call.write(pb.ClientMessage(block=pb.DraftBlock(round=0, tokens=[5, 6, 7])))
         else:  # the server is decoding all 64 tokens inside the open
-            assert opened.WhichOneof("kind") == "opened"
             assert (await call.read()).WhichOneof("kind") == "tokens"
-        await asyncio.sleep(0.1)  # a forward is now running
-        assert len(service.sessions) == 1
+        assert await asyncio.to_thread(hold.started.wait, 10), "no forward started"
+        assert len(service.sessions) == 1  # a forward of this session is in flight, held
         call.cancel()
         await channel.close(grace=None)
 
     try:
         asyncio.run(vanish())
+        hold.release.set()
         assert wait_until_freed(service, within_s=5) < 5
     finally:
+        hold.release.set()
         server.stop()
 
 

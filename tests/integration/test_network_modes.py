@@ -4,7 +4,6 @@ lossless; a seeded sampled generation is the same over the network as in process
 
 from __future__ import annotations
 
-import time
 from functools import lru_cache
 
 import pytest
@@ -23,6 +22,7 @@ from edgespec.netem import LinkEmulator, resolve_profile
 from edgespec.server.app import RunningServer, ServerConfig
 from edgespec.server.servicer import VerifierService
 from tiny_models import layer_skip_copy, greedy_reference, tiny_model
+from watched_server import FirstVerifyHold, WatchedService
 
 PROMPT = [3, 17, 42, 8, 9, 61]
 NEW_TOKENS = 24
@@ -79,13 +79,14 @@ def test_predraft_hits_and_misses_both_happen_and_stay_lossless(served) -> None:
             assert result.stats.misses > 0, "no pre-draft miss"
 
 
-def serve_slow(exit_layers: tuple[int, ...], model: torch.nn.Module | None = None) -> RunningServer:
-    """A server whose target spends 80 ms after its last layer, like a big target whose late
-    layers outlast a pre-draft: tagged pre-drafts then leave before the final verdict."""
+def serve_watched(exit_layers: tuple[int, ...], model: torch.nn.Module | None = None) -> tuple[RunningServer, WatchedService, FirstVerifyHold]:
+    """A server whose round-0 verify can be held after the last layer (the exits have spoken,
+    the final verdict is not out) until the client's tagged pre-draft for round 1 arrives: like
+    a big target whose late layers outlast a pre-draft, without betting on timing."""
     model = model or tiny_model("qwen2", seed=0)
-    model.model.layers[-1].register_forward_hook(lambda *args: time.sleep(0.08))
-    service = VerifierService(TargetRuntime(model, exits(exit_layers)), tokenizer=None, eos_ids=frozenset())
-    return RunningServer(service, ServerConfig(port=0))
+    hold = FirstVerifyHold(model)
+    service = WatchedService(TargetRuntime(model, exits(exit_layers)), tokenizer=None, eos_ids=frozenset())
+    return RunningServer(service, ServerConfig(port=0)), service, hold
 
 
 def test_a_perfect_exit_makes_every_round_a_hit_and_pipelines() -> None:
@@ -96,14 +97,17 @@ def test_a_perfect_exit_makes_every_round_a_hit_and_pipelines() -> None:
         model.model.layers[-1].self_attn.o_proj.weight.zero_()
         model.model.layers[-1].mlp.down_proj.weight.zero_()
     expected = greedy_reference(model, PROMPT, NEW_TOKENS)
-    server = serve_slow((3,), model)
+    server, service, hold = serve_watched((3,), model)
     try:
         for mode in (Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED):
+            if mode is Mode.SD_EE_PIPELINED:
+                hold.arm(service)
             stats = client(f"127.0.0.1:{server.port}").generate(PROMPT, mode, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3))
             assert stats.tokens == expected
             # Every round a hit, but the last (its assumed verdict fills the budget: no pre-draft).
             assert stats.stats.hits >= stats.stats.rounds - 1 and stats.stats.misses == 0
             if mode is Mode.SD_EE_PIPELINED:
+                assert hold.released_by_predraft, "round 1's tagged pre-draft never reached the server"
                 assert stats.stats.pipelined > 0, "no round was verified straight from a pipelined pre-draft"
                 # Only wrong guess branches are dropped; every shipped branch is verified or dropped.
                 assert stats.stats.pipelined + stats.stats.dropped <= stats.stats.branches_shipped
@@ -113,11 +117,13 @@ def test_a_perfect_exit_makes_every_round_a_hit_and_pipelines() -> None:
 
 def test_a_deliberately_poor_exit_forces_misses_and_stays_lossless() -> None:
     """An exit after layer 1 of 4 is mostly wrong: pipelined pre-drafts get dropped."""
-    server = serve_slow((1,))
+    server, service, hold = serve_watched((1,))
+    hold.arm(service)
     try:
         expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
         result = client(f"127.0.0.1:{server.port}").generate(PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3))
         assert result.tokens == expected
+        assert hold.released_by_predraft, "round 1's tagged pre-draft never reached the server"
         assert result.stats.misses > result.stats.hits
         assert result.stats.dropped > 0
     finally:

@@ -5,9 +5,12 @@ the final tokens, and every token the target decided equals `generate`."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 from functools import lru_cache
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -45,14 +48,77 @@ def draft_model() -> torch.nn.Module:
     return layer_skip_copy(tiny_model("qwen2", seed=0), keep=3)
 
 
-def serve(port: int = 0, forward_sleep_s: float = 0.03) -> RunningServer:
+class HeldAfter:
+    """Parks every forward after the first ``count`` (the prompt's prefill, then the forward
+    that decides the first commit) until ``go`` is set. A test that stops its server from inside
+    ``on_commit`` sets ``go`` once the server is dead, so the server cannot have decoded ahead of
+    the kill: the kill always lands mid-generation, however fast the machine."""
+
+    def __init__(self, count: int = 2) -> None:
+        self.count, self.seen = count, 0
+        self.go = threading.Event()
+
+    def __call__(self, *_args: object) -> None:
+        self.seen += 1
+        if self.seen > self.count:
+            self.go.wait(10)
+
+
+def serve(port: int = 0, held: HeldAfter | None = None) -> RunningServer:
     """A server on a fresh copy of the target (a killed server's compute thread may still be
-    finishing a forward on its own copy), slowed so that a kill lands mid-generation."""
+    finishing a forward on its own copy)."""
     model = tiny_model("qwen2", seed=0)
-    model.model.layers[-1].register_forward_hook(lambda *args: time.sleep(forward_sleep_s))
+    if held is not None:
+        model.model.layers[-1].register_forward_hook(held)
     exits = ExitHeads([ExitSpec(2), ExitSpec(3)], model.config.hidden_size)
     service = VerifierService(TargetRuntime(model, exits), tokenizer=None, eos_ids=frozenset())
     return RunningServer(service, ServerConfig(port=port))
+
+
+def killable_server() -> tuple[RunningServer, Callable[[], None]]:
+    """A server held after its first commit, and the action that kills it (then lets its
+    compute thread finish the held forward, for nobody)."""
+    held = HeldAfter()
+    server = serve(held=held)
+
+    def kill() -> None:
+        server.stop(grace=None)
+        held.go.set()
+
+    return server, kill
+
+
+class ReconnectAttempts(logging.Handler):
+    """Counts the client's "reconnect attempt N" log records, so a test can wait for refused
+    reconnects instead of sleeping through them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.count = 0
+        self._changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("reconnect attempt"):
+            with self._changed:
+                self.count += 1
+                self._changed.notify_all()
+
+    def wait_for(self, count: int, timeout_s: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.count >= count, timeout_s)
+
+    @classmethod
+    @contextlib.contextmanager
+    def watching(cls) -> Iterator["ReconnectAttempts"]:
+        handler, logger = cls(), logging.getLogger("edgespec")
+        level = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            yield handler
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
 
 
 def edge_client(port: int, policy: RecoveryPolicy = PATIENT, draft: torch.nn.Module | None = None) -> EdgeClient:
@@ -86,23 +152,29 @@ def assert_streamed_exactly(result: GenerationResult, recorder: Recorder) -> Non
 @pytest.mark.parametrize("mode", [Mode.CLOUD_AR, Mode.SD, Mode.SD_EE_PIPELINED], ids=lambda m: m.value)
 def test_a_server_killed_and_restarted_mid_generation_changes_nothing(mode: Mode) -> None:
     expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
-    servers = [serve()]
-    port = servers[0].port
+    first, kill_first = killable_server()
+    servers = [first]
+    port = first.port
+    restarted_after_refusals: list[bool] = []
 
-    def restart_later() -> None:
-        time.sleep(0.4)  # down long enough for refused reconnects and a backoff or two
+    def restart_after_refused_reconnects(attempts: ReconnectAttempts) -> None:
+        # "attempt 1" is announced when the loss is seen; 2 and 3 after two refused reconnects.
+        restarted_after_refusals.append(attempts.wait_for(3, timeout_s=10))
         servers.append(serve(port))
 
-    def kill() -> None:
-        servers[0].stop(grace=None)
-        threading.Thread(target=restart_later, daemon=True).start()
+    with ReconnectAttempts.watching() as attempts:
 
-    recorder = Recorder(kill)
-    try:
-        result = edge_client(port).generate(PROMPT, mode, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3), recorder)
-    finally:
-        for server in servers:
-            server.stop()
+        def kill() -> None:
+            kill_first()
+            threading.Thread(target=restart_after_refused_reconnects, args=(attempts,), daemon=True).start()
+
+        recorder = Recorder(kill)
+        try:
+            result = edge_client(port).generate(PROMPT, mode, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3), recorder)
+        finally:
+            for server in servers:
+                server.stop()
+    assert restarted_after_refusals == [True], "the server came back before two reconnects were refused"
     assert recorder.tokens_at_action is not None and recorder.tokens_at_action < NEW_TOKENS
     assert result.tokens == expected
     assert_streamed_exactly(result, recorder)
@@ -117,11 +189,12 @@ def test_a_resumed_sampled_generation_is_the_uninterrupted_one(mode: Mode) -> No
     config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3, sampling=SamplingParams(temperature=0.9, top_k=30), seed=11)
     local = LocalEngine(TargetRuntime(target_model()), DraftRuntime(draft_model()))
     expected = local.generate(PROMPT, Mode.CLOUD_AR if mode is Mode.CLOUD_AR else Mode.SD, config).tokens
-    servers = [serve()]
-    port = servers[0].port
+    first, kill_first = killable_server()
+    servers = [first]
+    port = first.port
 
     def crash_and_restart() -> None:
-        servers[0].stop(grace=None)
+        kill_first()
         servers.append(serve(port))
 
     recorder = Recorder(crash_and_restart)
@@ -137,9 +210,9 @@ def test_a_resumed_sampled_generation_is_the_uninterrupted_one(mode: Mode) -> No
 
 
 def test_a_server_gone_for_good_ends_edge_only_with_the_committed_prefix_intact() -> None:
-    server = serve()
+    server, kill = killable_server()
     policy = RecoveryPolicy(retries=2, backoff_initial_s=0.05, outage_budget_s=5.0, fallback=True, probe_interval_s=0.2)
-    recorder = Recorder(lambda: server.stop(grace=None))
+    recorder = Recorder(kill)
     result = edge_client(server.port, policy).generate(PROMPT, Mode.SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3), recorder)
     cut = recorder.tokens_at_action
     assert cut is not None and 0 < cut < NEW_TOKENS
@@ -156,9 +229,9 @@ def test_a_server_gone_for_good_ends_edge_only_with_the_committed_prefix_intact(
 
 
 def test_without_fallback_a_server_gone_for_good_raises_with_every_committed_token() -> None:
-    server = serve()
+    server, kill = killable_server()
     policy = RecoveryPolicy(retries=2, backoff_initial_s=0.05, fallback=False)
-    recorder = Recorder(lambda: server.stop(grace=None))
+    recorder = Recorder(kill)
     with pytest.raises(ConnectionLost, match="2 reconnect attempts") as lost:
         edge_client(server.port, policy).generate(PROMPT, Mode.SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3), recorder)
     partial = lost.value.partial
@@ -167,13 +240,34 @@ def test_without_fallback_a_server_gone_for_good_raises_with_every_committed_tok
     assert partial.stats.connection_losses == 1 and partial.stats.fallbacks == 0
 
 
+class WaitForProbe:
+    """A draft forward hook: once armed (at the server's restart), the next edge-only forward
+    waits until a connection made through ``relay`` after the restart has come and gone: the
+    client's reachability probe (the session itself can only re-open after this token). So the
+    edge-only stretch always outlasts the probe, however fast the draft."""
+
+    def __init__(self, relay: FreezableRelay) -> None:
+        self.relay = relay
+        self.mark: int | None = None
+        self.probe_seen: bool | None = None
+
+    def arm(self) -> None:
+        self.mark = self.relay.relayed
+
+    def __call__(self, *_args: object) -> None:
+        if self.mark is not None:
+            mark, self.mark = self.mark, None
+            self.probe_seen = self.relay.wait_for_ended_after(mark, timeout_s=10)
+
+
 def test_the_client_switches_back_when_the_server_returns_after_a_fallback() -> None:
     new_tokens = 48
-    # A slower draft keeps the edge-only stretch long enough for a probe to find the server.
+    first, kill_first = killable_server()
+    servers = [first]
+    relay = FreezableRelay(first.port)
+    probe = WaitForProbe(relay)
     draft = layer_skip_copy(tiny_model("qwen2", seed=0), keep=3)
-    draft.model.layers[-1].register_forward_hook(lambda *args: time.sleep(0.02))
-    servers = [serve()]
-    port = servers[0].port
+    draft.model.layers[-1].register_forward_hook(probe)
     killed_at: list[int] = []
 
     def on_commit(tokens: list[int]) -> None:
@@ -181,17 +275,20 @@ def test_the_client_switches_back_when_the_server_returns_after_a_fallback() -> 
         produced = len(recorder.streamed)
         if not killed_at:
             killed_at.append(produced)
-            servers[0].stop(grace=None)
+            kill_first()
         elif len(servers) == 1 and produced >= killed_at[0] + 3:
-            servers.append(serve(port))  # the server is dead, so these 3 tokens were edge-only
+            probe.arm()
+            servers.append(serve(first.port))  # the server is dead, so these 3 tokens were edge-only
 
     recorder = Recorder()
     policy = RecoveryPolicy(retries=1, backoff_initial_s=0.05, fallback=True, probe_interval_s=0.2)
     try:
-        result = edge_client(port, policy, draft).generate(PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(max_new_tokens=new_tokens, gamma=3), on_commit)
+        with relay.running() as port:
+            result = edge_client(port, policy, draft).generate(PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(max_new_tokens=new_tokens, gamma=3), on_commit)
     finally:
         for server in servers:
             server.stop()
+    assert probe.probe_seen, "no probe reached the restarted server"
     stats = result.stats
     assert len(result.tokens) == new_tokens
     assert_streamed_exactly(result, recorder)

@@ -1,4 +1,4 @@
-from edgespec.bench.metrics import PriceModel, count_mismatches, summarize
+from edgespec.bench.metrics import PriceModel, differences_from_cloud_ar, first_differences, summarize
 
 
 def record(mode: str, tokens: int, rounds: int, total_s: float, verify_s: float, wait_s: float, prompt: str = "p1", out=None) -> dict:
@@ -26,14 +26,26 @@ def test_price_counts_gpu_seconds_and_egress() -> None:
     assert price.usd(server_busy_s=2.0, wire_bytes=3) == 2.0 + 3.0
 
 
-def test_mismatches_compare_each_mode_with_cloud_ar_per_prompt() -> None:
+def test_self_consistency_names_each_mode_s_first_difference_from_cloud_ar_per_prompt() -> None:
     records = [
         record("cloud-ar", 3, 3, 1, 1, 1, out=[1, 2, 3]),
         record("sd", 3, 1, 1, 1, 1, out=[1, 2, 3]),
         record("sd-ee", 3, 1, 1, 1, 1, out=[1, 2, 4]),
+        record("sd-ee", 3, 1, 1, 1, 1, prompt="p2", out=[7]),  # no cloud-ar run of p2: not compared
+        record("sd-ee-predraft", 2, 1, 1, 1, 1, out=[1, 2]),  # ended early: differs where it ended
         record("edge-only", 3, 3, 1, 0, 0, out=[9, 9, 9]),
     ]
-    assert count_mismatches(records) == {("wan", "sd"): 0, ("wan", "sd-ee"): 1}
+    assert differences_from_cloud_ar(records) == {
+        ("wan", "sd"): [],
+        ("wan", "sd-ee"): [("p1", 2)],
+        ("wan", "sd-ee-predraft"): [("p1", 2)],
+    }
+
+
+def test_oracle_differences_cover_every_mode_including_cloud_ar() -> None:
+    oracle = {"p1": [1, 2, 3]}
+    records = [record("cloud-ar", 3, 3, 1, 1, 1, out=[1, 5, 3]), record("sd", 3, 1, 1, 1, 1, out=[1, 2, 3])]
+    assert first_differences(records, lambda r: oracle.get(r["prompt_id"])) == {("wan", "cloud-ar"): [("p1", 1)], ("wan", "sd"): []}
 
 
 def test_aggregate_rate_is_all_clients_tokens_over_the_shared_wall_time() -> None:

@@ -32,6 +32,10 @@ def add_bench_parser(subparsers: Any) -> None:
     parser.add_argument("--clients", type=int, default=1, help="concurrent edge clients per mode, one shared (batching) server; scored by aggregate tokens/s")
     parser.add_argument("--gpu-usd-per-hour", type=float, default=2.50)
     parser.add_argument("--egress-usd-per-gb", type=float, default=0.09)
+    parser.add_argument(
+        "--check-oracle", action="store_true",
+        help="after the timed runs, compare every output with fp32 `generate` of the target (loaded once here; cached in OUT/oracle.jsonl)",
+    )
     parser.add_argument("--out", default="out/bench")
     parser.set_defaults(handler=run_bench)
 
@@ -63,6 +67,7 @@ def run_bench(args: argparse.Namespace) -> int:
         clients=args.clients,
         out=args.out,
         price=PriceModel(args.gpu_usd_per_hour, args.egress_usd_per_gb),
+        check_oracle=args.check_oracle,
     )
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +81,13 @@ def run_bench(args: argparse.Namespace) -> int:
     with (out / "results.jsonl").open("w") as sink:
         for record in records:
             sink.write(json.dumps({**record, "config": json.loads(json.dumps(config, default=lambda o: o.__dict__))}) + "\n")
-    summary = summarize_all(config, records)
+    oracle = None
+    if config.check_oracle:
+        from edgespec.bench.oracle_check import check_against_oracle
+
+        print("checking every output against fp32 generate of the target (once per prompt)...", flush=True)
+        oracle = check_against_oracle(config.target, config.max_new_tokens, jobs, records, out / "oracle.jsonl")
+    summary = summarize_all(config, records, oracle)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "report.md").write_text(render_markdown(summary, command))
     plot_speedups(summary, out / "speedup.png")

@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from edgespec.bench.metrics import PriceModel, count_mismatches, summarize
+from edgespec.bench.metrics import PriceModel, differences_from_cloud_ar, summarize
 from edgespec.bench.processes import pin_to_core, deploy
 from edgespec.data.prompt_sets import PromptRecord, load_prompts
 from edgespec.decoding.modes import Mode
+from edgespec.models.loading import resolve_dtype
 from edgespec.prompting import render_prompt
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class BenchConfig:
     clients: int = 1
     out: str = "out/bench"
     price: PriceModel = field(default_factory=PriceModel)
+    # Compare every output with fp32 `generate` of the target (loaded once, after the timed runs).
+    check_oracle: bool = False
 
     def __post_init__(self) -> None:
         for mode in self.modes:
@@ -182,8 +185,14 @@ def _count_lines(path: Path) -> int:
     return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
 
 
-def summarize_all(config: BenchConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
-    mismatches = count_mismatches(records)
+def _at(differing: list[tuple[str, int]]) -> list[str]:
+    return [f"{prompt_id}@{position}" for prompt_id, position in differing]
+
+
+def summarize_all(config: BenchConfig, records: list[dict[str, Any]], oracle: dict[tuple[str, str], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """``oracle``: what `--check-oracle` found, (profile, mode) -> the outputs that differ from
+    fp32 `generate`, each with its first differing position and the fp32 top-two margin there."""
+    self_consistency = differences_from_cloud_ar(records)
     profiles: dict[str, dict[str, Any]] = {}
     for profile in config.profiles:
         per_mode: dict[str, Any] = {}
@@ -192,7 +201,14 @@ def summarize_all(config: BenchConfig, records: list[dict[str, Any]]) -> dict[st
             chosen = [r for r in records if r["profile"] == profile and r["mode"] == name]
             summary = summarize(chosen, profile, config.price)
             summary["errors"] = sum(1 for r in chosen if "error" in r)
-            summary["mismatches"] = mismatches.get((profile, name), 0)
+            if name not in ("cloud-ar", "edge-only"):
+                differing = self_consistency.get((profile, name), [])
+                summary["differs_from_cloud_ar"] = len(differing)
+                summary["differs_from_cloud_ar_at"] = _at(differing)
+            if oracle is not None:
+                found = oracle.get((profile, name), [])
+                summary["oracle_mismatches"] = len(found)
+                summary["oracle_mismatch_at"] = [f"{d['prompt_id']}@{d['position']} (fp32 margin {d['fp32_margin']:.3f})" for d in found]
             if config.clients > 1:
                 summary["clients"] = config.clients
                 summary["aggregate_tokens_per_s"] = aggregate_tokens_per_s(chosen)
@@ -203,4 +219,4 @@ def summarize_all(config: BenchConfig, records: list[dict[str, Any]]) -> dict[st
         for summary in per_mode.values():
             summary["speedup_vs_cloud_ar"] = summary.get(rate, 0.0) / baseline if baseline else 0.0
         profiles[profile] = per_mode
-    return {"config": asdict(config), "profiles": profiles}
+    return {"config": asdict(config), "server_dtype": resolve_dtype(config.dtype), "profiles": profiles}

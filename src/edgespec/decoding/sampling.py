@@ -86,7 +86,8 @@ def position_uniform(seed: int, position: int) -> float:
 
     Tying the draft's draw to the position it fills, not to how many draws came before, makes a
     pre-draft that hits identical to the draft that would have been made after the verdict, so a
-    seeded sampled generation gives the same text in every mode, in process or over the network.
+    seeded sampled generation gives the same text in every speculative mode (for the same draft
+    and γ), in process or over the network.
     A position is only ever re-drafted after a rejection *before* it, which does not depend on
     this draw, so reuse leaves it independent of everything the verifier has seen.
     """

@@ -29,6 +29,9 @@ from edgespec.models.kv import TrackedCache, forward_with_cache
 logger = logging.getLogger(__name__)
 
 ExitCallback = Callable[[ExitReading], None]
+# A sliding-window target must keep committed text plus the largest draft block in its window:
+# the default largest block a server accepts (--max-block).
+SLIDING_WINDOW_BLOCK_ROOM = 64
 
 
 @dataclass
@@ -98,13 +101,28 @@ class TargetRuntime:
         length = getattr(self.model.config, "max_position_embeddings", None)
         return int(length) if length else None
 
+    @property
+    def sliding_window(self) -> int | None:
+        """The smallest sliding attention window among the target's layers (None: none slide)."""
+        windows = [int(layer.sliding_window) for layer in self.kv.cache.layers if getattr(layer, "is_sliding", False)]
+        return min(windows) if windows else None
+
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
-        """ValueError when a prompt plus its new tokens would run past the context window."""
+        """ValueError when a prompt plus its new tokens would run past the context window, or
+        (with a draft block on top) past a sliding attention window: once transformers' sliding
+        cache is full it drops old states and can no longer be rolled back after a rejection."""
         length = self.context_length
         if length is not None and prompt_tokens + max_new_tokens > length:
             raise ValueError(
                 f"a prompt of {prompt_tokens} tokens plus max_new_tokens {max_new_tokens} exceeds "
                 f"the target's context window of {length} tokens"
+            )
+        window = self.sliding_window
+        if window is not None and prompt_tokens + max_new_tokens + SLIDING_WINDOW_BLOCK_ROOM >= window:
+            raise ValueError(
+                f"a prompt of {prompt_tokens} tokens plus max_new_tokens {max_new_tokens} (plus room for a "
+                f"{SLIDING_WINDOW_BLOCK_ROOM}-token draft block) reaches the target's sliding attention window of {window} "
+                "tokens, past which its KV cache cannot be rolled back"
             )
 
     def attach_exits(self, exits: ExitHeads) -> None:
