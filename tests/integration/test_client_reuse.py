@@ -53,14 +53,6 @@ class HeldPredraft(DraftRuntime):
         self.reset_called.set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="EdgeClient.agenerate calls self.draft.reset() on the event-loop thread while a pre-draft of "
-    "the previous generation may still be running on the draft thread (a generation returns without "
-    "waiting for it): that forward then records the tokens it fed in the fresh cache's token list, and "
-    "when they begin the next generation's sequence its first draft fails with 'KV cache holds N "
-    "positions but tracks N + 1 tokens'",
-)
 def test_a_predraft_still_running_when_a_generation_ends_does_not_break_the_next() -> None:
     """Round 0 drafts the target's own first token; the exit after layer 1 disagrees with it,
     so the early verdict assumes a rejection and a pre-draft starts, while the final verdict

@@ -49,6 +49,13 @@ class LocalEngine:
             raise ValueError(f"mode {mode.value} needs a draft model")
         if config.needs_exits(mode) and self.target.exits is None:
             raise ValueError(f"mode {mode.value} needs exits attached to the target" + ("" if mode is Mode.SD_EE else " (or the send-time guess)"))
+        if self.draft is not None and mode.uses_draft:
+            draft_vocab = int(self.draft.vocab_size)
+            if draft_vocab != self.target.vocab_size:
+                raise ValueError(
+                    f"the draft's vocabulary ({draft_vocab} ids) is not the target's ({self.target.vocab_size}): "
+                    "speculative decoding needs one tokenizer for both"
+                )
         self.target.check_fits(len(prompt_ids), config.max_new_tokens)
         self.target.reset()
         if self.draft is not None:

@@ -40,6 +40,7 @@ class DraftRuntime:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.kv = TrackedCache(model.config)
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
 
     def _sync(self, sequence: Sequence[int]) -> list[int]:
         """Roll the cache back to what ``sequence`` supports; the tokens still to feed (>= 1)."""
