@@ -1,7 +1,7 @@
 """`edgespec serve --replicas N`: N verifier replicas behind one address, placed, health-checked,
 restarted and (optionally) autoscaled by Ray Serve.
 
-Ray Serve's gRPC proxy carries bidirectional streams since Ray 2.54 (checked with 2.60.0 here):
+Ray Serve's gRPC proxy carries bidirectional streams (added in 2026, ray-project/ray PRs 60767-60771; checked for real with Ray 2.60.0 here):
 each edgespec session is one stream, routed when it opens to the replica with fewer ongoing
 requests (Serve's power-of-two-choices router) and pinned there for its life. A replica that dies
 breaks its streams; the client re-opens with its committed text through the same address and
