@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
+import grpc
 import psutil
 import pytest
 import torch
@@ -36,10 +37,12 @@ from edgespec.models.draft import DraftRuntime
 from edgespec.transport.security import ClientSecurity
 from tiny_checkpoint import save_tiny_checkpoint
 from tiny_models import VOCAB, greedy_reference, layer_skip_copy, tiny_model
+from wire import RawSession, open_message
 
 TOKEN = "replica-test-token-0123456789"
 MODES = [Mode.CLOUD_AR, Mode.SD, Mode.SD_EE, Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED]
 NEW_TOKENS = 16
+MAX_MESSAGE_BYTES = 64 * 1024
 STARTUP_S = 180.0  # Ray plus two replicas importing torch, on a loaded 2-core machine
 # Retry long enough for the proxy to learn that a replica died; never fall back to the draft.
 PATIENT = RecoveryPolicy(retries=40, backoff_initial_s=0.05, backoff_max_s=0.5, outage_budget_s=30.0, fallback=False)
@@ -105,7 +108,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     port = free_port()
     argv = [
         sys.executable, "-m", "edgespec.cli", "--log", "serve", "--replicas", "2", "--target", str(target), "--dtype", "float32",
-        "--exits", "logit-lens:2,3", "--port", str(port), "--auth-token-file", str(token_file), "--threads", "1",
+        "--exits", "logit-lens:2,3", "--port", str(port), "--auth-token-file", str(token_file), "--threads", "1", "--max-message-bytes", str(MAX_MESSAGE_BYTES),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -175,6 +178,15 @@ def test_a_client_without_the_token_is_refused_by_every_replica(cluster: Cluster
             break
     assert refused_by == ready, f"refused by replica pids {refused_by}, replicas {ready}"
     assert not [m for m in cluster.matches(SESSION_LINE, start) if m[3] == "opened"], "an unauthenticated session was opened"
+
+
+def test_a_message_over_max_message_bytes_is_refused_by_the_proxy(cluster: Cluster) -> None:
+    with grpc.insecure_channel(cluster.address) as channel:
+        session = RawSession(channel, metadata=[("authorization", f"Bearer {TOKEN}")], timeout_s=30)
+        session.send(open_message([5] * (2 * MAX_MESSAGE_BYTES), 4))  # one byte per id: twice the limit
+        with pytest.raises(grpc.RpcError) as refused:
+            session.receive()
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_a_replica_killed_mid_generation_loses_nothing(cluster: Cluster) -> None:

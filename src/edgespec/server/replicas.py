@@ -96,6 +96,8 @@ class ClusterConfig:
     min_replicas: int | None = None
     max_replicas: int | None = None
     sessions_per_replica: float = 8.0
+    # Applied by Ray Serve's proxy (RAY_SERVE_GRPC_MAX_MESSAGE_SIZE): bigger is RESOURCE_EXHAUSTED.
+    max_message_bytes: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -193,6 +195,8 @@ def run_cluster(config: ClusterConfig) -> int:
     # Every replica's session lines must reach this console: by default Ray folds similar lines
     # of different workers into one. Read once, when ray is imported.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Read by the proxy actor, a child process, when it imports Serve.
+    os.environ["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] = str(config.max_message_bytes)
     try:
         import ray
         from ray import serve
@@ -289,8 +293,6 @@ def cluster_config(args: Any) -> ClusterConfig:
             "--replicas serves through Ray Serve's gRPC proxy, which has no TLS option (Ray 2.60): terminate TLS "
             "in front of it (see README, 'Many replicas'), or run one `edgespec serve --tls-cert ...` per replica"
         )
-    if args.max_message_bytes != 4 * 1024 * 1024:
-        logger.warning("--max-message-bytes is not applied by Ray Serve's proxy (its gRPC limit is 4 MiB)")
     token_file = str(args.auth_token_file.resolve()) if args.auth_token_file else ""
     token = resolve_token(args.auth_token, None) if args.auth_token else None
     spec = ReplicaSpec(
@@ -318,6 +320,7 @@ def cluster_config(args: Any) -> ClusterConfig:
         min_replicas=args.min_replicas,
         max_replicas=args.max_replicas,
         sessions_per_replica=args.sessions_per_replica,
+        max_message_bytes=args.max_message_bytes,
     )
 
 
