@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import aclosing
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import grpc
 from ray import serve
@@ -25,9 +25,13 @@ from edgespec.server.auth import expected_header, refusal_for
 from edgespec.server.replicas import DEPLOYMENT_NAME, SESSION_LOG, ReplicaSpec
 from edgespec.transport import edgespec_pb2 as pb
 
+if TYPE_CHECKING:
+    from edgespec.server.servicer import VerifierService
+
 logger = logging.getLogger(__name__)
 
-def load_service(spec: ReplicaSpec) -> Any:
+
+def load_service(spec: ReplicaSpec) -> VerifierService:
     """A VerifierService on the spec's target, as `edgespec serve` builds it."""
     import torch
 
