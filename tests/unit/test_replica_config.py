@@ -11,6 +11,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from edgespec.cli import build_parser
 from edgespec.server.replicas import APP_NAME, ClusterConfig, ReplicaSpec, check_exposure, cluster_config, serve_config, wants_replicas, write_serve_config
+from self_signed import self_signed_pair
 
 TOKEN = "a-replica-token-for-unit-tests"
 
@@ -42,7 +43,7 @@ def test_serve_flags_reach_every_replica(tmp_path: Path) -> None:
         (["--replicas", "0"], "at least 1"),
         (["--min-replicas", "1"], "go together"),
         (["--min-replicas", "3", "--max-replicas", "2"], "min-replicas"),
-        (["--replicas", "2", "--tls-cert", "c.pem", "--tls-key", "k.pem"], "no TLS option"),
+        (["--replicas", "2", "--tls-cert", "c.pem"], "go together"),
         (["--max-replicas", "2", "--min-replicas", "1", "--sessions-per-replica", "0"], "sessions-per-replica"),
     ],
 )
@@ -84,3 +85,18 @@ def test_fixed_replicas_in_the_config() -> None:
 def test_unknown_replica_settings_are_named() -> None:
     with pytest.raises(ValueError, match="unknown replica settings"):
         ReplicaSpec.from_args({"target": "t", "max_sesions": 3})
+
+
+def test_with_tls_the_config_comes_with_an_nginx_front(tmp_path: Path) -> None:
+    cert, key = self_signed_pair()
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "key.pem").write_bytes(key)
+    args = parse("--replicas", "2", "--port", "9200", "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"),
+                 "--write-serve-config", str(tmp_path / "serve.yaml"))  # fmt: skip
+    config = cluster_config(args)
+    assert config.tls
+    front = write_serve_config(config, tmp_path / "serve.yaml")
+    assert front is not None and front.name == "serve-tls-nginx.conf"
+    text = front.read_text()
+    assert "grpc_pass grpc://127.0.0.1:9200;" in text and "listen 0.0.0.0:443 ssl http2;" in text
+    assert f"ssl_certificate {(tmp_path / 'cert.pem').resolve()};" in text

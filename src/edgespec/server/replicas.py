@@ -98,6 +98,9 @@ class ClusterConfig:
     sessions_per_replica: float = 8.0
     # Applied by Ray Serve's proxy (RAY_SERVE_GRPC_MAX_MESSAGE_SIZE): bigger is RESOURCE_EXHAUSTED.
     max_message_bytes: int = 4 * 1024 * 1024
+    # TLS: Ray's proxy has none, so nginx terminates it on host:port (see tls_front.py).
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -109,6 +112,12 @@ class ClusterConfig:
                 raise ValueError(f"need 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1, got {self.min_replicas}..{self.max_replicas}")
         if self.sessions_per_replica <= 0:
             raise ValueError(f"--sessions-per-replica must be > 0, got {self.sessions_per_replica}")
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_certificate is not None
 
     @property
     def autoscaling(self) -> bool:
@@ -162,7 +171,8 @@ def serve_config(config: ClusterConfig) -> dict[str, Any]:
     }
 
 
-def write_serve_config(config: ClusterConfig, path: Path) -> None:
+def write_serve_config(config: ClusterConfig, path: Path) -> Path | None:
+    """The Serve config at ``path``; with TLS also the nginx front's config beside it (returned)."""
     import yaml
 
     header = (
@@ -172,6 +182,16 @@ def write_serve_config(config: ClusterConfig, path: Path) -> None:
         "# args.auth_token_file or $EDGESPEC_AUTH_TOKEN in the replicas' environment.\n"
     )
     path.write_text(header + yaml.safe_dump(serve_config(config), sort_keys=False))
+    if not config.tls:
+        return None
+    from edgespec.server.tls_front import nginx_config
+
+    assert config.tls_certificate is not None and config.tls_private_key is not None
+    front = path.with_name(path.stem + "-tls-nginx.conf")
+    workdir = Path("/var/lib/edgespec-nginx")
+    # On an ingress host the upstream is a Ray node's proxy; 127.0.0.1 when nginx runs on the head node.
+    front.write_text(nginx_config("0.0.0.0", 443, config.port, config.tls_certificate.resolve(), config.tls_private_key.resolve(), workdir, config.spec.idle_timeout_s))
+    return front
 
 
 def _free_loopback_port() -> int:
@@ -206,6 +226,9 @@ def run_cluster(config: ClusterConfig) -> int:
 
     token = config.spec.token()
     check_exposure(config, token)
+    # With TLS, nginx holds the public port and Ray's proxy a free one behind it.
+    proxy_port = _free_loopback_port() if config.tls else config.port
+    front = None
     stop = threading.Event()
     # Ray's own processes (GCS, raylet, workers) are started by this one: a signal must end in
     # the shutdown below, never kill this process first and orphan them.
@@ -221,14 +244,22 @@ def run_cluster(config: ClusterConfig) -> int:
             signal.signal(signum, lambda *_: stop.set())
         serve.start(
             http_options={"host": "127.0.0.1", "port": _free_loopback_port()},
-            grpc_options={"port": config.port, "grpc_servicer_functions": [GRPC_SERVICER_FUNCTION]},
+            grpc_options={"port": proxy_port, "grpc_servicer_functions": [GRPC_SERVICER_FUNCTION]},
         )
         app = VerifierReplica.options(**deployment_options(config)).bind(config.spec.as_args(with_token=True))
         if not stop.is_set():
             serve.run(app, name=APP_NAME, route_prefix=f"/{APP_NAME}")
+            where = f"port {proxy_port} (every interface)"
+            if config.tls:
+                from edgespec.server.tls_front import TlsFront
+
+                assert config.tls_certificate is not None and config.tls_private_key is not None
+                front = TlsFront(config.host, config.port, proxy_port, config.tls_certificate, config.tls_private_key, config.spec.idle_timeout_s)
+                front.wait_ready()
+                where = f"{config.host}:{config.port} (TLS by nginx; Ray's plaintext proxy on port {proxy_port}, every interface)"
             count = f"{config.min_replicas}..{config.max_replicas} replicas (autoscaled, {config.sessions_per_replica:g} sessions each)" if config.autoscaling else f"{config.replicas} replicas"
             guard = "auth token" if token else "no auth"
-            print(f"edgespec: serving {config.spec.target} on port {config.port} (every interface) with {count} via Ray Serve ({guard})", flush=True)
+            print(f"edgespec: serving {config.spec.target} on {where} with {count} via Ray Serve ({guard})", flush=True)
         while not stop.wait(1.0):
             pass
         logger.info("stopping the replicas and the Ray cluster")
@@ -236,6 +267,8 @@ def run_cluster(config: ClusterConfig) -> int:
         # Everything Ray started descends from this process: what survives its own shutdown
         # is killed by pid, so nothing is left behind.
         descendants = me.children(recursive=True)
+        if front is not None:
+            front.stop()
         try:
             serve.shutdown()
         except Exception:  # noqa: BLE001 (a half-started cluster still has to go)
@@ -288,11 +321,9 @@ def wants_replicas(args: Any) -> bool:
 
 def cluster_config(args: Any) -> ClusterConfig:
     """The cluster `edgespec serve` flags describe; bad combinations fail before anything starts."""
-    if args.tls_cert is not None or args.tls_key is not None:
-        raise ValueError(
-            "--replicas serves through Ray Serve's gRPC proxy, which has no TLS option (Ray 2.60): terminate TLS "
-            "in front of it (see README, 'Many replicas'), or run one `edgespec serve --tls-cert ...` per replica"
-        )
+    from edgespec.cli_security import server_security
+
+    server_security(args)  # the certificate and key are a PEM pair, the token well-formed
     token_file = str(args.auth_token_file.resolve()) if args.auth_token_file else ""
     token = resolve_token(args.auth_token, None) if args.auth_token else None
     spec = ReplicaSpec(
@@ -321,13 +352,17 @@ def cluster_config(args: Any) -> ClusterConfig:
         max_replicas=args.max_replicas,
         sessions_per_replica=args.sessions_per_replica,
         max_message_bytes=args.max_message_bytes,
+        tls_certificate=args.tls_cert,
+        tls_private_key=args.tls_key,
     )
 
 
 def cmd_serve_replicas(args: Any) -> int:
     config = cluster_config(args)
     if args.write_serve_config is not None:
-        write_serve_config(config, args.write_serve_config)
+        front = write_serve_config(config, args.write_serve_config)
         print(f"edgespec: wrote {args.write_serve_config} (deploy with: serve deploy {args.write_serve_config})")
+        if front is not None:
+            print(f"edgespec: wrote {front}, the TLS front for nginx (Ray's proxy has no TLS)")
         return 0
     return run_cluster(config)
