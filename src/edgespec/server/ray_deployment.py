@@ -11,17 +11,17 @@ our gRPC interceptors, so the token check happens here, on the metadata the prox
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
-import grpc
 from ray import serve
 from ray.exceptions import TaskCancelledError
 from ray.serve.grpc_util import RayServegRPCContext
 
-from edgespec.server.auth import expected_header, refusal_for
+from edgespec.server.auth import FIRST_MESSAGE_WAIT_S, expected_header, refusal_for
 from edgespec.server.replicas import DEPLOYMENT_NAME, SESSION_LOG, ReplicaSpec
 from edgespec.transport import edgespec_pb2 as pb
 
@@ -76,10 +76,17 @@ class VerifierReplica:
             refusal = refusal_for(grpc_context.invocation_metadata(), self._expected)
             if refusal is not None:
                 logger.info("replica %s (pid %d): refused a session: %s", self.replica_id, os.getpid(), refusal)
-                # Serve turns an exception raised after set_code into that status for the client.
-                grpc_context.set_code(grpc.StatusCode.UNAUTHENTICATED)
-                grpc_context.set_details(refusal)
-                raise PermissionError(refusal)
+                # The protocol's own UNAUTHENTICATED error, not a gRPC status: Serve sends a status
+                # only for a raised exception, and logs ~30 traceback lines per refusal in the proxy
+                # and the replica each, a log flood any unauthenticated caller could trigger.
+                # Take the caller's first message first, as server/auth.py does: a reply that
+                # races the client's first write can lose it its status (grpc/grpc#36066).
+                try:
+                    await asyncio.wait_for(anext(request_stream), FIRST_MESSAGE_WAIT_S)
+                except (asyncio.TimeoutError, StopAsyncIteration, TaskCancelledError):
+                    pass
+                yield pb.ServerMessage(error=pb.Error(code=pb.UNAUTHENTICATED, message=refusal))
+                return
         session_id = "-"
         try:
             # aclosing: a client gone mid-stream must end the servicer's session now, not at GC.
