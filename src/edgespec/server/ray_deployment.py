@@ -76,15 +76,15 @@ class VerifierReplica:
             refusal = refusal_for(grpc_context.invocation_metadata(), self._expected)
             if refusal is not None:
                 logger.info("replica %s (pid %d): refused a session: %s", self.replica_id, os.getpid(), refusal)
-                # The protocol's own UNAUTHENTICATED error, not a gRPC status: Serve sends a status
-                # only for a raised exception, and logs ~30 traceback lines per refusal in the proxy
-                # and the replica each, a log flood any unauthenticated caller could trigger.
-                # Take the caller's first message first, as server/auth.py does: a reply that
-                # races the client's first write can lose it its status (grpc/grpc#36066).
+                # Read the caller's first message before answering, as server/auth.py does: a reply
+                # racing the client's first write can lose it its status (grpc/grpc#36066).
                 try:
                     await asyncio.wait_for(anext(request_stream), FIRST_MESSAGE_WAIT_S)
                 except (asyncio.TimeoutError, StopAsyncIteration, TaskCancelledError):
                     pass
+                # The protocol's own UNAUTHENTICATED error rather than a gRPC status: Serve sends a
+                # status only for a raised exception, and logs ~30 traceback lines per refusal in
+                # the proxy and the replica each, a log flood any unauthenticated caller could cause.
                 yield pb.ServerMessage(error=pb.Error(code=pb.UNAUTHENTICATED, message=refusal))
                 return
         session_id = "-"
