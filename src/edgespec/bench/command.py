@@ -30,6 +30,7 @@ def add_bench_parser(subparsers: Any) -> None:
     parser.add_argument("--no-guess", action="store_true", help="pre-draft modes: pre-draft on early verdicts only (the paper's method), not on the draft's own guess at send time")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     parser.add_argument("--clients", type=int, default=1, help="concurrent edge clients per mode, one shared (batching) server; scored by aggregate tokens/s")
+    parser.add_argument("--replicas", type=int, default=0, metavar="N", help="serve with `edgespec serve --replicas N` (Ray Serve, unpinned) instead of one pinned server")
     parser.add_argument("--gpu-usd-per-hour", type=float, default=2.50)
     parser.add_argument("--egress-usd-per-gb", type=float, default=0.09)
     parser.add_argument(
@@ -65,6 +66,7 @@ def run_bench(args: argparse.Namespace) -> int:
         max_gamma=args.max_gamma,
         dtype=args.dtype,
         clients=args.clients,
+        replicas=args.replicas,
         out=args.out,
         price=PriceModel(args.gpu_usd_per_hour, args.egress_usd_per_gb),
         check_oracle=args.check_oracle,

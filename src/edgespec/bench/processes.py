@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -46,6 +47,18 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout_s: float, what: 
     raise RuntimeError(f"{what} did not listen on port {port} within {timeout_s:.0f} s")
 
 
+def wait_for_line(path: str, text: str, process: subprocess.Popen, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode} before it was ready; see {path}")
+        with open(path, errors="replace") as log:
+            if any(text in line for line in log):
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} was not ready within {timeout_s:.0f} s; see {path}")
+
+
 @dataclass
 class Deployment:
     server_port: int
@@ -61,15 +74,23 @@ def deploy(
     server_core: int | None = 0,
     log_dir: str = ".",
     startup_timeout_s: float = 1800.0,
+    replicas: int = 0,
 ) -> Iterator[Deployment]:
-    """Start `edgespec serve` (and `edgespec link --profile` in front of it); stop both after."""
+    """Start `edgespec serve` (and `edgespec link --profile` in front of it); stop both after.
+    ``replicas``: `serve --replicas N` (Ray Serve), unpinned so its replicas spread over the cores;
+    it requires a token, which the client workers read from the same environment."""
     server_port = free_port()
+    extra: list[str] = []
+    if replicas:
+        extra = ["--replicas", str(replicas)]
+        server_core = None
+        os.environ.setdefault("EDGESPEC_AUTH_TOKEN", secrets.token_urlsafe(24))
     processes: list[subprocess.Popen] = []
     os.makedirs(log_dir, exist_ok=True)
     try:
         server_log = open(os.path.join(log_dir, "server.log"), "w")
         server = subprocess.Popen(
-            edgespec_command("serve", "--target", target, "--dtype", dtype, "--exits", exits, "--port", str(server_port), "--threads", "1"),
+            edgespec_command("serve", "--target", target, "--dtype", dtype, "--exits", exits, "--port", str(server_port), "--threads", "1", *extra),
             stdout=server_log,
             stderr=subprocess.STDOUT,
             preexec_fn=pin_to_core(server_core),
@@ -77,6 +98,8 @@ def deploy(
         processes.append(server)
         # The first start joins and converts the target's weights: minutes, once.
         wait_for_port(server_port, server, startup_timeout_s, "edgespec serve")
+        if replicas:  # Ray's proxy listens before the replicas are up; their banner says when
+            wait_for_line(os.path.join(log_dir, "server.log"), "edgespec: serving", server, startup_timeout_s, "edgespec serve --replicas")
         client_port = server_port
         if profile:
             client_port = free_port()
@@ -94,7 +117,7 @@ def deploy(
             process.terminate()
         for process in processes:
             try:
-                process.wait(timeout=15)
+                process.wait(timeout=60)  # a replica cluster stops Ray's processes first
             except subprocess.TimeoutExpired:
                 process.kill()
 

@@ -44,6 +44,8 @@ class BenchConfig:
     # Concurrent edge clients sharing one server: each mode is run by this many clients at once
     # and scored by aggregate tokens/s (the server batches their rounds).
     clients: int = 1
+    # >0: the server is `edgespec serve --replicas N` (Ray Serve) instead of one process.
+    replicas: int = 0
     out: str = "out/bench"
     price: PriceModel = field(default_factory=PriceModel)
     # Compare every output with fp32 `generate` of the target (loaded once, after the timed runs).
@@ -54,6 +56,8 @@ class BenchConfig:
             Mode.parse(mode)
         if "cloud-ar" not in self.modes:
             raise ValueError("the benchmark needs cloud-ar in --modes: every speedup is measured against it")
+        if self.replicas < 0:
+            raise ValueError(f"--replicas must be >= 0, got {self.replicas}")
         if self.clients < 1:
             raise ValueError("--clients must be >= 1")
         if self.clients > 1 and self.num_prompts * len(self.prompts) < self.clients:
@@ -97,7 +101,7 @@ def run_profile(
     jobs_file, results_file = out / f"jobs-{profile}.jsonl", out / f"raw-{profile}.jsonl"
     jobs_file.write_text("".join(json.dumps(j) + "\n" for j in warmup_jobs(jobs, config.modes) + jobs))
     results_file.unlink(missing_ok=True)
-    with deploy(config.target, config.dtype, profile, exits=config.exits, log_dir=str(out / f"logs-{profile}")) as deployment:
+    with deploy(config.target, config.dtype, profile, exits=config.exits, log_dir=str(out / f"logs-{profile}"), replicas=config.replicas) as deployment:
         if config.clients == 1:
             _run_workers([jobs_file], [results_file], config, deployment.client_port, out / f"logs-{profile}", progress)
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterable
 
 import grpc
 
@@ -25,22 +25,37 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, token: str) -> None:
-        self._expected = (AUTH_SCHEME + token).encode("ascii")
+        self._expected = expected_header(token)
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        presented = [value for key, value in handler_call_details.invocation_metadata or () if key == AUTH_METADATA_KEY]
-        if not presented:
-            return _refuse("this server requires an auth token (authorization: Bearer <token>)")
-        # Constant-time comparison: the time to refuse says nothing about how much of a guess matched.
-        offered = presented[0] if isinstance(presented[0], bytes) else presented[0].encode("utf-8", "replace")
-        if len(presented) > 1 or not hmac.compare_digest(offered, self._expected):
-            logger.info("refused a call to %s: wrong auth token", handler_call_details.method)
-            return _refuse("the auth token is not valid for this server")
+        refusal = refusal_for(handler_call_details.invocation_metadata or (), self._expected)
+        if refusal is not None:
+            logger.info("refused a call to %s: %s", handler_call_details.method, refusal)
+            return _refuse(refusal)
         return await continuation(handler_call_details)
+
+
+def expected_header(token: str) -> bytes:
+    """The exact `authorization` value a client holding ``token`` sends."""
+    return (AUTH_SCHEME + token).encode("ascii")
+
+
+def refusal_for(metadata: Iterable[tuple[str, str | bytes]], expected: bytes) -> str | None:
+    """Why a call with this metadata is refused, or None when it carries the expected token.
+
+    Shared by the gRPC interceptor and the Ray Serve replica (whose proxy runs no interceptor)."""
+    presented = [value for key, value in metadata if key == AUTH_METADATA_KEY]
+    if not presented:
+        return "this server requires an auth token (authorization: Bearer <token>)"
+    # Constant-time comparison: the time to refuse says nothing about how much of a guess matched.
+    offered = presented[0] if isinstance(presented[0], bytes) else presented[0].encode("utf-8", "replace")
+    if len(presented) > 1 or not hmac.compare_digest(offered, expected):
+        return "the auth token is not valid for this server"
+    return None
 
 
 def _refuse(message: str) -> grpc.RpcMethodHandler:

@@ -1,0 +1,368 @@
+"""`edgespec serve --replicas N`: N verifier replicas behind one address, placed, health-checked,
+restarted and (optionally) autoscaled by Ray Serve.
+
+Ray Serve's gRPC proxy carries bidirectional streams (added in 2026, ray-project/ray PRs 60767-60771; checked for real with Ray 2.60.0 here):
+each edgespec session is one stream, routed when it opens to the replica with fewer ongoing
+requests (Serve's power-of-two-choices router) and pinned there for its life. A replica that dies
+breaks its streams; the client re-opens with its committed text through the same address and
+lands on a live replica, while Serve starts a replacement.
+
+This module starts a local Ray cluster (this machine only), runs the application, waits for
+Ctrl-C / SIGTERM and takes everything down again. `serve_config` writes the same deployment as
+a Serve config file for `serve deploy` on a real cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edgespec.transport.security import resolve_token
+
+logger = logging.getLogger(__name__)
+
+# What Ray Serve's gRPC proxy registers: the generated servicer adder of our one service.
+GRPC_SERVICER_FUNCTION = "edgespec.transport.edgespec_pb2_grpc.add_VerifierServicer_to_server"
+DEPLOYMENT_NAME = "Verifier"
+APP_NAME = "edgespec"
+# A replica line the operator (and the tests) can grep: which replica holds how many sessions.
+SESSION_LOG = "replica %s (pid %d): %s session %s: %d open, %d served"
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """Everything one replica needs to build its verifier: plain values, so a Serve config's
+    ``args`` can carry it. ``auth_token`` empty: the token comes from ``auth_token_file``, else
+    from $EDGESPEC_AUTH_TOKEN in the replica's environment, else no token is required."""
+
+    target: str
+    dtype: str = "auto"
+    exits: str = "auto"
+    device: str = "cpu"
+    threads: int = 1
+    max_sessions: int = 64
+    max_queued: int = 256
+    max_batch: int = 32
+    max_prompt_tokens: int = 8192
+    max_new_tokens: int = 4096
+    max_block: int = 64
+    idle_timeout_s: float = 120.0
+    max_lifetime_s: float = 3600.0
+    auth_token: str = field(default="", repr=False)
+    auth_token_file: str = ""
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> "ReplicaSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise ValueError(f"unknown replica settings {unknown}; known: {sorted(known)}")
+        if "target" not in args:
+            raise ValueError("the replica settings need a target (preset name, HF model dir or .gguf file)")
+        return cls(**args)
+
+    def as_args(self, with_token: bool = False) -> dict[str, Any]:
+        args = asdict(self)
+        if not with_token:
+            args.pop("auth_token")  # a config file on disk never holds the secret itself
+        return args
+
+    def token(self) -> str | None:
+        if self.auth_token:
+            return resolve_token(self.auth_token, None)
+        return resolve_token(None, Path(self.auth_token_file) if self.auth_token_file else None)
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+# A replica's graceful stop waits this long for its open sessions; their clients resume elsewhere.
+GRACEFUL_SHUTDOWN_S = 5.0
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """How many replicas and where the cluster listens. ``replicas`` fixed, or ``min_replicas``..
+    ``max_replicas`` with Serve's autoscaler aiming at ``sessions_per_replica`` open sessions each."""
+
+    spec: ReplicaSpec
+    port: int = 50051
+    host: str = "127.0.0.1"
+    replicas: int = 1
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    sessions_per_replica: float = 8.0
+    # Applied by Ray Serve's proxy (RAY_SERVE_GRPC_MAX_MESSAGE_SIZE): bigger is RESOURCE_EXHAUSTED.
+    max_message_bytes: int = 4 * 1024 * 1024
+    # TLS: Ray's proxy has none, so nginx terminates it on host:port (see tls_front.py).
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError(f"--replicas must be at least 1, got {self.replicas}")
+        if (self.min_replicas is None) != (self.max_replicas is None):
+            raise ValueError("--min-replicas and --max-replicas go together")
+        if self.min_replicas is not None and self.max_replicas is not None:
+            if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
+                raise ValueError(f"need 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1, got {self.min_replicas}..{self.max_replicas}")
+        if self.sessions_per_replica <= 0:
+            raise ValueError(f"--sessions-per-replica must be > 0, got {self.sessions_per_replica}")
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_certificate is not None
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.max_replicas is not None
+
+    @property
+    def most_replicas(self) -> int:
+        return self.max_replicas if self.max_replicas is not None else self.replicas
+
+
+def deployment_options(config: ClusterConfig) -> dict[str, Any]:
+    """The Verifier deployment's Serve options, shared by the local cluster and the config file."""
+    spec = config.spec
+    options: dict[str, Any] = {
+        # One ongoing request = one open session; past the verifier's own admission limit a new
+        # session would only be refused with BUSY, so Serve queues it for another replica instead.
+        "max_ongoing_requests": spec.max_sessions,
+        "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_S,
+        "health_check_period_s": 2.0,
+        "health_check_timeout_s": 30.0,
+        # A replica holds one target: one accelerator, or one CPU's worth of forwards here.
+        "ray_actor_options": {"num_cpus": 0 if spec.device.startswith("cuda") else 1, "num_gpus": 1 if spec.device.startswith("cuda") else 0},
+    }
+    if config.autoscaling:
+        options["autoscaling_config"] = {
+            "min_replicas": config.min_replicas,
+            "max_replicas": config.max_replicas,
+            "target_ongoing_requests": config.sessions_per_replica,
+        }
+    else:
+        options["num_replicas"] = config.replicas
+    return options
+
+
+def serve_config(config: ClusterConfig) -> dict[str, Any]:
+    """A Serve config (`serve deploy FILE` / `serve run FILE`) with the same deployment; the auth
+    token stays out of it (replicas read ``auth_token_file`` or $EDGESPEC_AUTH_TOKEN)."""
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "127.0.0.1", "port": 8000},
+        "grpc_options": {"port": config.port, "grpc_servicer_functions": [GRPC_SERVICER_FUNCTION]},
+        "applications": [
+            {
+                "name": APP_NAME,
+                "route_prefix": f"/{APP_NAME}",
+                "import_path": "edgespec.server.ray_deployment:build_app",
+                "args": config.spec.as_args(with_token=False),
+                "deployments": [{"name": DEPLOYMENT_NAME, **deployment_options(config)}],
+            }
+        ],
+    }
+
+
+def write_serve_config(config: ClusterConfig, path: Path) -> Path | None:
+    """The Serve config at ``path``; with TLS also the nginx front's config beside it (returned)."""
+    import yaml
+
+    header = (
+        "# edgespec verifier replicas on Ray Serve: `serve deploy THIS_FILE` on a running Ray cluster\n"
+        "# (every node needs `pip install edgespec[cluster]` and the target's weights).\n"
+        "# Clients connect to any node's gRPC proxy port below; the auth token comes from\n"
+        "# args.auth_token_file or $EDGESPEC_AUTH_TOKEN in the replicas' environment.\n"
+    )
+    path.write_text(header + yaml.safe_dump(serve_config(config), sort_keys=False))
+    if not config.tls:
+        return None
+    from edgespec.server.tls_front import nginx_config
+
+    assert config.tls_certificate is not None and config.tls_private_key is not None
+    front = path.with_name(path.stem + "-tls-nginx.conf")
+    workdir = Path("/var/lib/edgespec-nginx")
+    # On an ingress host the upstream is a Ray node's proxy; 127.0.0.1 when nginx runs on the head node.
+    front.write_text(nginx_config("0.0.0.0", 443, config.port, config.tls_certificate.resolve(), config.tls_private_key.resolve(), workdir, config.spec.idle_timeout_s))
+    return front
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def check_exposure(config: ClusterConfig, token: str | None) -> None:
+    """Ray Serve's gRPC proxy binds every interface ([::]:PORT; Ray has no bind-address option),
+    unlike `edgespec serve`, which binds --host. An open port without a token must be asked for."""
+    if token is None and config.host in LOOPBACK_HOSTS:
+        raise ValueError(
+            "with --replicas, Ray Serve's gRPC proxy listens on every interface, not just --host; "
+            "set an auth token (--auth-token-file or $EDGESPEC_AUTH_TOKEN), or pass --host 0.0.0.0 to accept an open port"
+        )
+
+
+def run_cluster(config: ClusterConfig) -> int:
+    """Start a local Ray cluster with the verifier replicas; block until SIGINT/SIGTERM; stop it all."""
+    # Every replica's session lines must reach this console: by default Ray folds similar lines
+    # of different workers into one. Read once, when ray is imported.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Read by the proxy actor, a child process, when it imports Serve.
+    os.environ["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] = str(config.max_message_bytes)
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise RuntimeError("--replicas needs Ray Serve: pip install 'edgespec[cluster]' (make install does)") from None
+    from edgespec.server.ray_deployment import VerifierReplica
+
+    token = config.spec.token()
+    check_exposure(config, token)
+    # With TLS, nginx holds the public port and Ray's proxy a free one behind it.
+    proxy_port = _free_loopback_port() if config.tls else config.port
+    front = None
+    stop = threading.Event()
+    # Ray's own processes (GCS, raylet, workers) are started by this one: a signal must end in
+    # the shutdown below, never kill this process first and orphan them.
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
+    import psutil
+
+    me = psutil.Process()
+    try:
+        # "local": always a new cluster of our own, never one another user started on this host.
+        # Logical CPUs: one per replica at most (placement), whatever the host has.
+        ray.init(address="local", num_cpus=max(config.most_replicas, os.cpu_count() or 1), include_dashboard=False, log_to_driver=True)
+        for signum in previous:  # ray.init installs its own SIGTERM handler; ours decides
+            signal.signal(signum, lambda *_: stop.set())
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": _free_loopback_port()},
+            grpc_options={"port": proxy_port, "grpc_servicer_functions": [GRPC_SERVICER_FUNCTION]},
+        )
+        app = VerifierReplica.options(**deployment_options(config)).bind(config.spec.as_args(with_token=True))
+        if not stop.is_set():
+            serve.run(app, name=APP_NAME, route_prefix=f"/{APP_NAME}")
+            where = f"port {proxy_port} (every interface)"
+            if config.tls:
+                from edgespec.server.tls_front import TlsFront
+
+                assert config.tls_certificate is not None and config.tls_private_key is not None
+                front = TlsFront(config.host, config.port, proxy_port, config.tls_certificate, config.tls_private_key, config.spec.idle_timeout_s)
+                front.wait_ready()
+                where = f"{config.host}:{config.port} (TLS by nginx; Ray's plaintext proxy on port {proxy_port}, every interface)"
+            count = f"{config.min_replicas}..{config.max_replicas} replicas (autoscaled, {config.sessions_per_replica:g} sessions each)" if config.autoscaling else f"{config.replicas} replicas"
+            guard = "auth token" if token else "no auth"
+            print(f"edgespec: serving {config.spec.target} on {where} with {count} via Ray Serve ({guard})", flush=True)
+        while not stop.wait(1.0):
+            pass
+        logger.info("stopping the replicas and the Ray cluster")
+    finally:
+        # Everything Ray started descends from this process: what survives its own shutdown
+        # is killed by pid, so nothing is left behind.
+        descendants = me.children(recursive=True)
+        if front is not None:
+            front.stop()
+        try:
+            serve.shutdown()
+        except Exception:  # noqa: BLE001 (a half-started cluster still has to go)
+            logger.exception("serve.shutdown failed")
+        ray.shutdown()
+        _reap(descendants + me.children(recursive=True))
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    print("edgespec: stopped", flush=True)
+    return 0
+
+
+def _reap(processes: list[Any], grace_s: float = 5.0) -> None:
+    import psutil
+
+    alive = [p for p in {p.pid: p for p in processes}.values() if p.is_running()]
+    for process in alive:
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, stubborn = psutil.wait_procs(alive, timeout=grace_s)
+    for process in stubborn:
+        logger.warning("killing %s (pid %d), still alive after shutdown", process.name(), process.pid)
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_replica_arguments(parser: Any) -> None:
+    group = parser.add_argument_group(
+        "replicas (Ray Serve)",
+        "several verifier replicas of the same target behind --port: sessions go to the least-loaded replica and "
+        "survive a lost one (the client re-opens through the same address). Needs `pip install edgespec[cluster]`.",
+    )
+    group.add_argument("--replicas", type=int, metavar="N", help="run N replicas on a local Ray cluster")
+    group.add_argument("--min-replicas", type=int, metavar="N", help="autoscale: at least N replicas (with --max-replicas)")
+    group.add_argument("--max-replicas", type=int, metavar="N", help="autoscale: at most N replicas")
+    group.add_argument("--sessions-per-replica", type=float, default=8.0, metavar="S", help="autoscale: aim at S open sessions per replica (default 8)")
+    group.add_argument("--write-serve-config", type=Path, metavar="YAML", help="write the deployment as a Ray Serve config for a real cluster, and exit")
+
+
+def wants_replicas(args: Any) -> bool:
+    return any(value is not None for value in (args.replicas, args.min_replicas, args.max_replicas, args.write_serve_config))
+
+
+def cluster_config(args: Any) -> ClusterConfig:
+    """The cluster `edgespec serve` flags describe; bad combinations fail before anything starts."""
+    from edgespec.cli_security import server_security
+
+    server_security(args)  # the certificate and key are a PEM pair, the token well-formed
+    token_file = str(args.auth_token_file.resolve()) if args.auth_token_file else ""
+    token = resolve_token(args.auth_token, None) if args.auth_token else None
+    spec = ReplicaSpec(
+        target=args.target,
+        dtype=args.dtype,
+        exits=args.exits,
+        device=args.device,
+        threads=args.threads or 1,
+        max_sessions=args.max_sessions,
+        max_queued=args.max_queued,
+        max_batch=args.max_batch,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_new_tokens=args.max_new_tokens_limit,
+        max_block=args.max_block,
+        idle_timeout_s=args.idle_timeout,
+        max_lifetime_s=args.max_lifetime,
+        auth_token=token or "",
+        auth_token_file=token_file,
+    )
+    return ClusterConfig(
+        spec=spec,
+        port=args.port,
+        host=args.host,
+        replicas=args.replicas if args.replicas is not None else 1,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        sessions_per_replica=args.sessions_per_replica,
+        max_message_bytes=args.max_message_bytes,
+        tls_certificate=args.tls_cert,
+        tls_private_key=args.tls_key,
+    )
+
+
+def cmd_serve_replicas(args: Any) -> int:
+    config = cluster_config(args)
+    if args.write_serve_config is not None:
+        front = write_serve_config(config, args.write_serve_config)
+        print(f"edgespec: wrote {args.write_serve_config} (deploy with: serve deploy {args.write_serve_config})")
+        if front is not None:
+            print(f"edgespec: wrote {front}, the TLS front for nginx (Ray's proxy has no TLS)")
+        return 0
+    return run_cluster(config)
