@@ -65,6 +65,7 @@ class RoundDriver:
         try:
             for send in self._unsent:
                 await self._send(send)
+                self.rounds.sent(send.round, self.run.now())
             self._unsent = []
             while not self.gen.finished:
                 reader = stream.next_message()

@@ -267,6 +267,12 @@ class ClientRounds:
             return actions + self._guess_branch()
         return actions + self._send_current(hit.block, hit.draft_s, at)
 
+    def sent(self, round_index: int, at: float) -> None:
+        """A block the driver had to hold (the session was not open yet) left at ``at``: the
+        wait for its verdict starts then."""
+        if round_index == self.round and self._in_flight is not None:
+            self._in_flight.sent_at = at
+
     def dropped(self, round_index: int) -> list[ClientAction]:
         self.gen.stats.dropped += 1
         return []

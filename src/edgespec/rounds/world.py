@@ -310,6 +310,8 @@ class _Session:
         self.opened = True
         for send in self.unsent:
             self._send(send)
+            assert self.client is not None
+            self.client.sent(send.round, self._t())
         self.unsent = []
 
     def _client_tokens(self, tokens: list[int], finished: bool, reason: str, compute_s: float) -> None:
