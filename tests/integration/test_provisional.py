@@ -21,7 +21,7 @@ from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
 from edgespec.rounds.state import TextEvent, apply_events
 from test_recovery import PROMPT, draft_model, edge_client, serve, target_model
-from tiny_models import greedy_reference
+from tiny_models import greedy_reference, tiny_model
 
 NEW_TOKENS = 24
 # Fall back at once (no quick retries) and probe often, so the restart lands mid-outage.
@@ -147,3 +147,23 @@ def test_a_server_gone_for_good_leaves_the_provisional_tokens_flagged_and_the_pr
     assert [t for chunk in commits for t in chunk] == result.tokens
     stats = result.stats
     assert not stats.lossless and stats.fallback_spans == [(cut, NEW_TOKENS)] and stats.retractions == 0
+
+
+@pytest.mark.parametrize("mode", [Mode.SD, Mode.SD_EE_PIPELINED], ids=lambda m: m.value)
+def test_provisional_tokens_the_target_agrees_with_all_become_final_block_by_block(mode: Mode) -> None:
+    """A greedy draft that is the target itself: every provisional token is confirmed, none
+    retracted, and they reach the server as several blocks (not re-drafted). (Sampling would
+    retract at bonus positions: the target samples the bonus with its own uniform.)"""
+    config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3)
+    agreeing = tiny_model("qwen2", seed=0)
+    expected = LocalEngine(TargetRuntime(target_model()), DraftRuntime(agreeing)).generate(PROMPT, Mode.SD, config).tokens
+    log = EventLog(restart_after=9)
+    try:
+        result = edge_client(log.port, PROVISIONAL, agreeing).generate(PROMPT, mode, config, None, log)
+    finally:
+        log.stop()
+    assert result.tokens == expected
+    check_events(result, log)
+    stats = result.stats
+    assert stats.provisional_tokens >= 9 and stats.reverified == stats.provisional_tokens
+    assert stats.retractions == 0 and stats.lossless
