@@ -14,7 +14,7 @@ import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Coroutine, Iterator, Sequence
 
 import grpc
 
@@ -75,6 +75,32 @@ def _sync_loop() -> asyncio.AbstractEventLoop:
         return _SYNC_LOOP
 
 
+def _run_sync(coroutine: Coroutine[Any, Any, GenerationResult]) -> GenerationResult:
+    """Run ``coroutine`` on the shared loop and wait for it. Interrupted (Ctrl-C in this thread),
+    cancel it and wait until its cleanup ran (the stream cancelled, the drafts stopped) before
+    re-raising: a task left pending at exit prints 'Task was destroyed but it is pending'."""
+    finished = threading.Event()
+
+    async def run() -> GenerationResult:
+        try:
+            return await coroutine
+        finally:
+            finished.set()
+
+    future = asyncio.run_coroutine_threadsafe(run(), _sync_loop())
+    try:
+        return future.result()
+    except BaseException:
+        if not future.done():
+            future.cancel()
+            finished.wait(_CANCEL_WAIT_S)
+        raise
+
+
+# How long an interrupted call waits for its generation to wind down (a draft step, a cancel).
+_CANCEL_WAIT_S = 10.0
+
+
 class EdgeClient:
     def __init__(self, address: str, draft: DraftRuntime | None = None, options: ClientOptions = ClientOptions()) -> None:
         self.address = address
@@ -94,7 +120,7 @@ class EdgeClient:
     ) -> GenerationResult:
         """``on_commit`` hears final tokens only; ``on_event`` every ``TextEvent`` (final,
         provisional tokens during an outage, and retractions of them)."""
-        return asyncio.run_coroutine_threadsafe(self.agenerate(prompt_ids, mode, config, on_commit, on_event), _sync_loop()).result()
+        return _run_sync(self.agenerate(prompt_ids, mode, config, on_commit, on_event))
 
     def stream(self, prompt_ids: Sequence[int], mode: Mode, config: GenerationConfig, events: bool = False) -> Iterator[list[int]] | Iterator[TextEvent]:
         """Yield each round's final tokens as they are decided (``events=True``: every

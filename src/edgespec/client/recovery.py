@@ -62,7 +62,7 @@ class RecoveryPolicy:
     backoff_multiplier: float = 2.0
     backoff_max_s: float = 3.0
     jitter: float = 0.25  # each delay is scaled by a uniform factor in [1 - jitter, 1 + jitter]
-    outage_budget_s: float = 60.0
+    outage_budget_s: float = 120.0
     fallback: bool = True
     probe_interval_s: float = 1.0
 
