@@ -98,3 +98,18 @@ def test_no_provisional_is_the_fallback_switch_and_the_printer_marks_and_retract
         printer(event)
     text = out.getvalue()
     assert "provisional" in text and "ab" in text and "retracted the provisional tokens from position 1" in text and "'d'" in text
+
+
+def test_an_outage_resumed_after_a_probe_keeps_its_budget_and_without_provisional_text_keeps_trying() -> None:
+    import random
+
+    from edgespec.client.recovery import Outage, RecoveryPolicy
+
+    patient = RecoveryPolicy(retries=1, backoff_initial_s=0.0, backoff_max_s=0.0, jitter=0.0, fallback=False, outage_budget_s=10.0, probe_interval_s=2.0)
+    outage = Outage(patient, random.Random(0))
+    assert [outage.next_delay() for _ in range(3)] == [0.0, 2.0, 2.0]  # quick retries, then probing pace
+    outage.started -= 9.0
+    assert outage.next_delay() is None  # the budget, not the retries, ends it
+    again = outage.again()
+    assert again.attempts == 0 and again.started == outage.started and again.next_delay() == 0.0
+    assert Outage(RecoveryPolicy(retries=0, fallback=True)).next_delay() is None  # straight to provisional text

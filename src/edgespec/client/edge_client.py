@@ -234,8 +234,8 @@ class EdgeClient:
                 ) from failure
             if not await self._fall_back(run, outage):
                 return  # the server never came back: the provisional tokens were kept, flagged
-            # The server answered a probe: a fresh round of retries if the re-open fails after all.
-            outage, returning = Outage(policy), True
+            # The server answered a probe: quick retries again if the re-open fails after all.
+            outage, returning = outage.again(), True
 
     async def _session(self, run: EdgeRun, opened: Callable[[], None]) -> None:
         """One session with the server, from Open (with the committed tokens) to the end of
@@ -288,7 +288,9 @@ class EdgeClient:
             if not probe.done():
                 # The provisional text is complete: wait for the server to verify it, within the budget.
                 await asyncio.wait({probe}, timeout=max(0.0, outage.remaining_s()))
-            if probe.done() and not probe.cancelled() and probe.exception() is None:
+            if probe.done() and not probe.cancelled():
+                if probe.exception() is not None:  # an unexpected probe failure: let a session try
+                    logger.debug("probe failed: %s", describe(probe.exception()))  # type: ignore[arg-type]
                 return True
         finally:
             gen.falling_back = False

@@ -113,6 +113,13 @@ class Outage:
         self.attempts += 1
         return delay
 
+    def again(self) -> "Outage":
+        """The same outage after a probe found the server: fresh quick retries, the same budget
+        (a server that accepts connections but never opens a session must not extend it)."""
+        outage = Outage(self.policy, self._rng)
+        outage.started = self.started
+        return outage
+
     def remaining_s(self) -> float:
         """Seconds of the outage budget left."""
         return self.policy.outage_budget_s - (time.monotonic() - self.started)
