@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
+
+# gRPC's core logs connection events (a server's GOAWAY during an outage) at INFO straight to
+# stderr; the client reports outages itself. Set before anything loads grpc; a user's own wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from edgespec import __version__
 from edgespec.cli_security import (
