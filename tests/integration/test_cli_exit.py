@@ -53,7 +53,7 @@ def start_cli(draft_dir: Path, port: int, *extra: str) -> subprocess.Popen[bytes
 def first_text(proc: subprocess.Popen[bytes]) -> None:
     """Block until the CLI printed generated text: the generation is under way."""
     assert proc.stdout is not None
-    assert proc.stdout.read(1), "the CLI ended before printing any text"
+    assert os.read(proc.stdout.fileno(), 1), "the CLI ended before printing any text"  # raw: communicate() reads the pipe, not a buffer
 
 
 def assert_clean(stderr: str) -> None:
