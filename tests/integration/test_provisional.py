@@ -167,3 +167,17 @@ def test_provisional_tokens_the_target_agrees_with_all_become_final_block_by_blo
     stats = result.stats
     assert stats.provisional_tokens >= 9 and stats.reverified == stats.provisional_tokens
     assert stats.retractions == 0 and stats.lossless
+
+
+def test_stream_with_events_yields_text_events_and_without_them_final_tokens() -> None:
+    server = serve()
+    config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3)
+    try:
+        client = edge_client(server.port)
+        events = list(client.stream(PROMPT, Mode.SD, config, events=True))
+        chunks = list(client.stream(PROMPT, Mode.SD, config))
+    finally:
+        server.stop()
+    expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
+    assert all(isinstance(event, TextEvent) and event.kind == "final" for event in events)
+    assert apply_events(events) == expected == [t for chunk in chunks for t in chunk]
