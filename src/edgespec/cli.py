@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
+
+# gRPC's core logs connection events (a server's GOAWAY during an outage) at INFO straight to
+# stderr; the client reports outages itself. Set before anything loads grpc; a user's own wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from edgespec import __version__
 from edgespec.cli_security import (
@@ -41,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_transformers()
     try:
         return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        # Ctrl-C: the generation was cancelled and cleaned up; a traceback would only be noise.
+        print("\nedgespec: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         # Library errors are written for people; a traceback would only hide the message.
         print(f"edgespec: error: {error}", file=sys.stderr)
@@ -153,16 +162,28 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("network failures (--server)")
-    group.add_argument("--retries", type=int, default=6, help="reconnect attempts per outage (exponential backoff with jitter)")
-    group.add_argument("--outage-budget", type=float, default=15.0, metavar="S", help="stop reconnecting after this many seconds")
+    from edgespec.client.recovery import RecoveryPolicy
+
+    default = RecoveryPolicy()
+    group.add_argument("--retries", type=int, default=default.retries, help="quick reconnect attempts per outage (exponential backoff with jitter) before provisional text")
     group.add_argument(
+        "--outage-budget",
+        type=float,
+        default=default.outage_budget_s,
+        metavar="S",
+        help="how long an outage may last before giving up on the server (the default covers a server restart)",
+    )
+    group.add_argument(
+        "--provisional",
         "--fallback",
+        dest="fallback",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="past the retries, go on edge-only (the draft alone: NOT lossless) and switch back when the server returns; "
-        "--no-fallback exits with code 3 instead",
+        help="past the retries, go on with PROVISIONAL tokens from the draft alone (shown dim on stderr), re-verified by the "
+        "target when the server returns; --no-provisional shows nothing provisional, keeps trying within the outage budget, "
+        "then exits with code 3",
     )
-    group.add_argument("--probe-interval", type=float, default=2.0, metavar="S", help="while edge-only, try the server this often")
+    group.add_argument("--probe-interval", type=float, default=default.probe_interval_s, metavar="S", help="during an outage, try the server this often")
 
 
 def recovery_policy(args: argparse.Namespace) -> RecoveryPolicy:
@@ -249,6 +270,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     printer = StreamPrinter(tokenizer)
     on_commit = None if args.json else printer
+    # Provisional tokens (the draft's, during an outage) and their retractions go to stderr.
+    on_event = None if args.json else ProvisionalPrinter(tokenizer, sys.stderr)
     if args.local:
         from edgespec.decoding.engine import LocalEngine
         from edgespec.models.target import TargetRuntime
@@ -268,7 +291,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         assert security is not None
         options = ClientOptions(recovery=recovery_policy(args), security=security)
         try:
-            result = EdgeClient(args.server, draft_runtime, options).generate(prompt_ids, mode, config, on_commit)
+            result = EdgeClient(args.server, draft_runtime, options).generate(prompt_ids, mode, config, on_commit, on_event)
         except (ConnectionLost, ServerError) as error:
             partial: GenerationResult | None = error.partial
             if partial is not None:
@@ -293,9 +316,39 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def fallback_warning(stats: GenerationStats) -> str:
     spans = ", ".join(f"{start}..{end - 1}" for start, end in stats.fallback_spans if end > start)
     return (
-        f"edgespec: warning: the server was unreachable; {stats.fallback_tokens} of {stats.new_tokens} tokens "
-        f"(positions {spans}) were decided by the draft alone (edge-only fallback) and are NOT the target's output"
+        f"edgespec: warning: the server did not come back within the outage budget; {stats.fallback_tokens} of "
+        f"{stats.new_tokens} tokens (positions {spans}) were decided by the draft alone, never re-verified, and are NOT "
+        "the target's output"
     )
+
+
+class ProvisionalPrinter:
+    """Shows provisional tokens (decided by the draft alone during an outage) on ``out``, dim on
+    a terminal, and says when the target retracted some; final text goes to stdout only."""
+
+    DIM, RESET = "\x1b[2m", "\x1b[0m"
+
+    def __init__(self, tokenizer: Any, out: Any) -> None:
+        self.tokenizer = tokenizer
+        self.out = out
+        self.tty = bool(getattr(out, "isatty", lambda: False)())
+        self.showing = False  # a provisional line is open
+
+    def __call__(self, event: Any) -> None:
+        if event.kind == "provisional":
+            if not self.showing:
+                self.out.write("\nedgespec: provisional (the draft alone, to be re-verified): ")
+                self.showing = True
+            text = self.tokenizer.decode(list(event.tokens), skip_special_tokens=True)
+            self.out.write(f"{self.DIM}{text}{self.RESET}" if self.tty else text)
+        elif event.kind == "retract":
+            replaced = "" if event.replaced_by is None else f" (the target says {self.tokenizer.decode([event.replaced_by])!r})"
+            self.out.write(f"\nedgespec: retracted the provisional tokens from position {event.position}{replaced}\n")
+            self.showing = False
+        elif self.showing:
+            self.out.write("\n")
+            self.showing = False
+        self.out.flush()
 
 
 class StreamPrinter:
@@ -392,6 +445,8 @@ def format_stats(stats: GenerationStats) -> str:
         parts.append(f"hits={stats.hits} misses={stats.misses} no-hint={stats.no_hint}")
     if stats.connection_losses:
         parts.append(f"outages={stats.connection_losses} reconnects={stats.reconnects} fallbacks={stats.fallbacks} switchbacks={stats.switchbacks}")
+    if stats.provisional_tokens:
+        parts.append(f"provisional={stats.provisional_tokens} reverified={stats.reverified} retracted={stats.retracted_tokens} in {stats.retractions}")
     return " ".join(parts)
 
 

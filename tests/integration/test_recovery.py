@@ -211,7 +211,7 @@ def test_a_resumed_sampled_generation_is_the_uninterrupted_one(mode: Mode) -> No
 
 def test_a_server_gone_for_good_ends_edge_only_with_the_committed_prefix_intact() -> None:
     server, kill = killable_server()
-    policy = RecoveryPolicy(retries=2, backoff_initial_s=0.05, outage_budget_s=5.0, fallback=True, probe_interval_s=0.2)
+    policy = RecoveryPolicy(retries=2, backoff_initial_s=0.05, outage_budget_s=1.0, fallback=True, probe_interval_s=0.2)
     recorder = Recorder(kill)
     result = edge_client(server.port, policy).generate(PROMPT, Mode.SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3), recorder)
     cut = recorder.tokens_at_action
@@ -224,80 +224,24 @@ def test_a_server_gone_for_good_ends_edge_only_with_the_committed_prefix_intact(
     stats = result.stats
     assert stats.fallbacks == 1 and stats.switchbacks == 0 and stats.reconnects == 0
     assert stats.fallback_tokens == NEW_TOKENS - cut and stats.fallback_spans == [(cut, NEW_TOKENS)]
+    assert stats.provisional_tokens == NEW_TOKENS - cut and stats.reverified == 0 and stats.retractions == 0
     assert not stats.lossless
     assert any(event.what.startswith("fallback") for event in stats.timeline)
 
 
 def test_without_fallback_a_server_gone_for_good_raises_with_every_committed_token() -> None:
     server, kill = killable_server()
-    policy = RecoveryPolicy(retries=2, backoff_initial_s=0.05, fallback=False)
+    # Without provisional text the client keeps trying for the whole outage budget, then raises.
+    policy = RecoveryPolicy(retries=2, backoff_initial_s=0.05, fallback=False, outage_budget_s=1.0, probe_interval_s=0.2)
     recorder = Recorder(kill)
-    with pytest.raises(ConnectionLost, match="2 reconnect attempts") as lost:
+    started = time.monotonic()
+    with pytest.raises(ConnectionLost, match=r"\d+ reconnect attempts") as lost:
         edge_client(server.port, policy).generate(PROMPT, Mode.SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3), recorder)
+    assert time.monotonic() - started >= 0.8, "gave up before the outage budget was spent"
     partial = lost.value.partial
     assert partial.tokens == recorder.streamed and len(partial.tokens) == recorder.tokens_at_action
     assert partial.tokens == greedy_reference(target_model(), PROMPT, len(partial.tokens))
     assert partial.stats.connection_losses == 1 and partial.stats.fallbacks == 0
-
-
-class WaitForProbe:
-    """A draft forward hook: once armed (at the server's restart), the next edge-only forward
-    waits until a connection made through ``relay`` after the restart has come and gone: the
-    client's reachability probe (the session itself can only re-open after this token). So the
-    edge-only stretch always outlasts the probe, however fast the draft."""
-
-    def __init__(self, relay: FreezableRelay) -> None:
-        self.relay = relay
-        self.mark: int | None = None
-        self.probe_seen: bool | None = None
-
-    def arm(self) -> None:
-        self.mark = self.relay.relayed
-
-    def __call__(self, *_args: object) -> None:
-        if self.mark is not None:
-            mark, self.mark = self.mark, None
-            self.probe_seen = self.relay.wait_for_ended_after(mark, timeout_s=10)
-
-
-def test_the_client_switches_back_when_the_server_returns_after_a_fallback() -> None:
-    new_tokens = 48
-    first, kill_first = killable_server()
-    servers = [first]
-    relay = FreezableRelay(first.port)
-    probe = WaitForProbe(relay)
-    draft = layer_skip_copy(tiny_model("qwen2", seed=0), keep=3)
-    draft.model.layers[-1].register_forward_hook(probe)
-    killed_at: list[int] = []
-
-    def on_commit(tokens: list[int]) -> None:
-        recorder.chunks.append(list(tokens))
-        produced = len(recorder.streamed)
-        if not killed_at:
-            killed_at.append(produced)
-            kill_first()
-        elif len(servers) == 1 and produced >= killed_at[0] + 3:
-            probe.arm()
-            servers.append(serve(first.port))  # the server is dead, so these 3 tokens were edge-only
-
-    recorder = Recorder()
-    policy = RecoveryPolicy(retries=1, backoff_initial_s=0.05, fallback=True, probe_interval_s=0.2)
-    try:
-        with relay.running() as port:
-            result = edge_client(port, policy, draft).generate(PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(max_new_tokens=new_tokens, gamma=3), on_commit)
-    finally:
-        for server in servers:
-            server.stop()
-    assert probe.probe_seen, "no probe reached the restarted server"
-    stats = result.stats
-    assert len(result.tokens) == new_tokens
-    assert_streamed_exactly(result, recorder)
-    assert stats.fallbacks == 1 and stats.switchbacks == 1 and stats.reconnects == 1
-    [(start, end)] = stats.fallback_spans
-    assert start == killed_at[0] and end - start == stats.fallback_tokens >= 3 and end < new_tokens
-    assert result.tokens[:start] == greedy_reference(target_model(), PROMPT, start)
-    # After the switch back the target decides again: its greedy continuation of what is committed.
-    assert result.tokens[end:] == greedy_reference(target_model(), PROMPT + result.tokens[:end], new_tokens - end)
 
 
 def test_a_link_cut_mid_generation_is_redone_over_the_restored_link() -> None:

@@ -13,8 +13,8 @@ import logging
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Coroutine, Iterator, Sequence
 
 import grpc
 
@@ -35,12 +35,12 @@ from edgespec.decoding.modes import Mode
 from edgespec.decoding.sampling import choose_token, position_uniform
 from edgespec.decoding.stopping import clip_to_stop
 from edgespec.models.draft import DraftRuntime
-from edgespec.rounds.state import Generation
+from edgespec.rounds.state import Generation, TextEvent
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
 from edgespec.transport.security import INSECURE, ClientSecurity
 
-__all__ = ["ClientOptions", "ConnectionLost", "EdgeClient", "ServerError"]
+__all__ = ["ClientOptions", "ConnectionLost", "EdgeClient", "ServerError", "TextEvent"]
 logger = logging.getLogger(__name__)
 
 
@@ -75,6 +75,32 @@ def _sync_loop() -> asyncio.AbstractEventLoop:
         return _SYNC_LOOP
 
 
+def _run_sync(coroutine: Coroutine[Any, Any, GenerationResult]) -> GenerationResult:
+    """Run ``coroutine`` on the shared loop and wait for it. Interrupted (Ctrl-C in this thread),
+    cancel it and wait until its cleanup ran (the stream cancelled, the drafts stopped) before
+    re-raising: a task left pending at exit prints 'Task was destroyed but it is pending'."""
+    finished = threading.Event()
+
+    async def run() -> GenerationResult:
+        try:
+            return await coroutine
+        finally:
+            finished.set()
+
+    future = asyncio.run_coroutine_threadsafe(run(), _sync_loop())
+    try:
+        return future.result()
+    except BaseException:
+        if not future.done():
+            future.cancel()
+            finished.wait(_CANCEL_WAIT_S)
+        raise
+
+
+# How long an interrupted call waits for its generation to wind down (a draft step, a cancel).
+_CANCEL_WAIT_S = 10.0
+
+
 class EdgeClient:
     def __init__(self, address: str, draft: DraftRuntime | None = None, options: ClientOptions = ClientOptions()) -> None:
         self.address = address
@@ -90,17 +116,24 @@ class EdgeClient:
         mode: Mode,
         config: GenerationConfig,
         on_commit: Callable[[list[int]], None] | None = None,
+        on_event: Callable[[TextEvent], None] | None = None,
     ) -> GenerationResult:
-        return asyncio.run_coroutine_threadsafe(self.agenerate(prompt_ids, mode, config, on_commit), _sync_loop()).result()
+        """``on_commit`` hears final tokens only; ``on_event`` every ``TextEvent`` (final,
+        provisional tokens during an outage, and retractions of them)."""
+        return _run_sync(self.agenerate(prompt_ids, mode, config, on_commit, on_event))
 
-    def stream(self, prompt_ids: Sequence[int], mode: Mode, config: GenerationConfig) -> Iterator[list[int]]:
-        """Yield each round's committed tokens as they are decided; raises what generate raises."""
+    def stream(self, prompt_ids: Sequence[int], mode: Mode, config: GenerationConfig, events: bool = False) -> Iterator[list[int]] | Iterator[TextEvent]:
+        """Yield each round's final tokens as they are decided (``events=True``: every
+        ``TextEvent``, provisional tokens and retractions included); raises what generate raises."""
         chunks: queue.Queue[object] = queue.Queue()
         done = object()
 
         def run() -> None:
             try:
-                self.generate(prompt_ids, mode, config, on_commit=chunks.put)
+                if events:
+                    self.generate(prompt_ids, mode, config, on_event=chunks.put)
+                else:
+                    self.generate(prompt_ids, mode, config, on_commit=chunks.put)
                 chunks.put(done)
             except BaseException as error:  # handed to the consumer's thread
                 chunks.put(error)
@@ -120,10 +153,11 @@ class EdgeClient:
         mode: Mode,
         config: GenerationConfig,
         on_commit: Callable[[list[int]], None] | None = None,
+        on_event: Callable[[TextEvent], None] | None = None,
     ) -> GenerationResult:
         if mode.uses_draft and self.draft is None:
             raise ValueError(f"mode {mode.value} needs a draft model on the edge")
-        run = EdgeRun(Generation(prompt_ids, mode, config), on_commit)
+        run = EdgeRun(Generation(prompt_ids, mode, config), on_commit, on_event)
         if self.draft is not None:
             # On the draft thread: a pre-draft of the last generation may still be running there
             # (stopped, but not yet at its next step), and the cache is that thread's.
@@ -151,8 +185,9 @@ class EdgeClient:
 
     async def _with_recovery(self, run: EdgeRun) -> None:
         """Run sessions until the generation finishes, re-opening after each outage with the
-        tokens committed so far; past the policy's budget, decode edge-only until the server
-        answers again (or raise ConnectionLost when fallback is off)."""
+        final tokens so far; past the quick retries, decode provisional tokens with the draft
+        until the server answers again and re-verify them (or, with fallback off, keep trying
+        within the outage budget and then raise ConnectionLost)."""
         policy, gen = self.options.recovery, run.gen
         outage: Outage | None = None
         returning = False  # the next session ends a fallback
@@ -184,7 +219,7 @@ class EdgeClient:
                     raise ServerError(error.code().name, error.details() or "") from error
                 failure = error
             if outage is None:
-                outage = Outage(policy)
+                outage = Outage(policy if self.draft is not None else replace(policy, fallback=False))
                 gen.stats.connection_losses += 1
                 run.event("connection lost")
                 logger.warning("lost the server at %s after %d committed tokens: %s", self.address, gen.produced, describe(failure))
@@ -199,10 +234,10 @@ class EdgeClient:
                     f"lost the server at {self.address} after {gen.produced} committed tokens{tried}: {describe(failure)}",
                     self._result(run),
                 ) from failure
-            await self._fall_back(run)
-            # The server answered a probe (or the text is complete): a fresh round of retries if
-            # the re-open fails after all.
-            outage, returning = Outage(policy), True
+            if not await self._fall_back(run, outage):
+                return  # the server never came back: the provisional tokens were kept, flagged
+            # The server answered a probe: quick retries again if the re-open fails after all.
+            outage, returning = outage.again(), True
 
     async def _session(self, run: EdgeRun, opened: Callable[[], None]) -> None:
         """One session with the server, from Open (with the committed tokens) to the end of
@@ -234,14 +269,16 @@ class EdgeClient:
                     driver.stop()
                 await stream.cancel()
 
-    async def _fall_back(self, run: EdgeRun) -> None:
-        """Decode edge-only while probing the server; return when it answers or the text is done."""
+    async def _fall_back(self, run: EdgeRun, outage: Outage) -> bool:
+        """Decode provisional tokens with the draft while probing the server. True once it
+        answers (the next session re-verifies them); False when the text is complete and the
+        outage budget is spent: then the provisional tokens are kept as output, flagged."""
         policy, gen = self.options.recovery, run.gen
         gen.stats.fallbacks += 1
-        gen.stats.fallback_spans.append((gen.produced, gen.produced))
-        run.event("fallback: edge-only")
+        run.event("fallback: provisional edge-only")
         logger.warning(
-            "server %s unreachable: continuing edge-only (NOT lossless) after %d tokens, probing every %.1f s",
+            "server %s unreachable after %d final tokens: going on with PROVISIONAL draft-only tokens "
+            "(re-verified when it answers), probing every %.1f s",
             self.address, gen.produced, policy.probe_interval_s,
         )
         probe = asyncio.ensure_future(
@@ -249,11 +286,54 @@ class EdgeClient:
         )
         gen.falling_back = True
         try:
-            await self._edge_only(run, until=probe.done)
+            await self._provisional(run, until=probe.done)
+            if not probe.done():
+                # The provisional text is complete: wait for the server to verify it, within the budget.
+                await asyncio.wait({probe}, timeout=max(0.0, outage.remaining_s()))
+            if probe.done() and not probe.cancelled():
+                if probe.exception() is not None:  # an unexpected probe failure: let a session try
+                    logger.debug("probe failed: %s", describe(probe.exception()))  # type: ignore[arg-type]
+                return True
         finally:
             gen.falling_back = False
             probe.cancel()
             await asyncio.gather(probe, return_exceptions=True)
+        logger.warning(
+            "server %s did not come back within %.0f s: keeping %d provisional tokens (NOT the target's)",
+            self.address, policy.outage_budget_s, len(gen.provisional),
+        )
+        reason = gen.provisional_end or "length"
+        gen.settle_provisional(run.now())
+        gen.finish(reason)
+        return False
+
+    async def _provisional(self, run: EdgeRun, until: Callable[[], bool]) -> None:
+        """The draft alone decides provisional tokens, one at a time, until the provisional text
+        ends (EOS, budget) or ``until()``; at least one token, so every fallback makes progress.
+        Drafted exactly as a block would be (same uniforms, same distributions), so re-verifying
+        them is the round the uninterrupted generation would have run."""
+        draft, gen = self.draft, run.gen
+        assert draft is not None
+        config, stats = gen.config, gen.stats
+        loop = asyncio.get_running_loop()
+        seed = config.seed + DRAFT_SEED_OFFSET
+        while gen.provisional_end is None:
+            budget = gen.budget(len(gen.provisional))
+            if budget <= 0:
+                gen.provisional_end = "length"
+                return
+            sequence = gen.committed + gen.provisional
+            start = run.now()
+            block = await loop.run_in_executor(self._draft_thread, lambda: draft.draft(sequence, 1, config.sampling, seed=seed))
+            end = run.now()
+            stats.draft_s += end - start
+            gen.record("edge", "provisional decode", start, end)
+            step = clip_to_stop(block.tokens, gen.eos, budget)
+            gen.add_provisional(step.tokens, block.probs)
+            if step.finished:
+                gen.provisional_end = step.reason
+            if until():
+                return
 
     # ------------------------------------------------------------------ modes without rounds
 

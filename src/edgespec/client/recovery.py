@@ -42,23 +42,29 @@ TRANSIENT_SERVER_CODES = frozenset({"BUSY", "EXPIRED"})
 
 @dataclass(frozen=True)
 class RecoveryPolicy:
-    """How hard to try before giving up on the cloud, and what to do then.
+    """How hard to try before giving up on the cloud, and what to do meanwhile.
 
-    An *outage* starts when a session fails and ends when a session opens again. Within one
-    outage the client makes up to ``retries`` reconnect attempts, waiting an exponentially growing,
-    jittered delay before each, and stops early once ``outage_budget_s`` has passed. Then it falls
-    back to edge-only decoding (``fallback``) and probes the server every ``probe_interval_s``,
-    switching back to the requested mode when it answers; without fallback it raises.
+    An *outage* starts when a session fails and ends when a session opens again. The client first
+    makes up to ``retries`` quick reconnect attempts (an exponentially growing, jittered delay
+    before each). Then, with ``fallback``, it decodes *provisional* tokens with the draft alone
+    while it probes the server every ``probe_interval_s``; when the server answers, the
+    provisional tokens are re-verified by the target (confirmed or retracted), so the final text
+    is still the target's. Once the provisional text is complete the client waits for the server
+    until ``outage_budget_s`` after the outage began, then keeps the provisional tokens, flagged.
+    Without ``fallback`` (``--no-provisional``) it shows nothing provisional: it keeps trying every
+    ``probe_interval_s`` within ``outage_budget_s`` and then raises ``ConnectionLost``.
+    The default budget covers a restart of ``edgespec serve`` with the default target loaded
+    from the local cache (measured: see the README's "Network failures").
     """
 
-    retries: int = 6
+    retries: int = 4
     backoff_initial_s: float = 0.1
     backoff_multiplier: float = 2.0
     backoff_max_s: float = 3.0
     jitter: float = 0.25  # each delay is scaled by a uniform factor in [1 - jitter, 1 + jitter]
-    outage_budget_s: float = 15.0
+    outage_budget_s: float = 120.0
     fallback: bool = True
-    probe_interval_s: float = 2.0
+    probe_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.retries < 0:
@@ -81,7 +87,7 @@ class RecoveryPolicy:
         return base * rng.uniform(1 - self.jitter, 1 + self.jitter)
 
 
-NO_RECOVERY = RecoveryPolicy(retries=0, fallback=False)
+NO_RECOVERY = RecoveryPolicy(retries=0, fallback=False, outage_budget_s=0.0)
 
 
 class Outage:
@@ -94,14 +100,29 @@ class Outage:
         self._rng = rng or random.Random()
 
     def next_delay(self) -> float | None:
-        """The wait before the next attempt, or None once the retries or the budget are spent."""
-        if self.attempts >= self.policy.retries:
-            return None
-        delay = self.policy.delay(self.attempts, self._rng)
-        if time.monotonic() - self.started + delay > self.policy.outage_budget_s:
+        """The wait before the next attempt, or None once it is time to stop trying (with
+        fallback: after the quick retries; without: once the budget is spent)."""
+        if self.attempts < self.policy.retries:
+            delay = self.policy.delay(self.attempts, self._rng)
+        elif self.policy.fallback:
+            return None  # go on with provisional tokens; probing takes over
+        else:
+            delay = self.policy.probe_interval_s  # nothing to show meanwhile: keep trying
+        if self.remaining_s() < delay:
             return None
         self.attempts += 1
         return delay
+
+    def again(self) -> "Outage":
+        """The same outage after a probe found the server: fresh quick retries, the same budget
+        (a server that accepts connections but never opens a session must not extend it)."""
+        outage = Outage(self.policy, self._rng)
+        outage.started = self.started
+        return outage
+
+    def remaining_s(self) -> float:
+        """Seconds of the outage budget left."""
+        return self.policy.outage_budget_s - (time.monotonic() - self.started)
 
 
 def is_transient(error: BaseException) -> bool:

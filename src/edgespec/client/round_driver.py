@@ -18,26 +18,39 @@ from edgespec.client.stream import ServerError, SessionStream
 from edgespec.decoding.config import DRAFT_SEED_OFFSET
 from edgespec.models.draft import DraftBlock, DraftRuntime
 from edgespec.rounds import client as core
-from edgespec.rounds.state import Generation
+from edgespec.rounds.state import Generation, TextEvent
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport.codec import distributions_to_wire, verdict_of
 
 
 class EdgeRun:
     """One generation on the client: the core's shared state, the wall clock its events are
-    timed by, and the caller's streaming callback."""
+    timed by, and the caller's streaming callbacks: ``on_event`` hears every ``TextEvent``
+    (final, provisional, retract); ``on_commit`` the tokens of final events only."""
 
-    def __init__(self, gen: Generation, on_commit: Callable[[list[int]], None] | None) -> None:
+    def __init__(
+        self,
+        gen: Generation,
+        on_commit: Callable[[list[int]], None] | None,
+        on_event: Callable[[TextEvent], None] | None = None,
+    ) -> None:
         self.gen = gen
         self._t0 = time.perf_counter()
-        self._emit = on_commit or (lambda tokens: None)
+        self._on_commit = on_commit
+        self._on_event = on_event
+        gen.listener = self._deliver
+
+    def _deliver(self, event: TextEvent) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
+        if event.kind == "final" and self._on_commit is not None:
+            self._on_commit(list(event.tokens))
 
     def now(self) -> float:
         return time.perf_counter() - self._t0
 
     def commit(self, tokens: list[int]) -> None:
         self.gen.commit(tokens, self.now())
-        self._emit(tokens)
 
     def event(self, what: str) -> None:
         at = self.now()
@@ -117,12 +130,19 @@ class RoundDriver:
                         stop.set()
             elif isinstance(action, core.SendBlock):
                 self._unsent.append(action)  # before the session opened
-            elif isinstance(action, core.Commit):
-                self.run._emit(action.tokens)
+            # core.Commit: the generation already told the listeners (Generation.commit).
 
     def _start_draft(self, action: core.Draft) -> None:
         stop = threading.Event()
         config, now, draft = self.gen.config, self.run.now, self.draft
+        known = self.gen.provisional_block(action.sequence, action.gamma)
+        if known is not None:
+            # Re-verifying after an outage: the draft already decided these tokens (and kept its
+            # distributions), so they go to the target as they are, no drafting.
+            done = asyncio.get_running_loop().create_future()
+            done.set_result((known, now(), now()))
+            self._drafts[done] = (action.id, stop)
+            return
 
         def work() -> tuple[DraftBlock, float, float]:
             start = now()

@@ -45,7 +45,14 @@ class GenerationStats:
     reconnects: int = 0  # sessions re-opened with the committed tokens after an outage
     fallbacks: int = 0  # times the client gave up on the server and decoded edge-only
     switchbacks: int = 0  # times it went back from edge-only to the requested mode
-    # Tokens the draft alone decided during fallbacks: NOT the target's output (not lossless).
+    # Provisional tokens: decided by the draft alone during outages, then re-verified by the
+    # target when it came back: confirmed, or retracted from the first disagreement on.
+    provisional_tokens: int = 0
+    reverified: int = 0  # provisional tokens the target agreed with (now final)
+    retractions: int = 0  # times the target replaced a provisional token (the rest withdrawn)
+    retracted_tokens: int = 0
+    # Provisional tokens kept because the server never came back within the outage budget: the
+    # draft's, NOT the target's output (not lossless).
     fallback_tokens: int = 0
     fallback_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) in the new tokens
     # Pre-draft branches (each on one assumed verdict): started, shipped before the verdict

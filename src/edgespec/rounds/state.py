@@ -1,14 +1,63 @@
 """One generation's state on the edge: the committed text and the accounting that every session of
-it adds to (the first, each one re-opened after an outage, and edge-only stretches between)."""
+it adds to (the first, each one re-opened after an outage, and edge-only stretches between).
+
+During an outage the draft alone decides *provisional* tokens. They wait past the final text for
+the target's verdict: when a session re-opens, the client sends them as ordinary draft blocks
+(``provisional_block``) and each verdict either confirms them or replaces the first one the target
+disagrees with, retracting the rest. Listeners hear all of it as ``TextEvent`` s.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
 
 from edgespec.decoding.config import GenerationConfig
 from edgespec.decoding.gamma_policy import AdaptiveGamma
 from edgespec.decoding.modes import Mode
 from edgespec.decoding.stats import GenerationStats, TimelineEvent
+from edgespec.models.draft import DraftBlock
+
+
+@dataclass(frozen=True)
+class TextEvent:
+    """One change to the streamed text; ``position`` indexes the generated tokens (prompt excluded).
+
+    - ``final``: ``tokens`` at ``position`` are output (they may confirm provisional tokens shown
+      there already). ``verified`` is False only for provisional tokens kept when the server never
+      came back within the outage budget: the draft's, NOT the target's.
+    - ``provisional``: the draft alone decided ``tokens`` (appended at ``position``) while the server
+      was unreachable; they await the target's verdict.
+    - ``retract``: every provisional token from ``position`` on is withdrawn; ``replaced_by`` is the
+      target's token there (the ``final`` event that follows carries it), None when the text ended.
+
+    Applying them in order: final: ``shown[position:position + n] = tokens``; provisional: append;
+    retract: ``del shown[position:]``.
+    """
+
+    kind: str  # "final" | "provisional" | "retract"
+    position: int
+    tokens: tuple[int, ...] = ()
+    verified: bool = True
+
+    @property
+    def replaced_by(self) -> int | None:
+        return self.tokens[0] if self.kind == "retract" and self.tokens else None
+
+
+def apply_events(events: Sequence[TextEvent]) -> list[int]:
+    """The text a stream of events leaves on screen (a reference for consumers and tests)."""
+    shown: list[int] = []
+    for event in events:
+        if event.kind == "retract":
+            del shown[event.position :]
+        else:
+            if event.position > len(shown):
+                raise ValueError(f"{event.kind} event at {event.position} past the text's end {len(shown)}")
+            shown[event.position : event.position + len(event.tokens)] = event.tokens
+    return shown
 
 
 class Generation:
@@ -26,6 +75,12 @@ class Generation:
         self.finished = False
         self.falling_back = False  # tokens are being decided by the draft alone
         self.gamma_policy: AdaptiveGamma | None = config.gamma_policy()
+        # Draft-only tokens after the final text, awaiting the target (with the draft's
+        # distribution for each when sampling: rejection sampling needs it).
+        self.provisional: list[int] = []
+        self._provisional_probs: list[torch.Tensor] = []
+        self.provisional_end: str | None = None  # the provisional text reached EOS or the budget
+        self.listener: Callable[[TextEvent], None] | None = None
 
     @property
     def produced(self) -> int:
@@ -41,18 +96,93 @@ class Generation:
         return max(1, min(chosen, self.budget(extra)))
 
     def commit(self, tokens: list[int], at: float) -> None:
+        """Final tokens (the target's verdict): they confirm provisional tokens up to the first
+        disagreement, where the target's token replaces the draft's and the rest are retracted."""
         if tokens and self.stats.new_tokens == 0:
             self.stats.ttft_s = at
-        if self.falling_back and tokens:
-            start, _ = self.stats.fallback_spans[-1]
-            self.stats.fallback_spans[-1] = (start, self.produced + len(tokens))
-            self.stats.fallback_tokens += len(tokens)
+        position, stats = self.produced, self.stats
+        agreed = 0
+        while agreed < min(len(tokens), len(self.provisional)) and tokens[agreed] == self.provisional[agreed]:
+            agreed += 1
         self.committed.extend(tokens)
-        self.stats.new_tokens += len(tokens)
+        stats.new_tokens += len(tokens)
+        stats.reverified += agreed
+        if agreed < len(tokens) and agreed < len(self.provisional):
+            # The listener sees the state after the whole verdict, so a raise there loses nothing.
+            retracted = self._drop_provisional()
+            if agreed:
+                self._emit(TextEvent("final", position, tuple(tokens[:agreed])))
+            self._emit(TextEvent("retract", position + agreed, (tokens[agreed],)))
+            self._note_retraction(retracted - agreed)
+            self._emit(TextEvent("final", position + agreed, tuple(tokens[agreed:])))
+            return
+        del self.provisional[:agreed], self._provisional_probs[:agreed]
+        if not self.provisional:
+            self.provisional_end = None
+        if tokens:
+            self._emit(TextEvent("final", position, tuple(tokens)))
+
+    def add_provisional(self, tokens: list[int], probs: torch.Tensor | None) -> None:
+        """Tokens the draft alone decided (``probs``: its distribution for each, when sampling)."""
+        position = self.produced + len(self.provisional)
+        self.provisional.extend(tokens)
+        if probs is not None:
+            self._provisional_probs.extend(probs[: len(tokens)])
+        self.stats.provisional_tokens += len(tokens)
+        if tokens:
+            self._emit(TextEvent("provisional", position, tuple(tokens)))
+
+    def provisional_block(self, sequence: Sequence[int], gamma: int) -> DraftBlock | None:
+        """The draft's own next ``gamma`` tokens after ``sequence`` when it already decided them
+        as provisional tokens (``sequence`` must be the final text plus some of them), else None."""
+        start = len(sequence) - len(self.committed)
+        if not 0 <= start < len(self.provisional):
+            return None
+        if list(sequence[: len(self.committed)]) != self.committed or list(sequence[len(self.committed) :]) != self.provisional[:start]:
+            return None
+        tokens = self.provisional[start : start + gamma]
+        sampled = not self.config.sampling.greedy
+        if sampled and len(self._provisional_probs) != len(self.provisional):
+            return None  # no distributions kept: draft afresh
+        probs = torch.stack(self._provisional_probs[start : start + gamma]) if sampled else None
+        return DraftBlock(tokens=tokens, probs=probs)
+
+    def settle_provisional(self, at: float) -> None:
+        """Give up on the target (it never came back): keep the provisional tokens as output,
+        flagged as the draft's (``fallback_tokens``/``fallback_spans``, not lossless)."""
+        tokens = list(self.provisional)
+        if not tokens:
+            return
+        self._drop_provisional()
+        position, stats = self.produced, self.stats
+        if tokens and stats.new_tokens == 0:
+            stats.ttft_s = at
+        self.committed.extend(tokens)
+        stats.new_tokens += len(tokens)
+        stats.fallback_tokens += len(tokens)
+        stats.fallback_spans.append((position, position + len(tokens)))
+        self._emit(TextEvent("final", position, tuple(tokens), verified=False))
 
     def finish(self, reason: str) -> None:
         self.finished = True
         self.stats.finish_reason = reason
+        if self.provisional:
+            # The target ended the text before the draft did: what the draft said past it goes.
+            self._note_retraction(self._drop_provisional())
+            self._emit(TextEvent("retract", self.produced))
+
+    def _drop_provisional(self) -> int:
+        count = len(self.provisional)
+        self.provisional, self._provisional_probs, self.provisional_end = [], [], None
+        return count
+
+    def _note_retraction(self, tokens: int) -> None:
+        self.stats.retractions += 1
+        self.stats.retracted_tokens += tokens
+
+    def _emit(self, event: TextEvent) -> None:
+        if self.listener is not None:
+            self.listener(event)
 
     def record(self, actor: str, what: str, start_s: float, end_s: float, round_index: int | None = None) -> None:
         index = self.stats.rounds if round_index is None else round_index
