@@ -39,6 +39,13 @@ test-fast: install
 real-check: install
 	$(PY) scripts/real_pair_check.py --out out/real-pair
 
+# The simulated Go2 deciding through edgespec: the same task in cloud-ar, sd and sd-ee-pipelined,
+# each episode in its own process against `edgespec serve` behind a `wan` link; video, decisions and
+# report per mode, and out/robot/compare.md.
+TASK ?= walk to the red box
+robot-demo: install
+	MUJOCO_GL=osmesa $(PY) -m edgespec.cli robot --compare cloud-ar,sd,sd-ee-pipelined --profile wan --task "$(TASK)" --max-steps 8 --out out/robot
+
 # Regenerate the gRPC code after editing the .proto (grpcio-tools lives in its own venv so it
 # cannot downgrade the runtime's protobuf).
 proto:
