@@ -41,6 +41,7 @@ def add_robot_parser(commands: Any) -> None:
     robot.add_argument("--out", type=Path, default=Path("out/robot"), help="directory for the video, decisions and report")
     robot.add_argument("--video", action=argparse.BooleanOptionalAction, default=True, help="write episode.mp4 (osmesa rendering costs ~0.3 s a frame on a CPU)")
     robot.add_argument("--fps", type=int, default=10)
+    robot.add_argument("--max-hold", type=float, default=5.0, metavar="S", help="show at most S seconds of a decision's wait in the video (the banner gives the real latency); 0: no limit")
     robot.add_argument("--target", default=DEFAULT_TARGET, help="--local / --compare: preset, HF model dir or .gguf file")
     robot.add_argument("--draft", default=DEFAULT_DRAFT, help="preset, HF model dir or .gguf file")
     robot.add_argument("--draft-backend", default="transformers", choices=["transformers", "llamacpp"])
@@ -120,7 +121,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     if args.video:
         from edgespec.robot.video import VideoRecorder
 
-        recorder = VideoRecorder(world, out / "episode.mp4", fps=args.fps, title=f"{args.task} | mode {mode.value}")
+        recorder = VideoRecorder(world, out / "episode.mp4", fps=args.fps, title=f"{args.task} | mode {mode.value}", max_hold_s=args.max_hold or None)
     start = time.perf_counter()
     try:
         result = Episode(world, decider, config, recorder).run()
@@ -198,7 +199,7 @@ def episode_report(summary: dict[str, Any], decisions: Sequence[Any]) -> str:
 def _child_args(args: argparse.Namespace, mode: str, server: str | None, out: Path) -> list[str]:
     child = [
         "robot", "--task", args.task, "--mode", mode, "--max-steps", str(args.max_steps), "--max-reasks", str(args.max_reasks),
-        "--out", str(out), "--fps", str(args.fps), "--target", args.target, "--draft", args.draft, "--draft-backend", args.draft_backend,
+        "--out", str(out), "--fps", str(args.fps), "--max-hold", str(args.max_hold), "--target", args.target, "--draft", args.draft, "--draft-backend", args.draft_backend,
         "--gamma", str(args.gamma), "--max-new-tokens", str(args.max_new_tokens), "--dtype", args.dtype, "--threads", str(args.threads or 1),
         "--exits", args.exits, "--video" if args.video else "--no-video",
     ]

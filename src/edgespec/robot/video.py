@@ -20,7 +20,9 @@ class VideoRecorder:
     """Writes ``path`` (.mp4 through imageio-ffmpeg, or .gif) frame by frame, so an episode of
     any length needs one frame of memory. Close it to finish the file."""
 
-    def __init__(self, world: Go2World, path: Path, fps: int = 10, width: int = 512, height: int = 384, title: str = "") -> None:
+    def __init__(
+        self, world: Go2World, path: Path, fps: int = 10, width: int = 512, height: int = 384, title: str = "", max_hold_s: float | None = 5.0
+    ) -> None:
         import imageio.v2 as imageio
         from PIL import ImageFont
 
@@ -28,6 +30,9 @@ class VideoRecorder:
         self.path = Path(path)
         self.fps = fps
         self.title = title
+        # A wait longer than this is shortened in the video (the banner still says how long it
+        # was): on a CPU a decision can take tens of seconds of an unchanging frame.
+        self.max_hold_s = max_hold_s
         self.camera = ChaseCamera(world, width=width, height=height)
         self._ticks_per_frame = max(1, round(1.0 / (fps * CONTROL_DT)))
         self._tick = 0
@@ -77,8 +82,9 @@ class VideoRecorder:
         self._step = step
         if self._last is None:
             self._last = self.camera.frame()
-        held = max(1, round(seconds * self.fps))
-        banner = f"step {step}  waiting for the model... {label}"
+        shown = seconds if self.max_hold_s is None else min(seconds, self.max_hold_s)
+        held = max(1, round(shown * self.fps))
+        banner = f"step {step}  waiting for the model... {label}" + (" (wait shortened)" if shown < seconds else "")
         frame = self._annotate(self._last, banner)
         for _ in range(held):
             self._emit(frame)
