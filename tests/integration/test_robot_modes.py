@@ -34,7 +34,7 @@ from robot_models import action_model, action_tokenizer, layer_skip, save_model_
 from tiny_models import greedy_reference
 
 TASK = "walk to the red box"
-STEPS = 6
+STEPS = 4
 CONFIG = GenerationConfig(max_new_tokens=8, gamma=3)
 
 
@@ -153,3 +153,16 @@ def test_cli_runs_an_episode_and_compares_modes(tmp_path: Path, served: str, cap
     per_mode = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     # Over the network, in its own process, the same decisions as in process.
     assert per_mode[0]["replies"] == summary["replies"] and per_mode[0]["actions"] == summary["actions"]
+
+
+def test_context_reuse_changes_nothing_but_the_prefill(world: Go2World, in_process) -> None:
+    """Keeping the caches across decisions (in process: target and draft) gives the same episode
+    step for step, and from the second decision on the prefill starts after the shared prefix."""
+    reference = fingerprint(in_process[Mode.CLOUD_AR][0])
+    for mode in (Mode.CLOUD_AR, Mode.SD, Mode.SD_EE):
+        generate = local_generate(target(), DraftRuntime(draft()), exits(), reuse_context=True)
+        result, recording = run(world, generate, mode)
+        assert fingerprint(result) == reference, mode
+        reused = [d.stats["reused_prompt_tokens"] for d in result.decisions]
+        assert reused[0] == 0 and all(r > 0 for r in reused[1:]), reused
+        assert all(r < d.prompt_tokens for r, d in zip(reused, result.decisions))

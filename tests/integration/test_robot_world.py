@@ -144,7 +144,7 @@ def test_video_shows_the_robot_with_the_latency(world: Go2World, tmp_path) -> No
 
     path = tmp_path / "episode.mp4"
     with VideoRecorder(world, path, fps=5, width=192, height=144, title="test") as recorder:
-        Episode(world, ScriptedDecider(['{"action": "turn", "degrees": 45}', '{"action": "stop"}']), EpisodeConfig("walk to the red box", max_steps=2), recorder).run()
+        Episode(world, ScriptedDecider(['{"action": "turn", "degrees": 20}', '{"action": "stop"}']), EpisodeConfig("walk to the red box", max_steps=2), recorder).run()
     assert recorder.frames >= 5
     frames = iio.imread(path)
     assert frames.shape[1:] == (144, 192, 3) and len(frames) == recorder.frames

@@ -46,6 +46,7 @@ def add_robot_parser(commands: Any) -> None:
     robot.add_argument("--draft", default=DEFAULT_DRAFT, help="preset, HF model dir or .gguf file")
     robot.add_argument("--draft-backend", default="transformers", choices=["transformers", "llamacpp"])
     robot.add_argument("--gamma", type=int, default=4)
+    robot.add_argument("--reuse-context", action="store_true", help="keep the KV caches across decisions and prefill only what is new (--local: target and draft; --server: the draft only)")
     robot.add_argument("--max-new-tokens", type=int, default=32, help="an action is ~15 tokens")
     add_model_arguments(robot)
     add_exit_argument(robot)
@@ -100,7 +101,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         target = load_model(args.target, args.dtype)
         tokenizer, eos_source = target.tokenizer, target.model
         exits = resolve_exits(args.exits, target.model, args.target) if mode.uses_exits else None
-        generate = local_generate(target.model, draft_runtime, exits)
+        generate = local_generate(target.model, draft_runtime, exits, reuse_context=args.reuse_context)
         where = f"in process: target {args.target}, draft {args.draft} ({target.dtype})"
     else:
         from edgespec.cli_security import client_security
@@ -111,7 +112,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         eos_source = getattr(draft_runtime, "model", None)
         # A robot must not act on the draft alone: no edge-only fallback inside a decision.
         options = ClientOptions(recovery=RecoveryPolicy(fallback=False), security=client_security(args))
-        generate = remote_generate(args.server, draft_runtime, options)
+        generate = remote_generate(args.server, draft_runtime, options, reuse_context=args.reuse_context)
         where = f"over gRPC to {args.server}: draft {args.draft}"
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, gamma=args.gamma, eos_ids=eos_token_ids(eos_source, tokenizer))
     decider = ModelDecider(generate, tokenizer, mode, generation)
@@ -146,6 +147,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         "latency_p50_s": _percentile(latencies, 50),
         "latency_p90_s": _percentile(latencies, 90),
         "ttft_p50_s": _percentile([r.ttft_s for r in result.decisions], 50),
+        "reuse_context": bool(args.reuse_context),
+        "reused_prompt_tokens": [r.stats.get("reused_prompt_tokens") for r in result.decisions],
         "prompt_tokens_mean": sum(r.prompt_tokens for r in result.decisions) / max(1, len(result.decisions)),
         "new_tokens": sum(r.new_tokens for r in result.decisions),
         "decision_s": result.decision_s,
@@ -203,6 +206,8 @@ def _child_args(args: argparse.Namespace, mode: str, server: str | None, out: Pa
         "--gamma", str(args.gamma), "--max-new-tokens", str(args.max_new_tokens), "--dtype", args.dtype, "--threads", str(args.threads or 1),
         "--exits", args.exits, "--video" if args.video else "--no-video",
     ]
+    if args.reuse_context:
+        child.append("--reuse-context")
     child += ["--server", server] if server else ["--local"]
     return child
 

@@ -47,21 +47,57 @@ class ModelDecider:
         latency = time.perf_counter() - start
         text = self.tokenizer.decode(result.tokens, skip_special_tokens=True)
         stats = result.stats.as_dict()
+        reused = getattr(self.generate, "last_reused", None)
+        if reused is not None:
+            stats["reused_prompt_tokens"] = reused
         return Decision(text, list(result.tokens), len(prompt_ids), latency, float(result.stats.ttft_s), stats)
 
 
-def local_generate(target_model: Any, draft_runtime: Any, exits: Any = None) -> Generate:
-    """Target and draft in this process (the reference engine)."""
+def local_generate(target_model: Any, draft_runtime: Any, exits: Any = None, reuse_context: bool = False) -> Generate:
+    """Target and draft in this process (the reference engine). ``reuse_context``: both keep
+    their KV caches across decisions and prefill only what is new (robot/reuse.py)."""
     from edgespec.decoding.engine import LocalEngine
     from edgespec.models.target import TargetRuntime
 
-    engine = LocalEngine(TargetRuntime(target_model, exits), draft_runtime)
-    return engine.generate
+    if not reuse_context:
+        return LocalEngine(TargetRuntime(target_model, exits), draft_runtime).generate
+    from edgespec.robot.reuse import PrefixKeepingTarget
+
+    target = PrefixKeepingTarget(target_model, exits)
+    return ReusingGenerate(LocalEngine(target, keep_draft_cache(draft_runtime)).generate, target)
 
 
-def remote_generate(address: str, draft_runtime: Any, options: Any = None) -> Generate:
-    """The edge client: the draft here, the target behind ``address`` (a server or a link)."""
+class ReusingGenerate:
+    """``generate`` that also says how many prompt positions its prefill found cached."""
+
+    def __init__(self, generate: Generate, target: Any) -> None:
+        self._generate = generate
+        self._target = target
+        self.last_reused: int | None = None
+
+    def __call__(self, prompt_ids: Sequence[int], mode: Mode, config: GenerationConfig) -> GenerationResult:
+        result = self._generate(prompt_ids, mode, config)
+        self.last_reused = int(self._target.last_reused)
+        return result
+
+
+def keep_draft_cache(draft_runtime: Any) -> Any:
+    """The same draft, keeping its cache across generations (transformers backend; llama.cpp
+    keeps and matches its own prefix already)."""
+    from edgespec.models.draft import DraftRuntime
+    from edgespec.robot.reuse import PrefixKeepingDraft
+
+    if type(draft_runtime) is DraftRuntime:
+        return PrefixKeepingDraft(draft_runtime.model)
+    return draft_runtime
+
+
+def remote_generate(address: str, draft_runtime: Any, options: Any = None, reuse_context: bool = False) -> Generate:
+    """The edge client: the draft here, the target behind ``address`` (a server or a link).
+    ``reuse_context`` keeps the draft's cache across decisions (the server's is not, yet)."""
     from edgespec.client.edge_client import EdgeClient
 
+    if reuse_context and draft_runtime is not None:
+        draft_runtime = keep_draft_cache(draft_runtime)
     client = EdgeClient(address, draft_runtime, options) if options is not None else EdgeClient(address, draft_runtime)
     return client.generate

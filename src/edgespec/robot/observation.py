@@ -53,7 +53,8 @@ def _wall_ahead(world: Go2World) -> float:
 
 
 def observe(world: Go2World, task: str, step: int, max_steps: int, last: tuple[Action, MotionReport] | None, image: NDArray[np.uint8] | None = None) -> Observation:
-    lines = [f"Task: {task}.", f"Step {step} of {max_steps}.", "You see:"]
+    # What never changes comes first, so consecutive prompts share the longest prefix.
+    lines = [f"Task: {task}.", "You see:"]
     for obj in world.arena.objects:
         distance, bearing = world.relative(obj)
         lines.append(f"- {obj.name}: bearing {bearing:+.0f} degrees, distance {distance:.1f} m")
@@ -67,6 +68,7 @@ def observe(world: Go2World, task: str, step: int, max_steps: int, last: tuple[A
             effect = "stood still"
         tail = {"done": "", "timeout": " (it did not finish in time)", "collision": f" and bumped into {', '.join(report.touched)}", "fall": " and fell", "goal": " and reached the goal"}[report.ended]
         lines.append(f"Last action: {describe(action)}: {effect}{tail}.")
+    lines.append(f"This is step {step} of {max_steps}.")
     lines.append("Your action:")
     x, y, _ = world.position()
     return Observation("\n".join(lines), image, {"x": round(float(x), 3), "y": round(float(y), 3), "heading_deg": round(math.degrees(world.heading()), 2)})
