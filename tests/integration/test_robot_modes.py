@@ -34,7 +34,7 @@ from robot_models import action_model, action_tokenizer, layer_skip, save_model_
 from tiny_models import greedy_reference
 
 TASK = "walk to the red box"
-STEPS = 4
+STEPS = 6
 CONFIG = GenerationConfig(max_new_tokens=8, gamma=3)
 
 
