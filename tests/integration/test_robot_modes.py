@@ -36,16 +36,20 @@ from tiny_models import greedy_reference
 TASK = "walk to the red box"
 STEPS = 6
 CONFIG = GenerationConfig(max_new_tokens=8, gamma=3)
+# A seed whose episode turns, walks and re-asks with the current prompt layout (the first test
+# checks it; if a prompt change makes that fail, choose another seed — the point is only that
+# the mode comparisons below are not over a trivial episode).
+SEED = 2
 
 
 @lru_cache(maxsize=None)
 def target():
-    return action_model(seed=0)
+    return action_model(seed=SEED)
 
 
 @lru_cache(maxsize=None)
 def draft():
-    return layer_skip(action_model(seed=0), keep=3)
+    return layer_skip(action_model(seed=SEED), keep=3)
 
 
 def exits() -> ExitHeads:
@@ -110,7 +114,7 @@ def test_every_mode_in_process_matches_step_for_step(in_process) -> None:
 
 @pytest.fixture(scope="module")
 def served():
-    service = VerifierService(TargetRuntime(action_model(seed=0), exits()), tokenizer=None, eos_ids=frozenset())
+    service = VerifierService(TargetRuntime(action_model(seed=SEED), exits()), tokenizer=None, eos_ids=frozenset())
     server = RunningServer(service, ServerConfig(port=0))
     link = LinkEmulator("127.0.0.1", server.port, resolve_profile("lan", {"one_way_delay_ms": 2.0}))
     with link.running() as port:
@@ -120,7 +124,7 @@ def served():
 
 def test_every_mode_over_grpc_matches_in_process(world: Go2World, served: str, in_process) -> None:
     reference = fingerprint(in_process[Mode.CLOUD_AR][0])
-    generate = remote_generate(served, DraftRuntime(layer_skip(action_model(seed=0), keep=3)))
+    generate = remote_generate(served, DraftRuntime(layer_skip(action_model(seed=SEED), keep=3)))
     for mode in (Mode.CLOUD_AR, Mode.SD, Mode.SD_EE_PIPELINED):
         result, _ = run(world, generate, mode)
         assert fingerprint(result) == reference, mode
@@ -129,8 +133,8 @@ def test_every_mode_over_grpc_matches_in_process(world: Go2World, served: str, i
 def test_cli_runs_an_episode_and_compares_modes(tmp_path: Path, served: str, capsys: pytest.CaptureFixture[str]) -> None:
     from edgespec.cli import main
 
-    target_dir = save_model_dir(action_model(seed=0), tmp_path / "target")
-    draft_dir = save_model_dir(layer_skip(action_model(seed=0), keep=3), tmp_path / "draft")
+    target_dir = save_model_dir(action_model(seed=SEED), tmp_path / "target")
+    draft_dir = save_model_dir(layer_skip(action_model(seed=SEED), keep=3), tmp_path / "draft")
     common = ["--task", TASK, "--max-steps", "3", "--max-new-tokens", "8", "--gamma", "3", "--dtype", "float32", "--no-video", "--draft", str(draft_dir)]
     # One episode in this process, as `edgespec robot --local` runs it.
     assert main(["robot", "--local", "--target", str(target_dir), "--mode", "sd", "--exits", "logit-lens:2,3", "--out", str(tmp_path / "one"), *common]) == 0
