@@ -14,17 +14,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edgespec.robot.actions import ACTION_FORMAT, Action
+from edgespec.robot.actions import ACTION_FORMAT, Action, describe
 from edgespec.robot.controller import MotionReport
 from edgespec.robot.world import Go2World
 
 SYSTEM_PROMPT = (
     "You control a four-legged robot dog in a walled room. Each turn you get what the robot senses "
     "and you choose its next action. Bearings are in degrees from straight ahead: 0 is ahead, "
-    "positive is to your left, negative is to your right. Distances are in metres. To reach the "
-    "goal: if its bearing is not between -10 and +10, turn by exactly its bearing (the same number "
-    "with the same sign: bearing -40 means turn -40); otherwise it is ahead of you, so walk its "
-    "distance.\n" + ACTION_FORMAT
+    "positive is to your left, negative is to your right. Distances are in metres. To reach an "
+    "object: turn by its bearing, then walk its distance.\n" + ACTION_FORMAT
 )
 
 
@@ -67,16 +65,11 @@ def observe(world: Go2World, task: str, step: int, max_steps: int, last: tuple[A
         lines.append("Last action: none yet.")
     else:
         action, report = last
-        kind = action.as_dict()["action"]
-        if kind == "walk":
-            effect = f"you walked {report.walked_m:.1f} m"
-        elif kind == "turn":
-            side = "left" if report.turned_deg >= 0 else "right"
-            effect = f"you turned {abs(report.turned_deg):.0f} degrees to the {side}"
-        else:
-            effect = "you stood still"
+        effect = f"walked {report.walked_m:.2f} m" if action.as_dict()["action"] == "walk" else f"turned {report.turned_deg:+.0f} degrees"
+        if action.as_dict()["action"] == "stop":
+            effect = "stood still"
         tail = {"done": "", "timeout": " (it did not finish in time)", "collision": f" and bumped into {', '.join(report.touched)}", "fall": " and fell", "goal": " and reached the goal"}[report.ended]
-        lines.append(f"Last action: {effect}{tail}.")
+        lines.append(f"Last action: {describe(action)}: {effect}{tail}.")
     lines.append("Your action:")
     x, y, _ = world.position()
     return Observation("\n".join(lines), image, {"x": round(float(x), 3), "y": round(float(y), 3), "heading_deg": round(math.degrees(world.heading()), 2)})
