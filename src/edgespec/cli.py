@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(commands)
     add_sim_parsers(commands)
     add_exit_commands(commands)
+    from edgespec.robot.command import add_robot_parser
+
+    add_robot_parser(commands)
     return parser
 
 

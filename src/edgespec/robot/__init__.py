@@ -1,0 +1,9 @@
+"""A simulated Unitree Go2 whose decisions come from a language model through edgespec.
+
+world.py (MuJoCo arena + Go2 physics), policy.py (the ONNX walking policy), controller.py
+(actions -> velocity commands), observation.py (state -> text), actions.py (strict JSON actions),
+decision.py (the model through LocalEngine or EdgeClient), reuse.py (KV caches kept across
+decisions), episode.py (the loop), video.py,
+command.py (`edgespec robot`). Submodules are imported on use: mujoco and onnxruntime are the
+optional `robot` extra.
+"""

@@ -1,0 +1,105 @@
+"""The robot's action language: one JSON object per decision, parsed strictly.
+
+    {"action": "turn", "degrees": D}   D in [-180, 180], positive turns left (counter-clockwise)
+    {"action": "walk", "metres": M}    M in (0, 3], straight ahead
+    {"action": "stop"}                 the robot believes it has arrived
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Union
+
+MAX_TURN_DEG = 180.0
+MAX_WALK_M = 3.0
+
+ACTION_FORMAT = (
+    'Answer with exactly one JSON object and nothing else, one of:\n'
+    '{"action": "turn", "degrees": D}  (D from -180 to 180; positive turns left, negative turns right)\n'
+    '{"action": "walk", "metres": M}  (M from 0.1 to 3; walks straight ahead)\n'
+    '{"action": "stop"}  (only when you have reached the goal)'
+)
+
+
+class ActionError(ValueError):
+    """The model's reply is not one valid action; the message says why, for the log and the re-ask."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    degrees: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"action": "turn", "degrees": self.degrees}
+
+
+@dataclass(frozen=True)
+class Walk:
+    metres: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"action": "walk", "metres": self.metres}
+
+
+@dataclass(frozen=True)
+class Stop:
+    def as_dict(self) -> dict[str, Any]:
+        return {"action": "stop"}
+
+
+Action = Union[Turn, Walk, Stop]
+
+
+def describe(action: Action) -> str:
+    if isinstance(action, Turn):
+        return f"turn {action.degrees:+g} degrees"
+    if isinstance(action, Walk):
+        return f"walk {action.metres:g} m"
+    return "stop"
+
+
+def _number(payload: dict[str, Any], key: str) -> float:
+    if key not in payload:
+        raise ActionError(f'"{payload["action"]}" needs a "{key}" number')
+    value = payload[key]
+    # bool is an int in Python; "true" degrees is not a number a person meant.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ActionError(f'"{key}" must be a finite number, got {json.dumps(value)}')
+    return float(value)
+
+
+def parse_action(text: str) -> Action:
+    """The first JSON object in ``text`` as an action, or ActionError saying what is wrong.
+
+    Text around the object (a code fence, a sentence) is tolerated, since instruct models add it;
+    the object itself must be exactly one valid action with no other keys.
+    """
+    start = text.find("{")
+    if start < 0:
+        raise ActionError("no JSON object in the reply")
+    try:
+        payload, _ = json.JSONDecoder().raw_decode(text, start)
+    except json.JSONDecodeError as error:
+        raise ActionError(f"the JSON object does not parse: {error.msg}") from None
+    if not isinstance(payload, dict):
+        raise ActionError("the reply must be a JSON object")
+    kind = payload.get("action")
+    allowed_keys = {"turn": {"action", "degrees"}, "walk": {"action", "metres"}, "stop": {"action"}}
+    if kind not in allowed_keys:
+        raise ActionError(f'"action" must be "turn", "walk" or "stop", got {json.dumps(kind)}')
+    extra = sorted(set(payload) - allowed_keys[kind])
+    if extra:
+        raise ActionError(f'unexpected key(s) for "{kind}": {", ".join(extra)}')
+    if kind == "turn":
+        degrees = _number(payload, "degrees")
+        if not -MAX_TURN_DEG <= degrees <= MAX_TURN_DEG:
+            raise ActionError(f'"degrees" must be within -180..180, got {degrees:g}')
+        return Turn(degrees)
+    if kind == "walk":
+        metres = _number(payload, "metres")
+        if not 0.0 < metres <= MAX_WALK_M:
+            raise ActionError(f'"metres" must be more than 0 and at most {MAX_WALK_M:g}, got {metres:g}')
+        return Walk(metres)
+    return Stop()

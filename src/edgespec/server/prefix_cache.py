@@ -1,0 +1,126 @@
+"""Reusing the KV cache of a shared prompt prefix across generations.
+
+A control loop (or any chat) re-sends nearly the same prompt every time: the system prompt, the
+task, earlier turns, then a little that is new. The KV entry at position i depends only on
+tokens[: i + 1] (the invariant ``TrackedCache`` rests on), so a cache filled for one prompt is
+exactly valid for any other prompt over their common prefix: only the rest needs a prefill, and
+the logits — hence every verdict and token — are those of a prefill of the whole prompt.
+
+This module is the store: bounded, least-recently-used, with private copies in and out (a
+session's cache is truncated and appended to as it decodes; a stored snapshot never changes).
+It is not wired into the server yet; the hook is one line where a session creates its cache
+(``ServerSession.__init__``: ``self.kv = runtime.new_cache()``) and one where a session ends.
+Scope an instance to one tenant (one auth token): whether a prefix was cached shows in timing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from transformers import PretrainedConfig
+
+from edgespec.models.kv import TrackedCache, valid_prefix
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Entry:
+    tokens: tuple[int, ...]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # keys, values: [batch, heads, len(tokens), dim]
+    last_used: int
+
+
+@dataclass
+class PrefixCacheStats:
+    lookups: int = 0
+    hits: int = 0
+    reused_tokens: int = 0  # prompt positions not prefilled thanks to the cache
+    evictions: int = 0
+
+
+class PrefixCache:
+    """KV snapshots keyed by their tokens; ``acquire`` gives a fresh cache holding the longest
+    stored prefix of a sequence, ``offer`` keeps a snapshot of a cache for later prompts."""
+
+    def __init__(self, config: PretrainedConfig, max_tokens: int = 32_768, min_reuse: int = 8) -> None:
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        if min_reuse < 1:
+            raise ValueError(f"min_reuse must be >= 1, got {min_reuse}")
+        self.config = config
+        self.max_tokens = max_tokens
+        self.min_reuse = min_reuse  # shorter matches are not worth a copy
+        self.stats = PrefixCacheStats()
+        self._entries: list[_Entry] = []
+        self._clock = 0
+        self._lock = threading.Lock()
+
+    @property
+    def tokens_held(self) -> int:
+        return sum(len(e.tokens) for e in self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def acquire(self, sequence: Sequence[int], keep_uncached: int = 1) -> tuple[TrackedCache, int]:
+        """A new cache for ``sequence`` holding the longest stored prefix of it (leaving at least
+        the last ``keep_uncached`` tokens to be fed, as ``TrackedCache.sync`` does), and how many
+        positions it holds. The caller's next ``sync(sequence)`` feeds only the rest."""
+        cache = TrackedCache(self.config)
+        with self._lock:
+            self.stats.lookups += 1
+            best, length = None, 0
+            for entry in self._entries:
+                common = valid_prefix(entry.tokens, sequence, keep_uncached)
+                if common > length:
+                    best, length = entry, common
+            if best is None or length < self.min_reuse:
+                return cache, 0
+            self._clock += 1
+            best.last_used = self._clock
+            self.stats.hits += 1
+            self.stats.reused_tokens += length
+            for index, (keys, values) in enumerate(best.layers):
+                cache.cache.update(keys[:, :, :length].clone(), values[:, :, :length].clone(), index)
+        cache.tokens = [int(t) for t in sequence[:length]]
+        held = cache.cache.get_seq_length()
+        if held != length:
+            raise RuntimeError(f"restored KV cache holds {held} positions, expected {length}")
+        logger.debug("prefix cache: reusing %d of %d positions", length, len(sequence))
+        return cache, length
+
+    def offer(self, kv: TrackedCache, length: int | None = None) -> bool:
+        """Keep a snapshot of the first ``length`` positions of ``kv`` (default: all it holds).
+        Returns whether it was stored (not when too short, larger than the whole budget, or
+        already covered by a stored entry)."""
+        length = len(kv) if length is None else max(0, min(length, len(kv)))
+        if length < self.min_reuse or length > self.max_tokens:
+            return False
+        layers = []
+        for layer in kv.cache.layers:
+            keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+            if keys is None or values is None or getattr(layer, "is_sliding", False):
+                # A sliding-window layer keeps only its window: its prefix cannot be replayed.
+                logger.debug("prefix cache: a layer without a full KV history; not stored")
+                return False
+            layers.append((keys[:, :, :length].detach().clone(), values[:, :, :length].detach().clone()))
+        tokens = tuple(int(t) for t in kv.tokens[:length])
+        with self._lock:
+            self._clock += 1
+            for entry in self._entries:
+                if entry.tokens[:length] == tokens:  # an entry already covers this one
+                    entry.last_used = self._clock
+                    return False
+            # Entries this one extends are now redundant.
+            self._entries = [e for e in self._entries if tokens[: len(e.tokens)] != e.tokens]
+            self._entries.append(_Entry(tokens, layers, self._clock))
+            while self.tokens_held > self.max_tokens:
+                oldest = min(self._entries, key=lambda e: e.last_used)
+                self._entries.remove(oldest)
+                self.stats.evictions += 1
+        return True
