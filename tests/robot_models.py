@@ -11,7 +11,6 @@ decisions, because each must produce the target's own greedy tokens.
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from pathlib import Path
 

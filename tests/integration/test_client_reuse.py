@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 from typing import Sequence
 
-import pytest
 import torch
 
 from edgespec.client.edge_client import EdgeClient

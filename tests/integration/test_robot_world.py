@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")  # before mujoco is imported
 
-import numpy as np
 import pytest
 
 from edgespec.robot.actions import Stop, Turn, Walk

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from edgespec.bench.metrics import PriceModel, differences_from_cloud_ar, summarize
 from edgespec.bench.processes import pin_to_core, deploy
-from edgespec.data.prompt_sets import PromptRecord, load_prompts
+from edgespec.data.prompt_sets import load_prompts
 from edgespec.decoding.modes import Mode
 from edgespec.models.loading import resolve_dtype
 from edgespec.prompting import render_prompt

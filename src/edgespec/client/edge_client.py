@@ -14,11 +14,12 @@ import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Coroutine, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import grpc
 
 from edgespec.client.channel import keepalive_options, open_channel
+from edgespec.client.draft_loops import decode_edge_only, decode_provisional
 from edgespec.client.recovery import (
     TRANSIENT_SERVER_CODES,
     Outage,
@@ -30,10 +31,9 @@ from edgespec.client.recovery import (
 )
 from edgespec.client.round_driver import EdgeRun, RoundDriver
 from edgespec.client.stream import ConnectionLost, ServerError, SessionStream, open_session
-from edgespec.decoding.config import DRAFT_SEED_OFFSET, GenerationConfig, GenerationResult
+from edgespec.client.sync_bridge import run_sync
+from edgespec.decoding.config import GenerationConfig, GenerationResult
 from edgespec.decoding.modes import Mode
-from edgespec.decoding.sampling import choose_token, position_uniform
-from edgespec.decoding.stopping import clip_to_stop
 from edgespec.models.draft import DraftRuntime
 from edgespec.rounds.state import Generation, TextEvent
 from edgespec.transport import edgespec_pb2 as pb
@@ -57,50 +57,6 @@ class ClientOptions:
     security: ClientSecurity = INSECURE
 
 
-_SYNC_LOOP: asyncio.AbstractEventLoop | None = None
-_SYNC_LOOP_LOCK = threading.Lock()
-
-
-def _sync_loop() -> asyncio.AbstractEventLoop:
-    """One event loop, on a daemon thread, for every synchronous call in this process.
-
-    grpc.aio's completion-queue poller stays bound to each loop it has served; a loop per call
-    (asyncio.run) leaves it posting to closed loops ("Event loop is closed" tracebacks)."""
-    global _SYNC_LOOP
-    with _SYNC_LOOP_LOCK:
-        if _SYNC_LOOP is None:
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, daemon=True, name="edgespec-client").start()
-            _SYNC_LOOP = loop
-        return _SYNC_LOOP
-
-
-def _run_sync(coroutine: Coroutine[Any, Any, GenerationResult]) -> GenerationResult:
-    """Run ``coroutine`` on the shared loop and wait for it. Interrupted (Ctrl-C in this thread),
-    cancel it and wait until its cleanup ran (the stream cancelled, the drafts stopped) before
-    re-raising: a task left pending at exit prints 'Task was destroyed but it is pending'."""
-    finished = threading.Event()
-
-    async def run() -> GenerationResult:
-        try:
-            return await coroutine
-        finally:
-            finished.set()
-
-    future = asyncio.run_coroutine_threadsafe(run(), _sync_loop())
-    try:
-        return future.result()
-    except BaseException:
-        if not future.done():
-            future.cancel()
-            finished.wait(_CANCEL_WAIT_S)
-        raise
-
-
-# How long an interrupted call waits for its generation to wind down (a draft step, a cancel).
-_CANCEL_WAIT_S = 10.0
-
-
 class EdgeClient:
     def __init__(self, address: str, draft: DraftRuntime | None = None, options: ClientOptions = ClientOptions()) -> None:
         self.address = address
@@ -120,7 +76,7 @@ class EdgeClient:
     ) -> GenerationResult:
         """``on_commit`` hears final tokens only; ``on_event`` every ``TextEvent`` (final,
         provisional tokens during an outage, and retractions of them)."""
-        return _run_sync(self.agenerate(prompt_ids, mode, config, on_commit, on_event))
+        return run_sync(self.agenerate(prompt_ids, mode, config, on_commit, on_event))
 
     def stream(self, prompt_ids: Sequence[int], mode: Mode, config: GenerationConfig, events: bool = False) -> Iterator[list[int]] | Iterator[TextEvent]:
         """Yield each round's final tokens as they are decided (``events=True``: every
@@ -164,7 +120,7 @@ class EdgeClient:
             await asyncio.get_running_loop().run_in_executor(self._draft_thread, self.draft.reset)
         try:
             if mode is Mode.EDGE_ONLY:
-                await self._edge_only(run)
+                await decode_edge_only(run, self.draft, self._draft_thread)
             else:
                 await self._with_recovery(run)
         except ServerError as error:
@@ -286,7 +242,8 @@ class EdgeClient:
         )
         gen.falling_back = True
         try:
-            await self._provisional(run, until=probe.done)
+            assert self.draft is not None
+            await decode_provisional(run, self.draft, self._draft_thread, until=probe.done)
             if not probe.done():
                 # The provisional text is complete: wait for the server to verify it, within the budget.
                 await asyncio.wait({probe}, timeout=max(0.0, outage.remaining_s()))
@@ -307,34 +264,6 @@ class EdgeClient:
         gen.finish(reason)
         return False
 
-    async def _provisional(self, run: EdgeRun, until: Callable[[], bool]) -> None:
-        """The draft alone decides provisional tokens, one at a time, until the provisional text
-        ends (EOS, budget) or ``until()``; at least one token, so every fallback makes progress.
-        Drafted exactly as a block would be (same uniforms, same distributions), so re-verifying
-        them is the round the uninterrupted generation would have run."""
-        draft, gen = self.draft, run.gen
-        assert draft is not None
-        config, stats = gen.config, gen.stats
-        loop = asyncio.get_running_loop()
-        seed = config.seed + DRAFT_SEED_OFFSET
-        while gen.provisional_end is None:
-            budget = gen.budget(len(gen.provisional))
-            if budget <= 0:
-                gen.provisional_end = "length"
-                return
-            sequence = gen.committed + gen.provisional
-            start = run.now()
-            block = await loop.run_in_executor(self._draft_thread, lambda: draft.draft(sequence, 1, config.sampling, seed=seed))
-            end = run.now()
-            stats.draft_s += end - start
-            gen.record("edge", "provisional decode", start, end)
-            step = clip_to_stop(block.tokens, gen.eos, budget)
-            gen.add_provisional(step.tokens, block.probs)
-            if step.finished:
-                gen.provisional_end = step.reason
-            if until():
-                return
-
     # ------------------------------------------------------------------ modes without rounds
 
     async def _cloud_ar(self, stream: SessionStream, run: EdgeRun) -> None:
@@ -350,28 +279,4 @@ class EdgeClient:
             run.commit(list(tokens.ids))
             if tokens.finished:
                 run.gen.finish("done")
-                return
-
-    async def _edge_only(self, run: EdgeRun, until: Callable[[], bool] = lambda: False) -> None:
-        """The draft alone decides, one token at a time, until the text is done or ``until()``;
-        always at least one token, so every fallback makes progress."""
-        draft, gen = self.draft, run.gen
-        assert draft is not None
-        config, stats = gen.config, gen.stats
-        loop = asyncio.get_running_loop()
-        while True:
-            start = run.now()
-            logits = await loop.run_in_executor(self._draft_thread, draft.next_token_logits, list(gen.committed))
-            uniform = None if config.sampling.greedy else position_uniform(config.seed + DRAFT_SEED_OFFSET, len(gen.committed))
-            token = choose_token(logits, config.sampling, uniform)
-            end = run.now()
-            stats.draft_s += end - start
-            gen.record("edge", "fallback decode" if gen.falling_back else "decode", start, end)
-            stats.rounds += 1
-            step = clip_to_stop([token], gen.eos, gen.budget())
-            run.commit(step.tokens)
-            if step.finished:
-                gen.finish(step.reason)
-                return
-            if until():
                 return

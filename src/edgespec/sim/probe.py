@@ -91,7 +91,8 @@ def probe_host(target_name: str, draft_name: str, backend: str, dtype: str, exit
     for kv in caches:
         runtime.score_tail(context, 1, kv=kv)
     batch4 = 1000 * _median_s(lambda: runtime.score_batch([ScoreRequest(context + [10, 11, 12, 13, 14], 5, kv) for kv in caches]), 2)
-    del caches, runtime, loaded
+    caches.clear()  # free the target's memory before the draft loads
+    runtime.reset()
 
     draft, _ = load_draft(draft_name, backend, dtype, threads=1)
     prompt = list(range(3000, 3000 + CONTEXT))

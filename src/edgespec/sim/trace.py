@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from edgespec.models.exit_heads import ExitHeads, ExitReading
+from edgespec.models.exit_heads import ExitReading
 from edgespec.models.target import TargetRuntime
 
 logger = logging.getLogger(__name__)
