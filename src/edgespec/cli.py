@@ -156,11 +156,16 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adaptive-gamma", action="store_true", help="choose each round's gamma from measured acceptance, draft, verify and link costs")
     parser.add_argument("--max-gamma", type=int, default=8, help="the longest block --adaptive-gamma may choose")
     parser.add_argument("--branches", type=int, default=2, help="pre-draft modes: branches per round, each on one assumed verdict")
+    parser.add_argument("--early-verdicts", choices=["auto", "on", "off"], default="auto", help="pre-draft modes: ask the server to run its exits (auto: only where nothing else gives a verdict to pre-draft on)")
     parser.add_argument("--no-guess", action="store_true", help="pre-draft modes: pre-draft on early verdicts only (the paper's method), not on the draft's own guess at send time")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+
+
+def early_verdicts_option(value: str) -> bool | None:
+    return {"auto": None, "on": True, "off": False}[value]
 
 
 def add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
@@ -265,6 +270,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         adaptive_gamma=args.adaptive_gamma,
         branches=args.branches,
         guess_verdict=not args.no_guess,
+        early_verdicts=early_verdicts_option(args.early_verdicts),
         max_gamma=args.max_gamma,
         sampling=SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p),
         seed=args.seed,

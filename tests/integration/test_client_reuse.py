@@ -63,7 +63,7 @@ def test_a_predraft_still_running_when_a_generation_ends_does_not_break_the_next
     server = RunningServer(VerifierService(TargetRuntime(target, exits), tokenizer=None, eos_ids=frozenset()), ServerConfig(port=0))
     draft = HeldPredraft(tiny_model("qwen2", seed=0))
     client = EdgeClient(f"127.0.0.1:{server.port}", draft)
-    config = GenerationConfig(max_new_tokens=2, gamma=1)
+    config = GenerationConfig(early_verdicts=True, max_new_tokens=2, gamma=1)
     outcome: dict[str, object] = {}
     try:
         first = client.generate(PROMPT, Mode.SD_EE_PREDRAFT, config)
@@ -76,7 +76,7 @@ def test_a_predraft_still_running_when_a_generation_ends_does_not_break_the_next
 
         def second() -> None:
             try:
-                outcome["tokens"] = client.generate(next_prompt, Mode.SD, GenerationConfig(max_new_tokens=8, gamma=3)).tokens
+                outcome["tokens"] = client.generate(next_prompt, Mode.SD, GenerationConfig(early_verdicts=True, max_new_tokens=8, gamma=3)).tokens
             except Exception as error:  # noqa: BLE001 - reported by the assertion below
                 outcome["error"] = error
 

@@ -53,7 +53,7 @@ def engine(exit_layers: tuple[int, ...], draft: str = "layer-skip", link: Link =
 @pytest.mark.parametrize("exit_layers", [PERFECT, POOR], ids=["perfect-exit", "poor-exit"])
 def test_predraft_modes_equal_generate(mode: Mode, gamma: int, exit_layers: tuple[int, ...]) -> None:
     expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
-    result = engine(exit_layers).generate(PROMPT, mode, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=gamma))
+    result = engine(exit_layers).generate(PROMPT, mode, GenerationConfig(early_verdicts=True, max_new_tokens=NEW_TOKENS, gamma=gamma))
     assert result.tokens == expected
     stats = result.stats
     assert stats.hits + stats.misses + stats.no_hint == stats.rounds
@@ -100,7 +100,7 @@ def test_pipelined_blocks_are_verified_on_a_hit_and_dropped_on_a_miss() -> None:
     the first is pipelined (from the guess branch or the exit's). The logit lens after layer 2 is
     exactly the 2-layer draft, so it assumes every block accepted, like the guess: right when the
     target agrees, wrong otherwise; the output is the same."""
-    config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=2)
+    config = GenerationConfig(early_verdicts=True, max_new_tokens=NEW_TOKENS, gamma=2)
     expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
     perfect = fixed_cost_run(PERFECT, Mode.SD_EE_PIPELINED, config)
     assert perfect.tokens == expected
@@ -116,8 +116,8 @@ def test_pipelined_blocks_are_verified_on_a_hit_and_dropped_on_a_miss() -> None:
 
 def test_poor_exits_give_hits_and_misses() -> None:
     expected = greedy_reference(target_model(), PROMPT, 48)
-    predraft = engine(POOR).generate(PROMPT, Mode.SD_EE_PREDRAFT, GenerationConfig(max_new_tokens=48, gamma=3))
-    pipelined = engine(POOR).generate(PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(max_new_tokens=48, gamma=3))
+    predraft = engine(POOR).generate(PROMPT, Mode.SD_EE_PREDRAFT, GenerationConfig(early_verdicts=True, max_new_tokens=48, gamma=3))
+    pipelined = engine(POOR).generate(PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(early_verdicts=True, max_new_tokens=48, gamma=3))
     for result in (predraft, pipelined):
         assert result.tokens == expected
         assert result.stats.hits > 0 and result.stats.misses > 0
@@ -126,7 +126,7 @@ def test_poor_exits_give_hits_and_misses() -> None:
 def test_a_useless_draft_stays_lossless_in_every_predraft_mode() -> None:
     expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
     for mode in PREDRAFT_MODES:
-        result = engine(POOR, draft="random").generate(PROMPT, mode, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=4))
+        result = engine(POOR, draft="random").generate(PROMPT, mode, GenerationConfig(early_verdicts=True, max_new_tokens=NEW_TOKENS, gamma=4))
         assert result.tokens == expected
 
 
@@ -134,7 +134,7 @@ def test_pipelining_hides_the_draft_behind_the_verify() -> None:
     """On the virtual clock (fixed costs: 10 ms to draft a block, 100 ms a forward, 5 ms each
     way), sd pays draft + round trip + verify per round; the pipelined mode with a perfect exit
     has the next block at the server when the verdict is decided, so its rounds cost a forward."""
-    config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=2)
+    config = GenerationConfig(early_verdicts=True, max_new_tokens=NEW_TOKENS, gamma=2)
     sd = fixed_cost_run(PERFECT, Mode.SD, config)
     pipelined = fixed_cost_run(PERFECT, Mode.SD_EE_PIPELINED, config)
     assert pipelined.tokens == sd.tokens
@@ -149,7 +149,7 @@ def test_pipelining_hides_the_draft_behind_the_verify() -> None:
 def test_seeded_sampling_is_the_same_in_every_speculative_mode() -> None:
     """Position-tied uniforms: a verdict depends only on the draft rows and the position, so the
     pre-draft modes sample the same text as sd for one seed."""
-    config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3, sampling=SamplingParams(temperature=1.0), seed=11)
+    config = GenerationConfig(early_verdicts=True, max_new_tokens=NEW_TOKENS, gamma=3, sampling=SamplingParams(temperature=1.0), seed=11)
     texts = {mode: engine(POOR).generate(PROMPT, mode, config).tokens for mode in [Mode.SD, *PREDRAFT_MODES]}
     assert len(set(map(tuple, texts.values()))) == 1, texts
 
@@ -166,3 +166,16 @@ def test_the_guess_alone_needs_no_exits() -> None:
         assert set(result.stats.hits_by_source) <= {"guess"} and result.stats.branches > 0
     with pytest.raises(ValueError, match="needs exits"):
         engine_.generate(PROMPT, Mode.SD_EE_PREDRAFT, GenerationConfig(max_new_tokens=NEW_TOKENS, guess_verdict=False))
+
+
+def test_with_the_guess_exits_run_only_when_asked_for() -> None:
+    """Exits cost a share of every verify; with the send-time guess the pre-draft modes do not
+    ask for them unless told to (sd-ee always does: it measures them)."""
+    config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3)
+    expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
+    for mode in (Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED):
+        quiet = engine(POOR).generate(PROMPT, mode, config)
+        asked = engine(POOR).generate(PROMPT, mode, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3, early_verdicts=True))
+        assert quiet.tokens == asked.tokens == expected
+        assert quiet.stats.per_exit == {} and asked.stats.per_exit != {}
+    assert engine(POOR).generate(PROMPT, Mode.SD_EE, config).stats.per_exit != {}

@@ -77,7 +77,7 @@ def test_every_lossless_mode_stops_right_after_eos_like_generate(
 ) -> None:
     address, eos, expected = eos_server
     # The caller's own EOS set is empty: the server's (sent in Opened) must be the one obeyed.
-    config = GenerationConfig(max_new_tokens=HORIZON, gamma=gamma)
+    config = GenerationConfig(early_verdicts=True, max_new_tokens=HORIZON, gamma=gamma)
     result = EdgeClient(address, DraftRuntime(draft_model(draft))).generate(PROMPT, mode, config)
     assert result.tokens == expected
     assert result.stats.finish_reason in ("eos", "done")
@@ -131,7 +131,7 @@ def test_no_predraft_when_the_assumed_verdict_ends_the_generation(mode: Mode, st
     if mode is Mode.SD_EE_PIPELINED:
         hold.arm(service)  # round 1's tagged pre-draft reaches the server before round 0's verdict
     try:
-        config = GenerationConfig(max_new_tokens=HORIZON if stop == "eos" else len(expected), gamma=3)
+        config = GenerationConfig(early_verdicts=True, max_new_tokens=HORIZON if stop == "eos" else len(expected), gamma=3)
         result = EdgeClient(f"127.0.0.1:{server.port}", draft).generate(PROMPT, mode, config)
     finally:
         server.stop()

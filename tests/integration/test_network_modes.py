@@ -63,7 +63,7 @@ def client(address: str) -> EdgeClient:
 def test_every_network_mode_equals_generate(served, mode: Mode, gamma: int) -> None:
     address, _ = served
     expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
-    result = client(address).generate(PROMPT, mode, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=gamma))
+    result = client(address).generate(PROMPT, mode, GenerationConfig(early_verdicts=True, max_new_tokens=NEW_TOKENS, gamma=gamma))
     assert result.tokens == expected
     assert result.stats.bytes_sent > 0 and result.stats.bytes_received > 0
 
@@ -72,7 +72,7 @@ def test_predraft_hits_and_misses_both_happen_and_stay_lossless(served) -> None:
     address, _ = served
     expected = greedy_reference(target_model(), PROMPT, 40)
     for mode in (Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED):
-        result = client(address).generate(PROMPT, mode, GenerationConfig(max_new_tokens=40, gamma=3))
+        result = client(address).generate(PROMPT, mode, GenerationConfig(early_verdicts=True, max_new_tokens=40, gamma=3))
         assert result.tokens == expected
         if mode is Mode.SD_EE_PREDRAFT:  # which hint a pipelined round bets on depends on timing
             assert result.stats.hits > 0, "no pre-draft hit"
@@ -102,7 +102,7 @@ def test_a_perfect_exit_makes_every_round_a_hit_and_pipelines() -> None:
         for mode in (Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED):
             if mode is Mode.SD_EE_PIPELINED:
                 hold.arm(service)
-            stats = client(f"127.0.0.1:{server.port}").generate(PROMPT, mode, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3))
+            stats = client(f"127.0.0.1:{server.port}").generate(PROMPT, mode, GenerationConfig(early_verdicts=True, max_new_tokens=NEW_TOKENS, gamma=3))
             assert stats.tokens == expected
             # Every round a hit, but the last (its assumed verdict fills the budget: no pre-draft).
             assert stats.stats.hits >= stats.stats.rounds - 1 and stats.stats.misses == 0
@@ -121,7 +121,7 @@ def test_a_deliberately_poor_exit_forces_misses_and_stays_lossless() -> None:
     hold.arm(service)
     try:
         expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
-        result = client(f"127.0.0.1:{server.port}").generate(PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3))
+        result = client(f"127.0.0.1:{server.port}").generate(PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(early_verdicts=True, max_new_tokens=NEW_TOKENS, gamma=3))
         assert result.tokens == expected
         assert hold.released_by_predraft, "round 1's tagged pre-draft never reached the server"
         assert result.stats.misses > result.stats.hits
@@ -133,7 +133,7 @@ def test_a_deliberately_poor_exit_forces_misses_and_stays_lossless() -> None:
 @pytest.mark.parametrize("mode", [Mode.CLOUD_AR, Mode.SD, Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED], ids=lambda m: m.value)
 def test_seeded_sampling_is_identical_over_the_network_and_in_process(served, mode: Mode) -> None:
     address, _ = served
-    config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3, sampling=SamplingParams(temperature=0.9, top_k=30), seed=5)
+    config = GenerationConfig(early_verdicts=True, max_new_tokens=NEW_TOKENS, gamma=3, sampling=SamplingParams(temperature=0.9, top_k=30), seed=5)
     local = LocalEngine(TargetRuntime(target_model()), DraftRuntime(layer_skip_draft()))
     in_process_mode = Mode.CLOUD_AR if mode is Mode.CLOUD_AR else Mode.SD
     expected = local.generate(PROMPT, in_process_mode, config).tokens
@@ -142,7 +142,7 @@ def test_seeded_sampling_is_identical_over_the_network_and_in_process(served, mo
 
 def test_streaming_yields_the_same_tokens_round_by_round(served) -> None:
     address, _ = served
-    chunks = list(client(address).stream(PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=4)))
+    chunks = list(client(address).stream(PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(early_verdicts=True, max_new_tokens=NEW_TOKENS, gamma=4)))
     assert len(chunks) > 1
     assert [t for chunk in chunks for t in chunk] == greedy_reference(target_model(), PROMPT, NEW_TOKENS)
 
@@ -160,7 +160,7 @@ def test_a_server_killed_mid_generation_returns_what_was_committed_without_recov
     no_recovery = EdgeClient(f"127.0.0.1:{server.port}", DraftRuntime(layer_skip_draft()), ClientOptions(recovery=NO_RECOVERY))
     with pytest.raises(ConnectionLost) as lost:
         no_recovery.generate(
-            PROMPT, Mode.SD, GenerationConfig(max_new_tokens=200, gamma=2), on_commit=kill_after_some
+            PROMPT, Mode.SD, GenerationConfig(early_verdicts=True, max_new_tokens=200, gamma=2), on_commit=kill_after_some
         )
     partial = lost.value.partial
     assert "lost the server" in str(lost.value)
@@ -172,7 +172,7 @@ def test_a_server_killed_mid_generation_returns_what_was_committed_without_recov
 def test_adaptive_gamma_stays_lossless_over_the_network_and_in_process(served, mode: Mode) -> None:
     address, _ = served
     expected = greedy_reference(target_model(), PROMPT, 40)
-    config = GenerationConfig(max_new_tokens=40, gamma=2, adaptive_gamma=True, max_gamma=6)
+    config = GenerationConfig(early_verdicts=True, max_new_tokens=40, gamma=2, adaptive_gamma=True, max_gamma=6)
     result = client(address).generate(PROMPT, mode, config)
     assert result.tokens == expected
     assert sum(result.stats.gamma_counts.values()) == result.stats.rounds

@@ -27,6 +27,7 @@ def add_bench_parser(subparsers: Any) -> None:
     parser.add_argument("--adaptive-gamma", action="store_true", help="speculative modes choose each round's gamma from measured costs")
     parser.add_argument("--max-gamma", type=int, default=8)
     parser.add_argument("--branches", type=int, default=2, help="pre-draft modes: branches per round, each on one assumed verdict")
+    parser.add_argument("--early-verdicts", choices=["auto", "on", "off"], default="auto", help="pre-draft modes: ask the server to run its exits (auto: only where nothing else gives a verdict to pre-draft on)")
     parser.add_argument("--no-guess", action="store_true", help="pre-draft modes: pre-draft on early verdicts only (the paper's method), not on the draft's own guess at send time")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     parser.add_argument("--clients", type=int, default=1, help="concurrent edge clients per mode, one shared (batching) server; scored by aggregate tokens/s")
@@ -63,6 +64,7 @@ def run_bench(args: argparse.Namespace) -> int:
         adaptive_gamma=args.adaptive_gamma,
         branches=args.branches,
         guess_verdict=not args.no_guess,
+        early_verdicts=args.early_verdicts,
         max_gamma=args.max_gamma,
         dtype=args.dtype,
         clients=args.clients,

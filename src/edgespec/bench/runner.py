@@ -39,6 +39,7 @@ class BenchConfig:
     adaptive_gamma: bool = False
     branches: int = 2
     guess_verdict: bool = True
+    early_verdicts: str = "auto"
     max_gamma: int = 8
     dtype: str = "auto"
     # Concurrent edge clients sharing one server: each mode is run by this many clients at once
@@ -83,6 +84,7 @@ def build_jobs(config: BenchConfig, tokenizer: Any) -> list[dict[str, Any]]:
                         "adaptive_gamma": config.adaptive_gamma,
                         "branches": config.branches,
                         "guess_verdict": config.guess_verdict,
+                        "early_verdicts": config.early_verdicts,
                         "max_gamma": config.max_gamma,
                         **{f"extra_{k}": v for k, v in record.extra.items()},
                     }

@@ -95,7 +95,7 @@ async def open_session(stream: SessionStream, gen: Generation) -> pb.Opened:
                 sampling=sampling_to_wire(config.sampling),
                 seed=config.seed,
                 max_new_tokens=config.max_new_tokens,
-                early_verdicts=mode.uses_exits,
+                early_verdicts=config.wants_early_verdicts(mode),
             )
         )
     )

@@ -230,7 +230,7 @@ class _Session:
         world, spec = self.world, self.spec
         world.cloud.open(self.index, spec.config.sampling, spec.config.seed)
         sequence = list(self.gen.committed)
-        self.server = ServerRounds(sequence, len(spec.prompt_ids), spec.eos_ids, spec.config.max_new_tokens, spec.mode.uses_exits)
+        self.server = ServerRounds(sequence, len(spec.prompt_ids), spec.eos_ids, spec.config.max_new_tokens, spec.config.wants_early_verdicts(spec.mode))
         if len(sequence) >= 2:
             world.verifier.submit(CloudJob("prefill", self.index, sequence[:-1]), lambda result, start, end: self.events.at(end, self._server_opened))
         else:

@@ -47,6 +47,7 @@ def add_sim_parsers(subparsers: Any) -> None:
     sim.add_argument("--adaptive-gamma", action="store_true")
     sim.add_argument("--max-gamma", type=int, default=8)
     sim.add_argument("--branches", type=int, default=2, help="pre-draft modes: branches per round, each on one assumed verdict")
+    sim.add_argument("--early-verdicts", choices=["auto", "on", "off"], default="auto", help="pre-draft modes: ask the server to run its exits (auto: only where nothing else gives a verdict to pre-draft on)")
     sim.add_argument("--no-guess", action="store_true", help="pre-draft modes: pre-draft on early verdicts only (the paper's method), not on the draft's own guess at send time")
     sim.add_argument("--max-new-tokens", type=int, default=64)
     sim.add_argument("--max-batch", type=int, default=32)
@@ -129,7 +130,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     config = SimConfig(
         modes=_split(args.modes), max_new_tokens=args.max_new_tokens, gamma=args.gamma,
         adaptive_gamma=args.adaptive_gamma, max_gamma=args.max_gamma, clients=counts[-1], max_batch=args.max_batch,
-        branches=args.branches, guess_verdict=not args.no_guess,
+        branches=args.branches, guess_verdict=not args.no_guess, early_verdicts=args.early_verdicts,
     )
     summary, records = simulate(traces, hardware, links, config)
     out = Path(args.out)

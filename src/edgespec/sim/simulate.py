@@ -29,6 +29,7 @@ class SimConfig:
     max_gamma: int = 8
     branches: int = 2
     guess_verdict: bool = True
+    early_verdicts: str = "auto"
     clients: int = 1
     max_batch: int = 32
 
@@ -37,6 +38,7 @@ class SimConfig:
             max_new_tokens=self.max_new_tokens, gamma=self.gamma, eos_ids=eos_ids,
             adaptive_gamma=self.adaptive_gamma, max_gamma=self.max_gamma,
             branches=self.branches, guess_verdict=self.guess_verdict,
+            early_verdicts={"auto": None, "on": True, "off": False}[self.early_verdicts],
         )
 
 
