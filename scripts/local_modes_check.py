@@ -54,11 +54,11 @@ def main() -> None:
             for mode in MODES:
                 for early in ((True, None) if mode in (Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED) else (None,)):
                     config = GenerationConfig(max_new_tokens=args.max_new_tokens, gamma=4, eos_ids=eos, early_verdicts=early)
-                    stats = engine.generate(prompt_ids, mode, config)
-                    s = stats.stats
+                    result = engine.generate(prompt_ids, mode, config)
+                    s = result.stats
                     row = {
                         "id": record.id, "mode": mode.value, "early_verdicts": "on" if early else "auto",
-                        "equals_generate": stats.tokens == reference, "tokens": s.new_tokens, "rounds": s.rounds,
+                        "equals_generate": result.tokens == reference, "tokens": s.new_tokens, "rounds": s.rounds,
                         "hits": s.hits, "misses": s.misses, "no_hint": s.no_hint, "hits_by_source": s.hits_by_source,
                         "branches": s.branches, "shipped": s.branches_shipped, "pipelined": s.pipelined, "dropped": s.dropped,
                         "virtual_s": round(s.total_s, 2),
