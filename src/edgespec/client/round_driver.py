@@ -76,10 +76,8 @@ class RoundDriver:
         """Run rounds until the generation finishes (or the stream fails: then raise)."""
         self._stream = stream
         try:
-            for send in self._unsent:
-                await self._send(send)
-                self.rounds.sent(send.round, self.run.now())
-            self._unsent = []
+            unsent, self._unsent = self._unsent, []
+            await self._apply(list(unsent))
             while not self.gen.finished:
                 reader = stream.next_message()
                 await asyncio.wait({reader, *self._drafts}, return_when=asyncio.FIRST_COMPLETED)
@@ -117,6 +115,8 @@ class RoundDriver:
         for action in actions:
             if isinstance(action, core.SendBlock):
                 await self._send(action)
+                if action.assumes is None:  # its wait starts now, not when it was drafted
+                    self.rounds.sent(action.round, self.run.now())
             else:
                 self._apply_sync([action])
 
