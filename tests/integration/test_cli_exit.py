@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from chat_tokenizer import chat_tokenizer
-from edgespec.client.edge_client import _sync_loop
+from edgespec.client.sync_bridge import _sync_loop
 from edgespec.decoding.config import GenerationConfig
 from edgespec.decoding.modes import Mode
 from test_recovery import PROMPT, draft_model, edge_client, serve
