@@ -64,12 +64,15 @@ class HeldAfter:
             self.go.wait(10)
 
 
-def serve(port: int = 0, held: HeldAfter | None = None) -> RunningServer:
+def serve(port: int = 0, held: HeldAfter | None = None, forward_sleep_s: float = 0.0) -> RunningServer:
     """A server on a fresh copy of the target (a killed server's compute thread may still be
-    finishing a forward on its own copy)."""
+    finishing a forward on its own copy); ``forward_sleep_s`` slows each forward so a run lasts
+    long enough for something to happen during it (a pace, not a synchronisation)."""
     model = tiny_model("qwen2", seed=0)
     if held is not None:
         model.model.layers[-1].register_forward_hook(held)
+    if forward_sleep_s:
+        model.model.layers[-1].register_forward_hook(lambda *args: time.sleep(forward_sleep_s))
     exits = ExitHeads([ExitSpec(2), ExitSpec(3)], model.config.hidden_size)
     service = VerifierService(TargetRuntime(model, exits), tokenizer=None, eos_ids=frozenset())
     return RunningServer(service, ServerConfig(port=port))
