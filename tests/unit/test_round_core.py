@@ -216,10 +216,13 @@ def test_server_drops_a_block_whose_assumption_failed_and_never_verifies_twice()
 
 
 def test_server_frees_held_blocks_when_the_session_ends() -> None:
-    rounds_ = server()
+    rounds_ = server(early_verdicts=True)
     rounds_.block(IncomingBlock(0, [7, 8]))
     rounds_.block(IncomingBlock(1, [10], assumes=(0, Verdict(2, 6))))
     assert rounds_.close() == [Drop(1)] and rounds_.held == 0
+    # An exit of the forward still running reports after the end (an error ended the session):
+    # nothing more is streamed.
+    assert rounds_.early(0, 21, Verdict(1, 3), 0.95, 0.02, streamed=True) == []
 
 
 def test_server_finish_drops_tagged_and_rejects_plain_held_blocks() -> None:

@@ -90,6 +90,7 @@ class ServerRounds:
     verifying: bool = False
     last_verdict: Verdict | None = None
     finished: bool = False
+    closed: bool = False  # the session ended: nothing more is streamed or started
     _waiting: dict[int, list[IncomingBlock]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -127,7 +128,7 @@ class ServerRounds:
 
     def early(self, round_index: int, layer: int, verdict: Verdict, confidence: float, elapsed_s: float, streamed: bool) -> list[ServerAction]:
         """An exit's verdict mid-forward: streamed when the client asked and the exit is sure."""
-        if not (self.early_verdicts and streamed and self.verifying and round_index == self.decided):
+        if self.closed or not (self.early_verdicts and streamed and self.verifying and round_index == self.decided):
             return []
         return [StreamEarly(round_index, layer, verdict, confidence, elapsed_s)]
 
@@ -160,6 +161,7 @@ class ServerRounds:
         """The session ends: every held block is dropped without compute."""
         held = [Drop(b.round) for blocks in self._waiting.values() for b in blocks]
         self._waiting.clear()
+        self.closed = True
         return held
 
     # ---------------------------------------------------------------- helpers
