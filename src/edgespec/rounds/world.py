@@ -270,11 +270,11 @@ class _Session:
                 job = CloudJob("verify", self.index, action.sequence, action.block, self.server.early_verdicts)  # type: ignore[union-attr]
                 self.world.verifier.submit(job, lambda result, start, end, v=action: self._server_verified(v, result, start, end))
             elif isinstance(action, StreamEarly):
-                self._to_client(EARLY_BYTES, lambda a=action: self._client_apply(self.client.early(a.round, a.layer, a.verdict, self._t())))  # type: ignore[union-attr]
+                self._to_client(EARLY_BYTES, lambda a=action: self._apply(self.client.early(a.round, a.layer, a.verdict, self._t())))  # type: ignore[union-attr]
             elif isinstance(action, SendFinal):
                 pass  # sent by _server_verified, which knows the forward's time
             elif isinstance(action, Drop):
-                self._to_client(DROPPED_BYTES, lambda a=action: self._client_apply(self.client.dropped(a.round)))  # type: ignore[union-attr]
+                self._to_client(DROPPED_BYTES, lambda a=action: self._apply(self.client.dropped(a.round)))  # type: ignore[union-attr]
 
     def _server_verified(self, verify: Verify, result: VerifyResult, start: float, end: float) -> None:
         assert self.server is not None
@@ -286,7 +286,7 @@ class _Session:
             self.gen.record("cloud", f"exit@{early.layer}" + ("" if early.streamed else " (held)"), start + early.elapsed_s - self.t0, start + early.elapsed_s - self.t0, verify.block.round)
             streamed = self.server.early(verify.block.round, early.layer, early.verdict, early.confidence, early.elapsed_s, early.streamed)
             for action in streamed:
-                self.events.at(start + early.elapsed_s, lambda a=action: self._to_client(EARLY_BYTES, lambda: self._client_apply(self.client.early(a.round, a.layer, a.verdict, self._t()))))  # type: ignore[union-attr]
+                self.events.at(start + early.elapsed_s, lambda a=action: self._to_client(EARLY_BYTES, lambda: self._apply(self.client.early(a.round, a.layer, a.verdict, self._t()))))  # type: ignore[union-attr]
 
         def decide() -> None:
             assert self.server is not None
@@ -296,7 +296,7 @@ class _Session:
             verify_s = end - start
             self._to_client(
                 FINAL_BYTES,
-                lambda: self._client_apply(
+                lambda: self._apply(
                     self.client.final(final.round, final.verdict, final.finished, final.pipelined, verify_s, self._t())  # type: ignore[union-attr]
                 ),
             )
@@ -329,9 +329,6 @@ class _Session:
     def _send(self, send: core.SendBlock) -> None:
         self.gen.stats.bytes_sent += block_bytes(send.block, send.assumes is not None)
         self._to_server(block_bytes(send.block, send.assumes is not None), lambda: self._server_block(send))
-
-    def _client_apply(self, actions: list[core.ClientAction]) -> None:
-        self._apply(actions)
 
     def _apply(self, actions: list[core.ClientAction]) -> None:
         for action in actions:
