@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgespec.bench.runner import ALL_MODES, BenchConfig, build_jobs, run_profile, summarize_all
+from edgespec.hostinfo import host_facts
 
 
 def add_bench_parser(subparsers: Any) -> None:
@@ -92,6 +93,7 @@ def run_bench(args: argparse.Namespace) -> int:
         print("checking every output against fp32 generate of the target (once per prompt)...", flush=True)
         oracle = check_against_oracle(config.target, config.max_new_tokens, jobs, records, out / "oracle.jsonl")
     summary = summarize_all(config, records, oracle)
+    summary["host"] = host_facts()  # every figure names the machine it came from
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "report.md").write_text(render_markdown(summary, command))
     plot_speedups(summary, out / "speedup.png")

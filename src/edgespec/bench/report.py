@@ -45,6 +45,13 @@ def render_markdown(summary: dict[str, Any], command: str) -> str:
         f"Price model: ${config['price']['gpu_usd_per_hour']}/GPU-hour of verify compute + ${config['price']['egress_usd_per_gb']}/GB on the wire.",
         "",
     ]
+    host = summary.get("host") or config.get("hardware", {}).get("host")
+    if host:
+        lines += [
+            f"Host: {host.get('cpu')}, {host.get('cores')} cores, native bf16: {'yes' if host.get('native_bf16') else 'no'}, "
+            f"torch CPU capability {host.get('torch_cpu_capability')}, {host.get('threads_per_process', 1)} thread per process.",
+            "",
+        ]
     if config.get("clients", 1) > 1:
         lines += [
             f"**{config['clients']} concurrent clients per mode** sharing one batching server: `vs cloud-ar` compares "

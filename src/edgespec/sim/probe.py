@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 
+from edgespec.hostinfo import host_facts
 from edgespec.sim.costs import HardwareProfile
 
 logger = logging.getLogger(__name__)
@@ -24,24 +24,6 @@ def cache_path(target: str, draft: str, backend: str, dtype: str) -> Path:
     root = Path(os.environ.get("EDGESPEC_CACHE", Path.home() / ".cache" / "edgespec"))
     slug = "-".join(part.replace("/", "_") for part in (target, draft, backend, dtype))
     return root / "profiles" / f"host-{slug}.json"
-
-
-def host_facts() -> dict[str, Any]:
-    flags = ""
-    model = platform.processor()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), model)
-        flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "native_bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cores": os.cpu_count(),
-        "threads_per_process": 1,
-    }
 
 
 def _median_s(run: Callable[[], object], repeats: int) -> float:
