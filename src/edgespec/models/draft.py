@@ -23,7 +23,7 @@ from edgespec.decoding.sampling import (
 
 # A sampled draft token's distribution travels as this many (id, probability) pairs at most.
 DRAFT_SUPPORT = 64
-from edgespec.models.kv import TrackedCache, forward_with_cache
+from edgespec.models.kv import TrackedCache, forward_with_cache, standard_head_input
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class DraftRuntime:
         self.model = model
         self.kv = TrackedCache(model.config)
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        standard_head_input(model)
 
     def _sync(self, sequence: Sequence[int]) -> list[int]:
         """Roll the cache back to what ``sequence`` supports; the tokens still to feed (>= 1)."""

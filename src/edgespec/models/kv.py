@@ -86,6 +86,34 @@ def cache_argument_name(model: torch.nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def _standard_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def _head_input_in_standard_layout(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+    hidden = args[0]
+    if hidden.stride() == _standard_strides(hidden.shape):
+        return None
+    return (hidden.clone(memory_format=torch.contiguous_format), *args[1:])
+
+
+def standard_head_input(model: torch.nn.Module) -> None:
+    """Hand the LM head its input in the standard layout. `transformers` slices the last rows
+    (logits_to_keep) as a view whose batch stride spans every fed token; PyTorch counts a size-1
+    dimension's stride as contiguous, but on this CPU a bf16 head over such a view took 2.55 s
+    instead of 43 ms (a prefill of 32 tokens: 3.2 s instead of 0.8 s, the same logits). A copy of
+    the few rows costs microseconds."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or getattr(head, "_edgespec_standard_input", False):
+        return
+    head.register_forward_pre_hook(_head_input_in_standard_layout)
+    head._edgespec_standard_input = True
+
+
 def forward_with_cache(model: torch.nn.Module, kv: TrackedCache, pending: Sequence[int], tail: int) -> torch.Tensor:
     """Feed ``pending`` tokens through ``model`` on top of ``kv``; logits [tail, vocab] in float32."""
     if not pending:

@@ -24,7 +24,7 @@ from torch import nn
 
 from edgespec.models.exit_heads import ExitHeads, ExitReading
 from edgespec.models.batching import can_batch, forward_batch
-from edgespec.models.kv import TrackedCache, forward_with_cache
+from edgespec.models.kv import TrackedCache, forward_with_cache, standard_head_input
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def decoder_parts(model: nn.Module) -> tuple[nn.ModuleList, nn.Module, nn.Module
 class TargetRuntime:
     def __init__(self, model: nn.Module, exits: ExitHeads | None = None) -> None:
         self.model = model
+        standard_head_input(model)
         self.layers, self.final_norm, self.lm_head = decoder_parts(model)
         self.num_layers = len(self.layers)
         self.kv = TrackedCache(model.config)
