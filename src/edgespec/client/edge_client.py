@@ -273,9 +273,7 @@ class EdgeClient:
             message = await stream.receive()
             stats.wait_s += run.now() - start
             tokens = message.tokens
-            stats.rounds += 1
-            stats.target_passes += 1
-            stats.server_verify_s += tokens.compute_ms / 1000
+            run.gen.count_decode(tokens.compute_ms / 1000)
             run.commit(list(tokens.ids))
             if tokens.finished:
                 run.gen.finish("done")

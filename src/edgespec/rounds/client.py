@@ -277,16 +277,6 @@ class ClientRounds:
         self.gen.stats.dropped += 1
         return []
 
-    def abandon(self) -> list[ClientAction]:
-        """The session ends early (an outage): stop whatever is still drafting."""
-        ids = [b.id for b in self._branches if b.block is None]
-        if self._waiting_for is not None:
-            ids.append(self._waiting_for)
-        if self._pending_guess is not None:
-            ids.append(self._pending_guess[0].id)
-        self._waiting_for, self._branches, self._pending_guess = None, [], None
-        return [CancelDraft(i) for i in ids]
-
     # ---------------------------------------------------------------- helpers
 
     def _score(self, verdict: Verdict, hit: _Branch | None, branches: list[_Branch]) -> None:

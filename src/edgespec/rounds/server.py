@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Collection
 
-from edgespec.decoding.stopping import clip_to_stop
+from edgespec.decoding.stopping import Commit, clip_to_stop
 from edgespec.decoding.verification import Verdict
 
 
@@ -131,6 +131,13 @@ class ServerRounds:
         if self.closed or not (self.early_verdicts and streamed and self.verifying and round_index == self.decided):
             return []
         return [StreamEarly(round_index, layer, verdict, confidence, elapsed_s)]
+
+    def decoded(self, token: int) -> Commit:
+        """cloud-ar: the token one decode chose, committed (or not, past EOS or the budget)."""
+        step = clip_to_stop([token], self.eos_ids, self.max_new_tokens - self.produced)
+        self.sequence.extend(step.tokens)
+        self.finished = step.finished
+        return step
 
     def verified(self, verify: Verify, verdict: Verdict) -> list[ServerAction]:
         """The forward of ``verify`` gave ``verdict``: commit, answer, and start what waits on it."""

@@ -95,6 +95,12 @@ class Generation:
         chosen = self.gamma_policy.next_gamma() if self.gamma_policy else self.config.gamma
         return max(1, min(chosen, self.budget(extra)))
 
+    def count_decode(self, compute_s: float) -> None:
+        """cloud-ar: one decode the server ran (its tokens are committed as they arrive)."""
+        self.stats.rounds += 1
+        self.stats.target_passes += 1
+        self.stats.server_verify_s += compute_s
+
     def commit(self, tokens: list[int], at: float) -> None:
         """Final tokens (the target's verdict): they confirm provisional tokens up to the first
         disagreement, where the target's token replaces the draft's and the rest are retracted."""

@@ -21,7 +21,6 @@ from typing import Any, Callable, Protocol, Sequence
 from edgespec.decoding.config import GenerationConfig, GenerationResult
 from edgespec.decoding.early import EarlyVerdict
 from edgespec.decoding.modes import Mode
-from edgespec.decoding.stopping import clip_to_stop
 from edgespec.decoding.verification import Verdict
 from edgespec.models.draft import DraftBlock
 from edgespec.rounds import client as core
@@ -122,7 +121,8 @@ class _Verifier:
             batch = [self._queue.pop(0)]
         else:
             batch = [entry for entry in self._queue if entry[0].kind != "prefill"][: self.max_batch]
-            self._queue = [entry for entry in self._queue if entry not in batch]
+            taken = {id(entry) for entry in batch}  # by identity: jobs compare by value
+            self._queue = [entry for entry in self._queue if id(entry) not in taken]
         self._busy = True
         start = self.events.now
         results, cost = self.backend.run([job for job, _ in batch])
@@ -214,7 +214,7 @@ class _Session:
     def _to_server(self, nbytes: int, action: Callable[[], None]) -> None:
         self.events.at(self.events.now + self.spec.link.delay(nbytes), action)
 
-    _to_client = _to_server
+    _to_client = _to_server  # one link model, the same delay both ways
 
     def start(self) -> None:
         link = self.spec.link
@@ -250,11 +250,8 @@ class _Session:
         self.events.at(end, lambda: self._server_commit_decoded(token, end - start))
 
     def _server_commit_decoded(self, token: int, cost: float) -> None:
-        server = self.server
-        assert server is not None
-        step = clip_to_stop([token], server.eos_ids, server.max_new_tokens - server.produced)
-        server.sequence.extend(step.tokens)
-        server.finished = step.finished
+        assert self.server is not None
+        step = self.server.decoded(token)
         self._to_client(TOKEN_BYTES, lambda: self._client_tokens(step.tokens, step.finished, step.reason, cost))
         if not step.finished:
             self._server_decode()
@@ -315,10 +312,7 @@ class _Session:
         self.unsent = []
 
     def _client_tokens(self, tokens: list[int], finished: bool, reason: str, compute_s: float) -> None:
-        stats = self.gen.stats
-        stats.rounds += 1
-        stats.target_passes += 1
-        stats.server_verify_s += compute_s
+        self.gen.count_decode(compute_s)
         self.gen.commit(tokens, self._t())
         if self.spec.on_commit:
             self.spec.on_commit(tokens)

@@ -17,7 +17,6 @@ import torch
 from edgespec.decoding.early import EarlyVerdict, EarlyVerdictJudge
 from edgespec.decoding.rounds import begin_round
 from edgespec.decoding.sampling import SamplingParams, choose_token
-from edgespec.decoding.stopping import clip_to_stop
 from edgespec.decoding.verification import RoundUniforms, Verdict
 from edgespec.models.target import ScoreRequest, TargetRuntime
 from edgespec.rounds.server import ServerRounds, Verify
@@ -109,9 +108,7 @@ class ServerSession:
 
         def finish(logits: torch.Tensor) -> tuple[int, bool]:
             token = choose_token(logits[0], self.sampling, uniform)
-            commit = clip_to_stop([token], rounds.eos_ids, rounds.max_new_tokens - rounds.produced)
-            rounds.sequence.extend(commit.tokens)
-            rounds.finished = commit.finished
+            commit = rounds.decoded(token)
             self.runtime.rollback(rounds.sequence, kv=self.kv)
             return token, commit.finished
 
