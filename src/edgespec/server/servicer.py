@@ -205,14 +205,8 @@ class VerifierService(pb_grpc.VerifierServicer):
     ) -> asyncio.Task | None:
         """Send what the round core says; start the forward it asks for (the core never asks for
         a second while one is in flight)."""
-        for action in actions:
-            if isinstance(action, Drop):
-                replies.put_nowait(pb.ServerMessage(dropped=pb.Dropped(round=action.round)))
-            elif isinstance(action, SendFinal):
-                raise AssertionError("a final verdict comes from _verify, with its forward's timings")
-            elif isinstance(action, Verify):
-                verifying = asyncio.ensure_future(self._verify(session, action, replies))
-        return verifying
+        verify = _send_actions(actions, replies)
+        return asyncio.ensure_future(self._verify(session, verify, replies)) if verify is not None else verifying
 
     async def _verify(self, session: ServerSession, verify: Verify, replies: asyncio.Queue[object]) -> None:
         """Run the forwards the core asks for, one after another, until it asks for none."""
@@ -243,15 +237,10 @@ class VerifierService(pb_grpc.VerifierServicer):
                     verify_ms=result.forward_ms, queued_ms=result.queued_ms, pipelined=final.pipelined,
                     timings=[pb.SegmentTiming(name=f"exit {e.layer}", ms=e.elapsed_s * 1000) for e in (judge.verdicts if judge else [])],
                 )))
-                following = [a for a in actions[1:] if isinstance(a, Verify)]
-                for action in actions[1:]:
-                    if isinstance(action, Drop):
-                        replies.put_nowait(pb.ServerMessage(dropped=pb.Dropped(round=action.round)))
-                    elif isinstance(action, Reject):
-                        raise ProtocolError(pb.OUT_OF_ORDER, action.reason)
-                if not following:
+                following = _send_actions(actions[1:], replies)
+                if following is None:
                     return
-                verify = following[0]
+                verify = following
         except asyncio.CancelledError:
             raise
         except (ProtocolError, Refused) as error:
@@ -265,6 +254,22 @@ class VerifierService(pb_grpc.VerifierServicer):
 
     def shutdown(self) -> None:
         self.scheduler.close()
+
+
+def _send_actions(actions: list[ServerAction], replies: asyncio.Queue[object]) -> Verify | None:
+    """Send the drops the round core decided, refuse what it rejected; the forward it asks for
+    next, if any (a final verdict is sent by ``_verify``, which knows the forward's timings)."""
+    following = None
+    for action in actions:
+        if isinstance(action, Drop):
+            replies.put_nowait(pb.ServerMessage(dropped=pb.Dropped(round=action.round)))
+        elif isinstance(action, Reject):
+            raise ProtocolError(pb.OUT_OF_ORDER, action.reason)
+        elif isinstance(action, Verify):
+            following = action
+        elif isinstance(action, SendFinal):
+            raise AssertionError("a final verdict comes from _verify, with its forward's timings")
+    return following
 
 
 def _error_reply(error: ProtocolError | Refused) -> pb.ServerMessage:
