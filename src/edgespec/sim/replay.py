@@ -8,6 +8,7 @@ from typing import Any, Sequence
 from edgespec.decoding.early import EarlyVerdict
 from edgespec.decoding.verification import Verdict
 from edgespec.models.draft import DraftBlock
+from edgespec.models.kv import valid_prefix
 from edgespec.rounds.world import CloudJob, VerifyResult
 from edgespec.sim.costs import HardwareProfile
 from edgespec.sim.trace import Trace
@@ -38,11 +39,7 @@ class TraceEdge:
                 t == c for t, c in zip(tokens, trace.continuation[position:])
             )
             tokens.append(trace.draft_argmax[index] if on_track else UNKNOWN - step)
-        common = 0
-        for a, b in zip(self._cached, sequence[:-1]):  # at least the last token is fed
-            if a != b:
-                break
-            common += 1
+        common = valid_prefix(self._cached, sequence)  # the same rollback as the real cache
         # As DraftRuntime: feed what the cache lacks, then one token per step; the last drafted
         # token stays unfed.
         self._cached = list(sequence) + tokens[:-1]
