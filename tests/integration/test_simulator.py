@@ -92,3 +92,21 @@ def test_h200_profile_reads_the_measured_costs() -> None:
     assert profile.forward_s(1) == pytest.approx(0.0163, abs=0.001)
     assert profile.forward_s(5) == pytest.approx(0.019, abs=0.001)
     assert profile.batch_s([0.0199] * 32) == pytest.approx(0.082, abs=0.002)
+
+
+@pytest.mark.parametrize("mode", [Mode.SD, Mode.SD_EE_PIPELINED], ids=lambda m: m.value)
+def test_a_text_that_ends_inside_a_block_replays_like_the_real_engine(mode: Mode) -> None:
+    """A trace that ends in EOS has no record past it; a block drafted across the end must still
+    replay (the verdict ends at the target's EOS), with the real engine's tokens and rounds."""
+    target, draft = models()
+    full = traces()[0].continuation
+    eos = next(t for i, t in enumerate(full) if i >= 10 and t not in full[:i])  # a token first seen late
+    trace = record_trace(runtime(), draft, PROMPTS[0], NEW_TOKENS, [eos], "eos", "test")
+    assert trace.ended_in_eos and len(trace.continuation) < NEW_TOKENS
+    config = SimConfig(modes=(mode.value,), max_new_tokens=NEW_TOKENS, gamma=7)
+    (record,) = run_mode((trace,), mode, PROFILE, Link(one_way_s=0.02), config)
+    real = LocalEngine(runtime(), DraftRuntime(draft)).generate(
+        trace.prompt_ids, Mode.SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=7, eos_ids=frozenset({eos}))
+    )
+    assert record["tokens"] == trace.continuation == real.tokens
+    assert record["stats"]["rounds"] == real.stats.rounds

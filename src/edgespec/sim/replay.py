@@ -86,10 +86,15 @@ class TraceCloud:
         assert job.block is not None
         tokens = job.block.tokens
         truth = trace.continuation[position:]
+        compared = len(tokens)
         if len(truth) < len(tokens) + 1:
-            raise ValueError(f"trace {trace.id} ends at {len(trace.continuation)} tokens: record it with a larger --max-new-tokens")
+            if not trace.ended_in_eos:
+                raise ValueError(f"trace {trace.id} ends at {len(trace.continuation)} tokens: record it with a larger --max-new-tokens")
+            # The text ends inside this block: the verdict ends with the target's EOS (what the
+            # draft wrote after it is never committed, so it needs no record).
+            compared = len(truth) - 1
         accepted = 0
-        while accepted < len(tokens) and tokens[accepted] == truth[accepted]:
+        while accepted < compared and tokens[accepted] == truth[accepted]:
             accepted += 1
         verdict = Verdict(accepted, truth[accepted])
         early = []
