@@ -166,12 +166,13 @@ def test_guessing_stops_when_it_does_not_pay() -> None:
     at = 0.0
     guesses = 0
     for round_index in range(12):
-        actions = client.drafted(draft.id, DraftBlock([7, 8]), at, at + 0.02)
+        # A guess (3 tokens, 0.3 s) outlasts the wait for the verdict (0.1 s): a wrong one costs.
+        actions = client.drafted(draft.id, DraftBlock([7, 8]), at, at + 0.2)
         guess = next((a for a in actions if isinstance(a, core.Draft)), None)
         guesses += guess is not None
-        actions = client.final(round_index, Verdict(0, 5), False, False, 0.05, at + 0.1)  # every guess wrong
+        actions = client.final(round_index, Verdict(0, 5), False, False, 0.05, at + 0.3)  # every guess wrong
         draft = next(a for a in actions if isinstance(a, core.Draft))
-        at += 0.1
+        at += 0.3
     assert 0 < guesses < 12
 
 
@@ -251,3 +252,20 @@ def test_a_resumed_session_ending_in_eos_is_finished() -> None:
     assert rounds_.finished
     with pytest.raises(OutOfOrder):
         rounds_.block(IncomingBlock(0, [1]))
+
+
+def test_the_guess_gate_guesses_whenever_a_wrong_guess_costs_nothing() -> None:
+    from edgespec.rounds.client import _GuessGate
+
+    gate = _GuessGate()
+    for first in (True, False, False):  # low acceptance: one of four tokens per round
+        gate.observe_round(4, 1, draft_s=0.16, wait_s=0.4, first=first)
+    assert gate.hit_rate(4) < 0.05
+    # 5 drafted tokens at 40 ms finish before the verdict (400 ms): the edge was idle anyway.
+    assert gate.worth_it(4, 5)
+    # 11 tokens would still be drafting when the verdict comes: a wrong guess delays the real
+    # draft by a step, and at this acceptance a guess is almost always wrong.
+    assert not gate.worth_it(4, 11)
+    for _ in range(10):  # every token accepted: a long guess is worth its risk
+        gate.observe_round(4, 4, draft_s=0.16, wait_s=0.4, first=False)
+    assert gate.worth_it(4, 11)

@@ -94,10 +94,12 @@ class _InFlight:
 
 
 class _GuessGate:
-    """Whether guessing pays in this session: a right guess saves the draft time the verify and
-    the round trip hide (at most), a wrong one costs the draft step it is stopped in. A guess is
-    right when the whole block is accepted and the bonus is the draft's own next token: about
-    α^(γ+1) for a per-token acceptance α, estimated (decayed) from every round, guessed or not."""
+    """Whether guessing pays in this session. A right guess saves the draft time the verify and
+    the round trip hide (at most). A wrong one costs only what it delays the real draft: nothing
+    when the guess has finished drafting before the verdict arrives (the edge was idle anyway),
+    else the draft step it is stopped in. A guess is right when the whole block is accepted and
+    the bonus is the draft's own next token: about α^(γ+1) for a per-token acceptance α,
+    estimated (decayed) from every round, guessed or not."""
 
     def __init__(self, decay: float = 0.8) -> None:
         self.decay = decay
@@ -116,16 +118,20 @@ class _GuessGate:
             self.step_s = self._mix(self.step_s, draft_s / gamma)
         self.wait_s = self._mix(self.wait_s, wait_s)
 
-    def hit_rate(self, gamma: int) -> float:
+    def hit_rate(self, block: int) -> float:
+        """A guess on a block of ``block`` tokens is right with about α^(block + 1)."""
         seen = self._accepted + self._rejected
         alpha = self._accepted / seen if seen else 0.8
-        return alpha ** (gamma + 1)
+        return alpha ** (block + 1)
 
-    def worth_it(self, gamma: int) -> bool:
+    def worth_it(self, block: int, guess_tokens: int) -> bool:
+        """Guess on the block in flight (``block`` tokens) by drafting ``guess_tokens``?"""
         if self.step_s is None or self.wait_s is None:
             return True
-        h = self.hit_rate(gamma)
-        return h * min((gamma + 1) * self.step_s, self.wait_s) > (1 - h) * self.step_s
+        guess_s = guess_tokens * self.step_s
+        wasted_s = self.step_s if guess_s > self.wait_s else 0.0
+        h = self.hit_rate(block)
+        return h * min(guess_s, self.wait_s) >= (1 - h) * wasted_s
 
 
 class ClientRounds:
@@ -320,7 +326,7 @@ class ClientRounds:
         assert self._in_flight is not None
         block = self._in_flight.block
         gamma = self.gen.gamma(len(block.tokens) + 1)
-        if not self.guess or not self._gate.worth_it(gamma):
+        if not self.guess or not self._gate.worth_it(len(block.tokens), gamma + 1):
             return []
         # A block that ends the text (EOS, or the budget with its bonus) leaves nothing to guess.
         if clip_to_stop(list(block.tokens) + [-1], self.gen.eos, self.gen.budget()).finished:
