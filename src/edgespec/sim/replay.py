@@ -3,6 +3,8 @@ the discrete-event world (``rounds/world.py``) with these instead of the real mo
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from edgespec.decoding.early import EarlyVerdict
@@ -46,12 +48,43 @@ class TraceEdge:
         return DraftBlock(tokens), self.profile.draft_s(gamma, len(sequence) - common)
 
 
+@dataclass(frozen=True)
+class ExitOracle:
+    """A hypothetical exit for design questions ("what would exits at layer L be worth if they
+    cost nothing and were right this often?"): after ``layer`` of the target's layers it streams
+    the round's true verdict with probability ``accuracy`` and a wrong one otherwise, always
+    confidently, at no cost. It replaces the trace's own exits."""
+
+    layer: int
+    accuracy: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.layer < 1 or not 0.0 <= self.accuracy <= 1.0:
+            raise ValueError(f"an exit oracle needs layer >= 1 and accuracy in [0, 1], got {self.layer}, {self.accuracy}")
+
+    @staticmethod
+    def parse(text: str) -> "ExitOracle":
+        """``LAYER`` or ``LAYER:ACCURACY``, e.g. ``21:0.5``."""
+        layer, _, accuracy = text.partition(":")
+        try:
+            return ExitOracle(int(layer), float(accuracy) if accuracy else 1.0)
+        except ValueError as error:
+            raise ValueError(f"--exit-oracle takes LAYER or LAYER:ACCURACY (e.g. 21:0.5), got {text!r}: {error}") from None
+
+    def verdict(self, trace_id: str, position: int, truth: Verdict) -> Verdict:
+        # Keyed by where the round is, so every mode sees the same exit on the same round.
+        right = random.Random(f"{self.seed}/{trace_id}/{position}/{truth.accepted}").random() < self.accuracy
+        return truth if right else Verdict(truth.accepted, UNKNOWN)
+
+
 class TraceCloud:
     """The target and its exits, as the trace says they decide, at the profile's costs."""
 
-    def __init__(self, traces: dict[int, Trace], profile: HardwareProfile) -> None:
+    def __init__(self, traces: dict[int, Trace], profile: HardwareProfile, exit_oracle: ExitOracle | None = None) -> None:
         self.traces = traces
         self.profile = profile
+        self.exit_oracle = exit_oracle
 
     def open(self, session: int, sampling: Any, seed: int) -> None:
         if not sampling.greedy:
@@ -75,7 +108,7 @@ class TraceCloud:
                 results.append(trace.continuation[position])
                 continue
             assert job.block is not None
-            exits = len(trace.exits) if job.with_exits else 0
+            exits = len(trace.exits) if job.with_exits and self.exit_oracle is None else 0
             cost = profile.forward_s(len(job.block.tokens) + 1, exits)
             singles.append(cost)
             results.append((trace, position, job))
@@ -98,7 +131,11 @@ class TraceCloud:
             accepted += 1
         verdict = Verdict(accepted, truth[accepted])
         early = []
-        if job.with_exits:
+        oracle = self.exit_oracle
+        if job.with_exits and oracle is not None:
+            guess = oracle.verdict(trace.id, position, verdict)
+            early.append(EarlyVerdict(oracle.layer, guess, 1.0, forward_s * oracle.layer / trace.num_layers, True))
+        elif job.with_exits:
             for layer, exit_trace in sorted(trace.exits.items(), key=lambda item: int(item[0])):
                 early.append(self._early(int(layer), exit_trace, tokens, truth, position, accepted, trace.num_layers, forward_s))
         return VerifyResult(verdict, early)
