@@ -131,3 +131,45 @@ def test_cloud_sd_sampling_is_sd_sampling_moved_to_the_server(served) -> None:
         edge = EdgeClient(address, DraftRuntime(draft_model("layer-skip"))).generate(PROMPT, Mode.SD, config)
         assert cloud.tokens == edge.tokens and len(cloud.tokens) == 16
         assert cloud.stats.accepted == edge.stats.accepted
+
+
+# ---------------------------------------------------------------- the simulator
+
+
+def test_cloud_sd_replay_is_exact_and_charges_the_draft_to_the_verifier() -> None:
+    from dataclasses import replace
+
+    from edgespec.rounds.world import Link
+    from edgespec.sim.costs import HardwareProfile, h200_profile
+    from edgespec.sim.simulate import SimConfig, colocated_comparison, run_mode
+    from edgespec.sim.trace import record_trace
+
+    target, draft = target_model(), draft_model("layer-skip")
+    trace = record_trace(TargetRuntime(target), draft, PROMPT, NEW_TOKENS + 8, [], "p0", "test")
+    gamma = 4
+    profile = HardwareProfile(name="test", forward_ms={1: 10.0, 5: 12.0}, prefill_ms_per_token=0.5, draft_ms_per_token=3.0,
+                              server_draft_ms_per_token=2.0, server_draft_prefill_ms_per_token=0.0)
+    config = SimConfig(modes=("cloud-sd",), max_new_tokens=NEW_TOKENS, gamma=gamma)
+    (colocated,) = run_mode([trace], Mode.CLOUD_SD, profile, Link(one_way_s=0.02), config)
+    (edge,) = run_mode([trace], Mode.SD, profile, Link(one_way_s=0.02), config)
+    real = LocalEngine(TargetRuntime(target), DraftRuntime(draft)).generate(PROMPT, Mode.CLOUD_SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=gamma))
+    assert colocated["tokens"] == list(reference()) == real.tokens
+    stats = colocated["stats"]
+    assert (stats["rounds"], stats["accepted"]) == (real.stats.rounds, real.stats.accepted) == (edge["stats"]["rounds"], edge["stats"]["accepted"])
+    # Every round: its drafted tokens at the server's 2 ms each, on the verifier, then the verify.
+    assert stats["server_draft_s"] == pytest.approx(stats["drafted"] * 0.002)
+    assert stats["server_verify_s"] == pytest.approx(edge["stats"]["server_verify_s"] + stats["server_draft_s"])
+    assert colocated["verifier_busy_s"] == pytest.approx(edge["verifier_busy_s"] + stats["server_draft_s"])
+    summary = {"profiles": {"wan": {
+        "cloud-sd": {"server_busy_s_per_token": stats["server_verify_s"] / NEW_TOKENS, "tokens_per_s": 1.0},
+        "sd": {"server_busy_s_per_token": edge["stats"]["server_verify_s"] / NEW_TOKENS, "tokens_per_s": 2.0},
+    }}}
+    comparison = colocated_comparison(summary, profile, gamma)
+    assert comparison["predicted_factor"] == pytest.approx(1 + gamma * 2.0 / 12.0)
+    # Full blocks of γ except where the budget clips the last: the simulated factor is the predicted one.
+    simulated = comparison["profiles"]["wan"]["modes"]["sd"]["verifier_s_per_token_factor_vs_cloud_sd"]
+    assert simulated == pytest.approx(comparison["predicted_factor"], rel=0.05)
+    # The H200 profile carries a (derived) server draft cost; a profile without one says what is missing.
+    assert h200_profile(None).server_draft_ms_per_token > 0
+    with pytest.raises(ValueError, match="server-side draft cost"):
+        run_mode([trace], Mode.CLOUD_SD, replace(profile, server_draft_ms_per_token=None), Link(), config)

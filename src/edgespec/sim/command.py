@@ -41,7 +41,7 @@ def add_sim_parsers(subparsers: Any) -> None:
     sim.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     sim.add_argument("--refresh-probe", action="store_true", help="probe this host again instead of using the cached profile")
     sim.add_argument("--profiles", default="wan", help="comma-separated: lan, wan, cellular")
-    sim.add_argument("--modes", default="cloud-ar,sd,sd-ee,sd-ee-predraft,sd-ee-pipelined")
+    sim.add_argument("--modes", default="cloud-ar,sd,sd-ee,sd-ee-predraft,sd-ee-pipelined,cloud-sd")
     sim.add_argument("--clients", default="1", help="N, or a sweep N1,N2,... (clients sharing one batching verifier)")
     sim.add_argument("--gamma", type=int, default=4)
     sim.add_argument("--adaptive-gamma", action="store_true")
@@ -113,7 +113,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     from edgespec.bench.report import render_markdown
     from edgespec.netem import PROFILES
     from edgespec.sim.plots import plot_clients, plot_speedup_map
-    from edgespec.sim.simulate import SimConfig, clients_sweep, link_for, simulate, speedup_grid
+    from edgespec.sim.simulate import SimConfig, clients_sweep, colocated_comparison, link_for, render_colocated, simulate, speedup_grid
     from edgespec.sim.trace import load_traces
 
     traces = load_traces(args.traces)
@@ -155,7 +155,10 @@ def run_simulate(args: argparse.Namespace) -> int:
     with (out / "results.jsonl").open("w") as sink:
         for record in records:
             sink.write(json.dumps(record) + "\n")
+    summary["colocated"] = colocated_comparison(summary, hardware, args.gamma) if "cloud-sd" in config.modes else {}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     report = render_markdown(summary, command).replace("# edgespec benchmark", f"# edgespec simulation ({hardware.name}: {hardware.source})")
+    report += render_colocated(summary["colocated"])
     if args.compare_bench:
         comparison = compare_with_bench(summary, json.loads(Path(args.compare_bench).read_text()))
         summary["compared_with_bench"] = comparison

@@ -17,7 +17,7 @@ from edgespec.sim.costs import HardwareProfile
 from edgespec.sim.replay import TraceCloud, TraceEdge
 from edgespec.sim.trace import Trace
 
-SIMULATED_MODES = ("cloud-ar", "sd", "sd-ee", "sd-ee-predraft", "sd-ee-pipelined")
+SIMULATED_MODES = ("cloud-ar", "sd", "sd-ee", "sd-ee-predraft", "sd-ee-pipelined", "cloud-sd")
 
 
 @dataclass(frozen=True)
@@ -149,3 +149,71 @@ def clients_sweep(
             chosen = run_mode(traces, Mode.parse(mode), profile, link, point)
             sweep[mode].append(statistics.median(len(r["tokens"]) / r["stats"]["total_s"] for r in chosen))
     return sweep
+
+
+EDGE_SD_MODES = ("sd", "sd-ee", "sd-ee-predraft", "sd-ee-pipelined")
+
+
+def colocated_comparison(summary: dict[str, Any], profile: HardwareProfile, gamma: int) -> dict[str, Any]:
+    """Edge speculation against co-located speculation (cloud-sd) on one verifier: the factor
+    arXiv 2606.25091 predicts, 1 + γ·t_d/t_v (t_d: the server's draft step, t_v: one verify of γ
+    drafts), against the simulated ratio of verifier seconds per token, and per-client tokens/s
+    beside cloud-ar's. γ is the configured one (with --adaptive-gamma the rounds' γ varies)."""
+    if profile.server_draft_ms_per_token is None:
+        return {}
+    t_d = profile.server_draft_ms_per_token
+    t_v = profile.forward_s(gamma + 1) * 1000
+    result: dict[str, Any] = {
+        "gamma": gamma, "t_draft_ms": t_d, "t_verify_ms": t_v, "predicted_factor": 1 + gamma * t_d / t_v,
+        "t_draft_source": profile.server_draft_source, "profiles": {},
+    }
+    for link, per_mode in summary.get("profiles", {}).items():
+        colocated = per_mode.get("cloud-sd")
+        if not colocated:
+            continue
+        rate = "aggregate_tokens_per_s" if "aggregate_tokens_per_s" in colocated else "tokens_per_s"
+        rows = {}
+        for mode in ("cloud-ar", *EDGE_SD_MODES):
+            if mode in per_mode and per_mode[mode].get("server_busy_s_per_token"):
+                rows[mode] = {
+                    "server_busy_s_per_token": per_mode[mode]["server_busy_s_per_token"],
+                    # > 1: this mode needs that many times fewer verifier seconds per token than cloud-sd
+                    "verifier_s_per_token_factor_vs_cloud_sd": colocated["server_busy_s_per_token"] / per_mode[mode]["server_busy_s_per_token"],
+                    f"{rate}_vs_cloud_sd": per_mode[mode].get(rate, 0.0) / colocated[rate] if colocated.get(rate) else 0.0,
+                }
+        result["profiles"][link] = {"cloud-sd": {"server_busy_s_per_token": colocated["server_busy_s_per_token"], rate: colocated.get(rate, 0.0)}, "modes": rows}
+    sweep = summary.get("sweep")
+    if sweep and "cloud-sd" in sweep["median_per_client_tokens_per_s"]:
+        result["sweep"] = {
+            "clients": sweep["clients"],
+            "median_per_client_tokens_per_s": {m: v for m, v in sweep["median_per_client_tokens_per_s"].items() if m in ("cloud-ar", "cloud-sd", *EDGE_SD_MODES)},
+        }
+    return result
+
+
+def render_colocated(comparison: dict[str, Any]) -> str:
+    if not comparison:
+        return ""
+    lines = [
+        "",
+        "## Edge speculation vs co-located speculation (cloud-sd)",
+        "",
+        f"Predicted (arXiv 2606.25091): edge SD needs 1 + γ·t_d/t_v = 1 + {comparison['gamma']}·{comparison['t_draft_ms']:.1f}/{comparison['t_verify_ms']:.1f} "
+        f"= **{comparison['predicted_factor']:.2f}×** fewer verifier seconds per token than cloud-sd "
+        f"(t_d: {comparison['t_draft_source'] or 'the profile'}; t_v: a verify of γ drafts, the profile's).",
+        "",
+        "| link | mode | verifier s/token | cloud-sd's ÷ this (simulated) | tokens/s vs cloud-sd |",
+        "|---|---|---|---|---|",
+    ]
+    for link, entry in comparison["profiles"].items():
+        lines.append(f"| {link} | cloud-sd | {entry['cloud-sd']['server_busy_s_per_token']:.4f} | 1.00 | 1.00 |")
+        for mode, row in entry["modes"].items():
+            rate = next(v for k, v in row.items() if k.endswith("_vs_cloud_sd") and k.startswith(("tokens", "aggregate")))
+            lines.append(f"| {link} | {mode} | {row['server_busy_s_per_token']:.4f} | {row['verifier_s_per_token_factor_vs_cloud_sd']:.2f} | {rate:.2f} |")
+    sweep = comparison.get("sweep")
+    if sweep:
+        lines += ["", "Median per-client tokens/s as clients share the verifier:", "", "| mode | " + " | ".join(f"{c} clients" for c in sweep["clients"]) + " |",
+                  "|---|" + "---|" * len(sweep["clients"])]
+        for mode, values in sweep["median_per_client_tokens_per_s"].items():
+            lines.append(f"| {mode} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+    return "\n".join(lines) + "\n"
