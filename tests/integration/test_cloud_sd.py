@@ -160,15 +160,13 @@ def test_cloud_sd_replay_is_exact_and_charges_the_draft_to_the_verifier() -> Non
     assert stats["server_draft_s"] == pytest.approx(stats["drafted"] * 0.002)
     assert stats["server_verify_s"] == pytest.approx(edge["stats"]["server_verify_s"] + stats["server_draft_s"])
     assert colocated["verifier_busy_s"] == pytest.approx(edge["verifier_busy_s"] + stats["server_draft_s"])
-    summary = {"profiles": {"wan": {
-        "cloud-sd": {"server_busy_s_per_token": stats["server_verify_s"] / NEW_TOKENS, "tokens_per_s": 1.0},
-        "sd": {"server_busy_s_per_token": edge["stats"]["server_verify_s"] / NEW_TOKENS, "tokens_per_s": 2.0},
-    }}}
-    comparison = colocated_comparison(summary, profile, gamma)
+    comparison = colocated_comparison([trace], profile, "lan", ("cloud-ar", "sd", "cloud-sd"), (1, 3), config)
     assert comparison["predicted_factor"] == pytest.approx(1 + gamma * 2.0 / 12.0)
+    one = comparison["points"]["1"]
+    assert one["sd"]["verifier_s_per_token"] == pytest.approx(edge["verifier_busy_s"] / NEW_TOKENS)
     # Full blocks of γ except where the budget clips the last: the simulated factor is the predicted one.
-    simulated = comparison["profiles"]["wan"]["modes"]["sd"]["verifier_s_per_token_factor_vs_cloud_sd"]
-    assert simulated == pytest.approx(comparison["predicted_factor"], rel=0.05)
+    assert one["sd"]["verifier_factor_vs_cloud_sd"] == pytest.approx(comparison["predicted_factor"], rel=0.05)
+    assert one["cloud-ar"]["verifier_factor_vs_cloud_sd"] < one["sd"]["verifier_factor_vs_cloud_sd"]
     # The H200 profile carries a (derived) server draft cost; a profile without one says what is missing.
     assert h200_profile(None).server_draft_ms_per_token > 0
     with pytest.raises(ValueError, match="server-side draft cost"):

@@ -155,7 +155,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     with (out / "results.jsonl").open("w") as sink:
         for record in records:
             sink.write(json.dumps(record) + "\n")
-    summary["colocated"] = colocated_comparison(summary, hardware, args.gamma) if "cloud-sd" in config.modes else {}
+    summary["colocated"] = colocated_comparison(traces, hardware, links[0], config.modes, counts, config)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     report = render_markdown(summary, command).replace("# edgespec benchmark", f"# edgespec simulation ({hardware.name}: {hardware.source})")
     report += render_colocated(summary["colocated"])

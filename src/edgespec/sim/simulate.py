@@ -70,6 +70,7 @@ def run_mode(traces: Sequence[Trace], mode: Mode, profile: HardwareProfile, link
         world = World(cloud, config.max_batch)
         for index, (trace, result) in enumerate(zip(chosen, world.run(specs))):
             records.append({
+                "world": len(records) - index,  # the records of one world (one verifier) share this
                 "prompt_set": trace.prompt_set, "prompt_id": trace.id, "mode": mode.value, "client_index": index,
                 "tokens": result.tokens, "stats": result.stats.as_dict(with_timeline=False),
                 "started_at": 0.0, "ended_at": result.stats.total_s, "verifier_busy_s": world.verifier.busy_s, "wall_s": world.wall_s,
@@ -154,66 +155,63 @@ def clients_sweep(
 EDGE_SD_MODES = ("sd", "sd-ee", "sd-ee-predraft", "sd-ee-pipelined")
 
 
-def colocated_comparison(summary: dict[str, Any], profile: HardwareProfile, gamma: int) -> dict[str, Any]:
-    """Edge speculation against co-located speculation (cloud-sd) on one verifier: the factor
-    arXiv 2606.25091 predicts, 1 + γ·t_d/t_v (t_d: the server's draft step, t_v: one verify of γ
-    drafts), against the simulated ratio of verifier seconds per token, and per-client tokens/s
-    beside cloud-ar's. γ is the configured one (with --adaptive-gamma the rounds' γ varies)."""
-    if profile.server_draft_ms_per_token is None:
+def colocated_comparison(
+    traces: Sequence[Trace], profile: HardwareProfile, link_name: str, modes: Sequence[str], counts: Sequence[int], config: SimConfig
+) -> dict[str, Any]:
+    """Edge speculation against co-located speculation (cloud-sd) on one verifier, per client
+    count: median per-client tokens/s and the verifier's seconds per generated token (its busy
+    time, a batched pass counted once, over every client's tokens), with the factor arXiv
+    2606.25091 predicts, 1 + γ·t_d/t_v (t_d: the server's draft step, t_v: one verify of γ
+    drafts). γ is the configured one (with --adaptive-gamma the rounds' γ varies)."""
+    if profile.server_draft_ms_per_token is None or "cloud-sd" not in modes:
         return {}
+    gamma = config.gamma
     t_d = profile.server_draft_ms_per_token
     t_v = profile.forward_s(gamma + 1) * 1000
-    result: dict[str, Any] = {
-        "gamma": gamma, "t_draft_ms": t_d, "t_verify_ms": t_v, "predicted_factor": 1 + gamma * t_d / t_v,
-        "t_draft_source": profile.server_draft_source, "profiles": {},
+    link = link_for(PROFILES[link_name], profile)
+    chosen = [m for m in ("cloud-ar", *EDGE_SD_MODES, "cloud-sd") if m in modes]
+    points: dict[str, Any] = {}
+    for count in counts:
+        point = SimConfig(**{**config.__dict__, "clients": count})
+        per_mode = {}
+        for mode in chosen:
+            records = run_mode(traces, Mode.parse(mode), profile, link, point)
+            worlds = {r["world"]: r["verifier_busy_s"] for r in records}
+            per_mode[mode] = {
+                "median_per_client_tokens_per_s": statistics.median(len(r["tokens"]) / r["stats"]["total_s"] for r in records),
+                "verifier_s_per_token": sum(worlds.values()) / max(1, sum(len(r["tokens"]) for r in records)),
+            }
+        colocated = per_mode["cloud-sd"]["verifier_s_per_token"]
+        for row in per_mode.values():
+            # > 1: that many times fewer verifier seconds per token than cloud-sd
+            row["verifier_factor_vs_cloud_sd"] = colocated / row["verifier_s_per_token"] if row["verifier_s_per_token"] else 0.0
+        points[str(count)] = per_mode
+    return {
+        "link": link_name, "gamma": gamma, "t_draft_ms": t_d, "t_verify_ms": t_v, "predicted_factor": 1 + gamma * t_d / t_v,
+        "t_draft_source": profile.server_draft_source, "clients": list(counts), "points": points,
     }
-    for link, per_mode in summary.get("profiles", {}).items():
-        colocated = per_mode.get("cloud-sd")
-        if not colocated:
-            continue
-        rate = "aggregate_tokens_per_s" if "aggregate_tokens_per_s" in colocated else "tokens_per_s"
-        rows = {}
-        for mode in ("cloud-ar", *EDGE_SD_MODES):
-            if mode in per_mode and per_mode[mode].get("server_busy_s_per_token"):
-                rows[mode] = {
-                    "server_busy_s_per_token": per_mode[mode]["server_busy_s_per_token"],
-                    # > 1: this mode needs that many times fewer verifier seconds per token than cloud-sd
-                    "verifier_s_per_token_factor_vs_cloud_sd": colocated["server_busy_s_per_token"] / per_mode[mode]["server_busy_s_per_token"],
-                    f"{rate}_vs_cloud_sd": per_mode[mode].get(rate, 0.0) / colocated[rate] if colocated.get(rate) else 0.0,
-                }
-        result["profiles"][link] = {"cloud-sd": {"server_busy_s_per_token": colocated["server_busy_s_per_token"], rate: colocated.get(rate, 0.0)}, "modes": rows}
-    sweep = summary.get("sweep")
-    if sweep and "cloud-sd" in sweep["median_per_client_tokens_per_s"]:
-        result["sweep"] = {
-            "clients": sweep["clients"],
-            "median_per_client_tokens_per_s": {m: v for m, v in sweep["median_per_client_tokens_per_s"].items() if m in ("cloud-ar", "cloud-sd", *EDGE_SD_MODES)},
-        }
-    return result
 
 
 def render_colocated(comparison: dict[str, Any]) -> str:
     if not comparison:
         return ""
+    counts = comparison["clients"]
     lines = [
         "",
-        "## Edge speculation vs co-located speculation (cloud-sd)",
+        f"## Edge speculation vs co-located speculation (cloud-sd), {comparison['link']}",
         "",
         f"Predicted (arXiv 2606.25091): edge SD needs 1 + γ·t_d/t_v = 1 + {comparison['gamma']}·{comparison['t_draft_ms']:.1f}/{comparison['t_verify_ms']:.1f} "
         f"= **{comparison['predicted_factor']:.2f}×** fewer verifier seconds per token than cloud-sd "
-        f"(t_d: {comparison['t_draft_source'] or 'the profile'}; t_v: a verify of γ drafts, the profile's).",
+        f"(t_d: {comparison['t_draft_source'] or 'the profile'}; t_v: a verify of γ drafts, the profile's). "
+        "Simulated below: verifier seconds per token (its busy time, a batched pass counted once) and cloud-sd's ÷ each mode's.",
         "",
-        "| link | mode | verifier s/token | cloud-sd's ÷ this (simulated) | tokens/s vs cloud-sd |",
-        "|---|---|---|---|---|",
+        "| mode | " + " | ".join(f"{c} clients: tok/s per client · verifier ms/tok · cloud-sd ÷" for c in counts) + " |",
+        "|---|" + "---|" * len(counts),
     ]
-    for link, entry in comparison["profiles"].items():
-        lines.append(f"| {link} | cloud-sd | {entry['cloud-sd']['server_busy_s_per_token']:.4f} | 1.00 | 1.00 |")
-        for mode, row in entry["modes"].items():
-            rate = next(v for k, v in row.items() if k.endswith("_vs_cloud_sd") and k.startswith(("tokens", "aggregate")))
-            lines.append(f"| {link} | {mode} | {row['server_busy_s_per_token']:.4f} | {row['verifier_s_per_token_factor_vs_cloud_sd']:.2f} | {rate:.2f} |")
-    sweep = comparison.get("sweep")
-    if sweep:
-        lines += ["", "Median per-client tokens/s as clients share the verifier:", "", "| mode | " + " | ".join(f"{c} clients" for c in sweep["clients"]) + " |",
-                  "|---|" + "---|" * len(sweep["clients"])]
-        for mode, values in sweep["median_per_client_tokens_per_s"].items():
-            lines.append(f"| {mode} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+    for mode in comparison["points"][str(counts[0])]:
+        cells = []
+        for c in counts:
+            row = comparison["points"][str(c)][mode]
+            cells.append(f"{row['median_per_client_tokens_per_s']:.1f} · {1000 * row['verifier_s_per_token']:.2f} · {row['verifier_factor_vs_cloud_sd']:.2f}×")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
