@@ -416,7 +416,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.cloud_draft:
         from edgespec.server.cloud_draft import CloudDraft
 
-        cloud_draft = CloudDraft.load(args.cloud_draft, args.dtype, args.device)
+        cloud_draft = CloudDraft.load(args.cloud_draft, args.dtype, args.device, max_batch=args.max_batch)
         cloud_draft.check_pairs_with(int(target.model.get_output_embeddings().weight.shape[0]))
     asyncio.run(
         serve(

@@ -133,6 +133,25 @@ def test_cloud_sd_sampling_is_sd_sampling_moved_to_the_server(served) -> None:
         assert cloud.stats.accepted == edge.stats.accepted
 
 
+def test_sessions_waiting_to_draft_are_drafted_together_as_each_would_alone() -> None:
+    import gc
+
+    cloud = CloudDraft(draft_model("layer-skip"))
+    sequences = [PROMPT, PROMPT[:3] + [5, 6], [7, 8, 9, 10, 11, 12, 13, 14]]
+    drafters = [cloud.session(SamplingParams(), seed=0) for _ in sequences]
+    requests = [cloud.request(d, s, gamma) for d, s, gamma in zip(drafters, sequences, (4, 2, 5))]
+    first = cloud.drafted(requests[0])
+    # One pass per step, over the sessions still drafting (γ 4, 2, 5): 3, 3, 2, 2, then the last alone.
+    assert [r.batch_size for r in requests] == [3, 3, 3] and dict(cloud.runtime.batch_sizes) == {3: 2, 2: 2, 1: 1}
+    for request, sequence in zip(requests, sequences):
+        alone = DraftRuntime(draft_model("layer-skip")).draft(sequence, request.gamma, SamplingParams())
+        assert cloud.drafted(request).tokens == alone.tokens  # the later jobs find their blocks drafted
+    assert first is requests[0].block
+    del drafters, requests, request, first
+    gc.collect()
+    assert len(cloud.runtime.live_caches) == 0, "a session's draft cache outlived it"
+
+
 # ---------------------------------------------------------------- the simulator
 
 

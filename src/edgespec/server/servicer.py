@@ -206,8 +206,9 @@ class VerifierService(pb_grpc.VerifierServicer):
             replies.put_nowait(pb.ServerMessage(tokens=pb.Tokens(ids=[token], finished=finished, compute_ms=result.forward_ms)))
 
     async def _speculate_all(self, session: ServerSession, request: pb.Open, replies: asyncio.Queue[object], opened_at: float) -> None:
-        """cloud-sd: draft with the server's own draft (a compute job of its own: never beside a
-        target forward), verify through the batch scheduler like any block, stream what commits."""
+        """cloud-sd: draft with the server's own draft (a compute job of its own, batched with the
+        other sessions waiting to draft: never beside a target forward), verify through the batch
+        scheduler like any block, stream what commits."""
         assert self.cloud_draft is not None
         gamma = request.gamma or 4
         policy = AdaptiveGamma(initial=gamma, max_gamma=max(gamma, request.max_gamma or 8)) if request.adaptive_gamma else None
@@ -221,8 +222,14 @@ class VerifierService(pb_grpc.VerifierServicer):
             if time.monotonic() - opened_at >= self.limits.max_lifetime_s:
                 raise self._expired(opened_at)
             began = time.perf_counter()
-            drafted = await self.scheduler.submit(Job.other(lambda step=step: drafter.draft(step.sequence, step.gamma)))
-            verify = colocated.drafted(step, drafted.value, drafted.forward_ms / 1000)
+            wanted = self.cloud_draft.request(drafter, step.sequence, step.gamma)
+            try:
+                drafted = await self.scheduler.submit(Job.other(lambda wanted=wanted: self.cloud_draft.drafted(wanted)))  # type: ignore[union-attr]
+            except BaseException:
+                wanted.cancelled = True  # a batch that has not started yet skips it
+                raise
+            draft_ms = wanted.batch_ms  # the batched drafting it rode in, like a verify's forward
+            verify = colocated.drafted(step, drafted.value, draft_ms / 1000)
             result = await self.scheduler.submit(session.verify_job(verify, None))
             verdict, _ = result.value
             done = colocated.verified(verify, verdict, result.forward_ms / 1000, time.perf_counter() - began)
@@ -230,7 +237,7 @@ class VerifierService(pb_grpc.VerifierServicer):
             final = done.final
             replies.put_nowait(pb.ServerMessage(tokens=pb.Tokens(
                 ids=final.committed, finished=final.finished, compute_ms=result.forward_ms,
-                draft_ms=drafted.forward_ms, drafted=done.drafted, accepted=verdict.accepted,
+                draft_ms=draft_ms, drafted=done.drafted, accepted=verdict.accepted,
             )))
 
     def _take_block(self, session: ServerSession, block: pb.DraftBlock) -> list[ServerAction]:
