@@ -17,7 +17,8 @@ from edgespec.sim.costs import HardwareProfile
 from edgespec.sim.replay import TraceCloud, TraceEdge
 from edgespec.sim.trace import Trace
 
-SIMULATED_MODES = ("cloud-ar", "sd", "sd-ee", "sd-ee-predraft", "sd-ee-pipelined", "cloud-sd")
+# cloud-sd also needs the profile's server-side draft cost (`edgespec simulate` adds it when known).
+SIMULATED_MODES = ("cloud-ar", "sd", "sd-ee", "sd-ee-predraft", "sd-ee-pipelined")
 
 
 @dataclass(frozen=True)
