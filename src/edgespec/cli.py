@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--local", action="store_true", help="run target and draft in this process")
     generate.add_argument("--target", default=DEFAULT_TARGET, help="--local: preset name, HF model dir or .gguf file")
     generate.add_argument("--draft", default=DEFAULT_DRAFT, help="preset name, HF model dir or .gguf file")
-    generate.add_argument("--mode", default="sd-ee-pipelined", help="cloud-ar (or ar), edge-only, sd, sd-ee, sd-ee-predraft, sd-ee-pipelined")
+    generate.add_argument("--mode", default="sd-ee-pipelined", help="cloud-ar (or ar), edge-only, sd, sd-ee, sd-ee-predraft, sd-ee-pipelined, cloud-sd (the server drafts: it needs --cloud-draft)")
     generate.add_argument("--draft-backend", default="transformers", choices=["transformers", "llamacpp"], help="llamacpp: the same GGUF on llama.cpp (fast on CPUs)")
     add_decoding_arguments(generate)
     add_model_arguments(generate)
@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     admission.add_argument("--max-lifetime", type=float, default=3600.0, help="seconds a session may live")
     add_model_arguments(serve)
     serve.add_argument("--device", default="cpu", help="where the target runs: cpu, cuda, cuda:1, ... (exits follow it)")
+    serve.add_argument(
+        "--cloud-draft", metavar="MODEL",
+        help="serve cloud-sd too (the co-located baseline: the server drafts with MODEL, transformers, in --dtype on --device, between its target forwards)",
+    )
     add_exit_argument(serve)
     add_server_security_arguments(serve)
     from edgespec.server.replicas import add_replica_arguments
@@ -255,7 +259,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     mode = Mode.parse(args.mode)
     draft_runtime, tokenizer = None, None
-    if mode.uses_draft:
+    if mode.uses_draft or (args.local and mode.server_drafts):  # in process, cloud-sd's draft is the "server's"
         draft_runtime, tokenizer = load_draft(args.draft, args.draft_backend, args.dtype, threads=args.threads or 1)
     if args.local:
         target = load_model(args.target, args.dtype)
@@ -408,6 +412,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.device != "cpu":
         target.model.to(args.device)  # the verifier on an accelerator; verdicts stay on the CPU
     exits = resolve_exits(args.exits, target.model, args.target)
+    cloud_draft = None
+    if args.cloud_draft:
+        from edgespec.server.cloud_draft import CloudDraft
+
+        cloud_draft = CloudDraft.load(args.cloud_draft, args.dtype, args.device, max_batch=args.max_batch)
+        cloud_draft.check_pairs_with(int(target.model.get_output_embeddings().weight.shape[0]))
     asyncio.run(
         serve(
             target.model,
@@ -416,6 +426,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             exits,
             config,
             target_name=f"{target.name} ({target.dtype})",
+            cloud_draft=cloud_draft,
         )
     )
     return 0

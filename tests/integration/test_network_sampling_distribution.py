@@ -1,5 +1,6 @@
 """Sampling is lossless through the real client/server path: EdgeClient over gRPC, the draft's
-rows on the wire, the server's position-tied uniforms, γ from 1 to 8. Over many seeds, the
+rows on the wire (or, in cloud-sd, the server's own draft), the server's position-tied uniforms,
+γ from 1 to 8. Over many seeds, the
 empirical distribution of the first two generated tokens matches the target's exact one.
 
 The bound is Bretagnolle-Huber-Carol: for N samples over V categories,
@@ -27,6 +28,7 @@ from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
 from edgespec.server.app import RunningServer, ServerConfig
+from edgespec.server.cloud_draft import CloudDraft
 from edgespec.server.servicer import VerifierService
 from tiny_models import tiny_model
 
@@ -67,7 +69,8 @@ def test_sampled_tokens_over_the_network_follow_the_targets_distribution() -> No
     assert abs(bound - 0.118) < 1e-3
 
     exits = ExitHeads([ExitSpec(2)], target.config.hidden_size)  # threshold 0: a hint every round
-    server = RunningServer(VerifierService(TargetRuntime(target, exits), tokenizer=None, eos_ids=frozenset()), ServerConfig(port=0))
+    service = VerifierService(TargetRuntime(target, exits), tokenizer=None, eos_ids=frozenset(), cloud_draft=CloudDraft(draft))
+    server = RunningServer(service, ServerConfig(port=0))
     address = f"127.0.0.1:{server.port}"
     reused = EdgeClient(address, DraftRuntime(draft))
     firsts: Counter[int] = Counter()
@@ -76,21 +79,22 @@ def test_sampled_tokens_over_the_network_follow_the_targets_distribution() -> No
     try:
         for seed in range(SAMPLES):
             # γ 1..8, with at least γ new tokens so the budget never shortens the first block;
-            # two modes, the pipelined one shipping tagged pre-drafts with their rows.
-            mode = Mode.SD if seed % 2 else Mode.SD_EE_PIPELINED
-            gamma = 1 + (seed // 2) % 8
+            # three modes: the pipelined one shipping tagged pre-drafts with their rows, cloud-sd
+            # drafting on the server (the same draft weights, no draft on the client).
+            mode = (Mode.SD, Mode.SD_EE_PIPELINED, Mode.CLOUD_SD)[seed % 3]
+            gamma = 1 + (seed // 3) % 8
             config = GenerationConfig(max_new_tokens=max(2, gamma), gamma=gamma, sampling=SAMPLING, seed=seed)
             # A pre-draft left running by one generation corrupts the next one's draft cache
             # (tests/integration/test_client_reuse.py): the pre-drafting mode gets a fresh
             # client and draft runtime (on the same weights) each time.
-            client = reused if mode is Mode.SD else EdgeClient(address, DraftRuntime(draft))
+            client = reused if mode is Mode.SD else EdgeClient(address) if mode is Mode.CLOUD_SD else EdgeClient(address, DraftRuntime(draft))
             result = client.generate(PROMPT, mode, config)
             firsts[result.tokens[0]] += 1
             seconds[result.tokens[1]] += 1
             modes[mode.value] += 1
     finally:
         server.stop()
-    assert sum(firsts.values()) == SAMPLES and len(modes) == 2
+    assert sum(firsts.values()) == SAMPLES and len(modes) == 3
     first_tv, second_tv = total_variation(firsts, target_first), total_variation(seconds, target_second)
     print(f"total variation: first token {first_tv:.3f}, second {second_tv:.3f}, bound {bound:.3f}")
     assert first_tv < bound, f"first token: total variation {first_tv:.3f} from the target's distribution (bound {bound:.3f})"

@@ -26,6 +26,7 @@ from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
 from edgespec.netem import LinkEmulator, resolve_profile
 from edgespec.server.app import RunningServer, ServerConfig
+from edgespec.server.cloud_draft import CloudDraft
 from edgespec.server.servicer import VerifierService
 from freezable_relay import FreezableRelay
 from tiny_models import greedy_reference, layer_skip_copy, tiny_model
@@ -74,7 +75,7 @@ def serve(port: int = 0, held: HeldAfter | None = None, forward_sleep_s: float =
     if forward_sleep_s:
         model.model.layers[-1].register_forward_hook(lambda *args: time.sleep(forward_sleep_s))
     exits = ExitHeads([ExitSpec(2), ExitSpec(3)], model.config.hidden_size)
-    service = VerifierService(TargetRuntime(model, exits), tokenizer=None, eos_ids=frozenset())
+    service = VerifierService(TargetRuntime(model, exits), tokenizer=None, eos_ids=frozenset(), cloud_draft=CloudDraft(draft_model()))
     return RunningServer(service, ServerConfig(port=port))
 
 
@@ -152,7 +153,7 @@ def assert_streamed_exactly(result: GenerationResult, recorder: Recorder) -> Non
     assert recorder.streamed == result.tokens, "on_commit chunks lost or duplicated a token"
 
 
-@pytest.mark.parametrize("mode", [Mode.CLOUD_AR, Mode.SD, Mode.SD_EE_PIPELINED], ids=lambda m: m.value)
+@pytest.mark.parametrize("mode", [Mode.CLOUD_AR, Mode.SD, Mode.SD_EE_PIPELINED, Mode.CLOUD_SD], ids=lambda m: m.value)
 def test_a_server_killed_and_restarted_mid_generation_changes_nothing(mode: Mode) -> None:
     expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
     first, kill_first = killable_server()

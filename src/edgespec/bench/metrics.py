@@ -21,10 +21,10 @@ class PriceModel:
 
 def link_round_trips(mode: str, rounds: int) -> int:
     """Round trips on the critical path: one per round when speculating, one in all when the
-    server streams (cloud-ar), none on the edge alone."""
+    server streams (cloud-ar, cloud-sd), none on the edge alone."""
     if mode == "edge-only":
         return 0
-    return 1 if mode == "cloud-ar" else rounds
+    return 1 if mode in ("cloud-ar", "cloud-sd") else rounds
 
 
 def summarize(records: Iterable[dict[str, Any]], profile: str, price: PriceModel) -> dict[str, Any]:

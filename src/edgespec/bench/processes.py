@@ -75,14 +75,16 @@ def deploy(
     log_dir: str = ".",
     startup_timeout_s: float = 1800.0,
     replicas: int = 0,
+    cloud_draft: str | None = None,
 ) -> Iterator[Deployment]:
     """Start `edgespec serve` (and `edgespec link --profile` in front of it); stop both after.
     ``replicas``: `serve --replicas N` (Ray Serve), unpinned so its replicas spread over the cores;
-    it requires a token, which the client workers read from the same environment."""
+    it requires a token, which the client workers read from the same environment. ``cloud_draft``:
+    the server drafts too (cloud-sd), with that model on its own core."""
     server_port = free_port()
-    extra: list[str] = []
+    extra: list[str] = ["--cloud-draft", cloud_draft] if cloud_draft else []
     if replicas:
-        extra = ["--replicas", str(replicas)]
+        extra += ["--replicas", str(replicas)]
         server_core = None
         os.environ.setdefault("EDGESPEC_AUTH_TOKEN", secrets.token_urlsafe(24))
     processes: list[subprocess.Popen] = []

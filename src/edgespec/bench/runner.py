@@ -21,7 +21,7 @@ from edgespec.prompting import render_prompt
 
 logger = logging.getLogger(__name__)
 
-ALL_MODES = ("cloud-ar", "edge-only", "sd", "sd-ee", "sd-ee-predraft", "sd-ee-pipelined")
+ALL_MODES = ("cloud-ar", "edge-only", "sd", "sd-ee", "sd-ee-predraft", "sd-ee-pipelined", "cloud-sd")
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,8 @@ def run_profile(
     jobs_file, results_file = out / f"jobs-{profile}.jsonl", out / f"raw-{profile}.jsonl"
     jobs_file.write_text("".join(json.dumps(j) + "\n" for j in warmup_jobs(jobs, config.modes) + jobs))
     results_file.unlink(missing_ok=True)
-    with deploy(config.target, config.dtype, profile, exits=config.exits, log_dir=str(out / f"logs-{profile}"), replicas=config.replicas) as deployment:
+    with deploy(config.target, config.dtype, profile, exits=config.exits, log_dir=str(out / f"logs-{profile}"), replicas=config.replicas,
+                cloud_draft=config.draft if any(Mode.parse(m).server_drafts for m in config.modes) else None) as deployment:
         if config.clients == 1:
             _run_workers([jobs_file], [results_file], config, deployment.client_port, out / f"logs-{profile}", progress)
         else:

@@ -205,7 +205,7 @@ class EdgeClient:
             stream = SessionStream(pb_grpc.VerifierStub(channel).Session(), gen.stats, self.options.read_timeout_s)
             driver = None
             try:
-                if gen.mode is not Mode.CLOUD_AR:
+                if gen.mode.edge_rounds:
                     assert self.draft is not None
                     # Draft the first block (the draft's own prefill included) while the server
                     # prefills the prompt, instead of after it.
@@ -213,7 +213,9 @@ class EdgeClient:
                     driver.start()
                 await open_session(stream, gen)
                 opened()
-                if driver is None:
+                if gen.mode is Mode.CLOUD_SD:
+                    await self._cloud_sd(stream, run)
+                elif driver is None:
                     await self._cloud_ar(stream, run)
                 else:
                     await driver.play(stream)
@@ -265,6 +267,23 @@ class EdgeClient:
         return False
 
     # ------------------------------------------------------------------ modes without rounds
+
+    async def _cloud_sd(self, stream: SessionStream, run: EdgeRun) -> None:
+        """The server drafts and verifies (the co-located baseline): receive each round's tokens."""
+        gen = run.gen
+        while True:
+            start = run.now()
+            message = await stream.receive()
+            gen.stats.wait_s += run.now() - start
+            if message.WhichOneof("kind") != "tokens":
+                raise ServerError("BAD_REPLY", f"expected tokens in a cloud-sd session, got {message.WhichOneof('kind')}")
+            tokens = message.tokens
+            if tokens.drafted:  # an empty finished message (a resumed, complete text) is no round
+                gen.count_cloud_round(tokens.drafted, tokens.accepted, tokens.draft_ms / 1000, tokens.compute_ms / 1000)
+            run.commit(list(tokens.ids))
+            if tokens.finished:
+                gen.finish("eos" if gen.produced and gen.committed[-1] in gen.eos else "length")
+                return
 
     async def _cloud_ar(self, stream: SessionStream, run: EdgeRun) -> None:
         stats = run.gen.stats

@@ -81,6 +81,9 @@ class SessionStream:
             await asyncio.gather(reader, return_exceptions=True)
 
 
+_KINDS = {Mode.CLOUD_AR: pb.CLOUD_AR, Mode.CLOUD_SD: pb.CLOUD_SD}
+
+
 async def open_session(stream: SessionStream, gen: Generation) -> pb.Opened:
     """Open (or re-open, with every token committed so far) the generation's session."""
     mode, config = gen.mode, gen.config
@@ -88,7 +91,7 @@ async def open_session(stream: SessionStream, gen: Generation) -> pb.Opened:
         pb.ClientMessage(
             open=pb.Open(
                 protocol_version=PROTOCOL_VERSION,
-                kind=pb.CLOUD_AR if mode is Mode.CLOUD_AR else pb.SPECULATIVE,
+                kind=_KINDS.get(mode, pb.SPECULATIVE),
                 prompt_ids=gen.committed[: gen.prompt_len],
                 # A resumed session: the server counts these against max_new_tokens.
                 committed_ids=gen.new_tokens,
@@ -96,6 +99,10 @@ async def open_session(stream: SessionStream, gen: Generation) -> pb.Opened:
                 seed=config.seed,
                 max_new_tokens=config.max_new_tokens,
                 early_verdicts=config.wants_early_verdicts(mode),
+                # cloud-sd: the server drafts, with these block lengths.
+                gamma=config.gamma,
+                adaptive_gamma=config.adaptive_gamma,
+                max_gamma=config.max_gamma,
             )
         )
     )

@@ -45,11 +45,11 @@ class LocalEngine:
         they are decided (streaming)."""
         if not prompt_ids:
             raise ValueError("the prompt must contain at least one token")
-        if mode.uses_draft and self.draft is None:
-            raise ValueError(f"mode {mode.value} needs a draft model")
+        if (mode.uses_draft or mode.server_drafts) and self.draft is None:
+            raise ValueError(f"mode {mode.value} needs a draft model" + (" (in process, the server's)" if mode.server_drafts else ""))
         if config.needs_exits(mode) and self.target.exits is None:
             raise ValueError(f"mode {mode.value} needs exits attached to the target" + ("" if mode is Mode.SD_EE else " (or the send-time guess)"))
-        if self.draft is not None and mode.uses_draft:
+        if self.draft is not None and (mode.uses_draft or mode.server_drafts):
             draft_vocab = int(self.draft.vocab_size)
             if draft_vocab != self.target.vocab_size:
                 raise ValueError(
@@ -64,7 +64,9 @@ class LocalEngine:
             return self._edge_only(prompt_ids, config, on_commit or (lambda tokens: None))
         edge = RealEdge(self.draft, config.sampling, config.seed) if self.draft is not None and mode.uses_draft else None
         spec = ClientSpec(list(prompt_ids), mode, config, edge, self.link, eos_ids=config.eos_ids, on_commit=on_commit)
-        (result,) = World(RealCloud(self.target)).run([spec])
+        # cloud-sd: the same draft model, but the server's: it drafts on the verifier's clock.
+        cloud = RealCloud(self.target, draft=self.draft if mode.server_drafts else None)
+        (result,) = World(cloud).run([spec])
         return result
 
     def _edge_only(self, prompt_ids: Sequence[int], config: GenerationConfig, on_commit: Callable[[list[int]], None]) -> GenerationResult:

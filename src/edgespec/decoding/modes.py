@@ -12,6 +12,7 @@ class Mode(str, Enum):
     SD_EE = "sd-ee"  # early verdicts computed (and, in process, scored as would-be pre-draft hits)
     SD_EE_PREDRAFT = "sd-ee-predraft"  # pre-draft on the early verdict
     SD_EE_PIPELINED = "sd-ee-pipelined"  # ship the pre-draft before the final verdict
+    CLOUD_SD = "cloud-sd"  # speculative decoding entirely on the server (its own draft), streamed
 
     @classmethod
     def parse(cls, text: str) -> "Mode":
@@ -27,7 +28,18 @@ class Mode(str, Enum):
 
     @property
     def uses_draft(self) -> bool:
-        return self is not Mode.CLOUD_AR
+        """Whether the *edge* needs a draft model (cloud-sd drafts on the server)."""
+        return self not in (Mode.CLOUD_AR, Mode.CLOUD_SD)
+
+    @property
+    def edge_rounds(self) -> bool:
+        """Whether the edge drafts and sends blocks (the client's round core runs)."""
+        return self not in (Mode.CLOUD_AR, Mode.CLOUD_SD, Mode.EDGE_ONLY)
+
+    @property
+    def server_drafts(self) -> bool:
+        """Whether the server runs a draft model of its own (the co-located baseline)."""
+        return self is Mode.CLOUD_SD
 
     @property
     def uses_exits(self) -> bool:

@@ -30,11 +30,13 @@ class RealEdge:
 
 
 class RealCloud:
-    """The target, one forward per job (in process there is one session, so no batching)."""
+    """The target, one forward per job (in process there is one session, so no batching); with
+    ``draft``, the server's own draft model too (cloud-sd: a "draft" job, the server's compute)."""
 
-    def __init__(self, target: TargetRuntime, kv: TrackedCache | None = None) -> None:
+    def __init__(self, target: TargetRuntime, kv: TrackedCache | None = None, draft: DraftRuntime | None = None) -> None:
         self.target = target
         self.kv = kv if kv is not None else target.kv
+        self.draft = draft
         self._sampling: dict[int, tuple[SamplingParams, int]] = {}
 
     def open(self, session: int, sampling: SamplingParams, seed: int) -> None:
@@ -53,6 +55,11 @@ class RealCloud:
         if job.kind == "prefill":
             self.target.score_tail(job.sequence, 1, kv=self.kv)
             return None
+        if job.kind == "draft":
+            if self.draft is None:
+                raise ValueError("cloud-sd needs a draft model on the server")
+            # The draft's randomness is the one an edge draft would use: the same seed offset.
+            return self.draft.draft(job.sequence, job.gamma, sampling, seed=seed + DRAFT_SEED_OFFSET)
         if job.kind == "decode":
             logits = self.target.score_tail(job.sequence, 1, kv=self.kv)[0]
             uniform = None if sampling.greedy else RoundUniforms.for_decode(seed, len(job.sequence))

@@ -101,6 +101,18 @@ class Generation:
         self.stats.target_passes += 1
         self.stats.server_verify_s += compute_s
 
+    def count_cloud_round(self, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
+        """cloud-sd: one round the server drafted and verified itself. Its draft is server time:
+        it counts in ``server_verify_s`` (the server's busy seconds) and, apart, in ``server_draft_s``."""
+        stats = self.stats
+        stats.rounds += 1
+        stats.target_passes += 1
+        stats.drafted += drafted
+        stats.accepted += accepted
+        stats.count_gamma(drafted)
+        stats.server_verify_s += draft_s + verify_s
+        stats.server_draft_s += draft_s
+
     def commit(self, tokens: list[int], at: float) -> None:
         """Final tokens (the target's verdict): they confirm provisional tokens up to the first
         disagreement, where the target's token replaces the draft's and the rest are retracted."""

@@ -4,7 +4,9 @@ virtual clock.
 Each client's edge drafts one block at a time; each message crosses its link after the link's
 one-way delay plus its size over the bandwidth; the verifier runs one forward at a time, batching
 whatever verify or decode jobs are waiting when it frees up (a prefill runs alone), exactly as the
-gRPC server's scheduler does. What a draft or a forward *produces* and what it *costs* come from
+gRPC server's scheduler does. In ``cloud-sd`` the verifier drafts too (``colocated.py``): a
+session's draft is a verifier job of its own kind, batched only with other sessions' drafts, so
+it occupies the verifier between target forwards. What a draft or a forward *produces* and what it *costs* come from
 backends: the real models with their measured wall time (the in-process engine), or a recorded
 trace with a hardware cost profile (the simulator). The round logic is ``ClientRounds`` and
 ``ServerRounds``, the same objects the gRPC drivers run.
@@ -24,6 +26,7 @@ from edgespec.decoding.modes import Mode
 from edgespec.decoding.verification import Verdict
 from edgespec.models.draft import DraftBlock
 from edgespec.rounds import client as core
+from edgespec.rounds.colocated import ColocatedRounds, ServerDraft
 from edgespec.rounds.server import Drop, IncomingBlock, SendFinal, ServerRounds, StreamEarly, Verify
 from edgespec.rounds.state import Generation
 
@@ -50,11 +53,12 @@ class Link:
 
 @dataclass
 class CloudJob:
-    kind: str  # "prefill" | "verify" | "decode"
+    kind: str  # "prefill" | "verify" | "decode" | "draft" (cloud-sd: the server's own draft)
     session: int
     sequence: list[int]
     block: IncomingBlock | None = None
     with_exits: bool = False
+    gamma: int = 0  # "draft": tokens to draft
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,9 @@ class CloudBackend(Protocol):
         ...
 
     def run(self, jobs: list[CloudJob]) -> tuple[list[Any], float]:
-        """Results per job (None, a token id, or a VerifyResult) and the forward's seconds."""
+        """Results per job (None, a token id, a VerifyResult, or a draft's DraftBlock) and the
+        forward's seconds. A batch holds one kind of job: prefill alone, drafts together, or
+        verifies and decodes together."""
 
     def close(self, session: int) -> None:
         ...
@@ -117,10 +123,13 @@ class _Verifier:
         if not self._queue:
             self._busy = False
             return
-        if self._queue[0][0].kind == "prefill":
+        head = self._queue[0][0].kind
+        if head == "prefill":
             batch = [self._queue.pop(0)]
         else:
-            batch = [entry for entry in self._queue if entry[0].kind != "prefill"][: self.max_batch]
+            # Drafts (cloud-sd) run the draft model, the rest the target: never in one pass.
+            same = (lambda kind: kind == "draft") if head == "draft" else (lambda kind: kind in ("verify", "decode"))
+            batch = [entry for entry in self._queue if same(entry[0].kind)][: self.max_batch]
             taken = {id(entry) for entry in batch}  # by identity: jobs compare by value
             self._queue = [entry for entry in self._queue if id(entry) not in taken]
         self._busy = True
@@ -202,6 +211,7 @@ class _Session:
         self.edge = _Edge(self.events, spec.edge) if spec.edge is not None else None
         self.client: core.ClientRounds | None = None
         self.server: ServerRounds | None = None
+        self.colocated: ColocatedRounds | None = None  # cloud-sd: the server's own rounds
         self.opened = False
         self.unsent: list[core.SendBlock] = []  # blocks drafted before the session opened
         self.t0 = spec.start_s
@@ -219,7 +229,7 @@ class _Session:
     def start(self) -> None:
         link = self.spec.link
         connect = link.connect_rtts * 2 * link.one_way_s
-        if self.spec.mode is not Mode.CLOUD_AR:
+        if self.spec.mode.edge_rounds:
             self.client = core.ClientRounds(self.gen)
             self._apply(self.client.start())
         self.events.at(self.events.now + connect, lambda: self._to_server(OPEN_BYTES, self._server_open))
@@ -240,6 +250,40 @@ class _Session:
         self._to_client(OPENED_BYTES, self._client_opened)
         if self.spec.mode is Mode.CLOUD_AR:
             self._server_decode()
+        elif self.spec.mode is Mode.CLOUD_SD:
+            assert self.server is not None
+            config = self.spec.config
+            self.colocated = ColocatedRounds(self.server, config.gamma, config.gamma_policy())
+            self._server_draft()
+
+    # cloud-sd: draft on the verifier, verify there, stream the committed tokens
+
+    def _server_draft(self) -> None:
+        assert self.colocated is not None
+        step = self.colocated.next_draft()
+        if step is None:
+            return
+        began = self.events.now
+        job = CloudJob("draft", self.index, step.sequence, gamma=step.gamma)
+        self.world.verifier.submit(job, lambda block, start, end: self.events.at(end, lambda: self._server_drafted(step, block, start, end, began)))
+
+    def _server_drafted(self, step: ServerDraft, block: DraftBlock, start: float, end: float, began: float) -> None:
+        assert self.colocated is not None and self.server is not None
+        self.gen.record("cloud", "draft (server)", start - self.t0, end - self.t0, step.round)
+        verify = self.colocated.drafted(step, block, end - start)
+        job = CloudJob("verify", self.index, verify.sequence, verify.block)
+        self.world.verifier.submit(job, lambda result, v_start, v_end: self.events.at(v_end, lambda: self._server_colocated_verified(verify, result, v_end - v_start, began)))
+
+    def _server_colocated_verified(self, verify: Verify, result: VerifyResult, verify_s: float, began: float) -> None:
+        assert self.colocated is not None
+        done = self.colocated.verified(verify, result.verdict, verify_s, self.events.now - began)
+        final = done.final
+        self._to_client(
+            TOKEN_BYTES + 4 * len(final.committed),
+            lambda: self._client_cloud_round(final.committed, final.finished, done.drafted, final.verdict.accepted, done.draft_s, done.verify_s),
+        )
+        if not final.finished:
+            self._server_draft()
 
     def _server_decode(self) -> None:
         assert self.server is not None
@@ -318,6 +362,15 @@ class _Session:
             self.spec.on_commit(tokens)
         if finished:
             self.gen.finish(reason or "length")
+            self._end()
+
+    def _client_cloud_round(self, tokens: list[int], finished: bool, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
+        self.gen.count_cloud_round(drafted, accepted, draft_s, verify_s)
+        self.gen.commit(tokens, self._t())
+        if self.spec.on_commit:
+            self.spec.on_commit(tokens)
+        if finished:
+            self.gen.finish("eos" if self.gen.produced and self.gen.committed[-1] in self.gen.eos else "length")
             self._end()
 
     def _send(self, send: core.SendBlock) -> None:

@@ -14,6 +14,7 @@ from edgespec.models.kv import kv_bytes_per_token
 from edgespec.models.target import TargetRuntime
 from edgespec.server.auth import TokenAuthInterceptor
 from edgespec.server.scheduler import AdmissionLimits
+from edgespec.server.cloud_draft import CloudDraft
 from edgespec.server.servicer import VerifierService
 from edgespec.server.session import SessionLimits
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
@@ -76,8 +77,9 @@ async def serve(
     config: ServerConfig,
     target_name: str = "",
     ready: asyncio.Event | None = None,
+    cloud_draft: CloudDraft | None = None,
 ) -> None:
-    service = VerifierService(TargetRuntime(model, exits), tokenizer, eos_ids, target_name, config.limits, config.admission)  # type: ignore[arg-type]
+    service = VerifierService(TargetRuntime(model, exits), tokenizer, eos_ids, target_name, config.limits, config.admission, cloud_draft)  # type: ignore[arg-type]
     worst_case = kv_bytes_per_token(model) * config.admission.max_sessions * (config.limits.max_prompt_tokens + config.limits.max_new_tokens)  # type: ignore[arg-type]
     logger.info(
         "admission: %d sessions, %d queued rounds, batches of up to %d; worst-case KV memory %.1f GiB",

@@ -43,9 +43,16 @@ class Job(Generic[T]):
     """One session's forward: what to score, and what to do with the logits (on the compute
     thread, right after the forward)."""
 
-    request: ScoreRequest
+    request: ScoreRequest | None
     finish: Callable[[torch.Tensor], T]
     solo: bool = False
+    # Compute on the server's processor that is not a target forward (cloud-sd's own draft): run
+    # alone on this thread instead of ``request`` (so never beside a target forward), timed as one.
+    run: Callable[[], T] | None = None
+
+    @classmethod
+    def other(cls, run: Callable[[], T]) -> "Job[T]":
+        return cls(None, finish=lambda logits: run(), solo=True, run=run)
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,9 @@ class BatchScheduler:
 
     def _run(self, batch: list[_Entry]) -> None:
         started = time.perf_counter()
+        if batch[0].job.run is not None:  # solo, so alone in its batch
+            self._run_other(batch[0], started)
+            return
         try:
             all_logits = self.runtime.score_batch([entry.job.request for entry in batch])
         except Exception as error:  # noqa: BLE001 - every waiting session hears of it
@@ -178,6 +188,15 @@ class BatchScheduler:
             _post(entry, _resolve, JobResult(value, forward_ms, (started - entry.submitted) * 1000, len(batch)))
         if len(batch) > 1:
             logger.debug("batched forward: %d sessions in %.1f ms", len(batch), forward_ms)
+
+    def _run_other(self, entry: _Entry, started: float) -> None:
+        assert entry.job.run is not None
+        try:
+            value = entry.job.run()
+        except Exception as error:  # noqa: BLE001 - only this session fails
+            _post(entry, _fail, error)
+            return
+        _post(entry, _resolve, JobResult(value, (time.perf_counter() - started) * 1000, (started - entry.submitted) * 1000, 1))
 
 
 def _post(entry: _Entry, action: Callable[..., None], *args: object) -> None:

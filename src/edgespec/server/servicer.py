@@ -16,9 +16,12 @@ from typing import AsyncIterator
 import grpc
 
 from edgespec.decoding.early import EarlyVerdict
+from edgespec.decoding.gamma_policy import AdaptiveGamma
 from edgespec.models.target import TargetRuntime
 from edgespec.prompting import render_prompt
-from edgespec.server.scheduler import AdmissionLimits, BatchScheduler
+from edgespec.server.cloud_draft import CloudDraft
+from edgespec.server.scheduler import AdmissionLimits, BatchScheduler, Job
+from edgespec.rounds.colocated import ColocatedRounds
 from edgespec.rounds.server import Drop, IncomingBlock, OutOfOrder, Reject, SendFinal, ServerAction, Verify
 from edgespec.server.refusals import Refused
 from edgespec.server.session import ServerSession, SessionLimits
@@ -40,8 +43,12 @@ class VerifierService(pb_grpc.VerifierServicer):
         target_name: str = "",
         limits: SessionLimits = SessionLimits(),
         admission: AdmissionLimits = AdmissionLimits(),
+        cloud_draft: CloudDraft | None = None,
     ) -> None:
+        if cloud_draft is not None:
+            cloud_draft.check_pairs_with(runtime.vocab_size)
         self.runtime = runtime
+        self.cloud_draft = cloud_draft  # cloud-sd's draft, on the server's processor
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.target_name = target_name
@@ -130,8 +137,13 @@ class VerifierService(pb_grpc.VerifierServicer):
                 pb.UNSUPPORTED_VERSION,
                 f"protocol version {request.protocol_version} is not supported; this server speaks {PROTOCOL_VERSION}",
             )
-        if request.kind not in (pb.CLOUD_AR, pb.SPECULATIVE):
-            raise ProtocolError(pb.BAD_REQUEST, "open.kind must be CLOUD_AR or SPECULATIVE")
+        if request.kind not in (pb.CLOUD_AR, pb.SPECULATIVE, pb.CLOUD_SD):
+            raise ProtocolError(pb.BAD_REQUEST, "open.kind must be CLOUD_AR, SPECULATIVE or CLOUD_SD")
+        if request.kind == pb.CLOUD_SD:
+            if self.cloud_draft is None:
+                raise ProtocolError(pb.BAD_REQUEST, "cloud-sd needs a draft model on the server: this one was started without --cloud-draft")
+            if not request.gamma <= self.limits.max_block or not request.max_gamma <= self.limits.max_block:
+                raise ProtocolError(pb.TOO_LARGE, f"cloud-sd gamma and max_gamma must be <= {self.limits.max_block}")
         check_open(request, self.limits.max_new_tokens)
         sampling = sampling_from_wire(request.sampling)
         prompt_ids = list(request.prompt_ids)
@@ -173,6 +185,8 @@ class VerifierService(pb_grpc.VerifierServicer):
             logger.info("session %s opened: %d prompt tokens, kind %s", session.id, len(prompt_ids), pb.SessionKind.Name(request.kind))
             if request.kind == pb.CLOUD_AR:
                 await self._decode_all(session, replies, opened_at)
+            elif request.kind == pb.CLOUD_SD:
+                await self._speculate_all(session, request, replies, opened_at)
         except BaseException:
             # Until _open returns, the caller does not hold the session to free it: a failed
             # prefill, or a client gone mid cloud-ar decode, must not leave it counted open.
@@ -190,6 +204,41 @@ class VerifierService(pb_grpc.VerifierServicer):
             result = await self.scheduler.submit(session.decode_job())
             token, finished = result.value
             replies.put_nowait(pb.ServerMessage(tokens=pb.Tokens(ids=[token], finished=finished, compute_ms=result.forward_ms)))
+
+    async def _speculate_all(self, session: ServerSession, request: pb.Open, replies: asyncio.Queue[object], opened_at: float) -> None:
+        """cloud-sd: draft with the server's own draft (a compute job of its own, batched with the
+        other sessions waiting to draft: never beside a target forward), verify through the batch
+        scheduler like any block, stream what commits."""
+        assert self.cloud_draft is not None
+        gamma = request.gamma or 4
+        policy = AdaptiveGamma(initial=gamma, max_gamma=max(gamma, request.max_gamma or 8)) if request.adaptive_gamma else None
+        colocated = ColocatedRounds(session.rounds, gamma, policy)
+        # Its cache lives as long as this coroutine (and a draft job in flight): no explicit free
+        # that could race a draft still running on the compute thread.
+        drafter = self.cloud_draft.session(session.sampling, session.seed)
+        if session.finished:  # a resumed session whose text was already complete
+            replies.put_nowait(pb.ServerMessage(tokens=pb.Tokens(ids=[], finished=True)))
+        while (step := colocated.next_draft()) is not None:
+            if time.monotonic() - opened_at >= self.limits.max_lifetime_s:
+                raise self._expired(opened_at)
+            began = time.perf_counter()
+            wanted = self.cloud_draft.request(drafter, step.sequence, step.gamma)
+            try:
+                drafted = await self.scheduler.submit(Job.other(lambda wanted=wanted: self.cloud_draft.drafted(wanted)))  # type: ignore[union-attr]
+            except BaseException:
+                wanted.cancelled = True  # a batch that has not started yet skips it
+                raise
+            draft_ms = wanted.batch_ms  # the batched drafting it rode in, like a verify's forward
+            verify = colocated.drafted(step, drafted.value, draft_ms / 1000)
+            result = await self.scheduler.submit(session.verify_job(verify, None))
+            verdict, _ = result.value
+            done = colocated.verified(verify, verdict, result.forward_ms / 1000, time.perf_counter() - began)
+            self.runtime.rollback(session.rounds.sequence, kv=session.kv)
+            final = done.final
+            replies.put_nowait(pb.ServerMessage(tokens=pb.Tokens(
+                ids=final.committed, finished=final.finished, compute_ms=result.forward_ms,
+                draft_ms=draft_ms, drafted=done.drafted, accepted=verdict.accepted,
+            )))
 
     def _take_block(self, session: ServerSession, block: pb.DraftBlock) -> list[ServerAction]:
         check_block(block, self.runtime.vocab_size, self.limits.max_block, session.sampling.greedy)

@@ -19,6 +19,9 @@ def _split(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+DEFAULT_MODES = "cloud-ar,sd,sd-ee,sd-ee-predraft,sd-ee-pipelined,cloud-sd"
+
+
 def add_sim_parsers(subparsers: Any) -> None:
     trace = subparsers.add_parser("trace", help="record greedy traces: the target's continuation, the draft's and exits' choices along it")
     trace.add_argument("--target", default="qwen2.5-coder-1.5b")
@@ -41,7 +44,7 @@ def add_sim_parsers(subparsers: Any) -> None:
     sim.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     sim.add_argument("--refresh-probe", action="store_true", help="probe this host again instead of using the cached profile")
     sim.add_argument("--profiles", default="wan", help="comma-separated: lan, wan, cellular")
-    sim.add_argument("--modes", default="cloud-ar,sd,sd-ee,sd-ee-predraft,sd-ee-pipelined")
+    sim.add_argument("--modes", default=DEFAULT_MODES, help="cloud-sd needs the profile's server-side draft cost (dropped from the default when unknown)")
     sim.add_argument("--clients", default="1", help="N, or a sweep N1,N2,... (clients sharing one batching verifier)")
     sim.add_argument("--gamma", type=int, default=4)
     sim.add_argument("--adaptive-gamma", action="store_true")
@@ -113,7 +116,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     from edgespec.bench.report import render_markdown
     from edgespec.netem import PROFILES
     from edgespec.sim.plots import plot_clients, plot_speedup_map
-    from edgespec.sim.simulate import SimConfig, clients_sweep, link_for, simulate, speedup_grid
+    from edgespec.sim.simulate import SimConfig, clients_sweep, colocated_comparison, link_for, render_colocated, simulate, speedup_grid
     from edgespec.sim.trace import load_traces
 
     traces = load_traces(args.traces)
@@ -122,13 +125,19 @@ def run_simulate(args: argparse.Namespace) -> int:
     if too_short:
         raise ValueError(f"traces {too_short} hold fewer than --max-new-tokens {args.max_new_tokens} tokens: trace with a larger --max-new-tokens")
     hardware = resolve_hardware(args)
+    modes = _split(args.modes)
+    if "cloud-sd" in modes and hardware.server_draft_ms_per_token is None:
+        if args.modes != DEFAULT_MODES:
+            hardware.server_drafter()  # raises: what is missing and how to add it
+        modes = tuple(m for m in modes if m != "cloud-sd")
+        print(f"note: cloud-sd left out: the {hardware.name} profile has no server-side draft cost (server_draft_ms_per_token)", file=sys.stderr)
     counts = [int(c) for c in _split(args.clients)]
     links = _split(args.profiles)
     for name in links:
         if name not in PROFILES:
             raise ValueError(f"unknown link profile {name!r}; choose from {', '.join(PROFILES)}")
     config = SimConfig(
-        modes=_split(args.modes), max_new_tokens=args.max_new_tokens, gamma=args.gamma,
+        modes=modes, max_new_tokens=args.max_new_tokens, gamma=args.gamma,
         adaptive_gamma=args.adaptive_gamma, max_gamma=args.max_gamma, clients=counts[-1], max_batch=args.max_batch,
         branches=args.branches, guess_verdict=not args.no_guess, early_verdicts=args.early_verdicts,
     )
@@ -155,7 +164,10 @@ def run_simulate(args: argparse.Namespace) -> int:
     with (out / "results.jsonl").open("w") as sink:
         for record in records:
             sink.write(json.dumps(record) + "\n")
+    summary["colocated"] = colocated_comparison(traces, hardware, links[0], config.modes, counts, config)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     report = render_markdown(summary, command).replace("# edgespec benchmark", f"# edgespec simulation ({hardware.name}: {hardware.source})")
+    report += render_colocated(summary["colocated"])
     if args.compare_bench:
         comparison = compare_with_bench(summary, json.loads(Path(args.compare_bench).read_text()))
         summary["compared_with_bench"] = comparison

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 GPU_COSTS = Path(__file__).resolve().parents[3] / "docs" / "gpu" / "costs-qwen1.5b.json"
+# Decoder layers of the default pair: Qwen2.5-Coder-0.5B drafts, -1.5B verifies.
+DRAFT_LAYERS, TARGET_LAYERS = 24, 28
 
 
 def _interpolate(table: dict[int, float], x: float) -> float:
@@ -44,6 +46,10 @@ class HardwareProfile:
     draft_prefill_ms_per_token: float = 1.0
     # Protocol handling per message on each side (serialisation, gRPC, event loops).
     message_overhead_ms: float = 0.5
+    # cloud-sd: the draft run on the verifier's processor (None: not known for this profile).
+    server_draft_ms_per_token: float | None = None
+    server_draft_prefill_ms_per_token: float | None = None
+    server_draft_source: str = ""
     source: str = ""
     host: dict[str, Any] = field(default_factory=dict)
 
@@ -65,6 +71,19 @@ class HardwareProfile:
         extra = max(0, fed - 1) * self.draft_prefill_ms_per_token
         return (tokens * self.draft_ms_per_token + extra) / 1000
 
+    def server_drafter(self) -> "HardwareProfile":
+        """This profile with the server's draft costs as its draft costs (cloud-sd's draft
+        replays through the same trace drafter as the edge's)."""
+        if self.server_draft_ms_per_token is None:
+            raise ValueError(
+                f"the {self.name} profile has no server-side draft cost, which cloud-sd needs: "
+                "re-probe (`--refresh-probe`) or set server_draft_ms_per_token in the profile's JSON"
+            )
+        copy = HardwareProfile(**asdict(self))
+        copy.draft_ms_per_token = self.server_draft_ms_per_token
+        copy.draft_prefill_ms_per_token = self.server_draft_prefill_ms_per_token or 0.0
+        return copy
+
     def scaled(self, decode_ms: float) -> "HardwareProfile":
         """The same verifier made faster or slower so that a decode costs ``decode_ms``."""
         factor = decode_ms / self.forward_ms[min(self.forward_ms)]
@@ -73,6 +92,9 @@ class HardwareProfile:
         copy.prefill_ms_per_token *= factor
         copy.prefill_fixed_ms *= factor
         copy.exit_ms *= factor
+        if copy.server_draft_ms_per_token is not None:  # the server's draft runs on the same processor
+            copy.server_draft_ms_per_token *= factor
+            copy.server_draft_prefill_ms_per_token = (copy.server_draft_prefill_ms_per_token or 0.0) * factor
         copy.name = f"{self.name} x{factor:.2f}"
         return copy
 
@@ -104,6 +126,14 @@ def h200_profile(edge: HardwareProfile | None) -> HardwareProfile:
         exit_ms=max(0.0, exit_ms),
         batch_factor=batch,
         source=f"{GPU_COSTS.name}: {data['device']}, {data['dtype']}, random weights in the real shapes",
+        # No draft was measured on the GPU. In this eager transformers runtime a batch-1 forward is
+        # launch-bound: the 7B's decode costs what the 1.5B's does (16.6 vs 16.3 ms, docs/gpu),
+        # so cost follows the number of layers, not the weights. The 0.5B draft (24 layers) is
+        # charged the 1.5B decode x 24/28; its prefill likewise. (A weight-streaming roofline
+        # would say ~0.2 ms: not what this runtime does at batch 1.)
+        server_draft_ms_per_token=data["decode_ms"] * DRAFT_LAYERS / TARGET_LAYERS,
+        server_draft_prefill_ms_per_token=data["prefill_ms"] / context * DRAFT_LAYERS / TARGET_LAYERS,
+        server_draft_source=f"derived: the measured decode x {DRAFT_LAYERS}/{TARGET_LAYERS} layers (launch-bound eager runtime; not measured)",
     )
     if edge is not None:
         profile.draft_ms_per_token = edge.draft_ms_per_token

@@ -41,7 +41,6 @@ def probe_host(target_name: str, draft_name: str, backend: str, dtype: str, exit
     from edgespec.cli import resolve_exits
     from edgespec.models.loading import load_draft, load_model, resolve_dtype
     from edgespec.models.target import ScoreRequest, TargetRuntime
-    from edgespec.decoding.sampling import GREEDY
 
     torch.set_num_threads(1)
     dtype = resolve_dtype(dtype)
@@ -81,16 +80,9 @@ def probe_host(target_name: str, draft_name: str, backend: str, dtype: str, exit
     runtime.reset()
 
     draft, _ = load_draft(draft_name, backend, dtype, threads=1)
-    prompt = list(range(3000, 3000 + CONTEXT))
-    draft_prefill = _median_s(lambda: (draft.reset(), draft.draft(prompt, 1, GREEDY)), 2) * 1000
-    steps = []
-    for offset in range(4):  # drafts after a verdict: a few new committed tokens, then 4 steps
-        sequence = prompt + list(range(500, 503 + offset))
-        draft.draft(sequence[:-2], 1, GREEDY)
-        start = time.perf_counter()
-        draft.draft(sequence, 4, GREEDY)
-        steps.append((time.perf_counter() - start) * 1000 / 4)
-    draft_ms = statistics.median(steps)
+    draft_ms, draft_prefill_ms = _draft_costs(draft)
+    del draft
+    server_draft = (draft_ms, draft_prefill_ms) if backend == "transformers" else probe_server_draft(draft_name, dtype)
     overhead_ms = measure_message_overhead_ms()
     profile = HardwareProfile(
         name="host",
@@ -101,12 +93,42 @@ def probe_host(target_name: str, draft_name: str, backend: str, dtype: str, exit
         num_layers=num_layers,
         batch_factor={1: 1.0, 4: batch4 / forward_ms[5]},
         draft_ms_per_token=draft_ms,
-        draft_prefill_ms_per_token=max(0.0, (draft_prefill - draft_ms) / CONTEXT),
+        draft_prefill_ms_per_token=draft_prefill_ms,
         message_overhead_ms=overhead_ms,
+        server_draft_ms_per_token=server_draft[0],
+        server_draft_prefill_ms_per_token=server_draft[1],
+        server_draft_source=f"probed: {draft_name} on transformers ({dtype}), one thread, as `serve --cloud-draft` runs it",
         source=f"probed {time.strftime('%Y-%m-%d %H:%M')}: target {target_name} ({dtype}), draft {draft_name} on {backend}, {CONTEXT} tokens of context",
         host=host_facts() | {"dtype": dtype},
     )
     return profile
+
+
+def _draft_costs(draft: Any) -> tuple[float, float]:
+    """A draft runtime's ms per drafted token (after a verdict: a few new tokens, then 4 steps)
+    and its prefill ms per prompt token."""
+    from edgespec.decoding.sampling import GREEDY
+
+    prompt = list(range(3000, 3000 + CONTEXT))
+    draft_prefill = _median_s(lambda: (draft.reset(), draft.draft(prompt, 1, GREEDY)), 2) * 1000
+    steps = []
+    for offset in range(4):
+        sequence = prompt + list(range(500, 503 + offset))
+        draft.draft(sequence[:-2], 1, GREEDY)
+        start = time.perf_counter()
+        draft.draft(sequence, 4, GREEDY)
+        steps.append((time.perf_counter() - start) * 1000 / 4)
+    draft_ms = statistics.median(steps)
+    return draft_ms, max(0.0, (draft_prefill - draft_ms) / CONTEXT)
+
+
+def probe_server_draft(draft_name: str, dtype: str) -> tuple[float, float]:
+    """cloud-sd's draft as the server runs it (transformers, the target's dtype, one thread)."""
+    from edgespec.models.loading import load_draft
+
+    torch.set_num_threads(1)
+    draft, _ = load_draft(draft_name, "transformers", dtype, threads=1)
+    return _draft_costs(draft)
 
 
 def measure_message_overhead_ms(rounds: int = 30, one_way_ms: float = 25.0) -> float:
@@ -144,7 +166,13 @@ def measure_message_overhead_ms(rounds: int = 30, one_way_ms: float = 25.0) -> f
 def host_profile(target: str, draft: str, backend: str, dtype: str, refresh: bool = False) -> HardwareProfile:
     path = cache_path(target, draft, backend, dtype)
     if path.is_file() and not refresh:
-        return HardwareProfile.load(path)
+        profile = HardwareProfile.load(path)
+        if profile.server_draft_ms_per_token is None:  # cached before cloud-sd: probe just that
+            logger.info("probing the server-side draft for cloud-sd (under a minute); updating %s", path)
+            profile.server_draft_ms_per_token, profile.server_draft_prefill_ms_per_token = probe_server_draft(draft, dtype)
+            profile.server_draft_source = f"probed: {draft} on transformers ({dtype}), one thread, as `serve --cloud-draft` runs it"
+            profile.save(path)
+        return profile
     logger.info("probing this host's costs (about a minute); cached at %s", path)
     profile = probe_host(target, draft, backend, dtype)
     profile.save(path)

@@ -79,25 +79,34 @@ class ExitOracle:
 
 
 class TraceCloud:
-    """The target and its exits, as the trace says they decide, at the profile's costs."""
+    """The target and its exits, as the trace says they decide, at the profile's costs; in
+    cloud-sd also the server's draft (the trace's draft, at the profile's server-draft costs)."""
 
     def __init__(self, traces: dict[int, Trace], profile: HardwareProfile, exit_oracle: ExitOracle | None = None) -> None:
         self.traces = traces
         self.profile = profile
         self.exit_oracle = exit_oracle
+        self._drafts: dict[int, TraceEdge] = {}  # cloud-sd: each session's draft cache on the server
 
     def open(self, session: int, sampling: Any, seed: int) -> None:
         if not sampling.greedy:
             raise ValueError("traces replay greedy decoding only")
 
     def close(self, session: int) -> None:
-        pass
+        self._drafts.pop(session, None)
 
     def run(self, jobs: list[CloudJob]) -> tuple[list[Any], float]:
         profile = self.profile
         singles, results = [], []
         for job in jobs:
             trace = self.traces[job.session]
+            if job.kind == "draft":
+                if job.session not in self._drafts:
+                    self._drafts[job.session] = TraceEdge(trace, profile.server_drafter())
+                block, cost = self._drafts[job.session].draft(job.sequence, job.gamma)
+                singles.append(cost)
+                results.append(block)
+                continue
             if job.kind == "prefill":
                 singles.append(profile.prefill_s(len(job.sequence)))
                 results.append(None)

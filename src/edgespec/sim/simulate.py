@@ -17,6 +17,7 @@ from edgespec.sim.costs import HardwareProfile
 from edgespec.sim.replay import TraceCloud, TraceEdge
 from edgespec.sim.trace import Trace
 
+# cloud-sd also needs the profile's server-side draft cost (`edgespec simulate` adds it when known).
 SIMULATED_MODES = ("cloud-ar", "sd", "sd-ee", "sd-ee-predraft", "sd-ee-pipelined")
 
 
@@ -70,6 +71,7 @@ def run_mode(traces: Sequence[Trace], mode: Mode, profile: HardwareProfile, link
         world = World(cloud, config.max_batch)
         for index, (trace, result) in enumerate(zip(chosen, world.run(specs))):
             records.append({
+                "world": len(records) - index,  # the records of one world (one verifier) share this
                 "prompt_set": trace.prompt_set, "prompt_id": trace.id, "mode": mode.value, "client_index": index,
                 "tokens": result.tokens, "stats": result.stats.as_dict(with_timeline=False),
                 "started_at": 0.0, "ended_at": result.stats.total_s, "verifier_busy_s": world.verifier.busy_s, "wall_s": world.wall_s,
@@ -149,3 +151,68 @@ def clients_sweep(
             chosen = run_mode(traces, Mode.parse(mode), profile, link, point)
             sweep[mode].append(statistics.median(len(r["tokens"]) / r["stats"]["total_s"] for r in chosen))
     return sweep
+
+
+EDGE_SD_MODES = ("sd", "sd-ee", "sd-ee-predraft", "sd-ee-pipelined")
+
+
+def colocated_comparison(
+    traces: Sequence[Trace], profile: HardwareProfile, link_name: str, modes: Sequence[str], counts: Sequence[int], config: SimConfig
+) -> dict[str, Any]:
+    """Edge speculation against co-located speculation (cloud-sd) on one verifier, per client
+    count: median per-client tokens/s and the verifier's seconds per generated token (its busy
+    time, a batched pass counted once, over every client's tokens), with the factor arXiv
+    2606.25091 predicts, 1 + γ·t_d/t_v (t_d: the server's draft step, t_v: one verify of γ
+    drafts). γ is the configured one (with --adaptive-gamma the rounds' γ varies)."""
+    if profile.server_draft_ms_per_token is None or "cloud-sd" not in modes:
+        return {}
+    gamma = config.gamma
+    t_d = profile.server_draft_ms_per_token
+    t_v = profile.forward_s(gamma + 1) * 1000
+    link = link_for(PROFILES[link_name], profile)
+    chosen = [m for m in ("cloud-ar", *EDGE_SD_MODES, "cloud-sd") if m in modes]
+    points: dict[str, Any] = {}
+    for count in counts:
+        point = SimConfig(**{**config.__dict__, "clients": count})
+        per_mode = {}
+        for mode in chosen:
+            records = run_mode(traces, Mode.parse(mode), profile, link, point)
+            worlds = {r["world"]: r["verifier_busy_s"] for r in records}
+            per_mode[mode] = {
+                "median_per_client_tokens_per_s": statistics.median(len(r["tokens"]) / r["stats"]["total_s"] for r in records),
+                "verifier_s_per_token": sum(worlds.values()) / max(1, sum(len(r["tokens"]) for r in records)),
+            }
+        colocated = per_mode["cloud-sd"]["verifier_s_per_token"]
+        for row in per_mode.values():
+            # > 1: that many times fewer verifier seconds per token than cloud-sd
+            row["verifier_factor_vs_cloud_sd"] = colocated / row["verifier_s_per_token"] if row["verifier_s_per_token"] else 0.0
+        points[str(count)] = per_mode
+    return {
+        "link": link_name, "gamma": gamma, "t_draft_ms": t_d, "t_verify_ms": t_v, "predicted_factor": 1 + gamma * t_d / t_v,
+        "t_draft_source": profile.server_draft_source, "clients": list(counts), "points": points,
+    }
+
+
+def render_colocated(comparison: dict[str, Any]) -> str:
+    if not comparison:
+        return ""
+    counts = comparison["clients"]
+    lines = [
+        "",
+        f"## Edge speculation vs co-located speculation (cloud-sd), {comparison['link']}",
+        "",
+        f"Predicted (arXiv 2606.25091): edge SD needs 1 + γ·t_d/t_v = 1 + {comparison['gamma']}·{comparison['t_draft_ms']:.1f}/{comparison['t_verify_ms']:.1f} "
+        f"= **{comparison['predicted_factor']:.2f}×** fewer verifier seconds per token than cloud-sd "
+        f"(t_d: {comparison['t_draft_source'] or 'the profile'}; t_v: a verify of γ drafts, the profile's). "
+        "Simulated below: verifier seconds per token (its busy time, a batched pass counted once) and cloud-sd's ÷ each mode's.",
+        "",
+        "| mode | " + " | ".join(f"{c} clients: tok/s per client · verifier ms/tok · cloud-sd ÷" for c in counts) + " |",
+        "|---|" + "---|" * len(counts),
+    ]
+    for mode in comparison["points"][str(counts[0])]:
+        cells = []
+        for c in counts:
+            row = comparison["points"][str(c)][mode]
+            cells.append(f"{row['median_per_client_tokens_per_s']:.1f} · {1000 * row['verifier_s_per_token']:.2f} · {row['verifier_factor_vs_cloud_sd']:.2f}×")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ class SessionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SESSION_KIND_UNSPECIFIED: _ClassVar[SessionKind]
     CLOUD_AR: _ClassVar[SessionKind]
     SPECULATIVE: _ClassVar[SessionKind]
+    CLOUD_SD: _ClassVar[SessionKind]
 
 class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -28,6 +29,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 SESSION_KIND_UNSPECIFIED: SessionKind
 CLOUD_AR: SessionKind
 SPECULATIVE: SessionKind
+CLOUD_SD: SessionKind
 ERROR_CODE_UNSPECIFIED: ErrorCode
 BAD_REQUEST: ErrorCode
 UNSUPPORTED_VERSION: ErrorCode
@@ -68,7 +70,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class Open(_message.Message):
-    __slots__ = ("protocol_version", "kind", "prompt_ids", "messages", "sampling", "seed", "max_new_tokens", "early_verdicts", "committed_ids")
+    __slots__ = ("protocol_version", "kind", "prompt_ids", "messages", "sampling", "seed", "max_new_tokens", "early_verdicts", "committed_ids", "gamma", "adaptive_gamma", "max_gamma")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +80,9 @@ class Open(_message.Message):
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     EARLY_VERDICTS_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_IDS_FIELD_NUMBER: _ClassVar[int]
+    GAMMA_FIELD_NUMBER: _ClassVar[int]
+    ADAPTIVE_GAMMA_FIELD_NUMBER: _ClassVar[int]
+    MAX_GAMMA_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     kind: SessionKind
     prompt_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -87,7 +92,10 @@ class Open(_message.Message):
     max_new_tokens: int
     early_verdicts: bool
     committed_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, protocol_version: _Optional[int] = ..., kind: _Optional[_Union[SessionKind, str]] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., seed: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., early_verdicts: _Optional[bool] = ..., committed_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    gamma: int
+    adaptive_gamma: bool
+    max_gamma: int
+    def __init__(self, protocol_version: _Optional[int] = ..., kind: _Optional[_Union[SessionKind, str]] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., seed: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., early_verdicts: _Optional[bool] = ..., committed_ids: _Optional[_Iterable[int]] = ..., gamma: _Optional[int] = ..., adaptive_gamma: _Optional[bool] = ..., max_gamma: _Optional[int] = ...) -> None: ...
 
 class SparseDistribution(_message.Message):
     __slots__ = ("ids", "probs")
@@ -204,14 +212,20 @@ class FinalVerdict(_message.Message):
     def __init__(self, round: _Optional[int] = ..., accepted: _Optional[int] = ..., next_token: _Optional[int] = ..., finished: _Optional[bool] = ..., verify_ms: _Optional[float] = ..., queued_ms: _Optional[float] = ..., pipelined: _Optional[bool] = ..., timings: _Optional[_Iterable[_Union[SegmentTiming, _Mapping]]] = ...) -> None: ...
 
 class Tokens(_message.Message):
-    __slots__ = ("ids", "finished", "compute_ms")
+    __slots__ = ("ids", "finished", "compute_ms", "draft_ms", "drafted", "accepted")
     IDS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_MS_FIELD_NUMBER: _ClassVar[int]
+    DRAFTED_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[int]
     finished: bool
     compute_ms: float
-    def __init__(self, ids: _Optional[_Iterable[int]] = ..., finished: _Optional[bool] = ..., compute_ms: _Optional[float] = ...) -> None: ...
+    draft_ms: float
+    drafted: int
+    accepted: int
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., finished: _Optional[bool] = ..., compute_ms: _Optional[float] = ..., draft_ms: _Optional[float] = ..., drafted: _Optional[int] = ..., accepted: _Optional[int] = ...) -> None: ...
 
 class Dropped(_message.Message):
     __slots__ = ("round",)

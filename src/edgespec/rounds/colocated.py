@@ -1,0 +1,92 @@
+"""cloud-sd, sans I/O: speculative decoding entirely on the server (the co-located baseline).
+
+The server drafts each block with a draft model of its own, verifies it with the same round core
+and verification rule as edge speculation (``ServerRounds``, ``decoding/rounds.begin_round``), and
+streams the committed tokens to the client, which only receives, as in ``cloud-ar``. So cloud-sd
+is lossless by the same code as ``sd``; what differs is who pays for the draft: the server's
+processor, between its target forwards.
+
+A round: ``next_draft()`` -> the driver drafts on the server -> ``drafted(...)`` returns the
+``Verify`` the driver runs -> ``verified(...)`` returns the ``SendFinal`` whose committed tokens
+go to the client. No sockets, threads or clocks: the gRPC servicer and the discrete-event world
+drive it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgespec.decoding.gamma_policy import AdaptiveGamma
+from edgespec.decoding.verification import Verdict
+from edgespec.models.draft import DraftBlock
+from edgespec.rounds.server import IncomingBlock, SendFinal, ServerRounds, Verify
+
+
+@dataclass(frozen=True)
+class ServerDraft:
+    """Draft ``gamma`` tokens after ``sequence`` with the server's draft; report with ``drafted``."""
+
+    round: int
+    sequence: list[int]
+    gamma: int
+
+
+@dataclass(frozen=True)
+class CloudRound:
+    """What one finished round tells the client besides its tokens (for its accounting)."""
+
+    final: SendFinal
+    drafted: int
+    draft_s: float
+    verify_s: float
+
+
+class ColocatedRounds:
+    """One cloud-sd session's rounds on the server. γ is fixed, or chosen each round by the same
+    adaptive policy the edge uses (``decoding/gamma_policy.py``), fed the server's own draft and
+    verify times."""
+
+    def __init__(self, rounds: ServerRounds, gamma: int, policy: AdaptiveGamma | None = None) -> None:
+        if not 1 <= gamma <= 64:
+            raise ValueError(f"gamma must be in 1..64, got {gamma}")
+        self.rounds = rounds
+        self.gamma = gamma
+        self.policy = policy
+        self._draft: tuple[ServerDraft, float] | None = None  # the round in flight and its draft seconds
+
+    @property
+    def finished(self) -> bool:
+        return self.rounds.finished
+
+    def next_draft(self) -> ServerDraft | None:
+        """The next round's draft, or None when the generation is over (or a round is in flight)."""
+        rounds = self.rounds
+        if rounds.finished or rounds.closed or self._draft is not None:
+            return None
+        chosen = self.policy.next_gamma() if self.policy is not None else self.gamma
+        budget = rounds.max_new_tokens - rounds.produced
+        return ServerDraft(rounds.decided, list(rounds.sequence), max(1, min(chosen, budget)))
+
+    def drafted(self, step: ServerDraft, block: DraftBlock, draft_s: float) -> Verify:
+        """The server drafted ``block`` in ``draft_s``: the forward to run next."""
+        if step.round != self.rounds.decided or not block.tokens:
+            raise ValueError(f"a draft for round {step.round} while round {self.rounds.decided} is next")
+        actions = self.rounds.block(IncomingBlock(step.round, list(block.tokens), block.probs))
+        (verify,) = actions  # a plain block while nothing is verified: always verified at once
+        assert isinstance(verify, Verify)
+        self._draft = (step, draft_s)
+        return verify
+
+    def verified(self, verify: Verify, verdict: Verdict, verify_s: float, round_s: float) -> CloudRound:
+        """The forward of ``verify`` gave ``verdict`` (``verify_s`` of compute, ``round_s`` since
+        the draft started): commit, and what to stream."""
+        assert self._draft is not None, "verified before drafted"
+        _, draft_s = self._draft
+        self._draft = None
+        actions = self.rounds.verified(verify, verdict)
+        final = actions[0]
+        assert isinstance(final, SendFinal) and len(actions) == 1  # nothing is held: cloud-sd ships no pre-drafts
+        gamma = len(verify.block.tokens)
+        if self.policy is not None:
+            self.policy.observe(gamma, verdict.accepted, draft_s, verify_s, max(round_s, draft_s + verify_s))
+        return CloudRound(final, gamma, draft_s, verify_s)
