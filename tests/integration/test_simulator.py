@@ -82,9 +82,17 @@ def test_sd_ee_would_be_hits_match_the_real_engine() -> None:
 
 def test_batching_verifier_slows_each_client_as_clients_grow() -> None:
     config = SimConfig(modes=("cloud-ar", "sd"), max_new_tokens=NEW_TOKENS, gamma=4)
-    sweep = clients_sweep(traces(), PROFILE, Link(one_way_s=0.02), ("cloud-ar", "sd"), (1, 3, 6, 24), config)
-    for rates in sweep.values():
+    counts = (1, 3, 6, 24)
+    points = clients_sweep(traces(), PROFILE, Link(one_way_s=0.02), "wan", ("cloud-ar", "sd"), counts, config)
+    for mode in ("cloud-ar", "sd"):
+        rates = [points[n][mode]["per_client_tokens_per_s_median"] for n in counts]
         assert rates[0] >= rates[1] >= rates[2] >= rates[3] > 0
+        busy = [points[n][mode]["server_busy_share"] for n in counts]
+        assert all(0 < b <= 1.0 + 1e-9 for b in busy)
+        # The verifier's time per token falls as batches fill (a pass of 8 costs 2 of 1 here).
+        assert points[24][mode]["server_s_per_token"] < points[1][mode]["server_s_per_token"]
+    # A speculative token costs the verifier fewer passes than a decoded one.
+    assert points[1]["sd"]["target_passes_per_token"] < points[1]["cloud-ar"]["target_passes_per_token"] == 1.0
 
 
 def test_h200_profile_reads_the_measured_costs() -> None:

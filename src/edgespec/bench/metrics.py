@@ -43,6 +43,7 @@ def summarize(records: Iterable[dict[str, Any]], profile: str, price: PriceModel
     for r in records:
         for source, count in r["stats"].get("hits_by_source", {}).items():
             by_source[source] = by_source.get(source, 0) + count
+    queued = sum(r["stats"].get("server_queued_s", 0.0) for r in records)
     tokens = max(1, total["new_tokens"])
     rounds = max(1, total["rounds"])
     rtt_s = PROFILES[profile].rtt_ms / 1000 if profile in PROFILES else 0.0
@@ -70,10 +71,15 @@ def summarize(records: Iterable[dict[str, Any]], profile: str, price: PriceModel
         "server_busy_s_per_token": total["server_verify_s"] / tokens,
         "bytes_per_token": wire / tokens,
         "usd_per_1k_tokens": 1000 * price.usd(total["server_verify_s"], wire) / tokens,
-        # Waiting for verdicts beyond the server's compute and the emulated round trips: what
-        # gRPC, serialisation, the emulator's queues and scheduling add per round.
+        # Waiting at the server for a pass to start (batching: a pass already in flight, or
+        # other sessions' passes first), as the server reports it per round (speculative modes;
+        # cloud-ar's token stream carries no queue time, so there it stays inside the overhead).
+        "queued_ms_per_round": 1000 * queued / rounds,
+        # Waiting for verdicts beyond the pass the round rode in (its whole batched forward), the
+        # server-reported queueing and the emulated round trips: what gRPC, serialisation, the
+        # emulator's queues and the event loops add per round.
         "overhead_ms_per_round": 1000
-        * (total["wait_s"] - total["server_verify_s"] - sum(link_round_trips(r["mode"], r["stats"]["rounds"]) for r in records) * rtt_s)
+        * (total["wait_s"] - total["server_verify_s"] - queued - sum(link_round_trips(r["mode"], r["stats"]["rounds"]) for r in records) * rtt_s)
         / rounds,
         "edge_wait_s_per_token": total["wait_s"] / tokens,
         # Drafting and the network fully hidden: only the verifier's compute remains.
