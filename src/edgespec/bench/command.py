@@ -92,7 +92,7 @@ def run_bench(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     jobs = build_jobs(config, load_tokenizer(config.draft))
     records: list[dict[str, Any]] = []
-    with tqdm(total=len(jobs) * len(config.profiles), desc="generations", unit="gen") as bar:
+    with tqdm(total=len(jobs) * len(config.profiles) * len(config.counts if config.client_counts else (1,)), desc="generations", unit="gen") as bar:
         for profile in config.profiles:
             bar.set_postfix_str(profile)
             records += run_profile(config, profile, jobs, out, bar.update)
