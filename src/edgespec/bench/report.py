@@ -8,6 +8,12 @@ from typing import Any
 
 COLUMNS = [
     ("aggregate tokens/s", "aggregate_tokens_per_s", "{:.2f}"),
+    ("aggregate decode tok/s", "decode_tokens_per_s", "{:.2f}"),
+    ("per-client tok/s median", "per_client_tokens_per_s_median", "{:.2f}"),
+    ("per-client p10", "per_client_tokens_per_s_p10", "{:.2f}"),
+    ("TTFT p90 ms", "ttft_ms_p90", "{:.0f}"),
+    ("server busy share", "server_busy_share", "{:.2f}"),
+    ("server s/token (passes once)", "server_s_per_token", "{:.3f}"),
     ("tokens/s", "tokens_per_s", "{:.2f}"),
     ("vs cloud-ar", "speedup_vs_cloud_ar", "{:.2f}x"),
     ("ms/token", "ms_per_token", "{:.0f}"),
@@ -31,6 +37,13 @@ COLUMNS = [
     ("oracle mismatches", "oracle_mismatches", "{}"),
     ("errors", "errors", "{}"),
 ]
+
+
+# Serving figures that need several concurrent clients to mean anything (edgespec.capacity).
+CONCURRENT_ONLY = {
+    "aggregate_tokens_per_s", "decode_tokens_per_s", "per_client_tokens_per_s_median", "per_client_tokens_per_s_p10",
+    "ttft_ms_p90", "server_busy_share", "server_s_per_token",
+}
 
 
 def render_markdown(summary: dict[str, Any], command: str) -> str:
@@ -72,13 +85,17 @@ def render_markdown(summary: dict[str, Any], command: str) -> str:
         lines += [
             f"**{config['clients']} concurrent clients per mode** sharing one batching server: `vs cloud-ar` compares "
             "aggregate tokens/s (all clients' tokens over the wall time); tokens/s is per client. Server s/token "
-            "and price count a batched pass once per session riding in it: an upper bound under batching.",
+            "and price count a batched pass once per session riding in it: an upper bound under batching; "
+            "**server s/token (passes once)** and **server busy share** count each pass once (the union of the passes "
+            "the clients report). Aggregate decode tok/s: every token after each generation's first, over the time "
+            "after the first tokens (the union of the decode windows).",
             "",
         ]
     checked_oracle = any("oracle_mismatches" in stats for modes in summary["profiles"].values() for stats in modes.values())
+    many = config.get("clients", 1) > 1
     columns = [
         c for c in COLUMNS
-        if (c[1] != "aggregate_tokens_per_s" or config.get("clients", 1) > 1) and (c[1] != "oracle_mismatches" or checked_oracle)
+        if (c[1] not in CONCURRENT_ONLY or many) and (c[1] != "oracle_mismatches" or checked_oracle)
     ]
     lines += _correctness_notes(summary.get("server_dtype", config["dtype"]), checked_oracle)
     for profile, modes in summary["profiles"].items():

@@ -3,7 +3,6 @@ time from a hardware profile; the same summary and report as `edgespec bench`.""
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -83,16 +82,9 @@ def summarize_modes(records: list[dict[str, Any]], link_name: str, modes: Sequen
     for mode in modes:
         chosen = [r for r in records if r["mode"] == mode]
         summary = summarize(chosen, link_name, price)
-        if clients > 1:
-            wall = max(r["wall_s"] for r in chosen)
-            rates = sorted(len(r["tokens"]) / r["stats"]["total_s"] for r in chosen)
-            summary.update(
-                clients=clients,
-                aggregate_tokens_per_s=sum(len(r["tokens"]) for r in chosen) / wall,
-                per_client_tokens_per_s_median=statistics.median(rates),
-                per_client_tokens_per_s_p10=rates[max(0, int(0.1 * len(rates)) - (1 if len(rates) >= 10 else 0))],
-                server_busy_share=max(r["verifier_busy_s"] for r in chosen) / wall,
-            )
+        if clients > 1 and chosen:
+            # The serving figures, computed as `edgespec bench` computes them (edgespec.capacity).
+            summary.update(point_metrics(*_on_one_clock(chosen, clients)), clients=clients)
         per_mode[mode] = summary
     rate = "aggregate_tokens_per_s" if clients > 1 else "tokens_per_s"
     baseline = per_mode.get("cloud-ar", {}).get(rate) or 0.0
