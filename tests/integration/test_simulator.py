@@ -100,3 +100,33 @@ def test_h200_profile_reads_the_measured_costs() -> None:
     assert profile.forward_s(1) == pytest.approx(0.0163, abs=0.001)
     assert profile.forward_s(5) == pytest.approx(0.019, abs=0.001)
     assert profile.batch_s([0.0199] * 32) == pytest.approx(0.082, abs=0.002)
+
+
+def test_simulate_sweep_writes_the_capacity_table_and_picture(tmp_path, capsys) -> None:
+    import json
+
+    from edgespec.cli import main
+    from edgespec.sim.trace import write_traces
+
+    write_traces(tmp_path / "traces", traces(), {"target": "tiny", "draft": "tiny-skip", "dtype": "float32", "exits": "test"})
+    PROFILE.save(tmp_path / "hardware.json")
+    common = ["simulate", "--traces", str(tmp_path / "traces"), "--hardware", str(tmp_path / "hardware.json"), "--profiles", "wan",
+              "--modes", "cloud-ar,sd", "--max-new-tokens", str(NEW_TOKENS)]
+    assert main([*common, "--clients", "1,3,6", "--out", str(tmp_path / "sim")]) == 0
+    summary = json.loads((tmp_path / "sim" / "summary.json").read_text())
+    assert set(summary["sweep"]) == {"1", "3", "6"}
+    point = summary["sweep"]["6"]["profiles"]["wan"]["sd"]
+    assert {"per_client_tokens_per_s_p10", "server_s_per_token", "target_passes_per_token", "decode_tokens_per_s"} <= set(point)
+    table = summary["capacity"]["wan"]
+    single = summary["sweep"]["1"]["profiles"]["wan"]["cloud-ar"]["per_client_tokens_per_s_median"]
+    assert table["slo_tokens_per_s"] == pytest.approx(single / 2)
+    assert set(table["modes"]) == {"cloud-ar", "sd"} and "vs_cloud-ar" in table["modes"]["sd"]
+    report = (tmp_path / "sim" / "report.md").read_text()
+    assert "## Capacity: wan" in report and "Capacity vs cloud-ar" in report
+    assert (tmp_path / "sim" / "clients.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main([*common, "--clients", "3,6", "--no-plots", "--out", str(tmp_path / "no-single")]) != 0
+    assert "include 1 in --clients" in capsys.readouterr().err and not (tmp_path / "no-single").exists()  # refused before any work
+    assert main([*common, "--clients", "3,6", "--no-plots", "--slo-tokens-per-s", "1e9", "--out", str(tmp_path / "strict")]) == 0
+    strict = json.loads((tmp_path / "strict" / "summary.json").read_text())["capacity"]["wan"]["modes"]
+    assert strict["sd"]["capacity"] == 0 and strict["sd"]["vs_cloud-ar"] is None  # nobody meets it
