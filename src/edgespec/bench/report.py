@@ -65,7 +65,8 @@ def render_markdown(summary: dict[str, Any], command: str) -> str:
         ran = f" Target dtype as run: {host['dtype']}" + (f", draft: {host['draft_dtype']}" if host.get("draft_dtype") else "") + "." if host.get("dtype") else ""
         lines += [
             f"Host: {host.get('cpu')}, {host.get('cores')} cores, native bf16: {bf16}, "
-            f"torch CPU capability {host.get('torch_cpu_capability')}, {host.get('threads_per_process', 1)} thread per process.{ran}",
+            f"torch CPU capability {host.get('torch_cpu_capability')}, {host.get('threads_per_process', 1)} thread per process.{ran}"
+            + (f" ({host['role']}.)" if host.get("role") else ""),
             "",
         ]
     cores = summary.get("cores")

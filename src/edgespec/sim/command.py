@@ -144,6 +144,13 @@ def run_simulate(args: argparse.Namespace) -> int:
         branches=args.branches, guess_verdict=not args.no_guess, early_verdicts=args.early_verdicts,
     )
     summary, records = simulate(traces, hardware, links, config)
+    from edgespec.hostinfo import host_facts
+
+    # The machine whose probe gave the costs (host: all of them; h200: the edge's), not the verifier's.
+    summary["host"] = {
+        **(hardware.host or host_facts(threads_per_process=1, dtype=meta["dtype"])),
+        "role": "simulated: the costs named in the hardware profile; this machine ran the simulation and (host / h200) its probe gave the edge's costs",
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "edgespec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
