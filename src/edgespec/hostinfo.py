@@ -28,12 +28,31 @@ def cpu_model() -> str:
     return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), platform.processor() or platform.machine())
 
 
+def cpu_family_model() -> str:
+    """e.g. "family 25 model 17" (AMD Zen 4): where a virtual machine names only "AMD EPYC", this
+    says which generation it is."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("cpu family", "model") and key not in fields:
+            fields[key] = value.strip()
+        if not line.strip():
+            break
+    return f"family {fields['cpu family']} model {fields['model']}" if len(fields) == 2 else ""
+
+
 def host_facts(threads_per_process: int = 1, dtype: str | None = None, draft_dtype: str | None = None) -> dict[str, Any]:
     """``dtype``: the target's dtype as run (after ``auto`` was resolved); ``draft_dtype``: the
     edge draft's (a GGUF quantisation on llama.cpp, or a torch dtype)."""
     flags = cpu_flags()
     facts: dict[str, Any] = {
         "cpu": cpu_model(),
+        "cpu_family_model": cpu_family_model(),
         "avx512_bf16": "avx512_bf16" in flags,
         "amx_bf16": "amx_bf16" in flags,
         "native_bf16": "avx512_bf16" in flags or "amx_bf16" in flags,

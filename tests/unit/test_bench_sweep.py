@@ -104,3 +104,13 @@ def test_overhead_leaves_out_the_server_reported_queueing() -> None:
     assert summary["queued_ms_per_round"] == pytest.approx(150.0)
     # 2.0 s waited - 1.0 s in its passes - 0.6 s queued - 4 round trips of 50 ms = 0.2 s over 4 rounds
     assert summary["overhead_ms_per_round"] == pytest.approx(50.0)
+
+
+def test_the_report_names_the_host_and_what_it_ran() -> None:
+    from edgespec.hostinfo import host_facts
+
+    host = host_facts(threads_per_process=1, dtype="bfloat16", draft_dtype="GGUF (llama.cpp)")
+    assert {"cpu", "avx512_bf16", "amx_bf16", "torch_cpu_capability", "threads_per_process", "dtype", "draft_dtype"} <= set(host)
+    config = BenchConfig(modes=("cloud-ar", "sd"), profiles=("wan",), clients=4, num_prompts=2)
+    text = render_markdown(dict(summarize_all(config, []), host=host), "edgespec bench")
+    assert f"Host: {host['cpu']}" in text and "torch CPU capability" in text and "Target dtype as run: bfloat16, draft: GGUF (llama.cpp)" in text

@@ -64,7 +64,7 @@ def render_markdown(summary: dict[str, Any], command: str) -> str:
         bf16 = ", ".join(name for name, key in (("AVX512-BF16", "avx512_bf16"), ("AMX-BF16", "amx_bf16")) if host.get(key)) or ("yes" if host.get("native_bf16") else "no")
         ran = f" Target dtype as run: {host['dtype']}" + (f", draft: {host['draft_dtype']}" if host.get("draft_dtype") else "") + "." if host.get("dtype") else ""
         lines += [
-            f"Host: {host.get('cpu')}, {host.get('cores')} cores, native bf16: {bf16}, "
+            f"Host: {host.get('cpu')}" + (f" ({host['cpu_family_model']})" if host.get("cpu_family_model") else "") + f", {host.get('cores')} cores, native bf16: {bf16}, "
             f"torch CPU capability {host.get('torch_cpu_capability')}, {host.get('threads_per_process', 1)} thread per process.{ran}"
             + (f" ({host['role']}.)" if host.get("role") else ""),
             "",
