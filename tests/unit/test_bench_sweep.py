@@ -114,3 +114,18 @@ def test_the_report_names_the_host_and_what_it_ran() -> None:
     config = BenchConfig(modes=("cloud-ar", "sd"), profiles=("wan",), clients=4, num_prompts=2)
     text = render_markdown(dict(summarize_all(config, []), host=host), "edgespec bench")
     assert f"Host: {host['cpu']}" in text and "torch CPU capability" in text and "Target dtype as run: bfloat16, draft: GGUF (llama.cpp)" in text
+
+
+def test_cloud_ar_queueing_is_the_gaps_between_its_passes() -> None:
+    from edgespec.bench.metrics import queued_s
+
+    timeline = [
+        {"actor": "cloud", "what": "prefill (server)", "start_s": 0.0, "end_s": 1.0, "round": 0},
+        {"actor": "cloud", "what": "decode", "start_s": 1.0, "end_s": 1.5, "round": 1},  # submitted at once: no wait
+        {"actor": "link", "what": "x", "start_s": 1.5, "end_s": 9.0, "round": 1},  # not a pass
+        {"actor": "cloud", "what": "decode", "start_s": 1.8, "end_s": 2.3, "round": 2},  # missed a pass: 0.3 s
+        {"actor": "cloud", "what": "decode", "start_s": 2.4, "end_s": 2.9, "round": 3},  # 0.1 s
+    ]
+    assert queued_s({"mode": "cloud-ar", "stats": {"timeline": timeline}}) == pytest.approx(0.4)
+    assert queued_s({"mode": "sd", "stats": {"timeline": timeline, "server_queued_s": 0.25}}) == 0.25
+    assert queued_s({"mode": "cloud-ar", "stats": {}}) == 0.0

@@ -76,10 +76,10 @@ def render_markdown(summary: dict[str, Any], command: str) -> str:
         lines += [f"Cores: server on core {cores['server_core']}; {shared}.", ""]
     lines += [
         "**queued ms/round**: a round's wait at the server before its pass started (behind a pass in flight or other "
-        "sessions' passes), as the server reports it (speculative modes; cloud-ar's stream does not report it). "
-        "**overhead ms/round**: the edge's wait for a verdict minus the pass it rode in (the whole batched forward), "
-        "that queueing and the link's round trips: gRPC, serialisation and event loops. Under batching it no longer "
-        "holds the queueing; for cloud-ar it still does.",
+        "sessions' passes): as the server reports it per verdict; for cloud-ar (whose stream reports none) the gaps "
+        "between the session's consecutive passes. **overhead ms/round**: the edge's wait for a verdict minus the pass "
+        "it rode in (the whole batched forward), that queueing and the link's round trips: gRPC, serialisation and "
+        "event loops. Under batching it no longer holds the queueing.",
         "",
     ]
     if config.get("clients", 1) > 1:
