@@ -229,6 +229,16 @@ def plot_capacity(points: Mapping[int, Mapping[str, Mapping[str, Any]]], slo: fl
         ax.plot(xs, [points[n][mode]["per_client_tokens_per_s_p10"] for n in xs], marker="o", color=colour, label=f"{mode} (p10)")
         ax.plot(xs, [points[n][mode]["per_client_tokens_per_s_median"] for n in xs], linestyle="--", color=colour, alpha=0.6, label=f"{mode} (median)")
     ax.axhline(slo, color="black", linewidth=1.0, linestyle=":", label=f"SLO {slo:.3g} tok/s")
+    values = [f[k] for n in counts for f in points[n].values() if f for k in ("per_client_tokens_per_s_p10", "per_client_tokens_per_s_median")]
+    positive = [v for v in values + [slo] if v > 0]
+    if positive and max(positive) / min(positive) >= 10:  # a saturated baseline falls by orders of magnitude
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_yscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
     if len(counts) > 1 and counts[-1] / max(1, counts[0]) >= 8:
         ax.set_xscale("log", base=2)
     ax.set_xticks(counts, [str(c) for c in counts])
