@@ -127,5 +127,6 @@ def test_cloud_ar_queueing_is_the_gaps_between_its_passes() -> None:
         {"actor": "cloud", "what": "decode", "start_s": 2.4, "end_s": 2.9, "round": 3},  # 0.1 s
     ]
     assert queued_s({"mode": "cloud-ar", "stats": {"timeline": timeline}}) == pytest.approx(0.4)
-    assert queued_s({"mode": "sd", "stats": {"timeline": timeline, "server_queued_s": 0.25}}) == 0.25
+    rounds = [e for e in timeline if e["what"] != "decode"] + [{"actor": "cloud", "what": "verify (server)", "start_s": 3.0, "end_s": 3.5, "round": 1}]
+    assert queued_s({"mode": "sd", "stats": {"timeline": rounds, "server_queued_s": 0.25}}) == 0.25
     assert queued_s({"mode": "cloud-ar", "stats": {}}) == 0.0

@@ -28,15 +28,16 @@ def link_round_trips(mode: str, rounds: int) -> int:
 
 
 def queued_s(record: dict[str, Any]) -> float:
-    """A generation's time waiting at the server for its passes to start. Speculative rounds:
-    as the server reports it per verdict. cloud-ar's token stream reports no queue time, but its
-    session submits each decode the moment the previous one ends, so the gaps between its
-    consecutive passes (each placed by the client at arrival - the server's compute time; the
-    link's delay cancels out) are that wait."""
+    """A generation's time waiting at the server for its passes to start. Rounds the edge sends:
+    as the server reports it per verdict. A stream the server decodes by itself (cloud-ar, or any
+    mode whose tokens arrive as "decode" passes) reports no queue time, but its session submits
+    each pass the moment the previous one ends, so the gaps between its consecutive passes (each
+    placed by the client at arrival - the server's compute time; the link's delay cancels out)
+    are that wait."""
     stats = record["stats"]
-    if record.get("mode") != "cloud-ar":
-        return float(stats.get("server_queued_s", 0.0))
     passes = [e for e in stats.get("timeline", []) if e["actor"] == "cloud" and e["what"] in ("prefill (server)", "decode")]
+    if not any(e["what"] == "decode" for e in passes):
+        return float(stats.get("server_queued_s", 0.0))
     return sum(max(0.0, b["start_s"] - a["end_s"]) for a, b in zip(passes, passes[1:]))
 
 
