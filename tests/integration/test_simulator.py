@@ -82,9 +82,17 @@ def test_sd_ee_would_be_hits_match_the_real_engine() -> None:
 
 def test_batching_verifier_slows_each_client_as_clients_grow() -> None:
     config = SimConfig(modes=("cloud-ar", "sd"), max_new_tokens=NEW_TOKENS, gamma=4)
-    sweep = clients_sweep(traces(), PROFILE, Link(one_way_s=0.02), ("cloud-ar", "sd"), (1, 3, 6, 24), config)
-    for rates in sweep.values():
+    counts = (1, 3, 6, 24)
+    points = clients_sweep(traces(), PROFILE, Link(one_way_s=0.02), "wan", ("cloud-ar", "sd"), counts, config)
+    for mode in ("cloud-ar", "sd"):
+        rates = [points[n][mode]["per_client_tokens_per_s_median"] for n in counts]
         assert rates[0] >= rates[1] >= rates[2] >= rates[3] > 0
+        busy = [points[n][mode]["server_busy_share"] for n in counts]
+        assert all(0 < b <= 1.0 + 1e-9 for b in busy)
+        # The verifier's time per token falls as batches fill (a pass of 8 costs 2 of 1 here).
+        assert points[24][mode]["server_s_per_token"] < points[1][mode]["server_s_per_token"]
+    # A speculative token costs the verifier fewer passes than a decoded one.
+    assert points[1]["sd"]["target_passes_per_token"] < points[1]["cloud-ar"]["target_passes_per_token"] == 1.0
 
 
 def test_h200_profile_reads_the_measured_costs() -> None:
@@ -110,3 +118,33 @@ def test_a_text_that_ends_inside_a_block_replays_like_the_real_engine(mode: Mode
     )
     assert record["tokens"] == trace.continuation == real.tokens
     assert record["stats"]["rounds"] == real.stats.rounds
+
+
+def test_simulate_sweep_writes_the_capacity_table_and_picture(tmp_path, capsys) -> None:
+    import json
+
+    from edgespec.cli import main
+    from edgespec.sim.trace import write_traces
+
+    write_traces(tmp_path / "traces", traces(), {"target": "tiny", "draft": "tiny-skip", "dtype": "float32", "exits": "test"})
+    PROFILE.save(tmp_path / "hardware.json")
+    common = ["simulate", "--traces", str(tmp_path / "traces"), "--hardware", str(tmp_path / "hardware.json"), "--profiles", "wan",
+              "--modes", "cloud-ar,sd", "--max-new-tokens", str(NEW_TOKENS)]
+    assert main([*common, "--clients", "1,3,6", "--out", str(tmp_path / "sim")]) == 0
+    summary = json.loads((tmp_path / "sim" / "summary.json").read_text())
+    assert set(summary["sweep"]) == {"1", "3", "6"}
+    point = summary["sweep"]["6"]["profiles"]["wan"]["sd"]
+    assert {"per_client_tokens_per_s_p10", "server_s_per_token", "target_passes_per_token", "decode_tokens_per_s"} <= set(point)
+    table = summary["capacity"]["wan"]
+    single = summary["sweep"]["1"]["profiles"]["wan"]["cloud-ar"]["per_client_tokens_per_s_median"]
+    assert table["slo_tokens_per_s"] == pytest.approx(single / 2)
+    assert set(table["modes"]) == {"cloud-ar", "sd"} and "vs_cloud-ar" in table["modes"]["sd"]
+    report = (tmp_path / "sim" / "report.md").read_text()
+    assert "## Capacity: wan" in report and "Capacity vs cloud-ar" in report
+    assert (tmp_path / "sim" / "clients.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main([*common, "--clients", "3,6", "--no-plots", "--out", str(tmp_path / "no-single")]) != 0
+    assert "include 1 in --clients" in capsys.readouterr().err and not (tmp_path / "no-single").exists()  # refused before any work
+    assert main([*common, "--clients", "3,6", "--no-plots", "--slo-tokens-per-s", "1e9", "--out", str(tmp_path / "strict")]) == 0
+    strict = json.loads((tmp_path / "strict" / "summary.json").read_text())["capacity"]["wan"]["modes"]
+    assert strict["sd"]["capacity"] == 0 and strict["sd"]["vs_cloud-ar"] is None  # nobody meets it

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgespec.bench.runner import ALL_MODES, BenchConfig, build_jobs, run_profile, summarize_all
+from edgespec.bench.runner import ALL_MODES, BenchConfig, build_jobs, run_profile, summarize_all, summarize_sweep
 from edgespec.hostinfo import host_facts
 
 
@@ -31,7 +31,16 @@ def add_bench_parser(subparsers: Any) -> None:
     parser.add_argument("--early-verdicts", choices=["auto", "on", "off"], default="auto", help="pre-draft modes: ask the server to run its exits (auto: only where nothing else gives a verdict to pre-draft on)")
     parser.add_argument("--no-guess", action="store_true", help="pre-draft modes: pre-draft on early verdicts only (the paper's method), not on the draft's own guess at send time")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
-    parser.add_argument("--clients", type=int, default=1, help="concurrent edge clients per mode, one shared (batching) server; scored by aggregate tokens/s")
+    parser.add_argument(
+        "--clients", default="1",
+        help="concurrent edge clients per mode, one shared (batching) server, scored by aggregate tokens/s; "
+        "a sweep N1,N2,... runs each count on a fresh server and reports capacity (the most clients whose p10 per-client tokens/s meets the SLO)",
+    )
+    parser.add_argument(
+        "--slo-tokens-per-s", type=float, default=None,
+        help="a sweep's SLO: per-client tokens/s (p10) each client must keep (default: half of single-client cloud-ar measured in the sweep)",
+    )
+    parser.add_argument("--serve-args", default="", help="more `edgespec serve` options, passed unchanged, e.g. --serve-args='--max-batch 16'")
     parser.add_argument("--replicas", type=int, default=0, metavar="N", help="serve with `edgespec serve --replicas N` (Ray Serve, unpinned) instead of one pinned server")
     parser.add_argument("--gpu-usd-per-hour", type=float, default=2.50)
     parser.add_argument("--egress-usd-per-gb", type=float, default=0.09)
@@ -47,10 +56,12 @@ def run_bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from edgespec.bench.metrics import PriceModel
-    from edgespec.bench.report import plot_speedups, plot_timeline, render_markdown
+    from edgespec.bench.report import plot_speedups, plot_timeline, render_markdown, render_sweep
+    from edgespec.capacity import plot_capacity
     from edgespec.models.loading import load_tokenizer
 
     split = lambda text: tuple(part.strip() for part in text.split(",") if part.strip())  # noqa: E731
+    counts = parse_client_counts(args.clients)
     config = BenchConfig(
         target=args.target,
         draft=args.draft,
@@ -68,7 +79,10 @@ def run_bench(args: argparse.Namespace) -> int:
         early_verdicts=args.early_verdicts,
         max_gamma=args.max_gamma,
         dtype=args.dtype,
-        clients=args.clients,
+        clients=max(counts),
+        client_counts=counts if len(counts) > 1 else (),
+        slo_tokens_per_s=args.slo_tokens_per_s,
+        serve_args=tuple(shlex.split(args.serve_args)),
         replicas=args.replicas,
         out=args.out,
         price=PriceModel(args.gpu_usd_per_hour, args.egress_usd_per_gb),
@@ -78,7 +92,7 @@ def run_bench(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     jobs = build_jobs(config, load_tokenizer(config.draft))
     records: list[dict[str, Any]] = []
-    with tqdm(total=len(jobs) * len(config.profiles), desc="generations", unit="gen") as bar:
+    with tqdm(total=len(jobs) * len(config.profiles) * len(config.counts if config.client_counts else (1,)), desc="generations", unit="gen") as bar:
         for profile in config.profiles:
             bar.set_postfix_str(profile)
             records += run_profile(config, profile, jobs, out, bar.update)
@@ -86,19 +100,57 @@ def run_bench(args: argparse.Namespace) -> int:
     with (out / "results.jsonl").open("w") as sink:
         for record in records:
             sink.write(json.dumps({**record, "config": json.loads(json.dumps(config, default=lambda o: o.__dict__))}) + "\n")
-    oracle = None
-    if config.check_oracle:
-        from edgespec.bench.oracle_check import check_against_oracle
+    if config.client_counts:
+        summary = summarize_sweep(config, records, _oracle_by_count(config, jobs, records, out) if config.check_oracle else None)
+    else:
+        oracle = None
+        if config.check_oracle:
+            from edgespec.bench.oracle_check import check_against_oracle
 
-        print("checking every output against fp32 generate of the target (once per prompt)...", flush=True)
-        oracle = check_against_oracle(config.target, config.max_new_tokens, jobs, records, out / "oracle.jsonl")
-    summary = summarize_all(config, records, oracle)
-    summary["host"] = host_facts()  # every figure names the machine it came from
+            print("checking every output against fp32 generate of the target (once per prompt)...", flush=True)
+            oracle = check_against_oracle(config.target, config.max_new_tokens, jobs, records, out / "oracle.jsonl")
+        summary = summarize_all(config, records, oracle)
+    # Every figure names the machine it came from, and what it ran: server and clients one thread each.
+    draft_dtype = "GGUF (llama.cpp)" if config.draft_backend == "llamacpp" else summary["server_dtype"]
+    summary["host"] = host_facts(threads_per_process=1, dtype=summary["server_dtype"], draft_dtype=draft_dtype)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "report.md").write_text(render_markdown(summary, command))
+    report = render_markdown(summary, command)
+    if config.client_counts:
+        report += render_sweep(summary)
+        for profile, table in summary["capacity"].items():
+            figures = {int(n): f for n, f in table["points"].items()}
+            plot_capacity(figures, table["slo_tokens_per_s"], f"measured: {config.target} ({summary['server_dtype']}), {profile}, {summary['host']['cpu']}", out / f"capacity-{profile}.png")
+    (out / "report.md").write_text(report)
     plot_speedups(summary, out / "speedup.png")
     timeline_source = next((r for r in records if r["mode"] == "sd-ee-pipelined" and "stats" in r), None) or next(r for r in records if "stats" in r)
     plot_timeline(timeline_source, out / "timeline.png")
-    print(render_markdown(summary, command))
-    print(f"wrote {out}/results.jsonl, summary.json, report.md, speedup.png, timeline.png")
+    print(report)
+    capacity_plots = "".join(f", capacity-{p}.png" for p in summary.get("capacity", {}))
+    print(f"wrote {out}/results.jsonl, summary.json, report.md, speedup.png, timeline.png{capacity_plots}")
     return 0
+
+
+def parse_client_counts(text: str) -> tuple[int, ...]:
+    """``--clients``: one count, or a sweep of distinct counts (sorted)."""
+    try:
+        counts = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise SystemExit(f"--clients: a count or a comma-separated list of counts, got {text!r}") from None
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise SystemExit(f"--clients: distinct counts >= 1, got {text!r}")
+    return tuple(sorted(counts))
+
+
+def _oracle_by_count(config: BenchConfig, jobs: list[dict[str, Any]], records: list[dict[str, Any]], out: Path) -> dict[int, Any]:
+    """`--check-oracle` for a sweep: the fp32 target loaded once, each point checked apart."""
+    from edgespec.bench.oracle_check import check_against_oracle
+    from edgespec.models.loading import load_model
+    from edgespec.prompting import eos_token_ids
+
+    print("checking every output against fp32 generate of the target (once per prompt)...", flush=True)
+    loaded = load_model(config.target, dtype="float32")
+    eos = eos_token_ids(loaded.model, loaded.tokenizer)
+    return {
+        count: check_against_oracle(config.target, config.max_new_tokens, jobs, [r for r in records if r.get("sweep_clients") == count], out / "oracle.jsonl", loaded.model, eos)
+        for count in config.counts
+    }

@@ -27,6 +27,20 @@ def link_round_trips(mode: str, rounds: int) -> int:
     return 1 if mode in ("cloud-ar", "cloud-sd") else rounds
 
 
+def queued_s(record: dict[str, Any]) -> float:
+    """A generation's time waiting at the server for its passes to start. Rounds the edge sends:
+    as the server reports it per verdict. A stream the server decodes by itself (cloud-ar, or any
+    mode whose tokens arrive as "decode" passes) reports no queue time, but its session submits
+    each pass the moment the previous one ends, so the gaps between its consecutive passes (each
+    placed by the client at arrival - the server's compute time; the link's delay cancels out)
+    are that wait."""
+    stats = record["stats"]
+    passes = [e for e in stats.get("timeline", []) if e["actor"] == "cloud" and e["what"] in ("prefill (server)", "decode")]
+    if not any(e["what"] == "decode" for e in passes):
+        return float(stats.get("server_queued_s", 0.0))
+    return sum(max(0.0, b["start_s"] - a["end_s"]) for a, b in zip(passes, passes[1:]))
+
+
 def summarize(records: Iterable[dict[str, Any]], profile: str, price: PriceModel) -> dict[str, Any]:
     """Sums over the prompts of one mode x profile, then ratios (a mean of ratios would let
     short generations dominate)."""
@@ -43,6 +57,7 @@ def summarize(records: Iterable[dict[str, Any]], profile: str, price: PriceModel
     for r in records:
         for source, count in r["stats"].get("hits_by_source", {}).items():
             by_source[source] = by_source.get(source, 0) + count
+    queued = sum(queued_s(r) for r in records)
     tokens = max(1, total["new_tokens"])
     rounds = max(1, total["rounds"])
     rtt_s = PROFILES[profile].rtt_ms / 1000 if profile in PROFILES else 0.0
@@ -70,10 +85,14 @@ def summarize(records: Iterable[dict[str, Any]], profile: str, price: PriceModel
         "server_busy_s_per_token": total["server_verify_s"] / tokens,
         "bytes_per_token": wire / tokens,
         "usd_per_1k_tokens": 1000 * price.usd(total["server_verify_s"], wire) / tokens,
-        # Waiting for verdicts beyond the server's compute and the emulated round trips: what
-        # gRPC, serialisation, the emulator's queues and scheduling add per round.
+        # Waiting at the server for a pass to start (batching: a pass already in flight, or
+        # other sessions' passes first): see queued_s.
+        "queued_ms_per_round": 1000 * queued / rounds,
+        # Waiting for verdicts beyond the pass the round rode in (its whole batched forward), the
+        # server-reported queueing and the emulated round trips: what gRPC, serialisation, the
+        # emulator's queues and the event loops add per round.
         "overhead_ms_per_round": 1000
-        * (total["wait_s"] - total["server_verify_s"] - sum(link_round_trips(r["mode"], r["stats"]["rounds"]) for r in records) * rtt_s)
+        * (total["wait_s"] - total["server_verify_s"] - queued - sum(link_round_trips(r["mode"], r["stats"]["rounds"]) for r in records) * rtt_s)
         / rounds,
         "edge_wait_s_per_token": total["wait_s"] / tokens,
         # Drafting and the network fully hidden: only the verifier's compute remains.

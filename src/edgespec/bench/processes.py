@@ -76,11 +76,13 @@ def deploy(
     startup_timeout_s: float = 1800.0,
     replicas: int = 0,
     cloud_draft: str | None = None,
+    serve_args: Sequence[str] = (),
 ) -> Iterator[Deployment]:
     """Start `edgespec serve` (and `edgespec link --profile` in front of it); stop both after.
     ``replicas``: `serve --replicas N` (Ray Serve), unpinned so its replicas spread over the cores;
     it requires a token, which the client workers read from the same environment. ``cloud_draft``:
-    the server drafts too (cloud-sd), with that model on its own core."""
+    the server drafts too (cloud-sd), with that model on its own core. ``serve_args``: more
+    `edgespec serve` options, passed unchanged (after the ones set here)."""
     server_port = free_port()
     extra: list[str] = ["--cloud-draft", cloud_draft] if cloud_draft else []
     if replicas:
@@ -92,7 +94,7 @@ def deploy(
     try:
         server_log = open(os.path.join(log_dir, "server.log"), "w")
         server = subprocess.Popen(
-            edgespec_command("serve", "--target", target, "--dtype", dtype, "--exits", exits, "--port", str(server_port), "--threads", "1", *extra),
+            edgespec_command("serve", "--target", target, "--dtype", dtype, "--exits", exits, "--port", str(server_port), "--threads", "1", *extra, *serve_args),
             stdout=server_log,
             stderr=subprocess.STDOUT,
             preexec_fn=pin_to_core(server_core),

@@ -8,6 +8,12 @@ from typing import Any
 
 COLUMNS = [
     ("aggregate tokens/s", "aggregate_tokens_per_s", "{:.2f}"),
+    ("aggregate decode tok/s", "decode_tokens_per_s", "{:.2f}"),
+    ("per-client tok/s median", "per_client_tokens_per_s_median", "{:.2f}"),
+    ("per-client p10", "per_client_tokens_per_s_p10", "{:.2f}"),
+    ("TTFT p90 ms", "ttft_ms_p90", "{:.0f}"),
+    ("server busy share", "server_busy_share", "{:.2f}"),
+    ("server s/token (passes once)", "server_s_per_token", "{:.3f}"),
     ("tokens/s", "tokens_per_s", "{:.2f}"),
     ("vs cloud-ar", "speedup_vs_cloud_ar", "{:.2f}x"),
     ("ms/token", "ms_per_token", "{:.0f}"),
@@ -24,12 +30,20 @@ COLUMNS = [
     ("server s/token", "server_busy_s_per_token", "{:.3f}"),
     ("bytes/token", "bytes_per_token", "{:.0f}"),
     ("$ / 1k tok", "usd_per_1k_tokens", "{:.5f}"),
+    ("queued ms/round", "queued_ms_per_round", "{:.1f}"),
     ("overhead ms/round", "overhead_ms_per_round", "{:.1f}"),
     ("physical limit tok/s", "physical_limit_tokens_per_s", "{:.2f}"),
     ("differs from cloud-ar", "differs_from_cloud_ar", "{}"),
     ("oracle mismatches", "oracle_mismatches", "{}"),
     ("errors", "errors", "{}"),
 ]
+
+
+# Serving figures that need several concurrent clients to mean anything (edgespec.capacity).
+CONCURRENT_ONLY = {
+    "aggregate_tokens_per_s", "decode_tokens_per_s", "per_client_tokens_per_s_median", "per_client_tokens_per_s_p10",
+    "ttft_ms_p90", "server_busy_share", "server_s_per_token",
+}
 
 
 def render_markdown(summary: dict[str, Any], command: str) -> str:
@@ -47,22 +61,42 @@ def render_markdown(summary: dict[str, Any], command: str) -> str:
     ]
     host = summary.get("host") or config.get("hardware", {}).get("host")
     if host:
+        bf16 = ", ".join(name for name, key in (("AVX512-BF16", "avx512_bf16"), ("AMX-BF16", "amx_bf16")) if host.get(key)) or ("yes" if host.get("native_bf16") else "no")
+        ran = f" Target dtype as run: {host['dtype']}" + (f", draft: {host['draft_dtype']}" if host.get("draft_dtype") else "") + "." if host.get("dtype") else ""
         lines += [
-            f"Host: {host.get('cpu')}, {host.get('cores')} cores, native bf16: {'yes' if host.get('native_bf16') else 'no'}, "
-            f"torch CPU capability {host.get('torch_cpu_capability')}, {host.get('threads_per_process', 1)} thread per process.",
+            f"Host: {host.get('cpu')}" + (f" ({host['cpu_family_model']})" if host.get("cpu_family_model") else "") + f", {host.get('cores')} cores, native bf16: {bf16}, "
+            f"torch CPU capability {host.get('torch_cpu_capability')}, {host.get('threads_per_process', 1)} thread per process.{ran}"
+            + (f" ({host['role']}.)" if host.get("role") else ""),
             "",
         ]
+    cores = summary.get("cores")
+    if cores and cores.get("server_core") is not None and config.get("clients", 1) > 1:
+        shared = (f"the {config['clients']} clients share {len(cores['edge_cores'])} edge core(s) (up to {cores['clients_per_edge_core']} per core)"
+                  if cores["clients_share_cores"] else "each client on a core of its own")
+        lines += [f"Cores: server on core {cores['server_core']}; {shared}.", ""]
+    lines += [
+        "**queued ms/round**: a round's wait at the server before its pass started (behind a pass in flight or other "
+        "sessions' passes): as the server reports it per verdict; for cloud-ar (whose stream reports none) the gaps "
+        "between the session's consecutive passes. **overhead ms/round**: the edge's wait for a verdict minus the pass "
+        "it rode in (the whole batched forward), that queueing and the link's round trips: gRPC, serialisation and "
+        "event loops. Under batching it no longer holds the queueing.",
+        "",
+    ]
     if config.get("clients", 1) > 1:
         lines += [
             f"**{config['clients']} concurrent clients per mode** sharing one batching server: `vs cloud-ar` compares "
             "aggregate tokens/s (all clients' tokens over the wall time); tokens/s is per client. Server s/token "
-            "and price count a batched pass once per session riding in it: an upper bound under batching.",
+            "and price count a batched pass once per session riding in it: an upper bound under batching; "
+            "**server s/token (passes once)** and **server busy share** count each pass once (the union of the passes "
+            "the clients report). Aggregate decode tok/s: every token after each generation's first, over the time "
+            "after the first tokens (the union of the decode windows).",
             "",
         ]
     checked_oracle = any("oracle_mismatches" in stats for modes in summary["profiles"].values() for stats in modes.values())
+    many = config.get("clients", 1) > 1
     columns = [
         c for c in COLUMNS
-        if (c[1] != "aggregate_tokens_per_s" or config.get("clients", 1) > 1) and (c[1] != "oracle_mismatches" or checked_oracle)
+        if (c[1] not in CONCURRENT_ONLY or many) and (c[1] != "oracle_mismatches" or checked_oracle)
     ]
     lines += _correctness_notes(summary.get("server_dtype", config["dtype"]), checked_oracle)
     for profile, modes in summary["profiles"].items():
@@ -154,3 +188,21 @@ def plot_timeline(record: dict[str, Any], path: Path, max_rounds: int = 6) -> No
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def render_sweep(summary: dict[str, Any]) -> str:
+    """A sweep's capacity section: per profile, every point's serving figures and each mode's
+    capacity at the SLO (the same table `edgespec simulate` writes)."""
+    from edgespec.capacity import render_capacity_markdown
+
+    parts = []
+    for profile, table in summary["capacity"].items():
+        figures = {int(n): f for n, f in table["points"].items()}
+        where = (
+            f"Profile `{profile}`; a fresh server per client count, each mode's clients start together after warm-up. "
+            "Per-client tokens/s: each client's tokens over its generating time. Aggregate decode tokens/s: the tokens after "
+            "each generation's first, over the union of the decode windows. Server busy share and s/token: the union of the "
+            "passes the clients report (a batched pass counted once) over the wall time / the tokens."
+        )
+        parts.append(render_capacity_markdown(figures, table, table["slo_source"], where).replace("## Capacity", f"## Capacity: {profile}", 1))
+    return "\n".join(parts)

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from edgespec.bench.metrics import PriceModel, differences_from_cloud_ar, summarize
 from edgespec.bench.processes import pin_to_core, deploy
+from edgespec.capacity import point_metrics
 from edgespec.data.prompt_sets import load_prompts
 from edgespec.decoding.modes import Mode
 from edgespec.models.loading import resolve_dtype
@@ -45,6 +47,14 @@ class BenchConfig:
     # Concurrent edge clients sharing one server: each mode is run by this many clients at once
     # and scored by aggregate tokens/s (the server batches their rounds).
     clients: int = 1
+    # A sweep (`--clients 1,2,4,8`): each count in turn, a fresh server per count; ``clients``
+    # is then the largest. Empty: one count, ``clients``.
+    client_counts: tuple[int, ...] = ()
+    # The SLO capacity is judged at (per-client tokens/s, p10); None: half of single-client
+    # cloud-ar measured in the same sweep.
+    slo_tokens_per_s: float | None = None
+    # Passed to `edgespec serve` unchanged (e.g. scheduler options).
+    serve_args: tuple[str, ...] = ()
     # >0: the server is `edgespec serve --replicas N` (Ray Serve) instead of one process.
     replicas: int = 0
     out: str = "out/bench"
@@ -63,6 +73,26 @@ class BenchConfig:
             raise ValueError("--clients must be >= 1")
         if self.clients > 1 and self.num_prompts * len(self.prompts) < self.clients:
             raise ValueError(f"{self.clients} clients need at least as many prompts; raise --num-prompts")
+        if self.client_counts:
+            if min(self.client_counts) < 1 or len(set(self.client_counts)) != len(self.client_counts):
+                raise ValueError(f"--clients: distinct counts >= 1, got {','.join(map(str, self.client_counts))}")
+            if self.clients != max(self.client_counts):
+                raise ValueError("a sweep's clients must be its largest count")
+            if self.slo_tokens_per_s is None and (1 not in self.client_counts or "cloud-ar" not in self.modes):
+                raise ValueError(
+                    "the default SLO is half of single-client cloud-ar measured in the sweep: include 1 in --clients, "
+                    "or give --slo-tokens-per-s"
+                )
+        if self.slo_tokens_per_s is not None and not self.slo_tokens_per_s > 0:
+            raise ValueError(f"--slo-tokens-per-s must be > 0, got {self.slo_tokens_per_s}")
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        return tuple(sorted(self.client_counts)) or (self.clients,)
+
+    def at(self, clients: int) -> "BenchConfig":
+        """One point of a sweep, as a run with that many clients would be configured."""
+        return replace(self, clients=clients, client_counts=())
 
 
 def build_jobs(config: BenchConfig, tokenizer: Any) -> list[dict[str, Any]]:
@@ -100,21 +130,73 @@ def warmup_jobs(jobs: list[dict[str, Any]], modes: tuple[str, ...]) -> list[dict
 def run_profile(
     config: BenchConfig, profile: str, jobs: list[dict[str, Any]], out: Path, progress: Callable[[int], None]
 ) -> list[dict[str, Any]]:
-    jobs_file, results_file = out / f"jobs-{profile}.jsonl", out / f"raw-{profile}.jsonl"
-    jobs_file.write_text("".join(json.dumps(j) + "\n" for j in warmup_jobs(jobs, config.modes) + jobs))
-    results_file.unlink(missing_ok=True)
-    with deploy(config.target, config.dtype, profile, exits=config.exits, log_dir=str(out / f"logs-{profile}"), replicas=config.replicas,
-                cloud_draft=config.draft if any(Mode.parse(m).server_drafts for m in config.modes) else None) as deployment:
-        if config.clients == 1:
-            _run_workers([jobs_file], [results_file], config, deployment.client_port, out / f"logs-{profile}", progress)
-        else:
-            results_file.touch()
-            for mode in config.modes:
-                _run_concurrent(config, Mode.parse(mode).value, jobs, results_file, deployment.client_port, out / f"logs-{profile}", progress)
-    records = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()]
+    """Every mode on ``profile``; with a sweep, every client count in turn, each on a fresh
+    server (nothing cached or queued carries over from the previous point). Records of a sweep
+    carry ``sweep_clients``."""
+    if config.client_counts:
+        records: list[dict[str, Any]] = []
+        for count in config.counts:
+            point = config.at(count)
+            log_dir = out / f"logs-{profile}" / f"clients-{count}"
+            results_file = log_dir / "raw.jsonl"
+            with _deployed(config, profile, log_dir) as deployment:
+                results_file.unlink(missing_ok=True)
+                results_file.touch()
+                for mode in config.modes:
+                    _run_concurrent(point, Mode.parse(mode).value, jobs, results_file, deployment.client_port, log_dir, progress)
+            records += [dict(r, sweep_clients=count) for r in _read(results_file)]
+    else:
+        jobs_file, results_file = out / f"jobs-{profile}.jsonl", out / f"raw-{profile}.jsonl"
+        jobs_file.write_text("".join(json.dumps(j) + "\n" for j in warmup_jobs(jobs, config.modes) + jobs))
+        results_file.unlink(missing_ok=True)
+        with _deployed(config, profile, out / f"logs-{profile}") as deployment:
+            if config.clients == 1:
+                _run_workers([jobs_file], [results_file], config, deployment.client_port, out / f"logs-{profile}", progress)
+            else:
+                results_file.touch()
+                for mode in config.modes:
+                    _run_concurrent(config, Mode.parse(mode).value, jobs, results_file, deployment.client_port, out / f"logs-{profile}", progress)
+        records = _read(results_file)
     for record in records:
         record["profile"] = profile
     return records
+
+
+def _deployed(config: BenchConfig, profile: str, log_dir: Path) -> Any:
+    return deploy(
+        config.target, config.dtype, profile, exits=config.exits, log_dir=str(log_dir), replicas=config.replicas,
+        cloud_draft=config.draft if any(Mode.parse(m).server_drafts for m in config.modes) else None, serve_args=config.serve_args,
+    )
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def edge_cores(cores: int | None = None) -> list[int]:
+    """The cores edge clients run on: every core but the server's (core 0); none to pin to on a
+    one-core machine."""
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    return list(range(1, cores))
+
+
+def client_core(index: int, cores: int | None = None) -> int | None:
+    """Client ``index``'s core: its own while there are enough, else shared round-robin."""
+    edge = edge_cores(cores)
+    return edge[index % len(edge)] if edge else None
+
+
+def core_layout(clients: int, cores: int | None = None) -> dict[str, Any]:
+    """Where the processes of one point ran: for the report (clients share cores when fewer
+    edge cores than clients)."""
+    edge = edge_cores(cores)
+    used = sorted({client_core(i, cores) for i in range(clients)} - {None})
+    return {
+        "server_core": 0 if edge else None,
+        "edge_cores": used,
+        "clients_per_edge_core": -(-clients // len(edge)) if edge else clients,
+        "clients_share_cores": bool(edge) and clients > len(edge),
+    }
 
 
 def _worker_command(config: BenchConfig, port: int, jobs_file: Path, results_file: Path) -> list[str]:
@@ -136,7 +218,10 @@ def _run_workers(
         if barrier is not None:
             command += ["--ready", str(barrier.with_name(f"{barrier.name}.ready{index}")), "--go", str(barrier)]
         log = open(log_dir / (f"client-{jobs_file.stem.removeprefix('jobs-')}.log" if barrier is not None else "client.log"), "w")
-        workers.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin_to_core(1)), log))
+        # Edge clients each on a core of their own where the machine has enough (never the
+        # server's core 0); otherwise they share the edge cores round-robin.
+        core = client_core(index) if barrier is not None else client_core(0)
+        workers.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin_to_core(core)), log))
     done = 0
     while any(worker.poll() is None for worker, _ in workers):
         time.sleep(0.5)
@@ -219,6 +304,9 @@ def summarize_all(config: BenchConfig, records: list[dict[str, Any]], oracle: di
             if config.clients > 1:
                 summary["clients"] = config.clients
                 summary["aggregate_tokens_per_s"] = aggregate_tokens_per_s(chosen)
+                # The serving figures (decode tokens/s, per-client p10, TTFT percentiles, the
+                # verifier's busy time counted once per batched pass): see edgespec.capacity.
+                summary.update({k: v for k, v in point_metrics(chosen).items() if k not in ("clients", "aggregate_tokens_per_s")})
             per_mode[name] = summary
         # With concurrent clients the server's throughput is what is compared: aggregate tokens/s.
         rate = "aggregate_tokens_per_s" if config.clients > 1 else "tokens_per_s"
@@ -226,4 +314,43 @@ def summarize_all(config: BenchConfig, records: list[dict[str, Any]], oracle: di
         for summary in per_mode.values():
             summary["speedup_vs_cloud_ar"] = summary.get(rate, 0.0) / baseline if baseline else 0.0
         profiles[profile] = per_mode
-    return {"config": asdict(config), "server_dtype": resolve_dtype(config.dtype), "profiles": profiles}
+    return {"config": asdict(config), "server_dtype": resolve_dtype(config.dtype), "profiles": profiles, "cores": core_layout(config.clients)}
+
+
+def sweep_points(config: BenchConfig, records: list[dict[str, Any]], profile: str) -> dict[int, dict[str, Any]]:
+    """clients -> mode -> the serving figures of that point (`edgespec.capacity.point_metrics`)."""
+    return {
+        count: {
+            Mode.parse(mode).value: point_metrics([r for r in records if r["profile"] == profile and r.get("sweep_clients") == count and r["mode"] == Mode.parse(mode).value])
+            for mode in config.modes
+        }
+        for count in config.counts
+    }
+
+
+def summarize_sweep(
+    config: BenchConfig, records: list[dict[str, Any]], oracle_by_count: dict[int, Any] | None = None
+) -> dict[str, Any]:
+    """A sweep's summary: the largest point in the single-count shape at the top (what
+    `--clients N` alone writes), every point in that shape under ``sweep``, and per profile the
+    capacity table."""
+    from edgespec.capacity import capacity_table, default_slo
+
+    oracle_by_count = oracle_by_count or {}
+    points = {count: summarize_all(config.at(count), [r for r in records if r.get("sweep_clients") == count], oracle_by_count.get(count)) for count in config.counts}
+    summary = dict(points[config.clients])
+    summary["config"] = asdict(config)
+    summary["sweep"] = {str(count): point for count, point in points.items()}
+    summary["capacity"] = {}
+    for profile in config.profiles:
+        figures = sweep_points(config, records, profile)
+        if config.slo_tokens_per_s is not None:
+            slo, source = config.slo_tokens_per_s, "--slo-tokens-per-s"
+        else:
+            slo, source = default_slo(figures), "half of single-client cloud-ar, measured in this sweep"
+        summary["capacity"][profile] = {
+            "slo_source": source,
+            "points": {str(n): f for n, f in figures.items()},
+            **capacity_table(figures, slo),
+        }
+    return summary

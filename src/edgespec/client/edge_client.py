@@ -211,7 +211,8 @@ class EdgeClient:
                     # prefills the prompt, instead of after it.
                     driver = RoundDriver(run, self.draft, self._draft_thread)
                     driver.start()
-                await open_session(stream, gen)
+                reply = await open_session(stream, gen)
+                gen.record("cloud", "prefill (server)", run.now() - reply.prefill_ms / 1000, run.now(), 0)
                 opened()
                 if gen.mode is Mode.CLOUD_SD:
                     await self._cloud_sd(stream, run)
@@ -293,6 +294,7 @@ class EdgeClient:
             stats.wait_s += run.now() - start
             tokens = message.tokens
             run.gen.count_decode(tokens.compute_ms / 1000)
+            run.gen.record("cloud", "decode", run.now() - tokens.compute_ms / 1000, run.now())  # the pass, as the server reported it
             run.commit(list(tokens.ids))
             if tokens.finished:
                 run.gen.finish("done")

@@ -104,6 +104,7 @@ class RoundDriver:
                 return self.rounds.early(message.early.round, message.early.exit_layer, verdict_of(message.early), now)
             if kind == "final":
                 final = message.final
+                self.run.gen.stats.server_queued_s += final.queued_ms / 1000  # apart from the pass itself: batching's wait
                 return self.rounds.final(final.round, verdict_of(final), final.finished, final.pipelined, final.verify_ms / 1000, now)
             if kind == "dropped":
                 return self.rounds.dropped(message.dropped.round)

@@ -39,6 +39,7 @@ class GenerationStats:
     wait_s: float = 0.0  # edge blocked on the server: block sent -> final verdict received
     server_verify_s: float = 0.0  # the server's own verify compute, as it reported
     server_draft_s: float = 0.0  # cloud-sd: the server's own drafting (also inside server_verify_s: busy time)
+    server_queued_s: float = 0.0  # blocks waiting at the server for a pass to start, as it reported
     dropped: int = 0  # pipelined pre-drafts the server dropped (assumption did not hold)
     pipelined: int = 0  # rounds verified straight from a pipelined pre-draft
     # Network failures (zero when nothing failed):

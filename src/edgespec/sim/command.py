@@ -54,6 +54,10 @@ def add_sim_parsers(subparsers: Any) -> None:
     sim.add_argument("--no-guess", action="store_true", help="pre-draft modes: pre-draft on early verdicts only (the paper's method), not on the draft's own guess at send time")
     sim.add_argument("--max-new-tokens", type=int, default=64)
     sim.add_argument("--max-batch", type=int, default=32)
+    sim.add_argument(
+        "--slo-tokens-per-s", type=float, default=None,
+        help="a --clients sweep's SLO: per-client tokens/s (p10) each client must keep (default: half of single-client cloud-ar in the sweep)",
+    )
     sim.add_argument("--no-plots", action="store_true")
     sim.add_argument("--compare-bench", metavar="SUMMARY.json", help="a measured `edgespec bench` summary of the same prompts: report simulated vs measured tokens/s per mode")
     sim.add_argument("--out", default="out/simulate")
@@ -115,7 +119,8 @@ def _dtype(dtype: str) -> str:
 def run_simulate(args: argparse.Namespace) -> int:
     from edgespec.bench.report import render_markdown
     from edgespec.netem import PROFILES
-    from edgespec.sim.plots import plot_clients, plot_speedup_map
+    from edgespec.capacity import capacity_table, default_slo, plot_capacity, render_capacity_markdown
+    from edgespec.sim.plots import plot_speedup_map
     from edgespec.sim.simulate import SimConfig, clients_sweep, colocated_comparison, link_for, render_colocated, simulate, speedup_grid
     from edgespec.sim.trace import load_traces
 
@@ -124,6 +129,13 @@ def run_simulate(args: argparse.Namespace) -> int:
     too_short = [t.id for t in traces if not t.ended_in_eos and len(t.continuation) < args.max_new_tokens]
     if too_short:
         raise ValueError(f"traces {too_short} hold fewer than --max-new-tokens {args.max_new_tokens} tokens: trace with a larger --max-new-tokens")
+    counts = sorted(int(c) for c in _split(args.clients))
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise ValueError(f"--clients: distinct counts >= 1, got {args.clients!r}")
+    if args.slo_tokens_per_s is not None and not args.slo_tokens_per_s > 0:
+        raise ValueError(f"--slo-tokens-per-s must be > 0, got {args.slo_tokens_per_s}")
+    if len(counts) > 1 and args.slo_tokens_per_s is None and (1 not in counts or "cloud-ar" not in _split(args.modes)):
+        raise ValueError("the default SLO is half of single-client cloud-ar in the sweep: include 1 in --clients and cloud-ar in --modes, or give --slo-tokens-per-s")
     hardware = resolve_hardware(args)
     modes = _split(args.modes)
     if "cloud-sd" in modes and hardware.server_draft_ms_per_token is None:
@@ -131,7 +143,6 @@ def run_simulate(args: argparse.Namespace) -> int:
             hardware.server_drafter()  # raises: what is missing and how to add it
         modes = tuple(m for m in modes if m != "cloud-sd")
         print(f"note: cloud-sd left out: the {hardware.name} profile has no server-side draft cost (server_draft_ms_per_token)", file=sys.stderr)
-    counts = [int(c) for c in _split(args.clients)]
     links = _split(args.profiles)
     for name in links:
         if name not in PROFILES:
@@ -142,6 +153,13 @@ def run_simulate(args: argparse.Namespace) -> int:
         branches=args.branches, guess_verdict=not args.no_guess, early_verdicts=args.early_verdicts,
     )
     summary, records = simulate(traces, hardware, links, config)
+    from edgespec.hostinfo import host_facts
+
+    # The machine whose probe gave the costs (host: all of them; h200: the edge's), not the verifier's.
+    summary["host"] = {
+        **(hardware.host or host_facts(threads_per_process=1, dtype=meta["dtype"])),
+        "role": "simulated: the costs named in the hardware profile; this machine ran the simulation and (host / h200) its probe gave the edge's costs",
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "edgespec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -151,23 +169,37 @@ def run_simulate(args: argparse.Namespace) -> int:
         "num_prompts": len(traces), "exits": meta["exits"], "price": PriceModel().__dict__, "clients": counts[-1],
         "hardware": hardware.__dict__, "simulated": True,
     }
+    capacity_report = ""
     if len(counts) > 1:
-        sweep = clients_sweep(traces, hardware, link_for(PROFILES[links[0]], hardware), config.modes, counts, config)
-        summary["sweep"] = {"clients": counts, "median_per_client_tokens_per_s": sweep}
-        if not args.no_plots:
-            plot_clients(sweep, counts, f"simulated, {hardware.name}, {links[0]}", out / "clients.png")
+        summary["sweep"], summary["capacity"] = {}, {}
+        for name in links:
+            points = clients_sweep(traces, hardware, link_for(PROFILES[name], hardware), name, config.modes, counts, config)
+            for count, per_mode in points.items():
+                summary["sweep"].setdefault(str(count), {"profiles": {}})["profiles"][name] = per_mode
+            slo, source = (args.slo_tokens_per_s, "--slo-tokens-per-s") if args.slo_tokens_per_s else (default_slo(points), "half of single-client cloud-ar, simulated in this sweep")
+            table = capacity_table(points, slo)
+            summary["capacity"][name] = {"slo_source": source, **table}
+            where = (
+                f"Simulated on `{hardware.name}` costs, link `{name}`; each point's clients start together on one batching verifier "
+                f"(up to {config.max_batch} sessions per pass), one trace each (traces reused round-robin past {len(traces)}). "
+                "Server busy share and s/token: the simulated verifier's own busy time."
+            )
+            capacity_report += render_capacity_markdown(points, table, source, where).replace("## Capacity", f"## Capacity: {name}", 1)
+            capacity_report += capacity_ratio_sentence(table)
+            if not args.no_plots:
+                suffix = "" if name == links[0] else f"-{name}"
+                plot_capacity(points, slo, f"simulated, {hardware.name}, {name}", out / f"clients{suffix}.png")
     if not args.no_plots:
         grid = speedup_grid(traces, hardware, config.modes, HEATMAP_RTTS_MS, HEATMAP_DECODE_MS, SimConfig(**{**config.__dict__, "clients": 1}))
         summary["speedup_map"] = {"rtt_ms": HEATMAP_RTTS_MS, "decode_ms": HEATMAP_DECODE_MS, "speedup": grid}
         plot_speedup_map(grid, HEATMAP_RTTS_MS, HEATMAP_DECODE_MS, f"simulated on {hardware.name} costs, scaled to each decode time", out / "speedup-map.png")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     with (out / "results.jsonl").open("w") as sink:
         for record in records:
             sink.write(json.dumps(record) + "\n")
     summary["colocated"] = colocated_comparison(traces, hardware, links[0], config.modes, counts, config)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     report = render_markdown(summary, command).replace("# edgespec benchmark", f"# edgespec simulation ({hardware.name}: {hardware.source})")
-    report += render_colocated(summary["colocated"])
+    report += capacity_report + render_colocated(summary["colocated"])
     if args.compare_bench:
         comparison = compare_with_bench(summary, json.loads(Path(args.compare_bench).read_text()))
         summary["compared_with_bench"] = comparison
@@ -175,7 +207,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out / "report.md").write_text(report)
     print(report)
-    print(f"wrote {out}/summary.json, report.md, results.jsonl" + ("" if args.no_plots else ", speedup-map.png" + (", clients.png" if len(counts) > 1 else "")))
+    print(f"wrote {out}/summary.json, report.md, results.jsonl" + ("" if args.no_plots else ", speedup-map.png" + (", clients.png (capacity)" if len(counts) > 1 else "")))
     return 0
 
 
@@ -210,3 +242,22 @@ def render_comparison(comparison: dict[str, Any], source: str) -> str:
             )
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def capacity_ratio_sentence(table: dict[str, Any]) -> str:
+    """The capacity ratios in words, against cloud-ar and (where it ran) cloud-sd."""
+    modes = table["modes"]
+    parts = []
+    for base in ("cloud-ar", "cloud-sd"):
+        if base not in modes:
+            continue
+        ratios = []
+        for mode, row in modes.items():
+            if mode == base:
+                continue
+            value = row.get(f"vs_{base}")
+            ratios.append(f"{mode} {'n/a' if value is None else f'{value:.2f}x'}")
+        parts.append(f"Capacity vs {base} ({modes[base]['capacity']} clients): " + ", ".join(ratios) + ".")
+    if "cloud-sd" not in modes:
+        parts.append("(cloud-sd, the co-located baseline, was not in this run's modes.)")
+    return " ".join(parts) + "\n\n"

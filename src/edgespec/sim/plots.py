@@ -1,5 +1,6 @@
-"""The simulator's pictures: where edge-cloud speculation beats cloud-ar, and how per-client
-speed falls as clients share one batching verifier."""
+"""The simulator's picture of where edge-cloud speculation beats cloud-ar (the capacity picture,
+per-client speed as clients share one verifier, is `edgespec.capacity.plot_capacity`, shared with
+`edgespec bench`)."""
 
 from __future__ import annotations
 
@@ -30,25 +31,5 @@ def plot_speedup_map(grid: dict[str, list[list[float]]], rtts_ms: Sequence[float
     axes[0][0].set_ylabel("target decode time (ms)")
     fig.colorbar(image, ax=axes[0].tolist(), label="tokens/s vs cloud-ar (blue: speculation wins)")
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-
-def plot_clients(sweep: dict[str, list[float]], counts: Sequence[int], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for mode, rates in sweep.items():
-        ax.plot(counts, rates, marker="o", label=mode)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(list(counts), [str(c) for c in counts])
-    ax.set_xlabel("clients sharing one batching verifier")
-    ax.set_ylabel("median per-client tokens/s")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

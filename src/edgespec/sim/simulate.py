@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from edgespec.bench.metrics import PriceModel, summarize
+from edgespec.capacity import point_metrics
 from edgespec.decoding.config import GenerationConfig
 from edgespec.decoding.modes import Mode
 from edgespec.netem import PROFILES
@@ -84,16 +85,9 @@ def summarize_modes(records: list[dict[str, Any]], link_name: str, modes: Sequen
     for mode in modes:
         chosen = [r for r in records if r["mode"] == mode]
         summary = summarize(chosen, link_name, price)
-        if clients > 1:
-            wall = max(r["wall_s"] for r in chosen)
-            rates = sorted(len(r["tokens"]) / r["stats"]["total_s"] for r in chosen)
-            summary.update(
-                clients=clients,
-                aggregate_tokens_per_s=sum(len(r["tokens"]) for r in chosen) / wall,
-                per_client_tokens_per_s_median=statistics.median(rates),
-                per_client_tokens_per_s_p10=rates[max(0, int(0.1 * len(rates)) - (1 if len(rates) >= 10 else 0))],
-                server_busy_share=max(r["verifier_busy_s"] for r in chosen) / wall,
-            )
+        if clients > 1 and chosen:
+            # The serving figures, computed as `edgespec bench` computes them (edgespec.capacity).
+            summary.update(point_metrics(*_on_one_clock(chosen, clients)), clients=clients)
         per_mode[mode] = summary
     rate = "aggregate_tokens_per_s" if clients > 1 else "tokens_per_s"
     baseline = per_mode.get("cloud-ar", {}).get(rate) or 0.0
@@ -141,16 +135,37 @@ def speedup_grid(
 
 
 def clients_sweep(
-    traces: Sequence[Trace], profile: HardwareProfile, link: Link, modes: Sequence[str], counts: Sequence[int], config: SimConfig
-) -> dict[str, list[float]]:
-    """Median per-client tokens/s against the number of clients sharing one batching verifier."""
-    sweep: dict[str, list[float]] = {m: [] for m in modes}
+    traces: Sequence[Trace], profile: HardwareProfile, link: Link, link_name: str, modes: Sequence[str], counts: Sequence[int],
+    config: SimConfig, price: PriceModel = PriceModel(),
+) -> dict[int, dict[str, Any]]:
+    """clients -> mode -> the serving figures of that point (`edgespec.capacity.point_metrics`,
+    the verifier's busy time exact) beside `summarize`'s: the same figures `edgespec bench`
+    measures, so the capacity rule is one."""
+    points: dict[int, dict[str, Any]] = {}
     for count in counts:
         point = SimConfig(**{**config.__dict__, "clients": count})
+        points[count] = {}
         for mode in modes:
-            chosen = run_mode(traces, Mode.parse(mode), profile, link, point)
-            sweep[mode].append(statistics.median(len(r["tokens"]) / r["stats"]["total_s"] for r in chosen))
-    return sweep
+            name = Mode.parse(mode).value
+            records = run_mode(traces, Mode.parse(mode), profile, link, point)
+            figures = point_metrics(*_on_one_clock(records, count))
+            points[count][name] = {**summarize([dict(r, profile=link_name) for r in records], link_name, price), **figures}
+    return points
+
+
+def _on_one_clock(records: list[dict[str, Any]], clients: int) -> tuple[list[dict[str, Any]], float]:
+    """The records of one point on one clock, and the verifier's busy seconds. With several
+    clients they shared one world that started at 0. Alone, each trace ran in a world of its
+    own: they are laid end to end (for the aggregate figures) and each counts as one client
+    alone (its per-client rate is one sample of a client with the verifier to itself)."""
+    if clients > 1:
+        return records, records[0]["verifier_busy_s"] if records else 0.0
+    laid, start, busy = [], 0.0, 0.0
+    for index, record in enumerate(records):
+        laid.append(dict(record, started_at=start, ended_at=start + record["stats"]["total_s"], client_index=index))
+        start += record["stats"]["total_s"]
+        busy += record["verifier_busy_s"]
+    return laid, busy
 
 
 EDGE_SD_MODES = ("sd", "sd-ee", "sd-ee-predraft", "sd-ee-pipelined")
