@@ -148,3 +148,20 @@ def test_simulate_sweep_writes_the_capacity_table_and_picture(tmp_path, capsys) 
     assert main([*common, "--clients", "3,6", "--no-plots", "--slo-tokens-per-s", "1e9", "--out", str(tmp_path / "strict")]) == 0
     strict = json.loads((tmp_path / "strict" / "summary.json").read_text())["capacity"]["wan"]["modes"]
     assert strict["sd"]["capacity"] == 0 and strict["sd"]["vs_cloud-ar"] is None  # nobody meets it
+
+
+def test_an_exit_oracle_streams_the_verdict_it_is_told_to_and_changes_no_token() -> None:
+    from edgespec.sim.replay import ExitOracle
+
+    def run(oracle: ExitOracle) -> list[dict]:
+        config = SimConfig(modes=("sd-ee-pipelined",), max_new_tokens=NEW_TOKENS, gamma=4, early_verdicts="on", exit_oracle=oracle)
+        return run_mode(traces(), Mode.SD_EE_PIPELINED, PROFILE, Link(one_way_s=0.02), config)
+
+    right, useless = run(ExitOracle(2, 1.0)), run(ExitOracle(2, 0.0))
+    for trace, good, bad in zip(traces(), right, useless):
+        assert good["tokens"] == bad["tokens"] == trace.continuation[:NEW_TOKENS]
+        assert bad["stats"]["hits_by_source"].get("exit 2", 0) == 0
+    # Every round the guess does not already cover is a hit of the perfect exit.
+    assert all(r["stats"]["misses"] == 0 and r["stats"]["hits_by_source"].get("exit 2", 0) > 0 for r in right)
+    with pytest.raises(ValueError, match="LAYER:ACCURACY"):
+        ExitOracle.parse("21:often")

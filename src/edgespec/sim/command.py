@@ -52,6 +52,10 @@ def add_sim_parsers(subparsers: Any) -> None:
     sim.add_argument("--branches", type=int, default=2, help="pre-draft modes: branches per round, each on one assumed verdict")
     sim.add_argument("--early-verdicts", choices=["auto", "on", "off"], default="auto", help="pre-draft modes: ask the server to run its exits (auto: only where nothing else gives a verdict to pre-draft on)")
     sim.add_argument("--no-guess", action="store_true", help="pre-draft modes: pre-draft on early verdicts only (the paper's method), not on the draft's own guess at send time")
+    sim.add_argument(
+        "--exit-oracle", default=None, metavar="LAYER[:ACCURACY]",
+        help="design question: replace the traces' exits by one at LAYER that costs nothing and streams the true verdict with probability ACCURACY (default 1); use with --early-verdicts on",
+    )
     sim.add_argument("--max-new-tokens", type=int, default=64)
     sim.add_argument("--max-batch", type=int, default=32)
     sim.add_argument(
@@ -122,6 +126,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     from edgespec.capacity import capacity_table, default_slo, plot_capacity, render_capacity_markdown
     from edgespec.sim.plots import plot_speedup_map
     from edgespec.sim.simulate import SimConfig, clients_sweep, colocated_comparison, link_for, render_colocated, simulate, speedup_grid
+    from edgespec.sim.replay import ExitOracle
     from edgespec.sim.trace import load_traces
 
     traces = load_traces(args.traces)
@@ -151,6 +156,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         modes=modes, max_new_tokens=args.max_new_tokens, gamma=args.gamma,
         adaptive_gamma=args.adaptive_gamma, max_gamma=args.max_gamma, clients=counts[-1], max_batch=args.max_batch,
         branches=args.branches, guess_verdict=not args.no_guess, early_verdicts=args.early_verdicts,
+        exit_oracle=ExitOracle.parse(args.exit_oracle) if args.exit_oracle else None,
     )
     summary, records = simulate(traces, hardware, links, config)
     from edgespec.hostinfo import host_facts

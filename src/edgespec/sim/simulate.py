@@ -15,7 +15,7 @@ from edgespec.netem import PROFILES
 from edgespec.netem.profiles import LinkProfile
 from edgespec.rounds.world import ClientSpec, Link, World
 from edgespec.sim.costs import HardwareProfile
-from edgespec.sim.replay import TraceCloud, TraceEdge
+from edgespec.sim.replay import ExitOracle, TraceCloud, TraceEdge
 from edgespec.sim.trace import Trace
 
 # cloud-sd also needs the profile's server-side draft cost (`edgespec simulate` adds it when known).
@@ -34,6 +34,7 @@ class SimConfig:
     early_verdicts: str = "auto"
     clients: int = 1
     max_batch: int = 32
+    exit_oracle: ExitOracle | None = None  # a hypothetical exit instead of the traces' own
 
     def generation(self, eos_ids: frozenset[int]) -> GenerationConfig:
         return GenerationConfig(
@@ -64,7 +65,7 @@ def run_mode(traces: Sequence[Trace], mode: Mode, profile: HardwareProfile, link
     groups = [list(traces)] if config.clients > 1 else [[t] for t in traces]
     for group in groups:
         chosen = [group[i % len(group)] for i in range(config.clients)] if config.clients > 1 else group
-        cloud = TraceCloud(dict(enumerate(chosen)), profile)
+        cloud = TraceCloud(dict(enumerate(chosen)), profile, config.exit_oracle)
         specs = [
             ClientSpec(t.prompt_ids, mode, config.generation(_eos(t)), TraceEdge(t, profile) if mode.uses_draft else None, link, eos_ids=_eos(t))
             for t in chosen
