@@ -31,6 +31,7 @@ import asyncio
 import bisect
 import collections
 import itertools
+import json
 import logging
 import threading
 import time
@@ -62,8 +63,9 @@ class AdmissionLimits:
     prefill_chunk: int = 32
 
     def __post_init__(self) -> None:
-        if min(self.max_sessions, self.max_queued, self.max_batch, self.max_batch_rows) < 1:
-            raise ValueError("admission limits must be >= 1")
+        for name in ("max_sessions", "max_queued", "max_batch", "max_batch_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"admission limits must be >= 1: {name} is {getattr(self, name)}")
         if self.prefill_chunk < 0:
             raise ValueError(f"prefill_chunk must be >= 0 (0: prefills run alone), got {self.prefill_chunk}")
 
@@ -286,7 +288,7 @@ class BatchScheduler:
 
     def close(self) -> None:
         if self.stats.forwards:
-            logger.info("scheduler: %s", self.stats.summary())
+            logger.info("scheduler: %s", json.dumps(self.stats.summary()))
         with self._wake:
             self._closed = True
             pending = list(self._queue)
