@@ -6,7 +6,7 @@ from $EDGESPEC_PREFILL_CHUNK; 0 = each prefill alone, whole: the old behaviour) 
 setting and mode: TTFT mean / p50 / p90 / max, aggregate tokens/s and aggregate decode tokens/s
 (tokens after each client's first token over the time after it).
 
-    PYTHONPATH=src python scripts/prefill_batching_check.py --clients 8 --chunks 0,32 \\
+    PYTHONPATH=src python scripts/prefill_batching_check.py --clients 8 --chunks 0,64 \\
         --modes cloud-ar,sd --profile wan --dtype bfloat16 --max-new-tokens 32 --num-prompts 4
 
 Indicative only on a shared machine: the host and its load average are recorded with the figures.
@@ -62,7 +62,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--chunks", default="0,32", help="comma-separated --prefill-chunk settings (0: prefills alone)")
+    parser.add_argument("--chunks", default="0,64", help="comma-separated --prefill-chunk settings (0: prefills alone)")
     parser.add_argument("--max-batch-rows", type=int, default=None, help="the server's pass budget (default: serve's)")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--modes", default="cloud-ar,sd")

@@ -140,9 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $EDGESPEC_MAX_BATCH_ROWS or 128)",
     )
     admission.add_argument(
-        "--prefill-chunk", type=int, default=_env_int("EDGESPEC_PREFILL_CHUNK", 32), metavar="TOKENS",
+        "--prefill-chunk", type=int, default=_env_int("EDGESPEC_PREFILL_CHUNK", 64), metavar="TOKENS",
         help="prompt tokens a prefill feeds per pass, riding with other sessions' rounds (0: each prefill runs alone, whole; "
-        "default: $EDGESPEC_PREFILL_CHUNK or 32)",
+        "default: $EDGESPEC_PREFILL_CHUNK or 64)",
     )
     admission.add_argument("--idle-timeout", type=float, default=120.0, help="seconds without a message before a session is ended (EXPIRED)")
     admission.add_argument("--max-lifetime", type=float, default=3600.0, help="seconds a session may live")
