@@ -176,8 +176,9 @@ def test_fairness_no_sessions_p90_round_time_exceeds_twice_the_median_under_equa
     for index, session in enumerate(times):
         assert len(session) == 10
         assert p90(session) <= 2 * median, f"session {index}: p90 round time {p90(session)} passes > 2 x median {median}: {session}"
-    # Oldest first: a round skipped once goes in the next pass, never waits two.
-    assert max(scheduler.stats.waited_passes) <= 1, dict(scheduler.stats.waited_passes)
+    # Oldest first: a round put off by the budget goes in the next pass, or (while prompts are
+    # still being fed) the one after a prefill's turn: never three.
+    assert max(scheduler.stats.waited_passes) <= 2, dict(scheduler.stats.waited_passes)
     # Every pass respected its budget (plus, at most, the one row a waiting prefill is owed).
     assert all(p.padded_tokens <= 15 + 5 for p in scheduler.stats.recent)
 
@@ -199,6 +200,34 @@ def test_a_long_prompt_arriving_among_decoding_sessions_does_not_stall_their_rou
     else:
         assert max(p.padded_tokens for p in scheduler.stats.recent) >= 60  # the whole prompt in one pass
         assert max(waited) >= 1, waited
+
+
+def test_a_prompt_among_decoding_sessions_advances_a_full_chunk_every_other_pass() -> None:
+    # Decode rounds feed 1 token: a chunk riding at their width would feed 1 token a pass; the
+    # prefill's turns (full chunk of 8) finish 60 prompt tokens in about 2 x 60 / 8 passes.
+    limits = AdmissionLimits(prefill_chunk=8, max_batch_rows=20)
+    runtime = TargetRuntime(tiny_model("qwen2", seed=0))
+    scheduler = BatchScheduler(runtime, limits, autostart=False)
+    prefill_passes: list[int] = []
+
+    async def main() -> None:
+        lockstep = Lockstep(scheduler)
+        decoders = []
+        for index in range(4):
+            sequence = prompt(4, seed=300 + index)
+            kv = runtime.new_cache()
+            runtime.score_tail(sequence[:-1], 1, kv=kv)
+            decoders.append(verify_rounds(lockstep, kv, sequence, rounds=40, gamma=0, seed=index, times=[]))
+
+        async def newcomer() -> None:
+            result = await lockstep.submit(prefill_job(prompt(61, seed=400), runtime.new_cache()))
+            prefill_passes.append(result.passes)
+
+        await lockstep.drive([*decoders, newcomer])
+
+    asyncio.run(main())
+    assert prefill_passes and prefill_passes[0] <= 2 * (60 // 8 + 1), f"the prompt took {prefill_passes[0]} passes"
+    assert max(scheduler.stats.waited_passes) <= 1, dict(scheduler.stats.waited_passes)
 
 
 def test_passes_report_rows_padding_and_prefill_tokens() -> None:
@@ -244,8 +273,9 @@ def test_concurrent_clients_with_chunked_prefills_each_equal_generate() -> None:
         assert stats.prefill_tokens == sum(len(p) - 1 for p in cases)
         assert stats.prefill_chunks > len(cases)  # prompts of 14..77 tokens, 6 per chunk
         # Rounds of at most 5 tokens, 8 sessions, a budget of 24: a round put off once (at most 4
-        # of them) is among the oldest and fits the next pass, whatever the threads' timing.
-        assert max(stats.waited_passes) <= 1, dict(stats.waited_passes)
+        # of them) is among the oldest and fits the next pass or the one after a prefill's turn,
+        # whatever the threads' timing.
+        assert max(stats.waited_passes) <= 2, dict(stats.waited_passes)
         deadline = time.monotonic() + 5
         while (service.sessions or len(service.runtime.live_caches)) and time.monotonic() < deadline:
             gc.collect()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgespec.server.scheduler import AdmissionLimits, Candidate, Planned, plan_pass
+from edgespec.server.scheduler import AdmissionLimits, Candidate, Planned, plan_pass, prefill_turn_due
 
 
 def rounds(*tokens: int) -> list[Candidate]:
@@ -91,3 +91,26 @@ def test_a_zero_budget_or_cap_is_refused(field: str) -> None:
 def test_a_negative_chunk_is_refused() -> None:
     with pytest.raises(ValueError, match="prefill_chunk"):
         AdmissionLimits(prefill_chunk=-1)
+
+
+def test_a_prefills_turn_feeds_its_full_chunk_first_and_what_fits_at_that_width() -> None:
+    candidates = rounds(1, 1, 1) + prefills(100, 100)
+    plan = plan_pass(candidates, max_rows=32, budget=64, prefill_chunk=32, prefill_turn=True)
+    assert plan == [Planned(3, 32), Planned(0, 1)]  # 3 x 32 > 64: the other rounds wait one pass
+    # Without its turn the prompt would ride at the decode rows' width: 1 token.
+    assert plan_pass(candidates, max_rows=32, budget=64, prefill_chunk=32)[3] == Planned(3, 1)
+
+
+def test_a_prefills_turn_is_due_only_after_every_waiting_round_rode() -> None:
+    candidates = rounds(1, 1, 1) + prefills(100)
+    narrow = plan_pass(candidates, max_rows=32, budget=64, prefill_chunk=32)
+    assert prefill_turn_due(candidates, narrow, prefill_chunk=32)
+    # A round put off by the budget keeps priority.
+    tight = rounds(5, 5, 5) + prefills(100)
+    plan = plan_pass(tight, max_rows=32, budget=10, prefill_chunk=32)
+    assert [p.index for p in plan] == [0, 1, 3]
+    assert not prefill_turn_due(tight, plan, prefill_chunk=32)
+    # A full chunk, or solo prefills: no turn.
+    full = plan_pass(rounds(5) + prefills(100), max_rows=32, budget=64, prefill_chunk=32)
+    assert not prefill_turn_due(rounds(5) + prefills(100), full, prefill_chunk=32)
+    assert not prefill_turn_due(candidates, narrow, prefill_chunk=0)

@@ -18,8 +18,11 @@ What goes into a pass (``plan_pass``, a pure function):
    the prefill. Where a full chunk would widen the pass past its budget, the chunk rides at the
    width the pass's rounds already have (no padding added: on a compute-bound CPU a 5-token
    verify row padded to a 32-token chunk costs what 32 tokens cost). Chunks yield to rounds, but
-   the oldest waiting prefill gets a chunk in every pass (one row is kept for it), so no prefill
-   starves.
+   the oldest waiting prefill gets a chunk in every pass (one row is kept for it), and when that
+   was less than a full chunk while every waiting round rode, the next pass is the prefill's
+   **turn**: its full chunk first, then whatever else fits at that width, oldest first. So a
+   round waits for at most one pass beside its own (while the budget holds every waiting round),
+   and a prompt advances a full chunk every other pass unless rounds alone fill the budget.
 
 ``prefill_chunk = 0`` keeps the old behaviour: a prefill runs alone, the whole prompt in one pass,
 when it is the oldest job.
@@ -107,14 +110,17 @@ class Planned:
     tokens: int  # fed in this pass
 
 
-def plan_pass(candidates: Sequence[Candidate], max_rows: int, budget: int, prefill_chunk: int) -> list[Planned]:
+def plan_pass(candidates: Sequence[Candidate], max_rows: int, budget: int, prefill_chunk: int, prefill_turn: bool = False) -> list[Planned]:
     """Which of ``candidates`` (oldest first) ride in the next pass, and how many tokens each
-    feeds: see the module docstring. ``budget`` is in padded token-rows."""
+    feeds: see the module docstring. ``budget`` is in padded token-rows. ``prefill_turn``: the
+    oldest prefill goes first with a full chunk (``prefill_turn_due`` said the last pass gave it less)."""
     if not candidates:
         return []
     if prefill_chunk <= 0 and candidates[0].prefill:
         return [Planned(0, candidates[0].tokens)]  # a whole prompt, alone
     waiting_prefill = prefill_chunk > 0 and any(c.prefill for c in candidates)
+    if waiting_prefill and prefill_turn:
+        return _prefill_first(candidates, max_rows, budget, prefill_chunk)
     # A waiting prefill keeps one row (unless one row is all there is: then rounds and chunks
     # simply take turns by age).
     round_rows = max_rows - 1 if waiting_prefill and max_rows > 1 else max_rows
@@ -154,6 +160,37 @@ def plan_pass(candidates: Sequence[Candidate], max_rows: int, budget: int, prefi
         longest = max(longest, size)
         first = False
     return chosen
+
+
+def _prefill_first(candidates: Sequence[Candidate], max_rows: int, budget: int, prefill_chunk: int) -> list[Planned]:
+    """The oldest prefill's full chunk (within the budget), then whatever else fits at that
+    width, oldest first: a round waits at most this one pass, and rides in it if it fits."""
+    first = next(index for index, candidate in enumerate(candidates) if candidate.prefill)
+    longest = min(prefill_chunk, candidates[first].tokens, budget)
+    chosen = [Planned(first, longest)]
+    for index, candidate in enumerate(candidates):
+        if index == first:
+            continue
+        size = min(prefill_chunk, candidate.tokens) if candidate.prefill else candidate.tokens
+        if len(chosen) >= max_rows or (len(chosen) + 1) * max(longest, size) > budget:
+            break
+        chosen.append(Planned(index, size))
+        longest = max(longest, size)
+    return chosen
+
+
+def prefill_turn_due(candidates: Sequence[Candidate], plan: Sequence[Planned], prefill_chunk: int) -> bool:
+    """Whether the next pass is a prefill's turn: every waiting round rode in ``plan`` but a
+    waiting prefill got less than a full chunk (or nothing). On a compute-bound CPU a chunk can
+    only ride with rounds at their width (a decode row feeds 1 token), so without turns a prompt
+    would crawl while others decode; rounds put off by the budget keep priority, so none waits
+    two passes for a prefill."""
+    if prefill_chunk <= 0:
+        return False
+    fed = {planned.index: planned.tokens for planned in plan}
+    if any(not c.prefill and i not in fed for i, c in enumerate(candidates)):
+        return False
+    return any(c.prefill and fed.get(i, 0) < min(prefill_chunk, c.tokens) for i, c in enumerate(candidates))
 
 
 @dataclass(frozen=True)
@@ -257,6 +294,7 @@ class BatchScheduler:
         self._queue: list[_Entry] = []  # oldest first
         self._orders = itertools.count()
         self._passes_started = 0
+        self._prefill_turn = False
         self._wake = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -319,7 +357,9 @@ class BatchScheduler:
                 return None
             limits = self.limits
             candidates = [Candidate(e.job.prefill, unfed_tokens(e.job.request)) for e in self._queue]
-            plan = plan_pass(candidates, limits.max_batch, limits.max_batch_rows, limits.prefill_chunk)
+            plan = plan_pass(candidates, limits.max_batch, limits.max_batch_rows, limits.prefill_chunk, self._prefill_turn)
+            # Turns alternate: after a prefill's turn the rounds go first again.
+            self._prefill_turn = not self._prefill_turn and prefill_turn_due(candidates, plan, limits.prefill_chunk)
             rides: list[_Ride] = []
             for planned in plan:
                 entry = self._queue[planned.index]
