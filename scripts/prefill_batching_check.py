@@ -39,6 +39,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     done = [r for r in records if "stats" in r]
+    if not done:  # every client failed (see the bench's client logs)
+        return {"clients": 0, "errors": len(records), "first_error": next((r.get("error") for r in records), None)}
     ttft = [r["stats"]["ttft_s"] for r in done]
     wall = max(r["ended_at"] for r in done) - min(r["started_at"] for r in done)
     tokens = sum(len(r["tokens"]) for r in done)
@@ -101,6 +103,9 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for chunk, run in results["runs"].items():
         for mode, row in run["modes"].items():
+            if not row.get("clients"):
+                print(f"| {chunk} | {mode} | every client failed: {row.get('first_error')} |")
+                continue
             print(
                 f"| {'alone' if chunk == '0' else chunk} | {mode} | {row['ttft_mean_s']} | {row['ttft_p50_s']} | {row['ttft_p90_s']} | "
                 f"{row['ttft_max_s']} | {row['tokens_per_s']} | {row['decode_tokens_per_s']} | "
