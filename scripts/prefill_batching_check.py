@@ -65,7 +65,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", default="0,64", help="comma-separated --prefill-chunk settings (0: prefills alone)")
-    parser.add_argument("--max-batch-rows", type=int, default=None, help="the server's pass budget (default: serve's)")
+    parser.add_argument("--max-batch-rows", type=int, default=128, help="the server's pass budget in padded token-rows (0: serve's default)")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--modes", default="cloud-ar,sd")
     parser.add_argument("--profile", default="wan")
@@ -81,7 +81,7 @@ def main() -> int:
     for chunk in (int(c) for c in args.chunks.split(",")):
         run_out = out / f"chunk-{chunk}"
         env = dict(os.environ, EDGESPEC_PREFILL_CHUNK=str(chunk))
-        if args.max_batch_rows is not None:
+        if args.max_batch_rows:
             env["EDGESPEC_MAX_BATCH_ROWS"] = str(args.max_batch_rows)
         command = [
             sys.executable, "-m", "edgespec.cli", "bench", "--clients", str(args.clients), "--modes", args.modes,

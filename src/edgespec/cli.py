@@ -134,15 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     admission.add_argument("--max-batch", type=int, default=32, help="sessions verified together in one forward pass (1: no batching)")
     # Their defaults may come from the environment, so a server that `edgespec bench` starts can be set too.
     admission.add_argument(
-        "--max-batch-rows", type=int, default=_env_int("EDGESPEC_MAX_BATCH_ROWS", 128), metavar="TOKEN_ROWS",
+        "--max-batch-rows", type=int, default=_env_int("EDGESPEC_MAX_BATCH_ROWS", 512), metavar="TOKEN_ROWS",
         help="cost budget of one forward pass in padded token-rows: rows x the longest row's fed tokens (rounds go first, "
         "oldest first; prefill chunks fill the rest). Bounds how long a round waits behind others' prefills; raise it on a GPU "
-        "(default: $EDGESPEC_MAX_BATCH_ROWS or 128)",
+        "(default: $EDGESPEC_MAX_BATCH_ROWS or 512; with --prefill-chunk on a 2-core CPU, 128)",
     )
     admission.add_argument(
-        "--prefill-chunk", type=int, default=_env_int("EDGESPEC_PREFILL_CHUNK", 64), metavar="TOKENS",
+        "--prefill-chunk", type=int, default=_env_int("EDGESPEC_PREFILL_CHUNK", 0), metavar="TOKENS",
         help="prompt tokens a prefill feeds per pass, riding with other sessions' rounds (0: each prefill runs alone, whole; "
-        "default: $EDGESPEC_PREFILL_CHUNK or 64)",
+        "default: $EDGESPEC_PREFILL_CHUNK or 0; e.g. 64)",
     )
     admission.add_argument("--idle-timeout", type=float, default=120.0, help="seconds without a message before a session is ended (EXPIRED)")
     admission.add_argument("--max-lifetime", type=float, default=3600.0, help="seconds a session may live")

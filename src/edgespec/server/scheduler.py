@@ -57,15 +57,15 @@ class AdmissionLimits:
     max_queued: int = 256  # jobs waiting for the model; one more is refused with BUSY
     max_batch: int = 32  # rows (sessions) per forward pass
     # The cost budget of one forward pass in padded token-rows: rows x the longest row's fed
-    # tokens (8 verify rows of 5 tokens: 40; the same plus a 32-token chunk: 9 x 32 = 288).
-    # 128 on this 2-core CPU (bf16 1.5B target, 1 thread): a pass of 4 x 32 prefill tokens ~ 2.7 s,
-    # 8 verify rows of 5 ~ 1.3 s; a GPU verifier wants thousands (padding is nearly free there).
-    max_batch_rows: int = 128
-    # Prompt tokens a prefill feeds per pass, riding with other sessions' rounds (0: a prefill
-    # runs alone, the whole prompt in one pass). Half the budget: on a compute-bound CPU batching
-    # more prompts' chunks saves little, and fewer prompts at a time give the earlier ones their
-    # first token sooner (oldest first).
-    prefill_chunk: int = 64
+    # tokens (8 verify rows of 5 tokens: 40; the same plus a 32-token chunk: 9 x 32 = 288). The
+    # default holds --max-batch rows of the longest usual block (32 x 9), so only chunked prefills
+    # meet it; with chunks on this 2-core CPU 128 keeps a pass near 3 s (bf16 1.5B target).
+    max_batch_rows: int = 512
+    # Prompt tokens a prefill feeds per pass, riding with other sessions' rounds; 0 (default): a
+    # prefill runs alone, the whole prompt in one pass. On this compute-bound CPU, 8 clients
+    # starting together got their first tokens no sooner with chunks (same mean, wider spread)
+    # and decoded slower (more, smaller passes): see README, "Prefill in the batch".
+    prefill_chunk: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_sessions", "max_queued", "max_batch", "max_batch_rows"):
