@@ -21,8 +21,9 @@ What goes into a pass (``plan_pass``, a pure function):
    the oldest waiting prefill gets a chunk in every pass (one row is kept for it), and when that
    was less than a full chunk while every waiting round rode, the next pass is the prefill's
    **turn**: its full chunk first, then whatever else fits at that width, oldest first. So a
-   round waits for at most one pass beside its own (while the budget holds every waiting round),
-   and a prompt advances a full chunk every other pass unless rounds alone fill the budget.
+   round waits for at most the pass in flight plus one prefill turn (while the budget holds every
+   waiting round), and a prompt advances a full chunk every other pass unless rounds alone fill
+   the budget.
 
 ``prefill_chunk = 0`` keeps the old behaviour: a prefill runs alone, the whole prompt in one pass,
 when it is the oldest job.
