@@ -35,6 +35,16 @@ DEFAULT_TARGET = "qwen2.5-coder-1.5b"
 DEFAULT_DRAFT = "qwen2.5-coder-0.5b"
 
 
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"edgespec: ${name} must be an integer, got {value!r}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -122,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     admission.add_argument("--max-sessions", type=int, default=64, help="open sessions; one more is refused with BUSY")
     admission.add_argument("--max-queued", type=int, default=256, help="rounds waiting for the model; one more is refused with BUSY")
     admission.add_argument("--max-batch", type=int, default=32, help="sessions verified together in one forward pass (1: no batching)")
+    # Their defaults may come from the environment, so a server that `edgespec bench` starts can be set too.
+    admission.add_argument(
+        "--max-batch-rows", type=int, default=_env_int("EDGESPEC_MAX_BATCH_ROWS", 512), metavar="TOKEN_ROWS",
+        help="cost budget of one forward pass in padded token-rows: rows x the longest row's fed tokens (rounds go first, "
+        "oldest first; prefill chunks fill the rest). Bounds how long a round waits behind others' prefills; raise it on a GPU "
+        "(default: $EDGESPEC_MAX_BATCH_ROWS or 512; with --prefill-chunk on a 2-core CPU, 128)",
+    )
+    admission.add_argument(
+        "--prefill-chunk", type=int, default=_env_int("EDGESPEC_PREFILL_CHUNK", 0), metavar="TOKENS",
+        help="prompt tokens a prefill feeds per pass, riding with other sessions' rounds (0: each prefill runs alone, whole; "
+        "default: $EDGESPEC_PREFILL_CHUNK or 0; e.g. 64)",
+    )
     admission.add_argument("--idle-timeout", type=float, default=120.0, help="seconds without a message before a session is ended (EXPIRED)")
     admission.add_argument("--max-lifetime", type=float, default=3600.0, help="seconds a session may live")
     add_model_arguments(serve)
@@ -402,7 +424,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         limits=session_limits(args),
-        admission=AdmissionLimits(max_sessions=args.max_sessions, max_queued=args.max_queued, max_batch=args.max_batch),
+        admission=AdmissionLimits(
+            max_sessions=args.max_sessions, max_queued=args.max_queued, max_batch=args.max_batch,
+            max_batch_rows=args.max_batch_rows, prefill_chunk=args.prefill_chunk,
+        ),
         max_message_bytes=args.max_message_bytes,
         security=server_security(args),
     )

@@ -82,8 +82,10 @@ async def serve(
     service = VerifierService(TargetRuntime(model, exits), tokenizer, eos_ids, target_name, config.limits, config.admission, cloud_draft)  # type: ignore[arg-type]
     worst_case = kv_bytes_per_token(model) * config.admission.max_sessions * (config.limits.max_prompt_tokens + config.limits.max_new_tokens)  # type: ignore[arg-type]
     logger.info(
-        "admission: %d sessions, %d queued rounds, batches of up to %d; worst-case KV memory %.1f GiB",
-        config.admission.max_sessions, config.admission.max_queued, config.admission.max_batch, worst_case / 2**30,
+        "admission: %d sessions, %d queued rounds, batches of up to %d rows and %d padded token-rows, prefill chunks of %s; "
+        "worst-case KV memory %.1f GiB",
+        config.admission.max_sessions, config.admission.max_queued, config.admission.max_batch, config.admission.max_batch_rows,
+        config.admission.prefill_chunk or "the whole prompt (alone)", worst_case / 2**30,
     )
     server, port = build_server(service, config)
     await server.start()

@@ -85,10 +85,11 @@ class ServerSession:
 
     def prefill_job(self) -> Job[None] | None:
         """Fill the KV cache with everything but the last committed token (None: nothing to fill).
-        Runs alone: it is the one long forward, and padding other sessions to it would waste."""
+        The scheduler feeds it in chunks that ride with other sessions' rounds (or alone, whole,
+        with ``prefill_chunk = 0``); whatever the cache already holds (a reused prefix) is kept."""
         if len(self.sequence) < 2:
             return None
-        return Job(ScoreRequest(self.sequence[:-1], 1, self.kv), finish=lambda logits: None, solo=True)
+        return Job(ScoreRequest(self.sequence[:-1], 1, self.kv), finish=lambda logits: None, prefill=True)
 
     def verify_job(
         self, verify: Verify, on_early: Callable[[EarlyVerdict], None] | None
