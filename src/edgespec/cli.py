@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     admission.add_argument("--max-batch", type=int, default=32, help="sessions verified together in one forward pass (1: no batching)")
     admission.add_argument("--idle-timeout", type=float, default=120.0, help="seconds without a message before a session is ended (EXPIRED)")
     admission.add_argument("--max-lifetime", type=float, default=3600.0, help="seconds a session may live")
+    admission.add_argument("--prefix-cache-tokens", type=int, default=0, metavar="N", help="keep the KV of finished sessions (up to N tokens per auth identity) so a prompt extending one prefills only the rest; 0: off")
     add_model_arguments(serve)
     serve.add_argument("--device", default="cpu", help="where the target runs: cpu, cuda, cuda:1, ... (exits follow it)")
     add_exit_argument(serve)
@@ -401,7 +402,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         admission=AdmissionLimits(max_sessions=args.max_sessions, max_queued=args.max_queued, max_batch=args.max_batch),
         max_message_bytes=args.max_message_bytes,
         security=server_security(args),
+        prefix_cache_tokens=args.prefix_cache_tokens,
     )
+    if args.prefix_cache_tokens < 0:
+        raise ValueError(f"--prefix-cache-tokens must be >= 0, got {args.prefix_cache_tokens}")
     if args.threads:
         torch.set_num_threads(args.threads)
     target = load_model(args.target, args.dtype)

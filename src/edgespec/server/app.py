@@ -35,6 +35,9 @@ class ServerConfig:
     # gRPC refuses a bigger message with RESOURCE_EXHAUSTED before it is decoded.
     max_message_bytes: int = MAX_MESSAGE_BYTES
     security: ServerSecurity = ServerSecurity()
+    # KV of earlier prompts kept per tenant, so a prompt that extends one prefills only the rest
+    # (server/prefix_cache.py); tokens held per tenant, 0: off.
+    prefix_cache_tokens: int = 0
 
 
 def build_server(service: VerifierService, config: ServerConfig) -> tuple[grpc.aio.Server, int]:
@@ -77,7 +80,7 @@ async def serve(
     target_name: str = "",
     ready: asyncio.Event | None = None,
 ) -> None:
-    service = VerifierService(TargetRuntime(model, exits), tokenizer, eos_ids, target_name, config.limits, config.admission)  # type: ignore[arg-type]
+    service = VerifierService(TargetRuntime(model, exits), tokenizer, eos_ids, target_name, config.limits, config.admission, config.prefix_cache_tokens)  # type: ignore[arg-type]
     worst_case = kv_bytes_per_token(model) * config.admission.max_sessions * (config.limits.max_prompt_tokens + config.limits.max_new_tokens)  # type: ignore[arg-type]
     logger.info(
         "admission: %d sessions, %d queued rounds, batches of up to %d; worst-case KV memory %.1f GiB",
