@@ -75,14 +75,15 @@ def deploy(
     log_dir: str = ".",
     startup_timeout_s: float = 1800.0,
     replicas: int = 0,
+    serve_args: Sequence[str] = (),
 ) -> Iterator[Deployment]:
     """Start `edgespec serve` (and `edgespec link --profile` in front of it); stop both after.
     ``replicas``: `serve --replicas N` (Ray Serve), unpinned so its replicas spread over the cores;
     it requires a token, which the client workers read from the same environment."""
     server_port = free_port()
-    extra: list[str] = []
+    extra: list[str] = list(serve_args)  # more `edgespec serve` options
     if replicas:
-        extra = ["--replicas", str(replicas)]
+        extra += ["--replicas", str(replicas)]
         server_core = None
         os.environ.setdefault("EDGESPEC_AUTH_TOKEN", secrets.token_urlsafe(24))
     processes: list[subprocess.Popen] = []
