@@ -29,9 +29,9 @@ VALID_ACTIONS = [
 INVALID_ACTIONS = ['{"action":"fly"}', '{"action":"walk","metres":9}', '{"action":"turn"}', '{"action":"turn","degrees":"left"}']
 CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}<assistant> {% endif %}"
 SAMPLE_OBSERVATION = (
-    "Step 1 of 12. Last action: none yet. The robot senses: - red box: 2.7 m away, bearing +28 degrees "
-    "(to your left; to face it: turn +28) (straight ahead: walk to reach it) - blue ball: - green cone: "
-    "- wall straight ahead: Your next action for the task \"walk to the red box\": turn walk stop the robot "
+    "Step 1 of 12. Last action: none yet. The robot senses: - red box: 2.7 m away, 28 degrees to your left "
+    "(to face it: turn) straight ahead (to reach it: walk) - blue ball: - green cone: - wall straight ahead: "
+    "right Your next action for the task \"walk to the red box\": turn walk stop the robot "
     "walked turned stood still (it did not finish in time) and bumped into reached the goal fell "
     "That is not a valid action: <system> <user> <assistant>"
 )

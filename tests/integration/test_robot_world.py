@@ -49,13 +49,13 @@ class GoalSeeker:
 
     def decide(self, messages: list[dict]) -> Decision:
         text = messages[-1]["content"]
-        match = re.search(rf"- {self.goal}: ([\d.]+) m away, bearing ([+-]?\d+) degrees", text)
-        assert match, text
-        distance, bearing = float(match.group(1)), float(match.group(2))
-        if abs(bearing) > 10:
-            reply = {"action": "turn", "degrees": bearing}
-        else:
-            reply = {"action": "walk", "metres": round(min(3.0, max(0.1, distance - 0.3)), 1)}
+        line = next((line for line in text.splitlines() if line.startswith(f"- {self.goal}: ")), None)
+        assert line, text
+        # The action the observation offers for the goal: face it, or walk to it when ahead.
+        reply = json.loads(line[line.index("{") : line.rindex("}") + 1])
+        if reply["action"] == "walk":
+            distance = float(re.search(r": ([\d.]+) m away", line).group(1))
+            reply["metres"] = round(min(3.0, max(0.1, distance - 0.3)), 1)
         return Decision(json.dumps(reply), [], 0, 0.01, 0.005)
 
 

@@ -1,6 +1,6 @@
 """The simulator's state as something a language model can read — each object's distance and
-bearing (also in the form a turn takes), the wall ahead, what the last action did — and the
-conversation each decision is asked in.
+direction, with the action that faces or reaches it; the wall ahead; what the last action did —
+and the conversation each decision is asked in.
 
 An observation may also carry an image (a rendered frame from the robot's point of view or the
 chase camera): a vision-language model reads ``image``; a text model reads ``text`` alone.
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edgespec.robot.actions import ACTION_FORMAT, Action, describe
+from edgespec.robot.actions import ACTION_FORMAT, MAX_WALK_M, Action, describe
 from edgespec.robot.controller import MotionReport
 from edgespec.robot.world import Go2World
 
@@ -27,20 +27,19 @@ AHEAD_DEG = 10.0  # within this bearing an object counts as straight ahead: walk
 SYSTEM_PROMPT = (
     "You control a four-legged robot dog in a walled room. Your task: {task}.\n"
     "Each turn you get what the robot senses now, and you answer with its next action.\n"
-    "Directions: an object's bearing is in degrees from straight ahead. 0 is straight ahead, a "
-    "positive bearing is to your left, a negative bearing is to your right. A turn by positive "
-    "degrees turns left, by negative degrees turns right: turning by an object's bearing, the same "
-    "number with the same sign, makes the robot face it.\n"
-    f"How to reach an object: if its bearing is more than {AHEAD_DEG:.0f} degrees to either side, turn by "
-    "its bearing; when it is straight ahead, walk its distance (at most 3 m per step). The robot "
-    "has reached an object when it is within 0.6 m of it, and then stops by itself.\n"
+    "Each object is listed with its distance, its direction, and the action that faces it or "
+    "reaches it. A turn by positive degrees turns left, by negative degrees turns right.\n"
+    "How to reach the object of your task: if it is to your left or right, turn to face it; when it "
+    "is straight ahead, walk to it (at most 3 m per step). The robot has reached an object when it "
+    "is within 0.6 m of it, and then stops by itself.\n"
     + ACTION_FORMAT
-    + "\nExamples from another room:\n"
-    "Senses: - yellow chair: 3.2 m away, bearing -70 degrees (to your right; to face it: turn -70)\n"
+    + "\nExamples from another room, where the task is to go to the yellow chair:\n"
+    'Senses: - purple bin: 2.0 m away, 40 degrees to your left (to face it: {"action": "turn", "degrees": 40}) '
+    '- yellow chair: 3.2 m away, 70 degrees to your right (to face it: {"action": "turn", "degrees": -70})\n'
     'Answer: {"action": "turn", "degrees": -70}\n'
-    "Senses: - yellow chair: 3.1 m away, bearing +3 degrees (straight ahead: walk to reach it)\n"
+    'Senses: - yellow chair: 3.1 m away, straight ahead (to reach it: {"action": "walk", "metres": 3})\n'
     'Answer: {"action": "walk", "metres": 3}\n'
-    "Senses: - purple bin: 1.9 m away, bearing +145 degrees (to your left; to face it: turn +145)\n"
+    'Senses: - yellow chair: 1.9 m away, 145 degrees to your left (to face it: {"action": "turn", "degrees": 145})\n'
     'Answer: {"action": "turn", "degrees": 145}'
 )
 
@@ -82,12 +81,14 @@ class Conversation:
 
 
 def describe_object(name: str, distance: float, bearing: float) -> str:
-    """One sensed object, with its bearing also in the form an action takes."""
-    where = (
-        "straight ahead: walk to reach it" if abs(bearing) <= AHEAD_DEG
-        else f"to your {'left' if bearing > 0 else 'right'}; to face it: turn {bearing:+.0f}"
-    )
-    return f"- {name}: {distance:.1f} m away, bearing {bearing:+.0f} degrees ({where})"
+    """One sensed object: its distance, its direction in words, and the action that faces it
+    (or, straight ahead, reaches it) written as the action is written — a small model copied the
+    sign of a bearing wrongly, never that of an action it is shown."""
+    if abs(bearing) <= AHEAD_DEG:
+        walk = min(MAX_WALK_M, max(0.1, round(distance, 1)))
+        return f'- {name}: {distance:.1f} m away, straight ahead (to reach it: {{"action": "walk", "metres": {walk:g}}})'
+    side = "left" if bearing > 0 else "right"
+    return f'- {name}: {distance:.1f} m away, {abs(bearing):.0f} degrees to your {side} (to face it: {{"action": "turn", "degrees": {bearing:.0f}}})'
 
 
 def wall_ahead(world: Go2World) -> float:
