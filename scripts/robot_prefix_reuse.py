@@ -10,9 +10,10 @@ both are recorded. The episode moves on the reusing decision's action.
     # in process (LocalEngine): target and draft keep their caches
     python scripts/robot_prefix_reuse.py --where local --mode sd --dtype bfloat16 --steps 4
 
-Each decision's prompt is one conversation (robot/observation.py: the system prompt with the
-task, earlier steps as turns, the new observation last), so a decision shares all but its newest
-turn with the previous one. Writes one JSON line per decision and a summary line to stdout."""
+Each decision's prompt is one conversation (robot/observation.py: the system prompt, the task,
+earlier steps as turns, the new observation last), so a decision shares all but its newest turn
+with the previous one, and an episode's first decision shares the system prompt with the last
+episode's. Writes one JSON line per decision and per episode, and a summary line, to stdout."""
 
 from __future__ import annotations
 
@@ -85,8 +86,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--mode", default="sd")
     parser.add_argument("--profile", default="wan", help="--where server: the emulated link ('' for none)")
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--task", default="walk to the red box")
+    parser.add_argument("--steps", type=int, default=4, help="step limit of each episode")
+    parser.add_argument("--tasks", default="walk to the red box,go to the blue ball,go to the green cone",
+                        help="episodes one after another (each its own conversation; they share the system prompt's rules)")
     parser.add_argument("--prefix-cache-tokens", type=int, default=16384)
     args = parser.parse_args()
 
@@ -143,15 +145,19 @@ def main() -> None:
 
         config = GenerationConfig(max_new_tokens=32, gamma=4, eos_ids=eos)
         decider = PairedDecider(ModelDecider(cold_generate, tokenizer, mode, config), ModelDecider(warm_generate, tokenizer, mode, config), cached)
-        result = Episode(world, decider, EpisodeConfig(args.task, max_steps=args.steps)).run()
+        outcomes = {}
+        for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
+            result = Episode(world, decider, EpisodeConfig(task, max_steps=args.steps)).run()
+            outcomes[task] = f"{result.outcome} in {result.steps} steps"
+            print(json.dumps({"task": task, "outcome": result.outcome, "steps": result.steps}), flush=True)
     finally:
         for process in processes:
             process.terminate()
             process.wait(timeout=60)
-    later = decider.rows[1:]
+    later = decider.rows[1:]  # the first decision finds nothing cached, either way
     summary: dict[str, Any] = {
         "where": args.where, "profile": args.profile if args.where == "server" else None, "mode": mode.value, "dtype": args.dtype,
-        "task": args.task, "outcome": result.outcome, "decisions": len(decider.rows), "host": host_facts(),
+        "outcomes": outcomes, "decisions": len(decider.rows), "host": host_facts(),
         "load_average": os.getloadavg(), "same_tokens": all(r["same_tokens"] for r in decider.rows),
     }
     if later:

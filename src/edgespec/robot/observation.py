@@ -22,10 +22,10 @@ from edgespec.robot.world import Go2World
 AHEAD_DEG = 10.0  # within this bearing an object counts as straight ahead: walk, do not turn
 
 # The rules, the sign convention and worked examples, once per episode at the start of the
-# conversation (the shared prefix every decision re-sends). The examples are from another room
+# conversation (the shared prefix every decision re-sends), then the task. The examples are from another room
 # (other objects, other numbers): they show the form of a decision, not this episode's answers.
 SYSTEM_PROMPT = (
-    "You control a four-legged robot dog in a walled room. Your task: {task}.\n"
+    "You control a four-legged robot dog in a walled room.\n"
     "Each turn you get what the robot senses now, and you answer with its next action.\n"
     "Each object is listed with its distance, its direction, and the action that faces it or "
     "reaches it. A turn by positive degrees turns left, by negative degrees turns right.\n"
@@ -40,7 +40,9 @@ SYSTEM_PROMPT = (
     'Senses: - yellow chair: 3.1 m away, straight ahead (to reach it: {"action": "walk", "metres": 3})\n'
     'Answer: {"action": "walk", "metres": 3}\n'
     'Senses: - yellow chair: 1.9 m away, 145 degrees to your left (to face it: {"action": "turn", "degrees": 145})\n'
-    'Answer: {"action": "turn", "degrees": 145}'
+    'Answer: {"action": "turn", "degrees": 145}\n'
+    # Last, so that everything above is the same for every task (a prefix cache shares it).
+    "Your task: {task}."
 )
 
 
