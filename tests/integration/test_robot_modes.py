@@ -39,7 +39,7 @@ CONFIG = GenerationConfig(max_new_tokens=8, gamma=3)
 # A seed whose episode turns, walks and re-asks with the current prompt layout (the first test
 # checks it; if a prompt change makes that fail, choose another seed — the point is only that
 # the mode comparisons below are not over a trivial episode).
-SEED = 4
+SEED = 2
 
 
 @lru_cache(maxsize=None)
