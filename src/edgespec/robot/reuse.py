@@ -1,6 +1,6 @@
 """Context reuse across decisions in process: the target and draft keep their KV caches from one
 generation to the next, so each decision prefills only what follows the prefix it shares with
-the previous prompt (the system prompt, the task).
+the previous prompt (the system prompt, the task, earlier turns).
 
 The engine calls ``reset()`` before each generation; these runtimes skip it. That is lossless
 by the invariant ``TrackedCache`` rests on: the KV entry at position i depends only on
