@@ -49,13 +49,13 @@ class GoalSeeker:
 
     def decide(self, messages: list[dict]) -> Decision:
         text = messages[-1]["content"]
-        match = re.search(rf"- {self.goal}: bearing ([+-]?\d+) degrees, distance ([\d.]+) m", text)
-        assert match, text
-        bearing, distance = float(match.group(1)), float(match.group(2))
-        if abs(bearing) > 10:
-            reply = {"action": "turn", "degrees": bearing}
-        else:
-            reply = {"action": "walk", "metres": round(min(3.0, max(0.1, distance - 0.3)), 1)}
+        line = next((line for line in text.splitlines() if line.startswith(f"- {self.goal}: ")), None)
+        assert line, text
+        # The action the observation offers for the goal: face it, or walk to it when ahead.
+        reply = json.loads(line[line.index("{") : line.rindex("}") + 1])
+        if reply["action"] == "walk":
+            distance = float(re.search(r": ([\d.]+) m away", line).group(1))
+            reply["metres"] = round(min(3.0, max(0.1, distance - 0.3)), 1)
         return Decision(json.dumps(reply), [], 0, 0.01, 0.005)
 
 
@@ -96,11 +96,22 @@ def test_goal_seeker_reaches_each_object(world: Go2World) -> None:
         assert result.motion_s > 1.0
 
 
-def test_walking_into_a_wall_ends_the_episode_as_a_collision(world: Go2World) -> None:
-    decider = ScriptedDecider(['{"action": "walk", "metres": 3}'])
+def test_walking_into_an_object_ends_the_episode_as_a_collision(world: Go2World) -> None:
+    # Face the red box (bearing +28 from the start) and walk through it on the way to the ball.
+    decider = ScriptedDecider(['{"action": "turn", "degrees": 28}', '{"action": "walk", "metres": 3}'])
     result = Episode(world, decider, EpisodeConfig("walk to the blue ball", max_steps=5)).run()
     assert result.outcome == "collision"
-    assert result.decisions[-1].motion["touched"] == ["wall/east"]
+    assert result.decisions[-1].motion["touched"] == ["arena/red_box"]
+
+
+def test_a_walk_into_the_wall_is_refused_and_reasked(world: Go2World) -> None:
+    decider = ScriptedDecider(['{"action": "walk", "metres": 3}'])
+    result = Episode(world, decider, EpisodeConfig("walk to the blue ball", max_steps=3, max_reasks=1)).run()
+    # The first walk fits (the east wall is 3.9 m ahead); the next would hit it and is refused.
+    assert result.decisions[0].action == {"action": "walk", "metres": 3.0} and result.decisions[0].motion["ended"] == "done"
+    refused = result.decisions[1:]
+    assert refused and all(d.action is None and "would hit it: walk at most" in d.error for d in refused)
+    assert result.outcome == "step-limit"
 
 
 def test_invalid_replies_are_reasked_boundedly_and_never_crash(world: Go2World, caplog: pytest.LogCaptureFixture) -> None:

@@ -44,3 +44,29 @@ def test_valid_actions_parse(text: str, action: object) -> None:
 def test_invalid_actions_say_why(text: str, reason: str) -> None:
     with pytest.raises(ActionError, match=reason):
         parse_action(text)
+
+
+def test_a_walk_into_the_wall_is_infeasible_and_the_error_says_how_far() -> None:
+    from edgespec.robot.actions import check_feasible
+
+    check_feasible(Walk(2.0), wall_ahead_m=3.0)
+    check_feasible(Turn(90.0), wall_ahead_m=0.2)
+    with pytest.raises(ActionError, match="walk at most 1.6 m"):
+        check_feasible(Walk(2.5), wall_ahead_m=2.0)
+    with pytest.raises(ActionError, match="turn first"):
+        check_feasible(Walk(0.5), wall_ahead_m=0.3)
+
+
+def test_the_conversation_keeps_earlier_steps_as_turns_and_drops_the_oldest() -> None:
+    from edgespec.robot.observation import Conversation
+
+    conversation = Conversation("walk to the red box", max_turns=2)
+    first = conversation.messages("obs 1")
+    assert [m["role"] for m in first] == ["system", "user"] and "walk to the red box" in first[0]["content"]
+    for step in (1, 2, 3):
+        conversation.record([{"role": "user", "content": f"obs {step}"}, {"role": "assistant", "content": f"reply {step}"}])
+    messages = conversation.messages("obs 4")
+    # The two latest steps, then the new observation: each prompt extends the previous one
+    # until a step is dropped.
+    assert [m["content"] for m in messages[1:]] == ["obs 2", "reply 2", "obs 3", "reply 3", "obs 4"]
+    assert Conversation("x", max_turns=0).messages("now")[1:] == [{"role": "user", "content": "now"}]

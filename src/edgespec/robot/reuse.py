@@ -1,12 +1,12 @@
 """Context reuse across decisions in process: the target and draft keep their KV caches from one
 generation to the next, so each decision prefills only what follows the prefix it shares with
-the previous prompt (the system prompt, the task).
+the previous prompt (the system prompt, the task, earlier turns).
 
 The engine calls ``reset()`` before each generation; these runtimes skip it. That is lossless
 by the invariant ``TrackedCache`` rests on: the KV entry at position i depends only on
 tokens[: i + 1], and every forward starts with ``sync(sequence)``, which keeps exactly the common
-prefix and feeds the rest. (Over the network the edge draft can keep its cache the same way; the
-server's side needs the hook described in the README, "Robot".)
+prefix and feeds the rest. (Over the network: ``ClientOptions(reuse_draft_cache=True)`` on the
+edge and ``serve --prefix-cache-tokens`` on the server, server/prefix_cache.py.)
 """
 
 from __future__ import annotations

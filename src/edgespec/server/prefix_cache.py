@@ -8,13 +8,16 @@ the logits — hence every verdict and token — are those of a prefill of the w
 
 This module is the store: bounded, least-recently-used, with private copies in and out (a
 session's cache is truncated and appended to as it decodes; a stored snapshot never changes).
-It is not wired into the server yet; the hook is one line where a session creates its cache
-(``ServerSession.__init__``: ``self.kv = runtime.new_cache()``) and one where a session ends.
-Scope an instance to one tenant (one auth token): whether a prefix was cached shows in timing.
+The server (``serve --prefix-cache-tokens N``) gives a session a cache from ``acquire`` and
+``offer``s it back when the generation has finished. One store per tenant (``TenantPrefixCaches``,
+keyed by the auth token the client presented): whether a prefix was cached shows in timing, so
+one tenant must not learn another's prompts from it.
 """
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -124,3 +127,47 @@ class PrefixCache:
                 self._entries.remove(oldest)
                 self.stats.evictions += 1
         return True
+
+
+class TenantPrefixCaches:
+    """One ``PrefixCache`` per auth identity, each of ``max_tokens``; at most ``max_tenants``
+    stores, the least recently used dropped first (behind a token check there is one identity;
+    on a server without auth every client is the same tenant)."""
+
+    def __init__(self, config: PretrainedConfig, max_tokens: int, max_tenants: int = 8, min_reuse: int = 8) -> None:
+        if max_tenants < 1:
+            raise ValueError(f"max_tenants must be >= 1, got {max_tenants}")
+        PrefixCache(config, max_tokens, min_reuse)  # checks the limits now, not at the first session
+        self.config = config
+        self.max_tokens = max_tokens
+        self.max_tenants = max_tenants
+        self.min_reuse = min_reuse
+        self._stores: collections.OrderedDict[str, PrefixCache] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def identity(credential: str | bytes | None) -> str:
+        """A store key for the presented credential (a digest: the token itself is not kept)."""
+        if not credential:
+            return ""
+        raw = credential if isinstance(credential, bytes) else credential.encode("utf-8", "replace")
+        return hashlib.sha256(raw).hexdigest()
+
+    def for_tenant(self, identity: str) -> PrefixCache:
+        with self._lock:
+            store = self._stores.get(identity)
+            if store is None:
+                store = self._stores[identity] = PrefixCache(self.config, self.max_tokens, self.min_reuse)
+                while len(self._stores) > self.max_tenants:
+                    self._stores.popitem(last=False)
+            self._stores.move_to_end(identity)
+            return store
+
+    def stats(self) -> PrefixCacheStats:
+        """Summed over the tenants' stores."""
+        total = PrefixCacheStats()
+        with self._lock:
+            for store in self._stores.values():
+                for name in ("lookups", "hits", "reused_tokens", "evictions"):
+                    setattr(total, name, getattr(total, name) + getattr(store.stats, name))
+        return total

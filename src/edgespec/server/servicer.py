@@ -23,10 +23,12 @@ from edgespec.server.cloud_draft import CloudDraft
 from edgespec.server.scheduler import AdmissionLimits, BatchScheduler, Job
 from edgespec.rounds.colocated import ColocatedRounds
 from edgespec.rounds.server import Drop, IncomingBlock, OutOfOrder, Reject, SendFinal, ServerAction, Verify
+from edgespec.server.prefix_cache import TenantPrefixCaches
 from edgespec.server.refusals import Refused
 from edgespec.server.session import ServerSession, SessionLimits
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
+from edgespec.transport.security import AUTH_METADATA_KEY
 from edgespec.transport.codec import PROTOCOL_VERSION, ProtocolError, distributions_from_wire, sampling_from_wire, verdict_of
 from edgespec.transport.validation import check_block, check_open, decoded
 
@@ -44,6 +46,7 @@ class VerifierService(pb_grpc.VerifierServicer):
         limits: SessionLimits = SessionLimits(),
         admission: AdmissionLimits = AdmissionLimits(),
         cloud_draft: CloudDraft | None = None,
+        prefix_cache_tokens: int = 0,
     ) -> None:
         if cloud_draft is not None:
             cloud_draft.check_pairs_with(runtime.vocab_size)
@@ -58,10 +61,13 @@ class VerifierService(pb_grpc.VerifierServicer):
         # streaming while the model runs.
         self.scheduler = BatchScheduler(runtime, admission)
         self.sessions: dict[str, ServerSession] = {}
+        # Prompt prefixes' KV kept across sessions, per tenant (server/prefix_cache.py); 0: off.
+        self.prefix_caches = TenantPrefixCaches(runtime.model.config, prefix_cache_tokens) if prefix_cache_tokens > 0 else None
 
     async def Session(self, request_iterator: AsyncIterator[pb.ClientMessage], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ServerMessage]:  # noqa: N802
         replies: asyncio.Queue[object] = asyncio.Queue()
-        worker = asyncio.create_task(self._serve_session(request_iterator, replies))
+        tenant = TenantPrefixCaches.identity(dict(context.invocation_metadata() or ()).get(AUTH_METADATA_KEY)) if self.prefix_caches else ""
+        worker = asyncio.create_task(self._serve_session(request_iterator, replies, tenant))
         try:
             while True:
                 reply = await replies.get()
@@ -72,7 +78,7 @@ class VerifierService(pb_grpc.VerifierServicer):
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
 
-    async def _serve_session(self, requests: AsyncIterator[pb.ClientMessage], replies: asyncio.Queue[object]) -> None:
+    async def _serve_session(self, requests: AsyncIterator[pb.ClientMessage], replies: asyncio.Queue[object], tenant: str = "") -> None:
         session: ServerSession | None = None
         verifying: asyncio.Task | None = None  # the session's forward in flight, if any
         messages = decoded(requests)
@@ -92,7 +98,7 @@ class VerifierService(pb_grpc.VerifierServicer):
                 if kind == "open":
                     if session is not None:
                         raise ProtocolError(pb.BAD_REQUEST, "the session is already open")
-                    session = await self._open(message.open, replies, opened_at)
+                    session = await self._open(message.open, replies, opened_at, tenant)
                 elif kind == "block":
                     if session is None:
                         raise ProtocolError(pb.BAD_REQUEST, "send open before any block")
@@ -114,6 +120,7 @@ class VerifierService(pb_grpc.VerifierServicer):
         finally:
             if session is not None:
                 self.sessions.pop(session.id, None)
+                session.keep_prefix()  # a finished generation's cache, for the tenant's next prompt
                 session.rounds.close()  # held pipelined blocks go without compute
             if verifying is not None:
                 verifying.cancel()
@@ -129,7 +136,7 @@ class VerifierService(pb_grpc.VerifierServicer):
             return ProtocolError(pb.EXPIRED, f"the session reached its maximum lifetime of {self.limits.max_lifetime_s:g} s")
         return ProtocolError(pb.EXPIRED, f"no message for {self.limits.idle_timeout_s:g} s: the session was ended to free its memory")
 
-    async def _open(self, request: pb.Open, replies: asyncio.Queue[object], opened_at: float) -> ServerSession:
+    async def _open(self, request: pb.Open, replies: asyncio.Queue[object], opened_at: float, tenant: str = "") -> ServerSession:
         if len(self.sessions) >= self.admission.max_sessions:
             raise ProtocolError(pb.BUSY, f"the server is at its limit of {self.admission.max_sessions} open sessions; retry later")
         if request.protocol_version != PROTOCOL_VERSION:
@@ -163,6 +170,7 @@ class VerifierService(pb_grpc.VerifierServicer):
             int(request.max_new_tokens),
             self.eos_ids,
             self.limits,
+            self.prefix_caches.for_tenant(tenant) if self.prefix_caches else None,
         )
         self.sessions[session.id] = session
         try:
@@ -182,7 +190,7 @@ class VerifierService(pb_grpc.VerifierServicer):
                     )
                 )
             )
-            logger.info("session %s opened: %d prompt tokens, kind %s", session.id, len(prompt_ids), pb.SessionKind.Name(request.kind))
+            logger.info("session %s opened: %d prompt tokens (%d cached), kind %s", session.id, len(prompt_ids), session.reused_prefix, pb.SessionKind.Name(request.kind))
             if request.kind == pb.CLOUD_AR:
                 await self._decode_all(session, replies, opened_at)
             elif request.kind == pb.CLOUD_SD:

@@ -20,6 +20,7 @@ from edgespec.decoding.sampling import SamplingParams, choose_token
 from edgespec.decoding.verification import RoundUniforms, Verdict
 from edgespec.models.target import ScoreRequest, TargetRuntime
 from edgespec.rounds.server import ServerRounds, Verify
+from edgespec.server.prefix_cache import PrefixCache
 from edgespec.server.scheduler import Job
 from edgespec.server.refusals import Refused
 
@@ -48,6 +49,7 @@ class ServerSession:
         max_new_tokens: int,
         eos_ids: frozenset[int],
         limits: SessionLimits,
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
         vocab = runtime.vocab_size
         if not prompt_ids:
@@ -65,7 +67,11 @@ class ServerSession:
                 raise Refused("OUT_OF_VOCABULARY", f"token id {token} is outside the vocabulary (size {vocab})")
         self.id = secrets.token_urlsafe(18)
         self.runtime = runtime
-        self.kv = runtime.new_cache()
+        self.prefix_cache = prefix_cache
+        # With a prefix store, the cache starts with the longest stored prefix of what the prefill
+        # scores (everything but the last token), so the prefill feeds only the rest.
+        self.kv, self.reused_prefix = prefix_cache.acquire([*prompt_ids, *committed_ids][:-1]) if prefix_cache else (runtime.new_cache(), 0)
+        runtime.live_caches.add(self.kv)
         self.sampling = sampling
         self.seed = seed  # verification uniforms are keyed by (seed, position): see RoundUniforms.at
         self.limits = limits
@@ -82,6 +88,14 @@ class ServerSession:
     @property
     def produced(self) -> int:
         return self.rounds.produced
+
+    def keep_prefix(self) -> bool:
+        """Offer the cache to the prefix store once the generation has finished (no forward is
+        in flight then, and it holds the whole conversation so far: a chat's next turn extends
+        it). Whether it was stored."""
+        if self.prefix_cache is None or not self.finished:
+            return False
+        return self.prefix_cache.offer(self.kv)
 
     def prefill_job(self) -> Job[None] | None:
         """Fill the KV cache with everything but the last committed token (None: nothing to fill).
