@@ -20,7 +20,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 SLO_FRACTION_OF_CLOUD_AR = 0.5  # default SLO: half of single-client cloud-ar, measured in the same sweep
-CLOUD_TIMELINE_PASSES = ("verify (server)", "decode", "prefill (server)")
+CLOUD_TIMELINE_PASSES = ("verify (server)", "decode", "prefill (server)", "draft (server)")
 
 
 def percentile(values: Sequence[float], q: float) -> float:

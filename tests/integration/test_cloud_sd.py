@@ -98,6 +98,10 @@ def test_cloud_sd_over_grpc_equals_generate_with_no_draft_on_the_client(served, 
     assert stats.rounds >= NEW_TOKENS // (gamma + 1) and stats.target_passes == stats.rounds
     assert 0 < stats.accepted < stats.drafted and stats.draft_s == 0.0
     assert 0 < stats.server_draft_s < stats.server_verify_s and stats.finish_reason == "length"
+    # The server's drafting is on the timeline as server time, so capacity counts it as busy.
+    drafting = [e for e in stats.timeline if e.actor == "cloud" and e.what == "draft (server)"]
+    assert len(drafting) == stats.rounds
+    assert sum(e.end_s - e.start_s for e in drafting) == pytest.approx(stats.server_draft_s, rel=1e-6)
 
 
 def test_cloud_sd_over_grpc_adaptive_gamma_and_sessions_in_parallel(served) -> None:

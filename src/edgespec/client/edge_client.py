@@ -286,6 +286,11 @@ class EdgeClient:
             tokens = message.tokens
             if tokens.drafted:  # an empty finished message (a resumed, complete text) is no round
                 gen.count_cloud_round(tokens.drafted, tokens.accepted, tokens.draft_ms / 1000, tokens.compute_ms / 1000)
+                # The server's own passes, as it reported them (placed back to back before this
+                # reply, as a decode's is): its drafting is server time as much as its verify.
+                verified_at = run.now() - tokens.compute_ms / 1000
+                gen.record("cloud", "draft (server)", verified_at - tokens.draft_ms / 1000, verified_at)
+                gen.record("cloud", "verify (server)", verified_at, run.now())
             run.commit(list(tokens.ids))
             if tokens.finished:
                 gen.finish("eos" if gen.produced and gen.committed[-1] in gen.eos else "length")
