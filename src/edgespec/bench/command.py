@@ -21,7 +21,7 @@ def add_bench_parser(subparsers: Any) -> None:
     parser.add_argument("--exits", default="auto")
     parser.add_argument("--modes", default=",".join(ALL_MODES))
     parser.add_argument("--profiles", default="wan", help="comma-separated: lan, wan, cellular")
-    parser.add_argument("--prompts", default="mtbench,humaneval", help="comma-separated: mtbench, humaneval, FILE.jsonl")
+    parser.add_argument("--prompts", default="mtbench,humaneval", help="comma-separated: mtbench, humaneval (evaluation), sharegpt (held-out ShareGPT first turns, for tuning), FILE.jsonl")
     parser.add_argument("--num-prompts", type=int, default=10)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--gamma", type=int, default=4)

@@ -27,7 +27,7 @@ def add_sim_parsers(subparsers: Any) -> None:
     trace.add_argument("--target", default="qwen2.5-coder-1.5b")
     trace.add_argument("--draft", default="qwen2.5-coder-0.5b")
     trace.add_argument("--exits", default="auto", help="auto | none | DIR | logit-lens:L1,L2")
-    trace.add_argument("--prompts", default="mtbench,humaneval", help="comma-separated: mtbench, humaneval, FILE.jsonl")
+    trace.add_argument("--prompts", default="mtbench,humaneval", help="comma-separated: mtbench, humaneval (evaluation), sharegpt (held-out ShareGPT first turns, for tuning), FILE.jsonl")
     trace.add_argument("--num-prompts", type=int, default=6)
     trace.add_argument("--max-new-tokens", type=int, default=64)
     trace.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
