@@ -47,7 +47,7 @@ real-check: install
 # report per mode, and out/robot/compare.md.
 TASK ?= walk to the red box
 robot-demo: install
-	MUJOCO_GL=osmesa $(PY) -m edgespec.cli robot --compare cloud-ar,sd,sd-ee-pipelined --profile wan --task "$(TASK)" --max-steps 8 --out out/robot
+	MUJOCO_GL=osmesa $(PY) -m edgespec.cli robot --compare cloud-ar,sd,sd-ee-pipelined --profile wan --task "$(TASK)" --max-steps 8 --reuse-context --out out/robot
 
 # Regenerate the gRPC code after editing the .proto (grpcio-tools lives in its own venv so it
 # cannot downgrade the runtime's protobuf).
