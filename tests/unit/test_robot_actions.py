@@ -70,3 +70,21 @@ def test_the_conversation_keeps_earlier_steps_as_turns_and_drops_the_oldest() ->
     # until a step is dropped.
     assert [m["content"] for m in messages[1:]] == ["obs 2", "reply 2", "obs 3", "reply 3", "obs 4"]
     assert Conversation("x", max_turns=0).messages("now")[1:] == [{"role": "user", "content": "now"}]
+
+
+def test_the_comparison_reports_the_first_and_the_later_decisions_apart() -> None:
+    from edgespec.robot.command import compare_report
+
+    def summary(mode: str, latencies: list[float], actions: list[str]) -> dict:
+        return {
+            "mode": mode, "task": "walk to the red box", "cpu": "test", "outcome": "success", "steps": len(actions), "asks": len(latencies),
+            "latency_p50_s": sorted(latencies)[len(latencies) // 2], "latency_p90_s": max(latencies), "ttft_p50_s": 1.0,
+            "motion_s": 1.0, "decision_s": sum(latencies), "completion_s": 2.0, "replies": actions, "actions": actions,
+            "first_latency_s": latencies[0], "later_latency_p50_s": sorted(latencies[1:])[len(latencies[1:]) // 2] if len(latencies) > 1 else None,
+        }
+
+    report = compare_report([summary("cloud-ar", [14.0, 9.0, 9.0], ["walk", "turn", "walk"]), summary("sd-ee-pipelined", [12.6, 6.3], ["turn", "walk"])], "wan")
+    assert "| sd-ee-pipelined | 12600 ms | 0.90× | 6300 ms | 0.70× |" in report
+    assert "episodes differ" in report
+    same = compare_report([summary("cloud-ar", [10.0], ["turn"]), summary("sd", [8.0], ["turn"])], "wan")
+    assert "| sd | 8000 ms | 0.80× | – | – |" in same and "episodes differ" not in same
