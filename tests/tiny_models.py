@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
@@ -61,3 +63,16 @@ def layer_skip_copy(model: PreTrainedModel, keep: int) -> PreTrainedModel:
     if getattr(model.config, "layer_types", None):
         model.config.layer_types = model.config.layer_types[:keep]
     return model
+
+
+@lru_cache(maxsize=None)
+def qwen2_target() -> PreTrainedModel:
+    """The tiny Qwen2 target the network tests serve (seed 0), built once per test process.
+    Shared: use it read-only."""
+    return tiny_model("qwen2", seed=0)
+
+
+@lru_cache(maxsize=None)
+def qwen2_layer_skip_draft() -> PreTrainedModel:
+    """Its usual draft: the same weights with 3 of the 4 layers (agrees often, not always)."""
+    return layer_skip_copy(tiny_model("qwen2", seed=0), keep=3)

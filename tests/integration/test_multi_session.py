@@ -9,7 +9,6 @@ import gc
 import random
 import threading
 import time
-from functools import lru_cache
 
 import grpc
 import pytest
@@ -28,20 +27,14 @@ from edgespec.server.session import SessionLimits
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
 from edgespec.transport.codec import PROTOCOL_VERSION
-from tiny_models import VOCAB, greedy_reference, layer_skip_copy, tiny_model
+from tiny_models import VOCAB, greedy_reference, qwen2_layer_skip_draft, qwen2_target, tiny_model
 
 NEW_TOKENS = 16
 MODES = [Mode.CLOUD_AR, Mode.SD, Mode.SD_EE, Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED]
 
 
-@lru_cache(maxsize=None)
-def reference_model() -> torch.nn.Module:
-    return tiny_model("qwen2", seed=0)
-
-
-@lru_cache(maxsize=None)
-def draft_model() -> torch.nn.Module:
-    return layer_skip_copy(tiny_model("qwen2", seed=0), keep=3)
+reference_model = qwen2_target
+draft_model = qwen2_layer_skip_draft
 
 
 def exits() -> ExitHeads:

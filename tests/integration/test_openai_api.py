@@ -36,7 +36,7 @@ from edgespec.openai_api.backend import BackendSettings, EdgeBackend
 from edgespec.prompting import render_prompt
 from edgespec.server.app import RunningServer, ServerConfig
 from edgespec.server.servicer import VerifierService
-from tiny_models import greedy_reference, layer_skip_copy, tiny_model
+from tiny_models import greedy_reference, qwen2_layer_skip_draft, qwen2_target, tiny_model
 
 API_KEY = "test-key-123"
 TARGET_NAME = "tiny-qwen2"
@@ -48,14 +48,8 @@ def tokenizer() -> Any:
     return chat_tokenizer()
 
 
-@lru_cache(maxsize=None)
-def target_model() -> torch.nn.Module:
-    return tiny_model("qwen2", seed=0)
-
-
-@lru_cache(maxsize=None)
-def draft_model() -> torch.nn.Module:
-    return layer_skip_copy(tiny_model("qwen2", seed=0), keep=3)
+target_model = qwen2_target
+draft_model = qwen2_layer_skip_draft
 
 
 EOS = frozenset({chat_tokenizer().eos_token_id})

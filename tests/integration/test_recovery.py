@@ -9,7 +9,6 @@ import contextlib
 import logging
 import threading
 import time
-from functools import lru_cache
 from typing import Callable, Iterator
 
 import pytest
@@ -29,7 +28,7 @@ from edgespec.server.app import RunningServer, ServerConfig
 from edgespec.server.cloud_draft import CloudDraft
 from edgespec.server.servicer import VerifierService
 from freezable_relay import FreezableRelay
-from tiny_models import greedy_reference, layer_skip_copy, tiny_model
+from tiny_models import greedy_reference, qwen2_layer_skip_draft, qwen2_target, tiny_model
 
 PROMPT = [3, 17, 42, 8, 9, 61]
 NEW_TOKENS = 24
@@ -39,14 +38,8 @@ NEW_TOKENS = 24
 PATIENT = RecoveryPolicy(retries=30, backoff_initial_s=0.05, backoff_max_s=0.3, outage_budget_s=15.0, fallback=False)
 
 
-@lru_cache(maxsize=None)
-def target_model() -> torch.nn.Module:
-    return tiny_model("qwen2", seed=0)
-
-
-@lru_cache(maxsize=None)
-def draft_model() -> torch.nn.Module:
-    return layer_skip_copy(tiny_model("qwen2", seed=0), keep=3)
+target_model = qwen2_target
+draft_model = qwen2_layer_skip_draft
 
 
 class HeldAfter:

@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -35,8 +34,9 @@ from edgespec.decoding.config import GenerationConfig
 from edgespec.decoding.modes import Mode
 from edgespec.models.draft import DraftRuntime
 from edgespec.transport.security import ClientSecurity
+from edgespec.bench.processes import free_port
 from tiny_checkpoint import save_tiny_checkpoint
-from tiny_models import VOCAB, greedy_reference, layer_skip_copy, tiny_model
+from tiny_models import VOCAB, greedy_reference, qwen2_layer_skip_draft, qwen2_target
 from wire import RawSession, open_message
 
 TOKEN = "replica-test-token-0123456789"
@@ -51,22 +51,8 @@ REFUSAL_LINE = re.compile(r"replica (\S+) \(pid (\d+)\): refused a session")
 READY_LINE = re.compile(r"replica (\S+) \(pid (\d+)\): .* ready")
 
 
-@lru_cache(maxsize=None)
-def reference_model() -> torch.nn.Module:
-    return tiny_model("qwen2", seed=0)
-
-
-@lru_cache(maxsize=None)
-def draft_model() -> torch.nn.Module:
-    return layer_skip_copy(tiny_model("qwen2", seed=0), keep=3)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+reference_model = qwen2_target
+draft_model = qwen2_layer_skip_draft
 
 
 @dataclass

@@ -6,7 +6,6 @@ nginx is a Debian package that `make install` installs: missing, these tests fai
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Iterator
 
 import psutil
@@ -23,6 +22,7 @@ from edgespec.server.app import RunningServer, ServerConfig
 from edgespec.server.servicer import VerifierService
 from edgespec.server.tls_front import TlsFront
 from edgespec.transport.security import ClientSecurity, ServerSecurity
+from edgespec.bench.processes import free_port
 from self_signed import self_signed_pair
 from tiny_models import greedy_reference, layer_skip_copy, tiny_model
 
@@ -30,12 +30,6 @@ TOKEN = "tls-front-token-0123456789"
 PROMPTS = [[3, 17, 42, 8, 9, 61], [5, 6], [90, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]
 NEW_TOKENS = 16
 MODES = [Mode.CLOUD_AR, Mode.SD, Mode.SD_EE, Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

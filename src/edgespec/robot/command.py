@@ -279,7 +279,7 @@ def compare_report(summaries: Sequence[dict[str, Any]], link: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
-        ratio = f"{s['latency_p50_s'] / cloud['latency_p50_s']:.2f}×" if cloud else "–"
+        ratio = _ratio(s["latency_p50_s"], cloud and cloud["latency_p50_s"])
         same = "yes" if s["replies"] == base["replies"] and s["actions"] == base["actions"] else "NO"
         lines.append(
             f"| {s['mode']} | {s['outcome']} | {s['steps']} | {s['asks']} | {s['latency_p50_s'] * 1000:.0f} ms | {s['latency_p90_s'] * 1000:.0f} ms | {ratio} | "
