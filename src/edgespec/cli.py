@@ -146,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     admission.add_argument("--idle-timeout", type=float, default=120.0, help="seconds without a message before a session is ended (EXPIRED)")
     admission.add_argument("--max-lifetime", type=float, default=3600.0, help="seconds a session may live")
+    serve.add_argument(
+        "--exit-vocab", choices=("candidates", "full"), default="candidates",
+        help="what an exit scores: only the draft's top-k ids per token that a greedy block carries (a few LM-head rows, "
+        "the default), or the whole vocabulary (the full LM head, ~15 %% of a verify per exit on a CPU)",
+    )
     admission.add_argument("--prefix-cache-tokens", type=int, default=0, metavar="N", help="keep the KV of finished sessions (up to N tokens per auth identity) so a prompt extending one prefills only the rest; 0: off")
     add_model_arguments(serve)
     serve.add_argument("--device", default="cpu", help="where the target runs: cpu, cuda, cuda:1, ... (exits follow it)")
@@ -432,6 +437,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
         security=server_security(args),
         prefix_cache_tokens=args.prefix_cache_tokens,
+        exit_candidates=args.exit_vocab == "candidates",
     )
     if args.prefix_cache_tokens < 0:
         raise ValueError(f"--prefix-cache-tokens must be >= 0, got {args.prefix_cache_tokens}")

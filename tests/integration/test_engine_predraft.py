@@ -41,32 +41,39 @@ def target_model() -> torch.nn.Module:
     return model
 
 
-def engine(exit_layers: tuple[int, ...], draft: str = "layer-skip", link: Link = Link()) -> LocalEngine:
+def engine(exit_layers: tuple[int, ...], draft: str = "layer-skip", link: Link = Link(), exit_candidates: bool = True) -> LocalEngine:
     model = target_model()
     exits = ExitHeads([ExitSpec(layer) for layer in exit_layers], model.config.hidden_size)
     draft_model = layer_skip_copy(tiny_model("qwen2", seed=0), keep=2) if draft == "layer-skip" else tiny_model("qwen2", seed=7)
-    return LocalEngine(TargetRuntime(model, exits), DraftRuntime(draft_model), link)
+    return LocalEngine(TargetRuntime(model, exits), DraftRuntime(draft_model), link, exit_candidates)
 
 
 @pytest.mark.parametrize("mode", PREDRAFT_MODES, ids=lambda m: m.value)
 @pytest.mark.parametrize("gamma", [1, 3, 6])
 @pytest.mark.parametrize("exit_layers", [PERFECT, POOR], ids=["perfect-exit", "poor-exit"])
-def test_predraft_modes_equal_generate(mode: Mode, gamma: int, exit_layers: tuple[int, ...]) -> None:
+@pytest.mark.parametrize("exit_candidates", [True, False], ids=["candidate-ids", "full-vocab"])
+def test_predraft_modes_equal_generate(mode: Mode, gamma: int, exit_layers: tuple[int, ...], exit_candidates: bool) -> None:
     expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
-    result = engine(exit_layers).generate(PROMPT, mode, GenerationConfig(early_verdicts=True, max_new_tokens=NEW_TOKENS, gamma=gamma))
+    result = engine(exit_layers, exit_candidates=exit_candidates).generate(
+        PROMPT, mode, GenerationConfig(early_verdicts=True, max_new_tokens=NEW_TOKENS, gamma=gamma)
+    )
     assert result.tokens == expected
     stats = result.stats
     assert stats.hits + stats.misses + stats.no_hint == stats.rounds
-    if exit_layers == PERFECT:
-        # The last layer as an exit is always right: on exits alone every round is a hit, but
+    if exit_layers == PERFECT and not exit_candidates:
+        # The last layer as an exit (scoring the whole vocabulary: a candidate exit cannot name a
+        # correction outside the draft's top-k) is always right: on exits alone every round is a hit, but
         # where the assumed verdict fills the budget (the last round: nothing left to pre-draft).
         # (With the send-time guess on, a guess still drafting its bonus when the verdict comes
         # can be wrong, and whether it is still drafting depends on the machine's timing.)
-        alone = engine(exit_layers).generate(
+        alone = engine(exit_layers, exit_candidates=False).generate(
             PROMPT, mode, GenerationConfig(early_verdicts=True, guess_verdict=False, max_new_tokens=NEW_TOKENS, gamma=gamma)
         )
         assert alone.tokens == expected
         assert alone.stats.misses == 0 and alone.stats.hits >= alone.stats.rounds - (0 if mode is Mode.SD_EE else 1)
+    if exit_layers == PERFECT and exit_candidates and gamma > 1:
+        # Scoring only the draft's top-k ids, the perfect exit still names corrections early.
+        assert stats.hits > 0
     if mode is Mode.SD_EE_PIPELINED:
         # Every shipped branch is verified (its assumption held) or dropped, but those still held
         # when the text ends.
@@ -96,7 +103,9 @@ def fixed_cost_run(exit_layers: tuple[int, ...], mode: Mode, config: GenerationC
     runtime = TargetRuntime(model, ExitHeads([ExitSpec(layer) for layer in exit_layers], model.config.hidden_size))
     edge = FixedCostEdge(DraftRuntime(layer_skip_copy(tiny_model("qwen2", seed=0), keep=2)), config.sampling, config.seed)
     spec = ClientSpec(PROMPT, mode, config, edge, Link(one_way_s=0.005))
-    (result,) = World(FixedCostCloud(runtime)).run([spec])
+    # Whole-vocabulary exits: the lens after layer 2 is the draft itself, so a candidate exit would
+    # accept every block and never stream (see test_candidate_verdict.py for candidate exits).
+    (result,) = World(FixedCostCloud(runtime, exit_candidates=False)).run([spec])
     return result
 
 
@@ -122,8 +131,8 @@ def test_pipelined_blocks_are_verified_on_a_hit_and_dropped_on_a_miss() -> None:
 
 def test_poor_exits_give_hits_and_misses() -> None:
     expected = greedy_reference(target_model(), PROMPT, 48)
-    predraft = engine(POOR).generate(PROMPT, Mode.SD_EE_PREDRAFT, GenerationConfig(early_verdicts=True, max_new_tokens=48, gamma=3))
-    pipelined = engine(POOR).generate(PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(early_verdicts=True, max_new_tokens=48, gamma=3))
+    predraft = engine(POOR, exit_candidates=False).generate(PROMPT, Mode.SD_EE_PREDRAFT, GenerationConfig(early_verdicts=True, max_new_tokens=48, gamma=3))
+    pipelined = engine(POOR, exit_candidates=False).generate(PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(early_verdicts=True, max_new_tokens=48, gamma=3))
     for result in (predraft, pipelined):
         assert result.tokens == expected
         assert result.stats.hits > 0 and result.stats.misses > 0

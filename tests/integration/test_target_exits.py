@@ -70,3 +70,19 @@ def test_segments_yield_each_exit_in_layer_order_then_the_final_logits() -> None
     items = list(TargetRuntime(model, ExitHeads.logit_lens([1, 3], model.config.hidden_size)).iter_segments(SEQUENCE, 4))
     assert [item.layer for item in items[:-1]] == [1, 3]
     assert torch.equal(items[-1], plain)
+
+
+def test_candidate_exit_scores_equal_the_full_exit_at_those_ids() -> None:
+    """A candidate-id exit reads the same logits as the full LM head, only fewer of them, and
+    scores them for the drafted positions (the tail's last row, the bonus, is not scored)."""
+    model = tiny_model("qwen2", seed=1)
+    heads = ExitHeads([ExitSpec(2, kind="linear")], model.config.hidden_size)
+    with torch.no_grad():
+        heads.adapter(2).proj.weight.add_(0.05 * torch.randn_like(heads.adapter(2).proj.weight))
+    full: list[ExitReading] = []
+    TargetRuntime(model, heads).score_tail(SEQUENCE, 4, on_exit=full.append)
+    candidates = torch.tensor([[5, 9, 1], [2, 3, 4], [60, 7, 0]])
+    partial: list[ExitReading] = []
+    TargetRuntime(model, heads).score_tail(SEQUENCE, 4, on_exit=partial.append, exit_candidates=candidates)
+    assert partial[0].candidate_ids is candidates and partial[0].logits.shape == (3, 3)
+    torch.testing.assert_close(partial[0].logits, full[0].logits[:3].gather(1, candidates), rtol=1e-5, atol=1e-5)

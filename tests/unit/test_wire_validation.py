@@ -110,3 +110,26 @@ def test_committed_ids_may_not_exceed_max_new_tokens() -> None:
     check_open(pb.Open(max_new_tokens=4, committed_ids=[1, 2, 3, 4]), 32)
     assert code_of(check_open, pb.Open(max_new_tokens=4, committed_ids=[1] * 5), 32) == "TOO_LARGE"
     assert code_of(check_open, pb.Open(max_new_tokens=2**32 - 1, committed_ids=[1] * 33), 32) == "TOO_LARGE"
+
+
+def candidate_block(rows: list[list[int]], tokens: list[int] | None = None) -> pb.DraftBlock:
+    return pb.DraftBlock(round=0, tokens=tokens or [1, 2], candidates=[pb.CandidateIds(ids=ids) for ids in rows])
+
+
+def test_candidate_ids_are_optional_and_checked_when_sent() -> None:
+    check_block(candidate_block([]), VOCAB, 16, greedy=True)
+    check_block(candidate_block([[1, 5, 6], [2, 7, 8]]), VOCAB, 16, greedy=True)
+    assert code_of(check_block, candidate_block([[1, 5]]), VOCAB, 16, True) == "BAD_REQUEST"  # one row per token
+    assert code_of(check_block, candidate_block([[1, 5], []]), VOCAB, 16, True) == "BAD_REQUEST"
+    assert code_of(check_block, candidate_block([[1, 5], list(range(65))]), VOCAB, 16, True) == "BAD_REQUEST"
+    assert code_of(check_block, candidate_block([[1, VOCAB], [2, 3]]), VOCAB, 16, True) == "OUT_OF_VOCABULARY"
+
+
+def test_candidate_ids_round_trip_and_ragged_rows_keep_their_likeliest_ids() -> None:
+    from edgespec.transport.codec import candidates_from_wire, candidates_to_wire
+
+    ids = torch.tensor([[1, 5, 6], [2, 7, 8]])
+    assert torch.equal(candidates_from_wire(candidates_to_wire(ids)), ids)
+    assert candidates_from_wire(candidates_to_wire(None)) is None
+    ragged = [pb.CandidateIds(ids=[1, 5, 6]), pb.CandidateIds(ids=[2, 7])]
+    assert candidates_from_wire(ragged).tolist() == [[1, 5], [2, 7]]

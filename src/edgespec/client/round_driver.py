@@ -20,7 +20,7 @@ from edgespec.models.draft import DraftBlock, DraftRuntime
 from edgespec.rounds import client as core
 from edgespec.rounds.state import Generation, TextEvent
 from edgespec.transport import edgespec_pb2 as pb
-from edgespec.transport.codec import distributions_to_wire, verdict_of
+from edgespec.transport.codec import candidates_to_wire, distributions_to_wire, verdict_of
 
 
 class EdgeRun:
@@ -156,7 +156,9 @@ class RoundDriver:
     async def _send(self, send: core.SendBlock) -> None:
         assert self._stream is not None
         block = send.block
-        message = pb.DraftBlock(round=send.round, tokens=block.tokens, probs=distributions_to_wire(block.probs))
+        message = pb.DraftBlock(
+            round=send.round, tokens=block.tokens, probs=distributions_to_wire(block.probs), candidates=candidates_to_wire(block.candidates)
+        )
         if send.assumes is not None:
             assumed_round, verdict = send.assumes
             message.assumes.CopyFrom(pb.Assumption(round=assumed_round, accepted=verdict.accepted, next_token=verdict.next_token))

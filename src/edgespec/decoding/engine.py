@@ -29,10 +29,12 @@ logger = logging.getLogger(__name__)
 
 
 class LocalEngine:
-    def __init__(self, target: TargetRuntime, draft: DraftRuntime | None = None, link: Link = Link()) -> None:
+    def __init__(self, target: TargetRuntime, draft: DraftRuntime | None = None, link: Link = Link(), exit_candidates: bool = True) -> None:
         self.target = target
         self.draft = draft
         self.link = link
+        # Exits score only the draft's top-k ids per token in greedy rounds (False: whole vocabulary).
+        self.exit_candidates = exit_candidates
 
     def generate(
         self,
@@ -65,7 +67,7 @@ class LocalEngine:
         edge = RealEdge(self.draft, config.sampling, config.seed) if self.draft is not None and mode.uses_draft else None
         spec = ClientSpec(list(prompt_ids), mode, config, edge, self.link, eos_ids=config.eos_ids, on_commit=on_commit)
         # cloud-sd: the same draft model, but the server's: it drafts on the verifier's clock.
-        cloud = RealCloud(self.target, draft=self.draft if mode.server_drafts else None)
+        cloud = RealCloud(self.target, draft=self.draft if mode.server_drafts else None, exit_candidates=self.exit_candidates)
         (result,) = World(cloud).run([spec])
         return result
 

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from edgespec.decoding.early import EarlyVerdict, EarlyVerdictJudge
+from edgespec.decoding.early import EarlyVerdict, EarlyVerdictJudge, with_draft_tokens
 from edgespec.decoding.sampling import SamplingParams
 from edgespec.decoding.verification import RoundUniforms, Verdict, verdict_from_logits
 from edgespec.models.kv import TrackedCache
@@ -45,13 +45,19 @@ def begin_round(
     with_exits: bool,
     on_streamed: Callable[[EarlyVerdict], None] | None = None,
     kv: TrackedCache | None = None,
+    candidates: torch.Tensor | None = None,
 ) -> PendingRound:
+    """``candidates`` ([gamma, k] draft top-k ids, greedy only): the exits score just those ids
+    through the LM head's rows instead of the whole vocabulary (see ``candidate_verdict``)."""
     gamma = len(tokens)
     uniforms = None if params.greedy else RoundUniforms.at(seed, len(sequence), gamma)
     judge = None
+    exit_candidates = None
     if with_exits and target.exits is not None:
         judge = EarlyVerdictJudge(target.exits, tokens, params, draft_probs, uniforms, on_streamed)
-    request = ScoreRequest(list(sequence) + list(tokens), gamma + 1, kv if kv is not None else target.kv, on_exit=judge)
+        if candidates is not None and params.greedy:
+            exit_candidates = with_draft_tokens(candidates, tokens)
+    request = ScoreRequest(list(sequence) + list(tokens), gamma + 1, kv if kv is not None else target.kv, on_exit=judge, exit_candidates=exit_candidates)
     return PendingRound(request, list(tokens), params, draft_probs, uniforms, judge)
 
 
@@ -65,9 +71,10 @@ def verify_block(
     with_exits: bool,
     on_streamed: Callable[[EarlyVerdict], None] | None = None,
     kv: TrackedCache | None = None,
+    candidates: torch.Tensor | None = None,
 ) -> tuple[Verdict, EarlyVerdictJudge | None]:
     """The verdict on ``tokens`` drafted after ``sequence``, and the judge holding every early
     verdict of the pass (None without exits). ``on_streamed`` hears each confident one at once."""
-    pending = begin_round(target, sequence, tokens, params, draft_probs, seed, with_exits, on_streamed, kv)
+    pending = begin_round(target, sequence, tokens, params, draft_probs, seed, with_exits, on_streamed, kv, candidates)
     request = pending.request
-    return pending.finish(target.score_tail(request.sequence, request.tail, request.on_exit, request.kv))
+    return pending.finish(target.score_tail(request.sequence, request.tail, request.on_exit, request.kv, request.exit_candidates))

@@ -80,6 +80,12 @@ def add_exit_commands(subparsers: Any) -> None:
     evaluate.add_argument("--rounds-dir", type=Path, default=Path("out/exits/rounds-benchmark"), help="recorded benchmark rounds (recorded or resumed first)")
     evaluate.add_argument("--calibration-rounds-dir", type=Path, default=Path("out/exits/rounds-calibration"))
     evaluate.add_argument("--calibrate", action="store_true", help="pick thresholds on the calibration rounds and write them into the exits' exits.json")
+    evaluate.add_argument("--exit-vocab", choices=("candidates", "full"), default="candidates", help="what the exits score: the draft's top-k ids per token (as `serve` does by default) or the whole vocabulary")
+    evaluate.add_argument("--threshold-rule", choices=("gain", "precision"), default="gain", help="gain: per mode, the threshold saving the most time (costs below); precision: the lowest with precision >= --min-precision")
+    evaluate.add_argument("--costs", type=Path, default=None, help="hardware profile JSON (`simulate`'s) for the gain rule; default: this host's cached probe, else --verify-ms/--draft-ms")
+    evaluate.add_argument("--verify-ms", type=float, default=333.0, help="verify time when no profile is found (this CPU's, bf16)")
+    evaluate.add_argument("--draft-ms", type=float, default=38.8, help="edge draft time per token when no profile is found")
+    evaluate.add_argument("--one-way-ms", type=float, default=25.0, help="link delay each way (wan: 25)")
     evaluate.add_argument("--min-precision", type=float, default=0.9)
     evaluate.add_argument("--min-count", type=int, default=10)
     evaluate.add_argument("--report", type=Path, default=Path("out/exits/report"), help="directory for eval.json and curves.png")
@@ -161,7 +167,8 @@ def run_eval_exits(args: argparse.Namespace) -> int:
     import torch
 
     from edgespec.exits.calibration import calibration_rule, pick_threshold
-    from edgespec.exits.evaluation import benchmark_prompts, calibration_prompts, exit_outcomes, hint_outcomes, plot_curves, summarize
+    from edgespec.exits.evaluation import benchmark_prompts, calibration_prompts, exit_outcomes, guess_outcomes, hint_outcomes, plot_curves, summarize
+    from edgespec.exits.gain import gain_rule, pick_threshold_by_gain
     from edgespec.models.exit_heads import ExitHeads
     from edgespec.exits.hidden_cache import load_rounds, read_manifest, record_rounds
     from edgespec.models.loading import load_model
@@ -192,30 +199,52 @@ def run_eval_exits(args: argparse.Namespace) -> int:
 
     norm, head_weight = _target_parts(target.model)
     norm, head_weight = norm.float(), head_weight.float()
-    report: dict[str, Any] = {"exits": str(args.exits), "target": args.target, "draft": args.draft, "gamma": args.gamma, "greedy": True}
+    candidates = args.exit_vocab == "candidates"
+    report: dict[str, Any] = {"exits": str(args.exits), "target": args.target, "draft": args.draft, "gamma": args.gamma, "greedy": True, "exit_vocab": args.exit_vocab}
     thresholds = {s.layer: s.threshold for s in heads.specs}
     tables = {}
     if args.calibrate:
-        calibration = exit_outcomes(heads, load_rounds(args.calibration_rounds_dir), norm, head_weight)
-        thresholds = {
-            layer: pick_threshold(result["confidence"], result["correct"], args.min_precision, args.min_count) for layer, result in calibration.items()
-        }
-        report["calibration_rule"] = calibration_rule(args.min_precision, args.min_count)
+        calibration_rounds = load_rounds(args.calibration_rounds_dir)
+        calibration = exit_outcomes(heads, calibration_rounds, norm, head_weight, candidates=candidates)
+        if args.threshold_rule == "gain":
+            costs = _round_costs(args, int(target.model.config.num_hidden_layers))
+            by_mode = {
+                mode: {
+                    layer: pick_threshold_by_gain(result["confidence"], result["correct"], result["streams"], costs.hit_saving_s(layer, mode == "pipelined"), costs.miss_cost_s(), args.min_count)
+                    for layer, result in calibration.items()
+                }
+                for mode in ("pipelined", "predraft")
+            }
+            # The server streams at one threshold per exit: the pipelined mode's (the best pre-draft mode).
+            thresholds = {layer: choice[0] for layer, choice in by_mode["pipelined"].items()}
+            report["calibration_rule"] = gain_rule(costs, args.min_count)
+            report["thresholds_by_mode"] = {
+                mode: {str(layer): {"threshold": t, "saving_ms_per_round": round(s * 1000, 2), "hit_saving_ms": round(costs.hit_saving_s(layer, mode == "pipelined") * 1000, 1)} for layer, (t, s) in choice.items()}
+                for mode, choice in by_mode.items()
+            }
+        else:
+            thresholds = {
+                layer: pick_threshold(result["confidence"], result["correct"], args.min_precision, args.min_count) for layer, result in calibration.items()
+            }
+            report["calibration_rule"] = calibration_rule(args.min_precision, args.min_count)
         tables["calibration (held-out ShareGPT)"] = summarize(calibration, thresholds)
-        report["calibration"] = {"table": tables["calibration (held-out ShareGPT)"], "hints": hint_outcomes(calibration, thresholds)}
-    benchmark = exit_outcomes(heads, load_rounds(args.rounds_dir), norm, head_weight)
+        report["calibration"] = {"table": tables["calibration (held-out ShareGPT)"], "hints": hint_outcomes(calibration, thresholds), "guess": guess_outcomes(calibration_rounds)}
+    benchmark_rounds = load_rounds(args.rounds_dir)
+    benchmark = exit_outcomes(heads, benchmark_rounds, norm, head_weight, candidates=candidates)
     tables["benchmark (MT-bench + HumanEval)"] = summarize(benchmark, thresholds)
-    report["benchmark"] = {"table": tables["benchmark (MT-bench + HumanEval)"], "hints": hint_outcomes(benchmark, thresholds)}
+    report["benchmark"] = {"table": tables["benchmark (MT-bench + HumanEval)"], "hints": hint_outcomes(benchmark, thresholds), "guess": guess_outcomes(benchmark_rounds)}
     report["thresholds"] = {str(k): v for k, v in thresholds.items()}
     if args.calibrate and args.exits != "logit-lens":
         compact = {
-            layer: {key: entry[key] for key in ("top1_agreement", "verdict_match", "threshold", "precision", "coverage", "rounds")}
+            layer: {key: entry[key] for key in ("top1_agreement", "verdict_match", "right_rejections", "right_rejections_streamed", "threshold", "precision", "coverage", "rounds")}
             for layer, entry in report["benchmark"]["table"].items()
         }
         calibrated = heads.with_thresholds(thresholds)
         calibrated.metadata = {
             **heads.metadata,
             "calibration": {
+                "exit_vocab": args.exit_vocab,
+                "thresholds_by_mode": report.get("thresholds_by_mode"),
                 "rule": report["calibration_rule"],
                 "thresholds": {str(k): v for k, v in thresholds.items()},
                 "rounds": int(next(iter(calibration.values()))["correct"].numel()),
@@ -230,17 +259,38 @@ def run_eval_exits(args: argparse.Namespace) -> int:
     return 0
 
 
+def _round_costs(args: argparse.Namespace, num_layers: int) -> Any:
+    """The gain rule's costs: a hardware profile's verify (γ + 1 rows) and draft per token."""
+    from edgespec.exits.gain import RoundCosts
+    from edgespec.sim.costs import HardwareProfile
+    from edgespec.sim.probe import cache_path
+
+    path = args.costs
+    if path is None:
+        cached = cache_path(args.target, args.draft, "llamacpp", args.dtype)
+        path = cached if cached.is_file() else None
+    if path is not None:
+        profile = HardwareProfile.load(path)
+        return RoundCosts(profile.forward_s(args.gamma + 1), profile.draft_ms_per_token / 1000, args.one_way_ms / 1000, args.gamma, num_layers)
+    return RoundCosts(args.verify_ms / 1000, args.draft_ms / 1000, args.one_way_ms / 1000, args.gamma, num_layers)
+
+
 def format_table(report: dict[str, Any]) -> str:
     lines = []
     for name in ("calibration", "benchmark"):
         if name not in report:
             continue
-        lines.append(f"## {name}: hints {report[name]['hints']}")
-        lines.append("| exit | top-1 agreement | verdict == final | threshold | precision | coverage |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append(f"## {name}: hints {report[name]['hints']}; final verdicts {report[name].get('guess')}")
+        lines.append("| exit | top-1 agreement | verdict == final | right rejections (streamed) | threshold | precision | coverage |")
+        lines.append("|---|---|---|---|---|---|---|")
         for layer, entry in report[name]["table"].items():
             precision = "–" if entry["precision"] is None else f"{entry['precision']:.2f}"
-            lines.append(f"| {layer} | {entry['top1_agreement']:.3f} | {entry['verdict_match']:.3f} | {entry['threshold']:.2f} | {precision} | {entry['coverage']:.3f} |")
+            lines.append(
+                f"| {layer} | {entry['top1_agreement']:.3f} | {entry['verdict_match']:.3f} | {entry['right_rejections']} ({entry['right_rejections_streamed']}) "
+                f"| {entry['threshold']:.2f} | {precision} | {entry['coverage']:.3f} |"
+            )
+    if "thresholds_by_mode" in report:
+        lines.append(f"thresholds by mode: {json.dumps(report['thresholds_by_mode'])}")
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from edgespec.decoding.early import candidate_verdict
 from edgespec.decoding.verification import greedy_verdict, verdict_confidence
 from edgespec.models.exit_heads import ExitHeads
 
@@ -51,10 +52,15 @@ def calibration_prompts(tokenizer: Any, limit: int, max_prompt_tokens: int = 384
 
 
 def exit_outcomes(
-    heads: ExitHeads, rounds: dict[str, torch.Tensor], final_norm: nn.Module, head_weight: torch.Tensor, chunk: int = 32
+    heads: ExitHeads, rounds: dict[str, torch.Tensor], final_norm: nn.Module, head_weight: torch.Tensor, chunk: int = 32, candidates: bool = False
 ) -> dict[int, dict[str, torch.Tensor]]:
     """Per exit layer, over recorded rounds: ``agree`` [R, gamma+1] (exit top-1 == final top-1),
-    ``correct`` [R] (early verdict == final verdict), ``confidence`` [R]."""
+    ``correct`` [R] (early verdict == final verdict), ``confidence`` [R], ``rejects`` [R] (the
+    early verdict rejects a draft token: the verdicts that tell a client more than the send-time
+    guess). ``candidates``: score only the draft's recorded top-k ids (``agree`` then covers the
+    drafted positions: the exit's best candidate == the final top-1)."""
+    if candidates:
+        return _candidate_outcomes(heads, rounds, final_norm, head_weight)
     verdicts = rounds["verdict"]
     drafts = rounds["draft"]
     final_top1 = rounds["final_top1"].long()
@@ -62,7 +68,7 @@ def exit_outcomes(
     with torch.no_grad():
         for layer in heads.layers:
             hidden = rounds[f"h.{layer}"]
-            agree, correct, confidence = [], [], []
+            agree, correct, confidence, rejects = [], [], [], []
             for start in range(0, hidden.shape[0], chunk):
                 logits = (final_norm(heads.adapter(layer)(hidden[start : start + chunk])) @ head_weight.T).float()
                 agree.append(logits.argmax(-1) == final_top1[start : start + chunk])
@@ -72,7 +78,63 @@ def exit_outcomes(
                     verdict = greedy_verdict(logits[i], block)
                     correct.append(verdict.accepted == int(verdicts[row, 0]) and verdict.next_token == int(verdicts[row, 1]))
                     confidence.append(verdict_confidence(logits[i], verdict))
-            out[layer] = {"agree": torch.cat(agree), "correct": torch.tensor(correct), "confidence": torch.tensor(confidence, dtype=torch.float64)}
+                    rejects.append(verdict.accepted < len(block))
+            out[layer] = {
+                "agree": torch.cat(agree), "correct": torch.tensor(correct), "confidence": torch.tensor(confidence, dtype=torch.float64),
+                "rejects": torch.tensor(rejects),
+            }
+            out[layer]["streams"] = torch.ones_like(out[layer]["rejects"])
+    return out
+
+
+def _candidate_outcomes(
+    heads: ExitHeads, rounds: dict[str, torch.Tensor], final_norm: nn.Module, head_weight: torch.Tensor
+) -> dict[int, dict[str, torch.Tensor]]:
+    if "candidates" not in rounds:
+        raise ValueError("these recorded rounds predate candidate ids: record them again (delete the rounds directory)")
+    verdicts = rounds["verdict"]
+    drafts = rounds["draft"]
+    gamma = drafts.shape[1]
+    final_top1 = rounds["final_top1"].long()[:, :gamma]
+    ids = rounds["candidates"].long()  # [R, gamma, k]
+    rows = head_weight[ids]  # [R, gamma, k, H]
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    with torch.no_grad():
+        for layer in heads.layers:
+            normed = final_norm(heads.adapter(layer)(rounds[f"h.{layer}"][:, :gamma]))
+            scores = torch.einsum("rgh,rgkh->rgk", normed.float(), rows.float())
+            best = ids.gather(2, scores.argmax(-1, keepdim=True)).squeeze(-1)
+            correct, confidence, rejects = [], [], []
+            for r in range(scores.shape[0]):
+                block = drafts[r].tolist()
+                verdict, sure = candidate_verdict(scores[r], ids[r], block)
+                correct.append(verdict.accepted == int(verdicts[r, 0]) and verdict.next_token == int(verdicts[r, 1]))
+                confidence.append(sure)
+                rejects.append(verdict.accepted < gamma)
+            out[layer] = {
+                "agree": best == final_top1, "correct": torch.tensor(correct), "confidence": torch.tensor(confidence, dtype=torch.float64),
+                "rejects": torch.tensor(rejects),
+            }
+            # A candidate exit accepting the whole block has not scored the bonus: never streamed.
+            out[layer]["streams"] = out[layer]["rejects"]
+    return out
+
+
+def guess_outcomes(rounds: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """How often the send-time guess (whole block accepted, the draft's own next token) was the
+    final verdict, and how often the final verdict rejected a draft token (what exits must name)."""
+    gamma = rounds["draft"].shape[1]
+    verdicts = rounds["verdict"]
+    total = int(verdicts.shape[0])
+    out: dict[str, Any] = {"rounds": total, "rejections": int((verdicts[:, 0] < gamma).sum())}
+    if "guess_bonus" in rounds:
+        right = (verdicts[:, 0] == gamma) & (verdicts[:, 1] == rounds["guess_bonus"])
+        out["guess_right"] = int(right.sum())
+    if "candidates" in rounds:
+        # Rejections whose correction is among the draft's candidates at that position: the most a
+        # candidate exit can name.
+        rejected = (verdicts[:, 0] < gamma).nonzero().flatten().tolist()
+        out["correction_in_candidates"] = sum(int(verdicts[r, 1]) in rounds["candidates"][r, int(verdicts[r, 0])].tolist() for r in rejected)
     return out
 
 
@@ -86,7 +148,7 @@ def hint_outcomes(outcomes: dict[int, dict[str, torch.Tensor]], thresholds: dict
     for r in range(rounds):
         hint = None
         for layer in layers:
-            if float(outcomes[layer]["confidence"][r]) >= thresholds[layer]:
+            if float(outcomes[layer]["confidence"][r]) >= thresholds[layer] and bool(outcomes[layer]["streams"][r]):
                 hint = layer
         if hint is None:
             continue
@@ -112,12 +174,17 @@ def summarize(outcomes: dict[int, dict[str, torch.Tensor]], thresholds: dict[int
     table = {}
     for layer, result in outcomes.items():
         conf, right = result["confidence"], result["correct"]
-        cleared = conf >= thresholds[layer]
+        cleared = (conf >= thresholds[layer]) & result["streams"]
+        rejects = result["rejects"]
         table[str(layer)] = {
             "rounds": int(right.numel()),
             "top1_agreement": float(result["agree"].float().mean()),
             "top1_agreement_first_position": float(result["agree"][:, 0].float().mean()),
             "verdict_match": float(right.float().mean()),
+            # Rounds whose early verdict is a right rejection (what the guess cannot know), and those
+            # streamed at the threshold.
+            "right_rejections": int((right & rejects).sum()),
+            "right_rejections_streamed": int((right & rejects & cleared).sum()),
             "threshold": thresholds[layer],
             "coverage": float(cleared.float().mean()),
             "precision": float(right[cleared].float().mean()) if int(cleared.sum()) else None,

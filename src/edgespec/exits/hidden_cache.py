@@ -285,6 +285,8 @@ def record_rounds(
     done = len(manifest["shards"])
     target = TargetRuntime(target_model)
     draft = DraftRuntime(draft_model)
+    # A second cache on the draft, for the send-time guess's bonus (the draft's own next token).
+    guesser = DraftRuntime(draft_model)
     tap = LayerTap(target_model, layers)
     config = GenerationConfig(max_new_tokens=max_new_tokens, gamma=gamma, eos_ids=frozenset(eos_ids))
     progress = tqdm(total=num_prompts, initial=done, desc="recording speculative rounds", unit="prompt")
@@ -297,9 +299,10 @@ def record_rounds(
             started = time.perf_counter()
             target.reset()
             draft.reset()
+            guesser.reset()
             rows: dict[str, list[torch.Tensor]] = {}
             # The rounds are the engine's own (the round core, sd mode); the tap reads each verify.
-            cloud = _RecordingCloud(target, tap, layers, gamma, rows)
+            cloud = _RecordingCloud(target, tap, layers, gamma, rows, guesser)
             (result,) = World(cloud).run([ClientSpec(list(prompt), Mode.SD, config, RealEdge(draft, GREEDY, 0), eos_ids=config.eos_ids)])
             produced = len(result.tokens)
             tensors = {name: torch.stack(parts) for name, parts in rows.items()}  # [rounds, gamma+1, ...]
@@ -320,9 +323,11 @@ class _RecordingCloud(RealCloud):
     """The target as the engine runs it, with the hidden states of every full-length verify
     recorded (a last block cut short by the token budget has no place in [rounds, gamma + 1])."""
 
-    def __init__(self, target: TargetRuntime, tap: LayerTap, layers: Sequence[int], gamma: int, rows: dict[str, list[torch.Tensor]]) -> None:
+    def __init__(
+        self, target: TargetRuntime, tap: LayerTap, layers: Sequence[int], gamma: int, rows: dict[str, list[torch.Tensor]], guesser: DraftRuntime
+    ) -> None:
         super().__init__(target)
-        self.tap, self.layers, self.gamma, self.rows = tap, layers, gamma, rows
+        self.tap, self.layers, self.gamma, self.rows, self.guesser = tap, layers, gamma, rows, guesser
 
     def _run(self, job: CloudJob) -> Any:
         record = job.kind == "verify" and job.block is not None and len(job.block.tokens) == self.gamma
@@ -341,12 +346,18 @@ class _RecordingCloud(RealCloud):
             self.rows.setdefault("draft", []).append(torch.tensor(job.block.tokens, dtype=torch.int32))
             verdict = result.verdict
             self.rows.setdefault("verdict", []).append(torch.tensor([verdict.accepted, verdict.next_token], dtype=torch.int32))
+            # What a candidate-id exit scores, and the guess (all accepted + this bonus) to weigh it against.
+            self.rows.setdefault("candidates", []).append(job.block.candidates.to(torch.int32))
+            bonus = int(torch.argmax(self.guesser.next_token_logits(job.sequence + job.block.tokens)))
+            self.rows.setdefault("guess_bonus", []).append(torch.tensor(bonus, dtype=torch.int32))
         return result
 
 
 def load_rounds(directory: str | Path) -> dict[str, torch.Tensor]:
     """All recorded rounds: ``h.<L>`` [R, gamma+1, H], ``final_top1`` [R, gamma+1], ``draft``
-    [R, gamma], ``verdict`` [R, 2] (accepted, next token), ``prompt`` [R]."""
+    [R, gamma], ``verdict`` [R, 2] (accepted, next token), ``prompt`` [R]; rounds recorded since
+    candidate-id exits also ``candidates`` [R, gamma, k] (the draft's top-k ids per token) and
+    ``guess_bonus`` [R] (the draft's own token after the block: the send-time guess's bonus)."""
     paths = shard_paths(directory)
     if not paths:
         raise FileNotFoundError(f"no recorded rounds in {directory}")

@@ -179,5 +179,7 @@ class ExitReading:
     """What one exit saw during one forward pass: logits for the requested tail positions."""
 
     layer: int
-    logits: torch.Tensor  # [positions, vocab]
+    logits: torch.Tensor  # [positions, vocab]; with candidate_ids, [positions, k]
     elapsed_s: float = 0.0  # since the forward pass started
+    # Set when only these ids were scored: [positions, k], logits[i, j] is candidate_ids[i, j]'s.
+    candidate_ids: torch.Tensor | None = None

@@ -42,6 +42,9 @@ class ScoreRequest:
     tail: int
     kv: TrackedCache
     on_exit: ExitCallback | None = None
+    # [tail - 1, k] ids: exits score only these (row i: the ids the i-th tail position may predict)
+    # instead of the whole vocabulary; None: full LM head.
+    exit_candidates: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class _Tap:
     row: int
     tail: int
     callback: ExitCallback
+    candidates: torch.Tensor | None = None
 
 
 def _check_tail(sequence: Sequence[int], tail: int) -> None:
@@ -147,19 +151,39 @@ class TargetRuntime:
         assert self.exits is not None
         return self.lm_head(self.final_norm(self.exits.adapter(layer)(hidden)))
 
+    def exit_candidate_logits(self, layer: int, hidden: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Exit logits [rows, k] of only the ``candidates`` ids [rows, k] from hidden states
+        [>= rows, hidden]: the LM head's rows of those ids, not its whole vocabulary (whose weights,
+        read once per exit, are what a full exit costs on a memory-bound processor)."""
+        assert self.exits is not None
+        normed = self.final_norm(self.exits.adapter(layer)(hidden[: candidates.shape[0]]))
+        rows = self.lm_head.weight[candidates.to(self.lm_head.weight.device)]  # [rows, k, hidden]
+        scores = torch.einsum("rh,rkh->rk", normed.to(rows.dtype), rows)
+        bias = getattr(self.lm_head, "bias", None)
+        return scores + bias[candidates] if bias is not None else scores
+
     def _make_hook(self, layer: int) -> Callable[..., None]:
         def hook(_module: nn.Module, _inputs: object, output: object) -> None:
             taps = self._taps
             if not taps:
                 return
             hidden = output[0] if isinstance(output, tuple) else output
-            # Every row's real tokens end at the last column (batches are left-padded), and one
-            # LM-head product serves all rows of the batch.
-            rows = torch.cat([hidden[tap.row, -tap.tail :, :] for tap in taps])
-            logits = self.exit_logits(layer, rows).float().cpu()
+            full = [tap for tap in taps if tap.candidates is None]
+            readings: list[tuple[_Tap, ExitReading]] = []
+            for tap in taps:
+                if tap.candidates is not None:
+                    scores = self.exit_candidate_logits(layer, hidden[tap.row, -tap.tail :, :], tap.candidates).float().cpu()
+                    readings.append((tap, ExitReading(layer=layer, logits=scores, candidate_ids=tap.candidates)))
+            if full:
+                # Every row's real tokens end at the last column (batches are left-padded), and one
+                # LM-head product serves all rows of the batch.
+                rows = torch.cat([hidden[tap.row, -tap.tail :, :] for tap in full])
+                logits = self.exit_logits(layer, rows).float().cpu()
+                readings += [(tap, ExitReading(layer=layer, logits=part)) for tap, part in zip(full, torch.split(logits, [tap.tail for tap in full]))]
             elapsed = time.perf_counter() - self._started
-            for tap, part in zip(taps, torch.split(logits, [tap.tail for tap in taps])):
-                tap.callback(ExitReading(layer=layer, logits=part, elapsed_s=elapsed))
+            for tap, reading in readings:
+                reading.elapsed_s = elapsed
+                tap.callback(reading)
 
         return hook
 
@@ -170,19 +194,21 @@ class TargetRuntime:
         tail: int,
         on_exit: ExitCallback | None = None,
         kv: TrackedCache | None = None,
+        exit_candidates: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final logits [tail, vocab] (float32) for the last ``tail`` positions of ``sequence``.
 
         Row i predicts the token after ``sequence[len - tail + i]``. The cache is rolled back to
         what is still valid and only the uncached suffix is fed. ``on_exit`` receives each
-        exit's logits for the same ``tail`` positions as soon as its layer has run. ``kv`` is a
+        exit's logits for the same ``tail`` positions as soon as its layer has run (with
+        ``exit_candidates``, only those ids' logits, see ``ScoreRequest``). ``kv`` is a
         session's own cache when one model serves many sessions (default: this runtime's).
         Not thread-safe: one forward at a time per runtime.
         """
         _check_tail(sequence, tail)
         kv = kv if kv is not None else self.kv
         pending = kv.sync(sequence, keep_uncached=tail)
-        self._taps = [_Tap(0, tail, on_exit)] if on_exit is not None else []
+        self._taps = [_Tap(0, tail, on_exit, exit_candidates)] if on_exit is not None else []
         self._started = time.perf_counter()
         try:
             logits = forward_with_cache(self.model, kv, pending, tail)
@@ -198,9 +224,9 @@ class TargetRuntime:
         for request in requests:
             _check_tail(request.sequence, request.tail)
         if len(requests) == 1 or not all(can_batch(r.kv) for r in requests):
-            return [self.score_tail(r.sequence, r.tail, r.on_exit, r.kv) for r in requests]
+            return [self.score_tail(r.sequence, r.tail, r.on_exit, r.kv, r.exit_candidates) for r in requests]
         pendings = [r.kv.sync(r.sequence, keep_uncached=r.tail) for r in requests]
-        self._taps = [_Tap(row, r.tail, r.on_exit) for row, r in enumerate(requests) if r.on_exit is not None]
+        self._taps = [_Tap(row, r.tail, r.on_exit, r.exit_candidates) for row, r in enumerate(requests) if r.on_exit is not None]
         self._started = time.perf_counter()
         try:
             logits = forward_batch(self.model, [r.kv for r in requests], pendings, [r.tail for r in requests])

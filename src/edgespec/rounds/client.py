@@ -362,4 +362,6 @@ class ClientRounds:
 
 def _rest(block: DraftBlock) -> DraftBlock:
     """A guess branch's block without its first token (the bonus it assumes)."""
-    return DraftBlock(block.tokens[1:], None if block.probs is None else block.probs[1:])
+    return DraftBlock(
+        block.tokens[1:], None if block.probs is None else block.probs[1:], None if block.candidates is None else block.candidates[1:]
+    )

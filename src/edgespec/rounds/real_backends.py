@@ -33,8 +33,12 @@ class RealCloud:
     """The target, one forward per job (in process there is one session, so no batching); with
     ``draft``, the server's own draft model too (cloud-sd: a "draft" job, the server's compute)."""
 
-    def __init__(self, target: TargetRuntime, kv: TrackedCache | None = None, draft: DraftRuntime | None = None) -> None:
+    def __init__(
+        self, target: TargetRuntime, kv: TrackedCache | None = None, draft: DraftRuntime | None = None, exit_candidates: bool = True
+    ) -> None:
         self.target = target
+        # Exits score only the draft's candidate ids when the block carries them (False: whole vocabulary).
+        self.exit_candidates = exit_candidates
         self.kv = kv if kv is not None else target.kv
         self.draft = draft
         self._sampling: dict[int, tuple[SamplingParams, int]] = {}
@@ -66,8 +70,9 @@ class RealCloud:
             return choose_token(logits, sampling, uniform)
         assert job.block is not None
         pending = begin_round(
-            self.target, job.sequence, job.block.tokens, sampling, job.block.payload, seed, job.with_exits, kv=self.kv
+            self.target, job.sequence, job.block.tokens, sampling, job.block.payload, seed, job.with_exits, kv=self.kv,
+            candidates=job.block.candidates if self.exit_candidates else None,
         )
         request = pending.request
-        verdict, judge = pending.finish(self.target.score_tail(request.sequence, request.tail, request.on_exit, request.kv))
+        verdict, judge = pending.finish(self.target.score_tail(request.sequence, request.tail, request.on_exit, request.kv, request.exit_candidates))
         return VerifyResult(verdict, judge.verdicts if judge is not None else [])

@@ -27,6 +27,7 @@ class IncomingBlock:
     tokens: list[int]
     payload: Any = None  # what the driver needs to verify it (the draft's distributions)
     assumes: tuple[int, Verdict] | None = None
+    candidates: Any = None  # greedy: the draft's top-k ids per token, for candidate-id exits
 
 
 # ---------------------------------------------------------------- actions

@@ -37,7 +37,8 @@ OPEN_BYTES, OPENED_BYTES, EARLY_BYTES, FINAL_BYTES, TOKEN_BYTES, DROPPED_BYTES =
 
 def block_bytes(block: DraftBlock, tagged: bool) -> int:
     rows = 0 if block.probs is None else block.probs.shape[0] * 64 * 8
-    return 20 + 4 * len(block.tokens) + rows + (12 if tagged else 0)
+    candidates = 0 if block.candidates is None else block.candidates.numel() * 4
+    return 20 + 4 * len(block.tokens) + rows + candidates + (12 if tagged else 0)
 
 
 @dataclass(frozen=True)
@@ -302,7 +303,7 @@ class _Session:
 
     def _server_block(self, send: core.SendBlock) -> None:
         assert self.server is not None
-        block = IncomingBlock(send.round, list(send.block.tokens), send.block.probs, send.assumes)
+        block = IncomingBlock(send.round, list(send.block.tokens), send.block.probs, send.assumes, send.block.candidates)
         self._server_apply(self.server.block(block))
 
     def _server_apply(self, actions: list[Any]) -> None:

@@ -39,6 +39,8 @@ class ServerConfig:
     # KV of earlier prompts kept per tenant, so a prompt that extends one prefills only the rest
     # (server/prefix_cache.py); tokens held per tenant, 0: off.
     prefix_cache_tokens: int = 0
+    # Exits score only the draft's candidate ids that blocks carry (False: the whole vocabulary).
+    exit_candidates: bool = True
 
 
 def build_server(service: VerifierService, config: ServerConfig) -> tuple[grpc.aio.Server, int]:
@@ -82,7 +84,7 @@ async def serve(
     ready: asyncio.Event | None = None,
     cloud_draft: CloudDraft | None = None,
 ) -> None:
-    service = VerifierService(TargetRuntime(model, exits), tokenizer, eos_ids, target_name, config.limits, config.admission, cloud_draft, config.prefix_cache_tokens)  # type: ignore[arg-type]
+    service = VerifierService(TargetRuntime(model, exits), tokenizer, eos_ids, target_name, config.limits, config.admission, cloud_draft, config.prefix_cache_tokens, config.exit_candidates)  # type: ignore[arg-type]
     worst_case = kv_bytes_per_token(model) * config.admission.max_sessions * (config.limits.max_prompt_tokens + config.limits.max_new_tokens)  # type: ignore[arg-type]
     logger.info(
         "admission: %d sessions, %d queued rounds, batches of up to %d rows and %d padded token-rows, prefill chunks of %s; "

@@ -29,7 +29,7 @@ from edgespec.server.session import ServerSession, SessionLimits
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
 from edgespec.transport.security import AUTH_METADATA_KEY
-from edgespec.transport.codec import PROTOCOL_VERSION, ProtocolError, distributions_from_wire, sampling_from_wire, verdict_of
+from edgespec.transport.codec import PROTOCOL_VERSION, ProtocolError, candidates_from_wire, distributions_from_wire, sampling_from_wire, verdict_of
 from edgespec.transport.validation import check_block, check_open, decoded
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class VerifierService(pb_grpc.VerifierServicer):
         admission: AdmissionLimits = AdmissionLimits(),
         cloud_draft: CloudDraft | None = None,
         prefix_cache_tokens: int = 0,
+        exit_candidates: bool = True,
     ) -> None:
         if cloud_draft is not None:
             cloud_draft.check_pairs_with(runtime.vocab_size)
@@ -57,6 +58,9 @@ class VerifierService(pb_grpc.VerifierServicer):
         self.target_name = target_name
         self.limits = limits
         self.admission = admission
+        # Exits score only the draft's candidate ids when a block carries them (False: the whole
+        # vocabulary, what clients without candidates get anyway).
+        self.exit_candidates = exit_candidates
         # One model, one (batched) forward at a time, off the event loop, so replies keep
         # streaming while the model runs.
         self.scheduler = BatchScheduler(runtime, admission)
@@ -252,8 +256,9 @@ class VerifierService(pb_grpc.VerifierServicer):
         check_block(block, self.runtime.vocab_size, self.limits.max_block, session.sampling.greedy)
         assumes = (block.assumes.round, verdict_of(block.assumes)) if block.HasField("assumes") else None
         probs = None if session.sampling.greedy else distributions_from_wire(block.probs, self.runtime.vocab_size)
+        candidates = candidates_from_wire(block.candidates) if self.exit_candidates else None
         try:
-            return session.rounds.block(IncomingBlock(block.round, list(block.tokens), probs, assumes))
+            return session.rounds.block(IncomingBlock(block.round, list(block.tokens), probs, assumes, candidates))
         except OutOfOrder as error:
             raise ProtocolError(pb.OUT_OF_ORDER, str(error)) from None
 

@@ -112,7 +112,7 @@ class ServerSession:
         block = verify.block
         pending = begin_round(
             self.runtime, verify.sequence, block.tokens, self.sampling, block.payload, self.seed,
-            with_exits=on_early is not None, on_streamed=on_early, kv=self.kv,
+            with_exits=on_early is not None, on_streamed=on_early, kv=self.kv, candidates=block.candidates,
         )
         return Job(pending.request, pending.finish)
 

@@ -63,6 +63,20 @@ def distributions_from_wire(rows: Sequence[pb.SparseDistribution], vocab_size: i
     return dense
 
 
+def candidates_to_wire(candidates: torch.Tensor | None) -> list[pb.CandidateIds]:
+    """[gamma, k] draft top-k ids -> one row per draft token (none when not recorded)."""
+    return [] if candidates is None else [pb.CandidateIds(ids=row.tolist()) for row in candidates]
+
+
+def candidates_from_wire(rows: Sequence[pb.CandidateIds]) -> torch.Tensor | None:
+    """The rows as a [gamma, k] int64 tensor; rows of unequal length are cut to the shortest
+    (each keeps its first, likeliest ids). None when the block carries none."""
+    if not rows:
+        return None
+    width = min(len(row.ids) for row in rows)
+    return torch.tensor([list(row.ids)[:width] for row in rows], dtype=torch.long)
+
+
 def check_distribution(index: int, row: pb.SparseDistribution, vocab_size: int) -> None:
     """A draft row must be a distribution over distinct in-vocabulary ids, or the rejection rule
     (which divides by it) would compute nonsense."""

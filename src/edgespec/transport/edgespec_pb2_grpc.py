@@ -26,7 +26,14 @@ if _version_not_supported:
 
 
 class VerifierStub:
-    """Missing associated documentation comment in .proto file."""
+    """Security. A session exists only inside the stream that opened it: no message names a session
+    by id (Opened.session_id, from secrets.token_urlsafe, is for logs), so no other stream can read
+    or advance it; a block on a stream without an open is BAD_REQUEST. A server started with an
+    auth token refuses every call without metadata `authorization: Bearer <token>` with gRPC status
+    UNAUTHENTICATED before any message is read; TLS is optional. Any malformed message gets an
+    Error with a specific code and ends only its own stream; a message over the server's size
+    limit is refused by gRPC with RESOURCE_EXHAUSTED.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -42,7 +49,14 @@ class VerifierStub:
 
 
 class VerifierServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Security. A session exists only inside the stream that opened it: no message names a session
+    by id (Opened.session_id, from secrets.token_urlsafe, is for logs), so no other stream can read
+    or advance it; a block on a stream without an open is BAD_REQUEST. A server started with an
+    auth token refuses every call without metadata `authorization: Bearer <token>` with gRPC status
+    UNAUTHENTICATED before any message is read; TLS is optional. Any malformed message gets an
+    Error with a specific code and ends only its own stream; a message over the server's size
+    limit is refused by gRPC with RESOURCE_EXHAUSTED.
+    """
 
     def Session(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
@@ -67,7 +81,14 @@ def add_VerifierServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Verifier:
-    """Missing associated documentation comment in .proto file."""
+    """Security. A session exists only inside the stream that opened it: no message names a session
+    by id (Opened.session_id, from secrets.token_urlsafe, is for logs), so no other stream can read
+    or advance it; a block on a stream without an open is BAD_REQUEST. A server started with an
+    auth token refuses every call without metadata `authorization: Bearer <token>` with gRPC status
+    UNAUTHENTICATED before any message is read; TLS is optional. Any malformed message gets an
+    Error with a specific code and ends only its own stream; a message over the server's size
+    limit is refused by gRPC with RESOURCE_EXHAUSTED.
+    """
 
     @staticmethod
     def Session(request_iterator,

@@ -38,6 +38,23 @@ def check_open(request: pb.Open, max_new_tokens_limit: int) -> None:
         )
 
 
+# Candidate ids a block may name per draft token (the client sends 8).
+MAX_CANDIDATES = 64
+
+
+def check_candidates(block: pb.DraftBlock, vocab_size: int) -> None:
+    """Candidate ids are optional; when sent, one non-empty row of in-vocabulary ids per token."""
+    if not block.candidates:
+        return
+    if len(block.candidates) != len(block.tokens):
+        raise ProtocolError(pb.BAD_REQUEST, f"candidate ids need one row per draft token: {len(block.tokens)} tokens, {len(block.candidates)} rows")
+    for index, row in enumerate(block.candidates):
+        if not 1 <= len(row.ids) <= MAX_CANDIDATES:
+            raise ProtocolError(pb.BAD_REQUEST, f"candidate row {index} must name 1..{MAX_CANDIDATES} ids, got {len(row.ids)}")
+        if max(row.ids) >= vocab_size:
+            raise ProtocolError(pb.OUT_OF_VOCABULARY, f"candidate row {index} names a token outside the vocabulary (size {vocab_size})")
+
+
 def check_block(block: pb.DraftBlock, vocab_size: int, max_block: int, greedy: bool) -> None:
     size = len(block.tokens)
     if size == 0:
@@ -49,6 +66,7 @@ def check_block(block: pb.DraftBlock, vocab_size: int, max_block: int, greedy: b
     if greedy:
         if block.probs:
             raise ProtocolError(pb.BAD_REQUEST, "a greedy session's blocks carry no draft distributions")
+        check_candidates(block, vocab_size)
         return
     if len(block.probs) != size:
         raise ProtocolError(pb.BAD_REQUEST, f"sampling needs one draft distribution per draft token: {size} tokens, {len(block.probs)} distributions")
