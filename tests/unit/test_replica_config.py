@@ -37,6 +37,13 @@ def test_serve_flags_reach_every_replica(tmp_path: Path) -> None:
     assert spec.token() == TOKEN and spec.auth_token == ""  # read from the file by each replica
 
 
+def test_batching_prefix_cache_and_exit_flags_reach_every_replica() -> None:
+    args = parse("--replicas", "2", "--max-batch-rows", "128", "--prefill-chunk", "64", "--prefix-cache-tokens", "4096", "--exit-vocab", "full")
+    spec = cluster_config(args).spec
+    assert (spec.max_batch_rows, spec.prefill_chunk, spec.prefix_cache_tokens, spec.exit_vocab) == (128, 64, 4096, "full")
+    assert ReplicaSpec.from_args(spec.as_args()) == spec
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -49,9 +49,12 @@ def load_service(spec: ReplicaSpec) -> VerifierService:
         target.model.to(spec.device)
     exits = resolve_exits(spec.exits, target.model, spec.target)
     limits = SessionLimits(spec.max_prompt_tokens, spec.max_new_tokens, spec.max_block, spec.idle_timeout_s, spec.max_lifetime_s)
-    admission = AdmissionLimits(spec.max_sessions, spec.max_queued, spec.max_batch)
+    admission = AdmissionLimits(spec.max_sessions, spec.max_queued, spec.max_batch, spec.max_batch_rows, spec.prefill_chunk)
     name = f"{target.name} ({target.dtype})"
-    return VerifierService(TargetRuntime(target.model, exits), target.tokenizer, eos_token_ids(target.model, target.tokenizer), name, limits, admission)
+    return VerifierService(
+        TargetRuntime(target.model, exits), target.tokenizer, eos_token_ids(target.model, target.tokenizer), name, limits, admission,
+        prefix_cache_tokens=spec.prefix_cache_tokens, exit_candidates=spec.exit_vocab == "candidates",
+    )
 
 
 @serve.deployment(name=DEPLOYMENT_NAME)

@@ -49,6 +49,10 @@ class ReplicaSpec:
     max_sessions: int = 64
     max_queued: int = 256
     max_batch: int = 32
+    max_batch_rows: int = 512
+    prefill_chunk: int = 0
+    prefix_cache_tokens: int = 0
+    exit_vocab: str = "candidates"
     max_prompt_tokens: int = 8192
     max_new_tokens: int = 4096
     max_block: int = 64
@@ -335,6 +339,10 @@ def cluster_config(args: Any) -> ClusterConfig:
         max_sessions=args.max_sessions,
         max_queued=args.max_queued,
         max_batch=args.max_batch,
+        max_batch_rows=args.max_batch_rows,
+        prefill_chunk=args.prefill_chunk,
+        prefix_cache_tokens=args.prefix_cache_tokens,
+        exit_vocab=args.exit_vocab,
         max_prompt_tokens=args.max_prompt_tokens,
         max_new_tokens=args.max_new_tokens_limit,
         max_block=args.max_block,
