@@ -256,7 +256,7 @@ class VerifierService(pb_grpc.VerifierServicer):
         check_block(block, self.runtime.vocab_size, self.limits.max_block, session.sampling.greedy)
         assumes = (block.assumes.round, verdict_of(block.assumes)) if block.HasField("assumes") else None
         probs = None if session.sampling.greedy else distributions_from_wire(block.probs, self.runtime.vocab_size)
-        candidates = candidates_from_wire(block.candidates) if self.exit_candidates else None
+        candidates = candidates_from_wire(block.candidates) if self.exit_candidates and session.sampling.greedy else None
         try:
             return session.rounds.block(IncomingBlock(block.round, list(block.tokens), probs, assumes, candidates))
         except OutOfOrder as error:
