@@ -83,6 +83,8 @@ def summarize(records: Iterable[dict[str, Any]], profile: str, price: PriceModel
         "draft_ms_per_token": 1000 * total["draft_s"] / max(1, sum(r["stats"].get("drafted", 0) for r in records)),
         "target_passes_per_token": total["target_passes"] / tokens,
         "server_busy_s_per_token": total["server_verify_s"] / tokens,
+        # One verify (a decode for cloud-ar) at the server, exits included: against `sd`'s, what exits cost.
+        "verify_ms_per_round": 1000 * total["server_verify_s"] / rounds,
         "bytes_per_token": wire / tokens,
         "usd_per_1k_tokens": 1000 * price.usd(total["server_verify_s"], wire) / tokens,
         # Waiting at the server for a pass to start (batching: a pass already in flight, or

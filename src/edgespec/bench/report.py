@@ -28,6 +28,7 @@ COLUMNS = [
     ("draft ms/token", "draft_ms_per_token", "{:.1f}"),
     ("target passes/token", "target_passes_per_token", "{:.2f}"),
     ("server s/token", "server_busy_s_per_token", "{:.3f}"),
+    ("verify ms/round", "verify_ms_per_round", "{:.0f}"),
     ("bytes/token", "bytes_per_token", "{:.0f}"),
     ("$ / 1k tok", "usd_per_1k_tokens", "{:.5f}"),
     ("queued ms/round", "queued_ms_per_round", "{:.1f}"),
