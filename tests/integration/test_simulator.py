@@ -70,13 +70,16 @@ def test_replay_is_exact_in_tokens_and_verdicts(mode: Mode, gamma: int) -> None:
         assert (record["stats"]["rounds"], record["stats"]["accepted"]) == (real.stats.rounds, real.stats.accepted)
 
 
-def test_sd_ee_would_be_hits_match_the_real_engine() -> None:
+@pytest.mark.parametrize("exit_candidates", [True, False], ids=["candidate-ids", "full-vocab"])
+def test_sd_ee_would_be_hits_match_the_real_engine(exit_candidates: bool) -> None:
+    """Traces record each exit's reading over the whole vocabulary and over the draft's
+    candidates: replayed either way, the would-be hits are the real engine's."""
     target, draft = models()
-    config = SimConfig(modes=("sd-ee",), max_new_tokens=NEW_TOKENS, gamma=3)
+    config = SimConfig(modes=("sd-ee",), max_new_tokens=NEW_TOKENS, gamma=3, exit_candidates=exit_candidates)
     records = run_mode(traces(), Mode.SD_EE, PROFILE, Link(), config)
+    assert sum(r["stats"]["hits"] for r in records) > 0
     for trace, record in zip(traces(), records):
-        # Traces record each exit's whole-vocabulary reading, so the real engine's exits score the whole vocabulary too.
-        real = LocalEngine(runtime(), DraftRuntime(draft), exit_candidates=False).generate(
+        real = LocalEngine(runtime(), DraftRuntime(draft), exit_candidates=exit_candidates).generate(
             trace.prompt_ids, Mode.SD_EE, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3)
         )
         assert record["stats"]["hits"] == real.stats.hits

@@ -53,6 +53,10 @@ def add_sim_parsers(subparsers: Any) -> None:
     sim.add_argument("--early-verdicts", choices=["auto", "on", "off"], default="auto", help="pre-draft modes: ask the server to run its exits (auto: only where nothing else gives a verdict to pre-draft on)")
     sim.add_argument("--no-guess", action="store_true", help="pre-draft modes: pre-draft on early verdicts only (the paper's method), not on the draft's own guess at send time")
     sim.add_argument(
+        "--exit-vocab", choices=("candidates", "full"), default="candidates",
+        help="what the traces' exits score, as `serve --exit-vocab`: the draft's top-8 ids per token (default) or the whole vocabulary",
+    )
+    sim.add_argument(
         "--exit-oracle", default=None, metavar="LAYER[:ACCURACY]",
         help="design question: replace the traces' exits by one at LAYER that costs nothing and streams the true verdict with probability ACCURACY (default 1); use with --early-verdicts on",
     )
@@ -157,6 +161,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         adaptive_gamma=args.adaptive_gamma, max_gamma=args.max_gamma, clients=counts[-1], max_batch=args.max_batch,
         branches=args.branches, guess_verdict=not args.no_guess, early_verdicts=args.early_verdicts,
         exit_oracle=ExitOracle.parse(args.exit_oracle) if args.exit_oracle else None,
+        exit_candidates=args.exit_vocab == "candidates",
     )
     summary, records = simulate(traces, hardware, links, config)
     from edgespec.hostinfo import host_facts

@@ -37,7 +37,10 @@ class HardwareProfile:
     forward_ms: dict[int, float]
     prefill_ms_per_token: float
     prefill_fixed_ms: float = 0.0
-    exit_ms: float = 0.0  # added to a forward per exit read out
+    exit_ms: float = 0.0  # added to a forward per exit read out (whole vocabulary)
+    # The same for a candidate-id exit (adapter + norm + 8 LM-head rows per position): measured
+    # 0.15 ms per exit on the 2-core CPU in the README; profiles probed before it default to that.
+    exit_candidates_ms: float = 0.15
     num_layers: int = 28
     # A batched forward of b sessions costs the longest one's time times this factor.
     batch_factor: dict[int, float] = field(default_factory=lambda: {1: 1.0})
@@ -57,8 +60,8 @@ class HardwareProfile:
         self.forward_ms = {int(k): float(v) for k, v in self.forward_ms.items()}
         self.batch_factor = {int(k): float(v) for k, v in self.batch_factor.items()}
 
-    def forward_s(self, rows: int, exits: int = 0) -> float:
-        return (_interpolate(self.forward_ms, rows) + exits * self.exit_ms) / 1000
+    def forward_s(self, rows: int, exits: int = 0, candidates: bool = False) -> float:
+        return (_interpolate(self.forward_ms, rows) + exits * (self.exit_candidates_ms if candidates else self.exit_ms)) / 1000
 
     def batch_s(self, single_s: list[float]) -> float:
         return max(single_s) * _interpolate(self.batch_factor, len(single_s))

@@ -63,15 +63,20 @@ def probe_host(target_name: str, draft_name: str, backend: str, dtype: str, exit
         prefill[n] = _median_s(lambda n=n: (runtime.reset(), runtime.score_tail(list(range(2000, 2000 + n)), 1)), 2) * 1000
     per_token = (prefill[long] - prefill[short]) / (long - short)
     exits = resolve_exits(exits_spec, loaded.model, target_name)
-    exit_ms = 0.0
+    exit_ms = exit_candidates_ms = 0.0
     if exits is not None:
         runtime.score_tail(context, 1)
         runtime.attach_exits(exits)
         with_exits_forward = lambda: runtime.score_tail(context + [10, 11, 12, 13, 14], 5, on_exit=lambda reading: None)  # noqa: E731
         with_exits_forward()  # the exits' own first call is slow (kernels for new shapes): not timed
         with_exits = 1000 * _median_s(with_exits_forward, 5)
-        runtime.detach_exits()
         exit_ms = max(0.0, (with_exits - forward_ms[5]) / len(exits.layers))
+        # A candidate-id exit's own work is below a forward's noise: time one reading directly.
+        hidden = torch.randn(5, int(loaded.model.config.hidden_size), dtype=next(loaded.model.parameters()).dtype)
+        ids = torch.randint(0, runtime.vocab_size, (4, 8))
+        layer = exits.layers[0]
+        exit_candidates_ms = 1000 * _median_s(lambda: runtime.exit_candidate_logits(layer, hidden, ids), 5)
+        runtime.detach_exits()
     caches = [runtime.new_cache() for _ in range(4)]
     for kv in caches:
         runtime.score_tail(context, 1, kv=kv)
@@ -90,6 +95,7 @@ def probe_host(target_name: str, draft_name: str, backend: str, dtype: str, exit
         prefill_ms_per_token=per_token,
         prefill_fixed_ms=max(0.0, prefill[short] - per_token * short),
         exit_ms=exit_ms,
+        exit_candidates_ms=exit_candidates_ms,
         num_layers=num_layers,
         batch_factor={1: 1.0, 4: batch4 / forward_ms[5]},
         draft_ms_per_token=draft_ms,

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from edgespec.decoding.early import EarlyVerdict
+from edgespec.decoding.early import UNSCORED_BONUS, EarlyVerdict
 from edgespec.decoding.verification import Verdict
 from edgespec.models.draft import DraftBlock
 from edgespec.models.kv import valid_prefix
@@ -82,10 +82,14 @@ class TraceCloud:
     """The target and its exits, as the trace says they decide, at the profile's costs; in
     cloud-sd also the server's draft (the trace's draft, at the profile's server-draft costs)."""
 
-    def __init__(self, traces: dict[int, Trace], profile: HardwareProfile, exit_oracle: ExitOracle | None = None) -> None:
+    def __init__(
+        self, traces: dict[int, Trace], profile: HardwareProfile, exit_oracle: ExitOracle | None = None, exit_candidates: bool = True
+    ) -> None:
         self.traces = traces
         self.profile = profile
         self.exit_oracle = exit_oracle
+        # As `serve`: exits score only the draft's candidate ids (where the traces recorded them).
+        self.exit_candidates = exit_candidates
         self._drafts: dict[int, TraceEdge] = {}  # cloud-sd: each session's draft cache on the server
 
     def open(self, session: int, sampling: Any, seed: int) -> None:
@@ -118,7 +122,7 @@ class TraceCloud:
                 continue
             assert job.block is not None
             exits = len(trace.exits) if job.with_exits and self.exit_oracle is None else 0
-            cost = profile.forward_s(len(job.block.tokens) + 1, exits)
+            cost = profile.forward_s(len(job.block.tokens) + 1, exits, candidates=self._candidates(trace))
             singles.append(cost)
             results.append((trace, position, job))
         total = profile.batch_s(singles) if len(jobs) > 1 else singles[0]
@@ -145,9 +149,35 @@ class TraceCloud:
             guess = oracle.verdict(trace.id, position, verdict)
             early.append(EarlyVerdict(oracle.layer, guess, 1.0, forward_s * oracle.layer / trace.num_layers, True))
         elif job.with_exits:
+            replay = self._early_candidates if self._candidates(trace) else self._early
             for layer, exit_trace in sorted(trace.exits.items(), key=lambda item: int(item[0])):
-                early.append(self._early(int(layer), exit_trace, tokens, truth, position, accepted, trace.num_layers, forward_s))
+                early.append(replay(int(layer), exit_trace, tokens, truth, position, accepted, trace.num_layers, forward_s))
         return VerifyResult(verdict, early)
+
+    def _candidates(self, trace: Trace) -> bool:
+        return self.exit_candidates and all(e.candidate_argmax is not None for e in trace.exits.values())
+
+    @staticmethod
+    def _early_candidates(
+        layer: int, exit_trace: Any, tokens: list[int], truth: list[int], position: int, accepted: int, num_layers: int, forward_s: float
+    ) -> EarlyVerdict:
+        """A candidate-id exit (``candidate_verdict``): along the target's text the draft's
+        candidates are the trace's, so its choice is known up to the first rejection."""
+        choice = exit_trace.candidate_argmax[position:]
+        sure = exit_trace.candidate_confidence[position:]
+        at = forward_s * layer / num_layers
+        n = 0
+        while n < len(tokens) and n <= accepted and tokens[n] == choice[n]:
+            n += 1
+        if n > accepted:
+            # It accepted a token the target rejects: past that the trace does not know its
+            # choices, but whatever it streams is wrong (and a whole accepted block streams nothing).
+            confidence = min(sure[: accepted + 1])
+            return EarlyVerdict(layer, Verdict(n, UNKNOWN), confidence, at, n < len(tokens) and confidence >= exit_trace.threshold)
+        if n == len(tokens):
+            return EarlyVerdict(layer, Verdict(n, UNSCORED_BONUS), min(sure[:n]), at, False)
+        confidence = min(sure[: n + 1])
+        return EarlyVerdict(layer, Verdict(n, choice[n]), confidence, at, confidence >= exit_trace.threshold)
 
     @staticmethod
     def _early(layer: int, exit_trace: Any, tokens: list[int], truth: list[int], position: int, accepted: int, num_layers: int, forward_s: float) -> EarlyVerdict:

@@ -35,6 +35,7 @@ class SimConfig:
     clients: int = 1
     max_batch: int = 32
     exit_oracle: ExitOracle | None = None  # a hypothetical exit instead of the traces' own
+    exit_candidates: bool = True  # the traces' exits score only the draft's candidate ids, as `serve` does
 
     def generation(self, eos_ids: frozenset[int]) -> GenerationConfig:
         return GenerationConfig(
@@ -65,7 +66,7 @@ def run_mode(traces: Sequence[Trace], mode: Mode, profile: HardwareProfile, link
     groups = [list(traces)] if config.clients > 1 else [[t] for t in traces]
     for group in groups:
         chosen = [group[i % len(group)] for i in range(config.clients)] if config.clients > 1 else group
-        cloud = TraceCloud(dict(enumerate(chosen)), profile, config.exit_oracle)
+        cloud = TraceCloud(dict(enumerate(chosen)), profile, config.exit_oracle, config.exit_candidates)
         specs = [
             ClientSpec(t.prompt_ids, mode, config.generation(_eos(t)), TraceEdge(t, profile) if mode.uses_draft else None, link, eos_ids=_eos(t))
             for t in chosen

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from edgespec.models.draft import top_candidates
 from edgespec.models.exit_heads import ExitReading
 from edgespec.models.target import TargetRuntime
 
@@ -31,6 +32,10 @@ class ExitTrace:
     argmax: list[int]  # argmax[i]: the exit's choice after prompt + continuation[:i]
     confidence: list[float]  # its top-1 probability there
     threshold: float  # the exit streams a verdict at least this sure
+    # The same scoring only the draft's top-8 ids there (its own token first), as a candidate-id
+    # exit does (`serve --exit-vocab candidates`); None in traces recorded before those existed.
+    candidate_argmax: list[int] | None = None
+    candidate_confidence: list[float] | None = None
 
 
 @dataclass
@@ -84,13 +89,20 @@ def record_trace(
     target.reset()
     target.score_tail(sequence, tail, on_exit=lambda reading: readings.__setitem__(reading.layer, reading))
     target.reset()
+    draft_logits = draft_model(torch.tensor([sequence])).logits[0, -tail:].float()
+    draft_argmax = draft_logits.argmax(dim=-1)
+    # What a greedy client would send at each position along the continuation: its top-8 ids.
+    candidates = torch.stack([top_candidates(row, int(token)) for row, token in zip(draft_logits, draft_argmax)])
     exits: dict[str, ExitTrace] = {}
     if target.exits is not None:
         for layer, reading in sorted(readings.items()):
-            probs = reading.logits.float().softmax(dim=-1)
-            top = probs.max(dim=-1)
-            exits[str(layer)] = ExitTrace(top.indices.tolist(), [round(float(p), 5) for p in top.values], target.exits.spec(layer).threshold)
-    draft_logits = draft_model(torch.tensor([sequence])).logits[0, -tail:].float()
+            logits = reading.logits.float()
+            top = logits.softmax(dim=-1).max(dim=-1)
+            restricted = logits.gather(1, candidates).softmax(dim=-1).max(dim=-1)
+            exits[str(layer)] = ExitTrace(
+                top.indices.tolist(), [round(float(p), 5) for p in top.values], target.exits.spec(layer).threshold,
+                candidates.gather(1, restricted.indices[:, None]).squeeze(1).tolist(), [round(float(p), 5) for p in restricted.values],
+            )
     draft_probs = draft_logits.softmax(dim=-1)
     topk = draft_probs.topk(TOPK, dim=-1)
     return Trace(
@@ -99,7 +111,7 @@ def record_trace(
         prompt_ids=list(prompt_ids),
         continuation=continuation,
         ended_in_eos=ended,
-        draft_argmax=draft_logits.argmax(dim=-1).tolist(),
+        draft_argmax=draft_argmax.tolist(),
         draft_topk_ids=topk.indices.tolist(),
         draft_topk_probs=[[round(float(p), 5) for p in row] for row in topk.values],
         exits=exits,
