@@ -96,6 +96,33 @@ def test_a_ragged_batch_scores_like_one_session_at_a_time() -> None:
         tails = [3] * len(sequences)
 
 
+def test_a_batch_mixing_candidate_and_full_exits_reads_each_like_a_session_alone() -> None:
+    """Rows with candidate ids get only those ids' exit logits, rows without get the whole
+    vocabulary, in the same batched pass: each as a lone session's full reading says."""
+    runtime = TargetRuntime(tiny_model("qwen2", seed=0), exits())
+    alone = TargetRuntime(tiny_model("qwen2", seed=0), exits())
+    sequences = [[3, 4, 5, 6, 7, 8, 9], [10, 11, 12, 13], [1, 2, 3, 4, 5, 6]]
+    tails = [4, 3, 4]
+    candidates = [torch.tensor([[6, 1, 2], [7, 40, 41], [8, 9, 50]]), None, torch.tensor([[4, 0, 95], [5, 6, 7], [6, 60, 61]])]
+    readings: dict[tuple[int, int], object] = {}
+    requests = [
+        ScoreRequest(seq, tail, runtime.new_cache(), on_exit=lambda r, i=i: readings.__setitem__((i, r.layer), r), exit_candidates=ids)
+        for i, (seq, tail, ids) in enumerate(zip(sequences, tails, candidates))
+    ]
+    runtime.score_batch(requests)
+    for i, (sequence, tail, ids) in enumerate(zip(sequences, tails, candidates)):
+        single: dict[int, torch.Tensor] = {}
+        alone.score_tail(sequence, tail, on_exit=lambda r: single.__setitem__(r.layer, r.logits), kv=alone.new_cache())
+        for layer in (2, 3):
+            reading = readings[(i, layer)]
+            if ids is None:
+                assert reading.candidate_ids is None  # type: ignore[attr-defined]
+                torch.testing.assert_close(reading.logits, single[layer], rtol=1e-4, atol=1e-4)  # type: ignore[attr-defined]
+            else:
+                expected = single[layer][: ids.shape[0]].gather(1, ids)
+                torch.testing.assert_close(reading.logits, expected, rtol=1e-4, atol=1e-4)  # type: ignore[attr-defined]
+
+
 def test_32_concurrent_sessions_each_equal_generate_in_batched_forwards() -> None:
     server, service = start_server()
     address = f"127.0.0.1:{server.port}"
