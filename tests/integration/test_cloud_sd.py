@@ -164,7 +164,8 @@ def test_cloud_sd_replay_is_exact_and_charges_the_draft_to_the_verifier() -> Non
 
     from edgespec.rounds.world import Link
     from edgespec.sim.costs import HardwareProfile, h200_profile
-    from edgespec.sim.simulate import SimConfig, colocated_comparison, run_mode
+    from edgespec.netem.profiles import PROFILES
+    from edgespec.sim.simulate import SimConfig, clients_sweep, colocated_comparison, link_for, run_mode
     from edgespec.sim.trace import record_trace
 
     target, draft = target_model(), draft_model("layer-skip")
@@ -183,7 +184,9 @@ def test_cloud_sd_replay_is_exact_and_charges_the_draft_to_the_verifier() -> Non
     assert stats["server_draft_s"] == pytest.approx(stats["drafted"] * 0.002)
     assert stats["server_verify_s"] == pytest.approx(edge["stats"]["server_verify_s"] + stats["server_draft_s"])
     assert colocated["verifier_busy_s"] == pytest.approx(edge["verifier_busy_s"] + stats["server_draft_s"])
-    comparison = colocated_comparison([trace], profile, "lan", ("cloud-ar", "sd", "cloud-sd"), (1, 3), config)
+    modes = ("cloud-ar", "sd", "cloud-sd")
+    sweep = clients_sweep([trace], profile, link_for(PROFILES["lan"], profile), "lan", modes, (1, 3), SimConfig(modes=modes, max_new_tokens=NEW_TOKENS, gamma=gamma))
+    comparison = colocated_comparison(sweep, profile, "lan", modes, config)
     assert comparison["predicted_factor"] == pytest.approx(1 + gamma * 2.0 / 12.0)
     one = comparison["points"]["1"]
     assert one["sd"]["verifier_s_per_token"] == pytest.approx(edge["verifier_busy_s"] / NEW_TOKENS)

@@ -181,10 +181,13 @@ def run_simulate(args: argparse.Namespace) -> int:
         "hardware": hardware.__dict__, "simulated": True,
     }
     capacity_report = ""
+    first_link_points = None
     if len(counts) > 1:
         summary["sweep"], summary["capacity"] = {}, {}
         for name in links:
             points = clients_sweep(traces, hardware, link_for(PROFILES[name], hardware), name, config.modes, counts, config)
+            if name == links[0]:
+                first_link_points = points
             for count, per_mode in points.items():
                 summary["sweep"].setdefault(str(count), {"profiles": {}})["profiles"][name] = per_mode
             slo, source = (args.slo_tokens_per_s, "--slo-tokens-per-s") if args.slo_tokens_per_s else (default_slo(points), "half of single-client cloud-ar, simulated in this sweep")
@@ -207,7 +210,11 @@ def run_simulate(args: argparse.Namespace) -> int:
     with (out / "results.jsonl").open("w") as sink:
         for record in records:
             sink.write(json.dumps(record) + "\n")
-    summary["colocated"] = colocated_comparison(traces, hardware, links[0], config.modes, counts, config)
+    # The co-located comparison reads the first link's sweep points (simulated here when no sweep ran).
+    first = first_link_points if first_link_points is not None else clients_sweep(
+        traces, hardware, link_for(PROFILES[links[0]], hardware), links[0], config.modes, counts, config
+    )
+    summary["colocated"] = colocated_comparison(first, hardware, links[0], config.modes, config)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     report = render_markdown(summary, command).replace("# edgespec benchmark", f"# edgespec simulation ({hardware.name}: {hardware.source})")
     report += capacity_report + render_colocated(summary["colocated"])

@@ -3,7 +3,6 @@ time from a hardware profile; the same summary and report as `edgespec bench`.""
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -174,31 +173,30 @@ EDGE_SD_MODES = ("sd", "sd-ee", "sd-ee-predraft", "sd-ee-pipelined")
 
 
 def colocated_comparison(
-    traces: Sequence[Trace], profile: HardwareProfile, link_name: str, modes: Sequence[str], counts: Sequence[int], config: SimConfig
+    sweep: dict[int, dict[str, Any]], profile: HardwareProfile, link_name: str, modes: Sequence[str], config: SimConfig
 ) -> dict[str, Any]:
     """Edge speculation against co-located speculation (cloud-sd) on one verifier, per client
-    count: median per-client tokens/s and the verifier's seconds per generated token (its busy
-    time, a batched pass counted once, over every client's tokens), with the factor arXiv
-    2606.25091 predicts, 1 + γ·t_d/t_v (t_d: the server's draft step, t_v: one verify of γ
-    drafts). γ is the configured one (with --adaptive-gamma the rounds' γ varies)."""
+    count of ``sweep`` (``clients_sweep``'s points on ``link_name``): median per-client tokens/s
+    and the verifier's seconds per generated token (its busy time, a batched pass counted once,
+    over every client's tokens), with the factor arXiv 2606.25091 predicts, 1 + γ·t_d/t_v (t_d:
+    the server's draft step, t_v: one verify of γ drafts). γ is the configured one (with
+    --adaptive-gamma the rounds' γ varies)."""
     if profile.server_draft_ms_per_token is None or "cloud-sd" not in modes:
         return {}
     gamma = config.gamma
     t_d = profile.server_draft_ms_per_token
     t_v = profile.forward_s(gamma + 1) * 1000
-    link = link_for(PROFILES[link_name], profile)
     chosen = [m for m in ("cloud-ar", *EDGE_SD_MODES, "cloud-sd") if m in modes]
+    counts = sorted(sweep)
     points: dict[str, Any] = {}
     for count in counts:
-        point = SimConfig(**{**config.__dict__, "clients": count})
-        per_mode = {}
-        for mode in chosen:
-            records = run_mode(traces, Mode.parse(mode), profile, link, point)
-            worlds = {r["world"]: r["verifier_busy_s"] for r in records}
-            per_mode[mode] = {
-                "median_per_client_tokens_per_s": statistics.median(len(r["tokens"]) / r["stats"]["total_s"] for r in records),
-                "verifier_s_per_token": sum(worlds.values()) / max(1, sum(len(r["tokens"]) for r in records)),
+        per_mode = {
+            mode: {
+                "median_per_client_tokens_per_s": sweep[count][mode]["per_client_tokens_per_s_median"],
+                "verifier_s_per_token": sweep[count][mode]["server_s_per_token"],
             }
+            for mode in chosen
+        }
         colocated = per_mode["cloud-sd"]["verifier_s_per_token"]
         for row in per_mode.values():
             # > 1: that many times fewer verifier seconds per token than cloud-sd
