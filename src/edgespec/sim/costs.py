@@ -44,6 +44,9 @@ class HardwareProfile:
     num_layers: int = 28
     # A batched forward of b sessions costs the longest one's time times this factor.
     batch_factor: dict[int, float] = field(default_factory=lambda: {1: 1.0})
+    # The same for a pass of b one-row decodes (cloud-ar), measured apart: on a memory-bound
+    # processor b decode rows cost far less than b verify blocks. Empty: batch_factor.
+    decode_batch_factor: dict[int, float] = field(default_factory=dict)
     # The edge device.
     draft_ms_per_token: float = 20.0
     draft_prefill_ms_per_token: float = 1.0
@@ -59,12 +62,15 @@ class HardwareProfile:
     def __post_init__(self) -> None:
         self.forward_ms = {int(k): float(v) for k, v in self.forward_ms.items()}
         self.batch_factor = {int(k): float(v) for k, v in self.batch_factor.items()}
+        self.decode_batch_factor = {int(k): float(v) for k, v in self.decode_batch_factor.items()}
 
     def forward_s(self, rows: int, exits: int = 0, candidates: bool = False) -> float:
         return (_interpolate(self.forward_ms, rows) + exits * (self.exit_candidates_ms if candidates else self.exit_ms)) / 1000
 
-    def batch_s(self, single_s: list[float]) -> float:
-        return max(single_s) * _interpolate(self.batch_factor, len(single_s))
+    def batch_s(self, single_s: list[float], decodes: bool = False) -> float:
+        """A pass of these sessions' forwards; ``decodes``: every one is a one-row decode."""
+        factor = self.decode_batch_factor if decodes and self.decode_batch_factor else self.batch_factor
+        return max(single_s) * _interpolate(factor, len(single_s))
 
     def prefill_s(self, tokens: int) -> float:
         return (self.prefill_fixed_ms + self.prefill_ms_per_token * tokens) / 1000
@@ -121,6 +127,8 @@ def h200_profile(edge: HardwareProfile | None) -> HardwareProfile:
     exit_ms = sum(v["with_exits_ms"] - v["ms"] for v in data["verify"].values()) / len(data["verify"]) / max(1, len(data["exit_layers"]))
     single = data["batched"]["1"]["verify_gamma4_ms"]
     batch = {int(b): v["verify_gamma4_ms"] / single for b, v in data["batched"].items()}
+    single_decode = data["batched"]["1"]["decode_ms"]
+    decode_batch = {int(b): v["decode_ms"] / single_decode for b, v in data["batched"].items()}
     context = data.get("context", 384)
     profile = HardwareProfile(
         name="h200",
@@ -128,6 +136,7 @@ def h200_profile(edge: HardwareProfile | None) -> HardwareProfile:
         prefill_ms_per_token=data["prefill_ms"] / context,
         exit_ms=max(0.0, exit_ms),
         batch_factor=batch,
+        decode_batch_factor=decode_batch,
         source=f"{GPU_COSTS.name}: {data['device']}, {data['dtype']}, random weights in the real shapes",
         # No draft was measured on the GPU. In this eager transformers runtime a batch-1 forward is
         # launch-bound: the 7B's decode costs what the 1.5B's does (16.6 vs 16.3 ms, docs/gpu),

@@ -81,6 +81,7 @@ def probe_host(target_name: str, draft_name: str, backend: str, dtype: str, exit
     for kv in caches:
         runtime.score_tail(context, 1, kv=kv)
     batch4 = 1000 * _median_s(lambda: runtime.score_batch([ScoreRequest(context + [10, 11, 12, 13, 14], 5, kv) for kv in caches]), 2)
+    decode4 = 1000 * _median_s(lambda: runtime.score_batch([ScoreRequest(context + [10], 1, kv) for kv in caches]), 2)
     caches.clear()  # free the target's memory before the draft loads
     runtime.reset()
 
@@ -98,6 +99,7 @@ def probe_host(target_name: str, draft_name: str, backend: str, dtype: str, exit
         exit_candidates_ms=exit_candidates_ms,
         num_layers=num_layers,
         batch_factor={1: 1.0, 4: batch4 / forward_ms[5]},
+        decode_batch_factor={1: 1.0, 4: decode4 / forward_ms[1]},
         draft_ms_per_token=draft_ms,
         draft_prefill_ms_per_token=draft_prefill_ms,
         message_overhead_ms=overhead_ms,

@@ -125,7 +125,7 @@ class TraceCloud:
             cost = profile.forward_s(len(job.block.tokens) + 1, exits, candidates=self._candidates(trace))
             singles.append(cost)
             results.append((trace, position, job))
-        total = profile.batch_s(singles) if len(jobs) > 1 else singles[0]
+        total = profile.batch_s(singles, decodes=all(job.kind == "decode" for job in jobs)) if len(jobs) > 1 else singles[0]
         return [self._verify(*r, total) if isinstance(r, tuple) else r for r in results], total
 
     def _verify(self, trace: Trace, position: int, job: CloudJob, forward_s: float) -> VerifyResult:
