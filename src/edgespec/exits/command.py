@@ -223,8 +223,10 @@ def run_eval_exits(args: argparse.Namespace) -> int:
                 for mode, choice in by_mode.items()
             }
         else:
+            # Over the verdicts the exit can stream (a candidate exit: its rejections only).
             thresholds = {
-                layer: pick_threshold(result["confidence"], result["correct"], args.min_precision, args.min_count) for layer, result in calibration.items()
+                layer: pick_threshold(result["confidence"][result["streams"]], result["correct"][result["streams"]], args.min_precision, args.min_count)
+                for layer, result in calibration.items()
             }
             report["calibration_rule"] = calibration_rule(args.min_precision, args.min_count)
         tables["calibration (held-out ShareGPT)"] = summarize(calibration, thresholds)
