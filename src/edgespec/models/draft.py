@@ -33,6 +33,7 @@ EXIT_CANDIDATES = 8
 def top_candidates(logits: torch.Tensor, token: int, count: int = EXIT_CANDIDATES) -> torch.Tensor:
     """``token`` (the drafted one: argmax, whatever order topk gives ties) then the draft's next
     likeliest ids, ``count`` in all (int64)."""
+    count = min(count, logits.numel())
     top = torch.topk(logits, count).indices
     others = top[top != token][: count - 1]
     return torch.cat([torch.tensor([token], dtype=torch.long), others.long()])
