@@ -75,7 +75,8 @@ def probe_host(target_name: str, draft_name: str, backend: str, dtype: str, exit
         hidden = torch.randn(5, int(loaded.model.config.hidden_size), dtype=next(loaded.model.parameters()).dtype)
         ids = torch.randint(0, runtime.vocab_size, (4, 8))
         layer = exits.layers[0]
-        exit_candidates_ms = 1000 * _median_s(lambda: runtime.exit_candidate_logits(layer, hidden, ids), 5)
+        with torch.inference_mode():  # as the server's forward hook runs it
+            exit_candidates_ms = 1000 * _median_s(lambda: runtime.exit_candidate_logits(layer, hidden, ids), 5)
         runtime.detach_exits()
     caches = [runtime.new_cache() for _ in range(4)]
     for kv in caches:
