@@ -136,6 +136,7 @@ class RoundDriver:
     def _start_draft(self, action: core.Draft) -> None:
         stop = threading.Event()
         config, now, draft = self.gen.config, self.run.now, self.draft
+        with_candidates = config.wants_early_verdicts(self.gen.mode)
         known = self.gen.provisional_block(action.sequence, action.gamma)
         if known is not None:
             # Re-verifying after an outage: the draft already decided these tokens (and kept its
@@ -147,7 +148,9 @@ class RoundDriver:
 
         def work() -> tuple[DraftBlock, float, float]:
             start = now()
-            block = draft.draft(action.sequence, action.gamma, config.sampling, seed=config.seed + DRAFT_SEED_OFFSET, should_stop=stop.is_set)
+            block = draft.draft(
+                action.sequence, action.gamma, config.sampling, seed=config.seed + DRAFT_SEED_OFFSET, should_stop=stop.is_set, candidates=with_candidates
+            )
             return block, start, now()
 
         future = asyncio.get_running_loop().run_in_executor(self.draft_thread, work)

@@ -303,7 +303,7 @@ def record_rounds(
             rows: dict[str, list[torch.Tensor]] = {}
             # The rounds are the engine's own (the round core, sd mode); the tap reads each verify.
             cloud = _RecordingCloud(target, tap, layers, gamma, rows, guesser)
-            (result,) = World(cloud).run([ClientSpec(list(prompt), Mode.SD, config, RealEdge(draft, GREEDY, 0), eos_ids=config.eos_ids)])
+            (result,) = World(cloud).run([ClientSpec(list(prompt), Mode.SD, config, RealEdge(draft, GREEDY, 0, candidates=True), eos_ids=config.eos_ids)])
             produced = len(result.tokens)
             tensors = {name: torch.stack(parts) for name, parts in rows.items()}  # [rounds, gamma+1, ...]
             path = directory / f"shard-{index:05d}.safetensors"

@@ -78,22 +78,26 @@ class DraftRuntime:
         params: SamplingParams,
         seed: int = 0,
         should_stop: Callable[[], bool] | None = None,
+        candidates: bool = False,
     ) -> DraftBlock:
         """Draft up to ``gamma`` tokens after ``sequence``. ``should_stop`` is polled between
-        steps so a pre-draft whose premise was just disproved stops early (a shorter block)."""
+        steps so a pre-draft whose premise was just disproved stops early (a shorter block).
+        ``candidates`` (greedy): also keep each step's top ids, for the server's candidate-id
+        exits (only worth it when the session asked for early verdicts)."""
         if gamma < 1:
             raise ValueError(f"gamma must be >= 1, got {gamma}")
         pending = self._sync(sequence)
         tokens: list[int] = []
         probs: list[torch.Tensor] = []
-        candidates: list[torch.Tensor] = []
+        top_ids: list[torch.Tensor] = []
         for step in range(gamma):
             if step > 0 and should_stop is not None and should_stop():
                 break
             logits = self._feed(pending)
             if params.greedy:
                 token = int(torch.argmax(logits))
-                candidates.append(top_candidates(logits, token))
+                if candidates:
+                    top_ids.append(top_candidates(logits, token))
             else:
                 distribution = restrict_support(logits_to_probs(logits, params), DRAFT_SUPPORT)
                 token = sample_with_uniform(distribution, position_uniform(seed, len(sequence) + step))
@@ -101,7 +105,7 @@ class DraftRuntime:
             tokens.append(token)
             pending = [token]
         # The last drafted token stays unfed: it is only worth feeding if the target accepts it.
-        return DraftBlock(tokens=tokens, probs=torch.stack(probs) if probs else None, candidates=torch.stack(candidates) if candidates else None)
+        return DraftBlock(tokens=tokens, probs=torch.stack(probs) if probs else None, candidates=torch.stack(top_ids) if top_ids else None)
 
     @torch.inference_mode()
     def next_token_logits(self, sequence: Sequence[int]) -> torch.Tensor:

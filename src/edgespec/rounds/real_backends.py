@@ -18,14 +18,15 @@ from edgespec.rounds.world import CloudJob, VerifyResult
 
 
 class RealEdge:
-    def __init__(self, draft: DraftRuntime, sampling: SamplingParams, seed: int) -> None:
+    def __init__(self, draft: DraftRuntime, sampling: SamplingParams, seed: int, candidates: bool = False) -> None:
         self.runtime = draft
         self.sampling = sampling
         self.seed = seed + DRAFT_SEED_OFFSET
+        self.candidates = candidates  # keep the draft's top ids per token, for candidate-id exits
 
     def draft(self, sequence: Sequence[int], gamma: int) -> tuple[DraftBlock, float]:
         start = time.perf_counter()
-        block = self.runtime.draft(sequence, gamma, self.sampling, seed=self.seed)
+        block = self.runtime.draft(sequence, gamma, self.sampling, seed=self.seed, candidates=self.candidates)
         return block, time.perf_counter() - start
 
 
