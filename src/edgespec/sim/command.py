@@ -210,10 +210,11 @@ def run_simulate(args: argparse.Namespace) -> int:
     with (out / "results.jsonl").open("w") as sink:
         for record in records:
             sink.write(json.dumps(record) + "\n")
-    # The co-located comparison reads the first link's sweep points (simulated here when no sweep ran).
-    first = first_link_points if first_link_points is not None else clients_sweep(
-        traces, hardware, link_for(PROFILES[links[0]], hardware), links[0], config.modes, counts, config
-    )
+    # The co-located comparison reads the first link's sweep points (simulated here only when no
+    # sweep ran and there is a cloud-sd to compare with).
+    first = first_link_points or {}
+    if not first and "cloud-sd" in config.modes and hardware.server_draft_ms_per_token is not None:
+        first = clients_sweep(traces, hardware, link_for(PROFILES[links[0]], hardware), links[0], config.modes, counts, config)
     summary["colocated"] = colocated_comparison(first, hardware, links[0], config.modes, config)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     report = render_markdown(summary, command).replace("# edgespec benchmark", f"# edgespec simulation ({hardware.name}: {hardware.source})")
