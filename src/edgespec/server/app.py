@@ -84,7 +84,10 @@ async def serve(
     ready: asyncio.Event | None = None,
     cloud_draft: CloudDraft | None = None,
 ) -> None:
-    service = VerifierService(TargetRuntime(model, exits), tokenizer, eos_ids, target_name, config.limits, config.admission, cloud_draft, config.prefix_cache_tokens, config.exit_candidates)  # type: ignore[arg-type]
+    service = VerifierService(
+        TargetRuntime(model, exits), tokenizer, eos_ids, target_name, config.limits, config.admission,  # type: ignore[arg-type]
+        cloud_draft=cloud_draft, prefix_cache_tokens=config.prefix_cache_tokens, exit_candidates=config.exit_candidates,
+    )
     worst_case = kv_bytes_per_token(model) * config.admission.max_sessions * (config.limits.max_prompt_tokens + config.limits.max_new_tokens)  # type: ignore[arg-type]
     logger.info(
         "admission: %d sessions, %d queued rounds, batches of up to %d rows and %d padded token-rows, prefill chunks of %s; "
