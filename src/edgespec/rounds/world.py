@@ -217,15 +217,25 @@ class _Session:
         self.unsent: list[core.SendBlock] = []  # blocks drafted before the session opened
         self.t0 = spec.start_s
         self.done = False
+        self._arrivals: dict[str, float] = {}  # the last message's arrival, per direction
 
     # the edge's clock: seconds since this client started
     def _t(self) -> float:
         return self.events.now - self.t0
 
     def _to_server(self, nbytes: int, action: Callable[[], None]) -> None:
-        self.events.at(self.events.now + self.spec.link.delay(nbytes), action)
+        self._deliver("up", nbytes, action)
 
-    _to_client = _to_server  # one link model, the same delay both ways
+    def _to_client(self, nbytes: int, action: Callable[[], None]) -> None:
+        self._deliver("down", nbytes, action)
+
+    def _deliver(self, direction: str, nbytes: int, action: Callable[[], None]) -> None:
+        # One ordered stream each way, as gRPC over TCP: a small message sent right after a
+        # large one does not overtake it (a pipelined branch never reaches the server before
+        # the block it assumes a verdict of).
+        at = max(self.events.now + self.spec.link.delay(nbytes), self._arrivals.get(direction, 0.0))
+        self._arrivals[direction] = at
+        self.events.at(at, action)
 
     def start(self) -> None:
         link = self.spec.link
