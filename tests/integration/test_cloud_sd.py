@@ -173,7 +173,8 @@ def test_cloud_sd_replay_is_exact_and_charges_the_draft_to_the_verifier() -> Non
     gamma = 4
     profile = HardwareProfile(name="test", forward_ms={1: 10.0, 5: 12.0}, prefill_ms_per_token=0.5, draft_ms_per_token=3.0,
                               server_draft_ms_per_token=2.0, server_draft_prefill_ms_per_token=0.0)
-    config = SimConfig(modes=("cloud-sd",), max_new_tokens=NEW_TOKENS, gamma=gamma)
+    # The server drafts full blocks: the edge too here, so their rounds compare one to one.
+    config = SimConfig(modes=("cloud-sd",), max_new_tokens=NEW_TOKENS, gamma=gamma, draft_stop=0.0)
     (colocated,) = run_mode([trace], Mode.CLOUD_SD, profile, Link(one_way_s=0.02), config)
     (edge,) = run_mode([trace], Mode.SD, profile, Link(one_way_s=0.02), config)
     real = LocalEngine(TargetRuntime(target), DraftRuntime(draft)).generate(PROMPT, Mode.CLOUD_SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=gamma))
@@ -185,7 +186,7 @@ def test_cloud_sd_replay_is_exact_and_charges_the_draft_to_the_verifier() -> Non
     assert stats["server_verify_s"] == pytest.approx(edge["stats"]["server_verify_s"] + stats["server_draft_s"])
     assert colocated["verifier_busy_s"] == pytest.approx(edge["verifier_busy_s"] + stats["server_draft_s"])
     modes = ("cloud-ar", "sd", "cloud-sd")
-    sweep = clients_sweep([trace], profile, link_for(PROFILES["lan"], profile), "lan", modes, (1, 3), SimConfig(modes=modes, max_new_tokens=NEW_TOKENS, gamma=gamma))
+    sweep = clients_sweep([trace], profile, link_for(PROFILES["lan"], profile), "lan", modes, (1, 3), config)
     comparison = colocated_comparison(sweep, profile, "lan", modes, config)
     assert comparison["predicted_factor"] == pytest.approx(1 + gamma * 2.0 / 12.0)
     one = comparison["points"]["1"]

@@ -77,7 +77,8 @@ def test_every_lossless_mode_stops_right_after_eos_like_generate(
 ) -> None:
     address, eos, expected = eos_server
     # The caller's own EOS set is empty: the server's (sent in Opened) must be the one obeyed.
-    config = GenerationConfig(early_verdicts=True, max_new_tokens=HORIZON, gamma=gamma)
+    # Full blocks (no confidence stop), so a block can run past EOS.
+    config = GenerationConfig(early_verdicts=True, max_new_tokens=HORIZON, gamma=gamma, draft_stop=0.0)
     result = EdgeClient(address, DraftRuntime(draft_model(draft))).generate(PROMPT, mode, config)
     assert result.tokens == expected
     assert result.stats.finish_reason in ("eos", "done")

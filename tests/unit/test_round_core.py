@@ -269,3 +269,73 @@ def test_the_guess_gate_guesses_whenever_a_wrong_guess_costs_nothing() -> None:
     for _ in range(10):  # every token accepted: a long guess is worth its risk
         gate.observe_round(4, 4, draft_s=0.16, wait_s=0.4, first=False)
     assert gate.worth_it(4, 11)
+
+
+def test_runner_up_verdicts_go_likeliest_rejection_first() -> None:
+    from edgespec.rounds.client import _runner_up_verdicts
+
+    # Rejection at w ≈ c_0 ⋯ c_(w-1) · (1 − c_w): 0.1, 0.9·0.5 = 0.45, 0.45·0.8 = 0.36.
+    block = DraftBlock([7, 8, 9], confidence=[0.9, 0.5, 0.2], runner_up=[17, 18, 9])
+    # Position 2's runner-up is its own token (a one-id vocabulary): no branch there.
+    assert _runner_up_verdicts(block) == [Verdict(1, 18), Verdict(0, 17)]
+
+
+def test_runner_up_branches_follow_the_guess_and_a_right_one_is_used() -> None:
+    client = rounds(Mode.SD_EE_PIPELINED, gamma=3, max_new_tokens=30, branches=3)
+    (draft,) = client.start()
+    block = DraftBlock([7, 8, 9], confidence=[0.95, 0.3, 0.9], runner_up=[17, 18, 19])
+    send, guess, first, second = client.drafted(draft.id, block, 0, 0.1)
+    assert send.block.tokens == [7, 8, 9] and send.assumes is None
+    # The guess drafts first (from the block's end), then the runner-ups, likeliest first.
+    assert guess.sequence == PROMPT + [7, 8, 9] and guess.min_tokens == 2
+    assert first.sequence == PROMPT + [7, 18] and first.gamma == 3 and first.min_tokens == 1
+    assert second.sequence == PROMPT + [17]  # then the rejection at 0 (0.05), before the one at 2 (0.03)
+    (ship,) = client.drafted(first.id, DraftBlock([30, 31, 32]), 0.1, 0.2)
+    assert ship.round == 1 and ship.assumes == (0, Verdict(1, 18)) and ship.block.tokens == [30, 31, 32]
+    actions = client.final(0, Verdict(1, 18), False, False, 0.3, 0.4)
+    # The runner-up was right: it is at the server already; the others stop; its own guess starts.
+    assert kinds(actions) == ["Commit", "CancelDraft", "CancelDraft", "Draft"]
+    assert {a.id for a in actions[1:3]} == {guess.id, second.id}
+    assert actions[3].sequence == PROMPT + [7, 18, 30, 31, 32]
+    assert client.gen.stats.hits_by_source == {"runner-up": 1}
+
+
+def test_runner_up_branches_need_branches_beyond_the_guess_and_the_switch() -> None:
+    block = DraftBlock([7, 8], confidence=[0.4, 0.9], runner_up=[17, 18])
+    for config in ({"branches": 1}, {"runner_up": False}):
+        client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=30, **config)
+        (draft,) = client.start()
+        assert kinds(client.drafted(draft.id, block, 0, 0.1)) == ["SendBlock", "Draft"]  # the guess alone
+    assert not GenerationConfig(branches=1).wants_alternatives(Mode.SD_EE_PIPELINED)
+    assert not GenerationConfig().wants_alternatives(Mode.SD)
+    assert GenerationConfig().wants_alternatives(Mode.SD_EE_PREDRAFT)
+
+
+def test_the_gate_drops_runner_ups_that_are_never_right_and_cannot_finish() -> None:
+    from edgespec.rounds.client import _GuessGate
+
+    gate = _GuessGate()
+    for first in (True, False, False):
+        gate.observe_round(4, 4, draft_s=0.16, wait_s=0.4, first=first)
+    # 4 tokens at 40 ms behind a 5-token guess: done at 360 ms, before the verdict (400 ms).
+    assert gate.pays(gate.runner_up_rate(0), 5, 4)
+    # Behind 10 queued tokens it could not start before the verdict: it saves nothing.
+    assert not gate.pays(1.0, 10, 4)
+    for _ in range(10):
+        gate.observe_runner_ups([False, False])
+    assert gate.runner_up_rate(0) < 0.15
+    # Still drafting at the verdict and never right: not worth the step it delays.
+    assert not gate.pays(gate.runner_up_rate(0), 8, 4)
+
+
+def test_runner_ups_leave_a_branch_free_for_early_verdicts() -> None:
+    block = DraftBlock([7, 8], confidence=[0.3, 0.9], runner_up=[17, 18])
+    client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=30, branches=2, early_verdicts=True)
+    (draft,) = client.start()
+    _, guess = client.drafted(draft.id, block, 0, 0.1)  # the guess only: the other branch is the exits'
+    client.drafted(guess.id, DraftBlock([6, 10, 11]), 0.1, 0.2)
+    (exit_branch,) = client.early(0, 21, Verdict(1, 4), 0.25)
+    assert exit_branch.sequence == PROMPT + [7, 4]
+    client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=30, branches=3, early_verdicts=True)
+    (draft,) = client.start()
+    assert kinds(client.drafted(draft.id, block, 0, 0.1)) == ["SendBlock", "Draft", "Draft"]

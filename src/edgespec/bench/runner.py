@@ -41,6 +41,8 @@ class BenchConfig:
     adaptive_gamma: bool = False
     branches: int = 2
     guess_verdict: bool = True
+    runner_up: bool = True
+    draft_stop: float = 0.4
     early_verdicts: str = "auto"
     max_gamma: int = 8
     dtype: str = "auto"
@@ -114,6 +116,8 @@ def build_jobs(config: BenchConfig, tokenizer: Any) -> list[dict[str, Any]]:
                         "adaptive_gamma": config.adaptive_gamma,
                         "branches": config.branches,
                         "guess_verdict": config.guess_verdict,
+                        "runner_up": config.runner_up,
+                        "draft_stop": config.draft_stop,
                         "early_verdicts": config.early_verdicts,
                         "max_gamma": config.max_gamma,
                         **{f"extra_{k}": v for k, v in record.extra.items()},

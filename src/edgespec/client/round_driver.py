@@ -137,6 +137,7 @@ class RoundDriver:
         stop = threading.Event()
         config, now, draft = self.gen.config, self.run.now, self.draft
         with_candidates = config.wants_early_verdicts(self.gen.mode)
+        with_alternatives = config.wants_alternatives(self.gen.mode)
         known = self.gen.provisional_block(action.sequence, action.gamma)
         if known is not None:
             # Re-verifying after an outage: the draft already decided these tokens (and kept its
@@ -148,8 +149,11 @@ class RoundDriver:
 
         def work() -> tuple[DraftBlock, float, float]:
             start = now()
+            if stop.is_set():  # cancelled while it waited behind another draft: not one step for it
+                return DraftBlock([]), start, start
             block = draft.draft(
-                action.sequence, action.gamma, config.sampling, seed=config.seed + DRAFT_SEED_OFFSET, should_stop=stop.is_set, candidates=with_candidates
+                action.sequence, action.gamma, config.sampling, seed=config.seed + DRAFT_SEED_OFFSET, should_stop=stop.is_set,
+                candidates=with_candidates, alternatives=with_alternatives, stop_below=config.draft_stop_below(), min_tokens=action.min_tokens,
             )
             return block, start, now()
 

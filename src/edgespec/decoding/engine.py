@@ -64,7 +64,11 @@ class LocalEngine:
             self.draft.reset()
         if mode is Mode.EDGE_ONLY:
             return self._edge_only(prompt_ids, config, on_commit or (lambda tokens: None))
-        edge = RealEdge(self.draft, config.sampling, config.seed, config.wants_early_verdicts(mode)) if self.draft is not None and mode.uses_draft else None
+        edge = (
+            RealEdge(self.draft, config.sampling, config.seed, config.wants_early_verdicts(mode), config.wants_alternatives(mode), config.draft_stop_below())
+            if self.draft is not None and mode.uses_draft
+            else None
+        )
         spec = ClientSpec(list(prompt_ids), mode, config, edge, self.link, eos_ids=config.eos_ids, on_commit=on_commit)
         # cloud-sd: the same draft model, but the server's: it drafts on the verifier's clock.
         cloud = RealCloud(self.target, draft=self.draft if mode.server_drafts else None, exit_candidates=self.exit_candidates)

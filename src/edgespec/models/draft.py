@@ -39,6 +39,15 @@ def top_candidates(logits: torch.Tensor, token: int, count: int = EXIT_CANDIDATE
     return torch.cat([torch.tensor([token], dtype=torch.long), others.long()])
 
 
+def confidence_and_runner_up(logits: torch.Tensor, token: int) -> tuple[float, int]:
+    """The probability the draft gives ``token`` (its argmax) and its next likeliest id."""
+    top = torch.topk(logits, min(2, logits.numel()))
+    ids = top.indices.tolist()
+    second = next((i for i in ids if i != token), token)
+    sure = float(torch.exp(logits[token] - torch.logsumexp(logits, dim=0)))
+    return sure, int(second)
+
+
 @dataclass(frozen=True)
 class DraftBlock:
     tokens: list[int]
@@ -47,6 +56,11 @@ class DraftBlock:
     # Greedy: [gamma, k] int64, the draft's top-k ids at each drafted position, its own token
     # first: the only ids a candidate-id exit scores (None: not recorded).
     candidates: torch.Tensor | None = None
+    # Greedy: per drafted position, the draft's probability of its own token and its runner-up
+    # id: where the block is likeliest to be rejected and with which correction, for the
+    # pre-draft modes' runner-up branches (None: not recorded). Never sent to the server.
+    confidence: list[float] | None = None
+    runner_up: list[int] | None = None
 
 
 class DraftRuntime:
@@ -79,17 +93,26 @@ class DraftRuntime:
         seed: int = 0,
         should_stop: Callable[[], bool] | None = None,
         candidates: bool = False,
+        alternatives: bool = False,
+        stop_below: float = 0.0,
+        min_tokens: int = 1,
     ) -> DraftBlock:
         """Draft up to ``gamma`` tokens after ``sequence``. ``should_stop`` is polled between
         steps so a pre-draft whose premise was just disproved stops early (a shorter block).
         ``candidates`` (greedy): also keep each step's top ids, for the server's candidate-id
-        exits (only worth it when the session asked for early verdicts)."""
+        exits (only worth it when the session asked for early verdicts). ``alternatives``
+        (greedy): also keep each step's confidence and runner-up (``DraftBlock.runner_up``).
+        ``stop_below`` (greedy): end the block after a token the draft gives less probability than
+        this (the target is likely to reject it, and what follows it is likelier wasted), once it
+        has ``min_tokens``."""
         if gamma < 1:
             raise ValueError(f"gamma must be >= 1, got {gamma}")
         pending = self._sync(sequence)
         tokens: list[int] = []
         probs: list[torch.Tensor] = []
         top_ids: list[torch.Tensor] = []
+        confidence: list[float] = []
+        runner_up: list[int] = []
         for step in range(gamma):
             if step > 0 and should_stop is not None and should_stop():
                 break
@@ -98,6 +121,14 @@ class DraftRuntime:
                 token = int(torch.argmax(logits))
                 if candidates:
                     top_ids.append(top_candidates(logits, token))
+                if alternatives or stop_below > 0:
+                    sure, second = confidence_and_runner_up(logits, token)
+                    if alternatives:
+                        confidence.append(sure)
+                        runner_up.append(second)
+                    if sure < stop_below and step + 1 >= min_tokens:
+                        tokens.append(token)
+                        break
             else:
                 distribution = restrict_support(logits_to_probs(logits, params), DRAFT_SUPPORT)
                 token = sample_with_uniform(distribution, position_uniform(seed, len(sequence) + step))
@@ -105,7 +136,13 @@ class DraftRuntime:
             tokens.append(token)
             pending = [token]
         # The last drafted token stays unfed: it is only worth feeding if the target accepts it.
-        return DraftBlock(tokens=tokens, probs=torch.stack(probs) if probs else None, candidates=torch.stack(top_ids) if top_ids else None)
+        return DraftBlock(
+            tokens=tokens,
+            probs=torch.stack(probs) if probs else None,
+            candidates=torch.stack(top_ids) if top_ids else None,
+            confidence=confidence or None,
+            runner_up=runner_up or None,
+        )
 
     @torch.inference_mode()
     def next_token_logits(self, sequence: Sequence[int]) -> torch.Tensor:

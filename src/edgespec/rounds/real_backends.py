@@ -18,15 +18,22 @@ from edgespec.rounds.world import CloudJob, VerifyResult
 
 
 class RealEdge:
-    def __init__(self, draft: DraftRuntime, sampling: SamplingParams, seed: int, candidates: bool = False) -> None:
+    def __init__(
+        self, draft: DraftRuntime, sampling: SamplingParams, seed: int, candidates: bool = False, alternatives: bool = False, stop_below: float = 0.0
+    ) -> None:
         self.runtime = draft
         self.sampling = sampling
         self.seed = seed + DRAFT_SEED_OFFSET
         self.candidates = candidates  # keep the draft's top ids per token, for candidate-id exits
+        self.alternatives = alternatives  # keep each token's confidence and runner-up, for runner-up branches
+        self.stop_below = stop_below  # end a block after a token the draft is less sure of
 
-    def draft(self, sequence: Sequence[int], gamma: int) -> tuple[DraftBlock, float]:
+    def draft(self, sequence: Sequence[int], gamma: int, min_tokens: int = 1) -> tuple[DraftBlock, float]:
         start = time.perf_counter()
-        block = self.runtime.draft(sequence, gamma, self.sampling, seed=self.seed, candidates=self.candidates)
+        block = self.runtime.draft(
+            sequence, gamma, self.sampling, seed=self.seed, candidates=self.candidates, alternatives=self.alternatives, stop_below=self.stop_below,
+            min_tokens=min_tokens,
+        )
         return block, time.perf_counter() - start
 
 

@@ -69,8 +69,8 @@ class VerifyResult:
 
 
 class EdgeBackend(Protocol):
-    def draft(self, sequence: Sequence[int], gamma: int) -> tuple[DraftBlock, float]:
-        """The block and the seconds it cost."""
+    def draft(self, sequence: Sequence[int], gamma: int, min_tokens: int = 1) -> tuple[DraftBlock, float]:
+        """The block (at least ``min_tokens`` long, whatever a confidence stop says) and the seconds it cost."""
 
 
 class CloudBackend(Protocol):
@@ -173,7 +173,7 @@ class _Edge:
             self._running = None
             return
         draft, done = self._queue.pop(0)
-        block, cost = self.backend.draft(draft.sequence, draft.gamma)
+        block, cost = self.backend.draft(draft.sequence, draft.gamma, draft.min_tokens)
         start = self.events.now
         running = {"draft": draft, "done": done, "block": block, "cost": cost, "start": start, "end": start + cost, "cancelled": False, "over": False}
         self._running = running

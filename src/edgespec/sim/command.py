@@ -52,6 +52,8 @@ def add_sim_parsers(subparsers: Any) -> None:
     sim.add_argument("--branches", type=int, default=2, help="pre-draft modes: branches per round, each on one assumed verdict")
     sim.add_argument("--early-verdicts", choices=["auto", "on", "off"], default="auto", help="pre-draft modes: ask the server to run its exits (auto: only where nothing else gives a verdict to pre-draft on)")
     sim.add_argument("--no-guess", action="store_true", help="pre-draft modes: pre-draft on early verdicts only (the paper's method), not on the draft's own guess at send time")
+    sim.add_argument("--no-runner-up", action="store_true", help="pre-draft modes: no runner-up branches (a rejection where the draft was least sure, corrected to its runner-up): the guess and exits only")
+    sim.add_argument("--draft-stop", type=float, default=0.4, help="greedy: end a block after a token the draft gives less than this probability (a dynamic draft length; 0: always the full gamma)")
     sim.add_argument(
         "--exit-vocab", choices=("candidates", "full"), default="candidates",
         help="what the traces' exits score, as `serve --exit-vocab`: the draft's top-8 ids per token (default) or the whole vocabulary",
@@ -159,7 +161,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     config = SimConfig(
         modes=modes, max_new_tokens=args.max_new_tokens, gamma=args.gamma,
         adaptive_gamma=args.adaptive_gamma, max_gamma=args.max_gamma, clients=counts[-1], max_batch=args.max_batch,
-        branches=args.branches, guess_verdict=not args.no_guess, early_verdicts=args.early_verdicts,
+        branches=args.branches, guess_verdict=not args.no_guess, runner_up=not args.no_runner_up, draft_stop=args.draft_stop, early_verdicts=args.early_verdicts,
         exit_oracle=ExitOracle.parse(args.exit_oracle) if args.exit_oracle else None,
         exit_candidates=args.exit_vocab == "candidates",
     )

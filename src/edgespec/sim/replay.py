@@ -24,28 +24,44 @@ UNKNOWN = -1
 class TraceEdge:
     """The draft, as the trace says it drafts along the target's continuation."""
 
-    def __init__(self, trace: Trace, profile: HardwareProfile) -> None:
+    def __init__(self, trace: Trace, profile: HardwareProfile, stop_below: float = 0.0) -> None:
         self.trace = trace
         self.profile = profile
+        self.stop_below = stop_below  # as DraftRuntime.draft: end the block after a token less sure than this
         self._cached: list[int] = []  # what the draft's KV cache holds (a rollback keeps the common prefix)
 
-    def draft(self, sequence: Sequence[int], gamma: int) -> tuple[DraftBlock, float]:
+    def draft(self, sequence: Sequence[int], gamma: int, min_tokens: int = 1) -> tuple[DraftBlock, float]:
         trace = self.trace
         start = len(trace.prompt_ids)
         position = len(sequence) - start
         known = list(sequence[:start]) == trace.prompt_ids and list(sequence[start:]) == trace.continuation[:position]
         tokens: list[int] = []
+        confidence: list[float] = []
+        runner_up: list[int] = []
         for step in range(gamma):
             index = position + step
             on_track = known and index < len(trace.draft_argmax) and all(
                 t == c for t, c in zip(tokens, trace.continuation[position:])
             )
-            tokens.append(trace.draft_argmax[index] if on_track else UNKNOWN - step)
+            if on_track:
+                tokens.append(trace.draft_argmax[index])
+                top_ids, top_probs = trace.draft_topk_ids[index], trace.draft_topk_probs[index]
+                runner_up.append(next(i for i in top_ids if i != tokens[-1]))
+                confidence.append(top_probs[0])
+            else:
+                # Past its first disagreement the trace does not know the draft's distribution:
+                # its confidence is taken as the one along the target's text (a proxy), its
+                # runner-up as an id never right (any branch assuming these tokens is a miss anyway).
+                tokens.append(UNKNOWN - step)
+                runner_up.append(UNKNOWN - gamma - step)
+                confidence.append(trace.draft_topk_probs[index][0] if known and index < len(trace.draft_topk_probs) else 0.5)
+            if confidence[-1] < self.stop_below and step + 1 >= min_tokens:
+                break
         common = valid_prefix(self._cached, sequence)  # the same rollback as the real cache
         # As DraftRuntime: feed what the cache lacks, then one token per step; the last drafted
         # token stays unfed.
         self._cached = list(sequence) + tokens[:-1]
-        return DraftBlock(tokens), self.profile.draft_s(gamma, len(sequence) - common)
+        return DraftBlock(tokens, confidence=confidence, runner_up=runner_up), self.profile.draft_s(len(tokens), len(sequence) - common)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ class SimConfig:
     max_gamma: int = 8
     branches: int = 2
     guess_verdict: bool = True
+    runner_up: bool = True
+    draft_stop: float = 0.4
     early_verdicts: str = "auto"
     clients: int = 1
     max_batch: int = 32
@@ -40,7 +42,7 @@ class SimConfig:
         return GenerationConfig(
             max_new_tokens=self.max_new_tokens, gamma=self.gamma, eos_ids=eos_ids,
             adaptive_gamma=self.adaptive_gamma, max_gamma=self.max_gamma,
-            branches=self.branches, guess_verdict=self.guess_verdict,
+            branches=self.branches, guess_verdict=self.guess_verdict, runner_up=self.runner_up, draft_stop=self.draft_stop,
             early_verdicts={"auto": None, "on": True, "off": False}[self.early_verdicts],
         )
 
@@ -67,7 +69,7 @@ def run_mode(traces: Sequence[Trace], mode: Mode, profile: HardwareProfile, link
         chosen = [group[i % len(group)] for i in range(config.clients)] if config.clients > 1 else group
         cloud = TraceCloud(dict(enumerate(chosen)), profile, config.exit_oracle, config.exit_candidates)
         specs = [
-            ClientSpec(t.prompt_ids, mode, config.generation(_eos(t)), TraceEdge(t, profile) if mode.uses_draft else None, link, eos_ids=_eos(t))
+            ClientSpec(t.prompt_ids, mode, config.generation(_eos(t)), TraceEdge(t, profile, config.draft_stop) if mode.uses_draft else None, link, eos_ids=_eos(t))
             for t in chosen
         ]
         world = World(cloud, config.max_batch)
