@@ -63,7 +63,7 @@ def test_a_block_ends_after_the_first_token_the_draft_is_unsure_of() -> None:
 def test_every_mode_equals_generate_whatever_the_stop(mode: Mode, draft_stop: float) -> None:
     target = tiny_model("qwen2", seed=0)
     engine = LocalEngine(TargetRuntime(target), draft_runtime())
-    result = engine.generate(PROMPT, mode, GenerationConfig(max_new_tokens=24, gamma=4, draft_stop=draft_stop))
+    result = engine.generate(PROMPT, mode, GenerationConfig(max_new_tokens=24, gamma=4, draft_stop=draft_stop, runner_up=True))
     assert result.tokens == greedy_reference(target, PROMPT, 24)
 
 
@@ -88,7 +88,7 @@ def synthetic_trace(length: int = 48, every: int = 3) -> Trace:
 @pytest.mark.parametrize("draft_stop", [0.0, 0.4])
 def test_runner_up_branches_hit_where_the_draft_is_unsure_and_change_no_token(draft_stop: float) -> None:
     trace = synthetic_trace()
-    config = SimConfig(modes=("sd-ee-pipelined",), max_new_tokens=40, gamma=4, draft_stop=draft_stop, branches=2)
+    config = SimConfig(modes=("sd-ee-pipelined",), max_new_tokens=40, gamma=4, draft_stop=draft_stop, branches=2, runner_up=True)
     (record,) = run_mode([trace], Mode.SD_EE_PIPELINED, PROFILE, Link(one_way_s=0.02), config)
     assert record["tokens"] == trace.continuation[:40]
     hits = record["stats"]["hits_by_source"]

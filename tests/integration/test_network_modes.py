@@ -79,6 +79,17 @@ def test_predraft_hits_and_misses_both_happen_and_stay_lossless(served) -> None:
             assert result.stats.misses > 0, "no pre-draft miss"
 
 
+@pytest.mark.parametrize("mode", [Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED], ids=lambda m: m.value)
+@pytest.mark.parametrize("draft_stop", [0.0, 0.3])
+def test_runner_up_branches_and_a_draft_stop_stay_lossless_over_the_network(served, mode: Mode, draft_stop: float) -> None:
+    address, _ = served
+    config = GenerationConfig(max_new_tokens=40, gamma=4, runner_up=True, branches=3, draft_stop=draft_stop)
+    result = client(address).generate(PROMPT, mode, config)
+    assert result.tokens == greedy_reference(target_model(), PROMPT, 40)
+    assert set(result.stats.hits_by_source) <= {"guess", "runner-up", "runner-up 2"}
+    assert result.stats.branches > 0
+
+
 def serve_watched(exit_layers: tuple[int, ...], model: torch.nn.Module | None = None) -> tuple[RunningServer, WatchedService, FirstVerifyHold]:
     """A server whose round-0 verify can be held after the last layer (the exits have spoken,
     the final verdict is not out) until the client's tagged pre-draft for round 1 arrives: like

@@ -154,6 +154,11 @@ def test_simulate_sweep_writes_the_capacity_table_and_picture(tmp_path, capsys) 
     assert main([*common, "--clients", "3,6", "--no-plots", "--slo-tokens-per-s", "1e9", "--out", str(tmp_path / "strict")]) == 0
     strict = json.loads((tmp_path / "strict" / "summary.json").read_text())["capacity"]["wan"]["modes"]
     assert strict["sd"]["capacity"] == 0 and strict["sd"]["vs_cloud-ar"] is None  # nobody meets it
+    # cloud-ar alone: its table, and no speedup map (there is nothing to compare it with).
+    alone = [arg if arg != "cloud-ar,sd" else "cloud-ar" for arg in common]
+    capsys.readouterr()
+    assert main([*alone, "--out", str(tmp_path / "alone")]) == 0
+    assert not (tmp_path / "alone" / "speedup-map.png").exists() and "speedup-map" not in capsys.readouterr().out
 
 
 def test_an_exit_oracle_streams_the_verdict_it_is_told_to_and_changes_no_token() -> None:

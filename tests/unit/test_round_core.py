@@ -281,7 +281,7 @@ def test_runner_up_verdicts_go_likeliest_rejection_first() -> None:
 
 
 def test_runner_up_branches_follow_the_guess_and_a_right_one_is_used() -> None:
-    client = rounds(Mode.SD_EE_PIPELINED, gamma=3, max_new_tokens=30, branches=3)
+    client = rounds(Mode.SD_EE_PIPELINED, gamma=3, max_new_tokens=30, branches=3, runner_up=True)
     (draft,) = client.start()
     block = DraftBlock([7, 8, 9], confidence=[0.95, 0.3, 0.9], runner_up=[17, 18, 19])
     send, guess, first, second = client.drafted(draft.id, block, 0, 0.1)
@@ -302,13 +302,14 @@ def test_runner_up_branches_follow_the_guess_and_a_right_one_is_used() -> None:
 
 def test_runner_up_branches_need_branches_beyond_the_guess_and_the_switch() -> None:
     block = DraftBlock([7, 8], confidence=[0.4, 0.9], runner_up=[17, 18])
-    for config in ({"branches": 1}, {"runner_up": False}):
-        client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=30, **config)
+    for config in ({"branches": 1, "runner_up": True}, {"runner_up": False}):
+        client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=30, **config)  # type: ignore[arg-type]
         (draft,) = client.start()
         assert kinds(client.drafted(draft.id, block, 0, 0.1)) == ["SendBlock", "Draft"]  # the guess alone
-    assert not GenerationConfig(branches=1).wants_alternatives(Mode.SD_EE_PIPELINED)
-    assert not GenerationConfig().wants_alternatives(Mode.SD)
-    assert GenerationConfig().wants_alternatives(Mode.SD_EE_PREDRAFT)
+    assert not GenerationConfig(branches=1, runner_up=True).wants_alternatives(Mode.SD_EE_PIPELINED)
+    assert not GenerationConfig(runner_up=True).wants_alternatives(Mode.SD)
+    assert not GenerationConfig().wants_alternatives(Mode.SD_EE_PREDRAFT)  # off by default
+    assert GenerationConfig(runner_up=True).wants_alternatives(Mode.SD_EE_PREDRAFT)
 
 
 def test_the_gate_drops_runner_ups_that_are_never_right_and_cannot_finish() -> None:
@@ -330,12 +331,12 @@ def test_the_gate_drops_runner_ups_that_are_never_right_and_cannot_finish() -> N
 
 def test_runner_ups_leave_a_branch_free_for_early_verdicts() -> None:
     block = DraftBlock([7, 8], confidence=[0.3, 0.9], runner_up=[17, 18])
-    client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=30, branches=2, early_verdicts=True)
+    client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=30, branches=2, early_verdicts=True, runner_up=True)
     (draft,) = client.start()
     _, guess = client.drafted(draft.id, block, 0, 0.1)  # the guess only: the other branch is the exits'
     client.drafted(guess.id, DraftBlock([6, 10, 11]), 0.1, 0.2)
     (exit_branch,) = client.early(0, 21, Verdict(1, 4), 0.25)
     assert exit_branch.sequence == PROMPT + [7, 4]
-    client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=30, branches=3, early_verdicts=True)
+    client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=30, branches=3, early_verdicts=True, runner_up=True)
     (draft,) = client.start()
     assert kinds(client.drafted(draft.id, block, 0, 0.1)) == ["SendBlock", "Draft", "Draft"]

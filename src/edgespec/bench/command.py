@@ -30,7 +30,7 @@ def add_bench_parser(subparsers: Any) -> None:
     parser.add_argument("--branches", type=int, default=2, help="pre-draft modes: branches per round, each on one assumed verdict")
     parser.add_argument("--early-verdicts", choices=["auto", "on", "off"], default="auto", help="pre-draft modes: ask the server to run its exits (auto: only where nothing else gives a verdict to pre-draft on)")
     parser.add_argument("--no-guess", action="store_true", help="pre-draft modes: pre-draft on early verdicts only (the paper's method), not on the draft's own guess at send time")
-    parser.add_argument("--no-runner-up", action="store_true", help="pre-draft modes: no runner-up branches (a rejection where the draft was least sure, corrected to its runner-up): the guess and exits only")
+    parser.add_argument("--runner-up", action="store_true", help="pre-draft modes: also draft runner-up branches (a rejection where the draft was least sure, corrected to its runner-up) in the branches the guess leaves; pays where the edge has its own memory (README)")
     parser.add_argument("--draft-stop", type=float, default=0.4, help="greedy: end a block after a token the draft gives less than this probability (a dynamic draft length; 0: always the full gamma)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     parser.add_argument(
@@ -78,7 +78,7 @@ def run_bench(args: argparse.Namespace) -> int:
         adaptive_gamma=args.adaptive_gamma,
         branches=args.branches,
         guess_verdict=not args.no_guess,
-        runner_up=not args.no_runner_up,
+        runner_up=args.runner_up,
         draft_stop=args.draft_stop,
         early_verdicts=args.early_verdicts,
         max_gamma=args.max_gamma,

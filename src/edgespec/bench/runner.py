@@ -41,7 +41,7 @@ class BenchConfig:
     adaptive_gamma: bool = False
     branches: int = 2
     guess_verdict: bool = True
-    runner_up: bool = True
+    runner_up: bool = False
     draft_stop: float = 0.4
     early_verdicts: str = "auto"
     max_gamma: int = 8

@@ -36,8 +36,11 @@ class GenerationConfig:
     guess_verdict: bool = True
     # Greedy pre-draft modes: fill the branches the guess leaves with *runner-up* branches, each
     # assuming a rejection where the draft was least sure, corrected to its runner-up token
-    # (taken only while the session's own record says it pays: ``rounds/client.py``).
-    runner_up: bool = True
+    # (taken only while the session's own record says it pays: ``rounds/client.py``). Off by
+    # default: simulated with edge and verifier apart they add ≈ 1 %, but in the benchmark,
+    # where both share one 2-core machine's memory, the extra drafting slowed the verifies it
+    # ran beside by ≈ 15 % (README, "A dynamic draft length and runner-up branches").
+    runner_up: bool = False
     # Greedy: end a block early after a token the draft itself gives less than this probability
     # (0: always draft the full γ). A dynamic draft length: blocks stop where rejection is likely,
     # so fewer drafted tokens are wasted and a whole-block guess is right more often. 0.4 (also

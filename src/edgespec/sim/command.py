@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgespec.bench.metrics import PriceModel
+from edgespec.decoding.modes import Mode
 
 HEATMAP_RTTS_MS = (0, 10, 25, 50, 100, 200)
 HEATMAP_DECODE_MS = (5, 10, 20, 40, 80, 160, 320)
@@ -52,7 +53,7 @@ def add_sim_parsers(subparsers: Any) -> None:
     sim.add_argument("--branches", type=int, default=2, help="pre-draft modes: branches per round, each on one assumed verdict")
     sim.add_argument("--early-verdicts", choices=["auto", "on", "off"], default="auto", help="pre-draft modes: ask the server to run its exits (auto: only where nothing else gives a verdict to pre-draft on)")
     sim.add_argument("--no-guess", action="store_true", help="pre-draft modes: pre-draft on early verdicts only (the paper's method), not on the draft's own guess at send time")
-    sim.add_argument("--no-runner-up", action="store_true", help="pre-draft modes: no runner-up branches (a rejection where the draft was least sure, corrected to its runner-up): the guess and exits only")
+    sim.add_argument("--runner-up", action="store_true", help="pre-draft modes: also draft runner-up branches (a rejection where the draft was least sure, corrected to its runner-up) in the branches the guess leaves; pays where the edge has its own memory (README)")
     sim.add_argument("--draft-stop", type=float, default=0.4, help="greedy: end a block after a token the draft gives less than this probability (a dynamic draft length; 0: always the full gamma)")
     sim.add_argument(
         "--exit-vocab", choices=("candidates", "full"), default="candidates",
@@ -161,7 +162,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     config = SimConfig(
         modes=modes, max_new_tokens=args.max_new_tokens, gamma=args.gamma,
         adaptive_gamma=args.adaptive_gamma, max_gamma=args.max_gamma, clients=counts[-1], max_batch=args.max_batch,
-        branches=args.branches, guess_verdict=not args.no_guess, runner_up=not args.no_runner_up, draft_stop=args.draft_stop, early_verdicts=args.early_verdicts,
+        branches=args.branches, guess_verdict=not args.no_guess, runner_up=args.runner_up, draft_stop=args.draft_stop, early_verdicts=args.early_verdicts,
         exit_oracle=ExitOracle.parse(args.exit_oracle) if args.exit_oracle else None,
         exit_candidates=args.exit_vocab == "candidates",
     )
@@ -183,6 +184,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         "hardware": hardware.__dict__, "simulated": True,
     }
     capacity_report = ""
+    pictures: list[str] = []  # the PNGs this run wrote
     first_link_points = None
     if len(counts) > 1:
         summary["sweep"], summary["capacity"] = {}, {}
@@ -205,10 +207,13 @@ def run_simulate(args: argparse.Namespace) -> int:
             if not args.no_plots:
                 suffix = "" if name == links[0] else f"-{name}"
                 plot_capacity(points, slo, f"simulated, {hardware.name}, {name}", out / f"clients{suffix}.png")
-    if not args.no_plots:
+                pictures.append(f"clients{suffix}.png")
+    # The map shows each other mode against cloud-ar: with cloud-ar alone there is nothing to draw.
+    if not args.no_plots and any(Mode.parse(m) is not Mode.CLOUD_AR for m in config.modes):
         grid = speedup_grid(traces, hardware, config.modes, HEATMAP_RTTS_MS, HEATMAP_DECODE_MS, SimConfig(**{**config.__dict__, "clients": 1}))
         summary["speedup_map"] = {"rtt_ms": HEATMAP_RTTS_MS, "decode_ms": HEATMAP_DECODE_MS, "speedup": grid}
         plot_speedup_map(grid, HEATMAP_RTTS_MS, HEATMAP_DECODE_MS, f"simulated on {hardware.name} costs, scaled to each decode time", out / "speedup-map.png")
+        pictures.append("speedup-map.png")
     with (out / "results.jsonl").open("w") as sink:
         for record in records:
             sink.write(json.dumps(record) + "\n")
@@ -228,7 +233,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out / "report.md").write_text(report)
     print(report)
-    print(f"wrote {out}/summary.json, report.md, results.jsonl" + ("" if args.no_plots else ", speedup-map.png" + (", clients.png (capacity)" if len(counts) > 1 else "")))
+    print(f"wrote {out}/summary.json, report.md, results.jsonl" + "".join(f", {name}" for name in pictures))
     return 0
 
 

@@ -30,7 +30,7 @@ class SimConfig:
     max_gamma: int = 8
     branches: int = 2
     guess_verdict: bool = True
-    runner_up: bool = True
+    runner_up: bool = False
     draft_stop: float = 0.4
     early_verdicts: str = "auto"
     clients: int = 1
