@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from edgespec import __version__
+from edgespec.cli_rounds import add_round_policy_arguments
 from edgespec.cli_security import (
     add_client_security_arguments,
     add_server_security_arguments,
@@ -187,11 +188,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gamma", type=int, default=4, help="draft tokens per round (with --adaptive-gamma: the first round's)")
     parser.add_argument("--adaptive-gamma", action="store_true", help="choose each round's gamma from measured acceptance, draft, verify and link costs")
     parser.add_argument("--max-gamma", type=int, default=8, help="the longest block --adaptive-gamma may choose")
-    parser.add_argument("--branches", type=int, default=2, help="pre-draft modes: branches per round, each on one assumed verdict")
-    parser.add_argument("--early-verdicts", choices=["auto", "on", "off"], default="auto", help="pre-draft modes: ask the server to run its exits (auto: only where nothing else gives a verdict to pre-draft on)")
-    parser.add_argument("--no-guess", action="store_true", help="pre-draft modes: pre-draft on early verdicts only (the paper's method), not on the draft's own guess at send time")
-    parser.add_argument("--runner-up", action="store_true", help="pre-draft modes: also draft runner-up branches (a rejection where the draft was least sure, corrected to its runner-up) in the branches the guess leaves; pays where the edge has its own memory (README)")
-    parser.add_argument("--draft-stop", type=float, default=0.4, help="greedy: end a block after a token the draft gives less than this probability (a dynamic draft length; 0: always the full gamma)")
+    add_round_policy_arguments(parser)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--top-p", type=float, default=1.0)

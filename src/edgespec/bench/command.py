@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgespec.bench.runner import ALL_MODES, BenchConfig, build_jobs, run_profile, summarize_all, summarize_sweep
+from edgespec.cli_rounds import add_round_policy_arguments
 from edgespec.hostinfo import host_facts
 
 
@@ -27,11 +28,7 @@ def add_bench_parser(subparsers: Any) -> None:
     parser.add_argument("--gamma", type=int, default=4)
     parser.add_argument("--adaptive-gamma", action="store_true", help="speculative modes choose each round's gamma from measured costs")
     parser.add_argument("--max-gamma", type=int, default=8)
-    parser.add_argument("--branches", type=int, default=2, help="pre-draft modes: branches per round, each on one assumed verdict")
-    parser.add_argument("--early-verdicts", choices=["auto", "on", "off"], default="auto", help="pre-draft modes: ask the server to run its exits (auto: only where nothing else gives a verdict to pre-draft on)")
-    parser.add_argument("--no-guess", action="store_true", help="pre-draft modes: pre-draft on early verdicts only (the paper's method), not on the draft's own guess at send time")
-    parser.add_argument("--runner-up", action="store_true", help="pre-draft modes: also draft runner-up branches (a rejection where the draft was least sure, corrected to its runner-up) in the branches the guess leaves; pays where the edge has its own memory (README)")
-    parser.add_argument("--draft-stop", type=float, default=0.4, help="greedy: end a block after a token the draft gives less than this probability (a dynamic draft length; 0: always the full gamma)")
+    add_round_policy_arguments(parser)
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     parser.add_argument(
         "--clients", default="1",

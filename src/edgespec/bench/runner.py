@@ -17,6 +17,7 @@ from edgespec.bench.metrics import PriceModel, differences_from_cloud_ar, summar
 from edgespec.bench.processes import pin_to_core, deploy
 from edgespec.capacity import point_metrics
 from edgespec.data.prompt_sets import load_prompts
+from edgespec.decoding.config import GenerationConfig
 from edgespec.decoding.modes import Mode
 from edgespec.models.loading import resolve_dtype
 from edgespec.prompting import render_prompt
@@ -41,8 +42,8 @@ class BenchConfig:
     adaptive_gamma: bool = False
     branches: int = 2
     guess_verdict: bool = True
-    runner_up: bool = False
-    draft_stop: float = 0.4
+    runner_up: bool = GenerationConfig.runner_up
+    draft_stop: float = GenerationConfig.draft_stop
     early_verdicts: str = "auto"
     max_gamma: int = 8
     dtype: str = "auto"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgespec.bench.metrics import PriceModel
+from edgespec.cli_rounds import add_round_policy_arguments
 from edgespec.decoding.modes import Mode
 
 HEATMAP_RTTS_MS = (0, 10, 25, 50, 100, 200)
@@ -50,11 +51,7 @@ def add_sim_parsers(subparsers: Any) -> None:
     sim.add_argument("--gamma", type=int, default=4)
     sim.add_argument("--adaptive-gamma", action="store_true")
     sim.add_argument("--max-gamma", type=int, default=8)
-    sim.add_argument("--branches", type=int, default=2, help="pre-draft modes: branches per round, each on one assumed verdict")
-    sim.add_argument("--early-verdicts", choices=["auto", "on", "off"], default="auto", help="pre-draft modes: ask the server to run its exits (auto: only where nothing else gives a verdict to pre-draft on)")
-    sim.add_argument("--no-guess", action="store_true", help="pre-draft modes: pre-draft on early verdicts only (the paper's method), not on the draft's own guess at send time")
-    sim.add_argument("--runner-up", action="store_true", help="pre-draft modes: also draft runner-up branches (a rejection where the draft was least sure, corrected to its runner-up) in the branches the guess leaves; pays where the edge has its own memory (README)")
-    sim.add_argument("--draft-stop", type=float, default=0.4, help="greedy: end a block after a token the draft gives less than this probability (a dynamic draft length; 0: always the full gamma)")
+    add_round_policy_arguments(sim)
     sim.add_argument(
         "--exit-vocab", choices=("candidates", "full"), default="candidates",
         help="what the traces' exits score, as `serve --exit-vocab`: the draft's top-8 ids per token (default) or the whole vocabulary",

@@ -30,8 +30,8 @@ class SimConfig:
     max_gamma: int = 8
     branches: int = 2
     guess_verdict: bool = True
-    runner_up: bool = False
-    draft_stop: float = 0.4
+    runner_up: bool = GenerationConfig.runner_up
+    draft_stop: float = GenerationConfig.draft_stop
     early_verdicts: str = "auto"
     clients: int = 1
     max_batch: int = 32
