@@ -104,6 +104,19 @@ def test_cloud_sd_over_grpc_equals_generate_with_no_draft_on_the_client(served, 
     assert sum(e.end_s - e.start_s for e in drafting) == pytest.approx(stats.server_draft_s, rel=1e-6)
 
 
+def test_cloud_sd_over_grpc_stops_its_drafts_as_the_edge_does(served) -> None:
+    """The server's draft takes the client's --draft-stop: its rounds are sd's with the same
+    draft and stop, so the co-located baseline drafts by the same rule as the edge."""
+    address, _ = served
+    config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=6, draft_stop=0.1)
+    cloud = EdgeClient(address).generate(PROMPT, Mode.CLOUD_SD, config)
+    edge = EdgeClient(address, DraftRuntime(draft_model("layer-skip"))).generate(PROMPT, Mode.SD, config)
+    assert tuple(cloud.tokens) == tuple(edge.tokens) == reference()
+    assert (cloud.stats.rounds, cloud.stats.drafted, cloud.stats.accepted) == (edge.stats.rounds, edge.stats.drafted, edge.stats.accepted)
+    full = EdgeClient(address).generate(PROMPT, Mode.CLOUD_SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=6, draft_stop=0.0))
+    assert cloud.stats.drafted < full.stats.drafted  # some blocks ended early
+
+
 def test_cloud_sd_over_grpc_adaptive_gamma_and_sessions_in_parallel(served) -> None:
     address, _ = served
     configs = [GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=2, adaptive_gamma=True, max_gamma=6), GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=5)]
@@ -151,6 +164,13 @@ def test_sessions_waiting_to_draft_are_drafted_together_as_each_would_alone() ->
         alone = DraftRuntime(draft_model("layer-skip")).draft(sequence, request.gamma, SamplingParams())
         assert cloud.drafted(request).tokens == alone.tokens  # the later jobs find their blocks drafted
     assert first is requests[0].block
+    # With a confidence stop each session's block ends where its draft alone would end it.
+    stopped = [cloud.request(d, s, 6, stop_below=0.1) for d, s in zip(drafters, sequences)]
+    for request, sequence in zip(stopped, sequences):
+        alone = DraftRuntime(draft_model("layer-skip")).draft(sequence, 6, SamplingParams(), stop_below=0.1)
+        assert cloud.drafted(request).tokens == alone.tokens
+    assert any(len(r.block.tokens) < 6 for r in stopped)  # type: ignore[union-attr]
+    stopped.clear()
     del drafters, requests, request, first
     gc.collect()
     assert len(cloud.runtime.live_caches) == 0, "a session's draft cache outlived it"
@@ -173,14 +193,24 @@ def test_cloud_sd_replay_is_exact_and_charges_the_draft_to_the_verifier() -> Non
     gamma = 4
     profile = HardwareProfile(name="test", forward_ms={1: 10.0, 5: 12.0}, prefill_ms_per_token=0.5, draft_ms_per_token=3.0,
                               server_draft_ms_per_token=2.0, server_draft_prefill_ms_per_token=0.0)
-    # The server drafts full blocks: the edge too here, so their rounds compare one to one.
+    # Full blocks, so the replay is exact against the real engine (with a stop, the trace
+    # approximates the draft's confidence past its first disagreement).
     config = SimConfig(modes=("cloud-sd",), max_new_tokens=NEW_TOKENS, gamma=gamma, draft_stop=0.0)
     (colocated,) = run_mode([trace], Mode.CLOUD_SD, profile, Link(one_way_s=0.02), config)
     (edge,) = run_mode([trace], Mode.SD, profile, Link(one_way_s=0.02), config)
-    real = LocalEngine(TargetRuntime(target), DraftRuntime(draft)).generate(PROMPT, Mode.CLOUD_SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=gamma))
+    real = LocalEngine(TargetRuntime(target), DraftRuntime(draft)).generate(
+        PROMPT, Mode.CLOUD_SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=gamma, draft_stop=0.0)
+    )
     assert colocated["tokens"] == list(reference()) == real.tokens
     stats = colocated["stats"]
     assert (stats["rounds"], stats["accepted"]) == (real.stats.rounds, real.stats.accepted) == (edge["stats"]["rounds"], edge["stats"]["accepted"])
+    # With a stop, the server's draft ends its blocks where the edge's would.
+    stop = SimConfig(modes=("cloud-sd",), max_new_tokens=NEW_TOKENS, gamma=gamma, draft_stop=0.1)
+    (colocated_stop,) = run_mode([trace], Mode.CLOUD_SD, profile, Link(one_way_s=0.02), stop)
+    (edge_stop,) = run_mode([trace], Mode.SD, profile, Link(one_way_s=0.02), stop)
+    assert colocated_stop["tokens"] == colocated["tokens"]
+    assert [colocated_stop["stats"][k] for k in ("rounds", "drafted", "accepted")] == [edge_stop["stats"][k] for k in ("rounds", "drafted", "accepted")]
+    assert colocated_stop["stats"]["drafted"] < stats["drafted"]
     # Every round: its drafted tokens at the server's 2 ms each, on the verifier, then the verify.
     assert stats["server_draft_s"] == pytest.approx(stats["drafted"] * 0.002)
     assert stats["server_verify_s"] == pytest.approx(edge["stats"]["server_verify_s"] + stats["server_draft_s"])

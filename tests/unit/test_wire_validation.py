@@ -110,6 +110,9 @@ def test_committed_ids_may_not_exceed_max_new_tokens() -> None:
     check_open(pb.Open(max_new_tokens=4, committed_ids=[1, 2, 3, 4]), 32)
     assert code_of(check_open, pb.Open(max_new_tokens=4, committed_ids=[1] * 5), 32) == "TOO_LARGE"
     assert code_of(check_open, pb.Open(max_new_tokens=2**32 - 1, committed_ids=[1] * 33), 32) == "TOO_LARGE"
+    check_open(pb.Open(max_new_tokens=4, draft_stop=0.4), 32)
+    for stop in (-0.1, 1.0, float("nan")):
+        assert code_of(check_open, pb.Open(max_new_tokens=4, draft_stop=stop), 32) == "BAD_REQUEST"
 
 
 def candidate_block(rows: list[list[int]], tokens: list[int] | None = None) -> pb.DraftBlock:

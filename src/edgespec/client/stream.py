@@ -103,6 +103,7 @@ async def open_session(stream: SessionStream, gen: Generation) -> pb.Opened:
                 gamma=config.gamma,
                 adaptive_gamma=config.adaptive_gamma,
                 max_gamma=config.max_gamma,
+                draft_stop=config.draft_stop_below(),
             )
         )
     )

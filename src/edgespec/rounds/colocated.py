@@ -29,6 +29,7 @@ class ServerDraft:
     round: int
     sequence: list[int]
     gamma: int
+    stop_below: float = 0.0  # greedy: end the block after a token the draft is less sure of
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,13 @@ class ColocatedRounds:
     adaptive policy the edge uses (``decoding/gamma_policy.py``), fed the server's own draft and
     verify times."""
 
-    def __init__(self, rounds: ServerRounds, gamma: int, policy: AdaptiveGamma | None = None) -> None:
+    def __init__(self, rounds: ServerRounds, gamma: int, policy: AdaptiveGamma | None = None, stop_below: float = 0.0) -> None:
         if not 1 <= gamma <= 64:
             raise ValueError(f"gamma must be in 1..64, got {gamma}")
         self.rounds = rounds
         self.gamma = gamma
         self.policy = policy
+        self.stop_below = stop_below  # the same confidence stop as the edge's draft (--draft-stop)
         self._draft: tuple[ServerDraft, float] | None = None  # the round in flight and its draft seconds
 
     @property
@@ -65,7 +67,7 @@ class ColocatedRounds:
             return None
         chosen = self.policy.next_gamma() if self.policy is not None else self.gamma
         budget = rounds.max_new_tokens - rounds.produced
-        return ServerDraft(rounds.decided, list(rounds.sequence), max(1, min(chosen, budget)))
+        return ServerDraft(rounds.decided, list(rounds.sequence), max(1, min(chosen, budget)), self.stop_below)
 
     def drafted(self, step: ServerDraft, block: DraftBlock, draft_s: float) -> Verify:
         """The server drafted ``block`` in ``draft_s``: the forward to run next."""

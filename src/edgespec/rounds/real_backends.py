@@ -71,7 +71,7 @@ class RealCloud:
             if self.draft is None:
                 raise ValueError("cloud-sd needs a draft model on the server")
             # The draft's randomness is the one an edge draft would use: the same seed offset.
-            return self.draft.draft(job.sequence, job.gamma, sampling, seed=seed + DRAFT_SEED_OFFSET)
+            return self.draft.draft(job.sequence, job.gamma, sampling, seed=seed + DRAFT_SEED_OFFSET, stop_below=job.stop_below)
         if job.kind == "decode":
             logits = self.target.score_tail(job.sequence, 1, kv=self.kv)[0]
             uniform = None if sampling.greedy else RoundUniforms.for_decode(seed, len(job.sequence))

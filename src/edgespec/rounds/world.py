@@ -60,6 +60,7 @@ class CloudJob:
     block: IncomingBlock | None = None
     with_exits: bool = False
     gamma: int = 0  # "draft": tokens to draft
+    stop_below: float = 0.0  # "draft", greedy: end the block after a token the draft is less sure of
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,7 @@ class _Session:
         elif self.spec.mode is Mode.CLOUD_SD:
             assert self.server is not None
             config = self.spec.config
-            self.colocated = ColocatedRounds(self.server, config.gamma, config.gamma_policy())
+            self.colocated = ColocatedRounds(self.server, config.gamma, config.gamma_policy(), config.draft_stop_below())
             self._server_draft()
 
     # cloud-sd: draft on the verifier, verify there, stream the committed tokens
@@ -275,7 +276,7 @@ class _Session:
         if step is None:
             return
         began = self.events.now
-        job = CloudJob("draft", self.index, step.sequence, gamma=step.gamma)
+        job = CloudJob("draft", self.index, step.sequence, gamma=step.gamma, stop_below=step.stop_below)
         self.world.verifier.submit(job, lambda block, start, end: self.events.at(end, lambda: self._server_drafted(step, block, start, end, began)))
 
     def _server_drafted(self, step: ServerDraft, block: DraftBlock, start: float, end: float, began: float) -> None:

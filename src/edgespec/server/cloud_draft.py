@@ -26,7 +26,7 @@ import torch
 
 from edgespec.decoding.config import DRAFT_SEED_OFFSET
 from edgespec.decoding.sampling import SamplingParams, logits_to_probs, position_uniform, restrict_support, sample_with_uniform
-from edgespec.models.draft import DRAFT_SUPPORT, DraftBlock
+from edgespec.models.draft import DRAFT_SUPPORT, DraftBlock, confidence_and_runner_up
 from edgespec.models.kv import TrackedCache
 from edgespec.models.target import ScoreRequest, TargetRuntime
 
@@ -48,12 +48,14 @@ class DraftRequest:
     drafter: SessionDrafter
     sequence: list[int]
     gamma: int
+    stop_below: float = 0.0  # greedy: end the block after a token the draft is less sure of
     cancelled: bool = False
     block: DraftBlock | None = None
     batch_ms: float = 0.0  # the batched drafting it rode in (counted once per session, like a verify)
     batch_size: int = 0
     _tokens: list[int] = field(default_factory=list)
     _probs: list[torch.Tensor] = field(default_factory=list)
+    _stopped: bool = False  # its confidence stop ended the block
 
 
 class CloudDraft:
@@ -86,11 +88,11 @@ class CloudDraft:
     def session(self, sampling: SamplingParams, seed: int) -> SessionDrafter:
         return SessionDrafter(self.runtime.new_cache(), sampling, seed + DRAFT_SEED_OFFSET)
 
-    def request(self, drafter: SessionDrafter, sequence: list[int], gamma: int) -> DraftRequest:
+    def request(self, drafter: SessionDrafter, sequence: list[int], gamma: int, stop_below: float = 0.0) -> DraftRequest:
         """Queue a draft (event-loop side); then run ``drafted(request)`` as a compute job."""
         if gamma < 1:
             raise ValueError(f"gamma must be >= 1, got {gamma}")
-        request = DraftRequest(drafter, list(sequence), gamma)
+        request = DraftRequest(drafter, list(sequence), gamma, stop_below)
         with self._lock:
             self._waiting.append(request)
         return request
@@ -114,7 +116,9 @@ class CloudDraft:
         started = time.perf_counter()
         try:
             for step in range(max(r.gamma for r in batch)):
-                active = [r for r in batch if step < r.gamma]
+                active = [r for r in batch if step < r.gamma and not r._stopped]
+                if not active:  # every block ended early on its confidence stop
+                    break
                 # Each session feeds what its cache lacks (its sequence, then its drafted tokens);
                 # the last drafted token stays unfed, as on the edge.
                 logits = self.runtime.score_batch([ScoreRequest(r.sequence + r._tokens, 1, r.drafter.kv) for r in active])
@@ -122,7 +126,7 @@ class CloudDraft:
                     self._choose(r, rows[-1].float(), step)
         except BaseException:
             for r in batch:  # whoever waits on them fails with this job or redrafts on its own
-                r._tokens, r._probs = [], []
+                r._tokens, r._probs, r._stopped = [], [], False
             raise
         batch_ms = (time.perf_counter() - started) * 1000
         for r in batch:
@@ -136,6 +140,8 @@ class CloudDraft:
         params = request.drafter.sampling
         if params.greedy:
             token = int(torch.argmax(logits))
+            if request.stop_below > 0 and confidence_and_runner_up(logits, token)[0] < request.stop_below:
+                request._stopped = True
         else:
             distribution = restrict_support(logits_to_probs(logits, params), DRAFT_SUPPORT)
             token = sample_with_uniform(distribution, position_uniform(request.drafter.seed, len(request.sequence) + step))

@@ -224,7 +224,7 @@ class VerifierService(pb_grpc.VerifierServicer):
         assert self.cloud_draft is not None
         gamma = request.gamma or 4
         policy = AdaptiveGamma(initial=gamma, max_gamma=max(gamma, request.max_gamma or 8)) if request.adaptive_gamma else None
-        colocated = ColocatedRounds(session.rounds, gamma, policy)
+        colocated = ColocatedRounds(session.rounds, gamma, policy, float(request.draft_stop) if session.sampling.greedy else 0.0)
         # Its cache lives as long as this coroutine (and a draft job in flight): no explicit free
         # that could race a draft still running on the compute thread.
         drafter = self.cloud_draft.session(session.sampling, session.seed)
@@ -234,7 +234,7 @@ class VerifierService(pb_grpc.VerifierServicer):
             if time.monotonic() - opened_at >= self.limits.max_lifetime_s:
                 raise self._expired(opened_at)
             began = time.perf_counter()
-            wanted = self.cloud_draft.request(drafter, step.sequence, step.gamma)
+            wanted = self.cloud_draft.request(drafter, step.sequence, step.gamma, step.stop_below)
             try:
                 drafted = await self.scheduler.submit(Job.other(lambda wanted=wanted: self.cloud_draft.drafted(wanted)))  # type: ignore[union-attr]
             except BaseException:

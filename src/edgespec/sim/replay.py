@@ -30,7 +30,7 @@ class TraceEdge:
         self.stop_below = stop_below  # as DraftRuntime.draft: end the block after a token less sure than this
         self._cached: list[int] = []  # what the draft's KV cache holds (a rollback keeps the common prefix)
 
-    def draft(self, sequence: Sequence[int], gamma: int, min_tokens: int = 1) -> tuple[DraftBlock, float]:
+    def draft(self, sequence: Sequence[int], gamma: int, min_tokens: int = 1, stop_below: float | None = None) -> tuple[DraftBlock, float]:
         trace = self.trace
         start = len(trace.prompt_ids)
         position = len(sequence) - start
@@ -55,7 +55,7 @@ class TraceEdge:
                 tokens.append(UNKNOWN - step)
                 runner_up.append(UNKNOWN - gamma - step)
                 confidence.append(trace.draft_topk_probs[index][0] if known and index < len(trace.draft_topk_probs) else 0.5)
-            if confidence[-1] < self.stop_below and step + 1 >= min_tokens:
+            if confidence[-1] < (self.stop_below if stop_below is None else stop_below) and step + 1 >= min_tokens:
                 break
         common = valid_prefix(self._cached, sequence)  # the same rollback as the real cache
         # As DraftRuntime: feed what the cache lacks, then one token per step; the last drafted
@@ -123,7 +123,7 @@ class TraceCloud:
             if job.kind == "draft":
                 if job.session not in self._drafts:
                     self._drafts[job.session] = TraceEdge(trace, profile.server_drafter())
-                block, cost = self._drafts[job.session].draft(job.sequence, job.gamma)
+                block, cost = self._drafts[job.session].draft(job.sequence, job.gamma, stop_below=job.stop_below)
                 singles.append(cost)
                 results.append(block)
                 continue

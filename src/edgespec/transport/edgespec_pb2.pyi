@@ -70,7 +70,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class Open(_message.Message):
-    __slots__ = ("protocol_version", "kind", "prompt_ids", "messages", "sampling", "seed", "max_new_tokens", "early_verdicts", "committed_ids", "gamma", "adaptive_gamma", "max_gamma")
+    __slots__ = ("protocol_version", "kind", "prompt_ids", "messages", "sampling", "seed", "max_new_tokens", "early_verdicts", "committed_ids", "gamma", "adaptive_gamma", "max_gamma", "draft_stop")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class Open(_message.Message):
     GAMMA_FIELD_NUMBER: _ClassVar[int]
     ADAPTIVE_GAMMA_FIELD_NUMBER: _ClassVar[int]
     MAX_GAMMA_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_STOP_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     kind: SessionKind
     prompt_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -95,7 +96,8 @@ class Open(_message.Message):
     gamma: int
     adaptive_gamma: bool
     max_gamma: int
-    def __init__(self, protocol_version: _Optional[int] = ..., kind: _Optional[_Union[SessionKind, str]] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., seed: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., early_verdicts: _Optional[bool] = ..., committed_ids: _Optional[_Iterable[int]] = ..., gamma: _Optional[int] = ..., adaptive_gamma: _Optional[bool] = ..., max_gamma: _Optional[int] = ...) -> None: ...
+    draft_stop: float
+    def __init__(self, protocol_version: _Optional[int] = ..., kind: _Optional[_Union[SessionKind, str]] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., seed: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., early_verdicts: _Optional[bool] = ..., committed_ids: _Optional[_Iterable[int]] = ..., gamma: _Optional[int] = ..., adaptive_gamma: _Optional[bool] = ..., max_gamma: _Optional[int] = ..., draft_stop: _Optional[float] = ...) -> None: ...
 
 class SparseDistribution(_message.Message):
     __slots__ = ("ids", "probs")

@@ -31,6 +31,8 @@ async def decoded(requests: AsyncIterator[pb.ClientMessage]) -> AsyncIterator[pb
 def check_open(request: pb.Open, max_new_tokens_limit: int) -> None:
     # committed_ids count against max_new_tokens; more of them than that is no resume but a second
     # prompt smuggled past the prompt limit, and would be prefilled before any other check.
+    if not 0.0 <= request.draft_stop < 1.0:  # also refuses NaN
+        raise ProtocolError(pb.BAD_REQUEST, f"draft_stop must be in [0, 1), got {request.draft_stop}")
     budget = min(int(request.max_new_tokens), max_new_tokens_limit)
     if len(request.committed_ids) > budget:
         raise ProtocolError(
