@@ -114,6 +114,9 @@ def test_the_report_names_the_host_and_what_it_ran() -> None:
     config = BenchConfig(modes=("cloud-ar", "sd"), profiles=("wan",), clients=4, num_prompts=2)
     text = render_markdown(dict(summarize_all(config, []), host=host), "edgespec bench")
     assert f"Host: {host['cpu']}" in text and "torch CPU capability" in text and "Target dtype as run: bfloat16, draft: GGUF (llama.cpp)" in text
+    assert "γ = 4, draft stop 0.4," in text  # the drafting rule the run used
+    full = render_markdown(summarize_all(BenchConfig(modes=("cloud-ar", "sd"), profiles=("wan",), draft_stop=0.0, runner_up=True), []), "edgespec bench")
+    assert "full blocks (draft stop 0), runner-up branches" in full
 
 
 def test_cloud_ar_queueing_is_the_gaps_between_its_passes() -> None:

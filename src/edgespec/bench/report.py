@@ -49,13 +49,17 @@ CONCURRENT_ONLY = {
 
 def render_markdown(summary: dict[str, Any], command: str) -> str:
     config = summary["config"]
+    stop = config.get("draft_stop")  # absent from summaries written before the stop existed
+    drafting = ("" if stop is None else f", draft stop {stop:g}" if stop else ", full blocks (draft stop 0)") + (
+        ", runner-up branches" if config.get("runner_up") else ""
+    )
     lines = [
         "# edgespec benchmark",
         "",
         f"Command: `{command}`",
         "",
         f"Target {config['target']} ({config['dtype']}{' → ' + summary['server_dtype'] if summary.get('server_dtype', config['dtype']) != config['dtype'] else ''}), draft {config['draft']} on {config['draft_backend']}, "
-        f"γ = {config['gamma']}, {config['max_new_tokens']} new tokens, prompts {', '.join(config['prompts'])} "
+        f"γ = {config['gamma']}{drafting}, {config['max_new_tokens']} new tokens, prompts {', '.join(config['prompts'])} "
         f"({config['num_prompts']} each), exits {config['exits']}. Server and client in separate processes, one thread each. "
         f"Price model: ${config['price']['gpu_usd_per_hour']}/GPU-hour of verify compute + ${config['price']['egress_usd_per_gb']}/GB on the wire.",
         "",

@@ -176,7 +176,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     command = "edgespec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     summary["config"] = {
         "target": meta["target"], "draft": meta["draft"], "dtype": meta["dtype"], "draft_backend": f"simulated ({hardware.name})",
-        "gamma": args.gamma, "max_new_tokens": args.max_new_tokens, "prompts": sorted({t.prompt_set for t in traces}),
+        "gamma": args.gamma, "draft_stop": args.draft_stop, "runner_up": args.runner_up, "max_new_tokens": args.max_new_tokens, "prompts": sorted({t.prompt_set for t in traces}),
         "num_prompts": len(traces), "exits": meta["exits"], "price": PriceModel().__dict__, "clients": counts[-1],
         "hardware": hardware.__dict__, "simulated": True,
     }
