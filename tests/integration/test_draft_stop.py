@@ -10,7 +10,7 @@ from edgespec.decoding.config import GenerationConfig
 from edgespec.decoding.engine import LocalEngine
 from edgespec.decoding.modes import Mode
 from edgespec.decoding.sampling import SamplingParams
-from edgespec.models.draft import DraftRuntime, confidence_and_runner_up
+from edgespec.models.draft import DraftRuntime, runner_up_id
 from edgespec.models.target import TargetRuntime
 from edgespec.rounds.world import Link
 from edgespec.sim.costs import HardwareProfile
@@ -37,7 +37,7 @@ def test_the_draft_reports_each_tokens_confidence_and_runner_up() -> None:
         probs = row.softmax(dim=-1)
         assert token == int(probs.argmax()) and sure == pytest.approx(float(probs[token]), rel=1e-4)
         assert second == int(probs.topk(2).indices[1])
-    assert confidence_and_runner_up(torch.tensor([0.0, 5.0, 1.0]), 1)[1] == 2
+    assert runner_up_id(torch.tensor([0.0, 5.0, 1.0]), 1) == 2
     assert draft.draft(PROMPT, 3, GREEDY).runner_up is None  # kept only when asked
 
 

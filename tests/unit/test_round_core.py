@@ -262,13 +262,13 @@ def test_the_guess_gate_guesses_whenever_a_wrong_guess_costs_nothing() -> None:
         gate.observe_round(4, 1, draft_s=0.16, wait_s=0.4, first=first)
     assert gate.hit_rate(4) < 0.05
     # 5 drafted tokens at 40 ms finish before the verdict (400 ms): the edge was idle anyway.
-    assert gate.worth_it(4, 5)
+    assert gate.pays(gate.hit_rate(4), 0, 5)
     # 11 tokens would still be drafting when the verdict comes: a wrong guess delays the real
     # draft by a step, and at this acceptance a guess is almost always wrong.
-    assert not gate.worth_it(4, 11)
+    assert not gate.pays(gate.hit_rate(4), 0, 11)
     for _ in range(10):  # every token accepted: a long guess is worth its risk
         gate.observe_round(4, 4, draft_s=0.16, wait_s=0.4, first=False)
-    assert gate.worth_it(4, 11)
+    assert gate.pays(gate.hit_rate(4), 0, 11)
 
 
 def test_runner_up_verdicts_go_likeliest_rejection_first() -> None:

@@ -81,7 +81,7 @@ class GenerationConfig:
 
     def wants_alternatives(self, mode: "Mode") -> bool:
         """Whether the draft should keep each token's confidence and runner-up (``DraftBlock``)."""
-        return self.runner_up and self.branches >= 2 and self.sampling.greedy and mode.value in ("sd-ee-predraft", "sd-ee-pipelined")
+        return self.runner_up and self.branches >= 2 and self.sampling.greedy and mode.predrafts
 
     def gamma_policy(self) -> AdaptiveGamma | None:
         return AdaptiveGamma(initial=self.gamma, max_gamma=self.max_gamma) if self.adaptive_gamma else None

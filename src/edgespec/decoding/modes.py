@@ -42,5 +42,10 @@ class Mode(str, Enum):
         return self is Mode.CLOUD_SD
 
     @property
+    def predrafts(self) -> bool:
+        """Whether the edge pre-drafts the next block on assumed verdicts while the server verifies."""
+        return self in (Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED)
+
+    @property
     def uses_exits(self) -> bool:
         return self in (Mode.SD_EE, Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED)

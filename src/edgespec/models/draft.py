@@ -39,13 +39,15 @@ def top_candidates(logits: torch.Tensor, token: int, count: int = EXIT_CANDIDATE
     return torch.cat([torch.tensor([token], dtype=torch.long), others.long()])
 
 
-def confidence_and_runner_up(logits: torch.Tensor, token: int) -> tuple[float, int]:
-    """The probability the draft gives ``token`` (its argmax) and its next likeliest id."""
-    top = torch.topk(logits, min(2, logits.numel()))
-    ids = top.indices.tolist()
-    second = next((i for i in ids if i != token), token)
-    sure = float(torch.exp(logits[token] - torch.logsumexp(logits, dim=0)))
-    return sure, int(second)
+def token_confidence(logits: torch.Tensor, token: int) -> float:
+    """The probability the draft gives ``token``."""
+    return float(torch.exp(logits[token] - torch.logsumexp(logits, dim=0)))
+
+
+def runner_up_id(logits: torch.Tensor, token: int) -> int:
+    """The draft's likeliest id other than ``token`` (its argmax)."""
+    ids = torch.topk(logits, min(2, logits.numel())).indices.tolist()
+    return int(next((i for i in ids if i != token), token))
 
 
 @dataclass(frozen=True)
@@ -122,10 +124,10 @@ class DraftRuntime:
                 if candidates:
                     top_ids.append(top_candidates(logits, token))
                 if alternatives or stop_below > 0:
-                    sure, second = confidence_and_runner_up(logits, token)
+                    sure = token_confidence(logits, token)
                     if alternatives:
                         confidence.append(sure)
-                        runner_up.append(second)
+                        runner_up.append(runner_up_id(logits, token))
                     if sure < stop_below and step + 1 >= min_tokens:
                         tokens.append(token)
                         break

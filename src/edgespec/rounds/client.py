@@ -129,10 +129,6 @@ class _GuessGate:
         alpha = self._accepted / seen if seen else 0.8
         return alpha ** (block + 1)
 
-    def worth_it(self, block: int, guess_tokens: int) -> bool:
-        """Guess on the block in flight (``block`` tokens) by drafting ``guess_tokens``?"""
-        return self.pays(self.hit_rate(block), 0, guess_tokens)
-
     def pays(self, hit_rate: float, queued_tokens: int, tokens: int) -> bool:
         """Draft a branch of ``tokens`` right with ``hit_rate``, behind ``queued_tokens`` already
         queued on the edge's one draft thread? A hit saves what it drafted before the verdict (a
@@ -163,7 +159,7 @@ class ClientRounds:
     def __init__(self, gen: Generation) -> None:
         self.gen = gen
         self.mode = gen.mode
-        self.predraft = gen.mode in (Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED)
+        self.predraft = gen.mode.predrafts
         self.pipelined = gen.mode is Mode.SD_EE_PIPELINED
         self.guess = self.predraft and gen.config.guess_verdict
         self.max_branches = gen.config.branches
@@ -260,7 +256,7 @@ class ClientRounds:
         stats.count_gamma(len(block.tokens))
         stats.pipelined += int(pipelined)
         self._gate.observe_round(len(block.tokens), verdict.accepted, current.draft_s, at - current.sent_at, first=round_index == 0)
-        if block.runner_up is not None:
+        if self.runner_up and block.runner_up is not None:
             self._gate.observe_runner_ups([guess == verdict for guess in _runner_up_verdicts(block)])
         if gen.gamma_policy is not None:
             # A pre-drafted block's draft time was hidden behind the last verify; charging it

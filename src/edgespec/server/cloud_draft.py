@@ -26,7 +26,7 @@ import torch
 
 from edgespec.decoding.config import DRAFT_SEED_OFFSET
 from edgespec.decoding.sampling import SamplingParams, logits_to_probs, position_uniform, restrict_support, sample_with_uniform
-from edgespec.models.draft import DRAFT_SUPPORT, DraftBlock, confidence_and_runner_up
+from edgespec.models.draft import DRAFT_SUPPORT, DraftBlock, token_confidence
 from edgespec.models.kv import TrackedCache
 from edgespec.models.target import ScoreRequest, TargetRuntime
 
@@ -140,7 +140,7 @@ class CloudDraft:
         params = request.drafter.sampling
         if params.greedy:
             token = int(torch.argmax(logits))
-            if request.stop_below > 0 and confidence_and_runner_up(logits, token)[0] < request.stop_below:
+            if request.stop_below > 0 and token_confidence(logits, token) < request.stop_below:
                 request._stopped = True
         else:
             distribution = restrict_support(logits_to_probs(logits, params), DRAFT_SUPPORT)
