@@ -57,7 +57,10 @@ def begin_round(
         judge = EarlyVerdictJudge(target.exits, tokens, params, draft_probs, uniforms, on_streamed)
         if candidates is not None and params.greedy:
             exit_candidates = with_draft_tokens(candidates, tokens)
-    request = ScoreRequest(list(sequence) + list(tokens), gamma + 1, kv if kv is not None else target.kv, on_exit=judge, exit_candidates=exit_candidates)
+    request = ScoreRequest(
+        list(sequence) + list(tokens), gamma + 1, kv if kv is not None else target.kv, on_exit=judge, exit_candidates=exit_candidates,
+        argmax_only=params.greedy,
+    )
     return PendingRound(request, list(tokens), params, draft_probs, uniforms, judge)
 
 
@@ -77,4 +80,4 @@ def verify_block(
     verdict of the pass (None without exits). ``on_streamed`` hears each confident one at once."""
     pending = begin_round(target, sequence, tokens, params, draft_probs, seed, with_exits, on_streamed, kv, candidates)
     request = pending.request
-    return pending.finish(target.score_tail(request.sequence, request.tail, request.on_exit, request.kv, request.exit_candidates))
+    return pending.finish(target.score_tail(request.sequence, request.tail, request.on_exit, request.kv, request.exit_candidates, request.argmax_only))

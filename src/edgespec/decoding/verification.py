@@ -72,11 +72,11 @@ def greedy_verdict(target_logits: torch.Tensor, draft_tokens: Sequence[int]) -> 
     """``target_logits``: [gamma + 1, vocab], row i scores the token after draft position i - 1."""
     gamma = len(draft_tokens)
     _check_shapes(target_logits, gamma)
-    target_choice = torch.argmax(target_logits, dim=-1)  # [gamma + 1]
+    target_choice = torch.argmax(target_logits, dim=-1).tolist()  # [gamma + 1]; one copy if on an accelerator
     accepted = 0
-    while accepted < gamma and int(target_choice[accepted]) == int(draft_tokens[accepted]):
+    while accepted < gamma and target_choice[accepted] == int(draft_tokens[accepted]):
         accepted += 1
-    return Verdict(accepted=accepted, next_token=int(target_choice[accepted]))
+    return Verdict(accepted=accepted, next_token=target_choice[accepted])
 
 
 def rejection_sample_verdict(

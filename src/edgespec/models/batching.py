@@ -22,7 +22,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from edgespec.models.kv import TrackedCache, cache_argument_name
+from edgespec.models.kv import TrackedCache, cache_argument_name, logits_out
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +37,12 @@ def can_batch(cache: TrackedCache) -> bool:
 
 
 def forward_batch(
-    model: torch.nn.Module, caches: Sequence[TrackedCache], pendings: Sequence[Sequence[int]], tails: Sequence[int]
+    model: torch.nn.Module, caches: Sequence[TrackedCache], pendings: Sequence[Sequence[int]], tails: Sequence[int],
+    to_host: Sequence[bool] | None = None,
 ) -> list[torch.Tensor]:
     """Feed each ``pendings[i]`` on top of ``caches[i]`` in one pass; logits [tails[i], vocab]
-    (float32) per session. The caches are only changed once the pass has succeeded."""
+    (float32, on the host unless ``to_host[i]`` is False: see ``logits_out``) per session. The
+    caches are only changed once the pass has succeeded."""
     if len({id(c) for c in caches}) != len(caches):
         raise ValueError("a cache appears twice in one batch: each session's rows need a cache of their own")
     if any(not p for p in pendings):
@@ -74,7 +76,8 @@ def forward_batch(
         for layer, batched in zip(kv.cache.layers, padded.layers):
             layer.update(batched.keys[row : row + 1, :, -len(pending) :].clone(), batched.values[row : row + 1, :, -len(pending) :].clone())
         kv.appended(pending)
-    return [output.logits[row, -tail:, :].float().cpu() for row, tail in enumerate(tails)]
+    hosts = to_host if to_host is not None else [True] * batch
+    return [logits_out(output.logits[row, -tail:, :], host) for row, (tail, host) in enumerate(zip(tails, hosts))]
 
 
 def _padded_cache(model: torch.nn.Module, caches: Sequence[TrackedCache], cached: list[int], longest: int) -> DynamicCache:

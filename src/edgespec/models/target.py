@@ -45,6 +45,10 @@ class ScoreRequest:
     # [tail - 1, k] ids: exits score only these (row i: the ids the i-th tail position may predict)
     # instead of the whole vocabulary; None: full LM head.
     exit_candidates: torch.Tensor | None = None
+    # The consumer reads only each row's argmax (greedy): on an accelerator the logits stay there
+    # (no [tail, vocab] float32 copy to the host: at 32 sessions x 5 rows that copy, ~100 MB a
+    # pass, cost more than the forward on the H200). On the CPU nothing changes.
+    argmax_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -195,8 +199,10 @@ class TargetRuntime:
         on_exit: ExitCallback | None = None,
         kv: TrackedCache | None = None,
         exit_candidates: torch.Tensor | None = None,
+        argmax_only: bool = False,
     ) -> torch.Tensor:
-        """Final logits [tail, vocab] (float32) for the last ``tail`` positions of ``sequence``.
+        """Final logits [tail, vocab] (float32, on the host; with ``argmax_only``, see
+        ``ScoreRequest``, possibly the model's dtype on its device) for the last ``tail`` positions of ``sequence``.
 
         Row i predicts the token after ``sequence[len - tail + i]``. The cache is rolled back to
         what is still valid and only the uncached suffix is fed. ``on_exit`` receives each
@@ -211,7 +217,7 @@ class TargetRuntime:
         self._taps = [_Tap(0, tail, on_exit, exit_candidates)] if on_exit is not None else []
         self._started = time.perf_counter()
         try:
-            logits = forward_with_cache(self.model, kv, pending, tail)
+            logits = forward_with_cache(self.model, kv, pending, tail, to_host=not argmax_only)
         finally:
             self._taps = []
         self.batch_sizes[1] += 1
@@ -224,12 +230,12 @@ class TargetRuntime:
         for request in requests:
             _check_tail(request.sequence, request.tail)
         if len(requests) == 1 or not all(can_batch(r.kv) for r in requests):
-            return [self.score_tail(r.sequence, r.tail, r.on_exit, r.kv, r.exit_candidates) for r in requests]
+            return [self.score_tail(r.sequence, r.tail, r.on_exit, r.kv, r.exit_candidates, r.argmax_only) for r in requests]
         pendings = [r.kv.sync(r.sequence, keep_uncached=r.tail) for r in requests]
         self._taps = [_Tap(row, r.tail, r.on_exit, r.exit_candidates) for row, r in enumerate(requests) if r.on_exit is not None]
         self._started = time.perf_counter()
         try:
-            logits = forward_batch(self.model, [r.kv for r in requests], pendings, [r.tail for r in requests])
+            logits = forward_batch(self.model, [r.kv for r in requests], pendings, [r.tail for r in requests], [not r.argmax_only for r in requests])
         finally:
             self._taps = []
         self.batch_sizes[len(requests)] += 1

@@ -35,11 +35,13 @@ class PrefixKeepingTarget(TargetRuntime):
     def reset(self) -> None:
         self._fresh = True  # the next forward is a new generation's prefill; keep the cache
 
-    def score_tail(self, sequence: Sequence[int], tail: int, on_exit: Any = None, kv: Any = None, exit_candidates: Any = None) -> torch.Tensor:
+    def score_tail(
+        self, sequence: Sequence[int], tail: int, on_exit: Any = None, kv: Any = None, exit_candidates: Any = None, argmax_only: bool = False
+    ) -> torch.Tensor:
         if self._fresh and (kv is None or kv is self.kv):
             self.last_reused = valid_prefix(self.kv.tokens, sequence, tail)
             self._fresh = False
-        return super().score_tail(sequence, tail, on_exit, kv, exit_candidates)
+        return super().score_tail(sequence, tail, on_exit, kv, exit_candidates, argmax_only)
 
 
 class PrefixKeepingDraft(DraftRuntime):

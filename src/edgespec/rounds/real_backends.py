@@ -73,7 +73,7 @@ class RealCloud:
             # The draft's randomness is the one an edge draft would use: the same seed offset.
             return self.draft.draft(job.sequence, job.gamma, sampling, seed=seed + DRAFT_SEED_OFFSET, stop_below=job.stop_below)
         if job.kind == "decode":
-            logits = self.target.score_tail(job.sequence, 1, kv=self.kv)[0]
+            logits = self.target.score_tail(job.sequence, 1, kv=self.kv, argmax_only=sampling.greedy)[0]
             uniform = None if sampling.greedy else RoundUniforms.for_decode(seed, len(job.sequence))
             return choose_token(logits, sampling, uniform)
         assert job.block is not None
@@ -82,5 +82,7 @@ class RealCloud:
             candidates=job.block.candidates if self.exit_candidates else None,
         )
         request = pending.request
-        verdict, judge = pending.finish(self.target.score_tail(request.sequence, request.tail, request.on_exit, request.kv, request.exit_candidates))
+        verdict, judge = pending.finish(
+            self.target.score_tail(request.sequence, request.tail, request.on_exit, request.kv, request.exit_candidates, request.argmax_only)
+        )
         return VerifyResult(verdict, judge.verdicts if judge is not None else [])

@@ -220,6 +220,7 @@ class SchedulerStats:
     fed_tokens: int = 0
     prefill_chunks: int = 0
     prefill_tokens: int = 0
+    busy_ms: float = 0.0  # every forward pass's time, summed: the verifier's busy time
     # Per completed round (verify/decode): passes started after it was queued and before its own.
     waited_passes: collections.Counter[int] = field(default_factory=collections.Counter)
     recent: collections.deque[PassStats] = field(default_factory=lambda: collections.deque(maxlen=4096))
@@ -235,6 +236,7 @@ class SchedulerStats:
         self.fed_tokens += stats.fed_tokens
         self.prefill_chunks += stats.prefill_rows
         self.prefill_tokens += stats.prefill_tokens
+        self.busy_ms += stats.forward_ms
         self.recent.append(stats)
 
     def summary(self) -> dict[str, object]:
@@ -248,6 +250,7 @@ class SchedulerStats:
             "padding_share": round(1 - self.fed_tokens / self.padded_tokens, 3) if self.padded_tokens else 0.0,
             "prefill_chunks": self.prefill_chunks,
             "prefill_tokens": self.prefill_tokens,
+            "busy_s": round(self.busy_ms / 1000, 3),
             "round_waited_passes": dict(sorted(self.waited_passes.items())),
         }
 

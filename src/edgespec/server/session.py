@@ -127,4 +127,4 @@ class ServerSession:
             self.runtime.rollback(rounds.sequence, kv=self.kv)
             return token, commit.finished
 
-        return Job(ScoreRequest(list(rounds.sequence), 1, self.kv), finish)
+        return Job(ScoreRequest(list(rounds.sequence), 1, self.kv, argmax_only=self.sampling.greedy), finish)
