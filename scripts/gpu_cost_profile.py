@@ -73,11 +73,16 @@ def main() -> int:
     def sequence(length: int) -> list[int]:
         return torch.randint(0, vocab, (length,), generator=generator).tolist()
 
-    def session(tail: int, with_exits: bool) -> ScoreRequest:
+    def session(tail: int, with_exits: bool, argmax_only: bool = True, candidates: bool = False) -> ScoreRequest:
         kv = runtime.new_cache()
         seq = sequence(args.context + tail)
         runtime.score_tail(seq[: args.context], 1, kv=kv)  # prefill; every timed call re-feeds `tail`
-        return ScoreRequest(seq, tail, kv, on_exit=(lambda reading: None) if with_exits else None)
+        exit_ids = torch.randint(0, vocab, (tail - 1, 8), generator=generator) if candidates and tail > 1 else None
+        return ScoreRequest(seq, tail, kv, on_exit=(lambda reading: None) if with_exits else None, exit_candidates=exit_ids, argmax_only=argmax_only)
+
+    def verdicts(requests: list[ScoreRequest]) -> list[list[int]]:
+        """A pass as the server consumes it: the greedy verdict needs each row's argmax only."""
+        return [logits.argmax(dim=-1).tolist() for logits in runtime.score_batch(requests)]
 
     results: dict[str, object] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -94,21 +99,30 @@ def main() -> int:
         row = {}
         for with_exits in (False, True) if exits else (False,):
             request = session(gamma + 1, with_exits)
-            row["with_exits_ms" if with_exits else "ms"] = timed(lambda: runtime.score_batch([request]), args.repeats, device)
+            row["with_exits_ms" if with_exits else "ms"] = timed(lambda: verdicts([request]), args.repeats, device)
         per_gamma[str(gamma)] = row
         print(f"verify gamma={gamma}: {row}", flush=True)
     decode = session(1, False)
-    results["decode_ms"] = timed(lambda: runtime.score_batch([decode]), args.repeats, device)
+    results["decode_ms"] = timed(lambda: verdicts([decode]), args.repeats, device)
     results["verify"] = per_gamma
     batched: dict[str, dict[str, float]] = {}
+    repeats = max(5, args.repeats // 2)
     for size in (int(b) for b in args.batches.split(",")):
-        verify = [session(5, bool(exits)) for _ in range(size)]
+        # Sessions without exits, as sd and cloud-ar run; "host" keeps every row's float32 logits
+        # copy to the host (what sampled sessions need, and what greedy ones paid before).
+        verify = [session(5, False) for _ in range(size)]
         decodes = [session(1, False) for _ in range(size)]
-        batched[str(size)] = {
-            "verify_gamma4_ms": timed(lambda: runtime.score_batch(verify), max(5, args.repeats // 2), device),
-            "decode_ms": timed(lambda: runtime.score_batch(decodes), max(5, args.repeats // 2), device),
-        }
-        print(f"batch {size}: {batched[str(size)]}", flush=True)
+        row = {"verify_gamma4_ms": timed(lambda: verdicts(verify), repeats, device), "decode_ms": timed(lambda: verdicts(decodes), repeats, device)}
+        for request in verify + decodes:
+            request.argmax_only = False
+        row["verify_gamma4_host_logits_ms"] = timed(lambda: verdicts(verify), repeats, device)
+        row["decode_host_logits_ms"] = timed(lambda: verdicts(decodes), repeats, device)
+        if exits:  # the pre-draft modes: candidate-id exits, as `serve` runs them
+            with_exits = [session(5, True, candidates=True) for _ in range(size)]
+            row["verify_gamma4_candidate_exits_ms"] = timed(lambda: verdicts(with_exits), repeats, device)
+            del with_exits
+        batched[str(size)] = row
+        print(f"batch {size}: {row}", flush=True)
         del verify, decodes
     results["batched"] = batched
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 GPU_COSTS = Path(__file__).resolve().parents[3] / "docs" / "gpu" / "costs-qwen1.5b.json"
+# The 0.5B draft's own forwards on the same kind of GPU (cloud-sd's server-side draft).
+GPU_DRAFT_COSTS = GPU_COSTS.with_name("costs-qwen0.5b-draft.json")
 # Decoder layers of the default pair: Qwen2.5-Coder-0.5B drafts, -1.5B verifies.
 DRAFT_LAYERS, TARGET_LAYERS = 24, 28
 
@@ -119,10 +121,10 @@ class HardwareProfile:
             raise ValueError(f"{path} is not a hardware profile ({error}); see `edgespec simulate --help`") from None
 
 
-def h200_profile(edge: HardwareProfile | None) -> HardwareProfile:
+def h200_profile(edge: HardwareProfile | None, costs: Path = GPU_COSTS, draft_costs: Path = GPU_DRAFT_COSTS) -> HardwareProfile:
     """The H200's measured costs (random weights in the real shapes); the edge side from this
     host's probe when given (the draft runs on the device, not the GPU)."""
-    data = json.loads(GPU_COSTS.read_text())
+    data = json.loads(costs.read_text())
     forward = {1: data["decode_ms"], **{int(g) + 1: v["ms"] for g, v in data["verify"].items()}}
     exit_ms = sum(v["with_exits_ms"] - v["ms"] for v in data["verify"].values()) / len(data["verify"]) / max(1, len(data["exit_layers"]))
     single = data["batched"]["1"]["verify_gamma4_ms"]
@@ -133,20 +135,30 @@ def h200_profile(edge: HardwareProfile | None) -> HardwareProfile:
     profile = HardwareProfile(
         name="h200",
         forward_ms=forward,
-        prefill_ms_per_token=data["prefill_ms"] / context,
+        # A launch-bound GPU forward costs about the same for 1 token or a few hundred: a prefill
+        # is priced from two measurements, a decode (1 token) and the prefill of `context` tokens,
+        # not pro rata (which made a 100-token prompt 4x cheaper than the decode it contains).
+        prefill_fixed_ms=min(data["decode_ms"], data["prefill_ms"]),
+        prefill_ms_per_token=max(0.0, data["prefill_ms"] - data["decode_ms"]) / context,
         exit_ms=max(0.0, exit_ms),
         batch_factor=batch,
         decode_batch_factor=decode_batch,
-        source=f"{GPU_COSTS.name}: {data['device']}, {data['dtype']}, random weights in the real shapes",
-        # No draft was measured on the GPU. In this eager transformers runtime a batch-1 forward is
-        # launch-bound: the 7B's decode costs what the 1.5B's does (16.6 vs 16.3 ms, docs/gpu),
-        # so cost follows the number of layers, not the weights. The 0.5B draft (24 layers) is
-        # charged the 1.5B decode x 24/28; its prefill likewise. (A weight-streaming roofline
-        # would say ~0.2 ms: not what this runtime does at batch 1.)
-        server_draft_ms_per_token=data["decode_ms"] * DRAFT_LAYERS / TARGET_LAYERS,
-        server_draft_prefill_ms_per_token=data["prefill_ms"] / context * DRAFT_LAYERS / TARGET_LAYERS,
-        server_draft_source=f"derived: the measured decode x {DRAFT_LAYERS}/{TARGET_LAYERS} layers (launch-bound eager runtime; not measured)",
+        source=f"{costs.name}: {data['device']}, {data['dtype']}, random weights in the real shapes",
     )
+    if draft_costs.is_file():
+        drafted = json.loads(draft_costs.read_text())
+        profile.server_draft_ms_per_token = drafted["decode_ms"]
+        # Its prefill rides in the per-token rate alone (the profile has no fixed term for it):
+        # the whole measured prefill spread over its context, as before.
+        profile.server_draft_prefill_ms_per_token = drafted["prefill_ms"] / drafted.get("context", context)
+        profile.server_draft_source = f"measured: {draft_costs.name}, {drafted['device']}, {drafted['dtype']}, random weights in the real shapes"
+    else:
+        # In this eager transformers runtime a batch-1 forward is launch-bound: cost follows the
+        # number of layers, not the weights (the 7B's decode costs what the 1.5B's does, and the
+        # 0.5B's measured step is 0.87 of the 1.5B's, against 24/28 = 0.86).
+        profile.server_draft_ms_per_token = data["decode_ms"] * DRAFT_LAYERS / TARGET_LAYERS
+        profile.server_draft_prefill_ms_per_token = data["prefill_ms"] / context * DRAFT_LAYERS / TARGET_LAYERS
+        profile.server_draft_source = f"derived: the measured decode x {DRAFT_LAYERS}/{TARGET_LAYERS} layers (launch-bound eager runtime)"
     if edge is not None:
         profile.draft_ms_per_token = edge.draft_ms_per_token
         profile.draft_prefill_ms_per_token = edge.draft_prefill_ms_per_token
