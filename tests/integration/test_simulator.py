@@ -176,3 +176,29 @@ def test_an_exit_oracle_streams_the_verdict_it_is_told_to_and_changes_no_token()
     assert all(r["stats"]["misses"] == 0 and r["stats"]["hits_by_source"].get("exit 2", 0) > 0 for r in right)
     with pytest.raises(ValueError, match="LAYER:ACCURACY"):
         ExitOracle.parse("21:often")
+
+
+def test_the_gpu_capacity_check_scripts_the_same_rounds_onto_a_repeating_target() -> None:
+    """scripts/gpu_capacity_check.py maps a trace of the real pair onto a target that repeats its
+    last prompt token: the draft agrees exactly where it agreed before, so every round accepts,
+    commits and costs what the original round did (here: replayed side by side, 3 clients)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "gpu_capacity_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_capacity_check", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    originals = [t for t in traces() if not t.ended_in_eos]
+    scripted = [script.scripted_trace(t, vocab=96) for t in originals]
+    for trace in scripted:
+        assert set(trace.continuation) == {trace.prompt_ids[-1]}
+    for mode in (Mode.SD, Mode.SD_EE_PIPELINED):
+        config = SimConfig(modes=(mode.value,), max_new_tokens=NEW_TOKENS, gamma=4, clients=3, early_verdicts="off")
+        before = run_mode(originals, mode, PROFILE, Link(one_way_s=0.02), config)
+        after = run_mode(scripted, mode, PROFILE, Link(one_way_s=0.02), config)
+        for a, b in zip(before, after):
+            assert a["stats"]["rounds"] == b["stats"]["rounds"] and len(a["tokens"]) == len(b["tokens"])
+            assert a["stats"]["accepted"] == b["stats"]["accepted"]
+            assert a["stats"]["total_s"] == pytest.approx(b["stats"]["total_s"])
