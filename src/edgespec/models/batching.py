@@ -72,27 +72,39 @@ def forward_batch(
         logits_to_keep=max(tails),
         **{cache_argument_name(model): padded},
     )
-    for row, (kv, pending) in enumerate(zip(caches, pendings)):
+    for row, (kv, pending, held) in enumerate(zip(caches, pendings, cached)):
         for layer, batched in zip(kv.cache.layers, padded.layers):
-            layer.update(batched.keys[row : row + 1, :, -len(pending) :].clone(), batched.values[row : row + 1, :, -len(pending) :].clone())
+            new_keys, new_values = batched.keys[row : row + 1, :, -len(pending) :], batched.values[row : row + 1, :, -len(pending) :]
+            if not held:  # an empty layer may keep what it is given: a view would pin the whole batch
+                new_keys, new_values = new_keys.clone(), new_values.clone()
+            layer.update(new_keys, new_values)  # otherwise it concatenates: a copy already
         kv.appended(pending)
     hosts = to_host if to_host is not None else [True] * batch
     return [logits_out(output.logits[row, -tail:, :], host) for row, (tail, host) in enumerate(zip(tails, hosts))]
 
 
 def _padded_cache(model: torch.nn.Module, caches: Sequence[TrackedCache], cached: list[int], longest: int) -> DynamicCache:
+    """The sessions' caches in one [batch, heads, longest, dim] cache per layer, zeros where a
+    session holds less. A few copies per layer whatever the batch (every session's entries in one
+    concatenation, placed by one indexed copy), not two per session: on an accelerator a batched
+    pass is otherwise launch-bound on these small copies."""
     padded = DynamicCache(config=model.config)
     if longest == 0:
         return padded
-    reference = next(c for c, n in zip(caches, cached) if n > 0).cache.layers
+    holding = [(row, held) for row, held in enumerate(cached) if held]
+    reference = caches[holding[0][0]].cache.layers
+    device = reference[0].keys.device
+    helds = torch.tensor([held for _, held in holding])
+    starts = torch.repeat_interleave(torch.tensor([row * longest for row, _ in holding]), helds)
+    offsets = torch.arange(int(helds.sum())) - torch.repeat_interleave(torch.cumsum(helds, 0) - helds, helds)
+    slots = (starts + offsets).to(device)  # each held entry's place in the [batch x longest] grid
+    batch = len(caches)
     for index, layer in enumerate(padded.layers):
         template = reference[index].keys
-        shape = (len(caches), template.shape[1], longest, template.shape[3])
-        keys = template.new_zeros(shape)
-        values = template.new_zeros(shape)
-        for row, (kv, held) in enumerate(zip(caches, cached)):
-            if held:
-                keys[row, :, :held] = kv.cache.layers[index].keys[0]
-                values[row, :, :held] = kv.cache.layers[index].values[0]
-        layer.update(keys, values)
+        heads, dim = template.shape[1], template.shape[3]
+        keys = template.new_zeros((heads, batch * longest, dim))
+        values = template.new_zeros((heads, batch * longest, dim))
+        keys.index_copy_(1, slots, torch.cat([caches[row].cache.layers[index].keys[0] for row, _ in holding], dim=1))
+        values.index_copy_(1, slots, torch.cat([caches[row].cache.layers[index].values[0] for row, _ in holding], dim=1))
+        layer.update(keys.view(heads, batch, longest, dim).transpose(0, 1), values.view(heads, batch, longest, dim).transpose(0, 1))
     return padded
