@@ -81,8 +81,9 @@ def main() -> int:
         return ScoreRequest(seq, tail, kv, on_exit=(lambda reading: None) if with_exits else None, exit_candidates=exit_ids, argmax_only=argmax_only)
 
     def verdicts(requests: list[ScoreRequest]) -> list[list[int]]:
-        """A pass as the server consumes it: the greedy verdict needs each row's argmax only."""
-        return [logits.argmax(dim=-1).tolist() for logits in runtime.score_batch(requests)]
+        """A pass as the server consumes it: a greedy verdict needs each row's argmax only (the
+        ids themselves with ``argmax_only``; else from the logits copied to the host)."""
+        return [r.tolist() if r.dim() == 1 else r.argmax(dim=-1).tolist() for r in runtime.score_batch(requests)]
 
     results: dict[str, object] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -15,7 +15,7 @@ import torch
 
 from edgespec.decoding.early import EarlyVerdict, EarlyVerdictJudge, with_draft_tokens
 from edgespec.decoding.sampling import SamplingParams
-from edgespec.decoding.verification import RoundUniforms, Verdict, verdict_from_logits
+from edgespec.decoding.verification import RoundUniforms, Verdict, greedy_verdict_from_choices, verdict_from_logits
 from edgespec.models.kv import TrackedCache
 from edgespec.models.target import ScoreRequest, TargetRuntime
 
@@ -31,8 +31,12 @@ class PendingRound:
     uniforms: RoundUniforms | None
     judge: EarlyVerdictJudge | None
 
-    def finish(self, logits: torch.Tensor) -> tuple[Verdict, EarlyVerdictJudge | None]:
-        return verdict_from_logits(logits, self.tokens, self.params, self.draft_probs, self.uniforms), self.judge
+    def finish(self, scored: torch.Tensor) -> tuple[Verdict, EarlyVerdictJudge | None]:
+        """``scored``: what the forward returned for ``request``: logits, or for a greedy round the
+        argmax ids (``ScoreRequest.argmax_only``)."""
+        if self.request.argmax_only:
+            return greedy_verdict_from_choices(scored.tolist(), self.tokens), self.judge
+        return verdict_from_logits(scored, self.tokens, self.params, self.draft_probs, self.uniforms), self.judge
 
 
 def begin_round(

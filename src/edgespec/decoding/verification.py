@@ -70,13 +70,20 @@ class RoundUniforms:
 
 def greedy_verdict(target_logits: torch.Tensor, draft_tokens: Sequence[int]) -> Verdict:
     """``target_logits``: [gamma + 1, vocab], row i scores the token after draft position i - 1."""
+    _check_shapes(target_logits, len(draft_tokens))
+    return greedy_verdict_from_choices(torch.argmax(target_logits, dim=-1).tolist(), draft_tokens)
+
+
+def greedy_verdict_from_choices(target_choice: Sequence[int], draft_tokens: Sequence[int]) -> Verdict:
+    """The same from the target's argmax ids alone (gamma + 1 of them): what a greedy session's
+    forward returns (``ScoreRequest.argmax_only``)."""
     gamma = len(draft_tokens)
-    _check_shapes(target_logits, gamma)
-    target_choice = torch.argmax(target_logits, dim=-1).tolist()  # [gamma + 1]; one copy if on an accelerator
+    if len(target_choice) != gamma + 1:
+        raise ValueError(f"expected {gamma + 1} target choices for {gamma} draft tokens, got {len(target_choice)}")
     accepted = 0
-    while accepted < gamma and target_choice[accepted] == int(draft_tokens[accepted]):
+    while accepted < gamma and int(target_choice[accepted]) == int(draft_tokens[accepted]):
         accepted += 1
-    return Verdict(accepted=accepted, next_token=target_choice[accepted])
+    return Verdict(accepted=accepted, next_token=int(target_choice[accepted]))
 
 
 def rejection_sample_verdict(

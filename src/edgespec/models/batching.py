@@ -22,7 +22,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from edgespec.models.kv import TrackedCache, cache_argument_name, logits_out
+from edgespec.models.kv import TrackedCache, cache_argument_name
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +38,11 @@ def can_batch(cache: TrackedCache) -> bool:
 
 def forward_batch(
     model: torch.nn.Module, caches: Sequence[TrackedCache], pendings: Sequence[Sequence[int]], tails: Sequence[int],
-    to_host: Sequence[bool] | None = None,
+    argmax_only: Sequence[bool] | None = None,
 ) -> list[torch.Tensor]:
     """Feed each ``pendings[i]`` on top of ``caches[i]`` in one pass; logits [tails[i], vocab]
-    (float32, on the host unless ``to_host[i]`` is False: see ``logits_out``) per session. The
-    caches are only changed once the pass has succeeded."""
+    (float32, on the host) per session, or with ``argmax_only[i]`` their argmax ids [tails[i]]
+    (see ``ScoreRequest``). The caches are only changed once the pass has succeeded."""
     if len({id(c) for c in caches}) != len(caches):
         raise ValueError("a cache appears twice in one batch: each session's rows need a cache of their own")
     if any(not p for p in pendings):
@@ -79,8 +79,14 @@ def forward_batch(
                 new_keys, new_values = new_keys.clone(), new_values.clone()
             layer.update(new_keys, new_values)  # otherwise it concatenates: a copy already
         kv.appended(pending)
-    hosts = to_host if to_host is not None else [True] * batch
-    return [logits_out(output.logits[row, -tail:, :], host) for row, (tail, host) in enumerate(zip(tails, hosts))]
+    greedy = argmax_only if argmax_only is not None else [False] * batch
+    # Every greedy row's ids in one argmax and one copy to the host for the whole pass (one
+    # synchronisation, not one per session); rows' real positions end at the last column.
+    choices = output.logits.argmax(dim=-1).cpu() if any(greedy) else None
+    return [
+        choices[row, -tail:] if wants_ids and choices is not None else output.logits[row, -tail:, :].float().cpu()
+        for row, (tail, wants_ids) in enumerate(zip(tails, greedy))
+    ]
 
 
 def _padded_cache(model: torch.nn.Module, caches: Sequence[TrackedCache], cached: list[int], longest: int) -> DynamicCache:

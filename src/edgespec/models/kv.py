@@ -114,25 +114,18 @@ def standard_head_input(model: torch.nn.Module) -> None:
     head._edgespec_standard_input = True
 
 
-def forward_with_cache(model: torch.nn.Module, kv: TrackedCache, pending: Sequence[int], tail: int, to_host: bool = True) -> torch.Tensor:
+def forward_with_cache(model: torch.nn.Module, kv: TrackedCache, pending: Sequence[int], tail: int, argmax_only: bool = False) -> torch.Tensor:
     """Feed ``pending`` tokens through ``model`` on top of ``kv``; logits [tail, vocab] in float32
-    on the host (``to_host=False``: left where the model computed them, see ``logits_out``)."""
+    on the host (``argmax_only``: their argmax ids [tail] instead, see ``ScoreRequest``)."""
     if not pending:
         raise ValueError("nothing to feed: the sequence is already fully cached")
     input_ids = torch.tensor([list(pending)], dtype=torch.long, device=model.device)
     kwargs = {cache_argument_name(model): kv.cache}
     output = model(input_ids=input_ids, use_cache=True, logits_to_keep=tail, **kwargs)
     kv.appended(pending)
-    return logits_out(output.logits[0, -tail:, :], to_host)
-
-
-def logits_out(logits: torch.Tensor, to_host: bool) -> torch.Tensor:
-    """Verdicts are decided on the host from a few rows of logits, whatever device ran the
-    forward. A consumer that needs only the argmax (greedy) takes them where they are: on an
-    accelerator the argmax then runs there and only the ids cross (on the CPU: unchanged)."""
-    if to_host or logits.device.type == "cpu":
-        return logits.float().cpu()
-    return logits
+    logits = output.logits[0, -tail:, :]
+    # Verdicts are decided on the host; a greedy one needs only the ids, taken where the forward ran.
+    return logits.argmax(dim=-1).cpu() if argmax_only else logits.float().cpu()
 
 
 def kv_bytes_per_token(model: torch.nn.Module) -> int:

@@ -45,9 +45,11 @@ class ScoreRequest:
     # [tail - 1, k] ids: exits score only these (row i: the ids the i-th tail position may predict)
     # instead of the whole vocabulary; None: full LM head.
     exit_candidates: torch.Tensor | None = None
-    # The consumer reads only each row's argmax (greedy): on an accelerator the logits stay there
-    # (no [tail, vocab] float32 copy to the host: at 32 sessions x 5 rows that copy, ~100 MB a
-    # pass, took 67 of the pass's 159 ms on the H200). On the CPU nothing changes.
+    # The consumer reads only each row's argmax (greedy): the runtime returns the argmax ids, a
+    # LongTensor [tail] on the host, instead of the logits. On an accelerator the argmax runs
+    # there and a batched pass copies all its greedy rows' ids at once (the [tail, vocab] float32
+    # copy per session it replaces, ~100 MB for 32 sessions x 5 rows, took 67 of a 159 ms pass
+    # on the H200).
     argmax_only: bool = False
 
 
@@ -201,8 +203,8 @@ class TargetRuntime:
         exit_candidates: torch.Tensor | None = None,
         argmax_only: bool = False,
     ) -> torch.Tensor:
-        """Final logits [tail, vocab] (float32, on the host; with ``argmax_only``, see
-        ``ScoreRequest``, possibly the model's dtype on its device) for the last ``tail`` positions of ``sequence``.
+        """Final logits [tail, vocab] (float32, on the host; with ``argmax_only`` their argmax ids
+        [tail] instead, see ``ScoreRequest``) for the last ``tail`` positions of ``sequence``.
 
         Row i predicts the token after ``sequence[len - tail + i]``. The cache is rolled back to
         what is still valid and only the uncached suffix is fed. ``on_exit`` receives each
@@ -217,7 +219,7 @@ class TargetRuntime:
         self._taps = [_Tap(0, tail, on_exit, exit_candidates)] if on_exit is not None else []
         self._started = time.perf_counter()
         try:
-            logits = forward_with_cache(self.model, kv, pending, tail, to_host=not argmax_only)
+            logits = forward_with_cache(self.model, kv, pending, tail, argmax_only)
         finally:
             self._taps = []
         self.batch_sizes[1] += 1
@@ -235,7 +237,7 @@ class TargetRuntime:
         self._taps = [_Tap(row, r.tail, r.on_exit, r.exit_candidates) for row, r in enumerate(requests) if r.on_exit is not None]
         self._started = time.perf_counter()
         try:
-            logits = forward_batch(self.model, [r.kv for r in requests], pendings, [r.tail for r in requests], [not r.argmax_only for r in requests])
+            logits = forward_batch(self.model, [r.kv for r in requests], pendings, [r.tail for r in requests], [r.argmax_only for r in requests])
         finally:
             self._taps = []
         self.batch_sizes[len(requests)] += 1

@@ -73,9 +73,10 @@ class RealCloud:
             # The draft's randomness is the one an edge draft would use: the same seed offset.
             return self.draft.draft(job.sequence, job.gamma, sampling, seed=seed + DRAFT_SEED_OFFSET, stop_below=job.stop_below)
         if job.kind == "decode":
-            logits = self.target.score_tail(job.sequence, 1, kv=self.kv, argmax_only=sampling.greedy)[0]
-            uniform = None if sampling.greedy else RoundUniforms.for_decode(seed, len(job.sequence))
-            return choose_token(logits, sampling, uniform)
+            scored = self.target.score_tail(job.sequence, 1, kv=self.kv, argmax_only=sampling.greedy)[0]
+            if sampling.greedy:
+                return int(scored)  # the argmax id itself (ScoreRequest.argmax_only)
+            return choose_token(scored, sampling, RoundUniforms.for_decode(seed, len(job.sequence)))
         assert job.block is not None
         pending = begin_round(
             self.target, job.sequence, job.block.tokens, sampling, job.block.payload, seed, job.with_exits, kv=self.kv,

@@ -121,8 +121,9 @@ class ServerSession:
         rounds = self.rounds
         uniform = None if self.sampling.greedy else RoundUniforms.for_decode(self.seed, len(rounds.sequence))
 
-        def finish(logits: torch.Tensor) -> tuple[int, bool]:
-            token = choose_token(logits[0], self.sampling, uniform)
+        def finish(scored: torch.Tensor) -> tuple[int, bool]:
+            # Greedy: the forward returned the argmax id itself (ScoreRequest.argmax_only).
+            token = int(scored[0]) if self.sampling.greedy else choose_token(scored[0], self.sampling, uniform)
             commit = rounds.decoded(token)
             self.runtime.rollback(rounds.sequence, kv=self.kv)
             return token, commit.finished
