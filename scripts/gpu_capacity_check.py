@@ -130,7 +130,10 @@ def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
             runtime.score_batch(requests)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
-    admission = AdmissionLimits(max_sessions=max(64, 2 * args.clients), max_queued=max(256, 4 * args.clients), max_batch=args.max_batch)
+    admission = AdmissionLimits(
+        max_sessions=max(64, 2 * args.clients), max_queued=max(256, 4 * args.clients), max_batch=args.max_batch,
+        max_batch_rows=max(512, args.max_batch * (args.prefill_chunk or 9)), prefill_chunk=args.prefill_chunk,
+    )
     service = VerifierService(runtime, tokenizer=None, eos_ids=frozenset(), admission=admission)
     server = RunningServer(service, ServerConfig(port=0, admission=admission))
     service.scheduler.stats = type(service.scheduler.stats)()  # the warm-up is not the run
@@ -241,6 +244,7 @@ def main() -> int:
     parser.add_argument("--gamma", type=int, default=4)
     parser.add_argument("--draft-stop", type=float, default=0.4)
     parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--prefill-chunk", type=int, default=0, help="as `serve --prefill-chunk` (0: each prefill alone, whole)")
     parser.add_argument("--processes", type=int, default=8, help="client processes (the clients are spread over them)")
     parser.add_argument("--timeout-s", type=float, default=300)
     parser.add_argument("--out", type=Path, required=True)

@@ -221,6 +221,9 @@ class SchedulerStats:
     prefill_chunks: int = 0
     prefill_tokens: int = 0
     busy_ms: float = 0.0  # every forward pass's time, summed: the verifier's busy time
+    # The compute thread's time after each pass deciding its sessions' results (verdicts, token
+    # choices, cache rollbacks) before the next pass can start: busy too, outside the forwards.
+    finish_ms: float = 0.0
     # Per completed round (verify/decode): passes started after it was queued and before its own.
     waited_passes: collections.Counter[int] = field(default_factory=collections.Counter)
     recent: collections.deque[PassStats] = field(default_factory=lambda: collections.deque(maxlen=4096))
@@ -251,6 +254,7 @@ class SchedulerStats:
             "prefill_chunks": self.prefill_chunks,
             "prefill_tokens": self.prefill_tokens,
             "busy_s": round(self.busy_ms / 1000, 3),
+            "finish_s": round(self.finish_ms / 1000, 3),
             "round_waited_passes": dict(sorted(self.waited_passes.items())),
         }
 
@@ -437,6 +441,7 @@ class BatchScheduler:
             forward_ms=forward_ms,
         )
         self.stats.record(pass_stats)
+        deciding = time.perf_counter()
         for ride, logits in zip(rides, all_logits):
             entry = ride.entry
             entry.forward_ms += forward_ms
@@ -456,6 +461,7 @@ class BatchScheduler:
             _post(entry, _resolve, JobResult(
                 value, entry.forward_ms, (entry.first_started - entry.submitted) * 1000, len(rides), entry.passes, entry.waited_passes,
             ))
+        self.stats.finish_ms += (time.perf_counter() - deciding) * 1000
         logger.debug(
             "pass: %d rows (%d prefill chunks, %d prompt tokens), %d padded tokens (%d fed) in %.1f ms",
             pass_stats.rows, pass_stats.prefill_rows, pass_stats.prefill_tokens, pass_stats.padded_tokens, pass_stats.fed_tokens, forward_ms,

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU checks in one short run (about 5 minutes on an H200), for a session lent an accelerator.
+#
+#   bash scripts/gpu_session.sh prepare    # here: model configs, this host's edge costs, wheels -> .devcarry/, .whl/
+#   bash scripts/gpu_session.sh run OUT    # there (carry .devcarry, .whl, out/traces-bench): results under OUT
+#
+# Random weights in the real shapes: time only (weights cannot travel). What it runs: correctness
+# on CUDA (every mode equals generate), the batched cost profile (1-128 sessions), and real
+# capacity points (the gRPC verifier on the GPU, N trace-scripted edge clients through the link
+# emulator) with and without prefill chunks, to set beside `edgespec simulate --hardware h200`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+case "${1:-}" in
+prepare)
+    set -e
+    mkdir -p .devcarry/qwen1.5b .devcarry/qwen0.5b .whl
+    grep -qx '/.devcarry/' .git/info/exclude 2>/dev/null || echo '/.devcarry/' >> .git/info/exclude
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+    for model in 1.5b 0.5b; do  # the converted checkpoint's config.json (converting once if needed)
+        cp "$(.venv/bin/python -c "from edgespec.models.loading import converted_dir; print(converted_dir('qwen2.5-coder-$model'))")/config.json" .devcarry/qwen$model/
+    done
+    cp "$(ls -t ~/.cache/edgespec/profiles/host-*llamacpp-bfloat16.json | head -1)" .devcarry/host.json
+    # The generated gRPC code needs protobuf >= the version it was made with: carry this venv's.
+    for package in grpcio protobuf grpcio-reflection; do
+        version=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('$package'))")
+        python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+            --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "$package==$version"
+    done
+    ls .devcarry .whl ;;
+run)
+    out=${2:?usage: gpu_session.sh run OUT}
+    export PYTHONUNBUFFERED=1
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+    timeout 60 python3 scripts/gpu_check.py > "$out/gpu_check.log" 2>&1; echo "gpu_check rc=$?"; tail -2 "$out/gpu_check.log"
+    timeout 130 python3 scripts/gpu_cost_profile.py --config .devcarry/qwen1.5b --logit-lens-exits 24,26 --batches 1,8,16,32,64,128 \
+        --repeats 10 --out "$out/costs-qwen1.5b.json" > "$out/profile.log" 2>&1; echo "profile rc=$?"; grep -E "^batch" "$out/profile.log"
+    check="python3 scripts/gpu_capacity_check.py --config .devcarry/qwen1.5b --traces out/traces-bench --edge-profile .devcarry/host.json"
+    timeout 150 $check --clients 64 --modes sd,cloud-ar,sd-ee-pipelined --out "$out/capacity-64.json" 2>&1 | grep -v Warning | tail -3
+    timeout 60 $check --clients 64 --modes sd --prefill-chunk 128 --out "$out/capacity-64-chunks.json" 2>&1 | grep -v Warning | tail -1
+    echo done ;;
+*)
+    sed -n 2,9p "$0"; exit 2 ;;
+esac
