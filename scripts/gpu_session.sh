@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks in one short run (about 5 minutes on an H200), for a session lent an accelerator.
+# The GPU checks in one short run (6-8 minutes on an H200; give the device call timeout_s 560), for a session lent an accelerator.
 #
 #   bash scripts/gpu_session.sh prepare    # here: model configs, this host's edge costs, wheels -> .devcarry/, .whl/
 #   bash scripts/gpu_session.sh run OUT    # there (carry .devcarry, .whl, out/traces-bench): results under OUT
@@ -36,8 +36,8 @@ run)
     timeout 130 python3 scripts/gpu_cost_profile.py --config .devcarry/qwen1.5b --logit-lens-exits 24,26 --batches 1,8,16,32,64,128 \
         --repeats 10 --out "$out/costs-qwen1.5b.json" > "$out/profile.log" 2>&1; echo "profile rc=$?"; grep -E "^batch" "$out/profile.log"
     check="python3 scripts/gpu_capacity_check.py --config .devcarry/qwen1.5b --traces out/traces-bench --edge-profile .devcarry/host.json"
-    timeout 150 $check --clients 64 --modes sd,cloud-ar,sd-ee-pipelined --out "$out/capacity-64.json" 2>&1 | grep -v Warning | tail -3
-    timeout 60 $check --clients 64 --modes sd --prefill-chunk 128 --out "$out/capacity-64-chunks.json" 2>&1 | grep -v Warning | tail -1
+    timeout 200 $check --clients 64 --modes sd,cloud-ar,sd-ee-pipelined --out "$out/capacity-64.json" 2>&1 | grep -v Warning | tail -3
+    timeout 90 $check --clients 64 --modes sd --prefill-chunk 128 --out "$out/capacity-64-chunks.json" 2>&1 | grep -v Warning | tail -1
     echo done ;;
 *)
     sed -n 2,9p "$0"; exit 2 ;;
