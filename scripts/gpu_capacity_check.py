@@ -64,7 +64,7 @@ class ScriptedDraft:
 
         self.edge = TraceEdge(trace, edge_profile, draft_stop)
         self.vocab_size = vocab
-        self.wrong = trace.draft_topk_ids[0][1] if trace.draft_topk_ids[0][0] == trace.continuation[0] else trace.draft_topk_ids[0][0]
+        self.wrong = (trace.continuation[0] + 1) % vocab  # the id `scripted_trace` drafts where the real draft disagreed
         self.seconds = 0.0
 
     def reset(self) -> None:
