@@ -42,7 +42,9 @@ OUTPUT_SCALE = 1e-3
 
 def scripted_trace(trace: Trace, vocab: int) -> Trace:
     """``trace`` mapped onto the repeating target: same prompt, the target writes the last prompt
-    token over and over, the draft agrees exactly where the real draft agreed."""
+    token over and over, the draft agrees exactly where the real draft agreed. Prompt ids beyond a
+    small test model's vocabulary are folded into it (their values do not change the time)."""
+    trace = Trace(**{**trace.__dict__, "prompt_ids": [token % vocab for token in trace.prompt_ids]})
     repeated = trace.prompt_ids[-1]
     wrong = (repeated + 1) % vocab
     agreed = [d == c for d, c in zip(trace.draft_argmax, trace.continuation)] + [True]
@@ -118,6 +120,8 @@ def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
     from edgespec.server.scheduler import AdmissionLimits
     from edgespec.server.servicer import VerifierService
 
+    if args.server_threads:
+        torch.set_num_threads(args.server_threads)
     runtime = TargetRuntime(build_target(args.config, args.dtype, args.device), None)
     # Warm the kernels of every batch shape a run can meet, so no pass pays a first-call cost.
     for size in sorted({1, 2, 4, 8, 16, 32, min(64, args.max_batch), args.max_batch}):
@@ -128,8 +132,7 @@ def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
                 runtime.score_tail(list(range(100, 164)), 1, kv=kv)
                 requests.append(ScoreRequest(list(range(100, 164 + rows)), rows, kv))
             runtime.score_batch(requests)
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
+    isolated = isolated_pass_ms(runtime, args.device)
     admission = AdmissionLimits(
         max_sessions=max(64, 2 * args.clients), max_queued=max(256, 4 * args.clients), max_batch=args.max_batch,
         max_batch_rows=max(512, args.max_batch * (args.prefill_chunk or 9)), prefill_chunk=args.prefill_chunk,
@@ -140,8 +143,50 @@ def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
     ports.put(server.port)
     stop.wait()
     summary = service.scheduler.stats.summary()
+    summary["isolated_pass_ms"] = isolated
+    summary["in_server_pass_ms"] = in_server_pass_ms(service.scheduler.stats.recent)
     server.stop(grace=1.0)
     stats.put(summary)
+
+
+def isolated_pass_ms(runtime: Any, device: str) -> dict[str, float]:
+    """Median ms of a pass alone (sessions x rows, ragged contexts of 120-220 tokens), timed as the
+    server times its passes: to set beside ``in_server_pass_ms``."""
+    import torch
+
+    from edgespec.models.target import ScoreRequest
+
+    def synchronized() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    timed: dict[str, float] = {}
+    for size in (1, 8, 16, 32):
+        for rows in (1, 5):
+            requests = []
+            for index in range(size):
+                kv = runtime.new_cache()
+                sequence = [(7 * index + j) % 2000 + 1 for j in range(120 + (index * 37) % 100)]
+                runtime.score_tail(sequence, 1, kv=kv)
+                requests.append(ScoreRequest(sequence + [5] * rows, rows, kv, argmax_only=True))
+            samples = []
+            for _ in range(7):
+                synchronized()
+                started = time.perf_counter()
+                runtime.score_batch(requests)
+                samples.append((time.perf_counter() - started) * 1000)
+            timed[f"{size}x{rows}"] = round(statistics.median(samples), 2)
+    synchronized()
+    return timed
+
+
+def in_server_pass_ms(passes: Any) -> dict[str, list[float]]:
+    """Median ms of the server's passes without prefill, by sessions x widest row: [ms, passes]."""
+    grouped: dict[tuple[int, int], list[float]] = {}
+    for one in passes:
+        if one.prefill_rows == 0:
+            grouped.setdefault((one.rows, one.padded_tokens // one.rows), []).append(one.forward_ms)
+    return {f"{rows}x{width}": [round(statistics.median(ms), 2), len(ms)] for (rows, width), ms in sorted(grouped.items()) if len(ms) >= 3}
 
 
 def relay(upstream: int, link: str, ports: Any, stop: Any) -> None:
@@ -245,6 +290,7 @@ def main() -> int:
     parser.add_argument("--draft-stop", type=float, default=0.4)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--prefill-chunk", type=int, default=0, help="as `serve --prefill-chunk` (0: each prefill alone, whole)")
+    parser.add_argument("--server-threads", type=int, default=0, help="the server's torch threads (0: torch's default, as `serve`)")
     parser.add_argument("--processes", type=int, default=8, help="client processes (the clients are spread over them)")
     parser.add_argument("--timeout-s", type=float, default=300)
     parser.add_argument("--out", type=Path, required=True)

@@ -7,7 +7,7 @@
 # Random weights in the real shapes: time only (weights cannot travel). What it runs: correctness
 # on CUDA (every mode equals generate), the batched cost profile (1-128 sessions), and real
 # capacity points (the gRPC verifier on the GPU, N trace-scripted edge clients through the link
-# emulator) with and without prefill chunks, to set beside `edgespec simulate --hardware h200`.
+# emulator) with torch's default threads and one, with and without prefill chunks, to set beside `edgespec simulate --hardware h200`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -36,8 +36,9 @@ run)
     timeout 130 python3 scripts/gpu_cost_profile.py --config .devcarry/qwen1.5b --logit-lens-exits 24,26 --batches 1,8,16,32,64,128 \
         --repeats 10 --out "$out/costs-qwen1.5b.json" > "$out/profile.log" 2>&1; echo "profile rc=$?"; grep -E "^batch" "$out/profile.log"
     check="python3 scripts/gpu_capacity_check.py --config .devcarry/qwen1.5b --traces out/traces-bench --edge-profile .devcarry/host.json"
-    timeout 200 $check --clients 64 --modes sd,cloud-ar,sd-ee-pipelined --out "$out/capacity-64.json" 2>&1 | grep -v Warning | tail -3
-    timeout 90 $check --clients 64 --modes sd --prefill-chunk 128 --out "$out/capacity-64-chunks.json" 2>&1 | grep -v Warning | tail -1
+    timeout 150 $check --clients 64 --modes sd,cloud-ar --out "$out/capacity-64.json" 2>&1 | grep -v Warning | tail -2
+    timeout 90 $check --clients 64 --modes sd --server-threads 1 --out "$out/capacity-64-threads1.json" 2>&1 | grep -v Warning | tail -1
+    timeout 90 $check --clients 64 --modes sd --server-threads 1 --prefill-chunk 128 --out "$out/capacity-64-chunks.json" 2>&1 | grep -v Warning | tail -1
     echo done ;;
 *)
     sed -n 2,9p "$0"; exit 2 ;;
