@@ -61,10 +61,10 @@ class ScriptedDraft:
     """`DraftRuntime`'s interface over a trace (the simulator's `TraceEdge`): the blocks the real
     draft drafted, after the edge's drafting time."""
 
-    def __init__(self, trace: Trace, edge_profile: Any, vocab: int, draft_stop: float) -> None:
+    def __init__(self, trace: Trace, edge_profile: Any, vocab: int) -> None:
         from edgespec.sim.replay import TraceEdge
 
-        self.edge = TraceEdge(trace, edge_profile, draft_stop)
+        self.edge = TraceEdge(trace, edge_profile)  # the client passes its draft stop with every block
         self.vocab_size = vocab
         self.wrong = (trace.continuation[0] + 1) % vocab  # the id `scripted_trace` drafts where the real draft disagreed
         self.seconds = 0.0
@@ -212,7 +212,7 @@ def clients(jobs: list[dict[str, Any]], address: str, args: argparse.Namespace, 
     async def one(job: dict[str, Any]) -> dict[str, Any]:
         trace = Trace.from_json(job["trace"])
         mode = Mode.parse(args.mode)
-        draft = ScriptedDraft(trace, edge_profile, args.vocab, args.draft_stop) if mode.uses_draft else None
+        draft = ScriptedDraft(trace, edge_profile, args.vocab) if mode.uses_draft else None
         client = EdgeClient(address, draft)  # type: ignore[arg-type]
         config = GenerationConfig(max_new_tokens=job["max_new_tokens"], gamma=args.gamma, draft_stop=args.draft_stop, early_verdicts=False)
         started = time.perf_counter()

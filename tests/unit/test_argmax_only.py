@@ -41,3 +41,12 @@ def test_a_verdict_from_the_choices_equals_the_one_from_the_logits() -> None:
         tokens[int(torch.randint(0, 4, (1,), generator=generator))] = 0  # a rejection somewhere (or not)
         choices = torch.argmax(logits, dim=-1).tolist()
         assert greedy_verdict_from_choices(choices, tokens) == greedy_verdict(logits, tokens) == greedy_verdict(logits.float(), tokens)
+
+
+def test_a_decode_token_comes_from_the_ids_when_greedy_and_from_the_logits_when_sampled() -> None:
+    from edgespec.decoding.sampling import SamplingParams, choose_token, token_from_forward
+
+    logits = torch.tensor([0.1, 2.0, 0.3, 1.9])
+    assert token_from_forward(torch.tensor(1), SamplingParams()) == 1  # greedy: the forward's argmax id
+    sampled = SamplingParams(temperature=0.7)
+    assert token_from_forward(logits, sampled, 0.9) == choose_token(logits, sampled, 0.9)

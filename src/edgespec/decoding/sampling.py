@@ -81,6 +81,12 @@ def choose_token(logits: torch.Tensor, params: SamplingParams, uniform: float | 
     return sample_with_uniform(logits_to_probs(logits, params), uniform)
 
 
+def token_from_forward(scored: torch.Tensor, params: SamplingParams, uniform: float | None = None) -> int:
+    """One next token from what a target forward returned for the last position: for a greedy
+    session the argmax id itself (``ScoreRequest.argmax_only``), else its logits [vocab]."""
+    return int(scored) if params.greedy else choose_token(scored, params, uniform)
+
+
 def position_uniform(seed: int, position: int) -> float:
     """A uniform fixed by (seed, absolute position): the draft's randomness.
 

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from edgespec.decoding.config import DRAFT_SEED_OFFSET
 from edgespec.decoding.rounds import begin_round
-from edgespec.decoding.sampling import SamplingParams, choose_token
+from edgespec.decoding.sampling import SamplingParams, token_from_forward
 from edgespec.decoding.verification import RoundUniforms
 from edgespec.models.draft import DraftBlock, DraftRuntime
 from edgespec.models.kv import TrackedCache
@@ -74,9 +74,8 @@ class RealCloud:
             return self.draft.draft(job.sequence, job.gamma, sampling, seed=seed + DRAFT_SEED_OFFSET, stop_below=job.stop_below)
         if job.kind == "decode":
             scored = self.target.score_tail(job.sequence, 1, kv=self.kv, argmax_only=sampling.greedy)[0]
-            if sampling.greedy:
-                return int(scored)  # the argmax id itself (ScoreRequest.argmax_only)
-            return choose_token(scored, sampling, RoundUniforms.for_decode(seed, len(job.sequence)))
+            uniform = None if sampling.greedy else RoundUniforms.for_decode(seed, len(job.sequence))
+            return token_from_forward(scored, sampling, uniform)
         assert job.block is not None
         pending = begin_round(
             self.target, job.sequence, job.block.tokens, sampling, job.block.payload, seed, job.with_exits, kv=self.kv,

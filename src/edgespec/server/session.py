@@ -16,7 +16,7 @@ import torch
 
 from edgespec.decoding.early import EarlyVerdict, EarlyVerdictJudge
 from edgespec.decoding.rounds import begin_round
-from edgespec.decoding.sampling import SamplingParams, choose_token
+from edgespec.decoding.sampling import SamplingParams, token_from_forward
 from edgespec.decoding.verification import RoundUniforms, Verdict
 from edgespec.models.target import ScoreRequest, TargetRuntime
 from edgespec.rounds.server import ServerRounds, Verify
@@ -122,8 +122,7 @@ class ServerSession:
         uniform = None if self.sampling.greedy else RoundUniforms.for_decode(self.seed, len(rounds.sequence))
 
         def finish(scored: torch.Tensor) -> tuple[int, bool]:
-            # Greedy: the forward returned the argmax id itself (ScoreRequest.argmax_only).
-            token = int(scored[0]) if self.sampling.greedy else choose_token(scored[0], self.sampling, uniform)
+            token = token_from_forward(scored[0], self.sampling, uniform)
             commit = rounds.decoded(token)
             self.runtime.rollback(rounds.sequence, kv=self.kv)
             return token, commit.finished
