@@ -122,6 +122,10 @@ def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
 
     if args.server_threads:
         torch.set_num_threads(args.server_threads)
+    if args.switch_interval_ms:
+        # Torch releases the GIL around every op; with gRPC's threads waiting, the pass thread can wait a
+        # whole switch interval (5 ms by default) to get it back.
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
     runtime = TargetRuntime(build_target(args.config, args.dtype, args.device), None)
     # Warm the kernels of every batch shape a run can meet, so no pass pays a first-call cost.
     for size in sorted({1, 2, 4, 8, 16, 32, min(64, args.max_batch), args.max_batch}):
@@ -291,6 +295,7 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--prefill-chunk", type=int, default=0, help="as `serve --prefill-chunk` (0: each prefill alone, whole)")
     parser.add_argument("--server-threads", type=int, default=0, help="the server's torch threads (0: torch's default, as `serve`)")
+    parser.add_argument("--switch-interval-ms", type=float, default=0.0, help="the server process's GIL switch interval (0: Python's 5 ms)")
     parser.add_argument("--processes", type=int, default=8, help="client processes (the clients are spread over them)")
     parser.add_argument("--timeout-s", type=float, default=300)
     parser.add_argument("--out", type=Path, required=True)
