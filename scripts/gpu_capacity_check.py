@@ -145,17 +145,20 @@ def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
     server = RunningServer(service, ServerConfig(port=0, admission=admission))
     service.scheduler.stats = type(service.scheduler.stats)()  # the warm-up is not the run
     ports.put(server.port)
+    wall, cpu = time.perf_counter(), time.process_time()
     stop.wait()
     summary = service.scheduler.stats.summary()
+    # Cores the whole server process kept busy (gRPC's threads and the event loop beside the passes).
+    summary["process_cores_busy"] = round((time.process_time() - cpu) / (time.perf_counter() - wall), 2)
     summary["isolated_pass_ms"] = isolated
     summary["in_server_pass_ms"] = in_server_pass_ms(service.scheduler.stats.recent)
     server.stop(grace=1.0)
     stats.put(summary)
 
 
-def isolated_pass_ms(runtime: Any, device: str) -> dict[str, float]:
+def isolated_pass_ms(runtime: Any, device: str) -> dict[str, list[float]]:
     """Median ms of a pass alone (sessions x rows, ragged contexts of 120-220 tokens), timed as the
-    server times its passes: to set beside ``in_server_pass_ms``."""
+    server times its passes, and the thread's CPU ms in it: to set beside ``in_server_pass_ms``."""
     import torch
 
     from edgespec.models.target import ScoreRequest
@@ -173,24 +176,30 @@ def isolated_pass_ms(runtime: Any, device: str) -> dict[str, float]:
                 sequence = [(7 * index + j) % 2000 + 1 for j in range(120 + (index * 37) % 100)]
                 runtime.score_tail(sequence, 1, kv=kv)
                 requests.append(ScoreRequest(sequence + [5] * rows, rows, kv, argmax_only=True))
-            samples = []
+            samples, cpu = [], []
             for _ in range(7):
                 synchronized()
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.thread_time()
                 runtime.score_batch(requests)
                 samples.append((time.perf_counter() - started) * 1000)
-            timed[f"{size}x{rows}"] = round(statistics.median(samples), 2)
+                cpu.append((time.thread_time() - cpu_started) * 1000)
+            timed[f"{size}x{rows}"] = [round(statistics.median(samples), 2), round(statistics.median(cpu), 2)]
     synchronized()
     return timed
 
 
 def in_server_pass_ms(passes: Any) -> dict[str, list[float]]:
-    """Median ms of the server's passes without prefill, by sessions x widest row: [ms, passes]."""
-    grouped: dict[tuple[int, int], list[float]] = {}
+    """The server's passes without prefill, by sessions x widest row: [median ms, median thread CPU ms, passes]."""
+    grouped: dict[tuple[int, int], list[Any]] = {}
     for one in passes:
         if one.prefill_rows == 0:
-            grouped.setdefault((one.rows, one.padded_tokens // one.rows), []).append(one.forward_ms)
-    return {f"{rows}x{width}": [round(statistics.median(ms), 2), len(ms)] for (rows, width), ms in sorted(grouped.items()) if len(ms) >= 3}
+            grouped.setdefault((one.rows, one.padded_tokens // one.rows), []).append(one)
+    return {
+        f"{rows}x{width}": [
+            round(statistics.median(p.forward_ms for p in group), 2), round(statistics.median(p.thread_cpu_ms for p in group), 2), len(group),
+        ]
+        for (rows, width), group in sorted(grouped.items()) if len(group) >= 3
+    }
 
 
 def relay(upstream: int, link: str, ports: Any, stop: Any) -> None:

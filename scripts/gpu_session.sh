@@ -3,6 +3,7 @@
 #
 #   bash scripts/gpu_session.sh prepare    # here: model configs, this host's edge costs, wheels -> .devcarry/, .whl/
 #   bash scripts/gpu_session.sh run OUT    # there (carry .devcarry, .whl, out/traces-bench): results under OUT
+#   bash scripts/gpu_session.sh chunks OUT # there, after it: capacity points with prefill chunks (3-4 minutes)
 #
 # Random weights in the real shapes: time only (weights cannot travel). What it runs: correctness
 # on CUDA (every mode equals generate), the batched cost profile (1-128 sessions), and real
@@ -43,6 +44,15 @@ run)
     timeout 80 python3 scripts/gpu_cost_profile.py --config .devcarry/qwen1.5b --logit-lens-exits 24,26 --batches 1,32,64,128 \
         --repeats 5 --out "$out/costs-qwen1.5b.json" > "$out/profile.log" 2>&1; echo "profile rc=$?"; grep -E "^batch" "$out/profile.log"
     timeout 60 python3 scripts/gpu_check.py > "$out/gpu_check.log" 2>&1; echo "gpu_check rc=$?"; tail -2 "$out/gpu_check.log"
+    echo done ;;
+chunks)  # the follow-up (3-4 minutes): both modes with prefill chunks and one server thread, where the passes' time goes
+    out=${2:?usage: gpu_session.sh chunks OUT}
+    export PYTHONUNBUFFERED=1
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
+    check="python3 scripts/gpu_capacity_check.py --config .devcarry/qwen1.5b --traces out/traces-bench --edge-profile .devcarry/host.json --server-threads 1 --prefill-chunk 128"
+    timeout 75 $check --clients 64 --modes sd --out "$out/capacity-chunks-sd.json" 2>&1 | grep -v Warning | tail -1
+    timeout 80 $check --clients 64 --modes cloud-ar --out "$out/capacity-chunks-ar.json" 2>&1 | grep -v Warning | tail -1
+    timeout 90 $check --clients 128 --max-batch 64 --modes sd --out "$out/capacity-chunks-sd128.json" 2>&1 | grep -v Warning | tail -1
     echo done ;;
 *)
     sed -n 2,9p "$0"; exit 2 ;;

@@ -209,6 +209,9 @@ class PassStats:
     prefill_rows: int
     prefill_tokens: int  # prompt tokens fed by prefill chunks
     forward_ms: float
+    # The compute thread's own CPU time in the forward: far below forward_ms, it waited (for the GIL,
+    # for a core); near it, it dispatched (or spun on the accelerator).
+    thread_cpu_ms: float = 0.0
 
 
 @dataclass
@@ -423,6 +426,7 @@ class BatchScheduler:
         if rides[0].entry.job.run is not None:  # planned alone
             self._run_other(rides[0].entry, started)
             return
+        cpu_started = time.thread_time()
         try:
             all_logits = self.runtime.score_batch([ride.request for ride in rides])
         except Exception as error:  # noqa: BLE001 - every waiting session hears of it
@@ -431,6 +435,7 @@ class BatchScheduler:
                 _post(ride.entry, _fail, error)
             return
         forward_ms = (time.perf_counter() - started) * 1000
+        thread_cpu_ms = (time.thread_time() - cpu_started) * 1000
         longest = max(ride.fed for ride in rides)
         pass_stats = PassStats(
             rows=len(rides),
@@ -439,6 +444,7 @@ class BatchScheduler:
             prefill_rows=sum(ride.prefill for ride in rides),
             prefill_tokens=sum(ride.fed for ride in rides if ride.prefill),
             forward_ms=forward_ms,
+            thread_cpu_ms=thread_cpu_ms,
         )
         self.stats.record(pass_stats)
         deciding = time.perf_counter()
