@@ -137,9 +137,14 @@ def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
                 requests.append(ScoreRequest(list(range(100, 164 + rows)), rows, kv))
             runtime.score_batch(requests)
     isolated = isolated_pass_ms(runtime, args.device)
+    profiles: list[str] = []
+    if args.profile_passes:
+        profiles += profile_isolated_passes(runtime, args.device)
+        profile_in_server_passes(runtime, args.device, args.profile_passes, profiles)
+    prefill_chunk, max_batch_rows = AdmissionLimits.batch_budget(args.device, args.max_batch, args.prefill_chunk, None)
     admission = AdmissionLimits(
         max_sessions=max(64, 2 * args.clients), max_queued=max(256, 4 * args.clients), max_batch=args.max_batch,
-        max_batch_rows=max(512, args.max_batch * (args.prefill_chunk or 9)), prefill_chunk=args.prefill_chunk,
+        max_batch_rows=max(max_batch_rows, args.max_batch * 9), prefill_chunk=prefill_chunk,
     )
     service = VerifierService(runtime, tokenizer=None, eos_ids=frozenset(), admission=admission)
     server = RunningServer(service, ServerConfig(port=0, admission=admission))
@@ -152,6 +157,9 @@ def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
     summary["process_cores_busy"] = round((time.process_time() - cpu) / (time.perf_counter() - wall), 2)
     summary["isolated_pass_ms"] = isolated
     summary["in_server_pass_ms"] = in_server_pass_ms(service.scheduler.stats.recent)
+    if profiles:
+        path = args.out.with_name(f"{args.out.stem}-{args.mode}-{args.clients}-profile.txt")
+        path.write_text("\n\n".join(profiles) + "\n")
     server.stop(grace=1.0)
     stats.put(summary)
 
@@ -161,21 +169,14 @@ def isolated_pass_ms(runtime: Any, device: str) -> dict[str, list[float]]:
     server times its passes, and the thread's CPU ms in it: to set beside ``in_server_pass_ms``."""
     import torch
 
-    from edgespec.models.target import ScoreRequest
-
     def synchronized() -> None:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    timed: dict[str, float] = {}
+    timed: dict[str, list[float]] = {}
     for size in (1, 8, 16, 32):
         for rows in (1, 5):
-            requests = []
-            for index in range(size):
-                kv = runtime.new_cache()
-                sequence = [(7 * index + j) % 2000 + 1 for j in range(120 + (index * 37) % 100)]
-                runtime.score_tail(sequence, 1, kv=kv)
-                requests.append(ScoreRequest(sequence + [5] * rows, rows, kv, argmax_only=True))
+            requests = _requests(runtime, size, rows)
             samples, cpu = [], []
             for _ in range(7):
                 synchronized()
@@ -186,6 +187,68 @@ def isolated_pass_ms(runtime: Any, device: str) -> dict[str, list[float]]:
             timed[f"{size}x{rows}"] = [round(statistics.median(samples), 2), round(statistics.median(cpu), 2)]
     synchronized()
     return timed
+
+
+def _requests(runtime: Any, size: int, rows: int) -> list[Any]:
+    """``size`` sessions with ragged contexts of 120-220 tokens, each asking to score ``rows`` rows."""
+    from edgespec.models.target import ScoreRequest
+
+    requests = []
+    for index in range(size):
+        kv = runtime.new_cache()
+        sequence = [(7 * index + j) % 2000 + 1 for j in range(120 + (index * 37) % 100)]
+        runtime.score_tail(sequence, 1, kv=kv)
+        requests.append(ScoreRequest(sequence + [5] * rows, rows, kv, argmax_only=True))
+    return requests
+
+
+def _profiled(device: str, run: Callable[[], Any], title: str) -> str:
+    """One call of ``run`` under torch's profiler: its wall and thread CPU ms, and where the time went."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    started, cpu_started = time.perf_counter(), time.thread_time()
+    with profile(activities=activities) as prof:
+        run()
+    wall, cpu = (time.perf_counter() - started) * 1000, (time.thread_time() - cpu_started) * 1000
+    events = prof.key_averages()
+    calls = sum(event.count for event in events)
+    table = events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60)
+    return f"## {title}: {wall:.1f} ms wall, {cpu:.1f} ms thread CPU (profiled), {calls} op calls\n{table}"
+
+
+def profile_isolated_passes(runtime: Any, device: str) -> list[str]:
+    """Passes of 8 and 32 sessions' verify blocks, alone, under the profiler."""
+    tables = []
+    for size in (8, 32):
+        requests = _requests(runtime, size, 5)
+        runtime.score_batch(requests)  # warm this exact shape
+        requests = _requests(runtime, size, 5)
+        tables.append(_profiled(device, lambda: runtime.score_batch(requests), f"alone: {size} sessions x 5 rows"))
+    return tables
+
+
+def profile_in_server_passes(runtime: Any, device: str, count: int, tables: list[str]) -> None:
+    """Profile ``count`` of the server's passes of at least 4 sessions' rounds (no prefill chunk),
+    from the 5th such pass on (the load has built up by then), on the server's own compute thread."""
+    original = runtime.score_batch
+    seen = 0
+
+    def score_batch(requests: Any) -> Any:
+        nonlocal seen
+        rounds = len(requests) >= 4 and all(len(r.sequence) - len(r.kv.tokens) <= 9 for r in requests)
+        if rounds:
+            seen += 1
+        if rounds and 5 <= seen < 5 + count:
+            result: list[Any] = []
+            tables.append(_profiled(device, lambda: result.extend(original(requests)), f"in the server: {len(requests)} sessions, pass {seen}"))
+            return result
+        return original(requests)
+
+    runtime.score_batch = score_batch
 
 
 def in_server_pass_ms(passes: Any) -> dict[str, list[float]]:
@@ -302,9 +365,12 @@ def main() -> int:
     parser.add_argument("--gamma", type=int, default=4)
     parser.add_argument("--draft-stop", type=float, default=0.4)
     parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--prefill-chunk", type=int, default=0, help="as `serve --prefill-chunk` (0: each prefill alone, whole)")
+    parser.add_argument(
+        "--prefill-chunk", type=int, default=None, help="as `serve --prefill-chunk` (0: each prefill alone, whole; default: serve's for --device)"
+    )
     parser.add_argument("--server-threads", type=int, default=0, help="the server's torch threads (0: torch's default, as `serve`)")
     parser.add_argument("--switch-interval-ms", type=float, default=0.0, help="the server process's GIL switch interval (0: Python's 5 ms)")
+    parser.add_argument("--profile-passes", type=int, default=0, help="profile this many in-server passes (and passes alone): OUT-MODE-N-profile.txt")
     parser.add_argument("--processes", type=int, default=8, help="client processes (the clients are spread over them)")
     parser.add_argument("--timeout-s", type=float, default=300)
     parser.add_argument("--out", type=Path, required=True)

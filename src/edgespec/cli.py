@@ -36,7 +36,7 @@ DEFAULT_TARGET = "qwen2.5-coder-1.5b"
 DEFAULT_DRAFT = "qwen2.5-coder-0.5b"
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int | None) -> int | None:
     value = os.environ.get(name, "").strip()
     if not value:
         return default
@@ -135,15 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     admission.add_argument("--max-batch", type=int, default=32, help="sessions verified together in one forward pass (1: no batching)")
     # Their defaults may come from the environment, so a server that `edgespec bench` starts can be set too.
     admission.add_argument(
-        "--max-batch-rows", type=int, default=_env_int("EDGESPEC_MAX_BATCH_ROWS", 512), metavar="TOKEN_ROWS",
+        "--max-batch-rows", type=int, default=_env_int("EDGESPEC_MAX_BATCH_ROWS", None), metavar="TOKEN_ROWS",
         help="cost budget of one forward pass in padded token-rows: rows x the longest row's fed tokens (rounds go first, "
-        "oldest first; prefill chunks fill the rest). Bounds how long a round waits behind others' prefills; raise it on a GPU "
-        "(default: $EDGESPEC_MAX_BATCH_ROWS or 512; with --prefill-chunk on a 2-core CPU, 128)",
+        "oldest first; prefill chunks fill the rest). Bounds how long a round waits behind others' prefills "
+        "(default: $EDGESPEC_MAX_BATCH_ROWS, else 512 on a CPU, --max-batch x --prefill-chunk on an accelerator; "
+        "with --prefill-chunk on a 2-core CPU use 128)",
     )
     admission.add_argument(
-        "--prefill-chunk", type=int, default=_env_int("EDGESPEC_PREFILL_CHUNK", 0), metavar="TOKENS",
+        "--prefill-chunk", type=int, default=_env_int("EDGESPEC_PREFILL_CHUNK", None), metavar="TOKENS",
         help="prompt tokens a prefill feeds per pass, riding with other sessions' rounds (0: each prefill runs alone, whole; "
-        "default: $EDGESPEC_PREFILL_CHUNK or 0; e.g. 64)",
+        "default: $EDGESPEC_PREFILL_CHUNK, else 0 on a CPU and 128 on an accelerator)",
     )
     admission.add_argument("--idle-timeout", type=float, default=120.0, help="seconds without a message before a session is ended (EXPIRED)")
     admission.add_argument("--max-lifetime", type=float, default=3600.0, help="seconds a session may live")
@@ -427,13 +428,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from edgespec.server.scheduler import AdmissionLimits
 
     # Bad limits and security settings fail here, before minutes of model loading.
+    prefill_chunk, max_batch_rows = AdmissionLimits.batch_budget(args.device, args.max_batch, args.prefill_chunk, args.max_batch_rows)
     config = ServerConfig(
         host=args.host,
         port=args.port,
         limits=session_limits(args),
         admission=AdmissionLimits(
             max_sessions=args.max_sessions, max_queued=args.max_queued, max_batch=args.max_batch,
-            max_batch_rows=args.max_batch_rows, prefill_chunk=args.prefill_chunk,
+            max_batch_rows=max_batch_rows, prefill_chunk=prefill_chunk,
         ),
         max_message_bytes=args.max_message_bytes,
         security=server_security(args),

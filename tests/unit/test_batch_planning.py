@@ -114,3 +114,13 @@ def test_a_prefills_turn_is_due_only_after_every_waiting_round_rode() -> None:
     full = plan_pass(rounds(5) + prefills(100), max_rows=32, budget=64, prefill_chunk=32)
     assert not prefill_turn_due(rounds(5) + prefills(100), full, prefill_chunk=32)
     assert not prefill_turn_due(candidates, narrow, prefill_chunk=0)
+
+
+def test_an_accelerator_target_batches_prefill_chunks_by_default_and_a_cpu_target_does_not() -> None:
+    assert AdmissionLimits.batch_budget("cpu", 32, None, None) == (0, 512)
+    assert AdmissionLimits.batch_budget("cuda", 32, None, None) == (128, 32 * 128)
+    assert AdmissionLimits.batch_budget("cuda:1", 4, None, None) == (128, 512)  # never below the CPU budget
+    # What the operator sets wins, on either device.
+    assert AdmissionLimits.batch_budget("cuda", 32, 0, None) == (0, 512)
+    assert AdmissionLimits.batch_budget("cuda", 32, 64, 1000) == (64, 1000)
+    assert AdmissionLimits.batch_budget("cpu", 32, 64, None) == (64, 512)

@@ -326,10 +326,12 @@ def wants_replicas(args: Any) -> bool:
 def cluster_config(args: Any) -> ClusterConfig:
     """The cluster `edgespec serve` flags describe; bad combinations fail before anything starts."""
     from edgespec.cli_security import server_security
+    from edgespec.server.scheduler import AdmissionLimits
 
     server_security(args)  # the certificate and key are a PEM pair, the token well-formed
     token_file = str(args.auth_token_file.resolve()) if args.auth_token_file else ""
     token = resolve_token(args.auth_token, None) if args.auth_token else None
+    prefill_chunk, max_batch_rows = AdmissionLimits.batch_budget(args.device, args.max_batch, args.prefill_chunk, args.max_batch_rows)
     spec = ReplicaSpec(
         target=args.target,
         dtype=args.dtype,
@@ -339,8 +341,8 @@ def cluster_config(args: Any) -> ClusterConfig:
         max_sessions=args.max_sessions,
         max_queued=args.max_queued,
         max_batch=args.max_batch,
-        max_batch_rows=args.max_batch_rows,
-        prefill_chunk=args.prefill_chunk,
+        max_batch_rows=max_batch_rows,
+        prefill_chunk=prefill_chunk,
         prefix_cache_tokens=args.prefix_cache_tokens,
         exit_vocab=args.exit_vocab,
         max_prompt_tokens=args.max_prompt_tokens,

@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+ACCELERATOR_PREFILL_CHUNK = 128
+
+
 @dataclass(frozen=True)
 class AdmissionLimits:
     max_sessions: int = 64  # open sessions; one more is refused with BUSY
@@ -65,8 +68,23 @@ class AdmissionLimits:
     # Prompt tokens a prefill feeds per pass, riding with other sessions' rounds; 0 (default): a
     # prefill runs alone, the whole prompt in one pass. On this compute-bound CPU, 8 clients
     # starting together got their first tokens no sooner with chunks (same mean, wider spread)
-    # and decoded slower (more, smaller passes): see README, "Prefill in the batch".
+    # and decoded slower (more, smaller passes): see README, "Prefill in the batch". An
+    # accelerator's default is `batch_budget`'s.
     prefill_chunk: int = 0
+
+    @staticmethod
+    def batch_budget(device: str, max_batch: int, prefill_chunk: int | None, max_batch_rows: int | None) -> tuple[int, int]:
+        """(prefill_chunk, max_batch_rows) for a target on ``device``, each unless given. On an
+        accelerator a pass costs about the same for 5 tokens a row or 128, so prefills ride with
+        the rounds in chunks of 128 and the budget holds every row at that width: on an H200 with
+        64 clients (random weights, real shapes) that cut sd's TTFT p50 from 2.7 s to 1.1 s and
+        raised its p10 tokens/s from 4.95 to 5.88 (README, "Checked on a real H200"). On a CPU,
+        chunks did not pay (the class defaults)."""
+        accelerator = not device.startswith("cpu")
+        chunk = prefill_chunk if prefill_chunk is not None else (ACCELERATOR_PREFILL_CHUNK if accelerator else 0)
+        if max_batch_rows is None:
+            max_batch_rows = max(512, max_batch * chunk) if accelerator else 512
+        return chunk, max_batch_rows
 
     def __post_init__(self) -> None:
         for name in ("max_sessions", "max_queued", "max_batch", "max_batch_rows"):
