@@ -196,10 +196,6 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def early_verdicts_option(value: str) -> bool | None:
-    return {"auto": None, "on": True, "off": False}[value]
-
-
 def add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("network failures (--server)")
     from edgespec.client.recovery import RecoveryPolicy
@@ -304,7 +300,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         guess_verdict=not args.no_guess,
         runner_up=args.runner_up,
         draft_stop=args.draft_stop,
-        early_verdicts=early_verdicts_option(args.early_verdicts),
+        early_verdicts=GenerationConfig.early_verdicts_from(args.early_verdicts),
         max_gamma=args.max_gamma,
         sampling=SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p),
         seed=args.seed,

@@ -65,6 +65,14 @@ class GenerationConfig:
         if self.adaptive_gamma and not self.gamma <= self.max_gamma <= 64:
             raise ValueError(f"max_gamma must be in gamma..64, got {self.max_gamma}")
 
+    @staticmethod
+    def early_verdicts_from(text: str) -> bool | None:
+        """``--early-verdicts`` as spelled on a command line or in a job: auto (by mode), on, off."""
+        choices = {"auto": None, "on": True, "off": False}
+        if text not in choices:
+            raise ValueError(f"early verdicts are auto, on or off, got {text!r}")
+        return choices[text]
+
     def wants_early_verdicts(self, mode: "Mode") -> bool:
         if not mode.uses_exits:
             return False

@@ -43,7 +43,7 @@ class SimConfig:
             max_new_tokens=self.max_new_tokens, gamma=self.gamma, eos_ids=eos_ids,
             adaptive_gamma=self.adaptive_gamma, max_gamma=self.max_gamma,
             branches=self.branches, guess_verdict=self.guess_verdict, runner_up=self.runner_up, draft_stop=self.draft_stop,
-            early_verdicts={"auto": None, "on": True, "off": False}[self.early_verdicts],
+            early_verdicts=GenerationConfig.early_verdicts_from(self.early_verdicts),
         )
 
 
