@@ -149,10 +149,13 @@ def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
     service = VerifierService(runtime, tokenizer=None, eos_ids=frozenset(), admission=admission)
     server = RunningServer(service, ServerConfig(port=0, admission=admission))
     service.scheduler.stats = type(service.scheduler.stats)()  # the warm-up is not the run
+    collections = GarbageCollections()
     ports.put(server.port)
     wall, cpu = time.perf_counter(), time.process_time()
     stop.wait()
+    collections.stop()
     summary = service.scheduler.stats.summary()
+    summary["garbage_collections"] = collections.summary()
     # Cores the whole server process kept busy (gRPC's threads and the event loop beside the passes).
     summary["process_cores_busy"] = round((time.process_time() - cpu) / (time.perf_counter() - wall), 2)
     summary["isolated_pass_ms"] = isolated
@@ -162,6 +165,45 @@ def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
         path.write_text("\n\n".join(profiles) + "\n")
     server.stop(grace=1.0)
     stats.put(summary)
+
+
+class GarbageCollections:
+    """Python's garbage collections in this process while the clients ran, by generation and by
+    thread: a collection runs in whichever thread allocates when a threshold is crossed, and
+    walks every tracked object of the process (the sessions' and gRPC's too), so one in the
+    compute thread's forward is time the pass pays."""
+
+    def __init__(self) -> None:
+        import gc
+        import threading
+
+        self._threading = threading
+        self._started: dict[int, float] = {}
+        self.records: list[tuple[str, int, float]] = []  # thread name, generation, ms
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        ident = self._threading.get_ident()
+        if phase == "start":
+            self._started[ident] = time.perf_counter()
+        elif ident in self._started:
+            ms = (time.perf_counter() - self._started.pop(ident)) * 1000
+            self.records.append((self._threading.current_thread().name, info["generation"], ms))
+
+    def stop(self) -> None:
+        import gc
+
+        gc.callbacks.remove(self._callback)
+
+    def summary(self) -> dict[str, dict[str, list[float]]]:
+        """{thread: {generation: [collections, total ms, longest ms]}}."""
+        grouped: dict[str, dict[str, list[float]]] = {}
+        for thread, generation, ms in self.records:
+            entry = grouped.setdefault(thread, {}).setdefault(str(generation), [0, 0.0, 0.0])
+            entry[0] += 1
+            entry[1] = round(entry[1] + ms, 2)
+            entry[2] = round(max(entry[2], ms), 2)
+        return grouped
 
 
 def isolated_pass_ms(runtime: Any, device: str) -> dict[str, list[float]]:
