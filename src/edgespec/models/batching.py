@@ -8,9 +8,12 @@ and an attention mask hides both kinds of padding:
 
 Position ids are given explicitly (L_i + j for the j-th pending token), so rotary embeddings see
 each session's true positions. Afterwards each session's cache gets exactly its own P_i new
-entries. Copying the caches costs memory traffic proportional to the batch's total context; for
-the short verify blocks of speculative decoding that is small beside the weights' traffic it
-saves (one pass over the weights for the whole batch instead of one per session).
+entries. Between passes a session's entries stay in their stacked form (every layer in one
+tensor, `TrackedCache.stacked`), so building the padded cache takes a few copies for the whole
+batch and writing back one copy per session for the keys and one for the values, not one per
+layer and session. Copying the caches costs memory traffic proportional to the batch's total
+context; for the short verify blocks of speculative decoding that is small beside the weights'
+traffic it saves (one pass over the weights for the whole batch instead of one per session).
 """
 
 from __future__ import annotations
@@ -20,9 +23,7 @@ from typing import Sequence
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
-
-from edgespec.models.kv import TrackedCache, cache_argument_name
+from edgespec.models.kv import TrackedCache, cache_argument_name, hold
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +32,7 @@ _PAD_ID = 0
 
 
 def can_batch(cache: TrackedCache) -> bool:
-    """Only plain full-attention layers can be padded and split this way (a sliding-window
-    layer keeps a rolling buffer whose padding would shift what it keeps)."""
-    return all(type(layer) is DynamicLayer for layer in cache.cache.layers)
+    return cache.batchable
 
 
 def forward_batch(
@@ -62,7 +61,9 @@ def forward_batch(
         attention_mask[row, :held] = 1
         attention_mask[row, longest_cache + start :] = 1
 
-    padded = _padded_cache(model, caches, cached, longest_cache)
+    # Every session holding entries in its stacked form, with room for what this pass feeds it.
+    stores = [kv.stacked(len(pending)) if held else None for kv, pending, held in zip(caches, pendings, cached)]
+    padded = _padded_cache(model, stores, cached, longest_cache)
     device = model.device
     output = model(
         input_ids=input_ids.to(device),
@@ -72,12 +73,14 @@ def forward_batch(
         logits_to_keep=max(tails),
         **{cache_argument_name(model): padded},
     )
+    # Each session's new entries, every layer at once: one copy per session for the keys and one
+    # for the values, into its stacked storage (rows' real tokens end at the last column).
+    new_keys = torch.stack([layer.keys[:, :, longest_cache:] for layer in padded.layers])  # [layers, batch, heads, fed, dim]
+    new_values = torch.stack([layer.values[:, :, longest_cache:] for layer in padded.layers])
     for row, (kv, pending, held) in enumerate(zip(caches, pendings, cached)):
-        for layer, batched in zip(kv.cache.layers, padded.layers):
-            new_keys, new_values = batched.keys[row : row + 1, :, -len(pending) :], batched.values[row : row + 1, :, -len(pending) :]
-            if not held:  # an empty layer may keep what it is given: a view would pin the whole batch
-                new_keys, new_values = new_keys.clone(), new_values.clone()
-            layer.update(new_keys, new_values)  # otherwise it concatenates: a copy already
+        keys, values = kv.stacked(len(pending), like=new_keys)
+        keys[:, :, held : held + len(pending)] = new_keys[:, row, :, longest_feed - len(pending) :]
+        values[:, :, held : held + len(pending)] = new_values[:, row, :, longest_feed - len(pending) :]
         kv.appended(pending)
     greedy = argmax_only if argmax_only is not None else [False] * batch
     # Every greedy row's ids in one argmax and one copy to the host for the whole pass (one
@@ -89,28 +92,33 @@ def forward_batch(
     ]
 
 
-def _padded_cache(model: torch.nn.Module, caches: Sequence[TrackedCache], cached: list[int], longest: int) -> DynamicCache:
-    """The sessions' caches in one [batch, heads, longest, dim] cache per layer, zeros where a
-    session holds less. A few copies per layer whatever the batch (every session's entries in one
-    concatenation, placed by one indexed copy), not two per session: on an accelerator a batched
-    pass is otherwise launch-bound on these small copies."""
+def _padded_cache(
+    model: torch.nn.Module, stores: Sequence[tuple[torch.Tensor, torch.Tensor] | None], cached: list[int], longest: int
+) -> DynamicCache:
+    """The sessions' stacked entries in one [batch, heads, longest, dim] cache per layer, zeros
+    where a session holds less: for all layers at once, one concatenation and one indexed copy
+    for the keys and the same for the values, whatever the batch (on an accelerator a batched
+    pass is otherwise launch-bound on small per-session copies)."""
     padded = DynamicCache(config=model.config)
     if longest == 0:
         return padded
     holding = [(row, held) for row, held in enumerate(cached) if held]
-    reference = caches[holding[0][0]].cache.layers
-    device = reference[0].keys.device
+    template = stores[holding[0][0]][0]  # type: ignore[index]
+    layers, heads, dim = template.shape[0], template.shape[1], template.shape[3]
+    device = template.device
     helds = torch.tensor([held for _, held in holding])
     starts = torch.repeat_interleave(torch.tensor([row * longest for row, _ in holding]), helds)
     offsets = torch.arange(int(helds.sum())) - torch.repeat_interleave(torch.cumsum(helds, 0) - helds, helds)
     slots = (starts + offsets).to(device)  # each held entry's place in the [batch x longest] grid
-    batch = len(caches)
+    batch = len(cached)
+    keys = template.new_zeros((layers, heads, batch * longest, dim))
+    values = template.new_zeros((layers, heads, batch * longest, dim))
+    keys.index_copy_(2, slots, torch.cat([stores[row][0][:, :, :held] for row, held in holding], dim=2))  # type: ignore[index]
+    values.index_copy_(2, slots, torch.cat([stores[row][1][:, :, :held] for row, held in holding], dim=2))  # type: ignore[index]
     for index, layer in enumerate(padded.layers):
-        template = reference[index].keys
-        heads, dim = template.shape[1], template.shape[3]
-        keys = template.new_zeros((heads, batch * longest, dim))
-        values = template.new_zeros((heads, batch * longest, dim))
-        keys.index_copy_(1, slots, torch.cat([caches[row].cache.layers[index].keys[0] for row, _ in holding], dim=1))
-        values.index_copy_(1, slots, torch.cat([caches[row].cache.layers[index].values[0] for row, _ in holding], dim=1))
-        layer.update(keys.view(heads, batch, longest, dim).transpose(0, 1), values.view(heads, batch, longest, dim).transpose(0, 1))
+        hold(
+            layer,
+            keys[index].view(heads, batch, longest, dim).transpose(0, 1),
+            values[index].view(heads, batch, longest, dim).transpose(0, 1),
+        )
     return padded

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 from transformers import DynamicCache, PretrainedConfig
+from transformers.cache_utils import DynamicLayer
 
 logger = logging.getLogger(__name__)
 
@@ -28,16 +29,78 @@ def valid_prefix(held: Sequence[int], sequence: Sequence[int], keep_uncached: in
 
 
 class TrackedCache:
+    """A session's KV cache and the tokens it holds.
+
+    It lives in one of two forms. For a forward of this session alone, transformers'
+    `DynamicCache` (``cache``), one tensor per layer that each forward grows by concatenation.
+    Between batched passes, every layer's keys (and values) in one tensor with spare room,
+    [layers, heads, capacity, dim] (``stacked``): a batched pass then reads a session's entries
+    and writes its new ones back with one copy each for all layers, where the per-layer form
+    costs one concatenation per layer and session (on a launch-bound accelerator, half of a
+    64-session pass's operations). Either form turns into the other on demand, content unchanged.
+    """
+
     def __init__(self, config: PretrainedConfig) -> None:
         self._config = config
-        self.cache = DynamicCache(config=config)
+        self._cache = DynamicCache(config=config)
+        self._stacked: tuple[torch.Tensor, torch.Tensor] | None = None
         self.tokens: list[int] = []
 
     def __len__(self) -> int:
         return len(self.tokens)
 
+    @property
+    def cache(self) -> DynamicCache:
+        """The cache in transformers' per-layer form (views of the stacked entries, if stacked)."""
+        if self._stacked is not None:
+            keys, values = self._stacked
+            self._stacked = None
+            self._cache = DynamicCache(config=self._config)
+            held = len(self.tokens)
+            for index, layer in enumerate(self._cache.layers):
+                hold(layer, keys[index : index + 1, :, :held], values[index : index + 1, :, :held])
+        return self._cache
+
+    @property
+    def batchable(self) -> bool:
+        """Whether a batched pass can pad and split this cache: only plain full-attention layers
+        (a sliding-window layer keeps a rolling buffer whose padding would shift what it keeps)."""
+        return self._stacked is not None or all(type(layer) is DynamicLayer for layer in self._cache.layers)
+
+    def stacked(self, room: int, like: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of every layer, [layers, heads, capacity, dim], with room for ``room``
+        more entries after the ``len(self)`` held ones (the form is adopted, or the storage grown,
+        as needed; a cache holding nothing takes layers, heads, dim, dtype and device from
+        ``like``, [layers, any, heads, any, dim])."""
+        held = len(self.tokens)
+        needed = held + room
+        if self._stacked is None:
+            if held:
+                layers = self._cache.layers
+                template = layers[0].keys
+                shape = (len(layers), template.shape[1], stacked_capacity(needed), template.shape[3])
+                keys, values = template.new_empty(shape), template.new_empty(shape)
+                keys[:, :, :held] = torch.stack([layer.keys[0] for layer in layers])
+                values[:, :, :held] = torch.stack([layer.values[0] for layer in layers])
+            else:
+                if like is None:
+                    raise ValueError("an empty cache needs a template tensor to take its stacked form")
+                shape = (like.shape[0], like.shape[2], stacked_capacity(needed), like.shape[4])
+                keys, values = like.new_empty(shape), like.new_empty(shape)
+            self._stacked = (keys, values)
+            self._cache = DynamicCache(config=self._config)  # stale now: rebuilt from the stack on demand
+        keys, values = self._stacked
+        if keys.shape[2] < needed:
+            grown = (keys.shape[0], keys.shape[1], stacked_capacity(needed), keys.shape[3])
+            bigger_keys, bigger_values = keys.new_empty(grown), values.new_empty(grown)
+            bigger_keys[:, :, :held] = keys[:, :, :held]
+            bigger_values[:, :, :held] = values[:, :, :held]
+            self._stacked = keys, values = bigger_keys, bigger_values
+        return keys, values
+
     def reset(self) -> None:
-        self.cache = DynamicCache(config=self._config)
+        self._cache = DynamicCache(config=self._config)
+        self._stacked = None
         self.tokens = []
 
     def truncate(self, length: int) -> None:
@@ -49,11 +112,13 @@ class TrackedCache:
         if length == 0:
             self.reset()
             return
-        # Layer by layer, skipping any layer never written (a model running fewer layers than its
-        # config lists): transformers before 5.2x crops those too and fails on their empty keys.
-        for layer in self.cache.layers:
-            if getattr(layer, "is_initialized", True) and getattr(layer, "keys", None) is not None:
-                layer.crop(-remove)
+        if self._stacked is None:
+            # Layer by layer, skipping any layer never written (a model running fewer layers than
+            # its config lists): transformers before 5.2x crops those too and fails on their empty keys.
+            for layer in self._cache.layers:
+                if getattr(layer, "is_initialized", True) and getattr(layer, "keys", None) is not None:
+                    layer.crop(-remove)
+        # Stacked, what lies past the held count is simply overwritten by the next entries.
         self.tokens = self.tokens[:length]
 
     def sync(self, sequence: Sequence[int], keep_uncached: int = 1) -> list[int]:
@@ -71,13 +136,26 @@ class TrackedCache:
     def appended(self, fed: Sequence[int]) -> None:
         """Record that a forward pass just wrote KV entries for ``fed``."""
         self.tokens.extend(int(t) for t in fed)
-        held = self.cache.get_seq_length()
+        held = self._cache.get_seq_length() if self._stacked is None else min(len(self.tokens), self._stacked[0].shape[2])
         if held != len(self.tokens):
             raise RuntimeError(f"KV cache holds {held} positions but tracks {len(self.tokens)} tokens")
 
     def layer_tensors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(keys, values) per layer, for checking rollback against a cache built from scratch."""
         return [(layer.keys, layer.values) for layer in self.cache.layers]
+
+
+def stacked_capacity(needed: int) -> int:
+    """Stacked storage for ``needed`` entries, with room to grow several rounds before the next copy."""
+    return needed + max(32, needed // 4)
+
+
+def hold(layer: DynamicLayer, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Make an empty layer hold exactly these tensors (views stay views): its own ``update``
+    would concatenate them onto an empty tensor, a copy. The empty update first lets the
+    installed transformers set up the layer its own way (device, dtype, flags)."""
+    layer.update(keys[..., :0, :], values[..., :0, :])
+    layer.keys, layer.values = keys, values
 
 
 def cache_argument_name(model: torch.nn.Module) -> str:

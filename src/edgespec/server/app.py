@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import grpc
 
 from edgespec.models.exit_heads import ExitHeads
-from edgespec.models.kv import kv_bytes_per_token
+from edgespec.models.kv import kv_bytes_per_token, stacked_capacity
 from edgespec.models.target import TargetRuntime
 from edgespec.server.auth import TokenAuthInterceptor
 from edgespec.server.scheduler import AdmissionLimits
@@ -88,7 +88,9 @@ async def serve(
         TargetRuntime(model, exits), tokenizer, eos_ids, target_name, config.limits, config.admission,  # type: ignore[arg-type]
         cloud_draft=cloud_draft, prefix_cache_tokens=config.prefix_cache_tokens, exit_candidates=config.exit_candidates,
     )
-    worst_case = kv_bytes_per_token(model) * config.admission.max_sessions * (config.limits.max_prompt_tokens + config.limits.max_new_tokens)  # type: ignore[arg-type]
+    # A session's cache between batched passes keeps room to grow (`TrackedCache.stacked`).
+    longest = stacked_capacity(config.limits.max_prompt_tokens + config.limits.max_new_tokens)  # type: ignore[operator]
+    worst_case = kv_bytes_per_token(model) * config.admission.max_sessions * longest
     logger.info(
         "admission: %d sessions, %d queued rounds, batches of up to %d rows and %d padded token-rows, prefill chunks of %s; "
         "worst-case KV memory %.1f GiB",
