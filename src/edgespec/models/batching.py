@@ -51,15 +51,14 @@ def forward_batch(
     fed = [len(p) for p in pendings]
     longest_cache, longest_feed = max(cached), max(fed)
 
-    input_ids = torch.full((batch, longest_feed), _PAD_ID, dtype=torch.long)
-    position_ids = torch.zeros((batch, longest_feed), dtype=torch.long)
-    attention_mask = torch.zeros((batch, longest_cache + longest_feed), dtype=torch.long)
-    for row, (pending, held) in enumerate(zip(pendings, cached)):
-        start = longest_feed - len(pending)
-        input_ids[row, start:] = torch.tensor(list(pending), dtype=torch.long)
-        position_ids[row, start:] = torch.arange(held, held + len(pending))
-        attention_mask[row, :held] = 1
-        attention_mask[row, longest_cache + start :] = 1
+    # The rows' inputs in a few whole-batch operations (not several per row).
+    input_ids = torch.tensor([[_PAD_ID] * (longest_feed - len(p)) + [int(t) for t in p] for p in pendings], dtype=torch.long)
+    held_column = torch.tensor(cached, dtype=torch.long)[:, None]
+    pad_column = torch.tensor([longest_feed - f for f in fed], dtype=torch.long)[:, None]
+    columns = torch.arange(longest_feed)[None, :]
+    fed_columns = columns >= pad_column
+    position_ids = torch.where(fed_columns, held_column + columns - pad_column, 0)  # padding: position 0, masked
+    attention_mask = torch.cat([torch.arange(longest_cache)[None, :] < held_column, fed_columns], dim=1).long()
 
     # Every session holding entries in its stacked form, with room for what this pass feeds it.
     stores = [kv.stacked(len(pending)) if held else None for kv, pending, held in zip(caches, pendings, cached)]
