@@ -159,6 +159,10 @@ def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
     # Cores the whole server process kept busy (gRPC's threads and the event loop beside the passes).
     summary["process_cores_busy"] = round((time.process_time() - cpu) / (time.perf_counter() - wall), 2)
     summary["isolated_pass_ms"] = isolated
+    # The same passes alone again, now that the clients are gone: still slow, the server's state
+    # (its allocator, its objects) is the cause; fast again, the load beside the passes was.
+    runtime.__dict__.pop("score_batch", None)  # no longer profiled
+    summary["isolated_after_pass_ms"] = isolated_pass_ms(runtime, args.device)
     summary["in_server_pass_ms"] = in_server_pass_ms(service.scheduler.stats.recent)
     if profiles:
         path = args.out.with_name(f"{args.out.stem}-{args.mode}-{args.clients}-profile.txt")
