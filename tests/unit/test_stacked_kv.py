@@ -21,8 +21,11 @@ def test_entries_survive_the_trip_to_the_stacked_form_and_back() -> None:
     runtime.score_tail([3 + i % 90 for i in range(37)], 1, kv=kv)
     before = [(k.clone(), v.clone()) for k, v in kv.layer_tensors()]
     keys, values = kv.stacked(room=5)
-    assert keys.shape[0] == len(before) and keys.shape[2] >= len(kv) + 5 == 37 + 5
+    assert keys.shape[1] == len(before) and keys.shape[0] >= len(kv) + 5 == 37 + 5
     assert kv.batchable
+    # Position first: a session's held entries are one contiguous block (on CUDA a concatenation
+    # of many sessions' blocks takes its batched one-kernel path for contiguous inputs).
+    assert keys[: len(kv)].is_contiguous() and values[: len(kv)].is_contiguous()
     after = kv.layer_tensors()  # back in the per-layer form: views of the stacked storage
     for (k0, v0), (k1, v1) in zip(before, after):
         assert torch.equal(k0, k1) and torch.equal(v0, v1)

@@ -74,12 +74,13 @@ def forward_batch(
     )
     # Each session's new entries, every layer at once: one copy per session for the keys and one
     # for the values, into its stacked storage (rows' real tokens end at the last column).
-    new_keys = torch.stack([layer.keys[:, :, longest_cache:] for layer in padded.layers])  # [layers, batch, heads, fed, dim]
-    new_values = torch.stack([layer.values[:, :, longest_cache:] for layer in padded.layers])
+    new_keys = torch.stack([layer.keys[:, :, longest_cache:] for layer in padded.layers], dim=2).permute(0, 3, 2, 1, 4)
+    new_values = torch.stack([layer.values[:, :, longest_cache:] for layer in padded.layers], dim=2).permute(0, 3, 2, 1, 4)
+    # [batch, fed, layers, heads, dim], views
     for row, (kv, pending, held) in enumerate(zip(caches, pendings, cached)):
         keys, values = kv.stacked(len(pending), like=new_keys)
-        keys[:, :, held : held + len(pending)] = new_keys[:, row, :, longest_feed - len(pending) :]
-        values[:, :, held : held + len(pending)] = new_values[:, row, :, longest_feed - len(pending) :]
+        keys[held : held + len(pending)] = new_keys[row, longest_feed - len(pending) :]
+        values[held : held + len(pending)] = new_values[row, longest_feed - len(pending) :]
         kv.appended(pending)
     greedy = argmax_only if argmax_only is not None else [False] * batch
     # Every greedy row's ids in one argmax and one copy to the host for the whole pass (one
@@ -103,21 +104,24 @@ def _padded_cache(
         return padded
     holding = [(row, held) for row, held in enumerate(cached) if held]
     template = stores[holding[0][0]][0]  # type: ignore[index]
-    layers, heads, dim = template.shape[0], template.shape[1], template.shape[3]
+    layers, heads, dim = template.shape[1], template.shape[2], template.shape[3]
     device = template.device
     helds = torch.tensor([held for _, held in holding])
     starts = torch.repeat_interleave(torch.tensor([row * longest for row, _ in holding]), helds)
     offsets = torch.arange(int(helds.sum())) - torch.repeat_interleave(torch.cumsum(helds, 0) - helds, helds)
     slots = (starts + offsets).to(device)  # each held entry's place in the [batch x longest] grid
     batch = len(cached)
-    keys = template.new_zeros((layers, heads, batch * longest, dim))
-    values = template.new_zeros((layers, heads, batch * longest, dim))
-    keys.index_copy_(2, slots, torch.cat([stores[row][0][:, :, :held] for row, held in holding], dim=2))  # type: ignore[index]
-    values.index_copy_(2, slots, torch.cat([stores[row][1][:, :, :held] for row, held in holding], dim=2))  # type: ignore[index]
+    # Each session's held entries are one contiguous block of its storage: one concatenation of
+    # them all (one kernel on an accelerator), placed by one indexed copy.
+    keys = template.new_zeros((batch * longest, layers, heads, dim))
+    values = template.new_zeros((batch * longest, layers, heads, dim))
+    keys.index_copy_(0, slots, torch.cat([stores[row][0][:held] for row, held in holding]))  # type: ignore[index]
+    values.index_copy_(0, slots, torch.cat([stores[row][1][:held] for row, held in holding]))  # type: ignore[index]
     for index, layer in enumerate(padded.layers):
+        # [batch x longest, heads, dim] of this layer -> [batch, heads, longest, dim], a view.
         hold(
             layer,
-            keys[index].view(heads, batch, longest, dim).transpose(0, 1),
-            values[index].view(heads, batch, longest, dim).transpose(0, 1),
+            keys[:, index].view(batch, longest, heads, dim).transpose(1, 2),
+            values[:, index].view(batch, longest, heads, dim).transpose(1, 2),
         )
     return padded

@@ -34,10 +34,11 @@ class TrackedCache:
     It lives in one of two forms. For a forward of this session alone, transformers'
     `DynamicCache` (``cache``), one tensor per layer that each forward grows by concatenation.
     Between batched passes, every layer's keys (and values) in one tensor with spare room,
-    [layers, heads, capacity, dim] (``stacked``): a batched pass then reads a session's entries
-    and writes its new ones back with one copy each for all layers, where the per-layer form
-    costs one concatenation per layer and session (on a launch-bound accelerator, half of a
-    64-session pass's operations). Either form turns into the other on demand, content unchanged.
+    [capacity, layers, heads, dim] (``stacked``; position first, so a session's held entries
+    are one contiguous block): a batched pass then reads a session's entries and writes its new
+    ones back with one copy each for all layers, where the per-layer form costs one
+    concatenation per layer and session (on a launch-bound accelerator, half of a 64-session
+    pass's operations). Either form turns into the other on demand, content unchanged.
     """
 
     def __init__(self, config: PretrainedConfig) -> None:
@@ -58,7 +59,8 @@ class TrackedCache:
             self._cache = DynamicCache(config=self._config)
             held = len(self.tokens)
             for index, layer in enumerate(self._cache.layers):
-                hold(layer, keys[index : index + 1, :, :held], values[index : index + 1, :, :held])
+                # [held, heads, dim] of this layer -> transformers' [1, heads, held, dim], a view.
+                hold(layer, keys[:held, index].transpose(0, 1)[None], values[:held, index].transpose(0, 1)[None])
         return self._cache
 
     @property
@@ -68,33 +70,34 @@ class TrackedCache:
         return self._stacked is not None or all(type(layer) is DynamicLayer for layer in self._cache.layers)
 
     def stacked(self, room: int, like: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of every layer, [layers, heads, capacity, dim], with room for ``room``
+        """Keys and values of every layer, [capacity, layers, heads, dim], with room for ``room``
         more entries after the ``len(self)`` held ones (the form is adopted, or the storage grown,
         as needed; a cache holding nothing takes layers, heads, dim, dtype and device from
-        ``like``, [layers, any, heads, any, dim])."""
+        ``like``, [..., layers, heads, dim])."""
         held = len(self.tokens)
         needed = held + room
         if self._stacked is None:
             if held:
                 layers = self._cache.layers
                 template = layers[0].keys
-                shape = (len(layers), template.shape[1], stacked_capacity(needed), template.shape[3])
+                shape = (stacked_capacity(needed), len(layers), template.shape[1], template.shape[3])
                 keys, values = template.new_empty(shape), template.new_empty(shape)
-                keys[:, :, :held] = torch.stack([layer.keys[0] for layer in layers])
-                values[:, :, :held] = torch.stack([layer.values[0] for layer in layers])
+                # Each layer's [heads, held, dim] -> [held, layers, heads, dim].
+                keys[:held] = torch.stack([layer.keys[0] for layer in layers]).permute(2, 0, 1, 3)
+                values[:held] = torch.stack([layer.values[0] for layer in layers]).permute(2, 0, 1, 3)
             else:
                 if like is None:
                     raise ValueError("an empty cache needs a template tensor to take its stacked form")
-                shape = (like.shape[0], like.shape[2], stacked_capacity(needed), like.shape[4])
+                shape = (stacked_capacity(needed), *like.shape[-3:])
                 keys, values = like.new_empty(shape), like.new_empty(shape)
             self._stacked = (keys, values)
             self._cache = DynamicCache(config=self._config)  # stale now: rebuilt from the stack on demand
         keys, values = self._stacked
-        if keys.shape[2] < needed:
-            grown = (keys.shape[0], keys.shape[1], stacked_capacity(needed), keys.shape[3])
+        if keys.shape[0] < needed:
+            grown = (stacked_capacity(needed), *keys.shape[1:])
             bigger_keys, bigger_values = keys.new_empty(grown), values.new_empty(grown)
-            bigger_keys[:, :, :held] = keys[:, :, :held]
-            bigger_values[:, :, :held] = values[:, :, :held]
+            bigger_keys[:held] = keys[:held]
+            bigger_values[:held] = values[:held]
             self._stacked = keys, values = bigger_keys, bigger_values
         return keys, values
 
@@ -136,7 +139,7 @@ class TrackedCache:
     def appended(self, fed: Sequence[int]) -> None:
         """Record that a forward pass just wrote KV entries for ``fed``."""
         self.tokens.extend(int(t) for t in fed)
-        held = self._cache.get_seq_length() if self._stacked is None else min(len(self.tokens), self._stacked[0].shape[2])
+        held = self._cache.get_seq_length() if self._stacked is None else min(len(self.tokens), self._stacked[0].shape[0])
         if held != len(self.tokens):
             raise RuntimeError(f"KV cache holds {held} positions but tracks {len(self.tokens)} tokens")
 
