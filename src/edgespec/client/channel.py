@@ -1,11 +1,12 @@
-"""The client's channel to a verifier: plain or TLS, with the auth token on every call."""
+"""The client's channel to a verifier, plain or TLS, and its Session streams, each with the auth token."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import grpc
 
+from edgespec.transport import edgespec_pb2_grpc as pb_grpc
 from edgespec.transport.security import AUTH_METADATA_KEY, AUTH_SCHEME, INSECURE, ClientSecurity
 
 
@@ -27,24 +28,18 @@ def keepalive_options(keepalive_s: float, keepalive_timeout_s: float) -> list[tu
 
 
 def open_channel(address: str, security: ClientSecurity = INSECURE, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-    interceptors = [_BearerToken(security.token)] if security.token else None
     if not security.tls:
-        return grpc.aio.insecure_channel(address, options=list(options), interceptors=interceptors)
+        return grpc.aio.insecure_channel(address, options=list(options))
     if security.server_name:
         options = [*options, ("grpc.ssl_target_name_override", security.server_name)]
     credentials = grpc.ssl_channel_credentials(root_certificates=security.root_certificates)
-    return grpc.aio.secure_channel(address, credentials, options=list(options), interceptors=interceptors)
+    return grpc.aio.secure_channel(address, credentials, options=list(options))
 
 
-class _BearerToken(grpc.aio.StreamStreamClientInterceptor):
-    # Metadata, not call credentials: gRPC sends call credentials only over TLS, and a token must
-    # also work on a plain loopback or VPN link.
-    def __init__(self, token: str) -> None:
-        self._metadata = (AUTH_METADATA_KEY, AUTH_SCHEME + token)
-
-    async def intercept_stream_stream(
-        self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request_iterator: Any
-    ) -> Any:
-        metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()), self._metadata)
-        details = client_call_details._replace(metadata=metadata)
-        return await continuation(details, request_iterator)
+def session_call(channel: grpc.aio.Channel, security: ClientSecurity = INSECURE) -> grpc.aio.StreamStreamCall:
+    """A Session stream on ``channel`` carrying the auth token in its metadata. Metadata, not call
+    credentials: gRPC sends call credentials only over TLS, and a token must also work on a plain
+    loopback or VPN link. Not a channel interceptor either: grpc.aio passes an intercepted
+    stream's every write through an internal queue and request-iterator task."""
+    metadata = ((AUTH_METADATA_KEY, AUTH_SCHEME + security.token),) if security.token else None
+    return pb_grpc.VerifierStub(channel).Session(metadata=metadata)

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 
 import grpc
 
-from edgespec.client.channel import keepalive_options, open_channel
+from edgespec.client.channel import keepalive_options, open_channel, session_call
 from edgespec.client.draft_loops import decode_edge_only, decode_provisional
 from edgespec.client.recovery import (
     TRANSIENT_SERVER_CODES,
@@ -37,7 +37,6 @@ from edgespec.decoding.modes import Mode
 from edgespec.models.draft import DraftRuntime
 from edgespec.rounds.state import Generation, TextEvent
 from edgespec.transport import edgespec_pb2 as pb
-from edgespec.transport import edgespec_pb2_grpc as pb_grpc
 from edgespec.transport.security import INSECURE, ClientSecurity
 
 __all__ = ["ClientOptions", "ConnectionLost", "EdgeClient", "ServerError", "TextEvent"]
@@ -207,7 +206,7 @@ class EdgeClient:
         gen = run.gen
         async with self._open_channel() as channel:
             await wait_connected(channel, self.options.connect_timeout_s)
-            stream = SessionStream(pb_grpc.VerifierStub(channel).Session(), gen.stats, self.options.read_timeout_s)
+            stream = SessionStream(session_call(channel, self.options.security), gen.stats, self.options.read_timeout_s)
             driver = None
             try:
                 if gen.mode.edge_rounds:

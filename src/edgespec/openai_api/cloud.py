@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from edgespec.client.channel import open_channel
+from edgespec.client.channel import open_channel, session_call
 from edgespec.client.recovery import describe, wait_connected
 from edgespec.transport import edgespec_pb2 as pb
-from edgespec.transport import edgespec_pb2_grpc as pb_grpc
 from edgespec.transport.codec import PROTOCOL_VERSION
 from edgespec.transport.security import ClientSecurity
 
@@ -52,7 +51,7 @@ async def describe_cloud(address: str, security: ClientSecurity, timeout_s: floa
     """Open and close one session to learn the target's name, EOS ids and exits."""
     await check_reachable(address, security, timeout_s)
     async with open_channel(address, security) as channel:
-        call = pb_grpc.VerifierStub(channel).Session()
+        call = session_call(channel, security)
         try:
             await call.write(
                 pb.ClientMessage(
