@@ -83,5 +83,4 @@ def verify_block(
     """The verdict on ``tokens`` drafted after ``sequence``, and the judge holding every early
     verdict of the pass (None without exits). ``on_streamed`` hears each confident one at once."""
     pending = begin_round(target, sequence, tokens, params, draft_probs, seed, with_exits, on_streamed, kv, candidates)
-    request = pending.request
-    return pending.finish(target.score_tail(request.sequence, request.tail, request.on_exit, request.kv, request.exit_candidates, request.argmax_only))
+    return pending.finish(target.score(pending.request))

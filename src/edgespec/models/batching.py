@@ -31,10 +31,6 @@ logger = logging.getLogger(__name__)
 _PAD_ID = 0
 
 
-def can_batch(cache: TrackedCache) -> bool:
-    return cache.batchable
-
-
 def forward_batch(
     model: torch.nn.Module, caches: Sequence[TrackedCache], pendings: Sequence[Sequence[int]], tails: Sequence[int],
     argmax_only: Sequence[bool] | None = None,
@@ -78,7 +74,7 @@ def forward_batch(
     new_values = torch.stack([layer.values[:, :, longest_cache:] for layer in padded.layers], dim=2).permute(0, 3, 2, 1, 4)
     # [batch, fed, layers, heads, dim], views
     for row, (kv, pending, held) in enumerate(zip(caches, pendings, cached)):
-        keys, values = kv.stacked(len(pending), like=new_keys)
+        keys, values = stores[row] or kv.stacked(len(pending), like=new_keys)  # a session that held nothing gets its storage now
         keys[held : held + len(pending)] = new_keys[row, longest_feed - len(pending) :]
         values[held : held + len(pending)] = new_values[row, longest_feed - len(pending) :]
         kv.appended(pending)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from edgespec.models.exit_heads import ExitHeads, ExitReading
-from edgespec.models.batching import can_batch, forward_batch
+from edgespec.models.batching import forward_batch
 from edgespec.models.kv import TrackedCache, forward_with_cache, standard_head_input
 
 logger = logging.getLogger(__name__)
@@ -225,14 +225,18 @@ class TargetRuntime:
         self.batch_sizes[1] += 1
         return logits
 
+    def score(self, request: ScoreRequest) -> torch.Tensor:
+        """``score_tail`` for one ``ScoreRequest``."""
+        return self.score_tail(request.sequence, request.tail, request.on_exit, request.kv, request.exit_candidates, request.argmax_only)
+
     @torch.inference_mode()
     def score_batch(self, requests: Sequence[ScoreRequest]) -> list[torch.Tensor]:
         """``score_tail`` for several sessions in one forward pass (each with its own cache);
         exit callbacks fire per session as each exit layer completes for the whole batch."""
         for request in requests:
             _check_tail(request.sequence, request.tail)
-        if len(requests) == 1 or not all(can_batch(r.kv) for r in requests):
-            return [self.score_tail(r.sequence, r.tail, r.on_exit, r.kv, r.exit_candidates, r.argmax_only) for r in requests]
+        if len(requests) == 1 or not all(r.kv.batchable for r in requests):
+            return [self.score(r) for r in requests]
         pendings = [r.kv.sync(r.sequence, keep_uncached=r.tail) for r in requests]
         self._taps = [_Tap(row, r.tail, r.on_exit, r.exit_candidates) for row, r in enumerate(requests) if r.on_exit is not None]
         self._started = time.perf_counter()

@@ -81,8 +81,5 @@ class RealCloud:
             self.target, job.sequence, job.block.tokens, sampling, job.block.payload, seed, job.with_exits, kv=self.kv,
             candidates=job.block.candidates if self.exit_candidates else None,
         )
-        request = pending.request
-        verdict, judge = pending.finish(
-            self.target.score_tail(request.sequence, request.tail, request.on_exit, request.kv, request.exit_candidates, request.argmax_only)
-        )
+        verdict, judge = pending.finish(self.target.score(pending.request))
         return VerifyResult(verdict, judge.verdicts if judge is not None else [])
