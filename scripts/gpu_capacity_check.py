@@ -117,7 +117,7 @@ def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
 
     from edgespec.models.target import ScoreRequest, TargetRuntime
     from edgespec.server.app import RunningServer, ServerConfig
-    from edgespec.server.scheduler import AdmissionLimits
+    from edgespec.server.limits import AdmissionLimits
     from edgespec.server.servicer import VerifierService
 
     if args.server_threads:

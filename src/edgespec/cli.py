@@ -421,7 +421,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from edgespec.models.loading import load_model
     from edgespec.prompting import eos_token_ids
     from edgespec.server.app import ServerConfig, serve
-    from edgespec.server.scheduler import AdmissionLimits
+    from edgespec.server.limits import AdmissionLimits
 
     # Bad limits and security settings fail here, before minutes of model loading.
     prefill_chunk, max_batch_rows = AdmissionLimits.batch_budget(args.device, args.max_batch, args.prefill_chunk, args.max_batch_rows)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from edgespec.transport.security import AUTH_TOKEN_ENV, ClientSecurity, ServerSecurity, resolve_token
 
 if TYPE_CHECKING:
-    from edgespec.server.session import SessionLimits
+    from edgespec.server.limits import SessionLimits
 
 
 def positive_int(text: str) -> int:
@@ -79,7 +79,7 @@ def client_security(args: argparse.Namespace) -> ClientSecurity:
 
 
 def session_limits(args: argparse.Namespace) -> SessionLimits:
-    from edgespec.server.session import SessionLimits
+    from edgespec.server.limits import SessionLimits
 
     return SessionLimits(
         max_prompt_tokens=args.max_prompt_tokens,

@@ -25,7 +25,9 @@ from edgespec.models.draft import DraftRuntime
 from edgespec.models.kv import TrackedCache
 from edgespec.models.target import ScoreRequest, TargetRuntime
 from edgespec.server.app import RunningServer, ServerConfig
-from edgespec.server.scheduler import AdmissionLimits, BatchScheduler, Job, JobResult
+from edgespec.server.jobs import Job, JobResult
+from edgespec.server.limits import AdmissionLimits
+from edgespec.server.pass_thread import BatchScheduler
 from edgespec.server.servicer import VerifierService
 from tiny_models import VOCAB, greedy_reference, layer_skip_copy, tiny_model
 

@@ -24,7 +24,7 @@ from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.target import TargetRuntime
 from edgespec.server.app import RunningServer, ServerConfig
 from edgespec.server.servicer import VerifierService
-from edgespec.server.session import SessionLimits
+from edgespec.server.limits import SessionLimits
 from edgespec.transport import edgespec_pb2 as pb
 from tiny_models import VOCAB, greedy_reference, tiny_model
 from wire import GreedySession, RawSession, block_message, drafts_from, open_message

@@ -21,9 +21,9 @@ from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import ScoreRequest, TargetRuntime
 from edgespec.server.app import RunningServer, ServerConfig
-from edgespec.server.scheduler import AdmissionLimits
+from edgespec.server.limits import AdmissionLimits
 from edgespec.server.servicer import VerifierService
-from edgespec.server.session import SessionLimits
+from edgespec.server.limits import SessionLimits
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
 from edgespec.transport.codec import PROTOCOL_VERSION

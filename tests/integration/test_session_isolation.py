@@ -16,7 +16,8 @@ from edgespec.decoding.sampling import GREEDY
 from edgespec.models.target import TargetRuntime
 from edgespec.server.app import RunningServer, ServerConfig
 from edgespec.server.servicer import VerifierService
-from edgespec.server.session import ServerSession, SessionLimits
+from edgespec.server.limits import SessionLimits
+from edgespec.server.session import ServerSession
 from edgespec.server.refusals import Refused
 from edgespec.transport import edgespec_pb2 as pb
 from tiny_models import greedy_reference, tiny_model

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgespec.server.scheduler import AdmissionLimits, Candidate, Planned, plan_pass, prefill_turn_due
+from edgespec.server.limits import AdmissionLimits
+from edgespec.server.planner import Candidate, Planned, plan_pass, prefill_turn_due
 
 
 def rounds(*tokens: int) -> list[Candidate]:

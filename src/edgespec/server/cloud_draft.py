@@ -2,7 +2,7 @@
 entirely in the cloud.
 
 One set of weights, one KV cache per session. Drafting runs on the server's compute thread as a
-job of its own (``scheduler.Job.other``), never beside a target forward: on a CPU server the draft
+job of its own (``jobs.Job.standalone``), never beside a target forward: on a CPU server the draft
 shares the target's cores, and on a GPU its streaming multiprocessors, so its time is server time
 and is counted as such (the honest cost of co-location). Sessions waiting to draft are drafted
 together, one batched draft step at a time over their own caches (the target's ragged batching,

@@ -39,9 +39,9 @@ def load_service(spec: ReplicaSpec) -> VerifierService:
     from edgespec.models.loading import load_model
     from edgespec.models.target import TargetRuntime
     from edgespec.prompting import eos_token_ids
-    from edgespec.server.scheduler import AdmissionLimits
+    from edgespec.server.limits import AdmissionLimits
     from edgespec.server.servicer import VerifierService
-    from edgespec.server.session import SessionLimits
+    from edgespec.server.limits import SessionLimits
 
     torch.set_num_threads(max(1, spec.threads))
     target = load_model(spec.target, spec.dtype)

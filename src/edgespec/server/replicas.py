@@ -326,7 +326,7 @@ def wants_replicas(args: Any) -> bool:
 def cluster_config(args: Any) -> ClusterConfig:
     """The cluster `edgespec serve` flags describe; bad combinations fail before anything starts."""
     from edgespec.cli_security import server_security
-    from edgespec.server.scheduler import AdmissionLimits
+    from edgespec.server.limits import AdmissionLimits
 
     server_security(args)  # the certificate and key are a PEM pair, the token well-formed
     token_file = str(args.auth_token_file.resolve()) if args.auth_token_file else ""

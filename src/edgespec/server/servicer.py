@@ -20,12 +20,15 @@ from edgespec.decoding.gamma_policy import AdaptiveGamma
 from edgespec.models.target import TargetRuntime
 from edgespec.prompting import render_prompt
 from edgespec.server.cloud_draft import CloudDraft
-from edgespec.server.scheduler import AdmissionLimits, BatchScheduler, Job
+from edgespec.server.jobs import Job
+from edgespec.server.limits import AdmissionLimits
+from edgespec.server.pass_thread import BatchScheduler
 from edgespec.rounds.colocated import ColocatedRounds
 from edgespec.rounds.server import Drop, IncomingBlock, OutOfOrder, Reject, SendFinal, ServerAction, Verify
 from edgespec.server.prefix_cache import TenantPrefixCaches
 from edgespec.server.refusals import Refused
-from edgespec.server.session import ServerSession, SessionLimits
+from edgespec.server.limits import SessionLimits
+from edgespec.server.session import ServerSession
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
 from edgespec.transport.security import AUTH_METADATA_KEY
@@ -236,7 +239,7 @@ class VerifierService(pb_grpc.VerifierServicer):
             began = time.perf_counter()
             wanted = self.cloud_draft.request(drafter, step.sequence, step.gamma, step.stop_below)
             try:
-                drafted = await self.scheduler.submit(Job.other(lambda wanted=wanted: self.cloud_draft.drafted(wanted)))  # type: ignore[union-attr]
+                drafted = await self.scheduler.submit(Job.standalone(lambda wanted=wanted: self.cloud_draft.drafted(wanted)))  # type: ignore[union-attr]
             except BaseException:
                 wanted.cancelled = True  # a batch that has not started yet skips it
                 raise

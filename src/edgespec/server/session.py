@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -21,24 +20,17 @@ from edgespec.decoding.verification import RoundUniforms, Verdict
 from edgespec.models.target import ScoreRequest, TargetRuntime
 from edgespec.rounds.server import ServerRounds, Verify
 from edgespec.server.prefix_cache import PrefixCache
-from edgespec.server.scheduler import Job
+from edgespec.server.jobs import Job
+from edgespec.server.limits import SessionLimits
 from edgespec.server.refusals import Refused
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SessionLimits:
-    max_prompt_tokens: int = 8192
-    max_new_tokens: int = 4096
-    max_block: int = 64
-    # A session that sends nothing for this long, or lives longer than this, is ended (EXPIRED)
-    # so a vanished client cannot pin its KV cache.
-    idle_timeout_s: float = 120.0
-    max_lifetime_s: float = 3600.0
-
-
 class ServerSession:
+    """A session's state beside its round core: the cache the forwards fill, the sampling and seed
+    they verify with, and the jobs that run them on the pass thread."""
+
     def __init__(
         self,
         runtime: TargetRuntime,
