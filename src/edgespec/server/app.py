@@ -64,7 +64,9 @@ def build_server(service: VerifierService, config: ServerConfig) -> tuple[grpc.a
         try:
             port = server.add_secure_port(address, credentials)
         except RuntimeError as error:
-            raise RuntimeError(f"cannot serve TLS on {address} (address in use, or a certificate and key that do not match?): {error}") from None
+            raise RuntimeError(
+                f"cannot serve TLS on {address} (address in use, or a certificate and key that do not match?): {error}"
+            ) from None
     else:
         if security.token and config.host not in LOOPBACK_HOSTS:
             logger.warning("an auth token without TLS crosses the network in clear text; add --tls-cert/--tls-key")
@@ -85,22 +87,26 @@ async def serve(
     cloud_draft: CloudDraft | None = None,
 ) -> None:
     service = VerifierService(
-        TargetRuntime(model, exits), tokenizer, eos_ids, target_name, config.limits, config.admission,  # type: ignore[arg-type]
+        TargetRuntime(model, exits),  # type: ignore[arg-type]
+        tokenizer, eos_ids, target_name, config.limits, config.admission,
         cloud_draft=cloud_draft, prefix_cache_tokens=config.prefix_cache_tokens, exit_candidates=config.exit_candidates,
     )
     # A session's cache between batched passes keeps room to grow (`TrackedCache.stacked`).
     longest = stacked_capacity(config.limits.max_prompt_tokens + config.limits.max_new_tokens)  # type: ignore[operator]
     worst_case = kv_bytes_per_token(model) * config.admission.max_sessions * longest
     logger.info(
-        "admission: %d sessions, %d queued rounds, batches of up to %d rows and %d padded token-rows, prefill chunks of %s; "
+        "admission: %d sessions, %d queued rounds, batches of up to %d rows and %d padded token-rows, "
+        "prefill chunks of %s; "
         "worst-case KV memory %.1f GiB",
-        config.admission.max_sessions, config.admission.max_queued, config.admission.max_batch, config.admission.max_batch_rows,
+        config.admission.max_sessions, config.admission.max_queued, config.admission.max_batch,
+        config.admission.max_batch_rows,
         config.admission.prefill_chunk or "the whole prompt (alone)", worst_case / 2**30,
     )
     server, port = build_server(service, config)
     await server.start()
     logger.info("serving %s on %s:%d (exits %s)", target_name, config.host, port, exits.layers if exits else "none")
-    guard = ", ".join(name for name, on in (("TLS", config.security.tls), ("auth token", config.security.token)) if on) or "no TLS, no auth"
+    guards = (("TLS", config.security.tls), ("auth token", config.security.token))
+    guard = ", ".join(name for name, on in guards if on) or "no TLS, no auth"
     print(f"edgespec: serving {target_name} on {config.host}:{port} ({guard})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

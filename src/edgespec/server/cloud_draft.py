@@ -88,7 +88,9 @@ class CloudDraft:
     def session(self, sampling: SamplingParams, seed: int) -> SessionDrafter:
         return SessionDrafter(self.runtime.new_cache(), sampling, seed + DRAFT_SEED_OFFSET)
 
-    def request(self, drafter: SessionDrafter, sequence: list[int], gamma: int, stop_below: float = 0.0) -> DraftRequest:
+    def request(
+        self, drafter: SessionDrafter, sequence: list[int], gamma: int, stop_below: float = 0.0
+    ) -> DraftRequest:
         """Queue a draft (event-loop side); then run ``drafted(request)`` as a compute job."""
         if gamma < 1:
             raise ValueError(f"gamma must be >= 1, got {gamma}")
@@ -121,7 +123,8 @@ class CloudDraft:
                     break
                 # Each session feeds what its cache lacks (its sequence, then its drafted tokens);
                 # the last drafted token stays unfed, as on the edge.
-                logits = self.runtime.score_batch([ScoreRequest(r.sequence + r._tokens, 1, r.drafter.kv) for r in active])
+                requests = [ScoreRequest(r.sequence + r._tokens, 1, r.drafter.kv) for r in active]
+                logits = self.runtime.score_batch(requests)
                 for r, rows in zip(active, logits):
                     self._choose(r, rows[-1].float(), step)
         except BaseException:

@@ -33,10 +33,10 @@ class AdmissionLimits:
         device: str, max_batch: int, prefill_chunk: int | None, max_batch_rows: int | None
     ) -> tuple[int, int]:
         """(prefill_chunk, max_batch_rows) for a target on ``device``, each unless given. On an
-        accelerator a pass costs about the same for 5 tokens a row or 128, so prefills ride with
-        the rounds in chunks of 128 and the budget holds every row at that width: with many
-        clients on a GPU that cut the time to first token and raised the slowest clients' rate.
-        On a CPU, chunks did not pay (the class defaults)."""
+        accelerator a pass costs about the same for a few tokens a row or a full chunk, so
+        prefills ride with the rounds in chunks and the budget holds every row at that width:
+        with many clients on a GPU that cut the time to first token and raised the slowest
+        clients' rate. On a CPU, chunks did not pay (the class defaults)."""
         accelerator = not device.startswith("cpu")
         chunk = prefill_chunk if prefill_chunk is not None else (ACCELERATOR_PREFILL_CHUNK if accelerator else 0)
         if max_batch_rows is None:

@@ -1,5 +1,5 @@
 """One generation session on the server: its committed sequence, its own KV cache, its seeded
-verification randomness, and the rules for which block may be verified next.
+verification randomness, and the jobs that run its forwards on the pass thread.
 
 The order of rounds (which block is verified next, which pipelined block is dropped) is the round
 core's (``rounds/server.py``); this holds what the forwards need: the cache, the sampling, the seed.
@@ -47,7 +47,9 @@ class ServerSession:
         if not prompt_ids:
             raise Refused("BAD_REQUEST", "the prompt is empty")
         if len(prompt_ids) > limits.max_prompt_tokens:
-            raise Refused("TOO_LARGE", f"prompt of {len(prompt_ids)} tokens exceeds the limit of {limits.max_prompt_tokens}")
+            raise Refused(
+                "TOO_LARGE", f"prompt of {len(prompt_ids)} tokens exceeds the limit of {limits.max_prompt_tokens}"
+            )
         if not 1 <= max_new_tokens <= limits.max_new_tokens:
             raise Refused("TOO_LARGE", f"max_new_tokens must be in 1..{limits.max_new_tokens}, got {max_new_tokens}")
         try:
@@ -62,7 +64,10 @@ class ServerSession:
         self.prefix_cache = prefix_cache
         # With a prefix store, the cache starts with the longest stored prefix of what the prefill
         # scores (everything but the last token), so the prefill feeds only the rest.
-        self.kv, self.reused_prefix = prefix_cache.acquire([*prompt_ids, *committed_ids][:-1]) if prefix_cache else (runtime.new_cache(), 0)
+        if prefix_cache is not None:
+            self.kv, self.reused_prefix = prefix_cache.acquire([*prompt_ids, *committed_ids][:-1])
+        else:
+            self.kv, self.reused_prefix = runtime.new_cache(), 0
         runtime.live_caches.add(self.kv)
         self.sampling = sampling
         self.seed = seed  # verification uniforms are keyed by (seed, position): see RoundUniforms.at
