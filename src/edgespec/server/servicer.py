@@ -142,8 +142,8 @@ class VerifierService(pb_grpc.VerifierServicer):
     async def _open(
         self, request: pb.Open, replies: asyncio.Queue[object], clock: SessionClock, tenant: str = ""
     ) -> ServerSession:
-        """Admit and open a session, prefill its prompt, answer ``opened``; a server-side mode
-        (cloud-ar, cloud-sd) then runs to its end here."""
+        """Admit and open a session, prefill its prompt, answer ``opened``; in a mode where the
+        server generates (cloud-ar, cloud-sd), generate it all before returning."""
         check_admission(request, len(self.sessions), self.admission, self.limits, self.cloud_draft is not None)
         sampling = sampling_from_wire(request.sampling)
         prompt_ids = requested_prompt(request, self.tokenizer)
@@ -171,14 +171,7 @@ class VerifierService(pb_grpc.VerifierServicer):
                 "session %s opened: %d prompt tokens (%d cached), kind %s",
                 session.id, len(prompt_ids), session.reused_prefix, pb.SessionKind.Name(request.kind),
             )
-            if request.kind == pb.CLOUD_AR:
-                await decode_and_stream(session, self.scheduler, replies, clock)
-            elif request.kind == pb.CLOUD_SD:
-                assert self.cloud_draft is not None  # admission refuses cloud-sd without one
-                await draft_verify_and_stream(
-                    session, CloudSdSettings.from_open(request), self.cloud_draft, self.scheduler, self.runtime,
-                    replies, clock,
-                )
+            await self._generate_on_server(session, request, replies, clock)
         except BaseException:
             # Until _open returns, the caller does not hold the session to free it: a failed
             # prefill, or a client gone mid cloud-ar decode, must not leave it counted open.
@@ -186,6 +179,20 @@ class VerifierService(pb_grpc.VerifierServicer):
             raise
         session.rounds.early_verdicts = bool(request.early_verdicts)
         return session
+
+    async def _generate_on_server(
+        self, session: ServerSession, request: pb.Open, replies: asyncio.Queue[object], clock: SessionClock
+    ) -> None:
+        """cloud-ar and cloud-sd: the server generates the whole continuation, streaming it, before
+        the open is done; a speculative session returns at once and waits for blocks."""
+        if request.kind == pb.CLOUD_AR:
+            await decode_and_stream(session, self.scheduler, replies, clock)
+        elif request.kind == pb.CLOUD_SD:
+            assert self.cloud_draft is not None  # admission refuses cloud-sd without one
+            await draft_verify_and_stream(
+                session, CloudSdSettings.from_open(request), self.cloud_draft, self.scheduler, self.runtime,
+                replies, clock,
+            )
 
     def shutdown(self) -> None:
         self.scheduler.close()
