@@ -156,19 +156,19 @@ def test_sessions_waiting_to_draft_are_drafted_together_as_each_would_alone() ->
     cloud = CloudDraft(draft_model("layer-skip"))
     sequences = [PROMPT, PROMPT[:3] + [5, 6], [7, 8, 9, 10, 11, 12, 13, 14]]
     drafters = [cloud.session(SamplingParams(), seed=0) for _ in sequences]
-    requests = [cloud.request(d, s, gamma) for d, s, gamma in zip(drafters, sequences, (4, 2, 5))]
-    first = cloud.drafted(requests[0])
+    requests = [cloud.enqueue(d, s, gamma) for d, s, gamma in zip(drafters, sequences, (4, 2, 5))]
+    first = cloud.draft_queued(requests[0])
     # One pass per step, over the sessions still drafting (γ 4, 2, 5): 3, 3, 2, 2, then the last alone.
     assert [r.batch_size for r in requests] == [3, 3, 3] and dict(cloud.runtime.batch_sizes) == {3: 2, 2: 2, 1: 1}
     for request, sequence in zip(requests, sequences):
         alone = DraftRuntime(draft_model("layer-skip")).draft(sequence, request.gamma, SamplingParams())
-        assert cloud.drafted(request).tokens == alone.tokens  # the later jobs find their blocks drafted
+        assert cloud.draft_queued(request).tokens == alone.tokens  # the later jobs find their blocks drafted
     assert first is requests[0].block
     # With a confidence stop each session's block ends where its draft alone would end it.
-    stopped = [cloud.request(d, s, 6, stop_below=0.1) for d, s in zip(drafters, sequences)]
+    stopped = [cloud.enqueue(d, s, 6, stop_below=0.1) for d, s in zip(drafters, sequences)]
     for request, sequence in zip(stopped, sequences):
         alone = DraftRuntime(draft_model("layer-skip")).draft(sequence, 6, SamplingParams(), stop_below=0.1)
-        assert cloud.drafted(request).tokens == alone.tokens
+        assert cloud.draft_queued(request).tokens == alone.tokens
     assert any(len(r.block.tokens) < 6 for r in stopped)  # type: ignore[union-attr]
     stopped.clear()
     del drafters, requests, request, first

@@ -88,10 +88,10 @@ class CloudDraft:
     def session(self, sampling: SamplingParams, seed: int) -> SessionDrafter:
         return SessionDrafter(self.runtime.new_cache(), sampling, seed + DRAFT_SEED_OFFSET)
 
-    def request(
+    def enqueue(
         self, drafter: SessionDrafter, sequence: list[int], gamma: int, stop_below: float = 0.0
     ) -> DraftRequest:
-        """Queue a draft (event-loop side); then run ``drafted(request)`` as a compute job."""
+        """Queue a draft (event-loop side); then run ``draft_queued(request)`` as a compute job."""
         if gamma < 1:
             raise ValueError(f"gamma must be >= 1, got {gamma}")
         request = DraftRequest(drafter, list(sequence), gamma, stop_below)
@@ -99,7 +99,7 @@ class CloudDraft:
             self._waiting.append(request)
         return request
 
-    def drafted(self, request: DraftRequest) -> DraftBlock:
+    def draft_queued(self, request: DraftRequest) -> DraftBlock:
         """On the compute thread: draft every session waiting now (this one among them, unless an
         earlier job already drafted it along with its own), and return this one's block."""
         if request.block is None:

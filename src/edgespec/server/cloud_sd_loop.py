@@ -63,9 +63,9 @@ async def draft_verify_and_stream(
     while (step := colocated.next_draft()) is not None:
         clock.check_alive()
         began = time.perf_counter()
-        wanted = cloud_draft.request(drafter, step.sequence, step.gamma, step.stop_below)
+        wanted = cloud_draft.enqueue(drafter, step.sequence, step.gamma, step.stop_below)
         try:
-            drafted = await scheduler.submit(Job.standalone(lambda wanted=wanted: cloud_draft.drafted(wanted)))
+            drafted = await scheduler.submit(Job.standalone(lambda wanted=wanted: cloud_draft.draft_queued(wanted)))
         except BaseException:
             wanted.cancelled = True  # a batch that has not started yet skips it
             raise
