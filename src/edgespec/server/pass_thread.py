@@ -104,6 +104,8 @@ class BatchScheduler:
         return await self.enqueue(job)
 
     def close(self) -> None:
+        """Stop the thread after the pass in flight; every job still queued is cancelled, so no
+        session waits on a pass that will never run."""
         if self.stats.forwards:
             logger.info("scheduler: %s", json.dumps(self.stats.summary()))
         with self._wake:
@@ -179,6 +181,7 @@ class BatchScheduler:
             self._queue.insert(bisect.bisect(orders, queued.order), queued)
 
     def _loop(self) -> None:
+        """The compute thread: one pass after another until closed."""
         while True:
             rows = self._next_pass()
             if rows is None:
@@ -189,6 +192,8 @@ class BatchScheduler:
             del rows
 
     def _run(self, rows: list[_Row]) -> None:
+        """Run one planned pass (a batched forward, or a standalone job alone), record its cost,
+        and finish its jobs on this thread before the next pass starts."""
         started = time.perf_counter()
         if rows[0].queued.job.run is not None:  # planned alone
             self._run_standalone(rows[0].queued, started)
