@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from edgespec.server.admission import SessionClock, check_admission, requested_prompt
+from edgespec.server.admission import SessionClock, check_admission, check_generation_fits, requested_prompt
 from edgespec.server.limits import AdmissionLimits, SessionLimits
+from edgespec.server.refusals import Refused
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport.codec import PROTOCOL_VERSION, ProtocolError
 
@@ -92,3 +93,44 @@ def test_an_expired_session_is_told_whether_it_idled_or_lived_out() -> None:
     young.check_alive()
     with pytest.raises(ProtocolError):
         old.check_alive()
+
+
+class SmallTarget:
+    """What the generation checks read of a target: its vocabulary and its context."""
+
+    vocab_size = 10
+    context = 20
+
+    def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        if prompt_tokens + max_new_tokens > self.context:
+            raise ValueError(f"{prompt_tokens} + {max_new_tokens} tokens exceed the context of {self.context}")
+
+
+def generation_refusal(prompt: list[int], committed: list[int] = [], max_new_tokens: int = 4) -> str | None:
+    limits = SessionLimits(max_prompt_tokens=8, max_new_tokens=16)
+    try:
+        check_generation_fits(SmallTarget(), prompt, committed, max_new_tokens, limits)  # type: ignore[arg-type]
+    except Refused as refused:
+        return refused.code
+    return None
+
+
+def test_a_generation_within_the_limits_and_the_model_fits() -> None:
+    assert generation_refusal([1, 2, 3], committed=[4]) is None
+
+
+def test_an_empty_prompt_is_a_bad_request_and_an_oversize_one_too_large() -> None:
+    assert generation_refusal([]) == "BAD_REQUEST"
+    assert generation_refusal([1] * 9) == "TOO_LARGE"
+
+
+def test_a_budget_outside_the_limit_or_the_context_is_too_large() -> None:
+    assert generation_refusal([1], max_new_tokens=0) == "TOO_LARGE"
+    assert generation_refusal([1], max_new_tokens=17) == "TOO_LARGE"
+    assert generation_refusal([1] * 4, max_new_tokens=16) is None  # 20: the whole context
+    assert generation_refusal([1] * 5, max_new_tokens=16) == "TOO_LARGE"  # within the limits, past the context
+
+
+def test_an_id_outside_the_vocabulary_is_refused_in_the_prompt_or_the_committed_text() -> None:
+    assert generation_refusal([1, 10]) == "OUT_OF_VOCABULARY"
+    assert generation_refusal([1], committed=[10]) == "OUT_OF_VOCABULARY"

@@ -1,15 +1,19 @@
 """Who gets a session and for how long: the checks an ``open`` must pass before the server spends
 anything on it (room for one more session, the protocol version, a kind it serves, cloud-sd's
-limits, the request's own bounds), the prompt it asks for, and the clock that ends a session that
-went quiet or lived too long. Kept out of the handlers so each rule reads, and is tested, alone."""
+limits, the request's own bounds), the prompt it asks for, whether that generation fits the
+limits and the model, and the clock that ends a session that went quiet or lived too long. Kept
+out of the handlers so each rule reads, and is tested, alone."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
+from edgespec.models.target import TargetRuntime
 from edgespec.prompting import render_prompt
 from edgespec.server.limits import AdmissionLimits, SessionLimits
+from edgespec.server.refusals import Refused
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport.codec import PROTOCOL_VERSION, ProtocolError
 from edgespec.transport.validation import check_open
@@ -55,6 +59,31 @@ def requested_prompt(request: pb.Open, tokenizer: object) -> list[int]:
         except Exception as error:
             raise ProtocolError(pb.BAD_REQUEST, f"cannot render the chat messages: {error}") from None
     return prompt_ids
+
+
+def check_generation_fits(
+    runtime: TargetRuntime, prompt_ids: Sequence[int], committed_ids: Sequence[int], max_new_tokens: int,
+    limits: SessionLimits,
+) -> None:
+    """Raise the ``Refused`` that turns a session away before it takes a cache: an empty or
+    oversize prompt, a token budget outside the limits or the model's context, an id outside the
+    vocabulary."""
+    vocab = runtime.vocab_size
+    if not prompt_ids:
+        raise Refused("BAD_REQUEST", "the prompt is empty")
+    if len(prompt_ids) > limits.max_prompt_tokens:
+        raise Refused(
+            "TOO_LARGE", f"prompt of {len(prompt_ids)} tokens exceeds the limit of {limits.max_prompt_tokens}"
+        )
+    if not 1 <= max_new_tokens <= limits.max_new_tokens:
+        raise Refused("TOO_LARGE", f"max_new_tokens must be in 1..{limits.max_new_tokens}, got {max_new_tokens}")
+    try:
+        runtime.check_fits(len(prompt_ids), max_new_tokens)
+    except ValueError as error:
+        raise Refused("TOO_LARGE", str(error)) from None
+    for token in (*prompt_ids, *committed_ids):
+        if token >= vocab:
+            raise Refused("OUT_OF_VOCABULARY", f"token id {token} is outside the vocabulary (size {vocab})")
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from edgespec.decoding.sampling import SamplingParams, token_from_forward
 from edgespec.decoding.verification import RoundUniforms, Verdict
 from edgespec.models.target import ScoreRequest, TargetRuntime
 from edgespec.rounds.server import ServerRounds, Verify
+from edgespec.server.admission import check_generation_fits
 from edgespec.server.prefix_cache import PrefixCache
 from edgespec.server.jobs import Job
 from edgespec.server.limits import SessionLimits
-from edgespec.server.refusals import Refused
 
 logger = logging.getLogger(__name__)
 
@@ -43,22 +43,7 @@ class ServerSession:
         limits: SessionLimits,
         prefix_cache: PrefixCache | None = None,
     ) -> None:
-        vocab = runtime.vocab_size
-        if not prompt_ids:
-            raise Refused("BAD_REQUEST", "the prompt is empty")
-        if len(prompt_ids) > limits.max_prompt_tokens:
-            raise Refused(
-                "TOO_LARGE", f"prompt of {len(prompt_ids)} tokens exceeds the limit of {limits.max_prompt_tokens}"
-            )
-        if not 1 <= max_new_tokens <= limits.max_new_tokens:
-            raise Refused("TOO_LARGE", f"max_new_tokens must be in 1..{limits.max_new_tokens}, got {max_new_tokens}")
-        try:
-            runtime.check_fits(len(prompt_ids), max_new_tokens)
-        except ValueError as error:
-            raise Refused("TOO_LARGE", str(error)) from None
-        for token in (*prompt_ids, *committed_ids):
-            if token >= vocab:
-                raise Refused("OUT_OF_VOCABULARY", f"token id {token} is outside the vocabulary (size {vocab})")
+        check_generation_fits(runtime, prompt_ids, committed_ids, max_new_tokens, limits)
         self.id = secrets.token_urlsafe(18)
         self.runtime = runtime
         self.prefix_cache = prefix_cache
