@@ -13,10 +13,9 @@ from edgespec.models.exit_heads import ExitHeads
 from edgespec.models.kv import kv_bytes_per_token, stacked_capacity
 from edgespec.models.target import TargetRuntime
 from edgespec.server.auth import TokenAuthInterceptor
-from edgespec.server.limits import AdmissionLimits
 from edgespec.server.cloud_draft import CloudDraft
+from edgespec.server.limits import AdmissionLimits, SessionLimits
 from edgespec.server.servicer import VerifierService
-from edgespec.server.limits import SessionLimits
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
 from edgespec.transport.security import ServerSecurity
 

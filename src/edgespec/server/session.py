@@ -48,8 +48,9 @@ class ServerSession:
         self.runtime = runtime
         self.prefix_cache = prefix_cache
         # With a prefix store, the cache starts with the longest stored prefix of what the prefill
-        # scores (everything but the last token), so the prefill feeds only the rest.
-        if prefix_cache is not None:
+        # scores (everything but the last token), so the prefill feeds only the rest. An empty store
+        # is falsy (it has a length): it is not asked.
+        if prefix_cache:
             self.kv, self.reused_prefix = prefix_cache.acquire([*prompt_ids, *committed_ids][:-1])
         else:
             self.kv, self.reused_prefix = runtime.new_cache(), 0
