@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from edgespec.bench.command import add_bench_parser
     from edgespec.exits.command import add_exit_commands
-    from edgespec.netem.command import add_link_parser
+    from edgespec.link.command import add_link_parser
     from edgespec.openai_api.command import add_edge_serve_parser
     from edgespec.sim.command import add_sim_parsers
 
@@ -315,7 +315,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from edgespec.decoding.engine import LocalEngine
         from edgespec.models.target import TargetRuntime
 
-        from edgespec.netem import resolve_profile
+        from edgespec.link import resolve_profile
         from edgespec.rounds.world import Link
 
         exits = resolve_exits(args.exits, target.model, args.target) if mode.uses_exits else None

@@ -126,7 +126,7 @@ def _dtype(dtype: str) -> str:
 
 def run_simulate(args: argparse.Namespace) -> int:
     from edgespec.bench.report import render_markdown
-    from edgespec.netem import PROFILES
+    from edgespec.link import PROFILES
     from edgespec.capacity import capacity_table, default_slo, plot_capacity, render_capacity_markdown
     from edgespec.sim.plots import plot_speedup_map
     from edgespec.sim.simulate import SimConfig, clients_sweep, colocated_comparison, link_for, render_colocated, simulate, speedup_grid

@@ -152,7 +152,7 @@ def measure_message_overhead_ms(rounds: int = 30, one_way_ms: float = 25.0) -> f
     from edgespec.decoding.modes import Mode
     from edgespec.models.draft import DraftRuntime
     from edgespec.models.target import TargetRuntime
-    from edgespec.netem import LinkEmulator, resolve_profile
+    from edgespec.link import LinkEmulator, resolve_profile
     from edgespec.server.app import RunningServer, ServerConfig
     from edgespec.server.servicer import VerifierService
 

@@ -8,8 +8,8 @@ import logging
 import signal
 from typing import Any
 
-from edgespec.netem.profiles import PROFILES, LinkProfile, resolve_profile
-from edgespec.netem.proxy import LinkEmulator
+from edgespec.link.profiles import PROFILES, LinkProfile, resolve_profile
+from edgespec.link.proxy import LinkEmulator
 
 __all__ = ["add_link_parser", "run_link", "parse_host_port"]
 
