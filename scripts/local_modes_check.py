@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from edgespec.cli import resolve_exits
+from edgespec.models.exit_choice import resolve_exits
 from edgespec.data.prompt_sets import load_prompts
 from edgespec.decoding.config import GenerationConfig
 from edgespec.decoding.engine import LocalEngine

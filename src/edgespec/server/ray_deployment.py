@@ -35,7 +35,7 @@ def load_service(spec: ReplicaSpec) -> VerifierService:
     """A VerifierService on the spec's target, as `edgespec serve` builds it."""
     import torch
 
-    from edgespec.cli import resolve_exits
+    from edgespec.models.exit_choice import resolve_exits
     from edgespec.models.loading import load_model
     from edgespec.models.target import TargetRuntime
     from edgespec.prompting import eos_token_ids

@@ -8,6 +8,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from edgespec.cli.options import (
+    add_client_security_arguments,
+    add_model_arguments,
+    add_recovery_arguments,
+    client_security,
+    positive_int,
+    recovery_policy,
+)
+from edgespec.models.presets import DEFAULT_DRAFT
+
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "EDGESPEC_API_KEY"
@@ -15,9 +25,6 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def add_edge_serve_parser(subparsers: Any) -> None:
-    from edgespec.cli import DEFAULT_DRAFT, add_model_arguments, add_recovery_arguments
-    from edgespec.cli_security import add_client_security_arguments, positive_int
-
     parser = subparsers.add_parser(
         "edge-serve",
         help="serve OpenAI's chat/completions API on the edge: draft here, verify in the cloud",
@@ -82,8 +89,6 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from edgespec.cli import recovery_policy
-    from edgespec.cli_security import client_security
     from edgespec.client.edge_client import ClientOptions
     from edgespec.decoding.config import GenerationConfig
     from edgespec.decoding.modes import Mode

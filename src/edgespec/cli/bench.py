@@ -10,14 +10,19 @@ from pathlib import Path
 from typing import Any
 
 from edgespec.bench.runner import ALL_MODES, BenchConfig, build_jobs, run_profile, summarize_all, summarize_sweep
-from edgespec.cli_rounds import add_round_policy_arguments
+from edgespec.cli.options import add_round_policy_arguments
 from edgespec.hostinfo import host_facts
+from edgespec.models.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 
 def add_bench_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("bench", help="benchmark every mode over emulated networks (separate processes)")
-    parser.add_argument("--target", default="qwen2.5-coder-1.5b")
-    parser.add_argument("--draft", default="qwen2.5-coder-0.5b")
+    parser = subparsers.add_parser(
+        "bench", help="benchmark every mode over emulated networks (separate processes)",
+        description="Benchmark every mode on the same prompts: a pinned server, a link emulator and pinned edge clients "
+        "as separate processes; writes results.jsonl, summary.json, report.md and plots to --out.",
+    )
+    parser.add_argument("--target", default=DEFAULT_TARGET)
+    parser.add_argument("--draft", default=DEFAULT_DRAFT)
     parser.add_argument("--draft-backend", default="llamacpp", choices=["llamacpp", "transformers"])
     parser.add_argument("--exits", default="auto")
     parser.add_argument("--modes", default=",".join(ALL_MODES))
@@ -54,41 +59,11 @@ def add_bench_parser(subparsers: Any) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from edgespec.bench.metrics import PriceModel
     from edgespec.bench.report import plot_speedups, plot_timeline, render_markdown, render_sweep
     from edgespec.capacity import plot_capacity
     from edgespec.models.loading import load_tokenizer
 
-    split = lambda text: tuple(part.strip() for part in text.split(",") if part.strip())  # noqa: E731
-    counts = parse_client_counts(args.clients)
-    config = BenchConfig(
-        target=args.target,
-        draft=args.draft,
-        draft_backend=args.draft_backend,
-        exits=args.exits,
-        modes=split(args.modes),
-        profiles=split(args.profiles),
-        prompts=split(args.prompts),
-        num_prompts=args.num_prompts,
-        max_new_tokens=args.max_new_tokens,
-        gamma=args.gamma,
-        adaptive_gamma=args.adaptive_gamma,
-        branches=args.branches,
-        guess_verdict=not args.no_guess,
-        runner_up=args.runner_up,
-        draft_stop=args.draft_stop,
-        early_verdicts=args.early_verdicts,
-        max_gamma=args.max_gamma,
-        dtype=args.dtype,
-        clients=max(counts),
-        client_counts=counts if len(counts) > 1 else (),
-        slo_tokens_per_s=args.slo_tokens_per_s,
-        serve_args=tuple(shlex.split(args.serve_args)),
-        replicas=args.replicas,
-        out=args.out,
-        price=PriceModel(args.gpu_usd_per_hour, args.egress_usd_per_gb),
-        check_oracle=args.check_oracle,
-    )
+    config = bench_config(args)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = build_jobs(config, load_tokenizer(config.draft))
@@ -129,6 +104,42 @@ def run_bench(args: argparse.Namespace) -> int:
     capacity_plots = "".join(f", capacity-{p}.png" for p in summary.get("capacity", {}))
     print(f"wrote {out}/results.jsonl, summary.json, report.md, speedup.png, timeline.png{capacity_plots}")
     return 0
+
+
+def bench_config(args: argparse.Namespace) -> BenchConfig:
+    """The options of `bench` as the harness's config (stored with every result)."""
+    from edgespec.bench.metrics import PriceModel
+
+    split = lambda text: tuple(part.strip() for part in text.split(",") if part.strip())  # noqa: E731
+    counts = parse_client_counts(args.clients)
+    return BenchConfig(
+        target=args.target,
+        draft=args.draft,
+        draft_backend=args.draft_backend,
+        exits=args.exits,
+        modes=split(args.modes),
+        profiles=split(args.profiles),
+        prompts=split(args.prompts),
+        num_prompts=args.num_prompts,
+        max_new_tokens=args.max_new_tokens,
+        gamma=args.gamma,
+        adaptive_gamma=args.adaptive_gamma,
+        branches=args.branches,
+        guess_verdict=not args.no_guess,
+        runner_up=args.runner_up,
+        draft_stop=args.draft_stop,
+        early_verdicts=args.early_verdicts,
+        max_gamma=args.max_gamma,
+        dtype=args.dtype,
+        clients=max(counts),
+        client_counts=counts if len(counts) > 1 else (),
+        slo_tokens_per_s=args.slo_tokens_per_s,
+        serve_args=tuple(shlex.split(args.serve_args)),
+        replicas=args.replicas,
+        out=args.out,
+        price=PriceModel(args.gpu_usd_per_hour, args.egress_usd_per_gb),
+        check_oracle=args.check_oracle,
+    )
 
 
 def parse_client_counts(text: str) -> tuple[int, ...]:
