@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from edgespec.cli.options import server_security
-from edgespec.server.replicas import ClusterConfig, ReplicaSpec, run_cluster, write_serve_config
+from edgespec.server.replica_spec import ReplicaSpec
+from edgespec.server.replicas import ClusterConfig, run_cluster, write_serve_config
 from edgespec.transport.security import resolve_token
 
 

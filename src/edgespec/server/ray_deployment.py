@@ -22,7 +22,7 @@ from ray.exceptions import TaskCancelledError
 from ray.serve.grpc_util import RayServegRPCContext
 
 from edgespec.server.auth import FIRST_MESSAGE_WAIT_S, expected_header, refusal_for
-from edgespec.server.replicas import DEPLOYMENT_NAME, SESSION_LOG, ReplicaSpec
+from edgespec.server.replica_spec import DEPLOYMENT_NAME, SESSION_LOG, ReplicaSpec
 from edgespec.transport import edgespec_pb2 as pb
 
 if TYPE_CHECKING:
