@@ -9,7 +9,9 @@ import pytest
 from edgespec.cli import build_parser, main
 
 
-def command_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], argparse.ArgumentParser]:
+def command_parsers(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> dict[tuple[str, ...], argparse.ArgumentParser]:
     """Each command's parser by its words on the command line (`models fetch`: ("models", "fetch"))."""
     found = {}
     for action in parser._actions:
@@ -26,7 +28,8 @@ COMMANDS = command_parsers(build_parser())
 def test_the_commands_are_all_there() -> None:
     top = {path[0] for path in COMMANDS}
     assert top == {
-        "models", "generate", "serve", "link", "edge-serve", "bench", "trace", "simulate", "train-exits", "eval-exits", "robot",
+        "models", "generate", "serve", "link", "edge-serve", "bench", "trace", "simulate", "train-exits", "eval-exits",
+        "robot",
     }
     assert {("models", "list"), ("models", "fetch"), ("models", "path")} <= set(COMMANDS)
 

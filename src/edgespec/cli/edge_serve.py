@@ -29,27 +29,46 @@ def add_edge_serve_parser(subparsers: Any) -> None:
         "edge-serve",
         help="serve OpenAI's chat/completions API on the edge: draft here, verify in the cloud",
         description="An OpenAI-compatible HTTP server (POST /v1/chat/completions, /v1/completions, GET /v1/models, "
-        "/health) on the edge device. Each request drafts locally and is verified by the cloud verifier (edgespec serve) "
-        f"in its own session. --api-key (or --api-key-file, or ${API_KEY_ENV}) guards the local endpoint; "
+        "/health) on the edge device. Each request drafts locally and is verified by the cloud verifier (edgespec "
+        f"serve) in its own session. --api-key (or --api-key-file, or ${API_KEY_ENV}) guards the local endpoint; "
         "--auth-token is the cloud's token and never leaves the device.",
     )
-    parser.add_argument("--server", required=True, metavar="HOST:PORT", help="the verifier (edgespec serve), or a link in front of it")
-    parser.add_argument("--draft", default=DEFAULT_DRAFT, help="preset name, HF model dir or .gguf file (its tokenizer renders prompts)")
+    parser.add_argument(
+        "--server", required=True, metavar="HOST:PORT", help="the verifier (edgespec serve), or a link in front of it",
+    )
+    parser.add_argument(
+        "--draft", default=DEFAULT_DRAFT,
+        help="preset name, HF model dir or .gguf file (its tokenizer renders prompts)",
+    )
     parser.add_argument("--draft-backend", default="transformers", choices=["transformers", "llamacpp"])
-    parser.add_argument("--mode", default="sd-ee-pipelined", help="cloud-ar, sd, sd-ee, sd-ee-predraft, sd-ee-pipelined (edge-only: not lossless)")
-    parser.add_argument("--host", default="127.0.0.1", help="the HTTP address to bind (default loopback: apps on this device)")
+    parser.add_argument(
+        "--mode", default="sd-ee-pipelined",
+        help="cloud-ar, sd, sd-ee, sd-ee-predraft, sd-ee-pipelined (edge-only: not lossless)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="the HTTP address to bind (default loopback: apps on this device)",
+    )
     parser.add_argument("--port", type=int, default=8000)
     keys = parser.add_mutually_exclusive_group()
-    keys.add_argument("--api-key", metavar="KEY", help=f"require 'Authorization: Bearer KEY' on /v1 (visible in the process list: prefer --api-key-file or ${API_KEY_ENV})")
+    keys.add_argument(
+        "--api-key", metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on /v1 (visible in the process list: prefer --api-key-file or "
+        f"${API_KEY_ENV})",
+    )
     keys.add_argument("--api-key-file", metavar="PATH", type=Path, help="a file whose first line is the API key")
     parser.add_argument(
         "--max-concurrent", type=positive_int, default=4, metavar="N",
         help="generations at once, each with its own draft KV cache and cloud session; more requests wait (default 4). "
         "llama.cpp loads one context per slot",
     )
-    parser.add_argument("--default-max-tokens", type=positive_int, default=256, metavar="N", help="max_tokens when a request names none")
+    parser.add_argument(
+        "--default-max-tokens", type=positive_int, default=256, metavar="N",
+        help="max_tokens when a request names none",
+    )
     parser.add_argument("--model-name", help="the model id to report (default: the target the verifier names)")
-    parser.add_argument("--gamma", type=int, default=4, help="draft tokens per round (with --adaptive-gamma: the first round's)")
+    parser.add_argument(
+        "--gamma", type=int, default=4, help="draft tokens per round (with --adaptive-gamma: the first round's)",
+    )
     parser.add_argument("--adaptive-gamma", action="store_true", help="choose each round's gamma from measured costs")
     parser.add_argument("--max-gamma", type=int, default=8)
     add_model_arguments(parser)
@@ -113,7 +132,9 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
         model_name=args.model_name,
     )
     if args.host not in LOOPBACK_HOSTS and api_key is None:
-        logger.warning("edge-serve on %s without --api-key: anyone who reaches the port can use the cloud verifier", args.host)
+        logger.warning(
+            "edge-serve on %s without --api-key: anyone who reaches the port can use the cloud verifier", args.host,
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     if mode.uses_draft:
@@ -124,5 +145,8 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
     backend = EdgeBackend(settings, tokenizer, drafts, fallback_eos_ids=eos)
     print(f"edgespec: edge-serve on http://{args.host}:{args.port}/v1 ({mode.value}, verifier {args.server}, "
           f"{args.max_concurrent} slots, {'API key required' if api_key else 'no API key'})", flush=True)
-    uvicorn.run(create_app(backend, api_key), host=args.host, port=args.port, log_level="info" if args.log or args.verbose else "warning")
+    uvicorn.run(
+        create_app(backend, api_key), host=args.host, port=args.port,
+        log_level="info" if args.log or args.verbose else "warning",
+    )
     return 0

@@ -16,6 +16,11 @@ from edgespec.models.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 BENCHMARK_TABLE = "benchmark (MT-bench + HumanEval)"
 CALIBRATION_TABLE = "calibration (held-out ShareGPT)"
+# What a calibration writes into exits.json of each exit's benchmark row.
+COMPACT_KEYS = (
+    "top1_agreement", "verdict_match", "right_rejections", "right_rejections_streamed", "threshold", "precision",
+    "coverage", "rounds",
+)
 
 
 def add_eval_exits_parser(subparsers: Any) -> None:
@@ -27,24 +32,57 @@ def add_eval_exits_parser(subparsers: Any) -> None:
     evaluate.add_argument("--target", default=DEFAULT_TARGET)
     evaluate.add_argument("--draft", default=DEFAULT_DRAFT)
     evaluate.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    evaluate.add_argument("--exits", required=True, help="exit heads directory, or 'logit-lens' (identity adapters at --layers)")
-    evaluate.add_argument("--layers", type=exit_layers, default=exit_layers(DEFAULT_EXIT_LAYERS), help="layers recorded / used for logit-lens")
+    evaluate.add_argument(
+        "--exits", required=True, help="exit heads directory, or 'logit-lens' (identity adapters at --layers)",
+    )
+    evaluate.add_argument(
+        "--layers", type=exit_layers, default=exit_layers(DEFAULT_EXIT_LAYERS),
+        help="layers recorded / used for logit-lens",
+    )
     evaluate.add_argument("--gamma", type=int, default=4)
     evaluate.add_argument("--max-new-tokens", type=int, default=48)
-    evaluate.add_argument("--prompts-per-set", type=int, default=6, help="MT-bench and HumanEval prompts each (held out)")
-    evaluate.add_argument("--calibration-prompts", type=int, default=8, help="held-out ShareGPT prompts for calibration")
-    evaluate.add_argument("--rounds-dir", type=Path, default=Path("out/exits/rounds-benchmark"), help="recorded benchmark rounds (recorded or resumed first)")
+    evaluate.add_argument(
+        "--prompts-per-set", type=int, default=6, help="MT-bench and HumanEval prompts each (held out)",
+    )
+    evaluate.add_argument(
+        "--calibration-prompts", type=int, default=8, help="held-out ShareGPT prompts for calibration",
+    )
+    evaluate.add_argument(
+        "--rounds-dir", type=Path, default=Path("out/exits/rounds-benchmark"),
+        help="recorded benchmark rounds (recorded or resumed first)",
+    )
     evaluate.add_argument("--calibration-rounds-dir", type=Path, default=Path("out/exits/rounds-calibration"))
-    evaluate.add_argument("--calibrate", action="store_true", help="pick thresholds on the calibration rounds and write them into the exits' exits.json")
-    evaluate.add_argument("--exit-vocab", choices=("candidates", "full"), default="candidates", help="what the exits score: the draft's top-k ids per token (as `serve` does by default) or the whole vocabulary")
-    evaluate.add_argument("--threshold-rule", choices=("gain", "precision"), default="gain", help="gain: per mode, the threshold saving the most time (costs below); precision: the lowest with precision >= --min-precision")
-    evaluate.add_argument("--costs", type=Path, default=None, help="hardware profile JSON (`simulate`'s) for the gain rule; default: this host's cached probe, else --verify-ms/--draft-ms")
-    evaluate.add_argument("--verify-ms", type=float, default=333.0, help="verify time when no profile is found (this CPU's, bf16)")
-    evaluate.add_argument("--draft-ms", type=float, default=38.8, help="edge draft time per token when no profile is found")
+    evaluate.add_argument(
+        "--calibrate", action="store_true",
+        help="pick thresholds on the calibration rounds and write them into the exits' exits.json",
+    )
+    evaluate.add_argument(
+        "--exit-vocab", choices=("candidates", "full"), default="candidates",
+        help="what the exits score: the draft's top-k ids per token (as `serve` does by default) or the whole "
+        "vocabulary",
+    )
+    evaluate.add_argument(
+        "--threshold-rule", choices=("gain", "precision"), default="gain",
+        help="gain: per mode, the threshold saving the most time (costs below); precision: the lowest with precision "
+        ">= --min-precision",
+    )
+    evaluate.add_argument(
+        "--costs", type=Path, default=None,
+        help="hardware profile JSON (`simulate`'s) for the gain rule; default: this host's cached probe, else "
+        "--verify-ms/--draft-ms",
+    )
+    evaluate.add_argument(
+        "--verify-ms", type=float, default=333.0, help="verify time when no profile is found (this CPU's, bf16)",
+    )
+    evaluate.add_argument(
+        "--draft-ms", type=float, default=38.8, help="edge draft time per token when no profile is found",
+    )
     evaluate.add_argument("--one-way-ms", type=float, default=25.0, help="link delay each way (wan: 25)")
     evaluate.add_argument("--min-precision", type=float, default=0.9)
     evaluate.add_argument("--min-count", type=int, default=10)
-    evaluate.add_argument("--report", type=Path, default=Path("out/exits/report"), help="directory for eval.json and curves.png")
+    evaluate.add_argument(
+        "--report", type=Path, default=Path("out/exits/report"), help="directory for eval.json and curves.png",
+    )
     evaluate.add_argument("--threads", type=int, default=1)
     evaluate.set_defaults(handler=run_eval_exits)
 
@@ -68,7 +106,10 @@ def run_eval_exits(args: argparse.Namespace) -> int:
     _, norm, head = decoder_parts(target.model)
     norm, head_weight = norm.float(), head.weight.float()
     candidates = args.exit_vocab == "candidates"
-    report: dict[str, Any] = {"exits": str(args.exits), "target": args.target, "draft": args.draft, "gamma": args.gamma, "greedy": True, "exit_vocab": args.exit_vocab}
+    report: dict[str, Any] = {
+        "exits": str(args.exits), "target": args.target, "draft": args.draft, "gamma": args.gamma, "greedy": True,
+        "exit_vocab": args.exit_vocab,
+    }
     thresholds = {s.layer: s.threshold for s in heads.specs}
     tables = {}
     calibration = None
@@ -77,11 +118,19 @@ def run_eval_exits(args: argparse.Namespace) -> int:
         calibration = exit_outcomes(heads, calibration_rounds, norm, head_weight, candidates=candidates)
         thresholds = _calibrated_thresholds(args, calibration, int(target.model.config.num_hidden_layers), report)
         tables[CALIBRATION_TABLE] = summarize(calibration, thresholds)
-        report["calibration"] = {"table": tables[CALIBRATION_TABLE], "hints": hint_outcomes(calibration, thresholds), "guess": guess_outcomes(calibration_rounds)}
+        report["calibration"] = {
+            "table": tables[CALIBRATION_TABLE],
+            "hints": hint_outcomes(calibration, thresholds),
+            "guess": guess_outcomes(calibration_rounds),
+        }
     benchmark_rounds = load_rounds(args.rounds_dir)
     benchmark = exit_outcomes(heads, benchmark_rounds, norm, head_weight, candidates=candidates)
     tables[BENCHMARK_TABLE] = summarize(benchmark, thresholds)
-    report["benchmark"] = {"table": tables[BENCHMARK_TABLE], "hints": hint_outcomes(benchmark, thresholds), "guess": guess_outcomes(benchmark_rounds)}
+    report["benchmark"] = {
+        "table": tables[BENCHMARK_TABLE],
+        "hints": hint_outcomes(benchmark, thresholds),
+        "guess": guess_outcomes(benchmark_rounds),
+    }
     report["thresholds"] = {str(k): v for k, v in thresholds.items()}
     if args.calibrate and args.exits != "logit-lens":
         _save_calibrated(args, heads, thresholds, calibration, report)
@@ -99,9 +148,11 @@ def _record_missing_rounds(args: argparse.Namespace, target: Any, heads: Any) ->
     from edgespec.models.loading import load_model
     from edgespec.prompting import eos_token_ids
 
-    jobs = [(args.rounds_dir, benchmark_prompts(target.tokenizer, args.prompts_per_set), 2 * args.prompts_per_set, "mtbench + humaneval")]
+    benchmark = benchmark_prompts(target.tokenizer, args.prompts_per_set)
+    jobs = [(args.rounds_dir, benchmark, 2 * args.prompts_per_set, "mtbench + humaneval")]
     if args.calibrate:
-        jobs.append((args.calibration_rounds_dir, calibration_prompts(target.tokenizer, args.calibration_prompts), args.calibration_prompts, "sharegpt calibration split"))
+        calibration = calibration_prompts(target.tokenizer, args.calibration_prompts)
+        jobs.append((args.calibration_rounds_dir, calibration, args.calibration_prompts, "sharegpt calibration split"))
     draft = None
     for directory, prompts, count, what in jobs:
         try:
@@ -112,12 +163,16 @@ def _record_missing_rounds(args: argparse.Namespace, target: Any, heads: Any) ->
         if not complete:
             draft = draft or load_model(args.draft, args.dtype)
             record_rounds(
-                target.model, draft.model, prompts, directory, sorted(set(heads.layers) | set(args.layers)), count, args.gamma, args.max_new_tokens,
-                eos_token_ids(target.model, target.tokenizer), {"prompts": what, "target": args.target, "draft": args.draft},
+                target.model, draft.model, prompts, directory, sorted(set(heads.layers) | set(args.layers)), count,
+                args.gamma, args.max_new_tokens,
+                eos_token_ids(target.model, target.tokenizer),
+                {"prompts": what, "target": args.target, "draft": args.draft},
             )
 
 
-def _calibrated_thresholds(args: argparse.Namespace, calibration: dict[int, Any], num_layers: int, report: dict[str, Any]) -> dict[int, float]:
+def _calibrated_thresholds(
+    args: argparse.Namespace, calibration: dict[int, Any], num_layers: int, report: dict[str, Any]
+) -> dict[int, float]:
     """Each exit's threshold by --threshold-rule; the rule (and per-mode choices) go into ``report``."""
     from edgespec.exits.calibration import calibration_rule, pick_threshold
     from edgespec.exits.gain import gain_rule, pick_threshold_by_gain
@@ -126,14 +181,24 @@ def _calibrated_thresholds(args: argparse.Namespace, calibration: dict[int, Any]
         costs = _round_costs(args, num_layers)
         by_mode = {
             mode: {
-                layer: pick_threshold_by_gain(result["confidence"], result["correct"], result["streams"], costs.hit_saving_s(layer, mode == "pipelined"), costs.miss_cost_s(), args.min_count)
+                layer: pick_threshold_by_gain(
+                    result["confidence"], result["correct"], result["streams"],
+                    costs.hit_saving_s(layer, mode == "pipelined"), costs.miss_cost_s(), args.min_count,
+                )
                 for layer, result in calibration.items()
             }
             for mode in ("pipelined", "predraft")
         }
         report["calibration_rule"] = gain_rule(costs, args.min_count)
         report["thresholds_by_mode"] = {
-            mode: {str(layer): {"threshold": t, "saving_ms_per_round": round(s * 1000, 2), "hit_saving_ms": round(costs.hit_saving_s(layer, mode == "pipelined") * 1000, 1)} for layer, (t, s) in choice.items()}
+            mode: {
+                str(layer): {
+                    "threshold": t,
+                    "saving_ms_per_round": round(s * 1000, 2),
+                    "hit_saving_ms": round(costs.hit_saving_s(layer, mode == "pipelined") * 1000, 1),
+                }
+                for layer, (t, s) in choice.items()
+            }
             for mode, choice in by_mode.items()
         }
         # The server streams at one threshold per exit: the pipelined mode's (the best pre-draft mode).
@@ -141,17 +206,22 @@ def _calibrated_thresholds(args: argparse.Namespace, calibration: dict[int, Any]
     report["calibration_rule"] = calibration_rule(args.min_precision, args.min_count)
     # Over the verdicts the exit can stream (a candidate exit: its rejections only).
     return {
-        layer: pick_threshold(result["confidence"][result["streams"]], result["correct"][result["streams"]], args.min_precision, args.min_count)
+        layer: pick_threshold(
+            result["confidence"][result["streams"]], result["correct"][result["streams"]], args.min_precision,
+            args.min_count,
+        )
         for layer, result in calibration.items()
     }
 
 
-def _save_calibrated(args: argparse.Namespace, heads: Any, thresholds: dict[int, float], calibration: Any, report: dict[str, Any]) -> None:
+def _save_calibrated(
+    args: argparse.Namespace, heads: Any, thresholds: dict[int, float], calibration: Any, report: dict[str, Any]
+) -> None:
     """Write the thresholds, and what chose them, into the exits' own exits.json."""
     import torch
 
     compact = {
-        layer: {key: entry[key] for key in ("top1_agreement", "verdict_match", "right_rejections", "right_rejections_streamed", "threshold", "precision", "coverage", "rounds")}
+        layer: {key: entry[key] for key in COMPACT_KEYS}
         for layer, entry in report["benchmark"]["table"].items()
     }
     calibrated = heads.with_thresholds(thresholds)
@@ -164,7 +234,12 @@ def _save_calibrated(args: argparse.Namespace, heads: Any, thresholds: dict[int,
             "thresholds": {str(k): v for k, v in thresholds.items()},
             "rounds": int(next(iter(calibration.values()))["correct"].numel()),
         },
-        "benchmark": {"prompts": f"mtbench[:{args.prompts_per_set}] + humaneval[:{args.prompts_per_set}]", "gamma": args.gamma, "per_exit": compact, "hints": report["benchmark"]["hints"]},
+        "benchmark": {
+            "prompts": f"mtbench[:{args.prompts_per_set}] + humaneval[:{args.prompts_per_set}]",
+            "gamma": args.gamma,
+            "per_exit": compact,
+            "hints": report["benchmark"]["hints"],
+        },
     }
     calibrated.save(args.exits, dtype=getattr(torch, heads.metadata.get("storage_dtype", "float32")))
 
@@ -181,7 +256,10 @@ def _round_costs(args: argparse.Namespace, num_layers: int) -> Any:
         path = cached if cached.is_file() else None
     if path is not None:
         profile = HardwareProfile.load(path)
-        return RoundCosts(profile.forward_s(args.gamma + 1), profile.draft_ms_per_token / 1000, args.one_way_ms / 1000, args.gamma, num_layers)
+        return RoundCosts(
+            profile.forward_s(args.gamma + 1), profile.draft_ms_per_token / 1000, args.one_way_ms / 1000, args.gamma,
+            num_layers,
+        )
     return RoundCosts(args.verify_ms / 1000, args.draft_ms / 1000, args.one_way_ms / 1000, args.gamma, num_layers)
 
 
@@ -191,13 +269,17 @@ def format_table(report: dict[str, Any]) -> str:
         if name not in report:
             continue
         lines.append(f"## {name}: hints {report[name]['hints']}; final verdicts {report[name].get('guess')}")
-        lines.append("| exit | top-1 agreement | verdict == final | right rejections (streamed) | threshold | precision | coverage |")
+        lines.append(
+            "| exit | top-1 agreement | verdict == final | right rejections (streamed) | threshold | precision | "
+            "coverage |",
+        )
         lines.append("|---|---|---|---|---|---|---|")
         for layer, entry in report[name]["table"].items():
             precision = "–" if entry["precision"] is None else f"{entry['precision']:.2f}"
             lines.append(
-                f"| {layer} | {entry['top1_agreement']:.3f} | {entry['verdict_match']:.3f} | {entry['right_rejections']} ({entry['right_rejections_streamed']}) "
-                f"| {entry['threshold']:.2f} | {precision} | {entry['coverage']:.3f} |"
+                f"| {layer} | {entry['top1_agreement']:.3f} | {entry['verdict_match']:.3f} | "
+                f"{entry['right_rejections']} ({entry['right_rejections_streamed']}) | {entry['threshold']:.2f} | "
+                f"{precision} | {entry['coverage']:.3f} |"
             )
     if "thresholds_by_mode" in report:
         lines.append(f"thresholds by mode: {json.dumps(report['thresholds_by_mode'])}")

@@ -27,21 +27,33 @@ if TYPE_CHECKING:  # heavy imports (torch, transformers) wait until a command ne
 def add_generate_parser(commands: Any) -> None:
     generate = commands.add_parser(
         "generate", help="generate text, over the network or in process (--local)",
-        description="Generate text: the draft here proposes, the target verifies, over the network (--server) or in this "
-        "process (--local). Committed text streams to stdout, the statistics to stderr.",
+        description="Generate text: the draft here proposes, the target verifies, over the network (--server) or in "
+        "this process (--local). Committed text streams to stdout, the statistics to stderr.",
     )
     generate.add_argument("prompt", help="user message (chat-templated) or, with --raw, text to continue")
     where = generate.add_mutually_exclusive_group(required=True)
-    where.add_argument("--server", metavar="HOST:PORT", help="the verifier server (edgespec serve), or a link in front of it")
+    where.add_argument(
+        "--server", metavar="HOST:PORT", help="the verifier server (edgespec serve), or a link in front of it",
+    )
     where.add_argument("--local", action="store_true", help="run target and draft in this process")
     generate.add_argument("--target", default=DEFAULT_TARGET, help="--local: preset name, HF model dir or .gguf file")
     generate.add_argument("--draft", default=DEFAULT_DRAFT, help="preset name, HF model dir or .gguf file")
-    generate.add_argument("--mode", default="sd-ee-pipelined", help="cloud-ar (or ar), edge-only, sd, sd-ee, sd-ee-predraft, sd-ee-pipelined, cloud-sd (the server drafts: it needs --cloud-draft)")
-    generate.add_argument("--draft-backend", default="transformers", choices=["transformers", "llamacpp"], help="llamacpp: the same GGUF on llama.cpp (fast on CPUs)")
+    generate.add_argument(
+        "--mode", default="sd-ee-pipelined",
+        help="cloud-ar (or ar), edge-only, sd, sd-ee, sd-ee-predraft, sd-ee-pipelined, cloud-sd (the server drafts: "
+        "it needs --cloud-draft)",
+    )
+    generate.add_argument(
+        "--draft-backend", default="transformers", choices=["transformers", "llamacpp"],
+        help="llamacpp: the same GGUF on llama.cpp (fast on CPUs)",
+    )
     add_decoding_arguments(generate)
     add_model_arguments(generate)
     add_exit_argument(generate)
-    generate.add_argument("--link", choices=["lan", "wan", "cellular"], help="--local: charge this link's delay on the virtual clock (default: none)")
+    generate.add_argument(
+        "--link", choices=["lan", "wan", "cellular"],
+        help="--local: charge this link's delay on the virtual clock (default: none)",
+    )
     generate.add_argument("--raw", action="store_true", help="do not apply the chat template")
     generate.add_argument("--json", action="store_true", help="print one JSON object with tokens, text and stats")
     add_recovery_arguments(generate)
@@ -105,7 +117,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         assert security is not None
         options = ClientOptions(recovery=recovery_policy(args), security=security)
         try:
-            result = EdgeClient(args.server, draft_runtime, options).generate(prompt_ids, mode, config, on_commit, on_event)
+            result = EdgeClient(args.server, draft_runtime, options).generate(
+                prompt_ids, mode, config, on_commit, on_event,
+            )
         except (ConnectionLost, ServerError) as error:
             _print_partial(args, tokenizer, error.partial, error)
             return 3
@@ -114,7 +128,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _generate_local(
-    args: argparse.Namespace, target: Any, draft_runtime: Any, prompt_ids: list[int], mode: Mode, config: GenerationConfig, on_commit: Any
+    args: argparse.Namespace, target: Any, draft_runtime: Any, prompt_ids: list[int], mode: Mode,
+    config: GenerationConfig, on_commit: Any
 ) -> GenerationResult:
     """Target and draft in this process, on the virtual clock (charged a link's delay with --link)."""
     from edgespec.decoding.engine import LocalEngine
@@ -127,19 +142,29 @@ def _generate_local(
     link = Link()
     if args.link:  # the link on the virtual clock: its mean one-way delay per message
         profile = resolve_profile(args.link, {})
-        link = Link(one_way_s=profile.one_way_delay_ms / 1000, bandwidth_bytes_per_s=profile.bytes_per_second or float("inf"))
-    return LocalEngine(TargetRuntime(target.model, exits), draft_runtime, link).generate(prompt_ids, mode, config, on_commit)
+        link = Link(
+            one_way_s=profile.one_way_delay_ms / 1000, bandwidth_bytes_per_s=profile.bytes_per_second or float("inf"),
+        )
+    engine = LocalEngine(TargetRuntime(target.model, exits), draft_runtime, link)
+    return engine.generate(prompt_ids, mode, config, on_commit)
 
 
-def _print_partial(args: argparse.Namespace, tokenizer: Any, partial: GenerationResult | None, error: Exception) -> None:
+def _print_partial(
+    args: argparse.Namespace, tokenizer: Any, partial: GenerationResult | None, error: Exception
+) -> None:
     """What the generation committed before the server was lost for good."""
     if partial is not None:
         partial.text = tokenizer.decode(partial.tokens, skip_special_tokens=True)
         if args.json:
-            print(json.dumps({"tokens": partial.tokens, "text": partial.text, "stats": partial.stats.as_dict(), "error": str(error)}))
+            stats = partial.stats.as_dict()
+            print(json.dumps({"tokens": partial.tokens, "text": partial.text, "stats": stats, "error": str(error)}))
         else:
             print()
-    print(f"edgespec: error: {error} (the {len(partial.tokens) if partial else 0} tokens committed before it are kept above)", file=sys.stderr)
+    print(
+        f"edgespec: error: {error} (the {len(partial.tokens) if partial else 0} tokens committed before it are kept "
+        "above)",
+        file=sys.stderr,
+    )
 
 
 def _print_result(args: argparse.Namespace, tokenizer: Any, result: GenerationResult) -> None:

@@ -48,7 +48,9 @@ class ProvisionalPrinter:
             text = self.tokenizer.decode(list(event.tokens), skip_special_tokens=True)
             self.out.write(f"{self.DIM}{text}{self.RESET}" if self.tty else text)
         elif event.kind == "retract":
-            replaced = "" if event.replaced_by is None else f" (the target says {self.tokenizer.decode([event.replaced_by])!r})"
+            replaced = ""
+            if event.replaced_by is not None:
+                replaced = f" (the target says {self.tokenizer.decode([event.replaced_by])!r})"
             self.out.write(f"\nedgespec: retracted the provisional tokens from position {event.position}{replaced}\n")
             self.showing = False
         elif self.showing:
@@ -70,9 +72,15 @@ def format_stats(stats: GenerationStats) -> str:
     if stats.per_exit:
         parts.append(f"hits={stats.hits} misses={stats.misses} no-hint={stats.no_hint}")
     if stats.connection_losses:
-        parts.append(f"outages={stats.connection_losses} reconnects={stats.reconnects} fallbacks={stats.fallbacks} switchbacks={stats.switchbacks}")
+        parts.append(
+            f"outages={stats.connection_losses} reconnects={stats.reconnects} fallbacks={stats.fallbacks} "
+            f"switchbacks={stats.switchbacks}",
+        )
     if stats.provisional_tokens:
-        parts.append(f"provisional={stats.provisional_tokens} reverified={stats.reverified} retracted={stats.retracted_tokens} in {stats.retractions}")
+        parts.append(
+            f"provisional={stats.provisional_tokens} reverified={stats.reverified} retracted={stats.retracted_tokens} "
+            f"in {stats.retractions}",
+        )
     return " ".join(parts)
 
 
@@ -80,6 +88,6 @@ def fallback_warning(stats: GenerationStats) -> str:
     spans = ", ".join(f"{start}..{end - 1}" for start, end in stats.fallback_spans if end > start)
     return (
         f"edgespec: warning: the server did not come back within the outage budget; {stats.fallback_tokens} of "
-        f"{stats.new_tokens} tokens (positions {spans}) were decided by the draft alone, never re-verified, and are NOT "
-        "the target's output"
+        f"{stats.new_tokens} tokens (positions {spans}) were decided by the draft alone, never re-verified, and are "
+        "NOT the target's output"
     )

@@ -21,9 +21,12 @@ PREFIX_CACHE_TOKENS = 16384  # the server --compare starts with --reuse-context:
 
 def _child_args(args: argparse.Namespace, mode: str, server: str | None, out: Path) -> list[str]:
     child = [
-        "robot", "--task", args.task, "--mode", mode, "--max-steps", str(args.max_steps), "--max-reasks", str(args.max_reasks),
-        "--out", str(out), "--fps", str(args.fps), "--max-hold", str(args.max_hold), "--target", args.target, "--draft", args.draft, "--draft-backend", args.draft_backend,
-        "--gamma", str(args.gamma), "--max-new-tokens", str(args.max_new_tokens), "--dtype", args.dtype, "--threads", str(args.threads or 1),
+        "robot", "--task", args.task, "--mode", mode, "--max-steps", str(args.max_steps), "--max-reasks",
+        str(args.max_reasks),
+        "--out", str(out), "--fps", str(args.fps), "--max-hold", str(args.max_hold), "--target", args.target, "--draft",
+        args.draft, "--draft-backend", args.draft_backend,
+        "--gamma", str(args.gamma), "--max-new-tokens", str(args.max_new_tokens), "--dtype", args.dtype, "--threads",
+        str(args.threads or 1),
         "--exits", args.exits, "--video" if args.video else "--no-video", "--history-turns", str(args.history_turns),
     ]
     if args.reuse_context:
@@ -48,7 +51,11 @@ def compare(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = not (args.server or args.local)
     serve_args = ["--prefix-cache-tokens", str(PREFIX_CACHE_TOKENS)] if args.reuse_context else []
-    context = deploy(args.target, args.dtype, args.profile, exits=args.exits, log_dir=str(out), serve_args=serve_args) if started else nullcontext()
+    context = (
+        deploy(args.target, args.dtype, args.profile, exits=args.exits, log_dir=str(out), serve_args=serve_args)
+        if started
+        else nullcontext()
+    )
     summaries: list[dict[str, Any]] = []
     with context as deployment:
         server = f"127.0.0.1:{deployment.client_port}" if started else args.server
@@ -65,15 +72,26 @@ def compare(args: argparse.Namespace) -> int:
                 from edgespec.transport.security import AUTH_TOKEN_ENV
 
                 env = {**os.environ, AUTH_TOKEN_ENV: f"robot-{mode}-{os.getpid()}"}
-            completed = subprocess.run(command, capture_output=True, text=True, preexec_fn=pin_to_core(1) if started else None, env=env)
+            completed = subprocess.run(
+                command, capture_output=True, text=True, preexec_fn=pin_to_core(1) if started else None, env=env,
+            )
             (out / f"{mode}.log").write_text(completed.stdout + completed.stderr)
             lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
             if completed.returncode != 0 or not lines:
-                raise RuntimeError(f"the {mode} episode failed (exit {completed.returncode}); see {out / f'{mode}.log'}: {completed.stderr.strip()[-1500:]}")
+                raise RuntimeError(
+                    f"the {mode} episode failed (exit {completed.returncode}); see {out / f'{mode}.log'}: "
+                    f"{completed.stderr.strip()[-1500:]}",
+                )
             summary = json.loads(lines[-1])
             summaries.append(summary)
-            print(f"[{mode}] {summary['outcome']} in {summary['steps']} steps, decision p50 {summary['latency_p50_s'] * 1000:.0f} ms", file=sys.stderr, flush=True)
-    link = f"a `{args.profile}` link started here" if started else ("in process" if args.local else f"the server at {args.server}")
+            print(
+                f"[{mode}] {summary['outcome']} in {summary['steps']} steps, decision p50 "
+                f"{summary['latency_p50_s'] * 1000:.0f} ms",
+                file=sys.stderr, flush=True,
+            )
+    link = "in process" if args.local else f"the server at {args.server}"
+    if started:
+        link = f"a `{args.profile}` link started here"
     report = compare_report(summaries, link)
     (out / "compare.md").write_text(report)
     (out / "compare.json").write_text(json.dumps(summaries, indent=2))

@@ -67,11 +67,13 @@ def episode_report(summary: dict[str, Any], decisions: Sequence[Any]) -> str:
         f"# Robot episode: {summary['task']} ({summary['mode']})",
         "",
         f"- where: {summary['where']}; CPU: {summary['cpu']}",
-        f"- outcome: **{summary['outcome']}** after {summary['steps']} step(s), {summary['asks']} ask(s), {summary['invalid_replies']} invalid repl(ies); "
-        f"final distance to the {summary['goal']}: {summary['final_distance_m']:.2f} m",
-        f"- decision latency p50 {summary['latency_p50_s'] * 1000:.0f} ms, p90 {summary['latency_p90_s'] * 1000:.0f} ms; "
-        f"time to first token p50 {summary['ttft_p50_s'] * 1000:.0f} ms",
-        f"- time to completion {summary['completion_s']:.1f} s = motion {summary['motion_s']:.1f} s + waiting for decisions {summary['decision_s']:.1f} s",
+        f"- outcome: **{summary['outcome']}** after {summary['steps']} step(s), {summary['asks']} ask(s), "
+        f"{summary['invalid_replies']} invalid repl(ies); final distance to the {summary['goal']}: "
+        f"{summary['final_distance_m']:.2f} m",
+        f"- decision latency p50 {summary['latency_p50_s'] * 1000:.0f} ms, p90 {summary['latency_p90_s'] * 1000:.0f} "
+        f"ms; time to first token p50 {summary['ttft_p50_s'] * 1000:.0f} ms",
+        f"- time to completion {summary['completion_s']:.1f} s = motion {summary['motion_s']:.1f} s + waiting for "
+        f"decisions {summary['decision_s']:.1f} s",
         "",
         "| step | ask | reply | action | latency | tokens | motion |",
         "|---|---|---|---|---|---|---|",
@@ -81,8 +83,14 @@ def episode_report(summary: dict[str, Any], decisions: Sequence[Any]) -> str:
         action = json.dumps(r.action) if r.action else f"invalid: {r.error}"
         motion = ""
         if r.motion:
-            motion = f"{r.motion['ended']}, {r.motion['duration_s']:.1f} s, walked {r.motion['walked_m']:.2f} m, turned {r.motion['turned_deg']:+.0f}°"
-        lines.append(f"| {r.step} | {r.attempt} | `{reply}` | {action} | {r.latency_s * 1000:.0f} ms | {r.new_tokens} | {motion} |")
+            motion = (
+                f"{r.motion['ended']}, {r.motion['duration_s']:.1f} s, walked {r.motion['walked_m']:.2f} m, "
+                f"turned {r.motion['turned_deg']:+.0f}°"
+            )
+        lines.append(
+            f"| {r.step} | {r.attempt} | `{reply}` | {action} | {r.latency_s * 1000:.0f} ms | {r.new_tokens} | "
+            f"{motion} |",
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -94,19 +102,22 @@ def compare_report(summaries: Sequence[dict[str, Any]], link: str) -> str:
         "",
         f"CPU: {base['cpu']}. Decision latency = wall time from the request to the last token of the action.",
         "",
-        "| mode | outcome | steps | asks | decision p50 | p90 | vs cloud-ar (p50) | TTFT p50 | motion | waiting | completion | same actions as " + base["mode"] + " |",
+        "| mode | outcome | steps | asks | decision p50 | p90 | vs cloud-ar (p50) | TTFT p50 | motion | waiting "
+        "| completion | same actions as " + base["mode"] + " |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         ratio = _ratio(s["latency_p50_s"], cloud and cloud["latency_p50_s"])
         same = "yes" if s["replies"] == base["replies"] and s["actions"] == base["actions"] else "NO"
         lines.append(
-            f"| {s['mode']} | {s['outcome']} | {s['steps']} | {s['asks']} | {s['latency_p50_s'] * 1000:.0f} ms | {s['latency_p90_s'] * 1000:.0f} ms | {ratio} | "
-            f"{s['ttft_p50_s'] * 1000:.0f} ms | {s['motion_s']:.1f} s | {s['decision_s']:.1f} s | {s['completion_s']:.1f} s | {same} |"
+            f"| {s['mode']} | {s['outcome']} | {s['steps']} | {s['asks']} | {s['latency_p50_s'] * 1000:.0f} ms | "
+            f"{s['latency_p90_s'] * 1000:.0f} ms | {ratio} | {s['ttft_p50_s'] * 1000:.0f} ms | {s['motion_s']:.1f} s "
+            f"| {s['decision_s']:.1f} s | {s['completion_s']:.1f} s | {same} |"
         )
     lines += [
         "",
-        "The first decision prefills the whole prompt; the later ones (with `--reuse-context`) only what is new. Apart:",
+        "The first decision prefills the whole prompt; the later ones (with `--reuse-context`) only what is new. "
+        "Apart:",
         "",
         "| mode | first decision | vs cloud-ar | later decisions p50 | vs cloud-ar |",
         "|---|---|---|---|---|",
@@ -118,8 +129,12 @@ def compare_report(summaries: Sequence[dict[str, Any]], link: str) -> str:
             f"{_ms(later)} | {_ratio(later, cloud and cloud.get('later_latency_p50_s'))} |"
         )
     if any(s["actions"] != base["actions"] for s in summaries):
-        lines += ["", "The modes' episodes differ (different actions), so their decisions are not the same questions: compare per decision "
-                  "(`decisions.jsonl`). In fp32 every mode chooses the same actions (tested); in bf16 a near-tie can flip."]
+        lines += [
+            "",
+            "The modes' episodes differ (different actions), so their decisions are not the same questions: "
+            "compare per decision (`decisions.jsonl`). In fp32 every mode chooses the same actions (tested); "
+            "in bf16 a near-tie can flip.",
+        ]
     return "\n".join(lines) + "\n"
 
 

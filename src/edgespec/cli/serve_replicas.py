@@ -19,14 +19,23 @@ def add_replica_arguments(parser: Any) -> None:
         "survive a lost one (the client re-opens through the same address). Needs `pip install edgespec[cluster]`.",
     )
     group.add_argument("--replicas", type=int, metavar="N", help="run N replicas on a local Ray cluster")
-    group.add_argument("--min-replicas", type=int, metavar="N", help="autoscale: at least N replicas (with --max-replicas)")
+    group.add_argument(
+        "--min-replicas", type=int, metavar="N", help="autoscale: at least N replicas (with --max-replicas)",
+    )
     group.add_argument("--max-replicas", type=int, metavar="N", help="autoscale: at most N replicas")
-    group.add_argument("--sessions-per-replica", type=float, default=8.0, metavar="S", help="autoscale: aim at S open sessions per replica (default 8)")
-    group.add_argument("--write-serve-config", type=Path, metavar="YAML", help="write the deployment as a Ray Serve config for a real cluster, and exit")
+    group.add_argument(
+        "--sessions-per-replica", type=float, default=8.0, metavar="S",
+        help="autoscale: aim at S open sessions per replica (default 8)",
+    )
+    group.add_argument(
+        "--write-serve-config", type=Path, metavar="YAML",
+        help="write the deployment as a Ray Serve config for a real cluster, and exit",
+    )
 
 
 def wants_replicas(args: Any) -> bool:
-    return any(value is not None for value in (args.replicas, args.min_replicas, args.max_replicas, args.write_serve_config))
+    flags = (args.replicas, args.min_replicas, args.max_replicas, args.write_serve_config)
+    return any(value is not None for value in flags)
 
 
 def cluster_config(args: Any) -> ClusterConfig:
@@ -36,7 +45,9 @@ def cluster_config(args: Any) -> ClusterConfig:
     server_security(args)  # the certificate and key are a PEM pair, the token well-formed
     token_file = str(args.auth_token_file.resolve()) if args.auth_token_file else ""
     token = resolve_token(args.auth_token, None) if args.auth_token else None
-    prefill_chunk, max_batch_rows = AdmissionLimits.batch_budget(args.device, args.max_batch, args.prefill_chunk, args.max_batch_rows)
+    prefill_chunk, max_batch_rows = AdmissionLimits.batch_budget(
+        args.device, args.max_batch, args.prefill_chunk, args.max_batch_rows,
+    )
     spec = ReplicaSpec(
         target=args.target,
         dtype=args.dtype,

@@ -26,18 +26,26 @@ DEFAULT_MODES = "cloud-ar,sd,sd-ee,sd-ee-predraft,sd-ee-pipelined,cloud-sd"
 def add_simulate_parser(subparsers: Any) -> None:
     sim = subparsers.add_parser(
         "simulate", help="replay traces through the round core on a simulated clock",
-        description="Replay recorded traces (edgespec trace) through the round core on a simulated clock, with the costs of "
-        "a hardware profile (this host probed, the H200, or a JSON file) and emulated links; writes summary, report and plots.",
+        description="Replay recorded traces (edgespec trace) through the round core on a simulated clock, with the "
+        "costs of a hardware profile (this host probed, the H200, or a JSON file) and emulated links; writes summary, "
+        "report and plots.",
     )
     sim.add_argument("--traces", default="out/traces")
-    sim.add_argument("--hardware", default="host", help="host (probed here, cached) | h200 (measured costs) | FILE.json")
+    sim.add_argument(
+        "--hardware", default="host", help="host (probed here, cached) | h200 (measured costs) | FILE.json",
+    )
     sim.add_argument("--target", default=DEFAULT_TARGET, help="for --hardware host: the model to probe")
     sim.add_argument("--draft", default=DEFAULT_DRAFT)
     sim.add_argument("--draft-backend", default="llamacpp", choices=["llamacpp", "transformers"])
     sim.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
-    sim.add_argument("--refresh-probe", action="store_true", help="probe this host again instead of using the cached profile")
+    sim.add_argument(
+        "--refresh-probe", action="store_true", help="probe this host again instead of using the cached profile",
+    )
     sim.add_argument("--profiles", default="wan", help="comma-separated: lan, wan, cellular")
-    sim.add_argument("--modes", default=DEFAULT_MODES, help="cloud-sd needs the profile's server-side draft cost (dropped from the default when unknown)")
+    sim.add_argument(
+        "--modes", default=DEFAULT_MODES,
+        help="cloud-sd needs the profile's server-side draft cost (dropped from the default when unknown)",
+    )
     sim.add_argument("--clients", default="1", help="N, or a sweep N1,N2,... (clients sharing one batching verifier)")
     sim.add_argument("--gamma", type=int, default=4)
     sim.add_argument("--adaptive-gamma", action="store_true")
@@ -45,20 +53,26 @@ def add_simulate_parser(subparsers: Any) -> None:
     add_round_policy_arguments(sim)
     sim.add_argument(
         "--exit-vocab", choices=("candidates", "full"), default="candidates",
-        help="what the traces' exits score, as `serve --exit-vocab`: the draft's top-8 ids per token (default) or the whole vocabulary",
+        help="what the traces' exits score, as `serve --exit-vocab`: the draft's top-8 ids per token (default) or the "
+        "whole vocabulary",
     )
     sim.add_argument(
         "--exit-oracle", default=None, metavar="LAYER[:ACCURACY]",
-        help="design question: replace the traces' exits by one at LAYER that costs nothing and streams the true verdict with probability ACCURACY (default 1); use with --early-verdicts on",
+        help="design question: replace the traces' exits by one at LAYER that costs nothing and streams the true "
+        "verdict with probability ACCURACY (default 1); use with --early-verdicts on",
     )
     sim.add_argument("--max-new-tokens", type=int, default=64)
     sim.add_argument("--max-batch", type=int, default=32)
     sim.add_argument(
         "--slo-tokens-per-s", type=float, default=None,
-        help="a --clients sweep's SLO: per-client tokens/s (p10) each client must keep (default: half of single-client cloud-ar in the sweep)",
+        help="a --clients sweep's SLO: per-client tokens/s (p10) each client must keep (default: half of "
+        "single-client cloud-ar in the sweep)",
     )
     sim.add_argument("--no-plots", action="store_true")
-    sim.add_argument("--compare-bench", metavar="SUMMARY.json", help="a measured `edgespec bench` summary of the same prompts: report simulated vs measured tokens/s per mode")
+    sim.add_argument(
+        "--compare-bench", metavar="SUMMARY.json",
+        help="a measured `edgespec bench` summary of the same prompts: report simulated vs measured tokens/s per mode",
+    )
     sim.add_argument("--out", default="out/simulate")
     sim.set_defaults(handler=run_simulate)
 
@@ -85,14 +99,21 @@ def _client_counts(args: argparse.Namespace, traces: list[Any]) -> list[int]:
     """--clients as sorted counts, once the traces and the SLO options are known to fit them."""
     too_short = [t.id for t in traces if not t.ended_in_eos and len(t.continuation) < args.max_new_tokens]
     if too_short:
-        raise ValueError(f"traces {too_short} hold fewer than --max-new-tokens {args.max_new_tokens} tokens: trace with a larger --max-new-tokens")
+        raise ValueError(
+            f"traces {too_short} hold fewer than --max-new-tokens {args.max_new_tokens} tokens: trace with a larger "
+            "--max-new-tokens",
+        )
     counts = sorted(int(c) for c in split_list(args.clients))
     if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
         raise ValueError(f"--clients: distinct counts >= 1, got {args.clients!r}")
     if args.slo_tokens_per_s is not None and not args.slo_tokens_per_s > 0:
         raise ValueError(f"--slo-tokens-per-s must be > 0, got {args.slo_tokens_per_s}")
-    if len(counts) > 1 and args.slo_tokens_per_s is None and (1 not in counts or "cloud-ar" not in split_list(args.modes)):
-        raise ValueError("the default SLO is half of single-client cloud-ar in the sweep: include 1 in --clients and cloud-ar in --modes, or give --slo-tokens-per-s")
+    sweep_has_a_baseline = 1 in counts and "cloud-ar" in split_list(args.modes)
+    if len(counts) > 1 and args.slo_tokens_per_s is None and not sweep_has_a_baseline:
+        raise ValueError(
+            "the default SLO is half of single-client cloud-ar in the sweep: include 1 in --clients and cloud-ar in "
+            "--modes, or give --slo-tokens-per-s",
+        )
     return counts
 
 
@@ -105,7 +126,11 @@ def _modes_and_links(args: argparse.Namespace, hardware: Any) -> tuple[tuple[str
         if args.modes != DEFAULT_MODES:
             hardware.server_drafter()  # raises: what is missing and how to add it
         modes = tuple(m for m in modes if m != "cloud-sd")
-        print(f"note: cloud-sd left out: the {hardware.name} profile has no server-side draft cost (server_draft_ms_per_token)", file=sys.stderr)
+        print(
+            f"note: cloud-sd left out: the {hardware.name} profile has no server-side draft cost "
+            "(server_draft_ms_per_token)",
+            file=sys.stderr,
+        )
     links = split_list(args.profiles)
     for name in links:
         if name not in PROFILES:
@@ -118,7 +143,14 @@ def run_simulate(args: argparse.Namespace) -> int:
     from edgespec.hostinfo import host_facts
     from edgespec.link import PROFILES
     from edgespec.sim.replay import ExitOracle
-    from edgespec.sim.simulate import SimConfig, clients_sweep, colocated_comparison, link_for, render_colocated, simulate
+    from edgespec.sim.simulate import (
+        SimConfig,
+        clients_sweep,
+        colocated_comparison,
+        link_for,
+        render_colocated,
+        simulate,
+    )
     from edgespec.sim.trace import load_traces
 
     traces = load_traces(args.traces)
@@ -129,7 +161,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     config = SimConfig(
         modes=modes, max_new_tokens=args.max_new_tokens, gamma=args.gamma,
         adaptive_gamma=args.adaptive_gamma, max_gamma=args.max_gamma, clients=counts[-1], max_batch=args.max_batch,
-        branches=args.branches, guess_verdict=not args.no_guess, runner_up=args.runner_up, draft_stop=args.draft_stop, early_verdicts=args.early_verdicts,
+        branches=args.branches, guess_verdict=not args.no_guess, runner_up=args.runner_up, draft_stop=args.draft_stop,
+        early_verdicts=args.early_verdicts,
         exit_oracle=ExitOracle.parse(args.exit_oracle) if args.exit_oracle else None,
         exit_candidates=args.exit_vocab == "candidates",
     )
@@ -137,21 +170,19 @@ def run_simulate(args: argparse.Namespace) -> int:
     # The machine whose probe gave the costs (host: all of them; h200: the edge's), not the verifier's.
     summary["host"] = {
         **(hardware.host or host_facts(threads_per_process=1, dtype=meta["dtype"])),
-        "role": "simulated: the costs named in the hardware profile; this machine ran the simulation and (host / h200) its probe gave the edge's costs",
+        "role": "simulated: the costs named in the hardware profile; this machine ran the simulation and (host / "
+        "h200) its probe gave the edge's costs",
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "edgespec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    summary["config"] = {
-        "target": meta["target"], "draft": meta["draft"], "dtype": meta["dtype"], "draft_backend": f"simulated ({hardware.name})",
-        "gamma": args.gamma, "draft_stop": args.draft_stop, "runner_up": args.runner_up, "max_new_tokens": args.max_new_tokens, "prompts": sorted({t.prompt_set for t in traces}),
-        "num_prompts": len(traces), "exits": meta["exits"], "price": PriceModel().__dict__, "clients": counts[-1],
-        "hardware": hardware.__dict__, "simulated": True,
-    }
+    summary["config"] = _summary_config(args, meta, traces, hardware, counts[-1])
     pictures: list[str] = []  # the PNGs this run wrote
     capacity_report, first_link_points = "", None
     if len(counts) > 1:
-        capacity_report, first_link_points = _capacity_sweeps(args, traces, hardware, links, counts, config, summary, out, pictures)
+        capacity_report, first_link_points = _capacity_sweeps(
+            args, traces, hardware, links, counts, config, summary, out, pictures,
+        )
     # The map shows each other mode against cloud-ar: with cloud-ar alone there is nothing to draw.
     if not args.no_plots and any(Mode.parse(m) is not Mode.CLOUD_AR for m in config.modes):
         _speedup_map(traces, hardware, config, summary, out)
@@ -163,10 +194,14 @@ def run_simulate(args: argparse.Namespace) -> int:
     # sweep ran and there is a cloud-sd to compare with).
     first = first_link_points or {}
     if not first and "cloud-sd" in config.modes and hardware.server_draft_ms_per_token is not None:
-        first = clients_sweep(traces, hardware, link_for(PROFILES[links[0]], hardware), links[0], config.modes, counts, config)
+        first = clients_sweep(
+            traces, hardware, link_for(PROFILES[links[0]], hardware), links[0], config.modes, counts, config,
+        )
     summary["colocated"] = colocated_comparison(first, hardware, links[0], config.modes, config)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    report = render_markdown(summary, command).replace("# edgespec benchmark", f"# edgespec simulation ({hardware.name}: {hardware.source})")
+    report = render_markdown(summary, command).replace(
+        "# edgespec benchmark", f"# edgespec simulation ({hardware.name}: {hardware.source})",
+    )
     report += capacity_report + render_colocated(summary["colocated"])
     if args.compare_bench:
         comparison = compare_with_bench(summary, json.loads(Path(args.compare_bench).read_text()))
@@ -177,6 +212,20 @@ def run_simulate(args: argparse.Namespace) -> int:
     print(report)
     print(f"wrote {out}/summary.json, report.md, results.jsonl" + "".join(f", {name}" for name in pictures))
     return 0
+
+
+def _summary_config(
+    args: argparse.Namespace, meta: dict[str, Any], traces: list[Any], hardware: Any, clients: int
+) -> dict[str, Any]:
+    """What the simulation ran, in the shape of a bench summary's config."""
+    return {
+        "target": meta["target"], "draft": meta["draft"], "dtype": meta["dtype"],
+        "draft_backend": f"simulated ({hardware.name})",
+        "gamma": args.gamma, "draft_stop": args.draft_stop, "runner_up": args.runner_up,
+        "max_new_tokens": args.max_new_tokens, "prompts": sorted({t.prompt_set for t in traces}),
+        "num_prompts": len(traces), "exits": meta["exits"], "price": PriceModel().__dict__, "clients": clients,
+        "hardware": hardware.__dict__, "simulated": True,
+    }
 
 
 def _capacity_sweeps(
@@ -197,15 +246,19 @@ def _capacity_sweeps(
             first_link_points = points
         for count, per_mode in points.items():
             summary["sweep"].setdefault(str(count), {"profiles": {}})["profiles"][name] = per_mode
-        slo, source = (args.slo_tokens_per_s, "--slo-tokens-per-s") if args.slo_tokens_per_s else (default_slo(points), "half of single-client cloud-ar, simulated in this sweep")
+        slo, source = (args.slo_tokens_per_s, "--slo-tokens-per-s") if args.slo_tokens_per_s else (
+            default_slo(points), "half of single-client cloud-ar, simulated in this sweep",
+        )
         table = capacity_table(points, slo)
         summary["capacity"][name] = {"slo_source": source, **table}
         where = (
-            f"Simulated on `{hardware.name}` costs, link `{name}`; each point's clients start together on one batching verifier "
-            f"(up to {config.max_batch} sessions per pass), one trace each (traces reused round-robin past {len(traces)}). "
-            "Server busy share and s/token: the simulated verifier's own busy time."
+            f"Simulated on `{hardware.name}` costs, link `{name}`; each point's clients start together on one "
+            f"batching verifier (up to {config.max_batch} sessions per pass), one trace each (traces reused "
+            f"round-robin past {len(traces)}). Server busy share and s/token: the simulated verifier's own busy time."
         )
-        capacity_report += render_capacity_markdown(points, table, source, where).replace("## Capacity", f"## Capacity: {name}", 1)
+        capacity_report += render_capacity_markdown(points, table, source, where).replace(
+            "## Capacity", f"## Capacity: {name}", 1,
+        )
         capacity_report += capacity_ratio_sentence(table)
         if not args.no_plots:
             suffix = "" if name == links[0] else f"-{name}"
@@ -219,6 +272,12 @@ def _speedup_map(traces: list[Any], hardware: Any, config: Any, summary: dict[st
     from edgespec.sim.plots import plot_speedup_map
     from edgespec.sim.simulate import SimConfig, speedup_grid
 
-    grid = speedup_grid(traces, hardware, config.modes, HEATMAP_RTTS_MS, HEATMAP_DECODE_MS, SimConfig(**{**config.__dict__, "clients": 1}))
+    grid = speedup_grid(
+        traces, hardware, config.modes, HEATMAP_RTTS_MS, HEATMAP_DECODE_MS,
+        SimConfig(**{**config.__dict__, "clients": 1}),
+    )
     summary["speedup_map"] = {"rtt_ms": HEATMAP_RTTS_MS, "decode_ms": HEATMAP_DECODE_MS, "speedup": grid}
-    plot_speedup_map(grid, HEATMAP_RTTS_MS, HEATMAP_DECODE_MS, f"simulated on {hardware.name} costs, scaled to each decode time", out / "speedup-map.png")
+    plot_speedup_map(
+        grid, HEATMAP_RTTS_MS, HEATMAP_DECODE_MS, f"simulated on {hardware.name} costs, scaled to each decode time",
+        out / "speedup-map.png",
+    )

@@ -29,11 +29,18 @@ def compare_with_bench(simulated: dict[str, Any], measured: dict[str, Any]) -> d
 def render_comparison(comparison: dict[str, Any], source: str) -> str:
     lines = ["", f"## Simulated vs measured (`{source}`)", ""]
     for profile, modes in comparison.items():
-        lines += [f"### {profile}", "", "| mode | simulated tok/s | measured tok/s | simulated / measured | vs cloud-ar sim / meas | hit rate sim / meas |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"### {profile}",
+            "",
+            "| mode | simulated tok/s | measured tok/s | simulated / measured | vs cloud-ar sim / meas "
+            "| hit rate sim / meas |",
+            "|---|---|---|---|---|---|",
+        ]
         for mode, row in modes.items():
             lines.append(
-                f"| {mode} | {row['simulated_tokens_per_s']:.2f} | {row['measured_tokens_per_s']:.2f} | {row['ratio']:.2f} | "
-                f"{row['simulated_vs_cloud_ar']:.2f}x / {row['measured_vs_cloud_ar']:.2f}x | {row['simulated_hit_rate']:.2f} / {row['measured_hit_rate']:.2f} |"
+                f"| {mode} | {row['simulated_tokens_per_s']:.2f} | {row['measured_tokens_per_s']:.2f} | "
+                f"{row['ratio']:.2f} | {row['simulated_vs_cloud_ar']:.2f}x / {row['measured_vs_cloud_ar']:.2f}x | "
+                f"{row['simulated_hit_rate']:.2f} / {row['measured_hit_rate']:.2f} |"
             )
         lines.append("")
     return "\n".join(lines) + "\n"

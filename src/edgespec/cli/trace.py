@@ -25,7 +25,11 @@ def add_trace_parser(subparsers: Any) -> None:
     trace.add_argument("--target", default=DEFAULT_TARGET)
     trace.add_argument("--draft", default=DEFAULT_DRAFT)
     trace.add_argument("--exits", default="auto", help="auto | none | DIR | logit-lens:L1,L2")
-    trace.add_argument("--prompts", default="mtbench,humaneval", help="comma-separated: mtbench, humaneval (evaluation), sharegpt (held-out ShareGPT first turns, for tuning), FILE.jsonl")
+    trace.add_argument(
+        "--prompts", default="mtbench,humaneval",
+        help="comma-separated: mtbench, humaneval (evaluation), sharegpt (held-out ShareGPT first turns, for tuning), "
+        "FILE.jsonl",
+    )
     trace.add_argument("--num-prompts", type=int, default=6)
     trace.add_argument("--max-new-tokens", type=int, default=64)
     trace.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
@@ -56,7 +60,9 @@ def run_trace(args: argparse.Namespace) -> int:
     records = [(name, record) for name in split_list(args.prompts) for record in load_prompts(name, args.num_prompts)]
     traces = []
     for name, record in tqdm(records, desc="tracing", unit="prompt"):
-        prompt_ids = render_prompt(target.tokenizer, record.text if not record.is_chat else record.messages, raw=not record.is_chat)
+        prompt_ids = render_prompt(
+            target.tokenizer, record.text if not record.is_chat else record.messages, raw=not record.is_chat,
+        )
         traces.append(record_trace(runtime, draft.model, prompt_ids, args.max_new_tokens, eos, record.id, name))
     meta = {
         "target": args.target, "draft": args.draft, "dtype": dtype, "exits": args.exits,
