@@ -21,12 +21,12 @@ PREFIX_CACHE_TOKENS = 16384  # the server --compare starts with --reuse-context:
 
 def _child_args(args: argparse.Namespace, mode: str, server: str | None, out: Path) -> list[str]:
     child = [
-        "robot", "--task", args.task, "--mode", mode, "--max-steps", str(args.max_steps), "--max-reasks",
-        str(args.max_reasks),
-        "--out", str(out), "--fps", str(args.fps), "--max-hold", str(args.max_hold), "--target", args.target, "--draft",
-        args.draft, "--draft-backend", args.draft_backend,
-        "--gamma", str(args.gamma), "--max-new-tokens", str(args.max_new_tokens), "--dtype", args.dtype, "--threads",
-        str(args.threads or 1),
+        "robot", "--task", args.task, "--mode", mode,
+        "--max-steps", str(args.max_steps), "--max-reasks", str(args.max_reasks),
+        "--out", str(out), "--fps", str(args.fps), "--max-hold", str(args.max_hold),
+        "--target", args.target, "--draft", args.draft, "--draft-backend", args.draft_backend,
+        "--gamma", str(args.gamma), "--max-new-tokens", str(args.max_new_tokens),
+        "--dtype", args.dtype, "--threads", str(args.threads or 1),
         "--exits", args.exits, "--video" if args.video else "--no-video", "--history-turns", str(args.history_turns),
     ]
     if args.reuse_context:
