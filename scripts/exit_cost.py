@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from edgespec.cli import resolve_exits
+from edgespec.models.exit_choice import resolve_exits
 from edgespec.hostinfo import host_facts
 from edgespec.models.draft import EXIT_CANDIDATES, top_candidates
 from edgespec.models.loading import load_model, resolve_dtype

@@ -19,7 +19,7 @@ import torch
 from edgespec.decoding.config import GenerationConfig
 from edgespec.decoding.engine import LocalEngine
 from edgespec.decoding.modes import Mode
-from edgespec.exits.command import default_exits_dir
+from edgespec.models.exit_choice import default_exits_dir
 from edgespec.exits.evaluation import benchmark_prompts
 from edgespec.exits.heads import ExitHeads
 from edgespec.models.draft import DraftRuntime

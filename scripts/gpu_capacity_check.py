@@ -313,8 +313,8 @@ def in_server_pass_ms(passes: Any) -> dict[str, list[float]]:
 
 def relay(upstream: int, link: str, ports: Any, stop: Any) -> None:
     """The link emulator, in its own process."""
-    from edgespec.netem import PROFILES
-    from edgespec.netem.proxy import LinkEmulator
+    from edgespec.link import PROFILES
+    from edgespec.link.proxy import LinkEmulator
 
     emulator = LinkEmulator("127.0.0.1", upstream, PROFILES[link])
     ports.put(emulator.run_in_thread())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from edgespec.cli import resolve_exits
+from edgespec.models.exit_choice import resolve_exits
 from edgespec.data.prompt_sets import load_prompts
 from edgespec.decoding.config import GenerationConfig
 from edgespec.decoding.engine import LocalEngine
@@ -19,7 +19,7 @@ from edgespec.decoding.modes import Mode
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.loading import load_model
 from edgespec.models.target import TargetRuntime
-from edgespec.netem import resolve_profile
+from edgespec.link import resolve_profile
 from edgespec.prompting import eos_token_ids, render_prompt
 from edgespec.rounds.world import Link
 

@@ -17,7 +17,7 @@ from edgespec.decoding.modes import Mode
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
-from edgespec.netem import LinkEmulator, resolve_profile
+from edgespec.link import LinkEmulator, resolve_profile
 from edgespec.server.app import RunningServer, ServerConfig
 from edgespec.server.servicer import VerifierService
 from edgespec.transport.security import ClientSecurity, ServerSecurity

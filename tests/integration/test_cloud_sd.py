@@ -184,7 +184,7 @@ def test_cloud_sd_replay_is_exact_and_charges_the_draft_to_the_verifier() -> Non
 
     from edgespec.rounds.world import Link
     from edgespec.sim.costs import HardwareProfile, h200_profile
-    from edgespec.netem.profiles import PROFILES
+    from edgespec.link.profiles import PROFILES
     from edgespec.sim.simulate import SimConfig, clients_sweep, colocated_comparison, link_for, run_mode
     from edgespec.sim.trace import record_trace
 

@@ -139,7 +139,7 @@ def test_sharegpt_reader_streams_records_and_stops_at_the_truncation(tmp_path: P
 
 
 def test_shipped_heads_load_for_the_default_target() -> None:
-    from edgespec.exits.command import default_exits_dir
+    from edgespec.models.exit_choice import default_exits_dir
 
     assert default_exits_dir("no-such-target") is None
     directory = default_exits_dir("qwen2.5-coder-1.5b")

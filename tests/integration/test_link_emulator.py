@@ -22,9 +22,9 @@ from typing import Iterator
 
 import pytest
 
-from edgespec.netem import PROFILES, LinkEmulator, LinkProfile, resolve_profile
-from edgespec.netem.command import add_link_parser, parse_host_port
-from edgespec.netem.proxy import MAX_PIECE_BYTES, LinkModel, direction_rng
+from edgespec.link import PROFILES, LinkEmulator, LinkProfile, resolve_profile
+from edgespec.cli.link import add_link_parser, parse_host_port
+from edgespec.link.model import MAX_PIECE_BYTES, LinkModel, direction_rng
 
 HOST = "127.0.0.1"
 IO_TIMEOUT_S = 10.0
@@ -371,7 +371,7 @@ def test_link_command_runs_until_sigterm() -> None:
             listen = probe.getsockname()[1]
         code = (
             "import argparse, logging, sys\n"
-            "from edgespec.netem.command import add_link_parser\n"
+            "from edgespec.cli.link import add_link_parser\n"
             "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
             "p = argparse.ArgumentParser(); add_link_parser(p.add_subparsers(dest='c', required=True))\n"
             "a = p.parse_args(sys.argv[1:]); sys.exit(a.handler(a))\n"

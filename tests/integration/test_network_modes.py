@@ -18,7 +18,7 @@ from edgespec.decoding.sampling import SamplingParams
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
-from edgespec.netem import LinkEmulator, resolve_profile
+from edgespec.link import LinkEmulator, resolve_profile
 from edgespec.server.app import RunningServer, ServerConfig
 from edgespec.server.servicer import VerifierService
 from tiny_models import layer_skip_copy, greedy_reference, tiny_model

@@ -23,7 +23,7 @@ from edgespec.decoding.modes import Mode
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
-from edgespec.netem import LinkEmulator, resolve_profile
+from edgespec.link import LinkEmulator, resolve_profile
 from edgespec.prompting import render_prompt
 from edgespec.robot.decision import Decision, ModelDecider, local_generate, remote_generate
 from edgespec.robot.episode import Episode, EpisodeConfig, EpisodeResult

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from edgespec.bench.command import parse_client_counts
+from edgespec.cli.bench import parse_client_counts
 from edgespec.bench.metrics import PriceModel, summarize
 from edgespec.bench.report import render_markdown, render_sweep
 from edgespec.bench.runner import BenchConfig, client_core, core_layout, summarize_all, summarize_sweep

@@ -3,7 +3,9 @@ fell back to edge-only says so."""
 
 from __future__ import annotations
 
-from edgespec.cli import build_parser, fallback_warning, format_stats, recovery_policy
+from edgespec.cli import build_parser
+from edgespec.cli.options import recovery_policy
+from edgespec.cli.printers import fallback_warning, format_stats
 from edgespec.decoding.stats import GenerationStats
 
 

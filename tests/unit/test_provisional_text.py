@@ -9,7 +9,9 @@ import io
 
 import torch
 
-from edgespec.cli import ProvisionalPrinter, build_parser, recovery_policy
+from edgespec.cli import build_parser
+from edgespec.cli.options import recovery_policy
+from edgespec.cli.printers import ProvisionalPrinter
 from edgespec.decoding.config import GenerationConfig
 from edgespec.decoding.modes import Mode
 from edgespec.decoding.sampling import SamplingParams

@@ -10,7 +10,8 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from edgespec.cli import build_parser
-from edgespec.server.replicas import APP_NAME, ClusterConfig, ReplicaSpec, check_exposure, cluster_config, serve_config, wants_replicas, write_serve_config
+from edgespec.cli.serve_replicas import cluster_config, wants_replicas
+from edgespec.server.replicas import APP_NAME, ClusterConfig, ReplicaSpec, check_exposure, serve_config, write_serve_config
 from self_signed import self_signed_pair
 
 TOKEN = "a-replica-token-for-unit-tests"

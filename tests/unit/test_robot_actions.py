@@ -73,7 +73,7 @@ def test_the_conversation_keeps_earlier_steps_as_turns_and_drops_the_oldest() ->
 
 
 def test_the_comparison_reports_the_first_and_the_later_decisions_apart() -> None:
-    from edgespec.robot.command import compare_report
+    from edgespec.cli.robot_report import compare_report
 
     def summary(mode: str, latencies: list[float], actions: list[str]) -> dict:
         return {

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgespec.cli import build_parser
-from edgespec.cli_security import client_security, server_security, session_limits
+from edgespec.cli.options import client_security, server_security, session_limits
 from edgespec.server.app import MAX_MESSAGE_BYTES
 from edgespec.server.limits import SessionLimits
 from edgespec.transport.security import AUTH_TOKEN_ENV, ClientSecurity, ServerSecurity, resolve_token

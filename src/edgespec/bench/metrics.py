@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
-from edgespec.netem import PROFILES
+from edgespec.link import PROFILES
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ An exit never changes what the target computes; it only reads the hidden state a
 The ``identity`` adapter is the untrained "logit lens": the intermediate hidden state goes through
 the final norm and LM head as is. Trained adapters (``linear``, ``lowrank``, ``mlp``; see
 ``ExitAdapter``) start from the identity too. Trained, calibrated heads for preset targets ship
-in ``edgespec/exits/shipped/<target>/`` (see ``edgespec.exits.command.default_exits_dir``).
+in ``edgespec/exits/shipped/<target>/`` (see ``edgespec.models.exit_choice.default_exits_dir``).
 """
 
 from __future__ import annotations

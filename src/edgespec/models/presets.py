@@ -13,6 +13,10 @@ from typing import Literal
 
 Role = Literal["target", "draft", "smoke"]
 
+# The pair every command runs when none is named: the cloud's target and the edge's draft.
+DEFAULT_TARGET = "qwen2.5-coder-1.5b"
+DEFAULT_DRAFT = "qwen2.5-coder-0.5b"
+
 
 @dataclass(frozen=True)
 class ModelPreset:

@@ -22,7 +22,7 @@ from ray.exceptions import TaskCancelledError
 from ray.serve.grpc_util import RayServegRPCContext
 
 from edgespec.server.auth import FIRST_MESSAGE_WAIT_S, expected_header, refusal_for
-from edgespec.server.replicas import DEPLOYMENT_NAME, SESSION_LOG, ReplicaSpec
+from edgespec.server.replica_spec import DEPLOYMENT_NAME, SESSION_LOG, ReplicaSpec
 from edgespec.transport import edgespec_pb2 as pb
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def load_service(spec: ReplicaSpec) -> VerifierService:
     """A VerifierService on the spec's target, as `edgespec serve` builds it."""
     import torch
 
-    from edgespec.cli import resolve_exits
+    from edgespec.models.exit_choice import resolve_exits
     from edgespec.models.loading import load_model
     from edgespec.models.target import TargetRuntime
     from edgespec.prompting import eos_token_ids

@@ -19,69 +19,18 @@ import os
 import signal
 import socket
 import threading
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgespec.transport.security import resolve_token
+from edgespec.server.replica_spec import DEPLOYMENT_NAME, ReplicaSpec
 
+__all__ = ["APP_NAME", "ClusterConfig", "ReplicaSpec", "check_exposure", "run_cluster", "serve_config", "write_serve_config"]
 logger = logging.getLogger(__name__)
 
 # What Ray Serve's gRPC proxy registers: the generated servicer adder of our one service.
 GRPC_SERVICER_FUNCTION = "edgespec.transport.edgespec_pb2_grpc.add_VerifierServicer_to_server"
-DEPLOYMENT_NAME = "Verifier"
 APP_NAME = "edgespec"
-# A replica line the operator (and the tests) can grep: which replica holds how many sessions.
-SESSION_LOG = "replica %s (pid %d): %s session %s: %d open, %d served"
-
-
-@dataclass(frozen=True)
-class ReplicaSpec:
-    """Everything one replica needs to build its verifier: plain values, so a Serve config's
-    ``args`` can carry it. ``auth_token`` empty: the token comes from ``auth_token_file``, else
-    from $EDGESPEC_AUTH_TOKEN in the replica's environment, else no token is required."""
-
-    target: str
-    dtype: str = "auto"
-    exits: str = "auto"
-    device: str = "cpu"
-    threads: int = 1
-    max_sessions: int = 64
-    max_queued: int = 256
-    max_batch: int = 32
-    max_batch_rows: int = 512
-    prefill_chunk: int = 0
-    prefix_cache_tokens: int = 0
-    exit_vocab: str = "candidates"
-    max_prompt_tokens: int = 8192
-    max_new_tokens: int = 4096
-    max_block: int = 64
-    idle_timeout_s: float = 120.0
-    max_lifetime_s: float = 3600.0
-    auth_token: str = field(default="", repr=False)
-    auth_token_file: str = ""
-
-    @classmethod
-    def from_args(cls, args: dict[str, Any]) -> "ReplicaSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(args) - known)
-        if unknown:
-            raise ValueError(f"unknown replica settings {unknown}; known: {sorted(known)}")
-        if "target" not in args:
-            raise ValueError("the replica settings need a target (preset name, HF model dir or .gguf file)")
-        return cls(**args)
-
-    def as_args(self, with_token: bool = False) -> dict[str, Any]:
-        args = asdict(self)
-        if not with_token:
-            args.pop("auth_token")  # a config file on disk never holds the secret itself
-        return args
-
-    def token(self) -> str | None:
-        if self.auth_token:
-            return resolve_token(self.auth_token, None)
-        return resolve_token(None, Path(self.auth_token_file) if self.auth_token_file else None)
-
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 # A replica's graceful stop waits this long for its open sessions; their clients resume elsewhere.
@@ -301,78 +250,3 @@ def _reap(processes: list[Any], grace_s: float = 5.0) -> None:
             process.kill()
         except psutil.NoSuchProcess:
             pass
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_replica_arguments(parser: Any) -> None:
-    group = parser.add_argument_group(
-        "replicas (Ray Serve)",
-        "several verifier replicas of the same target behind --port: sessions go to the least-loaded replica and "
-        "survive a lost one (the client re-opens through the same address). Needs `pip install edgespec[cluster]`.",
-    )
-    group.add_argument("--replicas", type=int, metavar="N", help="run N replicas on a local Ray cluster")
-    group.add_argument("--min-replicas", type=int, metavar="N", help="autoscale: at least N replicas (with --max-replicas)")
-    group.add_argument("--max-replicas", type=int, metavar="N", help="autoscale: at most N replicas")
-    group.add_argument("--sessions-per-replica", type=float, default=8.0, metavar="S", help="autoscale: aim at S open sessions per replica (default 8)")
-    group.add_argument("--write-serve-config", type=Path, metavar="YAML", help="write the deployment as a Ray Serve config for a real cluster, and exit")
-
-
-def wants_replicas(args: Any) -> bool:
-    return any(value is not None for value in (args.replicas, args.min_replicas, args.max_replicas, args.write_serve_config))
-
-
-def cluster_config(args: Any) -> ClusterConfig:
-    """The cluster `edgespec serve` flags describe; bad combinations fail before anything starts."""
-    from edgespec.cli_security import server_security
-    from edgespec.server.limits import AdmissionLimits
-
-    server_security(args)  # the certificate and key are a PEM pair, the token well-formed
-    token_file = str(args.auth_token_file.resolve()) if args.auth_token_file else ""
-    token = resolve_token(args.auth_token, None) if args.auth_token else None
-    prefill_chunk, max_batch_rows = AdmissionLimits.batch_budget(args.device, args.max_batch, args.prefill_chunk, args.max_batch_rows)
-    spec = ReplicaSpec(
-        target=args.target,
-        dtype=args.dtype,
-        exits=args.exits,
-        device=args.device,
-        threads=args.threads or 1,
-        max_sessions=args.max_sessions,
-        max_queued=args.max_queued,
-        max_batch=args.max_batch,
-        max_batch_rows=max_batch_rows,
-        prefill_chunk=prefill_chunk,
-        prefix_cache_tokens=args.prefix_cache_tokens,
-        exit_vocab=args.exit_vocab,
-        max_prompt_tokens=args.max_prompt_tokens,
-        max_new_tokens=args.max_new_tokens_limit,
-        max_block=args.max_block,
-        idle_timeout_s=args.idle_timeout,
-        max_lifetime_s=args.max_lifetime,
-        auth_token=token or "",
-        auth_token_file=token_file,
-    )
-    return ClusterConfig(
-        spec=spec,
-        port=args.port,
-        host=args.host,
-        replicas=args.replicas if args.replicas is not None else 1,
-        min_replicas=args.min_replicas,
-        max_replicas=args.max_replicas,
-        sessions_per_replica=args.sessions_per_replica,
-        max_message_bytes=args.max_message_bytes,
-        tls_certificate=args.tls_cert,
-        tls_private_key=args.tls_key,
-    )
-
-
-def cmd_serve_replicas(args: Any) -> int:
-    config = cluster_config(args)
-    if args.write_serve_config is not None:
-        front = write_serve_config(config, args.write_serve_config)
-        print(f"edgespec: wrote {args.write_serve_config} (deploy with: serve deploy {args.write_serve_config})")
-        if front is not None:
-            print(f"edgespec: wrote {front}, the TLS front for nginx (Ray's proxy has no TLS)")
-        return 0
-    return run_cluster(config)

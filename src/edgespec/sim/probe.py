@@ -38,7 +38,7 @@ def _median_s(run: Callable[[], object], repeats: int) -> float:
 def probe_host(target_name: str, draft_name: str, backend: str, dtype: str, exits_spec: str = "auto") -> HardwareProfile:
     """Measure: target prefill, a forward over 1..9 new rows, an exit's cost; the draft's prefill
     and per-token cost; a batched verify of 4 sessions. About a minute on a 2-core machine."""
-    from edgespec.cli import resolve_exits
+    from edgespec.models.exit_choice import resolve_exits
     from edgespec.models.loading import load_draft, load_model, resolve_dtype
     from edgespec.models.target import ScoreRequest, TargetRuntime
 
@@ -152,7 +152,7 @@ def measure_message_overhead_ms(rounds: int = 30, one_way_ms: float = 25.0) -> f
     from edgespec.decoding.modes import Mode
     from edgespec.models.draft import DraftRuntime
     from edgespec.models.target import TargetRuntime
-    from edgespec.netem import LinkEmulator, resolve_profile
+    from edgespec.link import LinkEmulator, resolve_profile
     from edgespec.server.app import RunningServer, ServerConfig
     from edgespec.server.servicer import VerifierService
 

@@ -10,8 +10,8 @@ from edgespec.bench.metrics import PriceModel, summarize
 from edgespec.capacity import point_metrics
 from edgespec.decoding.config import GenerationConfig
 from edgespec.decoding.modes import Mode
-from edgespec.netem import PROFILES
-from edgespec.netem.profiles import LinkProfile
+from edgespec.link import PROFILES
+from edgespec.link.profiles import LinkProfile
 from edgespec.rounds.world import ClientSpec, Link, World
 from edgespec.sim.costs import HardwareProfile
 from edgespec.sim.replay import ExitOracle, TraceCloud, TraceEdge

@@ -10,42 +10,62 @@ from pathlib import Path
 from typing import Any
 
 from edgespec.bench.runner import ALL_MODES, BenchConfig, build_jobs, run_profile, summarize_all, summarize_sweep
-from edgespec.cli_rounds import add_round_policy_arguments
+from edgespec.cli.options import add_round_policy_arguments
 from edgespec.hostinfo import host_facts
+from edgespec.models.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 
 def add_bench_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("bench", help="benchmark every mode over emulated networks (separate processes)")
-    parser.add_argument("--target", default="qwen2.5-coder-1.5b")
-    parser.add_argument("--draft", default="qwen2.5-coder-0.5b")
+    parser = subparsers.add_parser(
+        "bench", help="benchmark every mode over emulated networks (separate processes)",
+        description="Benchmark every mode on the same prompts: a pinned server, a link emulator and pinned edge "
+        "clients as separate processes; writes results.jsonl, summary.json, report.md and plots to --out.",
+    )
+    parser.add_argument("--target", default=DEFAULT_TARGET)
+    parser.add_argument("--draft", default=DEFAULT_DRAFT)
     parser.add_argument("--draft-backend", default="llamacpp", choices=["llamacpp", "transformers"])
     parser.add_argument("--exits", default="auto")
     parser.add_argument("--modes", default=",".join(ALL_MODES))
     parser.add_argument("--profiles", default="wan", help="comma-separated: lan, wan, cellular")
-    parser.add_argument("--prompts", default="mtbench,humaneval", help="comma-separated: mtbench, humaneval (evaluation), sharegpt (held-out ShareGPT first turns, for tuning), FILE.jsonl")
+    parser.add_argument(
+        "--prompts", default="mtbench,humaneval",
+        help="comma-separated: mtbench, humaneval (evaluation), sharegpt (held-out ShareGPT first turns, for tuning), "
+        "FILE.jsonl",
+    )
     parser.add_argument("--num-prompts", type=int, default=10)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--gamma", type=int, default=4)
-    parser.add_argument("--adaptive-gamma", action="store_true", help="speculative modes choose each round's gamma from measured costs")
+    parser.add_argument(
+        "--adaptive-gamma", action="store_true", help="speculative modes choose each round's gamma from measured costs",
+    )
     parser.add_argument("--max-gamma", type=int, default=8)
     add_round_policy_arguments(parser)
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     parser.add_argument(
         "--clients", default="1",
         help="concurrent edge clients per mode, one shared (batching) server, scored by aggregate tokens/s; "
-        "a sweep N1,N2,... runs each count on a fresh server and reports capacity (the most clients whose p10 per-client tokens/s meets the SLO)",
+        "a sweep N1,N2,... runs each count on a fresh server and reports capacity (the most clients whose p10 "
+        "per-client tokens/s meets the SLO)",
     )
     parser.add_argument(
         "--slo-tokens-per-s", type=float, default=None,
-        help="a sweep's SLO: per-client tokens/s (p10) each client must keep (default: half of single-client cloud-ar measured in the sweep)",
+        help="a sweep's SLO: per-client tokens/s (p10) each client must keep (default: half of single-client cloud-ar "
+        "measured in the sweep)",
     )
-    parser.add_argument("--serve-args", default="", help="more `edgespec serve` options, passed unchanged, e.g. --serve-args='--max-batch 16'")
-    parser.add_argument("--replicas", type=int, default=0, metavar="N", help="serve with `edgespec serve --replicas N` (Ray Serve, unpinned) instead of one pinned server")
+    parser.add_argument(
+        "--serve-args", default="",
+        help="more `edgespec serve` options, passed unchanged, e.g. --serve-args='--max-batch 16'",
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=0, metavar="N",
+        help="serve with `edgespec serve --replicas N` (Ray Serve, unpinned) instead of one pinned server",
+    )
     parser.add_argument("--gpu-usd-per-hour", type=float, default=2.50)
     parser.add_argument("--egress-usd-per-gb", type=float, default=0.09)
     parser.add_argument(
         "--check-oracle", action="store_true",
-        help="after the timed runs, compare every output with fp32 `generate` of the target (loaded once here; cached in OUT/oracle.jsonl)",
+        help="after the timed runs, compare every output with fp32 `generate` of the target (loaded once here; cached "
+        "in OUT/oracle.jsonl)",
     )
     parser.add_argument("--out", default="out/bench")
     parser.set_defaults(handler=run_bench)
@@ -54,14 +74,70 @@ def add_bench_parser(subparsers: Any) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from edgespec.bench.metrics import PriceModel
     from edgespec.bench.report import plot_speedups, plot_timeline, render_markdown, render_sweep
     from edgespec.capacity import plot_capacity
     from edgespec.models.loading import load_tokenizer
 
+    config = bench_config(args)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = build_jobs(config, load_tokenizer(config.draft))
+    records: list[dict[str, Any]] = []
+    total = len(jobs) * len(config.profiles) * len(config.counts if config.client_counts else (1,))
+    with tqdm(total=total, desc="generations", unit="gen") as bar:
+        for profile in config.profiles:
+            bar.set_postfix_str(profile)
+            records += run_profile(config, profile, jobs, out, bar.update)
+    command = "edgespec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    with (out / "results.jsonl").open("w") as sink:
+        for record in records:
+            sink.write(
+                json.dumps({**record, "config": json.loads(json.dumps(config, default=lambda o: o.__dict__))}) + "\n",
+            )
+    if config.client_counts:
+        summary = summarize_sweep(
+            config, records, _oracle_by_count(config, jobs, records, out) if config.check_oracle else None,
+        )
+    else:
+        oracle = None
+        if config.check_oracle:
+            from edgespec.bench.oracle_check import check_against_oracle
+
+            print("checking every output against fp32 generate of the target (once per prompt)...", flush=True)
+            oracle = check_against_oracle(config.target, config.max_new_tokens, jobs, records, out / "oracle.jsonl")
+        summary = summarize_all(config, records, oracle)
+    # Every figure names the machine it came from, and what it ran: server and clients one thread each.
+    draft_dtype = "GGUF (llama.cpp)" if config.draft_backend == "llamacpp" else summary["server_dtype"]
+    summary["host"] = host_facts(threads_per_process=1, dtype=summary["server_dtype"], draft_dtype=draft_dtype)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    report = render_markdown(summary, command)
+    if config.client_counts:
+        report += render_sweep(summary)
+        for profile, table in summary["capacity"].items():
+            figures = {int(n): f for n, f in table["points"].items()}
+            plot_capacity(
+                figures, table["slo_tokens_per_s"],
+                f"measured: {config.target} ({summary['server_dtype']}), {profile}, {summary['host']['cpu']}",
+                out / f"capacity-{profile}.png",
+            )
+    (out / "report.md").write_text(report)
+    plot_speedups(summary, out / "speedup.png")
+    timeline_source = next((r for r in records if r["mode"] == "sd-ee-pipelined" and "stats" in r), None)
+    timeline_source = timeline_source or next(r for r in records if "stats" in r)
+    plot_timeline(timeline_source, out / "timeline.png")
+    print(report)
+    capacity_plots = "".join(f", capacity-{p}.png" for p in summary.get("capacity", {}))
+    print(f"wrote {out}/results.jsonl, summary.json, report.md, speedup.png, timeline.png{capacity_plots}")
+    return 0
+
+
+def bench_config(args: argparse.Namespace) -> BenchConfig:
+    """The options of `bench` as the harness's config (stored with every result)."""
+    from edgespec.bench.metrics import PriceModel
+
     split = lambda text: tuple(part.strip() for part in text.split(",") if part.strip())  # noqa: E731
     counts = parse_client_counts(args.clients)
-    config = BenchConfig(
+    return BenchConfig(
         target=args.target,
         draft=args.draft,
         draft_backend=args.draft_backend,
@@ -89,46 +165,6 @@ def run_bench(args: argparse.Namespace) -> int:
         price=PriceModel(args.gpu_usd_per_hour, args.egress_usd_per_gb),
         check_oracle=args.check_oracle,
     )
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    jobs = build_jobs(config, load_tokenizer(config.draft))
-    records: list[dict[str, Any]] = []
-    with tqdm(total=len(jobs) * len(config.profiles) * len(config.counts if config.client_counts else (1,)), desc="generations", unit="gen") as bar:
-        for profile in config.profiles:
-            bar.set_postfix_str(profile)
-            records += run_profile(config, profile, jobs, out, bar.update)
-    command = "edgespec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    with (out / "results.jsonl").open("w") as sink:
-        for record in records:
-            sink.write(json.dumps({**record, "config": json.loads(json.dumps(config, default=lambda o: o.__dict__))}) + "\n")
-    if config.client_counts:
-        summary = summarize_sweep(config, records, _oracle_by_count(config, jobs, records, out) if config.check_oracle else None)
-    else:
-        oracle = None
-        if config.check_oracle:
-            from edgespec.bench.oracle_check import check_against_oracle
-
-            print("checking every output against fp32 generate of the target (once per prompt)...", flush=True)
-            oracle = check_against_oracle(config.target, config.max_new_tokens, jobs, records, out / "oracle.jsonl")
-        summary = summarize_all(config, records, oracle)
-    # Every figure names the machine it came from, and what it ran: server and clients one thread each.
-    draft_dtype = "GGUF (llama.cpp)" if config.draft_backend == "llamacpp" else summary["server_dtype"]
-    summary["host"] = host_facts(threads_per_process=1, dtype=summary["server_dtype"], draft_dtype=draft_dtype)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    report = render_markdown(summary, command)
-    if config.client_counts:
-        report += render_sweep(summary)
-        for profile, table in summary["capacity"].items():
-            figures = {int(n): f for n, f in table["points"].items()}
-            plot_capacity(figures, table["slo_tokens_per_s"], f"measured: {config.target} ({summary['server_dtype']}), {profile}, {summary['host']['cpu']}", out / f"capacity-{profile}.png")
-    (out / "report.md").write_text(report)
-    plot_speedups(summary, out / "speedup.png")
-    timeline_source = next((r for r in records if r["mode"] == "sd-ee-pipelined" and "stats" in r), None) or next(r for r in records if "stats" in r)
-    plot_timeline(timeline_source, out / "timeline.png")
-    print(report)
-    capacity_plots = "".join(f", capacity-{p}.png" for p in summary.get("capacity", {}))
-    print(f"wrote {out}/results.jsonl, summary.json, report.md, speedup.png, timeline.png{capacity_plots}")
-    return 0
 
 
 def parse_client_counts(text: str) -> tuple[int, ...]:
@@ -142,7 +178,9 @@ def parse_client_counts(text: str) -> tuple[int, ...]:
     return tuple(sorted(counts))
 
 
-def _oracle_by_count(config: BenchConfig, jobs: list[dict[str, Any]], records: list[dict[str, Any]], out: Path) -> dict[int, Any]:
+def _oracle_by_count(
+    config: BenchConfig, jobs: list[dict[str, Any]], records: list[dict[str, Any]], out: Path
+) -> dict[int, Any]:
     """`--check-oracle` for a sweep: the fp32 target loaded once, each point checked apart."""
     from edgespec.bench.oracle_check import check_against_oracle
     from edgespec.models.loading import load_model
@@ -152,6 +190,9 @@ def _oracle_by_count(config: BenchConfig, jobs: list[dict[str, Any]], records: l
     loaded = load_model(config.target, dtype="float32")
     eos = eos_token_ids(loaded.model, loaded.tokenizer)
     return {
-        count: check_against_oracle(config.target, config.max_new_tokens, jobs, [r for r in records if r.get("sweep_clients") == count], out / "oracle.jsonl", loaded.model, eos)
+        count: check_against_oracle(
+            config.target, config.max_new_tokens, jobs, [r for r in records if r.get("sweep_clients") == count],
+            out / "oracle.jsonl", loaded.model, eos,
+        )
         for count in config.counts
     }

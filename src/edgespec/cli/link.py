@@ -8,8 +8,8 @@ import logging
 import signal
 from typing import Any
 
-from edgespec.netem.profiles import PROFILES, LinkProfile, resolve_profile
-from edgespec.netem.proxy import LinkEmulator
+from edgespec.link.profiles import PROFILES, LinkProfile, resolve_profile
+from edgespec.link.proxy import LinkEmulator
 
 __all__ = ["add_link_parser", "run_link", "parse_host_port"]
 
@@ -24,12 +24,20 @@ def add_link_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Relay TCP connections to an upstream through an emulated link, both directions "
         "shaped alike. Loss is modelled as delay (a retransmission), never as dropped bytes.",
     )
-    parser.add_argument("--listen", type=_port, required=True, metavar="PORT", help="port to listen on (0: any free port)")
-    parser.add_argument("--listen-host", default="127.0.0.1", metavar="HOST", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--upstream", type=parse_host_port, required=True, metavar="HOST:PORT", help="where to relay connections")
+    parser.add_argument(
+        "--listen", type=_port, required=True, metavar="PORT", help="port to listen on (0: any free port)",
+    )
+    parser.add_argument(
+        "--listen-host", default="127.0.0.1", metavar="HOST", help="address to listen on (default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--upstream", type=parse_host_port, required=True, metavar="HOST:PORT", help="where to relay connections",
+    )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="lan", help="base link profile (default lan)")
     parser.add_argument("--delay-ms", type=float, metavar="X", help="one-way delay, overrides the profile")
-    parser.add_argument("--jitter-ms", type=float, metavar="X", help="± one-way jitter (uniform), overrides the profile")
+    parser.add_argument(
+        "--jitter-ms", type=float, metavar="X", help="± one-way jitter (uniform), overrides the profile",
+    )
     parser.add_argument("--bandwidth-mbit", type=float, metavar="X", help="cap per direction in Mbit/s (0: no cap)")
     parser.add_argument("--loss", type=float, metavar="P", help="probability a chunk needs a retransmission")
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed for jitter and loss (default 0)")

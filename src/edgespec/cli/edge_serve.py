@@ -8,6 +8,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from edgespec.cli.options import (
+    add_client_security_arguments,
+    add_model_arguments,
+    add_recovery_arguments,
+    client_security,
+    positive_int,
+    recovery_policy,
+)
+from edgespec.models.presets import DEFAULT_DRAFT
+
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "EDGESPEC_API_KEY"
@@ -15,34 +25,50 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def add_edge_serve_parser(subparsers: Any) -> None:
-    from edgespec.cli import DEFAULT_DRAFT, add_model_arguments, add_recovery_arguments
-    from edgespec.cli_security import add_client_security_arguments, positive_int
-
     parser = subparsers.add_parser(
         "edge-serve",
         help="serve OpenAI's chat/completions API on the edge: draft here, verify in the cloud",
         description="An OpenAI-compatible HTTP server (POST /v1/chat/completions, /v1/completions, GET /v1/models, "
-        "/health) on the edge device. Each request drafts locally and is verified by the cloud verifier (edgespec serve) "
-        f"in its own session. --api-key (or --api-key-file, or ${API_KEY_ENV}) guards the local endpoint; "
+        "/health) on the edge device. Each request drafts locally and is verified by the cloud verifier (edgespec "
+        f"serve) in its own session. --api-key (or --api-key-file, or ${API_KEY_ENV}) guards the local endpoint; "
         "--auth-token is the cloud's token and never leaves the device.",
     )
-    parser.add_argument("--server", required=True, metavar="HOST:PORT", help="the verifier (edgespec serve), or a link in front of it")
-    parser.add_argument("--draft", default=DEFAULT_DRAFT, help="preset name, HF model dir or .gguf file (its tokenizer renders prompts)")
+    parser.add_argument(
+        "--server", required=True, metavar="HOST:PORT", help="the verifier (edgespec serve), or a link in front of it",
+    )
+    parser.add_argument(
+        "--draft", default=DEFAULT_DRAFT,
+        help="preset name, HF model dir or .gguf file (its tokenizer renders prompts)",
+    )
     parser.add_argument("--draft-backend", default="transformers", choices=["transformers", "llamacpp"])
-    parser.add_argument("--mode", default="sd-ee-pipelined", help="cloud-ar, sd, sd-ee, sd-ee-predraft, sd-ee-pipelined (edge-only: not lossless)")
-    parser.add_argument("--host", default="127.0.0.1", help="the HTTP address to bind (default loopback: apps on this device)")
+    parser.add_argument(
+        "--mode", default="sd-ee-pipelined",
+        help="cloud-ar, sd, sd-ee, sd-ee-predraft, sd-ee-pipelined (edge-only: not lossless)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="the HTTP address to bind (default loopback: apps on this device)",
+    )
     parser.add_argument("--port", type=int, default=8000)
     keys = parser.add_mutually_exclusive_group()
-    keys.add_argument("--api-key", metavar="KEY", help=f"require 'Authorization: Bearer KEY' on /v1 (visible in the process list: prefer --api-key-file or ${API_KEY_ENV})")
+    keys.add_argument(
+        "--api-key", metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on /v1 (visible in the process list: prefer --api-key-file or "
+        f"${API_KEY_ENV})",
+    )
     keys.add_argument("--api-key-file", metavar="PATH", type=Path, help="a file whose first line is the API key")
     parser.add_argument(
         "--max-concurrent", type=positive_int, default=4, metavar="N",
         help="generations at once, each with its own draft KV cache and cloud session; more requests wait (default 4). "
         "llama.cpp loads one context per slot",
     )
-    parser.add_argument("--default-max-tokens", type=positive_int, default=256, metavar="N", help="max_tokens when a request names none")
+    parser.add_argument(
+        "--default-max-tokens", type=positive_int, default=256, metavar="N",
+        help="max_tokens when a request names none",
+    )
     parser.add_argument("--model-name", help="the model id to report (default: the target the verifier names)")
-    parser.add_argument("--gamma", type=int, default=4, help="draft tokens per round (with --adaptive-gamma: the first round's)")
+    parser.add_argument(
+        "--gamma", type=int, default=4, help="draft tokens per round (with --adaptive-gamma: the first round's)",
+    )
     parser.add_argument("--adaptive-gamma", action="store_true", help="choose each round's gamma from measured costs")
     parser.add_argument("--max-gamma", type=int, default=8)
     add_model_arguments(parser)
@@ -82,8 +108,6 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from edgespec.cli import recovery_policy
-    from edgespec.cli_security import client_security
     from edgespec.client.edge_client import ClientOptions
     from edgespec.decoding.config import GenerationConfig
     from edgespec.decoding.modes import Mode
@@ -108,7 +132,9 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
         model_name=args.model_name,
     )
     if args.host not in LOOPBACK_HOSTS and api_key is None:
-        logger.warning("edge-serve on %s without --api-key: anyone who reaches the port can use the cloud verifier", args.host)
+        logger.warning(
+            "edge-serve on %s without --api-key: anyone who reaches the port can use the cloud verifier", args.host,
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     if mode.uses_draft:
@@ -119,5 +145,8 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
     backend = EdgeBackend(settings, tokenizer, drafts, fallback_eos_ids=eos)
     print(f"edgespec: edge-serve on http://{args.host}:{args.port}/v1 ({mode.value}, verifier {args.server}, "
           f"{args.max_concurrent} slots, {'API key required' if api_key else 'no API key'})", flush=True)
-    uvicorn.run(create_app(backend, api_key), host=args.host, port=args.port, log_level="info" if args.log or args.verbose else "warning")
+    uvicorn.run(
+        create_app(backend, api_key), host=args.host, port=args.port,
+        log_level="info" if args.log or args.verbose else "warning",
+    )
     return 0

@@ -2,15 +2,8 @@
 loss-as-delay between real sockets (this kernel has no netem).
 
 Each accepted client connection gets its own upstream connection and two independent
-directions. A direction is a `LinkModel` (pure arithmetic: when is a chunk delivered?) plus a
-bounded delay line that holds chunks until that time. The model, per piece of at most 16 KiB:
-
-    start      = max(read_time, busy_until)            # one transmitter per direction
-    busy_until = start + len * 8 / bandwidth           # serialization caps throughput
-    deliver    = max(busy_until + delay + jitter (+ loss penalty), last_delivery)
-
-The `max` with the last delivery keeps FIFO order: TCP never reorders, so a late chunk (jitter,
-a "retransmission") holds back everything behind it, as head-of-line blocking does.
+directions. A direction is a `LinkModel` (pure arithmetic: when is a chunk delivered?, in
+`model.py`) plus a bounded `DelayLine` (`delay_line.py`) that holds chunks until that time.
 """
 
 from __future__ import annotations
@@ -18,20 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import socket
 import threading
-from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
-from edgespec.netem.profiles import LinkProfile
+from edgespec.link.delay_line import DelayLine, split_pieces
+from edgespec.link.model import MAX_PIECE_BYTES, LinkModel, direction_rng
+from edgespec.link.profiles import LinkProfile
 
-__all__ = ["LinkEmulator", "LinkModel", "LinkStats", "direction_rng", "MAX_PIECE_BYTES"]
+__all__ = ["LinkEmulator", "LinkStats"]
 
 logger = logging.getLogger(__name__)
 
-MAX_PIECE_BYTES = 16 * 1024
 _READ_BYTES = 64 * 1024
 # Without a cap the buffer is what limits throughput (buffer / delay), so it must be roomy; with a
 # cap, twice the bandwidth-delay product keeps the link busy without minutes of bufferbloat.
@@ -51,107 +43,6 @@ class LinkStats:
     connections: int = 0
     active_connections: int = 0
     loss_events: int = 0
-
-
-def direction_rng(seed: int, connection: int, direction: str) -> random.Random:
-    """The random stream of one direction of one connection.
-
-    Separate streams keep a connection's jitter independent of how the other direction's reads
-    happened to be split; string seeds hash the same in every process (no PYTHONHASHSEED).
-    """
-    return random.Random(f"edgespec.netem:{seed}:{connection}:{direction}")
-
-
-class LinkModel:
-    """When each piece written into one direction of the link comes out (pure, no I/O)."""
-
-    def __init__(self, profile: LinkProfile, rng: random.Random) -> None:
-        self.profile = profile
-        self._rng = rng
-        self._delay_s = profile.one_way_delay_ms / 1000.0
-        self._jitter_s = profile.jitter_ms / 1000.0
-        self._penalty_s = profile.loss_penalty_ms / 1000.0
-        self._bytes_per_s = profile.bytes_per_second
-        self._busy_until = float("-inf")
-        self._last_delivery = float("-inf")
-        self.loss_events = 0
-
-    def hold(self, until: float) -> None:
-        """Nothing may start transmitting before `until` (used for the TCP handshake)."""
-        self._busy_until = max(self._busy_until, until)
-
-    def schedule(self, now: float, nbytes: int) -> float:
-        """Delivery time of `nbytes` handed to the link at `now` (0 bytes: a FIN)."""
-        start = max(now, self._busy_until)
-        sent = start + (nbytes / self._bytes_per_s if self._bytes_per_s else 0.0)
-        self._busy_until = sent
-        deliver = max(sent + self._propagation(), self._last_delivery)
-        self._last_delivery = deliver
-        return deliver
-
-    def _propagation(self) -> float:
-        # Draw jitter and loss only when enabled so that turning one on does not shift the
-        # other's random sequence.
-        delay = self._delay_s
-        if self._jitter_s:
-            delay = max(0.0, delay + self._rng.uniform(-self._jitter_s, self._jitter_s))
-        if self.profile.loss and self._rng.random() < self.profile.loss:
-            self.loss_events += 1
-            delay += self._penalty_s
-        return delay
-
-
-class _DelayLine:
-    """FIFO of (delivery time, piece) between one reader and one writer; None marks EOF.
-
-    Bounded in bytes so a fast sender is pushed back (through the socket buffers) instead of
-    the emulator buffering without limit.
-    """
-
-    def __init__(self, limit_bytes: int) -> None:
-        self._items: deque[tuple[float, bytes | None]] = deque()
-        self._queued = 0
-        self._limit = limit_bytes
-        self._not_empty = asyncio.Event()
-        self._has_space = asyncio.Event()
-        self._has_space.set()
-
-    async def put(self, piece: bytes | None, schedule: Callable[[int], float]) -> None:
-        while self._queued >= self._limit:
-            self._has_space.clear()
-            await self._has_space.wait()
-        # Scheduled only once it is in: time spent waiting for space is the sender's, not the link's.
-        size = len(piece) if piece else 0
-        self._items.append((schedule(size), piece))
-        self._queued += size
-        self._not_empty.set()
-
-    async def next_delivery(self) -> float:
-        while not self._items:
-            self._not_empty.clear()
-            await self._not_empty.wait()
-        return self._items[0][0]
-
-    def pop_due(self, now: float) -> tuple[list[bytes], bool]:
-        """Pieces due at `now`, and whether EOF came due after them."""
-        pieces: list[bytes] = []
-        eof = False
-        while self._items and self._items[0][0] <= now:
-            _, piece = self._items.popleft()
-            if piece is None:
-                eof = True
-                break
-            pieces.append(piece)
-            self._queued -= len(piece)
-        if self._queued < self._limit:
-            self._has_space.set()
-        return pieces, eof
-
-
-def _split(data: bytes) -> Iterator[bytes]:
-    view = memoryview(data)
-    for offset in range(0, len(data), MAX_PIECE_BYTES):
-        yield bytes(view[offset : offset + MAX_PIECE_BYTES])
 
 
 def _set_nodelay(writer: asyncio.StreamWriter) -> None:
@@ -397,7 +288,7 @@ class LinkEmulator:
         """Pump every direction until each has delivered its EOF; False if a side failed."""
         tasks: list[asyncio.Task[None]] = []
         for reader, writer, model, name in directions:
-            line = _DelayLine(self.buffer_bytes)
+            line = DelayLine(self.buffer_bytes)
             tasks.append(asyncio.ensure_future(self._ingest(reader, line, model)))
             tasks.append(asyncio.ensure_future(self._deliver(line, writer, name)))
         try:
@@ -414,7 +305,7 @@ class LinkEmulator:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _ingest(self, reader: asyncio.StreamReader, line: _DelayLine, model: LinkModel) -> None:
+    async def _ingest(self, reader: asyncio.StreamReader, line: DelayLine, model: LinkModel) -> None:
         loop = asyncio.get_running_loop()
 
         def schedule(nbytes: int) -> float:
@@ -425,10 +316,10 @@ class LinkEmulator:
             if not data:
                 await line.put(None, schedule)  # the FIN travels the link like data
                 return
-            for piece in _split(data):
+            for piece in split_pieces(data):
                 await line.put(piece, schedule)
 
-    async def _deliver(self, line: _DelayLine, writer: asyncio.StreamWriter, direction: str) -> None:
+    async def _deliver(self, line: DelayLine, writer: asyncio.StreamWriter, direction: str) -> None:
         loop = asyncio.get_running_loop()
         while True:
             wait = await line.next_delivery() - loop.time()
