@@ -24,9 +24,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# How much of an oversized body is read and dropped, as a multiple of the limit, before the
-# connection is given up: enough for a client that just sent too much, bounded for one that lies.
-DRAIN_FACTOR = 64
+# How much of an oversized body is read and dropped before the connection is given up: enough
+# for a client that just sent too much, bounded (and by the body timeout) for one that never stops.
+# Dropped bytes cost no memory, only the time to read them.
+DRAIN_BYTES = 64 * 1024 * 1024
 
 
 def too_large(limit: int) -> OpenAIError:
@@ -69,14 +70,14 @@ class BodyLimit:
                 logger.info("refused a %d-byte body to %s: over the limit of %d bytes", length, scope.get("path"), limit)
                 # A client waiting for "100 Continue" has sent nothing yet: answer at once.
                 if headers.get(b"expect", b"").lower() != b"100-continue":
-                    await self.drain(receive, limit * DRAIN_FACTOR)
+                    await self.drain(receive, max(DRAIN_BYTES, 4 * limit))
                 await self.refuse(too_large(limit), scope, receive, send)
                 return
         try:
             body = await self.read_body(receive, limit)
         except BodyTooLarge:
             logger.info("refused a streamed body to %s: over the limit of %d bytes", scope.get("path"), limit)
-            await self.drain(receive, limit * DRAIN_FACTOR)
+            await self.drain(receive, max(DRAIN_BYTES, 4 * limit))
             await self.refuse(too_large(limit), scope, receive, send)
             return
         except asyncio.TimeoutError:
