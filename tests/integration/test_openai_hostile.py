@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 import time
+import urllib.request
 from typing import Any, Iterable, Iterator
 
 import psutil
@@ -334,3 +335,14 @@ def test_a_body_that_trickles_in_is_refused_after_the_body_timeout(edge: EdgeSer
     assert_refused(408, json.loads(body), 408, "request_timeout")
     assert BODY_TIMEOUT_S - 0.5 < time.monotonic() - started < BODY_TIMEOUT_S + 3.0
     assert_serves(edge, verifier)
+
+
+# ------------------------------------------------------------------ the whole suite, from the metrics
+
+
+def test_nothing_above_was_answered_with_a_500(edge: EdgeServe) -> None:
+    with urllib.request.urlopen(f"{edge.url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    answered = [line for line in text.splitlines() if line.startswith("edgespec_edge_requests_total{")]
+    assert any('status="413"' in line for line in answered) and any('status="400"' in line for line in answered)
+    assert not [line for line in answered if 'status="5' in line], answered
