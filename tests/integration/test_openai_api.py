@@ -120,7 +120,8 @@ class EdgeServe:
         sock.bind(("127.0.0.1", 0))
         sock.listen(64)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(backend, api_key, **app_options), log_level="warning", timeout_graceful_shutdown=2))
+        app = create_app(backend, api_key, **app_options)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True, name="edge-serve")
         self.thread.start()
 

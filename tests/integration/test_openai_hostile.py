@@ -47,14 +47,19 @@ def edge(verifier: Verifier) -> Iterator[EdgeServe]:
 # ------------------------------------------------------------------ helpers
 
 
-def post(edge: EdgeServe, path: str, body: bytes | Iterable[bytes], headers: dict[str, str] | None = None) -> tuple[int, Any, float]:
+def post(
+    edge: EdgeServe, path: str, body: bytes | Iterable[bytes], headers: dict[str, str] | None = None
+) -> tuple[int, Any, float]:
     """POST raw bytes (an iterable is sent chunked, with no Content-Length): status, body, seconds."""
     host, port = edge.url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
     started = time.monotonic()
     try:
         connection.request(
-            "POST", path, body=body, encode_chunked=not isinstance(body, bytes),
+            "POST",
+            path,
+            body=body,
+            encode_chunked=not isinstance(body, bytes),
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}", **(headers or {})},
         )
         response = connection.getresponse()
@@ -72,7 +77,9 @@ def chat(content: str, **params: Any) -> bytes:
     return json.dumps({"model": TARGET_NAME, "messages": [{"role": "user", "content": content}], **params}).encode()
 
 
-def assert_refused(status: int, body: Any, expected: int, code: str | None = None, mentions: str = "") -> dict[str, Any]:
+def assert_refused(
+    status: int, body: Any, expected: int, code: str | None = None, mentions: str = ""
+) -> dict[str, Any]:
     """An error in OpenAI's exact shape with the expected status (never a 500)."""
     assert status == expected, (status, body)
     assert isinstance(body, dict) and set(body) == {"error"}, body
@@ -86,7 +93,9 @@ def assert_refused(status: int, body: Any, expected: int, code: str | None = Non
 
 def assert_serves(edge: EdgeServe, verifier: Verifier) -> None:
     """A normal request still gets its answer, every slot is free again and no session is left."""
-    reply = edge.client().chat.completions.create(model=TARGET_NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)
+    reply = edge.client().chat.completions.create(
+        model=TARGET_NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0
+    )
     assert reply.choices[0].finish_reason in ("stop", "length")
     deadline = time.monotonic() + 5.0
     while edge.backend.free_slots < SLOTS and time.monotonic() < deadline:
@@ -133,7 +142,9 @@ def test_a_chunked_body_without_a_length_is_cut_off_at_the_limit(edge: EdgeServe
 
 
 @pytest.mark.parametrize("characters", [3_000, 100_000, 200_000])
-def test_a_prompt_over_the_verifiers_limit_is_a_400_before_any_session(edge: EdgeServe, verifier: Verifier, characters: int) -> None:
+def test_a_prompt_over_the_verifiers_limit_is_a_400_before_any_session(
+    edge: EdgeServe, verifier: Verifier, characters: int
+) -> None:
     verifier.sessions.peak = 0
     status, reply, seconds = post(edge, "/v1/chat/completions", chat("word " * (characters // 5), max_tokens=4))
     error = assert_refused(status, reply, 400, "context_length_exceeded", mentions=str(PROMPT_TOKEN_LIMIT))
@@ -142,7 +153,9 @@ def test_a_prompt_over_the_verifiers_limit_is_a_400_before_any_session(edge: Edg
     assert_serves(edge, verifier)
 
 
-def test_too_many_token_ids_through_completions_are_a_400_before_any_session(edge: EdgeServe, verifier: Verifier) -> None:
+def test_too_many_token_ids_through_completions_are_a_400_before_any_session(
+    edge: EdgeServe, verifier: Verifier
+) -> None:
     verifier.sessions.peak = 0
     body = json.dumps({"model": TARGET_NAME, "prompt": [5] * 8000, "max_tokens": 4}).encode()
     status, reply, seconds = post(edge, "/v1/completions", body)
@@ -150,7 +163,9 @@ def test_too_many_token_ids_through_completions_are_a_400_before_any_session(edg
     assert seconds < 1.0 and verifier.sessions.peak == 0
     # A prompt that fits, but not with the new tokens asked for: the context window is named.
     body = json.dumps({"model": TARGET_NAME, "prompt": [5] * 500, "max_tokens": 100}).encode()
-    assert_refused(*post(edge, "/v1/completions", body)[:2], 400, "context_length_exceeded", mentions="context window of 512")
+    assert_refused(
+        *post(edge, "/v1/completions", body)[:2], 400, "context_length_exceeded", mentions="context window of 512"
+    )
 
 
 # ------------------------------------------------------------------ numbers
@@ -167,12 +182,17 @@ def test_too_many_token_ids_through_completions_are_a_400_before_any_session(edg
         ({"top_logprobs": 2**64}, "top_logprobs", ""),
     ],
 )
-def test_overflowing_integers_are_a_400_naming_the_parameter(edge: EdgeServe, params: dict[str, Any], param: str, mentions: str) -> None:
+def test_overflowing_integers_are_a_400_naming_the_parameter(
+    edge: EdgeServe, params: dict[str, Any], param: str, mentions: str
+) -> None:
     status, reply, _ = post(edge, "/v1/chat/completions", chat("Hi", **params))
     assert assert_refused(status, reply, 400, mentions=mentions)["param"] == param
 
 
-@pytest.mark.parametrize("raw_value, param", [(b"NaN", "temperature"), (b"Infinity", "temperature"), (b"1e999", "top_p"), (b"-Infinity", "top_p")])
+@pytest.mark.parametrize(
+    "raw_value, param",
+    [(b"NaN", "temperature"), (b"Infinity", "temperature"), (b"1e999", "top_p"), (b"-Infinity", "top_p")],
+)
 def test_non_finite_floats_are_a_400_that_says_so(edge: EdgeServe, raw_value: bytes, param: str) -> None:
     body = b'{"messages": [{"role": "user", "content": "Hi"}], "%s": %s}' % (param.encode(), raw_value)
     error = assert_refused(*post(edge, "/v1/chat/completions", body)[:2], 400)
@@ -193,7 +213,10 @@ def test_a_huge_seed_and_a_number_of_thousands_of_digits(edge: EdgeServe) -> Non
     "body, param",
     [
         (b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}', "messages.0.content"),
-        (b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff x"}]}]}', "messages.0.content.0.text"),
+        (
+            b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff x"}]}]}',
+            "messages.0.content.0.text",
+        ),
         (b'{"model": "\\ud800", "messages": [{"role": "user", "content": "hi"}]}', "model"),
         (b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\ud83d"]}', "stop.0"),
         (b'{"messages": [{"role": "user", "content": "hi"}], "\\ud800": 1}', "body"),
@@ -238,7 +261,9 @@ def test_bytes_that_are_not_json_text_are_a_400(edge: EdgeServe, body: bytes) ->
 
 
 def test_a_body_in_utf16_is_json_and_is_served(edge: EdgeServe) -> None:
-    status, reply, _ = post(edge, "/v1/chat/completions", chat("Hi", max_tokens=2, temperature=0).decode().encode("utf-16"))
+    status, reply, _ = post(
+        edge, "/v1/chat/completions", chat("Hi", max_tokens=2, temperature=0).decode().encode("utf-16")
+    )
     assert status in (200, 400), reply
     if status == 400:
         assert_refused(status, reply, 400)
@@ -275,7 +300,11 @@ def test_refused_requests_in_parallel_do_not_take_slots_from_a_running_one(edge:
     try:
         streams = [
             edge.client().chat.completions.create(
-                model=TARGET_NAME, messages=[{"role": "user", "content": f"Tell me story {i}."}], max_tokens=60, temperature=0, stream=True
+                model=TARGET_NAME,
+                messages=[{"role": "user", "content": f"Tell me story {i}."}],
+                max_tokens=60,
+                temperature=0,
+                stream=True,
             )
             for i in range(SLOTS)
         ]

@@ -61,7 +61,11 @@ def test_not_ready_while_every_slot_is_busy_and_ready_again_after(verifier: Veri
     try:
         streams = [
             edge.client().chat.completions.create(
-                model=TARGET_NAME, messages=[{"role": "user", "content": f"Tell me story {i}."}], max_tokens=60, temperature=0, stream=True
+                model=TARGET_NAME,
+                messages=[{"role": "user", "content": f"Tell me story {i}."}],
+                max_tokens=60,
+                temperature=0,
+                stream=True,
             )
             for i in range(SLOTS)
         ]
@@ -96,10 +100,17 @@ def test_not_ready_without_a_reachable_cloud() -> None:
 
 def test_metrics_count_answers_refusals_tokens_and_latency(edge: EdgeServe) -> None:
     before = get(f"{edge.url}/metrics")[1]
-    reply = edge.client().chat.completions.create(model=TARGET_NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0)
-    streamed = edge.client().completions.create(model=TARGET_NAME, prompt="Once upon", max_tokens=6, temperature=0, stream=True)
+    reply = edge.client().chat.completions.create(
+        model=TARGET_NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0
+    )
+    streamed = edge.client().completions.create(
+        model=TARGET_NAME, prompt="Once upon", max_tokens=6, temperature=0, stream=True
+    )
     streamed_text = "".join(chunk.choices[0].text for chunk in streamed if chunk.choices)
-    refused = raw(f"{edge.url}/v1/chat/completions", {"model": TARGET_NAME, "messages": [{"role": "user", "content": "x " * 5000}]})
+    refused = raw(
+        f"{edge.url}/v1/chat/completions",
+        {"model": TARGET_NAME, "messages": [{"role": "user", "content": "x " * 5000}]},
+    )
     assert refused[0] == 400 and streamed_text is not None
     status, after = get(f"{edge.url}/metrics")
     assert status == 200

@@ -31,7 +31,9 @@ LIMITS = SessionLimits(max_prompt_tokens=300, max_new_tokens=100, max_block=16)
 @pytest.fixture(scope="module")
 def server() -> Iterator[RunningServer]:
     model = tiny_model("qwen2", seed=0)
-    service = VerifierService(TargetRuntime(model, ExitHeads([ExitSpec(2)], model.config.hidden_size)), None, frozenset({0}), "tiny", LIMITS)
+    service = VerifierService(
+        TargetRuntime(model, ExitHeads([ExitSpec(2)], model.config.hidden_size)), None, frozenset({0}), "tiny", LIMITS
+    )
     running = RunningServer(service, ServerConfig(port=0, limits=LIMITS, max_message_bytes=2 * 1024 * 1024))
     yield running
     running.stop()
@@ -47,13 +49,21 @@ def call(port: int, work: Any) -> Any:
 
 def test_health_is_serving_for_the_server_and_the_verifier(server: RunningServer) -> None:
     for service in ("", VERIFIER_SERVICE):
-        reply = call(server.port, lambda channel: health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service)))
+        reply = call(
+            server.port,
+            lambda channel: health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service)),
+        )
         assert reply.status == SERVING, service
 
 
 def test_health_of_a_service_it_does_not_host_is_not_found(server: RunningServer) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        call(server.port, lambda channel: health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="no.such.Service")))
+        call(
+            server.port,
+            lambda channel: health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="no.such.Service")
+            ),
+        )
     assert caught.value.code() is grpc.StatusCode.NOT_FOUND
 
 

@@ -18,7 +18,9 @@ from edgespec.openai_api.metrics import outcome_of
 from edgespec.openai_api.schemas import check_unicode
 from edgespec.openai_api.errors import InvalidText
 
-LIMITS = PromptLimits(max_prompt_tokens=1000, max_new_tokens=200, context_tokens=1100, max_message_bytes=4 * 1024 * 1024)
+LIMITS = PromptLimits(
+    max_prompt_tokens=1000, max_new_tokens=200, context_tokens=1100, max_message_bytes=4 * 1024 * 1024
+)
 
 
 @pytest.mark.parametrize(
@@ -92,6 +94,8 @@ def test_an_error_message_quoting_a_surrogate_can_still_be_sent() -> None:
     assert error.response().body.decode("utf-8") and "\\ud800" in error.message
 
 
-@pytest.mark.parametrize("status, outcome", [(200, "ok"), (400, "refused"), (413, "refused"), (499, "cancelled"), (503, "failed")])
+@pytest.mark.parametrize(
+    "status, outcome", [(200, "ok"), (400, "refused"), (413, "refused"), (499, "cancelled"), (503, "failed")]
+)
 def test_outcomes_of_statuses(status: int, outcome: str) -> None:
     assert outcome_of(status) == outcome

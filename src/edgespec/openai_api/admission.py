@@ -67,7 +67,11 @@ async def tokenize(render: Callable[[], list[int]], param: str) -> list[int]:
 
 
 def budget(backend: EdgeBackend, requested: int | None, prompt_tokens: int, limits: PromptLimits, param: str) -> int:
-    max_tokens = requested if requested is not None else default_max_tokens(backend.settings.default_max_tokens, prompt_tokens, limits)
+    max_tokens = (
+        requested
+        if requested is not None
+        else default_max_tokens(backend.settings.default_max_tokens, prompt_tokens, limits)
+    )
     check_prompt_tokens(prompt_tokens, max_tokens, limits, param)
     return max_tokens
 

@@ -217,9 +217,15 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
 
         return await serve_request(request, body, admitted, arrived, chunks, whole)
 
-    async def serve_request(request: Request, body: Any, admitted: Admitted, arrived: float, chunks: ChunkFormat, whole: Any) -> Response:
+    async def serve_request(
+        request: Request, body: Any, admitted: Admitted, arrived: float, chunks: ChunkFormat, whole: Any
+    ) -> Response:
         sampling = SamplingRequest(
-            max_tokens=admitted.max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.wire_seed, stops=body.stops
+            max_tokens=admitted.max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.wire_seed,
+            stops=body.stops,
         )
         try:
             run = await until_disconnected(request, backend.start(admitted.prompt_ids, sampling, arrived))

@@ -216,7 +216,9 @@ class EdgeBackend:
         arrived = time.monotonic() if arrived is None else arrived
         return await self._run_on_free_slot(prompt_ids, self.config(request), request.stops, arrived)
 
-    async def _run_on_free_slot(self, prompt_ids: list[int], config: GenerationConfig, stops: tuple[str, ...], arrived: float) -> RequestRun:
+    async def _run_on_free_slot(
+        self, prompt_ids: list[int], config: GenerationConfig, stops: tuple[str, ...], arrived: float
+    ) -> RequestRun:
         if self._free is None:
             self._free = asyncio.Queue()
             for slot in self.slots:
@@ -257,7 +259,13 @@ class RequestRun:
     """One request's generation: read ``next_event()`` until Finished or Failed; ``close()`` always."""
 
     def __init__(
-        self, backend: EdgeBackend, slot: Slot, prompt_ids: list[int], config: GenerationConfig, stops: tuple[str, ...], arrived: float
+        self,
+        backend: EdgeBackend,
+        slot: Slot,
+        prompt_ids: list[int],
+        config: GenerationConfig,
+        stops: tuple[str, ...],
+        arrived: float,
     ) -> None:
         self.backend = backend
         self.arrived = arrived

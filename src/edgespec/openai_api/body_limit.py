@@ -31,11 +31,15 @@ DRAIN_BYTES = 64 * 1024 * 1024
 
 
 def too_large(limit: int) -> OpenAIError:
-    return OpenAIError(413, f"the request body exceeds the limit of {limit} bytes", "invalid_request_error", None, "request_too_large")
+    return OpenAIError(
+        413, f"the request body exceeds the limit of {limit} bytes", "invalid_request_error", None, "request_too_large"
+    )
 
 
 def too_slow(timeout_s: float) -> OpenAIError:
-    return OpenAIError(408, f"the request body did not arrive within {timeout_s:g} s", "invalid_request_error", None, "request_timeout")
+    return OpenAIError(
+        408, f"the request body did not arrive within {timeout_s:g} s", "invalid_request_error", None, "request_timeout"
+    )
 
 
 class BodyTooLarge(Exception):
@@ -45,7 +49,9 @@ class BodyTooLarge(Exception):
 class BodyLimit:
     """Wraps ``app``; ``on_refusal`` sees every error this middleware answers (for the metrics)."""
 
-    def __init__(self, app: App, limits: RequestLimits, on_refusal: Callable[[OpenAIError], None] = lambda error: None) -> None:
+    def __init__(
+        self, app: App, limits: RequestLimits, on_refusal: Callable[[OpenAIError], None] = lambda error: None
+    ) -> None:
         self.app = app
         self.limits = limits
         self.on_refusal = on_refusal
@@ -63,11 +69,15 @@ class BodyLimit:
             except ValueError:
                 length = -1
             if length < 0:
-                bad = OpenAIError(400, "the Content-Length header is not a number", "invalid_request_error", None, "invalid_request")
+                bad = OpenAIError(
+                    400, "the Content-Length header is not a number", "invalid_request_error", None, "invalid_request"
+                )
                 await self.refuse(bad, scope, receive, send)
                 return
             if length > limit:
-                logger.info("refused a %d-byte body to %s: over the limit of %d bytes", length, scope.get("path"), limit)
+                logger.info(
+                    "refused a %d-byte body to %s: over the limit of %d bytes", length, scope.get("path"), limit
+                )
                 # A client waiting for "100 Continue" has sent nothing yet: answer at once.
                 if headers.get(b"expect", b"").lower() != b"100-continue":
                     await self.drain(receive, max(DRAIN_BYTES, 4 * limit))

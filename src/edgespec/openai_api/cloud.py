@@ -78,10 +78,17 @@ async def describe_cloud(address: str, security: ClientSecurity, timeout_s: floa
         raise CloudRefused(f"the cloud verifier at {address} refused the probe: {detail}")
     opened = reply.opened
     limits = await fetch_limits(address, security, timeout_s)
-    info = CloudInfo(target=opened.target, eos_ids=frozenset(opened.eos_ids), exit_layers=tuple(opened.exit_layers), limits=limits)
+    info = CloudInfo(
+        target=opened.target, eos_ids=frozenset(opened.eos_ids), exit_layers=tuple(opened.exit_layers), limits=limits
+    )
     logger.info(
         "cloud verifier at %s hosts %r (EOS %s, exits %s; prompts up to %d tokens, up to %d new tokens, context %s)",
-        address, info.target, sorted(info.eos_ids), list(info.exit_layers), limits.max_prompt_tokens, limits.max_new_tokens,
+        address,
+        info.target,
+        sorted(info.eos_ids),
+        list(info.exit_layers),
+        limits.max_prompt_tokens,
+        limits.max_new_tokens,
         limits.context_tokens or "unbounded",
     )
     return info
@@ -92,10 +99,15 @@ async def fetch_limits(address: str, security: ClientSecurity, timeout_s: float)
     metadata = ((AUTH_METADATA_KEY, AUTH_SCHEME + security.token),) if security.token else None
     async with open_channel(address, security) as channel:
         try:
-            reply = await pb_grpc.VerifierInfoStub(channel).GetLimits(pb.LimitsRequest(), metadata=metadata, timeout=timeout_s)
+            stub = pb_grpc.VerifierInfoStub(channel)
+            reply = await stub.GetLimits(pb.LimitsRequest(), metadata=metadata, timeout=timeout_s)
         except grpc.aio.AioRpcError as error:
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise CloudUnavailable(f"the cloud verifier at {address} is unreachable: {describe(error)}") from None
-            logger.warning("the cloud verifier at %s does not advertise its limits (%s): assuming serve's defaults", address, describe(error))
+            logger.warning(
+                "the cloud verifier at %s does not advertise its limits (%s): assuming serve's defaults",
+                address,
+                describe(error),
+            )
             return FALLBACK_LIMITS
     return PromptLimits.from_wire(reply)

@@ -26,17 +26,37 @@ MESSAGE_TOO_LARGE = "RESOURCE_EXHAUSTED"
 def as_openai_error(error: BaseException, address: str) -> OpenAIError:
     if isinstance(error, ServerError):
         if error.code in REQUEST_ERROR_CODES:
-            return OpenAIError(400, f"the verifier refused the request: {error}", "invalid_request_error", None, error.code.lower())
+            return OpenAIError(
+                400, f"the verifier refused the request: {error}", "invalid_request_error", None, error.code.lower()
+            )
         if error.code == MESSAGE_TOO_LARGE:
             return OpenAIError(
-                400, f"the request is over the verifier's message size limit: {error}", "invalid_request_error", None, "request_too_large"
+                400,
+                f"the request is over the verifier's message size limit: {error}",
+                "invalid_request_error",
+                None,
+                "request_too_large",
             )
         if error.code in BUSY_CODES:
-            return OpenAIError(429, f"the cloud verifier at {address} is at its session limit; retry later: {error}", "server_error", None, "cloud_busy")
+            return OpenAIError(
+                429,
+                f"the cloud verifier at {address} is at its session limit; retry later: {error}",
+                "server_error",
+                None,
+                "cloud_busy",
+            )
         logger.warning("the cloud verifier at %s refused a generation: %s", address, error)
-        return OpenAIError(503, f"the cloud verifier at {address} refused: {error}", "server_error", None, "cloud_refused")
+        return OpenAIError(
+            503, f"the cloud verifier at {address} refused: {error}", "server_error", None, "cloud_refused"
+        )
     if isinstance(error, ConnectionLost):
         partial = len(error.partial.tokens) if error.partial is not None else 0
-        return OpenAIError(503, f"lost the cloud verifier after {partial} tokens and fallback is off: {error}", "server_error", None, "cloud_unreachable")
+        return OpenAIError(
+            503,
+            f"lost the cloud verifier after {partial} tokens and fallback is off: {error}",
+            "server_error",
+            None,
+            "cloud_unreachable",
+        )
     logger.error("generation failed", exc_info=error)
     return OpenAIError(500, "internal error: the generation failed", "server_error", None, "internal_error")

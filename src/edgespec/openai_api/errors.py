@@ -113,4 +113,5 @@ def install_error_handlers(app: Any, on_refusal: Callable[[OpenAIError], None] =
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
         # A bug, not the caller's fault: the details go to the log, not to the caller.
         logger.error("unexpected error serving %s %s", request.method, request.url.path, exc_info=error)
-        return answer(OpenAIError(500, "internal error: the server failed to answer this request", "server_error", None, "internal_error"))
+        message = "internal error: the server failed to answer this request"
+        return answer(OpenAIError(500, message, "server_error", None, "internal_error"))

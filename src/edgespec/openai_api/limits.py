@@ -89,7 +89,9 @@ class PromptLimits:
 
 # A verifier that advertises nothing (an older one, a Ray Serve replica) is assumed to have the
 # defaults `edgespec serve` starts with; it still refuses what exceeds its real limits.
-FALLBACK_LIMITS = PromptLimits(max_prompt_tokens=8192, max_new_tokens=4096, context_tokens=0, max_message_bytes=4 * 1024 * 1024)
+FALLBACK_LIMITS = PromptLimits(
+    max_prompt_tokens=8192, max_new_tokens=4096, context_tokens=0, max_message_bytes=4 * 1024 * 1024
+)
 
 
 def longest_token_chars(tokenizer: Any) -> int:

@@ -38,27 +38,50 @@ class EdgeMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "edgespec_edge_requests", "HTTP requests answered, by endpoint, outcome and status", ["endpoint", "outcome", "status"], registry=r
+            "edgespec_edge_requests",
+            "HTTP requests answered, by endpoint, outcome and status",
+            ["endpoint", "outcome", "status"],
+            registry=r,
         )
-        self.refusals = Counter("edgespec_edge_refusals", "Requests refused with an error, by reason (the error code)", ["reason"], registry=r)
-        self.generations = Counter("edgespec_edge_generations", "Generations ended, by finish reason", ["finish_reason"], registry=r)
-        self.prompt_tokens = Counter("edgespec_edge_prompt_tokens", "Prompt tokens of the generations started", registry=r)
+        self.refusals = Counter(
+            "edgespec_edge_refusals",
+            "Requests refused with an error, by reason (the error code)",
+            ["reason"],
+            registry=r,
+        )
+        self.generations = Counter(
+            "edgespec_edge_generations", "Generations ended, by finish reason", ["finish_reason"], registry=r
+        )
+        self.prompt_tokens = Counter(
+            "edgespec_edge_prompt_tokens", "Prompt tokens of the generations started", registry=r
+        )
         self.generated_tokens = Counter("edgespec_edge_generated_tokens", "Completion tokens generated", registry=r)
         self.rounds = Counter("edgespec_edge_rounds", "Draft/verify rounds run with the cloud verifier", registry=r)
         self.latency = Histogram(
-            "edgespec_edge_request_duration_seconds", "Time from a completion request's arrival to its last byte",
-            ["endpoint"], buckets=LATENCY_BUCKETS, registry=r,
+            "edgespec_edge_request_duration_seconds",
+            "Time from a completion request's arrival to its last byte",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.time_to_first_token = Histogram(
-            "edgespec_edge_time_to_first_token_seconds", "Time from a completion request's arrival to its first text",
-            ["endpoint"], buckets=LATENCY_BUCKETS, registry=r,
+            "edgespec_edge_time_to_first_token_seconds",
+            "Time from a completion request's arrival to its first text",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.tokens_per_round = Histogram(
-            "edgespec_edge_tokens_per_round", "Tokens committed per round, one sample per generation", buckets=TOKENS_PER_ROUND_BUCKETS, registry=r
+            "edgespec_edge_tokens_per_round",
+            "Tokens committed per round, one sample per generation",
+            buckets=TOKENS_PER_ROUND_BUCKETS,
+            registry=r,
         )
         self.acceptance = Histogram(
-            "edgespec_edge_draft_acceptance_ratio", "Share of drafted tokens the target accepted, one sample per generation",
-            buckets=RATIO_BUCKETS, registry=r,
+            "edgespec_edge_draft_acceptance_ratio",
+            "Share of drafted tokens the target accepted, one sample per generation",
+            buckets=RATIO_BUCKETS,
+            registry=r,
         )
         self.slots = Gauge("edgespec_edge_slots", "Generation slots (--max-concurrent)", registry=r)
         self.slots.set(slots_total)
@@ -76,7 +99,9 @@ class EdgeMetrics:
     def first_text(self, endpoint: str, seconds: float) -> None:
         self.time_to_first_token.labels(endpoint=endpoint).observe(seconds)
 
-    def finished(self, endpoint: str, arrived: float, finish_reason: str, completion_tokens: int, stats: GenerationStats) -> None:
+    def finished(
+        self, endpoint: str, arrived: float, finish_reason: str, completion_tokens: int, stats: GenerationStats
+    ) -> None:
         self.latency.labels(endpoint=endpoint).observe(time.monotonic() - arrived)
         self.generations.labels(finish_reason=finish_reason).inc()
         self.generated_tokens.inc(completion_tokens)

@@ -50,8 +50,14 @@ def add_probe_routes(app: FastAPI, backend: EdgeBackend, metrics: EdgeMetrics) -
         except CloudUnavailable:
             cloud = "unreachable"
         return JSONResponse(
-            {"status": "ok", "cloud": cloud, "model": backend.model_id, "mode": backend.settings.mode.value,
-             "slots": len(backend.slots), "free_slots": backend.free_slots}
+            {
+                "status": "ok",
+                "cloud": cloud,
+                "model": backend.model_id,
+                "mode": backend.settings.mode.value,
+                "slots": len(backend.slots),
+                "free_slots": backend.free_slots,
+            }
         )
 
     @app.get("/ready")
@@ -68,8 +74,13 @@ def add_probe_routes(app: FastAPI, backend: EdgeBackend, metrics: EdgeMetrics) -
             logger.info("not ready: %s", "; ".join(missing))
             return OpenAIError(503, "not ready: " + "; ".join(missing), "server_error", None, "not_ready").response()
         return JSONResponse(
-            {"status": "ready", "model": backend.model_id, "mode": backend.settings.mode.value,
-             "slots": len(backend.slots), "free_slots": backend.free_slots}
+            {
+                "status": "ready",
+                "model": backend.model_id,
+                "mode": backend.settings.mode.value,
+                "slots": len(backend.slots),
+                "free_slots": backend.free_slots,
+            }
         )
 
     @app.get("/metrics")

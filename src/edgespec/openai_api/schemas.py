@@ -35,9 +35,9 @@ def check_unicode(body: Any) -> None:
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError as error:
-                where = path or "body"
-                raise InvalidText(where, f"contains a lone surrogate (U+{ord(value[error.start]):04X}) at character {error.start}, "
-                                  "which is not valid Unicode") from None
+                code_point = ord(value[error.start])
+                message = f"contains a lone surrogate (U+{code_point:04X}) at index {error.start}, not valid Unicode"
+                raise InvalidText(path or "body", message) from None
         elif isinstance(value, dict):
             for key, item in value.items():
                 child = f"{path}.{key}" if path else str(key)
