@@ -206,6 +206,11 @@ def test_a_huge_seed_and_a_number_of_thousands_of_digits(edge: EdgeServe) -> Non
     assert_refused(*post(edge, "/v1/chat/completions", digits)[:2], 400)
 
 
+def test_a_stop_string_too_long_to_scan_cheaply_is_a_400(edge: EdgeServe) -> None:
+    status, reply, _ = post(edge, "/v1/chat/completions", chat("Hi", stop=["x" * 100_000]))
+    assert assert_refused(status, reply, 400, "invalid_value", mentions="1000")["param"] == "stop"
+
+
 # ------------------------------------------------------------------ text and encodings
 
 

@@ -13,6 +13,7 @@ from edgespec.openai_api.limits import (
     check_prompt_chars,
     check_prompt_tokens,
     default_max_tokens,
+    draft_context_tokens,
 )
 from edgespec.openai_api.metrics import outcome_of
 from edgespec.openai_api.schemas import check_unicode
@@ -99,3 +100,14 @@ def test_an_error_message_quoting_a_surrogate_can_still_be_sent() -> None:
 )
 def test_outcomes_of_statuses(status: int, outcome: str) -> None:
     assert outcome_of(status) == outcome
+
+
+def test_a_llamacpp_drafts_context_bounds_prompt_and_new_tokens() -> None:
+    class LlamaCppLike:
+        n_ctx = 4096
+
+    assert draft_context_tokens(LlamaCppLike(), max_gamma=8) == 4087
+    assert draft_context_tokens(object(), max_gamma=8) is None  # transformers: no hard window
+    inside = PromptLimits(8192, 4096, 0, 1 << 22).within_context(4087)
+    assert inside.context_tokens == 4087 and inside.prompt_token_limit == 4086
+    assert LIMITS.within_context(None) is LIMITS and LIMITS.within_context(5000) is LIMITS

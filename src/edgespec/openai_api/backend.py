@@ -31,7 +31,7 @@ from edgespec.openai_api.cloud import CloudInfo, check_reachable, describe_cloud
 from edgespec.openai_api.cloud_errors import as_openai_error
 from edgespec.openai_api.detokenizer import IncrementalDetokenizer
 from edgespec.openai_api.errors import OpenAIError
-from edgespec.openai_api.limits import FALLBACK_LIMITS, PromptLimits, longest_token_chars
+from edgespec.openai_api.limits import FALLBACK_LIMITS, PromptLimits, draft_context_tokens, longest_token_chars
 from edgespec.openai_api.stops import StopScanner
 
 logger = logging.getLogger(__name__)
@@ -147,6 +147,11 @@ class EdgeBackend:
         self.cloud: CloudInfo | None = None
         # The most characters one token stands for: bounds a prompt's tokens before tokenizing it.
         self.longest_token = longest_token_chars(tokenizer)
+        # A draft with a hard context window (llama.cpp's) bounds what a request may ask for too.
+        self.draft_context = min(
+            (bound for draft in drafts if (bound := draft_context_tokens(draft, settings.max_gamma)) is not None),
+            default=None,
+        )
         # Called with each run as it closes, however it ended (the metrics read it).
         self.on_run_closed: Callable[[RequestRun], None] | None = None
         self._free: asyncio.Queue[Slot] | None = None
@@ -165,10 +170,10 @@ class EdgeBackend:
             return self.cloud
 
     async def prompt_limits(self) -> PromptLimits:
-        """The limits a request must fit: the verifier's (probed once), the defaults in edge-only."""
-        if self.settings.mode is Mode.EDGE_ONLY:
-            return FALLBACK_LIMITS
-        return (await self.describe_cloud()).limits
+        """The limits a request must fit: the verifier's (probed once; the defaults in edge-only),
+        inside the draft's context window."""
+        advertised = FALLBACK_LIMITS if self.settings.mode is Mode.EDGE_ONLY else (await self.describe_cloud()).limits
+        return advertised.within_context(self.draft_context)
 
     async def check_reachable(self) -> None:
         await check_reachable(self.settings.address, self.settings.options.security, self.settings.options.connect_timeout_s)

@@ -12,7 +12,7 @@ cloud session.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edgespec.openai_api.errors import OpenAIError, bad_request
@@ -71,7 +71,13 @@ class PromptLimits:
     def capped(self, max_prompt_tokens: int | None) -> PromptLimits:
         if max_prompt_tokens is None or max_prompt_tokens >= self.max_prompt_tokens:
             return self
-        return PromptLimits(max_prompt_tokens, self.max_new_tokens, self.context_tokens, self.max_message_bytes)
+        return replace(self, max_prompt_tokens=max_prompt_tokens)
+
+    def within_context(self, context_tokens: int | None) -> PromptLimits:
+        """These limits inside a second window (the edge draft's), when there is one."""
+        if not context_tokens or (self.context_tokens and self.context_tokens <= context_tokens):
+            return self
+        return replace(self, context_tokens=context_tokens)
 
     @property
     def prompt_tokens_on_the_wire(self) -> int:
@@ -107,6 +113,16 @@ def longest_token_chars(tokenizer: Any) -> int:
         logger.warning("the tokenizer has no readable vocabulary: prompts are checked by tokens only")
         return UINT32_MAX
     return longest
+
+
+def draft_context_tokens(draft: Any, max_gamma: int) -> int | None:
+    """The most prompt + new tokens a draft runtime can hold, where it has a hard window: a
+    llama.cpp context refuses a longer sequence, and a block drafts up to ``max_gamma`` past the
+    committed tokens. A `transformers` draft has no hard window (None)."""
+    n_ctx = getattr(draft, "n_ctx", None)
+    if not isinstance(n_ctx, int) or n_ctx <= 0:
+        return None
+    return max(1, n_ctx - max_gamma - 1)
 
 
 def prompt_too_long(message: str, param: str) -> OpenAIError:

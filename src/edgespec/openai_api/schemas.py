@@ -17,6 +17,9 @@ from edgespec.openai_api.errors import InvalidText
 # The verifier accepts temperatures of 0 (greedy) or in [0.001, 100]; OpenAI's range is [0, 2].
 MIN_SAMPLING_TEMPERATURE = 0.001
 MAX_STOP_STRINGS = 16
+# Text that could begin a stop is held back and rescanned as it grows: a long stop string would
+# cost time quadratic in its length on every token.
+MAX_STOP_CHARS = 1000
 SEED_MODULUS = 2**64  # the wire's seed is uint64; OpenAI's may be any int64
 
 
@@ -92,6 +95,8 @@ class _Request(BaseModel):
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
         if any(stop == "" for stop in stops):
             raise ValueError("a stop string must not be empty")
+        if any(len(stop) > MAX_STOP_CHARS for stop in stops):
+            raise ValueError(f"a stop string may have at most {MAX_STOP_CHARS} characters")
         return value
 
     @field_validator("n")
