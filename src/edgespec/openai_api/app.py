@@ -269,10 +269,18 @@ def record_run(metrics: EdgeMetrics, run: RequestRun) -> None:
     if run.first_text_at is not None:
         metrics.first_text(endpoint, run.first_text_at - run.arrived)
     ended = run.ended
+    seconds = time.monotonic() - run.arrived
     if isinstance(ended, Finished):
         metrics.finished(endpoint, run.arrived, ended.finish_reason, ended.completion_tokens, ended.stats)
+        logger.info(
+            "%s: %d prompt tokens, %d generated (%s) in %.2f s, %d rounds",
+            endpoint, run.prompt_tokens, ended.completion_tokens, ended.finish_reason, seconds, ended.stats.rounds,
+        )
     else:
-        metrics.ended_early("error" if isinstance(ended, Failed) else "cancelled")
+        reason = "error" if isinstance(ended, Failed) else "cancelled"
+        metrics.ended_early(reason)
+        detail = ended.error.message if isinstance(ended, Failed) else "the client left or the request was cancelled"
+        logger.info("%s: generation ended early (%s) after %.2f s: %s", endpoint, reason, seconds, detail)
 
 
 async def collect(first: Event, run: RequestRun) -> tuple[str, Finished]:
