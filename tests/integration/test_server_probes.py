@@ -95,3 +95,13 @@ def test_limits_fit_the_wire_whatever_the_configuration() -> None:
     limits = LimitsService(huge, 2**40).limits()
     assert limits.max_prompt_tokens == limits.max_new_tokens == limits.max_message_bytes == 2**32 - 1
     assert limits.context_tokens == 0
+
+
+def test_watch_streams_the_verifiers_status(server: RunningServer) -> None:
+    async def first_status(channel: grpc.aio.Channel) -> int:
+        call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=VERIFIER_SERVICE))
+        reply = await call.read()
+        call.cancel()
+        return reply.status
+
+    assert call(server.port, first_status) == SERVING

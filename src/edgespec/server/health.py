@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -65,7 +65,7 @@ class VerifierHealth(health.aio.HealthServicer):
             return health_pb2.HealthCheckResponse(status=self.verifier_status())
         return await super().Check(request, context)
 
-    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> AsyncIterator[Any]:  # noqa: N802
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:  # noqa: N802
         if request.service not in ("", VERIFIER_SERVICE):
             await super().Watch(request, context)
             return
