@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -31,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 # What a tokenizer or chat template raises on text it cannot handle: the caller's input, a 400.
 TOKENIZER_ERRORS = (ValueError, TypeError, UnicodeError, OverflowError)
+# One tokenization at a time, as when it ran on the event loop: a Hugging Face tokenizer shared
+# by threads can fail with "Already borrowed" while one call changes its settings.
+_TOKENIZING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -58,9 +62,14 @@ async def prompt_limits(backend: EdgeBackend, limits: RequestLimits) -> PromptLi
     return advertised.capped(limits.max_prompt_tokens)
 
 
+def _serialized(render: Callable[[], list[int]]) -> list[int]:
+    with _TOKENIZING:
+        return render()
+
+
 async def tokenize(render: Callable[[], list[int]], param: str) -> list[int]:
     try:
-        return await asyncio.to_thread(render)
+        return await asyncio.to_thread(_serialized, render)
     except TOKENIZER_ERRORS as error:
         logger.info("refused a prompt the tokenizer cannot take: %s: %s", type(error).__name__, error)
         raise bad_request(f"the prompt cannot be tokenized: {error}", param, "invalid_value") from None
