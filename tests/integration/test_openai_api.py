@@ -114,13 +114,14 @@ class EdgeServe:
     """`create_app` under uvicorn on a free loopback port, in a thread. The socket is bound and
     listening before uvicorn starts, so clients may connect at once."""
 
-    def __init__(self, backend: EdgeBackend, api_key: str | None = API_KEY) -> None:
+    def __init__(self, backend: EdgeBackend, api_key: str | None = API_KEY, **app_options: Any) -> None:
         self.backend = backend
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         sock.listen(64)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(backend, api_key), log_level="warning", timeout_graceful_shutdown=2))
+        app = create_app(backend, api_key, **app_options)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True, name="edge-serve")
         self.thread.start()
 

@@ -1,4 +1,9 @@
-"""The FastAPI app: OpenAI's chat and completion endpoints over an ``EdgeBackend``."""
+"""The FastAPI app: OpenAI's chat and completion endpoints over an ``EdgeBackend``.
+
+Around the routes: ``BodyLimit`` bounds each body before it is parsed, ``admission`` checks a
+prompt against the verifier's limits before it takes a slot, every error is OpenAI-shaped
+(``errors``), and ``probes`` answers /health, /ready and /metrics.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +19,14 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from edgespec.decoding.stats import GenerationStats
+from edgespec.openai_api.admission import Admitted, admit_chat, admit_completion, cloud_refused, cloud_unavailable
 from edgespec.openai_api.backend import EdgeBackend, Event, Failed, Finished, RequestRun, SamplingRequest, TextDelta
+from edgespec.openai_api.body_limit import BodyLimit
 from edgespec.openai_api.cloud import CloudRefused, CloudUnavailable
 from edgespec.openai_api.errors import OpenAIError, bad_request, install_error_handlers
+from edgespec.openai_api.limits import RequestLimits
+from edgespec.openai_api.metrics import CLIENT_CLOSED_REQUEST, CountResponses, EdgeMetrics
+from edgespec.openai_api.probes import add_probe_routes
 from edgespec.openai_api.schemas import (
     ChatChoice,
     ChatChunkChoice,
@@ -34,12 +44,10 @@ from edgespec.openai_api.schemas import (
     Usage,
 )
 from edgespec.openai_api.streaming import ChunkFormat, stream_events
-from edgespec.prompting import render_prompt
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
 
 
 class ClientGone(Exception):
@@ -105,8 +113,9 @@ def check_api_key(api_key: str | None):  # type: ignore[no-untyped-def]
     return guard
 
 
-def create_app(backend: EdgeBackend, api_key: str | None = None) -> FastAPI:
-    """The ASGI app. ``api_key``: required from every /v1 request when set (/health stays open)."""
+def create_app(backend: EdgeBackend, api_key: str | None = None, limits: RequestLimits = RequestLimits()) -> FastAPI:
+    """The ASGI app. ``api_key``: required from every /v1 request when set (/health, /ready and
+    /metrics stay open); ``limits``: what one request may cost before it is refused."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -121,20 +130,20 @@ def create_app(backend: EdgeBackend, api_key: str | None = None) -> FastAPI:
         yield
 
     app = FastAPI(title="edgespec edge-serve", lifespan=lifespan)
-    install_error_handlers(app)
-    api = APIRouter(prefix="/v1", dependencies=[Depends(check_api_key(api_key))])
+    metrics = EdgeMetrics(len(backend.slots), lambda: backend.free_slots)
+    backend.on_run_closed = lambda run: record_run(metrics, run)
 
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        try:
-            await backend.check_reachable()
-            cloud = "reachable"
-        except CloudUnavailable:
-            cloud = "unreachable"
-        return JSONResponse(
-            {"status": "ok", "cloud": cloud, "model": backend.model_id, "mode": backend.settings.mode.value,
-             "slots": len(backend.slots), "free_slots": backend.free_slots}
-        )
+    def refused(error: OpenAIError) -> None:
+        metrics.refused(error)
+        log = logger.warning if error.status >= 500 else logger.info
+        log("answered %d %s: %s", error.status, error.code or error.type, error.message)
+
+    install_error_handlers(app, refused)
+    # The outermost middleware is added last: every response is counted, the body limit's too.
+    app.add_middleware(BodyLimit, limits=limits, on_refusal=refused)
+    app.add_middleware(CountResponses, metrics=metrics)
+    add_probe_routes(app, backend, metrics)
+    api = APIRouter(prefix="/v1", dependencies=[Depends(check_api_key(api_key))])
 
     @api.get("/models")
     async def models() -> ModelList:
@@ -145,17 +154,15 @@ def create_app(backend: EdgeBackend, api_key: str | None = None) -> FastAPI:
             try:
                 await backend.describe_cloud()
             except CloudUnavailable as error:
-                raise OpenAIError(503, str(error), "server_error", None, "cloud_unreachable") from None
+                raise cloud_unavailable(error) from None
             except CloudRefused as error:
-                raise OpenAIError(502, str(error), "server_error", None, "cloud_refused") from None
+                raise cloud_refused(error) from None
         return backend.model_id or "edgespec"
 
     @api.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        try:
-            prompt_ids = render_prompt(backend.tokenizer, [message.as_template_message() for message in body.messages])
-        except ValueError as error:
-            raise bad_request(str(error), "messages") from None
+        arrived = time.monotonic()
+        admitted = await admit_chat(backend, body, limits)
         ident, created, model = f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), backend.model_id or body.model or "edgespec"
 
         def chunk(delta: ChatDelta, finished: Finished | None = None) -> ChatCompletionChunk:
@@ -179,21 +186,12 @@ def create_app(backend: EdgeBackend, api_key: str | None = None) -> FastAPI:
                 usage=usage_of(finished), edgespec=edgespec_info(finished.stats),
             )
 
-        return await serve_request(request, body, prompt_ids, chunks, whole)
+        return await serve_request(request, body, admitted, arrived, chunks, whole)
 
     @api.post("/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        prompt = body.prompt
-        if isinstance(prompt, str):
-            try:
-                prompt_ids = render_prompt(backend.tokenizer, prompt, raw=True)
-            except ValueError as error:
-                raise bad_request(str(error), "prompt") from None
-        else:
-            prompt_ids = [int(token) for token in prompt]  # type: ignore[union-attr]
-            vocab = len(backend.tokenizer)
-            if any(not 0 <= token < vocab for token in prompt_ids):
-                raise bad_request(f"token ids must be in [0, {vocab})", "prompt")
+        arrived = time.monotonic()
+        admitted = await admit_completion(backend, body, limits)
         ident, created, model = f"cmpl-{secrets.token_hex(12)}", int(time.time()), backend.model_id or body.model or "edgespec"
 
         def chunk(text: str, finished: Finished | None = None) -> Completion:
@@ -217,16 +215,23 @@ def create_app(backend: EdgeBackend, api_key: str | None = None) -> FastAPI:
                 usage=usage_of(finished), edgespec=edgespec_info(finished.stats),
             )
 
-        return await serve_request(request, body, prompt_ids, chunks, whole)
+        return await serve_request(request, body, admitted, arrived, chunks, whole)
 
-    async def serve_request(request: Request, body: Any, prompt_ids: list[int], chunks: ChunkFormat, whole: Any) -> Response:
+    async def serve_request(
+        request: Request, body: Any, admitted: Admitted, arrived: float, chunks: ChunkFormat, whole: Any
+    ) -> Response:
         sampling = SamplingRequest(
-            max_tokens=body.token_limit, temperature=body.temperature, top_p=body.top_p, seed=body.wire_seed, stops=body.stops
+            max_tokens=admitted.max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.wire_seed,
+            stops=body.stops,
         )
         try:
-            run = await until_disconnected(request, backend.start(prompt_ids, sampling))
+            run = await until_disconnected(request, backend.start(admitted.prompt_ids, sampling, arrived))
+            run.endpoint = request.url.path
         except CloudUnavailable as error:
-            raise OpenAIError(503, str(error), "server_error", None, "cloud_unreachable") from None
+            raise cloud_unavailable(error) from None
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         except ValueError as error:  # a sampling setting the config refuses
@@ -255,6 +260,27 @@ def create_app(backend: EdgeBackend, api_key: str | None = None) -> FastAPI:
 
     app.include_router(api)
     return app
+
+
+def record_run(metrics: EdgeMetrics, run: RequestRun) -> None:
+    """A closed run's tokens, rounds and timings into the metrics."""
+    endpoint = run.endpoint
+    metrics.started(run.prompt_tokens)
+    if run.first_text_at is not None:
+        metrics.first_text(endpoint, run.first_text_at - run.arrived)
+    ended = run.ended
+    seconds = time.monotonic() - run.arrived
+    if isinstance(ended, Finished):
+        metrics.finished(endpoint, run.arrived, ended.finish_reason, ended.completion_tokens, ended.stats)
+        logger.info(
+            "%s: %d prompt tokens, %d generated (%s) in %.2f s, %d rounds",
+            endpoint, run.prompt_tokens, ended.completion_tokens, ended.finish_reason, seconds, ended.stats.rounds,
+        )
+    else:
+        reason = "error" if isinstance(ended, Failed) else "cancelled"
+        metrics.ended_early(reason)
+        detail = ended.error.message if isinstance(ended, Failed) else "the client left or the request was cancelled"
+        logger.info("%s: generation ended early (%s) after %.2f s: %s", endpoint, reason, seconds, detail)
 
 
 async def collect(first: Event, run: RequestRun) -> tuple[str, Finished]:

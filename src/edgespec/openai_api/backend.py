@@ -18,23 +18,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from edgespec.client.edge_client import ClientOptions, ConnectionLost, EdgeClient, ServerError
+from edgespec.client.edge_client import ClientOptions, EdgeClient, ServerError
 from edgespec.decoding.config import GenerationConfig
 from edgespec.decoding.modes import Mode
 from edgespec.decoding.sampling import SamplingParams
 from edgespec.decoding.stats import GenerationStats
 from edgespec.openai_api.cloud import CloudInfo, check_reachable, describe_cloud
+from edgespec.openai_api.cloud_errors import as_openai_error
 from edgespec.openai_api.detokenizer import IncrementalDetokenizer
 from edgespec.openai_api.errors import OpenAIError
+from edgespec.openai_api.limits import FALLBACK_LIMITS, PromptLimits, draft_context_tokens, longest_token_chars
 from edgespec.openai_api.stops import StopScanner
 
 logger = logging.getLogger(__name__)
-
-# Verifier refusals that are the request's fault (a prompt or max_tokens over its limits).
-REQUEST_ERROR_CODES = frozenset({"TOO_LARGE", "BAD_REQUEST", "OUT_OF_VOCABULARY"})
 
 
 class SerializedDraft:
@@ -145,6 +145,15 @@ class EdgeBackend:
             for serialized in (SerializedDraft(draft) if draft is not None else None for draft in drafts)
         ]
         self.cloud: CloudInfo | None = None
+        # The most characters one token stands for: bounds a prompt's tokens before tokenizing it.
+        self.longest_token = longest_token_chars(tokenizer)
+        # A draft with a hard context window (llama.cpp's) bounds what a request may ask for too.
+        self.draft_context = min(
+            (bound for draft in drafts if (bound := draft_context_tokens(draft, settings.max_gamma)) is not None),
+            default=None,
+        )
+        # Called with each run as it closes, however it ended (the metrics read it).
+        self.on_run_closed: Callable[[RequestRun], None] | None = None
         self._free: asyncio.Queue[Slot] | None = None
         self._probe_lock: asyncio.Lock | None = None
         self._cleanups: set[asyncio.Task[None]] = set()
@@ -159,6 +168,12 @@ class EdgeBackend:
             if self.cloud is None:
                 self.cloud = await describe_cloud(self.settings.address, self.settings.options.security, self.settings.options.connect_timeout_s)
             return self.cloud
+
+    async def prompt_limits(self) -> PromptLimits:
+        """The limits a request must fit: the verifier's (probed once; the defaults in edge-only),
+        inside the draft's context window."""
+        advertised = FALLBACK_LIMITS if self.settings.mode is Mode.EDGE_ONLY else (await self.describe_cloud()).limits
+        return advertised.within_context(self.draft_context)
 
     async def check_reachable(self) -> None:
         await check_reachable(self.settings.address, self.settings.options.security, self.settings.options.connect_timeout_s)
@@ -192,9 +207,10 @@ class EdgeBackend:
             eos_ids=self.eos_ids,
         )
 
-    async def start(self, prompt_ids: list[int], request: SamplingRequest) -> RequestRun:
+    async def start(self, prompt_ids: list[int], request: SamplingRequest, arrived: float | None = None) -> RequestRun:
         """Start a generation on a free slot (waiting for one). CloudUnavailable if the verifier
-        cannot be reached now: a request never starts on the draft alone."""
+        cannot be reached now: a request never starts on the draft alone. ``arrived``: when the
+        request came in (time.monotonic()), for its latency."""
         if self.settings.mode is not Mode.EDGE_ONLY:  # edge-only was asked for: no cloud involved
             await self.check_reachable()
             if self.cloud is None:
@@ -202,9 +218,12 @@ class EdgeBackend:
                     await self.describe_cloud()  # the EOS set an edge-only fallback must stop on
                 except Exception as error:  # reachable, but the probe failed: the run will say why
                     logger.debug("cloud probe failed: %s", error)
-        return await self._run_on_free_slot(prompt_ids, self.config(request), request.stops)
+        arrived = time.monotonic() if arrived is None else arrived
+        return await self._run_on_free_slot(prompt_ids, self.config(request), request.stops, arrived)
 
-    async def _run_on_free_slot(self, prompt_ids: list[int], config: GenerationConfig, stops: tuple[str, ...]) -> RequestRun:
+    async def _run_on_free_slot(
+        self, prompt_ids: list[int], config: GenerationConfig, stops: tuple[str, ...], arrived: float
+    ) -> RequestRun:
         if self._free is None:
             self._free = asyncio.Queue()
             for slot in self.slots:
@@ -212,7 +231,7 @@ class EdgeBackend:
         slot = await self._free.get()
         # No await from here on: the slot is owned by the run, which always gives it back.
         try:
-            return RequestRun(self, slot, prompt_ids, config, stops)
+            return RequestRun(self, slot, prompt_ids, config, stops, arrived)
         except BaseException:
             self._free.put_nowait(slot)
             raise
@@ -244,8 +263,20 @@ def _fresh_seed() -> int:
 class RequestRun:
     """One request's generation: read ``next_event()`` until Finished or Failed; ``close()`` always."""
 
-    def __init__(self, backend: EdgeBackend, slot: Slot, prompt_ids: list[int], config: GenerationConfig, stops: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        backend: EdgeBackend,
+        slot: Slot,
+        prompt_ids: list[int],
+        config: GenerationConfig,
+        stops: tuple[str, ...],
+        arrived: float,
+    ) -> None:
         self.backend = backend
+        self.arrived = arrived
+        self.first_text_at: float | None = None
+        self.ended: Finished | Failed | None = None  # how the generation ended, once it has
+        self.endpoint = ""  # the API path that asked for it, for the metrics
         self.slot = slot
         self.prompt_tokens = len(prompt_ids)
         self.config = config
@@ -268,12 +299,20 @@ class RequestRun:
         if not self._closed:
             self._closed = True
             self.backend.release(self.slot, self.task)
+            if self.backend.on_run_closed is not None:
+                self.backend.on_run_closed(self)
 
     # ------------------------------------------------------------------ callbacks (event loop)
 
     def _emit(self, text: str) -> None:
         if text:
+            if self.first_text_at is None:
+                self.first_text_at = time.monotonic()
             self._events.put_nowait(TextDelta(text))
+
+    def _end(self, event: Finished | Failed) -> None:
+        self.ended = event
+        self._events.put_nowait(event)
 
     def _on_commit(self, tokens: list[int]) -> None:
         # Token by token, so the count at which a stop string ends the text is exact even when
@@ -303,24 +342,12 @@ class RequestRun:
             tokens = result.tokens
             at_eos = bool(tokens) and tokens[-1] in self.backend.eos_ids
             reason = "length" if not (stopped or at_eos) and len(tokens) >= self.config.max_new_tokens else "stop"
-            self._events.put_nowait(Finished(reason, self.prompt_tokens, len(tokens), result.stats))
+            self._end(Finished(reason, self.prompt_tokens, len(tokens), result.stats))
         elif isinstance(error, StopRequested):
             partial = error.partial
             stats = partial.stats if partial is not None else GenerationStats(mode=self.backend.settings.mode.value)
             assert self._stopped_at is not None
-            self._events.put_nowait(Finished("stop", self.prompt_tokens, self._stopped_at, stats))
+            self._end(Finished("stop", self.prompt_tokens, self._stopped_at, stats))
         else:
-            self._events.put_nowait(Failed(as_openai_error(error, self.backend.settings.address)))
-
-
-def as_openai_error(error: BaseException, address: str) -> OpenAIError:
-    if isinstance(error, ServerError):
-        if error.code in REQUEST_ERROR_CODES:
-            return OpenAIError(400, f"the verifier refused the request: {error}", "invalid_request_error", None, error.code.lower())
-        return OpenAIError(502, f"the cloud verifier at {address} refused: {error}", "server_error", None, "cloud_refused")
-    if isinstance(error, ConnectionLost):
-        partial = len(error.partial.tokens) if error.partial is not None else 0
-        return OpenAIError(503, f"lost the cloud verifier after {partial} tokens and fallback is off: {error}", "server_error", None, "cloud_unreachable")
-    logger.error("generation failed", exc_info=error)
-    return OpenAIError(500, f"internal error: {error}", "server_error", None, "internal_error")
+            self._end(Failed(as_openai_error(error, self.backend.settings.address)))
 

@@ -2,7 +2,8 @@
 
 The model id that ``/v1/models`` reports and the EOS set come from the verifier itself: a probe
 opens a session on a one-token prompt, reads the server's ``Opened`` reply (target name, EOS
-ids, exit layers) and closes it, which costs the server one one-token prefill.
+ids, exit layers) and closes it, which costs the server one one-token prefill. Its limits come
+from ``VerifierInfo.GetLimits`` (no session); a verifier without that call gets the defaults.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import grpc
 
 from edgespec.client.channel import open_channel, session_call
 from edgespec.client.recovery import describe, wait_connected
+from edgespec.openai_api.limits import FALLBACK_LIMITS, PromptLimits
 from edgespec.transport import edgespec_pb2 as pb
+from edgespec.transport import edgespec_pb2_grpc as pb_grpc
 from edgespec.transport.codec import PROTOCOL_VERSION
-from edgespec.transport.security import ClientSecurity
+from edgespec.transport.security import AUTH_METADATA_KEY, AUTH_SCHEME, ClientSecurity
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ class CloudInfo:
     target: str
     eos_ids: frozenset[int]
     exit_layers: tuple[int, ...]
+    limits: PromptLimits = FALLBACK_LIMITS
 
 
 async def check_reachable(address: str, security: ClientSecurity, timeout_s: float) -> None:
@@ -73,6 +77,37 @@ async def describe_cloud(address: str, security: ClientSecurity, timeout_s: floa
         detail = "the stream ended" if reply is grpc.aio.EOF else f"{pb.ErrorCode.Name(reply.error.code)}: {reply.error.message}" if reply.WhichOneof("kind") == "error" else reply.WhichOneof("kind")
         raise CloudRefused(f"the cloud verifier at {address} refused the probe: {detail}")
     opened = reply.opened
-    info = CloudInfo(target=opened.target, eos_ids=frozenset(opened.eos_ids), exit_layers=tuple(opened.exit_layers))
-    logger.info("cloud verifier at %s hosts %r (EOS %s, exits %s)", address, info.target, sorted(info.eos_ids), list(info.exit_layers))
+    limits = await fetch_limits(address, security, timeout_s)
+    info = CloudInfo(
+        target=opened.target, eos_ids=frozenset(opened.eos_ids), exit_layers=tuple(opened.exit_layers), limits=limits
+    )
+    logger.info(
+        "cloud verifier at %s hosts %r (EOS %s, exits %s; prompts up to %d tokens, up to %d new tokens, context %s)",
+        address,
+        info.target,
+        sorted(info.eos_ids),
+        list(info.exit_layers),
+        limits.max_prompt_tokens,
+        limits.max_new_tokens,
+        limits.context_tokens or "unbounded",
+    )
     return info
+
+
+async def fetch_limits(address: str, security: ClientSecurity, timeout_s: float) -> PromptLimits:
+    """The verifier's advertised limits; its defaults when it does not advertise them."""
+    metadata = ((AUTH_METADATA_KEY, AUTH_SCHEME + security.token),) if security.token else None
+    async with open_channel(address, security) as channel:
+        try:
+            stub = pb_grpc.VerifierInfoStub(channel)
+            reply = await stub.GetLimits(pb.LimitsRequest(), metadata=metadata, timeout=timeout_s)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise CloudUnavailable(f"the cloud verifier at {address} is unreachable: {describe(error)}") from None
+            logger.warning(
+                "the cloud verifier at %s does not advertise its limits (%s): assuming serve's defaults",
+                address,
+                describe(error),
+            )
+            return FALLBACK_LIMITS
+    return PromptLimits.from_wire(reply)

@@ -12,14 +12,42 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgespec.openai_api.errors import InvalidText
+
 # The verifier accepts temperatures of 0 (greedy) or in [0.001, 100]; OpenAI's range is [0, 2].
 MIN_SAMPLING_TEMPERATURE = 0.001
 MAX_STOP_STRINGS = 16
+# Text that could begin a stop is held back and rescanned as it grows: a long stop string would
+# cost time quadratic in its length on every token.
+MAX_STOP_CHARS = 1000
 SEED_MODULUS = 2**64  # the wire's seed is uint64; OpenAI's may be any int64
 
 
 def _unsupported(name: str, what: str) -> ValueError:
     return ValueError(f"unsupported: {name} {what} is not supported by edgespec")
+
+
+def check_unicode(body: Any) -> None:
+    """Raise InvalidText for the first string in ``body`` (a parsed JSON value) that is not valid
+    Unicode: JSON's ``\\ud800`` escape decodes to a lone surrogate, which no tokenizer, template or
+    UTF-8 encoder accepts. Iterative, so a deeply nested body cannot exhaust the stack."""
+    stack: list[tuple[str, Any]] = [("", body)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as error:
+                code_point = ord(value[error.start])
+                message = f"contains a lone surrogate (U+{code_point:04X}) at index {error.start}, not valid Unicode"
+                raise InvalidText(path or "body", message) from None
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                child = f"{path}.{key}" if path else str(key)
+                stack.append((path or "body", key))
+                stack.append((child, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{index}" if path else str(index), item) for index, item in enumerate(value))
 
 
 class StreamOptions(BaseModel):
@@ -31,18 +59,26 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = None  # echoed back; one target serves every request
+    # No upper bound here: the handler refuses a value over the verifier's limit, naming it.
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    # NaN and infinities are refused as what they are, not as out of range.
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None  # an end-user id for the caller's own records; nothing to honour
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: float | None = Field(default=None, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(default=None, allow_inf_nan=False)
     logit_bias: dict[str, float] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        check_unicode(data)
+        return data
 
     @field_validator("temperature")
     @classmethod
@@ -59,6 +95,8 @@ class _Request(BaseModel):
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
         if any(stop == "" for stop in stops):
             raise ValueError("a stop string must not be empty")
+        if any(len(stop) > MAX_STOP_CHARS for stop in stops):
+            raise ValueError(f"a stop string may have at most {MAX_STOP_CHARS} characters")
         return value
 
     @field_validator("n")

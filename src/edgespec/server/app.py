@@ -15,6 +15,7 @@ from edgespec.models.target import TargetRuntime
 from edgespec.server.auth import TokenAuthInterceptor
 from edgespec.server.cloud_draft import CloudDraft
 from edgespec.server.limits import AdmissionLimits, SessionLimits
+from edgespec.server.health import add_probe_services
 from edgespec.server.servicer import VerifierService
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
 from edgespec.transport.security import ServerSecurity
@@ -57,6 +58,7 @@ def build_server(service: VerifierService, config: ServerConfig) -> tuple[grpc.a
         ]
     )
     pb_grpc.add_VerifierServicer_to_server(service, server)
+    add_probe_services(server, service, config.max_message_bytes)
     address = f"{config.host}:{config.port}"
     if security.tls:
         credentials = grpc.ssl_server_credentials([(security.private_key, security.certificate_chain)])

@@ -250,3 +250,21 @@ class Error(_message.Message):
     code: ErrorCode
     message: str
     def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class LimitsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServerLimits(_message.Message):
+    __slots__ = ("max_prompt_tokens", "max_new_tokens", "context_tokens", "max_message_bytes", "max_block")
+    MAX_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    max_prompt_tokens: int
+    max_new_tokens: int
+    context_tokens: int
+    max_message_bytes: int
+    max_block: int
+    def __init__(self, max_prompt_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., context_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_block: _Optional[int] = ...) -> None: ...

@@ -116,3 +116,90 @@ class Verifier:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class VerifierInfoStub:
+    """---------------------------------------------------------------- what a client may ask
+
+    A server's advertised limits, so an edge can refuse an oversized request itself before it
+    tokenizes more than it must or opens a session. Compatible addition to version 1: a server
+    without it answers UNIMPLEMENTED, and the client keeps its own limits.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetLimits = channel.unary_unary(
+                '/edgespec.v1.VerifierInfo/GetLimits',
+                request_serializer=edgespec_dot_transport_dot_edgespec__pb2.LimitsRequest.SerializeToString,
+                response_deserializer=edgespec_dot_transport_dot_edgespec__pb2.ServerLimits.FromString,
+                _registered_method=True)
+
+
+class VerifierInfoServicer:
+    """---------------------------------------------------------------- what a client may ask
+
+    A server's advertised limits, so an edge can refuse an oversized request itself before it
+    tokenizes more than it must or opens a session. Compatible addition to version 1: a server
+    without it answers UNIMPLEMENTED, and the client keeps its own limits.
+    """
+
+    def GetLimits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_VerifierInfoServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLimits,
+                    request_deserializer=edgespec_dot_transport_dot_edgespec__pb2.LimitsRequest.FromString,
+                    response_serializer=edgespec_dot_transport_dot_edgespec__pb2.ServerLimits.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'edgespec.v1.VerifierInfo', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('edgespec.v1.VerifierInfo', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class VerifierInfo:
+    """---------------------------------------------------------------- what a client may ask
+
+    A server's advertised limits, so an edge can refuse an oversized request itself before it
+    tokenizes more than it must or opens a session. Compatible addition to version 1: a server
+    without it answers UNIMPLEMENTED, and the client keeps its own limits.
+    """
+
+    @staticmethod
+    def GetLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgespec.v1.VerifierInfo/GetLimits',
+            edgespec_dot_transport_dot_edgespec__pb2.LimitsRequest.SerializeToString,
+            edgespec_dot_transport_dot_edgespec__pb2.ServerLimits.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

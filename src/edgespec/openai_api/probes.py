@@ -1,0 +1,89 @@
+"""What an operator's tools ask edge-serve, without an API key: is it alive, is it ready, how is it doing.
+
+- ``GET /health``: the process answers (always 200), with the cloud's reachability and the slots.
+- ``GET /ready``: 200 only when a request would start now: the draft models loaded, the cloud
+  verifier reachable (and its limits known), a slot free; otherwise 503 in OpenAI's error shape
+  naming what is missing, so a load balancer sends requests elsewhere.
+- ``GET /metrics``: Prometheus' text format (``metrics.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+
+from edgespec.decoding.modes import Mode
+from edgespec.openai_api.backend import EdgeBackend
+from edgespec.openai_api.cloud import CloudRefused, CloudUnavailable
+from edgespec.openai_api.errors import OpenAIError
+from edgespec.openai_api.metrics import EdgeMetrics
+
+logger = logging.getLogger(__name__)
+
+
+def models_loaded(backend: EdgeBackend) -> bool:
+    if backend.tokenizer is None:
+        return False
+    return not backend.settings.mode.uses_draft or all(slot.draft is not None for slot in backend.slots)
+
+
+async def cloud_problem(backend: EdgeBackend) -> str | None:
+    """Why the cloud cannot serve a request now, or None."""
+    if backend.settings.mode is Mode.EDGE_ONLY:
+        return None
+    try:
+        await backend.check_reachable()
+        await backend.describe_cloud()
+    except (CloudUnavailable, CloudRefused) as error:
+        return str(error)
+    return None
+
+
+def add_probe_routes(app: FastAPI, backend: EdgeBackend, metrics: EdgeMetrics) -> None:
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        try:
+            await backend.check_reachable()
+            cloud = "reachable"
+        except CloudUnavailable:
+            cloud = "unreachable"
+        return JSONResponse(
+            {
+                "status": "ok",
+                "cloud": cloud,
+                "model": backend.model_id,
+                "mode": backend.settings.mode.value,
+                "slots": len(backend.slots),
+                "free_slots": backend.free_slots,
+            }
+        )
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        missing = []
+        if not models_loaded(backend):
+            missing.append("the draft models are not loaded")
+        problem = await cloud_problem(backend)
+        if problem is not None:
+            missing.append(problem)
+        if backend.free_slots == 0:
+            missing.append(f"all {len(backend.slots)} slots are busy")
+        if missing:
+            logger.info("not ready: %s", "; ".join(missing))
+            return OpenAIError(503, "not ready: " + "; ".join(missing), "server_error", None, "not_ready").response()
+        return JSONResponse(
+            {
+                "status": "ready",
+                "model": backend.model_id,
+                "mode": backend.settings.mode.value,
+                "slots": len(backend.slots),
+                "free_slots": backend.free_slots,
+            }
+        )
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
