@@ -17,6 +17,7 @@ from edgespec.cli.options import (
     recovery_policy,
 )
 from edgespec.models.presets import DEFAULT_DRAFT
+from edgespec.openai_api.limits import RequestLimits
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +72,30 @@ def add_edge_serve_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--adaptive-gamma", action="store_true", help="choose each round's gamma from measured costs")
     parser.add_argument("--max-gamma", type=int, default=8)
+    limits = parser.add_argument_group("request limits", "checked before a request costs a slot or a cloud session")
+    limits.add_argument(
+        "--max-body-bytes", type=positive_int, default=1024 * 1024, metavar="BYTES",
+        help="a larger request body is refused with 413 (default 1 MiB)",
+    )
+    limits.add_argument(
+        "--body-timeout", type=float, default=30.0, metavar="S",
+        help="a body not fully received after S seconds is refused with 408 (default 30)",
+    )
+    limits.add_argument(
+        "--max-prompt-tokens", type=positive_int, default=None, metavar="N",
+        help="the edge's own cap on prompt tokens, below the verifier's (default: the verifier's limit)",
+    )
     add_model_arguments(parser)
     add_recovery_arguments(parser)
     add_client_security_arguments(parser)
     parser.set_defaults(handler=cmd_edge_serve)
+
+
+def request_limits(args: argparse.Namespace) -> RequestLimits:
+    """The request limits the flags name; bad values fail before any model loads."""
+    return RequestLimits(
+        max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout, max_prompt_tokens=args.max_prompt_tokens,
+    )
 
 
 def resolve_api_key(key: str | None, key_file: Path | None) -> str | None:
@@ -146,7 +167,7 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
     print(f"edgespec: edge-serve on http://{args.host}:{args.port}/v1 ({mode.value}, verifier {args.server}, "
           f"{args.max_concurrent} slots, {'API key required' if api_key else 'no API key'})", flush=True)
     uvicorn.run(
-        create_app(backend, api_key), host=args.host, port=args.port,
+        create_app(backend, api_key, request_limits(args)), host=args.host, port=args.port,
         log_level="info" if args.log or args.verbose else "warning",
     )
     return 0

@@ -15,7 +15,7 @@ from edgespec.models.target import TargetRuntime
 from edgespec.server.auth import TokenAuthInterceptor
 from edgespec.server.cloud_draft import CloudDraft
 from edgespec.server.limits import AdmissionLimits, SessionLimits
-from edgespec.server.health import add_probe_services
+from edgespec.server.health import VerifierHealth, add_probe_services
 from edgespec.server.servicer import VerifierService
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
 from edgespec.transport.security import ServerSecurity
@@ -43,7 +43,8 @@ class ServerConfig:
     exit_candidates: bool = True
 
 
-def build_server(service: VerifierService, config: ServerConfig) -> tuple[grpc.aio.Server, int]:
+def build_server(service: VerifierService, config: ServerConfig) -> tuple[grpc.aio.Server, int, VerifierHealth]:
+    """The gRPC server with the verifier, health and limits services, bound; its port and health servicer."""
     security = config.security
     server = grpc.aio.server(
         interceptors=[TokenAuthInterceptor(security.token)] if security.token else None,
@@ -58,7 +59,7 @@ def build_server(service: VerifierService, config: ServerConfig) -> tuple[grpc.a
         ]
     )
     pb_grpc.add_VerifierServicer_to_server(service, server)
-    add_probe_services(server, service, config.max_message_bytes)
+    health = add_probe_services(server, service, config.max_message_bytes)
     address = f"{config.host}:{config.port}"
     if security.tls:
         credentials = grpc.ssl_server_credentials([(security.private_key, security.certificate_chain)])
@@ -74,7 +75,7 @@ def build_server(service: VerifierService, config: ServerConfig) -> tuple[grpc.a
         port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"cannot bind {config.host}:{config.port}")
-    return server, port
+    return server, port, health
 
 
 async def serve(
@@ -103,7 +104,7 @@ async def serve(
         config.admission.max_batch_rows,
         config.admission.prefill_chunk or "the whole prompt (alone)", worst_case / 2**30,
     )
-    server, port = build_server(service, config)
+    server, port, health = build_server(service, config)
     await server.start()
     logger.info("serving %s on %s:%d (exits %s)", target_name, config.host, port, exits.layers if exits else "none")
     guards = (("TLS", config.security.tls), ("auth token", config.security.token))
@@ -121,6 +122,8 @@ async def serve(
     try:
         await stop.wait()
     finally:
+        # NOT_SERVING first, so a load balancer probing health stops sending sessions before the port closes.
+        await health.enter_graceful_shutdown()
         await server.stop(grace=1.0)
         service.shutdown()
 
@@ -136,6 +139,7 @@ class RunningServer:
         self._started = threading.Event()
         self._server: grpc.aio.Server | None = None
         self.port = 0
+        self.health: VerifierHealth | None = None
         self._thread = threading.Thread(target=self._run, args=(config,), daemon=True, name="edgespec-server")
         self._thread.start()
         if not self._started.wait(timeout=30):
@@ -145,7 +149,7 @@ class RunningServer:
         asyncio.set_event_loop(self._loop)
 
         async def start() -> None:
-            self._server, self.port = build_server(self.service, config)
+            self._server, self.port, self.health = build_server(self.service, config)
             await self._server.start()
             self._started.set()
 
