@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from edgespec.data.prompt_sets import load_prompts
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.engine import LocalEngine
-from edgespec.decoding.modes import Mode
+from edgespec.core.config import GenerationConfig
+from edgespec.drivers.local_engine import LocalEngine
+from edgespec.core.modes import Mode
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.loading import load_model
 from edgespec.models.target import TargetRuntime

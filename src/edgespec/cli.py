@@ -27,7 +27,7 @@ from edgespec.cli_security import (
 
 if TYPE_CHECKING:  # heavy imports (torch, transformers) wait until a command needs them
     from edgespec.client.recovery import RecoveryPolicy
-    from edgespec.decoding.stats import GenerationStats
+    from edgespec.core.stats import GenerationStats
     from edgespec.models.exit_heads import ExitHeads
 
 logger = logging.getLogger("edgespec")
@@ -271,9 +271,9 @@ def cmd_models_path(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from edgespec.decoding.config import GenerationConfig, GenerationResult
-    from edgespec.decoding.modes import Mode
-    from edgespec.decoding.sampling import SamplingParams
+    from edgespec.core.config import GenerationConfig, GenerationResult
+    from edgespec.core.modes import Mode
+    from edgespec.core.config import SamplingParams
     from edgespec.models.loading import load_draft, load_model, load_tokenizer
     from edgespec.prompting import eos_token_ids, render_prompt
 
@@ -312,11 +312,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # Provisional tokens (the draft's, during an outage) and their retractions go to stderr.
     on_event = None if args.json else ProvisionalPrinter(tokenizer, sys.stderr)
     if args.local:
-        from edgespec.decoding.engine import LocalEngine
+        from edgespec.drivers.local_engine import LocalEngine
         from edgespec.models.target import TargetRuntime
 
         from edgespec.netem import resolve_profile
-        from edgespec.rounds.world import Link
+        from edgespec.drivers.virtual_clock import Link
 
         exits = resolve_exits(args.exits, target.model, args.target) if mode.uses_exits else None
         link = Link()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgespec.decoding.config import GenerationConfig
+from edgespec.core.config import GenerationConfig
 
 _DEFAULTS = GenerationConfig()
 

@@ -4,7 +4,7 @@ fell back to edge-only says so."""
 from __future__ import annotations
 
 from edgespec.cli import build_parser, fallback_warning, format_stats, recovery_policy
-from edgespec.decoding.stats import GenerationStats
+from edgespec.core.stats import GenerationStats
 
 
 def parse(*extra: str):  # type: ignore[no-untyped-def]

@@ -10,10 +10,10 @@ import io
 import torch
 
 from edgespec.cli import ProvisionalPrinter, build_parser, recovery_policy
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.modes import Mode
-from edgespec.decoding.sampling import SamplingParams
-from edgespec.rounds.state import Generation, TextEvent, apply_events
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
+from edgespec.core.config import SamplingParams
+from edgespec.core.generation import Generation, TextEvent, apply_events
 
 PROMPT = [1, 2, 3]
 

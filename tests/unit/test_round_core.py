@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.modes import Mode
-from edgespec.decoding.verification import Verdict
-from edgespec.models.draft import DraftBlock
-from edgespec.rounds import client as core
-from edgespec.rounds.server import Drop, IncomingBlock, OutOfOrder, Reject, SendFinal, ServerRounds, StreamEarly, Verify
-from edgespec.rounds.state import Generation
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
+from edgespec.core.verdict import Verdict
+from edgespec.core.block import DraftBlock
+from edgespec.core import edge as edge_core
+from edgespec.core.verifier import Drop, IncomingBlock, OutOfOrder, Reject, SendFinal, VerifierRounds, StreamEarly, Verify
+from edgespec.core.generation import Generation
 
 PROMPT = [1, 2, 3]
 
 
-def rounds(mode: Mode, **config: object) -> core.ClientRounds:
-    return core.ClientRounds(Generation(PROMPT, mode, GenerationConfig(**config)))  # type: ignore[arg-type]
+def rounds(mode: Mode, **config: object) -> edge_core.EdgeRounds:
+    return edge_core.EdgeRounds(Generation(PROMPT, mode, GenerationConfig(**config)))  # type: ignore[arg-type]
 
 
 def kinds(actions: list[object]) -> list[str]:
@@ -26,9 +26,9 @@ def kinds(actions: list[object]) -> list[str]:
 def test_sd_round_drafts_sends_and_commits() -> None:
     client = rounds(Mode.SD, gamma=3, max_new_tokens=10)
     (draft,) = client.start()
-    assert isinstance(draft, core.Draft) and draft.sequence == PROMPT and draft.gamma == 3
+    assert isinstance(draft, edge_core.Draft) and draft.sequence == PROMPT and draft.gamma == 3
     (send,) = client.drafted(draft.id, DraftBlock([7, 8, 9]), 0.0, 0.1)
-    assert isinstance(send, core.SendBlock) and send.round == 0 and send.assumes is None
+    assert isinstance(send, edge_core.SendBlock) and send.round == 0 and send.assumes is None
     actions = client.final(0, Verdict(2, 5), False, False, 0.2, 0.4)
     assert kinds(actions) == ["Commit", "Draft"]
     assert actions[0].tokens == [7, 8, 5]
@@ -51,7 +51,7 @@ def test_predraft_hit_sends_the_predraft_at_once() -> None:
     (draft,) = client.start()
     client.drafted(draft.id, DraftBlock([7, 8]), 0, 0)
     (pre,) = client.early(0, 14, Verdict(2, 6), 0.1)
-    assert isinstance(pre, core.Draft) and pre.sequence == PROMPT + [7, 8, 6] and pre.round == 1
+    assert isinstance(pre, edge_core.Draft) and pre.sequence == PROMPT + [7, 8, 6] and pre.round == 1
     assert client.drafted(pre.id, DraftBlock([10, 11]), 0.1, 0.2) == []  # held until the verdict
     actions = client.final(0, Verdict(2, 6), False, False, 0.3, 0.3)
     assert kinds(actions) == ["Commit", "SendBlock"] and actions[1].block.tokens == [10, 11] and actions[1].assumes is None
@@ -77,7 +77,7 @@ def test_a_new_early_verdict_replaces_the_predraft() -> None:
     (first,) = client.early(0, 14, Verdict(2, 6), 0.1)
     assert client.early(0, 21, Verdict(2, 6), 0.15) == []  # the same verdict again: nothing new
     cancel, second = client.early(0, 21, Verdict(0, 4), 0.2)
-    assert cancel == core.CancelDraft(first.id) and second.sequence == PROMPT + [4]
+    assert cancel == edge_core.CancelDraft(first.id) and second.sequence == PROMPT + [4]
 
 
 def test_pipelined_predraft_ships_tagged_and_is_not_resent_on_a_hit() -> None:
@@ -98,7 +98,7 @@ def test_the_guess_branch_starts_at_send_time_and_chains() -> None:
     (draft,) = client.start()
     assert draft.gamma == 2
     send, guess = client.drafted(draft.id, DraftBlock([7, 8]), 0, 0.1)
-    assert send.block.tokens == [7, 8] and isinstance(guess, core.Draft)
+    assert send.block.tokens == [7, 8] and isinstance(guess, edge_core.Draft)
     # The guess drafts on from the block: its first token is the bonus it assumes.
     assert guess.sequence == PROMPT + [7, 8] and guess.gamma == 3
     assert client.drafted(guess.id, DraftBlock([6, 10, 11]), 0.1, 0.2) == []
@@ -115,7 +115,7 @@ def test_a_guess_still_drafting_is_decided_when_its_bonus_is_known() -> None:
     _, guess = client.drafted(draft.id, DraftBlock([7, 8]), 0, 0.1)
     assert kinds(client.final(0, Verdict(2, 6), False, False, 0.3, 0.15)) == ["Commit"]  # wait for it
     (send, next_guess) = client.drafted(guess.id, DraftBlock([6, 10, 11]), 0.1, 0.2)
-    assert send.round == 1 and send.block.tokens == [10, 11] and isinstance(next_guess, core.Draft)
+    assert send.round == 1 and send.block.tokens == [10, 11] and isinstance(next_guess, edge_core.Draft)
     # A wrong bonus: the round is redrafted from the verdict.
     client.final(1, Verdict(2, 4), False, False, 0.3, 0.4)
     (redraft,) = client.drafted(next_guess.id, DraftBlock([5, 1, 2]), 0.2, 0.5)
@@ -154,7 +154,7 @@ def test_a_later_exit_replaces_an_unshipped_earlier_branch() -> None:
     _, guess = client.drafted(draft.id, DraftBlock([7, 8]), 0, 0.1)
     (first,) = client.early(0, 14, Verdict(1, 4), 0.15)
     cancel, second = client.early(0, 21, Verdict(0, 3), 0.2)
-    assert cancel == core.CancelDraft(first.id)  # the older exit goes, the guess stays
+    assert cancel == edge_core.CancelDraft(first.id)  # the older exit goes, the guess stays
     assert second.sequence == PROMPT + [3]
     actions = client.final(0, Verdict(0, 9), False, False, 0.3, 0.4)
     assert kinds(actions) == ["Commit", "CancelDraft", "CancelDraft", "Draft"] and client.gen.stats.misses == 1
@@ -168,10 +168,10 @@ def test_guessing_stops_when_it_does_not_pay() -> None:
     for round_index in range(12):
         # A guess (3 tokens, 0.3 s) outlasts the wait for the verdict (0.1 s): a wrong one costs.
         actions = client.drafted(draft.id, DraftBlock([7, 8]), at, at + 0.2)
-        guess = next((a for a in actions if isinstance(a, core.Draft)), None)
+        guess = next((a for a in actions if isinstance(a, edge_core.Draft)), None)
         guesses += guess is not None
         actions = client.final(round_index, Verdict(0, 5), False, False, 0.05, at + 0.3)  # every guess wrong
-        draft = next(a for a in actions if isinstance(a, core.Draft))
+        draft = next(a for a in actions if isinstance(a, edge_core.Draft))
         at += 0.3
     assert 0 < guesses < 12
 
@@ -180,12 +180,12 @@ def test_a_final_verdict_for_another_round_is_a_protocol_violation() -> None:
     client = rounds(Mode.SD)
     (draft,) = client.start()
     client.drafted(draft.id, DraftBlock([7]), 0, 0)
-    with pytest.raises(core.ProtocolViolation):
+    with pytest.raises(edge_core.ProtocolViolation):
         client.final(3, Verdict(0, 1), False, False, 0, 0)
 
 
-def server(**kw: object) -> ServerRounds:
-    return ServerRounds(list(PROMPT), len(PROMPT), frozenset({99}), int(kw.pop("max_new_tokens", 20)), **kw)  # type: ignore[arg-type]
+def server(**kw: object) -> VerifierRounds:
+    return VerifierRounds(list(PROMPT), len(PROMPT), frozenset({99}), int(kw.pop("max_new_tokens", 20)), **kw)  # type: ignore[arg-type]
 
 
 def test_server_verifies_a_pipelined_block_the_moment_its_assumption_holds() -> None:
@@ -248,16 +248,16 @@ def test_server_streams_only_confident_early_verdicts_of_the_round_in_flight() -
 
 
 def test_a_resumed_session_ending_in_eos_is_finished() -> None:
-    rounds_ = ServerRounds(PROMPT + [5, 99], len(PROMPT), frozenset({99}), 20)
+    rounds_ = VerifierRounds(PROMPT + [5, 99], len(PROMPT), frozenset({99}), 20)
     assert rounds_.finished
     with pytest.raises(OutOfOrder):
         rounds_.block(IncomingBlock(0, [1]))
 
 
 def test_the_guess_gate_guesses_whenever_a_wrong_guess_costs_nothing() -> None:
-    from edgespec.rounds.client import _GuessGate
+    from edgespec.core.edge import _BranchPayoff
 
-    gate = _GuessGate()
+    gate = _BranchPayoff()
     for first in (True, False, False):  # low acceptance: one of four tokens per round
         gate.observe_round(4, 1, draft_s=0.16, wait_s=0.4, first=first)
     assert gate.hit_rate(4) < 0.05
@@ -272,7 +272,7 @@ def test_the_guess_gate_guesses_whenever_a_wrong_guess_costs_nothing() -> None:
 
 
 def test_runner_up_verdicts_go_likeliest_rejection_first() -> None:
-    from edgespec.rounds.client import _runner_up_verdicts
+    from edgespec.core.edge import _runner_up_verdicts
 
     # Rejection at w ≈ c_0 ⋯ c_(w-1) · (1 − c_w): 0.1, 0.9·0.5 = 0.45, 0.45·0.8 = 0.36.
     block = DraftBlock([7, 8, 9], confidence=[0.9, 0.5, 0.2], runner_up=[17, 18, 9])
@@ -313,9 +313,9 @@ def test_runner_up_branches_need_branches_beyond_the_guess_and_the_switch() -> N
 
 
 def test_the_gate_drops_runner_ups_that_are_never_right_and_cannot_finish() -> None:
-    from edgespec.rounds.client import _GuessGate
+    from edgespec.core.edge import _BranchPayoff
 
-    gate = _GuessGate()
+    gate = _BranchPayoff()
     for first in (True, False, False):
         gate.observe_round(4, 4, draft_s=0.16, wait_s=0.4, first=first)
     # 4 tokens at 40 ms behind a 5-token guess: done at 360 ms, before the verdict (400 ms).

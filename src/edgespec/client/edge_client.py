@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 import grpc
 
 from edgespec.client.channel import keepalive_options, open_channel, session_call
-from edgespec.client.draft_loops import decode_edge_only, decode_provisional
+from edgespec.client.draft_only_decoding import decode_edge_only, decode_provisional
 from edgespec.client.recovery import (
     TRANSIENT_SERVER_CODES,
     Outage,
@@ -29,13 +29,13 @@ from edgespec.client.recovery import (
     wait_connected,
     wait_until_reachable,
 )
-from edgespec.client.round_driver import EdgeRun, RoundDriver
+from edgespec.client.round_driver import EdgeRun, RoundDriver, join_distribution_rows
 from edgespec.client.stream import ConnectionLost, ServerError, SessionStream, open_session
 from edgespec.client.sync_bridge import run_sync
-from edgespec.decoding.config import GenerationConfig, GenerationResult
-from edgespec.decoding.modes import Mode
+from edgespec.core.config import GenerationConfig, GenerationResult
+from edgespec.core.modes import Mode
 from edgespec.models.draft import DraftRuntime
-from edgespec.rounds.state import Generation, TextEvent
+from edgespec.core.generation import Generation, TextEvent
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport.security import INSECURE, ClientSecurity
 
@@ -117,7 +117,7 @@ class EdgeClient:
     ) -> GenerationResult:
         if mode.uses_draft and self.draft is None:
             raise ValueError(f"mode {mode.value} needs a draft model on the edge")
-        run = EdgeRun(Generation(prompt_ids, mode, config), on_commit, on_event)
+        run = EdgeRun(Generation(prompt_ids, mode, config, join_rows=join_distribution_rows), on_commit, on_event)
         if self.draft is not None and not self.options.reuse_draft_cache:
             # On the draft thread: a pre-draft of the last generation may still be running there
             # (stopped, but not yet at its next step), and the cache is that thread's.

@@ -14,13 +14,22 @@ import time
 from concurrent.futures import Executor
 from typing import Callable
 
+import torch
+
 from edgespec.client.stream import ServerError, SessionStream
-from edgespec.decoding.config import DRAFT_SEED_OFFSET
-from edgespec.models.draft import DraftBlock, DraftRuntime
-from edgespec.rounds import client as core
-from edgespec.rounds.state import Generation, TextEvent
+from edgespec.core.config import DRAFT_SEED_OFFSET
+from edgespec.core.block import DraftBlock
+from edgespec.models.draft import DraftRuntime
+from edgespec.core import edge as edge_core
+from edgespec.core.generation import Generation, TextEvent
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport.codec import candidates_to_wire, distributions_to_wire, verdict_of
+
+
+def join_distribution_rows(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The draft's distributions of provisional tokens kept by several decode steps, as one
+    block's [gamma, vocab] rows (``Generation``'s ``join_rows``)."""
+    return torch.cat(parts)
 
 
 class EdgeRun:
@@ -63,10 +72,10 @@ class RoundDriver:
         self.gen = run.gen
         self.draft = draft
         self.draft_thread = draft_thread
-        self.rounds = core.ClientRounds(run.gen)
+        self.rounds = edge_core.EdgeRounds(run.gen)
         self._drafts: dict[asyncio.Future, tuple[int, threading.Event]] = {}
         self._stream: SessionStream | None = None
-        self._unsent: list[core.SendBlock] = []
+        self._unsent: list[edge_core.SendBlock] = []
 
     def start(self) -> None:
         """Start drafting the first block (while the server prefills the prompt)."""
@@ -97,7 +106,7 @@ class RoundDriver:
             future.cancel()
         self._drafts.clear()
 
-    def _on_message(self, message: pb.ServerMessage) -> list[core.ClientAction]:
+    def _on_message(self, message: pb.ServerMessage) -> list[edge_core.ClientAction]:
         kind, now = message.WhichOneof("kind"), self.run.now()
         try:
             if kind == "early":
@@ -108,32 +117,32 @@ class RoundDriver:
                 return self.rounds.final(final.round, verdict_of(final), final.finished, final.pipelined, final.verify_ms / 1000, now)
             if kind == "dropped":
                 return self.rounds.dropped(message.dropped.round)
-        except core.ProtocolViolation as error:
+        except edge_core.ProtocolViolation as error:
             raise ServerError("BAD_REPLY", str(error)) from None
         raise ServerError("BAD_REPLY", f"unexpected {kind} message in round {self.rounds.round}")
 
-    async def _apply(self, actions: list[core.ClientAction]) -> None:
+    async def _apply(self, actions: list[edge_core.ClientAction]) -> None:
         for action in actions:
-            if isinstance(action, core.SendBlock):
+            if isinstance(action, edge_core.SendBlock):
                 await self._send(action)
                 if action.assumes is None:  # its wait starts now, not when it was drafted
                     self.rounds.sent(action.round, self.run.now())
             else:
                 self._apply_sync([action])
 
-    def _apply_sync(self, actions: list[core.ClientAction]) -> None:
+    def _apply_sync(self, actions: list[edge_core.ClientAction]) -> None:
         for action in actions:
-            if isinstance(action, core.Draft):
+            if isinstance(action, edge_core.Draft):
                 self._start_draft(action)
-            elif isinstance(action, core.CancelDraft):
+            elif isinstance(action, edge_core.CancelDraft):
                 for draft_id, stop in self._drafts.values():
                     if draft_id == action.id:
                         stop.set()
-            elif isinstance(action, core.SendBlock):
+            elif isinstance(action, edge_core.SendBlock):
                 self._unsent.append(action)  # before the session opened
-            # core.Commit: the generation already told the listeners (Generation.commit).
+            # edge_core.Commit: the generation already told the listeners (Generation.commit).
 
-    def _start_draft(self, action: core.Draft) -> None:
+    def _start_draft(self, action: edge_core.Draft) -> None:
         stop = threading.Event()
         config, now, draft = self.gen.config, self.run.now, self.draft
         with_candidates = config.wants_early_verdicts(self.gen.mode)
@@ -160,7 +169,7 @@ class RoundDriver:
         future = asyncio.get_running_loop().run_in_executor(self.draft_thread, work)
         self._drafts[future] = (action.id, stop)
 
-    async def _send(self, send: core.SendBlock) -> None:
+    async def _send(self, send: edge_core.SendBlock) -> None:
         assert self._stream is not None
         block = send.block
         message = pb.DraftBlock(

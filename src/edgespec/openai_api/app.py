@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Awaitable, TypeVar
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from edgespec.decoding.stats import GenerationStats
+from edgespec.core.stats import GenerationStats
 from edgespec.openai_api.backend import EdgeBackend, Event, Failed, Finished, RequestRun, SamplingRequest, TextDelta
 from edgespec.openai_api.cloud import CloudRefused, CloudUnavailable
 from edgespec.openai_api.errors import OpenAIError, bad_request, install_error_handlers

@@ -85,8 +85,8 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
     from edgespec.cli import recovery_policy
     from edgespec.cli_security import client_security
     from edgespec.client.edge_client import ClientOptions
-    from edgespec.decoding.config import GenerationConfig
-    from edgespec.decoding.modes import Mode
+    from edgespec.core.config import GenerationConfig
+    from edgespec.core.modes import Mode
     from edgespec.models.loading import load_tokenizer
     from edgespec.openai_api.app import create_app
     from edgespec.openai_api.backend import BackendSettings, EdgeBackend

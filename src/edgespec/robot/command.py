@@ -80,8 +80,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     """One episode in one mode: load the models, run, write everything to --out."""
     import torch
 
-    from edgespec.decoding.config import GenerationConfig
-    from edgespec.decoding.modes import Mode
+    from edgespec.core.config import GenerationConfig
+    from edgespec.core.modes import Mode
     from edgespec.models.loading import load_draft, load_model, load_tokenizer
     from edgespec.prompting import eos_token_ids
     from edgespec.robot.decision import ModelDecider, local_generate, remote_generate
@@ -225,7 +225,7 @@ def compare(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
     from edgespec.bench.processes import deploy, edgespec_command, pin_to_core
-    from edgespec.decoding.modes import Mode
+    from edgespec.core.modes import Mode
 
     modes = [Mode.parse(m).value for m in args.compare.split(",") if m.strip()]
     if not modes:

@@ -16,13 +16,13 @@ from typing import AsyncIterator
 import grpc
 
 from edgespec.decoding.early import EarlyVerdict
-from edgespec.decoding.gamma_policy import AdaptiveGamma
+from edgespec.core.gamma import AdaptiveGamma
 from edgespec.models.target import TargetRuntime
 from edgespec.prompting import render_prompt
 from edgespec.server.cloud_draft import CloudDraft
 from edgespec.server.scheduler import AdmissionLimits, BatchScheduler, Job
-from edgespec.rounds.colocated import ColocatedRounds
-from edgespec.rounds.server import Drop, IncomingBlock, OutOfOrder, Reject, SendFinal, ServerAction, Verify
+from edgespec.core.colocated import ColocatedRounds
+from edgespec.core.verifier import Drop, IncomingBlock, OutOfOrder, Reject, SendFinal, ServerAction, Verify
 from edgespec.server.prefix_cache import TenantPrefixCaches
 from edgespec.server.refusals import Refused
 from edgespec.server.session import ServerSession, SessionLimits
@@ -175,6 +175,8 @@ class VerifierService(pb_grpc.VerifierServicer):
             self.eos_ids,
             self.limits,
             self.prefix_caches.for_tenant(tenant) if self.prefix_caches else None,
+            # Receive-only sessions never stream early verdicts.
+            early_verdicts=request.kind == pb.SPECULATIVE and bool(request.early_verdicts),
         )
         self.sessions[session.id] = session
         try:
@@ -204,7 +206,6 @@ class VerifierService(pb_grpc.VerifierServicer):
             # prefill, or a client gone mid cloud-ar decode, must not leave it counted open.
             self.sessions.pop(session.id, None)
             raise
-        session.rounds.early_verdicts = bool(request.early_verdicts)
         return session
 
     async def _decode_all(self, session: ServerSession, replies: asyncio.Queue[object], opened_at: float) -> None:

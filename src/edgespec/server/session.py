@@ -2,7 +2,7 @@
 verification randomness, and the rules for which block may be verified next.
 
 The order of rounds (which block is verified next, which pipelined block is dropped) is the round
-core's (``rounds/server.py``); this holds what the forwards need: the cache, the sampling, the seed.
+core's (``core/verifier.py``); this holds what the forwards need: the cache, the sampling, the seed.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from typing import Callable
 import torch
 
 from edgespec.decoding.early import EarlyVerdict, EarlyVerdictJudge
-from edgespec.decoding.rounds import begin_round
-from edgespec.decoding.sampling import SamplingParams, token_from_forward
-from edgespec.decoding.verification import RoundUniforms, Verdict
+from edgespec.decoding.block_scoring import begin_round
+from edgespec.core.config import SamplingParams
+from edgespec.decoding.sampling import token_from_forward
+from edgespec.decoding.verification import RoundUniforms
+from edgespec.core.verdict import Verdict
 from edgespec.models.target import ScoreRequest, TargetRuntime
-from edgespec.rounds.server import ServerRounds, Verify
+from edgespec.core.verifier import VerifierRounds, Verify
 from edgespec.server.prefix_cache import PrefixCache
 from edgespec.server.scheduler import Job
 from edgespec.server.refusals import Refused
@@ -50,6 +52,7 @@ class ServerSession:
         eos_ids: frozenset[int],
         limits: SessionLimits,
         prefix_cache: PrefixCache | None = None,
+        early_verdicts: bool = False,
     ) -> None:
         vocab = runtime.vocab_size
         if not prompt_ids:
@@ -75,7 +78,9 @@ class ServerSession:
         self.sampling = sampling
         self.seed = seed  # verification uniforms are keyed by (seed, position): see RoundUniforms.at
         self.limits = limits
-        self.rounds = ServerRounds(list(prompt_ids) + list(committed_ids), len(prompt_ids), eos_ids, max_new_tokens)
+        self.rounds = VerifierRounds(
+            list(prompt_ids) + list(committed_ids), len(prompt_ids), eos_ids, max_new_tokens, early_verdicts=early_verdicts
+        )
 
     @property
     def sequence(self) -> list[int]:

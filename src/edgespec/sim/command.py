@@ -11,7 +11,7 @@ from typing import Any
 
 from edgespec.bench.metrics import PriceModel
 from edgespec.cli_rounds import add_round_policy_arguments
-from edgespec.decoding.modes import Mode
+from edgespec.core.modes import Mode
 
 HEATMAP_RTTS_MS = (0, 10, 25, 50, 100, 200)
 HEATMAP_DECODE_MS = (5, 10, 20, 40, 80, 160, 320)
@@ -81,7 +81,8 @@ def run_trace(args: argparse.Namespace) -> int:
     from edgespec.models.loading import load_model, resolve_dtype
     from edgespec.models.target import TargetRuntime
     from edgespec.prompting import eos_token_ids, render_prompt
-    from edgespec.sim.trace import record_trace, write_traces
+    from edgespec.sim.trace import record_trace
+    from edgespec.drivers.trace import write_traces
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,7 +108,7 @@ def run_trace(args: argparse.Namespace) -> int:
 
 
 def resolve_hardware(args: argparse.Namespace) -> Any:
-    from edgespec.sim.costs import HardwareProfile, h200_profile
+    from edgespec.drivers.cost_profile import HardwareProfile, h200_profile
     from edgespec.sim.probe import cache_path, host_profile
 
     if args.hardware == "host":
@@ -130,8 +131,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     from edgespec.capacity import capacity_table, default_slo, plot_capacity, render_capacity_markdown
     from edgespec.sim.plots import plot_speedup_map
     from edgespec.sim.simulate import SimConfig, clients_sweep, colocated_comparison, link_for, render_colocated, simulate, speedup_grid
-    from edgespec.sim.replay import ExitOracle
-    from edgespec.sim.trace import load_traces
+    from edgespec.drivers.trace_backends import ExitOracle
+    from edgespec.drivers.trace import load_traces
 
     traces = load_traces(args.traces)
     meta = json.loads((Path(args.traces) / "meta.json").read_text())

@@ -1,5 +1,5 @@
 """Backends that replay a greedy trace and charge a hardware profile's costs: the simulator is
-the discrete-event world (``rounds/world.py``) with these instead of the real models."""
+the virtual-clock driver (``drivers/virtual_clock.py``) with these instead of the real models."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from edgespec.decoding.early import UNSCORED_BONUS, EarlyVerdict
-from edgespec.decoding.verification import Verdict
-from edgespec.models.draft import DraftBlock
+from edgespec.core.verdict import Verdict
+from edgespec.core.block import DraftBlock
 from edgespec.models.kv import valid_prefix
-from edgespec.rounds.world import CloudJob, VerifyResult
-from edgespec.sim.costs import HardwareProfile
-from edgespec.sim.trace import Trace
+from edgespec.drivers.virtual_clock import CloudJob, VerifyResult
+from edgespec.drivers.cost_profile import HardwareProfile
+from edgespec.drivers.trace import Trace
 
 # Tokens no model emits: what the draft "says" past the point where the trace stops knowing
 # (after its own first disagreement, or after a wrongly assumed verdict). They can never be

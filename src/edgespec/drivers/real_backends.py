@@ -1,5 +1,5 @@
 """Backends that run the real models and charge their measured wall time: the in-process engine
-is the discrete-event world (``rounds/world.py``) with these, so every mode, pre-drafting and
+is the virtual-clock driver (``drivers/virtual_clock.py``) with these, so every mode, pre-drafting and
 pipelining included, runs the real draft and target with each side's real cost."""
 
 from __future__ import annotations
@@ -7,14 +7,16 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
-from edgespec.decoding.config import DRAFT_SEED_OFFSET
-from edgespec.decoding.rounds import begin_round
-from edgespec.decoding.sampling import SamplingParams, token_from_forward
+from edgespec.core.config import DRAFT_SEED_OFFSET
+from edgespec.decoding.block_scoring import begin_round
+from edgespec.core.config import SamplingParams
+from edgespec.decoding.sampling import token_from_forward
 from edgespec.decoding.verification import RoundUniforms
-from edgespec.models.draft import DraftBlock, DraftRuntime
+from edgespec.core.block import DraftBlock
+from edgespec.models.draft import DraftRuntime
 from edgespec.models.kv import TrackedCache
 from edgespec.models.target import TargetRuntime
-from edgespec.rounds.world import CloudJob, VerifyResult
+from edgespec.drivers.virtual_clock import CloudJob, VerifyResult
 
 
 class RealEdge:

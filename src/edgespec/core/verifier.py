@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Collection
 
-from edgespec.decoding.stopping import Commit, clip_to_stop
-from edgespec.decoding.verification import Verdict
+from edgespec.core.stopping import ClippedTokens, clip_to_stop
+from edgespec.core.verdict import Verdict
 
 
 class OutOfOrder(ValueError):
@@ -35,7 +35,7 @@ class IncomingBlock:
 
 @dataclass(frozen=True)
 class Verify:
-    """Run the forward for ``block`` after ``sequence``; report with ``ServerRounds.verified``."""
+    """Run the forward for ``block`` after ``sequence``; report with ``VerifierRounds.verified``."""
 
     block: IncomingBlock
     sequence: list[int]
@@ -79,7 +79,7 @@ ServerAction = Verify | StreamEarly | SendFinal | Drop | Reject
 
 
 @dataclass
-class ServerRounds:
+class VerifierRounds:
     """One session's verification order. ``sequence`` is prompt + committed tokens."""
 
     sequence: list[int]
@@ -133,7 +133,7 @@ class ServerRounds:
             return []
         return [StreamEarly(round_index, layer, verdict, confidence, elapsed_s)]
 
-    def decoded(self, token: int) -> Commit:
+    def decoded(self, token: int) -> ClippedTokens:
         """cloud-ar: the token one decode chose, committed (or not, past EOS or the budget)."""
         step = clip_to_stop([token], self.eos_ids, self.max_new_tokens - self.produced)
         self.sequence.extend(step.tokens)

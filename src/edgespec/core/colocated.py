@@ -1,7 +1,7 @@
 """cloud-sd, sans I/O: speculative decoding entirely on the server (the co-located baseline).
 
 The server drafts each block with a draft model of its own, verifies it with the same round core
-and verification rule as edge speculation (``ServerRounds``, ``decoding/rounds.begin_round``), and
+and verification rule as edge speculation (``VerifierRounds``, ``decoding/block_scoring.begin_round``), and
 streams the committed tokens to the client, which only receives, as in ``cloud-ar``. So cloud-sd
 is lossless by the same code as ``sd``; what differs is who pays for the draft: the server's
 processor, between its target forwards.
@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgespec.decoding.gamma_policy import AdaptiveGamma
-from edgespec.decoding.verification import Verdict
-from edgespec.models.draft import DraftBlock
-from edgespec.rounds.server import IncomingBlock, SendFinal, ServerRounds, Verify
+from edgespec.core.gamma import AdaptiveGamma
+from edgespec.core.verdict import Verdict
+from edgespec.core.block import DraftBlock
+from edgespec.core.verifier import IncomingBlock, SendFinal, VerifierRounds, Verify
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,10 @@ class CloudRound:
 
 class ColocatedRounds:
     """One cloud-sd session's rounds on the server. γ is fixed, or chosen each round by the same
-    adaptive policy the edge uses (``decoding/gamma_policy.py``), fed the server's own draft and
+    adaptive policy the edge uses (``core/gamma.py``), fed the server's own draft and
     verify times."""
 
-    def __init__(self, rounds: ServerRounds, gamma: int, policy: AdaptiveGamma | None = None, stop_below: float = 0.0) -> None:
+    def __init__(self, rounds: VerifierRounds, gamma: int, policy: AdaptiveGamma | None = None, stop_below: float = 0.0) -> None:
         if not 1 <= gamma <= 64:
             raise ValueError(f"gamma must be in 1..64, got {gamma}")
         self.rounds = rounds

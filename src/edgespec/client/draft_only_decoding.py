@@ -1,4 +1,4 @@
-"""The edge deciding tokens with the draft alone: the edge-only mode, and provisional tokens
+"""Decoding with the draft alone, one token at a time: the edge-only mode, and provisional tokens
 while the server is unreachable (re-verified once it answers)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from concurrent.futures import Executor
 from typing import Callable
 
 from edgespec.client.round_driver import EdgeRun
-from edgespec.decoding.config import DRAFT_SEED_OFFSET
+from edgespec.core.config import DRAFT_SEED_OFFSET
 from edgespec.decoding.sampling import choose_token, position_uniform
-from edgespec.decoding.stopping import clip_to_stop
+from edgespec.core.stopping import FinishReason, clip_to_stop
 from edgespec.models.draft import DraftRuntime
 
 
@@ -26,7 +26,7 @@ async def decode_provisional(run: EdgeRun, draft: DraftRuntime, thread: Executor
     while gen.provisional_end is None:
         budget = gen.budget(len(gen.provisional))
         if budget <= 0:
-            gen.provisional_end = "length"
+            gen.provisional_ended(FinishReason.LENGTH)
             return
         sequence = gen.committed + gen.provisional
         start = run.now()
@@ -35,9 +35,7 @@ async def decode_provisional(run: EdgeRun, draft: DraftRuntime, thread: Executor
         stats.draft_s += end - start
         gen.record("edge", "provisional decode", start, end)
         step = clip_to_stop(block.tokens, gen.eos, budget)
-        gen.add_provisional(step.tokens, block.probs)
-        if step.finished:
-            gen.provisional_end = step.reason
+        gen.add_provisional(step.tokens, block.probs, end=step.reason)
         if until():
             return
 

@@ -8,8 +8,8 @@ gRPC server's scheduler does. In ``cloud-sd`` the verifier drafts too (``colocat
 session's draft is a verifier job of its own kind, batched only with other sessions' drafts, so
 it occupies the verifier between target forwards. What a draft or a forward *produces* and what it *costs* come from
 backends: the real models with their measured wall time (the in-process engine), or a recorded
-trace with a hardware cost profile (the simulator). The round logic is ``ClientRounds`` and
-``ServerRounds``, the same objects the gRPC drivers run.
+trace with a hardware cost profile (the simulator). The round logic is ``EdgeRounds`` and
+``VerifierRounds``, the same objects the gRPC drivers run.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
-from edgespec.decoding.config import GenerationConfig, GenerationResult
+from edgespec.core.config import GenerationConfig, GenerationResult
 from edgespec.decoding.early import EarlyVerdict
-from edgespec.decoding.modes import Mode
-from edgespec.decoding.verification import Verdict
-from edgespec.models.draft import DraftBlock
-from edgespec.rounds import client as core
-from edgespec.rounds.colocated import ColocatedRounds, ServerDraft
-from edgespec.rounds.server import Drop, IncomingBlock, SendFinal, ServerRounds, StreamEarly, Verify
-from edgespec.rounds.state import Generation
+from edgespec.core.modes import Mode
+from edgespec.core.verdict import Verdict
+from edgespec.core.block import DraftBlock
+from edgespec.core import edge as edge_core
+from edgespec.core.colocated import ColocatedRounds, ServerDraft
+from edgespec.core.verifier import Drop, IncomingBlock, SendFinal, VerifierRounds, StreamEarly, Verify
+from edgespec.core.generation import Generation
 
 # Approximate wire sizes (bytes, gRPC framing included) of the protocol's messages: enough for a
 # bandwidth term, which is microseconds at WAN rates.
@@ -152,10 +152,10 @@ class _Edge:
     def __init__(self, events: _Events, backend: EdgeBackend) -> None:
         self.events = events
         self.backend = backend
-        self._queue: list[tuple[core.Draft, Callable[[DraftBlock, float, float], None]]] = []
+        self._queue: list[tuple[edge_core.Draft, Callable[[DraftBlock, float, float], None]]] = []
         self._running: dict[str, Any] | None = None
 
-    def submit(self, draft: core.Draft, done: Callable[[DraftBlock, float, float], None]) -> None:
+    def submit(self, draft: edge_core.Draft, done: Callable[[DraftBlock, float, float], None]) -> None:
         self._queue.append((draft, done))
         if self._running is None:
             self._next()
@@ -205,17 +205,16 @@ class _Session:
     """One client's generation: the client core at the edge, the server core at the verifier,
     messages between them delayed by the link."""
 
-    def __init__(self, world: "World", index: int, spec: ClientSpec) -> None:
+    def __init__(self, world: "VirtualClock", index: int, spec: ClientSpec) -> None:
         self.world, self.index, self.spec = world, index, spec
         self.events = world.events
-        self.gen = Generation(spec.prompt_ids, spec.mode, spec.config)
-        self.gen.eos = spec.eos_ids
+        self.gen = Generation(spec.prompt_ids, spec.mode, spec.config, eos_ids=spec.eos_ids)
         self.edge = _Edge(self.events, spec.edge) if spec.edge is not None else None
-        self.client: core.ClientRounds | None = None
-        self.server: ServerRounds | None = None
+        self.client: edge_core.EdgeRounds | None = None
+        self.server: VerifierRounds | None = None
         self.colocated: ColocatedRounds | None = None  # cloud-sd: the server's own rounds
         self.opened = False
-        self.unsent: list[core.SendBlock] = []  # blocks drafted before the session opened
+        self.unsent: list[edge_core.SendBlock] = []  # blocks drafted before the session opened
         self.t0 = spec.start_s
         self.done = False
         self._arrivals: dict[str, float] = {}  # the last message's arrival, per direction
@@ -242,7 +241,7 @@ class _Session:
         link = self.spec.link
         connect = link.connect_rtts * 2 * link.one_way_s
         if self.spec.mode.edge_rounds:
-            self.client = core.ClientRounds(self.gen)
+            self.client = edge_core.EdgeRounds(self.gen)
             self._apply(self.client.start())
         self.events.at(self.events.now + connect, lambda: self._to_server(OPEN_BYTES, self._server_open))
 
@@ -252,7 +251,7 @@ class _Session:
         world, spec = self.world, self.spec
         world.cloud.open(self.index, spec.config.sampling, spec.config.seed)
         sequence = list(self.gen.committed)
-        self.server = ServerRounds(sequence, len(spec.prompt_ids), spec.eos_ids, spec.config.max_new_tokens, spec.config.wants_early_verdicts(spec.mode))
+        self.server = VerifierRounds(sequence, len(spec.prompt_ids), spec.eos_ids, spec.config.max_new_tokens, spec.config.wants_early_verdicts(spec.mode))
         if len(sequence) >= 2:
             world.verifier.submit(CloudJob("prefill", self.index, sequence[:-1]), lambda result, start, end: self.events.at(end, self._server_opened))
         else:
@@ -312,7 +311,7 @@ class _Session:
         if not step.finished:
             self._server_decode()
 
-    def _server_block(self, send: core.SendBlock) -> None:
+    def _server_block(self, send: edge_core.SendBlock) -> None:
         assert self.server is not None
         block = IncomingBlock(send.round, list(send.block.tokens), send.block.probs, send.assumes, send.block.candidates)
         self._server_apply(self.server.block(block))
@@ -385,27 +384,27 @@ class _Session:
             self.gen.finish("eos" if self.gen.produced and self.gen.committed[-1] in self.gen.eos else "length")
             self._end()
 
-    def _send(self, send: core.SendBlock) -> None:
+    def _send(self, send: edge_core.SendBlock) -> None:
         self.gen.stats.bytes_sent += block_bytes(send.block, send.assumes is not None)
         self._to_server(block_bytes(send.block, send.assumes is not None), lambda: self._server_block(send))
 
-    def _apply(self, actions: list[core.ClientAction]) -> None:
+    def _apply(self, actions: list[edge_core.ClientAction]) -> None:
         for action in actions:
-            if isinstance(action, core.Draft):
+            if isinstance(action, edge_core.Draft):
                 assert self.edge is not None and self.client is not None
                 self.edge.submit(action, lambda block, start, end, d=action: self._apply(self.client.drafted(d.id, block, start - self.t0, end - self.t0)))  # type: ignore[union-attr]
-            elif isinstance(action, core.CancelDraft):
+            elif isinstance(action, edge_core.CancelDraft):
                 assert self.edge is not None
                 self.edge.cancel(action.id)
-            elif isinstance(action, core.SendBlock):
+            elif isinstance(action, edge_core.SendBlock):
                 if self.opened:
                     self._send(action)
                 else:
                     self.unsent.append(action)
-            elif isinstance(action, core.Commit):
+            elif isinstance(action, edge_core.Commit):
                 if self.spec.on_commit:
                     self.spec.on_commit(action.tokens)
-            elif isinstance(action, core.Finished):
+            elif isinstance(action, edge_core.Finished):
                 self._end()
 
     def _end(self) -> None:
@@ -421,7 +420,7 @@ class _Session:
         return GenerationResult(tokens=self.gen.new_tokens, stats=self.gen.stats)
 
 
-class World:
+class VirtualClock:
     """Run clients to completion against one verifier; returns each client's result."""
 
     def __init__(self, cloud: CloudBackend, max_batch: int = 32) -> None:

@@ -13,7 +13,7 @@ the right one the moment the verdict is decided. Branches come from the draft's 
 time (every token accepted, its next token as the bonus: the branch drafts on from the block, its
 first token being that guess), from *runner-up* guesses (a rejection where the draft was least
 sure, corrected to its runner-up token) in the branches the guess leaves, and from confident
-early verdicts; each guess is made only while it pays (``_GuessGate``: its hit rate in this
+early verdicts; each guess is made only while it pays (``_BranchPayoff``: its hit rate in this
 session against the draft step a wrong one wastes, and whether the edge can draft it before the
 verdict). Only final verdicts commit tokens.
 """
@@ -23,11 +23,11 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from edgespec.decoding.modes import Mode
-from edgespec.decoding.stopping import clip_to_stop
-from edgespec.decoding.verification import Verdict
-from edgespec.models.draft import DraftBlock
-from edgespec.rounds.state import Generation
+from edgespec.core.modes import Mode
+from edgespec.core.stopping import clip_to_stop
+from edgespec.core.verdict import Verdict
+from edgespec.core.block import DraftBlock
+from edgespec.core.generation import Generation
 
 
 # ---------------------------------------------------------------- actions
@@ -35,7 +35,7 @@ from edgespec.rounds.state import Generation
 
 @dataclass(frozen=True)
 class Draft:
-    """Draft ``gamma`` tokens after ``sequence``; report it with ``ClientRounds.drafted(id, ...)``."""
+    """Draft ``gamma`` tokens after ``sequence``; report it with ``EdgeRounds.drafted(id, ...)``."""
 
     id: int
     sequence: list[int]
@@ -97,7 +97,7 @@ class _InFlight:
     sent_at: float
 
 
-class _GuessGate:
+class _BranchPayoff:
     """Whether guessing pays in this session. A right guess saves the draft time the verify and
     the round trip hide (at most). A wrong one costs only what it delays the real draft: nothing
     when the guess has finished drafting before the verdict arrives (the edge was idle anyway),
@@ -153,7 +153,7 @@ class _GuessGate:
         return hits / seen if seen else 0.15 / (rank + 1)
 
 
-class ClientRounds:
+class EdgeRounds:
     """One session's rounds. ``gen`` (the committed text and stats) outlives the session."""
 
     def __init__(self, gen: Generation) -> None:
@@ -172,7 +172,7 @@ class ClientRounds:
         self._latest: Verdict | None = None  # the last early verdict of the round in flight
         self._branches: list[_Branch] = []
         self._deferred_exit: tuple[Verdict, str] | None = None  # an exit verdict waiting on the open guess
-        self._gate = _GuessGate()
+        self._gate = _BranchPayoff()
 
     # ---------------------------------------------------------------- events
 
@@ -194,7 +194,7 @@ class ClientRounds:
             right = bool(block.tokens) and block.tokens[0] == verdict.next_token
             self._score_guess(right)
             if right:
-                return self._send_current(_rest(block), end - start, end)
+                return self._send_current(block.without_first(), end - start, end)
             return [self._draft_current()]
         if branch is None or branch.block is not None:
             return []  # a draft that was cancelled while it ran
@@ -205,7 +205,7 @@ class ClientRounds:
             if clip_to_stop(branch.assumed.committed(self._in_flight.block.tokens), gen.eos, gen.budget()).finished:
                 self._branches.remove(branch)  # it assumes the end of the text: nothing to pre-draft
                 return []
-            block = _rest(block)
+            block = block.without_first()
             deferred, self._deferred_exit = self._deferred_exit, None
             if deferred is not None and deferred[0] != branch.assumed:
                 actions = self._branch(*deferred)
@@ -408,17 +408,6 @@ class ClientRounds:
         self._branches.append(_Branch(draft.id, verdict, source))
         self.gen.stats.branches += 1
         return actions + [draft]
-
-
-def _rest(block: DraftBlock) -> DraftBlock:
-    """A guess branch's block without its first token (the bonus it assumes)."""
-    return DraftBlock(
-        block.tokens[1:],
-        None if block.probs is None else block.probs[1:],
-        None if block.candidates is None else block.candidates[1:],
-        None if block.confidence is None else block.confidence[1:],
-        None if block.runner_up is None else block.runner_up[1:],
-    )
 
 
 def _runner_up_verdicts(block: DraftBlock) -> list[Verdict]:
