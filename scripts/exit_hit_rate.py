@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from edgespec.core.config import GenerationConfig
-from edgespec.drivers.local_engine import LocalEngine
 from edgespec.core.modes import Mode
+from edgespec.drivers.local_engine import LocalEngine
 from edgespec.exits.command import default_exits_dir
 from edgespec.exits.evaluation import benchmark_prompts
 from edgespec.exits.heads import ExitHeads

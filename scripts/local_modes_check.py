@@ -12,16 +12,16 @@ from pathlib import Path
 import torch
 
 from edgespec.cli import resolve_exits
-from edgespec.data.prompt_sets import load_prompts
 from edgespec.core.config import GenerationConfig
-from edgespec.drivers.local_engine import LocalEngine
 from edgespec.core.modes import Mode
+from edgespec.data.prompt_sets import load_prompts
+from edgespec.drivers.local_engine import LocalEngine
+from edgespec.drivers.virtual_clock import Link
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.loading import load_model
 from edgespec.models.target import TargetRuntime
 from edgespec.netem import resolve_profile
 from edgespec.prompting import eos_token_ids, render_prompt
-from edgespec.drivers.virtual_clock import Link
 
 MODES = (Mode.SD, Mode.SD_EE, Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED)
 

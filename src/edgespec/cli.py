@@ -316,7 +316,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from edgespec.models.target import TargetRuntime
 
         from edgespec.netem import resolve_profile
-        from edgespec.drivers.virtual_clock import Link
+        from edgespec.drivers.virtual_devices import Link
 
         exits = resolve_exits(args.exits, target.model, args.target) if mode.uses_exits else None
         link = Link()

@@ -182,7 +182,7 @@ def test_sessions_waiting_to_draft_are_drafted_together_as_each_would_alone() ->
 def test_cloud_sd_replay_is_exact_and_charges_the_draft_to_the_verifier() -> None:
     from dataclasses import replace
 
-    from edgespec.drivers.virtual_clock import Link
+    from edgespec.drivers.virtual_devices import Link
     from edgespec.drivers.cost_profile import HardwareProfile, h200_profile
     from edgespec.netem.profiles import PROFILES
     from edgespec.sim.simulate import SimConfig, clients_sweep, colocated_comparison, link_for, run_mode

@@ -12,7 +12,7 @@ from edgespec.core.modes import Mode
 from edgespec.core.config import SamplingParams
 from edgespec.models.draft import DraftRuntime, runner_up_id
 from edgespec.models.target import TargetRuntime
-from edgespec.drivers.virtual_clock import Link
+from edgespec.drivers.virtual_devices import Link
 from edgespec.drivers.cost_profile import HardwareProfile
 from edgespec.sim.simulate import SimConfig, run_mode
 from edgespec.drivers.trace import Trace

@@ -18,7 +18,9 @@ from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
 from edgespec.drivers.real_backends import RealCloud, RealEdge
-from edgespec.drivers.virtual_clock import ClientSpec, Link, VerifyResult, VirtualClock
+from edgespec.drivers.backend_interface import VerifyResult
+from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock
+from edgespec.drivers.virtual_devices import Link
 from tiny_models import greedy_reference, layer_skip_copy, tiny_model
 
 PROMPT = [3, 17, 42, 8, 9, 61]

@@ -6,7 +6,8 @@ import pytest
 
 from edgespec.core.config import GenerationConfig
 from edgespec.core.modes import Mode
-from edgespec.drivers.virtual_clock import ClientSpec, Link, VirtualClock, _Session
+from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock, _Session
+from edgespec.drivers.virtual_devices import Link
 from edgespec.drivers.cost_profile import HardwareProfile
 from edgespec.drivers.trace_backends import TraceCloud
 

@@ -14,7 +14,7 @@ from edgespec.core.modes import Mode
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
-from edgespec.drivers.virtual_clock import Link
+from edgespec.drivers.virtual_devices import Link
 from edgespec.drivers.cost_profile import HardwareProfile, h200_profile
 from edgespec.sim.simulate import SimConfig, clients_sweep, run_mode
 from edgespec.drivers.trace import Trace

@@ -9,8 +9,8 @@ from typing import Callable
 
 from edgespec.client.round_driver import EdgeRun
 from edgespec.core.config import DRAFT_SEED_OFFSET
-from edgespec.decoding.sampling import choose_token, position_uniform
 from edgespec.core.stopping import FinishReason, clip_to_stop
+from edgespec.decoding.sampling import choose_token, position_uniform
 from edgespec.models.draft import DraftRuntime
 
 

@@ -32,10 +32,11 @@ from edgespec.client.recovery import (
 from edgespec.client.round_driver import EdgeRun, RoundDriver, join_distribution_rows
 from edgespec.client.stream import ConnectionLost, ServerError, SessionStream, open_session
 from edgespec.client.sync_bridge import run_sync
+from edgespec.core.cloud_ar import CloudRoundDecided, ReceiveOnlyRounds, ReceiveState, TokensDecoded
 from edgespec.core.config import GenerationConfig, GenerationResult
+from edgespec.core.generation import Generation, TextEvent
 from edgespec.core.modes import Mode
 from edgespec.models.draft import DraftRuntime
-from edgespec.core.generation import Generation, TextEvent
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport.security import INSECURE, ClientSecurity
 
@@ -276,7 +277,8 @@ class EdgeClient:
     async def _cloud_sd(self, stream: SessionStream, run: EdgeRun) -> None:
         """The server drafts and verifies (the co-located baseline): receive each round's tokens."""
         gen = run.gen
-        while True:
+        receiver = ReceiveOnlyRounds(gen)
+        while receiver.state is ReceiveState.RECEIVING:
             start = run.now()
             message = await stream.receive()
             gen.stats.wait_s += run.now() - start
@@ -284,27 +286,28 @@ class EdgeClient:
                 raise ServerError("BAD_REPLY", f"expected tokens in a cloud-sd session, got {message.WhichOneof('kind')}")
             tokens = message.tokens
             if tokens.drafted:  # an empty finished message (a resumed, complete text) is no round
-                gen.count_cloud_round(tokens.drafted, tokens.accepted, tokens.draft_ms / 1000, tokens.compute_ms / 1000)
                 # The server's own passes, as it reported them (placed back to back before this
                 # reply, as a decode's is): its drafting is server time as much as its verify.
                 verified_at = run.now() - tokens.compute_ms / 1000
                 gen.record("cloud", "draft (server)", verified_at - tokens.draft_ms / 1000, verified_at)
                 gen.record("cloud", "verify (server)", verified_at, run.now())
-            run.commit(list(tokens.ids))
-            if tokens.finished:
-                gen.finish("eos" if gen.produced and gen.committed[-1] in gen.eos else "length")
-                return
+            receiver.cloud_round_decided(
+                CloudRoundDecided(
+                    tokens=list(tokens.ids), finished=tokens.finished, drafted=tokens.drafted, accepted=tokens.accepted,
+                    draft_s=tokens.draft_ms / 1000, verify_s=tokens.compute_ms / 1000, at=run.now(),
+                )
+            )
 
     async def _cloud_ar(self, stream: SessionStream, run: EdgeRun) -> None:
-        stats = run.gen.stats
-        while True:
+        """The server decodes: receive each pass's token."""
+        gen = run.gen
+        receiver = ReceiveOnlyRounds(gen)
+        while receiver.state is ReceiveState.RECEIVING:
             start = run.now()
             message = await stream.receive()
-            stats.wait_s += run.now() - start
+            gen.stats.wait_s += run.now() - start
             tokens = message.tokens
-            run.gen.count_decode(tokens.compute_ms / 1000)
-            run.gen.record("cloud", "decode", run.now() - tokens.compute_ms / 1000, run.now())  # the pass, as the server reported it
-            run.commit(list(tokens.ids))
-            if tokens.finished:
-                run.gen.finish("done")
-                return
+            gen.record("cloud", "decode", run.now() - tokens.compute_ms / 1000, run.now())  # the pass, as the server reported it
+            receiver.tokens_decoded(
+                TokensDecoded(tokens=list(tokens.ids), finished=tokens.finished, compute_s=tokens.compute_ms / 1000, at=run.now())
+            )

@@ -8,9 +8,9 @@ import asyncio
 import grpc
 
 from edgespec.core.config import GenerationResult
+from edgespec.core.generation import Generation
 from edgespec.core.modes import Mode
 from edgespec.core.stats import GenerationStats
-from edgespec.core.generation import Generation
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport.codec import PROTOCOL_VERSION, sampling_to_wire, wire_size
 

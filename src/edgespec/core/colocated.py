@@ -6,20 +6,24 @@ streams the committed tokens to the client, which only receives, as in ``cloud-a
 is lossless by the same code as ``sd``; what differs is who pays for the draft: the server's
 processor, between its target forwards.
 
-A round: ``next_draft()`` -> the driver drafts on the server -> ``drafted(...)`` returns the
-``Verify`` the driver runs -> ``verified(...)`` returns the ``SendFinal`` whose committed tokens
-go to the client. No sockets, threads or clocks: the gRPC servicer and the discrete-event world
+A round: ``next_draft()`` -> the driver drafts on the server -> ``drafted(ServerDrafted)`` returns
+the ``Verify`` the driver runs -> ``verified(ColocatedVerified)`` returns the ``CloudRound`` whose
+committed tokens go to the client. States (``ColocatedState``): READY -> (drafted) VERIFYING ->
+(verified) READY or FINISHED; a draft while VERIFYING or a verdict while READY raises
+``ProtocolViolation``. No sockets, threads or clocks: the gRPC servicer and the discrete-event world
 drive it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
+from edgespec.core.block import DraftBlock
+from edgespec.core.errors import ProtocolViolation
 from edgespec.core.gamma import AdaptiveGamma
 from edgespec.core.verdict import Verdict
-from edgespec.core.block import DraftBlock
-from edgespec.core.verifier import IncomingBlock, SendFinal, VerifierRounds, Verify
+from edgespec.core.verifier import IncomingBlock, SendFinal, Verified, VerifierRounds, Verify
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,32 @@ class ServerDraft:
     sequence: list[int]
     gamma: int
     stop_below: float = 0.0  # greedy: end the block after a token the draft is less sure of
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerDrafted:
+    """The server's draft of ``step`` produced ``block`` in ``draft_s``."""
+
+    step: ServerDraft
+    block: DraftBlock
+    draft_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class ColocatedVerified:
+    """The forward of ``verify`` gave ``verdict`` after ``verify_s`` of compute, ``round_s``
+    after the round's draft started."""
+
+    verify: Verify
+    verdict: Verdict
+    verify_s: float
+    round_s: float
+
+
+class ColocatedState(Enum):
+    READY = "ready"  # between rounds: ``next_draft`` says what to draft
+    VERIFYING = "verifying"  # the round's block is drafted and being verified
+    FINISHED = "finished"  # the text is complete (or the session closed)
 
 
 @dataclass(frozen=True)
@@ -60,6 +90,12 @@ class ColocatedRounds:
     def finished(self) -> bool:
         return self.rounds.finished
 
+    @property
+    def state(self) -> ColocatedState:
+        if self.rounds.finished or self.rounds.closed:
+            return ColocatedState.FINISHED
+        return ColocatedState.VERIFYING if self._draft is not None else ColocatedState.READY
+
     def next_draft(self) -> ServerDraft | None:
         """The next round's draft, or None when the generation is over (or a round is in flight)."""
         rounds = self.rounds
@@ -69,26 +105,30 @@ class ColocatedRounds:
         budget = rounds.max_new_tokens - rounds.produced
         return ServerDraft(rounds.decided, list(rounds.sequence), max(1, min(chosen, budget)), self.stop_below)
 
-    def drafted(self, step: ServerDraft, block: DraftBlock, draft_s: float) -> Verify:
-        """The server drafted ``block`` in ``draft_s``: the forward to run next."""
+    def drafted(self, event: ServerDrafted) -> Verify:
+        """The server drafted a block: the forward to run next."""
+        step, block = event.step, event.block
+        if self.state is not ColocatedState.READY:
+            raise ProtocolViolation(f"a draft for round {step.round} while round {self.rounds.decided} is {self.state.value}")
         if step.round != self.rounds.decided or not block.tokens:
-            raise ValueError(f"a draft for round {step.round} while round {self.rounds.decided} is next")
-        actions = self.rounds.block(IncomingBlock(step.round, list(block.tokens), block.probs))
+            raise ProtocolViolation(f"a draft for round {step.round} while round {self.rounds.decided} is next")
+        actions = self.rounds.block_arrived(IncomingBlock(step.round, list(block.tokens), block.probs))
         (verify,) = actions  # a plain block while nothing is verified: always verified at once
         assert isinstance(verify, Verify)
-        self._draft = (step, draft_s)
+        self._draft = (step, event.draft_s)
         return verify
 
-    def verified(self, verify: Verify, verdict: Verdict, verify_s: float, round_s: float) -> CloudRound:
-        """The forward of ``verify`` gave ``verdict`` (``verify_s`` of compute, ``round_s`` since
-        the draft started): commit, and what to stream."""
-        assert self._draft is not None, "verified before drafted"
+    def verified(self, event: ColocatedVerified) -> CloudRound:
+        """The forward gave its verdict: commit, and what to stream."""
+        if self._draft is None:
+            raise ProtocolViolation(f"a verdict while round {self.rounds.decided} is {self.state.value}")
+        verify, verdict, verify_s = event.verify, event.verdict, event.verify_s
         _, draft_s = self._draft
         self._draft = None
-        actions = self.rounds.verified(verify, verdict)
+        actions = self.rounds.verified(Verified(verify=verify, verdict=verdict))
         final = actions[0]
         assert isinstance(final, SendFinal) and len(actions) == 1  # nothing is held: cloud-sd ships no pre-drafts
         gamma = len(verify.block.tokens)
         if self.policy is not None:
-            self.policy.observe(gamma, verdict.accepted, draft_s, verify_s, max(round_s, draft_s + verify_s))
+            self.policy.observe(gamma, verdict.accepted, draft_s, verify_s, max(event.round_s, draft_s + verify_s))
         return CloudRound(final, gamma, draft_s, verify_s)

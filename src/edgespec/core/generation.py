@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Callable, Collection, Sequence
 
+from edgespec.core.block import DraftBlock
 from edgespec.core.config import GenerationConfig
 from edgespec.core.gamma import AdaptiveGamma
 from edgespec.core.modes import Mode
 from edgespec.core.stats import GenerationStats, TimelineEvent
-from edgespec.core.block import DraftBlock
 from edgespec.core.stopping import FinishReason
 
 

@@ -23,7 +23,8 @@ from edgespec.core.stopping import clip_to_stop
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
 from edgespec.drivers.real_backends import RealCloud, RealEdge
-from edgespec.drivers.virtual_clock import ClientSpec, Link, VirtualClock
+from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock
+from edgespec.drivers.virtual_devices import Link
 
 logger = logging.getLogger(__name__)
 

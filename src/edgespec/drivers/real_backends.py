@@ -16,7 +16,7 @@ from edgespec.core.block import DraftBlock
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.kv import TrackedCache
 from edgespec.models.target import TargetRuntime
-from edgespec.drivers.virtual_clock import CloudJob, VerifyResult
+from edgespec.drivers.backend_interface import CloudJob, JobKind, VerifyResult
 
 
 class RealEdge:
@@ -66,15 +66,15 @@ class RealCloud:
 
     def _run(self, job: CloudJob) -> Any:
         sampling, seed = self._sampling[job.session]
-        if job.kind == "prefill":
+        if job.kind is JobKind.PREFILL:
             self.target.score_tail(job.sequence, 1, kv=self.kv)
             return None
-        if job.kind == "draft":
+        if job.kind is JobKind.DRAFT:
             if self.draft is None:
                 raise ValueError("cloud-sd needs a draft model on the server")
             # The draft's randomness is the one an edge draft would use: the same seed offset.
             return self.draft.draft(job.sequence, job.gamma, sampling, seed=seed + DRAFT_SEED_OFFSET, stop_below=job.stop_below)
-        if job.kind == "decode":
+        if job.kind is JobKind.DECODE:
             scored = self.target.score_tail(job.sequence, 1, kv=self.kv, argmax_only=sampling.greedy)[0]
             uniform = None if sampling.greedy else RoundUniforms.for_decode(seed, len(job.sequence))
             return token_from_forward(scored, sampling, uniform)

@@ -37,7 +37,8 @@ from edgespec.core.config import GREEDY
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime, decoder_parts
 from edgespec.drivers.real_backends import RealCloud, RealEdge
-from edgespec.drivers.virtual_clock import ClientSpec, CloudJob, VirtualClock
+from edgespec.drivers.backend_interface import CloudJob
+from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock
 
 logger = logging.getLogger(__name__)
 

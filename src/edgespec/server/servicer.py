@@ -21,8 +21,18 @@ from edgespec.models.target import TargetRuntime
 from edgespec.prompting import render_prompt
 from edgespec.server.cloud_draft import CloudDraft
 from edgespec.server.scheduler import AdmissionLimits, BatchScheduler, Job
-from edgespec.core.colocated import ColocatedRounds
-from edgespec.core.verifier import Drop, IncomingBlock, OutOfOrder, Reject, SendFinal, ServerAction, Verify
+from edgespec.core.colocated import ColocatedRounds, ColocatedVerified, ServerDrafted
+from edgespec.core.verifier import (
+    Drop,
+    ExitReached,
+    IncomingBlock,
+    OutOfOrder,
+    Reject,
+    SendFinal,
+    ServerAction,
+    Verified,
+    Verify,
+)
 from edgespec.server.prefix_cache import TenantPrefixCaches
 from edgespec.server.refusals import Refused
 from edgespec.server.session import ServerSession, SessionLimits
@@ -125,7 +135,7 @@ class VerifierService(pb_grpc.VerifierServicer):
             if session is not None:
                 self.sessions.pop(session.id, None)
                 session.keep_prefix()  # a finished generation's cache, for the tenant's next prompt
-                session.rounds.close()  # held pipelined blocks go without compute
+                session.rounds.session_closed()  # held pipelined blocks go without compute
             if verifying is not None:
                 verifying.cancel()
                 await asyncio.gather(verifying, return_exceptions=True)
@@ -242,10 +252,12 @@ class VerifierService(pb_grpc.VerifierServicer):
                 wanted.cancelled = True  # a batch that has not started yet skips it
                 raise
             draft_ms = wanted.batch_ms  # the batched drafting it rode in, like a verify's forward
-            verify = colocated.drafted(step, drafted.value, draft_ms / 1000)
+            verify = colocated.drafted(ServerDrafted(step=step, block=drafted.value, draft_s=draft_ms / 1000))
             result = await self.scheduler.submit(session.verify_job(verify, None))
             verdict, _ = result.value
-            done = colocated.verified(verify, verdict, result.forward_ms / 1000, time.perf_counter() - began)
+            done = colocated.verified(
+                ColocatedVerified(verify=verify, verdict=verdict, verify_s=result.forward_ms / 1000, round_s=time.perf_counter() - began)
+            )
             self.runtime.rollback(session.rounds.sequence, kv=session.kv)
             final = done.final
             replies.put_nowait(pb.ServerMessage(tokens=pb.Tokens(
@@ -259,7 +271,7 @@ class VerifierService(pb_grpc.VerifierServicer):
         probs = None if session.sampling.greedy else distributions_from_wire(block.probs, self.runtime.vocab_size)
         candidates = candidates_from_wire(block.candidates) if self.exit_candidates and session.sampling.greedy else None
         try:
-            return session.rounds.block(IncomingBlock(block.round, list(block.tokens), probs, assumes, candidates))
+            return session.rounds.block_arrived(IncomingBlock(block.round, list(block.tokens), probs, assumes, candidates))
         except OutOfOrder as error:
             raise ProtocolError(pb.OUT_OF_ORDER, str(error)) from None
 
@@ -281,7 +293,11 @@ class VerifierService(pb_grpc.VerifierServicer):
 
                 def stream_early(early: EarlyVerdict) -> None:
                     def deliver() -> None:
-                        for action in rounds.early(round_index, early.layer, early.verdict, early.confidence, early.elapsed_s, early.streamed):
+                        reached = ExitReached(
+                            round=round_index, layer=early.layer, verdict=early.verdict, confidence=early.confidence,
+                            elapsed_s=early.elapsed_s, streamed=early.streamed,
+                        )
+                        for action in rounds.exit_reached(reached):
                             replies.put_nowait(pb.ServerMessage(early=pb.EarlyVerdict(
                                 round=action.round, exit_layer=action.layer, accepted=action.verdict.accepted,
                                 next_token=action.verdict.next_token, confidence=action.confidence, elapsed_ms=action.elapsed_s * 1000,
@@ -291,7 +307,7 @@ class VerifierService(pb_grpc.VerifierServicer):
                 on_early = stream_early if rounds.early_verdicts else None
                 result = await self.scheduler.submit(session.verify_job(verify, on_early))
                 verdict, judge = result.value
-                actions = rounds.verified(verify, verdict)
+                actions = rounds.verified(Verified(verify=verify, verdict=verdict))
                 self.runtime.rollback(rounds.sequence, kv=session.kv)
                 final = actions[0]
                 assert isinstance(final, SendFinal)

@@ -21,7 +21,7 @@ from edgespec.decoding.sampling import token_from_forward
 from edgespec.decoding.verification import RoundUniforms
 from edgespec.core.verdict import Verdict
 from edgespec.models.target import ScoreRequest, TargetRuntime
-from edgespec.core.verifier import VerifierRounds, Verify
+from edgespec.core.verifier import Decoded, VerifierRounds, Verify
 from edgespec.server.prefix_cache import PrefixCache
 from edgespec.server.scheduler import Job
 from edgespec.server.refusals import Refused
@@ -128,7 +128,7 @@ class ServerSession:
 
         def finish(scored: torch.Tensor) -> tuple[int, bool]:
             token = token_from_forward(scored[0], self.sampling, uniform)
-            commit = rounds.decoded(token)
+            commit = rounds.decoded(Decoded(token=token))
             self.runtime.rollback(rounds.sequence, kv=self.kv)
             return token, commit.finished
 

@@ -12,7 +12,8 @@ from edgespec.core.config import GenerationConfig
 from edgespec.core.modes import Mode
 from edgespec.netem import PROFILES
 from edgespec.netem.profiles import LinkProfile
-from edgespec.drivers.virtual_clock import ClientSpec, Link, VirtualClock
+from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock
+from edgespec.drivers.virtual_devices import Link
 from edgespec.drivers.cost_profile import HardwareProfile
 from edgespec.drivers.trace_backends import ExitOracle, TraceCloud, TraceEdge
 from edgespec.drivers.trace import Trace
