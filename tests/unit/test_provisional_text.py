@@ -10,10 +10,9 @@ import io
 import torch
 
 from edgespec.cli import ProvisionalPrinter, build_parser, recovery_policy
-from edgespec.core.config import GenerationConfig
-from edgespec.core.modes import Mode
-from edgespec.core.config import SamplingParams
+from edgespec.core.config import GenerationConfig, SamplingParams
 from edgespec.core.generation import Generation, TextEvent, apply_events
+from edgespec.core.modes import Mode
 
 PROMPT = [1, 2, 3]
 

@@ -8,14 +8,7 @@ from edgespec.core.block import DraftBlock
 from edgespec.core.branch_payoff import BranchPayoff, runner_up_verdicts
 from edgespec.core.config import GenerationConfig
 from edgespec.core.edge import EdgeRounds
-from edgespec.core.edge_events import (
-    CancelDraft,
-    Draft,
-    Drafted,
-    EarlyVerdictArrived,
-    FinalVerdictArrived,
-    SendBlock,
-)
+from edgespec.core.edge_events import CancelDraft, Draft, Drafted, EarlyVerdictArrived, FinalVerdictArrived, SendBlock
 from edgespec.core.errors import ProtocolViolation
 from edgespec.core.generation import Generation
 from edgespec.core.modes import Mode

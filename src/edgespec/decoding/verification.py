@@ -18,8 +18,8 @@ from typing import Sequence
 
 import torch
 
-from edgespec.core.verdict import Verdict
 from edgespec.core.config import SamplingParams
+from edgespec.core.verdict import Verdict
 from edgespec.decoding.sampling import logits_to_probs, position_uniforms, sample_with_uniform
 
 

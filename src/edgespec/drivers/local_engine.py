@@ -17,14 +17,14 @@ from typing import Callable, Sequence
 
 from edgespec.core.config import DRAFT_SEED_OFFSET, GenerationConfig, GenerationResult
 from edgespec.core.modes import Mode
-from edgespec.decoding.sampling import choose_token, position_uniform
 from edgespec.core.stats import GenerationStats
 from edgespec.core.stopping import clip_to_stop
-from edgespec.models.draft import DraftRuntime
-from edgespec.models.target import TargetRuntime
+from edgespec.decoding.sampling import choose_token, position_uniform
 from edgespec.drivers.real_backends import RealCloud, RealEdge
 from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock
 from edgespec.drivers.virtual_devices import Link
+from edgespec.models.draft import DraftRuntime
+from edgespec.models.target import TargetRuntime
 
 logger = logging.getLogger(__name__)
 

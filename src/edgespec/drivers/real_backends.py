@@ -7,16 +7,15 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
-from edgespec.core.config import DRAFT_SEED_OFFSET
+from edgespec.core.block import DraftBlock
+from edgespec.core.config import DRAFT_SEED_OFFSET, SamplingParams
 from edgespec.decoding.block_scoring import begin_round
-from edgespec.core.config import SamplingParams
 from edgespec.decoding.sampling import token_from_forward
 from edgespec.decoding.verification import RoundUniforms
-from edgespec.core.block import DraftBlock
+from edgespec.drivers.backend_interface import CloudJob, JobKind, VerifyResult
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.kv import TrackedCache
 from edgespec.models.target import TargetRuntime
-from edgespec.drivers.backend_interface import CloudJob, JobKind, VerifyResult
 
 
 class RealEdge:

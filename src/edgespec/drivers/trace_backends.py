@@ -7,13 +7,13 @@ import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from edgespec.decoding.early import UNSCORED_BONUS, EarlyVerdict
-from edgespec.core.verdict import Verdict
 from edgespec.core.block import DraftBlock
-from edgespec.models.kv import valid_prefix
+from edgespec.core.verdict import Verdict
+from edgespec.decoding.early import EarlyVerdict, UNSCORED_BONUS
 from edgespec.drivers.backend_interface import CloudJob, JobKind, VerifyResult
 from edgespec.drivers.cost_profile import HardwareProfile
 from edgespec.drivers.trace import Trace
+from edgespec.models.kv import valid_prefix
 
 # Tokens no model emits: what the draft "says" past the point where the trace stops knowing
 # (after its own first disagreement, or after a wrongly assumed verdict). They can never be
