@@ -29,6 +29,24 @@ from edgespec.core.verifier import (
 PROMPT = [1, 2, 3]
 
 
+def final(
+    round_index: int, verdict: Verdict, *, verify_s: float, at: float, server_finished: bool = False,
+    pipelined: bool = False,
+) -> FinalVerdictArrived:
+    return FinalVerdictArrived(
+        round=round_index, verdict=verdict, server_finished=server_finished, pipelined=pipelined,
+        verify_s=verify_s, at=at,
+    )
+
+
+def drafted(draft_id: int, block: DraftBlock, start: float, end: float) -> Drafted:
+    return Drafted(draft_id=draft_id, block=block, start=start, end=end)
+
+
+def early(round_index: int, layer: int, verdict: Verdict, at: float) -> EarlyVerdictArrived:
+    return EarlyVerdictArrived(round=round_index, layer=layer, verdict=verdict, at=at)
+
+
 def rounds(mode: Mode, **config: object) -> EdgeRounds:
     return EdgeRounds(Generation(PROMPT, mode, GenerationConfig(**config)))  # type: ignore[arg-type]
 
@@ -41,9 +59,9 @@ def test_sd_round_drafts_sends_and_commits() -> None:
     client = rounds(Mode.SD, gamma=3, max_new_tokens=10)
     (draft,) = client.started()
     assert isinstance(draft, Draft) and draft.sequence == PROMPT and draft.gamma == 3
-    (send,) = client.drafted(Drafted(draft_id=draft.id, block=DraftBlock([7, 8, 9]), start=0.0, end=0.1))
+    (send,) = client.drafted(drafted(draft.id, DraftBlock([7, 8, 9]), 0.0, 0.1))
     assert isinstance(send, SendBlock) and send.round == 0 and send.assumes is None
-    actions = client.final_verdict_arrived(FinalVerdictArrived(round=0, verdict=Verdict(2, 5), server_finished=False, pipelined=False, verify_s=0.2, at=0.4))
+    actions = client.final_verdict_arrived(final(0, Verdict(2, 5), verify_s=0.2, at=0.4))
     assert kinds(actions) == ["Commit", "Draft"]
     assert actions[0].tokens == [7, 8, 5]
     assert actions[1].sequence == PROMPT + [7, 8, 5]
@@ -54,8 +72,8 @@ def test_the_block_never_runs_past_the_token_budget_and_eos_finishes() -> None:
     client = rounds(Mode.SD, gamma=4, max_new_tokens=3, eos_ids=frozenset({9}))
     (draft,) = client.started()
     assert draft.gamma == 3
-    client.drafted(Drafted(draft_id=draft.id, block=DraftBlock([7, 9, 8]), start=0, end=0))
-    actions = client.final_verdict_arrived(FinalVerdictArrived(round=0, verdict=Verdict(3, 4), server_finished=False, pipelined=False, verify_s=0, at=0))
+    client.drafted(drafted(draft.id, DraftBlock([7, 9, 8]), 0, 0))
+    actions = client.final_verdict_arrived(final(0, Verdict(3, 4), verify_s=0, at=0))
     assert kinds(actions) == ["Commit", "Finished"] and actions[0].tokens == [7, 9]
     assert client.gen.stats.finish_reason == "eos"
 
@@ -63,11 +81,11 @@ def test_the_block_never_runs_past_the_token_budget_and_eos_finishes() -> None:
 def test_predraft_hit_sends_the_predraft_at_once() -> None:
     client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20, guess_verdict=False, branches=1)
     (draft,) = client.started()
-    client.drafted(Drafted(draft_id=draft.id, block=DraftBlock([7, 8]), start=0, end=0))
-    (pre,) = client.early_verdict_arrived(EarlyVerdictArrived(round=0, layer=14, verdict=Verdict(2, 6), at=0.1))
+    client.drafted(drafted(draft.id, DraftBlock([7, 8]), 0, 0))
+    (pre,) = client.early_verdict_arrived(early(0, 14, Verdict(2, 6), 0.1))
     assert isinstance(pre, Draft) and pre.sequence == PROMPT + [7, 8, 6] and pre.round == 1
-    assert client.drafted(Drafted(draft_id=pre.id, block=DraftBlock([10, 11]), start=0.1, end=0.2)) == []  # held until the verdict
-    actions = client.final_verdict_arrived(FinalVerdictArrived(round=0, verdict=Verdict(2, 6), server_finished=False, pipelined=False, verify_s=0.3, at=0.3))
+    assert client.drafted(drafted(pre.id, DraftBlock([10, 11]), 0.1, 0.2)) == []  # held until the verdict
+    actions = client.final_verdict_arrived(final(0, Verdict(2, 6), verify_s=0.3, at=0.3))
     assert kinds(actions) == ["Commit", "SendBlock"] and actions[1].block.tokens == [10, 11] and actions[1].assumes is None
     assert client.gen.stats.hits == 1
 
@@ -75,35 +93,35 @@ def test_predraft_hit_sends_the_predraft_at_once() -> None:
 def test_predraft_miss_cancels_and_redrafts() -> None:
     client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20, guess_verdict=False, branches=1)
     (draft,) = client.started()
-    client.drafted(Drafted(draft_id=draft.id, block=DraftBlock([7, 8]), start=0, end=0))
-    (pre,) = client.early_verdict_arrived(EarlyVerdictArrived(round=0, layer=14, verdict=Verdict(2, 6), at=0.1))
-    actions = client.final_verdict_arrived(FinalVerdictArrived(round=0, verdict=Verdict(1, 5), server_finished=False, pipelined=False, verify_s=0.3, at=0.3))
+    client.drafted(drafted(draft.id, DraftBlock([7, 8]), 0, 0))
+    (pre,) = client.early_verdict_arrived(early(0, 14, Verdict(2, 6), 0.1))
+    actions = client.final_verdict_arrived(final(0, Verdict(1, 5), verify_s=0.3, at=0.3))
     assert kinds(actions) == ["Commit", "CancelDraft", "Draft"]
     assert actions[1].id == pre.id and actions[2].sequence == PROMPT + [7, 5]
-    assert client.drafted(Drafted(draft_id=pre.id, block=DraftBlock([10, 11]), start=0.1, end=0.2)) == []  # a cancelled draft is ignored
+    assert client.drafted(drafted(pre.id, DraftBlock([10, 11]), 0.1, 0.2)) == []  # a cancelled draft is ignored
     assert client.gen.stats.misses == 1
 
 
 def test_a_new_early_verdict_replaces_the_predraft() -> None:
     client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20, guess_verdict=False, branches=1)
     (draft,) = client.started()
-    client.drafted(Drafted(draft_id=draft.id, block=DraftBlock([7, 8]), start=0, end=0))
-    (first,) = client.early_verdict_arrived(EarlyVerdictArrived(round=0, layer=14, verdict=Verdict(2, 6), at=0.1))
-    assert client.early_verdict_arrived(EarlyVerdictArrived(round=0, layer=21, verdict=Verdict(2, 6), at=0.15)) == []  # the same verdict again: nothing new
-    cancel, second = client.early_verdict_arrived(EarlyVerdictArrived(round=0, layer=21, verdict=Verdict(0, 4), at=0.2))
+    client.drafted(drafted(draft.id, DraftBlock([7, 8]), 0, 0))
+    (first,) = client.early_verdict_arrived(early(0, 14, Verdict(2, 6), 0.1))
+    assert client.early_verdict_arrived(early(0, 21, Verdict(2, 6), 0.15)) == []  # the same verdict again: nothing new
+    cancel, second = client.early_verdict_arrived(early(0, 21, Verdict(0, 4), 0.2))
     assert cancel == CancelDraft(first.id) and second.sequence == PROMPT + [4]
 
 
 def test_pipelined_predraft_ships_tagged_and_is_not_resent_on_a_hit() -> None:
     client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=20, guess_verdict=False, branches=1)
     (draft,) = client.started()
-    client.drafted(Drafted(draft_id=draft.id, block=DraftBlock([7, 8]), start=0, end=0))
-    (pre,) = client.early_verdict_arrived(EarlyVerdictArrived(round=0, layer=14, verdict=Verdict(2, 6), at=0.1))
-    (send,) = client.drafted(Drafted(draft_id=pre.id, block=DraftBlock([10, 11]), start=0.1, end=0.2))
+    client.drafted(drafted(draft.id, DraftBlock([7, 8]), 0, 0))
+    (pre,) = client.early_verdict_arrived(early(0, 14, Verdict(2, 6), 0.1))
+    (send,) = client.drafted(drafted(pre.id, DraftBlock([10, 11]), 0.1, 0.2))
     assert send.round == 1 and send.assumes == (0, Verdict(2, 6))
-    assert client.early_verdict_arrived(EarlyVerdictArrived(round=0, layer=21, verdict=Verdict(0, 4), at=0.25)) == []  # shipped: later hints change nothing
-    assert kinds(client.final_verdict_arrived(FinalVerdictArrived(round=0, verdict=Verdict(2, 6), server_finished=False, pipelined=False, verify_s=0.3, at=0.3))) == ["Commit"]
-    assert kinds(client.final_verdict_arrived(FinalVerdictArrived(round=1, verdict=Verdict(2, 3), server_finished=False, pipelined=True, verify_s=0.3, at=0.6))) == ["Commit", "Draft"]
+    assert client.early_verdict_arrived(early(0, 21, Verdict(0, 4), 0.25)) == []  # shipped: later hints change nothing
+    assert kinds(client.final_verdict_arrived(final(0, Verdict(2, 6), verify_s=0.3, at=0.3))) == ["Commit"]
+    assert kinds(client.final_verdict_arrived(final(1, Verdict(2, 3), pipelined=True, verify_s=0.3, at=0.6))) == ["Commit", "Draft"]
     assert client.gen.stats.pipelined == 1
 
 
@@ -111,12 +129,12 @@ def test_the_guess_branch_starts_at_send_time_and_chains() -> None:
     client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20)
     (draft,) = client.started()
     assert draft.gamma == 2
-    send, guess = client.drafted(Drafted(draft_id=draft.id, block=DraftBlock([7, 8]), start=0, end=0.1))
+    send, guess = client.drafted(drafted(draft.id, DraftBlock([7, 8]), 0, 0.1))
     assert send.block.tokens == [7, 8] and isinstance(guess, Draft)
     # The guess drafts on from the block: its first token is the bonus it assumes.
     assert guess.sequence == PROMPT + [7, 8] and guess.gamma == 3
-    assert client.drafted(Drafted(draft_id=guess.id, block=DraftBlock([6, 10, 11]), start=0.1, end=0.2)) == []
-    actions = client.final_verdict_arrived(FinalVerdictArrived(round=0, verdict=Verdict(2, 6), server_finished=False, pipelined=False, verify_s=0.3, at=0.3))
+    assert client.drafted(drafted(guess.id, DraftBlock([6, 10, 11]), 0.1, 0.2)) == []
+    actions = client.final_verdict_arrived(final(0, Verdict(2, 6), verify_s=0.3, at=0.3))
     # The guess was right: its block leaves at once, and its own guess branch starts.
     assert kinds(actions) == ["Commit", "SendBlock", "Draft"]
     assert actions[1].block.tokens == [10, 11] and actions[2].sequence == PROMPT + [7, 8, 6, 10, 11]
@@ -126,13 +144,13 @@ def test_the_guess_branch_starts_at_send_time_and_chains() -> None:
 def test_a_guess_still_drafting_is_decided_when_its_bonus_is_known() -> None:
     client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20)
     (draft,) = client.started()
-    _, guess = client.drafted(Drafted(draft_id=draft.id, block=DraftBlock([7, 8]), start=0, end=0.1))
-    assert kinds(client.final_verdict_arrived(FinalVerdictArrived(round=0, verdict=Verdict(2, 6), server_finished=False, pipelined=False, verify_s=0.3, at=0.15))) == ["Commit"]  # wait for it
-    (send, next_guess) = client.drafted(Drafted(draft_id=guess.id, block=DraftBlock([6, 10, 11]), start=0.1, end=0.2))
+    _, guess = client.drafted(drafted(draft.id, DraftBlock([7, 8]), 0, 0.1))
+    assert kinds(client.final_verdict_arrived(final(0, Verdict(2, 6), verify_s=0.3, at=0.15))) == ["Commit"]  # wait for it
+    (send, next_guess) = client.drafted(drafted(guess.id, DraftBlock([6, 10, 11]), 0.1, 0.2))
     assert send.round == 1 and send.block.tokens == [10, 11] and isinstance(next_guess, Draft)
     # A wrong bonus: the round is redrafted from the verdict.
-    client.final_verdict_arrived(FinalVerdictArrived(round=1, verdict=Verdict(2, 4), server_finished=False, pipelined=False, verify_s=0.3, at=0.4))
-    (redraft,) = client.drafted(Drafted(draft_id=next_guess.id, block=DraftBlock([5, 1, 2]), start=0.2, end=0.5))
+    client.final_verdict_arrived(final(1, Verdict(2, 4), verify_s=0.3, at=0.4))
+    (redraft,) = client.drafted(drafted(next_guess.id, DraftBlock([5, 1, 2]), 0.2, 0.5))
     assert redraft.sequence == PROMPT + [7, 8, 6, 10, 11, 4]
     assert client.gen.stats.hits == 1 and client.gen.stats.misses == 1
 
@@ -140,23 +158,23 @@ def test_a_guess_still_drafting_is_decided_when_its_bonus_is_known() -> None:
 def test_a_rejection_cancels_the_guess_at_once() -> None:
     client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20)
     (draft,) = client.started()
-    _, guess = client.drafted(Drafted(draft_id=draft.id, block=DraftBlock([7, 8]), start=0, end=0.1))
-    actions = client.final_verdict_arrived(FinalVerdictArrived(round=0, verdict=Verdict(1, 4), server_finished=False, pipelined=False, verify_s=0.3, at=0.15))
+    _, guess = client.drafted(drafted(draft.id, DraftBlock([7, 8]), 0, 0.1))
+    actions = client.final_verdict_arrived(final(0, Verdict(1, 4), verify_s=0.3, at=0.15))
     assert kinds(actions) == ["Commit", "CancelDraft", "Draft"] and actions[1].id == guess.id
 
 
 def test_pipelined_branches_ship_tagged_and_the_right_one_is_used() -> None:
     client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=20, branches=2)
     (draft,) = client.started()
-    _, guess = client.drafted(Drafted(draft_id=draft.id, block=DraftBlock([7, 8]), start=0, end=0.1))
-    (exit_branch,) = client.early_verdict_arrived(EarlyVerdictArrived(round=0, layer=21, verdict=Verdict(1, 4), at=0.15))
+    _, guess = client.drafted(drafted(draft.id, DraftBlock([7, 8]), 0, 0.1))
+    (exit_branch,) = client.early_verdict_arrived(early(0, 21, Verdict(1, 4), 0.15))
     assert exit_branch.sequence == PROMPT + [7, 4]
-    (ship_guess,) = client.drafted(Drafted(draft_id=guess.id, block=DraftBlock([6, 10, 11]), start=0.1, end=0.2))
-    (ship_exit,) = client.drafted(Drafted(draft_id=exit_branch.id, block=DraftBlock([20, 21]), start=0.2, end=0.3))
+    (ship_guess,) = client.drafted(drafted(guess.id, DraftBlock([6, 10, 11]), 0.1, 0.2))
+    (ship_exit,) = client.drafted(drafted(exit_branch.id, DraftBlock([20, 21]), 0.2, 0.3))
     assert ship_guess.assumes == (0, Verdict(2, 6)) and ship_guess.block.tokens == [10, 11]
     assert ship_exit.assumes == (0, Verdict(1, 4)) and client.gen.stats.branches_shipped == 2
-    assert client.early_verdict_arrived(EarlyVerdictArrived(round=0, layer=24, verdict=Verdict(0, 3), at=0.35)) == []  # both branches shipped: no room
-    actions = client.final_verdict_arrived(FinalVerdictArrived(round=0, verdict=Verdict(1, 4), server_finished=False, pipelined=False, verify_s=0.3, at=0.4))
+    assert client.early_verdict_arrived(early(0, 24, Verdict(0, 3), 0.35)) == []  # both branches shipped: no room
+    actions = client.final_verdict_arrived(final(0, Verdict(1, 4), verify_s=0.3, at=0.4))
     assert kinds(actions) == ["Commit", "Draft"]  # the exit branch is at the server; its guess starts
     assert actions[1].sequence == PROMPT + [7, 4, 20, 21]
     assert client.gen.stats.hits_by_source == {"exit 21": 1}
@@ -165,12 +183,12 @@ def test_pipelined_branches_ship_tagged_and_the_right_one_is_used() -> None:
 def test_a_later_exit_replaces_an_unshipped_earlier_branch() -> None:
     client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20, branches=2)
     (draft,) = client.started()
-    _, guess = client.drafted(Drafted(draft_id=draft.id, block=DraftBlock([7, 8]), start=0, end=0.1))
-    (first,) = client.early_verdict_arrived(EarlyVerdictArrived(round=0, layer=14, verdict=Verdict(1, 4), at=0.15))
-    cancel, second = client.early_verdict_arrived(EarlyVerdictArrived(round=0, layer=21, verdict=Verdict(0, 3), at=0.2))
+    _, guess = client.drafted(drafted(draft.id, DraftBlock([7, 8]), 0, 0.1))
+    (first,) = client.early_verdict_arrived(early(0, 14, Verdict(1, 4), 0.15))
+    cancel, second = client.early_verdict_arrived(early(0, 21, Verdict(0, 3), 0.2))
     assert cancel == CancelDraft(first.id)  # the older exit goes, the guess stays
     assert second.sequence == PROMPT + [3]
-    actions = client.final_verdict_arrived(FinalVerdictArrived(round=0, verdict=Verdict(0, 9), server_finished=False, pipelined=False, verify_s=0.3, at=0.4))
+    actions = client.final_verdict_arrived(final(0, Verdict(0, 9), verify_s=0.3, at=0.4))
     assert kinds(actions) == ["Commit", "CancelDraft", "CancelDraft", "Draft"] and client.gen.stats.misses == 1
 
 
@@ -181,10 +199,10 @@ def test_guessing_stops_when_it_does_not_pay() -> None:
     guesses = 0
     for round_index in range(12):
         # A guess (3 tokens, 0.3 s) outlasts the wait for the verdict (0.1 s): a wrong one costs.
-        actions = client.drafted(Drafted(draft_id=draft.id, block=DraftBlock([7, 8]), start=at, end=at + 0.2))
+        actions = client.drafted(drafted(draft.id, DraftBlock([7, 8]), at, at + 0.2))
         guess = next((a for a in actions if isinstance(a, Draft)), None)
         guesses += guess is not None
-        actions = client.final_verdict_arrived(FinalVerdictArrived(round=round_index, verdict=Verdict(0, 5), server_finished=False, pipelined=False, verify_s=0.05, at=at + 0.3))  # every guess wrong
+        actions = client.final_verdict_arrived(final(round_index, Verdict(0, 5), verify_s=0.05, at=at + 0.3))  # every guess wrong
         draft = next(a for a in actions if isinstance(a, Draft))
         at += 0.3
     assert 0 < guesses < 12
@@ -193,9 +211,9 @@ def test_guessing_stops_when_it_does_not_pay() -> None:
 def test_a_final_verdict_for_another_round_is_a_protocol_violation() -> None:
     client = rounds(Mode.SD)
     (draft,) = client.started()
-    client.drafted(Drafted(draft_id=draft.id, block=DraftBlock([7]), start=0, end=0))
+    client.drafted(drafted(draft.id, DraftBlock([7]), 0, 0))
     with pytest.raises(ProtocolViolation):
-        client.final_verdict_arrived(FinalVerdictArrived(round=3, verdict=Verdict(0, 1), server_finished=False, pipelined=False, verify_s=0, at=0))
+        client.final_verdict_arrived(final(3, Verdict(0, 1), verify_s=0, at=0))
 
 
 def server(**kw: object) -> VerifierRounds:
@@ -296,15 +314,15 @@ def test_runner_up_branches_follow_the_guess_and_a_right_one_is_used() -> None:
     client = rounds(Mode.SD_EE_PIPELINED, gamma=3, max_new_tokens=30, branches=3, runner_up=True)
     (draft,) = client.started()
     block = DraftBlock([7, 8, 9], confidence=[0.95, 0.3, 0.9], runner_up=[17, 18, 19])
-    send, guess, first, second = client.drafted(Drafted(draft_id=draft.id, block=block, start=0, end=0.1))
+    send, guess, first, second = client.drafted(drafted(draft.id, block, 0, 0.1))
     assert send.block.tokens == [7, 8, 9] and send.assumes is None
     # The guess drafts first (from the block's end), then the runner-ups, likeliest first.
     assert guess.sequence == PROMPT + [7, 8, 9] and guess.min_tokens == 2
     assert first.sequence == PROMPT + [7, 18] and first.gamma == 3 and first.min_tokens == 1
     assert second.sequence == PROMPT + [17]  # then the rejection at 0 (0.05), before the one at 2 (0.03)
-    (ship,) = client.drafted(Drafted(draft_id=first.id, block=DraftBlock([30, 31, 32]), start=0.1, end=0.2))
+    (ship,) = client.drafted(drafted(first.id, DraftBlock([30, 31, 32]), 0.1, 0.2))
     assert ship.round == 1 and ship.assumes == (0, Verdict(1, 18)) and ship.block.tokens == [30, 31, 32]
-    actions = client.final_verdict_arrived(FinalVerdictArrived(round=0, verdict=Verdict(1, 18), server_finished=False, pipelined=False, verify_s=0.3, at=0.4))
+    actions = client.final_verdict_arrived(final(0, Verdict(1, 18), verify_s=0.3, at=0.4))
     # The runner-up was right: it is at the server already; the others stop; its own guess starts.
     assert kinds(actions) == ["Commit", "CancelDraft", "CancelDraft", "Draft"]
     assert {a.id for a in actions[1:3]} == {guess.id, second.id}
@@ -317,7 +335,7 @@ def test_runner_up_branches_need_branches_beyond_the_guess_and_the_switch() -> N
     for config in ({"branches": 1, "runner_up": True}, {"runner_up": False}):
         client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=30, **config)  # type: ignore[arg-type]
         (draft,) = client.started()
-        assert kinds(client.drafted(Drafted(draft_id=draft.id, block=block, start=0, end=0.1))) == ["SendBlock", "Draft"]  # the guess alone
+        assert kinds(client.drafted(drafted(draft.id, block, 0, 0.1))) == ["SendBlock", "Draft"]  # the guess alone
     assert not GenerationConfig(branches=1, runner_up=True).wants_alternatives(Mode.SD_EE_PIPELINED)
     assert not GenerationConfig(runner_up=True).wants_alternatives(Mode.SD)
     assert not GenerationConfig().wants_alternatives(Mode.SD_EE_PREDRAFT)  # off by default
@@ -344,10 +362,10 @@ def test_runner_ups_leave_a_branch_free_for_early_verdicts() -> None:
     block = DraftBlock([7, 8], confidence=[0.3, 0.9], runner_up=[17, 18])
     client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=30, branches=2, early_verdicts=True, runner_up=True)
     (draft,) = client.started()
-    _, guess = client.drafted(Drafted(draft_id=draft.id, block=block, start=0, end=0.1))  # the guess only: the other branch is the exits'
-    client.drafted(Drafted(draft_id=guess.id, block=DraftBlock([6, 10, 11]), start=0.1, end=0.2))
-    (exit_branch,) = client.early_verdict_arrived(EarlyVerdictArrived(round=0, layer=21, verdict=Verdict(1, 4), at=0.25))
+    _, guess = client.drafted(drafted(draft.id, block, 0, 0.1))  # the guess only: the other branch is the exits'
+    client.drafted(drafted(guess.id, DraftBlock([6, 10, 11]), 0.1, 0.2))
+    (exit_branch,) = client.early_verdict_arrived(early(0, 21, Verdict(1, 4), 0.25))
     assert exit_branch.sequence == PROMPT + [7, 4]
     client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=30, branches=3, early_verdicts=True, runner_up=True)
     (draft,) = client.started()
-    assert kinds(client.drafted(Drafted(draft_id=draft.id, block=block, start=0, end=0.1))) == ["SendBlock", "Draft", "Draft"]
+    assert kinds(client.drafted(drafted(draft.id, block, 0, 0.1))) == ["SendBlock", "Draft", "Draft"]

@@ -308,6 +308,5 @@ class EdgeClient:
             gen.stats.wait_s += run.now() - start
             tokens = message.tokens
             gen.record("cloud", "decode", run.now() - tokens.compute_ms / 1000, run.now())  # the pass, as the server reported it
-            receiver.tokens_decoded(
-                TokensDecoded(tokens=list(tokens.ids), finished=tokens.finished, compute_s=tokens.compute_ms / 1000, at=run.now())
-            )
+            compute_s = tokens.compute_ms / 1000
+            receiver.tokens_decoded(TokensDecoded(tokens=list(tokens.ids), finished=tokens.finished, compute_s=compute_s, at=run.now()))

@@ -105,7 +105,8 @@ class RoundDriver:
                 for future in [f for f in self._drafts if f.done()]:
                     draft_id, _ = self._drafts.pop(future)
                     block, start, end = future.result()
-                    await self._apply(self.rounds.drafted(Drafted(draft_id=draft_id, block=block, start=start, end=end)))
+                    drafted = Drafted(draft_id=draft_id, block=block, start=start, end=end)
+                    await self._apply(self.rounds.drafted(drafted))
                 if reader.done() and not self.gen.finished:
                     await self._apply(self._on_message(await stream.receive()))
         finally:
@@ -131,8 +132,8 @@ class RoundDriver:
                 self.run.gen.stats.server_queued_s += final.queued_ms / 1000  # apart from the pass itself: batching's wait
                 return self.rounds.final_verdict_arrived(
                     FinalVerdictArrived(
-                        round=final.round, verdict=verdict_of(final), server_finished=final.finished, pipelined=final.pipelined,
-                        verify_s=final.verify_ms / 1000, at=now,
+                        round=final.round, verdict=verdict_of(final), server_finished=final.finished,
+                        pipelined=final.pipelined, verify_s=final.verify_ms / 1000, at=now,
                     )
                 )
             if kind == "dropped":

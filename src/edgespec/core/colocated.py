@@ -109,7 +109,7 @@ class ColocatedRounds:
         """The server drafted a block: the forward to run next."""
         step, block = event.step, event.block
         if self.state is not ColocatedState.READY:
-            raise ProtocolViolation(f"a draft for round {step.round} while round {self.rounds.decided} is {self.state.value}")
+            raise ProtocolViolation(f"a draft for round {step.round} while round {self.rounds.decided} is being verified")
         if step.round != self.rounds.decided or not block.tokens:
             raise ProtocolViolation(f"a draft for round {step.round} while round {self.rounds.decided} is next")
         actions = self.rounds.block_arrived(IncomingBlock(step.round, list(block.tokens), block.probs))

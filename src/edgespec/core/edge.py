@@ -231,15 +231,14 @@ class EdgeRounds:
         stats.accepted += verdict.accepted
         stats.count_gamma(len(block.tokens))
         stats.pipelined += int(event.pipelined)
-        self._gate.observe_round(len(block.tokens), verdict.accepted, current.draft_s, at - current.sent_at, first=event.round == 0)
+        waited = at - current.sent_at
+        self._gate.observe_round(len(block.tokens), verdict.accepted, current.draft_s, waited, first=event.round == 0)
         if self.runner_up and block.runner_up is not None:
             self._gate.observe_runner_ups([guess == verdict for guess in runner_up_verdicts(block)])
         if gen.gamma_policy is not None:
             # A pre-drafted block's draft time was hidden behind the last verify; charging it
             # anyway keeps the model simple and errs towards shorter blocks.
-            gen.gamma_policy.observe(
-                len(block.tokens), verdict.accepted, current.draft_s, event.verify_s, current.draft_s + at - current.sent_at
-            )
+            gen.gamma_policy.observe(len(block.tokens), verdict.accepted, current.draft_s, event.verify_s, current.draft_s + waited)
 
     def _on_final(self, event: FinalVerdictArrived) -> list[EdgeAction]:
         gen, verdict, at = self.gen, event.verdict, event.at
@@ -357,7 +356,8 @@ class EdgeRounds:
             if not self._gate.pays(rate, queued, gamma):
                 continue
             # The guess's first token is the bonus it assumes, not part of its block: it needs one more.
-            draft = Draft(next(self._ids), sequence, gamma, self.round + 1, DraftKind.PRE_DRAFT, min_tokens=2 if verdict is None else 1)
+            min_tokens = 2 if verdict is None else 1
+            draft = Draft(next(self._ids), sequence, gamma, self.round + 1, DraftKind.PRE_DRAFT, min_tokens=min_tokens)
             self._branches.append(Branch(draft.id, verdict, source))
             self.gen.stats.branches += 1
             actions.append(draft)

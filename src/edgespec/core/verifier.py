@@ -200,7 +200,8 @@ class VerifierRounds:
     def exit_reached(self, event: ExitReached) -> list[ServerAction]:
         """An exit's verdict mid-forward: streamed when the client asked and the exit is sure."""
         self._check("exit_reached")
-        if self.closed or not (self.early_verdicts and event.streamed and self.verifying and event.round == self.decided):
+        wanted = self.early_verdicts and event.streamed
+        if self.closed or not (wanted and self.verifying and event.round == self.decided):
             return []
         return [StreamEarly(event.round, event.layer, event.verdict, event.confidence, event.elapsed_s)]
 

@@ -205,7 +205,7 @@ class _Session:
             elif isinstance(action, SendFinal):
                 pass  # sent by _server_verified, which knows the forward's time
             elif isinstance(action, Drop):
-                self._to_client(DROPPED_BYTES, lambda a=action: self._apply(self.client.block_dropped(BlockDropped(round=a.round))))  # type: ignore[union-attr]
+                self._to_client(DROPPED_BYTES, lambda a=action: self._client_dropped(a))
 
     def _server_verified(self, verify: Verify, result: VerifyResult, start: float, end: float) -> None:
         assert self.server is not None
@@ -255,7 +255,8 @@ class _Session:
 
     def _client_tokens(self, tokens: list[int], finished: bool, compute_s: float) -> None:
         assert self.receiver is not None
-        self._apply(self.receiver.tokens_decoded(TokensDecoded(tokens=tokens, finished=finished, compute_s=compute_s, at=self._t())))
+        decoded = TokensDecoded(tokens=tokens, finished=finished, compute_s=compute_s, at=self._t())
+        self._apply(self.receiver.tokens_decoded(decoded))
 
     def _client_cloud_round(self, done: CloudRound) -> None:
         assert self.receiver is not None
@@ -268,7 +269,12 @@ class _Session:
 
     def _client_early(self, action: StreamEarly) -> None:
         assert self.client is not None
-        self._apply(self.client.early_verdict_arrived(EarlyVerdictArrived(round=action.round, layer=action.layer, verdict=action.verdict, at=self._t())))
+        arrived = EarlyVerdictArrived(round=action.round, layer=action.layer, verdict=action.verdict, at=self._t())
+        self._apply(self.client.early_verdict_arrived(arrived))
+
+    def _client_dropped(self, action: Drop) -> None:
+        assert self.client is not None
+        self._apply(self.client.block_dropped(BlockDropped(round=action.round)))
 
     def _client_drafted(self, draft: Draft, block: DraftBlock, start: float, end: float) -> None:
         assert self.client is not None
@@ -282,7 +288,7 @@ class _Session:
         for action in actions:
             if isinstance(action, Draft):
                 assert self.edge is not None and self.client is not None
-                self.edge.submit(action, lambda block, start, end, d=action: self._client_drafted(d, block, start, end))  # type: ignore[union-attr]
+                self.edge.submit(action, lambda block, start, end, d=action: self._client_drafted(d, block, start, end))
             elif isinstance(action, CancelDraft):
                 assert self.edge is not None
                 self.edge.cancel(action.id)
