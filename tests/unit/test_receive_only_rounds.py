@@ -1,4 +1,4 @@
-"""The edge side of cloud-ar and cloud-sd: it commits what each server pass sends, counts it, and
+"""The edge side of cloud-ar and cloud-sd (and edge-only, which never asks the server): it commits what each server pass sends, counts it, and
 finishes with the same reasons as the speculative modes (EOS when the text ends in one, else
 length), whatever driver runs it."""
 
@@ -9,6 +9,7 @@ import pytest
 from edgespec.core.cloud_ar import CloudRoundDecided, ReceiveOnlyRounds, ReceiveState, TokensDecoded
 from edgespec.core.config import GenerationConfig
 from edgespec.core.edge_events import Commit, Finished
+from edgespec.core.edge_only import EdgeOnlyRounds, TokenChosen
 from edgespec.core.errors import ProtocolViolation
 from edgespec.core.generation import Generation
 from edgespec.core.modes import Mode
@@ -56,3 +57,15 @@ def test_a_message_after_the_end_is_a_protocol_violation() -> None:
     rounds.tokens_decoded(decoded(9, finished=True))
     with pytest.raises(ProtocolViolation):
         rounds.tokens_decoded(decoded(4))
+
+
+def test_edge_only_commits_each_chosen_token_and_stops_at_eos_or_the_budget() -> None:
+    gen = Generation(PROMPT, Mode.EDGE_ONLY, GenerationConfig(max_new_tokens=3), eos_ids=frozenset({9}))
+    rounds = EdgeOnlyRounds(gen)
+    assert rounds.token_chosen(TokenChosen(token=4, start=0.0, end=0.5)) == [Commit([4])]
+    assert rounds.token_chosen(TokenChosen(token=9, start=0.5, end=1.0)) == [Commit([9]), Finished("eos")]
+    assert gen.new_tokens == [4, 9] and gen.stats.rounds == 2 and gen.stats.draft_s == 1.0 and gen.stats.ttft_s == 0.5
+    with pytest.raises(ProtocolViolation):
+        rounds.token_chosen(TokenChosen(token=4, start=1.0, end=1.5))
+    short = EdgeOnlyRounds(Generation(PROMPT, Mode.EDGE_ONLY, GenerationConfig(max_new_tokens=1)))
+    assert short.token_chosen(TokenChosen(token=4, start=0.0, end=0.1))[-1] == Finished("length")

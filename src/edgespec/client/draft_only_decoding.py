@@ -9,6 +9,7 @@ from typing import Callable
 
 from edgespec.client.round_driver import EdgeRun
 from edgespec.core.config import DRAFT_SEED_OFFSET
+from edgespec.core.edge_only import EdgeOnlyRounds, EdgeOnlyState, TokenChosen
 from edgespec.core.stopping import FinishReason, clip_to_stop
 from edgespec.decoding.sampling import choose_token, position_uniform
 from edgespec.models.draft import DraftRuntime
@@ -40,25 +41,17 @@ async def decode_provisional(run: EdgeRun, draft: DraftRuntime, thread: Executor
             return
 
 
-async def decode_edge_only(run: EdgeRun, draft: DraftRuntime, thread: Executor, until: Callable[[], bool] = lambda: False) -> None:
-    """The draft alone decides, one token at a time, until the text is done or ``until()``;
-    always at least one token, so every fallback makes progress."""
+async def decode_edge_only(run: EdgeRun, draft: DraftRuntime, thread: Executor) -> None:
+    """The edge-only mode: the draft alone decides, one token at a time, until the text is done."""
     gen = run.gen
-    config, stats = gen.config, gen.stats
+    config = gen.config
+    rounds = EdgeOnlyRounds(gen)
     loop = asyncio.get_running_loop()
-    while True:
+    while rounds.state is EdgeOnlyState.DECODING:
         start = run.now()
         logits = await loop.run_in_executor(thread, draft.next_token_logits, list(gen.committed))
         uniform = None if config.sampling.greedy else position_uniform(config.seed + DRAFT_SEED_OFFSET, len(gen.committed))
         token = choose_token(logits, config.sampling, uniform)
         end = run.now()
-        stats.draft_s += end - start
-        gen.record("edge", "fallback decode" if gen.falling_back else "decode", start, end)
-        stats.rounds += 1
-        step = clip_to_stop([token], gen.eos, gen.budget())
-        run.commit(step.tokens)
-        if step.finished:
-            gen.finish(step.reason)
-            return
-        if until():
-            return
+        gen.record("edge", "decode", start, end)
+        rounds.token_chosen(TokenChosen(token=token, start=start, end=end))

@@ -248,7 +248,7 @@ class EdgeClient:
         probe = asyncio.ensure_future(
             wait_until_reachable(self._open_channel, policy.probe_interval_s, self.options.connect_timeout_s)
         )
-        gen.falling_back = True
+        gen.fallback_started()
         try:
             assert self.draft is not None
             await decode_provisional(run, self.draft, self._draft_thread, until=probe.done)
@@ -260,7 +260,7 @@ class EdgeClient:
                     logger.debug("probe failed: %s", describe(probe.exception()))  # type: ignore[arg-type]
                 return True
         finally:
-            gen.falling_back = False
+            gen.fallback_ended()
             probe.cancel()
             await asyncio.gather(probe, return_exceptions=True)
         logger.warning(

@@ -59,7 +59,7 @@ class EdgeRun:
         self._t0 = time.perf_counter()
         self._on_commit = on_commit
         self._on_event = on_event
-        gen.listener = self._deliver
+        gen.listen(self._deliver)
 
     def _deliver(self, event: TextEvent) -> None:
         if self._on_event is not None:

@@ -173,6 +173,17 @@ class Generation:
         if tokens:
             self._emit(TextEvent(TextEventKind.FINAL, position, tuple(tokens)))
 
+    def listen(self, listener: Callable[[TextEvent], None]) -> None:
+        """``listener`` hears every change to the text from now on, as ``TextEvent`` s."""
+        self.listener = listener
+
+    def fallback_started(self) -> None:
+        """The server is unreachable: the draft alone decides (provisional) tokens until it answers."""
+        self.falling_back = True
+
+    def fallback_ended(self) -> None:
+        self.falling_back = False
+
     def session_opened(self, eos_ids: Collection[int]) -> None:
         """A session with the server opened: its EOS set decides where the text ends from now on."""
         self.eos = frozenset(eos_ids)

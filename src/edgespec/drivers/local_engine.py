@@ -16,9 +16,10 @@ import time
 from typing import Callable, Sequence
 
 from edgespec.core.config import DRAFT_SEED_OFFSET, GenerationConfig, GenerationResult
+from edgespec.core.edge_events import Commit
+from edgespec.core.edge_only import EdgeOnlyRounds, EdgeOnlyState, TokenChosen
+from edgespec.core.generation import Generation
 from edgespec.core.modes import Mode
-from edgespec.core.stats import GenerationStats
-from edgespec.core.stopping import clip_to_stop
 from edgespec.decoding.sampling import choose_token, position_uniform
 from edgespec.drivers.real_backends import RealCloud, RealEdge
 from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock
@@ -78,25 +79,18 @@ class LocalEngine:
 
     def _edge_only(self, prompt_ids: Sequence[int], config: GenerationConfig, on_commit: Callable[[list[int]], None]) -> GenerationResult:
         assert self.draft is not None
-        stats = GenerationStats(mode=Mode.EDGE_ONLY.value, prompt_tokens=len(prompt_ids))
-        committed = [int(t) for t in prompt_ids]
+        gen = Generation(prompt_ids, Mode.EDGE_ONLY, config)
+        rounds = EdgeOnlyRounds(gen)
         started = time.perf_counter()
-        while True:
+        while rounds.state is EdgeOnlyState.DECODING:
             start = time.perf_counter() - started
-            logits = self.draft.next_token_logits(committed)
+            logits = self.draft.next_token_logits(gen.committed)
             # The edge's randomness, as the networked client draws it.
-            uniform = None if config.sampling.greedy else position_uniform(config.seed + DRAFT_SEED_OFFSET, len(committed))
+            uniform = None if config.sampling.greedy else position_uniform(config.seed + DRAFT_SEED_OFFSET, len(gen.committed))
             token = choose_token(logits, config.sampling, uniform)
             end = time.perf_counter() - started
-            stats.draft_s += end - start
-            stats.rounds += 1
-            commit = clip_to_stop([token], config.eos_ids, config.max_new_tokens - stats.new_tokens)
-            committed.extend(commit.tokens)
-            if stats.new_tokens == 0:
-                stats.ttft_s = end
-            stats.new_tokens += len(commit.tokens)
-            on_commit(commit.tokens)
-            if commit.finished:
-                stats.finish_reason = commit.reason
-                stats.total_s = end
-                return GenerationResult(tokens=committed[len(prompt_ids) :], stats=stats)
+            for action in rounds.token_chosen(TokenChosen(token=token, start=start, end=end)):
+                if isinstance(action, Commit):
+                    on_commit(action.tokens)
+            gen.stats.total_s = end
+        return GenerationResult(tokens=gen.new_tokens, stats=gen.stats)
