@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.engine import LocalEngine
-from edgespec.decoding.modes import Mode
+from edgespec.core.config import GenerationConfig
+from edgespec.drivers.local_engine import LocalEngine
+from edgespec.core.modes import Mode
 from edgespec.models.exit_choice import default_exits_dir
 from edgespec.exits.evaluation import benchmark_prompts
 from edgespec.exits.heads import ExitHeads

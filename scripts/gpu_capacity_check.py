@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from edgespec.sim.trace import Trace, load_traces  # noqa: E402
+from edgespec.drivers.trace import Trace, load_traces  # noqa: E402
 
 OUTPUT_SCALE = 1e-3
 
@@ -62,7 +62,7 @@ class ScriptedDraft:
     draft drafted, after the edge's drafting time."""
 
     def __init__(self, trace: Trace, edge_profile: Any, vocab: int) -> None:
-        from edgespec.sim.replay import TraceEdge
+        from edgespec.drivers.trace_backends import TraceEdge
 
         self.edge = TraceEdge(trace, edge_profile)  # the client passes its draft stop with every block
         self.vocab_size = vocab
@@ -79,7 +79,7 @@ class ScriptedDraft:
         self, sequence: Sequence[int], gamma: int, params: Any, seed: int = 0, should_stop: Callable[[], bool] | None = None,
         candidates: bool = False, alternatives: bool = False, stop_below: float = 0.0, min_tokens: int = 1,
     ) -> Any:
-        from edgespec.models.draft import DraftBlock
+        from edgespec.core.block import DraftBlock
 
         block, seconds = self.edge.draft(sequence, gamma, min_tokens, stop_below)
         per_token = seconds / len(block.tokens)
@@ -325,9 +325,9 @@ def relay(upstream: int, link: str, ports: Any, stop: Any) -> None:
 def clients(jobs: list[dict[str, Any]], address: str, args: argparse.Namespace, edge_path: str, start: Any, results: Any) -> None:
     """Some of the edge clients, in one process, started together with every other process's."""
     from edgespec.client.edge_client import EdgeClient
-    from edgespec.decoding.config import GenerationConfig
-    from edgespec.decoding.modes import Mode
-    from edgespec.sim.costs import HardwareProfile
+    from edgespec.core.config import GenerationConfig
+    from edgespec.core.modes import Mode
+    from edgespec.drivers.cost_profile import HardwareProfile
 
     edge_profile = HardwareProfile.load(edge_path)
 

@@ -19,9 +19,9 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 from tiny_models import VOCAB, layer_skip_copy, tiny_model  # noqa: E402
 
-from edgespec.decoding.config import GenerationConfig  # noqa: E402
-from edgespec.decoding.engine import LocalEngine
-from edgespec.decoding.modes import Mode  # noqa: E402
+from edgespec.core.config import GenerationConfig  # noqa: E402
+from edgespec.core.modes import Mode  # noqa: E402
+from edgespec.drivers.local_engine import LocalEngine
 from edgespec.exits.heads import ExitHeads, ExitSpec  # noqa: E402
 from edgespec.models.draft import DraftRuntime  # noqa: E402
 from edgespec.models.target import TargetRuntime  # noqa: E402

@@ -13,15 +13,13 @@ import torch
 
 from edgespec.models.exit_choice import resolve_exits
 from edgespec.data.prompt_sets import load_prompts
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.engine import LocalEngine
-from edgespec.decoding.modes import Mode
+from edgespec.drivers.local_engine import LocalEngine
+from edgespec.drivers.virtual_clock import Link
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.loading import load_model
 from edgespec.models.target import TargetRuntime
 from edgespec.link import resolve_profile
 from edgespec.prompting import eos_token_ids, render_prompt
-from edgespec.rounds.world import Link
 
 MODES = (Mode.SD, Mode.SD_EE, Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED)
 

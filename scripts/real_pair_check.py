@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
 from edgespec.data.prompt_sets import load_prompts
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.engine import LocalEngine
-from edgespec.decoding.modes import Mode
+from edgespec.drivers.local_engine import LocalEngine
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.loading import load_model
 from edgespec.models.target import TargetRuntime

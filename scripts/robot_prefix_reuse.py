@@ -97,8 +97,8 @@ def main() -> None:
     torch.set_num_threads(1)
     from edgespec.client.edge_client import ClientOptions
     from edgespec.client.recovery import RecoveryPolicy
-    from edgespec.decoding.config import GenerationConfig
-    from edgespec.decoding.modes import Mode
+    from edgespec.core.config import GenerationConfig
+    from edgespec.core.modes import Mode
     from edgespec.hostinfo import host_facts
     from edgespec.models.draft import DraftRuntime
     from edgespec.models.loading import load_draft, load_model

@@ -31,33 +31,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 
 # Modules of packages other branches are dissolving, placed in the layer they are moving to (the
 # longest matching prefix wins). Must become empty: an entry that names no module fails the test.
-IN_TRANSIT: dict[str, str] = {
-    "edgespec.rounds": "core",  # client, server, colocated, state: the sans-I/O round machines
-    "edgespec.rounds.world": "drivers",
-    "edgespec.rounds.real_backends": "drivers",
-    "edgespec.decoding.engine": "drivers",
-}
+IN_TRANSIT: dict[str, str] = {}
 
 # Violations that live in other branches' areas while they move rounds/ and decoding/ into core/
 # and drivers/. MUST BECOME EMPTY: a violation not listed here fails the test, and so does an
 # entry that no longer occurs, so the set cannot go stale.
 KNOWN_VIOLATIONS: frozenset[str] = frozenset(
     {
-        # The round machines import tensor-side decoding and model modules; core/ is to be pure Python.
-        "edgespec.rounds.client -> edgespec.decoding.modes",
-        "edgespec.rounds.client -> edgespec.decoding.stopping",
-        "edgespec.rounds.client -> edgespec.decoding.verification",
-        "edgespec.rounds.client -> edgespec.models.draft",
-        "edgespec.rounds.colocated -> edgespec.decoding.gamma_policy",
-        "edgespec.rounds.colocated -> edgespec.decoding.verification",
-        "edgespec.rounds.colocated -> edgespec.models.draft",
-        "edgespec.rounds.server -> edgespec.decoding.stopping",
-        "edgespec.rounds.server -> edgespec.decoding.verification",
-        "edgespec.rounds.state -> edgespec.decoding.config",
-        "edgespec.rounds.state -> edgespec.decoding.gamma_policy",
-        "edgespec.rounds.state -> edgespec.decoding.modes",
-        "edgespec.rounds.state -> edgespec.decoding.stats",
-        "edgespec.rounds.state -> edgespec.models.draft",
         # SamplingParams, a pure value bound for core/config.py, still lives beside the tensor sampling code.
         "edgespec.models.draft -> edgespec.decoding.sampling",
         # The simulator reports in the benchmark's shape (prices, summaries) from bench/metrics.py.

@@ -10,8 +10,8 @@ import time
 
 from edgespec.capacity import CLOUD_TIMELINE_PASSES, point_metrics, server_busy_s
 from edgespec.client.edge_client import EdgeClient
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.modes import Mode
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
 from edgespec.server.app import RunningServer, ServerConfig

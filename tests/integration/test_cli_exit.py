@@ -20,8 +20,8 @@ import pytest
 
 from chat_tokenizer import chat_tokenizer
 from edgespec.client.sync_bridge import _sync_loop
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.modes import Mode
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
 from test_recovery import PROMPT, draft_model, edge_client, serve
 
 NOISE = re.compile(

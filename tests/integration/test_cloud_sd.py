@@ -12,10 +12,10 @@ import torch
 
 from edgespec.client.edge_client import EdgeClient
 from edgespec.client.stream import ServerError
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.engine import LocalEngine
-from edgespec.decoding.modes import Mode
-from edgespec.decoding.sampling import SamplingParams
+from edgespec.core.config import GenerationConfig
+from edgespec.drivers.local_engine import LocalEngine
+from edgespec.core.modes import Mode
+from edgespec.core.config import SamplingParams
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
 from edgespec.server.app import RunningServer, ServerConfig
@@ -182,8 +182,8 @@ def test_sessions_waiting_to_draft_are_drafted_together_as_each_would_alone() ->
 def test_cloud_sd_replay_is_exact_and_charges_the_draft_to_the_verifier() -> None:
     from dataclasses import replace
 
-    from edgespec.rounds.world import Link
-    from edgespec.sim.costs import HardwareProfile, h200_profile
+    from edgespec.drivers.virtual_devices import Link
+    from edgespec.drivers.cost_profile import HardwareProfile, h200_profile
     from edgespec.link.profiles import PROFILES
     from edgespec.sim.simulate import SimConfig, clients_sweep, colocated_comparison, link_for, run_mode
     from edgespec.sim.trace import record_trace

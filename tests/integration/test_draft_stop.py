@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.engine import LocalEngine
-from edgespec.decoding.modes import Mode
-from edgespec.decoding.sampling import SamplingParams
+from edgespec.core.config import GenerationConfig
+from edgespec.drivers.local_engine import LocalEngine
+from edgespec.core.modes import Mode
+from edgespec.core.config import SamplingParams
 from edgespec.models.draft import DraftRuntime, runner_up_id
 from edgespec.models.target import TargetRuntime
-from edgespec.rounds.world import Link
-from edgespec.sim.costs import HardwareProfile
+from edgespec.drivers.virtual_devices import Link
+from edgespec.drivers.cost_profile import HardwareProfile
 from edgespec.sim.simulate import SimConfig, run_mode
-from edgespec.sim.trace import Trace
+from edgespec.drivers.trace import Trace
 from tiny_models import greedy_reference, layer_skip_copy, tiny_model
 
 PROMPT = [3, 17, 42, 8, 9, 61]

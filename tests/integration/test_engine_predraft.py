@@ -10,15 +10,17 @@ from functools import lru_cache
 import pytest
 import torch
 
-from edgespec.decoding.config import GenerationConfig, GenerationResult
-from edgespec.decoding.engine import LocalEngine
-from edgespec.decoding.modes import Mode
-from edgespec.decoding.sampling import SamplingParams
+from edgespec.core.config import GenerationConfig, GenerationResult
+from edgespec.drivers.local_engine import LocalEngine
+from edgespec.core.modes import Mode
+from edgespec.core.config import SamplingParams
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
-from edgespec.rounds.real_backends import RealCloud, RealEdge
-from edgespec.rounds.world import ClientSpec, Link, VerifyResult, World
+from edgespec.drivers.real_backends import RealCloud, RealEdge
+from edgespec.drivers.backend_interface import VerifyResult
+from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock
+from edgespec.drivers.virtual_devices import Link
 from tiny_models import greedy_reference, layer_skip_copy, tiny_model
 
 PROMPT = [3, 17, 42, 8, 9, 61]
@@ -105,7 +107,7 @@ def fixed_cost_run(exit_layers: tuple[int, ...], mode: Mode, config: GenerationC
     spec = ClientSpec(PROMPT, mode, config, edge, Link(one_way_s=0.005))
     # Whole-vocabulary exits: the lens after layer 2 is the draft itself, so a candidate exit would
     # accept every block and never stream (see test_candidate_verdict.py for candidate exits).
-    (result,) = World(FixedCostCloud(runtime, exit_candidates=False)).run([spec])
+    (result,) = VirtualClock(FixedCostCloud(runtime, exit_candidates=False)).run([spec])
     return result
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgespec.decoding.sampling import GREEDY, SamplingParams, seeded_generator
+from edgespec.core.config import GREEDY, SamplingParams
+from edgespec.decoding.sampling import seeded_generator
 from edgespec.decoding.verification import RoundUniforms, verdict_from_logits
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.kv import TrackedCache, forward_with_cache

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from edgespec.client.edge_client import EdgeClient
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.modes import Mode
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
 from edgespec.exits.heads import ExitHeads, ExitSpec
-from edgespec.models.draft import DraftBlock, DraftRuntime
+from edgespec.core.block import DraftBlock
+from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
 from edgespec.server.app import RunningServer, ServerConfig
 from edgespec.transport import edgespec_pb2 as pb

@@ -21,9 +21,10 @@ from collections import Counter
 import torch
 
 from edgespec.client.edge_client import EdgeClient
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.modes import Mode
-from edgespec.decoding.sampling import SamplingParams, logits_to_probs
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
+from edgespec.core.config import SamplingParams
+from edgespec.decoding.sampling import logits_to_probs
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime

@@ -25,9 +25,9 @@ import uvicorn
 from chat_tokenizer import chat_tokenizer
 from edgespec.client.edge_client import ClientOptions, EdgeClient
 from edgespec.client.recovery import RecoveryPolicy
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.modes import Mode
-from edgespec.decoding.sampling import SamplingParams
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
+from edgespec.core.config import SamplingParams
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from edgespec.client.edge_client import ClientOptions, EdgeClient
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.modes import Mode
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime

@@ -13,13 +13,13 @@ import time
 import pytest
 
 from edgespec.client.recovery import RecoveryPolicy
-from edgespec.decoding.config import GenerationConfig, GenerationResult
-from edgespec.decoding.engine import LocalEngine
-from edgespec.decoding.modes import Mode
-from edgespec.decoding.sampling import SamplingParams
+from edgespec.core.config import GenerationConfig, GenerationResult
+from edgespec.drivers.local_engine import LocalEngine
+from edgespec.core.modes import Mode
+from edgespec.core.config import SamplingParams
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
-from edgespec.rounds.state import TextEvent, apply_events
+from edgespec.core.generation import TextEvent, apply_events
 from test_recovery import PROMPT, draft_model, edge_client, serve, target_model
 from tiny_models import greedy_reference, tiny_model
 

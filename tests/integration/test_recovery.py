@@ -16,10 +16,10 @@ import torch
 
 from edgespec.client.edge_client import ClientOptions, ConnectionLost, EdgeClient
 from edgespec.client.recovery import RecoveryPolicy
-from edgespec.decoding.config import GenerationConfig, GenerationResult
-from edgespec.decoding.engine import LocalEngine
-from edgespec.decoding.modes import Mode
-from edgespec.decoding.sampling import SamplingParams
+from edgespec.core.config import GenerationConfig, GenerationResult
+from edgespec.drivers.local_engine import LocalEngine
+from edgespec.core.modes import Mode
+from edgespec.core.config import SamplingParams
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime

@@ -30,8 +30,8 @@ import torch
 
 from edgespec.client.edge_client import ClientOptions, EdgeClient, ServerError
 from edgespec.client.recovery import NO_RECOVERY, RecoveryPolicy
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.modes import Mode
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
 from edgespec.models.draft import DraftRuntime
 from edgespec.transport.security import ClientSecurity
 from edgespec.bench.processes import free_port

@@ -5,10 +5,10 @@ changes the sample; cloud-ar draws every token from the target, a different samp
 
 from __future__ import annotations
 
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.engine import LocalEngine
-from edgespec.decoding.modes import Mode
-from edgespec.decoding.sampling import SamplingParams
+from edgespec.core.config import GenerationConfig
+from edgespec.drivers.local_engine import LocalEngine
+from edgespec.core.modes import Mode
+from edgespec.core.config import SamplingParams
 from edgespec.exits.heads import ExitHeads
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from edgespec.client.edge_client import ClientOptions, EdgeClient, ServerError
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.modes import Mode
-from edgespec.decoding.sampling import GREEDY
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
+from edgespec.core.config import GREEDY
 from edgespec.models.target import TargetRuntime
 from edgespec.server.app import RunningServer, ServerConfig
 from edgespec.server.servicer import VerifierService

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.modes import Mode
-from edgespec.rounds.world import ClientSpec, Link, World, _Session
-from edgespec.sim.costs import HardwareProfile
-from edgespec.sim.replay import TraceCloud
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
+from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock, _Session
+from edgespec.drivers.virtual_devices import Link
+from edgespec.drivers.cost_profile import HardwareProfile
+from edgespec.drivers.trace_backends import TraceCloud
 
 PROFILE = HardwareProfile(name="test", forward_ms={1: 10.0, 5: 12.0}, prefill_ms_per_token=0.5, draft_ms_per_token=3.0)
 
 
 def test_the_link_keeps_each_directions_messages_in_order() -> None:
-    world = World(TraceCloud({}, PROFILE))
+    world = VirtualClock(TraceCloud({}, PROFILE))
     link = Link(one_way_s=0.01, bandwidth_bytes_per_s=1000.0)
     session = _Session(world, 0, ClientSpec([1, 2, 3], Mode.SD, GenerationConfig(), None, link))
     arrived: list[tuple[str, float]] = []

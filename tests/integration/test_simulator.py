@@ -8,16 +8,17 @@ from functools import lru_cache
 import pytest
 import torch
 
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.engine import LocalEngine
-from edgespec.decoding.modes import Mode
+from edgespec.core.config import GenerationConfig
+from edgespec.drivers.local_engine import LocalEngine
+from edgespec.core.modes import Mode
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
-from edgespec.rounds.world import Link
-from edgespec.sim.costs import HardwareProfile, h200_profile
+from edgespec.drivers.virtual_devices import Link
+from edgespec.drivers.cost_profile import HardwareProfile, h200_profile
 from edgespec.sim.simulate import SimConfig, clients_sweep, run_mode
-from edgespec.sim.trace import Trace, record_trace
+from edgespec.drivers.trace import Trace
+from edgespec.sim.trace import record_trace
 from tiny_models import greedy_reference, layer_skip_copy, tiny_model
 
 PROMPTS = [[3, 17, 42, 8, 9, 61], [5, 6, 7], [90, 1, 2, 3, 4, 5, 6, 7]]
@@ -130,7 +131,7 @@ def test_simulate_sweep_writes_the_capacity_table_and_picture(tmp_path, capsys) 
     import json
 
     from edgespec.cli import main
-    from edgespec.sim.trace import write_traces
+    from edgespec.drivers.trace import write_traces
 
     write_traces(tmp_path / "traces", traces(), {"target": "tiny", "draft": "tiny-skip", "dtype": "float32", "exits": "test"})
     PROFILE.save(tmp_path / "hardware.json")
@@ -162,7 +163,7 @@ def test_simulate_sweep_writes_the_capacity_table_and_picture(tmp_path, capsys) 
 
 
 def test_an_exit_oracle_streams_the_verdict_it_is_told_to_and_changes_no_token() -> None:
-    from edgespec.sim.replay import ExitOracle
+    from edgespec.drivers.trace_backends import ExitOracle
 
     def run(oracle: ExitOracle) -> list[dict]:
         config = SimConfig(modes=("sd-ee-pipelined",), max_new_tokens=NEW_TOKENS, gamma=4, early_verdicts="on", exit_oracle=oracle)

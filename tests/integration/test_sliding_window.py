@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import MistralConfig, MistralForCausalLM
 
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.engine import LocalEngine
-from edgespec.decoding.modes import Mode
+from edgespec.core.config import GenerationConfig
+from edgespec.drivers.local_engine import LocalEngine
+from edgespec.core.modes import Mode
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import SLIDING_WINDOW_BLOCK_ROOM, TargetRuntime
 from tiny_models import VOCAB, greedy_reference, layer_skip_copy

@@ -13,8 +13,8 @@ import pytest
 
 from edgespec.client.edge_client import ClientOptions, ConnectionLost, EdgeClient, ServerError
 from edgespec.client.recovery import NO_RECOVERY
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.modes import Mode
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgespec.decoding.early import UNSCORED_BONUS, candidate_verdict, with_draft_tokens
-from edgespec.decoding.sampling import GREEDY
+from edgespec.core.config import GREEDY
 from edgespec.decoding.verification import verdict_from_logits
 
 VOCAB = 50

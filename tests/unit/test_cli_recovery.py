@@ -6,7 +6,7 @@ from __future__ import annotations
 from edgespec.cli import build_parser
 from edgespec.cli.options import recovery_policy
 from edgespec.cli.printers import fallback_warning, format_stats
-from edgespec.decoding.stats import GenerationStats
+from edgespec.core.stats import GenerationStats
 
 
 def parse(*extra: str):  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ from typing import Callable
 
 import pytest
 
-from edgespec.decoding.gamma_policy import AdaptiveGamma
+from edgespec.core.gamma import AdaptiveGamma
 
 DRAFT_S = 0.02  # per draft token (the llama.cpp draft measured here: 20.7 ms)
 

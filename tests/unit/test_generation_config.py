@@ -1,6 +1,6 @@
 import pytest
 
-from edgespec.decoding.config import GenerationConfig
+from edgespec.core.config import GenerationConfig
 
 
 def test_early_verdicts_are_spelled_auto_on_or_off_everywhere() -> None:

@@ -12,10 +12,10 @@ import torch
 from edgespec.cli import build_parser
 from edgespec.cli.options import recovery_policy
 from edgespec.cli.printers import ProvisionalPrinter
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.modes import Mode
-from edgespec.decoding.sampling import SamplingParams
-from edgespec.rounds.state import Generation, TextEvent, apply_events
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
+from edgespec.core.config import SamplingParams
+from edgespec.core.generation import Generation, TextEvent, apply_events
 
 PROMPT = [1, 2, 3]
 

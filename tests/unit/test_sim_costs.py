@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgespec.sim.costs import HardwareProfile, h200_profile
+from edgespec.drivers.cost_profile import HardwareProfile, h200_profile
 
 
 def test_a_pass_of_decodes_uses_the_decode_curve_and_falls_back_to_the_verify_curve() -> None:

@@ -8,16 +8,17 @@ import itertools
 import pytest
 import torch
 
-from edgespec.decoding.config import DRAFT_SEED_OFFSET
-from edgespec.decoding.sampling import SamplingParams, logits_to_probs, position_uniform, sample_with_uniform, seeded_generator
+from edgespec.core.config import DRAFT_SEED_OFFSET
+from edgespec.core.config import SamplingParams
+from edgespec.decoding.sampling import logits_to_probs, position_uniform, sample_with_uniform, seeded_generator
 from edgespec.decoding.verification import (
     RoundUniforms,
-    Verdict,
     greedy_verdict,
     rejection_sample_verdict,
     verdict_confidence,
     verdict_from_logits,
 )
+from edgespec.core.verdict import Verdict
 
 
 def one_hot_logits(choices: list[int], vocab: int = 10) -> torch.Tensor:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from edgespec.decoding.sampling import SamplingParams
+from edgespec.core.config import SamplingParams
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport.codec import (
     ProtocolError,

@@ -18,8 +18,8 @@ import torch
 
 from edgespec.client.edge_client import ClientOptions, ConnectionLost, EdgeClient, ServerError
 from edgespec.client.recovery import NO_RECOVERY
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.modes import Mode
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
 from edgespec.models.loading import load_draft
 from edgespec.transport.security import ClientSecurity, resolve_token
 

@@ -16,9 +16,9 @@ from typing import Any, Callable
 from edgespec.bench.metrics import PriceModel, differences_from_cloud_ar, summarize
 from edgespec.bench.processes import pin_to_core, deploy
 from edgespec.capacity import point_metrics
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
 from edgespec.data.prompt_sets import load_prompts
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.modes import Mode
 from edgespec.models.loading import resolve_dtype
 from edgespec.prompting import render_prompt
 

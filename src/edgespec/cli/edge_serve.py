@@ -130,8 +130,8 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from edgespec.client.edge_client import ClientOptions
-    from edgespec.decoding.config import GenerationConfig
-    from edgespec.decoding.modes import Mode
+    from edgespec.core.config import GenerationConfig
+    from edgespec.core.modes import Mode
     from edgespec.models.loading import load_tokenizer
     from edgespec.openai_api.app import create_app
     from edgespec.openai_api.backend import BackendSettings, EdgeBackend

@@ -247,7 +247,7 @@ def _save_calibrated(
 def _round_costs(args: argparse.Namespace, num_layers: int) -> Any:
     """The gain rule's costs: a hardware profile's verify (γ + 1 rows) and draft per token."""
     from edgespec.exits.gain import RoundCosts
-    from edgespec.sim.costs import HardwareProfile
+    from edgespec.drivers.cost_profile import HardwareProfile
     from edgespec.sim.probe import cache_path
 
     path = args.costs

@@ -20,8 +20,8 @@ from edgespec.cli.printers import ProvisionalPrinter, StreamPrinter, fallback_wa
 from edgespec.models.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 if TYPE_CHECKING:  # heavy imports (torch, transformers) wait until a command needs them
-    from edgespec.decoding.config import GenerationConfig, GenerationResult
-    from edgespec.decoding.modes import Mode
+    from edgespec.core.config import GenerationConfig, GenerationResult
+    from edgespec.core.modes import Mode
 
 
 def add_generate_parser(commands: Any) -> None:
@@ -63,8 +63,8 @@ def add_generate_parser(commands: Any) -> None:
 
 def generation_config(args: argparse.Namespace, eos_ids: Any) -> GenerationConfig:
     """The decoding options of `generate` as the library's config."""
-    from edgespec.decoding.config import GenerationConfig
-    from edgespec.decoding.sampling import SamplingParams
+    from edgespec.core.config import GenerationConfig
+    from edgespec.core.config import SamplingParams
 
     return GenerationConfig(
         max_new_tokens=args.max_new_tokens,
@@ -85,7 +85,7 @@ def generation_config(args: argparse.Namespace, eos_ids: Any) -> GenerationConfi
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from edgespec.decoding.modes import Mode
+    from edgespec.core.modes import Mode
     from edgespec.models.loading import load_draft, load_model, load_tokenizer
     from edgespec.prompting import eos_token_ids, render_prompt
 
@@ -132,11 +132,11 @@ def _generate_local(
     config: GenerationConfig, on_commit: Any
 ) -> GenerationResult:
     """Target and draft in this process, on the virtual clock (charged a link's delay with --link)."""
-    from edgespec.decoding.engine import LocalEngine
+    from edgespec.drivers.local_engine import LocalEngine
     from edgespec.link import resolve_profile
     from edgespec.models.exit_choice import resolve_exits
     from edgespec.models.target import TargetRuntime
-    from edgespec.rounds.world import Link
+    from edgespec.drivers.virtual_devices import Link
 
     exits = resolve_exits(args.exits, target.model, args.target) if mode.uses_exits else None
     link = Link()

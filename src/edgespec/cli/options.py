@@ -10,7 +10,7 @@ import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgespec.decoding.config import GenerationConfig
+from edgespec.core.config import GenerationConfig
 from edgespec.transport.security import AUTH_TOKEN_ENV, ClientSecurity, ServerSecurity, resolve_token
 
 if TYPE_CHECKING:  # heavy imports wait until a command needs them

@@ -7,7 +7,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edgespec.decoding.stats import GenerationStats
+    from edgespec.core.stats import GenerationStats
 
 
 class StreamPrinter:

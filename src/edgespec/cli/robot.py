@@ -98,8 +98,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     """One episode in one mode: load the models, run, write everything to --out."""
     import torch
 
-    from edgespec.decoding.config import GenerationConfig
-    from edgespec.decoding.modes import Mode
+    from edgespec.core.config import GenerationConfig
+    from edgespec.core.modes import Mode
     from edgespec.models.loading import load_draft
     from edgespec.prompting import eos_token_ids
     from edgespec.robot.decision import ModelDecider

@@ -42,7 +42,7 @@ def compare(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
     from edgespec.bench.processes import deploy, edgespec_command, pin_to_core
-    from edgespec.decoding.modes import Mode
+    from edgespec.core.modes import Mode
 
     modes = [Mode.parse(m).value for m in args.compare.split(",") if m.strip()]
     if not modes:

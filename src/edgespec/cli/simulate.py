@@ -14,7 +14,7 @@ from edgespec.bench.metrics import PriceModel
 from edgespec.cli.options import add_round_policy_arguments
 from edgespec.cli.simulate_report import capacity_ratio_sentence, compare_with_bench, render_comparison
 from edgespec.cli.trace import split_list
-from edgespec.decoding.modes import Mode
+from edgespec.core.modes import Mode
 from edgespec.models.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 HEATMAP_RTTS_MS = (0, 10, 25, 50, 100, 200)
@@ -78,7 +78,7 @@ def add_simulate_parser(subparsers: Any) -> None:
 
 
 def resolve_hardware(args: argparse.Namespace) -> Any:
-    from edgespec.sim.costs import HardwareProfile, h200_profile
+    from edgespec.drivers.cost_profile import HardwareProfile, h200_profile
     from edgespec.sim.probe import cache_path, host_profile
 
     if args.hardware == "host":
@@ -142,7 +142,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     from edgespec.bench.report import render_markdown
     from edgespec.hostinfo import host_facts
     from edgespec.link import PROFILES
-    from edgespec.sim.replay import ExitOracle
+    from edgespec.drivers.trace_backends import ExitOracle
     from edgespec.sim.simulate import (
         SimConfig,
         clients_sweep,
@@ -151,7 +151,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         render_colocated,
         simulate,
     )
-    from edgespec.sim.trace import load_traces
+    from edgespec.drivers.trace import load_traces
 
     traces = load_traces(args.traces)
     meta = json.loads((Path(args.traces) / "meta.json").read_text())

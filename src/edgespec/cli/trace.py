@@ -47,7 +47,8 @@ def run_trace(args: argparse.Namespace) -> int:
     from edgespec.models.loading import load_model, resolve_dtype
     from edgespec.models.target import TargetRuntime
     from edgespec.prompting import eos_token_ids, render_prompt
-    from edgespec.sim.trace import record_trace, write_traces
+    from edgespec.sim.trace import record_trace
+    from edgespec.drivers.trace import write_traces
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 import grpc
 
 from edgespec.client.channel import keepalive_options, open_channel, session_call
-from edgespec.client.draft_loops import decode_edge_only, decode_provisional
+from edgespec.client.draft_only_decoding import decode_edge_only, decode_provisional
 from edgespec.client.recovery import (
     TRANSIENT_SERVER_CODES,
     Outage,
@@ -29,13 +29,14 @@ from edgespec.client.recovery import (
     wait_connected,
     wait_until_reachable,
 )
-from edgespec.client.round_driver import EdgeRun, RoundDriver
+from edgespec.client.round_driver import EdgeRun, RoundDriver, join_distribution_rows
 from edgespec.client.stream import ConnectionLost, ServerError, SessionStream, open_session
 from edgespec.client.sync_bridge import run_sync
-from edgespec.decoding.config import GenerationConfig, GenerationResult
-from edgespec.decoding.modes import Mode
+from edgespec.core.cloud_ar import CloudRoundDecided, ReceiveOnlyRounds, ReceiveState, TokensDecoded
+from edgespec.core.config import GenerationConfig, GenerationResult
+from edgespec.core.generation import Generation, TextEvent
+from edgespec.core.modes import Mode
 from edgespec.models.draft import DraftRuntime
-from edgespec.rounds.state import Generation, TextEvent
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport.security import INSECURE, ClientSecurity
 
@@ -117,7 +118,7 @@ class EdgeClient:
     ) -> GenerationResult:
         if mode.uses_draft and self.draft is None:
             raise ValueError(f"mode {mode.value} needs a draft model on the edge")
-        run = EdgeRun(Generation(prompt_ids, mode, config), on_commit, on_event)
+        run = EdgeRun(Generation(prompt_ids, mode, config, join_rows=join_distribution_rows), on_commit, on_event)
         if self.draft is not None and not self.options.reuse_draft_cache:
             # On the draft thread: a pre-draft of the last generation may still be running there
             # (stopped, but not yet at its next step), and the cache is that thread's.
@@ -247,7 +248,7 @@ class EdgeClient:
         probe = asyncio.ensure_future(
             wait_until_reachable(self._open_channel, policy.probe_interval_s, self.options.connect_timeout_s)
         )
-        gen.falling_back = True
+        gen.fallback_started()
         try:
             assert self.draft is not None
             await decode_provisional(run, self.draft, self._draft_thread, until=probe.done)
@@ -259,7 +260,7 @@ class EdgeClient:
                     logger.debug("probe failed: %s", describe(probe.exception()))  # type: ignore[arg-type]
                 return True
         finally:
-            gen.falling_back = False
+            gen.fallback_ended()
             probe.cancel()
             await asyncio.gather(probe, return_exceptions=True)
         logger.warning(
@@ -276,7 +277,8 @@ class EdgeClient:
     async def _cloud_sd(self, stream: SessionStream, run: EdgeRun) -> None:
         """The server drafts and verifies (the co-located baseline): receive each round's tokens."""
         gen = run.gen
-        while True:
+        receiver = ReceiveOnlyRounds(gen)
+        while receiver.state is ReceiveState.RECEIVING:
             start = run.now()
             message = await stream.receive()
             gen.stats.wait_s += run.now() - start
@@ -284,27 +286,27 @@ class EdgeClient:
                 raise ServerError("BAD_REPLY", f"expected tokens in a cloud-sd session, got {message.WhichOneof('kind')}")
             tokens = message.tokens
             if tokens.drafted:  # an empty finished message (a resumed, complete text) is no round
-                gen.count_cloud_round(tokens.drafted, tokens.accepted, tokens.draft_ms / 1000, tokens.compute_ms / 1000)
                 # The server's own passes, as it reported them (placed back to back before this
                 # reply, as a decode's is): its drafting is server time as much as its verify.
                 verified_at = run.now() - tokens.compute_ms / 1000
                 gen.record("cloud", "draft (server)", verified_at - tokens.draft_ms / 1000, verified_at)
                 gen.record("cloud", "verify (server)", verified_at, run.now())
-            run.commit(list(tokens.ids))
-            if tokens.finished:
-                gen.finish("eos" if gen.produced and gen.committed[-1] in gen.eos else "length")
-                return
+            receiver.cloud_round_decided(
+                CloudRoundDecided(
+                    tokens=list(tokens.ids), finished=tokens.finished, drafted=tokens.drafted, accepted=tokens.accepted,
+                    draft_s=tokens.draft_ms / 1000, verify_s=tokens.compute_ms / 1000, at=run.now(),
+                )
+            )
 
     async def _cloud_ar(self, stream: SessionStream, run: EdgeRun) -> None:
-        stats = run.gen.stats
-        while True:
+        """The server decodes: receive each pass's token."""
+        gen = run.gen
+        receiver = ReceiveOnlyRounds(gen)
+        while receiver.state is ReceiveState.RECEIVING:
             start = run.now()
             message = await stream.receive()
-            stats.wait_s += run.now() - start
+            gen.stats.wait_s += run.now() - start
             tokens = message.tokens
-            run.gen.count_decode(tokens.compute_ms / 1000)
-            run.gen.record("cloud", "decode", run.now() - tokens.compute_ms / 1000, run.now())  # the pass, as the server reported it
-            run.commit(list(tokens.ids))
-            if tokens.finished:
-                run.gen.finish("done")
-                return
+            gen.record("cloud", "decode", run.now() - tokens.compute_ms / 1000, run.now())  # the pass, as the server reported it
+            compute_s = tokens.compute_ms / 1000
+            receiver.tokens_decoded(TokensDecoded(tokens=list(tokens.ids), finished=tokens.finished, compute_s=compute_s, at=run.now()))

@@ -14,13 +14,34 @@ import time
 from concurrent.futures import Executor
 from typing import Callable
 
+import torch
+
 from edgespec.client.stream import ServerError, SessionStream
-from edgespec.decoding.config import DRAFT_SEED_OFFSET
-from edgespec.models.draft import DraftBlock, DraftRuntime
-from edgespec.rounds import client as core
-from edgespec.rounds.state import Generation, TextEvent
+from edgespec.core.block import DraftBlock
+from edgespec.core.config import DRAFT_SEED_OFFSET
+from edgespec.core.edge import EdgeRounds
+from edgespec.core.edge_events import (
+    BlockDropped,
+    BlockSent,
+    CancelDraft,
+    Draft,
+    Drafted,
+    EarlyVerdictArrived,
+    EdgeAction,
+    FinalVerdictArrived,
+    SendBlock,
+)
+from edgespec.core.errors import ProtocolViolation
+from edgespec.core.generation import Generation, TextEvent
+from edgespec.models.draft import DraftRuntime
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport.codec import candidates_to_wire, distributions_to_wire, verdict_of
+
+
+def join_distribution_rows(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The draft's distributions of provisional tokens kept by several decode steps, as one
+    block's [gamma, vocab] rows (``Generation``'s ``join_rows``)."""
+    return torch.cat(parts)
 
 
 class EdgeRun:
@@ -38,7 +59,7 @@ class EdgeRun:
         self._t0 = time.perf_counter()
         self._on_commit = on_commit
         self._on_event = on_event
-        gen.listener = self._deliver
+        gen.listen(self._deliver)
 
     def _deliver(self, event: TextEvent) -> None:
         if self._on_event is not None:
@@ -63,14 +84,14 @@ class RoundDriver:
         self.gen = run.gen
         self.draft = draft
         self.draft_thread = draft_thread
-        self.rounds = core.ClientRounds(run.gen)
+        self.rounds = EdgeRounds(run.gen)
         self._drafts: dict[asyncio.Future, tuple[int, threading.Event]] = {}
         self._stream: SessionStream | None = None
-        self._unsent: list[core.SendBlock] = []
+        self._unsent: list[SendBlock] = []
 
     def start(self) -> None:
         """Start drafting the first block (while the server prefills the prompt)."""
-        self._apply_sync(self.rounds.start())
+        self._apply_sync(self.rounds.started())
 
     async def play(self, stream: SessionStream) -> None:
         """Run rounds until the generation finishes (or the stream fails: then raise)."""
@@ -84,7 +105,8 @@ class RoundDriver:
                 for future in [f for f in self._drafts if f.done()]:
                     draft_id, _ = self._drafts.pop(future)
                     block, start, end = future.result()
-                    await self._apply(self.rounds.drafted(draft_id, block, start, end))
+                    drafted = Drafted(draft_id=draft_id, block=block, start=start, end=end)
+                    await self._apply(self.rounds.drafted(drafted))
                 if reader.done() and not self.gen.finished:
                     await self._apply(self._on_message(await stream.receive()))
         finally:
@@ -97,43 +119,51 @@ class RoundDriver:
             future.cancel()
         self._drafts.clear()
 
-    def _on_message(self, message: pb.ServerMessage) -> list[core.ClientAction]:
+    def _on_message(self, message: pb.ServerMessage) -> list[EdgeAction]:
         kind, now = message.WhichOneof("kind"), self.run.now()
         try:
             if kind == "early":
-                return self.rounds.early(message.early.round, message.early.exit_layer, verdict_of(message.early), now)
+                early = message.early
+                return self.rounds.early_verdict_arrived(
+                    EarlyVerdictArrived(round=early.round, layer=early.exit_layer, verdict=verdict_of(early), at=now)
+                )
             if kind == "final":
                 final = message.final
                 self.run.gen.stats.server_queued_s += final.queued_ms / 1000  # apart from the pass itself: batching's wait
-                return self.rounds.final(final.round, verdict_of(final), final.finished, final.pipelined, final.verify_ms / 1000, now)
+                return self.rounds.final_verdict_arrived(
+                    FinalVerdictArrived(
+                        round=final.round, verdict=verdict_of(final), server_finished=final.finished,
+                        pipelined=final.pipelined, verify_s=final.verify_ms / 1000, at=now,
+                    )
+                )
             if kind == "dropped":
-                return self.rounds.dropped(message.dropped.round)
-        except core.ProtocolViolation as error:
+                return self.rounds.block_dropped(BlockDropped(round=message.dropped.round))
+        except ProtocolViolation as error:
             raise ServerError("BAD_REPLY", str(error)) from None
         raise ServerError("BAD_REPLY", f"unexpected {kind} message in round {self.rounds.round}")
 
-    async def _apply(self, actions: list[core.ClientAction]) -> None:
+    async def _apply(self, actions: list[EdgeAction]) -> None:
         for action in actions:
-            if isinstance(action, core.SendBlock):
+            if isinstance(action, SendBlock):
                 await self._send(action)
                 if action.assumes is None:  # its wait starts now, not when it was drafted
-                    self.rounds.sent(action.round, self.run.now())
+                    self.rounds.block_sent(BlockSent(round=action.round, at=self.run.now()))
             else:
                 self._apply_sync([action])
 
-    def _apply_sync(self, actions: list[core.ClientAction]) -> None:
+    def _apply_sync(self, actions: list[EdgeAction]) -> None:
         for action in actions:
-            if isinstance(action, core.Draft):
+            if isinstance(action, Draft):
                 self._start_draft(action)
-            elif isinstance(action, core.CancelDraft):
+            elif isinstance(action, CancelDraft):
                 for draft_id, stop in self._drafts.values():
                     if draft_id == action.id:
                         stop.set()
-            elif isinstance(action, core.SendBlock):
+            elif isinstance(action, SendBlock):
                 self._unsent.append(action)  # before the session opened
-            # core.Commit: the generation already told the listeners (Generation.commit).
+            # Commit: the generation already told the listeners (Generation.commit).
 
-    def _start_draft(self, action: core.Draft) -> None:
+    def _start_draft(self, action: Draft) -> None:
         stop = threading.Event()
         config, now, draft = self.gen.config, self.run.now, self.draft
         with_candidates = config.wants_early_verdicts(self.gen.mode)
@@ -160,7 +190,7 @@ class RoundDriver:
         future = asyncio.get_running_loop().run_in_executor(self.draft_thread, work)
         self._drafts[future] = (action.id, stop)
 
-    async def _send(self, send: core.SendBlock) -> None:
+    async def _send(self, send: SendBlock) -> None:
         assert self._stream is not None
         block = send.block
         message = pb.DraftBlock(

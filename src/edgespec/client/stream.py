@@ -7,10 +7,10 @@ import asyncio
 
 import grpc
 
-from edgespec.decoding.config import GenerationResult
-from edgespec.decoding.modes import Mode
-from edgespec.decoding.stats import GenerationStats
-from edgespec.rounds.state import Generation
+from edgespec.core.config import GenerationResult
+from edgespec.core.generation import Generation
+from edgespec.core.modes import Mode
+from edgespec.core.stats import GenerationStats
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport.codec import PROTOCOL_VERSION, sampling_to_wire, wire_size
 
@@ -112,5 +112,5 @@ async def open_session(stream: SessionStream, gen: Generation) -> pb.Opened:
         raise ServerError("BAD_REPLY", f"expected opened, got {message.WhichOneof('kind')}")
     if config.needs_exits(mode) and not message.opened.exit_layers:
         raise ServerError("NO_EXITS", f"mode {mode.value} needs a server with exits; this one has none")
-    gen.eos = frozenset(message.opened.eos_ids)
+    gen.session_opened(message.opened.eos_ids)
     return message.opened

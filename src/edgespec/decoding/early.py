@@ -7,8 +7,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from edgespec.decoding.sampling import SamplingParams
-from edgespec.decoding.verification import RoundUniforms, Verdict, verdict_confidence, verdict_from_logits
+from edgespec.core.config import SamplingParams
+from edgespec.core.verdict import Verdict
+from edgespec.decoding.verification import RoundUniforms, verdict_confidence, verdict_from_logits
 from edgespec.models.exit_heads import ExitHeads, ExitReading
 
 

@@ -18,17 +18,9 @@ from typing import Sequence
 
 import torch
 
-from edgespec.decoding.sampling import SamplingParams, logits_to_probs, position_uniforms, sample_with_uniform
-
-
-@dataclass(frozen=True)
-class Verdict:
-    accepted: int
-    next_token: int
-
-    def committed(self, draft_tokens: Sequence[int]) -> list[int]:
-        """The tokens this verdict commits: the accepted draft prefix, then the next token."""
-        return list(draft_tokens[: self.accepted]) + [self.next_token]
+from edgespec.core.config import SamplingParams
+from edgespec.core.verdict import Verdict
+from edgespec.decoding.sampling import logits_to_probs, position_uniforms, sample_with_uniform
 
 
 @dataclass(frozen=True)

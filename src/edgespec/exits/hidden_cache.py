@@ -31,13 +31,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.modes import Mode
-from edgespec.decoding.sampling import GREEDY
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
+from edgespec.core.config import GREEDY
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime, decoder_parts
-from edgespec.rounds.real_backends import RealCloud, RealEdge
-from edgespec.rounds.world import ClientSpec, CloudJob, World
+from edgespec.drivers.real_backends import RealCloud, RealEdge
+from edgespec.drivers.backend_interface import CloudJob
+from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock
 
 logger = logging.getLogger(__name__)
 
@@ -303,7 +304,7 @@ def record_rounds(
             rows: dict[str, list[torch.Tensor]] = {}
             # The rounds are the engine's own (the round core, sd mode); the tap reads each verify.
             cloud = _RecordingCloud(target, tap, layers, gamma, rows, guesser)
-            (result,) = World(cloud).run([ClientSpec(list(prompt), Mode.SD, config, RealEdge(draft, GREEDY, 0, candidates=True), eos_ids=config.eos_ids)])
+            (result,) = VirtualClock(cloud).run([ClientSpec(list(prompt), Mode.SD, config, RealEdge(draft, GREEDY, 0, candidates=True), eos_ids=config.eos_ids)])
             produced = len(result.tokens)
             tensors = {name: torch.stack(parts) for name, parts in rows.items()}  # [rounds, gamma+1, ...]
             path = directory / f"shard-{index:05d}.safetensors"

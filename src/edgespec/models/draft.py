@@ -7,20 +7,14 @@ the rest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from edgespec.decoding.sampling import (
-    SamplingParams,
-    logits_to_probs,
-    position_uniform,
-    restrict_support,
-    sample_with_uniform,
-)
-
+from edgespec.core.block import DraftBlock
+from edgespec.core.config import SamplingParams
+from edgespec.decoding.sampling import logits_to_probs, position_uniform, restrict_support, sample_with_uniform
 from edgespec.models.kv import TrackedCache, forward_with_cache, standard_head_input
 
 # A sampled draft token's distribution travels as this many (id, probability) pairs at most.
@@ -48,21 +42,6 @@ def runner_up_id(logits: torch.Tensor, token: int) -> int:
     """The draft's likeliest id other than ``token`` (its argmax)."""
     ids = torch.topk(logits, min(2, logits.numel())).indices.tolist()
     return int(next((i for i in ids if i != token), token))
-
-
-@dataclass(frozen=True)
-class DraftBlock:
-    tokens: list[int]
-    # [gamma, vocab] float32 distributions the tokens were drawn from; None when greedy.
-    probs: torch.Tensor | None = None
-    # Greedy: [gamma, k] int64, the draft's top-k ids at each drafted position, its own token
-    # first: the only ids a candidate-id exit scores (None: not recorded).
-    candidates: torch.Tensor | None = None
-    # Greedy: per drafted position, the draft's probability of its own token and its runner-up
-    # id: where the block is likeliest to be rejected and with which correction, for the
-    # pre-draft modes' runner-up branches (None: not recorded). Never sent to the server.
-    confidence: list[float] | None = None
-    runner_up: list[int] | None = None
 
 
 class DraftRuntime:

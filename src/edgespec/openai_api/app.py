@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Awaitable, TypeVar
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from edgespec.decoding.stats import GenerationStats
+from edgespec.core.stats import GenerationStats
 from edgespec.openai_api.admission import Admitted, admit_chat, admit_completion, cloud_refused, cloud_unavailable
 from edgespec.openai_api.backend import EdgeBackend, Event, Failed, Finished, RequestRun, SamplingRequest, TextDelta
 from edgespec.openai_api.body_limit import BodyLimit

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from edgespec.client.edge_client import ClientOptions, EdgeClient, ServerError
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.modes import Mode
-from edgespec.decoding.sampling import SamplingParams
-from edgespec.decoding.stats import GenerationStats
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
+from edgespec.core.config import SamplingParams
+from edgespec.core.stats import GenerationStats
 from edgespec.openai_api.cloud import CloudInfo, check_reachable, describe_cloud
 from edgespec.openai_api.cloud_errors import as_openai_error
 from edgespec.openai_api.detokenizer import IncrementalDetokenizer

@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from edgespec.decoding.stats import GenerationStats
+from edgespec.core.stats import GenerationStats
 from edgespec.openai_api.errors import OpenAIError
 
 ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics"})

@@ -14,7 +14,7 @@ import logging
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
-from edgespec.decoding.modes import Mode
+from edgespec.core.modes import Mode
 from edgespec.openai_api.backend import EdgeBackend
 from edgespec.openai_api.cloud import CloudRefused, CloudUnavailable
 from edgespec.openai_api.errors import OpenAIError

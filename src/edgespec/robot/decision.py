@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
-from edgespec.decoding.config import GenerationConfig, GenerationResult
-from edgespec.decoding.modes import Mode
+from edgespec.core.config import GenerationConfig, GenerationResult
+from edgespec.core.modes import Mode
 from edgespec.prompting import render_prompt
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class ModelDecider:
 def local_generate(target_model: Any, draft_runtime: Any, exits: Any = None, reuse_context: bool = False) -> Generate:
     """Target and draft in this process (the reference engine). ``reuse_context``: both keep
     their KV caches across decisions and prefill only what is new (robot/reuse.py)."""
-    from edgespec.decoding.engine import LocalEngine
+    from edgespec.drivers.local_engine import LocalEngine
     from edgespec.models.target import TargetRuntime
 
     if not reuse_context:

@@ -24,9 +24,11 @@ from typing import Any
 
 import torch
 
-from edgespec.decoding.config import DRAFT_SEED_OFFSET
-from edgespec.decoding.sampling import SamplingParams, logits_to_probs, position_uniform, restrict_support, sample_with_uniform
-from edgespec.models.draft import DRAFT_SUPPORT, DraftBlock, token_confidence
+from edgespec.core.config import DRAFT_SEED_OFFSET
+from edgespec.core.config import SamplingParams
+from edgespec.decoding.sampling import logits_to_probs, position_uniform, restrict_support, sample_with_uniform
+from edgespec.models.draft import DRAFT_SUPPORT, token_confidence
+from edgespec.core.block import DraftBlock
 from edgespec.models.kv import TrackedCache
 from edgespec.models.target import ScoreRequest, TargetRuntime
 

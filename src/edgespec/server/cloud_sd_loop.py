@@ -8,9 +8,9 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from edgespec.decoding.gamma_policy import AdaptiveGamma
+from edgespec.core.gamma import AdaptiveGamma
 from edgespec.models.target import TargetRuntime
-from edgespec.rounds.colocated import ColocatedRounds
+from edgespec.core.colocated import ColocatedRounds, ColocatedVerified, ServerDrafted
 from edgespec.server.admission import SessionClock
 from edgespec.server.cloud_draft import CloudDraft
 from edgespec.server.encoding import committed_tokens_reply, nothing_left_reply
@@ -70,10 +70,14 @@ async def draft_verify_and_stream(
             wanted.cancelled = True  # a batch that has not started yet skips it
             raise
         draft_ms = wanted.batch_ms  # the batched drafting it rode in, like a verify's forward
-        verify = colocated.drafted(step, drafted.value, draft_ms / 1000)
+        verify = colocated.drafted(ServerDrafted(step=step, block=drafted.value, draft_s=draft_ms / 1000))
         result = await scheduler.submit(session.verify_job(verify, None))
         verdict, _ = result.value
-        done = colocated.verified(verify, verdict, result.forward_ms / 1000, time.perf_counter() - began)
+        done = colocated.verified(
+            ColocatedVerified(
+                verify=verify, verdict=verdict, verify_s=result.forward_ms / 1000, round_s=time.perf_counter() - began
+            )
+        )
         runtime.rollback(session.rounds.sequence, kv=session.kv)
         final = done.final
         replies.put_nowait(committed_tokens_reply(

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from edgespec.decoding.early import EarlyVerdictJudge
-from edgespec.decoding.verification import Verdict
-from edgespec.rounds.server import IncomingBlock, OutOfOrder, SendFinal
+from edgespec.core.verdict import Verdict
+from edgespec.core.verifier import IncomingBlock, OutOfOrder, SendFinal
 from edgespec.server.jobs import JobResult
 from edgespec.server.refusals import Refused
 from edgespec.transport import edgespec_pb2 as pb

@@ -2,7 +2,7 @@
 verification randomness, and the jobs that run its forwards on the pass thread.
 
 The order of rounds (which block is verified next, which pipelined block is dropped) is the round
-core's (``rounds/server.py``); this holds what the forwards need: the cache, the sampling, the seed.
+core's (``core/verifier.py``); this holds what the forwards need: the cache, the sampling, the seed.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from typing import Callable
 import torch
 
 from edgespec.decoding.early import EarlyVerdict, EarlyVerdictJudge
-from edgespec.decoding.rounds import begin_round
-from edgespec.decoding.sampling import SamplingParams, token_from_forward
-from edgespec.decoding.verification import RoundUniforms, Verdict
+from edgespec.decoding.block_scoring import begin_round
+from edgespec.core.config import SamplingParams
+from edgespec.decoding.sampling import token_from_forward
+from edgespec.decoding.verification import RoundUniforms
+from edgespec.core.verdict import Verdict
 from edgespec.models.target import ScoreRequest, TargetRuntime
-from edgespec.rounds.server import ServerRounds, Verify
+from edgespec.core.verifier import Decoded, VerifierRounds, Verify
 from edgespec.server.admission import check_generation_fits
 from edgespec.server.prefix_cache import PrefixCache
 from edgespec.server.jobs import Job
@@ -42,6 +44,7 @@ class ServerSession:
         eos_ids: frozenset[int],
         limits: SessionLimits,
         prefix_cache: PrefixCache | None = None,
+        early_verdicts: bool = False,
     ) -> None:
         check_generation_fits(runtime, prompt_ids, committed_ids, max_new_tokens, limits)
         self.id = secrets.token_urlsafe(18)
@@ -58,7 +61,9 @@ class ServerSession:
         self.sampling = sampling
         self.seed = seed  # verification uniforms are keyed by (seed, position): see RoundUniforms.at
         self.limits = limits
-        self.rounds = ServerRounds(list(prompt_ids) + list(committed_ids), len(prompt_ids), eos_ids, max_new_tokens)
+        self.rounds = VerifierRounds(
+            list(prompt_ids) + list(committed_ids), len(prompt_ids), eos_ids, max_new_tokens, early_verdicts=early_verdicts
+        )
 
     @property
     def sequence(self) -> list[int]:
@@ -106,7 +111,7 @@ class ServerSession:
 
         def finish(scored: torch.Tensor) -> tuple[int, bool]:
             token = token_from_forward(scored[0], self.sampling, uniform)
-            commit = rounds.decoded(token)
+            commit = rounds.decoded(Decoded(token=token))
             self.runtime.rollback(rounds.sequence, kv=self.kv)
             return token, commit.finished
 

@@ -12,7 +12,7 @@ from typing import Callable
 
 from edgespec.decoding.early import EarlyVerdict
 from edgespec.models.target import TargetRuntime
-from edgespec.rounds.server import Drop, OutOfOrder, Reject, SendFinal, ServerAction, Verify
+from edgespec.core.verifier import Drop, ExitReached, OutOfOrder, Reject, SendFinal, ServerAction, Verified, Verify
 from edgespec.server.encoding import (
     END_OF_STREAM, dropped_reply, early_verdict_reply, error_reply, final_verdict_reply, incoming_block,
     internal_error_reply, out_of_order_error,
@@ -57,7 +57,7 @@ class SpeculativeLoop:
         check_block(block, self.runtime.vocab_size, self.max_block, greedy)
         incoming = incoming_block(block, self.runtime.vocab_size, greedy, self.exit_candidates)
         try:
-            actions = session.rounds.block(incoming)
+            actions = session.rounds.block_arrived(incoming)
         except OutOfOrder as error:
             raise out_of_order_error(error) from None
         verify = send_drops_and_refusals(actions, self.replies)
@@ -84,7 +84,7 @@ class SpeculativeLoop:
                 on_early = self._early_streamer(verify.block.round) if rounds.early_verdicts else None
                 result = await self.scheduler.submit(session.verify_job(verify, on_early))
                 verdict, judge = result.value
-                actions = rounds.verified(verify, verdict)
+                actions = rounds.verified(Verified(verify=verify, verdict=verdict))
                 self.runtime.rollback(rounds.sequence, kv=session.kv)
                 final = actions[0]
                 assert isinstance(final, SendFinal)
@@ -112,9 +112,11 @@ class SpeculativeLoop:
 
         def stream_early(early: EarlyVerdict) -> None:
             def deliver() -> None:
-                for action in rounds.early(
-                    round_index, early.layer, early.verdict, early.confidence, early.elapsed_s, early.streamed
-                ):
+                reached = ExitReached(
+                    round=round_index, layer=early.layer, verdict=early.verdict, confidence=early.confidence,
+                    elapsed_s=early.elapsed_s, streamed=early.streamed,
+                )
+                for action in rounds.exit_reached(reached):
                     replies.put_nowait(early_verdict_reply(
                         action.round, action.layer, action.verdict, action.confidence, action.elapsed_s,
                     ))

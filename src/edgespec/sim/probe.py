@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from edgespec.hostinfo import host_facts
-from edgespec.sim.costs import HardwareProfile
+from edgespec.drivers.cost_profile import HardwareProfile
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def probe_host(target_name: str, draft_name: str, backend: str, dtype: str, exit
 def _draft_costs(draft: Any) -> tuple[float, float]:
     """A draft runtime's ms per drafted token (after a verdict: a few new tokens, then 4 steps)
     and its prefill ms per prompt token."""
-    from edgespec.decoding.sampling import GREEDY
+    from edgespec.core.config import GREEDY
 
     prompt = list(range(3000, 3000 + CONTEXT))
     draft_prefill = _median_s(lambda: (draft.reset(), draft.draft(prompt, 1, GREEDY)), 2) * 1000
@@ -148,8 +148,8 @@ def measure_message_overhead_ms(rounds: int = 30, one_way_ms: float = 25.0) -> f
 
     from edgespec.client.edge_client import ClientOptions, EdgeClient
     from edgespec.client.recovery import NO_RECOVERY
-    from edgespec.decoding.config import GenerationConfig
-    from edgespec.decoding.modes import Mode
+    from edgespec.core.config import GenerationConfig
+    from edgespec.core.modes import Mode
     from edgespec.models.draft import DraftRuntime
     from edgespec.models.target import TargetRuntime
     from edgespec.link import LinkEmulator, resolve_profile

@@ -8,14 +8,15 @@ from typing import Any, Sequence
 
 from edgespec.bench.metrics import PriceModel, summarize
 from edgespec.capacity import point_metrics
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.modes import Mode
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
 from edgespec.link import PROFILES
 from edgespec.link.profiles import LinkProfile
-from edgespec.rounds.world import ClientSpec, Link, World
-from edgespec.sim.costs import HardwareProfile
-from edgespec.sim.replay import ExitOracle, TraceCloud, TraceEdge
-from edgespec.sim.trace import Trace
+from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock
+from edgespec.drivers.virtual_devices import Link
+from edgespec.drivers.cost_profile import HardwareProfile
+from edgespec.drivers.trace_backends import ExitOracle, TraceCloud, TraceEdge
+from edgespec.drivers.trace import Trace
 
 # cloud-sd also needs the profile's server-side draft cost (`edgespec simulate` adds it when known).
 SIMULATED_MODES = ("cloud-ar", "sd", "sd-ee", "sd-ee-predraft", "sd-ee-pipelined")
@@ -72,7 +73,7 @@ def run_mode(traces: Sequence[Trace], mode: Mode, profile: HardwareProfile, link
             ClientSpec(t.prompt_ids, mode, config.generation(_eos(t)), TraceEdge(t, profile, config.draft_stop) if mode.uses_draft else None, link, eos_ids=_eos(t))
             for t in chosen
         ]
-        world = World(cloud, config.max_batch)
+        world = VirtualClock(cloud, config.max_batch)
         for index, (trace, result) in enumerate(zip(chosen, world.run(specs))):
             records.append({
                 "world": len(records) - index,  # the records of one world (one verifier) share this

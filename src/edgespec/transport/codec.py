@@ -6,8 +6,8 @@ from typing import Sequence
 
 import torch
 
-from edgespec.decoding.sampling import SamplingParams
-from edgespec.decoding.verification import Verdict
+from edgespec.core.config import SamplingParams
+from edgespec.core.verdict import Verdict
 from edgespec.transport import edgespec_pb2 as pb
 
 PROTOCOL_VERSION = 1

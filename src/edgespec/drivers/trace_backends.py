@@ -1,5 +1,5 @@
 """Backends that replay a greedy trace and charge a hardware profile's costs: the simulator is
-the discrete-event world (``rounds/world.py``) with these instead of the real models."""
+the virtual-clock driver (``drivers/virtual_clock.py``) with these instead of the real models."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from edgespec.decoding.early import UNSCORED_BONUS, EarlyVerdict
-from edgespec.decoding.verification import Verdict
-from edgespec.models.draft import DraftBlock
+from edgespec.core.block import DraftBlock
+from edgespec.core.verdict import Verdict
+from edgespec.decoding.early import EarlyVerdict, UNSCORED_BONUS
+from edgespec.drivers.backend_interface import CloudJob, JobKind, VerifyResult
+from edgespec.drivers.cost_profile import HardwareProfile
+from edgespec.drivers.trace import Trace
 from edgespec.models.kv import valid_prefix
-from edgespec.rounds.world import CloudJob, VerifyResult
-from edgespec.sim.costs import HardwareProfile
-from edgespec.sim.trace import Trace
 
 # Tokens no model emits: what the draft "says" past the point where the trace stops knowing
 # (after its own first disagreement, or after a wrongly assumed verdict). They can never be
@@ -120,19 +120,19 @@ class TraceCloud:
         singles, results = [], []
         for job in jobs:
             trace = self.traces[job.session]
-            if job.kind == "draft":
+            if job.kind is JobKind.DRAFT:
                 if job.session not in self._drafts:
                     self._drafts[job.session] = TraceEdge(trace, profile.server_drafter())
                 block, cost = self._drafts[job.session].draft(job.sequence, job.gamma, stop_below=job.stop_below)
                 singles.append(cost)
                 results.append(block)
                 continue
-            if job.kind == "prefill":
+            if job.kind is JobKind.PREFILL:
                 singles.append(profile.prefill_s(len(job.sequence)))
                 results.append(None)
                 continue
             position = len(job.sequence) - len(trace.prompt_ids)
-            if job.kind == "decode":
+            if job.kind is JobKind.DECODE:
                 singles.append(profile.forward_s(1))
                 results.append(trace.continuation[position])
                 continue
@@ -141,7 +141,7 @@ class TraceCloud:
             cost = profile.forward_s(len(job.block.tokens) + 1, exits, candidates=self._candidates(trace))
             singles.append(cost)
             results.append((trace, position, job))
-        total = profile.batch_s(singles, decodes=all(job.kind == "decode" for job in jobs)) if len(jobs) > 1 else singles[0]
+        total = profile.batch_s(singles, decodes=all(job.kind is JobKind.DECODE for job in jobs)) if len(jobs) > 1 else singles[0]
         return [self._verify(*r, total) if isinstance(r, tuple) else r for r in results], total
 
     def _verify(self, trace: Trace, position: int, job: CloudJob, forward_s: float) -> VerifyResult:

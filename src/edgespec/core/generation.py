@@ -10,15 +10,26 @@ disagrees with, retracting the rest. Listeners hear all of it as ``TextEvent`` s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from enum import StrEnum
+from typing import Any, Callable, Collection, Sequence
 
-import torch
+from edgespec.core.block import DraftBlock
+from edgespec.core.config import GenerationConfig
+from edgespec.core.gamma import AdaptiveGamma
+from edgespec.core.modes import Mode
+from edgespec.core.stats import GenerationStats, TimelineEvent
+from edgespec.core.stopping import FinishReason
 
-from edgespec.decoding.config import GenerationConfig
-from edgespec.decoding.gamma_policy import AdaptiveGamma
-from edgespec.decoding.modes import Mode
-from edgespec.decoding.stats import GenerationStats, TimelineEvent
-from edgespec.models.draft import DraftBlock
+
+class TextEventKind(StrEnum):
+    FINAL = "final"
+    PROVISIONAL = "provisional"
+    RETRACT = "retract"
+
+
+# Joins per-token payload slices (the draft's distributions) into one block payload: a driver's
+# tensor concatenation; the core only slices and hands them over.
+RowJoiner = Callable[[list[Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -37,21 +48,24 @@ class TextEvent:
     retract: ``del shown[position:]``.
     """
 
-    kind: str  # "final" | "provisional" | "retract"
+    kind: TextEventKind
     position: int
     tokens: tuple[int, ...] = ()
     verified: bool = True
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", TextEventKind(self.kind))
+
     @property
     def replaced_by(self) -> int | None:
-        return self.tokens[0] if self.kind == "retract" and self.tokens else None
+        return self.tokens[0] if self.kind is TextEventKind.RETRACT and self.tokens else None
 
 
 def apply_events(events: Sequence[TextEvent]) -> list[int]:
     """The text a stream of events leaves on screen (a reference for consumers and tests)."""
     shown: list[int] = []
     for event in events:
-        if event.kind == "retract":
+        if event.kind is TextEventKind.RETRACT:
             del shown[event.position :]
         else:
             if event.position > len(shown):
@@ -61,7 +75,24 @@ def apply_events(events: Sequence[TextEvent]) -> list[int]:
 
 
 class Generation:
-    def __init__(self, prompt_ids: Sequence[int], mode: Mode, config: GenerationConfig) -> None:
+    """The committed text of one generation and its accounting. Drivers report what happened
+    through its methods (``session_opened``, ``commit``, ``add_provisional``, ``finish``, ...);
+    they read its fields but never set them.
+
+    ``eos_ids``: the end-of-sequence ids the text stops at until a server says otherwise (default:
+    the config's). ``join_rows``: how a driver joins the draft's per-token distributions of
+    provisional tokens kept by several decode steps into one block's; without it such a block is
+    drafted afresh (slower, never wrong).
+    """
+
+    def __init__(
+        self,
+        prompt_ids: Sequence[int],
+        mode: Mode,
+        config: GenerationConfig,
+        eos_ids: Collection[int] | None = None,
+        join_rows: RowJoiner | None = None,
+    ) -> None:
         if not prompt_ids:
             raise ValueError("the prompt must contain at least one token")
         self.mode = mode
@@ -71,15 +102,17 @@ class Generation:
         self.stats = GenerationStats(mode=mode.value, prompt_tokens=len(prompt_ids))
         # The server's EOS set replaces this once a session opens; until then (and for edge-only)
         # the caller's decides.
-        self.eos: frozenset[int] = config.eos_ids
+        self.eos: frozenset[int] = frozenset(config.eos_ids if eos_ids is None else eos_ids)
         self.finished = False
         self.falling_back = False  # tokens are being decided by the draft alone
         self.gamma_policy: AdaptiveGamma | None = config.gamma_policy()
         # Draft-only tokens after the final text, awaiting the target (with the draft's
         # distribution for each when sampling: rejection sampling needs it).
         self.provisional: list[int] = []
-        self._provisional_probs: list[torch.Tensor] = []
-        self.provisional_end: str | None = None  # the provisional text reached EOS or the budget
+        # Per provisional token: (the payload it was drafted with, its row there).
+        self._provisional_probs: list[tuple[Any, int]] = []
+        self._join_rows = join_rows
+        self.provisional_end: FinishReason | None = None  # the provisional text reached EOS or the budget
         self.listener: Callable[[TextEvent], None] | None = None
 
     @property
@@ -129,26 +162,48 @@ class Generation:
             # The listener sees the state after the whole verdict, so a raise there loses nothing.
             retracted = self._drop_provisional()
             if agreed:
-                self._emit(TextEvent("final", position, tuple(tokens[:agreed])))
-            self._emit(TextEvent("retract", position + agreed, (tokens[agreed],)))
+                self._emit(TextEvent(TextEventKind.FINAL, position, tuple(tokens[:agreed])))
+            self._emit(TextEvent(TextEventKind.RETRACT, position + agreed, (tokens[agreed],)))
             self._note_retraction(retracted - agreed)
-            self._emit(TextEvent("final", position + agreed, tuple(tokens[agreed:])))
+            self._emit(TextEvent(TextEventKind.FINAL, position + agreed, tuple(tokens[agreed:])))
             return
         del self.provisional[:agreed], self._provisional_probs[:agreed]
         if not self.provisional:
             self.provisional_end = None
         if tokens:
-            self._emit(TextEvent("final", position, tuple(tokens)))
+            self._emit(TextEvent(TextEventKind.FINAL, position, tuple(tokens)))
 
-    def add_provisional(self, tokens: list[int], probs: torch.Tensor | None) -> None:
-        """Tokens the draft alone decided (``probs``: its distribution for each, when sampling)."""
+    def listen(self, listener: Callable[[TextEvent], None]) -> None:
+        """``listener`` hears every change to the text from now on, as ``TextEvent`` s."""
+        self.listener = listener
+
+    def fallback_started(self) -> None:
+        """The server is unreachable: the draft alone decides (provisional) tokens until it answers."""
+        self.falling_back = True
+
+    def fallback_ended(self) -> None:
+        self.falling_back = False
+
+    def session_opened(self, eos_ids: Collection[int]) -> None:
+        """A session with the server opened: its EOS set decides where the text ends from now on."""
+        self.eos = frozenset(eos_ids)
+
+    def add_provisional(self, tokens: list[int], probs: Any = None, end: FinishReason = FinishReason.GOING_ON) -> None:
+        """Tokens the draft alone decided (``probs``: its distribution for each, one row per token,
+        when sampling); ``end``: they end the provisional text (EOS or the budget)."""
         position = self.produced + len(self.provisional)
         self.provisional.extend(tokens)
         if probs is not None:
-            self._provisional_probs.extend(probs[: len(tokens)])
+            self._provisional_probs.extend((probs, row) for row in range(len(tokens)))
         self.stats.provisional_tokens += len(tokens)
+        if end:
+            self.provisional_end = end
         if tokens:
-            self._emit(TextEvent("provisional", position, tuple(tokens)))
+            self._emit(TextEvent(TextEventKind.PROVISIONAL, position, tuple(tokens)))
+
+    def provisional_ended(self, reason: FinishReason) -> None:
+        """The provisional text can go no further (the budget is spent) without a new token."""
+        self.provisional_end = reason
 
     def provisional_block(self, sequence: Sequence[int], gamma: int) -> DraftBlock | None:
         """The draft's own next ``gamma`` tokens after ``sequence`` when it already decided them
@@ -159,11 +214,26 @@ class Generation:
         if list(sequence[: len(self.committed)]) != self.committed or list(sequence[len(self.committed) :]) != self.provisional[:start]:
             return None
         tokens = self.provisional[start : start + gamma]
-        sampled = not self.config.sampling.greedy
-        if sampled and len(self._provisional_probs) != len(self.provisional):
+        if self.config.sampling.greedy:
+            return DraftBlock(tokens=tokens)
+        if len(self._provisional_probs) != len(self.provisional):
             return None  # no distributions kept: draft afresh
-        probs = torch.stack(self._provisional_probs[start : start + gamma]) if sampled else None
-        return DraftBlock(tokens=tokens, probs=probs)
+        probs = self._rows(self._provisional_probs[start : start + gamma])
+        return None if probs is None else DraftBlock(tokens=tokens, probs=probs)
+
+    def _rows(self, entries: list[tuple[Any, int]]) -> Any:
+        """The payload rows of ``entries`` as one payload: a slice when they are consecutive rows
+        of one payload, else the driver's join of the slices (None without a joiner)."""
+        slices: list[tuple[Any, int, int]] = []
+        for payload, row in entries:
+            if slices and slices[-1][0] is payload and slices[-1][2] == row:
+                slices[-1] = (payload, slices[-1][1], row + 1)
+            else:
+                slices.append((payload, row, row + 1))
+        parts = [payload[begin:end] for payload, begin, end in slices]
+        if len(parts) == 1:
+            return parts[0]
+        return self._join_rows(parts) if self._join_rows is not None else None
 
     def settle_provisional(self, at: float) -> None:
         """Give up on the target (it never came back): keep the provisional tokens as output,
@@ -179,15 +249,15 @@ class Generation:
         stats.new_tokens += len(tokens)
         stats.fallback_tokens += len(tokens)
         stats.fallback_spans.append((position, position + len(tokens)))
-        self._emit(TextEvent("final", position, tuple(tokens), verified=False))
+        self._emit(TextEvent(TextEventKind.FINAL, position, tuple(tokens), verified=False))
 
-    def finish(self, reason: str) -> None:
+    def finish(self, reason: FinishReason) -> None:
         self.finished = True
-        self.stats.finish_reason = reason
+        self.stats.finish_reason = FinishReason(reason)
         if self.provisional:
             # The target ended the text before the draft did: what the draft said past it goes.
             self._note_retraction(self._drop_provisional())
-            self._emit(TextEvent("retract", self.produced))
+            self._emit(TextEvent(TextEventKind.RETRACT, self.produced))
 
     def _drop_provisional(self) -> int:
         count = len(self.provisional)

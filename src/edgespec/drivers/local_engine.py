@@ -1,8 +1,8 @@
 """The in-process engine: every decoding mode through one interface, target and draft in one
 process. It is the reference the networked system must match token for token.
 
-The speculative modes run the round core (``rounds/client.py``, ``rounds/server.py``) in the
-discrete-event world (``rounds/world.py``) with the real models: each draft and each forward is
+Every mode runs its round-core machine (``core/``) in the virtual-clock driver
+(``drivers/virtual_clock.py``) with the real models: each draft and each forward is
 computed for real and charged its measured wall time on a virtual clock, so edge and cloud work
 overlap as they would on two machines. ``sd-ee-predraft`` and ``sd-ee-pipelined`` are real runs
 of those modes (pre-drafts, pipelined blocks, hits and misses counted as over the network); the
@@ -15,15 +15,17 @@ import logging
 import time
 from typing import Callable, Sequence
 
-from edgespec.decoding.config import DRAFT_SEED_OFFSET, GenerationConfig, GenerationResult
-from edgespec.decoding.modes import Mode
+from edgespec.core.config import DRAFT_SEED_OFFSET, GenerationConfig, GenerationResult
+from edgespec.core.edge_events import Commit
+from edgespec.core.edge_only import EdgeOnlyRounds, EdgeOnlyState, TokenChosen
+from edgespec.core.generation import Generation
+from edgespec.core.modes import Mode
 from edgespec.decoding.sampling import choose_token, position_uniform
-from edgespec.decoding.stats import GenerationStats
-from edgespec.decoding.stopping import clip_to_stop
+from edgespec.drivers.real_backends import RealCloud, RealEdge
+from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock
+from edgespec.drivers.virtual_devices import Link
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
-from edgespec.rounds.real_backends import RealCloud, RealEdge
-from edgespec.rounds.world import ClientSpec, Link, World
 
 logger = logging.getLogger(__name__)
 
@@ -72,30 +74,23 @@ class LocalEngine:
         spec = ClientSpec(list(prompt_ids), mode, config, edge, self.link, eos_ids=config.eos_ids, on_commit=on_commit)
         # cloud-sd: the same draft model, but the server's: it drafts on the verifier's clock.
         cloud = RealCloud(self.target, draft=self.draft if mode.server_drafts else None, exit_candidates=self.exit_candidates)
-        (result,) = World(cloud).run([spec])
+        (result,) = VirtualClock(cloud).run([spec])
         return result
 
     def _edge_only(self, prompt_ids: Sequence[int], config: GenerationConfig, on_commit: Callable[[list[int]], None]) -> GenerationResult:
         assert self.draft is not None
-        stats = GenerationStats(mode=Mode.EDGE_ONLY.value, prompt_tokens=len(prompt_ids))
-        committed = [int(t) for t in prompt_ids]
+        gen = Generation(prompt_ids, Mode.EDGE_ONLY, config)
+        rounds = EdgeOnlyRounds(gen)
         started = time.perf_counter()
-        while True:
+        while rounds.state is EdgeOnlyState.DECODING:
             start = time.perf_counter() - started
-            logits = self.draft.next_token_logits(committed)
+            logits = self.draft.next_token_logits(gen.committed)
             # The edge's randomness, as the networked client draws it.
-            uniform = None if config.sampling.greedy else position_uniform(config.seed + DRAFT_SEED_OFFSET, len(committed))
+            uniform = None if config.sampling.greedy else position_uniform(config.seed + DRAFT_SEED_OFFSET, len(gen.committed))
             token = choose_token(logits, config.sampling, uniform)
             end = time.perf_counter() - started
-            stats.draft_s += end - start
-            stats.rounds += 1
-            commit = clip_to_stop([token], config.eos_ids, config.max_new_tokens - stats.new_tokens)
-            committed.extend(commit.tokens)
-            if stats.new_tokens == 0:
-                stats.ttft_s = end
-            stats.new_tokens += len(commit.tokens)
-            on_commit(commit.tokens)
-            if commit.finished:
-                stats.finish_reason = commit.reason
-                stats.total_s = end
-                return GenerationResult(tokens=committed[len(prompt_ids) :], stats=stats)
+            for action in rounds.token_chosen(TokenChosen(token=token, start=start, end=end)):
+                if isinstance(action, Commit):
+                    on_commit(action.tokens)
+            gen.stats.total_s = end
+        return GenerationResult(tokens=gen.new_tokens, stats=gen.stats)

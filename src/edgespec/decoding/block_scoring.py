@@ -13,9 +13,10 @@ from typing import Callable, Sequence
 
 import torch
 
+from edgespec.core.config import SamplingParams
+from edgespec.core.verdict import Verdict
 from edgespec.decoding.early import EarlyVerdict, EarlyVerdictJudge, with_draft_tokens
-from edgespec.decoding.sampling import SamplingParams
-from edgespec.decoding.verification import RoundUniforms, Verdict, greedy_verdict_from_choices, verdict_from_logits
+from edgespec.decoding.verification import RoundUniforms, greedy_verdict_from_choices, verdict_from_logits
 from edgespec.models.kv import TrackedCache
 from edgespec.models.target import ScoreRequest, TargetRuntime
 

@@ -6,19 +6,45 @@ next, what to stream and what to drop. Blocks are held per round, so a pipelined
 arrives while the round it depends on is still being verified waits here, not on the link, and is
 verified the moment that verdict is decided if its assumption held (and dropped unverified if not).
 It knows nothing of gRPC, tensors or threads: its driver runs the forwards.
+
+Events are past-tense methods taking small values: ``block_arrived(IncomingBlock)``,
+``exit_reached(ExitReached)``, ``decoded(Decoded)`` (cloud-ar), ``verified(Verified)`` and
+``session_closed()``. States (``VerifierState``): WAITING for a block, VERIFYING one, FINISHED (the text
+is complete: tagged blocks are dropped, plain ones refused), CLOSED (the session ended). A verdict
+is legal only while VERIFYING and a decode only while WAITING (or CLOSED, for a forward that was
+running); an illegal event raises ``OutOfOrder`` and changes nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Collection
 
-from edgespec.decoding.stopping import Commit, clip_to_stop
-from edgespec.decoding.verification import Verdict
+from edgespec.core.errors import ProtocolViolation
+from edgespec.core.stopping import ClippedTokens, clip_to_stop
+from edgespec.core.verdict import Verdict
 
 
-class OutOfOrder(ValueError):
+class OutOfOrder(ProtocolViolation):
     """A block this session cannot take (wrong round, or after the generation finished)."""
+
+
+class VerifierState(Enum):
+    WAITING = "waiting"
+    VERIFYING = "verifying"
+    FINISHED = "finished"
+    CLOSED = "closed"
+
+
+# The events each state takes. Late news (an exit's verdict, a close) is always taken; a closed
+# session still hears the end of a forward that was running when it closed (and streams nothing).
+_LEGAL: dict[VerifierState, frozenset[str]] = {
+    VerifierState.WAITING: frozenset({"block_arrived", "exit_reached", "decoded", "session_closed"}),
+    VerifierState.VERIFYING: frozenset({"block_arrived", "exit_reached", "verified", "session_closed"}),
+    VerifierState.FINISHED: frozenset({"block_arrived", "exit_reached", "session_closed"}),
+    VerifierState.CLOSED: frozenset({"block_arrived", "exit_reached", "decoded", "verified", "session_closed"}),
+}
 
 
 @dataclass(frozen=True)
@@ -30,12 +56,43 @@ class IncomingBlock:
     candidates: Any = None  # greedy: the draft's top-k ids per token, for candidate-id exits
 
 
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExitReached:
+    """An exit at ``layer`` gave ``verdict`` for ``round``, ``elapsed_s`` into the forward;
+    ``streamed``: it was sure enough for the client to act on."""
+
+    round: int
+    layer: int
+    verdict: Verdict
+    confidence: float
+    elapsed_s: float
+    streamed: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decoded:
+    """cloud-ar: one decode chose ``token``."""
+
+    token: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verified:
+    """The forward ``verify`` asked for gave ``verdict``."""
+
+    verify: "Verify"
+    verdict: Verdict
+
+
 # ---------------------------------------------------------------- actions
 
 
 @dataclass(frozen=True)
 class Verify:
-    """Run the forward for ``block`` after ``sequence``; report with ``ServerRounds.verified``."""
+    """Run the forward for ``block`` after ``sequence``; report with a ``Verified`` event."""
 
     block: IncomingBlock
     sequence: list[int]
@@ -79,7 +136,7 @@ ServerAction = Verify | StreamEarly | SendFinal | Drop | Reject
 
 
 @dataclass
-class ServerRounds:
+class VerifierRounds:
     """One session's verification order. ``sequence`` is prompt + committed tokens."""
 
     sequence: list[int]
@@ -102,13 +159,26 @@ class ServerRounds:
         return len(self.sequence) - self.prompt_len
 
     @property
+    def state(self) -> VerifierState:
+        if self.closed:
+            return VerifierState.CLOSED
+        if self.finished:
+            return VerifierState.FINISHED
+        return VerifierState.VERIFYING if self.verifying else VerifierState.WAITING
+
+    def _check(self, event: str) -> None:
+        if event not in _LEGAL[self.state]:
+            raise OutOfOrder(f"{event} while the session is {self.state.value} (round {self.decided})")
+
+    @property
     def held(self) -> int:
         """Blocks waiting for a verdict to be decided."""
         return sum(len(blocks) for blocks in self._waiting.values())
 
     # ---------------------------------------------------------------- events
 
-    def block(self, block: IncomingBlock) -> list[ServerAction]:
+    def block_arrived(self, block: IncomingBlock) -> list[ServerAction]:
+        self._check("block_arrived")
         if block.assumes is not None:
             assumed_round, _ = block.assumes
             if self.finished or assumed_round + 1 != block.round or block.round != self.decided + int(self.verifying):
@@ -127,21 +197,25 @@ class ServerRounds:
             return []
         return self._start(block)
 
-    def early(self, round_index: int, layer: int, verdict: Verdict, confidence: float, elapsed_s: float, streamed: bool) -> list[ServerAction]:
+    def exit_reached(self, event: ExitReached) -> list[ServerAction]:
         """An exit's verdict mid-forward: streamed when the client asked and the exit is sure."""
-        if self.closed or not (self.early_verdicts and streamed and self.verifying and round_index == self.decided):
+        self._check("exit_reached")
+        wanted = self.early_verdicts and event.streamed
+        if self.closed or not (wanted and self.verifying and event.round == self.decided):
             return []
-        return [StreamEarly(round_index, layer, verdict, confidence, elapsed_s)]
+        return [StreamEarly(event.round, event.layer, event.verdict, event.confidence, event.elapsed_s)]
 
-    def decoded(self, token: int) -> Commit:
+    def decoded(self, event: Decoded) -> ClippedTokens:
         """cloud-ar: the token one decode chose, committed (or not, past EOS or the budget)."""
-        step = clip_to_stop([token], self.eos_ids, self.max_new_tokens - self.produced)
+        self._check("decoded")
+        step = clip_to_stop([event.token], self.eos_ids, self.max_new_tokens - self.produced)
         self.sequence.extend(step.tokens)
         self.finished = step.finished
         return step
 
-    def verified(self, verify: Verify, verdict: Verdict) -> list[ServerAction]:
+    def verified(self, event: Verified) -> list[ServerAction]:
         """The forward of ``verify`` gave ``verdict``: commit, answer, and start what waits on it."""
+        verify, verdict = event.verify, event.verdict
         block = verify.block
         if not self.verifying or block.round != self.decided:
             raise OutOfOrder(f"verdict for round {block.round} while round {self.decided} is verified")
@@ -165,8 +239,9 @@ class ServerRounds:
             actions += self._start(chosen)
         return actions
 
-    def close(self) -> list[Drop]:
-        """The session ends: every held block is dropped without compute."""
+    def session_closed(self) -> list[Drop]:
+        """The session ended: every held block is dropped without compute."""
+        self._check("session_closed")
         held = [Drop(b.round) for blocks in self._waiting.values() for b in blocks]
         self._waiting.clear()
         self.closed = True

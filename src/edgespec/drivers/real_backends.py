@@ -1,5 +1,5 @@
 """Backends that run the real models and charge their measured wall time: the in-process engine
-is the discrete-event world (``rounds/world.py``) with these, so every mode, pre-drafting and
+is the virtual-clock driver (``drivers/virtual_clock.py``) with these, so every mode, pre-drafting and
 pipelining included, runs the real draft and target with each side's real cost."""
 
 from __future__ import annotations
@@ -7,14 +7,15 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
-from edgespec.decoding.config import DRAFT_SEED_OFFSET
-from edgespec.decoding.rounds import begin_round
-from edgespec.decoding.sampling import SamplingParams, token_from_forward
+from edgespec.core.block import DraftBlock
+from edgespec.core.config import DRAFT_SEED_OFFSET, SamplingParams
+from edgespec.decoding.block_scoring import begin_round
+from edgespec.decoding.sampling import token_from_forward
 from edgespec.decoding.verification import RoundUniforms
-from edgespec.models.draft import DraftBlock, DraftRuntime
+from edgespec.drivers.backend_interface import CloudJob, JobKind, VerifyResult
+from edgespec.models.draft import DraftRuntime
 from edgespec.models.kv import TrackedCache
 from edgespec.models.target import TargetRuntime
-from edgespec.rounds.world import CloudJob, VerifyResult
 
 
 class RealEdge:
@@ -64,15 +65,15 @@ class RealCloud:
 
     def _run(self, job: CloudJob) -> Any:
         sampling, seed = self._sampling[job.session]
-        if job.kind == "prefill":
+        if job.kind is JobKind.PREFILL:
             self.target.score_tail(job.sequence, 1, kv=self.kv)
             return None
-        if job.kind == "draft":
+        if job.kind is JobKind.DRAFT:
             if self.draft is None:
                 raise ValueError("cloud-sd needs a draft model on the server")
             # The draft's randomness is the one an edge draft would use: the same seed offset.
             return self.draft.draft(job.sequence, job.gamma, sampling, seed=seed + DRAFT_SEED_OFFSET, stop_below=job.stop_below)
-        if job.kind == "decode":
+        if job.kind is JobKind.DECODE:
             scored = self.target.score_tail(job.sequence, 1, kv=self.kv, argmax_only=sampling.greedy)[0]
             uniform = None if sampling.greedy else RoundUniforms.for_decode(seed, len(job.sequence))
             return token_from_forward(scored, sampling, uniform)

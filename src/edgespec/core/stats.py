@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -115,17 +114,3 @@ class GenerationStats:
             lossless=self.lossless,
         )
         return data
-
-
-class Clock:
-    """Seconds since a fixed start, and a helper to log busy intervals on the timeline."""
-
-    def __init__(self, stats: GenerationStats) -> None:
-        self._start = time.perf_counter()
-        self._stats = stats
-
-    def now(self) -> float:
-        return time.perf_counter() - self._start
-
-    def record(self, actor: str, what: str, start_s: float, end_s: float, round_index: int) -> None:
-        self._stats.timeline.append(TimelineEvent(actor, what, start_s, end_s, round_index))

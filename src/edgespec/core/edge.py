@@ -13,81 +13,43 @@ the right one the moment the verdict is decided. Branches come from the draft's 
 time (every token accepted, its next token as the bonus: the branch drafts on from the block, its
 first token being that guess), from *runner-up* guesses (a rejection where the draft was least
 sure, corrected to its runner-up token) in the branches the guess leaves, and from confident
-early verdicts; each guess is made only while it pays (``_GuessGate``: its hit rate in this
+early verdicts; each guess is made only while it pays (``BranchPayoff``: its hit rate in this
 session against the draft step a wrong one wastes, and whether the edge can draft it before the
 verdict). Only final verdicts commit tokens.
+
+States (``EdgeState``): IDLE until ``started``; DRAFTING while the round's block is not at the
+server; IN_FLIGHT while it awaits its verdict; FINISHED once the text is complete. A final
+verdict is legal only IN_FLIGHT, for the round in flight; late news (a draft, a hint, a drop)
+after the end is taken and ignored; anything else raises ``ProtocolViolation``.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from enum import Enum
 
-from edgespec.decoding.modes import Mode
-from edgespec.decoding.stopping import clip_to_stop
-from edgespec.decoding.verification import Verdict
-from edgespec.models.draft import DraftBlock
-from edgespec.rounds.state import Generation
-
-
-# ---------------------------------------------------------------- actions
-
-
-@dataclass(frozen=True)
-class Draft:
-    """Draft ``gamma`` tokens after ``sequence``; report it with ``ClientRounds.drafted(id, ...)``."""
-
-    id: int
-    sequence: list[int]
-    gamma: int
-    round: int  # the round the block is for
-    what: str  # "draft" | "pre-draft"
-    min_tokens: int = 1  # the fewest tokens to draft whatever the draft's confidence (``draft_stop``)
-
-
-@dataclass(frozen=True)
-class CancelDraft:
-    """The draft ``id`` is no longer needed: stop it at its next step (it is ignored when reported)."""
-
-    id: int
-
-
-@dataclass(frozen=True)
-class SendBlock:
-    round: int
-    block: DraftBlock
-    assumes: tuple[int, Verdict] | None = None  # (round, verdict) a pipelined block depends on
-
-
-@dataclass(frozen=True)
-class Commit:
-    tokens: list[int]
-
-
-@dataclass(frozen=True)
-class Finished:
-    reason: str
-
-
-ClientAction = Draft | CancelDraft | SendBlock | Commit | Finished
-
-
-class ProtocolViolation(ValueError):
-    """The server said something no correct server says (a verdict for another round)."""
-
-
-@dataclass
-class _Branch:
-    """A pre-draft of the next block on one assumed verdict of the round in flight. The guess
-    branch drafts from the block itself: its first token is the draft's guess of the bonus, so its
-    verdict is known only once it has drafted (``assumed`` is None until then)."""
-
-    id: int
-    assumed: Verdict | None
-    source: str  # "guess" | "exit <layer>"
-    block: DraftBlock | None = None
-    draft_s: float = 0.0
-    tagged: bool = False  # shipped before the final verdict (pipelined)
+from edgespec.core.block import DraftBlock
+from edgespec.core.branch_payoff import Branch, BranchPayoff, runner_up_verdicts
+from edgespec.core.edge_events import (
+    BlockDropped,
+    BlockSent,
+    CancelDraft,
+    Commit,
+    Draft,
+    DraftKind,
+    Drafted,
+    EarlyVerdictArrived,
+    EdgeAction,
+    FinalVerdictArrived,
+    Finished,
+    SendBlock,
+)
+from edgespec.core.errors import ProtocolViolation
+from edgespec.core.generation import Generation
+from edgespec.core.modes import Mode
+from edgespec.core.stopping import FinishReason, clip_to_stop
+from edgespec.core.verdict import Verdict
 
 
 @dataclass
@@ -97,64 +59,39 @@ class _InFlight:
     sent_at: float
 
 
-class _GuessGate:
-    """Whether guessing pays in this session. A right guess saves the draft time the verify and
-    the round trip hide (at most). A wrong one costs only what it delays the real draft: nothing
-    when the guess has finished drafting before the verdict arrives (the edge was idle anyway),
-    else the draft step it is stopped in. A guess is right when the whole block is accepted and
-    the bonus is the draft's own next token: about α^(γ+1) for a per-token acceptance α,
-    estimated (decayed) from every round, guessed or not."""
-
-    def __init__(self, decay: float = 0.8) -> None:
-        self.decay = decay
-        self._accepted = 0.0
-        self._rejected = 0.0
-        self.step_s: float | None = None  # draft seconds per token (the first block, with its prefill, excluded)
-        self.wait_s: float | None = None  # block sent -> final verdict
-        self._runner_up: dict[int, tuple[float, float]] = {}  # rank -> decayed (right, seen)
-
-    def _mix(self, old: float | None, new: float) -> float:
-        return new if old is None else self.decay * old + (1 - self.decay) * new
-
-    def observe_round(self, gamma: int, accepted: int, draft_s: float, wait_s: float, first: bool) -> None:
-        self._accepted = self.decay * self._accepted + accepted
-        self._rejected = self.decay * self._rejected + (1 if accepted < gamma else 0)
-        if gamma and not first:
-            self.step_s = self._mix(self.step_s, draft_s / gamma)
-        self.wait_s = self._mix(self.wait_s, wait_s)
-
-    def hit_rate(self, block: int) -> float:
-        """A guess on a block of ``block`` tokens is right with about α^(block + 1)."""
-        seen = self._accepted + self._rejected
-        alpha = self._accepted / seen if seen else 0.8
-        return alpha ** (block + 1)
-
-    def pays(self, hit_rate: float, queued_tokens: int, tokens: int) -> bool:
-        """Draft a branch of ``tokens`` right with ``hit_rate``, behind ``queued_tokens`` already
-        queued on the edge's one draft thread? A hit saves what it drafted before the verdict (a
-        branch still drafting then becomes the block); a miss wastes the step it is stopped in,
-        when it is still drafting at the verdict, else nothing (the edge was idle)."""
-        if self.step_s is None or self.wait_s is None:
-            return True
-        start_s = queued_tokens * self.step_s
-        saved_s = min(tokens * self.step_s, max(0.0, self.wait_s - start_s))
-        wasted_s = self.step_s if start_s + tokens * self.step_s > self.wait_s else 0.0
-        return saved_s > 0 and hit_rate * saved_s >= (1 - hit_rate) * wasted_s
-
-    def observe_runner_ups(self, right: list[bool]) -> None:
-        """Whether each runner-up guess (by rank: the least sure position first) was the verdict."""
-        for rank, hit in enumerate(right):
-            hits, seen = self._runner_up.get(rank, (0.0, 0.0))
-            self._runner_up[rank] = (self.decay * hits + hit, self.decay * seen + 1)
-
-    def runner_up_rate(self, rank: int) -> float:
-        hits, seen = self._runner_up.get(rank, (0.0, 0.0))
-        # Before any record: the rate ShareGPT rounds show for the first runner-up (≈ 0.14 at γ = 4).
-        return hits / seen if seen else 0.15 / (rank + 1)
+class EdgeState(Enum):
+    IDLE = "idle"  # nothing asked yet
+    DRAFTING = "drafting"  # the current round's block is not at the server yet
+    IN_FLIGHT = "in flight"  # the current round's block awaits its final verdict
+    FINISHED = "finished"  # the text is complete
 
 
-class ClientRounds:
-    """One session's rounds. ``gen`` (the committed text and stats) outlives the session."""
+# The states each event may move the machine to, from each state it is legal in. An event not
+# listed for the current state raises ProtocolViolation and changes nothing.
+_TRANSITIONS: dict[tuple[EdgeState, str], frozenset[EdgeState]] = {
+    (EdgeState.IDLE, "started"): frozenset({EdgeState.DRAFTING}),
+    (EdgeState.DRAFTING, "drafted"): frozenset({EdgeState.DRAFTING, EdgeState.IN_FLIGHT}),
+    (EdgeState.DRAFTING, "early_verdict_arrived"): frozenset({EdgeState.DRAFTING}),
+    (EdgeState.DRAFTING, "block_sent"): frozenset({EdgeState.DRAFTING}),
+    (EdgeState.DRAFTING, "block_dropped"): frozenset({EdgeState.DRAFTING}),
+    (EdgeState.IN_FLIGHT, "drafted"): frozenset({EdgeState.IN_FLIGHT}),
+    (EdgeState.IN_FLIGHT, "early_verdict_arrived"): frozenset({EdgeState.IN_FLIGHT}),
+    (EdgeState.IN_FLIGHT, "final_verdict_arrived"): frozenset(EdgeState) - {EdgeState.IDLE},
+    (EdgeState.IN_FLIGHT, "block_sent"): frozenset({EdgeState.IN_FLIGHT}),
+    (EdgeState.IN_FLIGHT, "block_dropped"): frozenset({EdgeState.IN_FLIGHT}),
+    # Late news after the end (a draft that was stopping, a hint, a drop) changes nothing.
+    (EdgeState.FINISHED, "drafted"): frozenset({EdgeState.FINISHED}),
+    (EdgeState.FINISHED, "early_verdict_arrived"): frozenset({EdgeState.FINISHED}),
+    (EdgeState.FINISHED, "block_sent"): frozenset({EdgeState.FINISHED}),
+    (EdgeState.FINISHED, "block_dropped"): frozenset({EdgeState.FINISHED}),
+}
+
+
+class EdgeRounds:
+    """One session's rounds. ``gen`` (the committed text and stats) outlives the session.
+
+    Each event method is named for the event it takes (``drafted(Drafted(...))``) and returns the
+    actions to take; ``state`` says where the round is (``_TRANSITIONS`` above)."""
 
     def __init__(self, gen: Generation) -> None:
         self.gen = gen
@@ -165,26 +102,71 @@ class ClientRounds:
         self.max_branches = gen.config.branches
         self.runner_up = gen.config.runner_up
         self.round = 0  # every session numbers its rounds from 0
+        self.state = EdgeState.IDLE
         self._ids = itertools.count()
         self._waiting_for: int | None = None  # the draft that becomes the current round's block
-        self._pending_guess: tuple[_Branch, Verdict] | None = None  # a guess still drafting when its verdict came
+        self._pending_guess: tuple[Branch, Verdict] | None = None  # a guess still drafting when its verdict came
         self._in_flight: _InFlight | None = None
         self._latest: Verdict | None = None  # the last early verdict of the round in flight
-        self._branches: list[_Branch] = []
+        self._branches: list[Branch] = []
         self._deferred_exit: tuple[Verdict, str] | None = None  # an exit verdict waiting on the open guess
-        self._gate = _GuessGate()
+        self._gate = BranchPayoff()
 
     # ---------------------------------------------------------------- events
 
-    def start(self) -> list[ClientAction]:
-        return [self._draft_current()]
+    def started(self) -> list[EdgeAction]:
+        """The session began: draft the first block."""
+        self._enter("started")
+        return self._moved("started", [self._draft_current()])
 
-    def drafted(self, draft_id: int, block: DraftBlock, start: float, end: float) -> list[ClientAction]:
+    def drafted(self, event: Drafted) -> list[EdgeAction]:
+        self._enter("drafted")
+        return self._moved("drafted", self._on_drafted(event.draft_id, event.block, event.start, event.end))
+
+    def early_verdict_arrived(self, event: EarlyVerdictArrived) -> list[EdgeAction]:
+        self._enter("early_verdict_arrived")
+        return self._moved("early_verdict_arrived", self._on_early(event.round, event.layer, event.verdict, event.at))
+
+    def final_verdict_arrived(self, event: FinalVerdictArrived) -> list[EdgeAction]:
+        self._enter("final_verdict_arrived")
+        return self._moved("final_verdict_arrived", self._on_final(event))
+
+    def block_sent(self, event: BlockSent) -> list[EdgeAction]:
+        """A held block left: the wait for its verdict starts then, not when it was drafted."""
+        self._enter("block_sent")
+        if event.round == self.round and self._in_flight is not None:
+            self._in_flight.sent_at = event.at
+        return self._moved("block_sent", [])
+
+    def block_dropped(self, event: BlockDropped) -> list[EdgeAction]:
+        self._enter("block_dropped")
+        self.gen.stats.dropped += 1
+        return self._moved("block_dropped", [])
+
+    # ---------------------------------------------------------------- state
+
+    def _enter(self, event: str) -> None:
+        if (self.state, event) not in _TRANSITIONS:
+            raise ProtocolViolation(f"{event} while the edge's round {self.round} is {self.state.value}")
+
+    def _moved(self, event: str, actions: list[EdgeAction]) -> list[EdgeAction]:
+        if self.gen.finished:
+            state = EdgeState.FINISHED
+        else:
+            state = EdgeState.IN_FLIGHT if self._in_flight is not None else EdgeState.DRAFTING
+        assert state in _TRANSITIONS[(self.state, event)], f"{event}: {self.state} -> {state}"
+        self.state = state
+        return actions
+
+    # ---------------------------------------------------------------- event handling
+
+    def _on_drafted(self, draft_id: int, block: DraftBlock, start: float, end: float) -> list[EdgeAction]:
         gen = self.gen
         branch = next((b for b in self._branches if b.id == draft_id), None)
         pending = self._pending_guess if self._pending_guess is not None and self._pending_guess[0].id == draft_id else None
         gen.stats.draft_s += end - start
-        gen.record("edge", "pre-draft" if branch or pending else "draft", start, end, self.round + bool(branch))
+        what = DraftKind.PRE_DRAFT if branch or pending else DraftKind.DRAFT
+        gen.record("edge", what, start, end, self.round + bool(branch))
         if draft_id == self._waiting_for:
             self._waiting_for = None
             return self._send_current(block, end - start, end)
@@ -194,7 +176,7 @@ class ClientRounds:
             right = bool(block.tokens) and block.tokens[0] == verdict.next_token
             self._score_guess(right)
             if right:
-                return self._send_current(_rest(block), end - start, end)
+                return self._send_current(block.without_first(), end - start, end)
             return [self._draft_current()]
         if branch is None or branch.block is not None:
             return []  # a draft that was cancelled while it ran
@@ -205,7 +187,7 @@ class ClientRounds:
             if clip_to_stop(branch.assumed.committed(self._in_flight.block.tokens), gen.eos, gen.budget()).finished:
                 self._branches.remove(branch)  # it assumes the end of the text: nothing to pre-draft
                 return []
-            block = _rest(block)
+            block = block.without_first()
             deferred, self._deferred_exit = self._deferred_exit, None
             if deferred is not None and deferred[0] != branch.assumed:
                 actions = self._branch(*deferred)
@@ -214,7 +196,7 @@ class ClientRounds:
         branch.block = block
         return self._ship(branch)
 
-    def _ship(self, branch: _Branch) -> list[ClientAction]:
+    def _ship(self, branch: Branch) -> list[EdgeAction]:
         gen = self.gen
         if self.pipelined:
             branch.tagged = True
@@ -222,7 +204,7 @@ class ClientRounds:
             return [SendBlock(self.round + 1, branch.block, assumes=(self.round, branch.assumed))]
         return []
 
-    def early(self, round_index: int, layer: int, verdict: Verdict, at: float) -> list[ClientAction]:
+    def _on_early(self, round_index: int, layer: int, verdict: Verdict, at: float) -> list[EdgeAction]:
         if round_index != self.round or self._in_flight is None:
             return []  # late news of a finished round
         self._latest = verdict
@@ -236,35 +218,40 @@ class ClientRounds:
             return []
         return self._branch(verdict, f"exit {layer}")
 
-    def final(
-        self, round_index: int, verdict: Verdict, server_finished: bool, pipelined: bool, verify_s: float, at: float
-    ) -> list[ClientAction]:
-        gen, stats = self.gen, self.gen.stats
-        if round_index != self.round or self._in_flight is None:
-            raise ProtocolViolation(f"final verdict for round {round_index} while round {self.round} is in flight")
-        current = self._in_flight
+    def _count_round(self, event: FinalVerdictArrived, current: _InFlight) -> None:
+        """The accounting of one decided round: stats, the branch and γ policies' records."""
+        gen, stats, verdict, at = self.gen, self.gen.stats, event.verdict, event.at
         block = current.block
-        if not 0 <= verdict.accepted <= len(block.tokens):
-            raise ProtocolViolation(f"verdict accepts {verdict.accepted} of {len(block.tokens)} tokens")
         stats.wait_s += at - current.sent_at
-        stats.server_verify_s += verify_s
-        gen.record("cloud", "verify (server)", at - verify_s, at, round_index)
+        stats.server_verify_s += event.verify_s
+        gen.record("cloud", "verify (server)", at - event.verify_s, at, event.round)
         stats.rounds += 1
         stats.target_passes += 1
         stats.drafted += len(block.tokens)
         stats.accepted += verdict.accepted
         stats.count_gamma(len(block.tokens))
-        stats.pipelined += int(pipelined)
-        self._gate.observe_round(len(block.tokens), verdict.accepted, current.draft_s, at - current.sent_at, first=round_index == 0)
+        stats.pipelined += int(event.pipelined)
+        waited = at - current.sent_at
+        self._gate.observe_round(len(block.tokens), verdict.accepted, current.draft_s, waited, first=event.round == 0)
         if self.runner_up and block.runner_up is not None:
-            self._gate.observe_runner_ups([guess == verdict for guess in _runner_up_verdicts(block)])
+            self._gate.observe_runner_ups([guess == verdict for guess in runner_up_verdicts(block)])
         if gen.gamma_policy is not None:
             # A pre-drafted block's draft time was hidden behind the last verify; charging it
             # anyway keeps the model simple and errs towards shorter blocks.
-            gen.gamma_policy.observe(len(block.tokens), verdict.accepted, current.draft_s, verify_s, current.draft_s + at - current.sent_at)
+            gen.gamma_policy.observe(len(block.tokens), verdict.accepted, current.draft_s, event.verify_s, current.draft_s + waited)
+
+    def _on_final(self, event: FinalVerdictArrived) -> list[EdgeAction]:
+        gen, verdict, at = self.gen, event.verdict, event.at
+        if event.round != self.round or self._in_flight is None:
+            raise ProtocolViolation(f"final verdict for round {event.round} while round {self.round} is in flight")
+        current = self._in_flight
+        block = current.block
+        if not 0 <= verdict.accepted <= len(block.tokens):
+            raise ProtocolViolation(f"verdict accepts {verdict.accepted} of {len(block.tokens)} tokens")
+        self._count_round(event, current)
         step = clip_to_stop(verdict.committed(block.tokens), gen.eos, gen.budget())
         gen.commit(step.tokens, at)
-        actions: list[ClientAction] = [Commit(step.tokens)]
+        actions: list[EdgeAction] = [Commit(step.tokens)]
         branches = self._branches
         hit = next((b for b in branches if b.assumed == verdict), None)
         # A guess still drafting may yet be right: only if the whole block was accepted.
@@ -272,12 +259,12 @@ class ClientRounds:
         self._in_flight, self._branches, self._deferred_exit = None, [], None
         keep = hit or open_guess
         actions += [CancelDraft(b.id) for b in branches if b.block is None and b is not keep]
-        finished = step.finished or server_finished
+        finished = step.finished or event.server_finished
         if not (open_guess is not None and hit is None and not finished):
             self._score(verdict, hit, branches)
         self._latest = None
         if finished:
-            gen.finish(step.reason or "length")  # the server may end it (its budget)
+            gen.finish(step.reason or FinishReason.LENGTH)  # the server may end it (its budget)
             if keep is not None and keep.block is None:
                 actions.append(CancelDraft(keep.id))
             return actions + [Finished(gen.stats.finish_reason)]
@@ -295,19 +282,9 @@ class ClientRounds:
             return actions + self._guess_branch()
         return actions + self._send_current(hit.block, hit.draft_s, at)
 
-    def sent(self, round_index: int, at: float) -> None:
-        """A block the driver had to hold (the session was not open yet) left at ``at``: the
-        wait for its verdict starts then."""
-        if round_index == self.round and self._in_flight is not None:
-            self._in_flight.sent_at = at
-
-    def dropped(self, round_index: int) -> list[ClientAction]:
-        self.gen.stats.dropped += 1
-        return []
-
     # ---------------------------------------------------------------- helpers
 
-    def _score(self, verdict: Verdict, hit: _Branch | None, branches: list[_Branch]) -> None:
+    def _score(self, verdict: Verdict, hit: Branch | None, branches: list[Branch]) -> None:
         stats = self.gen.stats
         if not self.predraft:  # sd-ee scores the would-be pre-draft: the latest early verdict
             if self._latest is None:
@@ -334,15 +311,15 @@ class ClientRounds:
             stats.misses += 1
 
     def _draft_current(self) -> Draft:
-        draft = Draft(next(self._ids), list(self.gen.committed), self.gen.gamma(), self.round, "draft")
+        draft = Draft(next(self._ids), list(self.gen.committed), self.gen.gamma(), self.round, DraftKind.DRAFT)
         self._waiting_for = draft.id
         return draft
 
-    def _send_current(self, block: DraftBlock, draft_s: float, at: float) -> list[ClientAction]:
+    def _send_current(self, block: DraftBlock, draft_s: float, at: float) -> list[EdgeAction]:
         self._in_flight = _InFlight(block, draft_s, at)
         return [SendBlock(self.round, block)] + self._guess_branch()
 
-    def _guess_branch(self) -> list[ClientAction]:
+    def _guess_branch(self) -> list[EdgeAction]:
         """Pre-draft at once on the likeliest verdicts, known at send time: the guess (the whole
         block accepted, with the draft's own next token as the bonus, drafted first as the
         branch's first token), then, in the branches it leaves, runner-up guesses, likeliest first
@@ -358,13 +335,13 @@ class ClientRounds:
         if self.runner_up and block.runner_up is not None:
             # With early verdicts coming, one branch stays free for the exits' corrections.
             room = self.max_branches - 1 - int(self.gen.config.wants_early_verdicts(self.mode))
-            for rank, verdict in enumerate(_runner_up_verdicts(block)[: max(0, room)]):
+            for rank, verdict in enumerate(runner_up_verdicts(block)[: max(0, room)]):
                 options.append((self._gate.runner_up_rate(rank), verdict, "runner-up" if rank == 0 else f"runner-up {rank + 1}"))
         # The guess drafts first: it also drafts the bonus (which the runner-ups' record cannot
         # price), and its α^(γ+1) undercounts runs of whole accepted blocks (on held-out ShareGPT
         # traces, likeliest-first ordering cost 1 % against guess-first).
         options[1:] = sorted(options[1:], key=lambda option: -option[0])
-        actions: list[ClientAction] = []
+        actions: list[EdgeAction] = []
         queued = 0  # tokens already queued on the draft thread ahead of the next branch
         for rate, verdict, source in options:
             if len(self._branches) >= self.max_branches:
@@ -379,16 +356,17 @@ class ClientRounds:
             if not self._gate.pays(rate, queued, gamma):
                 continue
             # The guess's first token is the bonus it assumes, not part of its block: it needs one more.
-            draft = Draft(next(self._ids), sequence, gamma, self.round + 1, "pre-draft", min_tokens=2 if verdict is None else 1)
-            self._branches.append(_Branch(draft.id, verdict, source))
+            min_tokens = 2 if verdict is None else 1
+            draft = Draft(next(self._ids), sequence, gamma, self.round + 1, DraftKind.PRE_DRAFT, min_tokens=min_tokens)
+            self._branches.append(Branch(draft.id, verdict, source))
             self.gen.stats.branches += 1
             actions.append(draft)
             queued += gamma
         return actions
 
-    def _branch(self, verdict: Verdict, source: str) -> list[ClientAction]:
+    def _branch(self, verdict: Verdict, source: str) -> list[EdgeAction]:
         assert self._in_flight is not None
-        actions: list[ClientAction] = []
+        actions: list[EdgeAction] = []
         if len(self._branches) >= self.max_branches:
             # Make room by replacing a branch not yet shipped: the oldest exit branch first (a
             # later exit is surer), then the guess.
@@ -404,32 +382,7 @@ class ClientRounds:
         if assumed.finished:
             return actions  # the assumed verdict ends the generation: nothing to pre-draft
         gamma = self.gen.gamma(len(assumed.tokens))
-        draft = Draft(next(self._ids), self.gen.committed + assumed.tokens, gamma, self.round + 1, "pre-draft")
-        self._branches.append(_Branch(draft.id, verdict, source))
+        draft = Draft(next(self._ids), self.gen.committed + assumed.tokens, gamma, self.round + 1, DraftKind.PRE_DRAFT)
+        self._branches.append(Branch(draft.id, verdict, source))
         self.gen.stats.branches += 1
         return actions + [draft]
-
-
-def _rest(block: DraftBlock) -> DraftBlock:
-    """A guess branch's block without its first token (the bonus it assumes)."""
-    return DraftBlock(
-        block.tokens[1:],
-        None if block.probs is None else block.probs[1:],
-        None if block.candidates is None else block.candidates[1:],
-        None if block.confidence is None else block.confidence[1:],
-        None if block.runner_up is None else block.runner_up[1:],
-    )
-
-
-def _runner_up_verdicts(block: DraftBlock) -> list[Verdict]:
-    """Each drafted position's rejection, corrected to the draft's runner-up there, likeliest
-    first by the draft's own confidences: P(reject at w) ≈ c_0 ⋯ c_(w-1) · (1 − c_w). (On
-    held-out ShareGPT rounds, γ = 4, this order makes the first one right in 17 % of rounds,
-    against 14 % for the least sure position alone.)"""
-    assert block.confidence is not None and block.runner_up is not None
-    likelihood, reach = [], 1.0
-    for sure in block.confidence:
-        likelihood.append(reach * (1.0 - sure))
-        reach *= sure
-    order = sorted(range(len(block.tokens)), key=lambda w: -likelihood[w])
-    return [Verdict(w, block.runner_up[w]) for w in order if block.runner_up[w] != block.tokens[w]]

@@ -1,4 +1,4 @@
-"""The edge deciding tokens with the draft alone: the edge-only mode, and provisional tokens
+"""Decoding with the draft alone, one token at a time: the edge-only mode, and provisional tokens
 while the server is unreachable (re-verified once it answers)."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ from concurrent.futures import Executor
 from typing import Callable
 
 from edgespec.client.round_driver import EdgeRun
-from edgespec.decoding.config import DRAFT_SEED_OFFSET
+from edgespec.core.config import DRAFT_SEED_OFFSET
+from edgespec.core.edge_only import EdgeOnlyRounds, EdgeOnlyState, TokenChosen
+from edgespec.core.stopping import FinishReason, clip_to_stop
 from edgespec.decoding.sampling import choose_token, position_uniform
-from edgespec.decoding.stopping import clip_to_stop
 from edgespec.models.draft import DraftRuntime
 
 
@@ -26,7 +27,7 @@ async def decode_provisional(run: EdgeRun, draft: DraftRuntime, thread: Executor
     while gen.provisional_end is None:
         budget = gen.budget(len(gen.provisional))
         if budget <= 0:
-            gen.provisional_end = "length"
+            gen.provisional_ended(FinishReason.LENGTH)
             return
         sequence = gen.committed + gen.provisional
         start = run.now()
@@ -35,32 +36,22 @@ async def decode_provisional(run: EdgeRun, draft: DraftRuntime, thread: Executor
         stats.draft_s += end - start
         gen.record("edge", "provisional decode", start, end)
         step = clip_to_stop(block.tokens, gen.eos, budget)
-        gen.add_provisional(step.tokens, block.probs)
-        if step.finished:
-            gen.provisional_end = step.reason
+        gen.add_provisional(step.tokens, block.probs, end=step.reason)
         if until():
             return
 
 
-async def decode_edge_only(run: EdgeRun, draft: DraftRuntime, thread: Executor, until: Callable[[], bool] = lambda: False) -> None:
-    """The draft alone decides, one token at a time, until the text is done or ``until()``;
-    always at least one token, so every fallback makes progress."""
+async def decode_edge_only(run: EdgeRun, draft: DraftRuntime, thread: Executor) -> None:
+    """The edge-only mode: the draft alone decides, one token at a time, until the text is done."""
     gen = run.gen
-    config, stats = gen.config, gen.stats
+    config = gen.config
+    rounds = EdgeOnlyRounds(gen)
     loop = asyncio.get_running_loop()
-    while True:
+    while rounds.state is EdgeOnlyState.DECODING:
         start = run.now()
         logits = await loop.run_in_executor(thread, draft.next_token_logits, list(gen.committed))
         uniform = None if config.sampling.greedy else position_uniform(config.seed + DRAFT_SEED_OFFSET, len(gen.committed))
         token = choose_token(logits, config.sampling, uniform)
         end = run.now()
-        stats.draft_s += end - start
-        gen.record("edge", "fallback decode" if gen.falling_back else "decode", start, end)
-        stats.rounds += 1
-        step = clip_to_stop([token], gen.eos, gen.budget())
-        run.commit(step.tokens)
-        if step.finished:
-            gen.finish(step.reason)
-            return
-        if until():
-            return
+        gen.record("edge", "decode", start, end)
+        rounds.token_chosen(TokenChosen(token=token, start=start, end=end))

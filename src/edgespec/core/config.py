@@ -6,12 +6,36 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from edgespec.decoding.gamma_policy import AdaptiveGamma
-from edgespec.decoding.sampling import SamplingParams
-from edgespec.decoding.stats import GenerationStats
+from edgespec.core.gamma import AdaptiveGamma
+from edgespec.core.stats import GenerationStats
 
 if TYPE_CHECKING:
-    from edgespec.decoding.modes import Mode
+    from edgespec.core.modes import Mode
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How tokens are chosen. ``temperature == 0`` means greedy (argmax)."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0: no top-k filter
+    top_p: float = 1.0  # 1.0: no nucleus filter
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+GREEDY = SamplingParams()
+
 
 # The draft's randomness is the edge's own; offsetting its seed keeps it independent of the
 # server's verification uniforms while staying reproducible from one user-given seed.
@@ -25,7 +49,7 @@ class GenerationConfig:
     sampling: SamplingParams = SamplingParams()
     seed: int = 0
     eos_ids: frozenset[int] = field(default_factory=frozenset)
-    # Pick each round's γ from measured costs (decoding/gamma_policy.py), starting at ``gamma``.
+    # Pick each round's γ from measured costs (core/gamma.py), starting at ``gamma``.
     adaptive_gamma: bool = False
     max_gamma: int = 8
     # Pre-draft modes: at most this many pre-drafted branches per round, each on one assumed
@@ -36,7 +60,7 @@ class GenerationConfig:
     guess_verdict: bool = True
     # Greedy pre-draft modes: fill the branches the guess leaves with *runner-up* branches, each
     # assuming a rejection where the draft was least sure, corrected to its runner-up token
-    # (taken only while the session's own record says it pays: ``rounds/client.py``). Off by
+    # (taken only while the session's own record says it pays: ``core/edge.py``). Off by
     # default: simulated with edge and verifier apart they add ≈ 1 %, but in the benchmark,
     # where both share one 2-core machine's memory, the extra drafting slowed the verifies it
     # ran beside by ≈ 15 % (README, "A dynamic draft length and runner-up branches").
