@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edgespec.robot.command import add_robot_parser
 
     add_robot_parser(commands)
+    from edgespec.cli_profile import add_profile_parser
+
+    add_profile_parser(commands)
     return parser
 
 
