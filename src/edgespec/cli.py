@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edgespec.cli_profile import add_profile_parser
 
     add_profile_parser(commands)
+    from edgespec.cli_robot_reuse import add_robot_reuse_parser
+
+    add_robot_reuse_parser(commands)
     return parser
 
 
