@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edgespec.cli_robot_reuse import add_robot_reuse_parser
 
     add_robot_reuse_parser(commands)
+    from edgespec.cli_exit_hit_rate import add_exit_hit_rate_parser
+
+    add_exit_hit_rate_parser(commands)
     return parser
 
 
