@@ -181,15 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     from edgespec.robot.command import add_robot_parser
 
     add_robot_parser(commands)
+    from edgespec.cli_exit_hit_rate import add_exit_hit_rate_parser
     from edgespec.cli_profile import add_profile_parser
-
-    add_profile_parser(commands)
     from edgespec.cli_robot_reuse import add_robot_reuse_parser
 
-    add_robot_reuse_parser(commands)
-    from edgespec.cli_exit_hit_rate import add_exit_hit_rate_parser
-
+    add_profile_parser(commands)
     add_exit_hit_rate_parser(commands)
+    add_robot_reuse_parser(commands)
     return parser
 
 
