@@ -22,8 +22,9 @@ prepare)
         cp "$(.venv/bin/python -c "from edgespec.models.loading import converted_dir; print(converted_dir('qwen2.5-coder-$model'))")/config.json" .devcarry/qwen$model/
     done
     cp "$(ls -t ~/.cache/edgespec/profiles/host-*llamacpp-bfloat16.json | head -1)" .devcarry/host.json
-    # The generated gRPC code needs protobuf >= the version it was made with: carry this venv's.
-    for package in grpcio protobuf grpcio-reflection; do
+    # The generated gRPC code needs protobuf >= the version it was made with: carry this venv's;
+    # and pytest (with its dependencies) and tqdm for the correctness tests and `edgespec profile`.
+    for package in grpcio protobuf grpcio-reflection pytest pluggy iniconfig packaging pygments tqdm; do
         version=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('$package'))")
         python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
             --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "$package==$version"
@@ -32,7 +33,7 @@ prepare)
 run)
     out=${2:?usage: gpu_session.sh run OUT}
     export PYTHONUNBUFFERED=1
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD/src || exit 1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
     # The capacity points first (what the projection is checked against), then the cost profile, then correctness.
     check="python3 scripts/gpu_capacity_check.py --config .devcarry/qwen1.5b --traces out/traces-bench --edge-profile .devcarry/host.json --clients 64"
@@ -40,9 +41,9 @@ run)
     point chunks 170 --modes sd,cloud-ar --profile-passes 3  # serve's defaults on a GPU: prefill chunks of 128; 3 passes profiled
     point chunks-128 100 --modes sd --clients 128 --max-batch 64
     point alone 150 --modes sd,cloud-ar --prefill-chunk 0      # each prefill alone, whole (the CPU default)
-    timeout 80 python3 scripts/gpu_cost_profile.py --config .devcarry/qwen1.5b --logit-lens-exits 24,26 --batches 1,32,64,128 \
+    timeout 80 python3 -m edgespec.cli profile batched --config .devcarry/qwen1.5b --logit-lens-exits 24,26 --batches 1,32,64,128 \
         --repeats 5 --out "$out/costs-qwen1.5b.json" > "$out/profile.log" 2>&1; echo "profile rc=$?"; grep -E "^batch" "$out/profile.log"
-    timeout 60 python3 scripts/gpu_check.py > "$out/gpu_check.log" 2>&1; echo "gpu_check rc=$?"; tail -2 "$out/gpu_check.log"
+    timeout 60 python3 -m pytest -q tests/integration/test_gpu_modes.py > "$out/gpu_check.log" 2>&1; echo "gpu_check rc=$?"; tail -2 "$out/gpu_check.log"
     echo done ;;
 *)
     sed -n 2,12p "$0"; exit 2 ;;

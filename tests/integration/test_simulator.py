@@ -180,17 +180,11 @@ def test_an_exit_oracle_streams_the_verdict_it_is_told_to_and_changes_no_token()
 
 
 def test_the_gpu_capacity_check_scripts_the_same_rounds_onto_a_repeating_target() -> None:
-    """scripts/gpu_capacity_check.py maps a trace of the real pair onto a target that repeats its
-    last prompt token: the draft agrees exactly where it agreed before, so every round accepts,
+    """The GPU capacity check (edgespec.sim.scripted) maps a trace of the real pair onto a target
+    that repeats its last prompt token: the draft agrees exactly where it agreed before, so every round accepts,
     commits and costs what the original round did (here: replayed side by side, 3 clients)."""
-    import importlib.util
-    from pathlib import Path
+    from edgespec.sim import scripted as script
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "gpu_capacity_check.py"
-    spec = importlib.util.spec_from_file_location("gpu_capacity_check", path)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     originals = [t for t in traces() if not t.ended_in_eos]
     scripted = [script.scripted_trace(t, vocab=96) for t in originals]
     for trace in scripted:

@@ -29,7 +29,7 @@ def test_the_commands_are_all_there() -> None:
     top = {path[0] for path in COMMANDS}
     assert top == {
         "models", "generate", "serve", "link", "edge-serve", "bench", "trace", "simulate", "train-exits", "eval-exits",
-        "robot",
+        "robot", "robot-reuse", "profile", "exit-hit-rate",
     }
     assert {("models", "list"), ("models", "fetch"), ("models", "path")} <= set(COMMANDS)
 

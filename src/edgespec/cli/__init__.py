@@ -20,10 +20,13 @@ from edgespec import __version__  # noqa: E402
 from edgespec.cli.bench import add_bench_parser  # noqa: E402
 from edgespec.cli.edge_serve import add_edge_serve_parser  # noqa: E402
 from edgespec.cli.eval_exits import add_eval_exits_parser  # noqa: E402
+from edgespec.cli.exit_hit_rate import add_exit_hit_rate_parser  # noqa: E402
 from edgespec.cli.generate import add_generate_parser  # noqa: E402
 from edgespec.cli.link import add_link_parser  # noqa: E402
 from edgespec.cli.models import add_models_parser  # noqa: E402
+from edgespec.cli.profile import add_profile_parser  # noqa: E402
 from edgespec.cli.robot import add_robot_parser  # noqa: E402
+from edgespec.cli.robot_reuse import add_robot_reuse_parser  # noqa: E402
 from edgespec.cli.serve import add_serve_parser  # noqa: E402
 from edgespec.cli.simulate import add_simulate_parser  # noqa: E402
 from edgespec.cli.trace import add_trace_parser  # noqa: E402
@@ -85,4 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_exits_parser(commands)
     add_eval_exits_parser(commands)
     add_robot_parser(commands)
+    add_robot_reuse_parser(commands)
+    add_profile_parser(commands)
+    add_exit_hit_rate_parser(commands)
     return parser
