@@ -43,7 +43,7 @@ run)
     point alone 150 --modes sd,cloud-ar --prefill-chunk 0      # each prefill alone, whole (the CPU default)
     timeout 80 python3 -m edgespec.cli profile batched --config .devcarry/qwen1.5b --logit-lens-exits 24,26 --batches 1,32,64,128 \
         --repeats 5 --out "$out/costs-qwen1.5b.json" > "$out/profile.log" 2>&1; echo "profile rc=$?"; grep -E "^batch" "$out/profile.log"
-    timeout 60 python3 -m pytest -q tests/integration/test_gpu_modes.py > "$out/gpu_check.log" 2>&1; echo "gpu_check rc=$?"; tail -2 "$out/gpu_check.log"
+    timeout 60 python3 -m pytest -q tests/server/test_gpu_modes.py > "$out/gpu_check.log" 2>&1; echo "gpu_check rc=$?"; tail -2 "$out/gpu_check.log"
     echo done ;;
 *)
     sed -n 2,12p "$0"; exit 2 ;;

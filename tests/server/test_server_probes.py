@@ -1,0 +1,107 @@
+"""`serve`'s probe services on a real gRPC server with the tiny target: grpc.health.v1 answers
+SERVING for the server and the Verifier service only while a model is loaded (NOT_SERVING after
+shutdown begins, NOT_FOUND for a service it does not host), and GetLimits advertises the limits
+a session is refused by."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edgespec.exits.heads import ExitHeads, ExitSpec
+from edgespec.models.target import TargetRuntime
+from edgespec.server.app import RunningServer, ServerConfig
+from edgespec.server.health import VERIFIER_SERVICE, LimitsService, VerifierHealth
+from edgespec.server.servicer import VerifierService
+from edgespec.server.session import SessionLimits
+from edgespec.transport import edgespec_pb2 as pb
+from edgespec.transport import edgespec_pb2_grpc as pb_grpc
+from tests.support.tiny_models import tiny_model
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+LIMITS = SessionLimits(max_prompt_tokens=300, max_new_tokens=100, max_block=16)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    model = tiny_model("qwen2", seed=0)
+    service = VerifierService(
+        TargetRuntime(model, ExitHeads([ExitSpec(2)], model.config.hidden_size)), None, frozenset({0}), "tiny", LIMITS
+    )
+    running = RunningServer(service, ServerConfig(port=0, limits=LIMITS, max_message_bytes=2 * 1024 * 1024))
+    yield running
+    running.stop()
+
+
+def call(port: int, work: Any) -> Any:
+    async def run() -> Any:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            return await work(channel)
+
+    return asyncio.run(run())
+
+
+def test_health_is_serving_for_the_server_and_the_verifier(server: RunningServer) -> None:
+    for service in ("", VERIFIER_SERVICE):
+        reply = call(
+            server.port,
+            lambda channel: health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service)),
+        )
+        assert reply.status == SERVING, service
+
+
+def test_health_of_a_service_it_does_not_host_is_not_found(server: RunningServer) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        call(
+            server.port,
+            lambda channel: health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="no.such.Service")
+            ),
+        )
+    assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_get_limits_advertises_the_session_limits(server: RunningServer) -> None:
+    limits = call(server.port, lambda channel: pb_grpc.VerifierInfoStub(channel).GetLimits(pb.LimitsRequest()))
+    assert (limits.max_prompt_tokens, limits.max_new_tokens, limits.max_block) == (300, 100, 16)
+    assert limits.context_tokens == 512  # the tiny model's max_position_embeddings
+    assert limits.max_message_bytes == 2 * 1024 * 1024
+
+
+def test_not_serving_without_a_model_or_once_shutting_down() -> None:
+    async def statuses() -> list[int]:
+        unloaded = VerifierHealth(SimpleNamespace(runtime=SimpleNamespace(model=None)))
+        loaded = VerifierHealth(SimpleNamespace(runtime=SimpleNamespace(model=object())))
+        request = health_pb2.HealthCheckRequest(service=VERIFIER_SERVICE)
+        seen = [(await unloaded.Check(request, None)).status, (await loaded.Check(request, None)).status]
+        await loaded.enter_graceful_shutdown()
+        seen.append((await loaded.Check(request, None)).status)
+        return seen
+
+    assert asyncio.run(statuses()) == [NOT_SERVING, SERVING, NOT_SERVING]
+
+
+def test_limits_fit_the_wire_whatever_the_configuration() -> None:
+    huge = SimpleNamespace(
+        limits=SessionLimits(max_prompt_tokens=2**40, max_new_tokens=2**40),
+        runtime=SimpleNamespace(context_length=None, sliding_window=None),
+    )
+    limits = LimitsService(huge, 2**40).limits()
+    assert limits.max_prompt_tokens == limits.max_new_tokens == limits.max_message_bytes == 2**32 - 1
+    assert limits.context_tokens == 0
+
+
+def test_watch_streams_the_verifiers_status(server: RunningServer) -> None:
+    async def first_status(channel: grpc.aio.Channel) -> int:
+        call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=VERIFIER_SERVICE))
+        reply = await call.read()
+        call.cancel()
+        return reply.status
+
+    assert call(server.port, first_status) == SERVING
