@@ -18,7 +18,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "src" / "edgespec"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("edgespec", "core"),
     ("link", "data", "prompting", "hostinfo"),
-    ("models",),
+    ("models", "engines"),  # engines: what runs the target model (transformers, llama.cpp)
     ("decoding",),
     ("transport",),
     ("drivers",),

@@ -40,6 +40,17 @@ def add_serve_parser(commands: Any) -> None:
         "--device", default="cpu", help="where the target runs: cpu, cuda, cuda:1, ... (exits follow it)",
     )
     serve.add_argument(
+        "--engine", choices=("auto", "llamacpp", "transformers"), default="auto",
+        help="what runs the target: llamacpp (its own GGUF through llama.cpp, CPU; no exits: early verdicts are off), "
+        "transformers (eager PyTorch, exits), or auto: llama.cpp for a GGUF target on the CPU with --exits none, "
+        "else transformers",
+    )
+    serve.add_argument(
+        "--session-context", type=int, default=2048, metavar="TOKENS",
+        help="llama.cpp engine: tokens one session may hold (prompt + new tokens + a draft block); allocated up "
+        "front for --max-sessions sessions",
+    )
+    serve.add_argument(
         "--cloud-draft", metavar="MODEL",
         help="serve cloud-sd too (the co-located baseline: the server drafts with MODEL, transformers, in --dtype on "
         "--device, between its target forwards)",
@@ -99,6 +110,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # Bad limits and security settings fail here, before minutes of model loading.
     config = server_config(args)
+    from edgespec.engines.selection import choose_engine
+
+    if choose_engine(args.engine, args.target, args.device, args.exits) == "llamacpp":
+        return _serve_on_llamacpp(args, config)
     if args.threads:
         torch.set_num_threads(args.threads)
     target = load_model(args.target, args.dtype)
@@ -122,6 +137,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
             cloud_draft=cloud_draft,
         )
     )
+    return 0
+
+
+def _serve_on_llamacpp(args: argparse.Namespace, config: Any) -> int:
+    """`serve` with the llama.cpp engine: the target's GGUF, no exits (the guess-based modes only)."""
+    import asyncio
+    import logging
+
+    from edgespec.engines.selection import load_llamacpp_engine, tokenizer_and_eos
+    from edgespec.server.app import serve
+
+    if args.prefix_cache_tokens:
+        raise ValueError("--prefix-cache-tokens is not available with the llama.cpp engine yet: use --engine transformers")
+    if args.exits != "none":
+        logging.getLogger(__name__).warning(
+            "the llama.cpp engine has no exits: early verdicts are off (--exits %s ignored); sessions asking for "
+            "them get none, and pre-drafting runs on send-time guesses", args.exits,
+        )
+    engine = load_llamacpp_engine(args.target, args.max_sessions, args.session_context, args.threads)
+    tokenizer, eos_ids = tokenizer_and_eos(args.target)
+    cloud_draft = None
+    if args.cloud_draft:
+        from edgespec.server.cloud_draft import CloudDraft
+
+        cloud_draft = CloudDraft.load(args.cloud_draft, args.dtype, args.device, max_batch=args.max_batch)
+    name = f"{engine.gguf_file.stem} (llama.cpp GGUF)"
+    asyncio.run(serve(None, tokenizer, eos_ids, None, config, target_name=name, cloud_draft=cloud_draft, engine=engine))
     return 0
 
 

@@ -11,7 +11,8 @@ import grpc
 
 from edgespec.models.exit_heads import ExitHeads
 from edgespec.models.kv import kv_bytes_per_token, stacked_capacity
-from edgespec.models.target import TargetRuntime
+from edgespec.engines.interface import TargetEngine
+from edgespec.engines.transformers_engine import TransformersEngine
 from edgespec.server.auth import TokenAuthInterceptor
 from edgespec.server.cloud_draft import CloudDraft
 from edgespec.server.limits import AdmissionLimits, SessionLimits
@@ -87,15 +88,18 @@ async def serve(
     target_name: str = "",
     ready: asyncio.Event | None = None,
     cloud_draft: CloudDraft | None = None,
+    engine: TargetEngine | None = None,
 ) -> None:
+    """``engine``: the target engine to serve (default: ``model`` with ``exits`` on transformers)."""
     service = VerifierService(
-        TargetRuntime(model, exits),  # type: ignore[arg-type]
+        engine if engine is not None else TransformersEngine(model, exits),  # type: ignore[arg-type]
         tokenizer, eos_ids, target_name, config.limits, config.admission,
         cloud_draft=cloud_draft, prefix_cache_tokens=config.prefix_cache_tokens, exit_candidates=config.exit_candidates,
     )
     # A session's cache between batched passes keeps room to grow (`TrackedCache.stacked`).
     longest = stacked_capacity(config.limits.max_prompt_tokens + config.limits.max_new_tokens)  # type: ignore[operator]
-    worst_case = kv_bytes_per_token(model) * config.admission.max_sessions * longest
+    # (the llama.cpp engine allocates its KV up front and logs it itself)
+    worst_case = kv_bytes_per_token(model) * config.admission.max_sessions * longest if engine is None else 0
     logger.info(
         "admission: %d sessions, %d queued rounds, batches of up to %d rows and %d padded token-rows, "
         "prefill chunks of %s; "

@@ -1,0 +1,1 @@
+"""Target engines: what runs the target model for the verifier (see ``interface.py``)."""
