@@ -6,6 +6,7 @@
     edgespec profile passes [--target NAME] [--dtype bfloat16]      # padded pass shapes on the real target
     edgespec profile exits [--exits auto|DIR|logit-lens:14,21]      # what exits add to a verify
     edgespec profile ops [--sessions 64]                            # operations one batched pass dispatches
+    edgespec profile engine [--engine llamacpp] [--threads 1]       # decode / verify / batched verify in an engine
 """
 
 from __future__ import annotations
@@ -86,6 +87,21 @@ def add_profile_parser(commands: Any) -> None:
     )
     ops.add_argument("--sessions", type=int, default=64)
     ops.set_defaults(handler=run_profile_ops)
+
+    engine = kinds.add_parser(
+        "engine", help="decode, verify and several sessions' verifies in one pass, inside a target engine",
+        description="Times a decode, a verify of a block and several sessions' blocks in one pass inside a target "
+        "engine (llama.cpp on the target's GGUF, or transformers), on --threads threads.",
+    )
+    engine.add_argument("--target", default=DEFAULT_TARGET)
+    engine.add_argument("--engine", choices=("llamacpp", "transformers"), default="llamacpp")
+    engine.add_argument("--dtype", default="bfloat16", help="transformers engine only")
+    engine.add_argument("--threads", type=int, default=1)
+    engine.add_argument("--context", type=int, default=128, help="tokens already cached per session")
+    engine.add_argument("--block", type=int, default=5, help="tokens a verify feeds (logits at each)")
+    engine.add_argument("--sessions", default="1,2,4", help="sessions per batched verify")
+    engine.add_argument("--repeats", type=int, default=10)
+    engine.set_defaults(handler=run_profile_engine)
 
 
 def _progress(total: int, description: str) -> Any:
@@ -179,4 +195,27 @@ def run_profile_ops(args: argparse.Namespace) -> int:
         f"{counted['sessions']} sessions, one pass: {counted['operations']} operations "
         f"({counted['memory_moves']} moving memory), {counted['ms']:.1f} ms on this CPU"
     )
+    return 0
+
+
+def run_profile_engine(args: argparse.Namespace) -> int:
+    from edgespec.engines.timing import TimingConfig, time_engine
+    from edgespec.hostinfo import host_facts
+
+    sessions = _ints(args.sessions)
+    if args.engine == "llamacpp":
+        from edgespec.engines.selection import load_llamacpp_engine
+
+        engine: Any = load_llamacpp_engine(args.target, max(sessions), args.context + 2 * args.block + 64, args.threads)
+    else:
+        import torch
+
+        from edgespec.engines.transformers_engine import TransformersEngine
+        from edgespec.models.loading import load_model
+
+        torch.set_num_threads(args.threads)
+        engine = TransformersEngine(load_model(args.target, args.dtype).model)
+    config = TimingConfig(context=args.context, block=args.block, sessions=sessions, repeats=args.repeats)
+    measured = time_engine(engine, config, on_step=lambda name, ms: print(f"{name}: {ms} ms", file=sys.stderr))
+    print(json.dumps({"target": args.target, "threads": args.threads, **measured, "host": host_facts()}, indent=2))
     return 0

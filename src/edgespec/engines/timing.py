@@ -1,0 +1,71 @@
+"""What an engine's passes cost on this host, measured inside the engine (no server, no network):
+a decode, a verify of a block, and several sessions' blocks in one pass against one session's.
+
+These are the figures the issue's goals are stated in (a 5-token verify, a decode, four blocks
+in one batch against one) and what `simulate`'s host profile needs from a fast target engine.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from edgespec.engines.interface import TargetEngine
+from edgespec.models.target import ScoreRequest
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    context: int = 128  # tokens already cached in each session before every measured pass
+    block: int = 5  # tokens a verify feeds (the last committed token + gamma drafts), logits at each
+    sessions: tuple[int, ...] = (1, 2, 4)
+    repeats: int = 10
+    seed: int = 0
+
+
+def _pass_ms(engine: TargetEngine, prefixes: list[list[int]], caches: list[Any], fed: list[list[int]], greedy: bool) -> float:
+    """One pass feeding ``fed[i]`` after ``prefixes[i]`` (cached), then the fed tokens rolled back."""
+    requests = [
+        ScoreRequest(prefix + block, len(block), cache, argmax_only=greedy) for prefix, block, cache in zip(prefixes, fed, caches)
+    ]
+    started = time.perf_counter()
+    engine.score_batch(requests)
+    elapsed = (time.perf_counter() - started) * 1000
+    for prefix, cache in zip(prefixes, caches):
+        engine.rollback(prefix + [0], cache)  # keep the prefix: the next pass feeds the same shape
+    return elapsed
+
+
+def time_engine(engine: TargetEngine, config: TimingConfig = TimingConfig(), on_step: Callable[[str, float], None] | None = None) -> dict[str, Any]:
+    """Median milliseconds of each pass shape (greedy: argmax rows; ``verify_sampled``: the full
+    logits rows rejection sampling reads)."""
+    rng = random.Random(config.seed)
+    vocab = min(engine.vocab_size, 30000)  # ordinary ids, away from the special tokens at the end
+
+    def tokens(count: int) -> list[int]:
+        return [rng.randrange(100, vocab) for _ in range(count)]
+
+    most = max(config.sessions)
+    prefixes = [tokens(config.context) for _ in range(most)]
+    caches = [engine.new_cache() for _ in range(most)]
+    engine.score_batch([ScoreRequest(prefix, 1, cache) for prefix, cache in zip(prefixes, caches)])  # prefill
+    shapes: dict[str, tuple[int, int, bool]] = {"decode": (1, 1, True), "verify": (1, config.block, True)}
+    shapes["verify_sampled"] = (1, config.block, False)
+    for sessions in config.sessions:
+        shapes[f"verify_x{sessions}"] = (sessions, config.block, True)
+    results: dict[str, float] = {}
+    for name, (sessions, fed_tokens, greedy) in shapes.items():
+        _pass_ms(engine, prefixes[:sessions], caches[:sessions], [tokens(fed_tokens) for _ in range(sessions)], greedy)  # warm-up
+        times = [
+            _pass_ms(engine, prefixes[:sessions], caches[:sessions], [tokens(fed_tokens) for _ in range(sessions)], greedy)
+            for _ in range(config.repeats)
+        ]
+        results[name] = round(statistics.median(times), 2)
+        if on_step is not None:
+            on_step(name, results[name])
+    one = results.get("verify_x1", results["verify"])
+    ratios = {f"verify_x{s}_over_x1": round(results[f"verify_x{s}"] / one, 2) for s in config.sessions if s > 1}
+    return {"engine": getattr(engine, "engine_name", "?"), "config": asdict(config), "ms": results, **ratios}
