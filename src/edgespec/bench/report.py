@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = [
+    ("engine", "engine", "{}"),
     ("aggregate tokens/s", "aggregate_tokens_per_s", "{:.2f}"),
     ("aggregate decode tok/s", "decode_tokens_per_s", "{:.2f}"),
     ("per-client tok/s median", "per_client_tokens_per_s_median", "{:.2f}"),

@@ -64,6 +64,9 @@ class BenchConfig:
     price: PriceModel = field(default_factory=PriceModel)
     # Compare every output with fp32 `generate` of the target (loaded once, after the timed runs).
     check_oracle: bool = False
+    # What runs the target (`serve --engine`): every mode, cloud-ar included, runs on this one
+    # server, and every record names the engine it resolved to.
+    engine: str = "transformers"
 
     def __post_init__(self) -> None:
         for mode in self.modes:
@@ -86,6 +89,10 @@ class BenchConfig:
                     "the default SLO is half of single-client cloud-ar measured in the sweep: include 1 in --clients, "
                     "or give --slo-tokens-per-s"
                 )
+        if self.engine != "transformers" and served_engine(self) == "llamacpp":
+            needing = [m for m in self.modes if Mode.parse(m).uses_exits and (Mode.parse(m).value == "sd-ee" or not self.guess_verdict)]
+            if needing:
+                raise ValueError(f"the llama.cpp engine has no exits: {', '.join(needing)} cannot run on it")
         if self.slo_tokens_per_s is not None and not self.slo_tokens_per_s > 0:
             raise ValueError(f"--slo-tokens-per-s must be > 0, got {self.slo_tokens_per_s}")
 
@@ -162,15 +169,25 @@ def run_profile(
                 for mode in config.modes:
                     _run_concurrent(config, Mode.parse(mode).value, jobs, results_file, deployment.client_port, out / f"logs-{profile}", progress)
         records = _read(results_file)
+    engine = served_engine(config)
     for record in records:
         record["profile"] = profile
+        record["engine"] = engine
     return records
+
+
+def served_engine(config: BenchConfig) -> str:
+    """The engine `serve --engine` resolves to for this benchmark's target, on the CPU."""
+    from edgespec.engines.selection import choose_engine
+
+    return choose_engine(config.engine, config.target, "cpu", config.exits)
 
 
 def _deployed(config: BenchConfig, profile: str, log_dir: Path) -> Any:
     return deploy(
         config.target, config.dtype, profile, exits=config.exits, log_dir=str(log_dir), replicas=config.replicas,
-        cloud_draft=config.draft if any(Mode.parse(m).server_drafts for m in config.modes) else None, serve_args=config.serve_args,
+        cloud_draft=config.draft if any(Mode.parse(m).server_drafts for m in config.modes) else None,
+        serve_args=("--engine", config.engine, *config.serve_args),
     )
 
 
@@ -298,6 +315,7 @@ def summarize_all(config: BenchConfig, records: list[dict[str, Any]], oracle: di
             chosen = [r for r in records if r["profile"] == profile and r["mode"] == name]
             summary = summarize(chosen, profile, config.price)
             summary["errors"] = sum(1 for r in chosen if "error" in r)
+            summary["engine"] = served_engine(config)
             if name not in ("cloud-ar", "edge-only"):
                 differing = self_consistency.get((profile, name), [])
                 summary["differs_from_cloud_ar"] = len(differing)

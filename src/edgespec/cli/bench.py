@@ -25,6 +25,12 @@ def add_bench_parser(subparsers: Any) -> None:
     parser.add_argument("--draft", default=DEFAULT_DRAFT)
     parser.add_argument("--draft-backend", default="llamacpp", choices=["llamacpp", "transformers"])
     parser.add_argument("--exits", default="auto")
+    parser.add_argument(
+        "--engine", default="transformers", choices=["auto", "llamacpp", "transformers"],
+        help="what runs the target on the server (`serve --engine`); cloud-ar runs on the same engine as every mode, "
+        "and every row names it. llamacpp has no exits: use the guess-based modes (sd, sd-ee-predraft, "
+        "sd-ee-pipelined) and --exits none",
+    )
     parser.add_argument("--modes", default=",".join(ALL_MODES))
     parser.add_argument("--profiles", default="wan", help="comma-separated: lan, wan, cellular")
     parser.add_argument(
@@ -108,7 +114,10 @@ def run_bench(args: argparse.Namespace) -> int:
         summary = summarize_all(config, records, oracle)
     # Every figure names the machine it came from, and what it ran: server and clients one thread each.
     draft_dtype = "GGUF (llama.cpp)" if config.draft_backend == "llamacpp" else summary["server_dtype"]
-    summary["host"] = host_facts(threads_per_process=1, dtype=summary["server_dtype"], draft_dtype=draft_dtype)
+    from edgespec.bench.runner import served_engine
+
+    target_dtype = "GGUF (llama.cpp)" if served_engine(config) == "llamacpp" else summary["server_dtype"]
+    summary["host"] = host_facts(threads_per_process=1, dtype=target_dtype, draft_dtype=draft_dtype)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     report = render_markdown(summary, command)
     if config.client_counts:
@@ -164,6 +173,7 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         out=args.out,
         price=PriceModel(args.gpu_usd_per_hour, args.egress_usd_per_gb),
         check_oracle=args.check_oracle,
+        engine=args.engine,
     )
 
 
