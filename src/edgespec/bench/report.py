@@ -41,6 +41,9 @@ COLUMNS = [
 ]
 
 
+# The server dtype the summary names when the target ran on llama.cpp (its GGUF's own types).
+LLAMACPP_DTYPE = "GGUF (llama.cpp)"
+
 # Serving figures that need several concurrent clients to mean anything (edgespec.capacity).
 CONCURRENT_ONLY = {
     "aggregate_tokens_per_s", "decode_tokens_per_s", "per_client_tokens_per_s_median", "per_client_tokens_per_s_p10",
@@ -135,6 +138,12 @@ def _correctness_notes(server_dtype: str, checked_oracle: bool) -> list[str]:
             "target's top two tokens nearly tie a speculative mode and `cloud-ar` can choose differently and the texts "
             "part there; the positions are listed under each table. That is rounding, not a lost token: "
             "`--dtype float32 --check-oracle` tests losslessness."
+        )
+    elif server_dtype == LLAMACPP_DTYPE:
+        notes.append(
+            "The target ran on **llama.cpp** (its Q4_K GGUF): its oracle is its own one-token-at-a-time decoding "
+            "(`cloud-ar`), and a verify (γ + 1 rows) and a decode (1 row) run different kernels, so a near-tie may part "
+            "the texts; fp32 `generate` is another model's arithmetic, not this engine's oracle."
         )
     if checked_oracle:
         notes.append(

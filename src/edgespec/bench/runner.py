@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from edgespec.bench.metrics import PriceModel, differences_from_cloud_ar, summarize
 from edgespec.bench.processes import pin_to_core, deploy
+from edgespec.bench.report import LLAMACPP_DTYPE
 from edgespec.capacity import point_metrics
 from edgespec.core.config import GenerationConfig
 from edgespec.core.modes import Mode
@@ -337,7 +338,8 @@ def summarize_all(config: BenchConfig, records: list[dict[str, Any]], oracle: di
         for summary in per_mode.values():
             summary["speedup_vs_cloud_ar"] = summary.get(rate, 0.0) / baseline if baseline else 0.0
         profiles[profile] = per_mode
-    return {"config": asdict(config), "server_dtype": resolve_dtype(config.dtype), "profiles": profiles, "cores": core_layout(config.clients)}
+    server_dtype = LLAMACPP_DTYPE if served_engine(config) == "llamacpp" else resolve_dtype(config.dtype)
+    return {"config": asdict(config), "server_dtype": server_dtype, "profiles": profiles, "cores": core_layout(config.clients)}
 
 
 def sweep_points(config: BenchConfig, records: list[dict[str, Any]], profile: str) -> dict[int, dict[str, Any]]:

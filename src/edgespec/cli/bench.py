@@ -113,11 +113,10 @@ def run_bench(args: argparse.Namespace) -> int:
             oracle = check_against_oracle(config.target, config.max_new_tokens, jobs, records, out / "oracle.jsonl")
         summary = summarize_all(config, records, oracle)
     # Every figure names the machine it came from, and what it ran: server and clients one thread each.
-    draft_dtype = "GGUF (llama.cpp)" if config.draft_backend == "llamacpp" else summary["server_dtype"]
-    from edgespec.bench.runner import served_engine
+    from edgespec.models.loading import resolve_dtype
 
-    target_dtype = "GGUF (llama.cpp)" if served_engine(config) == "llamacpp" else summary["server_dtype"]
-    summary["host"] = host_facts(threads_per_process=1, dtype=target_dtype, draft_dtype=draft_dtype)
+    draft_dtype = "GGUF (llama.cpp)" if config.draft_backend == "llamacpp" else resolve_dtype(config.dtype)
+    summary["host"] = host_facts(threads_per_process=1, dtype=summary["server_dtype"], draft_dtype=draft_dtype)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     report = render_markdown(summary, command)
     if config.client_counts:
