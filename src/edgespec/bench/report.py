@@ -17,6 +17,7 @@ COLUMNS = [
     ("server s/token (passes once)", "server_s_per_token", "{:.3f}"),
     ("tokens/s", "tokens_per_s", "{:.2f}"),
     ("vs cloud-ar", "speedup_vs_cloud_ar", "{:.2f}x"),
+    ("vs fastest cloud-ar", "speedup_vs_fastest_cloud_ar", "{:.2f}x"),
     ("ms/token", "ms_per_token", "{:.0f}"),
     ("TTFT ms", "ttft_ms", "{:.0f}"),
     ("tok/round", "tokens_per_round", "{:.2f}"),
@@ -103,9 +104,11 @@ def render_markdown(summary: dict[str, Any], command: str) -> str:
         ]
     checked_oracle = any("oracle_mismatches" in stats for modes in summary["profiles"].values() for stats in modes.values())
     many = config.get("clients", 1) > 1
+    with_fastest = any("speedup_vs_fastest_cloud_ar" in stats for modes in summary["profiles"].values() for stats in modes.values())
     columns = [
         c for c in COLUMNS
         if (c[1] not in CONCURRENT_ONLY or many) and (c[1] != "oracle_mismatches" or checked_oracle)
+        and (c[1] != "speedup_vs_fastest_cloud_ar" or with_fastest)
     ]
     lines += _correctness_notes(summary.get("server_dtype", config["dtype"]), checked_oracle)
     for profile, modes in summary["profiles"].items():

@@ -68,6 +68,8 @@ class BenchConfig:
     # What runs the target (`serve --engine`): every mode, cloud-ar included, runs on this one
     # server, and every record names the engine it resolved to.
     engine: str = "transformers"
+    # Also run cloud-ar on llama.cpp (the fastest this host serves a GGUF target) as a row of its own.
+    fastest_cloud_ar: bool = False
 
     def __post_init__(self) -> None:
         for mode in self.modes:

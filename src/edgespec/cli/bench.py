@@ -31,6 +31,11 @@ def add_bench_parser(subparsers: Any) -> None:
         "and every row names it. llamacpp has no exits: use the guess-based modes (sd, sd-ee-predraft, "
         "sd-ee-pipelined) and --exits none",
     )
+    parser.add_argument(
+        "--fastest-cloud-ar", action="store_true",
+        help="also run cloud-ar on a llama.cpp server (the fastest this host serves the GGUF target) and report it as "
+        "a row of its own, with every mode's ratio against it (not with a --clients sweep)",
+    )
     parser.add_argument("--modes", default=",".join(ALL_MODES))
     parser.add_argument("--profiles", default="wan", help="comma-separated: lan, wan, cellular")
     parser.add_argument(
@@ -89,14 +94,21 @@ def run_bench(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     jobs = build_jobs(config, load_tokenizer(config.draft))
     records: list[dict[str, Any]] = []
+    fastest: list[dict[str, Any]] = []  # --fastest-cloud-ar: cloud-ar on llama.cpp, a row of its own
     total = len(jobs) * len(config.profiles) * len(config.counts if config.client_counts else (1,))
+    if config.fastest_cloud_ar and not config.client_counts:
+        total += sum(1 for job in jobs if job["mode"] == "cloud-ar") * len(config.profiles)
     with tqdm(total=total, desc="generations", unit="gen") as bar:
         for profile in config.profiles:
             bar.set_postfix_str(profile)
             records += run_profile(config, profile, jobs, out, bar.update)
+            if config.fastest_cloud_ar and not config.client_counts:
+                from edgespec.bench.fastest_baseline import run_fastest_cloud_ar
+
+                fastest += run_fastest_cloud_ar(config, profile, jobs, bar.update)
     command = "edgespec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with (out / "results.jsonl").open("w") as sink:
-        for record in records:
+        for record in records + fastest:
             sink.write(
                 json.dumps({**record, "config": json.loads(json.dumps(config, default=lambda o: o.__dict__))}) + "\n",
             )
@@ -112,6 +124,10 @@ def run_bench(args: argparse.Namespace) -> int:
             print("checking every output against fp32 generate of the target (once per prompt)...", flush=True)
             oracle = check_against_oracle(config.target, config.max_new_tokens, jobs, records, out / "oracle.jsonl")
         summary = summarize_all(config, records, oracle)
+        if fastest:
+            from edgespec.bench.fastest_baseline import add_fastest_rows
+
+            add_fastest_rows(summary, config, fastest)
     # Every figure names the machine it came from, and what it ran: server and clients one thread each.
     from edgespec.models.loading import resolve_dtype
 
@@ -173,6 +189,7 @@ def bench_config(args: argparse.Namespace) -> BenchConfig:
         price=PriceModel(args.gpu_usd_per_hour, args.egress_usd_per_gb),
         check_oracle=args.check_oracle,
         engine=args.engine,
+        fastest_cloud_ar=args.fastest_cloud_ar,
     )
 
 
