@@ -26,4 +26,6 @@ def test_the_report_shows_the_fastest_row_and_every_modes_ratio() -> None:
 
 
 def test_without_it_the_report_has_no_such_column() -> None:
-    assert "vs fastest cloud-ar" not in render_markdown(summarize_all(BenchConfig(modes=("cloud-ar", "sd")), []), "edgespec bench")
+    assert "vs fastest cloud-ar" not in render_markdown(
+        summarize_all(BenchConfig(modes=("cloud-ar", "sd")), []), "edgespec bench"
+    )

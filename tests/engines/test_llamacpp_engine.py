@@ -24,7 +24,9 @@ SEQUENCES = 4
 
 @pytest.fixture(scope="module")
 def engine() -> LlamaCppEngine:
-    return LlamaCppEngine(gguf_path("smollm2-135m", install=False), ContextSettings(sequences=SEQUENCES, context_per_sequence=256))
+    return LlamaCppEngine(
+        gguf_path("smollm2-135m", install=False), ContextSettings(sequences=SEQUENCES, context_per_sequence=256)
+    )
 
 
 def test_both_engines_are_target_engines(engine: LlamaCppEngine) -> None:
@@ -73,7 +75,9 @@ def test_a_released_sequence_is_reused_clean(engine: LlamaCppEngine) -> None:
     reused = engine.new_cache()
     fresh_logits = engine.score(ScoreRequest(PROMPT[:5], 1, reused))
     assert reused.tokens == PROMPT[:5]
-    torch.testing.assert_close(fresh_logits, engine.score(ScoreRequest(PROMPT[:5], 1, engine.new_cache())), rtol=0, atol=0)
+    torch.testing.assert_close(
+        fresh_logits, engine.score(ScoreRequest(PROMPT[:5], 1, engine.new_cache())), rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize(
@@ -86,7 +90,9 @@ def test_a_released_sequence_is_reused_clean(engine: LlamaCppEngine) -> None:
         ("transformers", "smollm2-135m", "cpu", "none", "transformers"),
     ],
 )
-def test_auto_picks_llamacpp_for_a_gguf_target_on_the_cpu(requested: str, target: str, device: str, exits: str, chosen: str) -> None:
+def test_auto_picks_llamacpp_for_a_gguf_target_on_the_cpu(
+    requested: str, target: str, device: str, exits: str, chosen: str
+) -> None:
     assert choose_engine(requested, target, device, exits) == chosen
 
 

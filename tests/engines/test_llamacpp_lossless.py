@@ -38,8 +38,48 @@ NEAR_TIE = 1e-2
 SPECULATIVE = (Mode.SD, Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED)
 # Chat-formatted SmolLM2 prompts (token ids, so no tokenizer is needed).
 PROMPTS = (
-    [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182, 2, 198,
-     1, 4093, 198, 19161, 253, 1789, 1789, 2257, 338, 3060, 827, 1792, 30, 2, 198, 1, 520, 9531, 198],
+    [
+        1,
+        9690,
+        198,
+        2683,
+        359,
+        253,
+        5356,
+        5646,
+        11173,
+        3365,
+        3511,
+        308,
+        34519,
+        28,
+        7018,
+        411,
+        407,
+        19712,
+        8182,
+        2,
+        198,
+        1,
+        4093,
+        198,
+        19161,
+        253,
+        1789,
+        1789,
+        2257,
+        338,
+        3060,
+        827,
+        1792,
+        30,
+        2,
+        198,
+        1,
+        520,
+        9531,
+        198,
+    ],
     [1, 4093, 198, 7306, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198],
 )
 near_ties: list[str] = []  # divergences shown to be near-ties, for the test report
@@ -99,18 +139,28 @@ def check_lossless(engine: LlamaCppEngine, prompt: list[int], got: list[int], wa
     """Equal, or different only from a near-tie on (recorded, never hidden)."""
     if got == want:
         return
-    first = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b) if len(got) == len(want) else min(len(got), len(want))
+    first = (
+        next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
+        if len(got) == len(want)
+        else min(len(got), len(want))
+    )
     margin = top2_margin(engine, prompt + want[:first])
-    assert margin < NEAR_TIE, f"{label}: token {first} differs ({got[first:first + 3]} vs {want[first:first + 3]}), margin {margin}"
+    assert margin < NEAR_TIE, (
+        f"{label}: token {first} differs ({got[first : first + 3]} vs {want[first : first + 3]}), margin {margin}"
+    )
     near_ties.append(f"{label}: token {first}, top-2 margin {margin:.2e}")
 
 
-def generate(server: RunningServer, draft: DraftRuntime | None, prompt: list[int], mode: Mode, config: GenerationConfig) -> list[int]:
+def generate(
+    server: RunningServer, draft: DraftRuntime | None, prompt: list[int], mode: Mode, config: GenerationConfig
+) -> list[int]:
     return EdgeClient(f"127.0.0.1:{server.port}", draft).generate(prompt, mode, config).tokens
 
 
 @pytest.mark.parametrize("draft_kind", ["same-gguf", "random"])
-def test_every_mode_equals_the_engines_own_cloud_ar(engine: LlamaCppEngine, server: RunningServer, gguf: str, draft_kind: str) -> None:
+def test_every_mode_equals_the_engines_own_cloud_ar(
+    engine: LlamaCppEngine, server: RunningServer, gguf: str, draft_kind: str
+) -> None:
     draft = LlamaCppDraft(gguf, n_ctx=512) if draft_kind == "same-gguf" else RandomDraft(engine.vocab_size)
     for prompt in PROMPTS:
         want = one_token_at_a_time(engine, prompt, NEW_TOKENS)
@@ -130,7 +180,9 @@ def test_sd_ee_is_refused_clearly_without_exits(server: RunningServer) -> None:
         generate(server, RandomDraft(49152), PROMPTS[1], Mode.SD_EE, GenerationConfig(max_new_tokens=4))
 
 
-def test_concurrent_sessions_share_batches_and_stay_lossless(engine: LlamaCppEngine, server: RunningServer, gguf: str) -> None:
+def test_concurrent_sessions_share_batches_and_stay_lossless(
+    engine: LlamaCppEngine, server: RunningServer, gguf: str
+) -> None:
     wants = [one_token_at_a_time(engine, prompt, NEW_TOKENS) for prompt in PROMPTS]
     before = sum(count for size, count in engine.batch_sizes.items() if size > 1)
 
@@ -144,7 +196,9 @@ def test_concurrent_sessions_share_batches_and_stay_lossless(engine: LlamaCppEng
         return await asyncio.gather(*(one(i) for i in range(6)))
 
     for index, got in enumerate(asyncio.run(all_modes())):
-        check_lossless(engine, PROMPTS[index % len(PROMPTS)], got, wants[index % len(PROMPTS)], f"concurrent session {index}")
+        check_lossless(
+            engine, PROMPTS[index % len(PROMPTS)], got, wants[index % len(PROMPTS)], f"concurrent session {index}"
+        )
     assert sum(count for size, count in engine.batch_sizes.items() if size > 1) > before, "no pass served two sessions"
 
 
@@ -165,7 +219,9 @@ def test_sampled_sd_follows_the_targets_distribution(engine: LlamaCppEngine, ser
     for token, count in counts.items():
         seen[token] = count / runs
     top = torch.topk(probs, 20).indices
-    total_variation = 0.5 * float((seen[top] - probs[top]).abs().sum() + abs(seen.sum() - seen[top].sum() - (1 - probs[top].sum())))
+    total_variation = 0.5 * float(
+        (seen[top] - probs[top]).abs().sum() + abs(seen.sum() - seen[top].sum() - (1 - probs[top].sum()))
+    )
     assert total_variation < 0.12, f"total variation {total_variation:.3f} over {runs} samples"
 
 

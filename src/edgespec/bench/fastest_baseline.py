@@ -21,7 +21,9 @@ FASTEST_ROW = "cloud-ar (fastest here)"
 
 def fastest_config(config: BenchConfig) -> BenchConfig:
     """``config`` as a cloud-ar-only run on llama.cpp (no exits, no server draft)."""
-    return replace(config, engine="llamacpp", exits="none", modes=("cloud-ar",), out=str(Path(config.out) / "fastest-cloud-ar"))
+    return replace(
+        config, engine="llamacpp", exits="none", modes=("cloud-ar",), out=str(Path(config.out) / "fastest-cloud-ar")
+    )
 
 
 def run_fastest_cloud_ar(
@@ -46,7 +48,9 @@ def add_fastest_rows(summary: dict[str, Any], config: BenchConfig, records: list
         if config.clients > 1:
             row["clients"] = config.clients
             row["aggregate_tokens_per_s"] = aggregate_tokens_per_s(chosen)
-            row.update({k: v for k, v in point_metrics(chosen).items() if k not in ("clients", "aggregate_tokens_per_s")})
+            row.update(
+                {k: v for k, v in point_metrics(chosen).items() if k not in ("clients", "aggregate_tokens_per_s")}
+            )
         fastest = row.get(rate) or 0.0
         for stats in modes.values():
             stats["speedup_vs_fastest_cloud_ar"] = stats.get(rate, 0.0) / fastest if fastest else 0.0

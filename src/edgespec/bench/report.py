@@ -104,7 +104,9 @@ def render_markdown(summary: dict[str, Any], command: str) -> str:
         ]
     checked_oracle = any("oracle_mismatches" in stats for modes in summary["profiles"].values() for stats in modes.values())
     many = config.get("clients", 1) > 1
-    with_fastest = any("speedup_vs_fastest_cloud_ar" in stats for modes in summary["profiles"].values() for stats in modes.values())
+    with_fastest = any(
+        "speedup_vs_fastest_cloud_ar" in stats for modes in summary["profiles"].values() for stats in modes.values()
+    )
     columns = [
         c for c in COLUMNS
         if (c[1] not in CONCURRENT_ONLY or many) and (c[1] != "oracle_mismatches" or checked_oracle)

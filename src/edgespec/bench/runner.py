@@ -93,7 +93,10 @@ class BenchConfig:
                     "or give --slo-tokens-per-s"
                 )
         if self.engine != "transformers" and served_engine(self) == "llamacpp":
-            needing = [m for m in self.modes if Mode.parse(m).uses_exits and (Mode.parse(m).value == "sd-ee" or not self.guess_verdict)]
+            needing = [
+                m for m in self.modes
+                if Mode.parse(m).uses_exits and (Mode.parse(m).value == "sd-ee" or not self.guess_verdict)
+            ]
             if needing:
                 raise ValueError(f"the llama.cpp engine has no exits: {', '.join(needing)} cannot run on it")
         if self.slo_tokens_per_s is not None and not self.slo_tokens_per_s > 0:
@@ -341,7 +344,9 @@ def summarize_all(config: BenchConfig, records: list[dict[str, Any]], oracle: di
             summary["speedup_vs_cloud_ar"] = summary.get(rate, 0.0) / baseline if baseline else 0.0
         profiles[profile] = per_mode
     server_dtype = LLAMACPP_DTYPE if served_engine(config) == "llamacpp" else resolve_dtype(config.dtype)
-    return {"config": asdict(config), "server_dtype": server_dtype, "profiles": profiles, "cores": core_layout(config.clients)}
+    return {
+        "config": asdict(config), "server_dtype": server_dtype, "profiles": profiles, "cores": core_layout(config.clients),
+    }
 
 
 def sweep_points(config: BenchConfig, records: list[dict[str, Any]], profile: str) -> dict[int, dict[str, Any]]:

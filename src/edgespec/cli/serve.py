@@ -149,7 +149,9 @@ def _serve_on_llamacpp(args: argparse.Namespace, config: Any) -> int:
     from edgespec.server.app import serve
 
     if args.prefix_cache_tokens:
-        raise ValueError("--prefix-cache-tokens is not available with the llama.cpp engine yet: use --engine transformers")
+        raise ValueError(
+            "--prefix-cache-tokens is not available with the llama.cpp engine yet: use --engine transformers"
+        )
     if args.exits != "none":
         logging.getLogger(__name__).warning(
             "the llama.cpp engine has no exits: early verdicts are off (--exits %s ignored); sessions asking for "

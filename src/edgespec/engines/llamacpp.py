@@ -78,7 +78,9 @@ class _Rows(RowReader):
         self._first = [len(r.sequence) - r.tail for r in requests]  # position of each request's first tail row
         self._requests = requests
         self.outputs: list[torch.Tensor] = [
-            torch.empty(r.tail, dtype=torch.long) if r.argmax_only else torch.empty((r.tail, vocab), dtype=torch.float32)
+            torch.empty(r.tail, dtype=torch.long)
+            if r.argmax_only
+            else torch.empty((r.tail, vocab), dtype=torch.float32)
             for r in requests
         ]
 
@@ -152,11 +154,17 @@ class LlamaCppEngine:
             self._free.append(seq_id)
 
     def score_tail(
-        self, sequence: Sequence[int], tail: int, on_exit: object = None, kv: LlamaSequence | None = None,
-        exit_candidates: torch.Tensor | None = None, argmax_only: bool = False,
+        self,
+        sequence: Sequence[int],
+        tail: int,
+        on_exit: object = None,
+        kv: LlamaSequence | None = None,
+        exit_candidates: torch.Tensor | None = None,
+        argmax_only: bool = False,
     ) -> torch.Tensor:
         """``TargetRuntime.score_tail`` on this engine (``on_exit`` never fires: no exits)."""
-        request = ScoreRequest(sequence, tail, kv if kv is not None else self.kv, argmax_only=argmax_only)  # type: ignore[arg-type]
+        cache = kv if kv is not None else self.kv
+        request = ScoreRequest(sequence, tail, cache, argmax_only=argmax_only)  # type: ignore[arg-type]
         return self.score_batch([request])[0]
 
     def score(self, request: ScoreRequest) -> torch.Tensor:

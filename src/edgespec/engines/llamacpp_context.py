@@ -96,7 +96,10 @@ class LlamaContext:
         self._batch = lib.llama_batch_init(settings.batch_tokens, 0, 1)
         logger.info(
             "llama.cpp context for %s: %d sequences x %d tokens, %d threads",
-            Path(gguf_file).name, settings.sequences, self.context_per_sequence, settings.threads,
+            Path(gguf_file).name,
+            settings.sequences,
+            self.context_per_sequence,
+            settings.threads,
         )
 
     def remove_from(self, seq: int, start: int) -> None:
@@ -159,4 +162,3 @@ class RowReader:
 
     def read(self, entry: BatchToken, logits: np.ndarray) -> None:
         raise NotImplementedError
-

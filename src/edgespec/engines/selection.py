@@ -65,7 +65,9 @@ def load_llamacpp_engine(
     """The target's own GGUF on llama.cpp, with a sequence for each of ``sessions`` sessions (and
     one for the engine's own use). ``threads`` 0: every core."""
     settings = ContextSettings(
-        sequences=sessions + 1, context_per_sequence=session_context, threads=threads or (os.cpu_count() or 1),
+        sequences=sessions + 1,
+        context_per_sequence=session_context,
+        threads=threads or (os.cpu_count() or 1),
     )
     return LlamaCppEngine(gguf_file(target), settings)
 

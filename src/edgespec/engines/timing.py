@@ -26,10 +26,13 @@ class TimingConfig:
     seed: int = 0
 
 
-def _pass_ms(engine: TargetEngine, prefixes: list[list[int]], caches: list[Any], fed: list[list[int]], greedy: bool) -> float:
+def _pass_ms(
+    engine: TargetEngine, prefixes: list[list[int]], caches: list[Any], fed: list[list[int]], greedy: bool
+) -> float:
     """One pass feeding ``fed[i]`` after ``prefixes[i]`` (cached), then the fed tokens rolled back."""
     requests = [
-        ScoreRequest(prefix + block, len(block), cache, argmax_only=greedy) for prefix, block, cache in zip(prefixes, fed, caches)
+        ScoreRequest(prefix + block, len(block), cache, argmax_only=greedy)
+        for prefix, block, cache in zip(prefixes, fed, caches)
     ]
     started = time.perf_counter()
     engine.score_batch(requests)
@@ -39,7 +42,9 @@ def _pass_ms(engine: TargetEngine, prefixes: list[list[int]], caches: list[Any],
     return elapsed
 
 
-def time_engine(engine: TargetEngine, config: TimingConfig = TimingConfig(), on_step: Callable[[str, float], None] | None = None) -> dict[str, Any]:
+def time_engine(
+    engine: TargetEngine, config: TimingConfig = TimingConfig(), on_step: Callable[[str, float], None] | None = None
+) -> dict[str, Any]:
     """Median and fastest milliseconds of each pass shape (greedy: argmax rows; ``verify_sampled``:
     the full logits rows rejection sampling reads). On a shared machine the fastest of several
     repeats is the closer estimate of the pass alone; the median says what a busy host gives."""
@@ -61,9 +66,13 @@ def time_engine(engine: TargetEngine, config: TimingConfig = TimingConfig(), on_
     results: dict[str, float] = {}
     fastest: dict[str, float] = {}
     for name, (sessions, fed_tokens, greedy) in shapes.items():
-        _pass_ms(engine, prefixes[:sessions], caches[:sessions], [tokens(fed_tokens) for _ in range(sessions)], greedy)  # warm-up
+        _pass_ms(
+            engine, prefixes[:sessions], caches[:sessions], [tokens(fed_tokens) for _ in range(sessions)], greedy
+        )  # warm-up
         times = [
-            _pass_ms(engine, prefixes[:sessions], caches[:sessions], [tokens(fed_tokens) for _ in range(sessions)], greedy)
+            _pass_ms(
+                engine, prefixes[:sessions], caches[:sessions], [tokens(fed_tokens) for _ in range(sessions)], greedy
+            )
             for _ in range(config.repeats)
         ]
         results[name] = round(statistics.median(times), 2)
@@ -72,9 +81,13 @@ def time_engine(engine: TargetEngine, config: TimingConfig = TimingConfig(), on_
             on_step(name, results[name])
     ratios = {
         f"verify_x{s}_over_x1": round(fastest[f"verify_x{s}"] / fastest.get("verify_x1", fastest["verify"]), 2)
-        for s in config.sessions if s > 1
+        for s in config.sessions
+        if s > 1
     }
     return {
-        "engine": getattr(engine, "engine_name", "?"), "config": asdict(config), "median_ms": results, "fastest_ms": fastest,
+        "engine": getattr(engine, "engine_name", "?"),
+        "config": asdict(config),
+        "median_ms": results,
+        "fastest_ms": fastest,
         "fastest_ratios": ratios,
     }
