@@ -11,7 +11,6 @@ passes only as a recorded near-tie (top-2 logit margin < 1e-2 at the first diffe
 from __future__ import annotations
 
 import asyncio
-import random
 from typing import Sequence
 
 import pytest

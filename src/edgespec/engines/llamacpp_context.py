@@ -9,7 +9,6 @@ batching sessions needs the batch and memory calls themselves (`llama_batch_init
 
 from __future__ import annotations
 
-import ctypes
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,10 +105,6 @@ class LlamaContext:
         """Drop sequence ``seq``'s entries at positions >= ``start`` (0: the whole sequence)."""
         if not self._lib.llama_memory_seq_rm(self._memory, seq, start, -1):
             raise RuntimeError(f"llama.cpp could not remove positions {start}.. of sequence {seq}")
-
-    def copy_sequence(self, source: int, destination: int, end: int) -> None:
-        """Share ``source``'s entries at positions < ``end`` with ``destination`` (no recompute)."""
-        self._lib.llama_memory_seq_cp(self._memory, source, destination, 0, end)
 
     def decode(self, tokens: Sequence[BatchToken], rows: "RowReader") -> None:
         """Run ``tokens`` (any mix of sequences) through the model, in as few ``llama_decode``
