@@ -98,15 +98,17 @@ async def serve(
     )
     # A session's cache between batched passes keeps room to grow (`TrackedCache.stacked`).
     longest = stacked_capacity(config.limits.max_prompt_tokens + config.limits.max_new_tokens)  # type: ignore[operator]
-    # (the llama.cpp engine allocates its KV up front and logs it itself)
-    worst_case = kv_bytes_per_token(model) * config.admission.max_sessions * longest if engine is None else 0
+    if engine is None:
+        worst_case = kv_bytes_per_token(model) * config.admission.max_sessions * longest
+        kv_memory = f"worst-case KV memory {worst_case / 2**30:.1f} GiB"
+    else:  # an engine of its own (llama.cpp) sizes its KV up front and logs its sequences and tokens
+        kv_memory = f"KV allocated up front by the {engine.engine_name} engine"
     logger.info(
         "admission: %d sessions, %d queued rounds, batches of up to %d rows and %d padded token-rows, "
-        "prefill chunks of %s; "
-        "worst-case KV memory %.1f GiB",
+        "prefill chunks of %s; %s",
         config.admission.max_sessions, config.admission.max_queued, config.admission.max_batch,
         config.admission.max_batch_rows,
-        config.admission.prefill_chunk or "the whole prompt (alone)", worst_case / 2**30,
+        config.admission.prefill_chunk or "the whole prompt (alone)", kv_memory,
     )
     server, port, health = build_server(service, config)
     await server.start()
