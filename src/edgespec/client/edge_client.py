@@ -63,7 +63,9 @@ class ClientOptions:
 
 
 class EdgeClient:
-    def __init__(self, address: str, draft: DraftRuntime | None = None, options: ClientOptions = ClientOptions()) -> None:
+    def __init__(
+        self, address: str, draft: DraftRuntime | None = None, options: ClientOptions = ClientOptions()
+    ) -> None:
         self.address = address
         self.draft = draft
         self.options = options
@@ -83,7 +85,9 @@ class EdgeClient:
         provisional tokens during an outage, and retractions of them)."""
         return run_sync(self.agenerate(prompt_ids, mode, config, on_commit, on_event))
 
-    def stream(self, prompt_ids: Sequence[int], mode: Mode, config: GenerationConfig, events: bool = False) -> Iterator[list[int]] | Iterator[TextEvent]:
+    def stream(
+        self, prompt_ids: Sequence[int], mode: Mode, config: GenerationConfig, events: bool = False
+    ) -> Iterator[list[int]] | Iterator[TextEvent]:
         """Yield each round's final tokens as they are decided (``events=True``: every
         ``TextEvent``, provisional tokens and retractions included); raises what generate raises."""
         chunks: queue.Queue[object] = queue.Queue()
@@ -183,7 +187,9 @@ class EdgeClient:
                 outage = Outage(policy if self.draft is not None else replace(policy, fallback=False))
                 gen.stats.connection_losses += 1
                 run.event("connection lost")
-                logger.warning("lost the server at %s after %d committed tokens: %s", self.address, gen.produced, describe(failure))
+                logger.warning(
+                    "lost the server at %s after %d committed tokens: %s", self.address, gen.produced, describe(failure)
+                )
             delay = outage.next_delay()
             if delay is not None:
                 logger.info("reconnect attempt %d in %.2f s", outage.attempts, delay)
@@ -243,7 +249,9 @@ class EdgeClient:
         logger.warning(
             "server %s unreachable after %d final tokens: going on with PROVISIONAL draft-only tokens "
             "(re-verified when it answers), probing every %.1f s",
-            self.address, gen.produced, policy.probe_interval_s,
+            self.address,
+            gen.produced,
+            policy.probe_interval_s,
         )
         probe = asyncio.ensure_future(
             wait_until_reachable(self._open_channel, policy.probe_interval_s, self.options.connect_timeout_s)
@@ -265,7 +273,9 @@ class EdgeClient:
             await asyncio.gather(probe, return_exceptions=True)
         logger.warning(
             "server %s did not come back within %.0f s: keeping %d provisional tokens (NOT the target's)",
-            self.address, policy.outage_budget_s, len(gen.provisional),
+            self.address,
+            policy.outage_budget_s,
+            len(gen.provisional),
         )
         reason = gen.provisional_end or "length"
         gen.settle_provisional(run.now())
@@ -283,7 +293,9 @@ class EdgeClient:
             message = await stream.receive()
             gen.stats.wait_s += run.now() - start
             if message.WhichOneof("kind") != "tokens":
-                raise ServerError("BAD_REPLY", f"expected tokens in a cloud-sd session, got {message.WhichOneof('kind')}")
+                raise ServerError(
+                    "BAD_REPLY", f"expected tokens in a cloud-sd session, got {message.WhichOneof('kind')}"
+                )
             tokens = message.tokens
             if tokens.drafted:  # an empty finished message (a resumed, complete text) is no round
                 # The server's own passes, as it reported them (placed back to back before this
@@ -293,8 +305,13 @@ class EdgeClient:
                 gen.record("cloud", "verify (server)", verified_at, run.now())
             receiver.cloud_round_decided(
                 CloudRoundDecided(
-                    tokens=list(tokens.ids), finished=tokens.finished, drafted=tokens.drafted, accepted=tokens.accepted,
-                    draft_s=tokens.draft_ms / 1000, verify_s=tokens.compute_ms / 1000, at=run.now(),
+                    tokens=list(tokens.ids),
+                    finished=tokens.finished,
+                    drafted=tokens.drafted,
+                    accepted=tokens.accepted,
+                    draft_s=tokens.draft_ms / 1000,
+                    verify_s=tokens.compute_ms / 1000,
+                    at=run.now(),
                 )
             )
 
@@ -307,6 +324,10 @@ class EdgeClient:
             message = await stream.receive()
             gen.stats.wait_s += run.now() - start
             tokens = message.tokens
-            gen.record("cloud", "decode", run.now() - tokens.compute_ms / 1000, run.now())  # the pass, as the server reported it
+            gen.record(
+                "cloud", "decode", run.now() - tokens.compute_ms / 1000, run.now()
+            )  # the pass, as the server reported it
             compute_s = tokens.compute_ms / 1000
-            receiver.tokens_decoded(TokensDecoded(tokens=list(tokens.ids), finished=tokens.finished, compute_s=compute_s, at=run.now()))
+            receiver.tokens_decoded(
+                TokensDecoded(tokens=list(tokens.ids), finished=tokens.finished, compute_s=compute_s, at=run.now())
+            )

@@ -108,7 +108,13 @@ def check_api_key(api_key: str | None):  # type: ignore[no-untyped-def]
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
             message = "You didn't provide an API key." if not header else "Incorrect API key provided."
-            raise OpenAIError(401, message + " Send it as 'Authorization: Bearer KEY'.", "invalid_request_error", None, "invalid_api_key")
+            raise OpenAIError(
+                401,
+                message + " Send it as 'Authorization: Bearer KEY'.",
+                "invalid_request_error",
+                None,
+                "invalid_api_key",
+            )
 
     return guard
 
@@ -127,7 +133,10 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
             info = await backend.describe_cloud()
             logger.info("edge-serve: cloud target %r reachable at %s", info.target, backend.settings.address)
             if backend.settings.mode.uses_exits and not info.exit_layers:
-                logger.warning("edge-serve: mode %s needs exits, and the verifier has none: requests will fail", backend.settings.mode.value)
+                logger.warning(
+                    "edge-serve: mode %s needs exits, and the verifier has none: requests will fail",
+                    backend.settings.mode.value,
+                )
         except (CloudUnavailable, CloudRefused) as error:
             # Serve anyway: requests get a 503 until the verifier answers.
             logger.warning("edge-serve: %s", error)
@@ -167,11 +176,17 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         arrived = time.monotonic()
         admitted = await admit_chat(backend, body, limits)
-        ident, created, model = f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), backend.model_id or body.model or "edgespec"
+        ident, created, model = (
+            f"chatcmpl-{secrets.token_hex(12)}",
+            int(time.time()),
+            backend.model_id or body.model or "edgespec",
+        )
 
         def chunk(delta: ChatDelta, finished: Finished | None = None) -> ChatCompletionChunk:
             return ChatCompletionChunk(
-                id=ident, created=created, model=model,
+                id=ident,
+                created=created,
+                model=model,
                 choices=[ChatChunkChoice(delta=delta, finish_reason=finished.finish_reason if finished else None)],
                 edgespec=edgespec_info(finished.stats) if finished else None,
             )
@@ -180,14 +195,19 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
             opening=lambda: chunk(ChatDelta(role="assistant", content="")),
             text=lambda text: chunk(ChatDelta(content=text)),
             final=lambda finished: chunk(ChatDelta(), finished),
-            usage=lambda finished: ChatCompletionChunk(id=ident, created=created, model=model, choices=[], usage=usage_of(finished)),
+            usage=lambda finished: ChatCompletionChunk(
+                id=ident, created=created, model=model, choices=[], usage=usage_of(finished)
+            ),
         )
 
         def whole(text: str, finished: Finished) -> ChatCompletion:
             return ChatCompletion(
-                id=ident, created=created, model=model,
+                id=ident,
+                created=created,
+                model=model,
                 choices=[ChatChoice(message=ChatMessageOut(content=text), finish_reason=finished.finish_reason)],
-                usage=usage_of(finished), edgespec=edgespec_info(finished.stats),
+                usage=usage_of(finished),
+                edgespec=edgespec_info(finished.stats),
             )
 
         return await serve_request(request, body, admitted, arrived, chunks, whole)
@@ -196,11 +216,17 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
     async def completions(body: CompletionRequest, request: Request) -> Response:
         arrived = time.monotonic()
         admitted = await admit_completion(backend, body, limits)
-        ident, created, model = f"cmpl-{secrets.token_hex(12)}", int(time.time()), backend.model_id or body.model or "edgespec"
+        ident, created, model = (
+            f"cmpl-{secrets.token_hex(12)}",
+            int(time.time()),
+            backend.model_id or body.model or "edgespec",
+        )
 
         def chunk(text: str, finished: Finished | None = None) -> Completion:
             return Completion(
-                id=ident, created=created, model=model,
+                id=ident,
+                created=created,
+                model=model,
                 choices=[CompletionChoice(text=text, finish_reason=finished.finish_reason if finished else None)],
                 edgespec=edgespec_info(finished.stats) if finished else None,
             )
@@ -209,14 +235,19 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
             opening=lambda: None,
             text=lambda text: chunk(text),
             final=lambda finished: chunk("", finished),
-            usage=lambda finished: Completion(id=ident, created=created, model=model, choices=[], usage=usage_of(finished)),
+            usage=lambda finished: Completion(
+                id=ident, created=created, model=model, choices=[], usage=usage_of(finished)
+            ),
         )
 
         def whole(text: str, finished: Finished) -> Completion:
             return Completion(
-                id=ident, created=created, model=model,
+                id=ident,
+                created=created,
+                model=model,
                 choices=[CompletionChoice(text=text, finish_reason=finished.finish_reason)],
-                usage=usage_of(finished), edgespec=edgespec_info(finished.stats),
+                usage=usage_of(finished),
+                edgespec=edgespec_info(finished.stats),
             )
 
         return await serve_request(request, body, admitted, arrived, chunks, whole)
@@ -278,7 +309,12 @@ def record_run(metrics: EdgeMetrics, run: RequestRun) -> None:
         metrics.finished(endpoint, run.arrived, ended.finish_reason, ended.completion_tokens, ended.stats)
         logger.info(
             "%s: %d prompt tokens, %d generated (%s) in %.2f s, %d rounds",
-            endpoint, run.prompt_tokens, ended.completion_tokens, ended.finish_reason, seconds, ended.stats.rounds,
+            endpoint,
+            run.prompt_tokens,
+            ended.completion_tokens,
+            ended.finish_reason,
+            seconds,
+            ended.stats.rounds,
         )
     else:
         reason = "error" if isinstance(ended, Failed) else "cancelled"

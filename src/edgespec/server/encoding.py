@@ -7,14 +7,18 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from edgespec.decoding.early import EarlyVerdictJudge
 from edgespec.core.verdict import Verdict
 from edgespec.core.verifier import IncomingBlock, OutOfOrder, SendFinal
+from edgespec.decoding.early import EarlyVerdictJudge
 from edgespec.server.jobs import JobResult
 from edgespec.server.refusals import Refused
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport.codec import (
-    PROTOCOL_VERSION, ProtocolError, candidates_from_wire, distributions_from_wire, verdict_of,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    candidates_from_wire,
+    distributions_from_wire,
+    verdict_of,
 )
 
 
@@ -68,18 +72,31 @@ def committed_tokens_reply(
     committed: Sequence[int], finished: bool, compute_ms: float, draft_ms: float, drafted: int, accepted: int
 ) -> pb.ServerMessage:
     """What one cloud-sd round committed, with what its draft and verify cost."""
-    return pb.ServerMessage(tokens=pb.Tokens(
-        ids=committed, finished=finished, compute_ms=compute_ms, draft_ms=draft_ms, drafted=drafted, accepted=accepted,
-    ))
+    return pb.ServerMessage(
+        tokens=pb.Tokens(
+            ids=committed,
+            finished=finished,
+            compute_ms=compute_ms,
+            draft_ms=draft_ms,
+            drafted=drafted,
+            accepted=accepted,
+        )
+    )
 
 
 def early_verdict_reply(
     round_index: int, layer: int, verdict: Verdict, confidence: float, elapsed_s: float
 ) -> pb.ServerMessage:
-    return pb.ServerMessage(early=pb.EarlyVerdict(
-        round=round_index, exit_layer=layer, accepted=verdict.accepted, next_token=verdict.next_token,
-        confidence=confidence, elapsed_ms=elapsed_s * 1000,
-    ))
+    return pb.ServerMessage(
+        early=pb.EarlyVerdict(
+            round=round_index,
+            exit_layer=layer,
+            accepted=verdict.accepted,
+            next_token=verdict.next_token,
+            confidence=confidence,
+            elapsed_ms=elapsed_s * 1000,
+        )
+    )
 
 
 def final_verdict_reply(
@@ -87,11 +104,18 @@ def final_verdict_reply(
 ) -> pb.ServerMessage:
     """The verdict that commits a round, with its forward's timings and each exit's time."""
     exits = judge.verdicts if judge else []
-    return pb.ServerMessage(final=pb.FinalVerdict(
-        round=final.round, accepted=verdict.accepted, next_token=verdict.next_token, finished=final.finished,
-        verify_ms=result.forward_ms, queued_ms=result.queued_ms, pipelined=final.pipelined,
-        timings=[pb.SegmentTiming(name=f"exit {e.layer}", ms=e.elapsed_s * 1000) for e in exits],
-    ))
+    return pb.ServerMessage(
+        final=pb.FinalVerdict(
+            round=final.round,
+            accepted=verdict.accepted,
+            next_token=verdict.next_token,
+            finished=final.finished,
+            verify_ms=result.forward_ms,
+            queued_ms=result.queued_ms,
+            pipelined=final.pipelined,
+            timings=[pb.SegmentTiming(name=f"exit {e.layer}", ms=e.elapsed_s * 1000) for e in exits],
+        )
+    )
 
 
 def dropped_reply(round_index: int) -> pb.ServerMessage:
@@ -106,7 +130,6 @@ def error_reply(error: ProtocolError | Refused) -> pb.ServerMessage:
 def internal_error_reply(error: Exception) -> pb.ServerMessage:
     """A bug ended the session: the client hears that, never a hang."""
     return pb.ServerMessage(error=pb.Error(code=pb.INTERNAL, message=f"internal error: {error}"))
-
 
 
 # Put on a session's reply queue: the stream ends after the replies queued before it.

@@ -163,13 +163,23 @@ class VerifierService(pb_grpc.VerifierServicer):
             prefill = session.prefill_job()
             prefill_ms = (await self.scheduler.submit(prefill)).forward_ms if prefill is not None else 0.0
             exit_layers = list(self.runtime.exits.layers) if self.runtime.exits else []
-            replies.put_nowait(opened_reply(
-                session.id, prompt_ids, self.eos_ids, exit_layers, self.runtime.num_layers, prefill_ms,
-                self.target_name,
-            ))
+            replies.put_nowait(
+                opened_reply(
+                    session.id,
+                    prompt_ids,
+                    self.eos_ids,
+                    exit_layers,
+                    self.runtime.num_layers,
+                    prefill_ms,
+                    self.target_name,
+                )
+            )
             logger.info(
                 "session %s opened: %d prompt tokens (%d cached), kind %s",
-                session.id, len(prompt_ids), session.reused_prefix, pb.SessionKind.Name(request.kind),
+                session.id,
+                len(prompt_ids),
+                session.reused_prefix,
+                pb.SessionKind.Name(request.kind),
             )
             await self._generate_on_server(session, request, replies, clock)
         except BaseException:
@@ -190,8 +200,13 @@ class VerifierService(pb_grpc.VerifierServicer):
         elif request.kind == pb.CLOUD_SD:
             assert self.cloud_draft is not None  # admission refuses cloud-sd without one
             await draft_verify_and_stream(
-                session, CloudSdSettings.from_open(request), self.cloud_draft, self.scheduler, self.runtime,
-                replies, clock,
+                session,
+                CloudSdSettings.from_open(request),
+                self.cloud_draft,
+                self.scheduler,
+                self.runtime,
+                replies,
+                clock,
             )
 
     def shutdown(self) -> None:

@@ -9,6 +9,7 @@ for JSON; ``on_step`` callbacks let a front end show progress (the library print
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import statistics
@@ -123,16 +124,16 @@ def profile_batched_costs(
         verify = [session(5, False) for _ in range(size)]
         decodes = [session(1, False) for _ in range(size)]
         row = {
-            "verify_gamma4_ms": timed_ms(lambda: verdicts(verify), repeats, device),
-            "decode_ms": timed_ms(lambda: verdicts(decodes), repeats, device),
+            "verify_gamma4_ms": timed_ms(functools.partial(verdicts, verify), repeats, device),
+            "decode_ms": timed_ms(functools.partial(verdicts, decodes), repeats, device),
         }
         for request in verify + decodes:
             request.argmax_only = False
-        row["verify_gamma4_host_logits_ms"] = timed_ms(lambda: verdicts(verify), repeats, device)
-        row["decode_host_logits_ms"] = timed_ms(lambda: verdicts(decodes), repeats, device)
+        row["verify_gamma4_host_logits_ms"] = timed_ms(functools.partial(verdicts, verify), repeats, device)
+        row["decode_host_logits_ms"] = timed_ms(functools.partial(verdicts, decodes), repeats, device)
         if exits:  # the pre-draft modes: candidate-id exits, as `serve` runs them
             with_exits = [session(5, True, candidates=True) for _ in range(size)]
-            row["verify_gamma4_candidate_exits_ms"] = timed_ms(lambda: verdicts(with_exits), repeats, device)
+            row["verify_gamma4_candidate_exits_ms"] = timed_ms(functools.partial(verdicts, with_exits), repeats, device)
             del with_exits
         batched[str(size)] = row
         report(f"batch {size}", row)
@@ -144,7 +145,16 @@ def profile_batched_costs(
 # (rows, fed tokens per row): verify rows alone, a prefill chunk alone, verify rows riding with a
 # chunk (every row padded to the chunk).
 PASS_SHAPES: tuple[tuple[int, int], ...] = (
-    (1, 5), (8, 5), (1, 16), (1, 32), (1, 64), (9, 8), (9, 16), (9, 32), (4, 32), (8, 32),
+    (1, 5),
+    (8, 5),
+    (1, 16),
+    (1, 32),
+    (1, 64),
+    (9, 8),
+    (9, 16),
+    (9, 32),
+    (4, 32),
+    (8, 32),
 )
 
 
@@ -187,17 +197,48 @@ def pass_costs(
 
 
 # Operations that move memory: each is one kernel launch on an accelerator.
-MEMORY_MOVES = frozenset({
-    "aten::copy_", "aten::cat", "aten::index_copy_", "aten::zeros", "aten::new_zeros", "aten::clone", "aten::fill_",
-    "aten::zero_",
-})
+MEMORY_MOVES = frozenset(
+    {
+        "aten::copy_",
+        "aten::cat",
+        "aten::index_copy_",
+        "aten::zeros",
+        "aten::new_zeros",
+        "aten::clone",
+        "aten::fill_",
+        "aten::zero_",
+    }
+)
 # Operations that only make views or empty buffers: no work of their own.
-VIEW_OPERATIONS = frozenset({
-    "aten::empty", "aten::slice", "aten::select", "aten::view", "aten::as_strided", "aten::transpose",
-    "aten::unsqueeze", "aten::expand", "aten::reshape", "aten::t", "aten::_unsafe_view", "aten::alias", "aten::detach",
-    "aten::lift_fresh", "aten::resolve_conj", "aten::resolve_neg", "aten::empty_like", "aten::empty_strided",
-    "aten::squeeze", "aten::permute", "aten::contiguous", "aten::narrow", "aten::split", "aten::chunk", "aten::unbind",
-})
+VIEW_OPERATIONS = frozenset(
+    {
+        "aten::empty",
+        "aten::slice",
+        "aten::select",
+        "aten::view",
+        "aten::as_strided",
+        "aten::transpose",
+        "aten::unsqueeze",
+        "aten::expand",
+        "aten::reshape",
+        "aten::t",
+        "aten::_unsafe_view",
+        "aten::alias",
+        "aten::detach",
+        "aten::lift_fresh",
+        "aten::resolve_conj",
+        "aten::resolve_neg",
+        "aten::empty_like",
+        "aten::empty_strided",
+        "aten::squeeze",
+        "aten::permute",
+        "aten::contiguous",
+        "aten::narrow",
+        "aten::split",
+        "aten::chunk",
+        "aten::unbind",
+    }
+)
 
 
 def launch_bound_target(layers: int = 28) -> Any:
@@ -207,8 +248,13 @@ def launch_bound_target(layers: int = 28) -> Any:
 
     torch.manual_seed(0)
     config = Qwen2Config(
-        vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048,
+        vocab_size=2048,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
     )
     return Qwen2ForCausalLM(config).eval()
 
