@@ -35,6 +35,7 @@ from edgespec.client.sync_bridge import run_sync
 from edgespec.core.cloud_ar import CloudRoundDecided, ReceiveOnlyRounds, ReceiveState, TokensDecoded
 from edgespec.core.config import GenerationConfig, GenerationResult
 from edgespec.core.generation import Generation, TextEvent
+from edgespec.core.logprobs import TokenLogprob
 from edgespec.core.modes import Mode
 from edgespec.models.draft import DraftRuntime
 from edgespec.transport import edgespec_pb2 as pb
@@ -78,10 +79,12 @@ class EdgeClient:
         config: GenerationConfig,
         on_commit: Callable[[list[int]], None] | None = None,
         on_event: Callable[[TextEvent], None] | None = None,
+        on_logprobs: Callable[[list[TokenLogprob]], None] | None = None,
     ) -> GenerationResult:
         """``on_commit`` hears final tokens only; ``on_event`` every ``TextEvent`` (final,
-        provisional tokens during an outage, and retractions of them)."""
-        return run_sync(self.agenerate(prompt_ids, mode, config, on_commit, on_event))
+        provisional tokens during an outage, and retractions of them); ``on_logprobs`` (with
+        ``config.logprobs``) the target's log-probabilities of each commit's tokens, just before it."""
+        return run_sync(self.agenerate(prompt_ids, mode, config, on_commit, on_event, on_logprobs))
 
     def stream(self, prompt_ids: Sequence[int], mode: Mode, config: GenerationConfig, events: bool = False) -> Iterator[list[int]] | Iterator[TextEvent]:
         """Yield each round's final tokens as they are decided (``events=True``: every
@@ -115,10 +118,14 @@ class EdgeClient:
         config: GenerationConfig,
         on_commit: Callable[[list[int]], None] | None = None,
         on_event: Callable[[TextEvent], None] | None = None,
+        on_logprobs: Callable[[list[TokenLogprob]], None] | None = None,
     ) -> GenerationResult:
         if mode.uses_draft and self.draft is None:
             raise ValueError(f"mode {mode.value} needs a draft model on the edge")
-        run = EdgeRun(Generation(prompt_ids, mode, config, join_rows=join_distribution_rows), on_commit, on_event)
+        if mode is Mode.EDGE_ONLY and config.logprobs is not None:
+            raise ValueError("log-probabilities are the target's: edge-only mode has no target to give them")
+        gen = Generation(prompt_ids, mode, config, join_rows=join_distribution_rows)
+        run = EdgeRun(gen, on_commit, on_event, on_logprobs)
         if self.draft is not None and not self.options.reuse_draft_cache:
             # On the draft thread: a pre-draft of the last generation may still be running there
             # (stopped, but not yet at its next step), and the cache is that thread's.
@@ -136,7 +143,7 @@ class EdgeClient:
     @staticmethod
     def _result(run: EdgeRun) -> GenerationResult:
         run.gen.stats.total_s = run.now()
-        return GenerationResult(tokens=run.gen.new_tokens, stats=run.gen.stats)
+        return GenerationResult(tokens=run.gen.new_tokens, stats=run.gen.stats, logprobs=run.logprobs)
 
     # ------------------------------------------------------------------ sessions and outages
 
@@ -285,6 +292,7 @@ class EdgeClient:
             if message.WhichOneof("kind") != "tokens":
                 raise ServerError("BAD_REPLY", f"expected tokens in a cloud-sd session, got {message.WhichOneof('kind')}")
             tokens = message.tokens
+            run.logprobs_arrived(tokens.logprobs, len(tokens.ids))
             if tokens.drafted:  # an empty finished message (a resumed, complete text) is no round
                 # The server's own passes, as it reported them (placed back to back before this
                 # reply, as a decode's is): its drafting is server time as much as its verify.
@@ -307,6 +315,7 @@ class EdgeClient:
             message = await stream.receive()
             gen.stats.wait_s += run.now() - start
             tokens = message.tokens
+            run.logprobs_arrived(tokens.logprobs, len(tokens.ids))
             gen.record("cloud", "decode", run.now() - tokens.compute_ms / 1000, run.now())  # the pass, as the server reported it
             compute_s = tokens.compute_ms / 1000
             receiver.tokens_decoded(TokensDecoded(tokens=list(tokens.ids), finished=tokens.finished, compute_s=compute_s, at=run.now()))

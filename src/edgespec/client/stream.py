@@ -104,6 +104,8 @@ async def open_session(stream: SessionStream, gen: Generation) -> pb.Opened:
                 adaptive_gamma=config.adaptive_gamma,
                 max_gamma=config.max_gamma,
                 draft_stop=config.draft_stop_below(),
+                logprobs=config.logprobs is not None,
+                top_logprobs=config.logprobs or 0,
             )
         )
     )

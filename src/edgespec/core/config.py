@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edgespec.core.gamma import AdaptiveGamma
+from edgespec.core.logprobs import TokenLogprob, check_top_logprobs
 from edgespec.core.stats import GenerationStats
 
 if TYPE_CHECKING:
@@ -76,8 +77,12 @@ class GenerationConfig:
     # are off, since measured here they cost 14 % of a verify (47 of 348 ms) and added 3 hits to
     # the guess's 43 in 70 rounds (README, "Pre-drafting that pays").
     early_verdicts: bool | None = None
+    # Ask the target for its log-probability of every committed token and this many likeliest
+    # alternatives (None: none, and the greedy verifier reads only argmax ids).
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
+        check_top_logprobs(self.logprobs)
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 1 <= self.gamma <= 64:
@@ -124,3 +129,6 @@ class GenerationResult:
     tokens: list[int]  # generated ids only, prompt excluded
     stats: GenerationStats
     text: str = ""
+    # With ``GenerationConfig.logprobs``: one entry per token the target decided, in order (a
+    # token the draft alone decided during an outage, and kept, has none).
+    logprobs: list[TokenLogprob] | None = None

@@ -21,5 +21,5 @@ async def decode_and_stream(
     while not session.finished:
         clock.check_alive()
         result = await scheduler.submit(session.decode_job())
-        token, finished = result.value
-        replies.put_nowait(decoded_token_reply(token, finished, result.forward_ms))
+        token, finished, logprobs = result.value
+        replies.put_nowait(decoded_token_reply(token, finished, result.forward_ms, logprobs))

@@ -72,7 +72,7 @@ async def draft_verify_and_stream(
         draft_ms = wanted.batch_ms  # the batched drafting it rode in, like a verify's forward
         verify = colocated.drafted(ServerDrafted(step=step, block=drafted.value, draft_s=draft_ms / 1000))
         result = await scheduler.submit(session.verify_job(verify, None))
-        verdict, _ = result.value
+        verdict, _, logprobs = result.value
         done = colocated.verified(
             ColocatedVerified(
                 verify=verify, verdict=verdict, verify_s=result.forward_ms / 1000, round_s=time.perf_counter() - began
@@ -81,5 +81,5 @@ async def draft_verify_and_stream(
         runtime.rollback(session.rounds.sequence, kv=session.kv)
         final = done.final
         replies.put_nowait(committed_tokens_reply(
-            final.committed, final.finished, result.forward_ms, draft_ms, done.drafted, verdict.accepted,
+            final.committed, final.finished, result.forward_ms, draft_ms, done.drafted, verdict.accepted, logprobs,
         ))

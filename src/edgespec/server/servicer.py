@@ -26,7 +26,7 @@ from edgespec.server.session import ServerSession
 from edgespec.server.speculative_loop import SpeculativeLoop
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
-from edgespec.transport.codec import ProtocolError, sampling_from_wire
+from edgespec.transport.codec import ProtocolError, logprobs_request, sampling_from_wire
 from edgespec.transport.security import AUTH_METADATA_KEY
 from edgespec.transport.validation import decoded
 
@@ -157,6 +157,7 @@ class VerifierService(pb_grpc.VerifierServicer):
             self.eos_ids,
             self.limits,
             self.prefix_caches.for_tenant(tenant) if self.prefix_caches else None,
+            top_logprobs=logprobs_request(request),
         )
         self.sessions[session.id] = session
         try:

@@ -16,6 +16,8 @@ import torch
 from edgespec.decoding.early import EarlyVerdict, EarlyVerdictJudge
 from edgespec.decoding.block_scoring import begin_round
 from edgespec.core.config import SamplingParams
+from edgespec.core.logprobs import TokenLogprob
+from edgespec.decoding.logprobs import token_logprobs
 from edgespec.decoding.sampling import token_from_forward
 from edgespec.decoding.verification import RoundUniforms
 from edgespec.core.verdict import Verdict
@@ -45,6 +47,7 @@ class ServerSession:
         limits: SessionLimits,
         prefix_cache: PrefixCache | None = None,
         early_verdicts: bool = False,
+        top_logprobs: int | None = None,
     ) -> None:
         check_generation_fits(runtime, prompt_ids, committed_ids, max_new_tokens, limits)
         self.id = secrets.token_urlsafe(18)
@@ -61,6 +64,8 @@ class ServerSession:
         self.sampling = sampling
         self.seed = seed  # verification uniforms are keyed by (seed, position): see RoundUniforms.at
         self.limits = limits
+        # None: no log-probabilities asked for; else each emitted token's, with this many alternatives.
+        self.top_logprobs = top_logprobs
         self.rounds = VerifierRounds(
             list(prompt_ids) + list(committed_ids), len(prompt_ids), eos_ids, max_new_tokens, early_verdicts=early_verdicts
         )
@@ -95,24 +100,37 @@ class ServerSession:
 
     def verify_job(
         self, verify: Verify, on_early: Callable[[EarlyVerdict], None] | None
-    ) -> Job[tuple[Verdict, EarlyVerdictJudge | None]]:
-        """The forward the round core asked for; its result is the verdict, for ``rounds.verified``."""
+    ) -> Job[tuple[Verdict, EarlyVerdictJudge | None, list[TokenLogprob]]]:
+        """The forward the round core asked for; its result is the verdict (for ``rounds.verified``),
+        the exits' judge, and the target's log-probabilities of the accepted + 1 tokens the verdict
+        emits (empty unless asked for)."""
         block = verify.block
         pending = begin_round(
             self.runtime, verify.sequence, block.tokens, self.sampling, block.payload, self.seed,
             with_exits=on_early is not None, on_streamed=on_early, kv=self.kv, candidates=block.candidates,
+            full_logits=self.top_logprobs is not None,
         )
-        return Job(pending.request, pending.finish)
 
-    def decode_job(self) -> Job[tuple[int, bool]]:
-        """One autoregressive token (cloud-ar): (token, finished)."""
+        def finish(scored: torch.Tensor) -> tuple[Verdict, EarlyVerdictJudge | None, list[TokenLogprob]]:
+            verdict, judge = pending.finish(scored)
+            return verdict, judge, self._logprobs(scored, [*block.tokens[: verdict.accepted], verdict.next_token])
+
+        return Job(pending.request, finish)
+
+    def _logprobs(self, logits: torch.Tensor, emitted: list[int]) -> list[TokenLogprob]:
+        """``logits`` [>= len(emitted), vocab]: the rows the emitted tokens were decided at."""
+        return [] if self.top_logprobs is None else token_logprobs(logits, emitted, self.top_logprobs)
+
+    def decode_job(self) -> Job[tuple[int, bool, list[TokenLogprob]]]:
+        """One autoregressive token (cloud-ar): (token, finished, its log-probabilities if asked)."""
         rounds = self.rounds
         uniform = None if self.sampling.greedy else RoundUniforms.for_decode(self.seed, len(rounds.sequence))
+        argmax_only = self.sampling.greedy and self.top_logprobs is None
 
-        def finish(scored: torch.Tensor) -> tuple[int, bool]:
+        def finish(scored: torch.Tensor) -> tuple[int, bool, list[TokenLogprob]]:
             token = token_from_forward(scored[0], self.sampling, uniform)
             commit = rounds.decoded(Decoded(token=token))
             self.runtime.rollback(rounds.sequence, kv=self.kv)
-            return token, commit.finished
+            return token, commit.finished, [] if argmax_only else self._logprobs(scored, [token])
 
-        return Job(ScoreRequest(list(rounds.sequence), 1, self.kv, argmax_only=self.sampling.greedy), finish)
+        return Job(ScoreRequest(list(rounds.sequence), 1, self.kv, argmax_only=argmax_only), finish)

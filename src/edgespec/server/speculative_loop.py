@@ -83,12 +83,12 @@ class SpeculativeLoop:
             while True:
                 on_early = self._early_streamer(verify.block.round) if rounds.early_verdicts else None
                 result = await self.scheduler.submit(session.verify_job(verify, on_early))
-                verdict, judge = result.value
+                verdict, judge, logprobs = result.value
                 actions = rounds.verified(Verified(verify=verify, verdict=verdict))
                 self.runtime.rollback(rounds.sequence, kv=session.kv)
                 final = actions[0]
                 assert isinstance(final, SendFinal)
-                replies.put_nowait(final_verdict_reply(final, verdict, result, judge))
+                replies.put_nowait(final_verdict_reply(final, verdict, result, judge, logprobs))
                 following = send_drops_and_refusals(actions[1:], replies)
                 if following is None:
                     return
