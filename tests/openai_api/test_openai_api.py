@@ -305,7 +305,7 @@ def test_stop_strings_cut_exactly_where_generates_text_would(edge: EdgeServe, st
     "params, param",
     [
         ({"n": 2}, "n"),
-        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": 3}, "logprobs"),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
         ({"temperature": 3.0}, "temperature"),
         ({"top_p": 0.0}, "top_p"),

@@ -16,7 +16,9 @@ from edgespec.cli.options import (
     client_security,
     recovery_policy,
 )
-from edgespec.cli.printers import ProvisionalPrinter, StreamPrinter, fallback_warning, format_stats
+from edgespec.cli.printers import (
+    ProvisionalPrinter, StreamPrinter, fallback_warning, format_logprobs, format_stats, logprobs_as_json,
+)
 from edgespec.models.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 if TYPE_CHECKING:  # heavy imports (torch, transformers) wait until a command needs them
@@ -56,6 +58,11 @@ def add_generate_parser(commands: Any) -> None:
     )
     generate.add_argument("--raw", action="store_true", help="do not apply the chat template")
     generate.add_argument("--json", action="store_true", help="print one JSON object with tokens, text and stats")
+    generate.add_argument(
+        "--logprobs", type=int, metavar="N",
+        help="--server: the target's log-probability of every token and its N likeliest alternatives (0-20), "
+        "printed after the text (with --json: a \"logprobs\" list)",
+    )
     add_recovery_arguments(generate)
     add_client_security_arguments(generate)
     generate.set_defaults(handler=cmd_generate)
@@ -79,6 +86,7 @@ def generation_config(args: argparse.Namespace, eos_ids: Any) -> GenerationConfi
         sampling=SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p),
         seed=args.seed,
         eos_ids=eos_ids,
+        logprobs=getattr(args, "logprobs", None),
     )
 
 
@@ -91,6 +99,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     # Bad security settings fail here, before the models load.
     security = None if args.local else client_security(args)
+    if args.logprobs is not None and args.local:
+        print("edgespec: error: --logprobs comes from the verifier: use it with --server", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     mode = Mode.parse(args.mode)
@@ -170,9 +181,14 @@ def _print_partial(
 def _print_result(args: argparse.Namespace, tokenizer: Any, result: GenerationResult) -> None:
     result.text = tokenizer.decode(result.tokens, skip_special_tokens=True)
     if args.json:
-        print(json.dumps({"tokens": result.tokens, "text": result.text, "stats": result.stats.as_dict()}))
+        printed = {"tokens": result.tokens, "text": result.text, "stats": result.stats.as_dict()}
+        if result.logprobs is not None:
+            printed["logprobs"] = logprobs_as_json(result.logprobs, tokenizer)
+        print(json.dumps(printed))
     else:
         print()
+        if result.logprobs is not None:
+            print(format_logprobs(result.logprobs, tokenizer), file=sys.stderr)
         print(format_stats(result.stats), file=sys.stderr)
     if result.stats.fallback_tokens:
         print(fallback_warning(result.stats), file=sys.stderr)

@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator, Awaitable, TypeVar
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from edgespec.core.logprobs import TokenLogprob
 from edgespec.core.stats import GenerationStats
 from edgespec.openai_api.admission import Admitted, admit_chat, admit_completion, cloud_refused, cloud_unavailable
 from edgespec.openai_api.backend import EdgeBackend, Event, Failed, Finished, RequestRun, SamplingRequest, TextDelta
@@ -25,6 +26,7 @@ from edgespec.openai_api.body_limit import BodyLimit
 from edgespec.openai_api.cloud import CloudRefused, CloudUnavailable
 from edgespec.openai_api.errors import OpenAIError, bad_request, install_error_handlers
 from edgespec.openai_api.limits import RequestLimits
+from edgespec.openai_api.logprobs import TokenStrings, chat_logprobs, completion_logprobs
 from edgespec.openai_api.metrics import CLIENT_CLOSED_REQUEST, CountResponses, EdgeMetrics
 from edgespec.openai_api.probes import add_probe_routes
 from edgespec.openai_api.schemas import (
@@ -143,6 +145,7 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
     app.add_middleware(BodyLimit, limits=limits, on_refusal=refused)
     app.add_middleware(CountResponses, metrics=metrics)
     add_probe_routes(app, backend, metrics)
+    strings = TokenStrings(backend.tokenizer)
     api = APIRouter(prefix="/v1", dependencies=[Depends(check_api_key(api_key))])
 
     @api.get("/models")
@@ -165,24 +168,36 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
         admitted = await admit_chat(backend, body, limits)
         ident, created, model = f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), backend.model_id or body.model or "edgespec"
 
-        def chunk(delta: ChatDelta, finished: Finished | None = None) -> ChatCompletionChunk:
+        wants_logprobs = body.top_logprobs_wanted is not None
+
+        def logprobs(entries: tuple[TokenLogprob, ...]) -> Any:
+            return chat_logprobs(entries, strings) if wants_logprobs and entries else None
+
+        def chunk(
+            delta: ChatDelta, finished: Finished | None = None, entries: tuple[TokenLogprob, ...] = ()
+        ) -> ChatCompletionChunk:
             return ChatCompletionChunk(
                 id=ident, created=created, model=model,
-                choices=[ChatChunkChoice(delta=delta, finish_reason=finished.finish_reason if finished else None)],
+                choices=[ChatChunkChoice(
+                    delta=delta, finish_reason=finished.finish_reason if finished else None, logprobs=logprobs(entries),
+                )],
                 edgespec=edgespec_info(finished.stats) if finished else None,
             )
 
         chunks = ChunkFormat(
             opening=lambda: chunk(ChatDelta(role="assistant", content="")),
-            text=lambda text: chunk(ChatDelta(content=text)),
-            final=lambda finished: chunk(ChatDelta(), finished),
+            text=lambda delta: chunk(ChatDelta(content=delta.text), entries=delta.logprobs),
+            final=lambda finished: chunk(ChatDelta(), finished, finished.logprobs),
             usage=lambda finished: ChatCompletionChunk(id=ident, created=created, model=model, choices=[], usage=usage_of(finished)),
         )
 
-        def whole(text: str, finished: Finished) -> ChatCompletion:
+        def whole(text: str, finished: Finished, entries: tuple[TokenLogprob, ...]) -> ChatCompletion:
+            choice_logprobs = chat_logprobs(entries, strings) if wants_logprobs else None
             return ChatCompletion(
                 id=ident, created=created, model=model,
-                choices=[ChatChoice(message=ChatMessageOut(content=text), finish_reason=finished.finish_reason)],
+                choices=[ChatChoice(
+                    message=ChatMessageOut(content=text), finish_reason=finished.finish_reason, logprobs=choice_logprobs,
+                )],
                 usage=usage_of(finished), edgespec=edgespec_info(finished.stats),
             )
 
@@ -194,24 +209,35 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
         admitted = await admit_completion(backend, body, limits)
         ident, created, model = f"cmpl-{secrets.token_hex(12)}", int(time.time()), backend.model_id or body.model or "edgespec"
 
-        def chunk(text: str, finished: Finished | None = None) -> Completion:
+        wants_logprobs = body.top_logprobs_wanted is not None
+        shown = 0  # characters of text the stream's earlier chunks carried (their logprobs' offsets)
+
+        def logprobs(entries: tuple[TokenLogprob, ...]) -> Any:
+            return completion_logprobs(entries, strings, shown) if wants_logprobs and entries else None
+
+        def chunk(text: str, finished: Finished | None = None, entries: tuple[TokenLogprob, ...] = ()) -> Completion:
+            nonlocal shown
+            choice = CompletionChoice(
+                text=text, finish_reason=finished.finish_reason if finished else None, logprobs=logprobs(entries),
+            )
+            shown += len(text)
             return Completion(
-                id=ident, created=created, model=model,
-                choices=[CompletionChoice(text=text, finish_reason=finished.finish_reason if finished else None)],
+                id=ident, created=created, model=model, choices=[choice],
                 edgespec=edgespec_info(finished.stats) if finished else None,
             )
 
         chunks = ChunkFormat(
             opening=lambda: None,
-            text=lambda text: chunk(text),
-            final=lambda finished: chunk("", finished),
+            text=lambda delta: chunk(delta.text, entries=delta.logprobs),
+            final=lambda finished: chunk("", finished, finished.logprobs),
             usage=lambda finished: Completion(id=ident, created=created, model=model, choices=[], usage=usage_of(finished)),
         )
 
-        def whole(text: str, finished: Finished) -> Completion:
+        def whole(text: str, finished: Finished, entries: tuple[TokenLogprob, ...]) -> Completion:
+            choice_logprobs = completion_logprobs(entries, strings) if wants_logprobs else None
             return Completion(
                 id=ident, created=created, model=model,
-                choices=[CompletionChoice(text=text, finish_reason=finished.finish_reason)],
+                choices=[CompletionChoice(text=text, finish_reason=finished.finish_reason, logprobs=choice_logprobs)],
                 usage=usage_of(finished), edgespec=edgespec_info(finished.stats),
             )
 
@@ -226,6 +252,7 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
             top_p=body.top_p,
             seed=body.wire_seed,
             stops=body.stops,
+            top_logprobs=body.top_logprobs_wanted,
         )
         try:
             run = await until_disconnected(request, backend.start(admitted.prompt_ids, sampling, arrived))
@@ -250,8 +277,8 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
                 )
                 run = None  # the stream owns it now and closes it
                 return streaming
-            text, finished = await until_disconnected(request, collect(first, run))
-            return JSONResponse(whole(text, finished).model_dump())
+            text, finished, entries = await until_disconnected(request, collect(first, run))
+            return JSONResponse(whole(text, finished, entries).model_dump())
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         finally:
@@ -283,14 +310,17 @@ def record_run(metrics: EdgeMetrics, run: RequestRun) -> None:
         logger.info("%s: generation ended early (%s) after %.2f s: %s", endpoint, reason, seconds, detail)
 
 
-async def collect(first: Event, run: RequestRun) -> tuple[str, Finished]:
+async def collect(first: Event, run: RequestRun) -> tuple[str, Finished, tuple[TokenLogprob, ...]]:
+    """The whole text, how it ended, and every token's log-probabilities (when asked for)."""
     parts: list[str] = []
+    entries: list[TokenLogprob] = []
     event = first
     while True:
         if isinstance(event, TextDelta):
             parts.append(event.text)
+            entries.extend(event.logprobs)
         elif isinstance(event, Finished):
-            return "".join(parts), event
+            return "".join(parts), event, (*entries, *event.logprobs)
         elif isinstance(event, Failed):
             raise event.error
         event = await run.next_event()

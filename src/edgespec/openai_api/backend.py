@@ -19,6 +19,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -26,6 +27,7 @@ from edgespec.client.edge_client import ClientOptions, EdgeClient, ServerError
 from edgespec.core.config import GenerationConfig
 from edgespec.core.modes import Mode
 from edgespec.core.config import SamplingParams
+from edgespec.core.logprobs import TokenLogprob
 from edgespec.core.stats import GenerationStats
 from edgespec.openai_api.cloud import CloudInfo, check_reachable, describe_cloud
 from edgespec.openai_api.cloud_errors import as_openai_error
@@ -96,6 +98,7 @@ class SamplingRequest:
     top_p: float | None
     seed: int | None
     stops: tuple[str, ...]
+    top_logprobs: int | None = None  # None: no log-probabilities; else alternatives per token
 
 
 # ------------------------------------------------------------------ events a run hands the handler
@@ -104,6 +107,8 @@ class SamplingRequest:
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+    # The target's log-probabilities of the tokens whose text this delta first shows (asked for).
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,7 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     stats: GenerationStats
+    logprobs: tuple[TokenLogprob, ...] = ()  # those of tokens no delta showed (EOS, text cut at a stop)
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,8 @@ class EdgeBackend:
     def config(self, request: SamplingRequest) -> GenerationConfig:
         settings = self.settings
         temperature = settings.default_temperature if request.temperature is None else request.temperature
+        if request.top_logprobs is not None and settings.mode is Mode.EDGE_ONLY:
+            raise ValueError("logprobs are the target's, and edge-only mode has no target: use a mode with the cloud")
         return GenerationConfig(
             max_new_tokens=request.max_tokens or settings.default_max_tokens,
             gamma=settings.gamma,
@@ -205,6 +213,7 @@ class EdgeBackend:
             sampling=SamplingParams(temperature=temperature, top_p=1.0 if request.top_p is None else request.top_p),
             seed=_fresh_seed() if request.seed is None else request.seed,
             eos_ids=self.eos_ids,
+            logprobs=request.top_logprobs,
         )
 
     async def start(self, prompt_ids: list[int], request: SamplingRequest, arrived: float | None = None) -> RequestRun:
@@ -286,8 +295,12 @@ class RequestRun:
         self._tokens = 0
         self._stopped_at: int | None = None
         self._closed = False
+        self._arrived: deque[TokenLogprob] = deque()  # the next commit's log-probabilities
+        self._unshown: list[TokenLogprob] = []  # counted tokens' log-probabilities no delta carried yet
         self.task = asyncio.get_running_loop().create_task(
-            slot.client.agenerate(prompt_ids, backend.settings.mode, config, on_commit=self._on_commit)
+            slot.client.agenerate(
+                prompt_ids, backend.settings.mode, config, on_commit=self._on_commit, on_logprobs=self._arrived.extend,
+            )
         )
         self.task.add_done_callback(self._on_done)
 
@@ -308,7 +321,8 @@ class RequestRun:
         if text:
             if self.first_text_at is None:
                 self.first_text_at = time.monotonic()
-            self._events.put_nowait(TextDelta(text))
+            self._events.put_nowait(TextDelta(text, tuple(self._unshown)))
+            self._unshown = []
 
     def _end(self, event: Finished | Failed) -> None:
         self.ended = event
@@ -319,6 +333,8 @@ class RequestRun:
         # a round commits several tokens.
         for token in tokens:
             self._tokens += 1
+            if self._arrived and self._arrived[0].token == token:
+                self._unshown.append(self._arrived.popleft())
             result = self._scanner.push(self._detokenizer.push(token))
             self._emit(result.text)
             if result.stopped:
@@ -342,12 +358,12 @@ class RequestRun:
             tokens = result.tokens
             at_eos = bool(tokens) and tokens[-1] in self.backend.eos_ids
             reason = "length" if not (stopped or at_eos) and len(tokens) >= self.config.max_new_tokens else "stop"
-            self._end(Finished(reason, self.prompt_tokens, len(tokens), result.stats))
+            self._end(Finished(reason, self.prompt_tokens, len(tokens), result.stats, tuple(self._unshown)))
         elif isinstance(error, StopRequested):
             partial = error.partial
             stats = partial.stats if partial is not None else GenerationStats(mode=self.backend.settings.mode.value)
             assert self._stopped_at is not None
-            self._end(Finished("stop", self.prompt_tokens, self._stopped_at, stats))
+            self._end(Finished("stop", self.prompt_tokens, self._stopped_at, stats, tuple(self._unshown)))
         else:
             self._end(Failed(as_openai_error(error, self.backend.settings.address)))
 

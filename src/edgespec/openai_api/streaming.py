@@ -33,7 +33,7 @@ class ChunkFormat:
     def __init__(
         self,
         opening: Callable[[], BaseModel | None],
-        text: Callable[[str], BaseModel],
+        text: Callable[[TextDelta], BaseModel],
         final: Callable[[Finished], BaseModel],
         usage: Callable[[Finished], BaseModel],
     ) -> None:
@@ -53,7 +53,7 @@ async def stream_events(first: Event, run: RequestRun, chunks: ChunkFormat, incl
         event = first
         while True:
             if isinstance(event, TextDelta):
-                yield sse(chunks.text(event.text))
+                yield sse(chunks.text(event))
             elif isinstance(event, Finished):
                 yield sse(chunks.final(event))
                 if include_usage:
