@@ -304,7 +304,7 @@ def test_stop_strings_cut_exactly_where_generates_text_would(edge: EdgeServe, st
 @pytest.mark.parametrize(
     "params, param",
     [
-        ({"n": 2}, "n"),
+        ({"n": 17}, "n"),
         ({"logprobs": 3}, "logprobs"),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
         ({"temperature": 3.0}, "temperature"),
@@ -331,7 +331,7 @@ def test_completion_parameters_it_cannot_honour_get_a_400(edge: EdgeServe) -> No
 
 
 def test_the_error_body_has_openais_exact_shape(edge: EdgeServe) -> None:
-    status, body = raw(f"{edge.url}/v1/chat/completions", {"model": TARGET_NAME, "messages": [{"role": "user", "content": "Hi"}], "n": 3})
+    status, body = raw(f"{edge.url}/v1/chat/completions", {"model": TARGET_NAME, "messages": [{"role": "user", "content": "Hi"}], "n": 17})
     assert status == 400
     error = body["error"]
     assert set(error) == {"message", "type", "param", "code"}

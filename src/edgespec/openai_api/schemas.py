@@ -1,7 +1,7 @@
 """Request and response bodies of the OpenAI-compatible API (pydantic).
 
 Requests forbid unknown fields, so a parameter this server does not implement is a 400, never a
-silent ignore. Parameters OpenAI defines but edgespec cannot honour (n > 1, tools,
+silent ignore. Parameters OpenAI defines but edgespec cannot honour (tools,
 penalties, ...) are declared so that their neutral values (what many clients send by default)
 pass, and anything else is refused with the parameter named.
 """
@@ -24,6 +24,8 @@ MAX_STOP_CHARS = 1000
 SEED_MODULUS = 2**64  # the wire's seed is uint64; OpenAI's may be any int64
 MAX_TOP_LOGPROBS = 20  # OpenAI's limits: chat's top_logprobs, the legacy completions' logprobs
 MAX_COMPLETION_LOGPROBS = 5
+# Each choice is a generation of its own (a slot, a cloud session): a request may ask this many.
+MAX_CHOICES = 16
 
 
 def _unsupported(name: str, what: str) -> ValueError:
@@ -104,10 +106,16 @@ class _Request(BaseModel):
 
     @field_validator("n")
     @classmethod
-    def _one_choice(cls, value: int | None) -> int | None:
-        if value not in (None, 1):
-            raise _unsupported("n", f"= {value}")
+    def _choices_in_range(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("must be at least 1")
+        if value is not None and value > MAX_CHOICES:
+            raise _unsupported("n", f"= {value} (at most {MAX_CHOICES} choices per request)")
         return value
+
+    @property
+    def choices(self) -> int:
+        return self.n or 1
 
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod
