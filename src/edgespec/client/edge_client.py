@@ -124,6 +124,8 @@ class EdgeClient:
             raise ValueError(f"mode {mode.value} needs a draft model on the edge")
         if mode is Mode.EDGE_ONLY and config.logprobs is not None:
             raise ValueError("log-probabilities are the target's: edge-only mode has no target to give them")
+        if mode is Mode.EDGE_ONLY and config.grammar is not None:
+            raise ValueError("a grammar constrains the target: edge-only mode has no target to constrain")
         gen = Generation(prompt_ids, mode, config, join_rows=join_distribution_rows)
         run = EdgeRun(gen, on_commit, on_event, on_logprobs)
         if self.draft is not None and not self.options.reuse_draft_cache:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edgespec.core.gamma import AdaptiveGamma
+from edgespec.core.grammar import Grammar
 from edgespec.core.logprobs import TokenLogprob, check_top_logprobs
 from edgespec.core.stats import GenerationStats
 
@@ -80,6 +81,8 @@ class GenerationConfig:
     # Ask the target for its log-probability of every committed token and this many likeliest
     # alternatives (None: none, and the greedy verifier reads only argmax ids).
     logprobs: int | None = None
+    # The grammar the target's output must follow (None: free text); the verifier masks by it.
+    grammar: Grammar | None = None
 
     def __post_init__(self) -> None:
         check_top_logprobs(self.logprobs)

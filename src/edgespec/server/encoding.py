@@ -40,6 +40,7 @@ def opened_reply(
     num_layers: int,
     prefill_ms: float,
     target_name: str,
+    grammar: bool = False,
 ) -> pb.ServerMessage:
     return pb.ServerMessage(
         opened=pb.Opened(
@@ -51,6 +52,7 @@ def opened_reply(
             num_layers=num_layers,
             prefill_ms=prefill_ms,
             target=target_name,
+            grammar=grammar,
         )
     )
 

@@ -26,7 +26,8 @@ from edgespec.server.session import ServerSession
 from edgespec.server.speculative_loop import SpeculativeLoop
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
-from edgespec.transport.codec import ProtocolError, logprobs_request, sampling_from_wire
+from edgespec.server.structured import open_grammar
+from edgespec.transport.codec import ProtocolError, grammar_from_wire, logprobs_request, sampling_from_wire
 from edgespec.transport.security import AUTH_METADATA_KEY
 from edgespec.transport.validation import decoded
 
@@ -147,6 +148,9 @@ class VerifierService(pb_grpc.VerifierServicer):
         check_admission(request, len(self.sessions), self.admission, self.limits, self.cloud_draft is not None)
         sampling = sampling_from_wire(request.sampling)
         prompt_ids = requested_prompt(request, self.tokenizer)
+        grammar = open_grammar(
+            grammar_from_wire(request), self.tokenizer, self.runtime.vocab_size, sorted(self.eos_ids), request.committed_ids,
+        )
         session = ServerSession(
             self.runtime,
             prompt_ids,
@@ -158,6 +162,7 @@ class VerifierService(pb_grpc.VerifierServicer):
             self.limits,
             self.prefix_caches.for_tenant(tenant) if self.prefix_caches else None,
             top_logprobs=logprobs_request(request),
+            grammar=grammar,
         )
         self.sessions[session.id] = session
         try:
@@ -166,7 +171,7 @@ class VerifierService(pb_grpc.VerifierServicer):
             exit_layers = list(self.runtime.exits.layers) if self.runtime.exits else []
             replies.put_nowait(opened_reply(
                 session.id, prompt_ids, self.eos_ids, exit_layers, self.runtime.num_layers, prefill_ms,
-                self.target_name,
+                self.target_name, grammar=grammar is not None,
             ))
             logger.info(
                 "session %s opened: %d prompt tokens (%d cached), kind %s",

@@ -17,6 +17,7 @@ from edgespec.decoding.early import EarlyVerdict, EarlyVerdictJudge
 from edgespec.decoding.block_scoring import begin_round
 from edgespec.core.config import SamplingParams
 from edgespec.core.logprobs import TokenLogprob
+from edgespec.decoding.grammar import GrammarMatcher, apply_mask
 from edgespec.decoding.logprobs import token_logprobs
 from edgespec.decoding.sampling import token_from_forward
 from edgespec.decoding.verification import RoundUniforms
@@ -48,6 +49,7 @@ class ServerSession:
         prefix_cache: PrefixCache | None = None,
         early_verdicts: bool = False,
         top_logprobs: int | None = None,
+        grammar: GrammarMatcher | None = None,
     ) -> None:
         check_generation_fits(runtime, prompt_ids, committed_ids, max_new_tokens, limits)
         self.id = secrets.token_urlsafe(18)
@@ -66,6 +68,8 @@ class ServerSession:
         self.limits = limits
         # None: no log-probabilities asked for; else each emitted token's, with this many alternatives.
         self.top_logprobs = top_logprobs
+        # The grammar the target's output follows: each position's logits are masked by it.
+        self.grammar = grammar
         self.rounds = VerifierRounds(
             list(prompt_ids) + list(committed_ids), len(prompt_ids), eos_ids, max_new_tokens, early_verdicts=early_verdicts
         )
@@ -108,11 +112,15 @@ class ServerSession:
         pending = begin_round(
             self.runtime, verify.sequence, block.tokens, self.sampling, block.payload, self.seed,
             with_exits=on_early is not None, on_streamed=on_early, kv=self.kv, candidates=block.candidates,
-            full_logits=self.top_logprobs is not None,
+            full_logits=self.top_logprobs is not None or self.grammar is not None,
         )
 
         def finish(scored: torch.Tensor) -> tuple[Verdict, EarlyVerdictJudge | None, list[TokenLogprob]]:
-            verdict, judge = pending.finish(scored)
+            grammar = self.grammar
+            masked = scored if grammar is None else apply_mask(scored, grammar.block_masks(block.tokens))
+            verdict, judge = pending.finish(masked)
+            if grammar is not None:
+                grammar.settle(verdict.accepted, verdict.next_token)
             return verdict, judge, self._logprobs(scored, [*block.tokens[: verdict.accepted], verdict.next_token])
 
         return Job(pending.request, finish)
@@ -125,10 +133,13 @@ class ServerSession:
         """One autoregressive token (cloud-ar): (token, finished, its log-probabilities if asked)."""
         rounds = self.rounds
         uniform = None if self.sampling.greedy else RoundUniforms.for_decode(self.seed, len(rounds.sequence))
-        argmax_only = self.sampling.greedy and self.top_logprobs is None
+        argmax_only = self.sampling.greedy and self.top_logprobs is None and self.grammar is None
 
         def finish(scored: torch.Tensor) -> tuple[int, bool, list[TokenLogprob]]:
-            token = token_from_forward(scored[0], self.sampling, uniform)
+            row = scored[0] if self.grammar is None else apply_mask(scored[0], self.grammar.mask())
+            token = token_from_forward(row, self.sampling, uniform)
+            if self.grammar is not None:
+                self.grammar.advance([token])
             commit = rounds.decoded(Decoded(token=token))
             self.runtime.rollback(rounds.sequence, kv=self.kv)
             return token, commit.finished, [] if argmax_only else self._logprobs(scored, [token])

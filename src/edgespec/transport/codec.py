@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 
 from edgespec.core.config import SamplingParams
+from edgespec.core.grammar import Grammar
 from edgespec.core.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
 from edgespec.core.verdict import Verdict
 from edgespec.transport import edgespec_pb2 as pb
@@ -101,6 +102,20 @@ def logprobs_request(message: pb.Open) -> int | None:
     if message.top_logprobs > MAX_TOP_LOGPROBS:
         raise ProtocolError(pb.BAD_REQUEST, f"top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {message.top_logprobs}")
     return int(message.top_logprobs)
+
+
+def grammar_to_wire(grammar: Grammar) -> pb.Grammar:
+    return pb.Grammar(kind=grammar.kind, source=grammar.source, vocabulary=grammar.vocabulary)
+
+
+def grammar_from_wire(message: pb.Open) -> Grammar | None:
+    """The grammar an open asks for (None: free text)."""
+    if not message.HasField("grammar"):
+        return None
+    try:
+        return Grammar(message.grammar.kind, message.grammar.source, message.grammar.vocabulary)
+    except ValueError as error:
+        raise ProtocolError(pb.BAD_REQUEST, str(error)) from None
 
 
 def logprobs_to_wire(entries: Sequence[TokenLogprob]) -> list[pb.TokenLogprob]:

@@ -70,7 +70,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class Open(_message.Message):
-    __slots__ = ("protocol_version", "kind", "prompt_ids", "messages", "sampling", "seed", "max_new_tokens", "early_verdicts", "committed_ids", "gamma", "adaptive_gamma", "max_gamma", "draft_stop", "logprobs", "top_logprobs")
+    __slots__ = ("protocol_version", "kind", "prompt_ids", "messages", "sampling", "seed", "max_new_tokens", "early_verdicts", "committed_ids", "gamma", "adaptive_gamma", "max_gamma", "draft_stop", "logprobs", "top_logprobs", "grammar")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class Open(_message.Message):
     DRAFT_STOP_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     kind: SessionKind
     prompt_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -101,7 +102,18 @@ class Open(_message.Message):
     draft_stop: float
     logprobs: bool
     top_logprobs: int
-    def __init__(self, protocol_version: _Optional[int] = ..., kind: _Optional[_Union[SessionKind, str]] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., seed: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., early_verdicts: _Optional[bool] = ..., committed_ids: _Optional[_Iterable[int]] = ..., gamma: _Optional[int] = ..., adaptive_gamma: _Optional[bool] = ..., max_gamma: _Optional[int] = ..., draft_stop: _Optional[float] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ...) -> None: ...
+    grammar: Grammar
+    def __init__(self, protocol_version: _Optional[int] = ..., kind: _Optional[_Union[SessionKind, str]] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., seed: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., early_verdicts: _Optional[bool] = ..., committed_ids: _Optional[_Iterable[int]] = ..., gamma: _Optional[int] = ..., adaptive_gamma: _Optional[bool] = ..., max_gamma: _Optional[int] = ..., draft_stop: _Optional[float] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., grammar: _Optional[_Union[Grammar, _Mapping]] = ...) -> None: ...
+
+class Grammar(_message.Message):
+    __slots__ = ("kind", "source", "vocabulary")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    VOCABULARY_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    source: str
+    vocabulary: str
+    def __init__(self, kind: _Optional[str] = ..., source: _Optional[str] = ..., vocabulary: _Optional[str] = ...) -> None: ...
 
 class SparseDistribution(_message.Message):
     __slots__ = ("ids", "probs")
@@ -162,7 +174,7 @@ class ServerMessage(_message.Message):
     def __init__(self, opened: _Optional[_Union[Opened, _Mapping]] = ..., early: _Optional[_Union[EarlyVerdict, _Mapping]] = ..., final: _Optional[_Union[FinalVerdict, _Mapping]] = ..., tokens: _Optional[_Union[Tokens, _Mapping]] = ..., dropped: _Optional[_Union[Dropped, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class Opened(_message.Message):
-    __slots__ = ("session_id", "protocol_version", "prompt_ids", "eos_ids", "exit_layers", "num_layers", "prefill_ms", "target")
+    __slots__ = ("session_id", "protocol_version", "prompt_ids", "eos_ids", "exit_layers", "num_layers", "prefill_ms", "target", "grammar")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +183,7 @@ class Opened(_message.Message):
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_MS_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     protocol_version: int
     prompt_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -179,7 +192,8 @@ class Opened(_message.Message):
     num_layers: int
     prefill_ms: float
     target: str
-    def __init__(self, session_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., eos_ids: _Optional[_Iterable[int]] = ..., exit_layers: _Optional[_Iterable[int]] = ..., num_layers: _Optional[int] = ..., prefill_ms: _Optional[float] = ..., target: _Optional[str] = ...) -> None: ...
+    grammar: bool
+    def __init__(self, session_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., eos_ids: _Optional[_Iterable[int]] = ..., exit_layers: _Optional[_Iterable[int]] = ..., num_layers: _Optional[int] = ..., prefill_ms: _Optional[float] = ..., target: _Optional[str] = ..., grammar: _Optional[bool] = ...) -> None: ...
 
 class EarlyVerdict(_message.Message):
     __slots__ = ("round", "exit_layer", "accepted", "next_token", "confidence", "elapsed_ms")

@@ -1,0 +1,155 @@
+"""Token masks from a grammar, through llguidance: what the verifier applies to the target's
+logits so its output follows a JSON schema, a regex or a Lark grammar.
+
+Lossless under a grammar means equal to the target's own decoding with the same mask as a logits
+processor. A verify forward scores gamma + 1 positions at once, so the matcher is advanced through
+the block to get each position's mask (position i's depends on the draft tokens before it), and
+after the verdict it is rolled back to the accepted prefix and advanced by the next token. A
+draft token the grammar forbids is rejected like any other: the masked target gives it zero mass.
+
+Tokenizers are compiled once (llguidance's tokenizer build is the expensive step) and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from typing import Any, Sequence
+
+import torch
+
+from edgespec.core.grammar import Grammar
+
+logger = logging.getLogger(__name__)
+
+_TOKENIZERS: dict[tuple[int, tuple[int, ...]], Any] = {}
+_FINGERPRINTS: dict[int, str] = {}
+_LOCK = threading.Lock()
+
+
+class GrammarError(ValueError):
+    """A grammar that does not compile (a bad schema, an unsupported construct), or a tokenizer
+    the grammar engine cannot read."""
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A short hash of the tokenizer's vocabulary (every token and its id): equal on edge and cloud
+    exactly when a grammar masks the same ids on both."""
+    key = id(tokenizer)
+    with _LOCK:
+        if key not in _FINGERPRINTS:
+            vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+            _FINGERPRINTS[key] = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:32]
+        return _FINGERPRINTS[key]
+
+
+def grammar_tokenizer(tokenizer: Any, eos_ids: Sequence[int] = ()) -> Any:
+    """llguidance's view of ``tokenizer`` (cached): through its Rust tokenizer when llguidance
+    reads the decoder, else token by token from the tokenizer's own pieces."""
+    import llguidance
+    import llguidance.hf
+
+    eos = tuple(sorted(eos_ids)) or ((tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ())
+    key = (id(tokenizer), eos)
+    with _LOCK:
+        if key not in _TOKENIZERS:
+            try:
+                compiled = llguidance.hf.from_tokenizer(tokenizer, eos_token=list(eos) or None)
+            except ValueError as error:  # a decoder llguidance does not know: give it the pieces
+                logger.debug("llguidance reads the tokenizer piece by piece: %s", error)
+                compiled = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Pieces(tokenizer, eos)))
+            _TOKENIZERS[key] = compiled
+        return _TOKENIZERS[key]
+
+
+class _Pieces:
+    """A tokenizer as ``llguidance.TokenizerWrapper`` reads it: each id's bytes, EOS, specials."""
+
+    def __init__(self, tokenizer: Any, eos: tuple[int, ...]) -> None:
+        self._tokenizer = tokenizer
+        self.eos_token_id = eos[0] if eos else tokenizer.eos_token_id
+        self.bos_token_id = None
+        self.special_token_ids = list(tokenizer.all_special_ids)
+        self.tokens = [tokenizer.convert_ids_to_tokens(index).encode("utf-8") for index in range(len(tokenizer))]
+
+    def __call__(self, text: str | bytes) -> list[int]:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        return self._tokenizer.encode(text, add_special_tokens=False)
+
+
+def grammar_source(grammar: Grammar) -> str:
+    """The grammar in llguidance's own format; GrammarError if it cannot be built."""
+    from llguidance import LLMatcher
+
+    try:
+        if grammar.kind == "json_schema":
+            return LLMatcher.grammar_from_json_schema(json.loads(grammar.source))
+        if grammar.kind == "regex":
+            return LLMatcher.grammar_from_regex(grammar.source)
+        return LLMatcher.grammar_from_lark(grammar.source)
+    except (ValueError, TypeError) as error:
+        raise GrammarError(f"the {grammar.kind} does not compile: {error}") from None
+
+
+def check_grammar(grammar: Grammar, tokenizer: Any, eos_ids: Sequence[int] = ()) -> None:
+    """Raise GrammarError, saying why, if ``grammar`` cannot constrain ``tokenizer``'s ids."""
+    from llguidance import LLMatcher
+
+    problem = LLMatcher.validate_grammar(grammar_source(grammar), grammar_tokenizer(tokenizer, eos_ids))
+    if problem:
+        raise GrammarError(f"the {grammar.kind} does not compile: {problem}")
+
+
+class GrammarMatcher:
+    """One generation's grammar state: the mask for the next position, advanced token by token
+    along the committed text; ``block_masks`` and ``settle`` carry it through a verify round."""
+
+    def __init__(self, grammar: Grammar, tokenizer: Any, vocab_size: int, eos_ids: Sequence[int] = ()) -> None:
+        from llguidance import LLMatcher
+
+        check_grammar(grammar, tokenizer, eos_ids)
+        self._matcher = LLMatcher(grammar_tokenizer(tokenizer, eos_ids), grammar_source(grammar))
+        self.vocab_size = vocab_size  # the model's rows (may exceed the tokenizer's ids: padding)
+        self._tentative = 0  # block tokens consumed to compute masks, not yet settled
+
+    def advance(self, tokens: Sequence[int]) -> None:
+        """Committed tokens (a resumed session's, a decoded one); GrammarError if the grammar forbids one."""
+        for token in tokens:
+            if not self._matcher.consume_token(int(token)):
+                raise GrammarError(f"token {token} breaks the grammar: {self._matcher.get_error()}")
+
+    def mask(self) -> torch.Tensor:
+        """[vocab] bool: the ids the grammar allows next."""
+        allowed = torch.zeros(self.vocab_size, dtype=torch.bool)
+        bias = torch.frombuffer(bytearray(self._matcher.compute_logit_bias()), dtype=torch.uint8) > 0
+        width = min(len(bias), self.vocab_size)
+        allowed[:width] = bias[:width]
+        return allowed
+
+    def block_masks(self, tokens: Sequence[int]) -> torch.Tensor:
+        """[gamma + 1, vocab] bool: row i is the mask after the block's first i tokens. Past a
+        token the grammar forbids, rows allow everything: that token is rejected, so they are
+        never read."""
+        rows = torch.ones(len(tokens) + 1, self.vocab_size, dtype=torch.bool)
+        for position in range(len(tokens) + 1):
+            rows[position] = self.mask()
+            if position == len(tokens) or not rows[position, int(tokens[position])]:
+                break
+            if not self._matcher.consume_token(int(tokens[position])):
+                raise GrammarError(f"the matcher refused an allowed token: {self._matcher.get_error()}")
+            self._tentative += 1
+        return rows
+
+    def settle(self, accepted: int, next_token: int) -> None:
+        """After the verdict: keep the accepted tokens, drop the rest, take the next token."""
+        if self._tentative > accepted:
+            self._matcher.rollback(self._tentative - accepted)
+        self._tentative = 0
+        self.advance([next_token])
+
+
+def apply_mask(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """The logits with every forbidden id at -inf (a new tensor; ``allowed`` broadcasts)."""
+    return logits.float().masked_fill(~allowed, float("-inf"))
