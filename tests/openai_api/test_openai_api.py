@@ -312,7 +312,7 @@ def test_stop_strings_cut_exactly_where_generates_text_would(edge: EdgeServe, st
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"extra_body": {"top_k": 5}}, "top_k"),
-        ({"response_format": {"type": "json_object"}}, "response_format.type"),
+        ({"response_format": {"type": "xml"}}, "response_format.type"),
     ],
 )
 def test_unsupported_or_bad_parameters_get_a_400_naming_them(edge: EdgeServe, params: dict[str, Any], param: str) -> None:

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
+from edgespec.core.grammar import Grammar
 from edgespec.core.logprobs import TokenLogprob
 from edgespec.core.stats import GenerationStats
 from edgespec.openai_api.admission import Admitted, admit_chat, admit_completion, cloud_refused, cloud_unavailable
@@ -48,6 +49,7 @@ from edgespec.openai_api.schemas import (
     Usage,
 )
 from edgespec.openai_api.streaming import ChunkFormat, stream_events
+from edgespec.openai_api.structured import request_grammar
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +168,7 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         arrived = time.monotonic()
         admitted = await admit_chat(backend, body, limits)
+        grammar = await request_grammar(body.response_format, backend)
         ident, created, model = f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), backend.model_id or body.model or "edgespec"
         wants_logprobs = body.top_logprobs_wanted is not None
 
@@ -204,7 +207,7 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
                 usage=usage_of([finished for _, finished, _ in results]), edgespec=edgespec_info(results[0][1].stats),
             )
 
-        return await serve_request(request, body, admitted, arrived, chunks, whole)
+        return await serve_request(request, body, admitted, arrived, chunks, whole, grammar)
 
     @api.post("/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
@@ -252,7 +255,7 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
 
     async def serve_request(
         request: Request, body: Any, admitted: Admitted, arrived: float, chunks: ChunkFormat,
-        whole: Callable[[list[ChoiceResult]], BaseModel],
+        whole: Callable[[list[ChoiceResult]], BaseModel], grammar: Grammar | None = None,
     ) -> Response:
         sampling = SamplingRequest(
             max_tokens=admitted.max_tokens,
@@ -261,6 +264,7 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
             seed=body.wire_seed,
             stops=body.stops,
             top_logprobs=body.top_logprobs_wanted,
+            grammar=grammar,
         )
         choices = Choices(backend, admitted.prompt_ids, sampling, body.choices, arrived, request.url.path)
         handed_over = False  # to the stream, which closes them when it ends

@@ -27,6 +27,7 @@ from edgespec.client.edge_client import ClientOptions, EdgeClient, ServerError
 from edgespec.core.config import GenerationConfig
 from edgespec.core.modes import Mode
 from edgespec.core.config import SamplingParams
+from edgespec.core.grammar import Grammar
 from edgespec.core.logprobs import TokenLogprob
 from edgespec.core.stats import GenerationStats
 from edgespec.openai_api.cloud import CloudInfo, check_reachable, describe_cloud
@@ -99,6 +100,7 @@ class SamplingRequest:
     seed: int | None
     stops: tuple[str, ...]
     top_logprobs: int | None = None  # None: no log-probabilities; else alternatives per token
+    grammar: Grammar | None = None  # what the target's output must follow (response_format)
 
 
 # ------------------------------------------------------------------ events a run hands the handler
@@ -214,6 +216,7 @@ class EdgeBackend:
             seed=_fresh_seed() if request.seed is None else request.seed,
             eos_ids=self.eos_ids,
             logprobs=request.top_logprobs,
+            grammar=request.grammar,
         )
 
     async def start(self, prompt_ids: list[int], request: SamplingRequest, arrived: float | None = None) -> RequestRun:

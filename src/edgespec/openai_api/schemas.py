@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from edgespec.openai_api.errors import InvalidText
 from edgespec.openai_api.logprobs import ChatLogprobs, CompletionLogprobs
+from edgespec.openai_api.response_format import ResponseFormat
 
 # The verifier accepts temperatures of 0 (greedy) or in [0.001, 100]; OpenAI's range is [0, 2].
 MIN_SAMPLING_TEMPERATURE = 0.001
@@ -180,18 +181,6 @@ class ChatMessage(BaseModel):
     def as_template_message(self) -> dict[str, str]:
         text = self.content if isinstance(self.content, str) else "".join(part.text or "" for part in self.content)
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
-
-
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
-
-    @field_validator("type")
-    @classmethod
-    def _text_only(cls, value: str) -> str:
-        if value != "text":
-            raise _unsupported("response_format type", repr(value))
-        return value
 
 
 class ChatCompletionRequest(_Request):
