@@ -84,20 +84,33 @@ def address():
     server.stop()
 
 
-def client(address: str) -> EdgeClient:
-    return EdgeClient(address, DraftRuntime(layer_skip_draft()))
+def client(address: str, drafts_under_the_mask: bool = True) -> EdgeClient:
+    """With the tokenizer the draft drafts under the grammar (forced tokens free); without it it
+    drafts freely and only the verifier masks: lossless either way."""
+    return EdgeClient(address, DraftRuntime(layer_skip_draft()), tokenizer=tokenizer() if drafts_under_the_mask else None)
 
 
 def config(grammar: Grammar, **fields) -> GenerationConfig:  # type: ignore[no-untyped-def]
     return GenerationConfig(**{"max_new_tokens": NEW_TOKENS, "gamma": 3, "eos_ids": frozenset({EOS}), "grammar": grammar, **fields})
 
 
+@pytest.mark.parametrize("masked_draft", [True, False], ids=["masked-draft", "free-draft"])
 @pytest.mark.parametrize("name", sorted(GRAMMARS))
 @pytest.mark.parametrize("mode", TARGET_MODES, ids=lambda m: m.value)
-def test_greedy_constrained_output_equals_masked_generate(address: str, mode: Mode, name: str) -> None:
+def test_greedy_constrained_output_equals_masked_generate(address: str, mode: Mode, name: str, masked_draft: bool) -> None:
     expected = masked_generate(target_model(), tokenizer(), GRAMMARS[name], PROMPT, NEW_TOKENS, EOS)
-    result = client(address).generate(PROMPT, mode, config(GRAMMARS[name], early_verdicts=mode.uses_exits))
+    result = client(address, masked_draft).generate(PROMPT, mode, config(GRAMMARS[name], early_verdicts=mode.uses_exits))
     assert result.tokens == expected
+
+
+@pytest.mark.parametrize("name", ["json_schema", "lark"])
+def test_drafting_under_the_mask_is_accepted_more_often(address: str, name: str) -> None:
+    """The draft proposes only valid tokens and the grammar's forced tokens cost no draft step."""
+    rates = []
+    for masked_draft in (False, True):
+        result = client(address, masked_draft).generate(PROMPT, Mode.SD, config(GRAMMARS[name], draft_stop=0.0))
+        rates.append(result.stats.acceptance_rate)
+    assert rates[1] > rates[0]
 
 
 def test_a_schema_output_is_valid_json_of_the_schema(address: str) -> None:
@@ -107,12 +120,13 @@ def test_a_schema_output_is_valid_json_of_the_schema(address: str) -> None:
     assert set(action) == {"move", "fast", "steps"} and action["move"] in {"left", "right", "stop"}
 
 
-@pytest.mark.parametrize("mode", [Mode.SD, Mode.SD_EE_PIPELINED, Mode.CLOUD_AR], ids=lambda m: m.value)
-def test_sampled_output_follows_the_grammar(address: str, mode: Mode) -> None:
-    for seed in range(3):
-        sampled = config(GRAMMARS["regex"], sampling=SamplingParams(temperature=1.5), seed=seed)
+@pytest.mark.parametrize("name", ["regex", "json_schema"])
+@pytest.mark.parametrize("mode", [Mode.SD, Mode.SD_EE_PIPELINED, Mode.CLOUD_AR, Mode.CLOUD_SD], ids=lambda m: m.value)
+def test_sampled_output_follows_the_grammar(address: str, mode: Mode, name: str) -> None:
+    for seed in range(4):
+        sampled = config(GRAMMARS[name], sampling=SamplingParams(temperature=1.5), seed=seed)
         tokens = client(address).generate(PROMPT, mode, sampled).tokens
-        matcher = GrammarMatcher(GRAMMARS["regex"], tokenizer(), target_model().config.vocab_size, [EOS])
+        matcher = GrammarMatcher(GRAMMARS[name], tokenizer(), target_model().config.vocab_size, [EOS])
         matcher.advance(tokens)  # raises if any token breaks the grammar
         assert tokens[-1] == EOS or len(tokens) == NEW_TOKENS
 

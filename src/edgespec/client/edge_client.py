@@ -14,7 +14,7 @@ import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import grpc
 
@@ -37,6 +37,7 @@ from edgespec.core.config import GenerationConfig, GenerationResult
 from edgespec.core.generation import Generation, TextEvent
 from edgespec.core.logprobs import TokenLogprob
 from edgespec.core.modes import Mode
+from edgespec.decoding.grammar import EdgeGrammar
 from edgespec.models.draft import DraftRuntime
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport.security import INSECURE, ClientSecurity
@@ -64,10 +65,15 @@ class ClientOptions:
 
 
 class EdgeClient:
-    def __init__(self, address: str, draft: DraftRuntime | None = None, options: ClientOptions = ClientOptions()) -> None:
+    def __init__(
+        self, address: str, draft: DraftRuntime | None = None, options: ClientOptions = ClientOptions(), tokenizer: Any = None
+    ) -> None:
+        """``tokenizer``: the draft's, for drafting under a generation's grammar (without it the
+        draft drafts freely and only the verifier masks: still lossless, fewer tokens accepted)."""
         self.address = address
         self.draft = draft
         self.options = options
+        self.tokenizer = tokenizer
         self._draft_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft")
 
     # ------------------------------------------------------------------ public API
@@ -127,7 +133,7 @@ class EdgeClient:
         if mode is Mode.EDGE_ONLY and config.grammar is not None:
             raise ValueError("a grammar constrains the target: edge-only mode has no target to constrain")
         gen = Generation(prompt_ids, mode, config, join_rows=join_distribution_rows)
-        run = EdgeRun(gen, on_commit, on_event, on_logprobs)
+        run = EdgeRun(gen, on_commit, on_event, on_logprobs, self._draft_grammar(config, len(prompt_ids)))
         if self.draft is not None and not self.options.reuse_draft_cache:
             # On the draft thread: a pre-draft of the last generation may still be running there
             # (stopped, but not yet at its next step), and the cache is that thread's.
@@ -141,6 +147,15 @@ class EdgeClient:
             error.partial = self._result(run)
             raise
         return self._result(run)
+
+    def _draft_grammar(self, config: GenerationConfig, prompt_len: int) -> EdgeGrammar | None:
+        if config.grammar is None or self.tokenizer is None or self.draft is None:
+            return None
+        vocab_size = getattr(self.draft, "vocab_size", None) or getattr(getattr(self.draft, "runtime", None), "vocab_size", None)
+        if vocab_size is None:
+            return None
+        eos = sorted(config.eos_ids)
+        return EdgeGrammar(config.grammar, self.tokenizer, int(vocab_size), prompt_len, eos)
 
     @staticmethod
     def _result(run: EdgeRun) -> GenerationResult:

@@ -36,6 +36,7 @@ from edgespec.core.edge_events import (
 from edgespec.core.errors import ProtocolViolation
 from edgespec.core.generation import Generation, TextEvent
 from edgespec.core.logprobs import TokenLogprob
+from edgespec.decoding.grammar import EdgeGrammar
 from edgespec.models.draft import DraftRuntime
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport.codec import candidates_to_wire, distributions_to_wire, logprobs_from_wire, verdict_of
@@ -61,8 +62,11 @@ class EdgeRun:
         on_commit: Callable[[list[int]], None] | None,
         on_event: Callable[[TextEvent], None] | None = None,
         on_logprobs: Callable[[list[TokenLogprob]], None] | None = None,
+        grammar: EdgeGrammar | None = None,
     ) -> None:
         self.gen = gen
+        # The grammar the draft drafts under (None: it drafts freely; the verifier masks anyway).
+        self.grammar = grammar
         self._t0 = time.perf_counter()
         self._on_commit = on_commit
         self._on_event = on_event
@@ -210,6 +214,8 @@ class RoundDriver:
         config, now, draft = self.gen.config, self.run.now, self.draft
         with_candidates = config.wants_early_verdicts(self.gen.mode)
         with_alternatives = config.wants_alternatives(self.gen.mode)
+        grammar = self.run.grammar.for_draft(self.gen.committed, action.sequence) if self.run.grammar else None
+        constrained = {"grammar": grammar} if grammar is not None else {}
         known = self.gen.provisional_block(action.sequence, action.gamma)
         if known is not None:
             # Re-verifying after an outage: the draft already decided these tokens (and kept its
@@ -226,6 +232,7 @@ class RoundDriver:
             block = draft.draft(
                 action.sequence, action.gamma, config.sampling, seed=config.seed + DRAFT_SEED_OFFSET, should_stop=stop.is_set,
                 candidates=with_candidates, alternatives=with_alternatives, stop_below=config.draft_stop_below(), min_tokens=action.min_tokens,
+                **constrained,
             )
             return block, start, now()
 

@@ -110,9 +110,13 @@ class GrammarMatcher:
         from llguidance import LLMatcher
 
         check_grammar(grammar, tokenizer, eos_ids)
-        self._matcher = LLMatcher(grammar_tokenizer(tokenizer, eos_ids), grammar_source(grammar))
+        compiled = grammar_tokenizer(tokenizer, eos_ids)
+        self._matcher = LLMatcher(compiled, grammar_source(grammar))
         self.vocab_size = vocab_size  # the model's rows (may exceed the tokenizer's ids: padding)
         self._tentative = 0  # block tokens consumed to compute masks, not yet settled
+        # A tentative EOS is never consumed: it ends the text, so nothing after it is masked, and
+        # llguidance's rollback does not count the token that stopped it.
+        self._eos = frozenset(int(token) for token in (eos_ids or [compiled.eos_token]))
 
     def advance(self, tokens: Sequence[int]) -> None:
         """Committed tokens (a resumed session's, a decoded one); GrammarError if the grammar forbids one."""
@@ -128,6 +132,21 @@ class GrammarMatcher:
         allowed[:width] = bias[:width]
         return allowed
 
+    @property
+    def stopped(self) -> bool:
+        """The text is complete (EOS taken): nothing may follow."""
+        return bool(self._matcher.is_stopped())
+
+    def forced(self) -> list[int]:
+        """The tokens the grammar allows as the only continuation here (keys, punctuation)."""
+        return [int(token) for token in self._matcher.compute_ff_tokens()]
+
+    def copy(self) -> GrammarMatcher:
+        """An independent matcher in the same state (a draft advances its own)."""
+        twin = object.__new__(GrammarMatcher)
+        twin._matcher, twin.vocab_size, twin._tentative, twin._eos = self._matcher.deep_copy(), self.vocab_size, 0, self._eos
+        return twin
+
     def block_masks(self, tokens: Sequence[int]) -> torch.Tensor:
         """[gamma + 1, vocab] bool: row i is the mask after the block's first i tokens. Past a
         token the grammar forbids, rows allow everything: that token is rejected, so they are
@@ -135,21 +154,52 @@ class GrammarMatcher:
         rows = torch.ones(len(tokens) + 1, self.vocab_size, dtype=torch.bool)
         for position in range(len(tokens) + 1):
             rows[position] = self.mask()
-            if position == len(tokens) or not rows[position, int(tokens[position])]:
+            if position == len(tokens) or not rows[position, int(tokens[position])] or int(tokens[position]) in self._eos:
                 break
             if not self._matcher.consume_token(int(tokens[position])):
                 raise GrammarError(f"the matcher refused an allowed token: {self._matcher.get_error()}")
             self._tentative += 1
         return rows
 
-    def settle(self, accepted: int, next_token: int) -> None:
-        """After the verdict: keep the accepted tokens, drop the rest, take the next token."""
+    def settle(self, tokens: Sequence[int], accepted: int, next_token: int) -> None:
+        """After the verdict on ``tokens``: keep the accepted ones, drop the rest, take the next
+        token. Past an EOS nothing is taken: the text ended there (the round core clips it)."""
         if self._tentative > accepted:
             self._matcher.rollback(self._tentative - accepted)
+        kept = [int(token) for token in tokens[self._tentative : accepted]]  # an accepted EOS, not yet taken
         self._tentative = 0
-        self.advance([next_token])
+        for token in [*kept, int(next_token)]:
+            if self.stopped:
+                return
+            self.advance([token])
 
 
 def apply_mask(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """The logits with every forbidden id at -inf (a new tensor; ``allowed`` broadcasts)."""
     return logits.float().masked_fill(~allowed, float("-inf"))
+
+
+class EdgeGrammar:
+    """The grammar on the edge, for drafting under the verifier's mask: a matcher kept at the
+    committed text, and for each draft a copy advanced to the draft's starting point (a pre-draft
+    starts past tokens that are only assumed)."""
+
+    def __init__(self, grammar: Grammar, tokenizer: Any, vocab_size: int, prompt_len: int, eos_ids: Sequence[int] = ()) -> None:
+        self._committed = GrammarMatcher(grammar, tokenizer, vocab_size, eos_ids)
+        self._prompt_len = prompt_len
+        self._consumed = 0  # generated tokens the committed matcher has taken
+
+    def for_draft(self, committed: Sequence[int], sequence: Sequence[int]) -> GrammarMatcher | None:
+        """A matcher after ``sequence`` (which extends ``committed``, both with the prompt); None
+        where the text has left the grammar (provisional tokens after an outage): the draft then
+        drafts freely and the verifier alone masks."""
+        try:
+            generated = list(committed[self._prompt_len :])
+            self._committed.advance(generated[self._consumed :])
+            self._consumed = len(generated)
+            draft = self._committed.copy()
+            draft.advance(sequence[len(committed) :])
+            return draft
+        except GrammarError as error:
+            logger.debug("drafting without the grammar: %s", error)
+            return None

@@ -149,7 +149,7 @@ class EdgeBackend:
         self.tokenizer = tokenizer
         self.fallback_eos_ids = fallback_eos_ids
         self.slots = [
-            Slot(EdgeClient(settings.address, serialized, settings.options), serialized)
+            Slot(EdgeClient(settings.address, serialized, settings.options, tokenizer), serialized)
             for serialized in (SerializedDraft(draft) if draft is not None else None for draft in drafts)
         ]
         self.cloud: CloudInfo | None = None

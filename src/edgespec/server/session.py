@@ -120,7 +120,7 @@ class ServerSession:
             masked = scored if grammar is None else apply_mask(scored, grammar.block_masks(block.tokens))
             verdict, judge = pending.finish(masked)
             if grammar is not None:
-                grammar.settle(verdict.accepted, verdict.next_token)
+                grammar.settle(block.tokens, verdict.accepted, verdict.next_token)
             return verdict, judge, self._logprobs(scored, [*block.tokens[: verdict.accepted], verdict.next_token])
 
         return Job(pending.request, finish)
