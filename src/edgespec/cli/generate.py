@@ -63,6 +63,10 @@ def add_generate_parser(commands: Any) -> None:
         help="--server: the target's log-probability of every token and its N likeliest alternatives (0-20), "
         "printed after the text (with --json: a \"logprobs\" list)",
     )
+    generate.add_argument(
+        "--json-schema", metavar="FILE",
+        help="--server: the output follows this JSON schema (the target is constrained, losslessly)",
+    )
     add_recovery_arguments(generate)
     add_client_security_arguments(generate)
     generate.set_defaults(handler=cmd_generate)
@@ -99,8 +103,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     # Bad security settings fail here, before the models load.
     security = None if args.local else client_security(args)
-    if args.logprobs is not None and args.local:
-        print("edgespec: error: --logprobs comes from the verifier: use it with --server", file=sys.stderr)
+    if (args.logprobs is not None or args.json_schema) and args.local:
+        print("edgespec: error: --logprobs and --json-schema need the verifier: use them with --server", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -117,6 +121,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompt_ids = render_prompt(tokenizer, args.prompt, raw=args.raw)
     # Over the network the server's EOS set decides; this one serves edge-only and --local.
     config = generation_config(args, eos_token_ids(eos_source, tokenizer))
+    if args.json_schema:
+        config = _with_json_schema(config, args.json_schema, tokenizer)
     on_commit = None if args.json else StreamPrinter(tokenizer)
     # Provisional tokens (the draft's, during an outage) and their retractions go to stderr.
     on_event = None if args.json else ProvisionalPrinter(tokenizer, sys.stderr)
@@ -128,7 +134,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         assert security is not None
         options = ClientOptions(recovery=recovery_policy(args), security=security)
         try:
-            result = EdgeClient(args.server, draft_runtime, options).generate(
+            result = EdgeClient(args.server, draft_runtime, options, tokenizer).generate(
                 prompt_ids, mode, config, on_commit, on_event,
             )
         except (ConnectionLost, ServerError) as error:
@@ -136,6 +142,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
             return 3
     _print_result(args, tokenizer, result)
     return 0
+
+
+def _with_json_schema(config: GenerationConfig, path: str, tokenizer: Any) -> GenerationConfig:
+    """``config`` under the schema in ``path`` (read and checked here: a bad file fails before any session)."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from edgespec.core.grammar import Grammar
+    from edgespec.decoding.grammar import check_grammar, tokenizer_fingerprint
+
+    grammar = Grammar("json_schema", Path(path).read_text(encoding="utf-8"), tokenizer_fingerprint(tokenizer))
+    check_grammar(grammar, tokenizer, sorted(config.eos_ids))
+    return replace(config, grammar=grammar)
 
 
 def _generate_local(

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import threading
+import weakref
 from typing import Any, Sequence
 
 import torch
@@ -23,8 +24,9 @@ from edgespec.core.grammar import Grammar
 
 logger = logging.getLogger(__name__)
 
-_TOKENIZERS: dict[tuple[int, tuple[int, ...]], Any] = {}
-_FINGERPRINTS: dict[int, str] = {}
+# Keyed by the tokenizer object itself (weakly): an id() could be reused by another tokenizer.
+_TOKENIZERS: weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], Any]] = weakref.WeakKeyDictionary()
+_FINGERPRINTS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
@@ -36,12 +38,11 @@ class GrammarError(ValueError):
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A short hash of the tokenizer's vocabulary (every token and its id): equal on edge and cloud
     exactly when a grammar masks the same ids on both."""
-    key = id(tokenizer)
     with _LOCK:
-        if key not in _FINGERPRINTS:
+        if tokenizer not in _FINGERPRINTS:
             vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-            _FINGERPRINTS[key] = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:32]
-        return _FINGERPRINTS[key]
+            _FINGERPRINTS[tokenizer] = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:32]
+        return _FINGERPRINTS[tokenizer]
 
 
 def grammar_tokenizer(tokenizer: Any, eos_ids: Sequence[int] = ()) -> Any:
@@ -51,16 +52,16 @@ def grammar_tokenizer(tokenizer: Any, eos_ids: Sequence[int] = ()) -> Any:
     import llguidance.hf
 
     eos = tuple(sorted(eos_ids)) or ((tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ())
-    key = (id(tokenizer), eos)
     with _LOCK:
-        if key not in _TOKENIZERS:
+        compiled_for = _TOKENIZERS.setdefault(tokenizer, {})
+        if eos not in compiled_for:
             try:
                 compiled = llguidance.hf.from_tokenizer(tokenizer, eos_token=list(eos) or None)
             except ValueError as error:  # a decoder llguidance does not know: give it the pieces
                 logger.debug("llguidance reads the tokenizer piece by piece: %s", error)
                 compiled = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Pieces(tokenizer, eos)))
-            _TOKENIZERS[key] = compiled
-        return _TOKENIZERS[key]
+            compiled_for[eos] = compiled
+        return compiled_for[eos]
 
 
 class _Pieces:
