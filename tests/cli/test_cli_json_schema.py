@@ -20,7 +20,9 @@ from tests.support.grammar_oracle import masked_generate
 from tests.support.json_tokenizer import json_tokenizer
 from tests.support.tiny_models import layer_skip_copy, tiny_model
 
-SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}
+SCHEMA = {
+    "type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +50,16 @@ def test_generate_follows_the_schema(draft_dir: Path, tmp_path: Path, capsys: py
     assert code == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     grammar = Grammar("json_schema", json.dumps(SCHEMA), tokenizer_fingerprint(tokenizer))
-    assert printed["tokens"] == masked_generate(tiny_model("qwen2", seed=0), tokenizer, grammar, tokenizer.encode("go"), 80, eos)
+    expected = masked_generate(tiny_model("qwen2", seed=0), tokenizer, grammar, tokenizer.encode("go"), 80, eos)
+    assert printed["tokens"] == expected
     assert isinstance(json.loads(printed["text"])["ok"], bool)
 
 
-def test_a_schema_that_does_not_compile_fails_first(draft_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_schema_that_does_not_compile_fails_first(
+    draft_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     schema_file = tmp_path / "bad.json"
     schema_file.write_text(json.dumps({"type": "bogus"}))
-    code = main(["generate", "--server", "127.0.0.1:1", "--draft", str(draft_dir), "--json-schema", str(schema_file), "x"])
+    command = ["generate", "--server", "127.0.0.1:1", "--draft", str(draft_dir), "--json-schema", str(schema_file), "x"]
+    code = main(command)
     assert code == 2 and "bogus" in capsys.readouterr().err

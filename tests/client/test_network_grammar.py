@@ -31,7 +31,9 @@ NEW_TOKENS = 48
 TARGET_MODES = [Mode.CLOUD_AR, Mode.SD, Mode.SD_EE, Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED, Mode.CLOUD_SD]
 ACTION = {
     "type": "object",
-    "properties": {"move": {"enum": ["left", "right", "stop"]}, "fast": {"type": "boolean"}, "steps": {"type": "integer"}},
+    "properties": {
+        "move": {"enum": ["left", "right", "stop"]}, "fast": {"type": "boolean"}, "steps": {"type": "integer"},
+    },
     "required": ["move", "fast", "steps"],
     "additionalProperties": False,
 }
@@ -87,19 +89,24 @@ def address():
 def client(address: str, drafts_under_the_mask: bool = True) -> EdgeClient:
     """With the tokenizer the draft drafts under the grammar (forced tokens free); without it it
     drafts freely and only the verifier masks: lossless either way."""
-    return EdgeClient(address, DraftRuntime(layer_skip_draft()), tokenizer=tokenizer() if drafts_under_the_mask else None)
+    edge_tokenizer = tokenizer() if drafts_under_the_mask else None
+    return EdgeClient(address, DraftRuntime(layer_skip_draft()), tokenizer=edge_tokenizer)
 
 
 def config(grammar: Grammar, **fields) -> GenerationConfig:  # type: ignore[no-untyped-def]
-    return GenerationConfig(**{"max_new_tokens": NEW_TOKENS, "gamma": 3, "eos_ids": frozenset({EOS}), "grammar": grammar, **fields})
+    defaults = {"max_new_tokens": NEW_TOKENS, "gamma": 3, "eos_ids": frozenset({EOS}), "grammar": grammar}
+    return GenerationConfig(**{**defaults, **fields})
 
 
 @pytest.mark.parametrize("masked_draft", [True, False], ids=["masked-draft", "free-draft"])
 @pytest.mark.parametrize("name", sorted(GRAMMARS))
 @pytest.mark.parametrize("mode", TARGET_MODES, ids=lambda m: m.value)
-def test_greedy_constrained_output_equals_masked_generate(address: str, mode: Mode, name: str, masked_draft: bool) -> None:
+def test_greedy_constrained_output_equals_masked_generate(
+    address: str, mode: Mode, name: str, masked_draft: bool
+) -> None:
     expected = masked_generate(target_model(), tokenizer(), GRAMMARS[name], PROMPT, NEW_TOKENS, EOS)
-    result = client(address, masked_draft).generate(PROMPT, mode, config(GRAMMARS[name], early_verdicts=mode.uses_exits))
+    constrained = config(GRAMMARS[name], early_verdicts=mode.uses_exits)
+    result = client(address, masked_draft).generate(PROMPT, mode, constrained)
     assert result.tokens == expected
 
 

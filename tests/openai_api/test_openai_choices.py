@@ -72,7 +72,8 @@ def test_each_choice_is_the_edge_clients_generation_with_its_seed(verifier: Veri
         config = GenerationConfig(
             max_new_tokens=MAX_TOKENS, gamma=3, sampling=SamplingParams(temperature=1.0), seed=seed, eos_ids=EOS,
         )
-        direct = EdgeClient(verifier.address, DraftRuntime(draft_model())).generate(chat_prompt(CONTENT), Mode.SD_EE_PIPELINED, config)
+        edge_client = EdgeClient(verifier.address, DraftRuntime(draft_model()))
+        direct = edge_client.generate(chat_prompt(CONTENT), Mode.SD_EE_PIPELINED, config)
         assert text == tokenizer().decode(direct.tokens, skip_special_tokens=True)
 
 

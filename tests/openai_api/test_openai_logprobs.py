@@ -78,7 +78,8 @@ def test_chat_logprobs_equal_generates_scores(edge: EdgeServe, stream: bool) -> 
     )
     if stream:
         chunks = list(reply)
-        entries = [entry for chunk in chunks for choice in chunk.choices if choice.logprobs for entry in choice.logprobs.content]
+        choices = [choice for chunk in chunks for choice in chunk.choices if choice.logprobs]
+        entries = [entry for choice in choices for entry in choice.logprobs.content]
         text_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
         assert all(c.choices[0].logprobs for c in text_chunks), "a text chunk without its tokens' logprobs"
     else:

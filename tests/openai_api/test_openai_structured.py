@@ -48,7 +48,8 @@ EOS = tokenizer().eos_token_id
 @pytest.fixture(scope="module")
 def address() -> Iterator[str]:
     service = VerifierService(
-        TargetRuntime(tiny_model("qwen2", seed=0)), tokenizer=tokenizer(), eos_ids=frozenset({EOS}), target_name=TARGET_NAME,
+        TargetRuntime(tiny_model("qwen2", seed=0)), tokenizer=tokenizer(), eos_ids=frozenset({EOS}),
+        target_name=TARGET_NAME,
     )
     server = RunningServer(service, ServerConfig(port=0))
     yield f"127.0.0.1:{server.port}"
@@ -57,7 +58,8 @@ def address() -> Iterator[str]:
 
 def serve(address: str, mode: Mode) -> EdgeServe:
     settings = BackendSettings(address=address, mode=mode, options=ClientOptions(connect_timeout_s=5.0), gamma=3)
-    return EdgeServe(EdgeBackend(settings, tokenizer(), [DraftRuntime(draft_model())], fallback_eos_ids=frozenset({EOS})))
+    backend = EdgeBackend(settings, tokenizer(), [DraftRuntime(draft_model())], fallback_eos_ids=frozenset({EOS}))
+    return EdgeServe(backend)
 
 
 @pytest.fixture(scope="module", params=[Mode.SD, Mode.SD_EE_PIPELINED, Mode.CLOUD_AR], ids=lambda mode: mode.value)
@@ -111,7 +113,8 @@ def test_the_regex_and_lark_extensions_equal_masked_generate(
     edge: EdgeServe, response_format: dict[str, str], kind: str, source: str
 ) -> None:
     reply = edge.client().chat.completions.create(
-        model=TARGET_NAME, messages=ask("go"), max_tokens=MAX_TOKENS, temperature=0, extra_body={"response_format": response_format},
+        model=TARGET_NAME, messages=ask("go"), max_tokens=MAX_TOKENS, temperature=0,
+        extra_body={"response_format": response_format},
     )
     assert reply.choices[0].message.content == expected_text("go", kind, source)
 

@@ -35,7 +35,9 @@ def teacher_forced_logprobs(model: PreTrainedModel, prompt: list[int], tokens: S
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def assert_logprobs_match(entries: Sequence, tokens: Sequence[int], oracle: torch.Tensor, top: int, atol: float = 1e-4) -> None:
+def assert_logprobs_match(
+    entries: Sequence, tokens: Sequence[int], oracle: torch.Tensor, top: int, atol: float = 1e-4
+) -> None:
     """Each entry (a ``TokenLogprob``) is the oracle's log-probability of its token, and its
     alternatives are the oracle's ``top`` likeliest with theirs."""
     assert [entry.token for entry in entries] == list(tokens)

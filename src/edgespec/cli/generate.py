@@ -104,7 +104,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # Bad security settings fail here, before the models load.
     security = None if args.local else client_security(args)
     if (args.logprobs is not None or args.json_schema) and args.local:
-        print("edgespec: error: --logprobs and --json-schema need the verifier: use them with --server", file=sys.stderr)
+        print("edgespec: error: --logprobs and --json-schema need the verifier: use them with --server",
+              file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -66,7 +66,11 @@ class ClientOptions:
 
 class EdgeClient:
     def __init__(
-        self, address: str, draft: DraftRuntime | None = None, options: ClientOptions = ClientOptions(), tokenizer: Any = None
+        self,
+        address: str,
+        draft: DraftRuntime | None = None,
+        options: ClientOptions = ClientOptions(),
+        tokenizer: Any = None,
     ) -> None:
         """``tokenizer``: the draft's, for drafting under a generation's grammar (without it the
         draft drafts freely and only the verifier masks: still lossless, fewer tokens accepted)."""
@@ -151,7 +155,8 @@ class EdgeClient:
     def _draft_grammar(self, config: GenerationConfig, prompt_len: int) -> EdgeGrammar | None:
         if config.grammar is None or self.tokenizer is None or self.draft is None:
             return None
-        vocab_size = getattr(self.draft, "vocab_size", None) or getattr(getattr(self.draft, "runtime", None), "vocab_size", None)
+        runtime = getattr(self.draft, "runtime", self.draft)  # edge-serve wraps the runtime
+        vocab_size = getattr(runtime, "vocab_size", None)
         if vocab_size is None:
             return None
         eos = sorted(config.eos_ids)

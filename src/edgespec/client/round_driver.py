@@ -108,7 +108,8 @@ class EdgeRun:
             if self._arrived and self._arrived[0].token == token:
                 matched.append(self._arrived.popleft())
             elif self._arrived:
-                logger.warning("log-probabilities for token %d do not match the committed %d: dropped", self._arrived[0].token, token)
+                expected = self._arrived[0].token
+                logger.warning("log-probabilities for token %d do not match the committed %d: dropped", expected, token)
                 self._arrived.clear()
         return matched
 

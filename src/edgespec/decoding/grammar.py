@@ -145,19 +145,23 @@ class GrammarMatcher:
     def copy(self) -> GrammarMatcher:
         """An independent matcher in the same state (a draft advances its own)."""
         twin = object.__new__(GrammarMatcher)
-        twin._matcher, twin.vocab_size, twin._tentative, twin._eos = self._matcher.deep_copy(), self.vocab_size, 0, self._eos
+        twin._matcher, twin.vocab_size, twin._eos = self._matcher.deep_copy(), self.vocab_size, self._eos
+        twin._tentative = 0
         return twin
 
     def block_masks(self, tokens: Sequence[int]) -> torch.Tensor:
         """[gamma + 1, vocab] bool: row i is the mask after the block's first i tokens. Past a
         token the grammar forbids, rows allow everything: that token is rejected, so they are
-        never read."""
+        never read; past an EOS too: the text ends there, and the round core clips the rest."""
         rows = torch.ones(len(tokens) + 1, self.vocab_size, dtype=torch.bool)
         for position in range(len(tokens) + 1):
             rows[position] = self.mask()
-            if position == len(tokens) or not rows[position, int(tokens[position])] or int(tokens[position]) in self._eos:
+            if position == len(tokens):
                 break
-            if not self._matcher.consume_token(int(tokens[position])):
+            token = int(tokens[position])
+            if not rows[position, token] or token in self._eos:
+                break
+            if not self._matcher.consume_token(token):
                 raise GrammarError(f"the matcher refused an allowed token: {self._matcher.get_error()}")
             self._tentative += 1
         return rows
@@ -185,7 +189,9 @@ class EdgeGrammar:
     committed text, and for each draft a copy advanced to the draft's starting point (a pre-draft
     starts past tokens that are only assumed)."""
 
-    def __init__(self, grammar: Grammar, tokenizer: Any, vocab_size: int, prompt_len: int, eos_ids: Sequence[int] = ()) -> None:
+    def __init__(
+        self, grammar: Grammar, tokenizer: Any, vocab_size: int, prompt_len: int, eos_ids: Sequence[int] = ()
+    ) -> None:
         self._committed = GrammarMatcher(grammar, tokenizer, vocab_size, eos_ids)
         self._prompt_len = prompt_len
         self._consumed = 0  # generated tokens the committed matcher has taken

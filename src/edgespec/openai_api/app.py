@@ -191,7 +191,9 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
             opening=lambda index: chunk(index, ChatDelta(role="assistant", content="")),
             text=lambda index, delta: chunk(index, ChatDelta(content=delta.text), entries=delta.logprobs),
             final=lambda index, finished: chunk(index, ChatDelta(), finished, finished.logprobs),
-            usage=lambda ended: ChatCompletionChunk(id=ident, created=created, model=model, choices=[], usage=usage_of(ended)),
+            usage=lambda ended: ChatCompletionChunk(
+                id=ident, created=created, model=model, choices=[], usage=usage_of(ended)
+            ),
         )
 
         def whole(results: list[ChoiceResult]) -> ChatCompletion:

@@ -44,7 +44,13 @@ class Choices:
     failed; ``close()`` always (it ends every choice still running)."""
 
     def __init__(
-        self, backend: EdgeBackend, prompt_ids: list[int], sampling: SamplingRequest, n: int, arrived: float, endpoint: str
+        self,
+        backend: EdgeBackend,
+        prompt_ids: list[int],
+        sampling: SamplingRequest,
+        n: int,
+        arrived: float,
+        endpoint: str,
     ) -> None:
         self.n = n
         self._backend = backend
@@ -88,7 +94,8 @@ class Choices:
             return
         except Exception as error:  # a bug must answer this request, never leave it waiting
             logger.exception("choice %d could not start", index)
-            self._events.put_nowait(ChoiceEvent(index, Failed(OpenAIError(500, f"internal error: {error}", "server_error"))))
+            failure = OpenAIError(500, f"internal error: {error}", "server_error")
+            self._events.put_nowait(ChoiceEvent(index, Failed(failure)))
             return
         run.endpoint = self._endpoint
         try:

@@ -92,7 +92,7 @@ def _is_byte_level(tokenizer: Any) -> bool:
 def _byte_level_decoder() -> dict[str, int]:
     """GPT-2's byte-level alphabet reversed: the character a byte-level BPE vocabulary writes for
     each byte, back to the byte."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars = printable[:]
     extra = 0
     for byte in range(256):

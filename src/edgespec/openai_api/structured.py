@@ -19,7 +19,8 @@ async def request_grammar(response_format: ResponseFormat | None, backend: EdgeB
     if spec is None:
         return None
     if backend.settings.mode is Mode.EDGE_ONLY:
-        raise bad_request("response_format: a grammar constrains the target, and edge-only mode has none", "response_format")
+        message = "response_format: a grammar constrains the target, and edge-only mode has none"
+        raise bad_request(message, "response_format")
     tokenizer = backend.tokenizer
     kind, source = spec
     try:

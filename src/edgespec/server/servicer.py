@@ -149,7 +149,8 @@ class VerifierService(pb_grpc.VerifierServicer):
         sampling = sampling_from_wire(request.sampling)
         prompt_ids = requested_prompt(request, self.tokenizer)
         grammar = open_grammar(
-            grammar_from_wire(request), self.tokenizer, self.runtime.vocab_size, sorted(self.eos_ids), request.committed_ids,
+            grammar_from_wire(request), self.tokenizer, self.runtime.vocab_size, sorted(self.eos_ids),
+            request.committed_ids,
         )
         session = ServerSession(
             self.runtime,

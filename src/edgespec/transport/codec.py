@@ -100,7 +100,8 @@ def logprobs_request(message: pb.Open) -> int | None:
             raise ProtocolError(pb.BAD_REQUEST, "top_logprobs needs logprobs")
         return None
     if message.top_logprobs > MAX_TOP_LOGPROBS:
-        raise ProtocolError(pb.BAD_REQUEST, f"top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {message.top_logprobs}")
+        wanted = message.top_logprobs
+        raise ProtocolError(pb.BAD_REQUEST, f"top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {wanted}")
     return int(message.top_logprobs)
 
 
