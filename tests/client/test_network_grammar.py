@@ -159,3 +159,12 @@ def test_a_verifier_without_a_tokenizer_refuses_the_grammar() -> None:
 def test_edge_only_has_no_target_to_constrain(address: str) -> None:
     with pytest.raises(ValueError, match="edge-only"):
         client(address).generate(PROMPT, Mode.EDGE_ONLY, config(GRAMMARS["regex"]))
+
+
+def test_the_in_process_engine_refuses_what_it_cannot_honour() -> None:
+    from edgespec.drivers.local_engine import LocalEngine
+
+    engine = LocalEngine(TargetRuntime(target_model()), DraftRuntime(layer_skip_draft()))
+    for asked in ({"grammar": GRAMMARS["regex"]}, {"logprobs": 1}):
+        with pytest.raises(ValueError, match="over the network"):
+            engine.generate(PROMPT, Mode.SD, GenerationConfig(max_new_tokens=4, **asked))
