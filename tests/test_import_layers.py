@@ -14,9 +14,9 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "src" / "edgespec"
 
 # Low to high: a module may import from its own layer and the layers before it. Names are the
 # first component under `edgespec` (a subpackage or a top-level module); "edgespec" itself is the
-# package's __init__ (its version).
+# package's __init__: the public API, which names (lazily) what every layer offers.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("edgespec", "core"),
+    ("core",),
     ("link", "data", "prompting", "hostinfo"),
     ("models",),
     ("decoding",),
@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("exits", "sim", "capacity"),  # capacity: the capacity tables and plots that sim and bench both draw
     ("bench",),
     ("openai_api", "robot"),
-    ("cli",),
+    ("cli", "edgespec"),  # edgespec: the package's __init__, the public API over every layer
 )
 
 # Modules of packages other branches are dissolving, placed in the layer they are moving to (the

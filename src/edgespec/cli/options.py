@@ -111,7 +111,7 @@ def add_round_policy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runner-up", action="store_true",
         help="pre-draft modes: also draft runner-up branches (a rejection where the draft was least sure, corrected "
-        "to its runner-up) in the branches the guess leaves; pays where the edge has its own memory (README)",
+        "to its runner-up) in the branches the guess leaves; pays where the edge has its own memory",
     )
     parser.add_argument(
         "--draft-stop", type=float, default=_ROUND_DEFAULTS.draft_stop,

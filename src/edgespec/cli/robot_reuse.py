@@ -16,8 +16,9 @@ import os
 import secrets
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 DEFAULT_TASKS = "walk to the red box,go to the blue ball,go to the green cone"
 
@@ -45,72 +46,98 @@ def add_robot_reuse_parser(commands: Any) -> None:
     parser.set_defaults(handler=run_robot_reuse)
 
 
-def run_robot_reuse(args: argparse.Namespace) -> int:
-    os.environ.setdefault("MUJOCO_GL", "osmesa")
-    import torch
+@dataclass
+class _Generators:
+    """The two ways one decision is generated -- whole prompt (cold) and reused context (warm) --
+    the stop tokens, how many prompt tokens the warm one found cached, and the processes to stop."""
 
+    cold: Callable[..., Any]
+    warm: Callable[..., Any]
+    eos: frozenset[int]
+    cached: Callable[[], int]
+    processes: list[subprocess.Popen[bytes]]
+
+
+def _local_generators(args: argparse.Namespace, draft_model: Any) -> _Generators:
+    from edgespec.models.draft import DraftRuntime
+    from edgespec.models.loading import load_model
+    from edgespec.prompting import eos_token_ids
+    from edgespec.robot.decision import local_generate
+
+    target = load_model(args.target, args.dtype)
+    warm = local_generate(target.model, DraftRuntime(draft_model), reuse_context=True)
+    return _Generators(
+        cold=local_generate(target.model, DraftRuntime(draft_model)),
+        warm=warm,
+        eos=eos_token_ids(target.model, target.tokenizer),
+        cached=lambda: int(warm.last_reused),  # type: ignore[attr-defined]
+        processes=[],
+    )
+
+
+def _server_generators(args: argparse.Namespace, draft_model: Any, tokenizer: Any, log_dir: Path) -> _Generators:
     from edgespec.client.edge_client import ClientOptions
     from edgespec.client.recovery import RecoveryPolicy
     from edgespec.core.config import GenerationConfig
     from edgespec.core.modes import Mode
-    from edgespec.hostinfo import host_facts
     from edgespec.models.draft import DraftRuntime
-    from edgespec.models.loading import load_draft, load_model
     from edgespec.prompting import eos_token_ids
-    from edgespec.robot.decision import ModelDecider, local_generate, remote_generate
-    from edgespec.robot.episode import Episode, EpisodeConfig
-    from edgespec.robot.reuse_measurement import (
-        PairedDecider,
-        last_session_cached_tokens,
-        reuse_summary,
-        start_prefix_cache_server,
-    )
-    from edgespec.robot.world import Go2World
+    from edgespec.robot.decision import remote_generate
+    from edgespec.robot.reuse_measurement import last_session_cached_tokens, start_prefix_cache_server
     from edgespec.transport.security import ClientSecurity
+
+    processes, address, server_log = start_prefix_cache_server(
+        args.target, args.dtype, args.prefix_cache_tokens, args.profile, log_dir
+    )
+    recovery = RecoveryPolicy(fallback=False)
+    # Whole prompt: a tenant of its own for every decision (the server has nothing cached for
+    # it) and a draft reset before each generation, as without reuse.
+    cold_client_draft = DraftRuntime(draft_model)
+
+    def cold(prompt_ids: Any, mode: Mode, config: GenerationConfig) -> Any:
+        fresh = ClientOptions(recovery=recovery, security=ClientSecurity(token=f"cold-{secrets.token_hex(8)}"))
+        return remote_generate(address, cold_client_draft, fresh)(prompt_ids, mode, config)
+
+    warm_options = ClientOptions(recovery=recovery, security=ClientSecurity(token=f"warm-{secrets.token_hex(8)}"))
+    return _Generators(
+        cold=cold,
+        warm=remote_generate(address, DraftRuntime(draft_model), warm_options, reuse_context=True),
+        eos=eos_token_ids(draft_model, tokenizer),
+        # The last session the server opened is the warm one.
+        cached=lambda: last_session_cached_tokens(server_log),
+        processes=processes,
+    )
+
+
+def run_robot_reuse(args: argparse.Namespace) -> int:
+    os.environ.setdefault("MUJOCO_GL", "osmesa")
+    import torch
+
+    from edgespec.core.config import GenerationConfig
+    from edgespec.core.modes import Mode
+    from edgespec.hostinfo import host_facts
+    from edgespec.models.loading import load_draft
+    from edgespec.robot.decision import ModelDecider
+    from edgespec.robot.episode import Episode, EpisodeConfig
+    from edgespec.robot.reuse_measurement import PairedDecider, reuse_summary
+    from edgespec.robot.world import Go2World
 
     torch.set_num_threads(1)
     mode = Mode.parse(args.mode)
     world = Go2World()
     draft_runtime, tokenizer = load_draft(args.draft, "transformers", args.dtype, threads=1)
     draft_model = draft_runtime.model
-    processes: list[subprocess.Popen[bytes]] = []
-    log_dir = Path(tempfile.mkdtemp(prefix="robot-reuse-"))
+    generators: _Generators | None = None
     try:
         if args.where == "local":
-            target = load_model(args.target, args.dtype)
-            cold_generate = local_generate(target.model, DraftRuntime(draft_model))
-            warm_generate = local_generate(target.model, DraftRuntime(draft_model), reuse_context=True)
-            eos = eos_token_ids(target.model, target.tokenizer)
-
-            def cached() -> int:
-                return int(warm_generate.last_reused)  # type: ignore[attr-defined]
+            generators = _local_generators(args, draft_model)
         else:
-            processes, address, server_log = start_prefix_cache_server(
-                args.target, args.dtype, args.prefix_cache_tokens, args.profile, log_dir
-            )
-            recovery = RecoveryPolicy(fallback=False)
-            # Whole prompt: a tenant of its own for every decision (the server has nothing cached
-            # for it) and a draft reset before each generation, as without reuse.
-            cold_client_draft = DraftRuntime(draft_model)
-
-            def cold_generate(prompt_ids: Any, mode_: Mode, config: GenerationConfig) -> Any:
-                fresh = ClientOptions(recovery=recovery, security=ClientSecurity(token=f"cold-{secrets.token_hex(8)}"))
-                return remote_generate(address, cold_client_draft, fresh)(prompt_ids, mode_, config)
-
-            warm_token = ClientSecurity(token=f"warm-{secrets.token_hex(8)}")
-            warm_options = ClientOptions(recovery=recovery, security=warm_token)
-            warm_generate = remote_generate(address, DraftRuntime(draft_model), warm_options, reuse_context=True)
-            eos = eos_token_ids(draft_model, tokenizer)
-
-            def cached() -> int:
-                # The last session the server opened is the warm one.
-                return last_session_cached_tokens(server_log)
-
-        config = GenerationConfig(max_new_tokens=32, gamma=4, eos_ids=eos)
+            generators = _server_generators(args, draft_model, tokenizer, Path(tempfile.mkdtemp(prefix="robot-reuse-")))
+        config = GenerationConfig(max_new_tokens=32, gamma=4, eos_ids=generators.eos)
         decider = PairedDecider(
-            ModelDecider(cold_generate, tokenizer, mode, config),
-            ModelDecider(warm_generate, tokenizer, mode, config),
-            cached,
+            ModelDecider(generators.cold, tokenizer, mode, config),
+            ModelDecider(generators.warm, tokenizer, mode, config),
+            generators.cached,
             on_row=lambda row: print(json.dumps(row), flush=True),
         )
         outcomes = {}
@@ -119,7 +146,7 @@ def run_robot_reuse(args: argparse.Namespace) -> int:
             outcomes[task] = f"{result.outcome} in {result.steps} steps"
             print(json.dumps({"task": task, "outcome": result.outcome, "steps": result.steps}), flush=True)
     finally:
-        for process in processes:
+        for process in generators.processes if generators else []:
             process.terminate()
             process.wait(timeout=60)
     measured = reuse_summary(decider.rows)

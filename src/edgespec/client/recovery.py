@@ -54,7 +54,7 @@ class RecoveryPolicy:
     Without ``fallback`` (``--no-provisional``) it shows nothing provisional: it keeps trying every
     ``probe_interval_s`` within ``outage_budget_s`` and then raises ``ConnectionLost``.
     The default budget covers a restart of ``edgespec serve`` with the default target loaded
-    from the local cache (measured: see the README's "Network failures").
+    from the local cache (the documentation's measurements page on network failures times it).
     """
 
     retries: int = 4

@@ -63,20 +63,18 @@ class GenerationConfig:
     # Greedy pre-draft modes: fill the branches the guess leaves with *runner-up* branches, each
     # assuming a rejection where the draft was least sure, corrected to its runner-up token
     # (taken only while the session's own record says it pays: ``core/edge.py``). Off by
-    # default: simulated with edge and verifier apart they add ≈ 1 %, but in the benchmark,
-    # where both share one 2-core machine's memory, the extra drafting slowed the verifies it
-    # ran beside by ≈ 15 % (README, "A dynamic draft length and runner-up branches").
+    # default: their gain is small, and where edge and verifier share a machine's memory the
+    # extra drafting slows the verifies it runs beside by more than it wins.
     runner_up: bool = False
     # Greedy: end a block early after a token the draft itself gives less than this probability
     # (0: always draft the full γ). A dynamic draft length: blocks stop where rejection is likely,
-    # so fewer drafted tokens are wasted and a whole-block guess is right more often. 0.4 (also
-    # `transformers`' default for its assistant model) was the best of 0.2-0.5 on held-out
-    # ShareGPT traces (README, "A dynamic draft length and runner-up branches").
+    # so fewer drafted tokens are wasted and a whole-block guess is right more often. The default
+    # (also `transformers`' for its assistant model) was chosen on held-out ShareGPT traces,
+    # never on the benchmark's prompts.
     draft_stop: float = 0.4
     # Ask the server for early verdicts (it runs the exits for them): None decides by mode. sd-ee
     # measures them; pre-drafting without the guess has nothing else to go on; with the guess they
-    # are off, since measured here they cost 14 % of a verify (47 of 348 ms) and added 3 hits to
-    # the guess's 43 in 70 rounds (README, "Pre-drafting that pays").
+    # are off, since running the exits slows every verify while adding few hits the guess lacks.
     early_verdicts: bool | None = None
     # Ask the target for its log-probability of every committed token and this many likeliest
     # alternatives (None: none, and the greedy verifier reads only argmax ids).

@@ -338,8 +338,8 @@ class EdgeRounds:
             for rank, verdict in enumerate(runner_up_verdicts(block)[: max(0, room)]):
                 options.append((self._gate.runner_up_rate(rank), verdict, "runner-up" if rank == 0 else f"runner-up {rank + 1}"))
         # The guess drafts first: it also drafts the bonus (which the runner-ups' record cannot
-        # price), and its α^(γ+1) undercounts runs of whole accepted blocks (on held-out ShareGPT
-        # traces, likeliest-first ordering cost 1 % against guess-first).
+        # price), and its α^(γ+1) undercounts runs of whole accepted blocks, so ordering by the
+        # priced rate alone would put it behind runner-ups that pay less.
         options[1:] = sorted(options[1:], key=lambda option: -option[0])
         actions: list[EdgeAction] = []
         queued = 0  # tokens already queued on the draft thread ahead of the next branch

@@ -6,9 +6,9 @@ queueing, framework) and commits ``(1 - α^(γ+1)) / (1 - α)`` tokens on averag
 token is accepted with probability α. The policy picks the γ with the most tokens per second.
 
 Why adaptive: the best γ differs by orders of magnitude between deployments. On a GPU the
-verify costs the same for 1 or 8 drafts (measured on an H200: 17.6 vs 18.7 ms), so long blocks
-are nearly free; on a CPU target it grows linearly with γ (1.8 s for 5 positions vs 0.5 s for
-1), so long blocks mostly buy rejected work. Acceptance differs by prompt (code vs chat) too.
+verify costs nearly the same for 1 or 8 drafts, so long blocks are nearly free; on a CPU
+target without native bf16 it grows about linearly with γ, so long blocks mostly buy rejected
+work. Acceptance differs by prompt (code vs chat) too.
 
 Estimates decay (recent rounds weigh more) so a session follows its text. v(γ) is kept per γ;
 for a γ never tried it is extrapolated linearly from the ones tried, or taken as flat while only

@@ -40,8 +40,8 @@ class HardwareProfile:
     prefill_ms_per_token: float
     prefill_fixed_ms: float = 0.0
     exit_ms: float = 0.0  # added to a forward per exit read out (whole vocabulary)
-    # The same for a candidate-id exit (adapter + norm + 8 LM-head rows per position): measured
-    # 0.15 ms per exit on the 2-core CPU in the README; profiles probed before it default to that.
+    # The same for a candidate-id exit (adapter + norm + 8 LM-head rows per position): a small
+    # fraction of a whole-vocabulary exit; profiles probed before it existed default to a CPU's.
     exit_candidates_ms: float = 0.15
     num_layers: int = 28
     # A batched forward of b sessions costs the longest one's time times this factor.
@@ -154,8 +154,7 @@ def h200_profile(edge: HardwareProfile | None, costs: Path = GPU_COSTS, draft_co
         profile.server_draft_source = f"measured: {draft_costs.name}, {drafted['device']}, {drafted['dtype']}, random weights in the real shapes"
     else:
         # In this eager transformers runtime a batch-1 forward is launch-bound: cost follows the
-        # number of layers, not the weights (the 7B's decode costs what the 1.5B's does, and the
-        # 0.5B's measured step is 0.87 of the 1.5B's, against 24/28 = 0.86).
+        # number of layers, not the weights, so the draft's step scales with its layer count.
         profile.server_draft_ms_per_token = data["decode_ms"] * DRAFT_LAYERS / TARGET_LAYERS
         profile.server_draft_prefill_ms_per_token = data["prefill_ms"] / context * DRAFT_LAYERS / TARGET_LAYERS
         profile.server_draft_source = f"derived: the measured decode x {DRAFT_LAYERS}/{TARGET_LAYERS} layers (launch-bound eager runtime)"

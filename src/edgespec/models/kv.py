@@ -185,9 +185,8 @@ def _head_input_in_standard_layout(_module: torch.nn.Module, args: tuple[torch.T
 def standard_head_input(model: torch.nn.Module) -> None:
     """Hand the LM head its input in the standard layout. `transformers` slices the last rows
     (logits_to_keep) as a view whose batch stride spans every fed token; PyTorch counts a size-1
-    dimension's stride as contiguous, but on this CPU a bf16 head over such a view took 2.55 s
-    instead of 43 ms (a prefill of 32 tokens: 3.2 s instead of 0.8 s, the same logits). A copy of
-    the few rows costs microseconds."""
+    dimension's stride as contiguous, but a CPU's bf16 head over such a view runs tens of times
+    slower than over contiguous rows, for the same logits. A copy of the few rows costs microseconds."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None or getattr(head, "_edgespec_standard_input", False):
         return

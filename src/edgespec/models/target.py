@@ -47,9 +47,8 @@ class ScoreRequest:
     exit_candidates: torch.Tensor | None = None
     # The consumer reads only each row's argmax (greedy): the runtime returns the argmax ids, a
     # LongTensor [tail] on the host, instead of the logits. On an accelerator the argmax runs
-    # there and a batched pass copies all its greedy rows' ids at once (the [tail, vocab] float32
-    # copy per session it replaces, ~100 MB for 32 sessions x 5 rows, took 67 of a 159 ms pass
-    # on the H200).
+    # there and a batched pass copies all its greedy rows' ids at once: the [tail, vocab] float32
+    # copy per session it replaces took a large share of a batched pass on a GPU.
     argmax_only: bool = False
 
 

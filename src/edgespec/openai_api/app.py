@@ -119,7 +119,11 @@ def check_api_key(api_key: str | None):  # type: ignore[no-untyped-def]
 
 def create_app(backend: EdgeBackend, api_key: str | None = None, limits: RequestLimits = RequestLimits()) -> FastAPI:
     """The ASGI app. ``api_key``: required from every /v1 request when set (/health, /ready and
-    /metrics stay open); ``limits``: what one request may cost before it is refused."""
+    /metrics stay open); ``limits``: what one request may cost before it is refused.
+
+    Long because FastAPI's routes are declared as closures over this one app's backend, metrics and
+    limits: each route is a few lines, and splitting them out would thread that state through globals.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
