@@ -33,12 +33,17 @@ def main() -> None:
     parser.add_argument("--prompt", default="Write a Python function that returns the n-th Fibonacci number.")
     parser.add_argument("--log-dir", default="out/demo")
     parser.add_argument(
-        "--fp32-check", default="auto", choices=["auto", "always", "never"],
+        "--fp32-check",
+        default="auto",
+        choices=["auto", "always", "never"],
         help="run fp32 generate of the target as the oracle: auto = when texts differ and --max-new-tokens <= 128",
     )
     args = parser.parse_args()
 
-    print(f"starting the server ({args.target}) and a '{args.profile}' link; the first run converts the weights (minutes, once)...", flush=True)
+    print(
+        f"starting the server ({args.target}) and a '{args.profile}' link; the first run converts the weights (minutes, once)...",
+        flush=True,
+    )
     with deploy(args.target, args.dtype, args.profile, log_dir=args.log_dir) as deployment:
         address = f"127.0.0.1:{deployment.client_port}"
         common = ["--draft", args.draft, "--dtype", args.dtype, "--draft-backend", args.draft_backend]
@@ -46,11 +51,15 @@ def main() -> None:
         rows = []
         for mode in MODES:
             print(f"  {mode} ...", flush=True)
-            result = run_client(address, [*common, "--mode", mode, "--max-new-tokens", str(args.max_new_tokens), args.prompt])
+            result = run_client(
+                address, [*common, "--mode", mode, "--max-new-tokens", str(args.max_new_tokens), args.prompt]
+            )
             rows.append((mode, result))
     baseline = rows[0][1]
     print()
-    print(f"{'mode':17s} {'tokens':>6s} {'tok/s':>7s} {'vs cloud-ar':>11s} {'ms/token':>9s} {'TTFT ms':>8s} {'tok/round':>9s} {'hit rate':>8s}  same text as cloud-ar")
+    print(
+        f"{'mode':17s} {'tokens':>6s} {'tok/s':>7s} {'vs cloud-ar':>11s} {'ms/token':>9s} {'TTFT ms':>8s} {'tok/round':>9s} {'hit rate':>8s}  same text as cloud-ar"
+    )
     for mode, result in rows:
         stats = result["stats"]
         speedup = stats["tokens_per_s"] / baseline["stats"]["tokens_per_s"]
@@ -62,7 +71,11 @@ def main() -> None:
     print()
     print("generated (cloud-ar):", baseline["text"])
     outputs = {mode: result["tokens"] for mode, result in rows}
-    if any(first_difference(outputs["cloud-ar"], tokens) is not None for mode, tokens in outputs.items() if mode != "edge-only"):
+    if any(
+        first_difference(outputs["cloud-ar"], tokens) is not None
+        for mode, tokens in outputs.items()
+        if mode != "edge-only"
+    ):
         explain(args, outputs)
     elif args.fp32_check == "always":
         explain(args, outputs)
@@ -84,14 +97,19 @@ def explain(args: argparse.Namespace, outputs: dict[str, list[int]]) -> None:
     from edgespec.prompting import eos_token_ids, render_prompt
 
     print()
-    print(f"why texts differ: loading {args.target} in float32 (the server ran in {resolve_dtype(args.dtype)}) ...", flush=True)
+    print(
+        f"why texts differ: loading {args.target} in float32 (the server ran in {resolve_dtype(args.dtype)}) ...",
+        flush=True,
+    )
     # The prompt exactly as `edgespec generate` rendered it (the draft's tokenizer; same vocabulary).
     prompt_ids = render_prompt(load_tokenizer(args.draft), args.prompt)
     target = load_model(args.target, dtype="float32")
     oracle = None
     if args.fp32_check == "always" or (args.fp32_check == "auto" and args.max_new_tokens <= 128):
         print(f"running fp32 generate of the target ({args.max_new_tokens} tokens) as the oracle ...", flush=True)
-        oracle = oracle_generate(target.model, prompt_ids, args.max_new_tokens, eos_token_ids(target.model, target.tokenizer))
+        oracle = oracle_generate(
+            target.model, prompt_ids, args.max_new_tokens, eos_token_ids(target.model, target.tokenizer)
+        )
     for line in explain_outputs(target.model, prompt_ids, outputs, oracle=oracle, decode=target.tokenizer.decode):
         print("  " + line)
     print(

@@ -33,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from edgespec.drivers.trace import Trace
 from edgespec.sim.pass_diagnostics import (  # noqa: E402
     GarbageCollections,
     in_server_pass_ms,
@@ -42,7 +43,6 @@ from edgespec.sim.pass_diagnostics import (  # noqa: E402
 )
 from edgespec.sim.scripted import ScriptedDraft, repeating_target, scripted_trace  # noqa: E402
 from edgespec.sim.trace import load_traces  # noqa: E402
-from edgespec.drivers.trace import Trace
 
 
 def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
@@ -77,8 +77,11 @@ def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
         profile_in_server_passes(runtime, args.device, args.profile_passes, profiles)
     prefill_chunk, max_batch_rows = AdmissionLimits.batch_budget(args.device, args.max_batch, args.prefill_chunk, None)
     admission = AdmissionLimits(
-        max_sessions=max(64, 2 * args.clients), max_queued=max(256, 4 * args.clients), max_batch=args.max_batch,
-        max_batch_rows=max(max_batch_rows, args.max_batch * 9), prefill_chunk=prefill_chunk,
+        max_sessions=max(64, 2 * args.clients),
+        max_queued=max(256, 4 * args.clients),
+        max_batch=args.max_batch,
+        max_batch_rows=max(max_batch_rows, args.max_batch * 9),
+        prefill_chunk=prefill_chunk,
     )
     service = VerifierService(runtime, tokenizer=None, eos_ids=frozenset(), admission=admission)
     server = RunningServer(service, ServerConfig(port=0, admission=admission))
@@ -139,9 +142,14 @@ def clients(
         result = await client.agenerate(trace.prompt_ids, mode, config)
         ended = time.perf_counter()
         return {
-            "client_index": job["index"], "prompt_id": trace.id, "mode": mode.value, "tokens": result.tokens,
+            "client_index": job["index"],
+            "prompt_id": trace.id,
+            "mode": mode.value,
+            "tokens": result.tokens,
             "on_script": result.tokens == trace.continuation[: len(result.tokens)],
-            "stats": result.stats.as_dict(with_timeline=False), "started_at": started, "ended_at": ended,
+            "stats": result.stats.as_dict(with_timeline=False),
+            "started_at": started,
+            "ended_at": ended,
             "edge_draft_s": draft.seconds if draft else 0.0,
         }
 
@@ -190,7 +198,9 @@ def run_point(args: argparse.Namespace, traces: list[Trace]) -> dict[str, Any]:
     server.join()
     figures = point_metrics(records, server_stats["busy_s"])
     return {
-        "mode": args.mode, "clients": args.clients, **figures,
+        "mode": args.mode,
+        "clients": args.clients,
+        **figures,
         "off_script_sessions": sum(not r["on_script"] for r in records),
         "tokens_per_round": statistics.mean(r["stats"]["tokens_per_round"] for r in records),
         "rounds": sum(r["stats"]["rounds"] for r in records),
@@ -213,18 +223,24 @@ def main() -> int:
     parser.add_argument("--draft-stop", type=float, default=0.4)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument(
-        "--prefill-chunk", type=int, default=None,
+        "--prefill-chunk",
+        type=int,
+        default=None,
         help="as `serve --prefill-chunk` (0: each prefill alone, whole; default: serve's for --device)",
     )
     parser.add_argument(
         "--server-threads", type=int, default=0, help="the server's torch threads (0: torch's default, as `serve`)"
     )
     parser.add_argument(
-        "--switch-interval-ms", type=float, default=0.0,
+        "--switch-interval-ms",
+        type=float,
+        default=0.0,
         help="the server process's GIL switch interval (0: Python's 5 ms)",
     )
     parser.add_argument(
-        "--profile-passes", type=int, default=0,
+        "--profile-passes",
+        type=int,
+        default=0,
         help="profile this many in-server passes (and passes alone): OUT-MODE-N-profile.txt",
     )
     parser.add_argument("--processes", type=int, default=8, help="client processes (the clients are spread over them)")

@@ -197,8 +197,12 @@ def test_modules_in_transit_still_exist(graph: dict[str, set[str]]) -> None:
 
 
 def test_nothing_in_the_library_imports_the_cli(graph: dict[str, set[str]]) -> None:
-    importers = {f"{source} -> {target}" for source, targets in graph.items() for target in targets
-                 if layer_name(target) == "cli" and layer_name(source) != "cli"}
+    importers = {
+        f"{source} -> {target}"
+        for source, targets in graph.items()
+        for target in targets
+        if layer_name(target) == "cli" and layer_name(source) != "cli"
+    }
     assert sorted(importers) == []
 
 

@@ -167,7 +167,9 @@ def _ratio(value: int, base: int) -> float | None:
     return value / base if base else None
 
 
-def render_capacity_markdown(points: Mapping[int, Mapping[str, Mapping[str, Any]]], table: Mapping[str, Any], slo_source: str, where: str) -> str:
+def render_capacity_markdown(
+    points: Mapping[int, Mapping[str, Mapping[str, Any]]], table: Mapping[str, Any], slo_source: str, where: str
+) -> str:
     """The per-point table and the capacity table, for report.md (bench and simulate alike)."""
     slo = table["slo_tokens_per_s"]
     lines = [
@@ -194,7 +196,11 @@ def render_capacity_markdown(points: Mapping[int, Mapping[str, Mapping[str, Any]
                 f"{'yes' if f['per_client_tokens_per_s_p10'] >= slo else 'no'} |"
             )
     bases = [b for b in ("cloud-ar", "cloud-sd") if b in table["modes"]]
-    lines += ["", "| mode | capacity (clients) | " + " | ".join(f"vs {b}" for b in bases) + " | note |", "|---|---|" + "---|" * len(bases) + "---|"]
+    lines += [
+        "",
+        "| mode | capacity (clients) | " + " | ".join(f"vs {b}" for b in bases) + " | note |",
+        "|---|---|" + "---|" * len(bases) + "---|",
+    ]
     for mode, row in table["modes"].items():
         ratios = []
         for base in bases:
@@ -226,10 +232,29 @@ def plot_capacity(points: Mapping[int, Mapping[str, Mapping[str, Any]]], slo: fl
     for index, mode in enumerate(modes):
         xs = [n for n in counts if points[n].get(mode)]
         colour = f"C{index % 10}"
-        ax.plot(xs, [points[n][mode]["per_client_tokens_per_s_p10"] for n in xs], marker="o", color=colour, label=f"{mode} (p10)")
-        ax.plot(xs, [points[n][mode]["per_client_tokens_per_s_median"] for n in xs], linestyle="--", color=colour, alpha=0.6, label=f"{mode} (median)")
+        ax.plot(
+            xs,
+            [points[n][mode]["per_client_tokens_per_s_p10"] for n in xs],
+            marker="o",
+            color=colour,
+            label=f"{mode} (p10)",
+        )
+        ax.plot(
+            xs,
+            [points[n][mode]["per_client_tokens_per_s_median"] for n in xs],
+            linestyle="--",
+            color=colour,
+            alpha=0.6,
+            label=f"{mode} (median)",
+        )
     ax.axhline(slo, color="black", linewidth=1.0, linestyle=":", label=f"SLO {slo:.3g} tok/s")
-    values = [f[k] for n in counts for f in points[n].values() if f for k in ("per_client_tokens_per_s_p10", "per_client_tokens_per_s_median")]
+    values = [
+        f[k]
+        for n in counts
+        for f in points[n].values()
+        if f
+        for k in ("per_client_tokens_per_s_p10", "per_client_tokens_per_s_median")
+    ]
     positive = [v for v in values + [slo] if v > 0]
     if positive and max(positive) / min(positive) >= 10:  # a saturated baseline falls by orders of magnitude
         from matplotlib.ticker import FuncFormatter

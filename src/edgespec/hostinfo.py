@@ -25,7 +25,10 @@ def cpu_model() -> str:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or platform.machine()
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), platform.processor() or platform.machine())
+    return next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+        platform.processor() or platform.machine(),
+    )
 
 
 def cpu_family_model() -> str:
@@ -46,7 +49,9 @@ def cpu_family_model() -> str:
     return f"family {fields['cpu family']} model {fields['model']}" if len(fields) == 2 else ""
 
 
-def host_facts(threads_per_process: int = 1, dtype: str | None = None, draft_dtype: str | None = None) -> dict[str, Any]:
+def host_facts(
+    threads_per_process: int = 1, dtype: str | None = None, draft_dtype: str | None = None
+) -> dict[str, Any]:
     """``dtype``: the target's dtype as run (after ``auto`` was resolved); ``draft_dtype``: the
     edge draft's (a GGUF quantisation on llama.cpp, or a torch dtype)."""
     flags = cpu_flags()

@@ -1,11 +1,25 @@
 from edgespec.bench.metrics import PriceModel, differences_from_cloud_ar, first_differences, summarize
 
 
-def record(mode: str, tokens: int, rounds: int, total_s: float, verify_s: float, wait_s: float, prompt: str = "p1", out=None) -> dict:
+def record(
+    mode: str, tokens: int, rounds: int, total_s: float, verify_s: float, wait_s: float, prompt: str = "p1", out=None
+) -> dict:
     stats = dict(
-        new_tokens=tokens, rounds=rounds, total_s=total_s, draft_s=0.1, server_verify_s=verify_s, bytes_sent=1000,
-        bytes_received=1000, hits=rounds // 2, misses=0, no_hint=0, target_passes=rounds, pipelined=0, dropped=0,
-        wait_s=wait_s, ttft_s=0.2,
+        new_tokens=tokens,
+        rounds=rounds,
+        total_s=total_s,
+        draft_s=0.1,
+        server_verify_s=verify_s,
+        bytes_sent=1000,
+        bytes_received=1000,
+        hits=rounds // 2,
+        misses=0,
+        no_hint=0,
+        target_passes=rounds,
+        pipelined=0,
+        dropped=0,
+        wait_s=wait_s,
+        ttft_s=0.2,
     )
     return {"mode": mode, "profile": "wan", "prompt_id": prompt, "stats": stats, "tokens": out or [1, 2, 3]}
 
@@ -45,7 +59,10 @@ def test_self_consistency_names_each_mode_s_first_difference_from_cloud_ar_per_p
 def test_oracle_differences_cover_every_mode_including_cloud_ar() -> None:
     oracle = {"p1": [1, 2, 3]}
     records = [record("cloud-ar", 3, 3, 1, 1, 1, out=[1, 5, 3]), record("sd", 3, 1, 1, 1, 1, out=[1, 2, 3])]
-    assert first_differences(records, lambda r: oracle.get(r["prompt_id"])) == {("wan", "cloud-ar"): [("p1", 1)], ("wan", "sd"): []}
+    assert first_differences(records, lambda r: oracle.get(r["prompt_id"])) == {
+        ("wan", "cloud-ar"): [("p1", 1)],
+        ("wan", "sd"): [],
+    }
 
 
 def test_aggregate_rate_is_all_clients_tokens_over_the_shared_wall_time() -> None:
@@ -54,7 +71,11 @@ def test_aggregate_rate_is_all_clients_tokens_over_the_shared_wall_time() -> Non
     records = [
         {"tokens": [1] * 10, "started_at": 100.0, "ended_at": 102.0},
         {"tokens": [1] * 30, "started_at": 101.0, "ended_at": 104.0},
-        {"error": "lost", "started_at": 90.0, "ended_at": 200.0},  # failed runs produce nothing and do not stretch the window
+        {
+            "error": "lost",
+            "started_at": 90.0,
+            "ended_at": 200.0,
+        },  # failed runs produce nothing and do not stretch the window
     ]
     assert aggregate_tokens_per_s(records) == 40 / 4.0
     assert aggregate_tokens_per_s([]) == 0.0

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import torch
 
-from edgespec.bench.oracle import describe_difference, explain_difference, first_difference, oracle_generate, top2_margins
+from edgespec.bench.oracle import (
+    describe_difference,
+    explain_difference,
+    first_difference,
+    oracle_generate,
+    top2_margins,
+)
 from edgespec.bench.oracle_check import check_against_oracle
 from edgespec.bench.report import render_markdown
 from edgespec.bench.runner import BenchConfig, summarize_all
@@ -29,8 +35,13 @@ def model() -> torch.nn.Module:
 def generate_logits() -> tuple[list[int], torch.Tensor]:
     """`generate`'s own tokens and per-step logits: an independent account of the margins."""
     out = model().generate(
-        torch.tensor([PROMPT]), attention_mask=torch.ones(1, len(PROMPT), dtype=torch.long), max_new_tokens=NEW_TOKENS,
-        do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0,
+        torch.tensor([PROMPT]),
+        attention_mask=torch.ones(1, len(PROMPT), dtype=torch.long),
+        max_new_tokens=NEW_TOKENS,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=0,
     )
     return out.sequences[0, len(PROMPT) :].tolist(), torch.cat(out.logits).float()
 
@@ -66,12 +77,18 @@ def test_a_difference_is_named_with_its_position_both_choices_and_the_fp32_margi
     other = tokens[:position] + [runner_up] + [0] * (NEW_TOKENS - position - 1)  # parts at 7, then anything
     difference = explain_difference(model(), PROMPT, tokens, other)
     assert difference is not None
-    assert (difference.position, difference.reference_token, difference.other_token) == (position, tokens[position], runner_up)
+    assert (difference.position, difference.reference_token, difference.other_token) == (
+        position,
+        tokens[position],
+        runner_up,
+    )
     assert (difference.fp32_top1, difference.fp32_top2) == (tokens[position], runner_up)
     values = torch.topk(logits[position], 2).values
     assert abs(difference.fp32_margin - float(values[0] - values[1])) < 1e-3
     assert difference.fp32_agrees_with == "reference"
-    assert "token 7" in describe_difference(difference) and f"margin {difference.fp32_margin:.3f}" in describe_difference(difference)
+    assert "token 7" in describe_difference(
+        difference
+    ) and f"margin {difference.fp32_margin:.3f}" in describe_difference(difference)
     assert explain_difference(model(), PROMPT, tokens, tokens) is None
 
 
@@ -112,5 +129,8 @@ def test_the_demo_explanation_names_who_differs_where_and_what_fp32_generate_say
     assert lines[0].startswith("sd: token 7: cloud-ar chose") and lines[0].endswith("fp32 picks sd's token")
     assert f"margin {margin:.3f}" in lines[0]
     assert lines[1].startswith("sd-ee: token 7")
-    assert lines[2] == "fp32 generate (the oracle) equals: sd, sd-ee; differs from: cloud-ar (from token 7), edge-only (from token 0)"
+    assert (
+        lines[2]
+        == "fp32 generate (the oracle) equals: sd, sd-ee; differs from: cloud-ar (from token 7), edge-only (from token 0)"
+    )
     assert explain_outputs(model(), PROMPT, {"cloud-ar": tokens, "sd": tokens}) == []

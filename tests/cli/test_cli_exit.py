@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.chat_tokenizer import chat_tokenizer
 from edgespec.client.sync_bridge import _sync_loop
 from edgespec.core.config import GenerationConfig
 from edgespec.core.modes import Mode
 from tests.client.test_recovery import PROMPT, draft_model, edge_client, serve
+from tests.support.chat_tokenizer import chat_tokenizer
 
 NOISE = re.compile(
     r"Task was destroyed|Traceback|Exception ignored|Event loop is closed|never awaited|Error in atexit|"
@@ -46,6 +46,7 @@ def start_cli(draft_dir: Path, port: int, *extra: str) -> subprocess.Popen[bytes
         "--probe-interval", "0.1", *extra, "hello",
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+
     # Ctrl-C must reach Python's own handler, even when these tests run where SIGINT is ignored
     # (a background job): a child inherits that, and Python would never raise KeyboardInterrupt.
     def default_sigint() -> None:
@@ -59,7 +60,9 @@ def first_text(proc: subprocess.Popen[bytes]) -> None:
     assert proc.stdout is not None and proc.stderr is not None
     if not os.read(proc.stdout.fileno(), 1):  # raw: communicate() reads the pipe, not a buffer
         proc.wait(10)
-        raise AssertionError(f"the CLI ended (exit {proc.returncode}) before printing any text; stderr:\n{proc.stderr.read().decode()}")
+        raise AssertionError(
+            f"the CLI ended (exit {proc.returncode}) before printing any text; stderr:\n{proc.stderr.read().decode()}"
+        )
 
 
 def assert_clean(stderr: str) -> None:
@@ -111,7 +114,9 @@ def test_ctrl_c_cancels_the_generation_and_leaves_no_task_pending() -> None:
     before = set(asyncio.run_coroutine_threadsafe(other_tasks(), _sync_loop()).result(10))
     try:
         with pytest.raises(KeyboardInterrupt):
-            edge_client(server.port).generate(PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(max_new_tokens=200, gamma=3), interrupt)
+            edge_client(server.port).generate(
+                PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(max_new_tokens=200, gamma=3), interrupt
+            )
         pending = asyncio.run_coroutine_threadsafe(tasks_left_besides(set(before)), _sync_loop()).result(10)
     finally:
         signal.signal(signal.SIGINT, previous)

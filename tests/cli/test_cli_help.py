@@ -28,8 +28,20 @@ COMMANDS = command_parsers(build_parser())
 def test_the_commands_are_all_there() -> None:
     top = {path[0] for path in COMMANDS}
     assert top == {
-        "models", "generate", "serve", "link", "edge-serve", "bench", "trace", "simulate", "train-exits", "eval-exits",
-        "robot", "robot-reuse", "profile", "exit-hit-rate",
+        "models",
+        "generate",
+        "serve",
+        "link",
+        "edge-serve",
+        "bench",
+        "trace",
+        "simulate",
+        "train-exits",
+        "eval-exits",
+        "robot",
+        "robot-reuse",
+        "profile",
+        "exit-hit-rate",
     }
     assert {("models", "list"), ("models", "fetch"), ("models", "path")} <= set(COMMANDS)
 

@@ -21,7 +21,10 @@ from tests.support.json_tokenizer import json_tokenizer
 from tests.support.tiny_models import layer_skip_copy, tiny_model
 
 SCHEMA = {
-    "type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False,
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}},
+    "required": ["ok"],
+    "additionalProperties": False,
 }
 
 

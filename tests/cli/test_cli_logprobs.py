@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from edgespec.cli import main
+from tests.client.test_recovery import draft_model, serve
 from tests.support.chat_tokenizer import chat_tokenizer
 from tests.support.logprob_oracle import generate_with_logprobs
-from tests.client.test_recovery import draft_model, serve
 from tests.support.tiny_models import tiny_model
 
 

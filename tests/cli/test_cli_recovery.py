@@ -14,7 +14,9 @@ def parse(*extra: str):  # type: ignore[no-untyped-def]
 
 
 def test_recovery_flags_become_the_clients_policy() -> None:
-    policy = recovery_policy(parse("--retries", "3", "--outage-budget", "4.5", "--no-fallback", "--probe-interval", "0.5"))
+    policy = recovery_policy(
+        parse("--retries", "3", "--outage-budget", "4.5", "--no-fallback", "--probe-interval", "0.5")
+    )
     assert (policy.retries, policy.outage_budget_s, policy.fallback, policy.probe_interval_s) == (3, 4.5, False, 0.5)
 
 

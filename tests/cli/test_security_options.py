@@ -40,7 +40,9 @@ def test_a_token_that_cannot_travel_as_metadata_is_refused_up_front(token: str) 
 
 
 def test_security_settings_never_show_the_token_or_key_in_their_repr() -> None:
-    text = repr(ServerSecurity(token="hunter2-token", certificate_chain=b"CERT", private_key=b"KEY")) + repr(ClientSecurity(token="hunter2-token"))
+    text = repr(ServerSecurity(token="hunter2-token", certificate_chain=b"CERT", private_key=b"KEY")) + repr(
+        ClientSecurity(token="hunter2-token")
+    )
     assert "hunter2" not in text and "KEY" not in text
 
 
@@ -50,8 +52,21 @@ def test_serve_flags_build_the_server_settings(tmp_path: Path, monkeypatch: pyte
     (tmp_path / "cert.pem").write_bytes(cert)
     (tmp_path / "key.pem").write_bytes(key)
     args = build_parser().parse_args(
-        ["serve", "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"), "--max-prompt-tokens", "100",
-         "--max-block", "8", "--max-new-tokens-limit", "50", "--max-message-bytes", "65536"]
+        [
+            "serve",
+            "--tls-cert",
+            str(tmp_path / "cert.pem"),
+            "--tls-key",
+            str(tmp_path / "key.pem"),
+            "--max-prompt-tokens",
+            "100",
+            "--max-block",
+            "8",
+            "--max-new-tokens-limit",
+            "50",
+            "--max-message-bytes",
+            "65536",
+        ]
     )
     security = server_security(args)
     assert (security.token, security.certificate_chain, security.private_key) == ("env-token", cert, key)
@@ -75,12 +90,16 @@ def test_a_certificate_without_its_key_is_refused(tmp_path: Path) -> None:
 def test_a_key_that_does_not_match_the_certificate_is_refused_before_the_model_loads(tmp_path: Path) -> None:
     (tmp_path / "cert.pem").write_bytes(self_signed_pair()[0])
     (tmp_path / "key.pem").write_bytes(self_signed_pair()[1])
-    args = build_parser().parse_args(["serve", "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")])
+    args = build_parser().parse_args(
+        ["serve", "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")]
+    )
     with pytest.raises(ValueError, match="not a PEM certificate and its key"):
         server_security(args)
 
 
-@pytest.mark.parametrize("flag", ["--max-block", "--max-prompt-tokens", "--max-new-tokens-limit", "--max-message-bytes"])
+@pytest.mark.parametrize(
+    "flag", ["--max-block", "--max-prompt-tokens", "--max-new-tokens-limit", "--max-message-bytes"]
+)
 def test_a_limit_below_one_is_a_usage_error(flag: str) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", flag, "0"])
@@ -97,6 +116,8 @@ def test_a_ca_or_server_name_turns_tls_on_for_generate(tmp_path: Path, monkeypat
     parse = build_parser().parse_args
     assert client_security(parse(["generate", "--server", "h:1", "x"])) == ClientSecurity()
     assert client_security(parse(["generate", "--server", "h:1", "--tls", "x"])) == ClientSecurity(tls=True)
-    with_ca = client_security(parse(["generate", "--server", "h:1", "--tls-ca", str(tmp_path / "ca.pem"), "--auth-token", "t", "x"]))
+    with_ca = client_security(
+        parse(["generate", "--server", "h:1", "--tls-ca", str(tmp_path / "ca.pem"), "--auth-token", "t", "x"])
+    )
     assert with_ca == ClientSecurity(token="t", tls=True, root_certificates=b"CA")
     assert client_security(parse(["generate", "--server", "h:1", "--tls-server-name", "n", "x"])).tls

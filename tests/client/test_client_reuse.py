@@ -10,10 +10,10 @@ from typing import Sequence
 import torch
 
 from edgespec.client.edge_client import EdgeClient
+from edgespec.core.block import DraftBlock
 from edgespec.core.config import GenerationConfig
 from edgespec.core.modes import Mode
 from edgespec.exits.heads import ExitHeads, ExitSpec
-from edgespec.core.block import DraftBlock
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
 from edgespec.server.app import RunningServer, ServerConfig
@@ -37,7 +37,9 @@ class HeldPredraft(DraftRuntime):
         self.reset_called = threading.Event()
         model.model.layers[0].register_forward_hook(self._hook)
 
-    def draft(self, sequence: Sequence[int], gamma: int, *args: object, should_stop: object = None, **kwargs: object) -> DraftBlock:  # type: ignore[override]
+    def draft(
+        self, sequence: Sequence[int], gamma: int, *args: object, should_stop: object = None, **kwargs: object
+    ) -> DraftBlock:  # type: ignore[override]
         self.in_predraft = should_stop is not None
         if self.in_predraft and not self.held.is_set():
             self.predrafted_after = list(sequence)
@@ -61,7 +63,9 @@ def test_a_predraft_still_running_when_a_generation_ends_does_not_break_the_next
     what a stale token list must not be mistaken for."""
     target = tiny_model("qwen2", seed=0)
     exits = ExitHeads([ExitSpec(1)], target.config.hidden_size)
-    server = RunningServer(VerifierService(TargetRuntime(target, exits), tokenizer=None, eos_ids=frozenset()), ServerConfig(port=0))
+    server = RunningServer(
+        VerifierService(TargetRuntime(target, exits), tokenizer=None, eos_ids=frozenset()), ServerConfig(port=0)
+    )
     draft = HeldPredraft(tiny_model("qwen2", seed=0))
     client = EdgeClient(f"127.0.0.1:{server.port}", draft)
     config = GenerationConfig(early_verdicts=True, max_new_tokens=2, gamma=1)
@@ -77,7 +81,9 @@ def test_a_predraft_still_running_when_a_generation_ends_does_not_break_the_next
 
         def second() -> None:
             try:
-                outcome["tokens"] = client.generate(next_prompt, Mode.SD, GenerationConfig(early_verdicts=True, max_new_tokens=8, gamma=3)).tokens
+                outcome["tokens"] = client.generate(
+                    next_prompt, Mode.SD, GenerationConfig(early_verdicts=True, max_new_tokens=8, gamma=3)
+                ).tokens
             except Exception as error:  # noqa: BLE001 - reported by the assertion below
                 outcome["error"] = error
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from edgespec.client.edge_client import EdgeClient
+from edgespec.core.block import DraftBlock
 from edgespec.core.config import GenerationConfig
 from edgespec.core.modes import Mode
 from edgespec.exits.heads import ExitHeads, ExitSpec
-from edgespec.core.block import DraftBlock
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
 from edgespec.server.app import RunningServer, ServerConfig
@@ -60,7 +60,9 @@ def eos_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, int, list[
     expected = greedy_reference(target_model(), PROMPT, HORIZON, eos=eos)
     assert expected[-1] == eos and len(expected) == request.param + 1
     exits = ExitHeads([ExitSpec(2), ExitSpec(3)], target_model().config.hidden_size)
-    service = WatchedService(TargetRuntime(tiny_model("qwen2", seed=0), exits), tokenizer=None, eos_ids=frozenset({eos}))
+    service = WatchedService(
+        TargetRuntime(tiny_model("qwen2", seed=0), exits), tokenizer=None, eos_ids=frozenset({eos})
+    )
     server = RunningServer(service, ServerConfig(port=0))
     yield f"127.0.0.1:{server.port}", eos, expected
     server.stop()
@@ -133,7 +135,9 @@ def test_no_predraft_when_the_assumed_verdict_ends_the_generation(mode: Mode, st
     if mode is Mode.SD_EE_PIPELINED:
         hold.arm(service)  # round 1's tagged pre-draft reaches the server before round 0's verdict
     try:
-        config = GenerationConfig(early_verdicts=True, max_new_tokens=HORIZON if stop == "eos" else len(expected), gamma=3)
+        config = GenerationConfig(
+            early_verdicts=True, max_new_tokens=HORIZON if stop == "eos" else len(expected), gamma=3
+        )
         result = EdgeClient(f"127.0.0.1:{server.port}", draft).generate(PROMPT, mode, config)
     finally:
         server.stop()

@@ -32,7 +32,9 @@ TARGET_MODES = [Mode.CLOUD_AR, Mode.SD, Mode.SD_EE, Mode.SD_EE_PREDRAFT, Mode.SD
 ACTION = {
     "type": "object",
     "properties": {
-        "move": {"enum": ["left", "right", "stop"]}, "fast": {"type": "boolean"}, "steps": {"type": "integer"},
+        "move": {"enum": ["left", "right", "stop"]},
+        "fast": {"type": "boolean"},
+        "steps": {"type": "integer"},
     },
     "required": ["move", "fast", "steps"],
     "additionalProperties": False,
@@ -73,7 +75,9 @@ def serve(tokenizer_on_server) -> RunningServer:  # type: ignore[no-untyped-def]
     model = tiny_model("qwen2", seed=0)
     exits = ExitHeads([ExitSpec(2), ExitSpec(3)], model.config.hidden_size)
     service = VerifierService(
-        TargetRuntime(model, exits), tokenizer=tokenizer_on_server, eos_ids=frozenset({EOS}),
+        TargetRuntime(model, exits),
+        tokenizer=tokenizer_on_server,
+        eos_ids=frozenset({EOS}),
         cloud_draft=CloudDraft(layer_skip_draft()),
     )
     return RunningServer(service, ServerConfig(port=0))

@@ -55,7 +55,11 @@ def test_sampled_first_tokens_follow_the_targets_masked_distribution() -> None:
     try:
         for seed in range(SAMPLES):
             config = GenerationConfig(
-                max_new_tokens=2, gamma=2, sampling=SamplingParams(temperature=1.0), seed=seed, eos_ids=frozenset({eos}),
+                max_new_tokens=2,
+                gamma=2,
+                sampling=SamplingParams(temperature=1.0),
+                seed=seed,
+                eos_ids=frozenset({eos}),
                 grammar=grammar,
             )
             mode = (Mode.SD, Mode.SD_EE_PIPELINED)[seed % 2]

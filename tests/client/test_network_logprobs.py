@@ -40,7 +40,9 @@ def layer_skip_draft() -> torch.nn.Module:
 def address():
     exits = ExitHeads([ExitSpec(2), ExitSpec(3)], target_model().config.hidden_size)
     service = VerifierService(
-        TargetRuntime(tiny_model("qwen2", seed=0), exits), tokenizer=None, eos_ids=frozenset(),
+        TargetRuntime(tiny_model("qwen2", seed=0), exits),
+        tokenizer=None,
+        eos_ids=frozenset(),
         cloud_draft=CloudDraft(layer_skip_draft()),
     )
     server = RunningServer(service, ServerConfig(port=0))
@@ -65,7 +67,11 @@ def test_greedy_logprobs_equal_generates_scores_in_every_mode(address: str, mode
 @pytest.mark.parametrize("mode", TARGET_MODES, ids=lambda m: m.value)
 def test_sampled_logprobs_are_the_targets_at_each_sampled_token(address: str, mode: Mode) -> None:
     config = GenerationConfig(
-        max_new_tokens=NEW_TOKENS, gamma=4, sampling=SamplingParams(temperature=1.5), seed=11, logprobs=0,
+        max_new_tokens=NEW_TOKENS,
+        gamma=4,
+        sampling=SamplingParams(temperature=1.5),
+        seed=11,
+        logprobs=0,
     )
     result = client(address).generate(PROMPT, mode, config)
     assert result.logprobs is not None and len(result.logprobs) == len(result.tokens) == NEW_TOKENS
@@ -79,7 +85,9 @@ def test_streamed_commits_carry_their_logprobs_first(address: str) -> None:
     heard: list[tuple[str, list[int]]] = []
     config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3, logprobs=2)
     result = client(address).generate(
-        PROMPT, Mode.SD, config,
+        PROMPT,
+        Mode.SD,
+        config,
         on_logprobs=lambda entries: heard.append(("logprobs", [e.token for e in entries])),
         on_commit=lambda tokens: heard.append(("commit", tokens)),
     )

@@ -21,9 +21,8 @@ from collections import Counter
 import torch
 
 from edgespec.client.edge_client import EdgeClient
-from edgespec.core.config import GenerationConfig
+from edgespec.core.config import GenerationConfig, SamplingParams
 from edgespec.core.modes import Mode
-from edgespec.core.config import SamplingParams
 from edgespec.decoding.sampling import logits_to_probs
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
@@ -49,7 +48,9 @@ def exact_first_two(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]
     (summed over every first token), at temperature 1."""
     with torch.inference_mode():
         first = logits_to_probs(model(torch.tensor([PROMPT])).logits[0, -1], SAMPLING)
-        after = logits_to_probs(model(torch.tensor([PROMPT + [token] for token in range(VOCAB)])).logits[:, -1], SAMPLING)
+        after = logits_to_probs(
+            model(torch.tensor([PROMPT + [token] for token in range(VOCAB)])).logits[:, -1], SAMPLING
+        )
     return first.double(), (first.double() @ after.double())
 
 
@@ -70,7 +71,9 @@ def test_sampled_tokens_over_the_network_follow_the_targets_distribution() -> No
     assert abs(bound - 0.118) < 1e-3
 
     exits = ExitHeads([ExitSpec(2)], target.config.hidden_size)  # threshold 0: a hint every round
-    service = VerifierService(TargetRuntime(target, exits), tokenizer=None, eos_ids=frozenset(), cloud_draft=CloudDraft(draft))
+    service = VerifierService(
+        TargetRuntime(target, exits), tokenizer=None, eos_ids=frozenset(), cloud_draft=CloudDraft(draft)
+    )
     server = RunningServer(service, ServerConfig(port=0))
     address = f"127.0.0.1:{server.port}"
     reused = EdgeClient(address, DraftRuntime(draft))
@@ -88,7 +91,13 @@ def test_sampled_tokens_over_the_network_follow_the_targets_distribution() -> No
             # A pre-draft left running by one generation corrupts the next one's draft cache
             # (tests/client/test_client_reuse.py): the pre-drafting mode gets a fresh
             # client and draft runtime (on the same weights) each time.
-            client = reused if mode is Mode.SD else EdgeClient(address) if mode is Mode.CLOUD_SD else EdgeClient(address, DraftRuntime(draft))
+            client = (
+                reused
+                if mode is Mode.SD
+                else EdgeClient(address)
+                if mode is Mode.CLOUD_SD
+                else EdgeClient(address, DraftRuntime(draft))
+            )
             result = client.generate(PROMPT, mode, config)
             firsts[result.tokens[0]] += 1
             seconds[result.tokens[1]] += 1
@@ -98,5 +107,9 @@ def test_sampled_tokens_over_the_network_follow_the_targets_distribution() -> No
     assert sum(firsts.values()) == SAMPLES and len(modes) == 3
     first_tv, second_tv = total_variation(firsts, target_first), total_variation(seconds, target_second)
     print(f"total variation: first token {first_tv:.3f}, second {second_tv:.3f}, bound {bound:.3f}")
-    assert first_tv < bound, f"first token: total variation {first_tv:.3f} from the target's distribution (bound {bound:.3f})"
-    assert second_tv < bound, f"second token: total variation {second_tv:.3f} from the target's distribution (bound {bound:.3f})"
+    assert first_tv < bound, (
+        f"first token: total variation {first_tv:.3f} from the target's distribution (bound {bound:.3f})"
+    )
+    assert second_tv < bound, (
+        f"second token: total variation {second_tv:.3f} from the target's distribution (bound {bound:.3f})"
+    )

@@ -13,13 +13,12 @@ import time
 import pytest
 
 from edgespec.client.recovery import RecoveryPolicy
-from edgespec.core.config import GenerationConfig, GenerationResult
-from edgespec.drivers.local_engine import LocalEngine
+from edgespec.core.config import GenerationConfig, GenerationResult, SamplingParams
+from edgespec.core.generation import TextEvent, apply_events
 from edgespec.core.modes import Mode
-from edgespec.core.config import SamplingParams
+from edgespec.drivers.local_engine import LocalEngine
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
-from edgespec.core.generation import TextEvent, apply_events
 from tests.client.test_recovery import PROMPT, draft_model, edge_client, serve, target_model
 from tests.support.tiny_models import greedy_reference, tiny_model
 
@@ -103,9 +102,15 @@ def expected_tokens(mode: Mode, config: GenerationConfig) -> list[int]:
 
 
 @pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
-@pytest.mark.parametrize("mode", [Mode.SD, Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED, Mode.CLOUD_AR], ids=lambda m: m.value)
-def test_provisional_tokens_are_reverified_after_a_restart_and_the_text_is_the_uninterrupted_one(mode: Mode, sampled: bool) -> None:
-    config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3, sampling=SAMPLED if sampled else SamplingParams(), seed=11)
+@pytest.mark.parametrize(
+    "mode", [Mode.SD, Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED, Mode.CLOUD_AR], ids=lambda m: m.value
+)
+def test_provisional_tokens_are_reverified_after_a_restart_and_the_text_is_the_uninterrupted_one(
+    mode: Mode, sampled: bool
+) -> None:
+    config = GenerationConfig(
+        max_new_tokens=NEW_TOKENS, gamma=3, sampling=SAMPLED if sampled else SamplingParams(), seed=11
+    )
     expected = expected_tokens(mode, config)
     log = EventLog(restart_after=5)
     commits: list[list[int]] = []
@@ -156,7 +161,9 @@ def test_provisional_tokens_the_target_agrees_with_all_become_final_block_by_blo
     retract at bonus positions: the target samples the bonus with its own uniform.)"""
     config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3)
     agreeing = tiny_model("qwen2", seed=0)
-    expected = LocalEngine(TargetRuntime(target_model()), DraftRuntime(agreeing)).generate(PROMPT, Mode.SD, config).tokens
+    expected = (
+        LocalEngine(TargetRuntime(target_model()), DraftRuntime(agreeing)).generate(PROMPT, Mode.SD, config).tokens
+    )
     log = EventLog(restart_after=9)
     try:
         result = edge_client(log.port, PROVISIONAL, agreeing).generate(PROMPT, mode, config, None, log)

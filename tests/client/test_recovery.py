@@ -16,14 +16,13 @@ import torch
 
 from edgespec.client.edge_client import ClientOptions, ConnectionLost, EdgeClient
 from edgespec.client.recovery import RecoveryPolicy
-from edgespec.core.config import GenerationConfig, GenerationResult
-from edgespec.drivers.local_engine import LocalEngine
+from edgespec.core.config import GenerationConfig, GenerationResult, SamplingParams
 from edgespec.core.modes import Mode
-from edgespec.core.config import SamplingParams
+from edgespec.drivers.local_engine import LocalEngine
 from edgespec.exits.heads import ExitHeads, ExitSpec
+from edgespec.link import LinkEmulator, resolve_profile
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
-from edgespec.link import LinkEmulator, resolve_profile
 from edgespec.server.app import RunningServer, ServerConfig
 from edgespec.server.cloud_draft import CloudDraft
 from edgespec.server.servicer import VerifierService
@@ -68,7 +67,9 @@ def serve(port: int = 0, held: HeldAfter | None = None, forward_sleep_s: float =
     if forward_sleep_s:
         model.model.layers[-1].register_forward_hook(lambda *args: time.sleep(forward_sleep_s))
     exits = ExitHeads([ExitSpec(2), ExitSpec(3)], model.config.hidden_size)
-    service = VerifierService(TargetRuntime(model, exits), tokenizer=None, eos_ids=frozenset(), cloud_draft=CloudDraft(draft_model()))
+    service = VerifierService(
+        TargetRuntime(model, exits), tokenizer=None, eos_ids=frozenset(), cloud_draft=CloudDraft(draft_model())
+    )
     return RunningServer(service, ServerConfig(port=port))
 
 
@@ -167,7 +168,9 @@ def test_a_server_killed_and_restarted_mid_generation_changes_nothing(mode: Mode
 
         recorder = Recorder(kill)
         try:
-            result = edge_client(port).generate(PROMPT, mode, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3), recorder)
+            result = edge_client(port).generate(
+                PROMPT, mode, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3), recorder
+            )
         finally:
             for server in servers:
                 server.stop()
@@ -183,7 +186,9 @@ def test_a_server_killed_and_restarted_mid_generation_changes_nothing(mode: Mode
 def test_a_resumed_sampled_generation_is_the_uninterrupted_one(mode: Mode) -> None:
     """The target's uniforms are keyed by (seed, position), so re-opening after a crash redraws
     nothing differently: the same sample as the in-process engine without any outage."""
-    config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3, sampling=SamplingParams(temperature=0.9, top_k=30), seed=11)
+    config = GenerationConfig(
+        max_new_tokens=NEW_TOKENS, gamma=3, sampling=SamplingParams(temperature=0.9, top_k=30), seed=11
+    )
     local = LocalEngine(TargetRuntime(target_model()), DraftRuntime(draft_model()))
     expected = local.generate(PROMPT, Mode.CLOUD_AR if mode is Mode.CLOUD_AR else Mode.SD, config).tokens
     first, kill_first = killable_server()
@@ -210,7 +215,9 @@ def test_a_server_gone_for_good_ends_edge_only_with_the_committed_prefix_intact(
     server, kill = killable_server()
     policy = RecoveryPolicy(retries=2, backoff_initial_s=0.05, outage_budget_s=1.0, fallback=True, probe_interval_s=0.2)
     recorder = Recorder(kill)
-    result = edge_client(server.port, policy).generate(PROMPT, Mode.SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3), recorder)
+    result = edge_client(server.port, policy).generate(
+        PROMPT, Mode.SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3), recorder
+    )
     cut = recorder.tokens_at_action
     assert cut is not None and 0 < cut < NEW_TOKENS
     assert len(result.tokens) == NEW_TOKENS
@@ -229,11 +236,15 @@ def test_a_server_gone_for_good_ends_edge_only_with_the_committed_prefix_intact(
 def test_without_fallback_a_server_gone_for_good_raises_with_every_committed_token() -> None:
     server, kill = killable_server()
     # Without provisional text the client keeps trying for the whole outage budget, then raises.
-    policy = RecoveryPolicy(retries=2, backoff_initial_s=0.05, fallback=False, outage_budget_s=1.0, probe_interval_s=0.2)
+    policy = RecoveryPolicy(
+        retries=2, backoff_initial_s=0.05, fallback=False, outage_budget_s=1.0, probe_interval_s=0.2
+    )
     recorder = Recorder(kill)
     started = time.monotonic()
     with pytest.raises(ConnectionLost, match=r"\d+ reconnect attempts") as lost:
-        edge_client(server.port, policy).generate(PROMPT, Mode.SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3), recorder)
+        edge_client(server.port, policy).generate(
+            PROMPT, Mode.SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3), recorder
+        )
     assert time.monotonic() - started >= 0.8, "gave up before the outage budget was spent"
     partial = lost.value.partial
     assert partial.tokens == recorder.streamed and len(partial.tokens) == recorder.tokens_at_action
@@ -255,7 +266,9 @@ def test_a_link_cut_mid_generation_is_redone_over_the_restored_link() -> None:
 
     recorder = Recorder(cut)
     try:
-        result = edge_client(port).generate(PROMPT, Mode.SD_EE_PREDRAFT, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3), recorder)
+        result = edge_client(port).generate(
+            PROMPT, Mode.SD_EE_PREDRAFT, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3), recorder
+        )
     finally:
         links[-1].stop_thread()
         server.stop()

@@ -68,7 +68,9 @@ def test_only_link_and_server_failures_are_transient(error: BaseException, trans
     assert is_transient(error) is transient
 
 
-@pytest.mark.parametrize("bad", [dict(retries=-1), dict(jitter=1.0), dict(backoff_multiplier=0.5), dict(probe_interval_s=0)])
+@pytest.mark.parametrize(
+    "bad", [dict(retries=-1), dict(jitter=1.0), dict(backoff_multiplier=0.5), dict(probe_interval_s=0)]
+)
 def test_a_nonsensical_policy_is_refused(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RecoveryPolicy(**bad)  # type: ignore[arg-type]

@@ -16,15 +16,25 @@ from edgespec.core.verifier import VerifierRounds
 PROMPT = [1, 2, 3]
 
 
-def colocated(max_new_tokens: int = 10, eos: frozenset[int] = frozenset(), gamma: int = 3, **kwargs: object) -> ColocatedRounds:
+def colocated(
+    max_new_tokens: int = 10, eos: frozenset[int] = frozenset(), gamma: int = 3, **kwargs: object
+) -> ColocatedRounds:
     return ColocatedRounds(VerifierRounds(list(PROMPT), len(PROMPT), eos, max_new_tokens), gamma, **kwargs)  # type: ignore[arg-type]
 
 
-def one_round(rounds: ColocatedRounds, tokens: list[int], verdict: Verdict, draft_s: float = 0.1, verify_s: float = 0.2):
+def one_round(
+    rounds: ColocatedRounds, tokens: list[int], verdict: Verdict, draft_s: float = 0.1, verify_s: float = 0.2
+):
     step = rounds.next_draft()
     assert step is not None
     verify = rounds.drafted(ServerDrafted(step=step, block=DraftBlock(tokens), draft_s=draft_s))
-    return step, verify, rounds.verified(ColocatedVerified(verify=verify, verdict=verdict, verify_s=verify_s, round_s=draft_s + verify_s))
+    return (
+        step,
+        verify,
+        rounds.verified(
+            ColocatedVerified(verify=verify, verdict=verdict, verify_s=verify_s, round_s=draft_s + verify_s)
+        ),
+    )
 
 
 def test_a_round_drafts_after_the_text_verifies_the_block_and_commits_the_verdict() -> None:
@@ -79,7 +89,9 @@ def test_the_adaptive_policy_hears_every_round_and_picks_the_next_gamma() -> Non
         step = rounds.next_draft()
         assert step is not None
         # Every token accepted and a verify that costs the same for any length: longer blocks pay.
-        verify = rounds.drafted(ServerDrafted(step=step, block=DraftBlock([5] * step.gamma), draft_s=0.001 * step.gamma))
+        verify = rounds.drafted(
+            ServerDrafted(step=step, block=DraftBlock([5] * step.gamma), draft_s=0.001 * step.gamma)
+        )
         rounds.verified(ColocatedVerified(verify=verify, verdict=Verdict(step.gamma, 5), verify_s=0.1, round_s=0.2))
     following = rounds.next_draft()
     assert policy.acceptance is not None and following is not None and following.gamma > 2

@@ -28,7 +28,9 @@ def core_modules() -> list[str]:
 
 def test_every_core_module_imports_with_the_standard_library_alone() -> None:
     modules = core_modules()
-    assert {"edgespec.core.edge", "edgespec.core.verifier", "edgespec.core.colocated", "edgespec.core.cloud_ar"} <= set(modules)
+    assert {"edgespec.core.edge", "edgespec.core.verifier", "edgespec.core.colocated", "edgespec.core.cloud_ar"} <= set(
+        modules
+    )
     source_root = str(Path(edgespec.__file__).resolve().parent.parent)  # this checkout's, not an installed copy
     probe = f"import sys; sys.path.insert(0, {source_root!r})\n" + PROBE
     done = subprocess.run([sys.executable, "-c", probe, *modules], capture_output=True, text=True, timeout=120)

@@ -14,8 +14,15 @@ from edgespec.core.gamma import AdaptiveGamma
 DRAFT_S = 0.02  # per draft token (the llama.cpp draft measured here: 20.7 ms)
 
 
-def simulate(choose: Callable[[], int], observe: Callable[[int, int, float, float, float], None] | None,
-             alpha: float, verify_s: Callable[[int], float], rest_s: float, tokens: int = 3000, seed: int = 0) -> float:
+def simulate(
+    choose: Callable[[], int],
+    observe: Callable[[int, int, float, float, float], None] | None,
+    alpha: float,
+    verify_s: Callable[[int], float],
+    rest_s: float,
+    tokens: int = 3000,
+    seed: int = 0,
+) -> float:
     """Tokens per second of a session whose draft tokens are each accepted with ``alpha``."""
     rng = random.Random(seed)
     produced, elapsed = 0, 0.0
@@ -37,7 +44,9 @@ CPU = lambda gamma: 0.45 + 0.30 * gamma  # noqa: E731 - this machine's CPU targe
 
 
 @pytest.mark.parametrize("alpha", [0.5, 0.8, 0.95])
-@pytest.mark.parametrize("verify, rest_s", [(GPU, 0.05), (CPU, 0.05), (GPU, 0.2)], ids=["gpu-wan", "cpu-wan", "gpu-cellular"])
+@pytest.mark.parametrize(
+    "verify, rest_s", [(GPU, 0.05), (CPU, 0.05), (GPU, 0.2)], ids=["gpu-wan", "cpu-wan", "gpu-cellular"]
+)
 def test_adaptive_gamma_is_within_a_few_percent_of_the_best_fixed_gamma(alpha: float, verify, rest_s: float) -> None:
     fixed = {g: simulate(lambda g=g: g, None, alpha, verify, rest_s) for g in range(1, 9)}
     policy = AdaptiveGamma(initial=4, max_gamma=8)

@@ -12,16 +12,17 @@ import torch
 from edgespec.cli import build_parser
 from edgespec.cli.options import recovery_policy
 from edgespec.cli.printers import ProvisionalPrinter
-from edgespec.core.config import GenerationConfig
-from edgespec.core.modes import Mode
-from edgespec.core.config import SamplingParams
+from edgespec.core.config import GenerationConfig, SamplingParams
 from edgespec.core.generation import Generation, TextEvent, apply_events
+from edgespec.core.modes import Mode
 
 PROMPT = [1, 2, 3]
 
 
 def generation(sampled: bool = False) -> tuple[Generation, list[TextEvent]]:
-    config = GenerationConfig(max_new_tokens=20, gamma=3, sampling=SamplingParams(temperature=1.0) if sampled else SamplingParams())
+    config = GenerationConfig(
+        max_new_tokens=20, gamma=3, sampling=SamplingParams(temperature=1.0) if sampled else SamplingParams()
+    )
     gen = Generation(PROMPT, Mode.SD, config)
     events: list[TextEvent] = []
     gen.listener = events.append
@@ -99,7 +100,12 @@ def test_no_provisional_is_the_fallback_switch_and_the_printer_marks_and_retract
     for event in [TextEvent("provisional", 0, (0, 1)), TextEvent("retract", 1, (3,)), TextEvent("final", 0, (0, 3))]:
         printer(event)
     text = out.getvalue()
-    assert "provisional" in text and "ab" in text and "retracted the provisional tokens from position 1" in text and "'d'" in text
+    assert (
+        "provisional" in text
+        and "ab" in text
+        and "retracted the provisional tokens from position 1" in text
+        and "'d'" in text
+    )
 
 
 def test_an_outage_resumed_after_a_probe_keeps_its_budget_and_without_provisional_text_keeps_trying() -> None:
@@ -107,7 +113,15 @@ def test_an_outage_resumed_after_a_probe_keeps_its_budget_and_without_provisiona
 
     from edgespec.client.recovery import Outage, RecoveryPolicy
 
-    patient = RecoveryPolicy(retries=1, backoff_initial_s=0.0, backoff_max_s=0.0, jitter=0.0, fallback=False, outage_budget_s=10.0, probe_interval_s=2.0)
+    patient = RecoveryPolicy(
+        retries=1,
+        backoff_initial_s=0.0,
+        backoff_max_s=0.0,
+        jitter=0.0,
+        fallback=False,
+        outage_budget_s=10.0,
+        probe_interval_s=2.0,
+    )
     outage = Outage(patient, random.Random(0))
     assert [outage.next_delay() for _ in range(3)] == [0.0, 2.0, 2.0]  # quick retries, then probing pace
     outage.started -= 9.0

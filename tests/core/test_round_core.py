@@ -30,12 +30,21 @@ PROMPT = [1, 2, 3]
 
 
 def final(
-    round_index: int, verdict: Verdict, *, verify_s: float, at: float, server_finished: bool = False,
+    round_index: int,
+    verdict: Verdict,
+    *,
+    verify_s: float,
+    at: float,
+    server_finished: bool = False,
     pipelined: bool = False,
 ) -> FinalVerdictArrived:
     return FinalVerdictArrived(
-        round=round_index, verdict=verdict, server_finished=server_finished, pipelined=pipelined,
-        verify_s=verify_s, at=at,
+        round=round_index,
+        verdict=verdict,
+        server_finished=server_finished,
+        pipelined=pipelined,
+        verify_s=verify_s,
+        at=at,
     )
 
 
@@ -65,7 +74,11 @@ def test_sd_round_drafts_sends_and_commits() -> None:
     assert kinds(actions) == ["Commit", "Draft"]
     assert actions[0].tokens == [7, 8, 5]
     assert actions[1].sequence == PROMPT + [7, 8, 5]
-    assert client.gen.stats.rounds == 1 and client.gen.stats.accepted == 2 and client.gen.stats.wait_s == pytest.approx(0.3)
+    assert (
+        client.gen.stats.rounds == 1
+        and client.gen.stats.accepted == 2
+        and client.gen.stats.wait_s == pytest.approx(0.3)
+    )
 
 
 def test_the_block_never_runs_past_the_token_budget_and_eos_finishes() -> None:
@@ -86,7 +99,9 @@ def test_predraft_hit_sends_the_predraft_at_once() -> None:
     assert isinstance(pre, Draft) and pre.sequence == PROMPT + [7, 8, 6] and pre.round == 1
     assert client.drafted(drafted(pre.id, DraftBlock([10, 11]), 0.1, 0.2)) == []  # held until the verdict
     actions = client.final_verdict_arrived(final(0, Verdict(2, 6), verify_s=0.3, at=0.3))
-    assert kinds(actions) == ["Commit", "SendBlock"] and actions[1].block.tokens == [10, 11] and actions[1].assumes is None
+    assert (
+        kinds(actions) == ["Commit", "SendBlock"] and actions[1].block.tokens == [10, 11] and actions[1].assumes is None
+    )
     assert client.gen.stats.hits == 1
 
 
@@ -121,7 +136,10 @@ def test_pipelined_predraft_ships_tagged_and_is_not_resent_on_a_hit() -> None:
     assert send.round == 1 and send.assumes == (0, Verdict(2, 6))
     assert client.early_verdict_arrived(early(0, 21, Verdict(0, 4), 0.25)) == []  # shipped: later hints change nothing
     assert kinds(client.final_verdict_arrived(final(0, Verdict(2, 6), verify_s=0.3, at=0.3))) == ["Commit"]
-    assert kinds(client.final_verdict_arrived(final(1, Verdict(2, 3), pipelined=True, verify_s=0.3, at=0.6))) == ["Commit", "Draft"]
+    assert kinds(client.final_verdict_arrived(final(1, Verdict(2, 3), pipelined=True, verify_s=0.3, at=0.6))) == [
+        "Commit",
+        "Draft",
+    ]
     assert client.gen.stats.pipelined == 1
 
 
@@ -145,7 +163,9 @@ def test_a_guess_still_drafting_is_decided_when_its_bonus_is_known() -> None:
     client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20)
     (draft,) = client.started()
     _, guess = client.drafted(drafted(draft.id, DraftBlock([7, 8]), 0, 0.1))
-    assert kinds(client.final_verdict_arrived(final(0, Verdict(2, 6), verify_s=0.3, at=0.15))) == ["Commit"]  # wait for it
+    assert kinds(client.final_verdict_arrived(final(0, Verdict(2, 6), verify_s=0.3, at=0.15))) == [
+        "Commit"
+    ]  # wait for it
     (send, next_guess) = client.drafted(drafted(guess.id, DraftBlock([6, 10, 11]), 0.1, 0.2))
     assert send.round == 1 and send.block.tokens == [10, 11] and isinstance(next_guess, Draft)
     # A wrong bonus: the round is redrafted from the verdict.
@@ -202,7 +222,9 @@ def test_guessing_stops_when_it_does_not_pay() -> None:
         actions = client.drafted(drafted(draft.id, DraftBlock([7, 8]), at, at + 0.2))
         guess = next((a for a in actions if isinstance(a, Draft)), None)
         guesses += guess is not None
-        actions = client.final_verdict_arrived(final(round_index, Verdict(0, 5), verify_s=0.05, at=at + 0.3))  # every guess wrong
+        actions = client.final_verdict_arrived(
+            final(round_index, Verdict(0, 5), verify_s=0.05, at=at + 0.3)
+        )  # every guess wrong
         draft = next(a for a in actions if isinstance(a, Draft))
         at += 0.3
     assert 0 < guesses < 12
@@ -255,7 +277,12 @@ def test_server_frees_held_blocks_when_the_session_ends() -> None:
     assert rounds_.session_closed() == [Drop(1)] and rounds_.held == 0
     # An exit of the forward still running reports after the end (an error ended the session):
     # nothing more is streamed.
-    assert rounds_.exit_reached(ExitReached(round=0, layer=21, verdict=Verdict(1, 3), confidence=0.95, elapsed_s=0.02, streamed=True)) == []
+    assert (
+        rounds_.exit_reached(
+            ExitReached(round=0, layer=21, verdict=Verdict(1, 3), confidence=0.95, elapsed_s=0.02, streamed=True)
+        )
+        == []
+    )
 
 
 def test_server_finish_drops_tagged_and_rejects_plain_held_blocks() -> None:
@@ -273,10 +300,22 @@ def test_server_finish_drops_tagged_and_rejects_plain_held_blocks() -> None:
 def test_server_streams_only_confident_early_verdicts_of_the_round_in_flight() -> None:
     rounds_ = server(early_verdicts=True)
     (verify,) = rounds_.block_arrived(IncomingBlock(0, [7, 8]))
-    assert rounds_.exit_reached(ExitReached(round=0, layer=14, verdict=Verdict(1, 3), confidence=0.5, elapsed_s=0.01, streamed=False)) == []
-    assert rounds_.exit_reached(ExitReached(round=0, layer=21, verdict=Verdict(1, 3), confidence=0.95, elapsed_s=0.02, streamed=True)) == [StreamEarly(0, 21, Verdict(1, 3), 0.95, 0.02)]
+    assert (
+        rounds_.exit_reached(
+            ExitReached(round=0, layer=14, verdict=Verdict(1, 3), confidence=0.5, elapsed_s=0.01, streamed=False)
+        )
+        == []
+    )
+    assert rounds_.exit_reached(
+        ExitReached(round=0, layer=21, verdict=Verdict(1, 3), confidence=0.95, elapsed_s=0.02, streamed=True)
+    ) == [StreamEarly(0, 21, Verdict(1, 3), 0.95, 0.02)]
     rounds_.verified(Verified(verify=verify, verdict=Verdict(1, 3)))
-    assert rounds_.exit_reached(ExitReached(round=0, layer=21, verdict=Verdict(1, 3), confidence=0.95, elapsed_s=0.02, streamed=True)) == []
+    assert (
+        rounds_.exit_reached(
+            ExitReached(round=0, layer=21, verdict=Verdict(1, 3), confidence=0.95, elapsed_s=0.02, streamed=True)
+        )
+        == []
+    )
 
 
 def test_a_resumed_session_ending_in_eos_is_finished() -> None:

@@ -30,7 +30,12 @@ def test_tuning_and_evaluation_sets_do_not_share_a_prompt() -> None:
 
 def test_jsonl_prompts_and_bad_lines(tmp_path) -> None:
     good = tmp_path / "p.jsonl"
-    good.write_text(json.dumps({"id": "a", "prompt": "def f():"}) + "\n\n" + json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    good.write_text(
+        json.dumps({"id": "a", "prompt": "def f():"})
+        + "\n\n"
+        + json.dumps({"messages": [{"role": "user", "content": "hi"}]})
+        + "\n"
+    )
     records = load_prompts(str(good))
     assert [r.id for r in records] == ["a", "p/3"] and records[0].text == "def f():" and records[1].is_chat
     bad = tmp_path / "bad.jsonl"

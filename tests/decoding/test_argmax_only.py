@@ -24,7 +24,12 @@ def test_argmax_only_returns_the_ids_of_the_logits_it_replaces_alone_and_batched
 
     logits = runtime.score_batch(requests(False))
     ids = runtime.score_batch(requests(True))
-    mixed = runtime.score_batch([r if i % 2 else ScoreRequest(r.sequence, r.tail, r.kv, argmax_only=True) for i, r in enumerate(requests(False))])
+    mixed = runtime.score_batch(
+        [
+            r if i % 2 else ScoreRequest(r.sequence, r.tail, r.kv, argmax_only=True)
+            for i, r in enumerate(requests(False))
+        ]
+    )
     for row in range(len(prompts)):
         assert ids[row].dtype == torch.long and ids[row].shape == (4,)
         assert ids[row].tolist() == logits[row].argmax(dim=-1).tolist()
@@ -40,7 +45,11 @@ def test_a_verdict_from_the_choices_equals_the_one_from_the_logits() -> None:
         tokens = torch.argmax(logits[:4], dim=-1).tolist()
         tokens[int(torch.randint(0, 4, (1,), generator=generator))] = 0  # a rejection somewhere (or not)
         choices = torch.argmax(logits, dim=-1).tolist()
-        assert greedy_verdict_from_choices(choices, tokens) == greedy_verdict(logits, tokens) == greedy_verdict(logits.float(), tokens)
+        assert (
+            greedy_verdict_from_choices(choices, tokens)
+            == greedy_verdict(logits, tokens)
+            == greedy_verdict(logits.float(), tokens)
+        )
 
 
 def test_a_decode_token_comes_from_the_ids_when_greedy_and_from_the_logits_when_sampled() -> None:

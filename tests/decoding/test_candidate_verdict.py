@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgespec.decoding.early import UNSCORED_BONUS, candidate_verdict, with_draft_tokens
 from edgespec.core.config import GREEDY
+from edgespec.decoding.early import UNSCORED_BONUS, candidate_verdict, with_draft_tokens
 from edgespec.decoding.verification import verdict_from_logits
 
 VOCAB = 50
@@ -15,12 +15,17 @@ VOCAB = 50
 
 @settings(max_examples=200, deadline=None)
 @given(seed=st.integers(0, 10_000), gamma=st.integers(1, 6), k=st.integers(2, 8), agree=st.floats(0.0, 1.0))
-def test_equals_the_full_verdict_when_the_exit_argmax_is_a_candidate(seed: int, gamma: int, k: int, agree: float) -> None:
+def test_equals_the_full_verdict_when_the_exit_argmax_is_a_candidate(
+    seed: int, gamma: int, k: int, agree: float
+) -> None:
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(gamma + 1, VOCAB, generator=generator)
     argmax = logits.argmax(dim=-1)
     # A draft that agrees with the exit at random positions; its candidates hold the exit's argmax.
-    draft = [int(argmax[i]) if torch.rand(1, generator=generator) < agree else int((argmax[i] + 1) % VOCAB) for i in range(gamma)]
+    draft = [
+        int(argmax[i]) if torch.rand(1, generator=generator) < agree else int((argmax[i] + 1) % VOCAB)
+        for i in range(gamma)
+    ]
     others = torch.randperm(VOCAB, generator=generator)[: k + 2]
     rows = torch.stack([torch.cat([torch.tensor([draft[i], int(argmax[i])]), others])[:k] for i in range(gamma)])
     candidates = with_draft_tokens(rows, draft)

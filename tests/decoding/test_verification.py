@@ -8,8 +8,8 @@ import itertools
 import pytest
 import torch
 
-from edgespec.core.config import DRAFT_SEED_OFFSET
-from edgespec.core.config import SamplingParams
+from edgespec.core.config import DRAFT_SEED_OFFSET, SamplingParams
+from edgespec.core.verdict import Verdict
 from edgespec.decoding.sampling import logits_to_probs, position_uniform, sample_with_uniform, seeded_generator
 from edgespec.decoding.verification import (
     RoundUniforms,
@@ -18,7 +18,6 @@ from edgespec.decoding.verification import (
     verdict_confidence,
     verdict_from_logits,
 )
-from edgespec.core.verdict import Verdict
 
 
 def one_hot_logits(choices: list[int], vocab: int = 10) -> torch.Tensor:
@@ -95,10 +94,16 @@ def sample_sequences_speculatively(
             q = draft[positions[:block]]
             if position_tied:
                 key = seed * 100_000 + sample
-                tokens = [sample_with_uniform(q[i], position_uniform(key + DRAFT_SEED_OFFSET, start + i)) for i in range(block)]
+                tokens = [
+                    sample_with_uniform(q[i], position_uniform(key + DRAFT_SEED_OFFSET, start + i))
+                    for i in range(block)
+                ]
                 uniforms = RoundUniforms.at(key, start, block)
             else:
-                tokens = [sample_with_uniform(q[i], float(torch.rand(1, generator=generator, dtype=torch.float64))) for i in range(block)]
+                tokens = [
+                    sample_with_uniform(q[i], float(torch.rand(1, generator=generator, dtype=torch.float64)))
+                    for i in range(block)
+                ]
                 uniforms = RoundUniforms.draw(generator, block)
             verdict = rejection_sample_verdict(target[positions], tokens, q, uniforms)
             sequence.extend(verdict.committed(tokens))
@@ -132,7 +137,9 @@ def test_rejection_sampling_converges_to_the_target_distribution(gamma: int, pos
     expected = product_distribution(target)
     distances = []
     for samples in (200, 1_500, 8_000):
-        counts = sample_sequences_speculatively(target, draft, gamma, samples, seed=samples + gamma, position_tied=position_tied)
+        counts = sample_sequences_speculatively(
+            target, draft, gamma, samples, seed=samples + gamma, position_tied=position_tied
+        )
         distances.append(float(0.5 * (counts / samples - expected).abs().sum()))
     # Total variation shrinks like 1/sqrt(samples); the biased draft alone is far off.
     draft_distance = float(0.5 * (product_distribution(draft) - expected).abs().sum())
@@ -146,8 +153,14 @@ def test_sampled_verdict_is_a_deterministic_function_of_its_uniforms() -> None:
     params = SamplingParams(temperature=0.8, top_k=20)
     draft_probs = logits_to_probs(torch.randn(3, 50, generator=seeded_generator(1)), params)
     tokens = [int(torch.argmax(draft_probs[i])) for i in range(3)]
-    first = [verdict_from_logits(logits, tokens, params, draft_probs, RoundUniforms.draw(seeded_generator(s), 3)) for s in range(20)]
-    again = [verdict_from_logits(logits, tokens, params, draft_probs, RoundUniforms.draw(seeded_generator(s), 3)) for s in range(20)]
+    first = [
+        verdict_from_logits(logits, tokens, params, draft_probs, RoundUniforms.draw(seeded_generator(s), 3))
+        for s in range(20)
+    ]
+    again = [
+        verdict_from_logits(logits, tokens, params, draft_probs, RoundUniforms.draw(seeded_generator(s), 3))
+        for s in range(20)
+    ]
     assert first == again
     assert len(set(first)) > 1
 

@@ -6,16 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgespec.core.config import GenerationConfig
-from edgespec.drivers.local_engine import LocalEngine
+from edgespec.core.config import GenerationConfig, SamplingParams
 from edgespec.core.modes import Mode
-from edgespec.core.config import SamplingParams
+from edgespec.drivers.cost_profile import HardwareProfile
+from edgespec.drivers.local_engine import LocalEngine
+from edgespec.drivers.trace import Trace
+from edgespec.drivers.virtual_devices import Link
 from edgespec.models.draft import DraftRuntime, runner_up_id
 from edgespec.models.target import TargetRuntime
-from edgespec.drivers.virtual_devices import Link
-from edgespec.drivers.cost_profile import HardwareProfile
 from edgespec.sim.simulate import SimConfig, run_mode
-from edgespec.drivers.trace import Trace
 from tests.support.tiny_models import greedy_reference, layer_skip_copy, tiny_model
 
 PROMPT = [3, 17, 42, 8, 9, 61]
@@ -63,7 +62,9 @@ def test_a_block_ends_after_the_first_token_the_draft_is_unsure_of() -> None:
 def test_every_mode_equals_generate_whatever_the_stop(mode: Mode, draft_stop: float) -> None:
     target = tiny_model("qwen2", seed=0)
     engine = LocalEngine(TargetRuntime(target), draft_runtime())
-    result = engine.generate(PROMPT, mode, GenerationConfig(max_new_tokens=24, gamma=4, draft_stop=draft_stop, runner_up=True))
+    result = engine.generate(
+        PROMPT, mode, GenerationConfig(max_new_tokens=24, gamma=4, draft_stop=draft_stop, runner_up=True)
+    )
     assert result.tokens == greedy_reference(target, PROMPT, 24)
 
 
@@ -88,12 +89,21 @@ def synthetic_trace(length: int = 48, every: int = 3) -> Trace:
 @pytest.mark.parametrize("draft_stop", [0.0, 0.4])
 def test_runner_up_branches_hit_where_the_draft_is_unsure_and_change_no_token(draft_stop: float) -> None:
     trace = synthetic_trace()
-    config = SimConfig(modes=("sd-ee-pipelined",), max_new_tokens=40, gamma=4, draft_stop=draft_stop, branches=2, runner_up=True)
+    config = SimConfig(
+        modes=("sd-ee-pipelined",), max_new_tokens=40, gamma=4, draft_stop=draft_stop, branches=2, runner_up=True
+    )
     (record,) = run_mode([trace], Mode.SD_EE_PIPELINED, PROFILE, Link(one_way_s=0.02), config)
     assert record["tokens"] == trace.continuation[:40]
     hits = record["stats"]["hits_by_source"]
     assert hits.get("runner-up", 0) >= 4  # every unsure token is corrected by its runner-up
-    (without,) = run_mode([trace], Mode.SD_EE_PIPELINED, PROFILE, Link(one_way_s=0.02), SimConfig(
-        modes=("sd-ee-pipelined",), max_new_tokens=40, gamma=4, draft_stop=draft_stop, branches=2, runner_up=False))
+    (without,) = run_mode(
+        [trace],
+        Mode.SD_EE_PIPELINED,
+        PROFILE,
+        Link(one_way_s=0.02),
+        SimConfig(
+            modes=("sd-ee-pipelined",), max_new_tokens=40, gamma=4, draft_stop=draft_stop, branches=2, runner_up=False
+        ),
+    )
     assert without["tokens"] == record["tokens"] and "runner-up" not in without["stats"]["hits_by_source"]
     assert record["stats"]["total_s"] < without["stats"]["total_s"]

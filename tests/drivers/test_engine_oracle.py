@@ -9,14 +9,13 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from edgespec.core.config import GenerationConfig
-from edgespec.drivers.local_engine import LocalEngine
+from edgespec.core.config import GenerationConfig, SamplingParams
 from edgespec.core.modes import Mode
-from edgespec.core.config import SamplingParams
+from edgespec.drivers.local_engine import LocalEngine
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
-from tests.support.tiny_models import layer_skip_copy, VOCAB, greedy_reference, tiny_model
+from tests.support.tiny_models import VOCAB, greedy_reference, layer_skip_copy, tiny_model
 
 PROMPT = [3, 17, 42, 8, 9, 61]
 NEW_TOKENS = 24
@@ -50,7 +49,11 @@ def reference(family: str, new_tokens: int = NEW_TOKENS, eos: int | None = None)
 
 def engine(family: str, draft: str, exit_layers: tuple[int, ...] = (), exit_candidates: bool = True) -> LocalEngine:
     exits = ExitHeads.logit_lens(exit_layers, target_model(family).config.hidden_size) if exit_layers else None
-    return LocalEngine(TargetRuntime(target_model(family), exits), DraftRuntime(draft_model(family, draft)), exit_candidates=exit_candidates)
+    return LocalEngine(
+        TargetRuntime(target_model(family), exits),
+        DraftRuntime(draft_model(family, draft)),
+        exit_candidates=exit_candidates,
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -69,7 +72,11 @@ def test_speculative_greedy_equals_generate(family: str, draft: str, gamma: int)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_layer_skip_draft_is_sometimes_accepted_and_sometimes_not(family: str) -> None:
     # Full blocks (no confidence stop): the share accepted is the draft's quality alone.
-    stats = engine(family, "layer-skip").generate(PROMPT, Mode.SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=4, draft_stop=0.0)).stats
+    stats = (
+        engine(family, "layer-skip")
+        .generate(PROMPT, Mode.SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=4, draft_stop=0.0))
+        .stats
+    )
     assert 0 < stats.accepted < stats.drafted // 2
 
 
@@ -123,9 +130,11 @@ def test_logit_lens_exits_count_the_hits_and_misses_teacher_forcing_predicts() -
     give both hits and misses.)"""
     gamma = 1
     # Whole-vocabulary exits: their verdicts are the final rule on the exit's logits, bonus included.
-    stats = engine("qwen2", "self", exit_layers=(2, 3), exit_candidates=False).generate(
-        PROMPT, Mode.SD_EE, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=gamma)
-    ).stats
+    stats = (
+        engine("qwen2", "self", exit_layers=(2, 3), exit_candidates=False)
+        .generate(PROMPT, Mode.SD_EE, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=gamma))
+        .stats
+    )
     tokens = list(reference("qwen2", new_tokens=NEW_TOKENS + gamma))
     spans = [range(start, start + gamma + 1) for start in range(0, NEW_TOKENS, gamma + 1)]
     assert stats.rounds == len(spans) and stats.accepted == stats.drafted
@@ -135,7 +144,12 @@ def test_logit_lens_exits_count_the_hits_and_misses_teacher_forcing_predicts() -
     assert stats.hits == right[3] and stats.misses == stats.rounds - right[3]
     assert 0 < stats.hits < stats.rounds, "this setting must produce both hits and misses"
     for layer in (2, 3):
-        assert stats.per_exit[str(layer)] == {"rounds": stats.rounds, "streamed": stats.rounds, "correct": right[layer], "streamed_correct": right[layer]}
+        assert stats.per_exit[str(layer)] == {
+            "rounds": stats.rounds,
+            "streamed": stats.rounds,
+            "correct": right[layer],
+            "streamed_correct": right[layer],
+        }
     assert any(event.what.startswith("exit@") for event in stats.timeline)
 
 
@@ -164,16 +178,28 @@ def test_the_unrelated_draft_shares_only_the_vocabulary() -> None:
 
 
 def test_a_draft_with_another_vocabulary_is_refused_with_a_clear_error() -> None:
-    small = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB - 32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    small = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=VOCAB - 32,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
     with pytest.raises(ValueError, match="vocabular"):
-        LocalEngine(TargetRuntime(target_model("llama")), DraftRuntime(small)).generate(PROMPT, Mode.SD, GenerationConfig(max_new_tokens=8))
+        LocalEngine(TargetRuntime(target_model("llama")), DraftRuntime(small)).generate(
+            PROMPT, Mode.SD, GenerationConfig(max_new_tokens=8)
+        )
 
 
 @pytest.mark.parametrize("mode", [Mode.CLOUD_AR, Mode.SD, Mode.SD_EE])
 def test_sampling_is_reproducible_from_the_seed(mode: Mode) -> None:
     def run(seed: int) -> list[int]:
-        config = GenerationConfig(max_new_tokens=16, gamma=3, sampling=SamplingParams(temperature=1.0, top_k=40), seed=seed)
+        config = GenerationConfig(
+            max_new_tokens=16, gamma=3, sampling=SamplingParams(temperature=1.0, top_k=40), seed=seed
+        )
         return engine("llama", "layer-skip", exit_layers=(2,)).generate(PROMPT, mode, config).tokens
 
     assert run(11) == run(11)

@@ -10,17 +10,16 @@ from functools import lru_cache
 import pytest
 import torch
 
-from edgespec.core.config import GenerationConfig, GenerationResult
-from edgespec.drivers.local_engine import LocalEngine
+from edgespec.core.config import GenerationConfig, GenerationResult, SamplingParams
 from edgespec.core.modes import Mode
-from edgespec.core.config import SamplingParams
+from edgespec.drivers.backend_interface import VerifyResult
+from edgespec.drivers.local_engine import LocalEngine
+from edgespec.drivers.real_backends import RealCloud, RealEdge
+from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock
+from edgespec.drivers.virtual_devices import Link
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
-from edgespec.drivers.real_backends import RealCloud, RealEdge
-from edgespec.drivers.backend_interface import VerifyResult
-from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock
-from edgespec.drivers.virtual_devices import Link
 from tests.support.tiny_models import greedy_reference, layer_skip_copy, tiny_model
 
 PROMPT = [3, 17, 42, 8, 9, 61]
@@ -43,10 +42,14 @@ def target_model() -> torch.nn.Module:
     return model
 
 
-def engine(exit_layers: tuple[int, ...], draft: str = "layer-skip", link: Link = Link(), exit_candidates: bool = True) -> LocalEngine:
+def engine(
+    exit_layers: tuple[int, ...], draft: str = "layer-skip", link: Link = Link(), exit_candidates: bool = True
+) -> LocalEngine:
     model = target_model()
     exits = ExitHeads([ExitSpec(layer) for layer in exit_layers], model.config.hidden_size)
-    draft_model = layer_skip_copy(tiny_model("qwen2", seed=0), keep=2) if draft == "layer-skip" else tiny_model("qwen2", seed=7)
+    draft_model = (
+        layer_skip_copy(tiny_model("qwen2", seed=0), keep=2) if draft == "layer-skip" else tiny_model("qwen2", seed=7)
+    )
     return LocalEngine(TargetRuntime(model, exits), DraftRuntime(draft_model), link, exit_candidates)
 
 
@@ -54,7 +57,9 @@ def engine(exit_layers: tuple[int, ...], draft: str = "layer-skip", link: Link =
 @pytest.mark.parametrize("gamma", [1, 3, 6])
 @pytest.mark.parametrize("exit_layers", [PERFECT, POOR], ids=["perfect-exit", "poor-exit"])
 @pytest.mark.parametrize("exit_candidates", [True, False], ids=["candidate-ids", "full-vocab"])
-def test_predraft_modes_equal_generate(mode: Mode, gamma: int, exit_layers: tuple[int, ...], exit_candidates: bool) -> None:
+def test_predraft_modes_equal_generate(
+    mode: Mode, gamma: int, exit_layers: tuple[int, ...], exit_candidates: bool
+) -> None:
     expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
     result = engine(exit_layers, exit_candidates=exit_candidates).generate(
         PROMPT, mode, GenerationConfig(early_verdicts=True, max_new_tokens=NEW_TOKENS, gamma=gamma)
@@ -69,7 +74,9 @@ def test_predraft_modes_equal_generate(mode: Mode, gamma: int, exit_layers: tupl
         # (With the send-time guess on, a guess still drafting its bonus when the verdict comes
         # can be wrong, and whether it is still drafting depends on the machine's timing.)
         alone = engine(exit_layers, exit_candidates=False).generate(
-            PROMPT, mode, GenerationConfig(early_verdicts=True, guess_verdict=False, max_new_tokens=NEW_TOKENS, gamma=gamma)
+            PROMPT,
+            mode,
+            GenerationConfig(early_verdicts=True, guess_verdict=False, max_new_tokens=NEW_TOKENS, gamma=gamma),
         )
         assert alone.tokens == expected
         assert alone.stats.misses == 0 and alone.stats.hits >= alone.stats.rounds - (0 if mode is Mode.SD_EE else 1)
@@ -103,7 +110,9 @@ class FixedCostCloud(RealCloud):
 def fixed_cost_run(exit_layers: tuple[int, ...], mode: Mode, config: GenerationConfig) -> GenerationResult:
     model = target_model()
     runtime = TargetRuntime(model, ExitHeads([ExitSpec(layer) for layer in exit_layers], model.config.hidden_size))
-    edge = FixedCostEdge(DraftRuntime(layer_skip_copy(tiny_model("qwen2", seed=0), keep=2)), config.sampling, config.seed)
+    edge = FixedCostEdge(
+        DraftRuntime(layer_skip_copy(tiny_model("qwen2", seed=0), keep=2)), config.sampling, config.seed
+    )
     spec = ClientSpec(PROMPT, mode, config, edge, Link(one_way_s=0.005))
     # Whole-vocabulary exits: the lens after layer 2 is the draft itself, so a candidate exit would
     # accept every block and never stream (see test_candidate_verdict.py for candidate exits).
@@ -133,8 +142,12 @@ def test_pipelined_blocks_are_verified_on_a_hit_and_dropped_on_a_miss() -> None:
 
 def test_poor_exits_give_hits_and_misses() -> None:
     expected = greedy_reference(target_model(), PROMPT, 48)
-    predraft = engine(POOR, exit_candidates=False).generate(PROMPT, Mode.SD_EE_PREDRAFT, GenerationConfig(early_verdicts=True, max_new_tokens=48, gamma=3))
-    pipelined = engine(POOR, exit_candidates=False).generate(PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(early_verdicts=True, max_new_tokens=48, gamma=3))
+    predraft = engine(POOR, exit_candidates=False).generate(
+        PROMPT, Mode.SD_EE_PREDRAFT, GenerationConfig(early_verdicts=True, max_new_tokens=48, gamma=3)
+    )
+    pipelined = engine(POOR, exit_candidates=False).generate(
+        PROMPT, Mode.SD_EE_PIPELINED, GenerationConfig(early_verdicts=True, max_new_tokens=48, gamma=3)
+    )
     for result in (predraft, pipelined):
         assert result.tokens == expected
         assert result.stats.hits > 0 and result.stats.misses > 0
@@ -143,7 +156,9 @@ def test_poor_exits_give_hits_and_misses() -> None:
 def test_a_useless_draft_stays_lossless_in_every_predraft_mode() -> None:
     expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
     for mode in PREDRAFT_MODES:
-        result = engine(POOR, draft="random").generate(PROMPT, mode, GenerationConfig(early_verdicts=True, max_new_tokens=NEW_TOKENS, gamma=4))
+        result = engine(POOR, draft="random").generate(
+            PROMPT, mode, GenerationConfig(early_verdicts=True, max_new_tokens=NEW_TOKENS, gamma=4)
+        )
         assert result.tokens == expected
 
 
@@ -166,7 +181,9 @@ def test_pipelining_hides_the_draft_behind_the_verify() -> None:
 def test_seeded_sampling_is_the_same_in_every_speculative_mode() -> None:
     """Position-tied uniforms: a verdict depends only on the draft rows and the position, so the
     pre-draft modes sample the same text as sd for one seed."""
-    config = GenerationConfig(early_verdicts=True, max_new_tokens=NEW_TOKENS, gamma=3, sampling=SamplingParams(temperature=1.0), seed=11)
+    config = GenerationConfig(
+        early_verdicts=True, max_new_tokens=NEW_TOKENS, gamma=3, sampling=SamplingParams(temperature=1.0), seed=11
+    )
     texts = {mode: engine(POOR).generate(PROMPT, mode, config).tokens for mode in [Mode.SD, *PREDRAFT_MODES]}
     assert len(set(map(tuple, texts.values()))) == 1, texts
 
@@ -192,7 +209,9 @@ def test_with_the_guess_exits_run_only_when_asked_for() -> None:
     expected = greedy_reference(target_model(), PROMPT, NEW_TOKENS)
     for mode in (Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED):
         quiet = engine(POOR).generate(PROMPT, mode, config)
-        asked = engine(POOR).generate(PROMPT, mode, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3, early_verdicts=True))
+        asked = engine(POOR).generate(
+            PROMPT, mode, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3, early_verdicts=True)
+        )
         assert quiet.tokens == asked.tokens == expected
         assert quiet.stats.per_exit == {} and asked.stats.per_exit != {}
     assert engine(POOR).generate(PROMPT, Mode.SD_EE, config).stats.per_exit != {}

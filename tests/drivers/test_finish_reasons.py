@@ -53,7 +53,10 @@ def exits() -> ExitHeads:
 def address() -> Iterator[str]:
     """A server with exits and a draft of its own (cloud-sd), whose EOS is ``eos_id()``."""
     service = VerifierService(
-        TargetRuntime(target_model(), exits()), tokenizer=None, eos_ids=frozenset({eos_id()}), cloud_draft=CloudDraft(draft_model())
+        TargetRuntime(target_model(), exits()),
+        tokenizer=None,
+        eos_ids=frozenset({eos_id()}),
+        cloud_draft=CloudDraft(draft_model()),
     )
     server = RunningServer(service, ServerConfig(port=0))
     yield f"127.0.0.1:{server.port}"

@@ -5,10 +5,9 @@ changes the sample; cloud-ar draws every token from the target, a different samp
 
 from __future__ import annotations
 
-from edgespec.core.config import GenerationConfig
-from edgespec.drivers.local_engine import LocalEngine
+from edgespec.core.config import GenerationConfig, SamplingParams
 from edgespec.core.modes import Mode
-from edgespec.core.config import SamplingParams
+from edgespec.drivers.local_engine import LocalEngine
 from edgespec.exits.heads import ExitHeads
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
@@ -20,12 +19,20 @@ SAMPLING = SamplingParams(temperature=0.9, top_k=30)
 
 def test_a_seed_fixes_the_text_per_draft_and_gamma_not_across_them() -> None:
     target = tiny_model("qwen2", seed=0)
-    engine = LocalEngine(TargetRuntime(target, ExitHeads.logit_lens((2,), 64)), DraftRuntime(layer_skip_copy(tiny_model("qwen2", seed=0), keep=3)))
+    engine = LocalEngine(
+        TargetRuntime(target, ExitHeads.logit_lens((2,), 64)),
+        DraftRuntime(layer_skip_copy(tiny_model("qwen2", seed=0), keep=3)),
+    )
     other_gamma = other_mode = 0
     for seed in range(2):
         config = GenerationConfig(max_new_tokens=24, gamma=3, sampling=SAMPLING, seed=seed)
         sd = engine.generate(PROMPT, Mode.SD, config).tokens
         assert engine.generate(PROMPT, Mode.SD_EE, config).tokens == sd
-        other_gamma += engine.generate(PROMPT, Mode.SD, GenerationConfig(max_new_tokens=24, gamma=5, sampling=SAMPLING, seed=seed)).tokens != sd
+        other_gamma += (
+            engine.generate(
+                PROMPT, Mode.SD, GenerationConfig(max_new_tokens=24, gamma=5, sampling=SAMPLING, seed=seed)
+            ).tokens
+            != sd
+        )
         other_mode += engine.generate(PROMPT, Mode.CLOUD_AR, config).tokens != sd
     assert other_gamma > 0 and other_mode > 0

@@ -9,8 +9,8 @@ import torch
 from transformers import MistralConfig, MistralForCausalLM
 
 from edgespec.core.config import GenerationConfig
-from edgespec.drivers.local_engine import LocalEngine
 from edgespec.core.modes import Mode
+from edgespec.drivers.local_engine import LocalEngine
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import SLIDING_WINDOW_BLOCK_ROOM, TargetRuntime
 from tests.support.tiny_models import VOCAB, greedy_reference, layer_skip_copy
@@ -23,9 +23,18 @@ WINDOW = len(PROMPT) + NEW_TOKENS + SLIDING_WINDOW_BLOCK_ROOM + 1
 def tiny_mistral(window: int) -> torch.nn.Module:
     torch.manual_seed(0)
     config = MistralConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, sliding_window=window, tie_word_embeddings=False,
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        sliding_window=window,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
     )
     model = MistralForCausalLM(config)
     with torch.no_grad():
@@ -42,7 +51,9 @@ def test_inside_the_window_a_sliding_window_target_equals_generate(mode: Mode) -
     draft = DraftRuntime(layer_skip_copy(tiny_mistral(WINDOW), keep=3))
     result = LocalEngine(target, draft).generate(PROMPT, mode, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=4))
     assert result.tokens == greedy_reference(target.model, PROMPT, NEW_TOKENS)
-    assert mode is Mode.CLOUD_AR or result.stats.accepted < result.stats.drafted, "no rejection, so no rollback was tested"
+    assert mode is Mode.CLOUD_AR or result.stats.accepted < result.stats.drafted, (
+        "no rejection, so no rollback was tested"
+    )
 
 
 def test_a_request_that_could_reach_the_window_is_refused_before_any_work() -> None:

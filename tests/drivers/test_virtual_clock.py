@@ -64,10 +64,19 @@ class ScriptedCloud:
             else:
                 assert job.block is not None
                 accepted = 0
-                while accepted < len(job.block.tokens) and job.block.tokens[accepted] == target_at(job.sequence + job.block.tokens[:accepted]):
+                while accepted < len(job.block.tokens) and job.block.tokens[accepted] == target_at(
+                    job.sequence + job.block.tokens[:accepted]
+                ):
                     accepted += 1
-                results.append(VerifyResult(Verdict(accepted, target_at(job.sequence + job.block.tokens[:accepted])), []))
-        costs = {JobKind.PREFILL: PREFILL_S, JobKind.DECODE: DECODE_S, JobKind.VERIFY: VERIFY_S, JobKind.DRAFT: DRAFT_TOKEN_S * 3}
+                results.append(
+                    VerifyResult(Verdict(accepted, target_at(job.sequence + job.block.tokens[:accepted])), [])
+                )
+        costs = {
+            JobKind.PREFILL: PREFILL_S,
+            JobKind.DECODE: DECODE_S,
+            JobKind.VERIFY: VERIFY_S,
+            JobKind.DRAFT: DRAFT_TOKEN_S * 3,
+        }
         return results, max(costs[job.kind] for job in jobs)
 
 
@@ -119,7 +128,9 @@ def test_waiting_decodes_of_many_sessions_share_one_forward() -> None:
     assert all(r.tokens == TARGET[:4] for r in results)
     jobs = sum(len(batch) for batch in cloud.batches)
     assert clock.verifier.forwards == len(cloud.batches) < jobs
-    assert all(batch == [JobKind.PREFILL] for batch in cloud.batches if JobKind.PREFILL in batch)  # a prefill runs alone
+    assert all(
+        batch == [JobKind.PREFILL] for batch in cloud.batches if JobKind.PREFILL in batch
+    )  # a prefill runs alone
     assert max(len(batch) for batch in cloud.batches) == 3
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from edgespec.core.config import GenerationConfig
-from edgespec.drivers.local_engine import LocalEngine
 from edgespec.core.modes import Mode
+from edgespec.drivers.local_engine import LocalEngine
 from edgespec.exits.heads import ExitHeads
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.loading import LoadedModel, load_model
@@ -45,7 +45,9 @@ def reference(target: LoadedModel, prompt_ids: list[int]) -> list[int]:
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_real_model_greedy_equals_generate_in_every_lossless_mode(target: LoadedModel, engine: LocalEngine, prompt: str) -> None:
+def test_real_model_greedy_equals_generate_in_every_lossless_mode(
+    target: LoadedModel, engine: LocalEngine, prompt: str
+) -> None:
     prompt_ids = render_prompt(target.tokenizer, prompt)
     expected = reference(target, prompt_ids)
     config = GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=4, eos_ids=eos_token_ids(target.model, target.tokenizer))

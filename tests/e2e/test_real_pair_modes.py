@@ -12,17 +12,17 @@ from typing import Any
 import pytest
 import torch
 
-from edgespec.models.exit_choice import resolve_exits
-from edgespec.data.prompt_sets import load_prompts
 from edgespec.core.config import GenerationConfig
-from edgespec.drivers.local_engine import LocalEngine
 from edgespec.core.modes import Mode
+from edgespec.data.prompt_sets import load_prompts
+from edgespec.drivers.local_engine import LocalEngine
+from edgespec.drivers.virtual_devices import Link
+from edgespec.link import resolve_profile
 from edgespec.models.draft import DraftRuntime
+from edgespec.models.exit_choice import resolve_exits
 from edgespec.models.loading import LoadedModel, load_model
 from edgespec.models.target import TargetRuntime
-from edgespec.link import resolve_profile
 from edgespec.prompting import eos_token_ids, render_prompt
-from edgespec.drivers.virtual_devices import Link
 
 pytestmark = [
     pytest.mark.slow,
@@ -54,8 +54,12 @@ def reference(target: LoadedModel, prompt_ids: list[int], eos: Any) -> list[int]
     """The oracle: `generate` on the target, greedy, fp32."""
     with torch.inference_mode():
         out = target.model.generate(
-            torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-            max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=sorted(eos) or None, pad_token_id=0,
+            torch.tensor([prompt_ids]),
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            eos_token_id=sorted(eos) or None,
+            pad_token_id=0,
         )
     return out[0, len(prompt_ids) :].tolist()
 

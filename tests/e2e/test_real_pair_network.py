@@ -44,8 +44,10 @@ def oracle(prompts: list[PromptRecord]) -> dict[str, list[int]]:
         assert ids == render_prompt(draft_tokenizer, record.messages), "draft and target tokenizers disagree"
         with torch.inference_mode():
             out = target.model.generate(
-                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=NEW_TOKENS, do_sample=False,
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=NEW_TOKENS,
+                do_sample=False,
             )
         outputs[record.id] = out[0, len(ids) :].tolist()
     del target

@@ -36,8 +36,18 @@ class Server:
 
     def _start(self) -> subprocess.Popen[str]:
         command = [
-            sys.executable, "-m", "edgespec.cli", "serve", "--target", "smollm2-135m", "--dtype", "float32",
-            "--port", str(self.port), "--threads", "1",
+            sys.executable,
+            "-m",
+            "edgespec.cli",
+            "serve",
+            "--target",
+            "smollm2-135m",
+            "--dtype",
+            "float32",
+            "--port",
+            str(self.port),
+            "--threads",
+            "1",
         ]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
         assert process.stdout is not None
@@ -62,9 +72,29 @@ def server() -> Iterator[Server]:
 
 def generate(port: int, mode: str, temperature: str) -> subprocess.Popen[bytes]:
     command = [
-        sys.executable, "-m", "edgespec.cli", "generate", "--server", f"127.0.0.1:{port}", "--draft", "smollm2-135m",
-        "--dtype", "bfloat16", "--mode", mode, "--max-new-tokens", "64", "--temperature", temperature, "--seed", "3",
-        "--retries", "1", "--probe-interval", "0.5", PROMPT,
+        sys.executable,
+        "-m",
+        "edgespec.cli",
+        "generate",
+        "--server",
+        f"127.0.0.1:{port}",
+        "--draft",
+        "smollm2-135m",
+        "--dtype",
+        "bfloat16",
+        "--mode",
+        mode,
+        "--max-new-tokens",
+        "64",
+        "--temperature",
+        temperature,
+        "--seed",
+        "3",
+        "--retries",
+        "1",
+        "--probe-interval",
+        "0.5",
+        PROMPT,
     ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
 

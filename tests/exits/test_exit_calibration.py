@@ -31,8 +31,16 @@ def test_picks_the_lowest_grid_threshold_with_enough_precision() -> None:
     # For t < 0.5, precision over c >= t is about (625 - 250 t) / (1000 (1 - t)): >= 0.9 from
     # t = 0.423 on, so the lowest grid point is 0.43; >= 0.75 from t = 0.25 (0.26 once the exact
     # count of every-4th below 0.5 is used); only c >= 0.5 is always right.
-    assert pick_threshold(confidence, correct, min_precision=0.9, min_count=10) == _expected_lowest(confidence, correct, 0.9, 10) == 0.43
-    assert pick_threshold(confidence, correct, min_precision=0.75, min_count=10) == _expected_lowest(confidence, correct, 0.75, 10) == 0.26
+    assert (
+        pick_threshold(confidence, correct, min_precision=0.9, min_count=10)
+        == _expected_lowest(confidence, correct, 0.9, 10)
+        == 0.43
+    )
+    assert (
+        pick_threshold(confidence, correct, min_precision=0.75, min_count=10)
+        == _expected_lowest(confidence, correct, 0.75, 10)
+        == 0.26
+    )
     assert pick_threshold(confidence, correct, min_precision=0.6, min_count=10) == 0.0  # 0.625 overall
     assert pick_threshold(confidence, correct, min_precision=1.0, min_count=10) == 0.5
 

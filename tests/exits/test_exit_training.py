@@ -10,7 +10,15 @@ import torch
 
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.exits.hidden_cache import CacheSource, build_training_cache, load_training_cache, read_manifest
-from edgespec.exits.training import CacheData, TrainConfig, distillation_loss, new_heads, split_holdout, top1_agreement, train_exits
+from edgespec.exits.training import (
+    CacheData,
+    TrainConfig,
+    distillation_loss,
+    new_heads,
+    split_holdout,
+    top1_agreement,
+    train_exits,
+)
 from edgespec.models.target import TargetRuntime
 from tests.support.tiny_models import VOCAB, tiny_model
 
@@ -43,7 +51,18 @@ def cached(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, C
 
 
 def _config(kind: str = "linear", steps: int = 12, **extra: object) -> TrainConfig:
-    return TrainConfig(layers=LAYERS, kind=kind, rank=8 if kind != "linear" else 0, steps=steps, batch_size=64, sampled_tail=24, lr=5e-3, warmup_steps=2, checkpoint_every=4, **extra)  # type: ignore[arg-type]
+    return TrainConfig(
+        layers=LAYERS,
+        kind=kind,
+        rank=8 if kind != "linear" else 0,
+        steps=steps,
+        batch_size=64,
+        sampled_tail=24,
+        lr=5e-3,
+        warmup_steps=2,
+        checkpoint_every=4,
+        **extra,
+    )  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("kind", ["linear", "lowrank", "mlp"])
@@ -57,7 +76,12 @@ def test_training_a_few_steps_lowers_the_loss(cached, tmp_path: Path, kind: str)
         # Over every training position with the whole vocabulary as the tail: the exact KL.
         with torch.no_grad():
             value, _ = distillation_loss(
-                heads.adapter(layer)(train.hidden[layer]), train.final, train.topk_ids, torch.arange(VOCAB), model.model.norm, model.lm_head.weight
+                heads.adapter(layer)(train.hidden[layer]),
+                train.final,
+                train.topk_ids,
+                torch.arange(VOCAB),
+                model.model.norm,
+                model.lm_head.weight,
             )
         return float(value)
 
@@ -69,10 +93,16 @@ def test_training_a_few_steps_lowers_the_loss(cached, tmp_path: Path, kind: str)
 def test_resume_after_interruption_equals_an_uninterrupted_run(cached, tmp_path: Path) -> None:
     model, train, _ = cached
     config = _config(steps=10, ce_weight=0.1)
-    whole, whole_history = train_exits(config, train, model.model.norm, model.lm_head.weight, tmp_path / "whole", progress=False)
+    whole, whole_history = train_exits(
+        config, train, model.model.norm, model.lm_head.weight, tmp_path / "whole", progress=False
+    )
     # Interrupted after 6 steps (checkpoint at 4 and at the stop), then resumed in a new call.
-    train_exits(config, train, model.model.norm, model.lm_head.weight, tmp_path / "resumed", stop_after=6, progress=False)
-    resumed, resumed_history = train_exits(config, train, model.model.norm, model.lm_head.weight, tmp_path / "resumed", progress=False)
+    train_exits(
+        config, train, model.model.norm, model.lm_head.weight, tmp_path / "resumed", stop_after=6, progress=False
+    )
+    resumed, resumed_history = train_exits(
+        config, train, model.model.norm, model.lm_head.weight, tmp_path / "resumed", progress=False
+    )
     assert resumed_history == whole_history
     for name, tensor in whole.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
@@ -102,7 +132,9 @@ def test_trained_heads_round_trip_exactly_and_fp16_storage_is_close(cached, tmp_
 @pytest.mark.parametrize("kind", ["linear", "lowrank", "mlp"])
 def test_final_logits_stay_bit_identical_with_trained_exits(cached, tmp_path: Path, kind: str) -> None:
     model, train, _ = cached
-    heads, _ = train_exits(_config(kind, steps=5), train, model.model.norm, model.lm_head.weight, tmp_path, progress=False)
+    heads, _ = train_exits(
+        _config(kind, steps=5), train, model.model.norm, model.lm_head.weight, tmp_path, progress=False
+    )
     sequence = _sources(1)[0].make()[:12]
     plain = TargetRuntime(model).score_tail(sequence, 5)
     readings = []
@@ -122,13 +154,23 @@ def test_sharegpt_reader_streams_records_and_stops_at_the_truncation(tmp_path: P
 
     records = [
         {"id": "a", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
-        {"id": "b", "conversations": [{"from": "gpt", "value": "starts with the model"}, {"from": "human", "value": "x"}]},
-        {"id": "c", "conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+        {
+            "id": "b",
+            "conversations": [{"from": "gpt", "value": "starts with the model"}, {"from": "human", "value": "x"}],
+        },
+        {
+            "id": "c",
+            "conversations": [
+                {"from": "system", "value": "s"},
+                {"from": "human", "value": "q"},
+                {"from": "gpt", "value": "a"},
+            ],
+        },
     ]
     import json
 
     text = json.dumps(records, indent=2)
-    truncated = text[: -2] + ',\n  {"id": "d", "conversations": [{"from": "human", "val'  # cut mid-record
+    truncated = text[:-2] + ',\n  {"id": "d", "conversations": [{"from": "human", "val'  # cut mid-record
     path = tmp_path / "sharegpt.json"
     path.write_text(truncated)
     assert [r["id"] for r in iter_json_array(path, chunk_chars=16)] == ["a", "b", "c"]

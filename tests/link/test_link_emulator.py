@@ -22,8 +22,8 @@ from typing import Iterator
 
 import pytest
 
-from edgespec.link import PROFILES, LinkEmulator, LinkProfile, resolve_profile
 from edgespec.cli.link import add_link_parser, parse_host_port
+from edgespec.link import PROFILES, LinkEmulator, LinkProfile, resolve_profile
 from edgespec.link.model import MAX_PIECE_BYTES, LinkModel, direction_rng
 
 HOST = "127.0.0.1"
@@ -356,7 +356,9 @@ def test_resolve_profile_names_and_overrides() -> None:
 def test_command_parser() -> None:
     parser = argparse.ArgumentParser()
     add_link_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["link", "--listen", "0", "--upstream", "[::1]:50051", "--profile", "wan", "--loss", "0.1"])
+    args = parser.parse_args(
+        ["link", "--listen", "0", "--upstream", "[::1]:50051", "--profile", "wan", "--loss", "0.1"]
+    )
     assert args.upstream == ("::1", 50051) and args.profile == "wan" and args.loss == 0.1
     assert callable(args.handler)
     for bad in ("50051", "host:", "host:70000", ":1"):
@@ -376,8 +378,20 @@ def test_link_command_runs_until_sigterm() -> None:
             "p = argparse.ArgumentParser(); add_link_parser(p.add_subparsers(dest='c', required=True))\n"
             "a = p.parse_args(sys.argv[1:]); sys.exit(a.handler(a))\n"
         )
-        argv = [sys.executable, "-c", code, "link", "--listen", str(listen),
-                "--upstream", f"{HOST}:{server.server_address[1]}", "--profile", "lan", "--delay-ms", "2"]
+        argv = [
+            sys.executable,
+            "-c",
+            code,
+            "link",
+            "--listen",
+            str(listen),
+            "--upstream",
+            f"{HOST}:{server.server_address[1]}",
+            "--profile",
+            "lan",
+            "--delay-ms",
+            "2",
+        ]
         process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             sock = _connect_with_retry(listen, process, deadline_s=10.0)

@@ -17,7 +17,9 @@ def smollm() -> LoadedModel:
 
 
 def _chat_inputs(loaded: LoadedModel) -> dict:
-    return loaded.tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    return loaded.tokenizer.apply_chat_template(
+        PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
 
 
 def _generate(loaded: LoadedModel, n: int) -> list[int]:

@@ -64,7 +64,9 @@ def test_a_long_prompt_fed_in_chunks_grows_its_stacked_storage_and_scores_like_o
     runtime.score_tail([5, 6, 7, 8], 1, kv=other)
     chunked = runtime.new_cache()
     for end in range(16, len(prompt) + 1, 16):  # 16 tokens a pass beside another session's decode
-        scored = runtime.score_batch([ScoreRequest(prompt[:end], 1, chunked), ScoreRequest([5, 6, 7, 8, end % 80 + 1], 1, other)])
+        scored = runtime.score_batch(
+            [ScoreRequest(prompt[:end], 1, chunked), ScoreRequest([5, 6, 7, 8, end % 80 + 1], 1, other)]
+        )
     scored = runtime.score_batch([ScoreRequest(prompt, 1, chunked), ScoreRequest([5, 6, 7, 8, 1, 2], 2, other)])
     assert torch.allclose(scored[0], fresh_scores(runtime, prompt, 1), atol=1e-4)
     assert len(chunked) == len(prompt) - 1 + 1

@@ -27,7 +27,9 @@ def test_final_logits_are_bit_identical_with_and_without_exits() -> None:
 def test_logit_lens_exit_equals_final_norm_and_head_on_the_hidden_state() -> None:
     model = tiny_model("qwen2", seed=1)
     readings: list[ExitReading] = []
-    TargetRuntime(model, ExitHeads.logit_lens([2], model.config.hidden_size)).score_tail(SEQUENCE, 3, on_exit=readings.append)
+    TargetRuntime(model, ExitHeads.logit_lens([2], model.config.hidden_size)).score_tail(
+        SEQUENCE, 3, on_exit=readings.append
+    )
     with torch.no_grad():
         hidden = model(torch.tensor([SEQUENCE]), output_hidden_states=True).hidden_states[2][0, -3:]
         expected = model.lm_head(model.model.norm(hidden)).float()
@@ -67,7 +69,9 @@ def test_exits_that_can_never_stream_are_left_off_the_hot_path() -> None:
 def test_segments_yield_each_exit_in_layer_order_then_the_final_logits() -> None:
     model = tiny_model("llama", seed=0)
     plain = TargetRuntime(model).score_tail(SEQUENCE, 4)
-    items = list(TargetRuntime(model, ExitHeads.logit_lens([1, 3], model.config.hidden_size)).iter_segments(SEQUENCE, 4))
+    items = list(
+        TargetRuntime(model, ExitHeads.logit_lens([1, 3], model.config.hidden_size)).iter_segments(SEQUENCE, 4)
+    )
     assert [item.layer for item in items[:-1]] == [1, 3]
     assert torch.equal(items[-1], plain)
 

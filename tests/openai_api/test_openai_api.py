@@ -19,15 +19,12 @@ from typing import Any, Iterator
 
 import openai
 import pytest
-import torch
 import uvicorn
 
-from tests.support.chat_tokenizer import chat_tokenizer
 from edgespec.client.edge_client import ClientOptions, EdgeClient
 from edgespec.client.recovery import RecoveryPolicy
-from edgespec.core.config import GenerationConfig
+from edgespec.core.config import GenerationConfig, SamplingParams
 from edgespec.core.modes import Mode
-from edgespec.core.config import SamplingParams
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
@@ -36,6 +33,7 @@ from edgespec.openai_api.backend import BackendSettings, EdgeBackend
 from edgespec.prompting import render_prompt
 from edgespec.server.app import RunningServer, ServerConfig
 from edgespec.server.servicer import VerifierService
+from tests.support.chat_tokenizer import chat_tokenizer
 from tests.support.tiny_models import greedy_reference, qwen2_layer_skip_draft, qwen2_target, tiny_model
 
 API_KEY = "test-key-123"
@@ -103,7 +101,9 @@ class Verifier:
         self.delay_s = 0.0
         model.model.layers[-1].register_forward_hook(lambda *args: time.sleep(self.delay_s) if self.delay_s else None)
         exits = ExitHeads([ExitSpec(2), ExitSpec(3)], model.config.hidden_size)
-        self.service = VerifierService(TargetRuntime(model, exits), tokenizer=None, eos_ids=EOS, target_name=TARGET_NAME)
+        self.service = VerifierService(
+            TargetRuntime(model, exits), tokenizer=None, eos_ids=EOS, target_name=TARGET_NAME
+        )
         self.sessions = WatchedSessions()
         self.service.sessions = self.sessions
         self.server = RunningServer(self.service, ServerConfig(port=0))
@@ -122,7 +122,9 @@ class EdgeServe:
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         app = create_app(backend, api_key, **app_options)
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True, name="edge-serve")
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True, name="edge-serve"
+        )
         self.thread.start()
 
     def client(self, api_key: str = API_KEY, **options: Any) -> openai.OpenAI:
@@ -133,10 +135,14 @@ class EdgeServe:
         self.thread.join(timeout=10)
 
 
-def edge_backend(address: str, slots: int = 2, mode: Mode = Mode.SD_EE_PIPELINED, recovery: RecoveryPolicy = RecoveryPolicy()) -> EdgeBackend:
+def edge_backend(
+    address: str, slots: int = 2, mode: Mode = Mode.SD_EE_PIPELINED, recovery: RecoveryPolicy = RecoveryPolicy()
+) -> EdgeBackend:
     drafts = [DraftRuntime(draft_model()) for _ in range(slots)]  # shared weights, own KV caches
     options = ClientOptions(connect_timeout_s=5.0, recovery=recovery)
-    return EdgeBackend(BackendSettings(address=address, mode=mode, options=options, gamma=3), tokenizer(), drafts, fallback_eos_ids=EOS)
+    return EdgeBackend(
+        BackendSettings(address=address, mode=mode, options=options, gamma=3), tokenizer(), drafts, fallback_eos_ids=EOS
+    )
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +188,9 @@ def test_models_names_the_verifiers_target(edge: EdgeServe) -> None:
     assert [model.id for model in edge.client().models.list().data] == [TARGET_NAME]
 
 
-@pytest.mark.parametrize("content", ["Hello there, what is the answer?", "Write a poem in four lines.", "Say something 52."])
+@pytest.mark.parametrize(
+    "content", ["Hello there, what is the answer?", "Write a poem in four lines.", "Say something 52."]
+)
 def test_chat_completion_equals_generate(edge: EdgeServe, content: str) -> None:
     text, tokens = expected(chat_prompt(content))
     if content.endswith("52."):  # this one ends at EOS before max_tokens: finish_reason "stop"
@@ -203,8 +211,12 @@ def test_streamed_chat_equals_generate_and_ends_with_stats_and_usage(edge: EdgeS
     content = "Hello there, what is the answer?"
     text, tokens = expected(chat_prompt(content))
     stream = edge.client().chat.completions.create(
-        model=TARGET_NAME, messages=[{"role": "user", "content": content}], max_tokens=MAX_TOKENS, temperature=0,
-        stream=True, stream_options={"include_usage": True},
+        model=TARGET_NAME,
+        messages=[{"role": "user", "content": content}],
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     streamed, chunks = stream_text(stream)
     assert streamed == text
@@ -223,7 +235,9 @@ def test_a_system_message_and_a_multi_turn_chat_use_the_template(edge: EdgeServe
         {"role": "user", "content": "And then?"},
     ]
     text, _ = expected(render_prompt(tokenizer(), messages))
-    reply = edge.client().chat.completions.create(model=TARGET_NAME, messages=messages, max_tokens=MAX_TOKENS, temperature=0)
+    reply = edge.client().chat.completions.create(
+        model=TARGET_NAME, messages=messages, max_tokens=MAX_TOKENS, temperature=0
+    )
     assert reply.choices[0].message.content == text
 
 
@@ -231,7 +245,9 @@ def test_a_system_message_and_a_multi_turn_chat_use_the_template(edge: EdgeServe
 def test_completion_equals_generate_on_the_raw_prompt(edge: EdgeServe, stream: bool) -> None:
     prompt = "Once upon a time, there"
     text, tokens = expected(render_prompt(tokenizer(), prompt, raw=True))
-    reply = edge.client().completions.create(model=TARGET_NAME, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0, stream=stream)
+    reply = edge.client().completions.create(
+        model=TARGET_NAME, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0, stream=stream
+    )
     if stream:
         streamed, chunks = stream_text(reply)
         assert streamed == text
@@ -243,12 +259,24 @@ def test_completion_equals_generate_on_the_raw_prompt(edge: EdgeServe, stream: b
 
 def test_a_seeded_sampled_request_is_the_edge_clients_seeded_generation(verifier: Verifier, edge: EdgeServe) -> None:
     content = "Hello there, what is the answer?"
-    config = GenerationConfig(max_new_tokens=MAX_TOKENS, gamma=3, sampling=SamplingParams(temperature=0.8, top_p=0.9), seed=7, eos_ids=EOS)
-    direct = EdgeClient(verifier.address, DraftRuntime(draft_model())).generate(chat_prompt(content), Mode.SD_EE_PIPELINED, config)
+    config = GenerationConfig(
+        max_new_tokens=MAX_TOKENS, gamma=3, sampling=SamplingParams(temperature=0.8, top_p=0.9), seed=7, eos_ids=EOS
+    )
+    direct = EdgeClient(verifier.address, DraftRuntime(draft_model())).generate(
+        chat_prompt(content), Mode.SD_EE_PIPELINED, config
+    )
     replies = [
-        edge.client().chat.completions.create(
-            model=TARGET_NAME, messages=[{"role": "user", "content": content}], max_tokens=MAX_TOKENS, temperature=0.8, top_p=0.9, seed=7
-        ).choices[0].message.content
+        edge.client()
+        .chat.completions.create(
+            model=TARGET_NAME,
+            messages=[{"role": "user", "content": content}],
+            max_tokens=MAX_TOKENS,
+            temperature=0.8,
+            top_p=0.9,
+            seed=7,
+        )
+        .choices[0]
+        .message.content
         for _ in range(2)
     ]
     assert replies == [tokenizer().decode(direct.tokens, skip_special_tokens=True)] * 2
@@ -274,9 +302,16 @@ def test_stop_strings_cut_exactly_where_generates_text_would(edge: EdgeServe, st
     for stop in stops:
         cut = text[: text.find(stop)]
         # The tokens `generate` had produced when the stop string first appeared.
-        needed = next(k for k in range(1, len(tokens) + 1) if stop in tokenizer().decode(tokens[:k], skip_special_tokens=True))
+        needed = next(
+            k for k in range(1, len(tokens) + 1) if stop in tokenizer().decode(tokens[:k], skip_special_tokens=True)
+        )
         reply = client.chat.completions.create(
-            model=TARGET_NAME, messages=[{"role": "user", "content": content}], max_tokens=MAX_TOKENS, temperature=0, stop=stop, stream=stream,
+            model=TARGET_NAME,
+            messages=[{"role": "user", "content": content}],
+            max_tokens=MAX_TOKENS,
+            temperature=0,
+            stop=stop,
+            stream=stream,
             **({"stream_options": {"include_usage": True}} if stream else {}),
         )
         if stream:
@@ -293,7 +328,11 @@ def test_stop_strings_cut_exactly_where_generates_text_would(edge: EdgeServe, st
     # Several stops: the earliest occurrence of any of them decides; one that never occurs is harmless.
     several = [stops[-1], stops[1], "QQQQQQ"]
     reply = client.chat.completions.create(
-        model=TARGET_NAME, messages=[{"role": "user", "content": content}], max_tokens=MAX_TOKENS, temperature=0, stop=several
+        model=TARGET_NAME,
+        messages=[{"role": "user", "content": content}],
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        stop=several,
     )
     assert reply.choices[0].message.content == text[: min(text.find(s) for s in several if s in text)]
 
@@ -315,7 +354,9 @@ def test_stop_strings_cut_exactly_where_generates_text_would(edge: EdgeServe, st
         ({"response_format": {"type": "xml"}}, "response_format.type"),
     ],
 )
-def test_unsupported_or_bad_parameters_get_a_400_naming_them(edge: EdgeServe, params: dict[str, Any], param: str) -> None:
+def test_unsupported_or_bad_parameters_get_a_400_naming_them(
+    edge: EdgeServe, params: dict[str, Any], param: str
+) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         edge.client().chat.completions.create(model=TARGET_NAME, messages=[{"role": "user", "content": "Hi"}], **params)
     assert caught.value.status_code == 400
@@ -331,21 +372,30 @@ def test_completion_parameters_it_cannot_honour_get_a_400(edge: EdgeServe) -> No
 
 
 def test_the_error_body_has_openais_exact_shape(edge: EdgeServe) -> None:
-    status, body = raw(f"{edge.url}/v1/chat/completions", {"model": TARGET_NAME, "messages": [{"role": "user", "content": "Hi"}], "n": 17})
+    status, body = raw(
+        f"{edge.url}/v1/chat/completions",
+        {"model": TARGET_NAME, "messages": [{"role": "user", "content": "Hi"}], "n": 17},
+    )
     assert status == 400
     error = body["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["param"] == "n" and error["code"] == "unsupported_parameter"
     image = [{"type": "image_url", "image_url": {"url": "data:,"}}]
-    status, body = raw(f"{edge.url}/v1/chat/completions", {"model": TARGET_NAME, "messages": [{"role": "user", "content": image}]})
-    assert status == 400 and body["error"]["param"] == "messages.0.content.0" and "image_url" in body["error"]["message"]
+    status, body = raw(
+        f"{edge.url}/v1/chat/completions", {"model": TARGET_NAME, "messages": [{"role": "user", "content": image}]}
+    )
+    assert (
+        status == 400 and body["error"]["param"] == "messages.0.content.0" and "image_url" in body["error"]["message"]
+    )
     status, body = raw(f"{edge.url}/v1/nowhere")
     assert status == 404 and body["error"]["type"] == "invalid_request_error"
 
 
 def test_a_wrong_or_missing_api_key_gets_a_401(edge: EdgeServe) -> None:
     with pytest.raises(openai.AuthenticationError) as caught:
-        edge.client(api_key="not-the-key").chat.completions.create(model=TARGET_NAME, messages=[{"role": "user", "content": "Hi"}])
+        edge.client(api_key="not-the-key").chat.completions.create(
+            model=TARGET_NAME, messages=[{"role": "user", "content": "Hi"}]
+        )
     assert caught.value.status_code == 401 and caught.value.body["code"] == "invalid_api_key"
     status, body = raw(f"{edge.url}/v1/models", api_key=None)
     assert status == 401 and set(body["error"]) == {"message", "type", "param", "code"}
@@ -359,7 +409,9 @@ def test_an_unreachable_cloud_gets_a_503() -> None:
     serve = EdgeServe(edge_backend(dead, slots=1))
     try:
         with pytest.raises(openai.InternalServerError) as caught:
-            serve.client().chat.completions.create(model=TARGET_NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)
+            serve.client().chat.completions.create(
+                model=TARGET_NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0
+            )
         assert caught.value.status_code == 503
         assert caught.value.body["code"] == "cloud_unreachable" and "unreachable" in caught.value.body["message"]
     finally:
@@ -377,37 +429,61 @@ def test_a_client_that_disconnects_mid_stream_frees_its_cloud_session(verifier: 
     try:
         client = edge.client()
         stream = client.chat.completions.create(
-            model=TARGET_NAME, messages=[{"role": "user", "content": content}], max_tokens=300, temperature=0, stream=True
+            model=TARGET_NAME,
+            messages=[{"role": "user", "content": content}],
+            max_tokens=300,
+            temperature=0,
+            stream=True,
         )
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 break  # text is flowing: the session is open and generating
-        assert verifier.sessions.wait_for(lambda sessions: len(sessions) == 1, timeout=4.0)  # earlier tests' sessions closed
+        assert verifier.sessions.wait_for(
+            lambda sessions: len(sessions) == 1, timeout=4.0
+        )  # earlier tests' sessions closed
         disconnected = time.monotonic()
         stream.close()
         client.close()
-        assert verifier.sessions.wait_for(lambda sessions: len(sessions) == 0, timeout=3.0), "the cloud session outlived its client"
+        assert verifier.sessions.wait_for(lambda sessions: len(sessions) == 0, timeout=3.0), (
+            "the cloud session outlived its client"
+        )
         assert time.monotonic() - disconnected < 3.0
         # Not streamed: a client that gives up waiting (its timeout) frees the session too.
         with pytest.raises(openai.APITimeoutError):
             edge.client(timeout=1.0).chat.completions.create(
                 model=TARGET_NAME, messages=[{"role": "user", "content": content}], max_tokens=300, temperature=0
             )
-        assert verifier.sessions.wait_for(lambda sessions: len(sessions) == 0, timeout=3.0), "the cloud session outlived its client"
+        assert verifier.sessions.wait_for(lambda sessions: len(sessions) == 0, timeout=3.0), (
+            "the cloud session outlived its client"
+        )
     finally:
         verifier.delay_s = 0.0
     # The edge goes on serving after the cancelled generation.
     text, _ = expected(chat_prompt("Hi"), 8)
-    assert edge.client().chat.completions.create(model=TARGET_NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0).choices[0].message.content == text
+    assert (
+        edge.client()
+        .chat.completions.create(
+            model=TARGET_NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0
+        )
+        .choices[0]
+        .message.content
+        == text
+    )
 
 
-def test_eight_concurrent_streams_each_get_their_own_session_and_equal_generate(verifier: Verifier, edge: EdgeServe) -> None:
+def test_eight_concurrent_streams_each_get_their_own_session_and_equal_generate(
+    verifier: Verifier, edge: EdgeServe
+) -> None:
     contents = [f"Question {i}: how are you today?" for i in range(8)]
     wanted = [expected(chat_prompt(content), 32)[0] for content in contents]
 
     async def one(client: openai.AsyncOpenAI, content: str) -> str:
         stream = await client.chat.completions.create(
-            model=TARGET_NAME, messages=[{"role": "user", "content": content}], max_tokens=32, temperature=0, stream=True
+            model=TARGET_NAME,
+            messages=[{"role": "user", "content": content}],
+            max_tokens=32,
+            temperature=0,
+            stream=True,
         )
         return "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
 
@@ -432,11 +508,17 @@ def test_eight_concurrent_streams_each_get_their_own_session_and_equal_generate(
 def test_an_outage_mid_stream_falls_back_and_the_final_chunk_says_so() -> None:
     verifier = Verifier()
     verifier.delay_s = 0.05
-    quick_giveup = RecoveryPolicy(retries=1, backoff_initial_s=0.05, backoff_max_s=0.05, outage_budget_s=2.0, probe_interval_s=30.0)
+    quick_giveup = RecoveryPolicy(
+        retries=1, backoff_initial_s=0.05, backoff_max_s=0.05, outage_budget_s=2.0, probe_interval_s=30.0
+    )
     serve = EdgeServe(edge_backend(verifier.address, slots=1, mode=Mode.SD, recovery=quick_giveup))
     try:
         stream = serve.client().chat.completions.create(
-            model=TARGET_NAME, messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=60, temperature=0, stream=True
+            model=TARGET_NAME,
+            messages=[{"role": "user", "content": "Tell me a story."}],
+            max_tokens=60,
+            temperature=0,
+            stream=True,
         )
         chunks = []
         for chunk in stream:

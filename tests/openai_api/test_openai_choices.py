@@ -16,7 +16,16 @@ from edgespec.core.modes import Mode
 from edgespec.models.draft import DraftRuntime
 from edgespec.openai_api.choices import choice_seeds
 from tests.openai_api.test_openai_api import (
-    EOS, MAX_TOKENS, TARGET_NAME, EdgeServe, Verifier, chat_prompt, draft_model, edge_backend, expected, tokenizer,
+    EOS,
+    MAX_TOKENS,
+    TARGET_NAME,
+    EdgeServe,
+    Verifier,
+    chat_prompt,
+    draft_model,
+    edge_backend,
+    expected,
+    tokenizer,
 )
 
 CONTENT = "Tell me a short story about a cat."
@@ -38,8 +47,14 @@ def edge(verifier: Verifier) -> Iterator[EdgeServe]:
 
 def sampled_chat(edge: EdgeServe, n: int, seed: int | None, stream: bool = False, **extra: Any) -> list[str]:
     reply = edge.client().chat.completions.create(
-        model=TARGET_NAME, messages=[{"role": "user", "content": CONTENT}], max_tokens=MAX_TOKENS,
-        temperature=1.0, seed=seed, n=n, stream=stream, **extra,
+        model=TARGET_NAME,
+        messages=[{"role": "user", "content": CONTENT}],
+        max_tokens=MAX_TOKENS,
+        temperature=1.0,
+        seed=seed,
+        n=n,
+        stream=stream,
+        **extra,
     )
     if not stream:
         assert [choice.index for choice in reply.choices] == list(range(n))
@@ -70,7 +85,11 @@ def test_each_choice_is_the_edge_clients_generation_with_its_seed(verifier: Veri
     for text, seed in zip(texts, choice_seeds(123, 2)):
         assert seed is not None
         config = GenerationConfig(
-            max_new_tokens=MAX_TOKENS, gamma=3, sampling=SamplingParams(temperature=1.0), seed=seed, eos_ids=EOS,
+            max_new_tokens=MAX_TOKENS,
+            gamma=3,
+            sampling=SamplingParams(temperature=1.0),
+            seed=seed,
+            eos_ids=EOS,
         )
         edge_client = EdgeClient(verifier.address, DraftRuntime(draft_model()))
         direct = edge_client.generate(chat_prompt(CONTENT), Mode.SD_EE_PIPELINED, config)
@@ -80,7 +99,11 @@ def test_each_choice_is_the_edge_clients_generation_with_its_seed(verifier: Veri
 def test_greedy_choices_all_equal_generate_and_usage_counts_them_all(edge: EdgeServe) -> None:
     text, tokens = expected(chat_prompt(CONTENT))
     reply = edge.client().chat.completions.create(
-        model=TARGET_NAME, messages=[{"role": "user", "content": CONTENT}], max_tokens=MAX_TOKENS, temperature=0, n=3,
+        model=TARGET_NAME,
+        messages=[{"role": "user", "content": CONTENT}],
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        n=3,
     )
     assert [choice.message.content for choice in reply.choices] == [text] * 3
     assert reply.usage.completion_tokens == 3 * len(tokens)
@@ -90,7 +113,13 @@ def test_greedy_choices_all_equal_generate_and_usage_counts_them_all(edge: EdgeS
 @pytest.mark.parametrize("stream", [False, True])
 def test_completions_give_n_choices(edge: EdgeServe, stream: bool) -> None:
     reply = edge.client().completions.create(
-        model=TARGET_NAME, prompt="Once", max_tokens=12, temperature=1.0, seed=3, n=2, stream=stream,
+        model=TARGET_NAME,
+        prompt="Once",
+        max_tokens=12,
+        temperature=1.0,
+        seed=3,
+        n=2,
+        stream=stream,
         **({"stream_options": {"include_usage": True}} if stream else {}),
     )
     chunks = list(reply) if stream else [reply]

@@ -6,7 +6,7 @@ import pytest
 
 from edgespec.client.edge_client import ServerError
 from edgespec.openai_api.cloud_errors import as_openai_error
-from edgespec.openai_api.errors import OpenAIError
+from edgespec.openai_api.errors import InvalidText, OpenAIError
 from edgespec.openai_api.limits import (
     PromptLimits,
     check_max_tokens,
@@ -17,7 +17,6 @@ from edgespec.openai_api.limits import (
 )
 from edgespec.openai_api.metrics import outcome_of
 from edgespec.openai_api.schemas import check_unicode
-from edgespec.openai_api.errors import InvalidText
 
 LIMITS = PromptLimits(
     max_prompt_tokens=1000, max_new_tokens=200, context_tokens=1100, max_message_bytes=4 * 1024 * 1024

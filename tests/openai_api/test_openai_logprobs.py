@@ -19,7 +19,14 @@ from edgespec.server.app import RunningServer, ServerConfig
 from edgespec.server.cloud_draft import CloudDraft
 from edgespec.server.servicer import VerifierService
 from tests.openai_api.test_openai_api import (
-    EOS, MAX_TOKENS, TARGET_NAME, EdgeServe, chat_prompt, edge_backend, target_model, tokenizer,
+    EOS,
+    MAX_TOKENS,
+    TARGET_NAME,
+    EdgeServe,
+    chat_prompt,
+    edge_backend,
+    target_model,
+    tokenizer,
 )
 from tests.support.logprob_oracle import generate_with_logprobs
 from tests.support.tiny_models import layer_skip_copy, tiny_model
@@ -35,7 +42,10 @@ def address() -> Iterator[str]:
     model = tiny_model("qwen2", seed=0)
     exits = ExitHeads([ExitSpec(2), ExitSpec(3)], model.config.hidden_size)
     service = VerifierService(
-        TargetRuntime(model, exits), tokenizer=None, eos_ids=EOS, target_name=TARGET_NAME,
+        TargetRuntime(model, exits),
+        tokenizer=None,
+        eos_ids=EOS,
+        target_name=TARGET_NAME,
         cloud_draft=CloudDraft(layer_skip_copy(tiny_model("qwen2", seed=0), keep=3)),
     )
     server = RunningServer(service, ServerConfig(port=0))
@@ -73,8 +83,13 @@ def test_chat_logprobs_equal_generates_scores(edge: EdgeServe, stream: bool) -> 
     content = "Write one short sentence about rivers."
     tokens, scores = oracle(chat_prompt(content))
     reply = edge.client().chat.completions.create(
-        model=TARGET_NAME, messages=[{"role": "user", "content": content}], max_tokens=MAX_TOKENS, temperature=0,
-        logprobs=True, top_logprobs=TOP, stream=stream,
+        model=TARGET_NAME,
+        messages=[{"role": "user", "content": content}],
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=TOP,
+        stream=stream,
     )
     if stream:
         chunks = list(reply)
@@ -92,7 +107,12 @@ def test_completion_logprobs_equal_generates_scores(edge: EdgeServe, stream: boo
     prompt = "The river"
     tokens, scores = oracle(tokenizer().encode(prompt))
     reply = edge.client().completions.create(
-        model=TARGET_NAME, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0, logprobs=TOP, stream=stream,
+        model=TARGET_NAME,
+        prompt=prompt,
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        logprobs=TOP,
+        stream=stream,
     )
     choices = [choice for chunk in reply for choice in chunk.choices] if stream else reply.choices
     token_logprobs = [value for choice in choices if choice.logprobs for value in choice.logprobs.token_logprobs]
@@ -105,7 +125,10 @@ def test_completion_logprobs_equal_generates_scores(edge: EdgeServe, stream: boo
 
 def test_a_request_without_logprobs_gets_none(edge: EdgeServe) -> None:
     reply = edge.client().chat.completions.create(
-        model=TARGET_NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0,
+        model=TARGET_NAME,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=4,
+        temperature=0,
     )
     assert reply.choices[0].logprobs is None
 
@@ -135,7 +158,10 @@ def test_edge_only_refuses_logprobs_it_has_no_target_for(address: str) -> None:
     try:
         with pytest.raises(openai.BadRequestError, match="edge-only"):
             serve.client().chat.completions.create(
-                model=TARGET_NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, logprobs=True,
+                model=TARGET_NAME,
+                messages=[{"role": "user", "content": "Hi"}],
+                max_tokens=4,
+                logprobs=True,
             )
     finally:
         serve.stop()

@@ -48,7 +48,9 @@ EOS = tokenizer().eos_token_id
 @pytest.fixture(scope="module")
 def address() -> Iterator[str]:
     service = VerifierService(
-        TargetRuntime(tiny_model("qwen2", seed=0)), tokenizer=tokenizer(), eos_ids=frozenset({EOS}),
+        TargetRuntime(tiny_model("qwen2", seed=0)),
+        tokenizer=tokenizer(),
+        eos_ids=frozenset({EOS}),
         target_name=TARGET_NAME,
     )
     server = RunningServer(service, ServerConfig(port=0))
@@ -84,7 +86,11 @@ def ask(content: str) -> list[dict[str, str]]:
 def test_parse_returns_the_masked_generate_object(edge: EdgeServe) -> None:
     content = "which way"
     reply = edge.client().chat.completions.parse(
-        model=TARGET_NAME, messages=ask(content), response_format=Action, max_tokens=MAX_TOKENS, temperature=0,
+        model=TARGET_NAME,
+        messages=ask(content),
+        response_format=Action,
+        max_tokens=MAX_TOKENS,
+        temperature=0,
     )
     text = expected_text(content, "json_schema", json.dumps(to_strict_json_schema(Action)))
     assert reply.choices[0].message.content == text
@@ -94,8 +100,12 @@ def test_parse_returns_the_masked_generate_object(edge: EdgeServe) -> None:
 def test_json_object_streams_a_json_object_equal_to_masked_generate(edge: EdgeServe) -> None:
     content = "an object"
     stream = edge.client().chat.completions.create(
-        model=TARGET_NAME, messages=ask(content), response_format={"type": "json_object"}, max_tokens=MAX_TOKENS,
-        temperature=0, stream=True,
+        model=TARGET_NAME,
+        messages=ask(content),
+        response_format={"type": "json_object"},
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        stream=True,
     )
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert text == expected_text(content, "json_schema", json.dumps({"type": "object"}))
@@ -113,7 +123,10 @@ def test_the_regex_and_lark_extensions_equal_masked_generate(
     edge: EdgeServe, response_format: dict[str, str], kind: str, source: str
 ) -> None:
     reply = edge.client().chat.completions.create(
-        model=TARGET_NAME, messages=ask("go"), max_tokens=MAX_TOKENS, temperature=0,
+        model=TARGET_NAME,
+        messages=ask("go"),
+        max_tokens=MAX_TOKENS,
+        temperature=0,
         extra_body={"response_format": response_format},
     )
     assert reply.choices[0].message.content == expected_text("go", kind, source)
@@ -131,7 +144,10 @@ def test_the_regex_and_lark_extensions_equal_masked_generate(
 def test_bad_schemas_and_grammars_get_a_400(edge: EdgeServe, response_format: dict[str, Any], param: str) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         edge.client().chat.completions.create(
-            model=TARGET_NAME, messages=ask("hi"), max_tokens=4, extra_body={"response_format": response_format},
+            model=TARGET_NAME,
+            messages=ask("hi"),
+            max_tokens=4,
+            extra_body={"response_format": response_format},
         )
     assert caught.value.body["param"] == param and caught.value.body["type"] == "invalid_request_error"
 
@@ -141,7 +157,10 @@ def test_edge_only_refuses_a_grammar(address: str) -> None:
     try:
         with pytest.raises(openai.BadRequestError, match="edge-only"):
             serve_.client().chat.completions.create(
-                model=TARGET_NAME, messages=ask("hi"), max_tokens=4, response_format={"type": "json_object"},
+                model=TARGET_NAME,
+                messages=ask("hi"),
+                max_tokens=4,
+                response_format={"type": "json_object"},
             )
     finally:
         serve_.stop()

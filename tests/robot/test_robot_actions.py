@@ -64,7 +64,9 @@ def test_the_conversation_keeps_earlier_steps_as_turns_and_drops_the_oldest() ->
     first = conversation.messages("obs 1")
     assert [m["role"] for m in first] == ["system", "user"] and "walk to the red box" in first[0]["content"]
     for step in (1, 2, 3):
-        conversation.record([{"role": "user", "content": f"obs {step}"}, {"role": "assistant", "content": f"reply {step}"}])
+        conversation.record(
+            [{"role": "user", "content": f"obs {step}"}, {"role": "assistant", "content": f"reply {step}"}]
+        )
     messages = conversation.messages("obs 4")
     # The two latest steps, then the new observation: each prompt extends the previous one
     # until a step is dropped.
@@ -77,13 +79,31 @@ def test_the_comparison_reports_the_first_and_the_later_decisions_apart() -> Non
 
     def summary(mode: str, latencies: list[float], actions: list[str]) -> dict:
         return {
-            "mode": mode, "task": "walk to the red box", "cpu": "test", "outcome": "success", "steps": len(actions), "asks": len(latencies),
-            "latency_p50_s": sorted(latencies)[len(latencies) // 2], "latency_p90_s": max(latencies), "ttft_p50_s": 1.0,
-            "motion_s": 1.0, "decision_s": sum(latencies), "completion_s": 2.0, "replies": actions, "actions": actions,
-            "first_latency_s": latencies[0], "later_latency_p50_s": sorted(latencies[1:])[len(latencies[1:]) // 2] if len(latencies) > 1 else None,
+            "mode": mode,
+            "task": "walk to the red box",
+            "cpu": "test",
+            "outcome": "success",
+            "steps": len(actions),
+            "asks": len(latencies),
+            "latency_p50_s": sorted(latencies)[len(latencies) // 2],
+            "latency_p90_s": max(latencies),
+            "ttft_p50_s": 1.0,
+            "motion_s": 1.0,
+            "decision_s": sum(latencies),
+            "completion_s": 2.0,
+            "replies": actions,
+            "actions": actions,
+            "first_latency_s": latencies[0],
+            "later_latency_p50_s": sorted(latencies[1:])[len(latencies[1:]) // 2] if len(latencies) > 1 else None,
         }
 
-    report = compare_report([summary("cloud-ar", [14.0, 9.0, 9.0], ["walk", "turn", "walk"]), summary("sd-ee-pipelined", [12.6, 6.3], ["turn", "walk"])], "wan")
+    report = compare_report(
+        [
+            summary("cloud-ar", [14.0, 9.0, 9.0], ["walk", "turn", "walk"]),
+            summary("sd-ee-pipelined", [12.6, 6.3], ["turn", "walk"]),
+        ],
+        "wan",
+    )
     assert "| sd-ee-pipelined | 12600 ms | 0.90× | 6300 ms | 0.70× |" in report
     assert "episodes differ" in report
     same = compare_report([summary("cloud-ar", [10.0], ["turn"]), summary("sd", [8.0], ["turn"])], "wan")

@@ -21,9 +21,9 @@ import pytest
 from edgespec.core.config import GenerationConfig
 from edgespec.core.modes import Mode
 from edgespec.exits.heads import ExitHeads, ExitSpec
+from edgespec.link import LinkEmulator, resolve_profile
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
-from edgespec.link import LinkEmulator, resolve_profile
 from edgespec.prompting import render_prompt
 from edgespec.robot.decision import Decision, ModelDecider, local_generate, remote_generate
 from edgespec.robot.episode import Episode, EpisodeConfig, EpisodeResult
@@ -95,7 +95,14 @@ def test_the_episode_exercises_motion_and_reasks(in_process) -> None:
     kinds = {d.action["action"] for d in result.decisions if d.action}
     assert {"turn", "walk"} <= kinds, kinds
     assert any(d.error for d in result.decisions)
-    assert sum(1 for d in result.decisions if d.motion and (abs(d.motion["walked_m"]) > 0.2 or abs(d.motion["turned_deg"]) > 10)) >= 2
+    assert (
+        sum(
+            1
+            for d in result.decisions
+            if d.motion and (abs(d.motion["walked_m"]) > 0.2 or abs(d.motion["turned_deg"]) > 10)
+        )
+        >= 2
+    )
 
 
 def test_cloud_ar_decisions_are_the_targets_own_greedy_output(in_process) -> None:
@@ -130,14 +137,47 @@ def test_every_mode_over_grpc_matches_in_process(world: Go2World, served: str, i
         assert fingerprint(result) == reference, mode
 
 
-def test_cli_runs_an_episode_and_compares_modes(tmp_path: Path, served: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_runs_an_episode_and_compares_modes(
+    tmp_path: Path, served: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     from edgespec.cli import main
 
     target_dir = save_model_dir(action_model(seed=SEED), tmp_path / "target")
     draft_dir = save_model_dir(layer_skip(action_model(seed=SEED), keep=3), tmp_path / "draft")
-    common = ["--task", TASK, "--max-steps", "3", "--max-new-tokens", "8", "--gamma", "3", "--dtype", "float32", "--no-video", "--draft", str(draft_dir)]
+    common = [
+        "--task",
+        TASK,
+        "--max-steps",
+        "3",
+        "--max-new-tokens",
+        "8",
+        "--gamma",
+        "3",
+        "--dtype",
+        "float32",
+        "--no-video",
+        "--draft",
+        str(draft_dir),
+    ]
     # One episode in this process, as `edgespec robot --local` runs it.
-    assert main(["robot", "--local", "--target", str(target_dir), "--mode", "sd", "--exits", "logit-lens:2,3", "--out", str(tmp_path / "one"), *common]) == 0
+    assert (
+        main(
+            [
+                "robot",
+                "--local",
+                "--target",
+                str(target_dir),
+                "--mode",
+                "sd",
+                "--exits",
+                "logit-lens:2,3",
+                "--out",
+                str(tmp_path / "one"),
+                *common,
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["mode"] == "sd" and summary["steps"] >= 1
     records = [json.loads(line) for line in (tmp_path / "one" / "decisions.jsonl").read_text().splitlines()]
@@ -146,10 +186,28 @@ def test_cli_runs_an_episode_and_compares_modes(tmp_path: Path, served: str, cap
 
     # --compare runs each mode in its own process (one mode here: a process start costs seconds;
     # that modes agree is the tests above).
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     compare = subprocess.run(
-        [sys.executable, "-m", "edgespec.cli", "robot", "--server", served, "--compare", "sd-ee-pipelined", "--out", str(tmp_path / "cmp"), *common],
-        capture_output=True, text=True, timeout=180, env=env,
+        [
+            sys.executable,
+            "-m",
+            "edgespec.cli",
+            "robot",
+            "--server",
+            served,
+            "--compare",
+            "sd-ee-pipelined",
+            "--out",
+            str(tmp_path / "cmp"),
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
     )
     assert compare.returncode == 0, compare.stderr[-2000:]
     table = (tmp_path / "cmp" / "compare.md").read_text()
@@ -177,7 +235,9 @@ def test_context_reuse_changes_nothing_but_the_prefill(world: Go2World, in_proce
 
 @pytest.fixture(scope="module")
 def served_with_prefix_cache():
-    service = VerifierService(TargetRuntime(action_model(seed=SEED), exits()), tokenizer=None, eos_ids=frozenset(), prefix_cache_tokens=16384)
+    service = VerifierService(
+        TargetRuntime(action_model(seed=SEED), exits()), tokenizer=None, eos_ids=frozenset(), prefix_cache_tokens=16384
+    )
     server = RunningServer(service, ServerConfig(port=0))
     link = LinkEmulator("127.0.0.1", server.port, resolve_profile("lan", {"one_way_delay_ms": 2.0}))
     with link.running() as port:
@@ -185,7 +245,9 @@ def served_with_prefix_cache():
     server.stop()
 
 
-def test_context_reuse_over_grpc_changes_nothing_but_the_prefill(world: Go2World, served_with_prefix_cache, in_process) -> None:
+def test_context_reuse_over_grpc_changes_nothing_but_the_prefill(
+    world: Go2World, served_with_prefix_cache, in_process
+) -> None:
     """The server's prefix store and the edge draft's kept cache: the same episode step for step
     in every mode, and from the second decision on the server finds the whole previous prompt
     cached."""
@@ -197,7 +259,9 @@ def test_context_reuse_over_grpc_changes_nothing_but_the_prefill(world: Go2World
     for mode in (Mode.CLOUD_AR, Mode.SD, Mode.SD_EE_PIPELINED):
         # One tenant per mode (the store is per auth identity), so each episode starts cold.
         options = ClientOptions(security=ClientSecurity(token=f"robot-{mode.value}"))
-        generate = remote_generate(address, DraftRuntime(layer_skip(action_model(seed=SEED), keep=3)), options, reuse_context=True)
+        generate = remote_generate(
+            address, DraftRuntime(layer_skip(action_model(seed=SEED), keep=3)), options, reuse_context=True
+        )
         reused: list[int] = []
 
         def counting(prompt_ids, mode_, config, generate=generate):

@@ -89,7 +89,11 @@ def test_controller_turns_and_walks_by_the_amount_asked(world: Go2World) -> None
 
 
 def test_goal_seeker_reaches_each_object(world: Go2World) -> None:
-    for task, goal in (("walk to the red box", "red box"), ("go to the blue ball", "blue ball"), ("walk to the green cone", "green cone")):
+    for task, goal in (
+        ("walk to the red box", "red box"),
+        ("go to the blue ball", "blue ball"),
+        ("walk to the green cone", "green cone"),
+    ):
         result = Episode(world, GoalSeeker(goal), EpisodeConfig(task, max_steps=8)).run()
         assert result.outcome == "success", (task, result.outcome, [d.action for d in result.decisions])
         assert result.final_distance_m <= 0.6
@@ -108,19 +112,39 @@ def test_a_walk_into_the_wall_is_refused_and_reasked(world: Go2World) -> None:
     decider = ScriptedDecider(['{"action": "walk", "metres": 3}'])
     result = Episode(world, decider, EpisodeConfig("walk to the blue ball", max_steps=3, max_reasks=1)).run()
     # The first walk fits (the east wall is 3.9 m ahead); the next would hit it and is refused.
-    assert result.decisions[0].action == {"action": "walk", "metres": 3.0} and result.decisions[0].motion["ended"] == "done"
+    assert (
+        result.decisions[0].action == {"action": "walk", "metres": 3.0}
+        and result.decisions[0].motion["ended"] == "done"
+    )
     refused = result.decisions[1:]
     assert refused and all(d.action is None and "would hit it: walk at most" in d.error for d in refused)
     assert result.outcome == "step-limit"
 
 
-def test_invalid_replies_are_reasked_boundedly_and_never_crash(world: Go2World, caplog: pytest.LogCaptureFixture) -> None:
-    decider = ScriptedDecider(["I think I should go left.", '{"action": "turn", "degrees": 400}', '{"action": "turn", "degrees": 20}', "nonsense"])
+def test_invalid_replies_are_reasked_boundedly_and_never_crash(
+    world: Go2World, caplog: pytest.LogCaptureFixture
+) -> None:
+    decider = ScriptedDecider(
+        [
+            "I think I should go left.",
+            '{"action": "turn", "degrees": 400}',
+            '{"action": "turn", "degrees": 20}',
+            "nonsense",
+        ]
+    )
     with caplog.at_level(logging.WARNING, logger="edgespec.robot.episode"):
         result = Episode(world, decider, EpisodeConfig("walk to the red box", max_steps=3, max_reasks=2)).run()
     # step 1: two invalid replies, then a valid turn; steps 2 and 3: three invalid asks each.
     assert [(d.step, d.attempt, d.action is not None) for d in result.decisions] == [
-        (1, 0, False), (1, 1, False), (1, 2, True), (2, 0, False), (2, 1, False), (2, 2, False), (3, 0, False), (3, 1, False), (3, 2, False),
+        (1, 0, False),
+        (1, 1, False),
+        (1, 2, True),
+        (2, 0, False),
+        (2, 1, False),
+        (2, 2, False),
+        (3, 0, False),
+        (3, 1, False),
+        (3, 2, False),
     ]
     assert result.outcome == "step-limit" and len(decider.asked) == 9
     assert "no JSON object" in result.decisions[0].error and "within -180..180" in result.decisions[1].error
@@ -134,8 +158,16 @@ def test_invalid_replies_are_reasked_boundedly_and_never_crash(world: Go2World, 
 
 
 def test_same_decisions_give_the_same_trajectory(world: Go2World) -> None:
-    replies = ['{"action": "turn", "degrees": 30}', '{"action": "walk", "metres": 1.2}', '{"action": "turn", "degrees": -60}', '{"action": "walk", "metres": 0.5}']
-    runs = [Episode(world, ScriptedDecider(replies), EpisodeConfig("walk to the red box", max_steps=4)).run() for _ in range(2)]
+    replies = [
+        '{"action": "turn", "degrees": 30}',
+        '{"action": "walk", "metres": 1.2}',
+        '{"action": "turn", "degrees": -60}',
+        '{"action": "walk", "metres": 0.5}',
+    ]
+    runs = [
+        Episode(world, ScriptedDecider(replies), EpisodeConfig("walk to the red box", max_steps=4)).run()
+        for _ in range(2)
+    ]
     assert [d.pose_after for d in runs[0].decisions] == [d.pose_after for d in runs[1].decisions]
     assert runs[0].decisions[-1].pose_after != runs[0].decisions[0].pose_after
 
@@ -154,7 +186,12 @@ def test_video_shows_the_robot_with_the_latency(world: Go2World, tmp_path) -> No
 
     path = tmp_path / "episode.mp4"
     with VideoRecorder(world, path, fps=5, width=192, height=144, title="test") as recorder:
-        Episode(world, ScriptedDecider(['{"action": "turn", "degrees": 20}', '{"action": "stop"}']), EpisodeConfig("walk to the red box", max_steps=2), recorder).run()
+        Episode(
+            world,
+            ScriptedDecider(['{"action": "turn", "degrees": 20}', '{"action": "stop"}']),
+            EpisodeConfig("walk to the red box", max_steps=2),
+            recorder,
+        ).run()
     assert recorder.frames >= 5
     frames = iio.imread(path)
     assert frames.shape[1:] == (144, 192, 3) and len(frames) == recorder.frames

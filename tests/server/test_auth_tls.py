@@ -8,16 +8,15 @@ from functools import lru_cache
 
 import grpc
 import pytest
-import torch
 
 from edgespec.client.edge_client import ClientOptions, ConnectionLost, EdgeClient, ServerError
 from edgespec.client.recovery import NO_RECOVERY, RecoveryPolicy
 from edgespec.core.config import GenerationConfig
 from edgespec.core.modes import Mode
 from edgespec.exits.heads import ExitHeads, ExitSpec
+from edgespec.link import LinkEmulator, resolve_profile
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
-from edgespec.link import LinkEmulator, resolve_profile
 from edgespec.server.app import RunningServer, ServerConfig
 from edgespec.server.servicer import VerifierService
 from edgespec.transport.security import ClientSecurity, ServerSecurity
@@ -89,7 +88,9 @@ def test_a_client_with_the_token_gets_generates_output(token_server, mode: Mode)
     [(None, "requires an auth token"), ("wrong", "not valid"), (TOKEN[:-1], "not valid"), (TOKEN + "x", "not valid")],
     ids=["missing", "wrong", "prefix", "longer"],
 )
-def test_a_missing_or_wrong_token_is_refused_before_the_model_runs(token_server, mode: Mode, token: str | None, reason: str) -> None:
+def test_a_missing_or_wrong_token_is_refused_before_the_model_runs(
+    token_server, mode: Mode, token: str | None, reason: str
+) -> None:
     forwards = token_server.forwards
     with pytest.raises(ServerError) as refused:
         client(token_server.address, ClientSecurity(token=token)).generate(PROMPT, mode, CONFIG)
@@ -104,7 +105,11 @@ def test_the_token_is_checked_on_every_stream_not_once_per_connection(token_serv
         authorized.send(open_message(PROMPT, 4))
         assert authorized.receive().WhichOneof("kind") == "opened"
         # Same connection, while the authorized stream is open.
-        for metadata in ([], [("authorization", TOKEN)], [("authorization", f"Bearer {TOKEN}"), ("authorization", "Bearer x")]):
+        for metadata in (
+            [],
+            [("authorization", TOKEN)],
+            [("authorization", f"Bearer {TOKEN}"), ("authorization", "Bearer x")],
+        ):
             stream = RawSession(channel, metadata=metadata)
             stream.send(open_message(PROMPT, 4))
             with pytest.raises(grpc.RpcError) as refused:

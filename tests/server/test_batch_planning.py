@@ -76,7 +76,10 @@ def test_one_row_per_pass_serves_rounds_and_chunks_by_age() -> None:
 def test_prefill_chunk_0_runs_a_whole_prompt_alone_when_it_is_the_oldest_job() -> None:
     assert plan_pass(prefills(300) + rounds(5, 5), max_rows=32, budget=64, prefill_chunk=0) == [Planned(0, 300)]
     # Not the oldest: the rounds go (without it), as before chunking existed.
-    assert plan_pass(rounds(5, 5) + prefills(300), max_rows=32, budget=64, prefill_chunk=0) == [Planned(0, 5), Planned(1, 5)]
+    assert plan_pass(rounds(5, 5) + prefills(300), max_rows=32, budget=64, prefill_chunk=0) == [
+        Planned(0, 5),
+        Planned(1, 5),
+    ]
 
 
 def test_nothing_queued_plans_nothing() -> None:

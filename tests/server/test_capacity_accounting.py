@@ -31,12 +31,23 @@ def test_passes_and_queueing_are_on_each_generation_s_record() -> None:
             lock = threading.Lock()
 
             def run(index: int, prompt: list[int]) -> None:
-                client = EdgeClient(f"127.0.0.1:{server.port}", DraftRuntime(layer_skip_copy(tiny_model("qwen2", seed=0), keep=3)) if mode is Mode.SD else None)
+                client = EdgeClient(
+                    f"127.0.0.1:{server.port}",
+                    DraftRuntime(layer_skip_copy(tiny_model("qwen2", seed=0), keep=3)) if mode is Mode.SD else None,
+                )
                 started = time.time()
                 result = client.generate(prompt, mode, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=3))
                 with lock:
-                    records.append({"mode": mode.value, "client_index": index, "started_at": started, "ended_at": time.time(),
-                                    "tokens": result.tokens, "stats": result.stats.as_dict()})
+                    records.append(
+                        {
+                            "mode": mode.value,
+                            "client_index": index,
+                            "started_at": started,
+                            "ended_at": time.time(),
+                            "tokens": result.tokens,
+                            "stats": result.stats.as_dict(),
+                        }
+                    )
 
             threads = [threading.Thread(target=run, args=(i, p)) for i, p in enumerate(PROMPTS)]
             wall_start = time.time()

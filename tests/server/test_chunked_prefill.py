@@ -78,7 +78,9 @@ class Lockstep:
         return passes
 
 
-def verify_rounds(lockstep: Lockstep, kv: TrackedCache, sequence: list[int], rounds: int, gamma: int, seed: int, times: list[int]) -> Callable[[], Awaitable[None]]:
+def verify_rounds(
+    lockstep: Lockstep, kv: TrackedCache, sequence: list[int], rounds: int, gamma: int, seed: int, times: list[int]
+) -> Callable[[], Awaitable[None]]:
     """A speculative session after its prefill: blocks of ``gamma`` random draft tokens, greedy
     verdicts (accepted prefix + the target's next token), the cache rolled back after each."""
     rng = random.Random(seed)
@@ -86,7 +88,9 @@ def verify_rounds(lockstep: Lockstep, kv: TrackedCache, sequence: list[int], rou
     async def run() -> None:
         for _ in range(rounds):
             block = [rng.randrange(1, VOCAB) for _ in range(gamma)]
-            result = await lockstep.submit(Job(ScoreRequest(sequence + block, gamma + 1, kv), lambda logits: logits.argmax(-1).tolist()))
+            result = await lockstep.submit(
+                Job(ScoreRequest(sequence + block, gamma + 1, kv), lambda logits: logits.argmax(-1).tolist())
+            )
             choices = result.value
             accepted = 0
             while accepted < gamma and block[accepted] == choices[accepted]:
@@ -123,7 +127,9 @@ def test_chunked_prefill_riding_with_other_sessions_rounds_equals_a_lone_prefill
             got["prefill"] = (await lockstep.submit(prefill_job(long_prompt, kv))).value
             got["kv"] = kv  # type: ignore[assignment]
             block = [5, 6, 7]
-            got["verify"] = (await lockstep.submit(Job(ScoreRequest(long_prompt + block, 4, kv), lambda logits: logits))).value
+            got["verify"] = (
+                await lockstep.submit(Job(ScoreRequest(long_prompt + block, 4, kv), lambda logits: logits))
+            ).value
 
         return await lockstep.drive([*others, newcomer])
 
@@ -132,7 +138,9 @@ def test_chunked_prefill_riding_with_other_sessions_rounds_equals_a_lone_prefill
     torch.testing.assert_close(got["prefill"], alone.score_tail(long_prompt[:-1], 1, kv=lone_kv), rtol=1e-4, atol=1e-4)
     chunked_kv: TrackedCache = got["kv"]  # type: ignore[assignment]
     # The cache after the verify holds prompt + block; compare it with the lone one's.
-    torch.testing.assert_close(got["verify"], alone.score_tail(long_prompt + [5, 6, 7], 4, kv=lone_kv), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        got["verify"], alone.score_tail(long_prompt + [5, 6, 7], 4, kv=lone_kv), rtol=1e-4, atol=1e-4
+    )
     assert chunked_kv.tokens == lone_kv.tokens == long_prompt + [5, 6, 7]
     for (keys, values), (lone_keys, lone_values) in zip(chunked_kv.layer_tensors(), lone_kv.layer_tensors()):
         torch.testing.assert_close(keys, lone_keys, rtol=1e-4, atol=1e-4)
@@ -144,7 +152,9 @@ def test_chunked_prefill_riding_with_other_sessions_rounds_equals_a_lone_prefill
     assert any(p.prefill_rows and p.rows > p.prefill_rows for p in passes), "no chunk rode with a round"
 
 
-def fairness_run(limits: AdmissionLimits, sessions: int, prompt_tokens: list[int], rounds: int) -> tuple[list[list[int]], BatchScheduler]:
+def fairness_run(
+    limits: AdmissionLimits, sessions: int, prompt_tokens: list[int], rounds: int
+) -> tuple[list[list[int]], BatchScheduler]:
     runtime = TargetRuntime(tiny_model("qwen2", seed=0))
     scheduler = BatchScheduler(runtime, limits, autostart=False)
     times: list[list[int]] = [[] for _ in range(sessions)]
@@ -173,11 +183,15 @@ def p90(values: list[int]) -> float:
 
 def test_fairness_no_sessions_p90_round_time_exceeds_twice_the_median_under_equal_load() -> None:
     # 6 equal sessions, a budget for 3 verify rows of 5 tokens: every pass serves half of them.
-    times, scheduler = fairness_run(AdmissionLimits(prefill_chunk=8, max_batch_rows=15), sessions=6, prompt_tokens=[20] * 6, rounds=10)
+    times, scheduler = fairness_run(
+        AdmissionLimits(prefill_chunk=8, max_batch_rows=15), sessions=6, prompt_tokens=[20] * 6, rounds=10
+    )
     median = statistics.median(t for session in times for t in session)
     for index, session in enumerate(times):
         assert len(session) == 10
-        assert p90(session) <= 2 * median, f"session {index}: p90 round time {p90(session)} passes > 2 x median {median}: {session}"
+        assert p90(session) <= 2 * median, (
+            f"session {index}: p90 round time {p90(session)} passes > 2 x median {median}: {session}"
+        )
     # Oldest first: a round put off by the budget goes in the next pass, or (while prompts are
     # still being fed) the one after a prefill's turn: never three.
     assert max(scheduler.stats.waited_passes) <= 2, dict(scheduler.stats.waited_passes)
@@ -233,7 +247,9 @@ def test_a_prompt_among_decoding_sessions_advances_a_full_chunk_every_other_pass
 
 
 def test_passes_report_rows_padding_and_prefill_tokens() -> None:
-    _, scheduler = fairness_run(AdmissionLimits(prefill_chunk=8, max_batch_rows=40), sessions=3, prompt_tokens=[10, 17, 30], rounds=2)
+    _, scheduler = fairness_run(
+        AdmissionLimits(prefill_chunk=8, max_batch_rows=40), sessions=3, prompt_tokens=[10, 17, 30], rounds=2
+    )
     stats = scheduler.stats
     summary = stats.summary()
     assert summary["prefill_tokens"] == 9 + 16 + 29 == stats.prefill_tokens
@@ -251,7 +267,10 @@ def test_concurrent_clients_with_chunked_prefills_each_equal_generate() -> None:
     reference = tiny_model("qwen2", seed=0)
     draft = layer_skip_copy(tiny_model("qwen2", seed=0), keep=3)
     service = VerifierService(
-        TargetRuntime(target), tokenizer=None, eos_ids=frozenset(), admission=AdmissionLimits(prefill_chunk=6, max_batch_rows=24)
+        TargetRuntime(target),
+        tokenizer=None,
+        eos_ids=frozenset(),
+        admission=AdmissionLimits(prefill_chunk=6, max_batch_rows=24),
     )
     server = RunningServer(service, ServerConfig(port=0))
     address = f"127.0.0.1:{server.port}"

@@ -12,10 +12,9 @@ import torch
 
 from edgespec.client.edge_client import EdgeClient
 from edgespec.client.stream import ServerError
-from edgespec.core.config import GenerationConfig
-from edgespec.drivers.local_engine import LocalEngine
+from edgespec.core.config import GenerationConfig, SamplingParams
 from edgespec.core.modes import Mode
-from edgespec.core.config import SamplingParams
+from edgespec.drivers.local_engine import LocalEngine
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
 from edgespec.server.app import RunningServer, ServerConfig
@@ -80,10 +79,17 @@ def test_the_client_needs_no_draft_for_cloud_sd() -> None:
 def served():
     """One server with a cloud draft (the layer-skip model), one without."""
     with_draft = RunningServer(
-        VerifierService(TargetRuntime(target_model()), tokenizer=None, eos_ids=frozenset(), cloud_draft=CloudDraft(draft_model("layer-skip"))),
+        VerifierService(
+            TargetRuntime(target_model()),
+            tokenizer=None,
+            eos_ids=frozenset(),
+            cloud_draft=CloudDraft(draft_model("layer-skip")),
+        ),
         ServerConfig(port=0),
     )
-    without = RunningServer(VerifierService(TargetRuntime(target_model()), tokenizer=None, eos_ids=frozenset()), ServerConfig(port=0))
+    without = RunningServer(
+        VerifierService(TargetRuntime(target_model()), tokenizer=None, eos_ids=frozenset()), ServerConfig(port=0)
+    )
     yield f"127.0.0.1:{with_draft.port}", f"127.0.0.1:{without.port}"
     with_draft.stop()
     without.stop()
@@ -92,7 +98,9 @@ def served():
 @pytest.mark.parametrize("gamma", [1, 4, 7])
 def test_cloud_sd_over_grpc_equals_generate_with_no_draft_on_the_client(served, gamma: int) -> None:
     address, _ = served
-    result = EdgeClient(address, draft=None).generate(PROMPT, Mode.CLOUD_SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=gamma))
+    result = EdgeClient(address, draft=None).generate(
+        PROMPT, Mode.CLOUD_SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=gamma)
+    )
     assert tuple(result.tokens) == reference()
     stats = result.stats
     assert stats.rounds >= NEW_TOKENS // (gamma + 1) and stats.target_passes == stats.rounds
@@ -112,14 +120,23 @@ def test_cloud_sd_over_grpc_stops_its_drafts_as_the_edge_does(served) -> None:
     cloud = EdgeClient(address).generate(PROMPT, Mode.CLOUD_SD, config)
     edge = EdgeClient(address, DraftRuntime(draft_model("layer-skip"))).generate(PROMPT, Mode.SD, config)
     assert tuple(cloud.tokens) == tuple(edge.tokens) == reference()
-    assert (cloud.stats.rounds, cloud.stats.drafted, cloud.stats.accepted) == (edge.stats.rounds, edge.stats.drafted, edge.stats.accepted)
-    full = EdgeClient(address).generate(PROMPT, Mode.CLOUD_SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=6, draft_stop=0.0))
+    assert (cloud.stats.rounds, cloud.stats.drafted, cloud.stats.accepted) == (
+        edge.stats.rounds,
+        edge.stats.drafted,
+        edge.stats.accepted,
+    )
+    full = EdgeClient(address).generate(
+        PROMPT, Mode.CLOUD_SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=6, draft_stop=0.0)
+    )
     assert cloud.stats.drafted < full.stats.drafted  # some blocks ended early
 
 
 def test_cloud_sd_over_grpc_adaptive_gamma_and_sessions_in_parallel(served) -> None:
     address, _ = served
-    configs = [GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=2, adaptive_gamma=True, max_gamma=6), GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=5)]
+    configs = [
+        GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=2, adaptive_gamma=True, max_gamma=6),
+        GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=5),
+    ]
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -133,7 +150,10 @@ def test_cloud_sd_from_a_server_without_a_draft_is_a_clear_error(served) -> None
         EdgeClient(address).generate(PROMPT, Mode.CLOUD_SD, GenerationConfig(max_new_tokens=4))
     assert caught.value.code == "BAD_REQUEST"
     # The server is unharmed: cloud-ar on it still equals generate.
-    assert tuple(EdgeClient(address).generate(PROMPT, Mode.CLOUD_AR, GenerationConfig(max_new_tokens=NEW_TOKENS)).tokens) == reference()
+    assert (
+        tuple(EdgeClient(address).generate(PROMPT, Mode.CLOUD_AR, GenerationConfig(max_new_tokens=NEW_TOKENS)).tokens)
+        == reference()
+    )
 
 
 def test_cloud_sd_sampling_is_sd_sampling_moved_to_the_server(served) -> None:
@@ -182,8 +202,8 @@ def test_sessions_waiting_to_draft_are_drafted_together_as_each_would_alone() ->
 def test_cloud_sd_replay_is_exact_and_charges_the_draft_to_the_verifier() -> None:
     from dataclasses import replace
 
-    from edgespec.drivers.virtual_devices import Link
     from edgespec.drivers.cost_profile import HardwareProfile, h200_profile
+    from edgespec.drivers.virtual_devices import Link
     from edgespec.link.profiles import PROFILES
     from edgespec.sim.simulate import SimConfig, clients_sweep, colocated_comparison, link_for, run_mode
     from edgespec.sim.trace import record_trace
@@ -191,8 +211,14 @@ def test_cloud_sd_replay_is_exact_and_charges_the_draft_to_the_verifier() -> Non
     target, draft = target_model(), draft_model("layer-skip")
     trace = record_trace(TargetRuntime(target), draft, PROMPT, NEW_TOKENS + 8, [], "p0", "test")
     gamma = 4
-    profile = HardwareProfile(name="test", forward_ms={1: 10.0, 5: 12.0}, prefill_ms_per_token=0.5, draft_ms_per_token=3.0,
-                              server_draft_ms_per_token=2.0, server_draft_prefill_ms_per_token=0.0)
+    profile = HardwareProfile(
+        name="test",
+        forward_ms={1: 10.0, 5: 12.0},
+        prefill_ms_per_token=0.5,
+        draft_ms_per_token=3.0,
+        server_draft_ms_per_token=2.0,
+        server_draft_prefill_ms_per_token=0.0,
+    )
     # Full blocks, so the replay is exact against the real engine (with a stop, the trace
     # approximates the draft's confidence past its first disagreement).
     config = SimConfig(modes=("cloud-sd",), max_new_tokens=NEW_TOKENS, gamma=gamma, draft_stop=0.0)
@@ -203,13 +229,19 @@ def test_cloud_sd_replay_is_exact_and_charges_the_draft_to_the_verifier() -> Non
     )
     assert colocated["tokens"] == list(reference()) == real.tokens
     stats = colocated["stats"]
-    assert (stats["rounds"], stats["accepted"]) == (real.stats.rounds, real.stats.accepted) == (edge["stats"]["rounds"], edge["stats"]["accepted"])
+    assert (
+        (stats["rounds"], stats["accepted"])
+        == (real.stats.rounds, real.stats.accepted)
+        == (edge["stats"]["rounds"], edge["stats"]["accepted"])
+    )
     # With a stop, the server's draft ends its blocks where the edge's would.
     stop = SimConfig(modes=("cloud-sd",), max_new_tokens=NEW_TOKENS, gamma=gamma, draft_stop=0.1)
     (colocated_stop,) = run_mode([trace], Mode.CLOUD_SD, profile, Link(one_way_s=0.02), stop)
     (edge_stop,) = run_mode([trace], Mode.SD, profile, Link(one_way_s=0.02), stop)
     assert colocated_stop["tokens"] == colocated["tokens"]
-    assert [colocated_stop["stats"][k] for k in ("rounds", "drafted", "accepted")] == [edge_stop["stats"][k] for k in ("rounds", "drafted", "accepted")]
+    assert [colocated_stop["stats"][k] for k in ("rounds", "drafted", "accepted")] == [
+        edge_stop["stats"][k] for k in ("rounds", "drafted", "accepted")
+    ]
     assert colocated_stop["stats"]["drafted"] < stats["drafted"]
     # Every round: its drafted tokens at the server's 2 ms each, on the verifier, then the verify.
     assert stats["server_draft_s"] == pytest.approx(stats["drafted"] * 0.002)

@@ -23,8 +23,8 @@ from edgespec.core.modes import Mode
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.target import TargetRuntime
 from edgespec.server.app import RunningServer, ServerConfig
-from edgespec.server.servicer import VerifierService
 from edgespec.server.limits import SessionLimits
+from edgespec.server.servicer import VerifierService
 from edgespec.transport import edgespec_pb2 as pb
 from tests.support.tiny_models import VOCAB, greedy_reference, tiny_model
 from tests.support.wire import GreedySession, RawSession, block_message, drafts_from, open_message
@@ -38,7 +38,12 @@ STEP_EVERY = 12  # fuzz streams per round of the well-formed session (about 130 
 ids = st.integers(0, VOCAB - 1)
 out_of_vocab = st.integers(VOCAB, 2**32 - 1)
 prompts = st.lists(ids, min_size=1, max_size=LIMITS.max_prompt_tokens)
-sampled = st.builds(pb.Sampling, temperature=st.sampled_from([0.5, 1.0, 1.5]), top_k=st.integers(0, 200), top_p=st.sampled_from([0.0, 0.5, 1.0]))
+sampled = st.builds(
+    pb.Sampling,
+    temperature=st.sampled_from([0.5, 1.0, 1.5]),
+    top_k=st.integers(0, 200),
+    top_p=st.sampled_from([0.0, 0.5, 1.0]),
+)
 greedy = st.just(pb.Sampling())
 
 
@@ -53,7 +58,9 @@ class Case:
 
 
 @st.composite
-def valid_open(draw: Callable, sampling: st.SearchStrategy = st.one_of(greedy, sampled), max_new: int | None = None) -> pb.ClientMessage:
+def valid_open(
+    draw: Callable, sampling: st.SearchStrategy = st.one_of(greedy, sampled), max_new: int | None = None
+) -> pb.ClientMessage:
     return open_message(
         draw(prompts),
         max_new if max_new is not None else draw(st.integers(1, LIMITS.max_new_tokens)),
@@ -119,7 +126,9 @@ def committed_too_long(draw: Callable) -> list[pb.ClientMessage]:
 @st.composite
 def committed_out_of_vocabulary(draw: Callable) -> list[pb.ClientMessage]:
     committed = draw(with_one_oov(st.integers(0, 5)))
-    return [open_message(draw(prompts), draw(st.integers(len(committed), LIMITS.max_new_tokens)), committed_ids=committed)]
+    return [
+        open_message(draw(prompts), draw(st.integers(len(committed), LIMITS.max_new_tokens)), committed_ids=committed)
+    ]
 
 
 bad_temperature = st.one_of(
@@ -133,20 +142,44 @@ bad_top_p = st.one_of(
     st.floats(min_value=-1e30, max_value=-1e-6),
     st.floats(min_value=1.001, max_value=1e30),
 ).map(lambda p: pb.Sampling(temperature=1.0, top_p=p))
-chat = st.lists(st.builds(pb.ChatMessage, role=st.sampled_from(["user", "system", ""]), content=st.text(max_size=40)), min_size=1, max_size=3)
+chat = st.lists(
+    st.builds(pb.ChatMessage, role=st.sampled_from(["user", "system", ""]), content=st.text(max_size=40)),
+    min_size=1,
+    max_size=3,
+)
 
 open_faults = st.one_of(
-    case("version", "UNSUPPORTED_VERSION", with_open("protocol_version", st.integers(0, 2**32 - 1).filter(lambda v: v != 1))),
+    case(
+        "version",
+        "UNSUPPORTED_VERSION",
+        with_open("protocol_version", st.integers(0, 2**32 - 1).filter(lambda v: v != 1)),
+    ),
     case("kind", "BAD_REQUEST", with_open("kind", st.integers(-(2**31), 2**31 - 1).filter(lambda k: k not in (1, 2)))),
     case("empty prompt", "BAD_REQUEST", with_open("prompt_ids", st.just([]))),
-    case("long prompt", "TOO_LARGE", with_open("prompt_ids", st.lists(ids, min_size=LIMITS.max_prompt_tokens + 1, max_size=400))),
+    case(
+        "long prompt",
+        "TOO_LARGE",
+        with_open("prompt_ids", st.lists(ids, min_size=LIMITS.max_prompt_tokens + 1, max_size=400)),
+    ),
     case("prompt oov", "OUT_OF_VOCABULARY", with_open("prompt_ids", with_one_oov(st.integers(0, 10)))),
-    case("max_new_tokens", "TOO_LARGE", with_open("max_new_tokens", st.one_of(st.just(0), st.integers(LIMITS.max_new_tokens + 1, 2**32 - 1)))),
+    case(
+        "max_new_tokens",
+        "TOO_LARGE",
+        with_open("max_new_tokens", st.one_of(st.just(0), st.integers(LIMITS.max_new_tokens + 1, 2**32 - 1))),
+    ),
     case("committed too long", "TOO_LARGE", committed_too_long()),
     case("committed oov", "OUT_OF_VOCABULARY", committed_out_of_vocabulary()),
     case("temperature", "BAD_REQUEST", with_open("sampling", bad_temperature)),
     case("top_p", "BAD_REQUEST", with_open("sampling", bad_top_p)),
-    case("chat without tokenizer", "BAD_REQUEST", chat.map(lambda m: [pb.ClientMessage(open=pb.Open(protocol_version=1, kind=pb.SPECULATIVE, max_new_tokens=4, messages=m))])),
+    case(
+        "chat without tokenizer",
+        "BAD_REQUEST",
+        chat.map(
+            lambda m: [
+                pb.ClientMessage(open=pb.Open(protocol_version=1, kind=pb.SPECULATIVE, max_new_tokens=4, messages=m))
+            ]
+        ),
+    ),
     case("prompt and chat", "BAD_REQUEST", with_open("messages", chat)),
 )
 
@@ -156,11 +189,30 @@ order_faults = st.one_of(
     case("close first", "BAD_REQUEST", st.just([pb.ClientMessage(close=pb.Close())])),
     case("empty message", "BAD_REQUEST", st.just([pb.ClientMessage()])),
     case("empty after open", "BAD_REQUEST", valid_open().map(lambda o: [o, pb.ClientMessage()])),
-    case("double open", "BAD_REQUEST", st.tuples(valid_open(), st.one_of(valid_open(), with_open("protocol_version", st.just(7)).map(lambda m: m[0]))).map(list)),
-    case("wrong round", "OUT_OF_ORDER", st.tuples(valid_open(greedy), st.integers(1, 2**32 - 1), valid_block(False)).map(
-        lambda t: [t[0], block_message(t[1], list(t[2].block.tokens))])),
-    case("after finish", "OUT_OF_ORDER", st.tuples(valid_open(greedy, max_new=1), valid_block(False), valid_block(False, round_index=1)).map(list)),
-    case("replayed round", "OUT_OF_ORDER", st.tuples(valid_open(greedy), valid_block(False)).map(lambda t: [t[0], t[1], t[1]])),
+    case(
+        "double open",
+        "BAD_REQUEST",
+        st.tuples(
+            valid_open(), st.one_of(valid_open(), with_open("protocol_version", st.just(7)).map(lambda m: m[0]))
+        ).map(list),
+    ),
+    case(
+        "wrong round",
+        "OUT_OF_ORDER",
+        st.tuples(valid_open(greedy), st.integers(1, 2**32 - 1), valid_block(False)).map(
+            lambda t: [t[0], block_message(t[1], list(t[2].block.tokens))]
+        ),
+    ),
+    case(
+        "after finish",
+        "OUT_OF_ORDER",
+        st.tuples(valid_open(greedy, max_new=1), valid_block(False), valid_block(False, round_index=1)).map(list),
+    ),
+    case(
+        "replayed round",
+        "OUT_OF_ORDER",
+        st.tuples(valid_open(greedy), valid_block(False)).map(lambda t: [t[0], t[1], t[1]]),
+    ),
 )
 
 
@@ -169,7 +221,12 @@ def bad_block(draw: Callable) -> Case:
     sampling = draw(st.booleans())
     opening = draw(valid_open(sampled if sampling else greedy))
     block = draw(valid_block(sampling)).block
-    fault = draw(st.sampled_from(["empty", "too long", "oov"] + (["row count", "row shape", "row oov", "row twice", "row values"] if sampling else ["rows on greedy"])))
+    fault = draw(
+        st.sampled_from(
+            ["empty", "too long", "oov"]
+            + (["row count", "row shape", "row oov", "row twice", "row values"] if sampling else ["rows on greedy"])
+        )
+    )
     code = "BAD_REQUEST"
     if fault == "empty":
         del block.tokens[:]
@@ -201,9 +258,17 @@ def bad_block(draw: Callable) -> Case:
             row.ids.append(row.ids[0])
             row.probs[:] = [1.0 / len(row.ids)] * len(row.ids)
         else:
-            row.probs[0] = draw(st.one_of(st.sampled_from([math.nan, math.inf, -1.0]), st.floats(min_value=1.5, max_value=1e30), st.floats(max_value=-1e-3, min_value=-1e30)))
+            row.probs[0] = draw(
+                st.one_of(
+                    st.sampled_from([math.nan, math.inf, -1.0]),
+                    st.floats(min_value=1.5, max_value=1e30),
+                    st.floats(max_value=-1e-3, min_value=-1e30),
+                )
+            )
     if draw(st.booleans()):  # a tagged pre-draft is checked before its assumption is judged
-        block.assumes.CopyFrom(pb.Assumption(round=draw(st.integers(0, 3)), accepted=draw(st.integers(0, 4)), next_token=draw(ids)))
+        block.assumes.CopyFrom(
+            pb.Assumption(round=draw(st.integers(0, 3)), accepted=draw(st.integers(0, 4)), next_token=draw(ids))
+        )
     return Case(f"block: {fault}", [opening, pb.ClientMessage(block=block)], code)
 
 
@@ -253,7 +318,9 @@ def test_every_malformed_stream_gets_its_error_and_a_concurrent_session_is_untou
     reference = greedy_reference(tiny_model("qwen2", seed=0), GOOD_PROMPT, GOOD_TOKENS)
     seen: Counter[str] = Counter()
     with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
-        raw = channel.stream_stream("/edgespec.v1.Verifier/Session", request_serializer=None, response_deserializer=pb.ServerMessage.FromString)
+        raw = channel.stream_stream(
+            "/edgespec.v1.Verifier/Session", request_serializer=None, response_deserializer=pb.ServerMessage.FromString
+        )
         good = GreedySession(channel, GOOD_PROMPT, GOOD_TOKENS)
 
         @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -264,14 +331,18 @@ def test_every_malformed_stream_gets_its_error_and_a_concurrent_session_is_untou
             assert kinds and kinds[-1] == "error", f"{fuzz_case.kind}: no error, got {kinds}"
             assert "error" not in kinds[:-1] and set(kinds[:-1]) <= {"opened", "early", "final"}, kinds
             error = replies[-1].error
-            assert pb.ErrorCode.Name(error.code) == fuzz_case.code, f"{fuzz_case.kind}: {pb.ErrorCode.Name(error.code)} {error.message!r}"
+            assert pb.ErrorCode.Name(error.code) == fuzz_case.code, (
+                f"{fuzz_case.kind}: {pb.ErrorCode.Name(error.code)} {error.message!r}"
+            )
             assert error.message
             seen[fuzz_case.kind] += 1
             if sum(seen.values()) % STEP_EVERY == 0 and not good.finished:
                 good.step(drafts_from(reference, len(good.tokens), good.round, gamma=1))
 
         fuzz()
-        assert 0 < good.round and not good.finished, "the well-formed session should still be running when the fuzz ends"
+        assert 0 < good.round and not good.finished, (
+            "the well-formed session should still be running when the fuzz ends"
+        )
         assert set(served.service.sessions) == {good.session_id}, "an errored stream left its session behind"
         while not good.finished:
             good.step(drafts_from(reference, len(good.tokens), good.round, gamma=1))
@@ -280,5 +351,7 @@ def test_every_malformed_stream_gets_its_error_and_a_concurrent_session_is_untou
     assert sum(seen.values()) >= 1000, seen
     assert len(seen) >= 30, f"fault kinds not all reached: {sorted(seen)}"
     # Still serving, and still right.
-    fresh = EdgeClient(f"127.0.0.1:{served.port}").generate(GOOD_PROMPT, Mode.CLOUD_AR, GenerationConfig(max_new_tokens=GOOD_TOKENS))
+    fresh = EdgeClient(f"127.0.0.1:{served.port}").generate(
+        GOOD_PROMPT, Mode.CLOUD_AR, GenerationConfig(max_new_tokens=GOOD_TOKENS)
+    )
     assert fresh.tokens == reference

@@ -12,8 +12,8 @@ import torch
 
 from edgespec.client.edge_client import EdgeClient
 from edgespec.core.config import GenerationConfig
-from edgespec.drivers.local_engine import LocalEngine
 from edgespec.core.modes import Mode
+from edgespec.drivers.local_engine import LocalEngine
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime

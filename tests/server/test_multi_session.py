@@ -21,9 +21,8 @@ from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import ScoreRequest, TargetRuntime
 from edgespec.server.app import RunningServer, ServerConfig
-from edgespec.server.limits import AdmissionLimits
+from edgespec.server.limits import AdmissionLimits, SessionLimits
 from edgespec.server.servicer import VerifierService
-from edgespec.server.limits import SessionLimits
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
 from edgespec.transport.codec import PROTOCOL_VERSION
@@ -65,7 +64,9 @@ def wait_until_freed(service: VerifierService, within_s: float) -> float:
         if not service.sessions and len(service.runtime.live_caches) == 0:
             return time.monotonic() - start
         time.sleep(0.05)
-    pytest.fail(f"{len(service.sessions)} sessions and {len(service.runtime.live_caches)} caches still alive after {within_s} s")
+    pytest.fail(
+        f"{len(service.sessions)} sessions and {len(service.runtime.live_caches)} caches still alive after {within_s} s"
+    )
 
 
 def test_a_ragged_batch_scores_like_one_session_at_a_time() -> None:
@@ -86,7 +87,9 @@ def test_a_ragged_batch_scores_like_one_session_at_a_time() -> None:
         batched = runtime.score_batch(requests)
         for i, (sequence, tail) in enumerate(zip(sequences, tails)):
             single_exits: dict[int, torch.Tensor] = {}
-            single = alone.score_tail(sequence, tail, on_exit=lambda r: single_exits.__setitem__(r.layer, r.logits), kv=alone.new_cache())
+            single = alone.score_tail(
+                sequence, tail, on_exit=lambda r: single_exits.__setitem__(r.layer, r.logits), kv=alone.new_cache()
+            )
             torch.testing.assert_close(batched[i], single, rtol=1e-4, atol=1e-4)
             for layer in (2, 3):
                 torch.testing.assert_close(batched_exits[(i, layer)], single_exits[layer], rtol=1e-4, atol=1e-4)
@@ -103,10 +106,20 @@ def test_a_batch_mixing_candidate_and_full_exits_reads_each_like_a_session_alone
     alone = TargetRuntime(tiny_model("qwen2", seed=0), exits())
     sequences = [[3, 4, 5, 6, 7, 8, 9], [10, 11, 12, 13], [1, 2, 3, 4, 5, 6]]
     tails = [4, 3, 4]
-    candidates = [torch.tensor([[6, 1, 2], [7, 40, 41], [8, 9, 50]]), None, torch.tensor([[4, 0, 95], [5, 6, 7], [6, 60, 61]])]
+    candidates = [
+        torch.tensor([[6, 1, 2], [7, 40, 41], [8, 9, 50]]),
+        None,
+        torch.tensor([[4, 0, 95], [5, 6, 7], [6, 60, 61]]),
+    ]
     readings: dict[tuple[int, int], object] = {}
     requests = [
-        ScoreRequest(seq, tail, runtime.new_cache(), on_exit=lambda r, i=i: readings.__setitem__((i, r.layer), r), exit_candidates=ids)
+        ScoreRequest(
+            seq,
+            tail,
+            runtime.new_cache(),
+            on_exit=lambda r, i=i: readings.__setitem__((i, r.layer), r),
+            exit_candidates=ids,
+        )
         for i, (seq, tail, ids) in enumerate(zip(sequences, tails, candidates))
     ]
     runtime.score_batch(requests)
@@ -156,7 +169,11 @@ async def _open_stream(
 ) -> tuple[grpc.aio.Channel, grpc.aio.StreamStreamCall, pb.ServerMessage]:
     channel = grpc.aio.insecure_channel(address)
     call = pb_grpc.VerifierStub(channel).Session()
-    await call.write(pb.ClientMessage(open=pb.Open(protocol_version=PROTOCOL_VERSION, kind=kind, prompt_ids=prompt, max_new_tokens=64)))
+    await call.write(
+        pb.ClientMessage(
+            open=pb.Open(protocol_version=PROTOCOL_VERSION, kind=kind, prompt_ids=prompt, max_new_tokens=64)
+        )
+    )
     return channel, call, await call.read()
 
 
@@ -224,14 +241,16 @@ def test_sessions_over_the_limit_are_refused_busy_and_others_are_unaffected() ->
     try:
         asyncio.run(two())
         wait_until_freed(service, within_s=5)
-        assert EdgeClient(address, DraftRuntime(draft_model())).generate([3, 17, 42], Mode.SD, GenerationConfig(max_new_tokens=8)).tokens == (
-            greedy_reference(reference_model(), [3, 17, 42], 8)
-        )
+        assert EdgeClient(address, DraftRuntime(draft_model())).generate(
+            [3, 17, 42], Mode.SD, GenerationConfig(max_new_tokens=8)
+        ).tokens == (greedy_reference(reference_model(), [3, 17, 42], 8))
     finally:
         server.stop()
 
 
-@pytest.mark.parametrize("limits", [SessionLimits(idle_timeout_s=0.3), SessionLimits(max_lifetime_s=0.3)], ids=["idle", "lifetime"])
+@pytest.mark.parametrize(
+    "limits", [SessionLimits(idle_timeout_s=0.3), SessionLimits(max_lifetime_s=0.3)], ids=["idle", "lifetime"]
+)
 def test_an_idle_or_overlong_session_expires_and_is_freed(limits: SessionLimits) -> None:
     server, service = start_server(limits=limits)
 

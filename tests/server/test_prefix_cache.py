@@ -5,7 +5,6 @@ bounded."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from edgespec.models.kv import TrackedCache, forward_with_cache
 from edgespec.server.prefix_cache import PrefixCache
@@ -30,7 +29,7 @@ def greedy_on(model, kv: TrackedCache, prompt: list[int], new_tokens: int) -> tu
             fed_first = len(pending)
         logits = forward_with_cache(model, kv, pending, 1)
         sequence.append(int(logits[-1].argmax()))
-    return sequence[len(prompt):], fed_first
+    return sequence[len(prompt) :], fed_first
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])

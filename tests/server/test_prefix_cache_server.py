@@ -56,14 +56,18 @@ class CountingDraft(DraftRuntime):
 def served():
     service = VerifierService(
         TargetRuntime(target_model(), ExitHeads([ExitSpec(2), ExitSpec(3)], target_model().config.hidden_size)),
-        tokenizer=None, eos_ids=frozenset(), prefix_cache_tokens=4096,
+        tokenizer=None,
+        eos_ids=frozenset(),
+        prefix_cache_tokens=4096,
     )
     server = RunningServer(service, ServerConfig(port=0))
     yield service, f"127.0.0.1:{server.port}"
     server.stop()
 
 
-def conversation(service: VerifierService, client: EdgeClient, draft: CountingDraft | None, mode: Mode) -> tuple[list[list[int]], list[int]]:
+def conversation(
+    service: VerifierService, client: EdgeClient, draft: CountingDraft | None, mode: Mode
+) -> tuple[list[list[int]], list[int]]:
     """Each turn's prompt is the previous prompt, its reply and the new turn; returns the
     prompts and, per generation, the positions the server found cached."""
     prompts, reused = [], []
@@ -108,7 +112,9 @@ def test_tenants_do_not_share_prefixes(served) -> None:
     bob = EdgeClient(address, None, ClientOptions(security=ClientSecurity(token="bob")))
     alice.generate(prompt, Mode.CLOUD_AR, CONFIG)
     hits = service.prefix_caches.stats().hits
-    assert bob.generate(prompt + [5], Mode.CLOUD_AR, CONFIG).tokens == greedy_reference(target_model(), prompt + [5], CONFIG.max_new_tokens)
+    assert bob.generate(prompt + [5], Mode.CLOUD_AR, CONFIG).tokens == greedy_reference(
+        target_model(), prompt + [5], CONFIG.max_new_tokens
+    )
     assert service.prefix_caches.stats().hits == hits  # bob's session found nothing of alice's
     alice.generate(prompt + [5], Mode.CLOUD_AR, CONFIG)
     assert service.prefix_caches.stats().hits == hits + 1

@@ -11,7 +11,14 @@ from ray.serve.schema import ServeDeploySchema
 
 from edgespec.cli import build_parser
 from edgespec.cli.serve_replicas import cluster_config, wants_replicas
-from edgespec.server.replicas import APP_NAME, ClusterConfig, ReplicaSpec, check_exposure, serve_config, write_serve_config
+from edgespec.server.replicas import (
+    APP_NAME,
+    ClusterConfig,
+    ReplicaSpec,
+    check_exposure,
+    serve_config,
+    write_serve_config,
+)
 from tests.support.self_signed import self_signed_pair
 
 TOKEN = "a-replica-token-for-unit-tests"
@@ -23,7 +30,9 @@ def parse(*argv: str):  # type: ignore[no-untyped-def]
 
 def test_plain_serve_is_not_a_cluster() -> None:
     assert not wants_replicas(parse())
-    assert wants_replicas(parse("--replicas", "2")) and wants_replicas(parse("--min-replicas", "1", "--max-replicas", "3"))
+    assert wants_replicas(parse("--replicas", "2")) and wants_replicas(
+        parse("--min-replicas", "1", "--max-replicas", "3")
+    )
 
 
 def test_serve_flags_reach_every_replica(tmp_path: Path) -> None:
@@ -34,14 +43,37 @@ def test_serve_flags_reach_every_replica(tmp_path: Path) -> None:
     config = cluster_config(args)
     assert config.replicas == 3 and config.port == 6000 and not config.autoscaling
     spec = config.spec
-    assert (spec.target, spec.dtype, spec.max_sessions, spec.max_block, spec.idle_timeout_s, spec.threads) == ("some-dir", "float32", 12, 9, 30.0, 2)
+    assert (spec.target, spec.dtype, spec.max_sessions, spec.max_block, spec.idle_timeout_s, spec.threads) == (
+        "some-dir",
+        "float32",
+        12,
+        9,
+        30.0,
+        2,
+    )
     assert spec.token() == TOKEN and spec.auth_token == ""  # read from the file by each replica
 
 
 def test_batching_prefix_cache_and_exit_flags_reach_every_replica() -> None:
-    args = parse("--replicas", "2", "--max-batch-rows", "128", "--prefill-chunk", "64", "--prefix-cache-tokens", "4096", "--exit-vocab", "full")
+    args = parse(
+        "--replicas",
+        "2",
+        "--max-batch-rows",
+        "128",
+        "--prefill-chunk",
+        "64",
+        "--prefix-cache-tokens",
+        "4096",
+        "--exit-vocab",
+        "full",
+    )
     spec = cluster_config(args).spec
-    assert (spec.max_batch_rows, spec.prefill_chunk, spec.prefix_cache_tokens, spec.exit_vocab) == (128, 64, 4096, "full")
+    assert (spec.max_batch_rows, spec.prefill_chunk, spec.prefix_cache_tokens, spec.exit_vocab) == (
+        128,
+        64,
+        4096,
+        "full",
+    )
     assert ReplicaSpec.from_args(spec.as_args()) == spec
 
 
@@ -71,7 +103,9 @@ def test_an_open_port_without_a_token_must_be_asked_for() -> None:
 def test_the_serve_config_passes_rays_schema_and_keeps_the_token_out(tmp_path: Path) -> None:
     spec = ReplicaSpec(target="qwen2.5-coder-1.5b", device="cuda", max_sessions=48, auth_token=TOKEN)
     path = tmp_path / "serve.yaml"
-    write_serve_config(ClusterConfig(spec=spec, port=9100, min_replicas=1, max_replicas=8, sessions_per_replica=16), path)
+    write_serve_config(
+        ClusterConfig(spec=spec, port=9100, min_replicas=1, max_replicas=8, sessions_per_replica=16), path
+    )
     text = path.read_text()
     assert TOKEN not in text
     schema = ServeDeploySchema.model_validate(yaml.safe_load(text))
@@ -81,12 +115,17 @@ def test_the_serve_config_passes_rays_schema_and_keeps_the_token_out(tmp_path: P
     assert ReplicaSpec.from_args(app.args).target == "qwen2.5-coder-1.5b"
     deployment = app.deployments[0]
     assert deployment.max_ongoing_requests == 48
-    assert deployment.autoscaling_config["max_replicas"] == 8 and deployment.autoscaling_config["target_ongoing_requests"] == 16
+    assert (
+        deployment.autoscaling_config["max_replicas"] == 8
+        and deployment.autoscaling_config["target_ongoing_requests"] == 16
+    )
     assert deployment.ray_actor_options.num_gpus == 1
 
 
 def test_fixed_replicas_in_the_config() -> None:
-    deployment = serve_config(ClusterConfig(spec=ReplicaSpec(target="t"), replicas=4))["applications"][0]["deployments"][0]
+    deployment = serve_config(ClusterConfig(spec=ReplicaSpec(target="t"), replicas=4))["applications"][0][
+        "deployments"
+    ][0]
     assert deployment["num_replicas"] == 4 and "autoscaling_config" not in deployment
 
 

@@ -20,21 +20,19 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator
 
 import grpc
 import psutil
 import pytest
-import torch
 
+from edgespec.bench.processes import free_port
 from edgespec.client.edge_client import ClientOptions, EdgeClient, ServerError
 from edgespec.client.recovery import NO_RECOVERY, RecoveryPolicy
 from edgespec.core.config import GenerationConfig
 from edgespec.core.modes import Mode
 from edgespec.models.draft import DraftRuntime
 from edgespec.transport.security import ClientSecurity
-from edgespec.bench.processes import free_port
 from tests.support.tiny_checkpoint import save_tiny_checkpoint
 from tests.support.tiny_models import VOCAB, greedy_reference, qwen2_layer_skip_draft, qwen2_target
 from tests.support.wire import RawSession, open_message
@@ -78,7 +76,9 @@ class Cluster:
             if not self.changed.wait_for(lambda: predicate(self.lines) or self.process.poll() is not None, timeout_s):
                 pytest.fail(f"{what}: not seen within {timeout_s:.0f} s; last lines:\n" + "\n".join(self.lines[-30:]))
             if not predicate(self.lines):
-                pytest.fail(f"the cluster exited ({self.process.returncode}) before {what}:\n" + "\n".join(self.lines[-30:]))
+                pytest.fail(
+                    f"the cluster exited ({self.process.returncode}) before {what}:\n" + "\n".join(self.lines[-30:])
+                )
 
     def matches(self, pattern: re.Pattern[str], start: int = 0) -> list[re.Match[str]]:
         with self.changed:
@@ -101,7 +101,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     running = Cluster(process, port)
     threading.Thread(target=running.read, daemon=True).start()
     try:
-        running.wait_for(lambda lines: any("edgespec: serving" in line for line in lines), STARTUP_S, "the cluster serving")
+        running.wait_for(
+            lambda lines: any("edgespec: serving" in line for line in lines), STARTUP_S, "the cluster serving"
+        )
         # serve.run returns once both replicas pass their health checks; their ready lines may trail.
         running.wait_for(lambda _: len({m[2] for m in running.matches(READY_LINE)}) >= 2, 30, "two replicas ready")
         yield running
@@ -119,7 +121,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def client(address: str, token: str | None, recovery: RecoveryPolicy = NO_RECOVERY) -> EdgeClient:
-    options = ClientOptions(connect_timeout_s=10.0, read_timeout_s=20.0, recovery=recovery, security=ClientSecurity(token=token))
+    options = ClientOptions(
+        connect_timeout_s=10.0, read_timeout_s=20.0, recovery=recovery, security=ClientSecurity(token=token)
+    )
     return EdgeClient(address, DraftRuntime(draft_model()), options)
 
 
@@ -141,7 +145,11 @@ def test_eight_concurrent_sessions_in_every_mode_equal_generate_on_both_replicas
         return await asyncio.gather(*(one(i, p) for i, p in enumerate(cases)))
 
     assert asyncio.run(asyncio.wait_for(run_all(), 120)) == expected
-    cluster.wait_for(lambda _: len([m for m in cluster.matches(SESSION_LINE, start) if m[3] == "opened"]) >= 8, 30, "8 opened sessions logged")
+    cluster.wait_for(
+        lambda _: len([m for m in cluster.matches(SESSION_LINE, start) if m[3] == "opened"]) >= 8,
+        30,
+        "8 opened sessions logged",
+    )
     opened = [m for m in cluster.matches(SESSION_LINE, start) if m[3] == "opened"]
     per_replica = {pid: sum(1 for m in opened if m[2] == pid) for pid in {m[2] for m in opened}}
     assert len(opened) == 8 and len(per_replica) == 2, f"sessions per replica pid: {per_replica}"
@@ -155,15 +163,21 @@ def test_a_client_without_the_token_is_refused_by_every_replica(cluster: Cluster
     for attempt in range(40):
         token = None if attempt % 2 == 0 else TOKEN[:-1] + "x"
         with pytest.raises(ServerError) as refused:
-            client(cluster.address, token).generate([3, 5, 7], Mode.SD if attempt % 4 < 2 else Mode.CLOUD_AR, GenerationConfig(max_new_tokens=4))
+            client(cluster.address, token).generate(
+                [3, 5, 7], Mode.SD if attempt % 4 < 2 else Mode.CLOUD_AR, GenerationConfig(max_new_tokens=4)
+            )
         assert refused.value.code == "UNAUTHENTICATED"
         assert refused.value.partial is not None and refused.value.partial.tokens == []
-        cluster.wait_for(lambda _: len(cluster.matches(REFUSAL_LINE, start)) >= attempt + 1, 30, f"refusal {attempt + 1} logged")
+        cluster.wait_for(
+            lambda _: len(cluster.matches(REFUSAL_LINE, start)) >= attempt + 1, 30, f"refusal {attempt + 1} logged"
+        )
         refused_by = {m[2] for m in cluster.matches(REFUSAL_LINE, start)}
         if refused_by >= ready:
             break
     assert refused_by == ready, f"refused by replica pids {refused_by}, replicas {ready}"
-    assert not [m for m in cluster.matches(SESSION_LINE, start) if m[3] == "opened"], "an unauthenticated session was opened"
+    assert not [m for m in cluster.matches(SESSION_LINE, start) if m[3] == "opened"], (
+        "an unauthenticated session was opened"
+    )
 
 
 def test_a_message_over_max_message_bytes_is_refused_by_the_proxy(cluster: Cluster) -> None:
@@ -198,7 +212,9 @@ def test_a_replica_killed_mid_generation_loses_nothing(cluster: Cluster) -> None
     assert result.tokens == expected and streamed == expected
     assert result.stats.connection_losses >= 1 and result.stats.reconnects >= 1 and result.stats.fallbacks == 0
     opened_by = [m[2] for m in cluster.matches(SESSION_LINE, start) if m[3] == "opened"]
-    assert opened_by[0] == killed[0] and opened_by[-1] != killed[0], f"sessions opened by {opened_by}, killed {killed[0]}"
+    assert opened_by[0] == killed[0] and opened_by[-1] != killed[0], (
+        f"sessions opened by {opened_by}, killed {killed[0]}"
+    )
     # Ray Serve starts a replacement for the dead replica (its start takes seconds; not waited for).
     replacing = re.compile(r"Adding 1 replica to Deployment\(name='Verifier'")
     cluster.wait_for(lambda _: bool(cluster.matches(replacing, start)), 60, "Serve replacing the dead replica")

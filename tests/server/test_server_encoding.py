@@ -6,8 +6,16 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from edgespec.server.encoding import (
-    committed_tokens_reply, decoded_token_reply, dropped_reply, early_verdict_reply, error_reply,
-    final_verdict_reply, incoming_block, internal_error_reply, nothing_left_reply, opened_reply,
+    committed_tokens_reply,
+    decoded_token_reply,
+    dropped_reply,
+    early_verdict_reply,
+    error_reply,
+    final_verdict_reply,
+    incoming_block,
+    internal_error_reply,
+    nothing_left_reply,
+    opened_reply,
 )
 from edgespec.server.jobs import JobResult
 from edgespec.server.refusals import Refused
@@ -17,7 +25,9 @@ from edgespec.transport.codec import PROTOCOL_VERSION, ProtocolError
 
 def test_a_greedy_block_keeps_its_tokens_and_candidates_and_its_assumed_verdict() -> None:
     block = pb.DraftBlock(
-        round=3, tokens=[4, 5], assumes=pb.Assumption(round=2, accepted=1, next_token=9),
+        round=3,
+        tokens=[4, 5],
+        assumes=pb.Assumption(round=2, accepted=1, next_token=9),
         candidates=[pb.CandidateIds(ids=[4, 6]), pb.CandidateIds(ids=[5, 7])],
     )
     incoming = incoming_block(block, vocab_size=16, greedy=True, with_candidates=True)
@@ -50,9 +60,16 @@ def test_opened_carries_the_servers_version_and_the_sessions_facts() -> None:
 def test_token_replies() -> None:
     assert nothing_left_reply() == pb.ServerMessage(tokens=pb.Tokens(ids=[], finished=True))
     assert decoded_token_reply(5, False, 2.0) == pb.ServerMessage(tokens=pb.Tokens(ids=[5], compute_ms=2.0))
-    assert committed_tokens_reply([1, 2, 3], True, 4.0, 1.5, 4, 2) == pb.ServerMessage(tokens=pb.Tokens(
-        ids=[1, 2, 3], finished=True, compute_ms=4.0, draft_ms=1.5, drafted=4, accepted=2,
-    ))
+    assert committed_tokens_reply([1, 2, 3], True, 4.0, 1.5, 4, 2) == pb.ServerMessage(
+        tokens=pb.Tokens(
+            ids=[1, 2, 3],
+            finished=True,
+            compute_ms=4.0,
+            draft_ms=1.5,
+            drafted=4,
+            accepted=2,
+        )
+    )
 
 
 def test_verdict_replies_carry_their_timings() -> None:

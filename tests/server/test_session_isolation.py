@@ -10,15 +10,14 @@ import pytest
 import torch
 
 from edgespec.client.edge_client import ClientOptions, EdgeClient, ServerError
-from edgespec.core.config import GenerationConfig
+from edgespec.core.config import GREEDY, GenerationConfig
 from edgespec.core.modes import Mode
-from edgespec.core.config import GREEDY
 from edgespec.models.target import TargetRuntime
 from edgespec.server.app import RunningServer, ServerConfig
-from edgespec.server.servicer import VerifierService
 from edgespec.server.limits import SessionLimits
-from edgespec.server.session import ServerSession
 from edgespec.server.refusals import Refused
+from edgespec.server.servicer import VerifierService
+from edgespec.server.session import ServerSession
 from edgespec.transport import edgespec_pb2 as pb
 from tests.support.tiny_models import greedy_reference, tiny_model
 from tests.support.wire import GreedySession, RawSession, block_message, drafts_from, open_message
@@ -125,7 +124,9 @@ def test_a_message_over_the_size_limit_is_refused_by_grpc_and_the_server_serves_
     assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     address = f"127.0.0.1:{server.port}"
     with pytest.raises(ServerError) as mapped:  # the edge client names it, rather than "connection lost"
-        EdgeClient(address, options=ClientOptions(connect_timeout_s=5)).generate([5] * MAX_MESSAGE_BYTES, Mode.CLOUD_AR, GenerationConfig(max_new_tokens=8))
+        EdgeClient(address, options=ClientOptions(connect_timeout_s=5)).generate(
+            [5] * MAX_MESSAGE_BYTES, Mode.CLOUD_AR, GenerationConfig(max_new_tokens=8)
+        )
     assert mapped.value.code == "RESOURCE_EXHAUSTED"
     result = EdgeClient(address).generate(PROMPT_A, Mode.CLOUD_AR, GenerationConfig(max_new_tokens=NEW_TOKENS))
     assert result.tokens == reference(tuple(PROMPT_A), NEW_TOKENS)

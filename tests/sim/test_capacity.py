@@ -23,18 +23,47 @@ from edgespec.capacity import (
 )
 
 
-def generation(client: int, start: float, end: float, tokens: int, ttft: float, passes: list[tuple[float, float]] = (), mode: str = "sd") -> dict[str, Any]:
-    timeline = [{"actor": "cloud", "what": "verify (server)", "start_s": a, "end_s": b, "round": i} for i, (a, b) in enumerate(passes)]
-    timeline.append({"actor": "edge", "what": "draft", "start_s": 0.0, "end_s": end - start, "round": 0})  # not the server's
+def generation(
+    client: int,
+    start: float,
+    end: float,
+    tokens: int,
+    ttft: float,
+    passes: list[tuple[float, float]] = (),
+    mode: str = "sd",
+) -> dict[str, Any]:
+    timeline = [
+        {"actor": "cloud", "what": "verify (server)", "start_s": a, "end_s": b, "round": i}
+        for i, (a, b) in enumerate(passes)
+    ]
+    timeline.append(
+        {"actor": "edge", "what": "draft", "start_s": 0.0, "end_s": end - start, "round": 0}
+    )  # not the server's
     return {
-        "mode": mode, "client_index": client, "started_at": start, "ended_at": end, "tokens": [7] * tokens,
-        "stats": {"total_s": end - start, "ttft_s": ttft, "new_tokens": tokens, "target_passes": len(passes), "timeline": timeline},
+        "mode": mode,
+        "client_index": client,
+        "started_at": start,
+        "ended_at": end,
+        "tokens": [7] * tokens,
+        "stats": {
+            "total_s": end - start,
+            "ttft_s": ttft,
+            "new_tokens": tokens,
+            "target_passes": len(passes),
+            "timeline": timeline,
+        },
     }
 
 
 def test_capacity_is_the_most_clients_whose_p10_stays_at_or_above_the_slo() -> None:
-    assert capacity({1: 10.0, 2: 8.0, 4: 5.0, 8: 2.0}, slo=5.0) == {"capacity": 4, "also_met_at": [], "largest_point": 8}
-    assert capacity({1: 10.0, 2: 8.0}, slo=5.0)["capacity"] == 2  # meets at the largest point: capacity is at least that
+    assert capacity({1: 10.0, 2: 8.0, 4: 5.0, 8: 2.0}, slo=5.0) == {
+        "capacity": 4,
+        "also_met_at": [],
+        "largest_point": 8,
+    }
+    assert (
+        capacity({1: 10.0, 2: 8.0}, slo=5.0)["capacity"] == 2
+    )  # meets at the largest point: capacity is at least that
 
 
 def test_no_point_meets_the_slo_gives_zero() -> None:
@@ -50,7 +79,10 @@ def test_a_non_monotone_sweep_counts_only_up_to_the_first_miss() -> None:
 
 
 def test_default_slo_is_half_of_single_client_cloud_ar_and_missing_n1_is_a_clear_error() -> None:
-    points = {1: {"cloud-ar": {"per_client_tokens_per_s_median": 3.0}, "sd": {"per_client_tokens_per_s_median": 4.0}}, 4: {"cloud-ar": {}}}
+    points = {
+        1: {"cloud-ar": {"per_client_tokens_per_s_median": 3.0}, "sd": {"per_client_tokens_per_s_median": 4.0}},
+        4: {"cloud-ar": {}},
+    }
     assert default_slo(points) == 1.5
     with pytest.raises(ValueError, match="no N=1 cloud-ar point.*--slo-tokens-per-s"):
         default_slo({2: points[1], 4: points[1]})
@@ -71,15 +103,25 @@ def test_capacity_table_gives_ratios_to_the_baselines_and_none_where_a_baseline_
     assert table["modes"]["sd"]["vs_cloud-ar"] == 4.0 and table["modes"]["sd"]["vs_cloud-sd"] == 2.0
     assert "vs_cloud-ar" not in table["modes"]["cloud-ar"]
     assert capacity_table(points, slo=100.0)["modes"]["sd"]["vs_cloud-ar"] is None
-    text = render_capacity_markdown({n: {m: _full(f["per_client_tokens_per_s_p10"]) for m, f in p.items()} for n, p in points.items()}, table, "test", "")
+    text = render_capacity_markdown(
+        {n: {m: _full(f["per_client_tokens_per_s_p10"]) for m, f in p.items()} for n, p in points.items()},
+        table,
+        "test",
+        "",
+    )
     assert "| sd | 4 | 4.00x | 2.00x |" in text
     assert "capacity ≥ 4" in text  # met at the largest point: a lower bound
 
 
 def _full(p10: float) -> dict[str, float]:
     return {
-        "aggregate_tokens_per_s": 1.0, "decode_tokens_per_s": 1.0, "per_client_tokens_per_s_median": p10, "per_client_tokens_per_s_p10": p10,
-        "ttft_ms_p50": 1.0, "ttft_ms_p90": 2.0, "target_passes_per_token": 0.3,
+        "aggregate_tokens_per_s": 1.0,
+        "decode_tokens_per_s": 1.0,
+        "per_client_tokens_per_s_median": p10,
+        "per_client_tokens_per_s_p10": p10,
+        "ttft_ms_p50": 1.0,
+        "ttft_ms_p90": 2.0,
+        "target_passes_per_token": 0.3,
     }
 
 
@@ -92,7 +134,10 @@ def test_percentile_interpolates_between_ranks() -> None:
 
 def test_per_client_rate_is_each_client_s_tokens_over_its_generating_time() -> None:
     records = [generation(0, 0.0, 2.0, 10, 0.5), generation(0, 2.0, 4.0, 30, 0.5), generation(1, 0.0, 1.0, 5, 0.5)]
-    assert sorted(per_client_tokens_per_s(records)) == [5.0, 10.0]  # client 0: 40 tokens / 4 s, not the mean of 5 and 15
+    assert sorted(per_client_tokens_per_s(records)) == [
+        5.0,
+        10.0,
+    ]  # client 0: 40 tokens / 4 s, not the mean of 5 and 15
 
 
 def test_decode_rate_counts_tokens_after_each_first_token_over_the_union_of_decode_windows() -> None:
@@ -119,7 +164,10 @@ def test_server_busy_counts_a_batched_pass_once_for_all_the_sessions_in_it() -> 
         generation(1, 0.5, 4.0, 8, 0.5, passes=[(0.502, 1.002), (1.503, 1.903)]),
     ]
     assert server_busy_s(records) == pytest.approx(0.502 + 0.403 + 0.2)
-    assert server_busy_s([dict(records[0], stats={k: v for k, v in records[0]["stats"].items() if k != "timeline"})]) is None
+    assert (
+        server_busy_s([dict(records[0], stats={k: v for k, v in records[0]["stats"].items() if k != "timeline"})])
+        is None
+    )
 
 
 def test_point_metrics_on_a_synthetic_point() -> None:
@@ -143,7 +191,7 @@ def test_point_metrics_on_a_synthetic_point() -> None:
 
 
 def test_capacity_plot_is_written(tmp_path: Path) -> None:
-    points = {n: {"cloud-ar": _full(4.0 / n), "sd": _full(5.0 / n ** 0.5)} for n in (1, 2, 4, 8)}
+    points = {n: {"cloud-ar": _full(4.0 / n), "sd": _full(5.0 / n**0.5)} for n in (1, 2, 4, 8)}
     path = tmp_path / "capacity.png"
     plot_capacity(points, 1.5, "synthetic", path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000

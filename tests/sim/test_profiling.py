@@ -91,8 +91,26 @@ def test_the_profile_command_writes_the_batched_profile(
 ) -> None:
     out = tmp_path / "costs.json"
     argv = [
-        "profile", "batched", "--config", str(config_dir), "--device", "cpu", "--dtype", "float32", "--context", "8",
-        "--gammas", "2", "--batches", "2", "--repeats", "1", "--logit-lens-exits", "2", "--out", str(out),
+        "profile",
+        "batched",
+        "--config",
+        str(config_dir),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--context",
+        "8",
+        "--gammas",
+        "2",
+        "--batches",
+        "2",
+        "--repeats",
+        "1",
+        "--logit-lens-exits",
+        "2",
+        "--out",
+        str(out),
     ]
     assert main(argv) == 0
     written = json.loads(out.read_text())

@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import torch
 
 from edgespec.core.config import GREEDY
-from edgespec.models.target import TargetRuntime
 from edgespec.drivers.cost_profile import HardwareProfile
+from edgespec.drivers.trace import Trace
+from edgespec.models.target import TargetRuntime
 from edgespec.sim.pass_diagnostics import (
     GarbageCollections,
     in_server_pass_ms,
@@ -21,7 +22,6 @@ from edgespec.sim.pass_diagnostics import (
 )
 from edgespec.sim.profiling import launch_bound_target
 from edgespec.sim.scripted import ScriptedDraft, repeating_target, scripted_trace
-from edgespec.drivers.trace import Trace
 from tests.support.tiny_models import tiny_model
 
 
@@ -35,9 +35,15 @@ def test_the_repeating_target_writes_the_last_prompt_token_over_and_over(tmp_pat
 def _trace() -> Trace:
     # The real draft agreed at positions 0 and 2, not at 1.
     return Trace(
-        id="t", prompt_set="test", prompt_ids=[3, 200], continuation=[7, 8, 9, 10], ended_in_eos=False,
-        draft_argmax=[7, 1, 9, 10, 11], draft_topk_ids=[[7], [1], [9], [10], [11]],
-        draft_topk_probs=[[0.9], [0.6], [0.9], [0.9], [0.9]], num_layers=4,
+        id="t",
+        prompt_set="test",
+        prompt_ids=[3, 200],
+        continuation=[7, 8, 9, 10],
+        ended_in_eos=False,
+        draft_argmax=[7, 1, 9, 10, 11],
+        draft_topk_ids=[[7], [1], [9], [10], [11]],
+        draft_topk_probs=[[0.9], [0.6], [0.9], [0.9], [0.9]],
+        num_layers=4,
     )
 
 

@@ -8,7 +8,13 @@ from edgespec.drivers.cost_profile import HardwareProfile, h200_profile
 
 
 def test_a_pass_of_decodes_uses_the_decode_curve_and_falls_back_to_the_verify_curve() -> None:
-    profile = HardwareProfile(name="t", forward_ms={1: 10.0, 5: 12.0}, prefill_ms_per_token=1.0, batch_factor={1: 1.0, 4: 2.0}, decode_batch_factor={1: 1.0, 4: 1.2})
+    profile = HardwareProfile(
+        name="t",
+        forward_ms={1: 10.0, 5: 12.0},
+        prefill_ms_per_token=1.0,
+        batch_factor={1: 1.0, 4: 2.0},
+        decode_batch_factor={1: 1.0, 4: 1.2},
+    )
     assert profile.batch_s([0.010] * 4, decodes=True) == pytest.approx(0.012)
     assert profile.batch_s([0.012] * 4) == pytest.approx(0.024)
     without = HardwareProfile(name="t", forward_ms={1: 10.0}, prefill_ms_per_token=1.0, batch_factor={1: 1.0, 4: 2.0})

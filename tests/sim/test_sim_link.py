@@ -6,10 +6,10 @@ import pytest
 
 from edgespec.core.config import GenerationConfig
 from edgespec.core.modes import Mode
-from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock, _Session
-from edgespec.drivers.virtual_devices import Link
 from edgespec.drivers.cost_profile import HardwareProfile
 from edgespec.drivers.trace_backends import TraceCloud
+from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock, _Session
+from edgespec.drivers.virtual_devices import Link
 
 PROFILE = HardwareProfile(name="test", forward_ms={1: 10.0, 5: 12.0}, prefill_ms_per_token=0.5, draft_ms_per_token=3.0)
 

@@ -9,22 +9,30 @@ import pytest
 import torch
 
 from edgespec.core.config import GenerationConfig
-from edgespec.drivers.local_engine import LocalEngine
 from edgespec.core.modes import Mode
+from edgespec.drivers.cost_profile import HardwareProfile, h200_profile
+from edgespec.drivers.local_engine import LocalEngine
+from edgespec.drivers.trace import Trace
+from edgespec.drivers.virtual_devices import Link
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
-from edgespec.drivers.virtual_devices import Link
-from edgespec.drivers.cost_profile import HardwareProfile, h200_profile
 from edgespec.sim.simulate import SimConfig, clients_sweep, run_mode
-from edgespec.drivers.trace import Trace
 from edgespec.sim.trace import record_trace
 from tests.support.tiny_models import greedy_reference, layer_skip_copy, tiny_model
 
 PROMPTS = [[3, 17, 42, 8, 9, 61], [5, 6, 7], [90, 1, 2, 3, 4, 5, 6, 7]]
 NEW_TOKENS = 40
-PROFILE = HardwareProfile(name="test", forward_ms={1: 10.0, 5: 12.0, 9: 14.0}, prefill_ms_per_token=0.5, exit_ms=0.5, num_layers=4,
-                          batch_factor={1: 1.0, 8: 2.0}, draft_ms_per_token=3.0, draft_prefill_ms_per_token=0.2)
+PROFILE = HardwareProfile(
+    name="test",
+    forward_ms={1: 10.0, 5: 12.0, 9: 14.0},
+    prefill_ms_per_token=0.5,
+    exit_ms=0.5,
+    num_layers=4,
+    batch_factor={1: 1.0, 8: 2.0},
+    draft_ms_per_token=3.0,
+    draft_prefill_ms_per_token=0.2,
+)
 
 
 @lru_cache(maxsize=None)
@@ -56,7 +64,9 @@ def test_a_trace_holds_the_target_continuation_and_the_draft_and_exit_choices() 
     assert trace.draft_argmax[5] == int(logits.argmax())
 
 
-@pytest.mark.parametrize("mode", [Mode.CLOUD_AR, Mode.SD, Mode.SD_EE, Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED], ids=lambda m: m.value)
+@pytest.mark.parametrize(
+    "mode", [Mode.CLOUD_AR, Mode.SD, Mode.SD_EE, Mode.SD_EE_PREDRAFT, Mode.SD_EE_PIPELINED], ids=lambda m: m.value
+)
 @pytest.mark.parametrize("gamma", [1, 4, 7])
 def test_replay_is_exact_in_tokens_and_verdicts(mode: Mode, gamma: int) -> None:
     config = SimConfig(modes=(mode.value,), max_new_tokens=NEW_TOKENS, gamma=gamma)
@@ -66,7 +76,9 @@ def test_replay_is_exact_in_tokens_and_verdicts(mode: Mode, gamma: int) -> None:
         assert record["tokens"] == trace.continuation[:NEW_TOKENS]
         if mode is Mode.CLOUD_AR:
             continue
-        real = LocalEngine(runtime(), DraftRuntime(draft)).generate(trace.prompt_ids, Mode.SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=gamma))
+        real = LocalEngine(runtime(), DraftRuntime(draft)).generate(
+            trace.prompt_ids, Mode.SD, GenerationConfig(max_new_tokens=NEW_TOKENS, gamma=gamma)
+        )
         # Same rounds, same verdicts: the speculative modes decide alike; only time differs.
         assert (record["stats"]["rounds"], record["stats"]["accepted"]) == (real.stats.rounds, real.stats.accepted)
 
@@ -133,15 +145,33 @@ def test_simulate_sweep_writes_the_capacity_table_and_picture(tmp_path, capsys) 
     from edgespec.cli import main
     from edgespec.drivers.trace import write_traces
 
-    write_traces(tmp_path / "traces", traces(), {"target": "tiny", "draft": "tiny-skip", "dtype": "float32", "exits": "test"})
+    write_traces(
+        tmp_path / "traces", traces(), {"target": "tiny", "draft": "tiny-skip", "dtype": "float32", "exits": "test"}
+    )
     PROFILE.save(tmp_path / "hardware.json")
-    common = ["simulate", "--traces", str(tmp_path / "traces"), "--hardware", str(tmp_path / "hardware.json"), "--profiles", "wan",
-              "--modes", "cloud-ar,sd", "--max-new-tokens", str(NEW_TOKENS)]
+    common = [
+        "simulate",
+        "--traces",
+        str(tmp_path / "traces"),
+        "--hardware",
+        str(tmp_path / "hardware.json"),
+        "--profiles",
+        "wan",
+        "--modes",
+        "cloud-ar,sd",
+        "--max-new-tokens",
+        str(NEW_TOKENS),
+    ]
     assert main([*common, "--clients", "1,3,6", "--out", str(tmp_path / "sim")]) == 0
     summary = json.loads((tmp_path / "sim" / "summary.json").read_text())
     assert set(summary["sweep"]) == {"1", "3", "6"}
     point = summary["sweep"]["6"]["profiles"]["wan"]["sd"]
-    assert {"per_client_tokens_per_s_p10", "server_s_per_token", "target_passes_per_token", "decode_tokens_per_s"} <= set(point)
+    assert {
+        "per_client_tokens_per_s_p10",
+        "server_s_per_token",
+        "target_passes_per_token",
+        "decode_tokens_per_s",
+    } <= set(point)
     table = summary["capacity"]["wan"]
     single = summary["sweep"]["1"]["profiles"]["wan"]["cloud-ar"]["per_client_tokens_per_s_median"]
     assert table["slo_tokens_per_s"] == pytest.approx(single / 2)
@@ -151,8 +181,15 @@ def test_simulate_sweep_writes_the_capacity_table_and_picture(tmp_path, capsys) 
     assert (tmp_path / "sim" / "clients.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
     assert main([*common, "--clients", "3,6", "--no-plots", "--out", str(tmp_path / "no-single")]) != 0
-    assert "include 1 in --clients" in capsys.readouterr().err and not (tmp_path / "no-single").exists()  # refused before any work
-    assert main([*common, "--clients", "3,6", "--no-plots", "--slo-tokens-per-s", "1e9", "--out", str(tmp_path / "strict")]) == 0
+    assert (
+        "include 1 in --clients" in capsys.readouterr().err and not (tmp_path / "no-single").exists()
+    )  # refused before any work
+    assert (
+        main(
+            [*common, "--clients", "3,6", "--no-plots", "--slo-tokens-per-s", "1e9", "--out", str(tmp_path / "strict")]
+        )
+        == 0
+    )
     strict = json.loads((tmp_path / "strict" / "summary.json").read_text())["capacity"]["wan"]["modes"]
     assert strict["sd"]["capacity"] == 0 and strict["sd"]["vs_cloud-ar"] is None  # nobody meets it
     # cloud-ar alone: its table, and no speedup map (there is nothing to compare it with).
@@ -166,7 +203,9 @@ def test_an_exit_oracle_streams_the_verdict_it_is_told_to_and_changes_no_token()
     from edgespec.drivers.trace_backends import ExitOracle
 
     def run(oracle: ExitOracle) -> list[dict]:
-        config = SimConfig(modes=("sd-ee-pipelined",), max_new_tokens=NEW_TOKENS, gamma=4, early_verdicts="on", exit_oracle=oracle)
+        config = SimConfig(
+            modes=("sd-ee-pipelined",), max_new_tokens=NEW_TOKENS, gamma=4, early_verdicts="on", exit_oracle=oracle
+        )
         return run_mode(traces(), Mode.SD_EE_PIPELINED, PROFILE, Link(one_way_s=0.02), config)
 
     right, useless = run(ExitOracle(2, 1.0)), run(ExitOracle(2, 0.0))

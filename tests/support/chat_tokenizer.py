@@ -16,12 +16,38 @@ from tests.support.tiny_models import VOCAB
 
 EOS = "<|end|>"
 UNK = "<unk>"
-MERGES = ["th", "he", "in", "er", "an", "re", "on", "at", "en", "nd", "ti", "es", "or", "te", "of", "ed", "is", "it", "al", "ar"]
+MERGES = [
+    "th",
+    "he",
+    "in",
+    "er",
+    "an",
+    "re",
+    "on",
+    "at",
+    "en",
+    "nd",
+    "ti",
+    "es",
+    "or",
+    "te",
+    "of",
+    "ed",
+    "is",
+    "it",
+    "al",
+    "ar",
+]
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
 
 
 def chat_tokenizer() -> PreTrainedTokenizerFast:
-    symbols = [EOS, UNK] + list(string.ascii_lowercase + string.ascii_uppercase + string.digits) + [" ", "\n"] + list(".,:;!?'-()")
+    symbols = (
+        [EOS, UNK]
+        + list(string.ascii_lowercase + string.ascii_uppercase + string.digits)
+        + [" ", "\n"]
+        + list(".,:;!?'-()")
+    )
     vocab = {symbol: index for index, symbol in enumerate(symbols + MERGES)}
     assert len(vocab) == VOCAB, len(vocab)
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[(pair[0], pair[1]) for pair in MERGES], unk_token=UNK))

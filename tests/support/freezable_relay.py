@@ -76,7 +76,9 @@ class FreezableRelay:
         with self._changed:
             self._relayed += 1
             number = self._relayed
-        await asyncio.gather(self._pump(reader, up_writer, frozen), self._pump(up_reader, writer, frozen), return_exceptions=True)
+        await asyncio.gather(
+            self._pump(reader, up_writer, frozen), self._pump(up_reader, writer, frozen), return_exceptions=True
+        )
         with self._changed:
             self._ended.append(number)
             self._changed.notify_all()

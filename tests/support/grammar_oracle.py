@@ -38,4 +38,4 @@ def masked_generate(
         pad_token_id=0,
         logits_processor=LogitsProcessorList([processor]),
     )
-    return out[0, len(prompt):].tolist()
+    return out[0, len(prompt) :].tolist()

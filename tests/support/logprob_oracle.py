@@ -22,7 +22,7 @@ def generate_with_logprobs(
         output_scores=True,
         return_dict_in_generate=True,
     )
-    tokens = out.sequences[0, len(prompt):].tolist()
+    tokens = out.sequences[0, len(prompt) :].tolist()
     return tokens, torch.log_softmax(torch.cat(out.scores).float(), dim=-1)
 
 

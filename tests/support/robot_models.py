@@ -26,12 +26,17 @@ VALID_ACTIONS = [
     *[f'{{"action":"walk","metres":{m}}}' for m in (0.3, 0.5, 0.8, 1.0, 1.5)],
     '{"action":"stop"}',
 ]
-INVALID_ACTIONS = ['{"action":"fly"}', '{"action":"walk","metres":9}', '{"action":"turn"}', '{"action":"turn","degrees":"left"}']
+INVALID_ACTIONS = [
+    '{"action":"fly"}',
+    '{"action":"walk","metres":9}',
+    '{"action":"turn"}',
+    '{"action":"turn","degrees":"left"}',
+]
 CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}<assistant> {% endif %}"
 SAMPLE_OBSERVATION = (
     "Step 1 of 12. Last action: none yet. The robot senses: - red box: 2.7 m away, 28 degrees to your left "
     "(to face it: turn) straight ahead (to reach it: walk) - blue ball: - green cone: - wall straight ahead: "
-    "right Your next action for the task \"walk to the red box\": turn walk stop the robot "
+    'right Your next action for the task "walk to the red box": turn walk stop the robot '
     "walked turned stood still (it did not finish in time) and bumped into reached the goal fell "
     "That is not a valid action: <system> <user> <assistant>"
 )
@@ -62,9 +67,17 @@ def action_model(seed: int = 0, layers: int = 4, hidden: int = 64) -> Qwen2ForCa
     so greedy continuations are mostly action objects (the test then sees motions), not words."""
     tokenizer = action_tokenizer()
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False,
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)

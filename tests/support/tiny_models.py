@@ -39,7 +39,9 @@ def tiny_model(family: str, seed: int, layers: int = 4, hidden: int = 64, vocab:
     return model.float().eval().requires_grad_(False)
 
 
-def greedy_reference(model: PreTrainedModel, prompt: list[int], max_new_tokens: int, eos: int | None = None) -> list[int]:
+def greedy_reference(
+    model: PreTrainedModel, prompt: list[int], max_new_tokens: int, eos: int | None = None
+) -> list[int]:
     """The oracle: `transformers` `generate`, greedy."""
     out = model.generate(
         torch.tensor([prompt]),

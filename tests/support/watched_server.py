@@ -43,7 +43,9 @@ class WatchedService(VerifierService):
                 self.blocks.append(message.block)
                 self._changed.notify_all()
 
-    async def Session(self, request_iterator: AsyncIterator[pb.ClientMessage], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ServerMessage]:  # noqa: N802
+    async def Session(
+        self, request_iterator: AsyncIterator[pb.ClientMessage], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ServerMessage]:  # noqa: N802
         inbox: asyncio.Queue[object] = asyncio.Queue()
 
         async def pump() -> None:

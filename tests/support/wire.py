@@ -18,9 +18,13 @@ _HALF_CLOSE = object()
 class RawSession:
     """One Session stream on a sync channel; messages leave as they are sent."""
 
-    def __init__(self, channel: grpc.Channel, metadata: Sequence[tuple[str, str]] | None = None, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, channel: grpc.Channel, metadata: Sequence[tuple[str, str]] | None = None, timeout_s: float = 60.0
+    ) -> None:
         self._outbox: queue.Queue[object] = queue.Queue()
-        self._replies = pb_grpc.VerifierStub(channel).Session(iter(self._outbox.get, _HALF_CLOSE), metadata=metadata, timeout=timeout_s)
+        self._replies = pb_grpc.VerifierStub(channel).Session(
+            iter(self._outbox.get, _HALF_CLOSE), metadata=metadata, timeout=timeout_s
+        )
 
     def send(self, message: pb.ClientMessage) -> None:
         self._outbox.put(message)
@@ -38,7 +42,9 @@ class RawSession:
 
 
 def open_message(prompt: Sequence[int], max_new_tokens: int, **fields: object) -> pb.ClientMessage:
-    values: dict[str, object] = dict(protocol_version=PROTOCOL_VERSION, kind=pb.SPECULATIVE, prompt_ids=list(prompt), max_new_tokens=max_new_tokens)
+    values: dict[str, object] = dict(
+        protocol_version=PROTOCOL_VERSION, kind=pb.SPECULATIVE, prompt_ids=list(prompt), max_new_tokens=max_new_tokens
+    )
     values.update(fields)
     return pb.ClientMessage(open=pb.Open(**values))  # type: ignore[arg-type]
 
@@ -81,7 +87,9 @@ class GreedySession:
         return self.stream.rest()
 
 
-def drafts_from(reference: Sequence[int], produced: int, round_index: int, gamma: int = 2, vocab: int = 96) -> list[int]:
+def drafts_from(
+    reference: Sequence[int], produced: int, round_index: int, gamma: int = 2, vocab: int = 96
+) -> list[int]:
     """Right drafts on even rounds, wrong ones on odd rounds: both accepting and rejecting verdicts."""
     right = list(reference[produced : produced + gamma]) or [0]
     return right if round_index % 2 == 0 else [(token + 1) % vocab for token in right]

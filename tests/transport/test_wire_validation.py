@@ -33,7 +33,12 @@ def row(ids: list[int], probs: list[float]) -> pb.SparseDistribution:
 
 @pytest.mark.parametrize(
     "params",
-    [SamplingParams(), SamplingParams(temperature=0.7, top_k=30, top_p=0.9), SamplingParams(temperature=100.0), SamplingParams(temperature=0.001)],
+    [
+        SamplingParams(),
+        SamplingParams(temperature=0.7, top_k=30, top_p=0.9),
+        SamplingParams(temperature=100.0),
+        SamplingParams(temperature=0.001),
+    ],
 )
 def test_every_sampling_the_client_can_send_is_accepted_unchanged(params: SamplingParams) -> None:
     assert sampling_from_wire(sampling_to_wire(params)) == params
@@ -46,7 +51,17 @@ def test_top_p_zero_means_off_and_a_huge_top_k_filters_nothing() -> None:
 
 @pytest.mark.parametrize(
     "temperature, top_p",
-    [(-0.5, 1.0), (math.nan, 1.0), (math.inf, 1.0), (1e-6, 1.0), (1000.0, 1.0), (1.0, -0.1), (1.0, 1.5), (1.0, math.nan), (1.0, math.inf)],
+    [
+        (-0.5, 1.0),
+        (math.nan, 1.0),
+        (math.inf, 1.0),
+        (1e-6, 1.0),
+        (1000.0, 1.0),
+        (1.0, -0.1),
+        (1.0, 1.5),
+        (1.0, math.nan),
+        (1.0, math.inf),
+    ],
 )
 def test_sampling_out_of_range_is_a_bad_request(temperature: float, top_p: float) -> None:
     assert code_of(sampling_from_wire, pb.Sampling(temperature=temperature, top_p=top_p)) == "BAD_REQUEST"

@@ -53,9 +53,15 @@ def main(argv: list[str] | None = None) -> int:
                 while args.go and not args.go.exists():
                     time.sleep(0.02)
             config = GenerationConfig(
-                max_new_tokens=job["max_new_tokens"], gamma=job["gamma"], seed=job.get("seed", 0),
-                adaptive_gamma=job.get("adaptive_gamma", False), max_gamma=job.get("max_gamma", 8),
-                branches=job.get("branches", 2), guess_verdict=job.get("guess_verdict", True), runner_up=job.get("runner_up", GenerationConfig.runner_up), draft_stop=job.get("draft_stop", GenerationConfig.draft_stop),
+                max_new_tokens=job["max_new_tokens"],
+                gamma=job["gamma"],
+                seed=job.get("seed", 0),
+                adaptive_gamma=job.get("adaptive_gamma", False),
+                max_gamma=job.get("max_gamma", 8),
+                branches=job.get("branches", 2),
+                guess_verdict=job.get("guess_verdict", True),
+                runner_up=job.get("runner_up", GenerationConfig.runner_up),
+                draft_stop=job.get("draft_stop", GenerationConfig.draft_stop),
                 early_verdicts=GenerationConfig.early_verdicts_from(job.get("early_verdicts", "auto")),
             )
             record = dict(job, started_at=time.time())

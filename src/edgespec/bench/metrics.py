@@ -35,7 +35,9 @@ def queued_s(record: dict[str, Any]) -> float:
     placed by the client at arrival - the server's compute time; the link's delay cancels out)
     are that wait."""
     stats = record["stats"]
-    passes = [e for e in stats.get("timeline", []) if e["actor"] == "cloud" and e["what"] in ("prefill (server)", "decode")]
+    passes = [
+        e for e in stats.get("timeline", []) if e["actor"] == "cloud" and e["what"] in ("prefill (server)", "decode")
+    ]
     if not any(e["what"] == "decode" for e in passes):
         return float(stats.get("server_queued_s", 0.0))
     return sum(max(0.0, b["start_s"] - a["end_s"]) for a, b in zip(passes, passes[1:]))
@@ -47,10 +49,25 @@ def summarize(records: Iterable[dict[str, Any]], profile: str, price: PriceModel
     records = [r for r in records if "stats" in r]
     if not records:
         return {}
-    total = {key: sum(r["stats"][key] for r in records) for key in (
-        "new_tokens", "rounds", "total_s", "draft_s", "server_verify_s", "bytes_sent", "bytes_received",
-        "hits", "misses", "no_hint", "target_passes", "pipelined", "dropped", "wait_s",
-    )}
+    total = {
+        key: sum(r["stats"][key] for r in records)
+        for key in (
+            "new_tokens",
+            "rounds",
+            "total_s",
+            "draft_s",
+            "server_verify_s",
+            "bytes_sent",
+            "bytes_received",
+            "hits",
+            "misses",
+            "no_hint",
+            "target_passes",
+            "pipelined",
+            "dropped",
+            "wait_s",
+        )
+    }
     for key in ("branches", "branches_shipped"):
         total[key] = sum(r["stats"].get(key, 0) for r in records)
     by_source: dict[str, int] = {}
@@ -94,11 +111,18 @@ def summarize(records: Iterable[dict[str, Any]], profile: str, price: PriceModel
         # server-reported queueing and the emulated round trips: what gRPC, serialisation, the
         # emulator's queues and the event loops add per round.
         "overhead_ms_per_round": 1000
-        * (total["wait_s"] - total["server_verify_s"] - queued - sum(link_round_trips(r["mode"], r["stats"]["rounds"]) for r in records) * rtt_s)
+        * (
+            total["wait_s"]
+            - total["server_verify_s"]
+            - queued
+            - sum(link_round_trips(r["mode"], r["stats"]["rounds"]) for r in records) * rtt_s
+        )
         / rounds,
         "edge_wait_s_per_token": total["wait_s"] / tokens,
         # Drafting and the network fully hidden: only the verifier's compute remains.
-        "physical_limit_tokens_per_s": total["new_tokens"] / total["server_verify_s"] if total["server_verify_s"] else 0.0,
+        "physical_limit_tokens_per_s": total["new_tokens"] / total["server_verify_s"]
+        if total["server_verify_s"]
+        else 0.0,
         "errors": 0,
     }
 
@@ -129,4 +153,6 @@ def differences_from_cloud_ar(records: list[dict[str, Any]]) -> dict[tuple[str, 
     `cloud-ar` on the same prompt. Not the oracle: in bf16 the two can part at a near-tie (a
     verify and a decode round differently)."""
     baseline = {(r["profile"], r["prompt_id"]): r.get("tokens") for r in records if r["mode"] == "cloud-ar"}
-    return first_differences(records, lambda r: baseline.get((r["profile"], r["prompt_id"])), skip=("cloud-ar", "edge-only"))
+    return first_differences(
+        records, lambda r: baseline.get((r["profile"], r["prompt_id"])), skip=("cloud-ar", "edge-only")
+    )

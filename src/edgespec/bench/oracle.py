@@ -60,7 +60,9 @@ class Margin:
     margin: float  # top-1 logit minus top-2 logit
 
 
-def top2_margins(model: Any, prompt_ids: Sequence[int], tokens: Sequence[int], positions: Iterable[int]) -> list[Margin]:
+def top2_margins(
+    model: Any, prompt_ids: Sequence[int], tokens: Sequence[int], positions: Iterable[int]
+) -> list[Margin]:
     """One forward over ``prompt_ids + tokens``: at each of ``positions`` (indices into
     ``tokens``), the target's top two next-token candidates and the gap between their logits."""
     positions = sorted(set(int(p) for p in positions))
@@ -98,7 +100,9 @@ class Difference:
         return "neither"
 
 
-def explain_difference(fp32_model: Any, prompt_ids: Sequence[int], reference: Sequence[int], other: Sequence[int]) -> Difference | None:
+def explain_difference(
+    fp32_model: Any, prompt_ids: Sequence[int], reference: Sequence[int], other: Sequence[int]
+) -> Difference | None:
     """The first position where ``other`` parts from ``reference``, with the fp32 target's top two
     tokens and their logit margin there (teacher-forced on ``reference``; after the first
     difference the two texts have different prefixes, so later positions say nothing more)."""
@@ -147,7 +151,9 @@ class OracleCache:
             sink.write(json.dumps({"key": key, "tokens": tokens, **about}) + "\n")
 
 
-def describe_difference(difference: Difference, decode: Any = None, reference: str = "reference", other: str = "this mode") -> str:
+def describe_difference(
+    difference: Difference, decode: Any = None, reference: str = "reference", other: str = "this mode"
+) -> str:
     """One line a person can read: where, what each side chose, and the fp32 margin."""
     show = (lambda t: repr(decode([t]))) if decode is not None else str
     choice = "ended" if difference.other_token is None else f"chose {show(difference.other_token)}"
@@ -184,12 +190,19 @@ def explain_outputs(
         if difference is None:
             continue
         side = {"reference": reference_mode, "other": mode, "neither": "neither"}[difference.fp32_agrees_with]
-        lines.append(f"{mode}: {describe_difference(difference, decode, reference_mode, mode)}; fp32 picks {side}'s token")
+        lines.append(
+            f"{mode}: {describe_difference(difference, decode, reference_mode, mode)}; fp32 picks {side}'s token"
+        )
     if oracle is not None:
         equal = [mode for mode, tokens in outputs.items() if first_difference(oracle, tokens) is None]
-        parted = [f"{mode} (from token {first_difference(oracle, tokens)})" for mode, tokens in outputs.items() if mode not in equal]
+        parted = [
+            f"{mode} (from token {first_difference(oracle, tokens)})"
+            for mode, tokens in outputs.items()
+            if mode not in equal
+        ]
         lines.append(
-            "fp32 generate (the oracle) equals: " + (", ".join(equal) or "none")
+            "fp32 generate (the oracle) equals: "
+            + (", ".join(equal) or "none")
             + ("; differs from: " + ", ".join(parted) if parted else "")
         )
     return lines

@@ -22,7 +22,13 @@ OracleReport = dict[tuple[str, str], list[dict[str, Any]]]
 
 
 def check_against_oracle(
-    target: str, max_new_tokens: int, jobs: list[dict[str, Any]], records: list[dict[str, Any]], cache_path: Path, model: Any = None, eos_ids: frozenset[int] | None = None
+    target: str,
+    max_new_tokens: int,
+    jobs: list[dict[str, Any]],
+    records: list[dict[str, Any]],
+    cache_path: Path,
+    model: Any = None,
+    eos_ids: frozenset[int] | None = None,
 ) -> OracleReport:
     """``model`` / ``eos_ids``: an already loaded fp32 target and its EOS set (tests); by default
     the target is loaded here, in float32, with the EOS set the server uses."""
@@ -51,5 +57,7 @@ def check_against_oracle(
             record = next(r for r in records if (r["profile"], r["mode"], r["prompt_id"]) == (*key, prompt_id))
             difference = explain_difference(model, prompts[prompt_id], oracle[prompt_id], record["tokens"])
             assert difference is not None
-            report[key].append({"prompt_id": prompt_id, "position": difference.position, "fp32_margin": difference.fp32_margin})
+            report[key].append(
+                {"prompt_id": prompt_id, "position": difference.position, "fp32_margin": difference.fp32_margin}
+            )
     return report

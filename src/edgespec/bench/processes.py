@@ -94,7 +94,21 @@ def deploy(
     try:
         server_log = open(os.path.join(log_dir, "server.log"), "w")
         server = subprocess.Popen(
-            edgespec_command("serve", "--target", target, "--dtype", dtype, "--exits", exits, "--port", str(server_port), "--threads", "1", *extra, *serve_args),
+            edgespec_command(
+                "serve",
+                "--target",
+                target,
+                "--dtype",
+                dtype,
+                "--exits",
+                exits,
+                "--port",
+                str(server_port),
+                "--threads",
+                "1",
+                *extra,
+                *serve_args,
+            ),
             stdout=server_log,
             stderr=subprocess.STDOUT,
             preexec_fn=pin_to_core(server_core),
@@ -103,13 +117,28 @@ def deploy(
         # The first start joins and converts the target's weights: minutes, once.
         wait_for_port(server_port, server, startup_timeout_s, "edgespec serve")
         if replicas:  # Ray's proxy listens before the replicas are up; their banner says when
-            wait_for_line(os.path.join(log_dir, "server.log"), "edgespec: serving", server, startup_timeout_s, "edgespec serve --replicas")
+            wait_for_line(
+                os.path.join(log_dir, "server.log"),
+                "edgespec: serving",
+                server,
+                startup_timeout_s,
+                "edgespec serve --replicas",
+            )
         client_port = server_port
         if profile:
             client_port = free_port()
             link_log = open(os.path.join(log_dir, "link.log"), "w")
             link = subprocess.Popen(
-                edgespec_command("--log", "link", "--listen", str(client_port), "--upstream", f"127.0.0.1:{server_port}", "--profile", profile),
+                edgespec_command(
+                    "--log",
+                    "link",
+                    "--listen",
+                    str(client_port),
+                    "--upstream",
+                    f"127.0.0.1:{server_port}",
+                    "--profile",
+                    profile,
+                ),
                 stdout=link_log,
                 stderr=subprocess.STDOUT,
             )
@@ -126,7 +155,9 @@ def deploy(
                 process.kill()
 
 
-def run_client(address: str, args: Sequence[str], client_core: int | None = 1, timeout_s: float = 1800.0) -> dict[str, Any]:
+def run_client(
+    address: str, args: Sequence[str], client_core: int | None = 1, timeout_s: float = 1800.0
+) -> dict[str, Any]:
     """One `edgespec generate --server ... --json` in its own process; its JSON result."""
     completed = subprocess.run(
         edgespec_command("generate", "--server", address, "--json", "--threads", "1", *args),

@@ -42,8 +42,13 @@ COLUMNS = [
 
 # Serving figures that need several concurrent clients to mean anything (edgespec.capacity).
 CONCURRENT_ONLY = {
-    "aggregate_tokens_per_s", "decode_tokens_per_s", "per_client_tokens_per_s_median", "per_client_tokens_per_s_p10",
-    "ttft_ms_p90", "server_busy_share", "server_s_per_token",
+    "aggregate_tokens_per_s",
+    "decode_tokens_per_s",
+    "per_client_tokens_per_s_median",
+    "per_client_tokens_per_s_p10",
+    "ttft_ms_p90",
+    "server_busy_share",
+    "server_s_per_token",
 }
 
 
@@ -66,18 +71,31 @@ def render_markdown(summary: dict[str, Any], command: str) -> str:
     ]
     host = summary.get("host") or config.get("hardware", {}).get("host")
     if host:
-        bf16 = ", ".join(name for name, key in (("AVX512-BF16", "avx512_bf16"), ("AMX-BF16", "amx_bf16")) if host.get(key)) or ("yes" if host.get("native_bf16") else "no")
-        ran = f" Target dtype as run: {host['dtype']}" + (f", draft: {host['draft_dtype']}" if host.get("draft_dtype") else "") + "." if host.get("dtype") else ""
+        bf16 = ", ".join(
+            name for name, key in (("AVX512-BF16", "avx512_bf16"), ("AMX-BF16", "amx_bf16")) if host.get(key)
+        ) or ("yes" if host.get("native_bf16") else "no")
+        ran = (
+            f" Target dtype as run: {host['dtype']}"
+            + (f", draft: {host['draft_dtype']}" if host.get("draft_dtype") else "")
+            + "."
+            if host.get("dtype")
+            else ""
+        )
         lines += [
-            f"Host: {host.get('cpu')}" + (f" ({host['cpu_family_model']})" if host.get("cpu_family_model") else "") + f", {host.get('cores')} cores, native bf16: {bf16}, "
+            f"Host: {host.get('cpu')}"
+            + (f" ({host['cpu_family_model']})" if host.get("cpu_family_model") else "")
+            + f", {host.get('cores')} cores, native bf16: {bf16}, "
             f"torch CPU capability {host.get('torch_cpu_capability')}, {host.get('threads_per_process', 1)} thread per process.{ran}"
             + (f" ({host['role']}.)" if host.get("role") else ""),
             "",
         ]
     cores = summary.get("cores")
     if cores and cores.get("server_core") is not None and config.get("clients", 1) > 1:
-        shared = (f"the {config['clients']} clients share {len(cores['edge_cores'])} edge core(s) (up to {cores['clients_per_edge_core']} per core)"
-                  if cores["clients_share_cores"] else "each client on a core of its own")
+        shared = (
+            f"the {config['clients']} clients share {len(cores['edge_cores'])} edge core(s) (up to {cores['clients_per_edge_core']} per core)"
+            if cores["clients_share_cores"]
+            else "each client on a core of its own"
+        )
         lines += [f"Cores: server on core {cores['server_core']}; {shared}.", ""]
     lines += [
         "**queued ms/round**: a round's wait at the server before its pass started (behind a pass in flight or other "
@@ -97,25 +115,37 @@ def render_markdown(summary: dict[str, Any], command: str) -> str:
             "after the first tokens (the union of the decode windows).",
             "",
         ]
-    checked_oracle = any("oracle_mismatches" in stats for modes in summary["profiles"].values() for stats in modes.values())
+    checked_oracle = any(
+        "oracle_mismatches" in stats for modes in summary["profiles"].values() for stats in modes.values()
+    )
     many = config.get("clients", 1) > 1
     columns = [
-        c for c in COLUMNS
-        if (c[1] not in CONCURRENT_ONLY or many) and (c[1] != "oracle_mismatches" or checked_oracle)
+        c for c in COLUMNS if (c[1] not in CONCURRENT_ONLY or many) and (c[1] != "oracle_mismatches" or checked_oracle)
     ]
     lines += _correctness_notes(summary.get("server_dtype", config["dtype"]), checked_oracle)
     for profile, modes in summary["profiles"].items():
-        lines += [f"## {profile}", "", "| mode | " + " | ".join(name for name, _, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        lines += [
+            f"## {profile}",
+            "",
+            "| mode | " + " | ".join(name for name, _, _ in columns) + " |",
+            "|---" * (len(columns) + 1) + "|",
+        ]
         for mode, stats in modes.items():
             if "branches" in stats:
-                stats = dict(stats, branch_counts=f"{stats['branches']} / {stats['branches_shipped']} / {stats['branches_dropped']}",
-                             hits_by_source_text=", ".join(f"{k}: {v}" for k, v in sorted(stats["hits_by_source"].items())) or "–")
+                stats = dict(
+                    stats,
+                    branch_counts=f"{stats['branches']} / {stats['branches_shipped']} / {stats['branches_dropped']}",
+                    hits_by_source_text=", ".join(f"{k}: {v}" for k, v in sorted(stats["hits_by_source"].items()))
+                    or "–",
+                )
             cells = [fmt.format(stats[key]) if key in stats else "–" for _, key, fmt in columns]
             lines.append(f"| {mode} | " + " | ".join(cells) + " |")
         lines.append("")
         for mode, stats in modes.items():
             if stats.get("differs_from_cloud_ar_at"):
-                lines.append(f"- {mode} differs from cloud-ar (first differing token): {', '.join(stats['differs_from_cloud_ar_at'])}")
+                lines.append(
+                    f"- {mode} differs from cloud-ar (first differing token): {', '.join(stats['differs_from_cloud_ar_at'])}"
+                )
             if stats.get("oracle_mismatch_at"):
                 why = " (edge-only is not lossless by design)" if mode == "edge-only" else ""
                 lines.append(f"- {mode} differs from fp32 `generate`{why}: {', '.join(stats['oracle_mismatch_at'])}")
@@ -139,7 +169,11 @@ def _correctness_notes(server_dtype: str, checked_oracle: bool) -> list[str]:
         notes.append(
             "**oracle mismatches**: outputs that differ from fp32 `generate` of the target (greedy, the server's EOS ids), "
             "listed with the first differing token and the fp32 margin between the target's top two logits there"
-            + ("; in bfloat16 a few at small margins are expected, for `cloud-ar` as well." if server_dtype == "bfloat16" else ".")
+            + (
+                "; in bfloat16 a few at small margins are expected, for `cloud-ar` as well."
+                if server_dtype == "bfloat16"
+                else "."
+            )
         )
     else:
         notes.append("Add `--check-oracle` to compare every output with fp32 `generate` of the target.")
@@ -209,5 +243,9 @@ def render_sweep(summary: dict[str, Any]) -> str:
             "each generation's first, over the union of the decode windows. Server busy share and s/token: the union of the "
             "passes the clients report (a batched pass counted once) over the wall time / the tokens."
         )
-        parts.append(render_capacity_markdown(figures, table, table["slo_source"], where).replace("## Capacity", f"## Capacity: {profile}", 1))
+        parts.append(
+            render_capacity_markdown(figures, table, table["slo_source"], where).replace(
+                "## Capacity", f"## Capacity: {profile}", 1
+            )
+        )
     return "\n".join(parts)

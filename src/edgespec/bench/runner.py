@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgespec.bench.metrics import PriceModel, differences_from_cloud_ar, summarize
-from edgespec.bench.processes import pin_to_core, deploy
+from edgespec.bench.processes import deploy, pin_to_core
 from edgespec.capacity import point_metrics
 from edgespec.core.config import GenerationConfig
 from edgespec.core.modes import Mode
@@ -102,7 +102,9 @@ def build_jobs(config: BenchConfig, tokenizer: Any) -> list[dict[str, Any]]:
     jobs = []
     for prompt_set in config.prompts:
         for record in load_prompts(prompt_set, config.num_prompts):
-            prompt_ids = render_prompt(tokenizer, record.text if not record.is_chat else record.messages, raw=not record.is_chat)
+            prompt_ids = render_prompt(
+                tokenizer, record.text if not record.is_chat else record.messages, raw=not record.is_chat
+            )
             # Modes interleaved per prompt, so slow drifts of the machine hit every mode alike.
             for mode in config.modes:
                 jobs.append(
@@ -148,7 +150,9 @@ def run_profile(
                 results_file.unlink(missing_ok=True)
                 results_file.touch()
                 for mode in config.modes:
-                    _run_concurrent(point, Mode.parse(mode).value, jobs, results_file, deployment.client_port, log_dir, progress)
+                    _run_concurrent(
+                        point, Mode.parse(mode).value, jobs, results_file, deployment.client_port, log_dir, progress
+                    )
             records += [dict(r, sweep_clients=count) for r in _read(results_file)]
     else:
         jobs_file, results_file = out / f"jobs-{profile}.jsonl", out / f"raw-{profile}.jsonl"
@@ -156,11 +160,21 @@ def run_profile(
         results_file.unlink(missing_ok=True)
         with _deployed(config, profile, out / f"logs-{profile}") as deployment:
             if config.clients == 1:
-                _run_workers([jobs_file], [results_file], config, deployment.client_port, out / f"logs-{profile}", progress)
+                _run_workers(
+                    [jobs_file], [results_file], config, deployment.client_port, out / f"logs-{profile}", progress
+                )
             else:
                 results_file.touch()
                 for mode in config.modes:
-                    _run_concurrent(config, Mode.parse(mode).value, jobs, results_file, deployment.client_port, out / f"logs-{profile}", progress)
+                    _run_concurrent(
+                        config,
+                        Mode.parse(mode).value,
+                        jobs,
+                        results_file,
+                        deployment.client_port,
+                        out / f"logs-{profile}",
+                        progress,
+                    )
         records = _read(results_file)
     for record in records:
         record["profile"] = profile
@@ -169,8 +183,14 @@ def run_profile(
 
 def _deployed(config: BenchConfig, profile: str, log_dir: Path) -> Any:
     return deploy(
-        config.target, config.dtype, profile, exits=config.exits, log_dir=str(log_dir), replicas=config.replicas,
-        cloud_draft=config.draft if any(Mode.parse(m).server_drafts for m in config.modes) else None, serve_args=config.serve_args,
+        config.target,
+        config.dtype,
+        profile,
+        exits=config.exits,
+        log_dir=str(log_dir),
+        replicas=config.replicas,
+        cloud_draft=config.draft if any(Mode.parse(m).server_drafts for m in config.modes) else None,
+        serve_args=config.serve_args,
     )
 
 
@@ -206,15 +226,30 @@ def core_layout(clients: int, cores: int | None = None) -> dict[str, Any]:
 
 def _worker_command(config: BenchConfig, port: int, jobs_file: Path, results_file: Path) -> list[str]:
     return [
-        sys.executable, "-m", "edgespec.bench.client_worker", str(jobs_file), str(results_file),
-        "--address", f"127.0.0.1:{port}", "--draft", config.draft,
-        "--draft-backend", config.draft_backend, "--dtype", config.dtype,
+        sys.executable,
+        "-m",
+        "edgespec.bench.client_worker",
+        str(jobs_file),
+        str(results_file),
+        "--address",
+        f"127.0.0.1:{port}",
+        "--draft",
+        config.draft,
+        "--draft-backend",
+        config.draft_backend,
+        "--dtype",
+        config.dtype,
     ]
 
 
 def _run_workers(
-    jobs_files: list[Path], results_files: list[Path], config: BenchConfig, port: int, log_dir: Path,
-    progress: Callable[[int], None], barrier: Path | None = None,
+    jobs_files: list[Path],
+    results_files: list[Path],
+    config: BenchConfig,
+    port: int,
+    log_dir: Path,
+    progress: Callable[[int], None],
+    barrier: Path | None = None,
 ) -> None:
     """Client worker processes on the edge core; with ``barrier``, all start measuring together."""
     workers = []
@@ -222,11 +257,16 @@ def _run_workers(
         command = _worker_command(config, port, jobs_file, results_file)
         if barrier is not None:
             command += ["--ready", str(barrier.with_name(f"{barrier.name}.ready{index}")), "--go", str(barrier)]
-        log = open(log_dir / (f"client-{jobs_file.stem.removeprefix('jobs-')}.log" if barrier is not None else "client.log"), "w")
+        log = open(
+            log_dir / (f"client-{jobs_file.stem.removeprefix('jobs-')}.log" if barrier is not None else "client.log"),
+            "w",
+        )
         # Edge clients each on a core of their own where the machine has enough (never the
         # server's core 0); otherwise they share the edge cores round-robin.
         core = client_core(index) if barrier is not None else client_core(0)
-        workers.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin_to_core(core)), log))
+        workers.append(
+            (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin_to_core(core)), log)
+        )
     done = 0
     while any(worker.poll() is None for worker, _ in workers):
         time.sleep(0.5)
@@ -245,7 +285,12 @@ def _run_workers(
 
 
 def _run_concurrent(
-    config: BenchConfig, mode: str, jobs: list[dict[str, Any]], results_file: Path, port: int, log_dir: Path,
+    config: BenchConfig,
+    mode: str,
+    jobs: list[dict[str, Any]],
+    results_file: Path,
+    port: int,
+    log_dir: Path,
     progress: Callable[[int], None],
 ) -> None:
     """``config.clients`` clients run this mode's prompts at once, dealt out round-robin."""
@@ -286,7 +331,11 @@ def _at(differing: list[tuple[str, int]]) -> list[str]:
     return [f"{prompt_id}@{position}" for prompt_id, position in differing]
 
 
-def summarize_all(config: BenchConfig, records: list[dict[str, Any]], oracle: dict[tuple[str, str], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+def summarize_all(
+    config: BenchConfig,
+    records: list[dict[str, Any]],
+    oracle: dict[tuple[str, str], list[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
     """``oracle``: what `--check-oracle` found, (profile, mode) -> the outputs that differ from
     fp32 `generate`, each with its first differing position and the fp32 top-two margin there."""
     self_consistency = differences_from_cloud_ar(records)
@@ -305,13 +354,17 @@ def summarize_all(config: BenchConfig, records: list[dict[str, Any]], oracle: di
             if oracle is not None:
                 found = oracle.get((profile, name), [])
                 summary["oracle_mismatches"] = len(found)
-                summary["oracle_mismatch_at"] = [f"{d['prompt_id']}@{d['position']} (fp32 margin {d['fp32_margin']:.3f})" for d in found]
+                summary["oracle_mismatch_at"] = [
+                    f"{d['prompt_id']}@{d['position']} (fp32 margin {d['fp32_margin']:.3f})" for d in found
+                ]
             if config.clients > 1:
                 summary["clients"] = config.clients
                 summary["aggregate_tokens_per_s"] = aggregate_tokens_per_s(chosen)
                 # The serving figures (decode tokens/s, per-client p10, TTFT percentiles, the
                 # verifier's busy time counted once per batched pass): see edgespec.capacity.
-                summary.update({k: v for k, v in point_metrics(chosen).items() if k not in ("clients", "aggregate_tokens_per_s")})
+                summary.update(
+                    {k: v for k, v in point_metrics(chosen).items() if k not in ("clients", "aggregate_tokens_per_s")}
+                )
             per_mode[name] = summary
         # With concurrent clients the server's throughput is what is compared: aggregate tokens/s.
         rate = "aggregate_tokens_per_s" if config.clients > 1 else "tokens_per_s"
@@ -319,14 +372,27 @@ def summarize_all(config: BenchConfig, records: list[dict[str, Any]], oracle: di
         for summary in per_mode.values():
             summary["speedup_vs_cloud_ar"] = summary.get(rate, 0.0) / baseline if baseline else 0.0
         profiles[profile] = per_mode
-    return {"config": asdict(config), "server_dtype": resolve_dtype(config.dtype), "profiles": profiles, "cores": core_layout(config.clients)}
+    return {
+        "config": asdict(config),
+        "server_dtype": resolve_dtype(config.dtype),
+        "profiles": profiles,
+        "cores": core_layout(config.clients),
+    }
 
 
 def sweep_points(config: BenchConfig, records: list[dict[str, Any]], profile: str) -> dict[int, dict[str, Any]]:
     """clients -> mode -> the serving figures of that point (`edgespec.capacity.point_metrics`)."""
     return {
         count: {
-            Mode.parse(mode).value: point_metrics([r for r in records if r["profile"] == profile and r.get("sweep_clients") == count and r["mode"] == Mode.parse(mode).value])
+            Mode.parse(mode).value: point_metrics(
+                [
+                    r
+                    for r in records
+                    if r["profile"] == profile
+                    and r.get("sweep_clients") == count
+                    and r["mode"] == Mode.parse(mode).value
+                ]
+            )
             for mode in config.modes
         }
         for count in config.counts
@@ -342,7 +408,12 @@ def summarize_sweep(
     from edgespec.capacity import capacity_table, default_slo
 
     oracle_by_count = oracle_by_count or {}
-    points = {count: summarize_all(config.at(count), [r for r in records if r.get("sweep_clients") == count], oracle_by_count.get(count)) for count in config.counts}
+    points = {
+        count: summarize_all(
+            config.at(count), [r for r in records if r.get("sweep_clients") == count], oracle_by_count.get(count)
+        )
+        for count in config.counts
+    }
     summary = dict(points[config.clients])
     summary["config"] = asdict(config)
     summary["sweep"] = {str(count): point for count, point in points.items()}

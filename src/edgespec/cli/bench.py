@@ -17,7 +17,8 @@ from edgespec.models.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 def add_bench_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "bench", help="benchmark every mode over emulated networks (separate processes)",
+        "bench",
+        help="benchmark every mode over emulated networks (separate processes)",
         description="Benchmark every mode on the same prompts: a pinned server, a link emulator and pinned edge "
         "clients as separate processes; writes results.jsonl, summary.json, report.md and plots to --out.",
     )
@@ -28,7 +29,8 @@ def add_bench_parser(subparsers: Any) -> None:
     parser.add_argument("--modes", default=",".join(ALL_MODES))
     parser.add_argument("--profiles", default="wan", help="comma-separated: lan, wan, cellular")
     parser.add_argument(
-        "--prompts", default="mtbench,humaneval",
+        "--prompts",
+        default="mtbench,humaneval",
         help="comma-separated: mtbench, humaneval (evaluation), sharegpt (held-out ShareGPT first turns, for tuning), "
         "FILE.jsonl",
     )
@@ -36,34 +38,44 @@ def add_bench_parser(subparsers: Any) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--gamma", type=int, default=4)
     parser.add_argument(
-        "--adaptive-gamma", action="store_true", help="speculative modes choose each round's gamma from measured costs",
+        "--adaptive-gamma",
+        action="store_true",
+        help="speculative modes choose each round's gamma from measured costs",
     )
     parser.add_argument("--max-gamma", type=int, default=8)
     add_round_policy_arguments(parser)
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     parser.add_argument(
-        "--clients", default="1",
+        "--clients",
+        default="1",
         help="concurrent edge clients per mode, one shared (batching) server, scored by aggregate tokens/s; "
         "a sweep N1,N2,... runs each count on a fresh server and reports capacity (the most clients whose p10 "
         "per-client tokens/s meets the SLO)",
     )
     parser.add_argument(
-        "--slo-tokens-per-s", type=float, default=None,
+        "--slo-tokens-per-s",
+        type=float,
+        default=None,
         help="a sweep's SLO: per-client tokens/s (p10) each client must keep (default: half of single-client cloud-ar "
         "measured in the sweep)",
     )
     parser.add_argument(
-        "--serve-args", default="",
+        "--serve-args",
+        default="",
         help="more `edgespec serve` options, passed unchanged, e.g. --serve-args='--max-batch 16'",
     )
     parser.add_argument(
-        "--replicas", type=int, default=0, metavar="N",
+        "--replicas",
+        type=int,
+        default=0,
+        metavar="N",
         help="serve with `edgespec serve --replicas N` (Ray Serve, unpinned) instead of one pinned server",
     )
     parser.add_argument("--gpu-usd-per-hour", type=float, default=2.50)
     parser.add_argument("--egress-usd-per-gb", type=float, default=0.09)
     parser.add_argument(
-        "--check-oracle", action="store_true",
+        "--check-oracle",
+        action="store_true",
         help="after the timed runs, compare every output with fp32 `generate` of the target (loaded once here; cached "
         "in OUT/oracle.jsonl)",
     )
@@ -96,7 +108,9 @@ def run_bench(args: argparse.Namespace) -> int:
             )
     if config.client_counts:
         summary = summarize_sweep(
-            config, records, _oracle_by_count(config, jobs, records, out) if config.check_oracle else None,
+            config,
+            records,
+            _oracle_by_count(config, jobs, records, out) if config.check_oracle else None,
         )
     else:
         oracle = None
@@ -116,7 +130,8 @@ def run_bench(args: argparse.Namespace) -> int:
         for profile, table in summary["capacity"].items():
             figures = {int(n): f for n, f in table["points"].items()}
             plot_capacity(
-                figures, table["slo_tokens_per_s"],
+                figures,
+                table["slo_tokens_per_s"],
                 f"measured: {config.target} ({summary['server_dtype']}), {profile}, {summary['host']['cpu']}",
                 out / f"capacity-{profile}.png",
             )
@@ -191,8 +206,13 @@ def _oracle_by_count(
     eos = eos_token_ids(loaded.model, loaded.tokenizer)
     return {
         count: check_against_oracle(
-            config.target, config.max_new_tokens, jobs, [r for r in records if r.get("sweep_clients") == count],
-            out / "oracle.jsonl", loaded.model, eos,
+            config.target,
+            config.max_new_tokens,
+            jobs,
+            [r for r in records if r.get("sweep_clients") == count],
+            out / "oracle.jsonl",
+            loaded.model,
+            eos,
         )
         for count in config.counts
     }

@@ -35,54 +35,80 @@ def add_edge_serve_parser(subparsers: Any) -> None:
         "--auth-token is the cloud's token and never leaves the device.",
     )
     parser.add_argument(
-        "--server", required=True, metavar="HOST:PORT", help="the verifier (edgespec serve), or a link in front of it",
+        "--server",
+        required=True,
+        metavar="HOST:PORT",
+        help="the verifier (edgespec serve), or a link in front of it",
     )
     parser.add_argument(
-        "--draft", default=DEFAULT_DRAFT,
+        "--draft",
+        default=DEFAULT_DRAFT,
         help="preset name, HF model dir or .gguf file (its tokenizer renders prompts)",
     )
     parser.add_argument("--draft-backend", default="transformers", choices=["transformers", "llamacpp"])
     parser.add_argument(
-        "--mode", default="sd-ee-pipelined",
+        "--mode",
+        default="sd-ee-pipelined",
         help="cloud-ar, sd, sd-ee, sd-ee-predraft, sd-ee-pipelined (edge-only: not lossless)",
     )
     parser.add_argument(
-        "--host", default="127.0.0.1", help="the HTTP address to bind (default loopback: apps on this device)",
+        "--host",
+        default="127.0.0.1",
+        help="the HTTP address to bind (default loopback: apps on this device)",
     )
     parser.add_argument("--port", type=int, default=8000)
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument(
-        "--api-key", metavar="KEY",
+        "--api-key",
+        metavar="KEY",
         help="require 'Authorization: Bearer KEY' on /v1 (visible in the process list: prefer --api-key-file or "
         f"${API_KEY_ENV})",
     )
     keys.add_argument("--api-key-file", metavar="PATH", type=Path, help="a file whose first line is the API key")
     parser.add_argument(
-        "--max-concurrent", type=positive_int, default=4, metavar="N",
+        "--max-concurrent",
+        type=positive_int,
+        default=4,
+        metavar="N",
         help="generations at once, each with its own draft KV cache and cloud session; more requests wait (default 4). "
         "llama.cpp loads one context per slot",
     )
     parser.add_argument(
-        "--default-max-tokens", type=positive_int, default=256, metavar="N",
+        "--default-max-tokens",
+        type=positive_int,
+        default=256,
+        metavar="N",
         help="max_tokens when a request names none",
     )
     parser.add_argument("--model-name", help="the model id to report (default: the target the verifier names)")
     parser.add_argument(
-        "--gamma", type=int, default=4, help="draft tokens per round (with --adaptive-gamma: the first round's)",
+        "--gamma",
+        type=int,
+        default=4,
+        help="draft tokens per round (with --adaptive-gamma: the first round's)",
     )
     parser.add_argument("--adaptive-gamma", action="store_true", help="choose each round's gamma from measured costs")
     parser.add_argument("--max-gamma", type=int, default=8)
     limits = parser.add_argument_group("request limits", "checked before a request costs a slot or a cloud session")
     limits.add_argument(
-        "--max-body-bytes", type=positive_int, default=1024 * 1024, metavar="BYTES",
+        "--max-body-bytes",
+        type=positive_int,
+        default=1024 * 1024,
+        metavar="BYTES",
         help="a larger request body is refused with 413 (default 1 MiB)",
     )
     limits.add_argument(
-        "--body-timeout", type=float, default=30.0, metavar="S",
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
         help="a body not fully received after S seconds is refused with 408 (default 30)",
     )
     limits.add_argument(
-        "--max-prompt-tokens", type=positive_int, default=None, metavar="N",
+        "--max-prompt-tokens",
+        type=positive_int,
+        default=None,
+        metavar="N",
         help="the edge's own cap on prompt tokens, below the verifier's (default: the verifier's limit)",
     )
     add_model_arguments(parser)
@@ -94,7 +120,9 @@ def add_edge_serve_parser(subparsers: Any) -> None:
 def request_limits(args: argparse.Namespace) -> RequestLimits:
     """The request limits the flags name; bad values fail before any model loads."""
     return RequestLimits(
-        max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout, max_prompt_tokens=args.max_prompt_tokens,
+        max_body_bytes=args.max_body_bytes,
+        body_timeout_s=args.body_timeout,
+        max_prompt_tokens=args.max_prompt_tokens,
     )
 
 
@@ -154,7 +182,8 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
     )
     if args.host not in LOOPBACK_HOSTS and api_key is None:
         logger.warning(
-            "edge-serve on %s without --api-key: anyone who reaches the port can use the cloud verifier", args.host,
+            "edge-serve on %s without --api-key: anyone who reaches the port can use the cloud verifier",
+            args.host,
         )
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -164,10 +193,15 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
         drafts, tokenizer = [None] * args.max_concurrent, load_tokenizer(args.draft)
     eos = eos_token_ids(getattr(drafts[0], "model", None), tokenizer)
     backend = EdgeBackend(settings, tokenizer, drafts, fallback_eos_ids=eos)
-    print(f"edgespec: edge-serve on http://{args.host}:{args.port}/v1 ({mode.value}, verifier {args.server}, "
-          f"{args.max_concurrent} slots, {'API key required' if api_key else 'no API key'})", flush=True)
+    print(
+        f"edgespec: edge-serve on http://{args.host}:{args.port}/v1 ({mode.value}, verifier {args.server}, "
+        f"{args.max_concurrent} slots, {'API key required' if api_key else 'no API key'})",
+        flush=True,
+    )
     uvicorn.run(
-        create_app(backend, api_key, request_limits(args)), host=args.host, port=args.port,
+        create_app(backend, api_key, request_limits(args)),
+        host=args.host,
+        port=args.port,
         log_level="info" if args.log or args.verbose else "warning",
     )
     return 0

@@ -18,14 +18,21 @@ BENCHMARK_TABLE = "benchmark (MT-bench + HumanEval)"
 CALIBRATION_TABLE = "calibration (held-out ShareGPT)"
 # What a calibration writes into exits.json of each exit's benchmark row.
 COMPACT_KEYS = (
-    "top1_agreement", "verdict_match", "right_rejections", "right_rejections_streamed", "threshold", "precision",
-    "coverage", "rounds",
+    "top1_agreement",
+    "verdict_match",
+    "right_rejections",
+    "right_rejections_streamed",
+    "threshold",
+    "precision",
+    "coverage",
+    "rounds",
 )
 
 
 def add_eval_exits_parser(subparsers: Any) -> None:
     evaluate = subparsers.add_parser(
-        "eval-exits", help="evaluate (and calibrate) exits on real speculative rounds",
+        "eval-exits",
+        help="evaluate (and calibrate) exits on real speculative rounds",
         description="Evaluate exits on recorded speculative rounds (MT-bench and HumanEval); with --calibrate, pick "
         "thresholds on held-out ShareGPT rounds and write them into the exits' exits.json.",
     )
@@ -33,55 +40,83 @@ def add_eval_exits_parser(subparsers: Any) -> None:
     evaluate.add_argument("--draft", default=DEFAULT_DRAFT)
     evaluate.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     evaluate.add_argument(
-        "--exits", required=True, help="exit heads directory, or 'logit-lens' (identity adapters at --layers)",
+        "--exits",
+        required=True,
+        help="exit heads directory, or 'logit-lens' (identity adapters at --layers)",
     )
     evaluate.add_argument(
-        "--layers", type=exit_layers, default=exit_layers(DEFAULT_EXIT_LAYERS),
+        "--layers",
+        type=exit_layers,
+        default=exit_layers(DEFAULT_EXIT_LAYERS),
         help="layers recorded / used for logit-lens",
     )
     evaluate.add_argument("--gamma", type=int, default=4)
     evaluate.add_argument("--max-new-tokens", type=int, default=48)
     evaluate.add_argument(
-        "--prompts-per-set", type=int, default=6, help="MT-bench and HumanEval prompts each (held out)",
+        "--prompts-per-set",
+        type=int,
+        default=6,
+        help="MT-bench and HumanEval prompts each (held out)",
     )
     evaluate.add_argument(
-        "--calibration-prompts", type=int, default=8, help="held-out ShareGPT prompts for calibration",
+        "--calibration-prompts",
+        type=int,
+        default=8,
+        help="held-out ShareGPT prompts for calibration",
     )
     evaluate.add_argument(
-        "--rounds-dir", type=Path, default=Path("out/exits/rounds-benchmark"),
+        "--rounds-dir",
+        type=Path,
+        default=Path("out/exits/rounds-benchmark"),
         help="recorded benchmark rounds (recorded or resumed first)",
     )
     evaluate.add_argument("--calibration-rounds-dir", type=Path, default=Path("out/exits/rounds-calibration"))
     evaluate.add_argument(
-        "--calibrate", action="store_true",
+        "--calibrate",
+        action="store_true",
         help="pick thresholds on the calibration rounds and write them into the exits' exits.json",
     )
     evaluate.add_argument(
-        "--exit-vocab", choices=("candidates", "full"), default="candidates",
+        "--exit-vocab",
+        choices=("candidates", "full"),
+        default="candidates",
         help="what the exits score: the draft's top-k ids per token (as `serve` does by default) or the whole "
         "vocabulary",
     )
     evaluate.add_argument(
-        "--threshold-rule", choices=("gain", "precision"), default="gain",
+        "--threshold-rule",
+        choices=("gain", "precision"),
+        default="gain",
         help="gain: per mode, the threshold saving the most time (costs below); precision: the lowest with precision "
         ">= --min-precision",
     )
     evaluate.add_argument(
-        "--costs", type=Path, default=None,
+        "--costs",
+        type=Path,
+        default=None,
         help="hardware profile JSON (`simulate`'s) for the gain rule; default: this host's cached probe, else "
         "--verify-ms/--draft-ms",
     )
     evaluate.add_argument(
-        "--verify-ms", type=float, default=333.0, help="verify time when no profile is found (this CPU's, bf16)",
+        "--verify-ms",
+        type=float,
+        default=333.0,
+        help="verify time when no profile is found (this CPU's, bf16)",
     )
     evaluate.add_argument(
-        "--draft-ms", type=float, default=38.8, help="edge draft time per token when no profile is found",
+        "--draft-ms",
+        type=float,
+        default=38.8,
+        help="edge draft time per token when no profile is found",
     )
     evaluate.add_argument("--one-way-ms", type=float, default=25.0, help="link delay each way (wan: 25)")
     evaluate.add_argument("--min-precision", type=float, default=0.9)
     evaluate.add_argument("--min-count", type=int, default=10)
     evaluate.add_argument(
-        "--report", type=Path, default=Path("out/exits/report"), help="directory for eval.json and curves.png",
+        "--report",
+        type=Path,
+        default=Path("out/exits/report"),
+        help="directory for eval.json and curves.png",
     )
     evaluate.add_argument("--threads", type=int, default=1)
     evaluate.set_defaults(handler=run_eval_exits)
@@ -107,7 +142,11 @@ def run_eval_exits(args: argparse.Namespace) -> int:
     norm, head_weight = norm.float(), head.weight.float()
     candidates = args.exit_vocab == "candidates"
     report: dict[str, Any] = {
-        "exits": str(args.exits), "target": args.target, "draft": args.draft, "gamma": args.gamma, "greedy": True,
+        "exits": str(args.exits),
+        "target": args.target,
+        "draft": args.draft,
+        "gamma": args.gamma,
+        "greedy": True,
         "exit_vocab": args.exit_vocab,
     }
     thresholds = {s.layer: s.threshold for s in heads.specs}
@@ -163,8 +202,14 @@ def _record_missing_rounds(args: argparse.Namespace, target: Any, heads: Any) ->
         if not complete:
             draft = draft or load_model(args.draft, args.dtype)
             record_rounds(
-                target.model, draft.model, prompts, directory, sorted(set(heads.layers) | set(args.layers)), count,
-                args.gamma, args.max_new_tokens,
+                target.model,
+                draft.model,
+                prompts,
+                directory,
+                sorted(set(heads.layers) | set(args.layers)),
+                count,
+                args.gamma,
+                args.max_new_tokens,
                 eos_token_ids(target.model, target.tokenizer),
                 {"prompts": what, "target": args.target, "draft": args.draft},
             )
@@ -182,8 +227,12 @@ def _calibrated_thresholds(
         by_mode = {
             mode: {
                 layer: pick_threshold_by_gain(
-                    result["confidence"], result["correct"], result["streams"],
-                    costs.hit_saving_s(layer, mode == "pipelined"), costs.miss_cost_s(), args.min_count,
+                    result["confidence"],
+                    result["correct"],
+                    result["streams"],
+                    costs.hit_saving_s(layer, mode == "pipelined"),
+                    costs.miss_cost_s(),
+                    args.min_count,
                 )
                 for layer, result in calibration.items()
             }
@@ -207,7 +256,9 @@ def _calibrated_thresholds(
     # Over the verdicts the exit can stream (a candidate exit: its rejections only).
     return {
         layer: pick_threshold(
-            result["confidence"][result["streams"]], result["correct"][result["streams"]], args.min_precision,
+            result["confidence"][result["streams"]],
+            result["correct"][result["streams"]],
+            args.min_precision,
             args.min_count,
         )
         for layer, result in calibration.items()
@@ -221,8 +272,7 @@ def _save_calibrated(
     import torch
 
     compact = {
-        layer: {key: entry[key] for key in COMPACT_KEYS}
-        for layer, entry in report["benchmark"]["table"].items()
+        layer: {key: entry[key] for key in COMPACT_KEYS} for layer, entry in report["benchmark"]["table"].items()
     }
     calibrated = heads.with_thresholds(thresholds)
     calibrated.metadata = {
@@ -246,8 +296,8 @@ def _save_calibrated(
 
 def _round_costs(args: argparse.Namespace, num_layers: int) -> Any:
     """The gain rule's costs: a hardware profile's verify (γ + 1 rows) and draft per token."""
-    from edgespec.exits.gain import RoundCosts
     from edgespec.drivers.cost_profile import HardwareProfile
+    from edgespec.exits.gain import RoundCosts
     from edgespec.sim.probe import cache_path
 
     path = args.costs
@@ -257,7 +307,10 @@ def _round_costs(args: argparse.Namespace, num_layers: int) -> Any:
     if path is not None:
         profile = HardwareProfile.load(path)
         return RoundCosts(
-            profile.forward_s(args.gamma + 1), profile.draft_ms_per_token / 1000, args.one_way_ms / 1000, args.gamma,
+            profile.forward_s(args.gamma + 1),
+            profile.draft_ms_per_token / 1000,
+            args.one_way_ms / 1000,
+            args.gamma,
             num_layers,
         )
     return RoundCosts(args.verify_ms / 1000, args.draft_ms / 1000, args.one_way_ms / 1000, args.gamma, num_layers)

@@ -17,7 +17,8 @@ from typing import Any
 def add_exit_hit_rate_parser(commands: Any) -> None:
     """Register `exit-hit-rate` on the top-level subparsers."""
     parser = commands.add_parser(
-        "exit-hit-rate", help="pre-draft hit rate of the exits in the in-process sd-ee engine (greedy, fp32)",
+        "exit-hit-rate",
+        help="pre-draft hit rate of the exits in the in-process sd-ee engine (greedy, fp32)",
         description="How often an early verdict equals the final one on real rounds, per exit layer, in the "
         "in-process engine (greedy, fp32); outputs are checked equal to the target's own greedy decoding.",
     )
@@ -39,11 +40,11 @@ def run_exit_hit_rate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from edgespec.drivers.local_engine import LocalEngine
-    from edgespec.models.exit_choice import default_exits_dir
     from edgespec.exits.evaluation import benchmark_prompts
     from edgespec.exits.heads import ExitHeads
     from edgespec.exits.hit_rate import HitRateConfig, exits_up_to, generate_reference, measure_hit_rate
     from edgespec.models.draft import DraftRuntime
+    from edgespec.models.exit_choice import default_exits_dir
     from edgespec.models.loading import load_model
     from edgespec.models.target import TargetRuntime
     from edgespec.prompting import eos_token_ids
@@ -60,9 +61,10 @@ def run_exit_hit_rate(args: argparse.Namespace) -> int:
     reference = generate_reference(target.model, args.max_new_tokens) if args.check_generate else None
     # The same held-out prompts eval-exits records its rounds on, so both hit rates compare.
     prompts = list(benchmark_prompts(target.tokenizer, args.per_set))
-    with (args.out / "results.jsonl").open("w") as sink, tqdm(
-        total=len(prompts), desc="sd-ee", unit="prompt", disable=not sys.stderr.isatty(), leave=False
-    ) as bar:
+    with (
+        (args.out / "results.jsonl").open("w") as sink,
+        tqdm(total=len(prompts), desc="sd-ee", unit="prompt", disable=not sys.stderr.isatty(), leave=False) as bar,
+    ):
 
         def record(row: dict[str, Any]) -> None:
             sink.write(json.dumps(row) + "\n")

@@ -17,7 +17,12 @@ from edgespec.cli.options import (
     recovery_policy,
 )
 from edgespec.cli.printers import (
-    ProvisionalPrinter, StreamPrinter, fallback_warning, format_logprobs, format_stats, logprobs_as_json,
+    ProvisionalPrinter,
+    StreamPrinter,
+    fallback_warning,
+    format_logprobs,
+    format_stats,
+    logprobs_as_json,
 )
 from edgespec.models.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
@@ -28,43 +33,53 @@ if TYPE_CHECKING:  # heavy imports (torch, transformers) wait until a command ne
 
 def add_generate_parser(commands: Any) -> None:
     generate = commands.add_parser(
-        "generate", help="generate text, over the network or in process (--local)",
+        "generate",
+        help="generate text, over the network or in process (--local)",
         description="Generate text: the draft here proposes, the target verifies, over the network (--server) or in "
         "this process (--local). Committed text streams to stdout, the statistics to stderr.",
     )
     generate.add_argument("prompt", help="user message (chat-templated) or, with --raw, text to continue")
     where = generate.add_mutually_exclusive_group(required=True)
     where.add_argument(
-        "--server", metavar="HOST:PORT", help="the verifier server (edgespec serve), or a link in front of it",
+        "--server",
+        metavar="HOST:PORT",
+        help="the verifier server (edgespec serve), or a link in front of it",
     )
     where.add_argument("--local", action="store_true", help="run target and draft in this process")
     generate.add_argument("--target", default=DEFAULT_TARGET, help="--local: preset name, HF model dir or .gguf file")
     generate.add_argument("--draft", default=DEFAULT_DRAFT, help="preset name, HF model dir or .gguf file")
     generate.add_argument(
-        "--mode", default="sd-ee-pipelined",
+        "--mode",
+        default="sd-ee-pipelined",
         help="cloud-ar (or ar), edge-only, sd, sd-ee, sd-ee-predraft, sd-ee-pipelined, cloud-sd (the server drafts: "
         "it needs --cloud-draft)",
     )
     generate.add_argument(
-        "--draft-backend", default="transformers", choices=["transformers", "llamacpp"],
+        "--draft-backend",
+        default="transformers",
+        choices=["transformers", "llamacpp"],
         help="llamacpp: the same GGUF on llama.cpp (fast on CPUs)",
     )
     add_decoding_arguments(generate)
     add_model_arguments(generate)
     add_exit_argument(generate)
     generate.add_argument(
-        "--link", choices=["lan", "wan", "cellular"],
+        "--link",
+        choices=["lan", "wan", "cellular"],
         help="--local: charge this link's delay on the virtual clock (default: none)",
     )
     generate.add_argument("--raw", action="store_true", help="do not apply the chat template")
     generate.add_argument("--json", action="store_true", help="print one JSON object with tokens, text and stats")
     generate.add_argument(
-        "--logprobs", type=int, metavar="N",
+        "--logprobs",
+        type=int,
+        metavar="N",
         help="--server: the target's log-probability of every token and its N likeliest alternatives (0-20), "
-        "printed after the text (with --json: a \"logprobs\" list)",
+        'printed after the text (with --json: a "logprobs" list)',
     )
     generate.add_argument(
-        "--json-schema", metavar="FILE",
+        "--json-schema",
+        metavar="FILE",
         help="--server: the output follows this JSON schema (the target is constrained, losslessly)",
     )
     add_recovery_arguments(generate)
@@ -74,8 +89,7 @@ def add_generate_parser(commands: Any) -> None:
 
 def generation_config(args: argparse.Namespace, eos_ids: Any) -> GenerationConfig:
     """The decoding options of `generate` as the library's config."""
-    from edgespec.core.config import GenerationConfig
-    from edgespec.core.config import SamplingParams
+    from edgespec.core.config import GenerationConfig, SamplingParams
 
     return GenerationConfig(
         max_new_tokens=args.max_new_tokens,
@@ -104,8 +118,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # Bad security settings fail here, before the models load.
     security = None if args.local else client_security(args)
     if (args.logprobs is not None or args.json_schema) and args.local:
-        print("edgespec: error: --logprobs and --json-schema need the verifier: use them with --server",
-              file=sys.stderr)
+        print(
+            "edgespec: error: --logprobs and --json-schema need the verifier: use them with --server", file=sys.stderr
+        )
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,7 +151,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         options = ClientOptions(recovery=recovery_policy(args), security=security)
         try:
             result = EdgeClient(args.server, draft_runtime, options, tokenizer).generate(
-                prompt_ids, mode, config, on_commit, on_event,
+                prompt_ids,
+                mode,
+                config,
+                on_commit,
+                on_event,
             )
         except (ConnectionLost, ServerError) as error:
             _print_partial(args, tokenizer, error.partial, error)
@@ -159,22 +178,28 @@ def _with_json_schema(config: GenerationConfig, path: str, tokenizer: Any) -> Ge
 
 
 def _generate_local(
-    args: argparse.Namespace, target: Any, draft_runtime: Any, prompt_ids: list[int], mode: Mode,
-    config: GenerationConfig, on_commit: Any
+    args: argparse.Namespace,
+    target: Any,
+    draft_runtime: Any,
+    prompt_ids: list[int],
+    mode: Mode,
+    config: GenerationConfig,
+    on_commit: Any,
 ) -> GenerationResult:
     """Target and draft in this process, on the virtual clock (charged a link's delay with --link)."""
     from edgespec.drivers.local_engine import LocalEngine
+    from edgespec.drivers.virtual_devices import Link
     from edgespec.link import resolve_profile
     from edgespec.models.exit_choice import resolve_exits
     from edgespec.models.target import TargetRuntime
-    from edgespec.drivers.virtual_devices import Link
 
     exits = resolve_exits(args.exits, target.model, args.target) if mode.uses_exits else None
     link = Link()
     if args.link:  # the link on the virtual clock: its mean one-way delay per message
         profile = resolve_profile(args.link, {})
         link = Link(
-            one_way_s=profile.one_way_delay_ms / 1000, bandwidth_bytes_per_s=profile.bytes_per_second or float("inf"),
+            one_way_s=profile.one_way_delay_ms / 1000,
+            bandwidth_bytes_per_s=profile.bytes_per_second or float("inf"),
         )
     engine = LocalEngine(TargetRuntime(target.model, exits), draft_runtime, link)
     return engine.generate(prompt_ids, mode, config, on_commit)

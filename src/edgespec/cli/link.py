@@ -25,18 +25,32 @@ def add_link_parser(subparsers: Any) -> argparse.ArgumentParser:
         "shaped alike. Loss is modelled as delay (a retransmission), never as dropped bytes.",
     )
     parser.add_argument(
-        "--listen", type=_port, required=True, metavar="PORT", help="port to listen on (0: any free port)",
+        "--listen",
+        type=_port,
+        required=True,
+        metavar="PORT",
+        help="port to listen on (0: any free port)",
     )
     parser.add_argument(
-        "--listen-host", default="127.0.0.1", metavar="HOST", help="address to listen on (default 127.0.0.1)",
+        "--listen-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address to listen on (default 127.0.0.1)",
     )
     parser.add_argument(
-        "--upstream", type=parse_host_port, required=True, metavar="HOST:PORT", help="where to relay connections",
+        "--upstream",
+        type=parse_host_port,
+        required=True,
+        metavar="HOST:PORT",
+        help="where to relay connections",
     )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="lan", help="base link profile (default lan)")
     parser.add_argument("--delay-ms", type=float, metavar="X", help="one-way delay, overrides the profile")
     parser.add_argument(
-        "--jitter-ms", type=float, metavar="X", help="± one-way jitter (uniform), overrides the profile",
+        "--jitter-ms",
+        type=float,
+        metavar="X",
+        help="± one-way jitter (uniform), overrides the profile",
     )
     parser.add_argument("--bandwidth-mbit", type=float, metavar="X", help="cap per direction in Mbit/s (0: no cap)")
     parser.add_argument("--loss", type=float, metavar="P", help="probability a chunk needs a retransmission")
@@ -87,7 +101,10 @@ def run_link(args: argparse.Namespace) -> int:
     stats = emulator.stats
     logger.info(
         "link closed: %d connections, %d bytes up, %d bytes down, %d loss events",
-        stats.connections, stats.bytes_up, stats.bytes_down, stats.loss_events,
+        stats.connections,
+        stats.bytes_up,
+        stats.bytes_down,
+        stats.loss_events,
     )
     return 0
 

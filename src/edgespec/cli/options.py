@@ -43,7 +43,9 @@ def positive_int(text: str) -> int:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float32"],
         help="auto: bf16 where the CPU has it natively, else fp32",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -78,10 +80,14 @@ def exit_layers(text: str) -> tuple[int, ...]:
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument(
-        "--gamma", type=int, default=4, help="draft tokens per round (with --adaptive-gamma: the first round's)",
+        "--gamma",
+        type=int,
+        default=4,
+        help="draft tokens per round (with --adaptive-gamma: the first round's)",
     )
     parser.add_argument(
-        "--adaptive-gamma", action="store_true",
+        "--adaptive-gamma",
+        action="store_true",
         help="choose each round's gamma from measured acceptance, draft, verify and link costs",
     )
     parser.add_argument("--max-gamma", type=int, default=8, help="the longest block --adaptive-gamma may choose")
@@ -95,26 +101,34 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
 def add_round_policy_arguments(parser: argparse.ArgumentParser) -> None:
     """The round policy every command that runs rounds takes (`generate`, `bench`, `simulate`)."""
     parser.add_argument(
-        "--branches", type=int, default=_ROUND_DEFAULTS.branches,
+        "--branches",
+        type=int,
+        default=_ROUND_DEFAULTS.branches,
         help="pre-draft modes: branches per round, each on one assumed verdict",
     )
     parser.add_argument(
-        "--early-verdicts", choices=["auto", "on", "off"], default="auto",
+        "--early-verdicts",
+        choices=["auto", "on", "off"],
+        default="auto",
         help="pre-draft modes: ask the server to run its exits (auto: only where nothing else gives a verdict to "
         "pre-draft on)",
     )
     parser.add_argument(
-        "--no-guess", action="store_true",
+        "--no-guess",
+        action="store_true",
         help="pre-draft modes: pre-draft on early verdicts only (the paper's method), not on the draft's own guess at "
         "send time",
     )
     parser.add_argument(
-        "--runner-up", action="store_true",
+        "--runner-up",
+        action="store_true",
         help="pre-draft modes: also draft runner-up branches (a rejection where the draft was least sure, corrected "
         "to its runner-up) in the branches the guess leaves; pays where the edge has its own memory",
     )
     parser.add_argument(
-        "--draft-stop", type=float, default=_ROUND_DEFAULTS.draft_stop,
+        "--draft-stop",
+        type=float,
+        default=_ROUND_DEFAULTS.draft_stop,
         help="greedy: end a block after a token the draft gives less than this probability (a dynamic draft length; "
         "0: always the full gamma)",
     )
@@ -129,7 +143,9 @@ def add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
 
     default = RecoveryPolicy()
     group.add_argument(
-        "--retries", type=int, default=default.retries,
+        "--retries",
+        type=int,
+        default=default.retries,
         help="quick reconnect attempts per outage (exponential backoff with jitter) before provisional text",
     )
     group.add_argument(
@@ -150,7 +166,10 @@ def add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
         "outage budget, then exits with code 3",
     )
     group.add_argument(
-        "--probe-interval", type=float, default=default.probe_interval_s, metavar="S",
+        "--probe-interval",
+        type=float,
+        default=default.probe_interval_s,
+        metavar="S",
         help="during an outage, try the server this often",
     )
 
@@ -159,7 +178,9 @@ def recovery_policy(args: argparse.Namespace) -> RecoveryPolicy:
     from edgespec.client.recovery import RecoveryPolicy
 
     return RecoveryPolicy(
-        retries=args.retries, outage_budget_s=args.outage_budget, fallback=args.fallback,
+        retries=args.retries,
+        outage_budget_s=args.outage_budget,
+        fallback=args.fallback,
         probe_interval_s=args.probe_interval,
     )
 
@@ -181,44 +202,67 @@ def add_token_arguments(container: argparse._ActionsContainer, role: str) -> Non
 def add_server_security_arguments(parser: argparse.ArgumentParser) -> None:
     security = parser.add_argument_group(
         "security",
-        f"an auth token (from --auth-token, --auth-token-file or ${AUTH_TOKEN_ENV}) and TLS are both optional"
+        f"an auth token (from --auth-token, --auth-token-file or ${AUTH_TOKEN_ENV}) and TLS are both optional",
     )
     add_token_arguments(security, "require this token from every client (metadata authorization: Bearer TOKEN)")
     security.add_argument(
-        "--tls-cert", metavar="PEM", type=Path, help="serve TLS with this certificate chain (needs --tls-key)",
+        "--tls-cert",
+        metavar="PEM",
+        type=Path,
+        help="serve TLS with this certificate chain (needs --tls-key)",
     )
     security.add_argument("--tls-key", metavar="PEM", type=Path, help="the certificate's private key")
     limits = parser.add_argument_group(
-        "limits", "requests beyond these get a TOO_LARGE error (or RESOURCE_EXHAUSTED for bytes)",
+        "limits",
+        "requests beyond these get a TOO_LARGE error (or RESOURCE_EXHAUSTED for bytes)",
     )
     limits.add_argument(
-        "--max-prompt-tokens", type=positive_int, default=8192, metavar="N",
+        "--max-prompt-tokens",
+        type=positive_int,
+        default=8192,
+        metavar="N",
         help="longest prompt, in tokens (default 8192)",
     )
     limits.add_argument(
-        "--max-block", type=positive_int, default=64, metavar="N", help="most draft tokens in one block (default 64)",
+        "--max-block",
+        type=positive_int,
+        default=64,
+        metavar="N",
+        help="most draft tokens in one block (default 64)",
     )
     limits.add_argument(
-        "--max-new-tokens-limit", type=positive_int, default=4096, metavar="N",
+        "--max-new-tokens-limit",
+        type=positive_int,
+        default=4096,
+        metavar="N",
         help="largest max_new_tokens a client may ask for (default 4096)",
     )
     limits.add_argument(
-        "--max-message-bytes", type=positive_int, default=4 * 1024 * 1024, metavar="BYTES",
+        "--max-message-bytes",
+        type=positive_int,
+        default=4 * 1024 * 1024,
+        metavar="BYTES",
         help="largest message either way (default 4 MiB)",
     )
 
 
 def add_client_security_arguments(parser: argparse.ArgumentParser) -> None:
     security = parser.add_argument_group(
-        "security", f"for a server started with an auth token or TLS (token also from ${AUTH_TOKEN_ENV})",
+        "security",
+        f"for a server started with an auth token or TLS (token also from ${AUTH_TOKEN_ENV})",
     )
     add_token_arguments(security, "send this token to the server")
     security.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CA certificates")
     security.add_argument(
-        "--tls-ca", metavar="PEM", type=Path, help="connect with TLS, trusting this CA certificate (implies --tls)",
+        "--tls-ca",
+        metavar="PEM",
+        type=Path,
+        help="connect with TLS, trusting this CA certificate (implies --tls)",
     )
     security.add_argument(
-        "--tls-server-name", metavar="NAME", help="the name to expect in the server's certificate (implies --tls)",
+        "--tls-server-name",
+        metavar="NAME",
+        help="the name to expect in the server's certificate (implies --tls)",
     )
 
 

@@ -99,7 +99,9 @@ def logprobs_as_json(entries: Sequence[TokenLogprob], tokenizer: Any) -> list[di
     alternatives as [id, text, logprob]."""
     return [
         {
-            "token": entry.token, "text": tokenizer.decode([entry.token]), "logprob": entry.logprob,
+            "token": entry.token,
+            "text": tokenizer.decode([entry.token]),
+            "logprob": entry.logprob,
             "top": [[token, tokenizer.decode([token]), logprob] for token, logprob in entry.top],
         }
         for entry in entries

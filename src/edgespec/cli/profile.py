@@ -26,7 +26,8 @@ def _ints(text: str) -> tuple[int, ...]:
 def add_profile_parser(commands: Any) -> None:
     """Register `profile` and its subcommands on the top-level subparsers."""
     profile = commands.add_parser(
-        "profile", help="measure the target's pass costs (batched, by shape, exits, operations)",
+        "profile",
+        help="measure the target's pass costs (batched, by shape, exits, operations)",
         description="Cost profiles of the verifier's forward passes, for the simulator's hardware profiles and for "
         "choosing batching limits. Example: edgespec profile passes --target smollm2-135m",
     )
@@ -41,7 +42,8 @@ def add_profile_parser(commands: Any) -> None:
     batched.add_argument("--config", required=True, help="directory holding the target's config.json")
     batched.add_argument("--exits", help="an exits directory (exits.json + exits.safetensors)")
     batched.add_argument(
-        "--logit-lens-exits", default="",
+        "--logit-lens-exits",
+        default="",
         help="e.g. 24,26: untrained exits (same cost as trained linear ones, less the adapter)",
     )
     batched.add_argument("--device", default=None, help="default: cuda when available, else cpu")
@@ -66,7 +68,8 @@ def add_profile_parser(commands: Any) -> None:
     passes.set_defaults(handler=run_profile_passes)
 
     exits = kinds.add_parser(
-        "exits", help="what early exits add to a verify: whole-vocabulary vs candidate-id exits, one thread",
+        "exits",
+        help="what early exits add to a verify: whole-vocabulary vs candidate-id exits, one thread",
         description="What early exits add to a verify, whole-vocabulary against candidate-id exits, on one thread.",
     )
     exits.add_argument("--target", default=DEFAULT_TARGET)
@@ -147,8 +150,8 @@ def run_profile_passes(args: argparse.Namespace) -> int:
 def run_profile_exits(args: argparse.Namespace) -> int:
     import torch
 
-    from edgespec.models.exit_choice import resolve_exits
     from edgespec.hostinfo import host_facts
+    from edgespec.models.exit_choice import resolve_exits
     from edgespec.models.loading import load_model, resolve_dtype
     from edgespec.models.target import TargetRuntime
     from edgespec.sim.exit_costs import measure_exit_costs

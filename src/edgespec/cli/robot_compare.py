@@ -21,13 +21,40 @@ PREFIX_CACHE_TOKENS = 16384  # the server --compare starts with --reuse-context:
 
 def _child_args(args: argparse.Namespace, mode: str, server: str | None, out: Path) -> list[str]:
     child = [
-        "robot", "--task", args.task, "--mode", mode,
-        "--max-steps", str(args.max_steps), "--max-reasks", str(args.max_reasks),
-        "--out", str(out), "--fps", str(args.fps), "--max-hold", str(args.max_hold),
-        "--target", args.target, "--draft", args.draft, "--draft-backend", args.draft_backend,
-        "--gamma", str(args.gamma), "--max-new-tokens", str(args.max_new_tokens),
-        "--dtype", args.dtype, "--threads", str(args.threads or 1),
-        "--exits", args.exits, "--video" if args.video else "--no-video", "--history-turns", str(args.history_turns),
+        "robot",
+        "--task",
+        args.task,
+        "--mode",
+        mode,
+        "--max-steps",
+        str(args.max_steps),
+        "--max-reasks",
+        str(args.max_reasks),
+        "--out",
+        str(out),
+        "--fps",
+        str(args.fps),
+        "--max-hold",
+        str(args.max_hold),
+        "--target",
+        args.target,
+        "--draft",
+        args.draft,
+        "--draft-backend",
+        args.draft_backend,
+        "--gamma",
+        str(args.gamma),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--dtype",
+        args.dtype,
+        "--threads",
+        str(args.threads or 1),
+        "--exits",
+        args.exits,
+        "--video" if args.video else "--no-video",
+        "--history-turns",
+        str(args.history_turns),
     ]
     if args.reuse_context:
         child.append("--reuse-context")
@@ -73,7 +100,11 @@ def compare(args: argparse.Namespace) -> int:
 
                 env = {**os.environ, AUTH_TOKEN_ENV: f"robot-{mode}-{os.getpid()}"}
             completed = subprocess.run(
-                command, capture_output=True, text=True, preexec_fn=pin_to_core(1) if started else None, env=env,
+                command,
+                capture_output=True,
+                text=True,
+                preexec_fn=pin_to_core(1) if started else None,
+                env=env,
             )
             (out / f"{mode}.log").write_text(completed.stdout + completed.stderr)
             lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
@@ -87,7 +118,8 @@ def compare(args: argparse.Namespace) -> int:
             print(
                 f"[{mode}] {summary['outcome']} in {summary['steps']} steps, decision p50 "
                 f"{summary['latency_p50_s'] * 1000:.0f} ms",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
+                flush=True,
             )
     link = "in process" if args.local else f"the server at {args.server}"
     if started:

@@ -39,7 +39,8 @@ def add_robot_reuse_parser(commands: Any) -> None:
     parser.add_argument("--profile", default="wan", help="--where server: the emulated link ('' for none)")
     parser.add_argument("--steps", type=int, default=4, help="step limit of each episode")
     parser.add_argument(
-        "--tasks", default=DEFAULT_TASKS,
+        "--tasks",
+        default=DEFAULT_TASKS,
         help="episodes one after another (each its own conversation; they share the system prompt's rules)",
     )
     parser.add_argument("--prefix-cache-tokens", type=int, default=16384)
@@ -151,9 +152,16 @@ def run_robot_reuse(args: argparse.Namespace) -> int:
             process.wait(timeout=60)
     measured = reuse_summary(decider.rows)
     summary: dict[str, Any] = {
-        "where": args.where, "profile": args.profile if args.where == "server" else None, "mode": mode.value,
-        "dtype": args.dtype, "outcomes": outcomes, "decisions": measured.pop("decisions"), "host": host_facts(),
-        "load_average": os.getloadavg(), "same_tokens": measured.pop("same_tokens"), **measured,
+        "where": args.where,
+        "profile": args.profile if args.where == "server" else None,
+        "mode": mode.value,
+        "dtype": args.dtype,
+        "outcomes": outcomes,
+        "decisions": measured.pop("decisions"),
+        "host": host_facts(),
+        "load_average": os.getloadavg(),
+        "same_tokens": measured.pop("same_tokens"),
+        **measured,
     }
     print(json.dumps(summary), flush=True)
     return 0

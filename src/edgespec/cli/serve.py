@@ -31,16 +31,21 @@ def add_serve_parser(commands: Any) -> None:
     serve.add_argument("--port", type=int, default=50051)
     _add_admission_arguments(serve)
     serve.add_argument(
-        "--exit-vocab", choices=("candidates", "full"), default="candidates",
+        "--exit-vocab",
+        choices=("candidates", "full"),
+        default="candidates",
         help="what an exit scores: only the draft's top-k ids per token that a greedy block carries (a few LM-head "
         "rows, the default), or the whole vocabulary (the full LM head, ~15 %% of a verify per exit on a CPU)",
     )
     add_model_arguments(serve)
     serve.add_argument(
-        "--device", default="cpu", help="where the target runs: cpu, cuda, cuda:1, ... (exits follow it)",
+        "--device",
+        default="cpu",
+        help="where the target runs: cpu, cuda, cuda:1, ... (exits follow it)",
     )
     serve.add_argument(
-        "--cloud-draft", metavar="MODEL",
+        "--cloud-draft",
+        metavar="MODEL",
         help="serve cloud-sd too (the co-located baseline: the server drafts with MODEL, transformers, in --dtype on "
         "--device, between its target forwards)",
     )
@@ -54,31 +59,48 @@ def _add_admission_arguments(serve: argparse.ArgumentParser) -> None:
     admission = serve.add_argument_group("admission control (memory stays bounded whatever clients do)")
     admission.add_argument("--max-sessions", type=int, default=64, help="open sessions; one more is refused with BUSY")
     admission.add_argument(
-        "--max-queued", type=int, default=256, help="rounds waiting for the model; one more is refused with BUSY",
+        "--max-queued",
+        type=int,
+        default=256,
+        help="rounds waiting for the model; one more is refused with BUSY",
     )
     admission.add_argument(
-        "--max-batch", type=int, default=32, help="sessions verified together in one forward pass (1: no batching)",
+        "--max-batch",
+        type=int,
+        default=32,
+        help="sessions verified together in one forward pass (1: no batching)",
     )
     # Their defaults may come from the environment, so a server that `edgespec bench` starts can be set too.
     admission.add_argument(
-        "--max-batch-rows", type=int, default=env_int("EDGESPEC_MAX_BATCH_ROWS", None), metavar="TOKEN_ROWS",
+        "--max-batch-rows",
+        type=int,
+        default=env_int("EDGESPEC_MAX_BATCH_ROWS", None),
+        metavar="TOKEN_ROWS",
         help="cost budget of one forward pass in padded token-rows: rows x the longest row's fed tokens (rounds go "
         "first, oldest first; prefill chunks fill the rest). Bounds how long a round waits behind others' prefills "
         "(default: $EDGESPEC_MAX_BATCH_ROWS, else 512 on a CPU, --max-batch x --prefill-chunk on an accelerator; with "
         "--prefill-chunk on a 2-core CPU use 128)",
     )
     admission.add_argument(
-        "--prefill-chunk", type=int, default=env_int("EDGESPEC_PREFILL_CHUNK", None), metavar="TOKENS",
+        "--prefill-chunk",
+        type=int,
+        default=env_int("EDGESPEC_PREFILL_CHUNK", None),
+        metavar="TOKENS",
         help="prompt tokens a prefill feeds per pass, riding with other sessions' rounds (0: each prefill runs alone, "
         "whole; default: $EDGESPEC_PREFILL_CHUNK, else 0 on a CPU and 128 on an accelerator)",
     )
     admission.add_argument(
-        "--idle-timeout", type=float, default=120.0,
+        "--idle-timeout",
+        type=float,
+        default=120.0,
         help="seconds without a message before a session is ended (EXPIRED)",
     )
     admission.add_argument("--max-lifetime", type=float, default=3600.0, help="seconds a session may live")
     admission.add_argument(
-        "--prefix-cache-tokens", type=int, default=0, metavar="N",
+        "--prefix-cache-tokens",
+        type=int,
+        default=0,
+        metavar="N",
         help="keep the KV of finished sessions (up to N tokens per auth identity) so a prompt extending one prefills "
         "only the rest; 0: off",
     )
@@ -131,15 +153,21 @@ def server_config(args: argparse.Namespace) -> Any:
     from edgespec.server.limits import AdmissionLimits
 
     prefill_chunk, max_batch_rows = AdmissionLimits.batch_budget(
-        args.device, args.max_batch, args.prefill_chunk, args.max_batch_rows,
+        args.device,
+        args.max_batch,
+        args.prefill_chunk,
+        args.max_batch_rows,
     )
     config = ServerConfig(
         host=args.host,
         port=args.port,
         limits=session_limits(args),
         admission=AdmissionLimits(
-            max_sessions=args.max_sessions, max_queued=args.max_queued, max_batch=args.max_batch,
-            max_batch_rows=max_batch_rows, prefill_chunk=prefill_chunk,
+            max_sessions=args.max_sessions,
+            max_queued=args.max_queued,
+            max_batch=args.max_batch,
+            max_batch_rows=max_batch_rows,
+            prefill_chunk=prefill_chunk,
         ),
         max_message_bytes=args.max_message_bytes,
         security=server_security(args),

@@ -20,15 +20,23 @@ def add_replica_arguments(parser: Any) -> None:
     )
     group.add_argument("--replicas", type=int, metavar="N", help="run N replicas on a local Ray cluster")
     group.add_argument(
-        "--min-replicas", type=int, metavar="N", help="autoscale: at least N replicas (with --max-replicas)",
+        "--min-replicas",
+        type=int,
+        metavar="N",
+        help="autoscale: at least N replicas (with --max-replicas)",
     )
     group.add_argument("--max-replicas", type=int, metavar="N", help="autoscale: at most N replicas")
     group.add_argument(
-        "--sessions-per-replica", type=float, default=8.0, metavar="S",
+        "--sessions-per-replica",
+        type=float,
+        default=8.0,
+        metavar="S",
         help="autoscale: aim at S open sessions per replica (default 8)",
     )
     group.add_argument(
-        "--write-serve-config", type=Path, metavar="YAML",
+        "--write-serve-config",
+        type=Path,
+        metavar="YAML",
         help="write the deployment as a Ray Serve config for a real cluster, and exit",
     )
 
@@ -46,7 +54,10 @@ def cluster_config(args: Any) -> ClusterConfig:
     token_file = str(args.auth_token_file.resolve()) if args.auth_token_file else ""
     token = resolve_token(args.auth_token, None) if args.auth_token else None
     prefill_chunk, max_batch_rows = AdmissionLimits.batch_budget(
-        args.device, args.max_batch, args.prefill_chunk, args.max_batch_rows,
+        args.device,
+        args.max_batch,
+        args.prefill_chunk,
+        args.max_batch_rows,
     )
     spec = ReplicaSpec(
         target=args.target,

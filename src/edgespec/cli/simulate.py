@@ -25,25 +25,31 @@ DEFAULT_MODES = "cloud-ar,sd,sd-ee,sd-ee-predraft,sd-ee-pipelined,cloud-sd"
 
 def add_simulate_parser(subparsers: Any) -> None:
     sim = subparsers.add_parser(
-        "simulate", help="replay traces through the round core on a simulated clock",
+        "simulate",
+        help="replay traces through the round core on a simulated clock",
         description="Replay recorded traces (edgespec trace) through the round core on a simulated clock, with the "
         "costs of a hardware profile (this host probed, the H200, or a JSON file) and emulated links; writes summary, "
         "report and plots.",
     )
     sim.add_argument("--traces", default="out/traces")
     sim.add_argument(
-        "--hardware", default="host", help="host (probed here, cached) | h200 (measured costs) | FILE.json",
+        "--hardware",
+        default="host",
+        help="host (probed here, cached) | h200 (measured costs) | FILE.json",
     )
     sim.add_argument("--target", default=DEFAULT_TARGET, help="for --hardware host: the model to probe")
     sim.add_argument("--draft", default=DEFAULT_DRAFT)
     sim.add_argument("--draft-backend", default="llamacpp", choices=["llamacpp", "transformers"])
     sim.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     sim.add_argument(
-        "--refresh-probe", action="store_true", help="probe this host again instead of using the cached profile",
+        "--refresh-probe",
+        action="store_true",
+        help="probe this host again instead of using the cached profile",
     )
     sim.add_argument("--profiles", default="wan", help="comma-separated: lan, wan, cellular")
     sim.add_argument(
-        "--modes", default=DEFAULT_MODES,
+        "--modes",
+        default=DEFAULT_MODES,
         help="cloud-sd needs the profile's server-side draft cost (dropped from the default when unknown)",
     )
     sim.add_argument("--clients", default="1", help="N, or a sweep N1,N2,... (clients sharing one batching verifier)")
@@ -52,25 +58,32 @@ def add_simulate_parser(subparsers: Any) -> None:
     sim.add_argument("--max-gamma", type=int, default=8)
     add_round_policy_arguments(sim)
     sim.add_argument(
-        "--exit-vocab", choices=("candidates", "full"), default="candidates",
+        "--exit-vocab",
+        choices=("candidates", "full"),
+        default="candidates",
         help="what the traces' exits score, as `serve --exit-vocab`: the draft's top-8 ids per token (default) or the "
         "whole vocabulary",
     )
     sim.add_argument(
-        "--exit-oracle", default=None, metavar="LAYER[:ACCURACY]",
+        "--exit-oracle",
+        default=None,
+        metavar="LAYER[:ACCURACY]",
         help="design question: replace the traces' exits by one at LAYER that costs nothing and streams the true "
         "verdict with probability ACCURACY (default 1); use with --early-verdicts on",
     )
     sim.add_argument("--max-new-tokens", type=int, default=64)
     sim.add_argument("--max-batch", type=int, default=32)
     sim.add_argument(
-        "--slo-tokens-per-s", type=float, default=None,
+        "--slo-tokens-per-s",
+        type=float,
+        default=None,
         help="a --clients sweep's SLO: per-client tokens/s (p10) each client must keep (default: half of "
         "single-client cloud-ar in the sweep)",
     )
     sim.add_argument("--no-plots", action="store_true")
     sim.add_argument(
-        "--compare-bench", metavar="SUMMARY.json",
+        "--compare-bench",
+        metavar="SUMMARY.json",
         help="a measured `edgespec bench` summary of the same prompts: report simulated vs measured tokens/s per mode",
     )
     sim.add_argument("--out", default="out/simulate")
@@ -140,9 +153,10 @@ def _modes_and_links(args: argparse.Namespace, hardware: Any) -> tuple[tuple[str
 
 def run_simulate(args: argparse.Namespace) -> int:
     from edgespec.bench.report import render_markdown
+    from edgespec.drivers.trace import load_traces
+    from edgespec.drivers.trace_backends import ExitOracle
     from edgespec.hostinfo import host_facts
     from edgespec.link import PROFILES
-    from edgespec.drivers.trace_backends import ExitOracle
     from edgespec.sim.simulate import (
         SimConfig,
         clients_sweep,
@@ -151,7 +165,6 @@ def run_simulate(args: argparse.Namespace) -> int:
         render_colocated,
         simulate,
     )
-    from edgespec.drivers.trace import load_traces
 
     traces = load_traces(args.traces)
     meta = json.loads((Path(args.traces) / "meta.json").read_text())
@@ -159,9 +172,17 @@ def run_simulate(args: argparse.Namespace) -> int:
     hardware = resolve_hardware(args)
     modes, links = _modes_and_links(args, hardware)
     config = SimConfig(
-        modes=modes, max_new_tokens=args.max_new_tokens, gamma=args.gamma,
-        adaptive_gamma=args.adaptive_gamma, max_gamma=args.max_gamma, clients=counts[-1], max_batch=args.max_batch,
-        branches=args.branches, guess_verdict=not args.no_guess, runner_up=args.runner_up, draft_stop=args.draft_stop,
+        modes=modes,
+        max_new_tokens=args.max_new_tokens,
+        gamma=args.gamma,
+        adaptive_gamma=args.adaptive_gamma,
+        max_gamma=args.max_gamma,
+        clients=counts[-1],
+        max_batch=args.max_batch,
+        branches=args.branches,
+        guess_verdict=not args.no_guess,
+        runner_up=args.runner_up,
+        draft_stop=args.draft_stop,
         early_verdicts=args.early_verdicts,
         exit_oracle=ExitOracle.parse(args.exit_oracle) if args.exit_oracle else None,
         exit_candidates=args.exit_vocab == "candidates",
@@ -181,7 +202,15 @@ def run_simulate(args: argparse.Namespace) -> int:
     capacity_report, first_link_points = "", None
     if len(counts) > 1:
         capacity_report, first_link_points = _capacity_sweeps(
-            args, traces, hardware, links, counts, config, summary, out, pictures,
+            args,
+            traces,
+            hardware,
+            links,
+            counts,
+            config,
+            summary,
+            out,
+            pictures,
         )
     # The map shows each other mode against cloud-ar: with cloud-ar alone there is nothing to draw.
     if not args.no_plots and any(Mode.parse(m) is not Mode.CLOUD_AR for m in config.modes):
@@ -195,12 +224,19 @@ def run_simulate(args: argparse.Namespace) -> int:
     first = first_link_points or {}
     if not first and "cloud-sd" in config.modes and hardware.server_draft_ms_per_token is not None:
         first = clients_sweep(
-            traces, hardware, link_for(PROFILES[links[0]], hardware), links[0], config.modes, counts, config,
+            traces,
+            hardware,
+            link_for(PROFILES[links[0]], hardware),
+            links[0],
+            config.modes,
+            counts,
+            config,
         )
     summary["colocated"] = colocated_comparison(first, hardware, links[0], config.modes, config)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     report = render_markdown(summary, command).replace(
-        "# edgespec benchmark", f"# edgespec simulation ({hardware.name}: {hardware.source})",
+        "# edgespec benchmark",
+        f"# edgespec simulation ({hardware.name}: {hardware.source})",
     )
     report += capacity_report + render_colocated(summary["colocated"])
     if args.compare_bench:
@@ -219,18 +255,34 @@ def _summary_config(
 ) -> dict[str, Any]:
     """What the simulation ran, in the shape of a bench summary's config."""
     return {
-        "target": meta["target"], "draft": meta["draft"], "dtype": meta["dtype"],
+        "target": meta["target"],
+        "draft": meta["draft"],
+        "dtype": meta["dtype"],
         "draft_backend": f"simulated ({hardware.name})",
-        "gamma": args.gamma, "draft_stop": args.draft_stop, "runner_up": args.runner_up,
-        "max_new_tokens": args.max_new_tokens, "prompts": sorted({t.prompt_set for t in traces}),
-        "num_prompts": len(traces), "exits": meta["exits"], "price": PriceModel().__dict__, "clients": clients,
-        "hardware": hardware.__dict__, "simulated": True,
+        "gamma": args.gamma,
+        "draft_stop": args.draft_stop,
+        "runner_up": args.runner_up,
+        "max_new_tokens": args.max_new_tokens,
+        "prompts": sorted({t.prompt_set for t in traces}),
+        "num_prompts": len(traces),
+        "exits": meta["exits"],
+        "price": PriceModel().__dict__,
+        "clients": clients,
+        "hardware": hardware.__dict__,
+        "simulated": True,
     }
 
 
 def _capacity_sweeps(
-    args: argparse.Namespace, traces: list[Any], hardware: Any, links: tuple[str, ...], counts: list[int],
-    config: Any, summary: dict[str, Any], out: Path, pictures: list[str],
+    args: argparse.Namespace,
+    traces: list[Any],
+    hardware: Any,
+    links: tuple[str, ...],
+    counts: list[int],
+    config: Any,
+    summary: dict[str, Any],
+    out: Path,
+    pictures: list[str],
 ) -> tuple[str, Any]:
     """A --clients sweep per link into ``summary``; returns its report and the first link's points."""
     from edgespec.capacity import capacity_table, default_slo, plot_capacity, render_capacity_markdown
@@ -246,8 +298,13 @@ def _capacity_sweeps(
             first_link_points = points
         for count, per_mode in points.items():
             summary["sweep"].setdefault(str(count), {"profiles": {}})["profiles"][name] = per_mode
-        slo, source = (args.slo_tokens_per_s, "--slo-tokens-per-s") if args.slo_tokens_per_s else (
-            default_slo(points), "half of single-client cloud-ar, simulated in this sweep",
+        slo, source = (
+            (args.slo_tokens_per_s, "--slo-tokens-per-s")
+            if args.slo_tokens_per_s
+            else (
+                default_slo(points),
+                "half of single-client cloud-ar, simulated in this sweep",
+            )
         )
         table = capacity_table(points, slo)
         summary["capacity"][name] = {"slo_source": source, **table}
@@ -257,7 +314,9 @@ def _capacity_sweeps(
             f"round-robin past {len(traces)}). Server busy share and s/token: the simulated verifier's own busy time."
         )
         capacity_report += render_capacity_markdown(points, table, source, where).replace(
-            "## Capacity", f"## Capacity: {name}", 1,
+            "## Capacity",
+            f"## Capacity: {name}",
+            1,
         )
         capacity_report += capacity_ratio_sentence(table)
         if not args.no_plots:
@@ -273,11 +332,18 @@ def _speedup_map(traces: list[Any], hardware: Any, config: Any, summary: dict[st
     from edgespec.sim.simulate import SimConfig, speedup_grid
 
     grid = speedup_grid(
-        traces, hardware, config.modes, HEATMAP_RTTS_MS, HEATMAP_DECODE_MS,
+        traces,
+        hardware,
+        config.modes,
+        HEATMAP_RTTS_MS,
+        HEATMAP_DECODE_MS,
         SimConfig(**{**config.__dict__, "clients": 1}),
     )
     summary["speedup_map"] = {"rtt_ms": HEATMAP_RTTS_MS, "decode_ms": HEATMAP_DECODE_MS, "speedup": grid}
     plot_speedup_map(
-        grid, HEATMAP_RTTS_MS, HEATMAP_DECODE_MS, f"simulated on {hardware.name} costs, scaled to each decode time",
+        grid,
+        HEATMAP_RTTS_MS,
+        HEATMAP_DECODE_MS,
+        f"simulated on {hardware.name} costs, scaled to each decode time",
         out / "speedup-map.png",
     )

@@ -18,7 +18,8 @@ def split_list(text: str) -> tuple[str, ...]:
 
 def add_trace_parser(subparsers: Any) -> None:
     trace = subparsers.add_parser(
-        "trace", help="record greedy traces: the target's continuation, the draft's and exits' choices along it",
+        "trace",
+        help="record greedy traces: the target's continuation, the draft's and exits' choices along it",
         description="Record greedy traces: the target's own continuation of each prompt and, teacher-forced along it, "
         "the draft's argmax and each exit's argmax and confidence; `edgespec simulate` replays them.",
     )
@@ -26,7 +27,8 @@ def add_trace_parser(subparsers: Any) -> None:
     trace.add_argument("--draft", default=DEFAULT_DRAFT)
     trace.add_argument("--exits", default="auto", help="auto | none | DIR | logit-lens:L1,L2")
     trace.add_argument(
-        "--prompts", default="mtbench,humaneval",
+        "--prompts",
+        default="mtbench,humaneval",
         help="comma-separated: mtbench, humaneval (evaluation), sharegpt (held-out ShareGPT first turns, for tuning), "
         "FILE.jsonl",
     )
@@ -43,12 +45,12 @@ def run_trace(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from edgespec.data.prompt_sets import load_prompts
+    from edgespec.drivers.trace import write_traces
     from edgespec.models.exit_choice import resolve_exits
     from edgespec.models.loading import load_model, resolve_dtype
     from edgespec.models.target import TargetRuntime
     from edgespec.prompting import eos_token_ids, render_prompt
     from edgespec.sim.trace import record_trace
-    from edgespec.drivers.trace import write_traces
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -62,13 +64,20 @@ def run_trace(args: argparse.Namespace) -> int:
     traces = []
     for name, record in tqdm(records, desc="tracing", unit="prompt"):
         prompt_ids = render_prompt(
-            target.tokenizer, record.text if not record.is_chat else record.messages, raw=not record.is_chat,
+            target.tokenizer,
+            record.text if not record.is_chat else record.messages,
+            raw=not record.is_chat,
         )
         traces.append(record_trace(runtime, draft.model, prompt_ids, args.max_new_tokens, eos, record.id, name))
     meta = {
-        "target": args.target, "draft": args.draft, "dtype": dtype, "exits": args.exits,
-        "exit_layers": list(exits.layers) if exits is not None else [], "max_new_tokens": args.max_new_tokens,
-        "eos_ids": sorted(eos), "command": "edgespec " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "target": args.target,
+        "draft": args.draft,
+        "dtype": dtype,
+        "exits": args.exits,
+        "exit_layers": list(exits.layers) if exits is not None else [],
+        "max_new_tokens": args.max_new_tokens,
+        "eos_ids": sorted(eos),
+        "command": "edgespec " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     }
     path = write_traces(args.out, traces, meta)
     print(f"wrote {len(traces)} traces to {path}")

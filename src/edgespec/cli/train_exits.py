@@ -18,55 +18,78 @@ from edgespec.models.presets import DEFAULT_TARGET
 
 def add_train_exits_parser(subparsers: Any) -> None:
     train = subparsers.add_parser(
-        "train-exits", help="train early-exit adapters by self-distillation on cached hidden states",
+        "train-exits",
+        help="train early-exit adapters by self-distillation on cached hidden states",
         description="Train early-exit adapters by self-distillation (KL to the final layer) on hidden states of the "
         "target cached from ShareGPT; writes exits.json and exits.safetensors to --out.",
     )
     train.add_argument("--target", default=DEFAULT_TARGET, help="target preset, HF dir or .gguf")
     train.add_argument(
-        "--dtype", default="float32", choices=("float32", "bfloat16"), help="dtype the target runs in while caching",
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="dtype the target runs in while caching",
     )
     train.add_argument(
-        "--layers", type=exit_layers, default=exit_layers(DEFAULT_EXIT_LAYERS),
+        "--layers",
+        type=exit_layers,
+        default=exit_layers(DEFAULT_EXIT_LAYERS),
         help="exit layers, 1-based (default %(default)s)",
     )
     train.add_argument("--kind", default="linear", choices=("linear", "lowrank", "mlp"), help="adapter architecture")
     train.add_argument("--rank", type=int, default=0, help="inner width of lowrank / mlp adapters")
     train.add_argument(
-        "--cache-dir", type=Path, default=Path("out/exits/cache-train"),
+        "--cache-dir",
+        type=Path,
+        default=Path("out/exits/cache-train"),
         help="hidden-state cache (built or resumed first)",
     )
     train.add_argument("--sequences", type=int, default=20, help="ShareGPT training sequences to cache")
     train.add_argument("--max-tokens", type=int, default=256, help="tokens per cached sequence")
     train.add_argument(
-        "--continuation-every", type=int, default=0,
+        "--continuation-every",
+        type=int,
+        default=0,
         help="every n-th source is the target's own greedy continuation of a ShareGPT prompt (0: none)",
     )
     train.add_argument("--continuation-tokens", type=int, default=128)
     train.add_argument(
-        "--topk", type=int, default=64, help="final-layer top-k ids cached per position (the KL support)",
+        "--topk",
+        type=int,
+        default=64,
+        help="final-layer top-k ids cached per position (the KL support)",
     )
     train.add_argument("--steps", type=int, default=400)
     train.add_argument("--batch-size", type=int, default=256)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--weight-decay", type=float, default=0.0)
     train.add_argument(
-        "--sampled-tail", type=int, default=1024, help="uniformly sampled non-top-k ids per step for the KL tail",
+        "--sampled-tail",
+        type=int,
+        default=1024,
+        help="uniformly sampled non-top-k ids per step for the KL tail",
     )
     train.add_argument("--ce-weight", type=float, default=0.0, help="weight of CE on the final argmax, added to the KL")
     train.add_argument(
-        "--skip-positions", type=int, default=0,
+        "--skip-positions",
+        type=int,
+        default=0,
         help="ignore each sequence's first n positions (e.g. a fixed system prompt)",
     )
     train.add_argument("--holdout-fraction", type=float, default=0.1)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--checkpoint-every", type=int, default=50)
     train.add_argument(
-        "--storage-dtype", default="float16", choices=("float16", "float32"), help="dtype of the saved adapter weights",
+        "--storage-dtype",
+        default="float16",
+        choices=("float16", "float32"),
+        help="dtype of the saved adapter weights",
     )
     train.add_argument("--threads", type=int, default=1, help="torch threads")
     train.add_argument(
-        "--out", type=Path, required=True,
+        "--out",
+        type=Path,
+        required=True,
         help="directory for exits.json + exits.safetensors (and checkpoint.pt while training)",
     )
     train.set_defaults(handler=run_train_exits)
@@ -93,8 +116,13 @@ def run_train_exits(args: argparse.Namespace) -> int:
     loaded = load_model(args.target, args.dtype)
     model = loaded.model
     sources = sharegpt_sources(
-        model, loaded.tokenizer, "train", args.max_tokens, args.continuation_every, args.continuation_tokens,
-        eos_token_ids(model, loaded.tokenizer)
+        model,
+        loaded.tokenizer,
+        "train",
+        args.max_tokens,
+        args.continuation_every,
+        args.continuation_tokens,
+        eos_token_ids(model, loaded.tokenizer),
     )
     description = {
         "data": f"sharegpt train split, chat-templated, <= {args.max_tokens} tokens"
@@ -108,7 +136,13 @@ def run_train_exits(args: argparse.Namespace) -> int:
         "dtype": args.dtype,
     }
     manifest = build_training_cache(
-        model, sources, args.cache_dir, args.layers, args.sequences, args.topk, description=description,
+        model,
+        sources,
+        args.cache_dir,
+        args.layers,
+        args.sequences,
+        args.topk,
+        description=description,
     )
     cached_at = time.perf_counter()
     manifest = read_manifest(args.cache_dir)

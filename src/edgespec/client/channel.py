@@ -27,7 +27,9 @@ def keepalive_options(keepalive_s: float, keepalive_timeout_s: float) -> list[tu
     ]
 
 
-def open_channel(address: str, security: ClientSecurity = INSECURE, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+def open_channel(
+    address: str, security: ClientSecurity = INSECURE, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.aio.Channel:
     if not security.tls:
         return grpc.aio.insecure_channel(address, options=list(options))
     if security.server_name:

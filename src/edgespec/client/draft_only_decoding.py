@@ -50,7 +50,9 @@ async def decode_edge_only(run: EdgeRun, draft: DraftRuntime, thread: Executor) 
     while rounds.state is EdgeOnlyState.DECODING:
         start = run.now()
         logits = await loop.run_in_executor(thread, draft.next_token_logits, list(gen.committed))
-        uniform = None if config.sampling.greedy else position_uniform(config.seed + DRAFT_SEED_OFFSET, len(gen.committed))
+        uniform = (
+            None if config.sampling.greedy else position_uniform(config.seed + DRAFT_SEED_OFFSET, len(gen.committed))
+        )
         token = choose_token(logits, config.sampling, uniform)
         end = run.now()
         gen.record("edge", "decode", start, end)

@@ -96,7 +96,9 @@ class EdgeClient:
         ``config.logprobs``) the target's log-probabilities of each commit's tokens, just before it."""
         return run_sync(self.agenerate(prompt_ids, mode, config, on_commit, on_event, on_logprobs))
 
-    def stream(self, prompt_ids: Sequence[int], mode: Mode, config: GenerationConfig, events: bool = False) -> Iterator[list[int]] | Iterator[TextEvent]:
+    def stream(
+        self, prompt_ids: Sequence[int], mode: Mode, config: GenerationConfig, events: bool = False
+    ) -> Iterator[list[int]] | Iterator[TextEvent]:
         """Yield each round's final tokens as they are decided (``events=True``: every
         ``TextEvent``, provisional tokens and retractions included); raises what generate raises."""
         chunks: queue.Queue[object] = queue.Queue()
@@ -212,7 +214,9 @@ class EdgeClient:
                 outage = Outage(policy if self.draft is not None else replace(policy, fallback=False))
                 gen.stats.connection_losses += 1
                 run.event("connection lost")
-                logger.warning("lost the server at %s after %d committed tokens: %s", self.address, gen.produced, describe(failure))
+                logger.warning(
+                    "lost the server at %s after %d committed tokens: %s", self.address, gen.produced, describe(failure)
+                )
             delay = outage.next_delay()
             if delay is not None:
                 logger.info("reconnect attempt %d in %.2f s", outage.attempts, delay)
@@ -272,7 +276,9 @@ class EdgeClient:
         logger.warning(
             "server %s unreachable after %d final tokens: going on with PROVISIONAL draft-only tokens "
             "(re-verified when it answers), probing every %.1f s",
-            self.address, gen.produced, policy.probe_interval_s,
+            self.address,
+            gen.produced,
+            policy.probe_interval_s,
         )
         probe = asyncio.ensure_future(
             wait_until_reachable(self._open_channel, policy.probe_interval_s, self.options.connect_timeout_s)
@@ -294,7 +300,9 @@ class EdgeClient:
             await asyncio.gather(probe, return_exceptions=True)
         logger.warning(
             "server %s did not come back within %.0f s: keeping %d provisional tokens (NOT the target's)",
-            self.address, policy.outage_budget_s, len(gen.provisional),
+            self.address,
+            policy.outage_budget_s,
+            len(gen.provisional),
         )
         reason = gen.provisional_end or "length"
         gen.settle_provisional(run.now())
@@ -312,7 +320,9 @@ class EdgeClient:
             message = await stream.receive()
             gen.stats.wait_s += run.now() - start
             if message.WhichOneof("kind") != "tokens":
-                raise ServerError("BAD_REPLY", f"expected tokens in a cloud-sd session, got {message.WhichOneof('kind')}")
+                raise ServerError(
+                    "BAD_REPLY", f"expected tokens in a cloud-sd session, got {message.WhichOneof('kind')}"
+                )
             tokens = message.tokens
             run.logprobs_arrived(tokens.logprobs, len(tokens.ids))
             if tokens.drafted:  # an empty finished message (a resumed, complete text) is no round
@@ -323,8 +333,13 @@ class EdgeClient:
                 gen.record("cloud", "verify (server)", verified_at, run.now())
             receiver.cloud_round_decided(
                 CloudRoundDecided(
-                    tokens=list(tokens.ids), finished=tokens.finished, drafted=tokens.drafted, accepted=tokens.accepted,
-                    draft_s=tokens.draft_ms / 1000, verify_s=tokens.compute_ms / 1000, at=run.now(),
+                    tokens=list(tokens.ids),
+                    finished=tokens.finished,
+                    drafted=tokens.drafted,
+                    accepted=tokens.accepted,
+                    draft_s=tokens.draft_ms / 1000,
+                    verify_s=tokens.compute_ms / 1000,
+                    at=run.now(),
                 )
             )
 
@@ -338,6 +353,10 @@ class EdgeClient:
             gen.stats.wait_s += run.now() - start
             tokens = message.tokens
             run.logprobs_arrived(tokens.logprobs, len(tokens.ids))
-            gen.record("cloud", "decode", run.now() - tokens.compute_ms / 1000, run.now())  # the pass, as the server reported it
+            gen.record(
+                "cloud", "decode", run.now() - tokens.compute_ms / 1000, run.now()
+            )  # the pass, as the server reported it
             compute_s = tokens.compute_ms / 1000
-            receiver.tokens_decoded(TokensDecoded(tokens=list(tokens.ids), finished=tokens.finished, compute_s=compute_s, at=run.now()))
+            receiver.tokens_decoded(
+                TokensDecoded(tokens=list(tokens.ids), finished=tokens.finished, compute_s=compute_s, at=run.now())
+            )

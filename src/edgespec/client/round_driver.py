@@ -175,12 +175,18 @@ class RoundDriver:
                 )
             if kind == "final":
                 final = message.final
-                self.run.gen.stats.server_queued_s += final.queued_ms / 1000  # apart from the pass itself: batching's wait
+                self.run.gen.stats.server_queued_s += (
+                    final.queued_ms / 1000
+                )  # apart from the pass itself: batching's wait
                 self.run.logprobs_arrived(final.logprobs, final.accepted + 1)
                 return self.rounds.final_verdict_arrived(
                     FinalVerdictArrived(
-                        round=final.round, verdict=verdict_of(final), server_finished=final.finished,
-                        pipelined=final.pipelined, verify_s=final.verify_ms / 1000, at=now,
+                        round=final.round,
+                        verdict=verdict_of(final),
+                        server_finished=final.finished,
+                        pipelined=final.pipelined,
+                        verify_s=final.verify_ms / 1000,
+                        at=now,
                     )
                 )
             if kind == "dropped":
@@ -231,8 +237,15 @@ class RoundDriver:
             if stop.is_set():  # cancelled while it waited behind another draft: not one step for it
                 return DraftBlock([]), start, start
             block = draft.draft(
-                action.sequence, action.gamma, config.sampling, seed=config.seed + DRAFT_SEED_OFFSET, should_stop=stop.is_set,
-                candidates=with_candidates, alternatives=with_alternatives, stop_below=config.draft_stop_below(), min_tokens=action.min_tokens,
+                action.sequence,
+                action.gamma,
+                config.sampling,
+                seed=config.seed + DRAFT_SEED_OFFSET,
+                should_stop=stop.is_set,
+                candidates=with_candidates,
+                alternatives=with_alternatives,
+                stop_below=config.draft_stop_below(),
+                min_tokens=action.min_tokens,
                 **constrained,
             )
             return block, start, now()
@@ -244,9 +257,14 @@ class RoundDriver:
         assert self._stream is not None
         block = send.block
         message = pb.DraftBlock(
-            round=send.round, tokens=block.tokens, probs=distributions_to_wire(block.probs), candidates=candidates_to_wire(block.candidates)
+            round=send.round,
+            tokens=block.tokens,
+            probs=distributions_to_wire(block.probs),
+            candidates=candidates_to_wire(block.candidates),
         )
         if send.assumes is not None:
             assumed_round, verdict = send.assumes
-            message.assumes.CopyFrom(pb.Assumption(round=assumed_round, accepted=verdict.accepted, next_token=verdict.next_token))
+            message.assumes.CopyFrom(
+                pb.Assumption(round=assumed_round, accepted=verdict.accepted, next_token=verdict.next_token)
+            )
         await self._stream.send(pb.ClientMessage(block=message))

@@ -49,7 +49,9 @@ class SessionStream:
             code = await self.call.code()
             if code is grpc.StatusCode.OK:
                 raise
-            raise grpc.aio.AioRpcError(code, await self.call.initial_metadata(), await self.call.trailing_metadata(), await self.call.details()) from None
+            raise grpc.aio.AioRpcError(
+                code, await self.call.initial_metadata(), await self.call.trailing_metadata(), await self.call.details()
+            ) from None
 
     def next_message(self) -> asyncio.Task:
         """The pending read as a task, so it can be awaited alongside running drafts."""

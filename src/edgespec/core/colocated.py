@@ -77,7 +77,9 @@ class ColocatedRounds:
     adaptive policy the edge uses (``core/gamma.py``), fed the server's own draft and
     verify times."""
 
-    def __init__(self, rounds: VerifierRounds, gamma: int, policy: AdaptiveGamma | None = None, stop_below: float = 0.0) -> None:
+    def __init__(
+        self, rounds: VerifierRounds, gamma: int, policy: AdaptiveGamma | None = None, stop_below: float = 0.0
+    ) -> None:
         if not 1 <= gamma <= 64:
             raise ValueError(f"gamma must be in 1..64, got {gamma}")
         self.rounds = rounds
@@ -109,7 +111,9 @@ class ColocatedRounds:
         """The server drafted a block: the forward to run next."""
         step, block = event.step, event.block
         if self.state is not ColocatedState.READY:
-            raise ProtocolViolation(f"a draft for round {step.round} while round {self.rounds.decided} is being verified")
+            raise ProtocolViolation(
+                f"a draft for round {step.round} while round {self.rounds.decided} is being verified"
+            )
         if step.round != self.rounds.decided or not block.tokens:
             raise ProtocolViolation(f"a draft for round {step.round} while round {self.rounds.decided} is next")
         actions = self.rounds.block_arrived(IncomingBlock(step.round, list(block.tokens), block.probs))

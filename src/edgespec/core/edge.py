@@ -37,8 +37,8 @@ from edgespec.core.edge_events import (
     CancelDraft,
     Commit,
     Draft,
-    DraftKind,
     Drafted,
+    DraftKind,
     EarlyVerdictArrived,
     EdgeAction,
     FinalVerdictArrived,
@@ -163,7 +163,9 @@ class EdgeRounds:
     def _on_drafted(self, draft_id: int, block: DraftBlock, start: float, end: float) -> list[EdgeAction]:
         gen = self.gen
         branch = next((b for b in self._branches if b.id == draft_id), None)
-        pending = self._pending_guess if self._pending_guess is not None and self._pending_guess[0].id == draft_id else None
+        pending = (
+            self._pending_guess if self._pending_guess is not None and self._pending_guess[0].id == draft_id else None
+        )
         gen.stats.draft_s += end - start
         what = DraftKind.PRE_DRAFT if branch or pending else DraftKind.DRAFT
         gen.record("edge", what, start, end, self.round + bool(branch))
@@ -238,7 +240,9 @@ class EdgeRounds:
         if gen.gamma_policy is not None:
             # A pre-drafted block's draft time was hidden behind the last verify; charging it
             # anyway keeps the model simple and errs towards shorter blocks.
-            gen.gamma_policy.observe(len(block.tokens), verdict.accepted, current.draft_s, event.verify_s, current.draft_s + waited)
+            gen.gamma_policy.observe(
+                len(block.tokens), verdict.accepted, current.draft_s, event.verify_s, current.draft_s + waited
+            )
 
     def _on_final(self, event: FinalVerdictArrived) -> list[EdgeAction]:
         gen, verdict, at = self.gen, event.verdict, event.at
@@ -336,7 +340,9 @@ class EdgeRounds:
             # With early verdicts coming, one branch stays free for the exits' corrections.
             room = self.max_branches - 1 - int(self.gen.config.wants_early_verdicts(self.mode))
             for rank, verdict in enumerate(runner_up_verdicts(block)[: max(0, room)]):
-                options.append((self._gate.runner_up_rate(rank), verdict, "runner-up" if rank == 0 else f"runner-up {rank + 1}"))
+                options.append(
+                    (self._gate.runner_up_rate(rank), verdict, "runner-up" if rank == 0 else f"runner-up {rank + 1}")
+                )
         # The guess drafts first: it also drafts the bonus (which the runner-ups' record cannot
         # price), and its α^(γ+1) undercounts runs of whole accepted blocks, so ordering by the
         # priced rate alone would put it behind runner-ups that pay less.

@@ -51,7 +51,9 @@ class AdaptiveGamma:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_gamma <= self.initial <= self.max_gamma:
-            raise ValueError(f"need 1 <= min_gamma <= initial <= max_gamma, got {self.min_gamma}, {self.initial}, {self.max_gamma}")
+            raise ValueError(
+                f"need 1 <= min_gamma <= initial <= max_gamma, got {self.min_gamma}, {self.initial}, {self.max_gamma}"
+            )
         self._draft_per_token = _Decayed(self.decay)
         self._rest = _Decayed(self.decay)
 

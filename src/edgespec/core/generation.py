@@ -211,7 +211,10 @@ class Generation:
         start = len(sequence) - len(self.committed)
         if not 0 <= start < len(self.provisional):
             return None
-        if list(sequence[: len(self.committed)]) != self.committed or list(sequence[len(self.committed) :]) != self.provisional[:start]:
+        if (
+            list(sequence[: len(self.committed)]) != self.committed
+            or list(sequence[len(self.committed) :]) != self.provisional[:start]
+        ):
             return None
         tokens = self.provisional[start : start + gamma]
         if self.config.sampling.greedy:

@@ -152,7 +152,9 @@ class VerifierRounds:
     _waiting: dict[int, list[IncomingBlock]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.finished = self.produced >= self.max_new_tokens or (self.produced > 0 and self.sequence[-1] in self.eos_ids)
+        self.finished = self.produced >= self.max_new_tokens or (
+            self.produced > 0 and self.sequence[-1] in self.eos_ids
+        )
 
     @property
     def produced(self) -> int:
@@ -257,4 +259,3 @@ class VerifierRounds:
     def _start(self, block: IncomingBlock) -> list[ServerAction]:
         self.verifying = True
         return [Verify(block, list(self.sequence))]
-

@@ -81,7 +81,9 @@ def _humaneval() -> list[PromptRecord]:
     with gzip.open(path, "rt") as handle:
         problems = [json.loads(line) for line in handle if line.strip()]
     return [
-        PromptRecord(id=p["task_id"], messages=({"role": "user", "content": HUMANEVAL_INSTRUCTION.format(prompt=p["prompt"])},))
+        PromptRecord(
+            id=p["task_id"], messages=({"role": "user", "content": HUMANEVAL_INSTRUCTION.format(prompt=p["prompt"])},)
+        )
         for p in problems
     ]
 

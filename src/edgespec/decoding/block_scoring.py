@@ -66,7 +66,11 @@ def begin_round(
         if candidates is not None and params.greedy:
             exit_candidates = with_draft_tokens(candidates, tokens)
     request = ScoreRequest(
-        list(sequence) + list(tokens), gamma + 1, kv if kv is not None else target.kv, on_exit=judge, exit_candidates=exit_candidates,
+        list(sequence) + list(tokens),
+        gamma + 1,
+        kv if kv is not None else target.kv,
+        on_exit=judge,
+        exit_candidates=exit_candidates,
         argmax_only=params.greedy and not full_logits,
     )
     return PendingRound(request, list(tokens), params, draft_probs, uniforms, judge)

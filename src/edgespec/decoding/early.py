@@ -12,7 +12,6 @@ from edgespec.core.verdict import Verdict
 from edgespec.decoding.verification import RoundUniforms, verdict_confidence, verdict_from_logits
 from edgespec.models.exit_heads import ExitHeads, ExitReading
 
-
 # next_token of a candidate exit's verdict that accepts the whole block (the bonus is not scored).
 UNSCORED_BONUS = -1
 
@@ -29,7 +28,9 @@ def with_draft_tokens(candidates: torch.Tensor, tokens: Sequence[int]) -> torch.
     return torch.tensor(rows, dtype=torch.long)
 
 
-def candidate_verdict(scores: torch.Tensor, candidate_ids: torch.Tensor, draft_tokens: Sequence[int]) -> tuple[Verdict, float]:
+def candidate_verdict(
+    scores: torch.Tensor, candidate_ids: torch.Tensor, draft_tokens: Sequence[int]
+) -> tuple[Verdict, float]:
     """The greedy verdict an exit gives from the logits of only the draft's candidate ids
     (``scores[i, j]`` for ``candidate_ids[i, j]``, row i deciding draft token i, which is
     ``candidate_ids[i, 0]``): accept while the draft token scores highest among its row; at the
@@ -80,7 +81,9 @@ class EarlyVerdictJudge:
         if reading.candidate_ids is not None:
             verdict, confidence = candidate_verdict(reading.logits, reading.candidate_ids, self._draft_tokens)
         else:
-            verdict = verdict_from_logits(reading.logits, self._draft_tokens, self._params, self._draft_probs, self._uniforms)
+            verdict = verdict_from_logits(
+                reading.logits, self._draft_tokens, self._params, self._draft_probs, self._uniforms
+            )
             confidence = verdict_confidence(reading.logits, verdict)
         early = EarlyVerdict(
             layer=reading.layer,

@@ -91,7 +91,6 @@ def seeded_generator(seed: int) -> torch.Generator:
     return generator
 
 
-
 def restrict_support(probs: torch.Tensor, limit: int) -> torch.Tensor:
     """Keep the ``limit`` most likely tokens of ``probs`` [vocab] and renormalise.
 

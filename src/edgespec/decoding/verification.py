@@ -94,7 +94,9 @@ def rejection_sample_verdict(
     if draft_probs.shape != (gamma, target_probs.shape[-1]):
         raise ValueError(f"draft_probs must be [{gamma}, {target_probs.shape[-1]}], got {tuple(draft_probs.shape)}")
     if len(uniforms.accept) < gamma or len(uniforms.resample) < gamma + 1:
-        raise ValueError(f"need {gamma} acceptance and {gamma + 1} resampling uniforms, got {len(uniforms.accept)} and {len(uniforms.resample)}")
+        raise ValueError(
+            f"need {gamma} acceptance and {gamma + 1} resampling uniforms, got {len(uniforms.accept)} and {len(uniforms.resample)}"
+        )
     for position, token in enumerate(draft_tokens):
         p = float(target_probs[position, token])
         q = float(draft_probs[position, token])
@@ -139,4 +141,6 @@ def _recovered_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 def _check_shapes(logits: torch.Tensor, gamma: int) -> None:
     if logits.dim() != 2 or logits.shape[0] != gamma + 1:
-        raise ValueError(f"expected logits of shape [{gamma + 1}, vocab] for {gamma} draft tokens, got {tuple(logits.shape)}")
+        raise ValueError(
+            f"expected logits of shape [{gamma + 1}, vocab] for {gamma} draft tokens, got {tuple(logits.shape)}"
+        )

@@ -48,13 +48,11 @@ class EdgeBackend(Protocol):
 
 
 class CloudBackend(Protocol):
-    def open(self, session: int, sampling: Any, seed: int) -> None:
-        ...
+    def open(self, session: int, sampling: Any, seed: int) -> None: ...
 
     def run(self, jobs: list[CloudJob]) -> tuple[list[Any], float]:
         """Results per job (None, a token id, a VerifyResult, or a draft's DraftBlock) and the
         forward's seconds. A batch holds one kind of job: prefill alone, drafts together, or
         verifies and decodes together."""
 
-    def close(self, session: int) -> None:
-        ...
+    def close(self, session: int) -> None: ...

@@ -67,7 +67,9 @@ class HardwareProfile:
         self.decode_batch_factor = {int(k): float(v) for k, v in self.decode_batch_factor.items()}
 
     def forward_s(self, rows: int, exits: int = 0, candidates: bool = False) -> float:
-        return (_interpolate(self.forward_ms, rows) + exits * (self.exit_candidates_ms if candidates else self.exit_ms)) / 1000
+        return (
+            _interpolate(self.forward_ms, rows) + exits * (self.exit_candidates_ms if candidates else self.exit_ms)
+        ) / 1000
 
     def batch_s(self, single_s: list[float], decodes: bool = False) -> float:
         """A pass of these sessions' forwards; ``decodes``: every one is a one-row decode."""
@@ -121,12 +123,18 @@ class HardwareProfile:
             raise ValueError(f"{path} is not a hardware profile ({error}); see `edgespec simulate --help`") from None
 
 
-def h200_profile(edge: HardwareProfile | None, costs: Path = GPU_COSTS, draft_costs: Path = GPU_DRAFT_COSTS) -> HardwareProfile:
+def h200_profile(
+    edge: HardwareProfile | None, costs: Path = GPU_COSTS, draft_costs: Path = GPU_DRAFT_COSTS
+) -> HardwareProfile:
     """The H200's measured costs (random weights in the real shapes); the edge side from this
     host's probe when given (the draft runs on the device, not the GPU)."""
     data = json.loads(costs.read_text())
     forward = {1: data["decode_ms"], **{int(g) + 1: v["ms"] for g, v in data["verify"].items()}}
-    exit_ms = sum(v["with_exits_ms"] - v["ms"] for v in data["verify"].values()) / len(data["verify"]) / max(1, len(data["exit_layers"]))
+    exit_ms = (
+        sum(v["with_exits_ms"] - v["ms"] for v in data["verify"].values())
+        / len(data["verify"])
+        / max(1, len(data["exit_layers"]))
+    )
     single = data["batched"]["1"]["verify_gamma4_ms"]
     batch = {int(b): v["verify_gamma4_ms"] / single for b, v in data["batched"].items()}
     single_decode = data["batched"]["1"]["decode_ms"]
@@ -151,13 +159,17 @@ def h200_profile(edge: HardwareProfile | None, costs: Path = GPU_COSTS, draft_co
         # Its prefill rides in the per-token rate alone (the profile has no fixed term for it):
         # the whole measured prefill spread over its context, as before.
         profile.server_draft_prefill_ms_per_token = drafted["prefill_ms"] / drafted.get("context", context)
-        profile.server_draft_source = f"measured: {draft_costs.name}, {drafted['device']}, {drafted['dtype']}, random weights in the real shapes"
+        profile.server_draft_source = (
+            f"measured: {draft_costs.name}, {drafted['device']}, {drafted['dtype']}, random weights in the real shapes"
+        )
     else:
         # In this eager transformers runtime a batch-1 forward is launch-bound: cost follows the
         # number of layers, not the weights, so the draft's step scales with its layer count.
         profile.server_draft_ms_per_token = data["decode_ms"] * DRAFT_LAYERS / TARGET_LAYERS
         profile.server_draft_prefill_ms_per_token = data["prefill_ms"] / context * DRAFT_LAYERS / TARGET_LAYERS
-        profile.server_draft_source = f"derived: the measured decode x {DRAFT_LAYERS}/{TARGET_LAYERS} layers (launch-bound eager runtime)"
+        profile.server_draft_source = (
+            f"derived: the measured decode x {DRAFT_LAYERS}/{TARGET_LAYERS} layers (launch-bound eager runtime)"
+        )
     if edge is not None:
         profile.draft_ms_per_token = edge.draft_ms_per_token
         profile.draft_prefill_ms_per_token = edge.draft_prefill_ms_per_token

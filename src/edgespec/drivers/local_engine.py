@@ -31,7 +31,13 @@ logger = logging.getLogger(__name__)
 
 
 class LocalEngine:
-    def __init__(self, target: TargetRuntime, draft: DraftRuntime | None = None, link: Link = Link(), exit_candidates: bool = True) -> None:
+    def __init__(
+        self,
+        target: TargetRuntime,
+        draft: DraftRuntime | None = None,
+        link: Link = Link(),
+        exit_candidates: bool = True,
+    ) -> None:
         self.target = target
         self.draft = draft
         self.link = link
@@ -53,9 +59,14 @@ class LocalEngine:
             # Ignoring them would return free text or no log-probabilities as if they had been honoured.
             raise ValueError("log-probabilities and grammars are served over the network (EdgeClient), not in process")
         if (mode.uses_draft or mode.server_drafts) and self.draft is None:
-            raise ValueError(f"mode {mode.value} needs a draft model" + (" (in process, the server's)" if mode.server_drafts else ""))
+            raise ValueError(
+                f"mode {mode.value} needs a draft model" + (" (in process, the server's)" if mode.server_drafts else "")
+            )
         if config.needs_exits(mode) and self.target.exits is None:
-            raise ValueError(f"mode {mode.value} needs exits attached to the target" + ("" if mode is Mode.SD_EE else " (or the send-time guess)"))
+            raise ValueError(
+                f"mode {mode.value} needs exits attached to the target"
+                + ("" if mode is Mode.SD_EE else " (or the send-time guess)")
+            )
         if self.draft is not None and (mode.uses_draft or mode.server_drafts):
             draft_vocab = int(self.draft.vocab_size)
             if draft_vocab != self.target.vocab_size:
@@ -70,17 +81,28 @@ class LocalEngine:
         if mode is Mode.EDGE_ONLY:
             return self._edge_only(prompt_ids, config, on_commit or (lambda tokens: None))
         edge = (
-            RealEdge(self.draft, config.sampling, config.seed, config.wants_early_verdicts(mode), config.wants_alternatives(mode), config.draft_stop_below())
+            RealEdge(
+                self.draft,
+                config.sampling,
+                config.seed,
+                config.wants_early_verdicts(mode),
+                config.wants_alternatives(mode),
+                config.draft_stop_below(),
+            )
             if self.draft is not None and mode.uses_draft
             else None
         )
         spec = ClientSpec(list(prompt_ids), mode, config, edge, self.link, eos_ids=config.eos_ids, on_commit=on_commit)
         # cloud-sd: the same draft model, but the server's: it drafts on the verifier's clock.
-        cloud = RealCloud(self.target, draft=self.draft if mode.server_drafts else None, exit_candidates=self.exit_candidates)
+        cloud = RealCloud(
+            self.target, draft=self.draft if mode.server_drafts else None, exit_candidates=self.exit_candidates
+        )
         (result,) = VirtualClock(cloud).run([spec])
         return result
 
-    def _edge_only(self, prompt_ids: Sequence[int], config: GenerationConfig, on_commit: Callable[[list[int]], None]) -> GenerationResult:
+    def _edge_only(
+        self, prompt_ids: Sequence[int], config: GenerationConfig, on_commit: Callable[[list[int]], None]
+    ) -> GenerationResult:
         assert self.draft is not None
         gen = Generation(prompt_ids, Mode.EDGE_ONLY, config)
         rounds = EdgeOnlyRounds(gen)
@@ -89,7 +111,11 @@ class LocalEngine:
             start = time.perf_counter() - started
             logits = self.draft.next_token_logits(gen.committed)
             # The edge's randomness, as the networked client draws it.
-            uniform = None if config.sampling.greedy else position_uniform(config.seed + DRAFT_SEED_OFFSET, len(gen.committed))
+            uniform = (
+                None
+                if config.sampling.greedy
+                else position_uniform(config.seed + DRAFT_SEED_OFFSET, len(gen.committed))
+            )
             token = choose_token(logits, config.sampling, uniform)
             end = time.perf_counter() - started
             for action in rounds.token_chosen(TokenChosen(token=token, start=start, end=end)):

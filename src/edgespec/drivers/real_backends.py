@@ -20,7 +20,13 @@ from edgespec.models.target import TargetRuntime
 
 class RealEdge:
     def __init__(
-        self, draft: DraftRuntime, sampling: SamplingParams, seed: int, candidates: bool = False, alternatives: bool = False, stop_below: float = 0.0
+        self,
+        draft: DraftRuntime,
+        sampling: SamplingParams,
+        seed: int,
+        candidates: bool = False,
+        alternatives: bool = False,
+        stop_below: float = 0.0,
     ) -> None:
         self.runtime = draft
         self.sampling = sampling
@@ -32,7 +38,13 @@ class RealEdge:
     def draft(self, sequence: Sequence[int], gamma: int, min_tokens: int = 1) -> tuple[DraftBlock, float]:
         start = time.perf_counter()
         block = self.runtime.draft(
-            sequence, gamma, self.sampling, seed=self.seed, candidates=self.candidates, alternatives=self.alternatives, stop_below=self.stop_below,
+            sequence,
+            gamma,
+            self.sampling,
+            seed=self.seed,
+            candidates=self.candidates,
+            alternatives=self.alternatives,
+            stop_below=self.stop_below,
             min_tokens=min_tokens,
         )
         return block, time.perf_counter() - start
@@ -43,7 +55,11 @@ class RealCloud:
     ``draft``, the server's own draft model too (cloud-sd: a "draft" job, the server's compute)."""
 
     def __init__(
-        self, target: TargetRuntime, kv: TrackedCache | None = None, draft: DraftRuntime | None = None, exit_candidates: bool = True
+        self,
+        target: TargetRuntime,
+        kv: TrackedCache | None = None,
+        draft: DraftRuntime | None = None,
+        exit_candidates: bool = True,
     ) -> None:
         self.target = target
         # Exits score only the draft's candidate ids when the block carries them (False: whole vocabulary).
@@ -72,14 +88,23 @@ class RealCloud:
             if self.draft is None:
                 raise ValueError("cloud-sd needs a draft model on the server")
             # The draft's randomness is the one an edge draft would use: the same seed offset.
-            return self.draft.draft(job.sequence, job.gamma, sampling, seed=seed + DRAFT_SEED_OFFSET, stop_below=job.stop_below)
+            return self.draft.draft(
+                job.sequence, job.gamma, sampling, seed=seed + DRAFT_SEED_OFFSET, stop_below=job.stop_below
+            )
         if job.kind is JobKind.DECODE:
             scored = self.target.score_tail(job.sequence, 1, kv=self.kv, argmax_only=sampling.greedy)[0]
             uniform = None if sampling.greedy else RoundUniforms.for_decode(seed, len(job.sequence))
             return token_from_forward(scored, sampling, uniform)
         assert job.block is not None
         pending = begin_round(
-            self.target, job.sequence, job.block.tokens, sampling, job.block.payload, seed, job.with_exits, kv=self.kv,
+            self.target,
+            job.sequence,
+            job.block.tokens,
+            sampling,
+            job.block.payload,
+            seed,
+            job.with_exits,
+            kv=self.kv,
             candidates=job.block.candidates if self.exit_candidates else None,
         )
         verdict, judge = pending.finish(self.target.score(pending.request))

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from edgespec.core.block import DraftBlock
 from edgespec.core.verdict import Verdict
-from edgespec.decoding.early import EarlyVerdict, UNSCORED_BONUS
+from edgespec.decoding.early import UNSCORED_BONUS, EarlyVerdict
 from edgespec.drivers.backend_interface import CloudJob, JobKind, VerifyResult
 from edgespec.drivers.cost_profile import HardwareProfile
 from edgespec.drivers.trace import Trace
@@ -30,7 +30,9 @@ class TraceEdge:
         self.stop_below = stop_below  # as DraftRuntime.draft: end the block after a token less sure than this
         self._cached: list[int] = []  # what the draft's KV cache holds (a rollback keeps the common prefix)
 
-    def draft(self, sequence: Sequence[int], gamma: int, min_tokens: int = 1, stop_below: float | None = None) -> tuple[DraftBlock, float]:
+    def draft(
+        self, sequence: Sequence[int], gamma: int, min_tokens: int = 1, stop_below: float | None = None
+    ) -> tuple[DraftBlock, float]:
         trace = self.trace
         start = len(trace.prompt_ids)
         position = len(sequence) - start
@@ -40,8 +42,10 @@ class TraceEdge:
         runner_up: list[int] = []
         for step in range(gamma):
             index = position + step
-            on_track = known and index < len(trace.draft_argmax) and all(
-                t == c for t, c in zip(tokens, trace.continuation[position:])
+            on_track = (
+                known
+                and index < len(trace.draft_argmax)
+                and all(t == c for t, c in zip(tokens, trace.continuation[position:]))
             )
             if on_track:
                 tokens.append(trace.draft_argmax[index])
@@ -54,14 +58,18 @@ class TraceEdge:
                 # runner-up as an id never right (any branch assuming these tokens is a miss anyway).
                 tokens.append(UNKNOWN - step)
                 runner_up.append(UNKNOWN - gamma - step)
-                confidence.append(trace.draft_topk_probs[index][0] if known and index < len(trace.draft_topk_probs) else 0.5)
+                confidence.append(
+                    trace.draft_topk_probs[index][0] if known and index < len(trace.draft_topk_probs) else 0.5
+                )
             if confidence[-1] < (self.stop_below if stop_below is None else stop_below) and step + 1 >= min_tokens:
                 break
         common = valid_prefix(self._cached, sequence)  # the same rollback as the real cache
         # As DraftRuntime: feed what the cache lacks, then one token per step; the last drafted
         # token stays unfed.
         self._cached = list(sequence) + tokens[:-1]
-        return DraftBlock(tokens, confidence=confidence, runner_up=runner_up), self.profile.draft_s(len(tokens), len(sequence) - common)
+        return DraftBlock(tokens, confidence=confidence, runner_up=runner_up), self.profile.draft_s(
+            len(tokens), len(sequence) - common
+        )
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,9 @@ class ExitOracle:
 
     def __post_init__(self) -> None:
         if self.layer < 1 or not 0.0 <= self.accuracy <= 1.0:
-            raise ValueError(f"an exit oracle needs layer >= 1 and accuracy in [0, 1], got {self.layer}, {self.accuracy}")
+            raise ValueError(
+                f"an exit oracle needs layer >= 1 and accuracy in [0, 1], got {self.layer}, {self.accuracy}"
+            )
 
     @staticmethod
     def parse(text: str) -> "ExitOracle":
@@ -86,7 +96,9 @@ class ExitOracle:
         try:
             return ExitOracle(int(layer), float(accuracy) if accuracy else 1.0)
         except ValueError as error:
-            raise ValueError(f"--exit-oracle takes LAYER or LAYER:ACCURACY (e.g. 21:0.5), got {text!r}: {error}") from None
+            raise ValueError(
+                f"--exit-oracle takes LAYER or LAYER:ACCURACY (e.g. 21:0.5), got {text!r}: {error}"
+            ) from None
 
     def verdict(self, trace_id: str, position: int, truth: Verdict) -> Verdict:
         # Keyed by where the round is, so every mode sees the same exit on the same round.
@@ -99,7 +111,11 @@ class TraceCloud:
     cloud-sd also the server's draft (the trace's draft, at the profile's server-draft costs)."""
 
     def __init__(
-        self, traces: dict[int, Trace], profile: HardwareProfile, exit_oracle: ExitOracle | None = None, exit_candidates: bool = True
+        self,
+        traces: dict[int, Trace],
+        profile: HardwareProfile,
+        exit_oracle: ExitOracle | None = None,
+        exit_candidates: bool = True,
     ) -> None:
         self.traces = traces
         self.profile = profile
@@ -141,7 +157,11 @@ class TraceCloud:
             cost = profile.forward_s(len(job.block.tokens) + 1, exits, candidates=self._candidates(trace))
             singles.append(cost)
             results.append((trace, position, job))
-        total = profile.batch_s(singles, decodes=all(job.kind is JobKind.DECODE for job in jobs)) if len(jobs) > 1 else singles[0]
+        total = (
+            profile.batch_s(singles, decodes=all(job.kind is JobKind.DECODE for job in jobs))
+            if len(jobs) > 1
+            else singles[0]
+        )
         return [self._verify(*r, total) if isinstance(r, tuple) else r for r in results], total
 
     def _verify(self, trace: Trace, position: int, job: CloudJob, forward_s: float) -> VerifyResult:
@@ -151,7 +171,9 @@ class TraceCloud:
         compared = len(tokens)
         if len(truth) < len(tokens) + 1:
             if not trace.ended_in_eos:
-                raise ValueError(f"trace {trace.id} ends at {len(trace.continuation)} tokens: record it with a larger --max-new-tokens")
+                raise ValueError(
+                    f"trace {trace.id} ends at {len(trace.continuation)} tokens: record it with a larger --max-new-tokens"
+                )
             # The text ends inside this block: the verdict ends with the target's EOS (what the
             # draft wrote after it is never committed, so it needs no record).
             compared = len(truth) - 1
@@ -167,7 +189,9 @@ class TraceCloud:
         elif job.with_exits:
             replay = self._early_candidates if self._candidates(trace) else self._early
             for layer, exit_trace in sorted(trace.exits.items(), key=lambda item: int(item[0])):
-                early.append(replay(int(layer), exit_trace, tokens, truth, position, accepted, trace.num_layers, forward_s))
+                early.append(
+                    replay(int(layer), exit_trace, tokens, truth, position, accepted, trace.num_layers, forward_s)
+                )
         return VerifyResult(verdict, early)
 
     def _candidates(self, trace: Trace) -> bool:
@@ -175,7 +199,14 @@ class TraceCloud:
 
     @staticmethod
     def _early_candidates(
-        layer: int, exit_trace: Any, tokens: list[int], truth: list[int], position: int, accepted: int, num_layers: int, forward_s: float
+        layer: int,
+        exit_trace: Any,
+        tokens: list[int],
+        truth: list[int],
+        position: int,
+        accepted: int,
+        num_layers: int,
+        forward_s: float,
     ) -> EarlyVerdict:
         """A candidate-id exit (``candidate_verdict``): along the target's text the draft's
         candidates are the trace's, so its choice is known up to the first rejection."""
@@ -189,14 +220,25 @@ class TraceCloud:
             # It accepted a token the target rejects: past that the trace does not know its
             # choices, but whatever it streams is wrong (and a whole accepted block streams nothing).
             confidence = min(sure[: accepted + 1])
-            return EarlyVerdict(layer, Verdict(n, UNKNOWN), confidence, at, n < len(tokens) and confidence >= exit_trace.threshold)
+            return EarlyVerdict(
+                layer, Verdict(n, UNKNOWN), confidence, at, n < len(tokens) and confidence >= exit_trace.threshold
+            )
         if n == len(tokens):
             return EarlyVerdict(layer, Verdict(n, UNSCORED_BONUS), min(sure[:n]), at, False)
         confidence = min(sure[: n + 1])
         return EarlyVerdict(layer, Verdict(n, choice[n]), confidence, at, confidence >= exit_trace.threshold)
 
     @staticmethod
-    def _early(layer: int, exit_trace: Any, tokens: list[int], truth: list[int], position: int, accepted: int, num_layers: int, forward_s: float) -> EarlyVerdict:
+    def _early(
+        layer: int,
+        exit_trace: Any,
+        tokens: list[int],
+        truth: list[int],
+        position: int,
+        accepted: int,
+        num_layers: int,
+        forward_s: float,
+    ) -> EarlyVerdict:
         choice = exit_trace.argmax[position:]
         sure = exit_trace.confidence[position:]
         n = 0
@@ -209,4 +251,6 @@ class TraceCloud:
             verdict, confidence = Verdict(n, UNKNOWN), min(sure[: accepted + 1])
         else:
             verdict, confidence = Verdict(n, choice[n]), min(sure[: n + 1])
-        return EarlyVerdict(layer, verdict, confidence, forward_s * layer / num_layers, confidence >= exit_trace.threshold)
+        return EarlyVerdict(
+            layer, verdict, confidence, forward_s * layer / num_layers, confidence >= exit_trace.threshold
+        )

@@ -52,16 +52,17 @@ from edgespec.drivers.backend_interface import CloudBackend, CloudJob, EdgeBacke
 from edgespec.drivers.virtual_devices import (
     DROPPED_BYTES,
     EARLY_BYTES,
-    EventQueue,
     FINAL_BYTES,
-    Link,
-    OPENED_BYTES,
     OPEN_BYTES,
+    OPENED_BYTES,
     TOKEN_BYTES,
+    EventQueue,
+    Link,
     VirtualEdge,
     VirtualVerifier,
     block_bytes,
 )
+
 
 @dataclass
 class ClientSpec:
@@ -128,9 +129,18 @@ class _Session:
         world, spec = self.world, self.spec
         world.cloud.open(self.index, spec.config.sampling, spec.config.seed)
         sequence = list(self.gen.committed)
-        self.server = VerifierRounds(sequence, len(spec.prompt_ids), spec.eos_ids, spec.config.max_new_tokens, spec.config.wants_early_verdicts(spec.mode))
+        self.server = VerifierRounds(
+            sequence,
+            len(spec.prompt_ids),
+            spec.eos_ids,
+            spec.config.max_new_tokens,
+            spec.config.wants_early_verdicts(spec.mode),
+        )
         if len(sequence) >= 2:
-            world.verifier.submit(CloudJob(JobKind.PREFILL, self.index, sequence[:-1]), lambda result, start, end: self.events.at(end, self._server_opened))
+            world.verifier.submit(
+                CloudJob(JobKind.PREFILL, self.index, sequence[:-1]),
+                lambda result, start, end: self.events.at(end, self._server_opened),
+            )
         else:
             self._server_opened()
 
@@ -141,7 +151,9 @@ class _Session:
         elif self.spec.mode is Mode.CLOUD_SD:
             assert self.server is not None
             config = self.spec.config
-            self.colocated = ColocatedRounds(self.server, config.gamma, config.gamma_policy(), config.draft_stop_below())
+            self.colocated = ColocatedRounds(
+                self.server, config.gamma, config.gamma_policy(), config.draft_stop_below()
+            )
             self._server_draft()
 
     # cloud-sd: draft on the verifier, verify there, stream the committed tokens
@@ -153,14 +165,22 @@ class _Session:
             return
         began = self.events.now
         job = CloudJob(JobKind.DRAFT, self.index, step.sequence, gamma=step.gamma, stop_below=step.stop_below)
-        self.world.verifier.submit(job, lambda block, start, end: self.events.at(end, lambda: self._server_drafted(step, block, start, end, began)))
+        self.world.verifier.submit(
+            job,
+            lambda block, start, end: self.events.at(end, lambda: self._server_drafted(step, block, start, end, began)),
+        )
 
     def _server_drafted(self, step: ServerDraft, block: DraftBlock, start: float, end: float, began: float) -> None:
         assert self.colocated is not None and self.server is not None
         self.gen.record("cloud", "draft (server)", start - self.t0, end - self.t0, step.round)
         verify = self.colocated.drafted(ServerDrafted(step=step, block=block, draft_s=end - start))
         job = CloudJob(JobKind.VERIFY, self.index, verify.sequence, verify.block)
-        self.world.verifier.submit(job, lambda result, v_start, v_end: self.events.at(v_end, lambda: self._server_colocated_verified(verify, result, v_end - v_start, began)))
+        self.world.verifier.submit(
+            job,
+            lambda result, v_start, v_end: self.events.at(
+                v_end, lambda: self._server_colocated_verified(verify, result, v_end - v_start, began)
+            ),
+        )
 
     def _server_colocated_verified(self, verify: Verify, result: VerifyResult, verify_s: float, began: float) -> None:
         assert self.colocated is not None
@@ -192,14 +212,18 @@ class _Session:
 
     def _server_block(self, send: SendBlock) -> None:
         assert self.server is not None
-        block = IncomingBlock(send.round, list(send.block.tokens), send.block.probs, send.assumes, send.block.candidates)
+        block = IncomingBlock(
+            send.round, list(send.block.tokens), send.block.probs, send.assumes, send.block.candidates
+        )
         self._server_apply(self.server.block_arrived(block))
 
     def _server_apply(self, actions: list[Any]) -> None:
         for action in actions:
             if isinstance(action, Verify):
                 job = CloudJob(JobKind.VERIFY, self.index, action.sequence, action.block, self.server.early_verdicts)  # type: ignore[union-attr]
-                self.world.verifier.submit(job, lambda result, start, end, v=action: self._server_verified(v, result, start, end))
+                self.world.verifier.submit(
+                    job, lambda result, start, end, v=action: self._server_verified(v, result, start, end)
+                )
             elif isinstance(action, StreamEarly):
                 self._to_client(EARLY_BYTES, lambda a=action: self._client_early(a))
             elif isinstance(action, SendFinal):
@@ -214,13 +238,26 @@ class _Session:
             # What every exit said, streamed or not: the verifier knows it (the client over the
             # network sees only the streamed ones); the in-process engine and simulator report it.
             stats.count_exit(early.layer, early.streamed, early.verdict == result.verdict)
-            self.gen.record("cloud", f"exit@{early.layer}" + ("" if early.streamed else " (held)"), start + early.elapsed_s - self.t0, start + early.elapsed_s - self.t0, verify.block.round)
+            self.gen.record(
+                "cloud",
+                f"exit@{early.layer}" + ("" if early.streamed else " (held)"),
+                start + early.elapsed_s - self.t0,
+                start + early.elapsed_s - self.t0,
+                verify.block.round,
+            )
             reached = ExitReached(
-                round=verify.block.round, layer=early.layer, verdict=early.verdict, confidence=early.confidence,
-                elapsed_s=early.elapsed_s, streamed=early.streamed,
+                round=verify.block.round,
+                layer=early.layer,
+                verdict=early.verdict,
+                confidence=early.confidence,
+                elapsed_s=early.elapsed_s,
+                streamed=early.streamed,
             )
             for action in self.server.exit_reached(reached):
-                self.events.at(start + early.elapsed_s, lambda a=action: self._to_client(EARLY_BYTES, lambda: self._client_early(a)))
+                self.events.at(
+                    start + early.elapsed_s,
+                    lambda a=action: self._to_client(EARLY_BYTES, lambda: self._client_early(a)),
+                )
 
         def decide() -> None:
             assert self.server is not None
@@ -233,8 +270,12 @@ class _Session:
                 lambda: self._apply(
                     self.client.final_verdict_arrived(  # type: ignore[union-attr]
                         FinalVerdictArrived(
-                            round=final.round, verdict=final.verdict, server_finished=final.finished, pipelined=final.pipelined,
-                            verify_s=verify_s, at=self._t(),
+                            round=final.round,
+                            verdict=final.verdict,
+                            server_finished=final.finished,
+                            pipelined=final.pipelined,
+                            verify_s=verify_s,
+                            at=self._t(),
                         )
                     )
                 ),
@@ -262,8 +303,13 @@ class _Session:
         assert self.receiver is not None
         final = done.final
         decided = CloudRoundDecided(
-            tokens=final.committed, finished=final.finished, drafted=done.drafted, accepted=final.verdict.accepted,
-            draft_s=done.draft_s, verify_s=done.verify_s, at=self._t(),
+            tokens=final.committed,
+            finished=final.finished,
+            drafted=done.drafted,
+            accepted=final.verdict.accepted,
+            draft_s=done.draft_s,
+            verify_s=done.verify_s,
+            at=self._t(),
         )
         self._apply(self.receiver.cloud_round_decided(decided))
 
@@ -278,7 +324,9 @@ class _Session:
 
     def _client_drafted(self, draft: Draft, block: DraftBlock, start: float, end: float) -> None:
         assert self.client is not None
-        self._apply(self.client.drafted(Drafted(draft_id=draft.id, block=block, start=start - self.t0, end=end - self.t0)))
+        self._apply(
+            self.client.drafted(Drafted(draft_id=draft.id, block=block, start=start - self.t0, end=end - self.t0))
+        )
 
     def _send(self, send: SendBlock) -> None:
         self.gen.stats.bytes_sent += block_bytes(send.block, send.assumes is not None)

@@ -40,7 +40,6 @@ class Link:
 class EventQueue:
     """The virtual clock: callbacks run in time order (ties in the order they were scheduled)."""
 
-
     def __init__(self) -> None:
         self.now = 0.0
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
@@ -83,7 +82,11 @@ class VirtualVerifier:
             batch = [self._queue.pop(0)]
         else:
             # Drafts (cloud-sd) run the draft model, the rest the target: never in one pass.
-            same = (lambda kind: kind is JobKind.DRAFT) if head is JobKind.DRAFT else (lambda kind: kind in (JobKind.VERIFY, JobKind.DECODE))
+            same = (
+                (lambda kind: kind is JobKind.DRAFT)
+                if head is JobKind.DRAFT
+                else (lambda kind: kind in (JobKind.VERIFY, JobKind.DECODE))
+            )
             batch = [entry for entry in self._queue if same(entry[0].kind)][: self.max_batch]
             taken = {id(entry) for entry in batch}  # by identity: jobs compare by value
             self._queue = [entry for entry in self._queue if id(entry) not in taken]

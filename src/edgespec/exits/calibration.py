@@ -31,7 +31,9 @@ class CurvePoint:
     count: int  # rounds that clear the threshold
 
 
-def precision_coverage(confidence: Sequence[float] | torch.Tensor, correct: Sequence[bool] | torch.Tensor, grid: Sequence[float] = GRID) -> list[CurvePoint]:
+def precision_coverage(
+    confidence: Sequence[float] | torch.Tensor, correct: Sequence[bool] | torch.Tensor, grid: Sequence[float] = GRID
+) -> list[CurvePoint]:
     conf = torch.as_tensor(confidence, dtype=torch.float64)
     right = torch.as_tensor(correct, dtype=torch.bool)
     total = max(int(conf.numel()), 1)

@@ -52,7 +52,12 @@ def calibration_prompts(tokenizer: Any, limit: int, max_prompt_tokens: int = 384
 
 
 def exit_outcomes(
-    heads: ExitHeads, rounds: dict[str, torch.Tensor], final_norm: nn.Module, head_weight: torch.Tensor, chunk: int = 32, candidates: bool = False
+    heads: ExitHeads,
+    rounds: dict[str, torch.Tensor],
+    final_norm: nn.Module,
+    head_weight: torch.Tensor,
+    chunk: int = 32,
+    candidates: bool = False,
 ) -> dict[int, dict[str, torch.Tensor]]:
     """Per exit layer, over recorded rounds: ``agree`` [R, gamma+1] (exit top-1 == final top-1),
     ``correct`` [R] (early verdict == final verdict), ``confidence`` [R], ``rejects`` [R] (the
@@ -76,11 +81,15 @@ def exit_outcomes(
                     row = start + i
                     block = drafts[row].tolist()
                     verdict = greedy_verdict(logits[i], block)
-                    correct.append(verdict.accepted == int(verdicts[row, 0]) and verdict.next_token == int(verdicts[row, 1]))
+                    correct.append(
+                        verdict.accepted == int(verdicts[row, 0]) and verdict.next_token == int(verdicts[row, 1])
+                    )
                     confidence.append(verdict_confidence(logits[i], verdict))
                     rejects.append(verdict.accepted < len(block))
             out[layer] = {
-                "agree": torch.cat(agree), "correct": torch.tensor(correct), "confidence": torch.tensor(confidence, dtype=torch.float64),
+                "agree": torch.cat(agree),
+                "correct": torch.tensor(correct),
+                "confidence": torch.tensor(confidence, dtype=torch.float64),
                 "rejects": torch.tensor(rejects),
             }
             out[layer]["streams"] = torch.ones_like(out[layer]["rejects"])
@@ -112,7 +121,9 @@ def _candidate_outcomes(
                 confidence.append(sure)
                 rejects.append(verdict.accepted < gamma)
             out[layer] = {
-                "agree": best == final_top1, "correct": torch.tensor(correct), "confidence": torch.tensor(confidence, dtype=torch.float64),
+                "agree": best == final_top1,
+                "correct": torch.tensor(correct),
+                "confidence": torch.tensor(confidence, dtype=torch.float64),
                 "rejects": torch.tensor(rejects),
             }
             # A candidate exit accepting the whole block has not scored the bonus: never streamed.
@@ -134,11 +145,15 @@ def guess_outcomes(rounds: dict[str, torch.Tensor]) -> dict[str, Any]:
         # Rejections whose correction is among the draft's candidates at that position: the most a
         # candidate exit can name.
         rejected = (verdicts[:, 0] < gamma).nonzero().flatten().tolist()
-        out["correction_in_candidates"] = sum(int(verdicts[r, 1]) in rounds["candidates"][r, int(verdicts[r, 0])].tolist() for r in rejected)
+        out["correction_in_candidates"] = sum(
+            int(verdicts[r, 1]) in rounds["candidates"][r, int(verdicts[r, 0])].tolist() for r in rejected
+        )
     return out
 
 
-def hint_outcomes(outcomes: dict[int, dict[str, torch.Tensor]], thresholds: dict[int, float], layers: Sequence[int] | None = None) -> dict[str, Any]:
+def hint_outcomes(
+    outcomes: dict[int, dict[str, torch.Tensor]], thresholds: dict[int, float], layers: Sequence[int] | None = None
+) -> dict[str, Any]:
     """Pre-draft hints as the engine scores them: the hint is the last (deepest) exit whose
     confidence clears its threshold; a hit when its verdict equals the final one."""
     layers = sorted(layers if layers is not None else outcomes)
@@ -207,12 +222,27 @@ def plot_curves(tables: dict[str, dict[str, Any]], path: str) -> None:
             cov = [p["coverage"] for p in curve]
             prec = [p["precision"] for p in curve]
             th = [p["threshold"] for p in curve]
-            (line,) = axes[row][0].plot(cov, prec, marker=".", label=f"exit {layer} (agree {entry['top1_agreement']:.2f})")
+            (line,) = axes[row][0].plot(
+                cov, prec, marker=".", label=f"exit {layer} (agree {entry['top1_agreement']:.2f})"
+            )
             axes[row][1].plot(th, prec, marker=".", color=line.get_color(), label=f"exit {layer}")
             if entry["precision"] is not None:
-                axes[row][0].scatter([entry["coverage"]], [entry["precision"]], s=80, facecolors="none", edgecolors=line.get_color())
-        axes[row][0].set(xlabel="coverage (share of rounds streamed)", ylabel="precision (early verdict == final)", title=f"{name}: precision vs coverage", ylim=(0, 1.02), xlim=(0, 1.02))
-        axes[row][1].set(xlabel="confidence threshold (min top-1 prob)", ylabel="precision", title=f"{name}: precision vs threshold", ylim=(0, 1.02))
+                axes[row][0].scatter(
+                    [entry["coverage"]], [entry["precision"]], s=80, facecolors="none", edgecolors=line.get_color()
+                )
+        axes[row][0].set(
+            xlabel="coverage (share of rounds streamed)",
+            ylabel="precision (early verdict == final)",
+            title=f"{name}: precision vs coverage",
+            ylim=(0, 1.02),
+            xlim=(0, 1.02),
+        )
+        axes[row][1].set(
+            xlabel="confidence threshold (min top-1 prob)",
+            ylabel="precision",
+            title=f"{name}: precision vs threshold",
+            ylim=(0, 1.02),
+        )
         for ax in axes[row]:
             ax.grid(alpha=0.3)
             ax.axhline(0.9, color="grey", linestyle=":", linewidth=1)

@@ -56,7 +56,14 @@ class RoundCosts:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def expected_saving_s(confidence: torch.Tensor, correct: torch.Tensor, streamable: torch.Tensor, threshold: float, saving_s: float, miss_cost_s: float) -> float:
+def expected_saving_s(
+    confidence: torch.Tensor,
+    correct: torch.Tensor,
+    streamable: torch.Tensor,
+    threshold: float,
+    saving_s: float,
+    miss_cost_s: float,
+) -> float:
     """Mean seconds saved per round if this exit streams at ``threshold``."""
     cleared = (confidence >= threshold) & streamable
     hits = int((cleared & correct).sum())

@@ -31,14 +31,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from edgespec.core.config import GenerationConfig
+from edgespec.core.config import GREEDY, GenerationConfig
 from edgespec.core.modes import Mode
-from edgespec.core.config import GREEDY
+from edgespec.drivers.backend_interface import CloudJob
+from edgespec.drivers.real_backends import RealCloud, RealEdge
+from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime, decoder_parts
-from edgespec.drivers.real_backends import RealCloud, RealEdge
-from edgespec.drivers.backend_interface import CloudJob
-from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +77,9 @@ class LayerTap:
         self.tail = 1
         self.armed = False
         self.captured: dict[str, torch.Tensor] = {}
-        self._hooks = [decoder_layers[layer - 1].register_forward_hook(self._hook(f"h.{layer}")) for layer in self.layers]
+        self._hooks = [
+            decoder_layers[layer - 1].register_forward_hook(self._hook(f"h.{layer}")) for layer in self.layers
+        ]
         self._hooks.append(norm.register_forward_hook(self._hook("final")))
 
     def _hook(self, name: str) -> Callable[..., None]:
@@ -105,7 +106,9 @@ def _hidden_dtype(tensor: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def greedy_continuation(model: nn.Module, prompt: Sequence[int], max_new_tokens: int, eos_ids: Iterable[int] = ()) -> list[int]:
+def greedy_continuation(
+    model: nn.Module, prompt: Sequence[int], max_new_tokens: int, eos_ids: Iterable[int] = ()
+) -> list[int]:
     """The target's own greedy continuation of ``prompt`` (what verification sees it produce)."""
     runtime = TargetRuntime(model)
     sequence = list(prompt)
@@ -174,7 +177,9 @@ def build_training_cache(
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
         if not set(layers) <= set(manifest["layers"]) or manifest["topk"] != topk:
-            raise ValueError(f"{directory} caches layers {manifest['layers']} top-{manifest['topk']}; asked for layers {list(layers)} top-{topk}: use another --cache-dir")
+            raise ValueError(
+                f"{directory} caches layers {manifest['layers']} top-{manifest['topk']}; asked for layers {list(layers)} top-{topk}: use another --cache-dir"
+            )
     else:
         manifest = {
             "kind": "training",
@@ -239,7 +244,9 @@ def _flush(directory: Path, manifest: dict[str, Any], pending: dict[str, list[to
     number = len(manifest["shards"])
     path = directory / f"shard-{number:05d}.safetensors"
     _save_atomic(tensors, path)
-    manifest["shards"].append({"file": path.name, "sources": len(ids), "positions": int(tensors["token"].shape[0]), "ids": ids})
+    manifest["shards"].append(
+        {"file": path.name, "sources": len(ids), "positions": int(tensors["token"].shape[0]), "ids": ids}
+    )
     manifest["positions"] = sum(s["positions"] for s in manifest["shards"])
     _write_manifest(directory, manifest)
 
@@ -282,7 +289,14 @@ def record_rounds(
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
     else:
-        manifest = {"kind": "rounds", "layers": list(layers), "gamma": gamma, "max_new_tokens": max_new_tokens, "shards": [], **(description or {})}
+        manifest = {
+            "kind": "rounds",
+            "layers": list(layers),
+            "gamma": gamma,
+            "max_new_tokens": max_new_tokens,
+            "shards": [],
+            **(description or {}),
+        }
     done = len(manifest["shards"])
     target = TargetRuntime(target_model)
     draft = DraftRuntime(draft_model)
@@ -304,13 +318,29 @@ def record_rounds(
             rows: dict[str, list[torch.Tensor]] = {}
             # The rounds are the engine's own (the round core, sd mode); the tap reads each verify.
             cloud = _RecordingCloud(target, tap, layers, gamma, rows, guesser)
-            (result,) = VirtualClock(cloud).run([ClientSpec(list(prompt), Mode.SD, config, RealEdge(draft, GREEDY, 0, candidates=True), eos_ids=config.eos_ids)])
+            (result,) = VirtualClock(cloud).run(
+                [
+                    ClientSpec(
+                        list(prompt),
+                        Mode.SD,
+                        config,
+                        RealEdge(draft, GREEDY, 0, candidates=True),
+                        eos_ids=config.eos_ids,
+                    )
+                ]
+            )
             produced = len(result.tokens)
             tensors = {name: torch.stack(parts) for name, parts in rows.items()}  # [rounds, gamma+1, ...]
             path = directory / f"shard-{index:05d}.safetensors"
             _save_atomic(tensors, path)
             manifest["shards"].append(
-                {"file": path.name, "id": prompt_id, "rounds": len(rows["verdict"]), "new_tokens": produced, "seconds": round(time.perf_counter() - started, 1)}
+                {
+                    "file": path.name,
+                    "id": prompt_id,
+                    "rounds": len(rows["verdict"]),
+                    "new_tokens": produced,
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
             )
             _write_manifest(directory, manifest)
             progress.update(1)
@@ -325,7 +355,13 @@ class _RecordingCloud(RealCloud):
     recorded (a last block cut short by the token budget has no place in [rounds, gamma + 1])."""
 
     def __init__(
-        self, target: TargetRuntime, tap: LayerTap, layers: Sequence[int], gamma: int, rows: dict[str, list[torch.Tensor]], guesser: DraftRuntime
+        self,
+        target: TargetRuntime,
+        tap: LayerTap,
+        layers: Sequence[int],
+        gamma: int,
+        rows: dict[str, list[torch.Tensor]],
+        guesser: DraftRuntime,
     ) -> None:
         super().__init__(target)
         self.tap, self.layers, self.gamma, self.rows, self.guesser = tap, layers, gamma, rows, guesser
@@ -346,7 +382,9 @@ class _RecordingCloud(RealCloud):
             self.rows.setdefault("final_top1", []).append(torch.argmax(logits, dim=-1).to(torch.int32))
             self.rows.setdefault("draft", []).append(torch.tensor(job.block.tokens, dtype=torch.int32))
             verdict = result.verdict
-            self.rows.setdefault("verdict", []).append(torch.tensor([verdict.accepted, verdict.next_token], dtype=torch.int32))
+            self.rows.setdefault("verdict", []).append(
+                torch.tensor([verdict.accepted, verdict.next_token], dtype=torch.int32)
+            )
             # What a candidate-id exit scores, and the guess (all accepted + this bonus) to weigh it against.
             self.rows.setdefault("candidates", []).append(job.block.candidates.to(torch.int32))
             bonus = int(torch.argmax(self.guesser.next_token_logits(job.sequence + job.block.tokens)))

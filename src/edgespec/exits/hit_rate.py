@@ -12,8 +12,8 @@ from typing import Any, Callable, Iterable
 import torch
 
 from edgespec.core.config import GenerationConfig
-from edgespec.drivers.local_engine import LocalEngine
 from edgespec.core.modes import Mode
+from edgespec.drivers.local_engine import LocalEngine
 from edgespec.models.exit_heads import ExitHeads
 
 logger = logging.getLogger(__name__)
@@ -43,8 +43,10 @@ def generate_reference(model: Any, max_new_tokens: int) -> Callable[[list[int]],
 
     def reference(prompt_ids: list[int]) -> list[int]:
         out = model.generate(
-            torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-            max_new_tokens=max_new_tokens, do_sample=False,
+            torch.tensor([prompt_ids]),
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
         )
         return out[0, len(prompt_ids) :].tolist()
 

@@ -20,12 +20,11 @@ uninterrupted run would have taken.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -69,7 +68,13 @@ class CacheData:
     position: torch.Tensor  # [N] index within its source
 
     def subset(self, mask: torch.Tensor) -> "CacheData":
-        return CacheData({k: v[mask] for k, v in self.hidden.items()}, self.final[mask], self.topk_ids[mask], self.source[mask], self.position[mask])
+        return CacheData(
+            {k: v[mask] for k, v in self.hidden.items()},
+            self.final[mask],
+            self.topk_ids[mask],
+            self.source[mask],
+            self.position[mask],
+        )
 
     @property
     def size(self) -> int:
@@ -118,7 +123,9 @@ class DistillationTarget:
 
 
 @torch.no_grad()
-def distillation_target(final_hidden: torch.Tensor, topk_ids: torch.Tensor, tail_ids: torch.Tensor, head_weight: torch.Tensor) -> DistillationTarget:
+def distillation_target(
+    final_hidden: torch.Tensor, topk_ids: torch.Tensor, tail_ids: torch.Tensor, head_weight: torch.Tensor
+) -> DistillationTarget:
     vocab, k = head_weight.shape[0], topk_ids.shape[1]
     top_rows = head_weight[topk_ids]
     tail_rows = head_weight[tail_ids]
@@ -138,7 +145,9 @@ def exit_distillation_loss(
     argmax, which is top-k[0]). ``exit_hidden``: the adapter's output [B, H], before the norm."""
     k = target.top_rows.shape[1]
     exit_normed = final_norm(exit_hidden)
-    exit_logits = torch.cat([torch.einsum("bh,bkh->bk", exit_normed, target.top_rows), exit_normed @ target.tail_rows.T], dim=1)
+    exit_logits = torch.cat(
+        [torch.einsum("bh,bkh->bk", exit_normed, target.top_rows), exit_normed @ target.tail_rows.T], dim=1
+    )
     exit_logp = torch.log_softmax((exit_logits + target.offset).masked_fill(target.mask, float("-inf")), dim=-1)
     target_p = target.target_logp.exp()
     terms = torch.where(target_p > 0, target_p * (target.target_logp - exit_logp), torch.zeros_like(target_p))
@@ -169,7 +178,9 @@ def distillation_loss(
 
 
 @torch.no_grad()
-def top1_agreement(heads: ExitHeads, data: CacheData, final_norm: nn.Module, head_weight: torch.Tensor, chunk: int = 256) -> dict[int, float]:
+def top1_agreement(
+    heads: ExitHeads, data: CacheData, final_norm: nn.Module, head_weight: torch.Tensor, chunk: int = 256
+) -> dict[int, float]:
     """Full-vocabulary top-1 agreement of each exit with the final layer (its argmax is top-k[0])."""
     result = {}
     for layer in heads.layers:
@@ -194,9 +205,13 @@ def new_heads(config: TrainConfig, hidden_size: int) -> ExitHeads:
     return ExitHeads([ExitSpec(layer, config.kind, rank=config.rank) for layer in config.layers], hidden_size)
 
 
-def _save_checkpoint(path: Path, heads: ExitHeads, optimizer: torch.optim.Optimizer, step: int, history: list[dict[str, Any]]) -> None:
+def _save_checkpoint(
+    path: Path, heads: ExitHeads, optimizer: torch.optim.Optimizer, step: int, history: list[dict[str, Any]]
+) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "heads": heads.state_dict(), "optimizer": optimizer.state_dict(), "history": history}, tmp)
+    torch.save(
+        {"step": step, "heads": heads.state_dict(), "optimizer": optimizer.state_dict(), "history": history}, tmp
+    )
     os.replace(tmp, path)
 
 
@@ -231,12 +246,18 @@ def train_exits(
         logger.info("resuming exit training at step %d from %s", start, checkpoint)
     vocab = head_weight.shape[0]
     end = config.steps if stop_after is None else min(config.steps, stop_after)
-    bar = tqdm(total=config.steps, initial=start, desc=f"train {config.kind} exits {list(config.layers)}", disable=not progress)
+    bar = tqdm(
+        total=config.steps, initial=start, desc=f"train {config.kind} exits {list(config.layers)}", disable=not progress
+    )
     step = start
     for step in range(start, end):
         generator = _step_generator(config.seed, step)
         batch = torch.randint(0, train.size, (config.batch_size,), generator=generator)
-        tail = torch.randint(0, vocab, (config.sampled_tail,), generator=generator) if config.sampled_tail else torch.zeros(0, dtype=torch.long)
+        tail = (
+            torch.randint(0, vocab, (config.sampled_tail,), generator=generator)
+            if config.sampled_tail
+            else torch.zeros(0, dtype=torch.long)
+        )
         lr = _lr_at(config, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -245,7 +266,9 @@ def train_exits(
         metrics: dict[str, float] = {"step": step + 1, "lr": lr}
         target = distillation_target(train.final[batch], train.topk_ids[batch], tail, head_weight)
         for layer in config.layers:
-            loss, parts = exit_distillation_loss(heads.adapter(layer)(train.hidden[layer][batch]), target, final_norm, config.ce_weight)
+            loss, parts = exit_distillation_loss(
+                heads.adapter(layer)(train.hidden[layer][batch]), target, final_norm, config.ce_weight
+            )
             total = total + loss
             metrics.update({f"{name}@{layer}": round(value, 5) for name, value in parts.items()})
         total.backward()
@@ -261,9 +284,16 @@ def train_exits(
     return heads.eval(), history
 
 
-def training_metadata(config: TrainConfig, history: list[dict[str, Any]], cache_manifest: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def training_metadata(
+    config: TrainConfig,
+    history: list[dict[str, Any]],
+    cache_manifest: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     last = history[-min(len(history), 20) :]
-    final_metrics = {key: round(sum(h[key] for h in last) / len(last), 5) for key in last[0] if "@" in key} if last else {}
+    final_metrics = (
+        {key: round(sum(h[key] for h in last) / len(last), 5) for key in last[0] if "@" in key} if last else {}
+    )
     return {
         "source": "edgespec train-exits",
         "architecture": {"kind": config.kind, "rank": config.rank, "layers": list(config.layers)},
@@ -271,7 +301,11 @@ def training_metadata(config: TrainConfig, history: list[dict[str, Any]], cache_
         "steps": len(history),
         "loss": "KL(final || exit) over final top-k + uniformly sampled tail (sampled-softmax correction)"
         + (f" + {config.ce_weight} * CE(final argmax)" if config.ce_weight else ""),
-        "data": {k: cache_manifest.get(k) for k in ("data", "target", "dtype", "positions", "layers", "topk") if k in cache_manifest}
+        "data": {
+            k: cache_manifest.get(k)
+            for k in ("data", "target", "dtype", "positions", "layers", "topk")
+            if k in cache_manifest
+        }
         | {"sources": sum(s["sources"] for s in cache_manifest.get("shards", []))},
         "train_metrics_last20": final_metrics,
         "created": time.strftime("%Y-%m-%d"),

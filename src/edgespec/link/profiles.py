@@ -39,9 +39,7 @@ class LinkProfile:
         if self.bandwidth_mbit is not None:
             _check_number("bandwidth_mbit", self.bandwidth_mbit)
             if self.bandwidth_mbit <= 0:
-                raise ValueError(
-                    f"bandwidth_mbit must be > 0 Mbit/s (or None for no cap), got {self.bandwidth_mbit!r}"
-                )
+                raise ValueError(f"bandwidth_mbit must be > 0 Mbit/s (or None for no cap), got {self.bandwidth_mbit!r}")
         _check_number("loss", self.loss)
         if not 0.0 <= self.loss <= 1.0:
             raise ValueError(f"loss is a probability and must be in [0, 1], got {self.loss!r}")
@@ -103,9 +101,7 @@ def resolve_profile(name: str, overrides: Mapping[str, float | None] | None = No
     changes: dict[str, float | None] = {}
     for key, value in (overrides or {}).items():
         if key not in OVERRIDE_KEYS:
-            raise ValueError(
-                f"unknown link override {key!r}; allowed: {', '.join(sorted(OVERRIDE_KEYS))}"
-            )
+            raise ValueError(f"unknown link override {key!r}; allowed: {', '.join(sorted(OVERRIDE_KEYS))}")
         if value is None:
             continue
         field = _ALIASES.get(key, key)

@@ -112,7 +112,11 @@ class LinkEmulator:
         self._port = int(self._server.sockets[0].getsockname()[1])
         logger.debug(
             "link emulator %s:%d -> %s:%d (%s)",
-            self.listen_host, self._port, self.upstream_host, self.upstream_port, self.profile.describe(),
+            self.listen_host,
+            self._port,
+            self.upstream_host,
+            self.upstream_port,
+            self.profile.describe(),
         )
         return self._port
 
@@ -254,9 +258,7 @@ class LinkEmulator:
                 await _close(upstream_writer, clean)
             logger.debug("connection %d closed (%s)", connection, "clean" if clean else "aborted")
 
-    async def _connect_upstream(
-        self, connection: int
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def _connect_upstream(self, connection: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         try:
             return await asyncio.wait_for(
                 asyncio.open_connection(self.upstream_host, self.upstream_port), self.connect_timeout_s
@@ -264,7 +266,10 @@ class LinkEmulator:
         except (OSError, asyncio.TimeoutError) as error:
             logger.warning(
                 "connection %d: upstream %s:%d unreachable: %s",
-                connection, self.upstream_host, self.upstream_port, error or type(error).__name__,
+                connection,
+                self.upstream_host,
+                self.upstream_port,
+                error or type(error).__name__,
             )
             return None
 

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import torch
 from transformers import DynamicCache
+
 from edgespec.models.kv import TrackedCache, cache_argument_name, hold
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,10 @@ _PAD_ID = 0
 
 
 def forward_batch(
-    model: torch.nn.Module, caches: Sequence[TrackedCache], pendings: Sequence[Sequence[int]], tails: Sequence[int],
+    model: torch.nn.Module,
+    caches: Sequence[TrackedCache],
+    pendings: Sequence[Sequence[int]],
+    tails: Sequence[int],
     argmax_only: Sequence[bool] | None = None,
 ) -> list[torch.Tensor]:
     """Feed each ``pendings[i]`` on top of ``caches[i]`` in one pass; logits [tails[i], vocab]
@@ -48,7 +52,9 @@ def forward_batch(
     longest_cache, longest_feed = max(cached), max(fed)
 
     # The rows' inputs in a few whole-batch operations (not several per row).
-    input_ids = torch.tensor([[_PAD_ID] * (longest_feed - len(p)) + [int(t) for t in p] for p in pendings], dtype=torch.long)
+    input_ids = torch.tensor(
+        [[_PAD_ID] * (longest_feed - len(p)) + [int(t) for t in p] for p in pendings], dtype=torch.long
+    )
     held_column = torch.tensor(cached, dtype=torch.long)[:, None]
     pad_column = torch.tensor([longest_feed - f for f in fed], dtype=torch.long)[:, None]
     columns = torch.arange(longest_feed)[None, :]
@@ -71,10 +77,14 @@ def forward_batch(
     # Each session's new entries, every layer at once: one copy per session for the keys and one
     # for the values, into its stacked storage (rows' real tokens end at the last column).
     new_keys = torch.stack([layer.keys[:, :, longest_cache:] for layer in padded.layers], dim=2).permute(0, 3, 2, 1, 4)
-    new_values = torch.stack([layer.values[:, :, longest_cache:] for layer in padded.layers], dim=2).permute(0, 3, 2, 1, 4)
+    new_values = torch.stack([layer.values[:, :, longest_cache:] for layer in padded.layers], dim=2).permute(
+        0, 3, 2, 1, 4
+    )
     # [batch, fed, layers, heads, dim], views
     for row, (kv, pending, held) in enumerate(zip(caches, pendings, cached)):
-        keys, values = stores[row] or kv.stacked(len(pending), like=new_keys)  # a session that held nothing gets its storage now
+        keys, values = stores[row] or kv.stacked(
+            len(pending), like=new_keys
+        )  # a session that held nothing gets its storage now
         keys[held : held + len(pending)] = new_keys[row, longest_feed - len(pending) :]
         values[held : held + len(pending)] = new_values[row, longest_feed - len(pending) :]
         kv.appended(pending)

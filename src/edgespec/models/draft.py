@@ -27,6 +27,7 @@ class DraftGrammar(Protocol):
     def mask(self) -> torch.Tensor: ...
     def advance(self, tokens: Sequence[int]) -> None: ...
 
+
 # A sampled draft token's distribution travels as this many (id, probability) pairs at most.
 DRAFT_SUPPORT = 64
 # Draft ids per drafted position sent for candidate-id exits: the target's correction is usually

@@ -35,7 +35,8 @@ def resolve_exits(spec: str, model: Any, target_name: str = "") -> ExitHeads | N
             return ExitHeads.load(shipped).streaming_only()
         layers = int(model.config.num_hidden_layers)
         return ExitHeads.logit_lens(
-            sorted({max(1, round(layers * f)) for f in LOGIT_LENS_FRACTIONS} - {layers}), hidden_size,
+            sorted({max(1, round(layers * f)) for f in LOGIT_LENS_FRACTIONS} - {layers}),
+            hidden_size,
         )
     if spec.startswith("logit-lens:"):
         layers = [int(x) for x in spec.split(":", 1)[1].split(",") if x.strip()]

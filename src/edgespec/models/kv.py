@@ -139,7 +139,9 @@ class TrackedCache:
     def appended(self, fed: Sequence[int]) -> None:
         """Record that a forward pass just wrote KV entries for ``fed``."""
         self.tokens.extend(int(t) for t in fed)
-        held = self._cache.get_seq_length() if self._stacked is None else min(len(self.tokens), self._stacked[0].shape[0])
+        held = (
+            self._cache.get_seq_length() if self._stacked is None else min(len(self.tokens), self._stacked[0].shape[0])
+        )
         if held != len(self.tokens):
             raise RuntimeError(f"KV cache holds {held} positions but tracks {len(self.tokens)} tokens")
 
@@ -175,7 +177,9 @@ def _standard_strides(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def _head_input_in_standard_layout(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+def _head_input_in_standard_layout(
+    _module: torch.nn.Module, args: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, ...] | None:
     hidden = args[0]
     if hidden.stride() == _standard_strides(hidden.shape):
         return None
@@ -194,7 +198,9 @@ def standard_head_input(model: torch.nn.Module) -> None:
     head._edgespec_standard_input = True
 
 
-def forward_with_cache(model: torch.nn.Module, kv: TrackedCache, pending: Sequence[int], tail: int, argmax_only: bool = False) -> torch.Tensor:
+def forward_with_cache(
+    model: torch.nn.Module, kv: TrackedCache, pending: Sequence[int], tail: int, argmax_only: bool = False
+) -> torch.Tensor:
     """Feed ``pending`` tokens through ``model`` on top of ``kv``; logits [tail, vocab] in float32
     on the host (``argmax_only``: their argmax ids [tail] instead, see ``ScoreRequest``)."""
     if not pending:

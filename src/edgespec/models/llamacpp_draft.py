@@ -29,7 +29,14 @@ class LlamaCppDraft(DraftRuntime):
                 "the llama.cpp draft backend needs llama-cpp-python (make install-llamacpp, or pip install llama-cpp-python)"
             ) from None
         # logits_all=False: only the last position's logits are ever needed when drafting.
-        self.llm: Any = Llama(model_path=str(gguf_file), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False)
+        self.llm: Any = Llama(
+            model_path=str(gguf_file),
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            logits_all=False,
+            verbose=False,
+        )
         self.n_ctx = n_ctx
         self.vocab_size = int(self.llm.n_vocab())
         logger.info("llama.cpp draft %s (ctx %d, %d threads)", gguf_file, n_ctx, threads)

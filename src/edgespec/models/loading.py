@@ -45,6 +45,8 @@ def resolve_dtype(dtype: str) -> str:
     except OSError:
         return "float32"
     return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+
+
 CONVERSION_MARKER = "edgespec-conversion.json"
 # Bump when the conversion recipe changes so old caches are not reused.
 CONVERSION_VERSION = 1
@@ -301,7 +303,9 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Any:
 DRAFT_BACKENDS = ("transformers", "llamacpp")
 
 
-def load_draft(name_or_path: str | os.PathLike[str], backend: str = "transformers", dtype: str = "auto", threads: int = 1) -> tuple[Any, Any]:
+def load_draft(
+    name_or_path: str | os.PathLike[str], backend: str = "transformers", dtype: str = "auto", threads: int = 1
+) -> tuple[Any, Any]:
     """(draft runtime, tokenizer) on the chosen backend; llama.cpp reads the GGUF directly."""
     from edgespec.models.draft import DraftRuntime
 
@@ -314,6 +318,8 @@ def load_draft(name_or_path: str | os.PathLike[str], backend: str = "transformer
 
     source = resolve_model_source(name_or_path)
     if source.kind == "hf_dir":
-        raise ValueError("the llama.cpp backend reads GGUF files: pass a preset or a .gguf path, not a Hugging Face directory")
+        raise ValueError(
+            "the llama.cpp backend reads GGUF files: pass a preset or a .gguf path, not a Hugging Face directory"
+        )
     gguf_file = gguf_path(source.preset) if source.preset is not None else source.path
     return LlamaCppDraft(gguf_file, threads=threads), load_tokenizer(name_or_path)

@@ -55,9 +55,7 @@ def requirement_version(requirement: str) -> str | None:
 
 def _chunked(dist_prefix: str, version: str, count: int) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
     requirements = tuple(f"{dist_prefix}{i}=={version}" for i in range(1, count + 1))
-    chunks = tuple(
-        (requirement_module(f"{dist_prefix}{i}"), f"data/part{i:02d}.bin") for i in range(1, count + 1)
-    )
+    chunks = tuple((requirement_module(f"{dist_prefix}{i}"), f"data/part{i:02d}.bin") for i in range(1, count + 1))
     return requirements, chunks
 
 

@@ -22,8 +22,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from edgespec.models.exit_heads import ExitHeads, ExitReading
 from edgespec.models.batching import forward_batch
+from edgespec.models.exit_heads import ExitHeads, ExitReading
 from edgespec.models.kv import TrackedCache, forward_with_cache, standard_head_input
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,9 @@ class TargetRuntime:
         self.detach_exits()
         for layer in exits.layers:
             if not 1 <= layer < self.num_layers:
-                raise ValueError(f"exit layer {layer} is outside 1..{self.num_layers - 1} for this {self.num_layers}-layer target")
+                raise ValueError(
+                    f"exit layer {layer} is outside 1..{self.num_layers - 1} for this {self.num_layers}-layer target"
+                )
         dtype = next(self.model.parameters()).dtype
         self.exits = exits.to(device=self.model.device, dtype=dtype).eval().requires_grad_(False)
         for layer in exits.layers:
@@ -177,14 +179,19 @@ class TargetRuntime:
             readings: list[tuple[_Tap, ExitReading]] = []
             for tap in taps:
                 if tap.candidates is not None:
-                    scores = self.exit_candidate_logits(layer, hidden[tap.row, -tap.tail :, :], tap.candidates).float().cpu()
+                    scores = (
+                        self.exit_candidate_logits(layer, hidden[tap.row, -tap.tail :, :], tap.candidates).float().cpu()
+                    )
                     readings.append((tap, ExitReading(layer=layer, logits=scores, candidate_ids=tap.candidates)))
             if full:
                 # Every row's real tokens end at the last column (batches are left-padded), and one
                 # LM-head product serves all rows of the batch.
                 rows = torch.cat([hidden[tap.row, -tap.tail :, :] for tap in full])
                 logits = self.exit_logits(layer, rows).float().cpu()
-                readings += [(tap, ExitReading(layer=layer, logits=part)) for tap, part in zip(full, torch.split(logits, [tap.tail for tap in full]))]
+                readings += [
+                    (tap, ExitReading(layer=layer, logits=part))
+                    for tap, part in zip(full, torch.split(logits, [tap.tail for tap in full]))
+                ]
             elapsed = time.perf_counter() - self._started
             for tap, reading in readings:
                 reading.elapsed_s = elapsed
@@ -226,7 +233,9 @@ class TargetRuntime:
 
     def score(self, request: ScoreRequest) -> torch.Tensor:
         """``score_tail`` for one ``ScoreRequest``."""
-        return self.score_tail(request.sequence, request.tail, request.on_exit, request.kv, request.exit_candidates, request.argmax_only)
+        return self.score_tail(
+            request.sequence, request.tail, request.on_exit, request.kv, request.exit_candidates, request.argmax_only
+        )
 
     @torch.inference_mode()
     def score_batch(self, requests: Sequence[ScoreRequest]) -> list[torch.Tensor]:
@@ -237,10 +246,18 @@ class TargetRuntime:
         if len(requests) == 1 or not all(r.kv.batchable for r in requests):
             return [self.score(r) for r in requests]
         pendings = [r.kv.sync(r.sequence, keep_uncached=r.tail) for r in requests]
-        self._taps = [_Tap(row, r.tail, r.on_exit, r.exit_candidates) for row, r in enumerate(requests) if r.on_exit is not None]
+        self._taps = [
+            _Tap(row, r.tail, r.on_exit, r.exit_candidates) for row, r in enumerate(requests) if r.on_exit is not None
+        ]
         self._started = time.perf_counter()
         try:
-            logits = forward_batch(self.model, [r.kv for r in requests], pendings, [r.tail for r in requests], [r.argmax_only for r in requests])
+            logits = forward_batch(
+                self.model,
+                [r.kv for r in requests],
+                pendings,
+                [r.tail for r in requests],
+                [r.argmax_only for r in requests],
+            )
         finally:
             self._taps = []
         self.batch_sizes[len(requests)] += 1

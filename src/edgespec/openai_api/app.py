@@ -24,8 +24,8 @@ from edgespec.core.logprobs import TokenLogprob
 from edgespec.core.stats import GenerationStats
 from edgespec.openai_api.admission import Admitted, admit_chat, admit_completion, cloud_refused, cloud_unavailable
 from edgespec.openai_api.backend import EdgeBackend, Failed, Finished, RequestRun, SamplingRequest, TextDelta
-from edgespec.openai_api.choices import ChoiceEvent, Choices
 from edgespec.openai_api.body_limit import BodyLimit
+from edgespec.openai_api.choices import ChoiceEvent, Choices
 from edgespec.openai_api.cloud import CloudRefused, CloudUnavailable
 from edgespec.openai_api.errors import OpenAIError, install_error_handlers
 from edgespec.openai_api.limits import RequestLimits
@@ -112,7 +112,13 @@ def check_api_key(api_key: str | None):  # type: ignore[no-untyped-def]
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
             message = "You didn't provide an API key." if not header else "Incorrect API key provided."
-            raise OpenAIError(401, message + " Send it as 'Authorization: Bearer KEY'.", "invalid_request_error", None, "invalid_api_key")
+            raise OpenAIError(
+                401,
+                message + " Send it as 'Authorization: Bearer KEY'.",
+                "invalid_request_error",
+                None,
+                "invalid_api_key",
+            )
 
     return guard
 
@@ -131,7 +137,10 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
             info = await backend.describe_cloud()
             logger.info("edge-serve: cloud target %r reachable at %s", info.target, backend.settings.address)
             if backend.settings.mode.uses_exits and not info.exit_layers:
-                logger.warning("edge-serve: mode %s needs exits, and the verifier has none: requests will fail", backend.settings.mode.value)
+                logger.warning(
+                    "edge-serve: mode %s needs exits, and the verifier has none: requests will fail",
+                    backend.settings.mode.value,
+                )
         except (CloudUnavailable, CloudRefused) as error:
             # Serve anyway: requests get a 503 until the verifier answers.
             logger.warning("edge-serve: %s", error)
@@ -173,7 +182,11 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
         arrived = time.monotonic()
         admitted = await admit_chat(backend, body, limits)
         grammar = await request_grammar(body.response_format, backend)
-        ident, created, model = f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), backend.model_id or body.model or "edgespec"
+        ident, created, model = (
+            f"chatcmpl-{secrets.token_hex(12)}",
+            int(time.time()),
+            backend.model_id or body.model or "edgespec",
+        )
         wants_logprobs = body.top_logprobs_wanted is not None
 
         def logprobs(entries: tuple[TokenLogprob, ...]) -> Any:
@@ -183,11 +196,17 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
             index: int, delta: ChatDelta, finished: Finished | None = None, entries: tuple[TokenLogprob, ...] = ()
         ) -> ChatCompletionChunk:
             return ChatCompletionChunk(
-                id=ident, created=created, model=model,
-                choices=[ChatChunkChoice(
-                    index=index, delta=delta, finish_reason=finished.finish_reason if finished else None,
-                    logprobs=logprobs(entries),
-                )],
+                id=ident,
+                created=created,
+                model=model,
+                choices=[
+                    ChatChunkChoice(
+                        index=index,
+                        delta=delta,
+                        finish_reason=finished.finish_reason if finished else None,
+                        logprobs=logprobs(entries),
+                    )
+                ],
                 edgespec=edgespec_info(finished.stats) if finished else None,
             )
 
@@ -202,15 +221,20 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
 
         def whole(results: list[ChoiceResult]) -> ChatCompletion:
             return ChatCompletion(
-                id=ident, created=created, model=model,
+                id=ident,
+                created=created,
+                model=model,
                 choices=[
                     ChatChoice(
-                        index=index, message=ChatMessageOut(content=text), finish_reason=finished.finish_reason,
+                        index=index,
+                        message=ChatMessageOut(content=text),
+                        finish_reason=finished.finish_reason,
                         logprobs=chat_logprobs(entries, strings) if wants_logprobs else None,
                     )
                     for index, (text, finished, entries) in enumerate(results)
                 ],
-                usage=usage_of([finished for _, finished, _ in results]), edgespec=edgespec_info(results[0][1].stats),
+                usage=usage_of([finished for _, finished, _ in results]),
+                edgespec=edgespec_info(results[0][1].stats),
             )
 
         return await serve_request(request, body, admitted, arrived, chunks, whole, grammar)
@@ -219,7 +243,11 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
     async def completions(body: CompletionRequest, request: Request) -> Response:
         arrived = time.monotonic()
         admitted = await admit_completion(backend, body, limits)
-        ident, created, model = f"cmpl-{secrets.token_hex(12)}", int(time.time()), backend.model_id or body.model or "edgespec"
+        ident, created, model = (
+            f"cmpl-{secrets.token_hex(12)}",
+            int(time.time()),
+            backend.model_id or body.model or "edgespec",
+        )
         wants_logprobs = body.top_logprobs_wanted is not None
         shown: dict[int, int] = {}  # per choice: characters its earlier chunks carried (logprobs' offsets)
 
@@ -229,11 +257,16 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
             offset = shown.get(index, 0)
             shown[index] = offset + len(text)
             choice = CompletionChoice(
-                index=index, text=text, finish_reason=finished.finish_reason if finished else None,
+                index=index,
+                text=text,
+                finish_reason=finished.finish_reason if finished else None,
                 logprobs=completion_logprobs(entries, strings, offset) if wants_logprobs and entries else None,
             )
             return Completion(
-                id=ident, created=created, model=model, choices=[choice],
+                id=ident,
+                created=created,
+                model=model,
+                choices=[choice],
                 edgespec=edgespec_info(finished.stats) if finished else None,
             )
 
@@ -246,22 +279,32 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
 
         def whole(results: list[ChoiceResult]) -> Completion:
             return Completion(
-                id=ident, created=created, model=model,
+                id=ident,
+                created=created,
+                model=model,
                 choices=[
                     CompletionChoice(
-                        index=index, text=text, finish_reason=finished.finish_reason,
+                        index=index,
+                        text=text,
+                        finish_reason=finished.finish_reason,
                         logprobs=completion_logprobs(entries, strings) if wants_logprobs else None,
                     )
                     for index, (text, finished, entries) in enumerate(results)
                 ],
-                usage=usage_of([finished for _, finished, _ in results]), edgespec=edgespec_info(results[0][1].stats),
+                usage=usage_of([finished for _, finished, _ in results]),
+                edgespec=edgespec_info(results[0][1].stats),
             )
 
         return await serve_request(request, body, admitted, arrived, chunks, whole)
 
     async def serve_request(
-        request: Request, body: Any, admitted: Admitted, arrived: float, chunks: ChunkFormat,
-        whole: Callable[[list[ChoiceResult]], BaseModel], grammar: Grammar | None = None,
+        request: Request,
+        body: Any,
+        admitted: Admitted,
+        arrived: float,
+        chunks: ChunkFormat,
+        whole: Callable[[list[ChoiceResult]], BaseModel],
+        grammar: Grammar | None = None,
     ) -> Response:
         sampling = SamplingRequest(
             max_tokens=admitted.max_tokens,
@@ -310,7 +353,12 @@ def record_run(metrics: EdgeMetrics, run: RequestRun) -> None:
         metrics.finished(endpoint, run.arrived, ended.finish_reason, ended.completion_tokens, ended.stats)
         logger.info(
             "%s: %d prompt tokens, %d generated (%s) in %.2f s, %d rounds",
-            endpoint, run.prompt_tokens, ended.completion_tokens, ended.finish_reason, seconds, ended.stats.rounds,
+            endpoint,
+            run.prompt_tokens,
+            ended.completion_tokens,
+            ended.finish_reason,
+            seconds,
+            ended.stats.rounds,
         )
     else:
         reason = "error" if isinstance(ended, Failed) else "cancelled"

@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from edgespec.client.edge_client import ClientOptions, EdgeClient, ServerError
-from edgespec.core.config import GenerationConfig
-from edgespec.core.modes import Mode
-from edgespec.core.config import SamplingParams
+from edgespec.core.config import GenerationConfig, SamplingParams
 from edgespec.core.grammar import Grammar
 from edgespec.core.logprobs import TokenLogprob
+from edgespec.core.modes import Mode
 from edgespec.core.stats import GenerationStats
 from edgespec.openai_api.cloud import CloudInfo, check_reachable, describe_cloud
 from edgespec.openai_api.cloud_errors import as_openai_error
@@ -140,7 +139,13 @@ class StopRequested(ServerError):
 
 
 class EdgeBackend:
-    def __init__(self, settings: BackendSettings, tokenizer: Any, drafts: Sequence[Any | None], fallback_eos_ids: frozenset[int] = frozenset()) -> None:
+    def __init__(
+        self,
+        settings: BackendSettings,
+        tokenizer: Any,
+        drafts: Sequence[Any | None],
+        fallback_eos_ids: frozenset[int] = frozenset(),
+    ) -> None:
         if not drafts:
             raise ValueError("the backend needs at least one slot")
         if settings.mode.uses_draft and any(draft is None for draft in drafts):
@@ -174,7 +179,9 @@ class EdgeBackend:
             self._probe_lock = asyncio.Lock()
         async with self._probe_lock:
             if self.cloud is None:
-                self.cloud = await describe_cloud(self.settings.address, self.settings.options.security, self.settings.options.connect_timeout_s)
+                self.cloud = await describe_cloud(
+                    self.settings.address, self.settings.options.security, self.settings.options.connect_timeout_s
+                )
             return self.cloud
 
     async def prompt_limits(self) -> PromptLimits:
@@ -184,7 +191,9 @@ class EdgeBackend:
         return advertised.within_context(self.draft_context)
 
     async def check_reachable(self) -> None:
-        await check_reachable(self.settings.address, self.settings.options.security, self.settings.options.connect_timeout_s)
+        await check_reachable(
+            self.settings.address, self.settings.options.security, self.settings.options.connect_timeout_s
+        )
 
     @property
     def model_id(self) -> str | None:
@@ -302,7 +311,11 @@ class RequestRun:
         self._unshown: list[TokenLogprob] = []  # counted tokens' log-probabilities no delta carried yet
         self.task = asyncio.get_running_loop().create_task(
             slot.client.agenerate(
-                prompt_ids, backend.settings.mode, config, on_commit=self._on_commit, on_logprobs=self._arrived.extend,
+                prompt_ids,
+                backend.settings.mode,
+                config,
+                on_commit=self._on_commit,
+                on_logprobs=self._arrived.extend,
             )
         )
         self.task.add_done_callback(self._on_done)
@@ -369,4 +382,3 @@ class RequestRun:
             self._end(Finished("stop", self.prompt_tokens, self._stopped_at, stats, tuple(self._unshown)))
         else:
             self._end(Failed(as_openai_error(error, self.backend.settings.address)))
-

@@ -59,7 +59,12 @@ async def describe_cloud(address: str, security: ClientSecurity, timeout_s: floa
         try:
             await call.write(
                 pb.ClientMessage(
-                    open=pb.Open(protocol_version=PROTOCOL_VERSION, kind=pb.SPECULATIVE, prompt_ids=[probe_token], max_new_tokens=1)
+                    open=pb.Open(
+                        protocol_version=PROTOCOL_VERSION,
+                        kind=pb.SPECULATIVE,
+                        prompt_ids=[probe_token],
+                        max_new_tokens=1,
+                    )
                 )
             )
             reply = await asyncio.wait_for(call.read(), timeout_s)
@@ -74,7 +79,13 @@ async def describe_cloud(address: str, security: ClientSecurity, timeout_s: floa
                 await call.write(pb.ClientMessage(close=pb.Close()))
             call.cancel()
     if reply is grpc.aio.EOF or reply.WhichOneof("kind") != "opened":
-        detail = "the stream ended" if reply is grpc.aio.EOF else f"{pb.ErrorCode.Name(reply.error.code)}: {reply.error.message}" if reply.WhichOneof("kind") == "error" else reply.WhichOneof("kind")
+        detail = (
+            "the stream ended"
+            if reply is grpc.aio.EOF
+            else f"{pb.ErrorCode.Name(reply.error.code)}: {reply.error.message}"
+            if reply.WhichOneof("kind") == "error"
+            else reply.WhichOneof("kind")
+        )
         raise CloudRefused(f"the cloud verifier at {address} refused the probe: {detail}")
     opened = reply.opened
     limits = await fetch_limits(address, security, timeout_s)

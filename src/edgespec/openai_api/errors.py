@@ -20,7 +20,14 @@ logger = logging.getLogger(__name__)
 class OpenAIError(Exception):
     """An error the API reports to the caller as OpenAI does."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         # A message may quote what the caller sent; a lone surrogate in it could not be encoded.

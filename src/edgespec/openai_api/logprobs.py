@@ -60,13 +60,17 @@ def chat_logprobs(entries: Sequence[TokenLogprob], strings: TokenStrings) -> Cha
     def top(token: int, logprob: float) -> TopLogprob:
         return TopLogprob(token=strings.text_of(token), logprob=logprob, bytes=list(strings.bytes_of(token)))
 
-    return ChatLogprobs(content=[
-        ChatTokenLogprob(
-            token=strings.text_of(entry.token), logprob=entry.logprob, bytes=list(strings.bytes_of(entry.token)),
-            top_logprobs=[top(token, logprob) for token, logprob in entry.top],
-        )
-        for entry in entries
-    ])
+    return ChatLogprobs(
+        content=[
+            ChatTokenLogprob(
+                token=strings.text_of(entry.token),
+                logprob=entry.logprob,
+                bytes=list(strings.bytes_of(entry.token)),
+                top_logprobs=[top(token, logprob) for token, logprob in entry.top],
+            )
+            for entry in entries
+        ]
+    )
 
 
 def completion_logprobs(entries: Sequence[TokenLogprob], strings: TokenStrings, offset: int = 0) -> CompletionLogprobs:

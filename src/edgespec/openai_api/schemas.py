@@ -220,7 +220,11 @@ class ChatCompletionRequest(_Request):
 
     @model_validator(mode="after")
     def _one_limit(self) -> ChatCompletionRequest:
-        if self.max_tokens is not None and self.max_completion_tokens is not None and self.max_tokens != self.max_completion_tokens:
+        if (
+            self.max_tokens is not None
+            and self.max_completion_tokens is not None
+            and self.max_tokens != self.max_completion_tokens
+        ):
             raise ValueError("max_tokens and max_completion_tokens disagree; send one")
         return self
 

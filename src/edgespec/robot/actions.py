@@ -1,8 +1,8 @@
 """The robot's action language: one JSON object per decision, parsed strictly.
 
-    {"action": "turn", "degrees": D}   D in [-180, 180], positive turns left (counter-clockwise)
-    {"action": "walk", "metres": M}    M in (0, 3], straight ahead
-    {"action": "stop"}                 the robot believes it has arrived
+{"action": "turn", "degrees": D}   D in [-180, 180], positive turns left (counter-clockwise)
+{"action": "walk", "metres": M}    M in (0, 3], straight ahead
+{"action": "stop"}                 the robot believes it has arrived
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ MAX_TURN_DEG = 180.0
 MAX_WALK_M = 3.0
 
 ACTION_FORMAT = (
-    'Answer with exactly one JSON object and nothing else, one of:\n'
+    "Answer with exactly one JSON object and nothing else, one of:\n"
     '{"action": "turn", "degrees": D}  (D from -180 to 180; positive turns left, negative turns right)\n'
     '{"action": "walk", "metres": M}  (M from 0.1 to 3; walks straight ahead)\n'
     '{"action": "stop"}  (only when you have reached the goal)'
@@ -114,4 +114,6 @@ def check_feasible(action: Action, wall_ahead_m: float) -> None:
     if isinstance(action, Walk) and action.metres > wall_ahead_m - WALL_MARGIN_M:
         room = max(0.0, wall_ahead_m - WALL_MARGIN_M)
         hint = f"walk at most {room:.1f} m" if room >= 0.1 else "turn first"
-        raise ActionError(f"the wall is {wall_ahead_m:.1f} m straight ahead, so walking {action.metres:g} m would hit it: {hint}")
+        raise ActionError(
+            f"the wall is {wall_ahead_m:.1f} m straight ahead, so walking {action.metres:g} m would hit it: {hint}"
+        )

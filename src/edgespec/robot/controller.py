@@ -11,7 +11,6 @@ from typing import Callable, Literal
 import numpy as np
 
 from edgespec.robot.actions import Action, Stop, Turn, Walk
-from edgespec.robot.policy import CONTROL_DT
 from edgespec.robot.world import Go2World, wrap_angle
 
 logger = logging.getLogger(__name__)
@@ -36,7 +35,13 @@ class MotionReport:
     touched: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
-        return {"duration_s": round(self.duration_s, 3), "walked_m": round(self.walked_m, 3), "turned_deg": round(self.turned_deg, 2), "ended": self.ended, "touched": self.touched}
+        return {
+            "duration_s": round(self.duration_s, 3),
+            "walked_m": round(self.walked_m, 3),
+            "turned_deg": round(self.turned_deg, 2),
+            "ended": self.ended,
+            "touched": self.touched,
+        }
 
 
 class Controller:
@@ -106,7 +111,9 @@ class Controller:
         report.turned_deg = math.degrees(wrap_angle(world.heading() - start_heading))
         return report
 
-    def _drive(self, command: Callable[[], tuple[float, float, float] | None], timeout: float, report: MotionReport) -> Ending:
+    def _drive(
+        self, command: Callable[[], tuple[float, float, float] | None], timeout: float, report: MotionReport
+    ) -> Ending:
         deadline = self.world.time + timeout
         while True:
             if self.goal_reached():

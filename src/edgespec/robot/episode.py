@@ -29,7 +29,9 @@ def goal_from_task(task: str, arena: Arena) -> ArenaObject:
     for alias, name in ALIASES.items():
         if re.search(rf"\b{alias}\b", text):
             return arena.find(name)
-    raise ValueError(f"the task {task!r} names no object in the arena ({', '.join(o.name for o in arena.objects)}, or: {', '.join(ALIASES)})")
+    raise ValueError(
+        f"the task {task!r} names no object in the arena ({', '.join(o.name for o in arena.objects)}, or: {', '.join(ALIASES)})"
+    )
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,9 @@ class Recorder(Protocol):
 
 
 class Episode:
-    def __init__(self, world: Go2World, decider: DecisionSource, config: EpisodeConfig, recorder: Recorder | None = None) -> None:
+    def __init__(
+        self, world: Go2World, decider: DecisionSource, config: EpisodeConfig, recorder: Recorder | None = None
+    ) -> None:
         self.world = world
         self.decider = decider
         self.config = config
@@ -129,7 +133,11 @@ class Episode:
                 label = f"decided in {waited * 1000:.0f} ms" + (f" ({len(records)} asks)" if len(records) > 1 else "")
                 self.recorder.deciding(step, waited, label)
             if action is None:
-                logger.warning("step %d: no valid action after %d re-ask(s); the robot stands still this step", step, config.max_reasks)
+                logger.warning(
+                    "step %d: no valid action after %d re-ask(s); the robot stands still this step",
+                    step,
+                    config.max_reasks,
+                )
                 last = None
                 continue
             report = self.controller.execute(action)
@@ -153,7 +161,9 @@ class Episode:
         result.final_distance_m = self.world.relative(self.goal)[0]
         return result
 
-    def _decide(self, step: int, observation: str, messages: list[dict[str, Any]]) -> tuple[Action | None, list[DecisionRecord], list[dict[str, Any]]]:
+    def _decide(
+        self, step: int, observation: str, messages: list[dict[str, Any]]
+    ) -> tuple[Action | None, list[DecisionRecord], list[dict[str, Any]]]:
         """The step's action (None: no valid one), its asks, and the step's turns for the
         conversation (the observation, any re-asks, the last reply)."""
         records: list[DecisionRecord] = []
@@ -161,8 +171,18 @@ class Episode:
         for attempt in range(self.config.max_reasks + 1):
             decision: Decision = self.decider.decide(messages)
             record = DecisionRecord(
-                step, attempt, observation, decision.text, None, None, decision.latency_s, decision.ttft_s,
-                decision.prompt_tokens, len(decision.tokens), decision.tokens, decision.stats,
+                step,
+                attempt,
+                observation,
+                decision.text,
+                None,
+                None,
+                decision.latency_s,
+                decision.ttft_s,
+                decision.prompt_tokens,
+                len(decision.tokens),
+                decision.tokens,
+                decision.stats,
             )
             records.append(record)
             try:
@@ -172,7 +192,10 @@ class Episode:
                 record.error = str(error)
                 more = attempt < self.config.max_reasks
                 logger.warning(
-                    "step %d: invalid action (%s) in the reply %r%s", step, error, decision.text[:200],
+                    "step %d: invalid action (%s) in the reply %r%s",
+                    step,
+                    error,
+                    decision.text[:200],
                     f"; asking again ({attempt + 1} of {self.config.max_reasks})" if more else "",
                 )
                 messages = [

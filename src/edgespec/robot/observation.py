@@ -88,7 +88,9 @@ def describe_object(name: str, distance: float, bearing: float) -> str:
     sign of a bearing wrongly, never that of an action it is shown."""
     if abs(bearing) <= AHEAD_DEG:
         walk = min(MAX_WALK_M, max(0.1, round(distance, 1)))
-        return f'- {name}: {distance:.1f} m away, straight ahead (to reach it: {{"action": "walk", "metres": {walk:g}}})'
+        return (
+            f'- {name}: {distance:.1f} m away, straight ahead (to reach it: {{"action": "walk", "metres": {walk:g}}})'
+        )
     side = "left" if bearing > 0 else "right"
     return f'- {name}: {distance:.1f} m away, {abs(bearing):.0f} degrees to your {side} (to face it: {{"action": "turn", "degrees": {bearing:.0f}}})'
 
@@ -107,15 +109,32 @@ def wall_ahead(world: Go2World) -> float:
     return max(0.0, min(distances))
 
 
-def observe(world: Go2World, task: str, step: int, max_steps: int, last: tuple[Action, MotionReport] | None, image: NDArray[np.uint8] | None = None) -> Observation:
+def observe(
+    world: Go2World,
+    task: str,
+    step: int,
+    max_steps: int,
+    last: tuple[Action, MotionReport] | None,
+    image: NDArray[np.uint8] | None = None,
+) -> Observation:
     lines = [f"Step {step} of {max_steps}."]
     if last is None:
         lines.append("Last action: none yet.")
     else:
         action, report = last
         kind = action.as_dict()["action"]
-        effect = {"walk": f"the robot walked {report.walked_m:.1f} m", "turn": f"the robot turned {report.turned_deg:+.0f} degrees", "stop": "the robot stood still"}[kind]
-        tail = {"done": "", "timeout": " (it did not finish in time)", "collision": f" and bumped into {', '.join(report.touched)}", "fall": " and fell", "goal": " and reached the goal"}[report.ended]
+        effect = {
+            "walk": f"the robot walked {report.walked_m:.1f} m",
+            "turn": f"the robot turned {report.turned_deg:+.0f} degrees",
+            "stop": "the robot stood still",
+        }[kind]
+        tail = {
+            "done": "",
+            "timeout": " (it did not finish in time)",
+            "collision": f" and bumped into {', '.join(report.touched)}",
+            "fall": " and fell",
+            "goal": " and reached the goal",
+        }[report.ended]
         lines.append(f"Last action: {describe(action)}; {effect}{tail}.")
     lines.append("The robot senses:")
     for obj in world.arena.objects:
@@ -124,4 +143,8 @@ def observe(world: Go2World, task: str, step: int, max_steps: int, last: tuple[A
     lines.append(f"- wall straight ahead: {wall_ahead(world):.1f} m away")
     lines.append(f'Your next action for the task "{task}":')
     x, y, _ = world.position()
-    return Observation("\n".join(lines), image, {"x": round(float(x), 3), "y": round(float(y), 3), "heading_deg": round(math.degrees(world.heading()), 2)})
+    return Observation(
+        "\n".join(lines),
+        image,
+        {"x": round(float(x), 3), "y": round(float(y), 3), "heading_deg": round(math.degrees(world.heading()), 2)},
+    )

@@ -36,7 +36,13 @@ class PrefixKeepingTarget(TargetRuntime):
         self._fresh = True  # the next forward is a new generation's prefill; keep the cache
 
     def score_tail(
-        self, sequence: Sequence[int], tail: int, on_exit: Any = None, kv: Any = None, exit_candidates: Any = None, argmax_only: bool = False
+        self,
+        sequence: Sequence[int],
+        tail: int,
+        on_exit: Any = None,
+        kv: Any = None,
+        exit_candidates: Any = None,
+        argmax_only: bool = False,
     ) -> torch.Tensor:
         if self._fresh and (kv is None or kv is self.kv):
             self.last_reused = valid_prefix(self.kv.tokens, sequence, tail)

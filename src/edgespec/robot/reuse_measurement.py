@@ -45,10 +45,15 @@ class PairedDecider:
         cold = self.cold.decide(messages)
         warm = self.warm.decide(messages)
         row = {
-            "decision": len(self.rows) + 1, "prompt_tokens": warm.prompt_tokens, "cached_tokens": self.cached_of_warm(),
-            "ttft_whole_s": round(cold.ttft_s, 3), "ttft_reuse_s": round(warm.ttft_s, 3),
-            "latency_whole_s": round(cold.latency_s, 3), "latency_reuse_s": round(warm.latency_s, 3),
-            "same_tokens": cold.tokens == warm.tokens, "reply": warm.text,
+            "decision": len(self.rows) + 1,
+            "prompt_tokens": warm.prompt_tokens,
+            "cached_tokens": self.cached_of_warm(),
+            "ttft_whole_s": round(cold.ttft_s, 3),
+            "ttft_reuse_s": round(warm.ttft_s, 3),
+            "latency_whole_s": round(cold.latency_s, 3),
+            "latency_reuse_s": round(warm.latency_s, 3),
+            "same_tokens": cold.tokens == warm.tokens,
+            "reply": warm.text,
         }
         row["prefilled_tokens"] = row["prompt_tokens"] - row["cached_tokens"]
         self.rows.append(row)
@@ -64,13 +69,15 @@ def reuse_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     later = rows[1:]
     if later:
         ratios = [r["ttft_whole_s"] / r["ttft_reuse_s"] for r in later]
-        summary.update({
-            "later_decisions_ttft_ratio_median": round(statistics.median(ratios), 2),
-            "later_decisions_ttft_whole_median_s": statistics.median(r["ttft_whole_s"] for r in later),
-            "later_decisions_ttft_reuse_median_s": statistics.median(r["ttft_reuse_s"] for r in later),
-            "later_decisions_prompt_tokens_median": statistics.median(r["prompt_tokens"] for r in later),
-            "later_decisions_prefilled_tokens_median": statistics.median(r["prefilled_tokens"] for r in later),
-        })
+        summary.update(
+            {
+                "later_decisions_ttft_ratio_median": round(statistics.median(ratios), 2),
+                "later_decisions_ttft_whole_median_s": statistics.median(r["ttft_whole_s"] for r in later),
+                "later_decisions_ttft_reuse_median_s": statistics.median(r["ttft_reuse_s"] for r in later),
+                "later_decisions_prompt_tokens_median": statistics.median(r["prompt_tokens"] for r in later),
+                "later_decisions_prefilled_tokens_median": statistics.median(r["prefilled_tokens"] for r in later),
+            }
+        )
     return summary
 
 
@@ -90,8 +97,20 @@ def start_prefix_cache_server(
 
     server_port, log = free_port(), log_dir / "server.log"
     serve = edgespec_command(
-        "--log", "serve", "--target", target, "--dtype", dtype, "--exits", "none", "--port", str(server_port),
-        "--threads", "1", "--prefix-cache-tokens", str(prefix_cache_tokens),
+        "--log",
+        "serve",
+        "--target",
+        target,
+        "--dtype",
+        dtype,
+        "--exits",
+        "none",
+        "--port",
+        str(server_port),
+        "--threads",
+        "1",
+        "--prefix-cache-tokens",
+        str(prefix_cache_tokens),
     )
     server = subprocess.Popen(serve, stdout=open(log, "w"), stderr=subprocess.STDOUT, preexec_fn=pin_to_core(0))
     processes = [server]

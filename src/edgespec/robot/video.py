@@ -21,7 +21,14 @@ class VideoRecorder:
     any length needs one frame of memory. Close it to finish the file."""
 
     def __init__(
-        self, world: Go2World, path: Path, fps: int = 10, width: int = 512, height: int = 384, title: str = "", max_hold_s: float | None = 5.0
+        self,
+        world: Go2World,
+        path: Path,
+        fps: int = 10,
+        width: int = 512,
+        height: int = 384,
+        title: str = "",
+        max_hold_s: float | None = 5.0,
     ) -> None:
         import imageio.v2 as imageio
         from PIL import ImageFont

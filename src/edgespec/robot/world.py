@@ -111,7 +111,10 @@ def _go2_spec() -> mujoco.MjSpec:
 
 
 def _cone_vertices(radius: float, height: float, sides: int = 24) -> list[float]:
-    ring = [(radius * math.cos(2 * math.pi * i / sides), radius * math.sin(2 * math.pi * i / sides), 0.0) for i in range(sides)]
+    ring = [
+        (radius * math.cos(2 * math.pi * i / sides), radius * math.sin(2 * math.pi * i / sides), 0.0)
+        for i in range(sides)
+    ]
     return [c for vertex in [*ring, (0.0, 0.0, height)] for c in vertex]
 
 
@@ -125,20 +128,46 @@ def _arena_spec(arena: Arena) -> mujoco.MjSpec:
     spec.visual.headlight.diffuse = [0.4, 0.4, 0.4]
     spec.visual.quality.shadowsize = 1024
     spec.add_texture(
-        name="skybox", type=mujoco.mjtTexture.mjTEXTURE_SKYBOX, builtin=mujoco.mjtBuiltin.mjBUILTIN_GRADIENT,
-        rgb1=[0.55, 0.7, 0.9], rgb2=[0.1, 0.15, 0.25], width=256, height=256,
+        name="skybox",
+        type=mujoco.mjtTexture.mjTEXTURE_SKYBOX,
+        builtin=mujoco.mjtBuiltin.mjBUILTIN_GRADIENT,
+        rgb1=[0.55, 0.7, 0.9],
+        rgb2=[0.1, 0.15, 0.25],
+        width=256,
+        height=256,
     )
     spec.add_texture(
-        name="floor", type=mujoco.mjtTexture.mjTEXTURE_2D, builtin=mujoco.mjtBuiltin.mjBUILTIN_CHECKER,
-        rgb1=[0.42, 0.47, 0.52], rgb2=[0.33, 0.37, 0.42], width=300, height=300,
+        name="floor",
+        type=mujoco.mjtTexture.mjTEXTURE_2D,
+        builtin=mujoco.mjtBuiltin.mjBUILTIN_CHECKER,
+        rgb1=[0.42, 0.47, 0.52],
+        rgb2=[0.33, 0.37, 0.42],
+        width=300,
+        height=300,
     )
     floor_material = spec.add_material(name="floor", texrepeat=[8, 8], reflectance=0.05)
     floor_material.textures[mujoco.mjtTextureRole.mjTEXROLE_RGB] = "floor"
     world = spec.worldbody
-    world.add_light(name="sun", pos=[0, 0, 6], dir=[0.3, 0.2, -1], type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL, diffuse=[0.7, 0.7, 0.7], castshadow=True)
-    world.add_light(name="fill", pos=[-3, -3, 4], dir=[0.5, 0.5, -1], type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL, diffuse=[0.25, 0.25, 0.25], castshadow=False)
+    world.add_light(
+        name="sun",
+        pos=[0, 0, 6],
+        dir=[0.3, 0.2, -1],
+        type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL,
+        diffuse=[0.7, 0.7, 0.7],
+        castshadow=True,
+    )
+    world.add_light(
+        name="fill",
+        pos=[-3, -3, 4],
+        dir=[0.5, 0.5, -1],
+        type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL,
+        diffuse=[0.25, 0.25, 0.25],
+        castshadow=False,
+    )
     extent = arena.half_extent
-    world.add_geom(name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[extent + 1, extent + 1, 0.05], material="floor")
+    world.add_geom(
+        name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[extent + 1, extent + 1, 0.05], material="floor"
+    )
     wall_rgba = [0.7, 0.66, 0.6, 1.0]
     for name, pos, size in (
         ("north", [0, extent, 0.3], [extent, 0.05, 0.3]),
@@ -150,13 +179,27 @@ def _arena_spec(arena: Arena) -> mujoco.MjSpec:
     for obj in arena.objects:
         x, y = obj.xy
         if obj.kind == "box":
-            world.add_geom(name=obj.geom_name, type=mujoco.mjtGeom.mjGEOM_BOX, pos=[x, y, obj.size], size=[obj.size] * 3, rgba=list(obj.rgba))
+            world.add_geom(
+                name=obj.geom_name,
+                type=mujoco.mjtGeom.mjGEOM_BOX,
+                pos=[x, y, obj.size],
+                size=[obj.size] * 3,
+                rgba=list(obj.rgba),
+            )
         elif obj.kind == "sphere":
-            world.add_geom(name=obj.geom_name, type=mujoco.mjtGeom.mjGEOM_SPHERE, pos=[x, y, obj.size], size=[obj.size, 0, 0], rgba=list(obj.rgba))
+            world.add_geom(
+                name=obj.geom_name,
+                type=mujoco.mjtGeom.mjGEOM_SPHERE,
+                pos=[x, y, obj.size],
+                size=[obj.size, 0, 0],
+                rgba=list(obj.rgba),
+            )
         elif obj.kind == "cone":
             mesh = obj.geom_name.replace("/", "_")
             spec.add_mesh(name=mesh, uservert=_cone_vertices(obj.size, 3 * obj.size))
-            world.add_geom(name=obj.geom_name, type=mujoco.mjtGeom.mjGEOM_MESH, meshname=mesh, pos=[x, y, 0], rgba=list(obj.rgba))
+            world.add_geom(
+                name=obj.geom_name, type=mujoco.mjtGeom.mjGEOM_MESH, meshname=mesh, pos=[x, y, 0], rgba=list(obj.rgba)
+            )
         else:
             raise ValueError(f"unknown arena object kind {obj.kind!r}")
     return spec
@@ -234,7 +277,9 @@ class Go2World:
         self.tracker.reset()
         self.time = 0.0
 
-    def tick(self, command: NDArray[np.float64] | tuple[float, float, float], on_substep: Callable[[], None] | None = None) -> None:
+    def tick(
+        self, command: NDArray[np.float64] | tuple[float, float, float], on_substep: Callable[[], None] | None = None
+    ) -> None:
         """Advance one policy tick (20 ms) toward a (vx, vy, wz) command."""
         command = np.clip(np.asarray(command, dtype=np.float64), -MAX_VELOCITY, MAX_VELOCITY)
         self._command += np.clip(command - self._command, -COMMAND_SLEW, COMMAND_SLEW)
@@ -316,7 +361,9 @@ class ChaseCamera:
     it as a context manager): an OSMesa context freed by the garbage collector at exit prints errors.
     """
 
-    def __init__(self, world: Go2World, width: int = 640, height: int = 480, distance: float = 3.2, elevation: float = -28.0) -> None:
+    def __init__(
+        self, world: Go2World, width: int = 640, height: int = 480, distance: float = 3.2, elevation: float = -28.0
+    ) -> None:
         self.world = world
         self.renderer = mujoco.Renderer(world.model, height=height, width=width)
         self.camera = mujoco.MjvCamera()

@@ -62,7 +62,10 @@ def requested_prompt(request: pb.Open, tokenizer: object) -> list[int]:
 
 
 def check_generation_fits(
-    runtime: TargetRuntime, prompt_ids: Sequence[int], committed_ids: Sequence[int], max_new_tokens: int,
+    runtime: TargetRuntime,
+    prompt_ids: Sequence[int],
+    committed_ids: Sequence[int],
+    max_new_tokens: int,
     limits: SessionLimits,
 ) -> None:
     """Raise the ``Refused`` that turns a session away before it takes a cache: an empty or

@@ -14,8 +14,8 @@ from edgespec.models.kv import kv_bytes_per_token, stacked_capacity
 from edgespec.models.target import TargetRuntime
 from edgespec.server.auth import TokenAuthInterceptor
 from edgespec.server.cloud_draft import CloudDraft
-from edgespec.server.limits import AdmissionLimits, SessionLimits
 from edgespec.server.health import VerifierHealth, add_probe_services
+from edgespec.server.limits import AdmissionLimits, SessionLimits
 from edgespec.server.servicer import VerifierService
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
 from edgespec.transport.security import ServerSecurity
@@ -56,7 +56,7 @@ def build_server(service: VerifierService, config: ServerConfig) -> tuple[grpc.a
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ]
+        ],
     )
     pb_grpc.add_VerifierServicer_to_server(service, server)
     health = add_probe_services(server, service, config.max_message_bytes)
@@ -90,8 +90,14 @@ async def serve(
 ) -> None:
     service = VerifierService(
         TargetRuntime(model, exits),  # type: ignore[arg-type]
-        tokenizer, eos_ids, target_name, config.limits, config.admission,
-        cloud_draft=cloud_draft, prefix_cache_tokens=config.prefix_cache_tokens, exit_candidates=config.exit_candidates,
+        tokenizer,
+        eos_ids,
+        target_name,
+        config.limits,
+        config.admission,
+        cloud_draft=cloud_draft,
+        prefix_cache_tokens=config.prefix_cache_tokens,
+        exit_candidates=config.exit_candidates,
     )
     # A session's cache between batched passes keeps room to grow (`TrackedCache.stacked`).
     longest = stacked_capacity(config.limits.max_prompt_tokens + config.limits.max_new_tokens)  # type: ignore[operator]
@@ -100,9 +106,12 @@ async def serve(
         "admission: %d sessions, %d queued rounds, batches of up to %d rows and %d padded token-rows, "
         "prefill chunks of %s; "
         "worst-case KV memory %.1f GiB",
-        config.admission.max_sessions, config.admission.max_queued, config.admission.max_batch,
+        config.admission.max_sessions,
+        config.admission.max_queued,
+        config.admission.max_batch,
         config.admission.max_batch_rows,
-        config.admission.prefill_chunk or "the whole prompt (alone)", worst_case / 2**30,
+        config.admission.prefill_chunk or "the whole prompt (alone)",
+        worst_case / 2**30,
     )
     server, port, health = build_server(service, config)
     await server.start()

@@ -24,11 +24,10 @@ from typing import Any
 
 import torch
 
-from edgespec.core.config import DRAFT_SEED_OFFSET
-from edgespec.core.config import SamplingParams
+from edgespec.core.block import DraftBlock
+from edgespec.core.config import DRAFT_SEED_OFFSET, SamplingParams
 from edgespec.decoding.sampling import logits_to_probs, position_uniform, restrict_support, sample_with_uniform
 from edgespec.models.draft import DRAFT_SUPPORT, token_confidence
-from edgespec.core.block import DraftBlock
 from edgespec.models.kv import TrackedCache
 from edgespec.models.target import ScoreRequest, TargetRuntime
 
@@ -149,6 +148,8 @@ class CloudDraft:
                 request._stopped = True
         else:
             distribution = restrict_support(logits_to_probs(logits, params), DRAFT_SUPPORT)
-            token = sample_with_uniform(distribution, position_uniform(request.drafter.seed, len(request.sequence) + step))
+            token = sample_with_uniform(
+                distribution, position_uniform(request.drafter.seed, len(request.sequence) + step)
+            )
             request._probs.append(distribution)
         request._tokens.append(token)

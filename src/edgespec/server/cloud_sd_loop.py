@@ -8,9 +8,9 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+from edgespec.core.colocated import ColocatedRounds, ColocatedVerified, ServerDrafted
 from edgespec.core.gamma import AdaptiveGamma
 from edgespec.models.target import TargetRuntime
-from edgespec.core.colocated import ColocatedRounds, ColocatedVerified, ServerDrafted
 from edgespec.server.admission import SessionClock
 from edgespec.server.cloud_draft import CloudDraft
 from edgespec.server.encoding import committed_tokens_reply, nothing_left_reply
@@ -52,7 +52,8 @@ async def draft_verify_and_stream(
     gamma = settings.gamma
     policy = (
         AdaptiveGamma(initial=gamma, max_gamma=max(gamma, settings.max_gamma or DEFAULT_MAX_GAMMA))
-        if settings.adaptive_gamma else None
+        if settings.adaptive_gamma
+        else None
     )
     colocated = ColocatedRounds(session.rounds, gamma, policy, settings.draft_stop if session.sampling.greedy else 0.0)
     # Its cache lives as long as this coroutine (and a draft job in flight): no explicit free
@@ -80,6 +81,14 @@ async def draft_verify_and_stream(
         )
         runtime.rollback(session.rounds.sequence, kv=session.kv)
         final = done.final
-        replies.put_nowait(committed_tokens_reply(
-            final.committed, final.finished, result.forward_ms, draft_ms, done.drafted, verdict.accepted, logprobs,
-        ))
+        replies.put_nowait(
+            committed_tokens_reply(
+                final.committed,
+                final.finished,
+                result.forward_ms,
+                draft_ms,
+                done.drafted,
+                verdict.accepted,
+                logprobs,
+            )
+        )

@@ -8,14 +8,19 @@ from __future__ import annotations
 from typing import Sequence
 
 from edgespec.core.logprobs import TokenLogprob
-from edgespec.decoding.early import EarlyVerdictJudge
 from edgespec.core.verdict import Verdict
 from edgespec.core.verifier import IncomingBlock, OutOfOrder, SendFinal
+from edgespec.decoding.early import EarlyVerdictJudge
 from edgespec.server.jobs import JobResult
 from edgespec.server.refusals import Refused
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport.codec import (
-    PROTOCOL_VERSION, ProtocolError, candidates_from_wire, distributions_from_wire, logprobs_to_wire, verdict_of,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    candidates_from_wire,
+    distributions_from_wire,
+    logprobs_to_wire,
+    verdict_of,
 )
 
 
@@ -66,44 +71,77 @@ def decoded_token_reply(
     token: int, finished: bool, compute_ms: float, logprobs: Sequence[TokenLogprob] = ()
 ) -> pb.ServerMessage:
     """One cloud-ar token and the forward that chose it."""
-    return pb.ServerMessage(tokens=pb.Tokens(
-        ids=[token], finished=finished, compute_ms=compute_ms, logprobs=logprobs_to_wire(logprobs),
-    ))
+    return pb.ServerMessage(
+        tokens=pb.Tokens(
+            ids=[token],
+            finished=finished,
+            compute_ms=compute_ms,
+            logprobs=logprobs_to_wire(logprobs),
+        )
+    )
 
 
 def committed_tokens_reply(
-    committed: Sequence[int], finished: bool, compute_ms: float, draft_ms: float, drafted: int, accepted: int,
+    committed: Sequence[int],
+    finished: bool,
+    compute_ms: float,
+    draft_ms: float,
+    drafted: int,
+    accepted: int,
     logprobs: Sequence[TokenLogprob] = (),
 ) -> pb.ServerMessage:
     """What one cloud-sd round committed, with what its draft and verify cost."""
-    return pb.ServerMessage(tokens=pb.Tokens(
-        ids=committed, finished=finished, compute_ms=compute_ms, draft_ms=draft_ms, drafted=drafted, accepted=accepted,
-        logprobs=logprobs_to_wire(logprobs),
-    ))
+    return pb.ServerMessage(
+        tokens=pb.Tokens(
+            ids=committed,
+            finished=finished,
+            compute_ms=compute_ms,
+            draft_ms=draft_ms,
+            drafted=drafted,
+            accepted=accepted,
+            logprobs=logprobs_to_wire(logprobs),
+        )
+    )
 
 
 def early_verdict_reply(
     round_index: int, layer: int, verdict: Verdict, confidence: float, elapsed_s: float
 ) -> pb.ServerMessage:
-    return pb.ServerMessage(early=pb.EarlyVerdict(
-        round=round_index, exit_layer=layer, accepted=verdict.accepted, next_token=verdict.next_token,
-        confidence=confidence, elapsed_ms=elapsed_s * 1000,
-    ))
+    return pb.ServerMessage(
+        early=pb.EarlyVerdict(
+            round=round_index,
+            exit_layer=layer,
+            accepted=verdict.accepted,
+            next_token=verdict.next_token,
+            confidence=confidence,
+            elapsed_ms=elapsed_s * 1000,
+        )
+    )
 
 
 def final_verdict_reply(
-    final: SendFinal, verdict: Verdict, result: JobResult, judge: EarlyVerdictJudge | None,
+    final: SendFinal,
+    verdict: Verdict,
+    result: JobResult,
+    judge: EarlyVerdictJudge | None,
     logprobs: Sequence[TokenLogprob] = (),
 ) -> pb.ServerMessage:
     """The verdict that commits a round, with its forward's timings, each exit's time, and the
     target's log-probabilities of the tokens it emits when the session asked for them."""
     exits = judge.verdicts if judge else []
-    return pb.ServerMessage(final=pb.FinalVerdict(
-        round=final.round, accepted=verdict.accepted, next_token=verdict.next_token, finished=final.finished,
-        verify_ms=result.forward_ms, queued_ms=result.queued_ms, pipelined=final.pipelined,
-        timings=[pb.SegmentTiming(name=f"exit {e.layer}", ms=e.elapsed_s * 1000) for e in exits],
-        logprobs=logprobs_to_wire(logprobs),
-    ))
+    return pb.ServerMessage(
+        final=pb.FinalVerdict(
+            round=final.round,
+            accepted=verdict.accepted,
+            next_token=verdict.next_token,
+            finished=final.finished,
+            verify_ms=result.forward_ms,
+            queued_ms=result.queued_ms,
+            pipelined=final.pipelined,
+            timings=[pb.SegmentTiming(name=f"exit {e.layer}", ms=e.elapsed_s * 1000) for e in exits],
+            logprobs=logprobs_to_wire(logprobs),
+        )
+    )
 
 
 def dropped_reply(round_index: int) -> pb.ServerMessage:
@@ -118,7 +156,6 @@ def error_reply(error: ProtocolError | Refused) -> pb.ServerMessage:
 def internal_error_reply(error: Exception) -> pb.ServerMessage:
     """A bug ended the session: the client hears that, never a hang."""
     return pb.ServerMessage(error=pb.Error(code=pb.INTERNAL, message=f"internal error: {error}"))
-
 
 
 # Put on a session's reply queue: the stream ends after the replies queued before it.

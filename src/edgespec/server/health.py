@@ -58,9 +58,7 @@ class VerifierHealth(health.aio.HealthServicer):
         serving = loaded and not self.shutting_down
         return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
 
-    async def Check(
-        self, request: health_pb2.HealthCheckRequest, context: Any
-    ) -> health_pb2.HealthCheckResponse:  # noqa: N802
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> health_pb2.HealthCheckResponse:  # noqa: N802
         if request.service in ("", VERIFIER_SERVICE):
             return health_pb2.HealthCheckResponse(status=self.verifier_status())
         return await super().Check(request, context)
@@ -100,9 +98,7 @@ class LimitsService(pb_grpc.VerifierInfoServicer):
             max_block=min(int(limits.max_block), UINT32_MAX),
         )
 
-    async def GetLimits(
-        self, request: pb.LimitsRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ServerLimits:  # noqa: N802
+    async def GetLimits(self, request: pb.LimitsRequest, context: grpc.aio.ServicerContext) -> pb.ServerLimits:  # noqa: N802
         return self.limits()
 
 

@@ -225,8 +225,12 @@ class BatchScheduler:
         self.stats.finish_ms += (time.perf_counter() - deciding) * 1000
         logger.debug(
             "pass: %d rows (%d prefill chunks, %d prompt tokens), %d padded tokens (%d fed) in %.1f ms",
-            pass_stats.rows, pass_stats.prefill_rows, pass_stats.prefill_tokens, pass_stats.padded_tokens,
-            pass_stats.fed_tokens, forward_ms,
+            pass_stats.rows,
+            pass_stats.prefill_rows,
+            pass_stats.prefill_tokens,
+            pass_stats.padded_tokens,
+            pass_stats.fed_tokens,
+            forward_ms,
         )
 
     def _finish_row(self, row: _Row, logits: torch.Tensor, forward_ms: float, batch_size: int) -> None:

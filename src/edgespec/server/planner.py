@@ -106,9 +106,7 @@ def plan_pass(
     return chosen
 
 
-def _prefill_first(
-    candidates: Sequence[Candidate], max_rows: int, budget: int, prefill_chunk: int
-) -> list[Planned]:
+def _prefill_first(candidates: Sequence[Candidate], max_rows: int, budget: int, prefill_chunk: int) -> list[Planned]:
     """The oldest prefill's full chunk (within the budget), then whatever else fits at that
     width, oldest first: a round waits at most this one pass, and rides in it if it fits."""
     first = next(index for index, candidate in enumerate(candidates) if candidate.prefill)

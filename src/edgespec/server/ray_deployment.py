@@ -39,21 +39,30 @@ def load_service(spec: ReplicaSpec) -> VerifierService:
     from edgespec.models.loading import load_model
     from edgespec.models.target import TargetRuntime
     from edgespec.prompting import eos_token_ids
-    from edgespec.server.limits import AdmissionLimits
+    from edgespec.server.limits import AdmissionLimits, SessionLimits
     from edgespec.server.servicer import VerifierService
-    from edgespec.server.limits import SessionLimits
 
     torch.set_num_threads(max(1, spec.threads))
     target = load_model(spec.target, spec.dtype)
     if spec.device != "cpu":
         target.model.to(spec.device)
     exits = resolve_exits(spec.exits, target.model, spec.target)
-    limits = SessionLimits(spec.max_prompt_tokens, spec.max_new_tokens, spec.max_block, spec.idle_timeout_s, spec.max_lifetime_s)
-    admission = AdmissionLimits(spec.max_sessions, spec.max_queued, spec.max_batch, spec.max_batch_rows, spec.prefill_chunk)
+    limits = SessionLimits(
+        spec.max_prompt_tokens, spec.max_new_tokens, spec.max_block, spec.idle_timeout_s, spec.max_lifetime_s
+    )
+    admission = AdmissionLimits(
+        spec.max_sessions, spec.max_queued, spec.max_batch, spec.max_batch_rows, spec.prefill_chunk
+    )
     name = f"{target.name} ({target.dtype})"
     return VerifierService(
-        TargetRuntime(target.model, exits), target.tokenizer, eos_token_ids(target.model, target.tokenizer), name, limits, admission,
-        prefix_cache_tokens=spec.prefix_cache_tokens, exit_candidates=spec.exit_vocab == "candidates",
+        TargetRuntime(target.model, exits),
+        target.tokenizer,
+        eos_token_ids(target.model, target.tokenizer),
+        name,
+        limits,
+        admission,
+        prefix_cache_tokens=spec.prefix_cache_tokens,
+        exit_candidates=spec.exit_vocab == "candidates",
     )
 
 
@@ -70,7 +79,13 @@ class VerifierReplica:
         self.service = load_service(self.spec)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.served = 0
-        logger.info("replica %s (pid %d): %s ready (%s)", self.replica_id, os.getpid(), self.service.target_name, "auth token" if token else "no auth")
+        logger.info(
+            "replica %s (pid %d): %s ready (%s)",
+            self.replica_id,
+            os.getpid(),
+            self.service.target_name,
+            "auth token" if token else "no auth",
+        )
 
     async def Session(  # noqa: N802 (the gRPC method's name)
         self, request_stream: AsyncIterator[pb.ClientMessage], grpc_context: RayServegRPCContext
@@ -105,7 +120,9 @@ class VerifierReplica:
                 self._log("ended", session_id)
 
     def _log(self, event: str, session_id: str) -> None:
-        logger.info(SESSION_LOG, self.replica_id, os.getpid(), event, session_id, len(self.service.sessions), self.served)
+        logger.info(
+            SESSION_LOG, self.replica_id, os.getpid(), event, session_id, len(self.service.sessions), self.served
+        )
 
     def __del__(self) -> None:
         service = getattr(self, "service", None)

@@ -25,7 +25,15 @@ from typing import Any
 
 from edgespec.server.replica_spec import DEPLOYMENT_NAME, ReplicaSpec
 
-__all__ = ["APP_NAME", "ClusterConfig", "ReplicaSpec", "check_exposure", "run_cluster", "serve_config", "write_serve_config"]
+__all__ = [
+    "APP_NAME",
+    "ClusterConfig",
+    "ReplicaSpec",
+    "check_exposure",
+    "run_cluster",
+    "serve_config",
+    "write_serve_config",
+]
 logger = logging.getLogger(__name__)
 
 # What Ray Serve's gRPC proxy registers: the generated servicer adder of our one service.
@@ -62,7 +70,9 @@ class ClusterConfig:
             raise ValueError("--min-replicas and --max-replicas go together")
         if self.min_replicas is not None and self.max_replicas is not None:
             if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
-                raise ValueError(f"need 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1, got {self.min_replicas}..{self.max_replicas}")
+                raise ValueError(
+                    f"need 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1, got {self.min_replicas}..{self.max_replicas}"
+                )
         if self.sessions_per_replica <= 0:
             raise ValueError(f"--sessions-per-replica must be > 0, got {self.sessions_per_replica}")
         if (self.tls_certificate is None) != (self.tls_private_key is None):
@@ -92,7 +102,10 @@ def deployment_options(config: ClusterConfig) -> dict[str, Any]:
         "health_check_period_s": 2.0,
         "health_check_timeout_s": 30.0,
         # A replica holds one target: one accelerator, or one CPU's worth of forwards here.
-        "ray_actor_options": {"num_cpus": 0 if spec.device.startswith("cuda") else 1, "num_gpus": 1 if spec.device.startswith("cuda") else 0},
+        "ray_actor_options": {
+            "num_cpus": 0 if spec.device.startswith("cuda") else 1,
+            "num_gpus": 1 if spec.device.startswith("cuda") else 0,
+        },
     }
     if config.autoscaling:
         options["autoscaling_config"] = {
@@ -143,7 +156,17 @@ def write_serve_config(config: ClusterConfig, path: Path) -> Path | None:
     front = path.with_name(path.stem + "-tls-nginx.conf")
     workdir = Path("/var/lib/edgespec-nginx")
     # On an ingress host the upstream is a Ray node's proxy; 127.0.0.1 when nginx runs on the head node.
-    front.write_text(nginx_config("0.0.0.0", 443, config.port, config.tls_certificate.resolve(), config.tls_private_key.resolve(), workdir, config.spec.idle_timeout_s))
+    front.write_text(
+        nginx_config(
+            "0.0.0.0",
+            443,
+            config.port,
+            config.tls_certificate.resolve(),
+            config.tls_private_key.resolve(),
+            workdir,
+            config.spec.idle_timeout_s,
+        )
+    )
     return front
 
 
@@ -192,7 +215,12 @@ def run_cluster(config: ClusterConfig) -> int:
     try:
         # "local": always a new cluster of our own, never one another user started on this host.
         # Logical CPUs: one per replica at most (placement), whatever the host has.
-        ray.init(address="local", num_cpus=max(config.most_replicas, os.cpu_count() or 1), include_dashboard=False, log_to_driver=True)
+        ray.init(
+            address="local",
+            num_cpus=max(config.most_replicas, os.cpu_count() or 1),
+            include_dashboard=False,
+            log_to_driver=True,
+        )
         for signum in previous:  # ray.init installs its own SIGTERM handler; ours decides
             signal.signal(signum, lambda *_: stop.set())
         serve.start(
@@ -207,10 +235,21 @@ def run_cluster(config: ClusterConfig) -> int:
                 from edgespec.server.tls_front import TlsFront
 
                 assert config.tls_certificate is not None and config.tls_private_key is not None
-                front = TlsFront(config.host, config.port, proxy_port, config.tls_certificate, config.tls_private_key, config.spec.idle_timeout_s)
+                front = TlsFront(
+                    config.host,
+                    config.port,
+                    proxy_port,
+                    config.tls_certificate,
+                    config.tls_private_key,
+                    config.spec.idle_timeout_s,
+                )
                 front.wait_ready()
                 where = f"{config.host}:{config.port} (TLS by nginx; Ray's plaintext proxy on port {proxy_port}, every interface)"
-            count = f"{config.min_replicas}..{config.max_replicas} replicas (autoscaled, {config.sessions_per_replica:g} sessions each)" if config.autoscaling else f"{config.replicas} replicas"
+            count = (
+                f"{config.min_replicas}..{config.max_replicas} replicas (autoscaled, {config.sessions_per_replica:g} sessions each)"
+                if config.autoscaling
+                else f"{config.replicas} replicas"
+            )
             guard = "auth token" if token else "no auth"
             print(f"edgespec: serving {config.spec.target} on {where} with {count} via Ray Serve ({guard})", flush=True)
         while not stop.wait(1.0):

@@ -24,9 +24,9 @@ from edgespec.server.prefix_cache import TenantPrefixCaches
 from edgespec.server.refusals import Refused
 from edgespec.server.session import ServerSession
 from edgespec.server.speculative_loop import SpeculativeLoop
+from edgespec.server.structured import open_grammar
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
-from edgespec.server.structured import open_grammar
 from edgespec.transport.codec import ProtocolError, grammar_from_wire, logprobs_request, sampling_from_wire
 from edgespec.transport.security import AUTH_METADATA_KEY
 from edgespec.transport.validation import decoded
@@ -149,7 +149,10 @@ class VerifierService(pb_grpc.VerifierServicer):
         sampling = sampling_from_wire(request.sampling)
         prompt_ids = requested_prompt(request, self.tokenizer)
         grammar = open_grammar(
-            grammar_from_wire(request), self.tokenizer, self.runtime.vocab_size, sorted(self.eos_ids),
+            grammar_from_wire(request),
+            self.tokenizer,
+            self.runtime.vocab_size,
+            sorted(self.eos_ids),
             request.committed_ids,
         )
         session = ServerSession(
@@ -170,13 +173,24 @@ class VerifierService(pb_grpc.VerifierServicer):
             prefill = session.prefill_job()
             prefill_ms = (await self.scheduler.submit(prefill)).forward_ms if prefill is not None else 0.0
             exit_layers = list(self.runtime.exits.layers) if self.runtime.exits else []
-            replies.put_nowait(opened_reply(
-                session.id, prompt_ids, self.eos_ids, exit_layers, self.runtime.num_layers, prefill_ms,
-                self.target_name, grammar=grammar is not None,
-            ))
+            replies.put_nowait(
+                opened_reply(
+                    session.id,
+                    prompt_ids,
+                    self.eos_ids,
+                    exit_layers,
+                    self.runtime.num_layers,
+                    prefill_ms,
+                    self.target_name,
+                    grammar=grammar is not None,
+                )
+            )
             logger.info(
                 "session %s opened: %d prompt tokens (%d cached), kind %s",
-                session.id, len(prompt_ids), session.reused_prefix, pb.SessionKind.Name(request.kind),
+                session.id,
+                len(prompt_ids),
+                session.reused_prefix,
+                pb.SessionKind.Name(request.kind),
             )
             await self._generate_on_server(session, request, replies, clock)
         except BaseException:
@@ -197,8 +211,13 @@ class VerifierService(pb_grpc.VerifierServicer):
         elif request.kind == pb.CLOUD_SD:
             assert self.cloud_draft is not None  # admission refuses cloud-sd without one
             await draft_verify_and_stream(
-                session, CloudSdSettings.from_open(request), self.cloud_draft, self.scheduler, self.runtime,
-                replies, clock,
+                session,
+                CloudSdSettings.from_open(request),
+                self.cloud_draft,
+                self.scheduler,
+                self.runtime,
+                replies,
+                clock,
             )
 
     def shutdown(self) -> None:

@@ -13,21 +13,21 @@ from typing import Callable
 
 import torch
 
-from edgespec.decoding.early import EarlyVerdict, EarlyVerdictJudge
-from edgespec.decoding.block_scoring import begin_round
 from edgespec.core.config import SamplingParams
 from edgespec.core.logprobs import TokenLogprob
+from edgespec.core.verdict import Verdict
+from edgespec.core.verifier import Decoded, VerifierRounds, Verify
+from edgespec.decoding.block_scoring import begin_round
+from edgespec.decoding.early import EarlyVerdict, EarlyVerdictJudge
 from edgespec.decoding.grammar import GrammarMatcher, apply_mask
 from edgespec.decoding.logprobs import token_logprobs
 from edgespec.decoding.sampling import token_from_forward
 from edgespec.decoding.verification import RoundUniforms
-from edgespec.core.verdict import Verdict
 from edgespec.models.target import ScoreRequest, TargetRuntime
-from edgespec.core.verifier import Decoded, VerifierRounds, Verify
 from edgespec.server.admission import check_generation_fits
-from edgespec.server.prefix_cache import PrefixCache
 from edgespec.server.jobs import Job
 from edgespec.server.limits import SessionLimits
+from edgespec.server.prefix_cache import PrefixCache
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,11 @@ class ServerSession:
         # The grammar the target's output follows: each position's logits are masked by it.
         self.grammar = grammar
         self.rounds = VerifierRounds(
-            list(prompt_ids) + list(committed_ids), len(prompt_ids), eos_ids, max_new_tokens, early_verdicts=early_verdicts
+            list(prompt_ids) + list(committed_ids),
+            len(prompt_ids),
+            eos_ids,
+            max_new_tokens,
+            early_verdicts=early_verdicts,
         )
 
     @property
@@ -110,8 +114,16 @@ class ServerSession:
         emits (empty unless asked for)."""
         block = verify.block
         pending = begin_round(
-            self.runtime, verify.sequence, block.tokens, self.sampling, block.payload, self.seed,
-            with_exits=on_early is not None, on_streamed=on_early, kv=self.kv, candidates=block.candidates,
+            self.runtime,
+            verify.sequence,
+            block.tokens,
+            self.sampling,
+            block.payload,
+            self.seed,
+            with_exits=on_early is not None,
+            on_streamed=on_early,
+            kv=self.kv,
+            candidates=block.candidates,
             full_logits=self.top_logprobs is not None or self.grammar is not None,
         )
 

@@ -10,12 +10,18 @@ import asyncio
 import logging
 from typing import Callable
 
+from edgespec.core.verifier import Drop, ExitReached, OutOfOrder, Reject, SendFinal, ServerAction, Verified, Verify
 from edgespec.decoding.early import EarlyVerdict
 from edgespec.models.target import TargetRuntime
-from edgespec.core.verifier import Drop, ExitReached, OutOfOrder, Reject, SendFinal, ServerAction, Verified, Verify
 from edgespec.server.encoding import (
-    END_OF_STREAM, dropped_reply, early_verdict_reply, error_reply, final_verdict_reply, incoming_block,
-    internal_error_reply, out_of_order_error,
+    END_OF_STREAM,
+    dropped_reply,
+    early_verdict_reply,
+    error_reply,
+    final_verdict_reply,
+    incoming_block,
+    internal_error_reply,
+    out_of_order_error,
 )
 from edgespec.server.pass_thread import BatchScheduler
 from edgespec.server.refusals import Refused
@@ -113,13 +119,24 @@ class SpeculativeLoop:
         def stream_early(early: EarlyVerdict) -> None:
             def deliver() -> None:
                 reached = ExitReached(
-                    round=round_index, layer=early.layer, verdict=early.verdict, confidence=early.confidence,
-                    elapsed_s=early.elapsed_s, streamed=early.streamed,
+                    round=round_index,
+                    layer=early.layer,
+                    verdict=early.verdict,
+                    confidence=early.confidence,
+                    elapsed_s=early.elapsed_s,
+                    streamed=early.streamed,
                 )
                 for action in rounds.exit_reached(reached):
-                    replies.put_nowait(early_verdict_reply(
-                        action.round, action.layer, action.verdict, action.confidence, action.elapsed_s,
-                    ))
+                    replies.put_nowait(
+                        early_verdict_reply(
+                            action.round,
+                            action.layer,
+                            action.verdict,
+                            action.confidence,
+                            action.elapsed_s,
+                        )
+                    )
+
             loop.call_soon_threadsafe(deliver)
 
         return stream_early

@@ -21,7 +21,9 @@ logger = logging.getLogger(__name__)
 NGINX_MISSING = "TLS with --replicas needs nginx (Debian: apt-get install nginx-light; `make install` does)"
 
 
-def nginx_config(host: str, port: int, upstream_port: int, certificate: Path, private_key: Path, workdir: Path, idle_timeout_s: float) -> str:
+def nginx_config(
+    host: str, port: int, upstream_port: int, certificate: Path, private_key: Path, workdir: Path, idle_timeout_s: float
+) -> str:
     # A session's stream may sit idle up to the verifier's own idle timeout between messages;
     # nginx's 60 s defaults would cut it first.
     idle = f"{int(idle_timeout_s) + 30}s"
@@ -61,14 +63,22 @@ http {{
 class TlsFront:
     """nginx as a child process, TLS on ``host:port`` to plaintext ``127.0.0.1:upstream_port``."""
 
-    def __init__(self, host: str, port: int, upstream_port: int, certificate: Path, private_key: Path, idle_timeout_s: float) -> None:
-        binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None)
+    def __init__(
+        self, host: str, port: int, upstream_port: int, certificate: Path, private_key: Path, idle_timeout_s: float
+    ) -> None:
+        binary = shutil.which("nginx") or next(
+            (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
+        )
         if binary is None:
             raise RuntimeError(NGINX_MISSING)
         self.workdir = Path(tempfile.mkdtemp(prefix="edgespec-nginx-"))
         self.workdir.chmod(0o755)  # nginx workers drop root and must reach their temp paths
         conf = self.workdir / "nginx.conf"
-        conf.write_text(nginx_config(host, port, upstream_port, certificate.resolve(), private_key.resolve(), self.workdir, idle_timeout_s))
+        conf.write_text(
+            nginx_config(
+                host, port, upstream_port, certificate.resolve(), private_key.resolve(), self.workdir, idle_timeout_s
+            )
+        )
         self.process = subprocess.Popen([binary, "-p", str(self.workdir), "-c", str(conf), "-e", "stderr"])
         self.host, self.port = host, port
 
@@ -77,7 +87,9 @@ class TlsFront:
         probe_host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "[::]") else self.host.strip("[]")
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited with code {self.process.returncode} (port {self.port} in use? see its messages above)")
+                raise RuntimeError(
+                    f"nginx exited with code {self.process.returncode} (port {self.port} in use? see its messages above)"
+                )
             try:
                 with socket.create_connection((probe_host, self.port), timeout=1):
                     return

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Sequence
 
 
-def plot_speedup_map(grid: dict[str, list[list[float]]], rtts_ms: Sequence[float], decode_ms: Sequence[float], title: str, path: Path) -> None:
+def plot_speedup_map(
+    grid: dict[str, list[list[float]]], rtts_ms: Sequence[float], decode_ms: Sequence[float], title: str, path: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

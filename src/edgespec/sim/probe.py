@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import torch
 
-from edgespec.hostinfo import host_facts
 from edgespec.drivers.cost_profile import HardwareProfile
+from edgespec.hostinfo import host_facts
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,9 @@ def _median_s(run: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def probe_host(target_name: str, draft_name: str, backend: str, dtype: str, exits_spec: str = "auto") -> HardwareProfile:
+def probe_host(
+    target_name: str, draft_name: str, backend: str, dtype: str, exits_spec: str = "auto"
+) -> HardwareProfile:
     """Measure: target prefill, a forward over 1..9 new rows, an exit's cost; the draft's prefill
     and per-token cost; a batched verify of 4 sessions. About a minute on a 2-core machine."""
     from edgespec.models.exit_choice import resolve_exits
@@ -60,7 +62,9 @@ def probe_host(target_name: str, draft_name: str, backend: str, dtype: str, exit
     short, long = 64, 256
     prefill = {}
     for n in (short, long):
-        prefill[n] = _median_s(lambda n=n: (runtime.reset(), runtime.score_tail(list(range(2000, 2000 + n)), 1)), 2) * 1000
+        prefill[n] = (
+            _median_s(lambda n=n: (runtime.reset(), runtime.score_tail(list(range(2000, 2000 + n)), 1)), 2) * 1000
+        )
     per_token = (prefill[long] - prefill[short]) / (long - short)
     exits = resolve_exits(exits_spec, loaded.model, target_name)
     exit_ms = exit_candidates_ms = 0.0
@@ -81,7 +85,9 @@ def probe_host(target_name: str, draft_name: str, backend: str, dtype: str, exit
     caches = [runtime.new_cache() for _ in range(4)]
     for kv in caches:
         runtime.score_tail(context, 1, kv=kv)
-    batch4 = 1000 * _median_s(lambda: runtime.score_batch([ScoreRequest(context + [10, 11, 12, 13, 14], 5, kv) for kv in caches]), 2)
+    batch4 = 1000 * _median_s(
+        lambda: runtime.score_batch([ScoreRequest(context + [10, 11, 12, 13, 14], 5, kv) for kv in caches]), 2
+    )
     decode4 = 1000 * _median_s(lambda: runtime.score_batch([ScoreRequest(context + [10], 1, kv) for kv in caches]), 2)
     caches.clear()  # free the target's memory before the draft loads
     runtime.reset()
@@ -150,19 +156,33 @@ def measure_message_overhead_ms(rounds: int = 30, one_way_ms: float = 25.0) -> f
     from edgespec.client.recovery import NO_RECOVERY
     from edgespec.core.config import GenerationConfig
     from edgespec.core.modes import Mode
+    from edgespec.link import LinkEmulator, resolve_profile
     from edgespec.models.draft import DraftRuntime
     from edgespec.models.target import TargetRuntime
-    from edgespec.link import LinkEmulator, resolve_profile
     from edgespec.server.app import RunningServer, ServerConfig
     from edgespec.server.servicer import VerifierService
 
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, max_position_embeddings=512, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).float().eval().requires_grad_(False)
-    server = RunningServer(VerifierService(TargetRuntime(model), tokenizer=None, eos_ids=frozenset()), ServerConfig(port=0))
+    server = RunningServer(
+        VerifierService(TargetRuntime(model), tokenizer=None, eos_ids=frozenset()), ServerConfig(port=0)
+    )
     try:
-        with LinkEmulator("127.0.0.1", server.port, resolve_profile("lan", {"one_way_delay_ms": one_way_ms})).running() as port:
+        with LinkEmulator(
+            "127.0.0.1", server.port, resolve_profile("lan", {"one_way_delay_ms": one_way_ms})
+        ).running() as port:
             client = EdgeClient(f"127.0.0.1:{port}", DraftRuntime(model), ClientOptions(recovery=NO_RECOVERY))
             generation = GenerationConfig(max_new_tokens=rounds * 2, gamma=1)
             client.generate([1, 2, 3], Mode.SD, GenerationConfig(max_new_tokens=4, gamma=1))  # warm up
@@ -178,8 +198,12 @@ def host_profile(target: str, draft: str, backend: str, dtype: str, refresh: boo
         profile = HardwareProfile.load(path)
         if profile.server_draft_ms_per_token is None:  # cached before cloud-sd: probe just that
             logger.info("probing the server-side draft for cloud-sd (under a minute); updating %s", path)
-            profile.server_draft_ms_per_token, profile.server_draft_prefill_ms_per_token = probe_server_draft(draft, dtype)
-            profile.server_draft_source = f"probed: {draft} on transformers ({dtype}), one thread, as `serve --cloud-draft` runs it"
+            profile.server_draft_ms_per_token, profile.server_draft_prefill_ms_per_token = probe_server_draft(
+                draft, dtype
+            )
+            profile.server_draft_source = (
+                f"probed: {draft} on transformers ({dtype}), one thread, as `serve --cloud-draft` runs it"
+            )
             profile.save(path)
         return profile
     logger.info("probing this host's costs (about a minute); cached at %s", path)

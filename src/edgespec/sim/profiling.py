@@ -144,7 +144,16 @@ def profile_batched_costs(
 # (rows, fed tokens per row): verify rows alone, a prefill chunk alone, verify rows riding with a
 # chunk (every row padded to the chunk).
 PASS_SHAPES: tuple[tuple[int, int], ...] = (
-    (1, 5), (8, 5), (1, 16), (1, 32), (1, 64), (9, 8), (9, 16), (9, 32), (4, 32), (8, 32),
+    (1, 5),
+    (8, 5),
+    (1, 16),
+    (1, 32),
+    (1, 64),
+    (9, 8),
+    (9, 16),
+    (9, 32),
+    (4, 32),
+    (8, 32),
 )
 
 
@@ -187,17 +196,48 @@ def pass_costs(
 
 
 # Operations that move memory: each is one kernel launch on an accelerator.
-MEMORY_MOVES = frozenset({
-    "aten::copy_", "aten::cat", "aten::index_copy_", "aten::zeros", "aten::new_zeros", "aten::clone", "aten::fill_",
-    "aten::zero_",
-})
+MEMORY_MOVES = frozenset(
+    {
+        "aten::copy_",
+        "aten::cat",
+        "aten::index_copy_",
+        "aten::zeros",
+        "aten::new_zeros",
+        "aten::clone",
+        "aten::fill_",
+        "aten::zero_",
+    }
+)
 # Operations that only make views or empty buffers: no work of their own.
-VIEW_OPERATIONS = frozenset({
-    "aten::empty", "aten::slice", "aten::select", "aten::view", "aten::as_strided", "aten::transpose",
-    "aten::unsqueeze", "aten::expand", "aten::reshape", "aten::t", "aten::_unsafe_view", "aten::alias", "aten::detach",
-    "aten::lift_fresh", "aten::resolve_conj", "aten::resolve_neg", "aten::empty_like", "aten::empty_strided",
-    "aten::squeeze", "aten::permute", "aten::contiguous", "aten::narrow", "aten::split", "aten::chunk", "aten::unbind",
-})
+VIEW_OPERATIONS = frozenset(
+    {
+        "aten::empty",
+        "aten::slice",
+        "aten::select",
+        "aten::view",
+        "aten::as_strided",
+        "aten::transpose",
+        "aten::unsqueeze",
+        "aten::expand",
+        "aten::reshape",
+        "aten::t",
+        "aten::_unsafe_view",
+        "aten::alias",
+        "aten::detach",
+        "aten::lift_fresh",
+        "aten::resolve_conj",
+        "aten::resolve_neg",
+        "aten::empty_like",
+        "aten::empty_strided",
+        "aten::squeeze",
+        "aten::permute",
+        "aten::contiguous",
+        "aten::narrow",
+        "aten::split",
+        "aten::chunk",
+        "aten::unbind",
+    }
+)
 
 
 def launch_bound_target(layers: int = 28) -> Any:
@@ -207,8 +247,13 @@ def launch_bound_target(layers: int = 28) -> Any:
 
     torch.manual_seed(0)
     config = Qwen2Config(
-        vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048,
+        vocab_size=2048,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
     )
     return Qwen2ForCausalLM(config).eval()
 

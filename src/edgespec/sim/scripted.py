@@ -13,8 +13,8 @@ import time
 from typing import Any, Callable, Sequence
 
 from edgespec.core.block import DraftBlock
-from edgespec.drivers.trace_backends import TraceEdge
 from edgespec.drivers.trace import Trace
+from edgespec.drivers.trace_backends import TraceEdge
 
 OUTPUT_SCALE = 1e-3
 
@@ -29,10 +29,15 @@ def scripted_trace(trace: Trace, vocab: int) -> Trace:
     agreed = [d == c for d, c in zip(trace.draft_argmax, trace.continuation)] + [True]
     draft = [repeated if ok else wrong for ok in agreed[: len(trace.draft_argmax)]]
     return Trace(
-        id=trace.id, prompt_set=trace.prompt_set, prompt_ids=list(trace.prompt_ids),
-        continuation=[repeated] * len(trace.continuation), ended_in_eos=False, draft_argmax=draft,
+        id=trace.id,
+        prompt_set=trace.prompt_set,
+        prompt_ids=list(trace.prompt_ids),
+        continuation=[repeated] * len(trace.continuation),
+        ended_in_eos=False,
+        draft_argmax=draft,
         draft_topk_ids=[[d, wrong if d == repeated else repeated] for d in draft],
-        draft_topk_probs=trace.draft_topk_probs, num_layers=trace.num_layers,
+        draft_topk_probs=trace.draft_topk_probs,
+        num_layers=trace.num_layers,
     )
 
 
@@ -54,9 +59,16 @@ class ScriptedDraft:
         pass
 
     def draft(
-        self, sequence: Sequence[int], gamma: int, params: Any, seed: int = 0,
-        should_stop: Callable[[], bool] | None = None, candidates: bool = False, alternatives: bool = False,
-        stop_below: float = 0.0, min_tokens: int = 1,
+        self,
+        sequence: Sequence[int],
+        gamma: int,
+        params: Any,
+        seed: int = 0,
+        should_stop: Callable[[], bool] | None = None,
+        candidates: bool = False,
+        alternatives: bool = False,
+        stop_below: float = 0.0,
+        min_tokens: int = 1,
     ) -> DraftBlock:
         block, seconds = self.edge.draft(sequence, gamma, min_tokens, stop_below)
         per_token = seconds / len(block.tokens)

@@ -10,13 +10,13 @@ from edgespec.bench.metrics import PriceModel, summarize
 from edgespec.capacity import point_metrics
 from edgespec.core.config import GenerationConfig
 from edgespec.core.modes import Mode
-from edgespec.link import PROFILES
-from edgespec.link.profiles import LinkProfile
+from edgespec.drivers.cost_profile import HardwareProfile
+from edgespec.drivers.trace import Trace
+from edgespec.drivers.trace_backends import ExitOracle, TraceCloud, TraceEdge
 from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock
 from edgespec.drivers.virtual_devices import Link
-from edgespec.drivers.cost_profile import HardwareProfile
-from edgespec.drivers.trace_backends import ExitOracle, TraceCloud, TraceEdge
-from edgespec.drivers.trace import Trace
+from edgespec.link import PROFILES
+from edgespec.link.profiles import LinkProfile
 
 # cloud-sd also needs the profile's server-side draft cost (`edgespec simulate` adds it when known).
 SIMULATED_MODES = ("cloud-ar", "sd", "sd-ee", "sd-ee-predraft", "sd-ee-pipelined")
@@ -41,9 +41,15 @@ class SimConfig:
 
     def generation(self, eos_ids: frozenset[int]) -> GenerationConfig:
         return GenerationConfig(
-            max_new_tokens=self.max_new_tokens, gamma=self.gamma, eos_ids=eos_ids,
-            adaptive_gamma=self.adaptive_gamma, max_gamma=self.max_gamma,
-            branches=self.branches, guess_verdict=self.guess_verdict, runner_up=self.runner_up, draft_stop=self.draft_stop,
+            max_new_tokens=self.max_new_tokens,
+            gamma=self.gamma,
+            eos_ids=eos_ids,
+            adaptive_gamma=self.adaptive_gamma,
+            max_gamma=self.max_gamma,
+            branches=self.branches,
+            guess_verdict=self.guess_verdict,
+            runner_up=self.runner_up,
+            draft_stop=self.draft_stop,
             early_verdicts=GenerationConfig.early_verdicts_from(self.early_verdicts),
         )
 
@@ -54,14 +60,20 @@ def link_for(link: LinkProfile, profile: HardwareProfile) -> Link:
     the emulator: the client's connection to the local proxy is immediate, the proxy's upstream
     handshake is not waited for)."""
     bandwidth = link.bytes_per_second if link.bytes_per_second else float("inf")
-    return Link(one_way_s=(link.one_way_delay_ms + profile.message_overhead_ms) / 1000, bandwidth_bytes_per_s=bandwidth, connect_rtts=0.5)
+    return Link(
+        one_way_s=(link.one_way_delay_ms + profile.message_overhead_ms) / 1000,
+        bandwidth_bytes_per_s=bandwidth,
+        connect_rtts=0.5,
+    )
 
 
 def _eos(trace: Trace) -> frozenset[int]:
     return frozenset({trace.continuation[-1]}) if trace.ended_in_eos else frozenset()
 
 
-def run_mode(traces: Sequence[Trace], mode: Mode, profile: HardwareProfile, link: Link, config: SimConfig) -> list[dict[str, Any]]:
+def run_mode(
+    traces: Sequence[Trace], mode: Mode, profile: HardwareProfile, link: Link, config: SimConfig
+) -> list[dict[str, Any]]:
     """One record per generation, in `edgespec bench`'s shape. With several clients they start
     together, each on its own trace, against one batching verifier."""
     records = []
@@ -70,21 +82,39 @@ def run_mode(traces: Sequence[Trace], mode: Mode, profile: HardwareProfile, link
         chosen = [group[i % len(group)] for i in range(config.clients)] if config.clients > 1 else group
         cloud = TraceCloud(dict(enumerate(chosen)), profile, config.exit_oracle, config.exit_candidates)
         specs = [
-            ClientSpec(t.prompt_ids, mode, config.generation(_eos(t)), TraceEdge(t, profile, config.draft_stop) if mode.uses_draft else None, link, eos_ids=_eos(t))
+            ClientSpec(
+                t.prompt_ids,
+                mode,
+                config.generation(_eos(t)),
+                TraceEdge(t, profile, config.draft_stop) if mode.uses_draft else None,
+                link,
+                eos_ids=_eos(t),
+            )
             for t in chosen
         ]
         world = VirtualClock(cloud, config.max_batch)
         for index, (trace, result) in enumerate(zip(chosen, world.run(specs))):
-            records.append({
-                "world": len(records) - index,  # the records of one world (one verifier) share this
-                "prompt_set": trace.prompt_set, "prompt_id": trace.id, "mode": mode.value, "client_index": index,
-                "tokens": result.tokens, "stats": result.stats.as_dict(with_timeline=False),
-                "started_at": 0.0, "ended_at": result.stats.total_s, "verifier_busy_s": world.verifier.busy_s, "wall_s": world.wall_s,
-            })
+            records.append(
+                {
+                    "world": len(records) - index,  # the records of one world (one verifier) share this
+                    "prompt_set": trace.prompt_set,
+                    "prompt_id": trace.id,
+                    "mode": mode.value,
+                    "client_index": index,
+                    "tokens": result.tokens,
+                    "stats": result.stats.as_dict(with_timeline=False),
+                    "started_at": 0.0,
+                    "ended_at": result.stats.total_s,
+                    "verifier_busy_s": world.verifier.busy_s,
+                    "wall_s": world.wall_s,
+                }
+            )
     return records
 
 
-def summarize_modes(records: list[dict[str, Any]], link_name: str, modes: Sequence[str], clients: int, price: PriceModel) -> dict[str, Any]:
+def summarize_modes(
+    records: list[dict[str, Any]], link_name: str, modes: Sequence[str], clients: int, price: PriceModel
+) -> dict[str, Any]:
     per_mode: dict[str, Any] = {}
     for mode in modes:
         chosen = [r for r in records if r["mode"] == mode]
@@ -101,7 +131,11 @@ def summarize_modes(records: list[dict[str, Any]], link_name: str, modes: Sequen
 
 
 def simulate(
-    traces: Sequence[Trace], profile: HardwareProfile, links: Sequence[str], config: SimConfig, price: PriceModel = PriceModel()
+    traces: Sequence[Trace],
+    profile: HardwareProfile,
+    links: Sequence[str],
+    config: SimConfig,
+    price: PriceModel = PriceModel(),
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     records: list[dict[str, Any]] = []
     profiles: dict[str, Any] = {}
@@ -112,13 +146,20 @@ def simulate(
             chosen += run_mode(traces, Mode.parse(mode), profile, link, config)
         for record in chosen:
             record["profile"] = name
-        profiles[name] = summarize_modes(chosen, name, [Mode.parse(m).value for m in config.modes], config.clients, price)
+        profiles[name] = summarize_modes(
+            chosen, name, [Mode.parse(m).value for m in config.modes], config.clients, price
+        )
         records += chosen
     return {"profiles": profiles}, records
 
 
 def speedup_grid(
-    traces: Sequence[Trace], profile: HardwareProfile, modes: Sequence[str], rtts_ms: Sequence[float], decode_ms: Sequence[float], config: SimConfig
+    traces: Sequence[Trace],
+    profile: HardwareProfile,
+    modes: Sequence[str],
+    rtts_ms: Sequence[float],
+    decode_ms: Sequence[float],
+    config: SimConfig,
 ) -> dict[str, list[list[float]]]:
     """Per mode, tokens/s against cloud-ar's over (target decode time) x (round-trip time)."""
     grid: dict[str, list[list[float]]] = {m: [] for m in modes if m != "cloud-ar"}
@@ -139,8 +180,14 @@ def speedup_grid(
 
 
 def clients_sweep(
-    traces: Sequence[Trace], profile: HardwareProfile, link: Link, link_name: str, modes: Sequence[str], counts: Sequence[int],
-    config: SimConfig, price: PriceModel = PriceModel(),
+    traces: Sequence[Trace],
+    profile: HardwareProfile,
+    link: Link,
+    link_name: str,
+    modes: Sequence[str],
+    counts: Sequence[int],
+    config: SimConfig,
+    price: PriceModel = PriceModel(),
 ) -> dict[int, dict[str, Any]]:
     """clients -> mode -> the serving figures of that point (`edgespec.capacity.point_metrics`,
     the verifier's busy time exact) beside `summarize`'s: the same figures `edgespec bench`
@@ -153,7 +200,10 @@ def clients_sweep(
             name = Mode.parse(mode).value
             records = run_mode(traces, Mode.parse(mode), profile, link, point)
             figures = point_metrics(*_on_one_clock(records, count))
-            points[count][name] = {**summarize([dict(r, profile=link_name) for r in records], link_name, price), **figures}
+            points[count][name] = {
+                **summarize([dict(r, profile=link_name) for r in records], link_name, price),
+                **figures,
+            }
     return points
 
 
@@ -203,11 +253,19 @@ def colocated_comparison(
         colocated = per_mode["cloud-sd"]["verifier_s_per_token"]
         for row in per_mode.values():
             # > 1: that many times fewer verifier seconds per token than cloud-sd
-            row["verifier_factor_vs_cloud_sd"] = colocated / row["verifier_s_per_token"] if row["verifier_s_per_token"] else 0.0
+            row["verifier_factor_vs_cloud_sd"] = (
+                colocated / row["verifier_s_per_token"] if row["verifier_s_per_token"] else 0.0
+            )
         points[str(count)] = per_mode
     return {
-        "link": link_name, "gamma": gamma, "t_draft_ms": t_d, "t_verify_ms": t_v, "predicted_factor": 1 + gamma * t_d / t_v,
-        "t_draft_source": profile.server_draft_source, "clients": list(counts), "points": points,
+        "link": link_name,
+        "gamma": gamma,
+        "t_draft_ms": t_d,
+        "t_verify_ms": t_v,
+        "predicted_factor": 1 + gamma * t_d / t_v,
+        "t_draft_source": profile.server_draft_source,
+        "clients": list(counts),
+        "points": points,
     }
 
 
@@ -224,13 +282,17 @@ def render_colocated(comparison: dict[str, Any]) -> str:
         f"(t_d: {comparison['t_draft_source'] or 'the profile'}; t_v: a verify of γ drafts, the profile's). "
         "Simulated below: verifier seconds per token (its busy time, a batched pass counted once) and cloud-sd's ÷ each mode's.",
         "",
-        "| mode | " + " | ".join(f"{c} clients: tok/s per client · verifier ms/tok · cloud-sd ÷" for c in counts) + " |",
+        "| mode | "
+        + " | ".join(f"{c} clients: tok/s per client · verifier ms/tok · cloud-sd ÷" for c in counts)
+        + " |",
         "|---|" + "---|" * len(counts),
     ]
     for mode in comparison["points"][str(counts[0])]:
         cells = []
         for c in counts:
             row = comparison["points"][str(c)][mode]
-            cells.append(f"{row['median_per_client_tokens_per_s']:.1f} · {1000 * row['verifier_s_per_token']:.2f} · {row['verifier_factor_vs_cloud_sd']:.2f}×")
+            cells.append(
+                f"{row['median_per_client_tokens_per_s']:.1f} · {1000 * row['verifier_s_per_token']:.2f} · {row['verifier_factor_vs_cloud_sd']:.2f}×"
+            )
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -61,8 +61,11 @@ def record_trace(
             top = logits.softmax(dim=-1).max(dim=-1)
             restricted = logits.gather(1, candidates).softmax(dim=-1).max(dim=-1)
             exits[str(layer)] = ExitTrace(
-                top.indices.tolist(), [round(float(p), 5) for p in top.values], target.exits.spec(layer).threshold,
-                candidates.gather(1, restricted.indices[:, None]).squeeze(1).tolist(), [round(float(p), 5) for p in restricted.values],
+                top.indices.tolist(),
+                [round(float(p), 5) for p in top.values],
+                target.exits.spec(layer).threshold,
+                candidates.gather(1, restricted.indices[:, None]).squeeze(1).tolist(),
+                [round(float(p), 5) for p in restricted.values],
             )
     draft_probs = draft_logits.softmax(dim=-1)
     topk = draft_probs.topk(TOPK, dim=-1)

@@ -39,11 +39,16 @@ def sampling_from_wire(message: pb.Sampling) -> SamplingParams:
     """top_k >= the vocabulary size filters nothing, like 0, so any top_k is valid."""
     temperature, top_p = float(message.temperature), float(message.top_p)
     if not (temperature == 0.0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
-        raise ProtocolError(pb.BAD_REQUEST, f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}], got {temperature}")
+        raise ProtocolError(
+            pb.BAD_REQUEST,
+            f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}], got {temperature}",
+        )
     if not 0.0 <= top_p <= 1.0:  # NaN fails this too
         raise ProtocolError(pb.BAD_REQUEST, f"top_p must be in [0, 1] (0 or 1: off), got {top_p}")
     # float32 on the wire: round so 0.7 stays 0.7 and both sides compute the same logits.
-    return SamplingParams(temperature=round(temperature, 6), top_k=int(message.top_k), top_p=round(top_p, 6) if top_p > 0 else 1.0)
+    return SamplingParams(
+        temperature=round(temperature, 6), top_k=int(message.top_k), top_p=round(top_p, 6) if top_p > 0 else 1.0
+    )
 
 
 def distributions_to_wire(probs: torch.Tensor | None) -> list[pb.SparseDistribution]:
@@ -85,12 +90,16 @@ def check_distribution(index: int, row: pb.SparseDistribution, vocab_size: int) 
     if len(row.ids) != len(row.probs) or not row.ids:
         raise ProtocolError(pb.BAD_REQUEST, f"draft distribution {index}: ids and probs must be equal, non-empty lists")
     if max(row.ids) >= vocab_size:
-        raise ProtocolError(pb.OUT_OF_VOCABULARY, f"draft distribution {index} names a token outside the vocabulary (size {vocab_size})")
+        raise ProtocolError(
+            pb.OUT_OF_VOCABULARY, f"draft distribution {index} names a token outside the vocabulary (size {vocab_size})"
+        )
     if len(set(row.ids)) != len(row.ids):
         raise ProtocolError(pb.BAD_REQUEST, f"draft distribution {index} names a token twice")
     values = torch.tensor(list(row.probs), dtype=torch.float32)
     if not torch.isfinite(values).all() or (values < 0).any() or abs(float(values.sum()) - 1) > PROB_SUM_TOLERANCE:
-        raise ProtocolError(pb.BAD_REQUEST, f"draft distribution {index} is not a probability distribution (finite, >= 0, summing to 1)")
+        raise ProtocolError(
+            pb.BAD_REQUEST, f"draft distribution {index} is not a probability distribution (finite, >= 0, summing to 1)"
+        )
 
 
 def logprobs_request(message: pb.Open) -> int | None:
@@ -122,8 +131,10 @@ def grammar_from_wire(message: pb.Open) -> Grammar | None:
 def logprobs_to_wire(entries: Sequence[TokenLogprob]) -> list[pb.TokenLogprob]:
     return [
         pb.TokenLogprob(
-            token=entry.token, logprob=entry.logprob,
-            top_ids=[token for token, _ in entry.top], top_logprobs=[value for _, value in entry.top],
+            token=entry.token,
+            logprob=entry.logprob,
+            top_ids=[token for token, _ in entry.top],
+            top_logprobs=[value for _, value in entry.top],
         )
         for entry in entries
     ]

@@ -36,7 +36,8 @@ def check_open(request: pb.Open, max_new_tokens_limit: int) -> None:
     budget = min(int(request.max_new_tokens), max_new_tokens_limit)
     if len(request.committed_ids) > budget:
         raise ProtocolError(
-            pb.TOO_LARGE, f"{len(request.committed_ids)} committed_ids exceed max_new_tokens ({budget}), which they count against"
+            pb.TOO_LARGE,
+            f"{len(request.committed_ids)} committed_ids exceed max_new_tokens ({budget}), which they count against",
         )
 
 
@@ -49,12 +50,19 @@ def check_candidates(block: pb.DraftBlock, vocab_size: int) -> None:
     if not block.candidates:
         return
     if len(block.candidates) != len(block.tokens):
-        raise ProtocolError(pb.BAD_REQUEST, f"candidate ids need one row per draft token: {len(block.tokens)} tokens, {len(block.candidates)} rows")
+        raise ProtocolError(
+            pb.BAD_REQUEST,
+            f"candidate ids need one row per draft token: {len(block.tokens)} tokens, {len(block.candidates)} rows",
+        )
     for index, row in enumerate(block.candidates):
         if not 1 <= len(row.ids) <= MAX_CANDIDATES:
-            raise ProtocolError(pb.BAD_REQUEST, f"candidate row {index} must name 1..{MAX_CANDIDATES} ids, got {len(row.ids)}")
+            raise ProtocolError(
+                pb.BAD_REQUEST, f"candidate row {index} must name 1..{MAX_CANDIDATES} ids, got {len(row.ids)}"
+            )
         if max(row.ids) >= vocab_size:
-            raise ProtocolError(pb.OUT_OF_VOCABULARY, f"candidate row {index} names a token outside the vocabulary (size {vocab_size})")
+            raise ProtocolError(
+                pb.OUT_OF_VOCABULARY, f"candidate row {index} names a token outside the vocabulary (size {vocab_size})"
+            )
 
 
 def check_block(block: pb.DraftBlock, vocab_size: int, max_block: int, greedy: bool) -> None:
@@ -71,6 +79,9 @@ def check_block(block: pb.DraftBlock, vocab_size: int, max_block: int, greedy: b
         check_candidates(block, vocab_size)
         return
     if len(block.probs) != size:
-        raise ProtocolError(pb.BAD_REQUEST, f"sampling needs one draft distribution per draft token: {size} tokens, {len(block.probs)} distributions")
+        raise ProtocolError(
+            pb.BAD_REQUEST,
+            f"sampling needs one draft distribution per draft token: {size} tokens, {len(block.probs)} distributions",
+        )
     for index, row in enumerate(block.probs):
         check_distribution(index, row, vocab_size)
