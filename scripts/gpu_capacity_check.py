@@ -33,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from edgespec.drivers.trace import Trace
+from edgespec.drivers.trace import Trace  # noqa: E402
 from edgespec.sim.pass_diagnostics import (  # noqa: E402
     GarbageCollections,
     in_server_pass_ms,
