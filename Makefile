@@ -5,7 +5,7 @@ STAMP := $(VENV)/.edgespec-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROMPT ?= Write a Python function that returns the n-th Fibonacci number, with a docstring.
 
-.PHONY: install demo test test-fast real-check robot-demo proto clean
+.PHONY: install demo test lint test-fast real-check robot-demo proto clean
 
 $(STAMP): pyproject.toml
 	# nginx: the TLS front of `edgespec serve --replicas --tls-cert` (Ray Serve's proxy has no TLS).
@@ -31,11 +31,16 @@ install: $(STAMP)
 demo: install
 	$(PY) scripts/demo.py --prompt "$(PROMPT)"
 
-# Unit + integration tests on tiny models, plus the bounded real-model tests (SmolLM2-135M).
-test: install
+# The linter (ruff: format and lint), then unit + integration tests on tiny models, plus the
+# bounded real-model tests (SmolLM2-135M).
+test: install lint
 	$(PY) -m pytest -q
 
-test-fast: install
+lint: install
+	$(VENV)/bin/ruff format --check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts
+
+test-fast: install lint
 	$(PY) -m pytest -q -m "not slow"
 
 # The README's real-pair table: Qwen pair, bf16 and fp32, MT-bench and HumanEval prompts.
