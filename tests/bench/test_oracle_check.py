@@ -130,7 +130,7 @@ def test_the_demo_explanation_names_who_differs_where_and_what_fp32_generate_say
     assert f"margin {margin:.3f}" in lines[0]
     assert lines[1].startswith("sd-ee: token 7")
     assert (
-        lines[2]
-        == "fp32 generate (the oracle) equals: sd, sd-ee; differs from: cloud-ar (from token 7), edge-only (from token 0)"
+        lines[2] == "fp32 generate (the oracle) equals: sd, sd-ee; "
+        "differs from: cloud-ar (from token 7), edge-only (from token 0)"
     )
     assert explain_outputs(model(), PROMPT, {"cloud-ar": tokens, "sd": tokens}) == []

@@ -63,10 +63,15 @@ def render_markdown(summary: dict[str, Any], command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
-        f"Target {config['target']} ({config['dtype']}{' → ' + summary['server_dtype'] if summary.get('server_dtype', config['dtype']) != config['dtype'] else ''}), draft {config['draft']} on {config['draft_backend']}, "
-        f"γ = {config['gamma']}{drafting}, {config['max_new_tokens']} new tokens, prompts {', '.join(config['prompts'])} "
-        f"({config['num_prompts']} each), exits {config['exits']}. Server and client in separate processes, one thread each. "
-        f"Price model: ${config['price']['gpu_usd_per_hour']}/GPU-hour of verify compute + ${config['price']['egress_usd_per_gb']}/GB on the wire.",
+        f"Target {config['target']} ({config['dtype']}"
+        f"{' → ' + summary['server_dtype'] if summary.get('server_dtype', config['dtype']) != config['dtype'] else ''}"
+        f"), draft {config['draft']} on {config['draft_backend']}, "
+        f"γ = {config['gamma']}{drafting}, {config['max_new_tokens']} new tokens, "
+        f"prompts {', '.join(config['prompts'])} "
+        f"({config['num_prompts']} each), exits {config['exits']}. "
+        "Server and client in separate processes, one thread each. "
+        f"Price model: ${config['price']['gpu_usd_per_hour']}/GPU-hour of verify compute + "
+        f"${config['price']['egress_usd_per_gb']}/GB on the wire.",
         "",
     ]
     host = summary.get("host") or config.get("hardware", {}).get("host")
@@ -85,14 +90,16 @@ def render_markdown(summary: dict[str, Any], command: str) -> str:
             f"Host: {host.get('cpu')}"
             + (f" ({host['cpu_family_model']})" if host.get("cpu_family_model") else "")
             + f", {host.get('cores')} cores, native bf16: {bf16}, "
-            f"torch CPU capability {host.get('torch_cpu_capability')}, {host.get('threads_per_process', 1)} thread per process.{ran}"
+            f"torch CPU capability {host.get('torch_cpu_capability')}, "
+            f"{host.get('threads_per_process', 1)} thread per process.{ran}"
             + (f" ({host['role']}.)" if host.get("role") else ""),
             "",
         ]
     cores = summary.get("cores")
     if cores and cores.get("server_core") is not None and config.get("clients", 1) > 1:
         shared = (
-            f"the {config['clients']} clients share {len(cores['edge_cores'])} edge core(s) (up to {cores['clients_per_edge_core']} per core)"
+            f"the {config['clients']} clients share {len(cores['edge_cores'])} edge core(s) "
+            f"(up to {cores['clients_per_edge_core']} per core)"
             if cores["clients_share_cores"]
             else "each client on a core of its own"
         )
@@ -144,7 +151,8 @@ def render_markdown(summary: dict[str, Any], command: str) -> str:
         for mode, stats in modes.items():
             if stats.get("differs_from_cloud_ar_at"):
                 lines.append(
-                    f"- {mode} differs from cloud-ar (first differing token): {', '.join(stats['differs_from_cloud_ar_at'])}"
+                    f"- {mode} differs from cloud-ar (first differing token): "
+                    f"{', '.join(stats['differs_from_cloud_ar_at'])}"
                 )
             if stats.get("oracle_mismatch_at"):
                 why = " (edge-only is not lossless by design)" if mode == "edge-only" else ""
@@ -160,14 +168,16 @@ def _correctness_notes(server_dtype: str, checked_oracle: bool) -> list[str]:
     ]
     if server_dtype == "bfloat16":
         notes.append(
-            "The server ran in **bfloat16**: a verify (γ + 1 rows) and a decode (1 row) round differently, so where the "
+            "The server ran in **bfloat16**: a verify (γ + 1 rows) and a decode (1 row) round differently, "
+            "so where the "
             "target's top two tokens nearly tie a speculative mode and `cloud-ar` can choose differently and the texts "
             "part there; the positions are listed under each table. That is rounding, not a lost token: "
             "`--dtype float32 --check-oracle` tests losslessness."
         )
     if checked_oracle:
         notes.append(
-            "**oracle mismatches**: outputs that differ from fp32 `generate` of the target (greedy, the server's EOS ids), "
+            "**oracle mismatches**: outputs that differ from fp32 `generate` of the target "
+            "(greedy, the server's EOS ids), "
             "listed with the first differing token and the fp32 margin between the target's top two logits there"
             + (
                 "; in bfloat16 a few at small margins are expected, for `cloud-ar` as well."
@@ -239,8 +249,10 @@ def render_sweep(summary: dict[str, Any]) -> str:
         figures = {int(n): f for n, f in table["points"].items()}
         where = (
             f"Profile `{profile}`; a fresh server per client count, each mode's clients start together after warm-up. "
-            "Per-client tokens/s: each client's tokens over its generating time. Aggregate decode tokens/s: the tokens after "
-            "each generation's first, over the union of the decode windows. Server busy share and s/token: the union of the "
+            "Per-client tokens/s: each client's tokens over its generating time. "
+            "Aggregate decode tokens/s: the tokens after "
+            "each generation's first, over the union of the decode windows. "
+            "Server busy share and s/token: the union of the "
             "passes the clients report (a batched pass counted once) over the wall time / the tokens."
         )
         parts.append(

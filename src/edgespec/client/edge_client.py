@@ -198,7 +198,8 @@ class EdgeClient:
             if not policy.fallback or self.draft is None:
                 tried = f" ({outage.attempts} reconnect attempts)" if outage.attempts else ""
                 raise ConnectionLost(
-                    f"lost the server at {self.address} after {gen.produced} committed tokens{tried}: {describe(failure)}",
+                    f"lost the server at {self.address} after {gen.produced} committed tokens{tried}: "
+                    f"{describe(failure)}",
                     self._result(run),
                 ) from failure
             if not await self._fall_back(run, outage):

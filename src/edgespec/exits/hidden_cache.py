@@ -178,7 +178,8 @@ def build_training_cache(
         manifest = json.loads(manifest_path.read_text())
         if not set(layers) <= set(manifest["layers"]) or manifest["topk"] != topk:
             raise ValueError(
-                f"{directory} caches layers {manifest['layers']} top-{manifest['topk']}; asked for layers {list(layers)} top-{topk}: use another --cache-dir"
+                f"{directory} caches layers {manifest['layers']} top-{manifest['topk']}; "
+                f"asked for layers {list(layers)} top-{topk}: use another --cache-dir"
             )
     else:
         manifest = {

@@ -30,7 +30,8 @@ def goal_from_task(task: str, arena: Arena) -> ArenaObject:
         if re.search(rf"\b{alias}\b", text):
             return arena.find(name)
     raise ValueError(
-        f"the task {task!r} names no object in the arena ({', '.join(o.name for o in arena.objects)}, or: {', '.join(ALIASES)})"
+        f"the task {task!r} names no object in the arena "
+        f"({', '.join(o.name for o in arena.objects)}, or: {', '.join(ALIASES)})"
     )
 
 

@@ -1,11 +1,12 @@
 """`edgespec serve --replicas N`: N verifier replicas behind one address, placed, health-checked,
 restarted and (optionally) autoscaled by Ray Serve.
 
-Ray Serve's gRPC proxy carries bidirectional streams (added in 2026, ray-project/ray PRs 60767-60771; checked for real with Ray 2.60.0 here):
-each edgespec session is one stream, routed when it opens to the replica with fewer ongoing
-requests (Serve's power-of-two-choices router) and pinned there for its life. A replica that dies
-breaks its streams; the client re-opens with its committed text through the same address and
-lands on a live replica, while Serve starts a replacement.
+Ray Serve's gRPC proxy carries bidirectional streams (added in 2026, ray-project/ray PRs
+60767-60771; checked for real with Ray 2.60.0 here): each edgespec session is one stream, routed
+when it opens to the replica with fewer ongoing requests (Serve's power-of-two-choices router) and
+pinned there for its life. A replica that dies breaks its streams; the client re-opens with its
+committed text through the same address and lands on a live replica, while Serve starts a
+replacement.
 
 This module starts a local Ray cluster (this machine only), runs the application, waits for
 Ctrl-C / SIGTERM and takes everything down again. `serve_config` writes the same deployment as
@@ -71,7 +72,8 @@ class ClusterConfig:
         if self.min_replicas is not None and self.max_replicas is not None:
             if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
                 raise ValueError(
-                    f"need 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1, got {self.min_replicas}..{self.max_replicas}"
+                    "need 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1, "
+                    f"got {self.min_replicas}..{self.max_replicas}"
                 )
         if self.sessions_per_replica <= 0:
             raise ValueError(f"--sessions-per-replica must be > 0, got {self.sessions_per_replica}")
@@ -182,7 +184,8 @@ def check_exposure(config: ClusterConfig, token: str | None) -> None:
     if token is None and config.host in LOOPBACK_HOSTS:
         raise ValueError(
             "with --replicas, Ray Serve's gRPC proxy listens on every interface, not just --host; "
-            "set an auth token (--auth-token-file or $EDGESPEC_AUTH_TOKEN), or pass --host 0.0.0.0 to accept an open port"
+            "set an auth token (--auth-token-file or $EDGESPEC_AUTH_TOKEN), "
+            "or pass --host 0.0.0.0 to accept an open port"
         )
 
 
@@ -244,9 +247,13 @@ def run_cluster(config: ClusterConfig) -> int:
                     config.spec.idle_timeout_s,
                 )
                 front.wait_ready()
-                where = f"{config.host}:{config.port} (TLS by nginx; Ray's plaintext proxy on port {proxy_port}, every interface)"
+                where = (
+                    f"{config.host}:{config.port} "
+                    f"(TLS by nginx; Ray's plaintext proxy on port {proxy_port}, every interface)"
+                )
             count = (
-                f"{config.min_replicas}..{config.max_replicas} replicas (autoscaled, {config.sessions_per_replica:g} sessions each)"
+                f"{config.min_replicas}..{config.max_replicas} replicas "
+                f"(autoscaled, {config.sessions_per_replica:g} sessions each)"
                 if config.autoscaling
                 else f"{config.replicas} replicas"
             )

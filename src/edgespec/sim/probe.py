@@ -112,8 +112,13 @@ def probe_host(
         message_overhead_ms=overhead_ms,
         server_draft_ms_per_token=server_draft[0],
         server_draft_prefill_ms_per_token=server_draft[1],
-        server_draft_source=f"probed: {draft_name} on transformers ({dtype}), one thread, as `serve --cloud-draft` runs it",
-        source=f"probed {time.strftime('%Y-%m-%d %H:%M')}: target {target_name} ({dtype}), draft {draft_name} on {backend}, {CONTEXT} tokens of context",
+        server_draft_source=(
+            f"probed: {draft_name} on transformers ({dtype}), one thread, as `serve --cloud-draft` runs it"
+        ),
+        source=(
+            f"probed {time.strftime('%Y-%m-%d %H:%M')}: target {target_name} ({dtype}), "
+            f"draft {draft_name} on {backend}, {CONTEXT} tokens of context"
+        ),
         host=host_facts() | {"dtype": dtype},
     )
     return profile
