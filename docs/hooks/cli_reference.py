@@ -77,7 +77,19 @@ def _render_action(action: argparse.Action, formatter: argparse.HelpFormatter) -
     else:
         names = f"`{_metavar(action)}`"
     help_text = _escape(formatter._expand_help(action)) if action.help else ""
+    default = _default(action)
+    if default and "default" not in help_text:
+        help_text = f"{help_text} (default: `{default}`)".lstrip()
     return f"- {names}" + (f": {help_text}" if help_text else "")
+
+
+def _default(action: argparse.Action) -> str:
+    """The default worth printing: not for switches, and not where there is none."""
+    if action.nargs == 0 or action.default in (None, argparse.SUPPRESS) or isinstance(action.default, bool):
+        return ""
+    if isinstance(action.default, (list, tuple)):
+        return ",".join(str(item) for item in action.default)
+    return str(action.default)
 
 
 def _metavar(action: argparse.Action) -> str:
