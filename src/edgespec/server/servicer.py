@@ -134,7 +134,7 @@ class VerifierService(pb_grpc.VerifierServicer):
             if session is not None:
                 self.sessions.pop(session.id, None)
                 session.keep_prefix()  # a finished generation's cache, for the tenant's next prompt
-                session.rounds.close()  # held pipelined blocks go without compute
+                session.rounds.session_closed()  # held pipelined blocks go without compute
             if speculative is not None:
                 await speculative.cancel()
             replies.put_nowait(END_OF_STREAM)
@@ -157,6 +157,7 @@ class VerifierService(pb_grpc.VerifierServicer):
             self.eos_ids,
             self.limits,
             self.prefix_caches.for_tenant(tenant) if self.prefix_caches else None,
+            early_verdicts=request.kind == pb.SPECULATIVE and bool(request.early_verdicts),
         )
         self.sessions[session.id] = session
         try:
@@ -187,7 +188,6 @@ class VerifierService(pb_grpc.VerifierServicer):
             # prefill, or a client gone mid cloud-ar decode, must not leave it counted open.
             self.sessions.pop(session.id, None)
             raise
-        session.rounds.early_verdicts = bool(request.early_verdicts)
         return session
 
     async def _generate_on_server(
