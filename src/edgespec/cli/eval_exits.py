@@ -126,7 +126,7 @@ def run_eval_exits(args: argparse.Namespace) -> int:
     import torch
 
     from edgespec.exits.evaluation import exit_outcomes, guess_outcomes, hint_outcomes, plot_curves, summarize
-    from edgespec.exits.hidden_cache import load_rounds
+    from edgespec.exits.recorded_rounds import load_rounds
     from edgespec.models.exit_heads import ExitHeads
     from edgespec.models.loading import load_model
     from edgespec.models.target import decoder_parts
@@ -183,7 +183,8 @@ def run_eval_exits(args: argparse.Namespace) -> int:
 def _record_missing_rounds(args: argparse.Namespace, target: Any, heads: Any) -> None:
     """Record (or resume) the benchmark rounds, and with --calibrate the calibration rounds."""
     from edgespec.exits.evaluation import benchmark_prompts, calibration_prompts
-    from edgespec.exits.hidden_cache import read_manifest, record_rounds
+    from edgespec.exits.hidden_cache import read_manifest
+    from edgespec.exits.recorded_rounds import record_rounds
     from edgespec.models.loading import load_model
     from edgespec.prompting import eos_token_ids
 
