@@ -30,6 +30,9 @@ COMPACT_KEYS = (
 
 
 def add_eval_exits_parser(subparsers: Any) -> None:
+    """The `eval-exits` subcommand and its flags, with `run_eval_exits` as handler.
+
+    Long because it declares every flag of the command, one statement each."""
     evaluate = subparsers.add_parser(
         "eval-exits",
         help="evaluate (and calibrate) exits on real speculative rounds",
