@@ -19,7 +19,8 @@ from edgespec.bench.oracle import (
 )
 from edgespec.bench.oracle_check import check_against_oracle
 from edgespec.bench.report import render_markdown
-from edgespec.bench.runner import BenchConfig, summarize_all
+from edgespec.bench.runner import BenchConfig
+from edgespec.bench.summary import summarize_all
 from tests.support.tiny_models import greedy_reference, tiny_model
 
 PROMPT = [3, 17, 42, 8, 9, 61]

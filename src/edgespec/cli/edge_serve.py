@@ -26,6 +26,9 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def add_edge_serve_parser(subparsers: Any) -> None:
+    """The `edge-serve` subcommand and its flags, with `cmd_edge_serve` as handler.
+
+    Long because it declares every flag of the command, one statement each."""
     parser = subparsers.add_parser(
         "edge-serve",
         help="serve OpenAI's chat/completions API on the edge: draft here, verify in the cloud",

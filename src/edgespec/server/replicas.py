@@ -22,9 +22,12 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgespec.server.replica_spec import DEPLOYMENT_NAME, ReplicaSpec
+
+if TYPE_CHECKING:
+    from edgespec.server.tls_front import TlsFront
 
 __all__ = [
     "APP_NAME",
@@ -235,30 +238,13 @@ def run_cluster(config: ClusterConfig) -> int:
             serve.run(app, name=APP_NAME, route_prefix=f"/{APP_NAME}")
             where = f"port {proxy_port} (every interface)"
             if config.tls:
-                from edgespec.server.tls_front import TlsFront
-
-                assert config.tls_certificate is not None and config.tls_private_key is not None
-                front = TlsFront(
-                    config.host,
-                    config.port,
-                    proxy_port,
-                    config.tls_certificate,
-                    config.tls_private_key,
-                    config.spec.idle_timeout_s,
-                )
+                front = _tls_front(config, proxy_port)
                 front.wait_ready()
                 where = (
                     f"{config.host}:{config.port} "
                     f"(TLS by nginx; Ray's plaintext proxy on port {proxy_port}, every interface)"
                 )
-            count = (
-                f"{config.min_replicas}..{config.max_replicas} replicas "
-                f"(autoscaled, {config.sessions_per_replica:g} sessions each)"
-                if config.autoscaling
-                else f"{config.replicas} replicas"
-            )
-            guard = "auth token" if token else "no auth"
-            print(f"edgespec: serving {config.spec.target} on {where} with {count} via Ray Serve ({guard})", flush=True)
+            print(_serving_banner(config, where, token), flush=True)
         while not stop.wait(1.0):
             pass
         logger.info("stopping the replicas and the Ray cluster")
@@ -278,6 +264,36 @@ def run_cluster(config: ClusterConfig) -> int:
             signal.signal(signum, handler)
     print("edgespec: stopped", flush=True)
     return 0
+
+
+def _tls_front(config: ClusterConfig, proxy_port: int) -> TlsFront:
+    """nginx on --host:--port terminating TLS in front of Ray's plaintext proxy on ``proxy_port``.
+    Started, not yet waited for: `run_cluster` holds it first, so its shutdown stops a front that
+    never became ready."""
+    from edgespec.server.tls_front import TlsFront
+
+    assert config.tls_certificate is not None and config.tls_private_key is not None
+    return TlsFront(
+        config.host,
+        config.port,
+        proxy_port,
+        config.tls_certificate,
+        config.tls_private_key,
+        config.spec.idle_timeout_s,
+    )
+
+
+def _serving_banner(config: ClusterConfig, where: str, token: str | None) -> str:
+    """The line that says the cluster serves (`edgespec bench` waits for "edgespec: serving"):
+    where, how many replicas, and whether a token guards it."""
+    count = (
+        f"{config.min_replicas}..{config.max_replicas} replicas "
+        f"(autoscaled, {config.sessions_per_replica:g} sessions each)"
+        if config.autoscaling
+        else f"{config.replicas} replicas"
+    )
+    guard = "auth token" if token else "no auth"
+    return f"edgespec: serving {config.spec.target} on {where} with {count} via Ray Serve ({guard})"
 
 
 def _reap(processes: list[Any], grace_s: float = 5.0) -> None:
