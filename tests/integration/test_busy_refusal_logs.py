@@ -23,7 +23,9 @@ from wire import RawSession, open_message
 
 PROMPT = [3, 17, 42]
 # Quick retries, quick probes, a short outage: the server stays busy throughout.
-POLICY = RecoveryPolicy(retries=2, backoff_initial_s=0.01, backoff_max_s=0.02, probe_interval_s=0.05, outage_budget_s=0.8)
+POLICY = RecoveryPolicy(
+    retries=2, backoff_initial_s=0.01, backoff_max_s=0.02, probe_interval_s=0.05, outage_budget_s=0.8
+)
 
 
 def test_a_busy_server_is_logged_as_busy_and_the_fallback_once(caplog: pytest.LogCaptureFixture) -> None:

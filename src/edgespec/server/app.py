@@ -8,6 +8,7 @@ import signal
 from dataclasses import dataclass
 
 import grpc
+from prometheus_client import disable_created_metrics
 
 from edgespec.models.exit_heads import ExitHeads
 from edgespec.models.kv import kv_bytes_per_token, stacked_capacity
@@ -112,6 +113,9 @@ async def serve(
     server, port, health = build_server(service, config)
     await server.start()
     if config.metrics_port is not None:
+        # This process exposes only these metrics: no `_created` series beside each counter and
+        # histogram (Prometheus finds resets itself), a quarter of every scrape's samples.
+        disable_created_metrics()
         service.metrics.serve_http(config.metrics_host, config.metrics_port)
     logger.info("serving %s on %s:%d (exits %s)", target_name, config.host, port, exits.layers if exits else "none")
     guards = (("TLS", config.security.tls), ("auth token", config.security.token))

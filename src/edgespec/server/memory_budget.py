@@ -82,7 +82,9 @@ class KvBudget:
         return caches * self.bytes_per_cache
 
 
-def choose_limit(configured: int | None, budget: KvBudget, ceiling: int, what: str, flag: str, context_flags: str) -> int:
+def choose_limit(
+    configured: int | None, budget: KvBudget, ceiling: int, what: str, flag: str, context_flags: str
+) -> int:
     """How many ``what`` (sessions, slots) to admit: ``configured`` when given, checked against the
     budget (a WARNING with the numbers and ``flag`` when its worst case cannot fit); otherwise as
     many as fit, at most ``ceiling`` and at least one (a WARNING when even one does not fit)."""

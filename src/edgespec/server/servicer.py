@@ -80,7 +80,9 @@ class VerifierService(pb_grpc.VerifierServicer):
         self.prefix_caches = (
             TenantPrefixCaches(runtime.model.config, prefix_cache_tokens) if prefix_cache_tokens > 0 else None
         )
-        self.metrics.watch(admission.max_sessions, lambda: len(self.sessions), lambda: self.scheduler.queued, self.kv_bytes)
+        self.metrics.watch(
+            admission.max_sessions, lambda: len(self.sessions), lambda: self.scheduler.queued, self.kv_bytes
+        )
 
     def kv_bytes(self) -> int:
         """KV cache bytes the open sessions' committed tokens hold (read from any thread)."""

@@ -35,7 +35,8 @@ def check_open(request: pb.Open, max_new_tokens_limit: int) -> None:
         # TOO_LARGE is the code clients already handle for a budget outside the limits (the
         # protocol has no invalid-argument code but BAD_REQUEST, kept for malformed messages).
         raise ProtocolError(
-            pb.TOO_LARGE, f"max_new_tokens must be at least 1 (a session generates at least one token), got {request.max_new_tokens}"
+            pb.TOO_LARGE,
+            f"max_new_tokens must be at least 1 (a session generates at least one token), got {request.max_new_tokens}",
         )
     # committed_ids count against max_new_tokens; more of them than that is no resume but a second
     # prompt smuggled past the prompt limit, and would be prefilled before any other check.
