@@ -11,12 +11,13 @@ import grpc
 from prometheus_client import disable_created_metrics
 
 from edgespec.models.exit_heads import ExitHeads
-from edgespec.models.kv import kv_bytes_per_token, stacked_capacity
+from edgespec.models.kv import kv_bytes_per_token
 from edgespec.models.target import TargetRuntime
 from edgespec.server.auth import TokenAuthInterceptor
 from edgespec.server.cloud_draft import CloudDraft
 from edgespec.server.limits import AdmissionLimits, SessionLimits
 from edgespec.server.health import VerifierHealth, add_probe_services
+from edgespec.server.memory_budget import cache_tokens, model_context
 from edgespec.server.metrics import VerifierMetrics
 from edgespec.server.servicer import VerifierService
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
@@ -100,7 +101,8 @@ async def serve(
         metrics=VerifierMetrics() if config.metrics_port is not None else None,
     )
     # A session's cache between batched passes keeps room to grow (`TrackedCache.stacked`).
-    longest = stacked_capacity(config.limits.max_prompt_tokens + config.limits.max_new_tokens)  # type: ignore[operator]
+    context = model_context(model)  # type: ignore[arg-type]
+    longest = cache_tokens(config.limits.max_prompt_tokens, config.limits.max_new_tokens, context)
     worst_case = kv_bytes_per_token(model) * config.admission.max_sessions * longest
     logger.info(
         "admission: %d sessions, %d queued rounds, batches of up to %d rows and %d padded token-rows, "

@@ -82,6 +82,11 @@ class KvBudget:
         return caches * self.bytes_per_cache
 
 
+def size(num_bytes: float) -> str:
+    """Bytes as an operator reads them: GiB, or MiB below one."""
+    return f"{num_bytes / GIB:.1f} GiB" if num_bytes >= GIB else f"{num_bytes / 2**20:.1f} MiB"
+
+
 def choose_limit(
     configured: int | None, budget: KvBudget, ceiling: int, what: str, flag: str, context_flags: str
 ) -> int:
@@ -90,16 +95,16 @@ def choose_limit(
     many as fit, at most ``ceiling`` and at least one (a WARNING when even one does not fit)."""
     fit = budget.caches_that_fit
     sizes = (
-        f"{budget.bytes_per_cache / GIB:.2f} GiB of KV cache each at {budget.tokens_per_cache} tokens, "
-        f"{budget.budget_bytes / GIB:.1f} GiB for caches ({KV_SHARE:.0%} of {budget.memory_bytes / GIB:.1f} GiB "
-        "available beside the model)"
+        f"{size(budget.bytes_per_cache)} of KV cache each at {budget.tokens_per_cache} tokens, "
+        f"{size(budget.budget_bytes)} for caches ({KV_SHARE:.0%} of {size(budget.memory_bytes)} available beside "
+        "the model)"
     )
     if configured is not None:
         if configured > fit:
             logger.warning(
-                "%s %d cannot fit in memory: %d %s may need %.1f GiB (%s); at most %d fit. Lower %s to %d, or the "
+                "%s %d cannot fit in memory: %d %s may need %s (%s); at most %d fit. Lower %s to %d, or the "
                 "tokens each may hold (%s)",
-                flag, configured, configured, what, budget.worst_case_bytes(configured) / GIB, sizes, fit, flag,
+                flag, configured, configured, what, size(budget.worst_case_bytes(configured)), sizes, fit, flag,
                 max(1, fit), context_flags,
             )
         return configured
