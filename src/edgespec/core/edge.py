@@ -184,14 +184,12 @@ class EdgeRounds:
         if branch is None or branch.block is not None:
             return []  # a draft that was cancelled while it ran
         branch.draft_s = end - start
-        if not block.tokens:  # stopped before its first token: nothing to pre-draft on
+        if len(block.tokens) < (2 if branch.assumed is None else 1):
+            # Stopped before a draft token of its own (a guess's first is the bonus it assumes).
             self._branches.remove(branch)
             return []
         if branch.assumed is None:  # the guess: its first token is the bonus it assumes
             assert self._in_flight is not None
-            if len(block.tokens) == 1:  # only the bonus it assumes: no draft token to ship or keep
-                self._branches.remove(branch)
-                return []
             branch.assumed = Verdict(len(self._in_flight.block.tokens), block.tokens[0])
             if clip_to_stop(branch.assumed.committed(self._in_flight.block.tokens), gen.eos, gen.budget()).finished:
                 self._branches.remove(branch)  # it assumes the end of the text: nothing to pre-draft
