@@ -25,7 +25,10 @@ from edgespec.client.recovery import (
     Outage,
     RecoveryPolicy,
     describe,
+    fallback_message,
     is_transient,
+    lost_contact_message,
+    retry_message,
     wait_connected,
     wait_until_reachable,
 )
@@ -214,21 +217,20 @@ class EdgeClient:
                 outage = Outage(policy if self.draft is not None else replace(policy, fallback=False))
                 gen.stats.connection_losses += 1
                 run.event("connection lost")
-                logger.warning(
-                    "lost the server at %s after %d committed tokens: %s", self.address, gen.produced, describe(failure)
-                )
+                logger.warning(lost_contact_message(self.address, gen.produced, failure))
             delay = outage.next_delay()
             if delay is not None:
-                logger.info("reconnect attempt %d in %.2f s", outage.attempts, delay)
+                logger.info(retry_message(outage.attempts, delay, failure))
                 await asyncio.sleep(delay)
                 continue
             if not policy.fallback or self.draft is None:
                 tried = f" ({outage.attempts} reconnect attempts)" if outage.attempts else ""
                 raise ConnectionLost(
-                    f"lost the server at {self.address} after {gen.produced} committed tokens{tried}: {describe(failure)}",
+                    f"lost the server at {self.address} after {gen.produced} committed tokens{tried}: "
+                    f"{describe(failure)}",
                     self._result(run),
                 ) from failure
-            if not await self._fall_back(run, outage):
+            if not await self._fall_back(run, outage, failure, repeated=returning):
                 return  # the server never came back: the provisional tokens were kept, flagged
             # The server answered a probe: quick retries again if the re-open fails after all.
             outage, returning = outage.again(), True
@@ -266,19 +268,17 @@ class EdgeClient:
                     driver.stop()
                 await stream.cancel()
 
-    async def _fall_back(self, run: EdgeRun, outage: Outage) -> bool:
+    async def _fall_back(self, run: EdgeRun, outage: Outage, failure: BaseException, repeated: bool = False) -> bool:
         """Decode provisional tokens with the draft while probing the server. True once it
         answers (the next session re-verifies them); False when the text is complete and the
         outage budget is spent: then the provisional tokens are kept as output, flagged."""
         policy, gen = self.options.recovery, run.gen
         gen.stats.fallbacks += 1
         run.event("fallback: provisional edge-only")
-        logger.warning(
-            "server %s unreachable after %d final tokens: going on with PROVISIONAL draft-only tokens "
-            "(re-verified when it answers), probing every %.1f s",
-            self.address,
-            gen.produced,
-            policy.probe_interval_s,
+        # Said once an outage; a server that answers probes but refuses again is the same outage.
+        logger.log(
+            logging.INFO if repeated else logging.WARNING,
+            fallback_message(self.address, gen.produced, policy.probe_interval_s, failure),
         )
         probe = asyncio.ensure_future(
             wait_until_reachable(self._open_channel, policy.probe_interval_s, self.options.connect_timeout_s)

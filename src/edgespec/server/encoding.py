@@ -153,6 +153,11 @@ def error_reply(error: ProtocolError | Refused) -> pb.ServerMessage:
     return pb.ServerMessage(error=pb.Error(code=code, message=str(error)))
 
 
+def error_code_name(error: ProtocolError | Refused) -> str:
+    """The refusal's error code by name ("BUSY", "TOO_LARGE", ...), as metrics label it."""
+    return error.code if isinstance(error, Refused) else pb.ErrorCode.Name(error.code)
+
+
 def internal_error_reply(error: Exception) -> pb.ServerMessage:
     """A bug ended the session: the client hears that, never a hang."""
     return pb.ServerMessage(error=pb.Error(code=pb.INTERNAL, message=f"internal error: {error}"))
