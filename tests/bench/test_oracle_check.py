@@ -19,7 +19,8 @@ from edgespec.bench.oracle import (
 )
 from edgespec.bench.oracle_check import check_against_oracle
 from edgespec.bench.report import render_markdown
-from edgespec.bench.runner import BenchConfig, summarize_all
+from edgespec.bench.runner import BenchConfig
+from edgespec.bench.summary import summarize_all
 from tests.support.tiny_models import greedy_reference, tiny_model
 
 PROMPT = [3, 17, 42, 8, 9, 61]
@@ -130,7 +131,7 @@ def test_the_demo_explanation_names_who_differs_where_and_what_fp32_generate_say
     assert f"margin {margin:.3f}" in lines[0]
     assert lines[1].startswith("sd-ee: token 7")
     assert (
-        lines[2]
-        == "fp32 generate (the oracle) equals: sd, sd-ee; differs from: cloud-ar (from token 7), edge-only (from token 0)"
+        lines[2] == "fp32 generate (the oracle) equals: sd, sd-ee; "
+        "differs from: cloud-ar (from token 7), edge-only (from token 0)"
     )
     assert explain_outputs(model(), PROMPT, {"cloud-ar": tokens, "sd": tokens}) == []

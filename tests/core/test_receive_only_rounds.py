@@ -1,6 +1,6 @@
-"""The edge side of cloud-ar and cloud-sd (and edge-only, which never asks the server): it commits what each server pass sends, counts it, and
-finishes with the same reasons as the speculative modes (EOS when the text ends in one, else
-length), whatever driver runs it."""
+"""The edge side of cloud-ar and cloud-sd (and edge-only, which never asks the server): it commits
+what each server pass sends, counts it, and finishes with the same reasons as the speculative
+modes (EOS when the text ends in one, else length), whatever driver runs it."""
 
 from __future__ import annotations
 

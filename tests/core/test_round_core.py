@@ -175,6 +175,36 @@ def test_a_guess_still_drafting_is_decided_when_its_bonus_is_known() -> None:
     assert client.gen.stats.hits == 1 and client.gen.stats.misses == 1
 
 
+def test_a_guess_stopped_after_its_bonus_ships_nothing_and_the_round_is_drafted_afresh() -> None:
+    client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=20)
+    (draft,) = client.started()
+    _, guess = client.drafted(drafted(draft.id, DraftBlock([7, 8]), 0, 0.1))
+    # The guess's draft stopped after the bonus it assumes: no draft token to ship (a block
+    # must carry one), so nothing is sent and, when the verdict comes, the round is drafted.
+    assert client.drafted(drafted(guess.id, DraftBlock([6]), 0.1, 0.2)) == []
+    assert client.gen.stats.branches_shipped == 0
+    actions = client.final_verdict_arrived(final(0, Verdict(2, 6), verify_s=0.3, at=0.3))
+    assert kinds(actions) == ["Commit", "Draft"] and actions[1].sequence == PROMPT + [7, 8, 6]
+
+
+def test_a_right_guess_still_drafting_that_stopped_after_its_bonus_is_drafted_afresh() -> None:
+    client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20)
+    (draft,) = client.started()
+    _, guess = client.drafted(drafted(draft.id, DraftBlock([7, 8]), 0, 0.1))
+    assert kinds(client.final_verdict_arrived(final(0, Verdict(2, 6), verify_s=0.3, at=0.15))) == ["Commit"]
+    (redraft,) = client.drafted(drafted(guess.id, DraftBlock([6]), 0.1, 0.2))
+    assert isinstance(redraft, Draft) and redraft.sequence == PROMPT + [7, 8, 6]
+
+
+def test_a_branch_stopped_before_its_first_token_ships_nothing() -> None:
+    client = rounds(Mode.SD_EE_PIPELINED, gamma=2, max_new_tokens=20, branches=2)
+    (draft,) = client.started()
+    client.drafted(drafted(draft.id, DraftBlock([7, 8]), 0, 0.1))
+    (exit_branch,) = client.early_verdict_arrived(early(0, 21, Verdict(1, 4), 0.15))
+    assert client.drafted(drafted(exit_branch.id, DraftBlock([]), 0.2, 0.3)) == []
+    assert client.gen.stats.branches_shipped == 0
+
+
 def test_a_rejection_cancels_the_guess_at_once() -> None:
     client = rounds(Mode.SD_EE_PREDRAFT, gamma=2, max_new_tokens=20)
     (draft,) = client.started()

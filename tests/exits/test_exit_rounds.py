@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from edgespec.exits.evaluation import exit_outcomes, guess_outcomes
-from edgespec.exits.hidden_cache import load_rounds, record_rounds
+from edgespec.exits.recorded_rounds import load_rounds, record_rounds
 from edgespec.models.draft import EXIT_CANDIDATES
 from edgespec.models.exit_heads import ExitHeads
 from tests.support.tiny_models import layer_skip_copy, tiny_model

@@ -343,15 +343,15 @@ def test_stop_strings_cut_exactly_where_generates_text_would(edge: EdgeServe, st
 @pytest.mark.parametrize(
     "params, param",
     [
-        ({"n": 2}, "n"),
-        ({"logprobs": True}, "logprobs"),
+        ({"n": 17}, "n"),
+        ({"logprobs": 3}, "logprobs"),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
         ({"temperature": 3.0}, "temperature"),
         ({"top_p": 0.0}, "top_p"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"extra_body": {"top_k": 5}}, "top_k"),
-        ({"response_format": {"type": "json_object"}}, "response_format.type"),
+        ({"response_format": {"type": "xml"}}, "response_format.type"),
     ],
 )
 def test_unsupported_or_bad_parameters_get_a_400_naming_them(
@@ -374,7 +374,7 @@ def test_completion_parameters_it_cannot_honour_get_a_400(edge: EdgeServe) -> No
 def test_the_error_body_has_openais_exact_shape(edge: EdgeServe) -> None:
     status, body = raw(
         f"{edge.url}/v1/chat/completions",
-        {"model": TARGET_NAME, "messages": [{"role": "user", "content": "Hi"}], "n": 3},
+        {"model": TARGET_NAME, "messages": [{"role": "user", "content": "Hi"}], "n": 17},
     )
     assert status == 400
     error = body["error"]

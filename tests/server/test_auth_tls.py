@@ -143,3 +143,22 @@ def test_a_client_that_cannot_verify_the_tls_server_never_connects(tls_server, s
     with pytest.raises(ConnectionLost):  # without recovery: it would retry, then fall back to the draft alone
         client(tls_server.address, security, NO_RECOVERY).generate(PROMPT, Mode.SD, CONFIG)
     assert tls_server.forwards == forwards
+
+
+def test_health_probes_need_no_token_but_the_limits_still_do(token_server) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from edgespec.transport import edgespec_pb2 as pb
+    from edgespec.transport import edgespec_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(token_server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "edgespec.v1.Verifier"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+        with pytest.raises(grpc.RpcError) as refused:
+            pb_grpc.VerifierInfoStub(channel).GetLimits(pb.LimitsRequest(), timeout=5)
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED

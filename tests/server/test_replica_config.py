@@ -38,8 +38,9 @@ def test_plain_serve_is_not_a_cluster() -> None:
 def test_serve_flags_reach_every_replica(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    args = parse("--replicas", "3", "--target", "some-dir", "--dtype", "float32", "--max-sessions", "12", "--max-block", "9",
-                 "--idle-timeout", "30", "--auth-token-file", str(token_file), "--port", "6000", "--threads", "2")  # fmt: skip
+    args = parse("--replicas", "3", "--target", "some-dir", "--dtype", "float32",
+                 "--max-sessions", "12", "--max-block", "9", "--idle-timeout", "30",
+                 "--auth-token-file", str(token_file), "--port", "6000", "--threads", "2")  # fmt: skip
     config = cluster_config(args)
     assert config.replicas == 3 and config.port == 6000 and not config.autoscaling
     spec = config.spec
@@ -138,7 +139,8 @@ def test_with_tls_the_config_comes_with_an_nginx_front(tmp_path: Path) -> None:
     cert, key = self_signed_pair()
     (tmp_path / "cert.pem").write_bytes(cert)
     (tmp_path / "key.pem").write_bytes(key)
-    args = parse("--replicas", "2", "--port", "9200", "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"),
+    args = parse("--replicas", "2", "--port", "9200",
+                 "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"),
                  "--write-serve-config", str(tmp_path / "serve.yaml"))  # fmt: skip
     config = cluster_config(args)
     assert config.tls

@@ -93,8 +93,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     token_file.write_text(TOKEN + "\n")
     port = free_port()
     argv = [
-        sys.executable, "-m", "edgespec.cli", "--log", "serve", "--replicas", "2", "--target", str(target), "--dtype", "float32",
-        "--exits", "logit-lens:2,3", "--port", str(port), "--auth-token-file", str(token_file), "--threads", "1", "--max-message-bytes", str(MAX_MESSAGE_BYTES),
+        sys.executable, "-m", "edgespec.cli", "--log", "serve", "--replicas", "2",
+        "--target", str(target), "--dtype", "float32", "--exits", "logit-lens:2,3", "--port", str(port),
+        "--auth-token-file", str(token_file), "--threads", "1", "--max-message-bytes", str(MAX_MESSAGE_BYTES),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.target import TargetRuntime
 from edgespec.server.app import RunningServer, ServerConfig
-from edgespec.server.health import VERIFIER_SERVICE, LimitsService, VerifierHealth
+from edgespec.server.health import VERIFIER_SERVICE, WATCH_POLL_S, LimitsService, VerifierHealth
 from edgespec.server.servicer import VerifierService
 from edgespec.server.session import SessionLimits
 from edgespec.transport import edgespec_pb2 as pb
@@ -105,3 +105,39 @@ def test_watch_streams_the_verifiers_status(server: RunningServer) -> None:
         return reply.status
 
     assert call(server.port, first_status) == SERVING
+
+
+def test_a_stopped_verifier_is_unhealthy_within_one_probe_interval() -> None:
+    """Within one ``WATCH_POLL_S``: a Watch sees NOT_SERVING once shutdown begins, and a Check
+    after the server stopped fails UNAVAILABLE (nothing listens) or answers NOT_SERVING."""
+    model = tiny_model("qwen2", seed=0)
+    running = RunningServer(VerifierService(TargetRuntime(model), None, frozenset({0}), "tiny"), ServerConfig(port=0))
+    address = f"127.0.0.1:{running.port}"
+
+    async def watch_shutdown() -> list[int]:
+        async with grpc.aio.insecure_channel(address) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=VERIFIER_SERVICE))
+            seen = [(await watch.read()).status]
+            assert running.health is not None
+            await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(running.health.enter_graceful_shutdown(), running._loop)
+            )
+            seen.append((await asyncio.wait_for(watch.read(), WATCH_POLL_S + 0.5)).status)
+            watch.cancel()
+            return seen
+
+    async def check_stopped() -> int | grpc.StatusCode:
+        async with grpc.aio.insecure_channel(address) as channel:
+            try:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=VERIFIER_SERVICE), timeout=WATCH_POLL_S
+                )
+            except grpc.aio.AioRpcError as error:
+                return error.code()
+            return reply.status
+
+    try:
+        assert asyncio.run(watch_shutdown()) == [SERVING, NOT_SERVING]
+    finally:
+        running.stop(grace=None)
+    assert asyncio.run(check_stopped()) in (grpc.StatusCode.UNAVAILABLE, NOT_SERVING)

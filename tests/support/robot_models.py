@@ -32,7 +32,10 @@ INVALID_ACTIONS = [
     '{"action":"turn"}',
     '{"action":"turn","degrees":"left"}',
 ]
-CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}<assistant> {% endif %}"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}<assistant> {% endif %}"
+)
 SAMPLE_OBSERVATION = (
     "Step 1 of 12. Last action: none yet. The robot senses: - red box: 2.7 m away, 28 degrees to your left "
     "(to face it: turn) straight ahead (to reach it: walk) - blue ball: - green cone: - wall straight ahead: "

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgespec.bench.metrics import summarize
-from edgespec.bench.runner import BenchConfig, aggregate_tokens_per_s, run_profile
+from edgespec.bench.runner import BenchConfig, run_profile
+from edgespec.bench.summary import aggregate_tokens_per_s
 from edgespec.capacity import point_metrics
 
 FASTEST_ROW = "cloud-ar (fastest here)"

@@ -43,37 +43,52 @@ def queued_s(record: dict[str, Any]) -> float:
     return sum(max(0.0, b["start_s"] - a["end_s"]) for a, b in zip(passes, passes[1:]))
 
 
+# Stats every record carries, summed over the prompts of one mode x profile.
+_SUMMED_STATS = (
+    "new_tokens",
+    "rounds",
+    "total_s",
+    "draft_s",
+    "server_verify_s",
+    "bytes_sent",
+    "bytes_received",
+    "hits",
+    "misses",
+    "no_hint",
+    "target_passes",
+    "pipelined",
+    "dropped",
+    "wait_s",
+)
+
+
+def _stat_totals(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stats summed over the prompts, from which `summarize` takes its ratios; the branch
+    counts default to 0 for records from modes that ship no branches."""
+    total = {key: sum(r["stats"][key] for r in records) for key in _SUMMED_STATS}
+    for key in ("branches", "branches_shipped"):
+        total[key] = sum(r["stats"].get(key, 0) for r in records)
+    return total
+
+
+def _hits_by_source(records: list[dict[str, Any]]) -> dict[str, int]:
+    """Hits per hint source summed over the prompts (in the order the sources first appear), so
+    the report can say which source earned the hits."""
+    by_source: dict[str, int] = {}
+    for r in records:
+        for source, count in r["stats"].get("hits_by_source", {}).items():
+            by_source[source] = by_source.get(source, 0) + count
+    return by_source
+
+
 def summarize(records: Iterable[dict[str, Any]], profile: str, price: PriceModel) -> dict[str, Any]:
     """Sums over the prompts of one mode x profile, then ratios (a mean of ratios would let
     short generations dominate)."""
     records = [r for r in records if "stats" in r]
     if not records:
         return {}
-    total = {
-        key: sum(r["stats"][key] for r in records)
-        for key in (
-            "new_tokens",
-            "rounds",
-            "total_s",
-            "draft_s",
-            "server_verify_s",
-            "bytes_sent",
-            "bytes_received",
-            "hits",
-            "misses",
-            "no_hint",
-            "target_passes",
-            "pipelined",
-            "dropped",
-            "wait_s",
-        )
-    }
-    for key in ("branches", "branches_shipped"):
-        total[key] = sum(r["stats"].get(key, 0) for r in records)
-    by_source: dict[str, int] = {}
-    for r in records:
-        for source, count in r["stats"].get("hits_by_source", {}).items():
-            by_source[source] = by_source.get(source, 0) + count
+    total = _stat_totals(records)
+    by_source = _hits_by_source(records)
     queued = sum(queued_s(r) for r in records)
     tokens = max(1, total["new_tokens"])
     rounds = max(1, total["rounds"])

@@ -92,27 +92,7 @@ def deploy(
     processes: list[subprocess.Popen] = []
     os.makedirs(log_dir, exist_ok=True)
     try:
-        server_log = open(os.path.join(log_dir, "server.log"), "w")
-        server = subprocess.Popen(
-            edgespec_command(
-                "serve",
-                "--target",
-                target,
-                "--dtype",
-                dtype,
-                "--exits",
-                exits,
-                "--port",
-                str(server_port),
-                "--threads",
-                "1",
-                *extra,
-                *serve_args,
-            ),
-            stdout=server_log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=pin_to_core(server_core),
-        )
+        server = _start_server(target, dtype, exits, server_port, [*extra, *serve_args], server_core, log_dir)
         processes.append(server)
         # The first start joins and converts the target's weights: minutes, once.
         wait_for_port(server_port, server, startup_timeout_s, "edgespec serve")
@@ -127,21 +107,7 @@ def deploy(
         client_port = server_port
         if profile:
             client_port = free_port()
-            link_log = open(os.path.join(log_dir, "link.log"), "w")
-            link = subprocess.Popen(
-                edgespec_command(
-                    "--log",
-                    "link",
-                    "--listen",
-                    str(client_port),
-                    "--upstream",
-                    f"127.0.0.1:{server_port}",
-                    "--profile",
-                    profile,
-                ),
-                stdout=link_log,
-                stderr=subprocess.STDOUT,
-            )
+            link = _start_link(client_port, server_port, profile, log_dir)
             processes.append(link)
             wait_for_port(client_port, link, 60, "edgespec link")
         yield Deployment(server_port=server_port, client_port=client_port)
@@ -153,6 +119,60 @@ def deploy(
                 process.wait(timeout=60)  # a replica cluster stops Ray's processes first
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def _start_server(
+    target: str,
+    dtype: str,
+    exits: str,
+    port: int,
+    options: Sequence[str],
+    core: int | None,
+    log_dir: str,
+) -> subprocess.Popen:
+    """`edgespec serve` on ``port`` with one thread, pinned to ``core``, logging to server.log;
+    ``options`` follow the ones set here. Apart from `deploy` so its lifecycle reads in one screen;
+    `deploy` owns the process (and stops it)."""
+    server_log = open(os.path.join(log_dir, "server.log"), "w")
+    return subprocess.Popen(
+        edgespec_command(
+            "serve",
+            "--target",
+            target,
+            "--dtype",
+            dtype,
+            "--exits",
+            exits,
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+            *options,
+        ),
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=pin_to_core(core),
+    )
+
+
+def _start_link(port: int, server_port: int, profile: str, log_dir: str) -> subprocess.Popen:
+    """`edgespec link --profile` on ``port`` in front of the server, logging to link.log; `deploy`
+    owns the process (and stops it)."""
+    link_log = open(os.path.join(log_dir, "link.log"), "w")
+    return subprocess.Popen(
+        edgespec_command(
+            "--log",
+            "link",
+            "--listen",
+            str(port),
+            "--upstream",
+            f"127.0.0.1:{server_port}",
+            "--profile",
+            profile,
+        ),
+        stdout=link_log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def run_client(

@@ -58,51 +58,102 @@ CONCURRENT_ONLY = {
 
 
 def render_markdown(summary: dict[str, Any], command: str) -> str:
+    """report.md: what ran and where, how to read the columns, then one table per profile."""
+    config = summary["config"]
+    lines = _setup_lines(summary, command)
+    host = summary.get("host") or config.get("hardware", {}).get("host")
+    if host:
+        lines += _host_lines(host)
+    lines += _core_lines(summary.get("cores"), config)
+    lines += _reading_notes(config)
+    checked_oracle = any(
+        "oracle_mismatches" in stats for modes in summary["profiles"].values() for stats in modes.values()
+    )
+    many = config.get("clients", 1) > 1
+    with_fastest = any(
+        "speedup_vs_fastest_cloud_ar" in stats for modes in summary["profiles"].values() for stats in modes.values()
+    )
+    columns = [
+        c
+        for c in COLUMNS
+        if (c[1] not in CONCURRENT_ONLY or many)
+        and (c[1] != "oracle_mismatches" or checked_oracle)
+        and (c[1] != "speedup_vs_fastest_cloud_ar" or with_fastest)
+    ]
+    lines += _correctness_notes(summary.get("server_dtype", config["dtype"]), checked_oracle)
+    for profile, modes in summary["profiles"].items():
+        lines += _profile_lines(profile, modes, columns)
+    return "\n".join(lines) + "\n"
+
+
+def _setup_lines(summary: dict[str, Any], command: str) -> list[str]:
+    """The report's title, the command and the run's configuration in one paragraph, so a table
+    is never read without what produced it."""
     config = summary["config"]
     stop = config.get("draft_stop")  # absent from summaries written before the stop existed
     drafting = ("" if stop is None else f", draft stop {stop:g}" if stop else ", full blocks (draft stop 0)") + (
         ", runner-up branches" if config.get("runner_up") else ""
     )
-    lines = [
+    return [
         "# edgespec benchmark",
         "",
         f"Command: `{command}`",
         "",
-        f"Target {config['target']} ({config['dtype']}{' → ' + summary['server_dtype'] if summary.get('server_dtype', config['dtype']) != config['dtype'] else ''}), draft {config['draft']} on {config['draft_backend']}, "
-        f"γ = {config['gamma']}{drafting}, {config['max_new_tokens']} new tokens, prompts {', '.join(config['prompts'])} "
-        f"({config['num_prompts']} each), exits {config['exits']}. Server and client in separate processes, one thread each. "
-        f"Price model: ${config['price']['gpu_usd_per_hour']}/GPU-hour of verify compute + ${config['price']['egress_usd_per_gb']}/GB on the wire.",
+        f"Target {config['target']} ({config['dtype']}"
+        f"{' → ' + summary['server_dtype'] if summary.get('server_dtype', config['dtype']) != config['dtype'] else ''}"
+        f"), draft {config['draft']} on {config['draft_backend']}, "
+        f"γ = {config['gamma']}{drafting}, {config['max_new_tokens']} new tokens, "
+        f"prompts {', '.join(config['prompts'])} "
+        f"({config['num_prompts']} each), exits {config['exits']}. "
+        "Server and client in separate processes, one thread each. "
+        f"Price model: ${config['price']['gpu_usd_per_hour']}/GPU-hour of verify compute + "
+        f"${config['price']['egress_usd_per_gb']}/GB on the wire.",
         "",
     ]
-    host = summary.get("host") or config.get("hardware", {}).get("host")
-    if host:
-        bf16 = ", ".join(
-            name for name, key in (("AVX512-BF16", "avx512_bf16"), ("AMX-BF16", "amx_bf16")) if host.get(key)
-        ) or ("yes" if host.get("native_bf16") else "no")
-        ran = (
-            f" Target dtype as run: {host['dtype']}"
-            + (f", draft: {host['draft_dtype']}" if host.get("draft_dtype") else "")
-            + "."
-            if host.get("dtype")
-            else ""
-        )
-        lines += [
-            f"Host: {host.get('cpu')}"
-            + (f" ({host['cpu_family_model']})" if host.get("cpu_family_model") else "")
-            + f", {host.get('cores')} cores, native bf16: {bf16}, "
-            f"torch CPU capability {host.get('torch_cpu_capability')}, {host.get('threads_per_process', 1)} thread per process.{ran}"
-            + (f" ({host['role']}.)" if host.get("role") else ""),
-            "",
-        ]
-    cores = summary.get("cores")
-    if cores and cores.get("server_core") is not None and config.get("clients", 1) > 1:
-        shared = (
-            f"the {config['clients']} clients share {len(cores['edge_cores'])} edge core(s) (up to {cores['clients_per_edge_core']} per core)"
-            if cores["clients_share_cores"]
-            else "each client on a core of its own"
-        )
-        lines += [f"Cores: server on core {cores['server_core']}; {shared}.", ""]
-    lines += [
+
+
+def _host_lines(host: dict[str, Any]) -> list[str]:
+    """The host the numbers were measured on (CPU, cores, bf16 support, dtypes as run): timings
+    mean little without it."""
+    bf16 = ", ".join(
+        name for name, key in (("AVX512-BF16", "avx512_bf16"), ("AMX-BF16", "amx_bf16")) if host.get(key)
+    ) or ("yes" if host.get("native_bf16") else "no")
+    ran = (
+        f" Target dtype as run: {host['dtype']}"
+        + (f", draft: {host['draft_dtype']}" if host.get("draft_dtype") else "")
+        + "."
+        if host.get("dtype")
+        else ""
+    )
+    return [
+        f"Host: {host.get('cpu')}"
+        + (f" ({host['cpu_family_model']})" if host.get("cpu_family_model") else "")
+        + f", {host.get('cores')} cores, native bf16: {bf16}, "
+        f"torch CPU capability {host.get('torch_cpu_capability')}, "
+        f"{host.get('threads_per_process', 1)} thread per process.{ran}"
+        + (f" ({host['role']}.)" if host.get("role") else ""),
+        "",
+    ]
+
+
+def _core_lines(cores: dict[str, Any] | None, config: dict[str, Any]) -> list[str]:
+    """With concurrent clients on a pinned server, where they ran: clients sharing cores slow
+    each other, which the per-client figures would otherwise hide. Nothing otherwise."""
+    if not (cores and cores.get("server_core") is not None and config.get("clients", 1) > 1):
+        return []
+    shared = (
+        f"the {config['clients']} clients share {len(cores['edge_cores'])} edge core(s) "
+        f"(up to {cores['clients_per_edge_core']} per core)"
+        if cores["clients_share_cores"]
+        else "each client on a core of its own"
+    )
+    return [f"Cores: server on core {cores['server_core']}; {shared}.", ""]
+
+
+def _reading_notes(config: dict[str, Any]) -> list[str]:
+    """What the less obvious columns measure, and with concurrent clients what is compared:
+    the same numbers read differently under batching."""
+    lines = [
         "**queued ms/round**: a round's wait at the server before its pass started (behind a pass in flight or other "
         "sessions' passes): as the server reports it per verdict; for cloud-ar (whose stream reports none) the gaps "
         "between the session's consecutive passes. **overhead ms/round**: the edge's wait for a verdict minus the pass "
@@ -120,49 +171,39 @@ def render_markdown(summary: dict[str, Any], command: str) -> str:
             "after the first tokens (the union of the decode windows).",
             "",
         ]
-    checked_oracle = any(
-        "oracle_mismatches" in stats for modes in summary["profiles"].values() for stats in modes.values()
-    )
-    many = config.get("clients", 1) > 1
-    with_fastest = any(
-        "speedup_vs_fastest_cloud_ar" in stats for modes in summary["profiles"].values() for stats in modes.values()
-    )
-    columns = [
-        c
-        for c in COLUMNS
-        if (c[1] not in CONCURRENT_ONLY or many)
-        and (c[1] != "oracle_mismatches" or checked_oracle)
-        and (c[1] != "speedup_vs_fastest_cloud_ar" or with_fastest)
+    return lines
+
+
+def _profile_lines(profile: str, modes: dict[str, Any], columns: list[tuple[str, str, str]]) -> list[str]:
+    """One profile's section: a row per mode, then where a mode's output differs from cloud-ar
+    or from fp32 `generate` (the table gives only the counts)."""
+    lines = [
+        f"## {profile}",
+        "",
+        "| mode | " + " | ".join(name for name, _, _ in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
     ]
-    lines += _correctness_notes(summary.get("server_dtype", config["dtype"]), checked_oracle)
-    for profile, modes in summary["profiles"].items():
-        lines += [
-            f"## {profile}",
-            "",
-            "| mode | " + " | ".join(name for name, _, _ in columns) + " |",
-            "|---" * (len(columns) + 1) + "|",
-        ]
-        for mode, stats in modes.items():
-            if "branches" in stats:
-                stats = dict(
-                    stats,
-                    branch_counts=f"{stats['branches']} / {stats['branches_shipped']} / {stats['branches_dropped']}",
-                    hits_by_source_text=", ".join(f"{k}: {v}" for k, v in sorted(stats["hits_by_source"].items()))
-                    or "–",
-                )
-            cells = [fmt.format(stats[key]) if key in stats else "–" for _, key, fmt in columns]
-            lines.append(f"| {mode} | " + " | ".join(cells) + " |")
-        lines.append("")
-        for mode, stats in modes.items():
-            if stats.get("differs_from_cloud_ar_at"):
-                lines.append(
-                    f"- {mode} differs from cloud-ar (first differing token): {', '.join(stats['differs_from_cloud_ar_at'])}"
-                )
-            if stats.get("oracle_mismatch_at"):
-                why = " (edge-only is not lossless by design)" if mode == "edge-only" else ""
-                lines.append(f"- {mode} differs from fp32 `generate`{why}: {', '.join(stats['oracle_mismatch_at'])}")
-        lines.append("")
-    return "\n".join(lines) + "\n"
+    for mode, stats in modes.items():
+        if "branches" in stats:
+            stats = dict(
+                stats,
+                branch_counts=f"{stats['branches']} / {stats['branches_shipped']} / {stats['branches_dropped']}",
+                hits_by_source_text=", ".join(f"{k}: {v}" for k, v in sorted(stats["hits_by_source"].items())) or "–",
+            )
+        cells = [fmt.format(stats[key]) if key in stats else "–" for _, key, fmt in columns]
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for mode, stats in modes.items():
+        if stats.get("differs_from_cloud_ar_at"):
+            lines.append(
+                f"- {mode} differs from cloud-ar (first differing token): "
+                f"{', '.join(stats['differs_from_cloud_ar_at'])}"
+            )
+        if stats.get("oracle_mismatch_at"):
+            why = " (edge-only is not lossless by design)" if mode == "edge-only" else ""
+            lines.append(f"- {mode} differs from fp32 `generate`{why}: {', '.join(stats['oracle_mismatch_at'])}")
+    lines.append("")
+    return lines
 
 
 def _correctness_notes(server_dtype: str, checked_oracle: bool) -> list[str]:
@@ -172,20 +213,22 @@ def _correctness_notes(server_dtype: str, checked_oracle: bool) -> list[str]:
     ]
     if server_dtype == "bfloat16":
         notes.append(
-            "The server ran in **bfloat16**: a verify (γ + 1 rows) and a decode (1 row) round differently, so where the "
+            "The server ran in **bfloat16**: a verify (γ + 1 rows) and a decode (1 row) round differently, "
+            "so where the "
             "target's top two tokens nearly tie a speculative mode and `cloud-ar` can choose differently and the texts "
             "part there; the positions are listed under each table. That is rounding, not a lost token: "
             "`--dtype float32 --check-oracle` tests losslessness."
         )
     elif server_dtype == LLAMACPP_DTYPE:
         notes.append(
-            "The target ran on **llama.cpp** (its Q4_K GGUF): its oracle is its own one-token-at-a-time decoding "
-            "(`cloud-ar`), and a verify (γ + 1 rows) and a decode (1 row) run different kernels, so a near-tie may part "
-            "the texts; fp32 `generate` is another model's arithmetic, not this engine's oracle."
+            "The target ran on **llama.cpp** (its Q4_K GGUF): its oracle is its own one-token-at-a-time "
+            "decoding (`cloud-ar`), and a verify (γ + 1 rows) and a decode (1 row) run different kernels, so a "
+            "near-tie may part the texts; fp32 `generate` is another model's arithmetic, not this engine's oracle."
         )
     if checked_oracle:
         notes.append(
-            "**oracle mismatches**: outputs that differ from fp32 `generate` of the target (greedy, the server's EOS ids), "
+            "**oracle mismatches**: outputs that differ from fp32 `generate` of the target "
+            "(greedy, the server's EOS ids), "
             "listed with the first differing token and the fp32 margin between the target's top two logits there"
             + (
                 "; in bfloat16 a few at small margins are expected, for `cloud-ar` as well."
@@ -257,8 +300,10 @@ def render_sweep(summary: dict[str, Any]) -> str:
         figures = {int(n): f for n, f in table["points"].items()}
         where = (
             f"Profile `{profile}`; a fresh server per client count, each mode's clients start together after warm-up. "
-            "Per-client tokens/s: each client's tokens over its generating time. Aggregate decode tokens/s: the tokens after "
-            "each generation's first, over the union of the decode windows. Server busy share and s/token: the union of the "
+            "Per-client tokens/s: each client's tokens over its generating time. "
+            "Aggregate decode tokens/s: the tokens after "
+            "each generation's first, over the union of the decode windows. "
+            "Server busy share and s/token: the union of the "
             "passes the clients report (a batched pass counted once) over the wall time / the tokens."
         )
         parts.append(

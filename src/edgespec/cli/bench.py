@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgespec.bench.runner import ALL_MODES, BenchConfig, build_jobs, run_profile, summarize_all, summarize_sweep
+from edgespec.bench.runner import ALL_MODES, BenchConfig, build_jobs, run_profile
+from edgespec.bench.summary import summarize_all, summarize_sweep
 from edgespec.cli.options import add_round_policy_arguments
 from edgespec.hostinfo import host_facts
 from edgespec.models.presets import DEFAULT_DRAFT, DEFAULT_TARGET

@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from edgespec.cli.options import (
     add_client_security_arguments,
@@ -22,10 +22,15 @@ from edgespec.openai_api.limits import RequestLimits
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "EDGESPEC_API_KEY"
+# Generation slots when none is configured and memory allows more.
+DEFAULT_SLOTS = 4
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def add_edge_serve_parser(subparsers: Any) -> None:
+    """The `edge-serve` subcommand and its flags, with `cmd_edge_serve` as handler.
+
+    Long because it declares every flag of the command, one statement each."""
     parser = subparsers.add_parser(
         "edge-serve",
         help="serve OpenAI's chat/completions API on the edge: draft here, verify in the cloud",
@@ -68,9 +73,10 @@ def add_edge_serve_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--max-concurrent",
         type=positive_int,
-        default=4,
+        default=None,
         metavar="N",
-        help="generations at once, each with its own draft KV cache and cloud session; more requests wait (default 4). "
+        help="generations at once, each with its own draft KV cache and cloud session; more requests wait (default: as "
+        f"many as fit their worst-case draft KV cache in memory, at most {DEFAULT_SLOTS}; llama.cpp: {DEFAULT_SLOTS}). "
         "llama.cpp loads one context per slot",
     )
     parser.add_argument(
@@ -141,16 +147,44 @@ def resolve_api_key(key: str | None, key_file: Path | None) -> str | None:
     return key
 
 
-def load_drafts(draft: str, backend: str, dtype: str, threads: int, slots: int) -> tuple[list[Any], Any]:
-    """``slots`` draft runtimes and the tokenizer: transformers runtimes share one model's
-    weights (each has its own KV cache); llama.cpp loads a context per slot."""
+def load_drafts(
+    draft: str, backend: str, dtype: str, threads: int, slots_for: Callable[[Any], int]
+) -> tuple[list[Any], Any]:
+    """Draft runtimes, as many as ``slots_for`` the first one says, and the tokenizer: transformers
+    runtimes share one model's weights (each has its own KV cache); llama.cpp loads a context per slot."""
     from edgespec.models.draft import DraftRuntime
     from edgespec.models.loading import load_draft
 
     first, tokenizer = load_draft(draft, backend, dtype, threads=threads or 1)
+    slots = slots_for(first)
     if backend == "transformers":
         return [first] + [DraftRuntime(first.model) for _ in range(slots - 1)], tokenizer
     return [first] + [load_draft(draft, backend, dtype, threads=threads or 1)[0] for _ in range(slots - 1)], tokenizer
+
+
+def draft_slots(configured: int | None, draft: Any, max_prompt_tokens: int | None, available_before_load: int) -> int:
+    """Generation slots: ``configured``, checked against memory, or as many draft KV caches as fit
+    beside the draft (at most ``DEFAULT_SLOTS``). A llama.cpp draft sizes its own contexts."""
+    import torch
+
+    from edgespec.server.limits import SessionLimits
+    from edgespec.server.memory_budget import KvBudget, cache_tokens, choose_limit, model_context
+
+    model = getattr(draft, "model", None)
+    if not isinstance(model, torch.nn.Module):
+        return configured or DEFAULT_SLOTS
+    # A slot's cache holds a prompt and its completion, within what the verifier admits by default.
+    verifier = SessionLimits()
+    prompt_tokens = max_prompt_tokens or verifier.max_prompt_tokens
+    tokens = cache_tokens(prompt_tokens, verifier.max_new_tokens, model_context(model))
+    return choose_limit(
+        configured,
+        KvBudget.for_model(model, tokens, available_before_load),
+        DEFAULT_SLOTS,
+        "slots",
+        "--max-concurrent",
+        "--max-prompt-tokens",
+    )
 
 
 def cmd_edge_serve(args: argparse.Namespace) -> int:
@@ -164,6 +198,7 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
     from edgespec.openai_api.app import create_app
     from edgespec.openai_api.backend import BackendSettings, EdgeBackend
     from edgespec.prompting import eos_token_ids
+    from edgespec.server.memory_budget import available_bytes
 
     # Bad settings fail here, before the draft loads.
     security = client_security(args)
@@ -187,15 +222,22 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
         )
     if args.threads:
         torch.set_num_threads(args.threads)
+    available = available_bytes("cpu")  # before the draft takes its share
     if mode.uses_draft:
-        drafts, tokenizer = load_drafts(args.draft, args.draft_backend, args.dtype, args.threads, args.max_concurrent)
+        drafts, tokenizer = load_drafts(
+            args.draft,
+            args.draft_backend,
+            args.dtype,
+            args.threads,
+            lambda first: draft_slots(args.max_concurrent, first, args.max_prompt_tokens, available),
+        )
     else:
-        drafts, tokenizer = [None] * args.max_concurrent, load_tokenizer(args.draft)
+        drafts, tokenizer = [None] * (args.max_concurrent or DEFAULT_SLOTS), load_tokenizer(args.draft)
     eos = eos_token_ids(getattr(drafts[0], "model", None), tokenizer)
     backend = EdgeBackend(settings, tokenizer, drafts, fallback_eos_ids=eos)
     print(
         f"edgespec: edge-serve on http://{args.host}:{args.port}/v1 ({mode.value}, verifier {args.server}, "
-        f"{args.max_concurrent} slots, {'API key required' if api_key else 'no API key'})",
+        f"{len(drafts)} slots, {'API key required' if api_key else 'no API key'})",
         flush=True,
     )
     uvicorn.run(

@@ -30,6 +30,9 @@ COMPACT_KEYS = (
 
 
 def add_eval_exits_parser(subparsers: Any) -> None:
+    """The `eval-exits` subcommand and its flags, with `run_eval_exits` as handler.
+
+    Long because it declares every flag of the command, one statement each."""
     evaluate = subparsers.add_parser(
         "eval-exits",
         help="evaluate (and calibrate) exits on real speculative rounds",
@@ -126,7 +129,7 @@ def run_eval_exits(args: argparse.Namespace) -> int:
     import torch
 
     from edgespec.exits.evaluation import exit_outcomes, guess_outcomes, hint_outcomes, plot_curves, summarize
-    from edgespec.exits.hidden_cache import load_rounds
+    from edgespec.exits.recorded_rounds import load_rounds
     from edgespec.models.exit_heads import ExitHeads
     from edgespec.models.loading import load_model
     from edgespec.models.target import decoder_parts
@@ -183,7 +186,8 @@ def run_eval_exits(args: argparse.Namespace) -> int:
 def _record_missing_rounds(args: argparse.Namespace, target: Any, heads: Any) -> None:
     """Record (or resume) the benchmark rounds, and with --calibrate the calibration rounds."""
     from edgespec.exits.evaluation import benchmark_prompts, calibration_prompts
-    from edgespec.exits.hidden_cache import read_manifest, record_rounds
+    from edgespec.exits.hidden_cache import read_manifest
+    from edgespec.exits.recorded_rounds import record_rounds
     from edgespec.models.loading import load_model
     from edgespec.prompting import eos_token_ids
 

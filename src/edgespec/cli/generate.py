@@ -16,7 +16,14 @@ from edgespec.cli.options import (
     client_security,
     recovery_policy,
 )
-from edgespec.cli.printers import ProvisionalPrinter, StreamPrinter, fallback_warning, format_stats
+from edgespec.cli.printers import (
+    ProvisionalPrinter,
+    StreamPrinter,
+    fallback_warning,
+    format_logprobs,
+    format_stats,
+    logprobs_as_json,
+)
 from edgespec.models.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 if TYPE_CHECKING:  # heavy imports (torch, transformers) wait until a command needs them
@@ -63,6 +70,18 @@ def add_generate_parser(commands: Any) -> None:
     )
     generate.add_argument("--raw", action="store_true", help="do not apply the chat template")
     generate.add_argument("--json", action="store_true", help="print one JSON object with tokens, text and stats")
+    generate.add_argument(
+        "--logprobs",
+        type=int,
+        metavar="N",
+        help="--server: the target's log-probability of every token and its N likeliest alternatives (0-20), "
+        'printed after the text (with --json: a "logprobs" list)',
+    )
+    generate.add_argument(
+        "--json-schema",
+        metavar="FILE",
+        help="--server: the output follows this JSON schema (the target is constrained, losslessly)",
+    )
     add_recovery_arguments(generate)
     add_client_security_arguments(generate)
     generate.set_defaults(handler=cmd_generate)
@@ -85,6 +104,7 @@ def generation_config(args: argparse.Namespace, eos_ids: Any) -> GenerationConfi
         sampling=SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p),
         seed=args.seed,
         eos_ids=eos_ids,
+        logprobs=getattr(args, "logprobs", None),
     )
 
 
@@ -97,6 +117,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     # Bad security settings fail here, before the models load.
     security = None if args.local else client_security(args)
+    if (args.logprobs is not None or args.json_schema) and args.local:
+        print(
+            "edgespec: error: --logprobs and --json-schema need the verifier: use them with --server", file=sys.stderr
+        )
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     mode = Mode.parse(args.mode)
@@ -112,6 +137,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompt_ids = render_prompt(tokenizer, args.prompt, raw=args.raw)
     # Over the network the server's EOS set decides; this one serves edge-only and --local.
     config = generation_config(args, eos_token_ids(eos_source, tokenizer))
+    if args.json_schema:
+        config = _with_json_schema(config, args.json_schema, tokenizer)
     on_commit = None if args.json else StreamPrinter(tokenizer)
     # Provisional tokens (the draft's, during an outage) and their retractions go to stderr.
     on_event = None if args.json else ProvisionalPrinter(tokenizer, sys.stderr)
@@ -123,7 +150,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         assert security is not None
         options = ClientOptions(recovery=recovery_policy(args), security=security)
         try:
-            result = EdgeClient(args.server, draft_runtime, options).generate(
+            result = EdgeClient(args.server, draft_runtime, options, tokenizer).generate(
                 prompt_ids,
                 mode,
                 config,
@@ -135,6 +162,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
             return 3
     _print_result(args, tokenizer, result)
     return 0
+
+
+def _with_json_schema(config: GenerationConfig, path: str, tokenizer: Any) -> GenerationConfig:
+    """``config`` under the schema in ``path`` (read and checked here: a bad file fails before any session)."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from edgespec.core.grammar import Grammar
+    from edgespec.decoding.grammar import check_grammar, tokenizer_fingerprint
+
+    grammar = Grammar("json_schema", Path(path).read_text(encoding="utf-8"), tokenizer_fingerprint(tokenizer))
+    check_grammar(grammar, tokenizer, sorted(config.eos_ids))
+    return replace(config, grammar=grammar)
 
 
 def _generate_local(
@@ -186,9 +226,14 @@ def _print_partial(
 def _print_result(args: argparse.Namespace, tokenizer: Any, result: GenerationResult) -> None:
     result.text = tokenizer.decode(result.tokens, skip_special_tokens=True)
     if args.json:
-        print(json.dumps({"tokens": result.tokens, "text": result.text, "stats": result.stats.as_dict()}))
+        printed = {"tokens": result.tokens, "text": result.text, "stats": result.stats.as_dict()}
+        if result.logprobs is not None:
+            printed["logprobs"] = logprobs_as_json(result.logprobs, tokenizer)
+        print(json.dumps(printed))
     else:
         print()
+        if result.logprobs is not None:
+            print(format_logprobs(result.logprobs, tokenizer), file=sys.stderr)
         print(format_stats(result.stats), file=sys.stderr)
     if result.stats.fallback_tokens:
         print(fallback_warning(result.stats), file=sys.stderr)

@@ -1,12 +1,13 @@
 """What `generate` shows a person: committed text as it streams, provisional text during an
-outage, and the statistics line at the end."""
+outage, the target's log-probabilities when asked, and the statistics line at the end."""
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
+    from edgespec.core.logprobs import TokenLogprob
     from edgespec.core.stats import GenerationStats
 
 
@@ -91,3 +92,26 @@ def fallback_warning(stats: GenerationStats) -> str:
         f"{stats.new_tokens} tokens (positions {spans}) were decided by the draft alone, never re-verified, and are "
         "NOT the target's output"
     )
+
+
+def logprobs_as_json(entries: Sequence[TokenLogprob], tokenizer: Any) -> list[dict[str, Any]]:
+    """Each token's entry for ``--json``: its id and text, the target's log-probability, and the
+    alternatives as [id, text, logprob]."""
+    return [
+        {
+            "token": entry.token,
+            "text": tokenizer.decode([entry.token]),
+            "logprob": entry.logprob,
+            "top": [[token, tokenizer.decode([token]), logprob] for token, logprob in entry.top],
+        }
+        for entry in entries
+    ]
+
+
+def format_logprobs(entries: Sequence[TokenLogprob], tokenizer: Any) -> str:
+    """One line per token: its text, the target's log-probability, the likeliest alternatives."""
+    lines = []
+    for entry in entries:
+        top = "  ".join(f"{tokenizer.decode([token])!r} {logprob:.4f}" for token, logprob in entry.top)
+        lines.append(f"{tokenizer.decode([entry.token])!r:>16} {entry.logprob:9.4f}" + (f"   | {top}" if top else ""))
+    return "\n".join(lines)

@@ -25,7 +25,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_profile_parser(commands: Any) -> None:
-    """Register `profile` and its subcommands on the top-level subparsers."""
+    """Register `profile` and its subcommands on the top-level subparsers.
+
+    Long because it declares every flag of every subcommand, one statement each."""
     profile = commands.add_parser(
         "profile",
         help="measure the target's pass costs (batched, by shape, exits, operations)",

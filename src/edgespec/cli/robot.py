@@ -17,6 +17,9 @@ from edgespec.models.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 
 def add_robot_parser(commands: Any) -> None:
+    """The `robot` subcommand and its flags, with `cmd_robot` as handler.
+
+    Long because it declares every flag of the command, one statement each."""
     robot = commands.add_parser(
         "robot",
         help="a simulated Unitree Go2 whose actions the target model decides through edgespec",

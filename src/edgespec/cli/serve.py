@@ -4,6 +4,7 @@ Serve replicas with --replicas)."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from typing import Any
 
 from edgespec.cli.options import (
@@ -29,6 +30,19 @@ def add_serve_parser(commands: Any) -> None:
     serve.add_argument("--target", default=DEFAULT_TARGET, help="preset name, HF model dir or .gguf file")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://--metrics-host:PORT/metrics (default: off; see "
+        "docs/operations/metrics.md)",
+    )
+    serve.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="the address the metrics port binds (default loopback)",
+    )
     _add_admission_arguments(serve)
     serve.add_argument(
         "--exit-vocab",
@@ -73,7 +87,13 @@ def add_serve_parser(commands: Any) -> None:
 
 def _add_admission_arguments(serve: argparse.ArgumentParser) -> None:
     admission = serve.add_argument_group("admission control (memory stays bounded whatever clients do)")
-    admission.add_argument("--max-sessions", type=int, default=64, help="open sessions; one more is refused with BUSY")
+    admission.add_argument(
+        "--max-sessions",
+        type=int,
+        default=None,
+        help="open sessions; one more is refused with BUSY (default: as many as fit their worst-case KV cache in "
+        "memory beside the target, at most 64)",
+    )
     admission.add_argument(
         "--max-queued",
         type=int,
@@ -134,6 +154,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from edgespec.models.loading import load_model
     from edgespec.prompting import eos_token_ids
     from edgespec.server.app import serve
+    from edgespec.server.memory_budget import available_bytes, session_limit
 
     # Bad limits and security settings fail here, before minutes of model loading.
     config = server_config(args)
@@ -143,7 +164,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _serve_on_llamacpp(args, config)
     if args.threads:
         torch.set_num_threads(args.threads)
+    available = available_bytes(args.device)  # before the target takes its share
     target = load_model(args.target, args.dtype)
+    max_sessions = session_limit(
+        args.max_sessions,
+        target.model,
+        config.limits.max_prompt_tokens,
+        config.limits.max_new_tokens,
+        available,
+    )
+    config = replace(config, admission=replace(config.admission, max_sessions=max_sessions))
     if args.device != "cpu":
         target.model.to(args.device)  # the verifier on an accelerator; verdicts stay on the CPU
     exits = resolve_exits(args.exits, target.model, args.target)
@@ -200,7 +230,7 @@ def _serve_on_llamacpp(args: argparse.Namespace, config: Any) -> int:
 def server_config(args: argparse.Namespace) -> Any:
     """The `ServerConfig` the options describe; bad limits and security settings raise ValueError."""
     from edgespec.server.app import ServerConfig
-    from edgespec.server.limits import AdmissionLimits
+    from edgespec.server.limits import DEFAULT_MAX_SESSIONS, AdmissionLimits
 
     prefill_chunk, max_batch_rows = AdmissionLimits.batch_budget(
         args.device,
@@ -213,7 +243,8 @@ def server_config(args: argparse.Namespace) -> Any:
         port=args.port,
         limits=session_limits(args),
         admission=AdmissionLimits(
-            max_sessions=args.max_sessions,
+            # Without --max-sessions, the limit is derived from memory once the target has loaded.
+            max_sessions=args.max_sessions if args.max_sessions is not None else DEFAULT_MAX_SESSIONS,
             max_queued=args.max_queued,
             max_batch=args.max_batch,
             max_batch_rows=max_batch_rows,
@@ -223,7 +254,11 @@ def server_config(args: argparse.Namespace) -> Any:
         security=server_security(args),
         prefix_cache_tokens=args.prefix_cache_tokens,
         exit_candidates=args.exit_vocab == "candidates",
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise ValueError(f"--metrics-port must be a port number (0..65535), got {args.metrics_port}")
     if args.prefix_cache_tokens < 0:
         raise ValueError(f"--prefix-cache-tokens must be >= 0, got {args.prefix_cache_tokens}")
     return config

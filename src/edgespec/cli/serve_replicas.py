@@ -48,7 +48,7 @@ def wants_replicas(args: Any) -> bool:
 
 def cluster_config(args: Any) -> ClusterConfig:
     """The cluster `edgespec serve` flags describe; bad combinations fail before anything starts."""
-    from edgespec.server.limits import AdmissionLimits
+    from edgespec.server.limits import DEFAULT_MAX_SESSIONS, AdmissionLimits
 
     server_security(args)  # the certificate and key are a PEM pair, the token well-formed
     token_file = str(args.auth_token_file.resolve()) if args.auth_token_file else ""
@@ -65,7 +65,7 @@ def cluster_config(args: Any) -> ClusterConfig:
         exits=args.exits,
         device=args.device,
         threads=args.threads or 1,
-        max_sessions=args.max_sessions,
+        max_sessions=args.max_sessions if args.max_sessions is not None else DEFAULT_MAX_SESSIONS,
         max_queued=args.max_queued,
         max_batch=args.max_batch,
         max_batch_rows=max_batch_rows,

@@ -152,41 +152,16 @@ def _modes_and_links(args: argparse.Namespace, hardware: Any) -> tuple[tuple[str
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from edgespec.bench.report import render_markdown
     from edgespec.drivers.trace import load_traces
-    from edgespec.drivers.trace_backends import ExitOracle
     from edgespec.hostinfo import host_facts
-    from edgespec.link import PROFILES
-    from edgespec.sim.simulate import (
-        SimConfig,
-        clients_sweep,
-        colocated_comparison,
-        link_for,
-        render_colocated,
-        simulate,
-    )
+    from edgespec.sim.simulate import simulate
 
     traces = load_traces(args.traces)
     meta = json.loads((Path(args.traces) / "meta.json").read_text())
     counts = _client_counts(args, traces)
     hardware = resolve_hardware(args)
     modes, links = _modes_and_links(args, hardware)
-    config = SimConfig(
-        modes=modes,
-        max_new_tokens=args.max_new_tokens,
-        gamma=args.gamma,
-        adaptive_gamma=args.adaptive_gamma,
-        max_gamma=args.max_gamma,
-        clients=counts[-1],
-        max_batch=args.max_batch,
-        branches=args.branches,
-        guess_verdict=not args.no_guess,
-        runner_up=args.runner_up,
-        draft_stop=args.draft_stop,
-        early_verdicts=args.early_verdicts,
-        exit_oracle=ExitOracle.parse(args.exit_oracle) if args.exit_oracle else None,
-        exit_candidates=args.exit_vocab == "candidates",
-    )
+    config = _sim_config(args, modes, counts[-1])
     summary, records = simulate(traces, hardware, links, config)
     # The machine whose probe gave the costs (host: all of them; h200: the edge's), not the verifier's.
     summary["host"] = {
@@ -219,8 +194,49 @@ def run_simulate(args: argparse.Namespace) -> int:
     with (out / "results.jsonl").open("w") as sink:
         for record in records:
             sink.write(json.dumps(record) + "\n")
-    # The co-located comparison reads the first link's sweep points (simulated here only when no
-    # sweep ran and there is a cloud-sd to compare with).
+    summary["colocated"] = _colocated(first_link_points, traces, hardware, links, counts, config)
+    _write_report(args, summary, hardware, command, capacity_report, out)
+    print(f"wrote {out}/summary.json, report.md, results.jsonl" + "".join(f", {name}" for name in pictures))
+    return 0
+
+
+def _sim_config(args: argparse.Namespace, modes: tuple[str, ...], clients: int) -> Any:
+    """The `SimConfig` the flags name, for ``clients`` clients (a sweep's largest count). Apart
+    from `run_simulate` so the handler reads as the steps of a run."""
+    from edgespec.drivers.trace_backends import ExitOracle
+    from edgespec.sim.simulate import SimConfig
+
+    return SimConfig(
+        modes=modes,
+        max_new_tokens=args.max_new_tokens,
+        gamma=args.gamma,
+        adaptive_gamma=args.adaptive_gamma,
+        max_gamma=args.max_gamma,
+        clients=clients,
+        max_batch=args.max_batch,
+        branches=args.branches,
+        guess_verdict=not args.no_guess,
+        runner_up=args.runner_up,
+        draft_stop=args.draft_stop,
+        early_verdicts=args.early_verdicts,
+        exit_oracle=ExitOracle.parse(args.exit_oracle) if args.exit_oracle else None,
+        exit_candidates=args.exit_vocab == "candidates",
+    )
+
+
+def _colocated(
+    first_link_points: Any,
+    traces: list[Any],
+    hardware: Any,
+    links: tuple[str, ...],
+    counts: list[int],
+    config: Any,
+) -> Any:
+    """The co-located comparison. It reads the first link's sweep points (simulated here only
+    when no sweep ran and there is a cloud-sd to compare with)."""
+    from edgespec.link import PROFILES
+    from edgespec.sim.simulate import clients_sweep, colocated_comparison, link_for
+
     first = first_link_points or {}
     if not first and "cloud-sd" in config.modes and hardware.server_draft_ms_per_token is not None:
         first = clients_sweep(
@@ -232,7 +248,22 @@ def run_simulate(args: argparse.Namespace) -> int:
             counts,
             config,
         )
-    summary["colocated"] = colocated_comparison(first, hardware, links[0], config.modes, config)
+    return colocated_comparison(first, hardware, links[0], config.modes, config)
+
+
+def _write_report(
+    args: argparse.Namespace,
+    summary: dict[str, Any],
+    hardware: Any,
+    command: str,
+    capacity_report: str,
+    out: Path,
+) -> None:
+    """summary.json and report.md (the bench report's tables, the capacity sweeps, the co-located
+    comparison and, with --compare-bench, the comparison with a measured run); prints the report."""
+    from edgespec.bench.report import render_markdown
+    from edgespec.sim.simulate import render_colocated
+
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     report = render_markdown(summary, command).replace(
         "# edgespec benchmark",
@@ -246,8 +277,6 @@ def run_simulate(args: argparse.Namespace) -> int:
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out / "report.md").write_text(report)
     print(report)
-    print(f"wrote {out}/summary.json, report.md, results.jsonl" + "".join(f", {name}" for name in pictures))
-    return 0
 
 
 def _summary_config(

@@ -98,71 +98,21 @@ def add_train_exits_parser(subparsers: Any) -> None:
 def run_train_exits(args: argparse.Namespace) -> int:
     import torch
 
-    from edgespec.exits.hidden_cache import build_training_cache, load_training_cache, read_manifest, sharegpt_sources
-    from edgespec.exits.training import (
-        CacheData,
-        TrainConfig,
-        split_holdout,
-        top1_agreement,
-        train_exits,
-        training_metadata,
-    )
+    from edgespec.exits.hidden_cache import load_training_cache, read_manifest
+    from edgespec.exits.training import CacheData, split_holdout, top1_agreement, train_exits, training_metadata
     from edgespec.models.loading import load_model
     from edgespec.models.target import decoder_parts
-    from edgespec.prompting import eos_token_ids
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     loaded = load_model(args.target, args.dtype)
     model = loaded.model
-    sources = sharegpt_sources(
-        model,
-        loaded.tokenizer,
-        "train",
-        args.max_tokens,
-        args.continuation_every,
-        args.continuation_tokens,
-        eos_token_ids(model, loaded.tokenizer),
-    )
-    description = {
-        "data": f"sharegpt train split, chat-templated, <= {args.max_tokens} tokens"
-        + (
-            f"; every {args.continuation_every}th: first user turn + target greedy continuation "
-            f"({args.continuation_tokens} tokens)"
-            if args.continuation_every
-            else ""
-        ),
-        "target": args.target,
-        "dtype": args.dtype,
-    }
-    manifest = build_training_cache(
-        model,
-        sources,
-        args.cache_dir,
-        args.layers,
-        args.sequences,
-        args.topk,
-        description=description,
-    )
+    _cache_hidden_states(args, loaded)
     cached_at = time.perf_counter()
     manifest = read_manifest(args.cache_dir)
     data = CacheData.from_tensors(load_training_cache(args.cache_dir), args.layers)
     train, holdout = split_holdout(data, args.holdout_fraction, args.skip_positions)
-    config = TrainConfig(
-        layers=args.layers,
-        kind=args.kind,
-        rank=args.rank,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        sampled_tail=args.sampled_tail,
-        ce_weight=args.ce_weight,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        holdout_fraction=args.holdout_fraction,
-        skip_positions=args.skip_positions,
-    )
+    config = _train_config(args)
     _, norm, head = decoder_parts(model)
     head_weight = head.weight
     heads, history = train_exits(config, train, norm, head_weight, args.out)
@@ -185,3 +135,63 @@ def run_train_exits(args: argparse.Namespace) -> int:
     agreement = heads.metadata["heldout_top1_agreement"]
     print(json.dumps({"out": str(args.out), "heldout_top1_agreement": agreement}, indent=2))
     return 0
+
+
+def _cache_hidden_states(args: argparse.Namespace, loaded: Any) -> None:
+    """Run the frozen target over the ShareGPT sources into --cache-dir (resuming what is cached),
+    described in the manifest by the data, target and dtype. Training then reads the cache, not
+    the model's forward."""
+    from edgespec.exits.hidden_cache import build_training_cache, sharegpt_sources
+    from edgespec.prompting import eos_token_ids
+
+    model = loaded.model
+    sources = sharegpt_sources(
+        model,
+        loaded.tokenizer,
+        "train",
+        args.max_tokens,
+        args.continuation_every,
+        args.continuation_tokens,
+        eos_token_ids(model, loaded.tokenizer),
+    )
+    description = {
+        "data": f"sharegpt train split, chat-templated, <= {args.max_tokens} tokens"
+        + (
+            f"; every {args.continuation_every}th: first user turn + target greedy continuation "
+            f"({args.continuation_tokens} tokens)"
+            if args.continuation_every
+            else ""
+        ),
+        "target": args.target,
+        "dtype": args.dtype,
+    }
+    build_training_cache(
+        model,
+        sources,
+        args.cache_dir,
+        args.layers,
+        args.sequences,
+        args.topk,
+        description=description,
+    )
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    """The `TrainConfig` the flags name (what `training_metadata` records with the exits)."""
+    from edgespec.exits.training import TrainConfig
+
+    return TrainConfig(
+        layers=args.layers,
+        kind=args.kind,
+        rank=args.rank,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        sampled_tail=args.sampled_tail,
+        ce_weight=args.ce_weight,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        holdout_fraction=args.holdout_fraction,
+        skip_positions=args.skip_positions,
+    )

@@ -14,7 +14,7 @@ import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import grpc
 
@@ -25,7 +25,10 @@ from edgespec.client.recovery import (
     Outage,
     RecoveryPolicy,
     describe,
+    fallback_message,
     is_transient,
+    lost_contact_message,
+    retry_message,
     wait_connected,
     wait_until_reachable,
 )
@@ -35,7 +38,9 @@ from edgespec.client.sync_bridge import run_sync
 from edgespec.core.cloud_ar import CloudRoundDecided, ReceiveOnlyRounds, ReceiveState, TokensDecoded
 from edgespec.core.config import GenerationConfig, GenerationResult
 from edgespec.core.generation import Generation, TextEvent
+from edgespec.core.logprobs import TokenLogprob
 from edgespec.core.modes import Mode
+from edgespec.decoding.grammar import EdgeGrammar
 from edgespec.models.draft import DraftRuntime
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport.security import INSECURE, ClientSecurity
@@ -64,11 +69,18 @@ class ClientOptions:
 
 class EdgeClient:
     def __init__(
-        self, address: str, draft: DraftRuntime | None = None, options: ClientOptions = ClientOptions()
+        self,
+        address: str,
+        draft: DraftRuntime | None = None,
+        options: ClientOptions = ClientOptions(),
+        tokenizer: Any = None,
     ) -> None:
+        """``tokenizer``: the draft's, for drafting under a generation's grammar (without it the
+        draft drafts freely and only the verifier masks: still lossless, fewer tokens accepted)."""
         self.address = address
         self.draft = draft
         self.options = options
+        self.tokenizer = tokenizer
         self._draft_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft")
 
     # ------------------------------------------------------------------ public API
@@ -80,10 +92,12 @@ class EdgeClient:
         config: GenerationConfig,
         on_commit: Callable[[list[int]], None] | None = None,
         on_event: Callable[[TextEvent], None] | None = None,
+        on_logprobs: Callable[[list[TokenLogprob]], None] | None = None,
     ) -> GenerationResult:
         """``on_commit`` hears final tokens only; ``on_event`` every ``TextEvent`` (final,
-        provisional tokens during an outage, and retractions of them)."""
-        return run_sync(self.agenerate(prompt_ids, mode, config, on_commit, on_event))
+        provisional tokens during an outage, and retractions of them); ``on_logprobs`` (with
+        ``config.logprobs``) the target's log-probabilities of each commit's tokens, just before it."""
+        return run_sync(self.agenerate(prompt_ids, mode, config, on_commit, on_event, on_logprobs))
 
     def stream(
         self, prompt_ids: Sequence[int], mode: Mode, config: GenerationConfig, events: bool = False
@@ -119,10 +133,16 @@ class EdgeClient:
         config: GenerationConfig,
         on_commit: Callable[[list[int]], None] | None = None,
         on_event: Callable[[TextEvent], None] | None = None,
+        on_logprobs: Callable[[list[TokenLogprob]], None] | None = None,
     ) -> GenerationResult:
         if mode.uses_draft and self.draft is None:
             raise ValueError(f"mode {mode.value} needs a draft model on the edge")
-        run = EdgeRun(Generation(prompt_ids, mode, config, join_rows=join_distribution_rows), on_commit, on_event)
+        if mode is Mode.EDGE_ONLY and config.logprobs is not None:
+            raise ValueError("log-probabilities are the target's: edge-only mode has no target to give them")
+        if mode is Mode.EDGE_ONLY and config.grammar is not None:
+            raise ValueError("a grammar constrains the target: edge-only mode has no target to constrain")
+        gen = Generation(prompt_ids, mode, config, join_rows=join_distribution_rows)
+        run = EdgeRun(gen, on_commit, on_event, on_logprobs, self._draft_grammar(config, len(prompt_ids)))
         if self.draft is not None and not self.options.reuse_draft_cache:
             # On the draft thread: a pre-draft of the last generation may still be running there
             # (stopped, but not yet at its next step), and the cache is that thread's.
@@ -137,10 +157,20 @@ class EdgeClient:
             raise
         return self._result(run)
 
+    def _draft_grammar(self, config: GenerationConfig, prompt_len: int) -> EdgeGrammar | None:
+        if config.grammar is None or self.tokenizer is None or self.draft is None:
+            return None
+        runtime = getattr(self.draft, "runtime", self.draft)  # edge-serve wraps the runtime
+        vocab_size = getattr(runtime, "vocab_size", None)
+        if vocab_size is None:
+            return None
+        eos = sorted(config.eos_ids)
+        return EdgeGrammar(config.grammar, self.tokenizer, int(vocab_size), prompt_len, eos)
+
     @staticmethod
     def _result(run: EdgeRun) -> GenerationResult:
         run.gen.stats.total_s = run.now()
-        return GenerationResult(tokens=run.gen.new_tokens, stats=run.gen.stats)
+        return GenerationResult(tokens=run.gen.new_tokens, stats=run.gen.stats, logprobs=run.logprobs)
 
     # ------------------------------------------------------------------ sessions and outages
 
@@ -187,21 +217,20 @@ class EdgeClient:
                 outage = Outage(policy if self.draft is not None else replace(policy, fallback=False))
                 gen.stats.connection_losses += 1
                 run.event("connection lost")
-                logger.warning(
-                    "lost the server at %s after %d committed tokens: %s", self.address, gen.produced, describe(failure)
-                )
+                logger.warning(lost_contact_message(self.address, gen.produced, failure))
             delay = outage.next_delay()
             if delay is not None:
-                logger.info("reconnect attempt %d in %.2f s", outage.attempts, delay)
+                logger.info(retry_message(outage.attempts, delay, failure))
                 await asyncio.sleep(delay)
                 continue
             if not policy.fallback or self.draft is None:
                 tried = f" ({outage.attempts} reconnect attempts)" if outage.attempts else ""
                 raise ConnectionLost(
-                    f"lost the server at {self.address} after {gen.produced} committed tokens{tried}: {describe(failure)}",
+                    f"lost the server at {self.address} after {gen.produced} committed tokens{tried}: "
+                    f"{describe(failure)}",
                     self._result(run),
                 ) from failure
-            if not await self._fall_back(run, outage):
+            if not await self._fall_back(run, outage, failure, repeated=returning):
                 return  # the server never came back: the provisional tokens were kept, flagged
             # The server answered a probe: quick retries again if the re-open fails after all.
             outage, returning = outage.again(), True
@@ -239,19 +268,17 @@ class EdgeClient:
                     driver.stop()
                 await stream.cancel()
 
-    async def _fall_back(self, run: EdgeRun, outage: Outage) -> bool:
+    async def _fall_back(self, run: EdgeRun, outage: Outage, failure: BaseException, repeated: bool = False) -> bool:
         """Decode provisional tokens with the draft while probing the server. True once it
         answers (the next session re-verifies them); False when the text is complete and the
         outage budget is spent: then the provisional tokens are kept as output, flagged."""
         policy, gen = self.options.recovery, run.gen
         gen.stats.fallbacks += 1
         run.event("fallback: provisional edge-only")
-        logger.warning(
-            "server %s unreachable after %d final tokens: going on with PROVISIONAL draft-only tokens "
-            "(re-verified when it answers), probing every %.1f s",
-            self.address,
-            gen.produced,
-            policy.probe_interval_s,
+        # Said once an outage; a server that answers probes but refuses again is the same outage.
+        logger.log(
+            logging.INFO if repeated else logging.WARNING,
+            fallback_message(self.address, gen.produced, policy.probe_interval_s, failure),
         )
         probe = asyncio.ensure_future(
             wait_until_reachable(self._open_channel, policy.probe_interval_s, self.options.connect_timeout_s)
@@ -297,6 +324,7 @@ class EdgeClient:
                     "BAD_REPLY", f"expected tokens in a cloud-sd session, got {message.WhichOneof('kind')}"
                 )
             tokens = message.tokens
+            run.logprobs_arrived(tokens.logprobs, len(tokens.ids))
             if tokens.drafted:  # an empty finished message (a resumed, complete text) is no round
                 # The server's own passes, as it reported them (placed back to back before this
                 # reply, as a decode's is): its drafting is server time as much as its verify.
@@ -324,6 +352,7 @@ class EdgeClient:
             message = await stream.receive()
             gen.stats.wait_s += run.now() - start
             tokens = message.tokens
+            run.logprobs_arrived(tokens.logprobs, len(tokens.ids))
             gen.record(
                 "cloud", "decode", run.now() - tokens.compute_ms / 1000, run.now()
             )  # the pass, as the server reported it

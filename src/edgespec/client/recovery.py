@@ -140,6 +140,45 @@ def describe(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+# ---------------------------------------------------------------- what the log says of an outage
+# A server that refuses with BUSY answers; it is at its session (or queue) limit, not unreachable,
+# and an operator reading the log needs to know which.
+
+
+def is_busy(error: BaseException) -> bool:
+    """True for the server's BUSY refusal (``ServerError.code``)."""
+    return getattr(error, "code", None) == "BUSY"
+
+
+def lost_contact_message(address: str, produced: int, failure: BaseException) -> str:
+    if is_busy(failure):
+        return (
+            f"the server at {address} is busy (at its session or queue limit) after {produced} committed tokens: "
+            f"{describe(failure)}; re-opening the session with them"
+        )
+    return f"lost the server at {address} after {produced} committed tokens: {describe(failure)}"
+
+
+def retry_message(attempt: int, delay_s: float, failure: BaseException) -> str:
+    """Starts with "reconnect attempt N", whatever the cause, so log watchers can count them."""
+    if is_busy(failure):
+        return f"reconnect attempt {attempt} in {delay_s:.2f} s: re-opening the session the busy server refused"
+    return f"reconnect attempt {attempt} in {delay_s:.2f} s"
+
+
+def fallback_message(address: str, produced: int, probe_interval_s: float, failure: BaseException) -> str:
+    if is_busy(failure):
+        return (
+            f"server {address} is still busy (at its session limit) after {produced} final tokens: going on with "
+            f"PROVISIONAL draft-only tokens (re-verified once it admits the session), asking again every "
+            f"{probe_interval_s:.1f} s"
+        )
+    return (
+        f"server {address} unreachable after {produced} final tokens: going on with PROVISIONAL draft-only tokens "
+        f"(re-verified when it answers), probing every {probe_interval_s:.1f} s"
+    )
+
+
 async def wait_connected(channel: grpc.aio.Channel, timeout_s: float) -> None:
     """Wait until ``channel`` is connected; ConnectionError as soon as a connect attempt fails.
 

@@ -9,10 +9,12 @@ verdict arrives.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import Executor
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -33,9 +35,13 @@ from edgespec.core.edge_events import (
 )
 from edgespec.core.errors import ProtocolViolation
 from edgespec.core.generation import Generation, TextEvent
+from edgespec.core.logprobs import TokenLogprob
+from edgespec.decoding.grammar import EdgeGrammar
 from edgespec.models.draft import DraftRuntime
 from edgespec.transport import edgespec_pb2 as pb
-from edgespec.transport.codec import candidates_to_wire, distributions_to_wire, verdict_of
+from edgespec.transport.codec import candidates_to_wire, distributions_to_wire, logprobs_from_wire, verdict_of
+
+logger = logging.getLogger(__name__)
 
 
 def join_distribution_rows(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -47,25 +53,65 @@ def join_distribution_rows(parts: list[torch.Tensor]) -> torch.Tensor:
 class EdgeRun:
     """One generation on the client: the core's shared state, the wall clock its events are
     timed by, and the caller's streaming callbacks: ``on_event`` hears every ``TextEvent``
-    (final, provisional, retract); ``on_commit`` the tokens of final events only."""
+    (final, provisional, retract); ``on_commit`` the tokens of final events only, right after
+    ``on_logprobs`` hears the target's log-probabilities of those tokens (when asked for)."""
 
     def __init__(
         self,
         gen: Generation,
         on_commit: Callable[[list[int]], None] | None,
         on_event: Callable[[TextEvent], None] | None = None,
+        on_logprobs: Callable[[list[TokenLogprob]], None] | None = None,
+        grammar: EdgeGrammar | None = None,
     ) -> None:
         self.gen = gen
+        # The grammar the draft drafts under (None: it drafts freely; the verifier masks anyway).
+        self.grammar = grammar
         self._t0 = time.perf_counter()
         self._on_commit = on_commit
         self._on_event = on_event
+        self._on_logprobs = on_logprobs
+        # Every committed token's entry, in order (None: not asked for).
+        self.logprobs: list[TokenLogprob] | None = [] if gen.config.logprobs is not None else None
+        # Entries the server sent for tokens its verdict emits, until the commit that takes them.
+        self._arrived: deque[TokenLogprob] = deque()
         gen.listen(self._deliver)
+
+    def logprobs_arrived(self, rows: Sequence[pb.TokenLogprob], decided: int) -> None:
+        """A verdict's (or decoded tokens') log-probabilities, before its commit. ``decided``: how
+        many tokens the server decided in it; none sent for them means a server that predates them."""
+        if self.logprobs is None:
+            return
+        if decided and not rows:
+            raise ServerError("NO_LOGPROBS", "the verifier sent no log-probabilities: it predates them (upgrade it)")
+        self._arrived.clear()  # a verdict clipped at a stop leaves entries no commit takes
+        self._arrived.extend(logprobs_from_wire(rows))
 
     def _deliver(self, event: TextEvent) -> None:
         if self._on_event is not None:
             self._on_event(event)
-        if event.kind == "final" and self._on_commit is not None:
+        if event.kind != "final":
+            return
+        if self.logprobs is not None:
+            matched = self._take_logprobs(event.tokens)
+            self.logprobs.extend(matched)
+            if self._on_logprobs is not None:
+                self._on_logprobs(matched)
+        if self._on_commit is not None:
             self._on_commit(list(event.tokens))
+
+    def _take_logprobs(self, tokens: Sequence[int]) -> list[TokenLogprob]:
+        """The arrived entries of ``tokens``, matched by id: provisional tokens kept after an
+        outage were never the target's and have none."""
+        matched = []
+        for token in tokens:
+            if self._arrived and self._arrived[0].token == token:
+                matched.append(self._arrived.popleft())
+            elif self._arrived:
+                expected = self._arrived[0].token
+                logger.warning("log-probabilities for token %d do not match the committed %d: dropped", expected, token)
+                self._arrived.clear()
+        return matched
 
     def now(self) -> float:
         return time.perf_counter() - self._t0
@@ -132,6 +178,7 @@ class RoundDriver:
                 self.run.gen.stats.server_queued_s += (
                     final.queued_ms / 1000
                 )  # apart from the pass itself: batching's wait
+                self.run.logprobs_arrived(final.logprobs, final.accepted + 1)
                 return self.rounds.final_verdict_arrived(
                     FinalVerdictArrived(
                         round=final.round,
@@ -174,6 +221,8 @@ class RoundDriver:
         config, now, draft = self.gen.config, self.run.now, self.draft
         with_candidates = config.wants_early_verdicts(self.gen.mode)
         with_alternatives = config.wants_alternatives(self.gen.mode)
+        grammar = self.run.grammar.for_draft(self.gen.committed, action.sequence) if self.run.grammar else None
+        constrained = {"grammar": grammar} if grammar is not None else {}
         known = self.gen.provisional_block(action.sequence, action.gamma)
         if known is not None:
             # Re-verifying after an outage: the draft already decided these tokens (and kept its
@@ -197,6 +246,7 @@ class RoundDriver:
                 alternatives=with_alternatives,
                 stop_below=config.draft_stop_below(),
                 min_tokens=action.min_tokens,
+                **constrained,
             )
             return block, start, now()
 

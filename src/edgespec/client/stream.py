@@ -12,7 +12,7 @@ from edgespec.core.generation import Generation
 from edgespec.core.modes import Mode
 from edgespec.core.stats import GenerationStats
 from edgespec.transport import edgespec_pb2 as pb
-from edgespec.transport.codec import PROTOCOL_VERSION, sampling_to_wire, wire_size
+from edgespec.transport.codec import PROTOCOL_VERSION, grammar_to_wire, sampling_to_wire, wire_size
 
 
 class ServerError(RuntimeError):
@@ -106,12 +106,18 @@ async def open_session(stream: SessionStream, gen: Generation) -> pb.Opened:
                 adaptive_gamma=config.adaptive_gamma,
                 max_gamma=config.max_gamma,
                 draft_stop=config.draft_stop_below(),
+                logprobs=config.logprobs is not None,
+                top_logprobs=config.logprobs or 0,
+                grammar=grammar_to_wire(config.grammar) if config.grammar is not None else None,
             )
         )
     )
     message = await stream.receive()
     if message.WhichOneof("kind") != "opened":
         raise ServerError("BAD_REPLY", f"expected opened, got {message.WhichOneof('kind')}")
+    if config.grammar is not None and not message.opened.grammar:
+        # An old server ignored the grammar: nothing it generates may be taken as constrained.
+        raise ServerError("NO_GRAMMAR", "the verifier does not apply grammars: it predates them (upgrade it)")
     if config.needs_exits(mode) and not message.opened.exit_layers:
         raise ServerError("NO_EXITS", f"mode {mode.value} needs a server with exits; this one has none")
     gen.session_opened(message.opened.eos_ids)

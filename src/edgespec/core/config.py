@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from edgespec.core.gamma import AdaptiveGamma
+from edgespec.core.grammar import Grammar
+from edgespec.core.logprobs import TokenLogprob, check_top_logprobs
 from edgespec.core.stats import GenerationStats
 
 if TYPE_CHECKING:
@@ -74,8 +76,14 @@ class GenerationConfig:
     # measures them; pre-drafting without the guess has nothing else to go on; with the guess they
     # are off, since running the exits slows every verify while adding few hits the guess lacks.
     early_verdicts: bool | None = None
+    # Ask the target for its log-probability of every committed token and this many likeliest
+    # alternatives (None: none, and the greedy verifier reads only argmax ids).
+    logprobs: int | None = None
+    # The grammar the target's output must follow (None: free text); the verifier masks by it.
+    grammar: Grammar | None = None
 
     def __post_init__(self) -> None:
+        check_top_logprobs(self.logprobs)
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 1 <= self.gamma <= 64:
@@ -122,3 +130,6 @@ class GenerationResult:
     tokens: list[int]  # generated ids only, prompt excluded
     stats: GenerationStats
     text: str = ""
+    # With ``GenerationConfig.logprobs``: one entry per token the target decided, in order (a
+    # token the draft alone decided during an outage, and kept, has none).
+    logprobs: list[TokenLogprob] | None = None

@@ -177,12 +177,17 @@ class EdgeRounds:
             self._pending_guess = None
             right = bool(block.tokens) and block.tokens[0] == verdict.next_token
             self._score_guess(right)
-            if right:
+            if right and len(block.tokens) > 1:
                 return self._send_current(block.without_first(), end - start, end)
+            # Wrong, or right but stopped after the bonus: a block must carry a draft token.
             return [self._draft_current()]
         if branch is None or branch.block is not None:
             return []  # a draft that was cancelled while it ran
         branch.draft_s = end - start
+        if len(block.tokens) < (2 if branch.assumed is None else 1):
+            # Stopped before a draft token of its own (a guess's first is the bonus it assumes).
+            self._branches.remove(branch)
+            return []
         if branch.assumed is None:  # the guess: its first token is the bonus it assumes
             assert self._in_flight is not None
             branch.assumed = Verdict(len(self._in_flight.block.tokens), block.tokens[0])

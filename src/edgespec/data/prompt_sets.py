@@ -17,7 +17,10 @@ from typing import Any
 PROMPT_SETS = ("mtbench", "humaneval", "sharegpt")
 # ShareGPT first turns kept as tuning prompts: long enough to ask something, short enough to prefill.
 SHAREGPT_PROMPT_CHARS = (40, 1500)
-HUMANEVAL_INSTRUCTION = "Complete the following Python function. Reply with the full function in a Python code block.\n\n```python\n{prompt}```"
+HUMANEVAL_INSTRUCTION = (
+    "Complete the following Python function. Reply with the full function in a Python code block.\n\n"
+    "```python\n{prompt}```"
+)
 
 
 @dataclass(frozen=True)

@@ -51,9 +51,12 @@ def begin_round(
     on_streamed: Callable[[EarlyVerdict], None] | None = None,
     kv: TrackedCache | None = None,
     candidates: torch.Tensor | None = None,
+    full_logits: bool = False,
 ) -> PendingRound:
     """``candidates`` ([gamma, k] draft top-k ids, greedy only): the exits score just those ids
-    through the LM head's rows instead of the whole vocabulary (see ``candidate_verdict``)."""
+    through the LM head's rows instead of the whole vocabulary (see ``candidate_verdict``).
+    ``full_logits``: the forward returns the logits even for a greedy round (log-probabilities
+    are read from them), not only their argmax ids."""
     gamma = len(tokens)
     uniforms = None if params.greedy else RoundUniforms.at(seed, len(sequence), gamma)
     judge = None
@@ -68,7 +71,7 @@ def begin_round(
         kv if kv is not None else target.kv,
         on_exit=judge,
         exit_candidates=exit_candidates,
-        argmax_only=params.greedy,
+        argmax_only=params.greedy and not full_logits,
     )
     return PendingRound(request, list(tokens), params, draft_probs, uniforms, judge)
 

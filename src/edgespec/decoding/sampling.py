@@ -59,8 +59,11 @@ def choose_token(logits: torch.Tensor, params: SamplingParams, uniform: float | 
 
 def token_from_forward(scored: torch.Tensor, params: SamplingParams, uniform: float | None = None) -> int:
     """One next token from what a target forward returned for the last position: for a greedy
-    session the argmax id itself (``ScoreRequest.argmax_only``), else its logits [vocab]."""
-    return int(scored) if params.greedy else choose_token(scored, params, uniform)
+    session the argmax id itself (``ScoreRequest.argmax_only``), else its logits [vocab] (a greedy
+    session that reads log-probabilities gets logits too)."""
+    if params.greedy:
+        return int(scored) if scored.dim() == 0 else int(torch.argmax(scored))
+    return choose_token(scored, params, uniform)
 
 
 def position_uniform(seed: int, position: int) -> float:

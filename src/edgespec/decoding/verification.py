@@ -95,7 +95,8 @@ def rejection_sample_verdict(
         raise ValueError(f"draft_probs must be [{gamma}, {target_probs.shape[-1]}], got {tuple(draft_probs.shape)}")
     if len(uniforms.accept) < gamma or len(uniforms.resample) < gamma + 1:
         raise ValueError(
-            f"need {gamma} acceptance and {gamma + 1} resampling uniforms, got {len(uniforms.accept)} and {len(uniforms.resample)}"
+            f"need {gamma} acceptance and {gamma + 1} resampling uniforms, "
+            f"got {len(uniforms.accept)} and {len(uniforms.resample)}"
         )
     for position, token in enumerate(draft_tokens):
         p = float(target_probs[position, token])

@@ -55,6 +55,9 @@ class LocalEngine:
         they are decided (streaming)."""
         if not prompt_ids:
             raise ValueError("the prompt must contain at least one token")
+        if config.logprobs is not None or config.grammar is not None:
+            # Ignoring them would return free text or no log-probabilities as if they had been honoured.
+            raise ValueError("log-probabilities and grammars are served over the network (EdgeClient), not in process")
         if (mode.uses_draft or mode.server_drafts) and self.draft is None:
             raise ValueError(
                 f"mode {mode.value} needs a draft model" + (" (in process, the server's)" if mode.server_drafts else "")

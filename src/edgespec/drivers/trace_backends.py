@@ -172,7 +172,8 @@ class TraceCloud:
         if len(truth) < len(tokens) + 1:
             if not trace.ended_in_eos:
                 raise ValueError(
-                    f"trace {trace.id} ends at {len(trace.continuation)} tokens: record it with a larger --max-new-tokens"
+                    f"trace {trace.id} ends at {len(trace.continuation)} tokens: "
+                    "record it with a larger --max-new-tokens"
                 )
             # The text ends inside this block: the verdict ends with the target's EOS (what the
             # draft wrote after it is never committed, so it needs no record).

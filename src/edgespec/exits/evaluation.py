@@ -1,4 +1,4 @@
-"""Evaluating exits on recorded speculative rounds (see ``hidden_cache.record_rounds``).
+"""Evaluating exits on recorded speculative rounds (see ``recorded_rounds.record_rounds``).
 
 Per exit layer:
 * **top-1 agreement**: how often the exit's argmax equals the final layer's, over every verified

@@ -3,17 +3,14 @@
 Two kinds of record, both as safetensors shards in one directory, both resumable (a shard is
 written atomically and a restart skips the sources already covered by complete shards):
 
-* **Training cache** (``build_training_cache``): every position of each training sequence
+* **Training cache** (``build_training_cache``, here): every position of each training sequence
   (ShareGPT conversations, optionally followed by the target's own greedy continuation of the
   first user turn). Per position: the hidden state after each candidate exit layer (``h.<L>``),
   the final normed hidden state (``final``: the frozen LM head turns it into the final logits
   over any vocabulary subset) and the final layer's top-k ids (``topk_ids``), all fp16 / int32.
 
-* **Speculative rounds** (``record_rounds``): real greedy speculative decoding with the real
-  draft. Per round, the hidden states of the ``gamma + 1`` verified positions after each layer
-  (fp32, so an exit computed offline equals the exit computed online), the final top-1 ids, the
-  draft block and the final verdict. Any set of adapters and thresholds can then be evaluated
-  offline, without running the target again.
+* **Speculative rounds** (``edgespec.exits.recorded_rounds``): real greedy speculative decoding
+  with the real draft, recorded with the shard, manifest and layer-tap helpers of this module.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -31,12 +27,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from edgespec.core.config import GREEDY, GenerationConfig
-from edgespec.core.modes import Mode
-from edgespec.drivers.backend_interface import CloudJob
-from edgespec.drivers.real_backends import RealCloud, RealEdge
-from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock
-from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime, decoder_parts
 
 logger = logging.getLogger(__name__)
@@ -44,13 +34,16 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 
 
-def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a shard under a temporary name, then rename it: a killed run leaves no partial shard
+    for a resumed one to trust."""
     tmp = path.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, path)
 
 
-def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """Replace the manifest atomically, for the same reason as ``save_atomic``."""
     tmp = directory / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, directory / MANIFEST)
@@ -178,7 +171,8 @@ def build_training_cache(
         manifest = json.loads(manifest_path.read_text())
         if not set(layers) <= set(manifest["layers"]) or manifest["topk"] != topk:
             raise ValueError(
-                f"{directory} caches layers {manifest['layers']} top-{manifest['topk']}; asked for layers {list(layers)} top-{topk}: use another --cache-dir"
+                f"{directory} caches layers {manifest['layers']} top-{manifest['topk']}; "
+                f"asked for layers {list(layers)} top-{topk}: use another --cache-dir"
             )
     else:
         manifest = {
@@ -232,7 +226,7 @@ def build_training_cache(
         tap.remove()
         progress.close()
     manifest["positions"] = sum(s["positions"] for s in manifest["shards"])
-    _write_manifest(directory, manifest)
+    write_manifest(directory, manifest)
     return manifest
 
 
@@ -243,12 +237,12 @@ def _flush(directory: Path, manifest: dict[str, Any], pending: dict[str, list[to
         tensors[name] = _hidden_dtype(joined) if joined.is_floating_point() else joined
     number = len(manifest["shards"])
     path = directory / f"shard-{number:05d}.safetensors"
-    _save_atomic(tensors, path)
+    save_atomic(tensors, path)
     manifest["shards"].append(
         {"file": path.name, "sources": len(ids), "positions": int(tensors["token"].shape[0]), "ids": ids}
     )
     manifest["positions"] = sum(s["positions"] for s in manifest["shards"])
-    _write_manifest(directory, manifest)
+    write_manifest(directory, manifest)
 
 
 def load_training_cache(directory: str | Path, shards: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
@@ -262,148 +256,4 @@ def load_training_cache(directory: str | Path, shards: Sequence[int] | None = No
     for path in paths:
         for name, tensor in load_file(str(path)).items():
             parts.setdefault(name, []).append(tensor.float() if tensor.is_floating_point() else tensor)
-    return {name: torch.cat(tensors) for name, tensors in parts.items()}
-
-
-# --------------------------------------------------------------------------- speculative rounds
-
-
-@torch.inference_mode()
-def record_rounds(
-    target_model: nn.Module,
-    draft_model: nn.Module,
-    prompts: Iterator[tuple[str, list[int]]],
-    directory: str | Path,
-    layers: Sequence[int],
-    num_prompts: int,
-    gamma: int = 4,
-    max_new_tokens: int = 64,
-    eos_ids: Iterable[int] = (),
-    description: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Greedy speculative decoding of each prompt with the real draft; one shard per prompt
-    holding every round's verified positions. Resumable per prompt."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    manifest_path = directory / MANIFEST
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-    else:
-        manifest = {
-            "kind": "rounds",
-            "layers": list(layers),
-            "gamma": gamma,
-            "max_new_tokens": max_new_tokens,
-            "shards": [],
-            **(description or {}),
-        }
-    done = len(manifest["shards"])
-    target = TargetRuntime(target_model)
-    draft = DraftRuntime(draft_model)
-    # A second cache on the draft, for the send-time guess's bonus (the draft's own next token).
-    guesser = DraftRuntime(draft_model)
-    tap = LayerTap(target_model, layers)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, gamma=gamma, eos_ids=frozenset(eos_ids))
-    progress = tqdm(total=num_prompts, initial=done, desc="recording speculative rounds", unit="prompt")
-    try:
-        for index, (prompt_id, prompt) in enumerate(prompts):
-            if index >= num_prompts:
-                break
-            if index < done:
-                continue
-            started = time.perf_counter()
-            target.reset()
-            draft.reset()
-            guesser.reset()
-            rows: dict[str, list[torch.Tensor]] = {}
-            # The rounds are the engine's own (the round core, sd mode); the tap reads each verify.
-            cloud = _RecordingCloud(target, tap, layers, gamma, rows, guesser)
-            (result,) = VirtualClock(cloud).run(
-                [
-                    ClientSpec(
-                        list(prompt),
-                        Mode.SD,
-                        config,
-                        RealEdge(draft, GREEDY, 0, candidates=True),
-                        eos_ids=config.eos_ids,
-                    )
-                ]
-            )
-            produced = len(result.tokens)
-            tensors = {name: torch.stack(parts) for name, parts in rows.items()}  # [rounds, gamma+1, ...]
-            path = directory / f"shard-{index:05d}.safetensors"
-            _save_atomic(tensors, path)
-            manifest["shards"].append(
-                {
-                    "file": path.name,
-                    "id": prompt_id,
-                    "rounds": len(rows["verdict"]),
-                    "new_tokens": produced,
-                    "seconds": round(time.perf_counter() - started, 1),
-                }
-            )
-            _write_manifest(directory, manifest)
-            progress.update(1)
-    finally:
-        tap.remove()
-        progress.close()
-    return manifest
-
-
-class _RecordingCloud(RealCloud):
-    """The target as the engine runs it, with the hidden states of every full-length verify
-    recorded (a last block cut short by the token budget has no place in [rounds, gamma + 1])."""
-
-    def __init__(
-        self,
-        target: TargetRuntime,
-        tap: LayerTap,
-        layers: Sequence[int],
-        gamma: int,
-        rows: dict[str, list[torch.Tensor]],
-        guesser: DraftRuntime,
-    ) -> None:
-        super().__init__(target)
-        self.tap, self.layers, self.gamma, self.rows, self.guesser = tap, layers, gamma, rows, guesser
-
-    def _run(self, job: CloudJob) -> Any:
-        record = job.kind == "verify" and job.block is not None and len(job.block.tokens) == self.gamma
-        if record:
-            self.tap.tail, self.tap.armed, self.tap.captured = self.gamma + 1, True, {}
-        try:
-            result = super()._run(job)
-        finally:
-            self.tap.armed = False
-        if record:
-            assert job.block is not None
-            logits = self.target.score_tail(job.sequence + job.block.tokens, self.gamma + 1, kv=self.kv)
-            for layer in self.layers:
-                self.rows.setdefault(f"h.{layer}", []).append(self.tap.captured[f"h.{layer}"])
-            self.rows.setdefault("final_top1", []).append(torch.argmax(logits, dim=-1).to(torch.int32))
-            self.rows.setdefault("draft", []).append(torch.tensor(job.block.tokens, dtype=torch.int32))
-            verdict = result.verdict
-            self.rows.setdefault("verdict", []).append(
-                torch.tensor([verdict.accepted, verdict.next_token], dtype=torch.int32)
-            )
-            # What a candidate-id exit scores, and the guess (all accepted + this bonus) to weigh it against.
-            self.rows.setdefault("candidates", []).append(job.block.candidates.to(torch.int32))
-            bonus = int(torch.argmax(self.guesser.next_token_logits(job.sequence + job.block.tokens)))
-            self.rows.setdefault("guess_bonus", []).append(torch.tensor(bonus, dtype=torch.int32))
-        return result
-
-
-def load_rounds(directory: str | Path) -> dict[str, torch.Tensor]:
-    """All recorded rounds: ``h.<L>`` [R, gamma+1, H], ``final_top1`` [R, gamma+1], ``draft``
-    [R, gamma], ``verdict`` [R, 2] (accepted, next token), ``prompt`` [R]; rounds recorded since
-    candidate-id exits also ``candidates`` [R, gamma, k] (the draft's top-k ids per token) and
-    ``guess_bonus`` [R] (the draft's own token after the block: the send-time guess's bonus)."""
-    paths = shard_paths(directory)
-    if not paths:
-        raise FileNotFoundError(f"no recorded rounds in {directory}")
-    parts: dict[str, list[torch.Tensor]] = {}
-    for number, path in enumerate(paths):
-        tensors = load_file(str(path))
-        for name, tensor in tensors.items():
-            parts.setdefault(name, []).append(tensor)
-        parts.setdefault("prompt", []).append(torch.full((tensors["verdict"].shape[0],), number, dtype=torch.int32))
     return {name: torch.cat(tensors) for name, tensors in parts.items()}

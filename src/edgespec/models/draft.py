@@ -7,7 +7,7 @@ the rest.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -16,6 +16,17 @@ from edgespec.core.block import DraftBlock
 from edgespec.core.config import SamplingParams
 from edgespec.decoding.sampling import logits_to_probs, position_uniform, restrict_support, sample_with_uniform
 from edgespec.models.kv import TrackedCache, forward_with_cache, standard_head_input
+
+
+class DraftGrammar(Protocol):
+    """What drafting under a grammar needs (``decoding.grammar.GrammarMatcher`` is one)."""
+
+    @property
+    def stopped(self) -> bool: ...
+    def forced(self) -> list[int]: ...
+    def mask(self) -> torch.Tensor: ...
+    def advance(self, tokens: Sequence[int]) -> None: ...
+
 
 # A sampled draft token's distribution travels as this many (id, probability) pairs at most.
 DRAFT_SUPPORT = 64
@@ -77,6 +88,7 @@ class DraftRuntime:
         alternatives: bool = False,
         stop_below: float = 0.0,
         min_tokens: int = 1,
+        grammar: DraftGrammar | None = None,
     ) -> DraftBlock:
         """Draft up to ``gamma`` tokens after ``sequence``. ``should_stop`` is polled between
         steps so a pre-draft whose premise was just disproved stops early (a shorter block).
@@ -85,7 +97,9 @@ class DraftRuntime:
         (greedy): also keep each step's confidence and runner-up (``DraftBlock.runner_up``).
         ``stop_below`` (greedy): end the block after a token the draft gives less probability than
         this (the target is likely to reject it, and what follows it is likelier wasted), once it
-        has ``min_tokens``."""
+        has ``min_tokens``. ``grammar`` (a matcher at the end of ``sequence``, advanced as it
+        drafts): draft under the verifier's mask, and append the tokens it forces without a step.
+        Candidates and alternatives are not kept then (the exits score the whole vocabulary)."""
         if gamma < 1:
             raise ValueError(f"gamma must be >= 1, got {gamma}")
         pending = self._sync(sequence)
@@ -94,17 +108,31 @@ class DraftRuntime:
         top_ids: list[torch.Tensor] = []
         confidence: list[float] = []
         runner_up: list[int] = []
-        for step in range(gamma):
+        while len(tokens) < gamma:
+            step = len(tokens)
             if step > 0 and should_stop is not None and should_stop():
                 break
+            if step >= min_tokens and grammar is not None and grammar.stopped:  # the grammar ended the text
+                break
+            forced = grammar.forced()[: gamma - step] if grammar is not None else []
+            if forced:  # the only continuation: no draft step, and the verifier cannot reject it
+                assert grammar is not None
+                grammar.advance(forced)
+                tokens.extend(forced)
+                if not params.greedy:
+                    probs.extend(torch.nn.functional.one_hot(torch.tensor(forced), self.vocab_size).float())
+                pending = [*pending, *forced]
+                continue
             logits = self._feed(pending)
+            if grammar is not None:
+                logits = logits.masked_fill(~grammar.mask()[: logits.shape[-1]], float("-inf"))
             if params.greedy:
                 token = int(torch.argmax(logits))
-                if candidates:
+                if candidates and grammar is None:
                     top_ids.append(top_candidates(logits, token))
-                if alternatives or stop_below > 0:
+                if (alternatives and grammar is None) or stop_below > 0:
                     sure = token_confidence(logits, token)
-                    if alternatives:
+                    if alternatives and grammar is None:
                         confidence.append(sure)
                         runner_up.append(runner_up_id(logits, token))
                     if sure < stop_below and step + 1 >= min_tokens:
@@ -114,6 +142,8 @@ class DraftRuntime:
                 distribution = restrict_support(logits_to_probs(logits, params), DRAFT_SUPPORT)
                 token = sample_with_uniform(distribution, position_uniform(seed, len(sequence) + step))
                 probs.append(distribution)
+            if grammar is not None and not grammar.stopped:  # once stopped, only EOS is allowed
+                grammar.advance([token])
             tokens.append(token)
             pending = [token]
         # The last drafted token stays unfed: it is only worth feeding if the target accepts it.

@@ -26,7 +26,8 @@ class LlamaCppDraft(DraftRuntime):
             from llama_cpp import Llama
         except ImportError:
             raise RuntimeError(
-                "the llama.cpp draft backend needs llama-cpp-python (make install-llamacpp, or pip install llama-cpp-python)"
+                "the llama.cpp draft backend needs llama-cpp-python "
+                "(make install-llamacpp, or pip install llama-cpp-python)"
             ) from None
         # logits_all=False: only the last position's logits are ever needed when drafting.
         self.llm: Any = Llama(

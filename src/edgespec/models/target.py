@@ -131,7 +131,8 @@ class TargetRuntime:
         if window is not None and prompt_tokens + max_new_tokens + SLIDING_WINDOW_BLOCK_ROOM >= window:
             raise ValueError(
                 f"a prompt of {prompt_tokens} tokens plus max_new_tokens {max_new_tokens} (plus room for a "
-                f"{SLIDING_WINDOW_BLOCK_ROOM}-token draft block) reaches the target's sliding attention window of {window} "
+                f"{SLIDING_WINDOW_BLOCK_ROOM}-token draft block) reaches the target's sliding attention window "
+                f"of {window} "
                 "tokens, past which its KV cache cannot be rolled back"
             )
 

@@ -13,18 +13,23 @@ import hmac
 import logging
 import secrets
 import time
-from typing import Any, AsyncIterator, Awaitable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 
+from edgespec.core.grammar import Grammar
+from edgespec.core.logprobs import TokenLogprob
 from edgespec.core.stats import GenerationStats
 from edgespec.openai_api.admission import Admitted, admit_chat, admit_completion, cloud_refused, cloud_unavailable
-from edgespec.openai_api.backend import EdgeBackend, Event, Failed, Finished, RequestRun, SamplingRequest, TextDelta
+from edgespec.openai_api.backend import EdgeBackend, Failed, Finished, RequestRun, SamplingRequest, TextDelta
 from edgespec.openai_api.body_limit import BodyLimit
+from edgespec.openai_api.choices import ChoiceEvent, Choices
 from edgespec.openai_api.cloud import CloudRefused, CloudUnavailable
-from edgespec.openai_api.errors import OpenAIError, bad_request, install_error_handlers
+from edgespec.openai_api.errors import OpenAIError, install_error_handlers
 from edgespec.openai_api.limits import RequestLimits
+from edgespec.openai_api.logprobs import TokenStrings, chat_logprobs, completion_logprobs
 from edgespec.openai_api.metrics import CLIENT_CLOSED_REQUEST, CountResponses, EdgeMetrics
 from edgespec.openai_api.probes import add_probe_routes
 from edgespec.openai_api.schemas import (
@@ -44,6 +49,7 @@ from edgespec.openai_api.schemas import (
     Usage,
 )
 from edgespec.openai_api.streaming import ChunkFormat, stream_events
+from edgespec.openai_api.structured import request_grammar
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +75,10 @@ def edgespec_info(stats: GenerationStats) -> EdgespecInfo:
     )
 
 
-def usage_of(finished: Finished) -> Usage:
-    return Usage(
-        prompt_tokens=finished.prompt_tokens,
-        completion_tokens=finished.completion_tokens,
-        total_tokens=finished.prompt_tokens + finished.completion_tokens,
-    )
+def usage_of(ended: list[Finished]) -> Usage:
+    """One prompt, every choice's completion tokens (OpenAI counts n choices so)."""
+    prompt, completion = ended[0].prompt_tokens, sum(finished.completion_tokens for finished in ended)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -156,6 +160,7 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
     app.add_middleware(BodyLimit, limits=limits, on_refusal=refused)
     app.add_middleware(CountResponses, metrics=metrics)
     add_probe_routes(app, backend, metrics)
+    strings = TokenStrings(backend.tokenizer)
     api = APIRouter(prefix="/v1", dependencies=[Depends(check_api_key(api_key))])
 
     @api.get("/models")
@@ -176,41 +181,63 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         arrived = time.monotonic()
         admitted = await admit_chat(backend, body, limits)
+        grammar = await request_grammar(body.response_format, backend)
         ident, created, model = (
             f"chatcmpl-{secrets.token_hex(12)}",
             int(time.time()),
             backend.model_id or body.model or "edgespec",
         )
+        wants_logprobs = body.top_logprobs_wanted is not None
 
-        def chunk(delta: ChatDelta, finished: Finished | None = None) -> ChatCompletionChunk:
+        def logprobs(entries: tuple[TokenLogprob, ...]) -> Any:
+            return chat_logprobs(entries, strings) if wants_logprobs and entries else None
+
+        def chunk(
+            index: int, delta: ChatDelta, finished: Finished | None = None, entries: tuple[TokenLogprob, ...] = ()
+        ) -> ChatCompletionChunk:
             return ChatCompletionChunk(
                 id=ident,
                 created=created,
                 model=model,
-                choices=[ChatChunkChoice(delta=delta, finish_reason=finished.finish_reason if finished else None)],
+                choices=[
+                    ChatChunkChoice(
+                        index=index,
+                        delta=delta,
+                        finish_reason=finished.finish_reason if finished else None,
+                        logprobs=logprobs(entries),
+                    )
+                ],
                 edgespec=edgespec_info(finished.stats) if finished else None,
             )
 
         chunks = ChunkFormat(
-            opening=lambda: chunk(ChatDelta(role="assistant", content="")),
-            text=lambda text: chunk(ChatDelta(content=text)),
-            final=lambda finished: chunk(ChatDelta(), finished),
-            usage=lambda finished: ChatCompletionChunk(
-                id=ident, created=created, model=model, choices=[], usage=usage_of(finished)
+            opening=lambda index: chunk(index, ChatDelta(role="assistant", content="")),
+            text=lambda index, delta: chunk(index, ChatDelta(content=delta.text), entries=delta.logprobs),
+            final=lambda index, finished: chunk(index, ChatDelta(), finished, finished.logprobs),
+            usage=lambda ended: ChatCompletionChunk(
+                id=ident, created=created, model=model, choices=[], usage=usage_of(ended)
             ),
         )
 
-        def whole(text: str, finished: Finished) -> ChatCompletion:
+        def whole(results: list[ChoiceResult]) -> ChatCompletion:
             return ChatCompletion(
                 id=ident,
                 created=created,
                 model=model,
-                choices=[ChatChoice(message=ChatMessageOut(content=text), finish_reason=finished.finish_reason)],
-                usage=usage_of(finished),
-                edgespec=edgespec_info(finished.stats),
+                choices=[
+                    ChatChoice(
+                        index=index,
+                        message=ChatMessageOut(content=text),
+                        finish_reason=finished.finish_reason,
+                        logprobs=chat_logprobs(entries, strings) if wants_logprobs else None,
+                    )
+                    for index, (text, finished, entries) in enumerate(results)
+                ],
+                usage=usage_of([finished for _, finished, _ in results]),
+                edgespec=edgespec_info(results[0][1].stats),
             )
 
-        return await serve_request(request, body, admitted, arrived, chunks, whole)
+        return await serve_request(request, body, admitted, arrived, chunks, whole, grammar)
 
     @api.post("/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
@@ -221,39 +248,63 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
             int(time.time()),
             backend.model_id or body.model or "edgespec",
         )
+        wants_logprobs = body.top_logprobs_wanted is not None
+        shown: dict[int, int] = {}  # per choice: characters its earlier chunks carried (logprobs' offsets)
 
-        def chunk(text: str, finished: Finished | None = None) -> Completion:
+        def chunk(
+            index: int, text: str, finished: Finished | None = None, entries: tuple[TokenLogprob, ...] = ()
+        ) -> Completion:
+            offset = shown.get(index, 0)
+            shown[index] = offset + len(text)
+            choice = CompletionChoice(
+                index=index,
+                text=text,
+                finish_reason=finished.finish_reason if finished else None,
+                logprobs=completion_logprobs(entries, strings, offset) if wants_logprobs and entries else None,
+            )
             return Completion(
                 id=ident,
                 created=created,
                 model=model,
-                choices=[CompletionChoice(text=text, finish_reason=finished.finish_reason if finished else None)],
+                choices=[choice],
                 edgespec=edgespec_info(finished.stats) if finished else None,
             )
 
         chunks = ChunkFormat(
-            opening=lambda: None,
-            text=lambda text: chunk(text),
-            final=lambda finished: chunk("", finished),
-            usage=lambda finished: Completion(
-                id=ident, created=created, model=model, choices=[], usage=usage_of(finished)
-            ),
+            opening=lambda index: None,
+            text=lambda index, delta: chunk(index, delta.text, entries=delta.logprobs),
+            final=lambda index, finished: chunk(index, "", finished, finished.logprobs),
+            usage=lambda ended: Completion(id=ident, created=created, model=model, choices=[], usage=usage_of(ended)),
         )
 
-        def whole(text: str, finished: Finished) -> Completion:
+        def whole(results: list[ChoiceResult]) -> Completion:
             return Completion(
                 id=ident,
                 created=created,
                 model=model,
-                choices=[CompletionChoice(text=text, finish_reason=finished.finish_reason)],
-                usage=usage_of(finished),
-                edgespec=edgespec_info(finished.stats),
+                choices=[
+                    CompletionChoice(
+                        index=index,
+                        text=text,
+                        finish_reason=finished.finish_reason,
+                        logprobs=completion_logprobs(entries, strings) if wants_logprobs else None,
+                    )
+                    for index, (text, finished, entries) in enumerate(results)
+                ],
+                usage=usage_of([finished for _, finished, _ in results]),
+                edgespec=edgespec_info(results[0][1].stats),
             )
 
         return await serve_request(request, body, admitted, arrived, chunks, whole)
 
     async def serve_request(
-        request: Request, body: Any, admitted: Admitted, arrived: float, chunks: ChunkFormat, whole: Any
+        request: Request,
+        body: Any,
+        admitted: Admitted,
+        arrived: float,
+        chunks: ChunkFormat,
+        whole: Callable[[list[ChoiceResult]], BaseModel],
+        grammar: Grammar | None = None,
     ) -> Response:
         sampling = SamplingRequest(
             max_tokens=admitted.max_tokens,
@@ -261,37 +312,30 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
             top_p=body.top_p,
             seed=body.wire_seed,
             stops=body.stops,
+            top_logprobs=body.top_logprobs_wanted,
+            grammar=grammar,
         )
+        choices = Choices(backend, admitted.prompt_ids, sampling, body.choices, arrived, request.url.path)
+        handed_over = False  # to the stream, which closes them when it ends
         try:
-            run = await until_disconnected(request, backend.start(admitted.prompt_ids, sampling, arrived))
-            run.endpoint = request.url.path
-        except CloudUnavailable as error:
-            raise cloud_unavailable(error) from None
-        except ClientGone:
-            return Response(status_code=CLIENT_CLOSED_REQUEST)
-        except ValueError as error:  # a sampling setting the config refuses
-            raise bad_request(str(error)) from None
-        try:
-            # Wait for the first event before answering, so a refusal at the start (the
-            # verifier's limits, its token) is an HTTP error even for a stream.
-            first = await until_disconnected(request, run.next_event())
-            if isinstance(first, Failed):
-                raise first.error
+            # Every choice's first event before answering, so a refusal at the start (the
+            # verifier's limits, its token, an unreachable cloud) is an HTTP error even for a stream.
+            first = await until_disconnected(request, choices.opening())
             if body.stream:
                 streaming = StreamingResponse(
-                    stream_events(first, run, chunks, body.include_usage_chunk),
+                    stream_events(first, choices, chunks, body.include_usage_chunk),
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                 )
-                run = None  # the stream owns it now and closes it
+                handed_over = True
                 return streaming
-            text, finished = await until_disconnected(request, collect(first, run))
-            return JSONResponse(whole(text, finished).model_dump())
+            results = await until_disconnected(request, collect(first, choices))
+            return JSONResponse(whole(results).model_dump())
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         finally:
-            if run is not None:
-                run.close()
+            if not handed_over:
+                choices.close()
 
     app.include_router(api)
     return app
@@ -323,14 +367,25 @@ def record_run(metrics: EdgeMetrics, run: RequestRun) -> None:
         logger.info("%s: generation ended early (%s) after %.2f s: %s", endpoint, reason, seconds, detail)
 
 
-async def collect(first: Event, run: RequestRun) -> tuple[str, Finished]:
-    parts: list[str] = []
-    event = first
-    while True:
+# One choice's whole answer: its text, how it ended, and its tokens' log-probabilities (when asked).
+ChoiceResult = tuple[str, Finished, tuple[TokenLogprob, ...]]
+
+
+async def collect(first: list[ChoiceEvent], choices: Choices) -> list[ChoiceResult]:
+    """Every choice's whole answer, in choice order."""
+    parts: list[list[str]] = [[] for _ in range(choices.n)]
+    entries: list[list[TokenLogprob]] = [[] for _ in range(choices.n)]
+    finished: dict[int, Finished] = {}
+    pending = list(reversed(first))
+    while len(finished) < choices.n:
+        tagged = pending.pop() if pending else await choices.next_event()
+        event, index = tagged.event, tagged.index
         if isinstance(event, TextDelta):
-            parts.append(event.text)
+            parts[index].append(event.text)
+            entries[index].extend(event.logprobs)
         elif isinstance(event, Finished):
-            return "".join(parts), event
+            finished[index] = event
+            entries[index].extend(event.logprobs)
         elif isinstance(event, Failed):
             raise event.error
-        event = await run.next_event()
+    return [("".join(parts[index]), finished[index], tuple(entries[index])) for index in range(choices.n)]

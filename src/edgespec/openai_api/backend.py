@@ -19,11 +19,14 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from edgespec.client.edge_client import ClientOptions, EdgeClient, ServerError
 from edgespec.core.config import GenerationConfig, SamplingParams
+from edgespec.core.grammar import Grammar
+from edgespec.core.logprobs import TokenLogprob
 from edgespec.core.modes import Mode
 from edgespec.core.stats import GenerationStats
 from edgespec.openai_api.cloud import CloudInfo, check_reachable, describe_cloud
@@ -95,6 +98,8 @@ class SamplingRequest:
     top_p: float | None
     seed: int | None
     stops: tuple[str, ...]
+    top_logprobs: int | None = None  # None: no log-probabilities; else alternatives per token
+    grammar: Grammar | None = None  # what the target's output must follow (response_format)
 
 
 # ------------------------------------------------------------------ events a run hands the handler
@@ -103,6 +108,8 @@ class SamplingRequest:
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+    # The target's log-probabilities of the tokens whose text this delta first shows (asked for).
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,7 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     stats: GenerationStats
+    logprobs: tuple[TokenLogprob, ...] = ()  # those of tokens no delta showed (EOS, text cut at a stop)
 
 
 @dataclass(frozen=True)
@@ -146,7 +154,7 @@ class EdgeBackend:
         self.tokenizer = tokenizer
         self.fallback_eos_ids = fallback_eos_ids
         self.slots = [
-            Slot(EdgeClient(settings.address, serialized, settings.options), serialized)
+            Slot(EdgeClient(settings.address, serialized, settings.options, tokenizer), serialized)
             for serialized in (SerializedDraft(draft) if draft is not None else None for draft in drafts)
         ]
         self.cloud: CloudInfo | None = None
@@ -206,6 +214,8 @@ class EdgeBackend:
     def config(self, request: SamplingRequest) -> GenerationConfig:
         settings = self.settings
         temperature = settings.default_temperature if request.temperature is None else request.temperature
+        if request.top_logprobs is not None and settings.mode is Mode.EDGE_ONLY:
+            raise ValueError("logprobs are the target's, and edge-only mode has no target: use a mode with the cloud")
         return GenerationConfig(
             max_new_tokens=request.max_tokens or settings.default_max_tokens,
             gamma=settings.gamma,
@@ -214,6 +224,8 @@ class EdgeBackend:
             sampling=SamplingParams(temperature=temperature, top_p=1.0 if request.top_p is None else request.top_p),
             seed=_fresh_seed() if request.seed is None else request.seed,
             eos_ids=self.eos_ids,
+            logprobs=request.top_logprobs,
+            grammar=request.grammar,
         )
 
     async def start(self, prompt_ids: list[int], request: SamplingRequest, arrived: float | None = None) -> RequestRun:
@@ -295,8 +307,16 @@ class RequestRun:
         self._tokens = 0
         self._stopped_at: int | None = None
         self._closed = False
+        self._arrived: deque[TokenLogprob] = deque()  # the next commit's log-probabilities
+        self._unshown: list[TokenLogprob] = []  # counted tokens' log-probabilities no delta carried yet
         self.task = asyncio.get_running_loop().create_task(
-            slot.client.agenerate(prompt_ids, backend.settings.mode, config, on_commit=self._on_commit)
+            slot.client.agenerate(
+                prompt_ids,
+                backend.settings.mode,
+                config,
+                on_commit=self._on_commit,
+                on_logprobs=self._arrived.extend,
+            )
         )
         self.task.add_done_callback(self._on_done)
 
@@ -317,7 +337,8 @@ class RequestRun:
         if text:
             if self.first_text_at is None:
                 self.first_text_at = time.monotonic()
-            self._events.put_nowait(TextDelta(text))
+            self._events.put_nowait(TextDelta(text, tuple(self._unshown)))
+            self._unshown = []
 
     def _end(self, event: Finished | Failed) -> None:
         self.ended = event
@@ -328,6 +349,8 @@ class RequestRun:
         # a round commits several tokens.
         for token in tokens:
             self._tokens += 1
+            if self._arrived and self._arrived[0].token == token:
+                self._unshown.append(self._arrived.popleft())
             result = self._scanner.push(self._detokenizer.push(token))
             self._emit(result.text)
             if result.stopped:
@@ -351,11 +374,11 @@ class RequestRun:
             tokens = result.tokens
             at_eos = bool(tokens) and tokens[-1] in self.backend.eos_ids
             reason = "length" if not (stopped or at_eos) and len(tokens) >= self.config.max_new_tokens else "stop"
-            self._end(Finished(reason, self.prompt_tokens, len(tokens), result.stats))
+            self._end(Finished(reason, self.prompt_tokens, len(tokens), result.stats, tuple(self._unshown)))
         elif isinstance(error, StopRequested):
             partial = error.partial
             stats = partial.stats if partial is not None else GenerationStats(mode=self.backend.settings.mode.value)
             assert self._stopped_at is not None
-            self._end(Finished("stop", self.prompt_tokens, self._stopped_at, stats))
+            self._end(Finished("stop", self.prompt_tokens, self._stopped_at, stats, tuple(self._unshown)))
         else:
             self._end(Failed(as_openai_error(error, self.backend.settings.address)))

@@ -1,7 +1,7 @@
 """Request and response bodies of the OpenAI-compatible API (pydantic).
 
 Requests forbid unknown fields, so a parameter this server does not implement is a 400, never a
-silent ignore. Parameters OpenAI defines but edgespec cannot honour (n > 1, logprobs, tools,
+silent ignore. Parameters OpenAI defines but edgespec cannot honour (tools,
 penalties, ...) are declared so that their neutral values (what many clients send by default)
 pass, and anything else is refused with the parameter named.
 """
@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgespec.openai_api.errors import InvalidText
+from edgespec.openai_api.logprobs import ChatLogprobs, CompletionLogprobs
+from edgespec.openai_api.response_format import ResponseFormat
 
 # The verifier accepts temperatures of 0 (greedy) or in [0.001, 100]; OpenAI's range is [0, 2].
 MIN_SAMPLING_TEMPERATURE = 0.001
@@ -21,6 +23,10 @@ MAX_STOP_STRINGS = 16
 # cost time quadratic in its length on every token.
 MAX_STOP_CHARS = 1000
 SEED_MODULUS = 2**64  # the wire's seed is uint64; OpenAI's may be any int64
+MAX_TOP_LOGPROBS = 20  # OpenAI's limits: chat's top_logprobs, the legacy completions' logprobs
+MAX_COMPLETION_LOGPROBS = 5
+# Each choice is a generation of its own (a slot, a cloud session): a request may ask this many.
+MAX_CHOICES = 16
 
 
 def _unsupported(name: str, what: str) -> ValueError:
@@ -101,10 +107,16 @@ class _Request(BaseModel):
 
     @field_validator("n")
     @classmethod
-    def _one_choice(cls, value: int | None) -> int | None:
-        if value not in (None, 1):
-            raise _unsupported("n", f"= {value}")
+    def _choices_in_range(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("must be at least 1")
+        if value is not None and value > MAX_CHOICES:
+            raise _unsupported("n", f"= {value} (at most {MAX_CHOICES} choices per request)")
         return value
+
+    @property
+    def choices(self) -> int:
+        return self.n or 1
 
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod
@@ -171,41 +183,15 @@ class ChatMessage(BaseModel):
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
-
-    @field_validator("type")
-    @classmethod
-    def _text_only(cls, value: str) -> str:
-        if value != "text":
-            raise _unsupported("response_format type", repr(value))
-        return value
-
-
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[Any] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: bool | None) -> bool | None:
-        if value:
-            raise _unsupported("logprobs", "")
-        return value
-
-    @field_validator("top_logprobs")
-    @classmethod
-    def _no_top_logprobs(cls, value: int | None) -> int | None:
-        if value:
-            raise _unsupported("top_logprobs", "")
-        return value
 
     @field_validator("tools")
     @classmethod
@@ -220,6 +206,17 @@ class ChatCompletionRequest(_Request):
         if value not in (None, "none"):
             raise _unsupported("tool_choice", "(function calling)")
         return value
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidText("top_logprobs", "needs logprobs set to true")
+        return self
+
+    @property
+    def top_logprobs_wanted(self) -> int | None:
+        """None: no log-probabilities; else how many alternatives per token."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @model_validator(mode="after")
     def _one_limit(self) -> ChatCompletionRequest:
@@ -242,7 +239,8 @@ class CompletionRequest(_Request):
     echo: bool | None = None
     suffix: str | None = None
     best_of: int | None = None
-    logprobs: int | None = None
+    # The legacy API's spelling: how many alternatives per token (0: the chosen token's only).
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
 
     @field_validator("prompt")
     @classmethod
@@ -276,16 +274,13 @@ class CompletionRequest(_Request):
             raise _unsupported("best_of", f"= {value}")
         return value
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: int | None) -> int | None:
-        if value:
-            raise _unsupported("logprobs", "")
-        return value
-
     @property
     def token_limit(self) -> int | None:
         return self.max_tokens
+
+    @property
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
 
 # ------------------------------------------------------------------ responses
@@ -323,7 +318,7 @@ class ChatChoice(BaseModel):
     index: int = 0
     message: ChatMessageOut
     finish_reason: str
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -345,7 +340,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -362,7 +357,7 @@ class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):

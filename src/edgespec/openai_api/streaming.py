@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections import deque
 from typing import Any, AsyncIterator, Callable
 
 from pydantic import BaseModel
 
-from edgespec.openai_api.backend import Event, Failed, Finished, RequestRun, TextDelta
+from edgespec.openai_api.backend import Failed, Finished, TextDelta
+from edgespec.openai_api.choices import ChoiceEvent, Choices
 
 DONE = "data: [DONE]\n\n"
 
@@ -28,14 +30,14 @@ def chunk_fields(chunk: BaseModel) -> dict[str, Any]:
 
 
 class ChunkFormat:
-    """How one endpoint spells its chunks (chat deltas or completion text)."""
+    """How one endpoint spells its chunks (chat deltas or completion text), per choice index."""
 
     def __init__(
         self,
-        opening: Callable[[], BaseModel | None],
-        text: Callable[[str], BaseModel],
-        final: Callable[[Finished], BaseModel],
-        usage: Callable[[Finished], BaseModel],
+        opening: Callable[[int], BaseModel | None],
+        text: Callable[[int, TextDelta], BaseModel],
+        final: Callable[[int, Finished], BaseModel],
+        usage: Callable[[list[Finished]], BaseModel],
     ) -> None:
         self.opening = opening
         self.text = text
@@ -43,28 +45,34 @@ class ChunkFormat:
         self.usage = usage
 
 
-async def stream_events(first: Event, run: RequestRun, chunks: ChunkFormat, include_usage: bool) -> AsyncIterator[str]:
-    """The SSE body. ``run.close()`` runs however the stream ends: a client that disconnects
-    cancels this generator, which ends the generation and frees its cloud session."""
+async def stream_events(
+    first: list[ChoiceEvent], choices: Choices, chunks: ChunkFormat, include_usage: bool
+) -> AsyncIterator[str]:
+    """The SSE body: each choice's opening, then every choice's chunks as they happen, usage and
+    [DONE] once all have finished. ``choices.close()`` runs however the stream ends: a client that
+    disconnects cancels this generator, which ends the generations and frees their cloud sessions."""
     try:
-        opening = chunks.opening()
-        if opening is not None:
-            yield sse(opening)
-        event = first
-        while True:
+        for index in range(choices.n):
+            opening = chunks.opening(index)
+            if opening is not None:
+                yield sse(opening)
+        pending = deque(first)
+        finished: dict[int, Finished] = {}
+        while len(finished) < choices.n:
+            tagged = pending.popleft() if pending else await choices.next_event()
+            event = tagged.event
             if isinstance(event, TextDelta):
-                yield sse(chunks.text(event.text))
+                yield sse(chunks.text(tagged.index, event))
             elif isinstance(event, Finished):
-                yield sse(chunks.final(event))
-                if include_usage:
-                    yield sse(chunks.usage(event))
-                yield DONE
-                return
+                yield sse(chunks.final(tagged.index, event))
+                finished[tagged.index] = event
             else:
                 assert isinstance(event, Failed)
                 # OpenAI's clients raise an APIError for a chunk that carries "error".
                 yield sse(event.error.body())
                 return
-            event = await run.next_event()
+        if include_usage:
+            yield sse(chunks.usage([finished[index] for index in range(choices.n)]))
+        yield DONE
     finally:
-        run.close()
+        choices.close()

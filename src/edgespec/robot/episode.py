@@ -9,10 +9,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 from edgespec.robot.actions import ACTION_FORMAT, Action, ActionError, Stop, check_feasible, parse_action
+from edgespec.robot.arena import Arena, ArenaObject
 from edgespec.robot.controller import Controller, MotionReport
 from edgespec.robot.decision import Decision, DecisionSource
 from edgespec.robot.observation import Conversation, observe, wall_ahead
-from edgespec.robot.world import Arena, ArenaObject, Go2World
+from edgespec.robot.world import Go2World
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ def goal_from_task(task: str, arena: Arena) -> ArenaObject:
         if re.search(rf"\b{alias}\b", text):
             return arena.find(name)
     raise ValueError(
-        f"the task {task!r} names no object in the arena ({', '.join(o.name for o in arena.objects)}, or: {', '.join(ALIASES)})"
+        f"the task {task!r} names no object in the arena "
+        f"({', '.join(o.name for o in arena.objects)}, or: {', '.join(ALIASES)})"
     )
 
 

@@ -92,7 +92,10 @@ def describe_object(name: str, distance: float, bearing: float) -> str:
             f'- {name}: {distance:.1f} m away, straight ahead (to reach it: {{"action": "walk", "metres": {walk:g}}})'
         )
     side = "left" if bearing > 0 else "right"
-    return f'- {name}: {distance:.1f} m away, {abs(bearing):.0f} degrees to your {side} (to face it: {{"action": "turn", "degrees": {bearing:.0f}}})'
+    return (
+        f"- {name}: {distance:.1f} m away, {abs(bearing):.0f} degrees to your {side} "
+        f'(to face it: {{"action": "turn", "degrees": {bearing:.0f}}})'
+    )
 
 
 def wall_ahead(world: Go2World) -> float:

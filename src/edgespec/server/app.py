@@ -8,15 +8,18 @@ import signal
 from dataclasses import dataclass
 
 import grpc
+from prometheus_client import disable_created_metrics
 
 from edgespec.engines.interface import TargetEngine
 from edgespec.engines.transformers_engine import TransformersEngine
 from edgespec.models.exit_heads import ExitHeads
-from edgespec.models.kv import kv_bytes_per_token, stacked_capacity
+from edgespec.models.kv import kv_bytes_per_token
 from edgespec.server.auth import TokenAuthInterceptor
 from edgespec.server.cloud_draft import CloudDraft
 from edgespec.server.health import VerifierHealth, add_probe_services
 from edgespec.server.limits import AdmissionLimits, SessionLimits
+from edgespec.server.memory_budget import cache_tokens, model_context
+from edgespec.server.metrics import VerifierMetrics
 from edgespec.server.servicer import VerifierService
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
 from edgespec.transport.security import ServerSecurity
@@ -42,13 +45,16 @@ class ServerConfig:
     prefix_cache_tokens: int = 0
     # Exits score only the draft's candidate ids that blocks carry (False: the whole vocabulary).
     exit_candidates: bool = True
+    # Prometheus' /metrics on this port (None: no metrics are kept), loopback unless told otherwise.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
 
 def build_server(service: VerifierService, config: ServerConfig) -> tuple[grpc.aio.Server, int, VerifierHealth]:
     """The gRPC server with the verifier, health and limits services, bound; its port and health servicer."""
     security = config.security
     server = grpc.aio.server(
-        interceptors=[TokenAuthInterceptor(security.token)] if security.token else None,
+        interceptors=[TokenAuthInterceptor(security.token, service.metrics.refused)] if security.token else None,
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -101,10 +107,12 @@ async def serve(
         cloud_draft=cloud_draft,
         prefix_cache_tokens=config.prefix_cache_tokens,
         exit_candidates=config.exit_candidates,
+        metrics=VerifierMetrics() if config.metrics_port is not None else None,
     )
     # A session's cache between batched passes keeps room to grow (`TrackedCache.stacked`).
-    longest = stacked_capacity(config.limits.max_prompt_tokens + config.limits.max_new_tokens)  # type: ignore[operator]
     if engine is None:
+        context = model_context(model)  # type: ignore[arg-type]
+        longest = cache_tokens(config.limits.max_prompt_tokens, config.limits.max_new_tokens, context)
         worst_case = kv_bytes_per_token(model) * config.admission.max_sessions * longest
         kv_memory = f"worst-case KV memory {worst_case / 2**30:.1f} GiB"
     else:  # an engine of its own (llama.cpp) sizes its KV up front and logs its sequences and tokens
@@ -121,6 +129,11 @@ async def serve(
     )
     server, port, health = build_server(service, config)
     await server.start()
+    if config.metrics_port is not None:
+        # This process exposes only these metrics: no `_created` series beside each counter and
+        # histogram (Prometheus finds resets itself), a quarter of every scrape's samples.
+        disable_created_metrics()
+        service.metrics.serve_http(config.metrics_host, config.metrics_port)
     logger.info("serving %s on %s:%d (exits %s)", target_name, config.host, port, exits.layers if exits else "none")
     guards = (("TLS", config.security.tls), ("auth token", config.security.token))
     guard = ", ".join(name for name, on in guards if on) or "no TLS, no auth"

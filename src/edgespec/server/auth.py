@@ -1,4 +1,5 @@
-"""Token authentication for every stream, before any handler (and so the model) is reached."""
+"""Token authentication for every stream, before any handler (and so the model) is reached; health
+probes excepted, so a load balancer or ``grpc_health_probe`` needs no token."""
 
 from __future__ import annotations
 
@@ -15,26 +16,35 @@ logger = logging.getLogger(__name__)
 
 # How long a refusal waits for the caller's first message; see _refuse.
 FIRST_MESSAGE_WAIT_S = 2.0
+# grpc.health.v1 says only whether the server serves, which a prober must learn without holding the
+# token; it reaches no model and no session.
+UNGUARDED_METHOD_PREFIX = "/grpc.health.v1.Health/"
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses, with UNAUTHENTICATED, any call whose metadata lacks `authorization: Bearer <token>`.
 
-    Runs for every method, known or not, so an unauthenticated caller learns nothing about the
-    service but that it needs a token.
+    Runs for every method but the health service's, known or not, so an unauthenticated caller
+    learns nothing about the service but that it needs a token (and whether it serves).
+    ``on_refused`` hears of each refusal (the metrics count them).
     """
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, on_refused: Callable[[str], None] | None = None) -> None:
         self._expected = expected_header(token)
+        self._on_refused = on_refused
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        if handler_call_details.method.startswith(UNGUARDED_METHOD_PREFIX):
+            return await continuation(handler_call_details)
         refusal = refusal_for(handler_call_details.invocation_metadata or (), self._expected)
         if refusal is not None:
             logger.info("refused a call to %s: %s", handler_call_details.method, refusal)
+            if self._on_refused is not None:
+                self._on_refused("UNAUTHENTICATED")
             return _refuse(refusal)
         return await continuation(handler_call_details)
 

@@ -15,6 +15,7 @@ from edgespec.server.admission import SessionClock
 from edgespec.server.cloud_draft import CloudDraft
 from edgespec.server.encoding import committed_tokens_reply, nothing_left_reply
 from edgespec.server.jobs import Job
+from edgespec.server.metrics import NoMetrics, VerifierMetrics
 from edgespec.server.pass_thread import BatchScheduler
 from edgespec.server.session import ServerSession
 from edgespec.transport import edgespec_pb2 as pb
@@ -45,6 +46,7 @@ async def draft_verify_and_stream(
     runtime: TargetRuntime,
     replies: asyncio.Queue[object],
     clock: SessionClock,
+    metrics: VerifierMetrics = NoMetrics(),
 ) -> None:
     """Draft with the server's own draft (a compute job of its own, batched with the other
     sessions waiting to draft: never beside a target forward), verify through the pass thread like
@@ -73,7 +75,7 @@ async def draft_verify_and_stream(
         draft_ms = wanted.batch_ms  # the batched drafting it rode in, like a verify's forward
         verify = colocated.drafted(ServerDrafted(step=step, block=drafted.value, draft_s=draft_ms / 1000))
         result = await scheduler.submit(session.verify_job(verify, None))
-        verdict, _ = result.value
+        verdict, _, logprobs = result.value
         done = colocated.verified(
             ColocatedVerified(
                 verify=verify, verdict=verdict, verify_s=result.forward_ms / 1000, round_s=time.perf_counter() - began
@@ -89,5 +91,7 @@ async def draft_verify_and_stream(
                 draft_ms,
                 done.drafted,
                 verdict.accepted,
+                logprobs,
             )
         )
+        metrics.round_verified(pb.CLOUD_SD, done.drafted, verdict.accepted, len(final.committed), False)

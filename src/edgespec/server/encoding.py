@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from edgespec.core.logprobs import TokenLogprob
 from edgespec.core.verdict import Verdict
 from edgespec.core.verifier import IncomingBlock, OutOfOrder, SendFinal
 from edgespec.decoding.early import EarlyVerdictJudge
@@ -18,6 +19,7 @@ from edgespec.transport.codec import (
     ProtocolError,
     candidates_from_wire,
     distributions_from_wire,
+    logprobs_to_wire,
     verdict_of,
 )
 
@@ -43,6 +45,7 @@ def opened_reply(
     num_layers: int,
     prefill_ms: float,
     target_name: str,
+    grammar: bool = False,
 ) -> pb.ServerMessage:
     return pb.ServerMessage(
         opened=pb.Opened(
@@ -54,6 +57,7 @@ def opened_reply(
             num_layers=num_layers,
             prefill_ms=prefill_ms,
             target=target_name,
+            grammar=grammar,
         )
     )
 
@@ -63,13 +67,28 @@ def nothing_left_reply() -> pb.ServerMessage:
     return pb.ServerMessage(tokens=pb.Tokens(ids=[], finished=True))
 
 
-def decoded_token_reply(token: int, finished: bool, compute_ms: float) -> pb.ServerMessage:
+def decoded_token_reply(
+    token: int, finished: bool, compute_ms: float, logprobs: Sequence[TokenLogprob] = ()
+) -> pb.ServerMessage:
     """One cloud-ar token and the forward that chose it."""
-    return pb.ServerMessage(tokens=pb.Tokens(ids=[token], finished=finished, compute_ms=compute_ms))
+    return pb.ServerMessage(
+        tokens=pb.Tokens(
+            ids=[token],
+            finished=finished,
+            compute_ms=compute_ms,
+            logprobs=logprobs_to_wire(logprobs),
+        )
+    )
 
 
 def committed_tokens_reply(
-    committed: Sequence[int], finished: bool, compute_ms: float, draft_ms: float, drafted: int, accepted: int
+    committed: Sequence[int],
+    finished: bool,
+    compute_ms: float,
+    draft_ms: float,
+    drafted: int,
+    accepted: int,
+    logprobs: Sequence[TokenLogprob] = (),
 ) -> pb.ServerMessage:
     """What one cloud-sd round committed, with what its draft and verify cost."""
     return pb.ServerMessage(
@@ -80,6 +99,7 @@ def committed_tokens_reply(
             draft_ms=draft_ms,
             drafted=drafted,
             accepted=accepted,
+            logprobs=logprobs_to_wire(logprobs),
         )
     )
 
@@ -100,9 +120,14 @@ def early_verdict_reply(
 
 
 def final_verdict_reply(
-    final: SendFinal, verdict: Verdict, result: JobResult, judge: EarlyVerdictJudge | None
+    final: SendFinal,
+    verdict: Verdict,
+    result: JobResult,
+    judge: EarlyVerdictJudge | None,
+    logprobs: Sequence[TokenLogprob] = (),
 ) -> pb.ServerMessage:
-    """The verdict that commits a round, with its forward's timings and each exit's time."""
+    """The verdict that commits a round, with its forward's timings, each exit's time, and the
+    target's log-probabilities of the tokens it emits when the session asked for them."""
     exits = judge.verdicts if judge else []
     return pb.ServerMessage(
         final=pb.FinalVerdict(
@@ -114,6 +139,7 @@ def final_verdict_reply(
             queued_ms=result.queued_ms,
             pipelined=final.pipelined,
             timings=[pb.SegmentTiming(name=f"exit {e.layer}", ms=e.elapsed_s * 1000) for e in exits],
+            logprobs=logprobs_to_wire(logprobs),
         )
     )
 
@@ -125,6 +151,11 @@ def dropped_reply(round_index: int) -> pb.ServerMessage:
 def error_reply(error: ProtocolError | Refused) -> pb.ServerMessage:
     code = pb.ErrorCode.Value(error.code) if isinstance(error, Refused) else error.code
     return pb.ServerMessage(error=pb.Error(code=code, message=str(error)))
+
+
+def error_code_name(error: ProtocolError | Refused) -> str:
+    """The refusal's error code by name ("BUSY", "TOO_LARGE", ...), as metrics label it."""
+    return error.code if isinstance(error, Refused) else pb.ErrorCode.Name(error.code)
 
 
 def internal_error_reply(error: Exception) -> pb.ServerMessage:

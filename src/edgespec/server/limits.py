@@ -10,11 +10,13 @@ from dataclasses import dataclass
 # Prompt tokens a prefill feeds per pass on an accelerator, where a pass costs about the same for a
 # few tokens a row or this many.
 ACCELERATOR_PREFILL_CHUNK = 128
+# Open sessions when none is configured and memory allows more (``serve`` derives fewer from memory).
+DEFAULT_MAX_SESSIONS = 64
 
 
 @dataclass(frozen=True)
 class AdmissionLimits:
-    max_sessions: int = 64  # open sessions; one more is refused with BUSY
+    max_sessions: int = DEFAULT_MAX_SESSIONS  # open sessions; one more is refused with BUSY
     max_queued: int = 256  # jobs waiting for the model; one more is refused with BUSY
     max_batch: int = 32  # rows (sessions) per forward pass
     # The cost budget of one forward pass in padded token-rows: rows x the longest row's fed

@@ -21,6 +21,7 @@ import torch
 from edgespec.models.target import ScoreRequest, TargetRuntime
 from edgespec.server.jobs import Job, JobResult, prefill_chunk_request, unfed_tokens
 from edgespec.server.limits import AdmissionLimits
+from edgespec.server.metrics import NoMetrics, VerifierMetrics
 from edgespec.server.pass_stats import PassStats, SchedulerStats
 from edgespec.server.planner import Candidate, plan_pass, prefill_turn_due
 from edgespec.server.refusals import Refused
@@ -61,13 +62,19 @@ class BatchScheduler:
     """The queue of jobs and the thread that runs them as batched passes of one target model."""
 
     def __init__(
-        self, runtime: TargetRuntime, limits: AdmissionLimits = AdmissionLimits(), autostart: bool = True
+        self,
+        runtime: TargetRuntime,
+        limits: AdmissionLimits = AdmissionLimits(),
+        autostart: bool = True,
+        metrics: VerifierMetrics | None = None,
     ) -> None:
         """``autostart=False``: no compute thread; the caller runs passes with ``run_pass`` (tests
         that need each pass to see exactly the jobs they queued)."""
         self.runtime = runtime
         self.limits = limits
         self.stats = SchedulerStats()
+        # Told of each pass and each job's wait where ``stats`` already records them.
+        self.metrics = metrics if metrics is not None else NoMetrics()
         self._queue: list[_QueuedJob] = []  # oldest first
         self._orders = itertools.count()
         self._passes_started = 0
@@ -219,6 +226,7 @@ class BatchScheduler:
             thread_cpu_ms=thread_cpu_ms,
         )
         self.stats.record(pass_stats)
+        self.metrics.pass_ran(pass_stats)
         deciding = time.perf_counter()
         for row, logits in zip(rows, all_logits):
             self._finish_row(row, logits, forward_ms, len(rows))
@@ -252,6 +260,7 @@ class BatchScheduler:
             return
         assert queued.first_started is not None
         queued_ms = (queued.first_started - queued.submitted) * 1000
+        self.metrics.job_waited(queued_ms / 1000)
         result = JobResult(value, queued.forward_ms, queued_ms, batch_size, queued.passes, queued.waited_passes)
         _post(queued, _resolve, result)
 
@@ -264,6 +273,7 @@ class BatchScheduler:
             return
         run_ms = (time.perf_counter() - started) * 1000
         queued_ms = (started - queued.submitted) * 1000
+        self.metrics.job_waited(queued_ms / 1000)
         _post(queued, _resolve, JobResult(value, run_ms, queued_ms, 1, 1, queued.waited_passes))
 
 

@@ -1,11 +1,12 @@
 """`edgespec serve --replicas N`: N verifier replicas behind one address, placed, health-checked,
 restarted and (optionally) autoscaled by Ray Serve.
 
-Ray Serve's gRPC proxy carries bidirectional streams (added in 2026, ray-project/ray PRs 60767-60771; checked for real with Ray 2.60.0 here):
-each edgespec session is one stream, routed when it opens to the replica with fewer ongoing
-requests (Serve's power-of-two-choices router) and pinned there for its life. A replica that dies
-breaks its streams; the client re-opens with its committed text through the same address and
-lands on a live replica, while Serve starts a replacement.
+Ray Serve's gRPC proxy carries bidirectional streams (added in 2026, ray-project/ray PRs
+60767-60771; checked for real with Ray 2.60.0 here): each edgespec session is one stream, routed
+when it opens to the replica with fewer ongoing requests (Serve's power-of-two-choices router) and
+pinned there for its life. A replica that dies breaks its streams; the client re-opens with its
+committed text through the same address and lands on a live replica, while Serve starts a
+replacement.
 
 This module starts a local Ray cluster (this machine only), runs the application, waits for
 Ctrl-C / SIGTERM and takes everything down again. `serve_config` writes the same deployment as
@@ -21,9 +22,12 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgespec.server.replica_spec import DEPLOYMENT_NAME, ReplicaSpec
+
+if TYPE_CHECKING:
+    from edgespec.server.tls_front import TlsFront
 
 __all__ = [
     "APP_NAME",
@@ -71,7 +75,8 @@ class ClusterConfig:
         if self.min_replicas is not None and self.max_replicas is not None:
             if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
                 raise ValueError(
-                    f"need 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1, got {self.min_replicas}..{self.max_replicas}"
+                    "need 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1, "
+                    f"got {self.min_replicas}..{self.max_replicas}"
                 )
         if self.sessions_per_replica <= 0:
             raise ValueError(f"--sessions-per-replica must be > 0, got {self.sessions_per_replica}")
@@ -182,7 +187,8 @@ def check_exposure(config: ClusterConfig, token: str | None) -> None:
     if token is None and config.host in LOOPBACK_HOSTS:
         raise ValueError(
             "with --replicas, Ray Serve's gRPC proxy listens on every interface, not just --host; "
-            "set an auth token (--auth-token-file or $EDGESPEC_AUTH_TOKEN), or pass --host 0.0.0.0 to accept an open port"
+            "set an auth token (--auth-token-file or $EDGESPEC_AUTH_TOKEN), "
+            "or pass --host 0.0.0.0 to accept an open port"
         )
 
 
@@ -232,26 +238,13 @@ def run_cluster(config: ClusterConfig) -> int:
             serve.run(app, name=APP_NAME, route_prefix=f"/{APP_NAME}")
             where = f"port {proxy_port} (every interface)"
             if config.tls:
-                from edgespec.server.tls_front import TlsFront
-
-                assert config.tls_certificate is not None and config.tls_private_key is not None
-                front = TlsFront(
-                    config.host,
-                    config.port,
-                    proxy_port,
-                    config.tls_certificate,
-                    config.tls_private_key,
-                    config.spec.idle_timeout_s,
-                )
+                front = _tls_front(config, proxy_port)
                 front.wait_ready()
-                where = f"{config.host}:{config.port} (TLS by nginx; Ray's plaintext proxy on port {proxy_port}, every interface)"
-            count = (
-                f"{config.min_replicas}..{config.max_replicas} replicas (autoscaled, {config.sessions_per_replica:g} sessions each)"
-                if config.autoscaling
-                else f"{config.replicas} replicas"
-            )
-            guard = "auth token" if token else "no auth"
-            print(f"edgespec: serving {config.spec.target} on {where} with {count} via Ray Serve ({guard})", flush=True)
+                where = (
+                    f"{config.host}:{config.port} "
+                    f"(TLS by nginx; Ray's plaintext proxy on port {proxy_port}, every interface)"
+                )
+            print(_serving_banner(config, where, token), flush=True)
         while not stop.wait(1.0):
             pass
         logger.info("stopping the replicas and the Ray cluster")
@@ -271,6 +264,36 @@ def run_cluster(config: ClusterConfig) -> int:
             signal.signal(signum, handler)
     print("edgespec: stopped", flush=True)
     return 0
+
+
+def _tls_front(config: ClusterConfig, proxy_port: int) -> TlsFront:
+    """nginx on --host:--port terminating TLS in front of Ray's plaintext proxy on ``proxy_port``.
+    Started, not yet waited for: `run_cluster` holds it first, so its shutdown stops a front that
+    never became ready."""
+    from edgespec.server.tls_front import TlsFront
+
+    assert config.tls_certificate is not None and config.tls_private_key is not None
+    return TlsFront(
+        config.host,
+        config.port,
+        proxy_port,
+        config.tls_certificate,
+        config.tls_private_key,
+        config.spec.idle_timeout_s,
+    )
+
+
+def _serving_banner(config: ClusterConfig, where: str, token: str | None) -> str:
+    """The line that says the cluster serves (`edgespec bench` waits for "edgespec: serving"):
+    where, how many replicas, and whether a token guards it."""
+    count = (
+        f"{config.min_replicas}..{config.max_replicas} replicas "
+        f"(autoscaled, {config.sessions_per_replica:g} sessions each)"
+        if config.autoscaling
+        else f"{config.replicas} replicas"
+    )
+    guard = "auth token" if token else "no auth"
+    return f"edgespec: serving {config.spec.target} on {where} with {count} via Ray Serve ({guard})"
 
 
 def _reap(processes: list[Any], grace_s: float = 5.0) -> None:

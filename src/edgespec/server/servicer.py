@@ -8,29 +8,41 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import AsyncIterator
 
 import grpc
 
+from edgespec.models.kv import kv_bytes_per_token
 from edgespec.models.target import TargetRuntime
 from edgespec.server.admission import SessionClock, check_admission, requested_prompt
 from edgespec.server.cloud_ar_loop import decode_and_stream
 from edgespec.server.cloud_draft import CloudDraft
 from edgespec.server.cloud_sd_loop import CloudSdSettings, draft_verify_and_stream
-from edgespec.server.encoding import END_OF_STREAM, error_reply, internal_error_reply, opened_reply
+from edgespec.server.encoding import END_OF_STREAM, error_code_name, error_reply, internal_error_reply, opened_reply
 from edgespec.server.limits import AdmissionLimits, SessionLimits
+from edgespec.server.metrics import NoMetrics, VerifierMetrics
 from edgespec.server.pass_thread import BatchScheduler
 from edgespec.server.prefix_cache import TenantPrefixCaches
 from edgespec.server.refusals import Refused
 from edgespec.server.session import ServerSession
 from edgespec.server.speculative_loop import SpeculativeLoop
+from edgespec.server.structured import open_grammar
 from edgespec.transport import edgespec_pb2 as pb
 from edgespec.transport import edgespec_pb2_grpc as pb_grpc
-from edgespec.transport.codec import ProtocolError, sampling_from_wire
+from edgespec.transport.codec import ProtocolError, grammar_from_wire, logprobs_request, sampling_from_wire
 from edgespec.transport.security import AUTH_METADATA_KEY
 from edgespec.transport.validation import decoded
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _StreamState:
+    """What one stream's handler knows of its session, for the metrics of how it ended."""
+
+    kind: int = 0  # the session kind its open asked for; 0: no open seen
+    session: ServerSession | None = None  # set once the session opened (its prompt prefilled)
 
 
 class VerifierService(pb_grpc.VerifierServicer):
@@ -45,7 +57,9 @@ class VerifierService(pb_grpc.VerifierServicer):
         cloud_draft: CloudDraft | None = None,
         prefix_cache_tokens: int = 0,
         exit_candidates: bool = True,
+        metrics: VerifierMetrics | None = None,
     ) -> None:
+        """``metrics``: where the service reports what it serves (None: nowhere)."""
         if cloud_draft is not None:
             cloud_draft.check_pairs_with(runtime.vocab_size)
         self.runtime = runtime
@@ -60,12 +74,21 @@ class VerifierService(pb_grpc.VerifierServicer):
         self.exit_candidates = exit_candidates
         # One model, one (batched) forward at a time, off the event loop, so replies keep
         # streaming while the model runs.
-        self.scheduler = BatchScheduler(runtime, admission)
+        self.metrics = metrics if metrics is not None else NoMetrics()
+        self.scheduler = BatchScheduler(runtime, admission, metrics=self.metrics)
         self.sessions: dict[str, ServerSession] = {}
         # Prompt prefixes' KV kept across sessions, per tenant (server/prefix_cache.py); 0: off.
         self.prefix_caches = (
             TenantPrefixCaches(runtime.model.config, prefix_cache_tokens) if prefix_cache_tokens > 0 else None
         )
+        self.metrics.watch(
+            admission.max_sessions, lambda: len(self.sessions), lambda: self.scheduler.queued, self.kv_bytes
+        )
+
+    def kv_bytes(self) -> int:
+        """KV cache bytes the open sessions' committed tokens hold (read from any thread)."""
+        tokens = sum(len(session.kv) for session in list(self.sessions.values()))
+        return tokens * kv_bytes_per_token(self.runtime.model)
 
     async def Session(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.ClientMessage], context: grpc.aio.ServicerContext
@@ -93,6 +116,8 @@ class VerifierService(pb_grpc.VerifierServicer):
         speculative: SpeculativeLoop | None = None  # set with the session
         messages = decoded(requests)
         clock = SessionClock(self.limits)
+        state = _StreamState()
+        outcome = "closed"  # unless it finished, or failed below
         try:
             while True:
                 try:
@@ -108,9 +133,16 @@ class VerifierService(pb_grpc.VerifierServicer):
                 if kind == "open":
                     if session is not None:
                         raise ProtocolError(pb.BAD_REQUEST, "the session is already open")
-                    session = await self._open(message.open, replies, clock, tenant)
+                    state.kind = message.open.kind
+                    session = await self._open(message.open, replies, clock, tenant, state)
                     speculative = SpeculativeLoop(
-                        session, self.scheduler, self.runtime, replies, self.limits.max_block, self.exit_candidates
+                        session,
+                        self.scheduler,
+                        self.runtime,
+                        replies,
+                        self.limits.max_block,
+                        self.exit_candidates,
+                        self.metrics,
                     )
                 elif kind == "block":
                     if speculative is None:
@@ -124,29 +156,48 @@ class VerifierService(pb_grpc.VerifierServicer):
                     raise ProtocolError(pb.BAD_REQUEST, "empty message")
         except (ProtocolError, Refused) as error:
             logger.info("session %s: %s", session.id if session else "-", error)
+            code = error_code_name(error)
+            self.metrics.refused(code)
+            outcome = "refused" if state.session is None else "expired" if code == "EXPIRED" else "error"
             replies.put_nowait(error_reply(error))
         except asyncio.CancelledError:
+            outcome = "cancelled"
             raise
         except Exception as error:  # a bug must end this session, never the server
             logger.exception("session %s failed", session.id if session else "-")
+            outcome = "failed"
             replies.put_nowait(internal_error_reply(error))
         finally:
+            if state.kind:
+                self.metrics.session_ended(state.kind, session_outcome(outcome, state, speculative))
             if session is not None:
                 self.sessions.pop(session.id, None)
                 session.keep_prefix()  # a finished generation's cache, for the tenant's next prompt
-                session.rounds.close()  # held pipelined blocks go without compute
+                session.rounds.session_closed()  # held pipelined blocks go without compute
             if speculative is not None:
                 await speculative.cancel()
             replies.put_nowait(END_OF_STREAM)
 
     async def _open(
-        self, request: pb.Open, replies: asyncio.Queue[object], clock: SessionClock, tenant: str = ""
+        self,
+        request: pb.Open,
+        replies: asyncio.Queue[object],
+        clock: SessionClock,
+        tenant: str = "",
+        state: _StreamState | None = None,
     ) -> ServerSession:
         """Admit and open a session, prefill its prompt, answer ``opened``; in a mode where the
         server generates (cloud-ar, cloud-sd), generate it all before returning."""
         check_admission(request, len(self.sessions), self.admission, self.limits, self.cloud_draft is not None)
         sampling = sampling_from_wire(request.sampling)
         prompt_ids = requested_prompt(request, self.tokenizer)
+        grammar = open_grammar(
+            grammar_from_wire(request),
+            self.tokenizer,
+            self.runtime.vocab_size,
+            sorted(self.eos_ids),
+            request.committed_ids,
+        )
         session = ServerSession(
             self.runtime,
             prompt_ids,
@@ -157,8 +208,13 @@ class VerifierService(pb_grpc.VerifierServicer):
             self.eos_ids,
             self.limits,
             self.prefix_caches.for_tenant(tenant) if self.prefix_caches else None,
+            top_logprobs=logprobs_request(request),
+            grammar=grammar,
+            early_verdicts=request.kind == pb.SPECULATIVE and bool(request.early_verdicts),
         )
         self.sessions[session.id] = session
+        if request.committed_ids:
+            self.metrics.resumed(len(request.committed_ids))
         try:
             prefill = session.prefill_job()
             prefill_ms = (await self.scheduler.submit(prefill)).forward_ms if prefill is not None else 0.0
@@ -172,6 +228,7 @@ class VerifierService(pb_grpc.VerifierServicer):
                     self.runtime.num_layers,
                     prefill_ms,
                     self.target_name,
+                    grammar=grammar is not None,
                 )
             )
             logger.info(
@@ -181,13 +238,14 @@ class VerifierService(pb_grpc.VerifierServicer):
                 session.reused_prefix,
                 pb.SessionKind.Name(request.kind),
             )
+            if state is not None:
+                state.session = session
             await self._generate_on_server(session, request, replies, clock)
         except BaseException:
             # Until _open returns, the caller does not hold the session to free it: a failed
             # prefill, or a client gone mid cloud-ar decode, must not leave it counted open.
             self.sessions.pop(session.id, None)
             raise
-        session.rounds.early_verdicts = bool(request.early_verdicts)
         return session
 
     async def _generate_on_server(
@@ -196,7 +254,7 @@ class VerifierService(pb_grpc.VerifierServicer):
         """cloud-ar and cloud-sd: the server generates the whole continuation, streaming it, before
         the open is done; a speculative session returns at once and waits for blocks."""
         if request.kind == pb.CLOUD_AR:
-            await decode_and_stream(session, self.scheduler, replies, clock)
+            await decode_and_stream(session, self.scheduler, replies, clock, self.metrics)
         elif request.kind == pb.CLOUD_SD:
             assert self.cloud_draft is not None  # admission refuses cloud-sd without one
             await draft_verify_and_stream(
@@ -207,7 +265,18 @@ class VerifierService(pb_grpc.VerifierServicer):
                 self.runtime,
                 replies,
                 clock,
+                self.metrics,
             )
 
     def shutdown(self) -> None:
         self.scheduler.close()
+
+
+def session_outcome(outcome: str, state: _StreamState, speculative: SpeculativeLoop | None) -> str:
+    """How a stream's session ended, for the metrics: its forwards' failure when they ended it, and
+    ``finished`` for a stream that closed after its generation was complete."""
+    if speculative is not None and speculative.failure is not None:
+        return speculative.failure
+    if outcome == "closed" and state.session is not None and state.session.finished:
+        return "finished"
+    return outcome

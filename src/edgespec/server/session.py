@@ -14,10 +14,13 @@ from typing import Callable
 import torch
 
 from edgespec.core.config import SamplingParams
+from edgespec.core.logprobs import TokenLogprob
 from edgespec.core.verdict import Verdict
 from edgespec.core.verifier import Decoded, VerifierRounds, Verify
 from edgespec.decoding.block_scoring import begin_round
 from edgespec.decoding.early import EarlyVerdict, EarlyVerdictJudge
+from edgespec.decoding.grammar import GrammarMatcher, apply_mask
+from edgespec.decoding.logprobs import token_logprobs
 from edgespec.decoding.sampling import token_from_forward
 from edgespec.decoding.verification import RoundUniforms
 from edgespec.models.target import ScoreRequest, TargetRuntime
@@ -45,6 +48,8 @@ class ServerSession:
         limits: SessionLimits,
         prefix_cache: PrefixCache | None = None,
         early_verdicts: bool = False,
+        top_logprobs: int | None = None,
+        grammar: GrammarMatcher | None = None,
     ) -> None:
         check_generation_fits(runtime, prompt_ids, committed_ids, max_new_tokens, limits)
         self.id = secrets.token_urlsafe(18)
@@ -61,6 +66,10 @@ class ServerSession:
         self.sampling = sampling
         self.seed = seed  # verification uniforms are keyed by (seed, position): see RoundUniforms.at
         self.limits = limits
+        # None: no log-probabilities asked for; else each emitted token's, with this many alternatives.
+        self.top_logprobs = top_logprobs
+        # The grammar the target's output follows: each position's logits are masked by it.
+        self.grammar = grammar
         self.rounds = VerifierRounds(
             list(prompt_ids) + list(committed_ids),
             len(prompt_ids),
@@ -99,8 +108,10 @@ class ServerSession:
 
     def verify_job(
         self, verify: Verify, on_early: Callable[[EarlyVerdict], None] | None
-    ) -> Job[tuple[Verdict, EarlyVerdictJudge | None]]:
-        """The forward the round core asked for; its result is the verdict, for ``rounds.verified``."""
+    ) -> Job[tuple[Verdict, EarlyVerdictJudge | None, list[TokenLogprob]]]:
+        """The forward the round core asked for; its result is the verdict (for ``rounds.verified``),
+        the exits' judge, and the target's log-probabilities of the accepted + 1 tokens the verdict
+        emits (empty unless asked for)."""
         block = verify.block
         pending = begin_round(
             self.runtime,
@@ -113,18 +124,36 @@ class ServerSession:
             on_streamed=on_early,
             kv=self.kv,
             candidates=block.candidates,
+            full_logits=self.top_logprobs is not None or self.grammar is not None,
         )
-        return Job(pending.request, pending.finish)
 
-    def decode_job(self) -> Job[tuple[int, bool]]:
-        """One autoregressive token (cloud-ar): (token, finished)."""
+        def finish(scored: torch.Tensor) -> tuple[Verdict, EarlyVerdictJudge | None, list[TokenLogprob]]:
+            grammar = self.grammar
+            masked = scored if grammar is None else apply_mask(scored, grammar.block_masks(block.tokens))
+            verdict, judge = pending.finish(masked)
+            if grammar is not None:
+                grammar.settle(block.tokens, verdict.accepted, verdict.next_token)
+            return verdict, judge, self._logprobs(scored, [*block.tokens[: verdict.accepted], verdict.next_token])
+
+        return Job(pending.request, finish)
+
+    def _logprobs(self, logits: torch.Tensor, emitted: list[int]) -> list[TokenLogprob]:
+        """``logits`` [>= len(emitted), vocab]: the rows the emitted tokens were decided at."""
+        return [] if self.top_logprobs is None else token_logprobs(logits, emitted, self.top_logprobs)
+
+    def decode_job(self) -> Job[tuple[int, bool, list[TokenLogprob]]]:
+        """One autoregressive token (cloud-ar): (token, finished, its log-probabilities if asked)."""
         rounds = self.rounds
         uniform = None if self.sampling.greedy else RoundUniforms.for_decode(self.seed, len(rounds.sequence))
+        argmax_only = self.sampling.greedy and self.top_logprobs is None and self.grammar is None
 
-        def finish(scored: torch.Tensor) -> tuple[int, bool]:
-            token = token_from_forward(scored[0], self.sampling, uniform)
+        def finish(scored: torch.Tensor) -> tuple[int, bool, list[TokenLogprob]]:
+            row = scored[0] if self.grammar is None else apply_mask(scored[0], self.grammar.mask())
+            token = token_from_forward(row, self.sampling, uniform)
+            if self.grammar is not None:
+                self.grammar.advance([token])
             commit = rounds.decoded(Decoded(token=token))
             self.runtime.rollback(rounds.sequence, kv=self.kv)
-            return token, commit.finished
+            return token, commit.finished, [] if argmax_only else self._logprobs(scored, [token])
 
-        return Job(ScoreRequest(list(rounds.sequence), 1, self.kv, argmax_only=self.sampling.greedy), finish)
+        return Job(ScoreRequest(list(rounds.sequence), 1, self.kv, argmax_only=argmax_only), finish)

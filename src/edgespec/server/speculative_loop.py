@@ -17,12 +17,14 @@ from edgespec.server.encoding import (
     END_OF_STREAM,
     dropped_reply,
     early_verdict_reply,
+    error_code_name,
     error_reply,
     final_verdict_reply,
     incoming_block,
     internal_error_reply,
     out_of_order_error,
 )
+from edgespec.server.metrics import NoMetrics, VerifierMetrics
 from edgespec.server.pass_thread import BatchScheduler
 from edgespec.server.refusals import Refused
 from edgespec.server.session import ServerSession
@@ -45,6 +47,7 @@ class SpeculativeLoop:
         replies: asyncio.Queue[object],
         max_block: int,
         exit_candidates: bool,
+        metrics: VerifierMetrics = NoMetrics(),
     ) -> None:
         self.session = session
         self.scheduler = scheduler
@@ -54,6 +57,10 @@ class SpeculativeLoop:
         # Exits score only the draft's candidate ids when a block carries them.
         self.exit_candidates = exit_candidates
         self._verifying: asyncio.Task | None = None  # the session's forwards in flight, if any
+        self.metrics = metrics
+        # How the forwards ended the session, when they did ("error", "failed"): the servicer,
+        # which only sees its stream cancelled then, reports it.
+        self.failure: str | None = None
 
     def receive(self, block: pb.DraftBlock) -> None:
         """Check a block, hand it to the round core, and carry out what it says: send drops, start
@@ -66,7 +73,7 @@ class SpeculativeLoop:
             actions = session.rounds.block_arrived(incoming)
         except OutOfOrder as error:
             raise out_of_order_error(error) from None
-        verify = send_drops_and_refusals(actions, self.replies)
+        verify = send_drops_and_refusals(actions, self.replies, self.metrics)
         if verify is not None:
             self._verifying = asyncio.ensure_future(self._verify_until_idle(verify))
 
@@ -89,13 +96,16 @@ class SpeculativeLoop:
             while True:
                 on_early = self._early_streamer(verify.block.round) if rounds.early_verdicts else None
                 result = await self.scheduler.submit(session.verify_job(verify, on_early))
-                verdict, judge = result.value
+                verdict, judge, logprobs = result.value
                 actions = rounds.verified(Verified(verify=verify, verdict=verdict))
                 self.runtime.rollback(rounds.sequence, kv=session.kv)
                 final = actions[0]
                 assert isinstance(final, SendFinal)
-                replies.put_nowait(final_verdict_reply(final, verdict, result, judge))
-                following = send_drops_and_refusals(actions[1:], replies)
+                replies.put_nowait(final_verdict_reply(final, verdict, result, judge, logprobs))
+                self.metrics.round_verified(
+                    pb.SPECULATIVE, len(verify.block.tokens), verdict.accepted, len(final.committed), final.pipelined
+                )
+                following = send_drops_and_refusals(actions[1:], replies, self.metrics)
                 if following is None:
                     return
                 verify = following
@@ -103,10 +113,13 @@ class SpeculativeLoop:
             raise
         except (ProtocolError, Refused) as error:
             logger.info("session %s: %s", session.id, error)
+            self.failure = "error"
+            self.metrics.refused(error_code_name(error))
             replies.put_nowait(error_reply(error))
             replies.put_nowait(END_OF_STREAM)
         except Exception as error:  # a bug must end this session, never the server
             logger.exception("session %s failed", session.id)
+            self.failure = "failed"
             replies.put_nowait(internal_error_reply(error))
             replies.put_nowait(END_OF_STREAM)
 
@@ -114,7 +127,7 @@ class SpeculativeLoop:
         """The callback a verify forward calls (on the pass thread) when an exit is confident: the
         round core decides on the event loop whether the early verdict goes out."""
         loop = asyncio.get_running_loop()
-        rounds, replies = self.session.rounds, self.replies
+        rounds, replies, metrics = self.session.rounds, self.replies, self.metrics
 
         def stream_early(early: EarlyVerdict) -> None:
             def deliver() -> None:
@@ -136,19 +149,23 @@ class SpeculativeLoop:
                             action.elapsed_s,
                         )
                     )
+                    metrics.early_verdict(action.layer)
 
             loop.call_soon_threadsafe(deliver)
 
         return stream_early
 
 
-def send_drops_and_refusals(actions: list[ServerAction], replies: asyncio.Queue[object]) -> Verify | None:
+def send_drops_and_refusals(
+    actions: list[ServerAction], replies: asyncio.Queue[object], metrics: VerifierMetrics = NoMetrics()
+) -> Verify | None:
     """Send the drops the round core decided, refuse what it rejected; the forward it asks for
     next, if any (a final verdict is sent by the verify loop, which knows the forward's timings)."""
     following = None
     for action in actions:
         if isinstance(action, Drop):
             replies.put_nowait(dropped_reply(action.round))
+            metrics.block_dropped()
         elif isinstance(action, Reject):
             raise ProtocolError(pb.OUT_OF_ORDER, action.reason)
         elif isinstance(action, Verify):

@@ -88,7 +88,8 @@ class TlsFront:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"nginx exited with code {self.process.returncode} (port {self.port} in use? see its messages above)"
+                    f"nginx exited with code {self.process.returncode} "
+                    f"(port {self.port} in use? see its messages above)"
                 )
             try:
                 with socket.create_connection((probe_host, self.port), timeout=1):

@@ -8,12 +8,16 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from edgespec.drivers.cost_profile import HardwareProfile
 from edgespec.hostinfo import host_facts
+
+if TYPE_CHECKING:
+    from edgespec.models.exit_heads import ExitHeads
+    from edgespec.models.target import TargetRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ def probe_host(
     and per-token cost; a batched verify of 4 sessions. About a minute on a 2-core machine."""
     from edgespec.models.exit_choice import resolve_exits
     from edgespec.models.loading import load_draft, load_model, resolve_dtype
-    from edgespec.models.target import ScoreRequest, TargetRuntime
+    from edgespec.models.target import TargetRuntime
 
     torch.set_num_threads(1)
     dtype = resolve_dtype(dtype)
@@ -69,27 +73,8 @@ def probe_host(
     exits = resolve_exits(exits_spec, loaded.model, target_name)
     exit_ms = exit_candidates_ms = 0.0
     if exits is not None:
-        runtime.score_tail(context, 1)
-        runtime.attach_exits(exits)
-        with_exits_forward = lambda: runtime.score_tail(context + [10, 11, 12, 13, 14], 5, on_exit=lambda reading: None)  # noqa: E731
-        with_exits_forward()  # the exits' own first call is slow (kernels for new shapes): not timed
-        with_exits = 1000 * _median_s(with_exits_forward, 5)
-        exit_ms = max(0.0, (with_exits - forward_ms[5]) / len(exits.layers))
-        # A candidate-id exit's own work is below a forward's noise: time one reading directly.
-        hidden = torch.randn(5, int(loaded.model.config.hidden_size), dtype=next(loaded.model.parameters()).dtype)
-        ids = torch.randint(0, runtime.vocab_size, (4, 8))
-        layer = exits.layers[0]
-        with torch.inference_mode():  # as the server's forward hook runs it
-            exit_candidates_ms = 1000 * _median_s(lambda: runtime.exit_candidate_logits(layer, hidden, ids), 5)
-        runtime.detach_exits()
-    caches = [runtime.new_cache() for _ in range(4)]
-    for kv in caches:
-        runtime.score_tail(context, 1, kv=kv)
-    batch4 = 1000 * _median_s(
-        lambda: runtime.score_batch([ScoreRequest(context + [10, 11, 12, 13, 14], 5, kv) for kv in caches]), 2
-    )
-    decode4 = 1000 * _median_s(lambda: runtime.score_batch([ScoreRequest(context + [10], 1, kv) for kv in caches]), 2)
-    caches.clear()  # free the target's memory before the draft loads
+        exit_ms, exit_candidates_ms = _exit_costs(runtime, loaded.model, exits, context, forward_ms[5])
+    batch4, decode4 = _batch_costs(runtime, context)
     runtime.reset()
 
     draft, _ = load_draft(draft_name, backend, dtype, threads=1)
@@ -112,11 +97,55 @@ def probe_host(
         message_overhead_ms=overhead_ms,
         server_draft_ms_per_token=server_draft[0],
         server_draft_prefill_ms_per_token=server_draft[1],
-        server_draft_source=f"probed: {draft_name} on transformers ({dtype}), one thread, as `serve --cloud-draft` runs it",
-        source=f"probed {time.strftime('%Y-%m-%d %H:%M')}: target {target_name} ({dtype}), draft {draft_name} on {backend}, {CONTEXT} tokens of context",
+        server_draft_source=(
+            f"probed: {draft_name} on transformers ({dtype}), one thread, as `serve --cloud-draft` runs it"
+        ),
+        source=(
+            f"probed {time.strftime('%Y-%m-%d %H:%M')}: target {target_name} ({dtype}), "
+            f"draft {draft_name} on {backend}, {CONTEXT} tokens of context"
+        ),
         host=host_facts() | {"dtype": dtype},
     )
     return profile
+
+
+def _exit_costs(
+    runtime: TargetRuntime, model: Any, exits: ExitHeads, context: list[int], forward5_ms: float
+) -> tuple[float, float]:
+    """An exit's cost per layer in a 5-row forward (against ``forward5_ms``, the same forward
+    without exits), and one candidate-id exit reading timed on its own; the exits are detached
+    again after."""
+    runtime.score_tail(context, 1)
+    runtime.attach_exits(exits)
+    with_exits_forward = lambda: runtime.score_tail(context + [10, 11, 12, 13, 14], 5, on_exit=lambda reading: None)  # noqa: E731
+    with_exits_forward()  # the exits' own first call is slow (kernels for new shapes): not timed
+    with_exits = 1000 * _median_s(with_exits_forward, 5)
+    exit_ms = max(0.0, (with_exits - forward5_ms) / len(exits.layers))
+    # A candidate-id exit's own work is below a forward's noise: time one reading directly.
+    hidden = torch.randn(5, int(model.config.hidden_size), dtype=next(model.parameters()).dtype)
+    ids = torch.randint(0, runtime.vocab_size, (4, 8))
+    layer = exits.layers[0]
+    with torch.inference_mode():  # as the server's forward hook runs it
+        exit_candidates_ms = 1000 * _median_s(lambda: runtime.exit_candidate_logits(layer, hidden, ids), 5)
+    runtime.detach_exits()
+    return exit_ms, exit_candidates_ms
+
+
+def _batch_costs(runtime: TargetRuntime, context: list[int]) -> tuple[float, float]:
+    """ms of a batched verify (5 rows) and of a batched decode (1 row) of 4 sessions, each on its
+    own cache; the caches are freed before returning, so the target's memory is back before the
+    draft loads."""
+    from edgespec.models.target import ScoreRequest
+
+    caches = [runtime.new_cache() for _ in range(4)]
+    for kv in caches:
+        runtime.score_tail(context, 1, kv=kv)
+    batch4 = 1000 * _median_s(
+        lambda: runtime.score_batch([ScoreRequest(context + [10, 11, 12, 13, 14], 5, kv) for kv in caches]), 2
+    )
+    decode4 = 1000 * _median_s(lambda: runtime.score_batch([ScoreRequest(context + [10], 1, kv) for kv in caches]), 2)
+    caches.clear()  # free the target's memory before the draft loads
+    return batch4, decode4
 
 
 def _draft_costs(draft: Any) -> tuple[float, float]:

@@ -277,10 +277,12 @@ def render_colocated(comparison: dict[str, Any]) -> str:
         "",
         f"## Edge speculation vs co-located speculation (cloud-sd), {comparison['link']}",
         "",
-        f"Predicted (arXiv 2606.25091): edge SD needs 1 + γ·t_d/t_v = 1 + {comparison['gamma']}·{comparison['t_draft_ms']:.1f}/{comparison['t_verify_ms']:.1f} "
+        "Predicted (arXiv 2606.25091): edge SD needs 1 + γ·t_d/t_v = "
+        f"1 + {comparison['gamma']}·{comparison['t_draft_ms']:.1f}/{comparison['t_verify_ms']:.1f} "
         f"= **{comparison['predicted_factor']:.2f}×** fewer verifier seconds per token than cloud-sd "
         f"(t_d: {comparison['t_draft_source'] or 'the profile'}; t_v: a verify of γ drafts, the profile's). "
-        "Simulated below: verifier seconds per token (its busy time, a batched pass counted once) and cloud-sd's ÷ each mode's.",
+        "Simulated below: verifier seconds per token (its busy time, a batched pass counted once) "
+        "and cloud-sd's ÷ each mode's.",
         "",
         "| mode | "
         + " | ".join(f"{c} clients: tok/s per client · verifier ms/tok · cloud-sd ÷" for c in counts)
@@ -292,7 +294,8 @@ def render_colocated(comparison: dict[str, Any]) -> str:
         for c in counts:
             row = comparison["points"][str(c)][mode]
             cells.append(
-                f"{row['median_per_client_tokens_per_s']:.1f} · {1000 * row['verifier_s_per_token']:.2f} · {row['verifier_factor_vs_cloud_sd']:.2f}×"
+                f"{row['median_per_client_tokens_per_s']:.1f} · {1000 * row['verifier_s_per_token']:.2f} · "
+                f"{row['verifier_factor_vs_cloud_sd']:.2f}×"
             )
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

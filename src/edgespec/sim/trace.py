@@ -1,5 +1,6 @@
-"""Recording greedy traces (the data itself: ``drivers/trace.py``): per prompt, the target's greedy continuation and, teacher-forced along it, the
-draft's argmax (with its top-k probabilities) and each exit's argmax and confidence.
+"""Recording greedy traces (the data itself: ``drivers/trace.py``): per prompt, the target's
+greedy continuation and, teacher-forced along it, the draft's argmax (with its top-k
+probabilities) and each exit's argmax and confidence.
 
 For greedy decoding this fixes every verdict: a block's accepted count is the length of its
 prefix that matches the continuation, and the next token is the continuation's. It fixes every

@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 
 from edgespec.core.config import SamplingParams
+from edgespec.core.grammar import Grammar
+from edgespec.core.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
 from edgespec.core.verdict import Verdict
 from edgespec.transport import edgespec_pb2 as pb
 
@@ -98,6 +100,51 @@ def check_distribution(index: int, row: pb.SparseDistribution, vocab_size: int) 
         raise ProtocolError(
             pb.BAD_REQUEST, f"draft distribution {index} is not a probability distribution (finite, >= 0, summing to 1)"
         )
+
+
+def logprobs_request(message: pb.Open) -> int | None:
+    """What an open asks for: None (no log-probabilities) or how many alternatives per token."""
+    if not message.logprobs:
+        if message.top_logprobs:
+            raise ProtocolError(pb.BAD_REQUEST, "top_logprobs needs logprobs")
+        return None
+    if message.top_logprobs > MAX_TOP_LOGPROBS:
+        wanted = message.top_logprobs
+        raise ProtocolError(pb.BAD_REQUEST, f"top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {wanted}")
+    return int(message.top_logprobs)
+
+
+def grammar_to_wire(grammar: Grammar) -> pb.Grammar:
+    return pb.Grammar(kind=grammar.kind, source=grammar.source, vocabulary=grammar.vocabulary)
+
+
+def grammar_from_wire(message: pb.Open) -> Grammar | None:
+    """The grammar an open asks for (None: free text)."""
+    if not message.HasField("grammar"):
+        return None
+    try:
+        return Grammar(message.grammar.kind, message.grammar.source, message.grammar.vocabulary)
+    except ValueError as error:
+        raise ProtocolError(pb.BAD_REQUEST, str(error)) from None
+
+
+def logprobs_to_wire(entries: Sequence[TokenLogprob]) -> list[pb.TokenLogprob]:
+    return [
+        pb.TokenLogprob(
+            token=entry.token,
+            logprob=entry.logprob,
+            top_ids=[token for token, _ in entry.top],
+            top_logprobs=[value for _, value in entry.top],
+        )
+        for entry in entries
+    ]
+
+
+def logprobs_from_wire(rows: Sequence[pb.TokenLogprob]) -> list[TokenLogprob]:
+    return [
+        TokenLogprob(int(row.token), float(row.logprob), tuple(zip((int(i) for i in row.top_ids), row.top_logprobs)))
+        for row in rows
+    ]
 
 
 def verdict_of(message: pb.FinalVerdict | pb.EarlyVerdict | pb.Assumption) -> Verdict:

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!edgespec/transport/edgespec.proto\x12\x0b\x65\x64gespec.v1\"\x89\x01\n\rClientMessage\x12!\n\x04open\x18\x01 \x01(\x0b\x32\x11.edgespec.v1.OpenH\x00\x12(\n\x05\x62lock\x18\x02 \x01(\x0b\x32\x17.edgespec.v1.DraftBlockH\x00\x12#\n\x05\x63lose\x18\x03 \x01(\x0b\x32\x12.edgespec.v1.CloseH\x00\x42\x06\n\x04kind\"=\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xd4\x02\n\x04Open\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.edgespec.v1.SessionKind\x12\x12\n\nprompt_ids\x18\x03 \x03(\r\x12*\n\x08messages\x18\x04 \x03(\x0b\x32\x18.edgespec.v1.ChatMessage\x12\'\n\x08sampling\x18\x05 \x01(\x0b\x32\x15.edgespec.v1.Sampling\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x16\n\x0emax_new_tokens\x18\x07 \x01(\r\x12\x16\n\x0e\x65\x61rly_verdicts\x18\x08 \x01(\x08\x12\x15\n\rcommitted_ids\x18\t \x03(\r\x12\r\n\x05gamma\x18\n \x01(\r\x12\x16\n\x0e\x61\x64\x61ptive_gamma\x18\x0b \x01(\x08\x12\x11\n\tmax_gamma\x18\x0c \x01(\r\x12\x12\n\ndraft_stop\x18\r \x01(\x02\"0\n\x12SparseDistribution\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\r\n\x05probs\x18\x02 \x03(\x02\"\x1b\n\x0c\x43\x61ndidateIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"A\n\nAssumption\x12\r\n\x05round\x18\x01 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x12\n\nnext_token\x18\x03 \x01(\r\"\xb4\x01\n\nDraftBlock\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0e\n\x06tokens\x18\x02 \x03(\r\x12.\n\x05probs\x18\x03 \x03(\x0b\x32\x1f.edgespec.v1.SparseDistribution\x12(\n\x07\x61ssumes\x18\x04 \x01(\x0b\x32\x17.edgespec.v1.Assumption\x12-\n\ncandidates\x18\x05 \x03(\x0b\x32\x19.edgespec.v1.CandidateIds\"\x07\n\x05\x43lose\"\x8b\x02\n\rServerMessage\x12%\n\x06opened\x18\x01 \x01(\x0b\x32\x13.edgespec.v1.OpenedH\x00\x12*\n\x05\x65\x61rly\x18\x02 \x01(\x0b\x32\x19.edgespec.v1.EarlyVerdictH\x00\x12*\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x19.edgespec.v1.FinalVerdictH\x00\x12%\n\x06tokens\x18\x04 \x01(\x0b\x32\x13.edgespec.v1.TokensH\x00\x12\'\n\x07\x64ropped\x18\x05 \x01(\x0b\x32\x14.edgespec.v1.DroppedH\x00\x12#\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.edgespec.v1.ErrorH\x00\x42\x06\n\x04kind\"\xa8\x01\n\x06Opened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x12\n\nprompt_ids\x18\x03 \x03(\r\x12\x0f\n\x07\x65os_ids\x18\x04 \x03(\r\x12\x13\n\x0b\x65xit_layers\x18\x05 \x03(\r\x12\x12\n\nnum_layers\x18\x06 \x01(\r\x12\x12\n\nprefill_ms\x18\x07 \x01(\x01\x12\x0e\n\x06target\x18\x08 \x01(\t\"\x7f\n\x0c\x45\x61rlyVerdict\x12\r\n\x05round\x18\x01 \x01(\r\x12\x12\n\nexit_layer\x18\x02 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\r\x12\x12\n\nnext_token\x18\x04 \x01(\r\x12\x12\n\nconfidence\x18\x05 \x01(\x02\x12\x12\n\nelapsed_ms\x18\x06 \x01(\x01\")\n\rSegmentTiming\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x01\"\xbb\x01\n\x0c\x46inalVerdict\x12\r\n\x05round\x18\x01 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x12\n\nnext_token\x18\x03 \x01(\r\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x11\n\tverify_ms\x18\x05 \x01(\x01\x12\x11\n\tqueued_ms\x18\x06 \x01(\x01\x12\x11\n\tpipelined\x18\x07 \x01(\x08\x12+\n\x07timings\x18\x08 \x03(\x0b\x32\x1a.edgespec.v1.SegmentTiming\"p\n\x06Tokens\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\x10\n\x08\x66inished\x18\x02 \x01(\x08\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x10\n\x08\x64raft_ms\x18\x04 \x01(\x01\x12\x0f\n\x07\x64rafted\x18\x05 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x06 \x01(\r\"\x18\n\x07\x44ropped\x12\r\n\x05round\x18\x01 \x01(\r\">\n\x05\x45rror\x12$\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x16.edgespec.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x0f\n\rLimitsRequest\"\x87\x01\n\x0cServerLimits\x12\x19\n\x11max_prompt_tokens\x18\x01 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x02 \x01(\r\x12\x16\n\x0e\x63ontext_tokens\x18\x03 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\r\x12\x11\n\tmax_block\x18\x05 \x01(\r*X\n\x0bSessionKind\x12\x1c\n\x18SESSION_KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x43LOUD_AR\x10\x01\x12\x0f\n\x0bSPECULATIVE\x10\x02\x12\x0c\n\x08\x43LOUD_SD\x10\x03*\xc3\x01\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x42\x41\x44_REQUEST\x10\x01\x12\x17\n\x13UNSUPPORTED_VERSION\x10\x02\x12\x15\n\x11OUT_OF_VOCABULARY\x10\x03\x12\r\n\tTOO_LARGE\x10\x04\x12\x10\n\x0cOUT_OF_ORDER\x10\x05\x12\x0c\n\x08INTERNAL\x10\x06\x12\x13\n\x0fUNAUTHENTICATED\x10\x07\x12\x08\n\x04\x42USY\x10\x08\x12\x0b\n\x07\x45XPIRED\x10\t2Q\n\x08Verifier\x12\x45\n\x07Session\x12\x1a.edgespec.v1.ClientMessage\x1a\x1a.edgespec.v1.ServerMessage(\x01\x30\x01\x32R\n\x0cVerifierInfo\x12\x42\n\tGetLimits\x12\x1a.edgespec.v1.LimitsRequest\x1a\x19.edgespec.v1.ServerLimitsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!edgespec/transport/edgespec.proto\x12\x0b\x65\x64gespec.v1\"\x89\x01\n\rClientMessage\x12!\n\x04open\x18\x01 \x01(\x0b\x32\x11.edgespec.v1.OpenH\x00\x12(\n\x05\x62lock\x18\x02 \x01(\x0b\x32\x17.edgespec.v1.DraftBlockH\x00\x12#\n\x05\x63lose\x18\x03 \x01(\x0b\x32\x12.edgespec.v1.CloseH\x00\x42\x06\n\x04kind\"=\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xa3\x03\n\x04Open\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.edgespec.v1.SessionKind\x12\x12\n\nprompt_ids\x18\x03 \x03(\r\x12*\n\x08messages\x18\x04 \x03(\x0b\x32\x18.edgespec.v1.ChatMessage\x12\'\n\x08sampling\x18\x05 \x01(\x0b\x32\x15.edgespec.v1.Sampling\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x16\n\x0emax_new_tokens\x18\x07 \x01(\r\x12\x16\n\x0e\x65\x61rly_verdicts\x18\x08 \x01(\x08\x12\x15\n\rcommitted_ids\x18\t \x03(\r\x12\r\n\x05gamma\x18\n \x01(\r\x12\x16\n\x0e\x61\x64\x61ptive_gamma\x18\x0b \x01(\x08\x12\x11\n\tmax_gamma\x18\x0c \x01(\r\x12\x12\n\ndraft_stop\x18\r \x01(\x02\x12\x10\n\x08logprobs\x18\x0e \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x0f \x01(\r\x12%\n\x07grammar\x18\x10 \x01(\x0b\x32\x14.edgespec.v1.Grammar\";\n\x07Grammar\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x12\n\nvocabulary\x18\x03 \x01(\t\"0\n\x12SparseDistribution\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\r\n\x05probs\x18\x02 \x03(\x02\"\x1b\n\x0c\x43\x61ndidateIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"A\n\nAssumption\x12\r\n\x05round\x18\x01 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x12\n\nnext_token\x18\x03 \x01(\r\"\xb4\x01\n\nDraftBlock\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0e\n\x06tokens\x18\x02 \x03(\r\x12.\n\x05probs\x18\x03 \x03(\x0b\x32\x1f.edgespec.v1.SparseDistribution\x12(\n\x07\x61ssumes\x18\x04 \x01(\x0b\x32\x17.edgespec.v1.Assumption\x12-\n\ncandidates\x18\x05 \x03(\x0b\x32\x19.edgespec.v1.CandidateIds\"\x07\n\x05\x43lose\"\x8b\x02\n\rServerMessage\x12%\n\x06opened\x18\x01 \x01(\x0b\x32\x13.edgespec.v1.OpenedH\x00\x12*\n\x05\x65\x61rly\x18\x02 \x01(\x0b\x32\x19.edgespec.v1.EarlyVerdictH\x00\x12*\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x19.edgespec.v1.FinalVerdictH\x00\x12%\n\x06tokens\x18\x04 \x01(\x0b\x32\x13.edgespec.v1.TokensH\x00\x12\'\n\x07\x64ropped\x18\x05 \x01(\x0b\x32\x14.edgespec.v1.DroppedH\x00\x12#\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.edgespec.v1.ErrorH\x00\x42\x06\n\x04kind\"\xb9\x01\n\x06Opened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x12\n\nprompt_ids\x18\x03 \x03(\r\x12\x0f\n\x07\x65os_ids\x18\x04 \x03(\r\x12\x13\n\x0b\x65xit_layers\x18\x05 \x03(\r\x12\x12\n\nnum_layers\x18\x06 \x01(\r\x12\x12\n\nprefill_ms\x18\x07 \x01(\x01\x12\x0e\n\x06target\x18\x08 \x01(\t\x12\x0f\n\x07grammar\x18\t \x01(\x08\"\x7f\n\x0c\x45\x61rlyVerdict\x12\r\n\x05round\x18\x01 \x01(\r\x12\x12\n\nexit_layer\x18\x02 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\r\x12\x12\n\nnext_token\x18\x04 \x01(\r\x12\x12\n\nconfidence\x18\x05 \x01(\x02\x12\x12\n\nelapsed_ms\x18\x06 \x01(\x01\"U\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0f\n\x07top_ids\x18\x03 \x03(\r\x12\x14\n\x0ctop_logprobs\x18\x04 \x03(\x02\")\n\rSegmentTiming\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x01\"\xe8\x01\n\x0c\x46inalVerdict\x12\r\n\x05round\x18\x01 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x12\n\nnext_token\x18\x03 \x01(\r\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x11\n\tverify_ms\x18\x05 \x01(\x01\x12\x11\n\tqueued_ms\x18\x06 \x01(\x01\x12\x11\n\tpipelined\x18\x07 \x01(\x08\x12+\n\x07timings\x18\x08 \x03(\x0b\x32\x1a.edgespec.v1.SegmentTiming\x12+\n\x08logprobs\x18\t \x03(\x0b\x32\x19.edgespec.v1.TokenLogprob\"\x9d\x01\n\x06Tokens\x12\x0b\n\x03ids\x18\x01 \x03(\r\x12\x10\n\x08\x66inished\x18\x02 \x01(\x08\x12\x12\n\ncompute_ms\x18\x03 \x01(\x01\x12\x10\n\x08\x64raft_ms\x18\x04 \x01(\x01\x12\x0f\n\x07\x64rafted\x18\x05 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x06 \x01(\r\x12+\n\x08logprobs\x18\x07 \x03(\x0b\x32\x19.edgespec.v1.TokenLogprob\"\x18\n\x07\x44ropped\x12\r\n\x05round\x18\x01 \x01(\r\">\n\x05\x45rror\x12$\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x16.edgespec.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x0f\n\rLimitsRequest\"\x87\x01\n\x0cServerLimits\x12\x19\n\x11max_prompt_tokens\x18\x01 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x02 \x01(\r\x12\x16\n\x0e\x63ontext_tokens\x18\x03 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\r\x12\x11\n\tmax_block\x18\x05 \x01(\r*X\n\x0bSessionKind\x12\x1c\n\x18SESSION_KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x43LOUD_AR\x10\x01\x12\x0f\n\x0bSPECULATIVE\x10\x02\x12\x0c\n\x08\x43LOUD_SD\x10\x03*\xc3\x01\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x42\x41\x44_REQUEST\x10\x01\x12\x17\n\x13UNSUPPORTED_VERSION\x10\x02\x12\x15\n\x11OUT_OF_VOCABULARY\x10\x03\x12\r\n\tTOO_LARGE\x10\x04\x12\x10\n\x0cOUT_OF_ORDER\x10\x05\x12\x0c\n\x08INTERNAL\x10\x06\x12\x13\n\x0fUNAUTHENTICATED\x10\x07\x12\x08\n\x04\x42USY\x10\x08\x12\x0b\n\x07\x45XPIRED\x10\t2Q\n\x08Verifier\x12\x45\n\x07Session\x12\x1a.edgespec.v1.ClientMessage\x1a\x1a.edgespec.v1.ServerMessage(\x01\x30\x01\x32R\n\x0cVerifierInfo\x12\x42\n\tGetLimits\x12\x1a.edgespec.v1.LimitsRequest\x1a\x19.edgespec.v1.ServerLimitsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgespec.transport.edgespec_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SESSIONKIND']._serialized_start=2142
-  _globals['_SESSIONKIND']._serialized_end=2230
-  _globals['_ERRORCODE']._serialized_start=2233
-  _globals['_ERRORCODE']._serialized_end=2428
+  _globals['_SESSIONKIND']._serialized_start=2477
+  _globals['_SESSIONKIND']._serialized_end=2565
+  _globals['_ERRORCODE']._serialized_start=2568
+  _globals['_ERRORCODE']._serialized_end=2763
   _globals['_CLIENTMESSAGE']._serialized_start=51
   _globals['_CLIENTMESSAGE']._serialized_end=188
   _globals['_SAMPLING']._serialized_start=190
@@ -42,39 +42,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGE']._serialized_start=253
   _globals['_CHATMESSAGE']._serialized_end=297
   _globals['_OPEN']._serialized_start=300
-  _globals['_OPEN']._serialized_end=640
-  _globals['_SPARSEDISTRIBUTION']._serialized_start=642
-  _globals['_SPARSEDISTRIBUTION']._serialized_end=690
-  _globals['_CANDIDATEIDS']._serialized_start=692
-  _globals['_CANDIDATEIDS']._serialized_end=719
-  _globals['_ASSUMPTION']._serialized_start=721
-  _globals['_ASSUMPTION']._serialized_end=786
-  _globals['_DRAFTBLOCK']._serialized_start=789
-  _globals['_DRAFTBLOCK']._serialized_end=969
-  _globals['_CLOSE']._serialized_start=971
-  _globals['_CLOSE']._serialized_end=978
-  _globals['_SERVERMESSAGE']._serialized_start=981
-  _globals['_SERVERMESSAGE']._serialized_end=1248
-  _globals['_OPENED']._serialized_start=1251
-  _globals['_OPENED']._serialized_end=1419
-  _globals['_EARLYVERDICT']._serialized_start=1421
-  _globals['_EARLYVERDICT']._serialized_end=1548
-  _globals['_SEGMENTTIMING']._serialized_start=1550
-  _globals['_SEGMENTTIMING']._serialized_end=1591
-  _globals['_FINALVERDICT']._serialized_start=1594
-  _globals['_FINALVERDICT']._serialized_end=1781
-  _globals['_TOKENS']._serialized_start=1783
-  _globals['_TOKENS']._serialized_end=1895
-  _globals['_DROPPED']._serialized_start=1897
-  _globals['_DROPPED']._serialized_end=1921
-  _globals['_ERROR']._serialized_start=1923
-  _globals['_ERROR']._serialized_end=1985
-  _globals['_LIMITSREQUEST']._serialized_start=1987
-  _globals['_LIMITSREQUEST']._serialized_end=2002
-  _globals['_SERVERLIMITS']._serialized_start=2005
-  _globals['_SERVERLIMITS']._serialized_end=2140
-  _globals['_VERIFIER']._serialized_start=2430
-  _globals['_VERIFIER']._serialized_end=2511
-  _globals['_VERIFIERINFO']._serialized_start=2513
-  _globals['_VERIFIERINFO']._serialized_end=2595
+  _globals['_OPEN']._serialized_end=719
+  _globals['_GRAMMAR']._serialized_start=721
+  _globals['_GRAMMAR']._serialized_end=780
+  _globals['_SPARSEDISTRIBUTION']._serialized_start=782
+  _globals['_SPARSEDISTRIBUTION']._serialized_end=830
+  _globals['_CANDIDATEIDS']._serialized_start=832
+  _globals['_CANDIDATEIDS']._serialized_end=859
+  _globals['_ASSUMPTION']._serialized_start=861
+  _globals['_ASSUMPTION']._serialized_end=926
+  _globals['_DRAFTBLOCK']._serialized_start=929
+  _globals['_DRAFTBLOCK']._serialized_end=1109
+  _globals['_CLOSE']._serialized_start=1111
+  _globals['_CLOSE']._serialized_end=1118
+  _globals['_SERVERMESSAGE']._serialized_start=1121
+  _globals['_SERVERMESSAGE']._serialized_end=1388
+  _globals['_OPENED']._serialized_start=1391
+  _globals['_OPENED']._serialized_end=1576
+  _globals['_EARLYVERDICT']._serialized_start=1578
+  _globals['_EARLYVERDICT']._serialized_end=1705
+  _globals['_TOKENLOGPROB']._serialized_start=1707
+  _globals['_TOKENLOGPROB']._serialized_end=1792
+  _globals['_SEGMENTTIMING']._serialized_start=1794
+  _globals['_SEGMENTTIMING']._serialized_end=1835
+  _globals['_FINALVERDICT']._serialized_start=1838
+  _globals['_FINALVERDICT']._serialized_end=2070
+  _globals['_TOKENS']._serialized_start=2073
+  _globals['_TOKENS']._serialized_end=2230
+  _globals['_DROPPED']._serialized_start=2232
+  _globals['_DROPPED']._serialized_end=2256
+  _globals['_ERROR']._serialized_start=2258
+  _globals['_ERROR']._serialized_end=2320
+  _globals['_LIMITSREQUEST']._serialized_start=2322
+  _globals['_LIMITSREQUEST']._serialized_end=2337
+  _globals['_SERVERLIMITS']._serialized_start=2340
+  _globals['_SERVERLIMITS']._serialized_end=2475
+  _globals['_VERIFIER']._serialized_start=2765
+  _globals['_VERIFIER']._serialized_end=2846
+  _globals['_VERIFIERINFO']._serialized_start=2848
+  _globals['_VERIFIERINFO']._serialized_end=2930
 # @@protoc_insertion_point(module_scope)

@@ -70,7 +70,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class Open(_message.Message):
-    __slots__ = ("protocol_version", "kind", "prompt_ids", "messages", "sampling", "seed", "max_new_tokens", "early_verdicts", "committed_ids", "gamma", "adaptive_gamma", "max_gamma", "draft_stop")
+    __slots__ = ("protocol_version", "kind", "prompt_ids", "messages", "sampling", "seed", "max_new_tokens", "early_verdicts", "committed_ids", "gamma", "adaptive_gamma", "max_gamma", "draft_stop", "logprobs", "top_logprobs", "grammar")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,9 @@ class Open(_message.Message):
     ADAPTIVE_GAMMA_FIELD_NUMBER: _ClassVar[int]
     MAX_GAMMA_FIELD_NUMBER: _ClassVar[int]
     DRAFT_STOP_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     kind: SessionKind
     prompt_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -97,7 +100,20 @@ class Open(_message.Message):
     adaptive_gamma: bool
     max_gamma: int
     draft_stop: float
-    def __init__(self, protocol_version: _Optional[int] = ..., kind: _Optional[_Union[SessionKind, str]] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., seed: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., early_verdicts: _Optional[bool] = ..., committed_ids: _Optional[_Iterable[int]] = ..., gamma: _Optional[int] = ..., adaptive_gamma: _Optional[bool] = ..., max_gamma: _Optional[int] = ..., draft_stop: _Optional[float] = ...) -> None: ...
+    logprobs: bool
+    top_logprobs: int
+    grammar: Grammar
+    def __init__(self, protocol_version: _Optional[int] = ..., kind: _Optional[_Union[SessionKind, str]] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., seed: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., early_verdicts: _Optional[bool] = ..., committed_ids: _Optional[_Iterable[int]] = ..., gamma: _Optional[int] = ..., adaptive_gamma: _Optional[bool] = ..., max_gamma: _Optional[int] = ..., draft_stop: _Optional[float] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., grammar: _Optional[_Union[Grammar, _Mapping]] = ...) -> None: ...
+
+class Grammar(_message.Message):
+    __slots__ = ("kind", "source", "vocabulary")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    VOCABULARY_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    source: str
+    vocabulary: str
+    def __init__(self, kind: _Optional[str] = ..., source: _Optional[str] = ..., vocabulary: _Optional[str] = ...) -> None: ...
 
 class SparseDistribution(_message.Message):
     __slots__ = ("ids", "probs")
@@ -158,7 +174,7 @@ class ServerMessage(_message.Message):
     def __init__(self, opened: _Optional[_Union[Opened, _Mapping]] = ..., early: _Optional[_Union[EarlyVerdict, _Mapping]] = ..., final: _Optional[_Union[FinalVerdict, _Mapping]] = ..., tokens: _Optional[_Union[Tokens, _Mapping]] = ..., dropped: _Optional[_Union[Dropped, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class Opened(_message.Message):
-    __slots__ = ("session_id", "protocol_version", "prompt_ids", "eos_ids", "exit_layers", "num_layers", "prefill_ms", "target")
+    __slots__ = ("session_id", "protocol_version", "prompt_ids", "eos_ids", "exit_layers", "num_layers", "prefill_ms", "target", "grammar")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +183,7 @@ class Opened(_message.Message):
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_MS_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     protocol_version: int
     prompt_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -175,7 +192,8 @@ class Opened(_message.Message):
     num_layers: int
     prefill_ms: float
     target: str
-    def __init__(self, session_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., eos_ids: _Optional[_Iterable[int]] = ..., exit_layers: _Optional[_Iterable[int]] = ..., num_layers: _Optional[int] = ..., prefill_ms: _Optional[float] = ..., target: _Optional[str] = ...) -> None: ...
+    grammar: bool
+    def __init__(self, session_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., eos_ids: _Optional[_Iterable[int]] = ..., exit_layers: _Optional[_Iterable[int]] = ..., num_layers: _Optional[int] = ..., prefill_ms: _Optional[float] = ..., target: _Optional[str] = ..., grammar: _Optional[bool] = ...) -> None: ...
 
 class EarlyVerdict(_message.Message):
     __slots__ = ("round", "exit_layer", "accepted", "next_token", "confidence", "elapsed_ms")
@@ -193,6 +211,18 @@ class EarlyVerdict(_message.Message):
     elapsed_ms: float
     def __init__(self, round: _Optional[int] = ..., exit_layer: _Optional[int] = ..., accepted: _Optional[int] = ..., next_token: _Optional[int] = ..., confidence: _Optional[float] = ..., elapsed_ms: _Optional[float] = ...) -> None: ...
 
+class TokenLogprob(_message.Message):
+    __slots__ = ("token", "logprob", "top_ids", "top_logprobs")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    TOP_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    token: int
+    logprob: float
+    top_ids: _containers.RepeatedScalarFieldContainer[int]
+    top_logprobs: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, token: _Optional[int] = ..., logprob: _Optional[float] = ..., top_ids: _Optional[_Iterable[int]] = ..., top_logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class SegmentTiming(_message.Message):
     __slots__ = ("name", "ms")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -202,7 +232,7 @@ class SegmentTiming(_message.Message):
     def __init__(self, name: _Optional[str] = ..., ms: _Optional[float] = ...) -> None: ...
 
 class FinalVerdict(_message.Message):
-    __slots__ = ("round", "accepted", "next_token", "finished", "verify_ms", "queued_ms", "pipelined", "timings")
+    __slots__ = ("round", "accepted", "next_token", "finished", "verify_ms", "queued_ms", "pipelined", "timings", "logprobs")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +241,7 @@ class FinalVerdict(_message.Message):
     QUEUED_MS_FIELD_NUMBER: _ClassVar[int]
     PIPELINED_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     round: int
     accepted: int
     next_token: int
@@ -219,23 +250,26 @@ class FinalVerdict(_message.Message):
     queued_ms: float
     pipelined: bool
     timings: _containers.RepeatedCompositeFieldContainer[SegmentTiming]
-    def __init__(self, round: _Optional[int] = ..., accepted: _Optional[int] = ..., next_token: _Optional[int] = ..., finished: _Optional[bool] = ..., verify_ms: _Optional[float] = ..., queued_ms: _Optional[float] = ..., pipelined: _Optional[bool] = ..., timings: _Optional[_Iterable[_Union[SegmentTiming, _Mapping]]] = ...) -> None: ...
+    logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprob]
+    def __init__(self, round: _Optional[int] = ..., accepted: _Optional[int] = ..., next_token: _Optional[int] = ..., finished: _Optional[bool] = ..., verify_ms: _Optional[float] = ..., queued_ms: _Optional[float] = ..., pipelined: _Optional[bool] = ..., timings: _Optional[_Iterable[_Union[SegmentTiming, _Mapping]]] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ...) -> None: ...
 
 class Tokens(_message.Message):
-    __slots__ = ("ids", "finished", "compute_ms", "draft_ms", "drafted", "accepted")
+    __slots__ = ("ids", "finished", "compute_ms", "draft_ms", "drafted", "accepted", "logprobs")
     IDS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_MS_FIELD_NUMBER: _ClassVar[int]
     DRAFTED_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[int]
     finished: bool
     compute_ms: float
     draft_ms: float
     drafted: int
     accepted: int
-    def __init__(self, ids: _Optional[_Iterable[int]] = ..., finished: _Optional[bool] = ..., compute_ms: _Optional[float] = ..., draft_ms: _Optional[float] = ..., drafted: _Optional[int] = ..., accepted: _Optional[int] = ...) -> None: ...
+    logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprob]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ..., finished: _Optional[bool] = ..., compute_ms: _Optional[float] = ..., draft_ms: _Optional[float] = ..., drafted: _Optional[int] = ..., accepted: _Optional[int] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ...) -> None: ...
 
 class Dropped(_message.Message):
     __slots__ = ("round",)

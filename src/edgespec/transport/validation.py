@@ -7,6 +7,7 @@ session (server/session.py).
 
 from __future__ import annotations
 
+import math
 from typing import AsyncIterator
 
 from google.protobuf.message import DecodeError
@@ -29,6 +30,14 @@ async def decoded(requests: AsyncIterator[pb.ClientMessage]) -> AsyncIterator[pb
 
 
 def check_open(request: pb.Open, max_new_tokens_limit: int) -> None:
+    check_numbers(request.sampling)
+    if request.max_new_tokens < 1:
+        # TOO_LARGE is the code clients already handle for a budget outside the limits (the
+        # protocol has no invalid-argument code but BAD_REQUEST, kept for malformed messages).
+        raise ProtocolError(
+            pb.TOO_LARGE,
+            f"max_new_tokens must be at least 1 (a session generates at least one token), got {request.max_new_tokens}",
+        )
     # committed_ids count against max_new_tokens; more of them than that is no resume but a second
     # prompt smuggled past the prompt limit, and would be prefilled before any other check.
     if not 0.0 <= request.draft_stop < 1.0:  # also refuses NaN
@@ -39,6 +48,17 @@ def check_open(request: pb.Open, max_new_tokens_limit: int) -> None:
             pb.TOO_LARGE,
             f"{len(request.committed_ids)} committed_ids exceed max_new_tokens ({budget}), which they count against",
         )
+
+
+def check_numbers(sampling: pb.Sampling) -> None:
+    """NaN and infinite sampling values are refused as what they are, before any range check
+    would describe them as merely out of range."""
+    for name in ("temperature", "top_p"):
+        value = float(getattr(sampling, name))
+        if math.isnan(value):
+            raise ProtocolError(pb.BAD_REQUEST, f"sampling.{name} is not a number (NaN)")
+        if math.isinf(value):
+            raise ProtocolError(pb.BAD_REQUEST, f"sampling.{name} must be a finite number, got {value}")
 
 
 # Candidate ids a block may name per draft token (the client sends 8).
