@@ -17,32 +17,17 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "src" / "edgespec"
 # package's __init__: the public API, which names (lazily) what every layer offers.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("core",),
-    ("link", "data", "prompting", "hostinfo"),
+    ("link", "data", "prompting", "hostinfo", "sampling"),  # sampling: seeded draws, for the draft and the verifier
     ("models", "engines"),  # engines: what runs the target model (transformers, llama.cpp)
     ("decoding",),
     ("transport",),
     ("drivers",),
     ("client", "server"),
-    ("exits", "sim", "capacity"),  # capacity: the capacity tables and plots that sim and bench both draw
+    ("exits", "capacity"),  # capacity: the capacity tables and plots that sim and bench both draw
     ("bench",),
+    ("sim",),  # the simulator reports in the benchmark's shape (prices, summaries)
     ("openai_api", "robot"),
     ("cli", "edgespec"),  # edgespec: the package's __init__, the public API over every layer
-)
-
-# Modules of packages other branches are dissolving, placed in the layer they are moving to (the
-# longest matching prefix wins). Must become empty: an entry that names no module fails the test.
-IN_TRANSIT: dict[str, str] = {}
-
-# Violations that live in other branches' areas while they move rounds/ and decoding/ into core/
-# and drivers/. MUST BECOME EMPTY: a violation not listed here fails the test, and so does an
-# entry that no longer occurs, so the set cannot go stale.
-KNOWN_VIOLATIONS: frozenset[str] = frozenset(
-    {
-        # SamplingParams, a pure value bound for core/config.py, still lives beside the tensor sampling code.
-        "edgespec.models.draft -> edgespec.decoding.sampling",
-        # The simulator reports in the benchmark's shape (prices, summaries) from bench/metrics.py.
-        "edgespec.sim.simulate -> edgespec.bench.metrics",
-    }
 )
 
 # What a module of core/ may import besides core/ itself: the standard library, minus asyncio
@@ -101,9 +86,6 @@ def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
 
 
 def layer_name(module: str) -> str:
-    transit = [prefix for prefix in IN_TRANSIT if module == prefix or module.startswith(prefix + ".")]
-    if transit:
-        return IN_TRANSIT[max(transit, key=len)]
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else parts[0]
 
@@ -179,21 +161,11 @@ def test_every_module_has_a_layer(graph: dict[str, set[str]]) -> None:
 
 def test_no_module_imports_from_a_higher_layer(graph: dict[str, set[str]]) -> None:
     violations = layer_violations(graph)
-    assert sorted(violations - KNOWN_VIOLATIONS) == []
-
-
-def test_known_violations_still_occur(graph: dict[str, set[str]]) -> None:
-    # A fixed violation must leave the list, so the list shrinks to empty and stays honest.
-    assert sorted(KNOWN_VIOLATIONS - layer_violations(graph)) == []
+    assert sorted(violations) == []
 
 
 def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
     assert cycles(graph) == []
-
-
-def test_modules_in_transit_still_exist(graph: dict[str, set[str]]) -> None:
-    gone = [prefix for prefix in IN_TRANSIT if not any(m == prefix or m.startswith(prefix + ".") for m in graph)]
-    assert gone == []
 
 
 def test_nothing_in_the_library_imports_the_cli(graph: dict[str, set[str]]) -> None:

@@ -23,10 +23,10 @@ import torch
 from edgespec.client.edge_client import EdgeClient
 from edgespec.core.config import GenerationConfig, SamplingParams
 from edgespec.core.modes import Mode
-from edgespec.decoding.sampling import logits_to_probs
 from edgespec.exits.heads import ExitHeads, ExitSpec
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
+from edgespec.sampling import logits_to_probs
 from edgespec.server.app import RunningServer, ServerConfig
 from edgespec.server.cloud_draft import CloudDraft
 from edgespec.server.servicer import VerifierService

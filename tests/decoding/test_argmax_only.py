@@ -54,7 +54,7 @@ def test_a_verdict_from_the_choices_equals_the_one_from_the_logits() -> None:
 
 def test_a_decode_token_comes_from_the_ids_when_greedy_and_from_the_logits_when_sampled() -> None:
     from edgespec.core.config import SamplingParams
-    from edgespec.decoding.sampling import choose_token, token_from_forward
+    from edgespec.sampling import choose_token, token_from_forward
 
     logits = torch.tensor([0.1, 2.0, 0.3, 1.9])
     assert token_from_forward(torch.tensor(1), SamplingParams()) == 1  # greedy: the forward's argmax id

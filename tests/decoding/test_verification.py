@@ -10,7 +10,6 @@ import torch
 
 from edgespec.core.config import DRAFT_SEED_OFFSET, SamplingParams
 from edgespec.core.verdict import Verdict
-from edgespec.decoding.sampling import logits_to_probs, position_uniform, sample_with_uniform, seeded_generator
 from edgespec.decoding.verification import (
     RoundUniforms,
     greedy_verdict,
@@ -18,6 +17,7 @@ from edgespec.decoding.verification import (
     verdict_confidence,
     verdict_from_logits,
 )
+from edgespec.sampling import logits_to_probs, position_uniform, sample_with_uniform, seeded_generator
 
 
 def one_hot_logits(choices: list[int], vocab: int = 10) -> torch.Tensor:

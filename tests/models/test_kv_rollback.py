@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from edgespec.core.config import GREEDY, SamplingParams
-from edgespec.decoding.sampling import seeded_generator
 from edgespec.decoding.verification import RoundUniforms, verdict_from_logits
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.kv import TrackedCache, forward_with_cache
 from edgespec.models.target import TargetRuntime
+from edgespec.sampling import seeded_generator
 from tests.support.tiny_models import layer_skip_copy, tiny_model
 
 

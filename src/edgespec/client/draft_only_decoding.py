@@ -11,8 +11,8 @@ from edgespec.client.round_driver import EdgeRun
 from edgespec.core.config import DRAFT_SEED_OFFSET
 from edgespec.core.edge_only import EdgeOnlyRounds, EdgeOnlyState, TokenChosen
 from edgespec.core.stopping import FinishReason, clip_to_stop
-from edgespec.decoding.sampling import choose_token, position_uniform
 from edgespec.models.draft import DraftRuntime
+from edgespec.sampling import choose_token, position_uniform
 
 
 async def decode_provisional(run: EdgeRun, draft: DraftRuntime, thread: Executor, until: Callable[[], bool]) -> None:

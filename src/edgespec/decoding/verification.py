@@ -20,7 +20,7 @@ import torch
 
 from edgespec.core.config import SamplingParams
 from edgespec.core.verdict import Verdict
-from edgespec.decoding.sampling import logits_to_probs, position_uniforms, sample_with_uniform
+from edgespec.sampling import logits_to_probs, position_uniforms, sample_with_uniform
 
 
 @dataclass(frozen=True)

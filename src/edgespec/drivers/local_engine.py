@@ -20,12 +20,12 @@ from edgespec.core.edge_events import Commit
 from edgespec.core.edge_only import EdgeOnlyRounds, EdgeOnlyState, TokenChosen
 from edgespec.core.generation import Generation
 from edgespec.core.modes import Mode
-from edgespec.decoding.sampling import choose_token, position_uniform
 from edgespec.drivers.real_backends import RealCloud, RealEdge
 from edgespec.drivers.virtual_clock import ClientSpec, VirtualClock
 from edgespec.drivers.virtual_devices import Link
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.target import TargetRuntime
+from edgespec.sampling import choose_token, position_uniform
 
 logger = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from typing import Any, Sequence
 from edgespec.core.block import DraftBlock
 from edgespec.core.config import DRAFT_SEED_OFFSET, SamplingParams
 from edgespec.decoding.block_scoring import begin_round
-from edgespec.decoding.sampling import token_from_forward
 from edgespec.decoding.verification import RoundUniforms
 from edgespec.drivers.backend_interface import CloudJob, JobKind, VerifyResult
 from edgespec.models.draft import DraftRuntime
 from edgespec.models.kv import TrackedCache
 from edgespec.models.target import TargetRuntime
+from edgespec.sampling import token_from_forward
 
 
 class RealEdge:

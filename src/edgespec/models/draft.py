@@ -14,8 +14,8 @@ from torch import nn
 
 from edgespec.core.block import DraftBlock
 from edgespec.core.config import SamplingParams
-from edgespec.decoding.sampling import logits_to_probs, position_uniform, restrict_support, sample_with_uniform
 from edgespec.models.kv import TrackedCache, forward_with_cache, standard_head_input
+from edgespec.sampling import logits_to_probs, position_uniform, restrict_support, sample_with_uniform
 
 
 class DraftGrammar(Protocol):

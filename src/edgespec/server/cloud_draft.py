@@ -26,10 +26,10 @@ import torch
 
 from edgespec.core.block import DraftBlock
 from edgespec.core.config import DRAFT_SEED_OFFSET, SamplingParams
-from edgespec.decoding.sampling import logits_to_probs, position_uniform, restrict_support, sample_with_uniform
 from edgespec.models.draft import DRAFT_SUPPORT, token_confidence
 from edgespec.models.kv import TrackedCache
 from edgespec.models.target import ScoreRequest, TargetRuntime
+from edgespec.sampling import logits_to_probs, position_uniform, restrict_support, sample_with_uniform
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from edgespec.decoding.block_scoring import begin_round
 from edgespec.decoding.early import EarlyVerdict, EarlyVerdictJudge
 from edgespec.decoding.grammar import GrammarMatcher, apply_mask
 from edgespec.decoding.logprobs import token_logprobs
-from edgespec.decoding.sampling import token_from_forward
 from edgespec.decoding.verification import RoundUniforms
 from edgespec.models.target import ScoreRequest, TargetRuntime
+from edgespec.sampling import token_from_forward
 from edgespec.server.admission import check_generation_fits
 from edgespec.server.jobs import Job
 from edgespec.server.limits import SessionLimits
