@@ -146,13 +146,6 @@ def edge_backend(
 
 
 @pytest.fixture(scope="module")
-def verifier() -> Iterator[Verifier]:
-    verifier = Verifier()
-    yield verifier
-    verifier.server.stop()
-
-
-@pytest.fixture(scope="module")
 def edge(verifier: Verifier) -> Iterator[EdgeServe]:
     serve = EdgeServe(edge_backend(verifier.address, slots=8))
     yield serve

@@ -32,13 +32,6 @@ CONTENT = "Tell me a short story about a cat."
 
 
 @pytest.fixture(scope="module")
-def verifier() -> Iterator[Verifier]:
-    verifier = Verifier()
-    yield verifier
-    verifier.server.stop()
-
-
-@pytest.fixture(scope="module")
 def edge(verifier: Verifier) -> Iterator[EdgeServe]:
     serve = EdgeServe(edge_backend(verifier.address, slots=2))  # fewer slots than choices: later ones wait
     yield serve

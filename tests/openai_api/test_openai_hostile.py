@@ -30,13 +30,6 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def verifier() -> Iterator[Verifier]:
-    verifier = Verifier()
-    yield verifier
-    verifier.server.stop()
-
-
-@pytest.fixture(scope="module")
 def edge(verifier: Verifier) -> Iterator[EdgeServe]:
     limits = RequestLimits(max_body_bytes=BODY_LIMIT, body_timeout_s=BODY_TIMEOUT_S)
     serve = EdgeServe(edge_backend(verifier.address, slots=SLOTS), limits=limits)

@@ -19,13 +19,6 @@ SLOTS = 2
 
 
 @pytest.fixture(scope="module")
-def verifier() -> Iterator[Verifier]:
-    verifier = Verifier()
-    yield verifier
-    verifier.server.stop()
-
-
-@pytest.fixture(scope="module")
 def edge(verifier: Verifier) -> Iterator[EdgeServe]:
     serve = EdgeServe(edge_backend(verifier.address, slots=SLOTS))
     yield serve

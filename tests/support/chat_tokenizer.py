@@ -51,9 +51,15 @@ def chat_tokenizer() -> PreTrainedTokenizerFast:
         + [" ", "\n"]
         + list(".,:;!?'-()")
     )
-    vocab = {symbol: index for index, symbol in enumerate(symbols + MERGES)}
+    return bpe_tokenizer(symbols, MERGES)
+
+
+def bpe_tokenizer(symbols: list[str], merges: list[str]) -> PreTrainedTokenizerFast:
+    """A fast BPE tokenizer of exactly ``VOCAB`` ids: ``symbols`` (EOS and UNK first) then the
+    two-letter ``merges``, with the chat template; tokens decode by plain concatenation."""
+    vocab = {symbol: index for index, symbol in enumerate(symbols + merges)}
     assert len(vocab) == VOCAB, len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[(pair[0], pair[1]) for pair in MERGES], unk_token=UNK))
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[(pair[0], pair[1]) for pair in merges], unk_token=UNK))
     backend.decoder = decoders.Fuse()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, unk_token=UNK)
     tokenizer.chat_template = CHAT_TEMPLATE

@@ -10,6 +10,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from edgespec.core.grammar import Grammar
 from edgespec.decoding.grammar import GrammarMatcher, apply_mask
+from tests.support.tiny_models import greedy_generate
 
 
 class GrammarLogitsProcessor(LogitsProcessor):
@@ -29,13 +30,5 @@ def masked_generate(
     model: PreTrainedModel, tokenizer: Any, grammar: Grammar, prompt: list[int], max_new_tokens: int, eos: int
 ) -> list[int]:
     processor = GrammarLogitsProcessor(grammar, tokenizer, model.config.vocab_size, len(prompt), [eos])
-    out = model.generate(
-        torch.tensor([prompt]),
-        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=eos,
-        pad_token_id=0,
-        logits_processor=LogitsProcessorList([processor]),
-    )
+    out = greedy_generate(model, prompt, max_new_tokens, eos, logits_processor=LogitsProcessorList([processor]))
     return out[0, len(prompt) :].tolist()

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import string
 
-from tokenizers import Tokenizer, decoders, models
 from transformers import PreTrainedTokenizerFast
 
-from tests.support.chat_tokenizer import CHAT_TEMPLATE
+from tests.support.chat_tokenizer import EOS, UNK, bpe_tokenizer
 from tests.support.tiny_models import VOCAB
 
-EOS = "<|end|>"
-UNK = "<unk>"
 PUNCTUATION = list('{}[]":,. -\n') + ["\\", "_", "+", "'", "?", "!", "(", ")"]
 MERGES = [
     "th",
@@ -71,11 +68,4 @@ MERGES = [
 
 def json_tokenizer() -> PreTrainedTokenizerFast:
     symbols = [EOS, UNK] + list(string.ascii_lowercase + string.digits) + PUNCTUATION
-    vocab = {symbol: index for index, symbol in enumerate(symbols + MERGES[: VOCAB - len(symbols)])}
-    assert len(vocab) == VOCAB, len(vocab)
-    merges = [(pair[0], pair[1]) for pair in MERGES[: VOCAB - len(symbols)]]
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=UNK))
-    backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, unk_token=UNK)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    return bpe_tokenizer(symbols, MERGES[: VOCAB - len(symbols)])

@@ -7,21 +7,14 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel
 
+from tests.support.tiny_models import greedy_generate
+
 
 def generate_with_logprobs(
     model: PreTrainedModel, prompt: list[int], max_new_tokens: int, eos: int | None = None
 ) -> tuple[list[int], torch.Tensor]:
     """`generate`, greedy, with ``output_scores``: its tokens and each step's log-softmax [n, vocab]."""
-    out = model.generate(
-        torch.tensor([prompt]),
-        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=eos,
-        pad_token_id=0,
-        output_scores=True,
-        return_dict_in_generate=True,
-    )
+    out = greedy_generate(model, prompt, max_new_tokens, eos, output_scores=True, return_dict_in_generate=True)
     tokens = out.sequences[0, len(prompt) :].tolist()
     return tokens, torch.log_softmax(torch.cat(out.scores).float(), dim=-1)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
@@ -43,15 +44,23 @@ def greedy_reference(
     model: PreTrainedModel, prompt: list[int], max_new_tokens: int, eos: int | None = None
 ) -> list[int]:
     """The oracle: `transformers` `generate`, greedy."""
-    out = model.generate(
+    return greedy_generate(model, prompt, max_new_tokens, eos)[0, len(prompt) :].tolist()
+
+
+def greedy_generate(
+    model: PreTrainedModel, prompt: list[int], max_new_tokens: int, eos: int | None, **options: Any
+) -> Any:
+    """`transformers` `generate`, greedy, on one unpadded prompt; ``options`` go to `generate` (a
+    logits processor, ``output_scores``): the call every oracle of the tests shares."""
+    return model.generate(
         torch.tensor([prompt]),
         attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
         max_new_tokens=max_new_tokens,
         do_sample=False,
         eos_token_id=eos,
         pad_token_id=0,
+        **options,
     )
-    return out[0, len(prompt) :].tolist()
 
 
 def layer_skip_copy(model: PreTrainedModel, keep: int) -> PreTrainedModel:
