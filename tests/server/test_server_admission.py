@@ -124,8 +124,11 @@ def test_an_empty_prompt_is_a_bad_request_and_an_oversize_one_too_large() -> Non
     assert generation_refusal([1] * 9) == "TOO_LARGE"
 
 
+def test_a_budget_of_zero_is_a_bad_request_not_too_large() -> None:
+    assert generation_refusal([1], max_new_tokens=0) == "BAD_REQUEST"
+
+
 def test_a_budget_outside_the_limit_or_the_context_is_too_large() -> None:
-    assert generation_refusal([1], max_new_tokens=0) == "TOO_LARGE"
     assert generation_refusal([1], max_new_tokens=17) == "TOO_LARGE"
     assert generation_refusal([1] * 4, max_new_tokens=16) is None  # 20: the whole context
     assert generation_refusal([1] * 5, max_new_tokens=16) == "TOO_LARGE"  # within the limits, past the context

@@ -34,7 +34,7 @@ def test_an_infinite_temperature_is_refused_as_not_finite(value: float) -> None:
 
 def test_zero_new_tokens_is_refused_as_at_least_one() -> None:
     error = refusal(max_new_tokens=0)
-    assert error.code == pb.TOO_LARGE and "max_new_tokens must be at least 1" in str(error) and "got 0" in str(error)
+    assert error.code == pb.BAD_REQUEST and "max_new_tokens must be at least 1" in str(error) and "got 0" in str(error)
     # Even with committed tokens, whose count would otherwise be the complaint.
     assert "at least 1" in str(refusal(max_new_tokens=0, committed_ids=[3]))
 

@@ -79,7 +79,7 @@ def check_generation_fits(
             "TOO_LARGE", f"prompt of {len(prompt_ids)} tokens exceeds the limit of {limits.max_prompt_tokens}"
         )
     if max_new_tokens < 1:
-        raise Refused("TOO_LARGE", f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        raise Refused("BAD_REQUEST", f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if max_new_tokens > limits.max_new_tokens:
         raise Refused(
             "TOO_LARGE", f"max_new_tokens {max_new_tokens} exceeds this server's limit of {limits.max_new_tokens}"

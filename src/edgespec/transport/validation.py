@@ -32,10 +32,10 @@ async def decoded(requests: AsyncIterator[pb.ClientMessage]) -> AsyncIterator[pb
 def check_open(request: pb.Open, max_new_tokens_limit: int) -> None:
     check_numbers(request.sampling)
     if request.max_new_tokens < 1:
-        # TOO_LARGE is the code clients already handle for a budget outside the limits (the
-        # protocol has no invalid-argument code but BAD_REQUEST, kept for malformed messages).
+        # Zero is no budget over a limit but a request that asks for nothing: BAD_REQUEST, so
+        # neither a client nor its log calls it "too large".
         raise ProtocolError(
-            pb.TOO_LARGE,
+            pb.BAD_REQUEST,
             f"max_new_tokens must be at least 1 (a session generates at least one token), got {request.max_new_tokens}",
         )
     # committed_ids count against max_new_tokens; more of them than that is no resume but a second
