@@ -74,17 +74,32 @@ def test_get_limits_advertises_the_session_limits(server: RunningServer) -> None
     assert limits.max_message_bytes == 2 * 1024 * 1024
 
 
-def test_not_serving_without_a_model_or_once_shutting_down() -> None:
-    async def statuses() -> list[int]:
-        unloaded = VerifierHealth(SimpleNamespace(runtime=SimpleNamespace(model=None)))
-        loaded = VerifierHealth(SimpleNamespace(runtime=SimpleNamespace(model=object())))
-        request = health_pb2.HealthCheckRequest(service=VERIFIER_SERVICE)
-        seen = [(await unloaded.Check(request, None)).status, (await loaded.Check(request, None)).status]
-        await loaded.enter_graceful_shutdown()
-        seen.append((await loaded.Check(request, None)).status)
-        return seen
+def tiny_service() -> VerifierService:
+    return VerifierService(TargetRuntime(tiny_model("qwen2", seed=0)), None, frozenset({0}), "tiny")
 
-    assert asyncio.run(statuses()) == [NOT_SERVING, SERVING, NOT_SERVING]
+
+def verifier_status(checker: VerifierHealth) -> int:
+    request = health_pb2.HealthCheckRequest(service=VERIFIER_SERVICE)
+    return asyncio.run(checker.Check(request, None)).status
+
+
+def test_not_serving_once_shutting_down_draining_or_without_a_pass_thread() -> None:
+    serving = tiny_service()
+    assert verifier_status(VerifierHealth(serving)) == SERVING
+    shutting_down = VerifierHealth(serving)
+    asyncio.run(shutting_down.enter_graceful_shutdown())
+    assert verifier_status(shutting_down) == NOT_SERVING
+    draining = tiny_service()
+    draining.draining = True
+    assert verifier_status(VerifierHealth(draining)) == NOT_SERVING
+    stopped = tiny_service()
+    stopped.shutdown()  # the pass thread ends: queued rounds would never run
+    assert verifier_status(VerifierHealth(stopped)) == NOT_SERVING
+    serving.shutdown()
+
+
+def test_no_model_is_not_serving() -> None:
+    assert verifier_status(VerifierHealth(SimpleNamespace(runtime=SimpleNamespace(model=None)))) == NOT_SERVING
 
 
 def test_limits_fit_the_wire_whatever_the_configuration() -> None:

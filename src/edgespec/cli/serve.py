@@ -133,6 +133,14 @@ def _add_admission_arguments(serve: argparse.ArgumentParser) -> None:
     )
     admission.add_argument("--max-lifetime", type=float, default=3600.0, help="seconds a session may live")
     admission.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="on SIGTERM/SIGINT: health turns NOT_SERVING and new sessions are refused (BUSY) at once, and the open "
+        "ones get up to S seconds to finish before the port closes; a second signal stops at once (default 10)",
+    )
+    admission.add_argument(
         "--prefix-cache-tokens",
         type=int,
         default=0,
@@ -256,7 +264,10 @@ def server_config(args: argparse.Namespace) -> Any:
         exit_candidates=args.exit_vocab == "candidates",
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        drain_timeout_s=args.drain_timeout,
     )
+    if not args.drain_timeout >= 0:
+        raise ValueError(f"--drain-timeout must be >= 0 seconds, got {args.drain_timeout}")
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise ValueError(f"--metrics-port must be a port number (0..65535), got {args.metrics_port}")
     if args.prefix_cache_tokens < 0:

@@ -88,6 +88,7 @@ def cluster_config(args: Any) -> ClusterConfig:
         min_replicas=args.min_replicas,
         max_replicas=args.max_replicas,
         sessions_per_replica=args.sessions_per_replica,
+        drain_timeout_s=args.drain_timeout,
         max_message_bytes=args.max_message_bytes,
         tls_certificate=args.tls_cert,
         tls_private_key=args.tls_key,

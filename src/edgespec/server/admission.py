@@ -22,10 +22,19 @@ SERVED_KINDS = (pb.CLOUD_AR, pb.SPECULATIVE, pb.CLOUD_SD)
 
 
 def check_admission(
-    request: pb.Open, open_sessions: int, admission: AdmissionLimits, limits: SessionLimits, has_cloud_draft: bool
+    request: pb.Open,
+    open_sessions: int,
+    admission: AdmissionLimits,
+    limits: SessionLimits,
+    has_cloud_draft: bool,
+    draining: bool = False,
 ) -> None:
-    """Raise the ``ProtocolError`` that refuses ``request``, or return: the server has room, speaks
-    its version, serves its kind (cloud-sd only with a draft of its own), and its bounds hold."""
+    """Raise the ``ProtocolError`` that refuses ``request``, or return: the server is not shutting
+    down, has room, speaks its version, serves its kind (cloud-sd only with a draft of its own),
+    and its bounds hold."""
+    if draining:
+        # BUSY, the code a client retries: through a load balancer the retry lands on another replica.
+        raise ProtocolError(pb.BUSY, "the server is shutting down and takes no new sessions; retry elsewhere")
     if open_sessions >= admission.max_sessions:
         raise ProtocolError(
             pb.BUSY, f"the server is at its limit of {admission.max_sessions} open sessions; retry later"

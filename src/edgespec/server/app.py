@@ -48,6 +48,9 @@ class ServerConfig:
     # Prometheus' /metrics on this port (None: no metrics are kept), loopback unless told otherwise.
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    # On SIGTERM/SIGINT: seconds the open sessions may take to finish while health says NOT_SERVING
+    # and new sessions are refused (BUSY); a second signal stops at once.
+    drain_timeout_s: float = 10.0
 
 
 def build_server(service: VerifierService, config: ServerConfig) -> tuple[grpc.aio.Server, int, VerifierHealth]:
@@ -150,10 +153,34 @@ async def serve(
     try:
         await stop.wait()
     finally:
-        # NOT_SERVING first, so a load balancer probing health stops sending sessions before the port closes.
-        await health.enter_graceful_shutdown()
+        await drain(service, health, config.drain_timeout_s)
         await server.stop(grace=1.0)
         service.shutdown()
+
+
+async def drain(service: VerifierService, health: VerifierHealth, timeout_s: float) -> None:
+    """Begin the shutdown: NOT_SERVING and no new sessions at once, so a load balancer probing
+    health sends sessions elsewhere, then wait up to ``timeout_s`` for the open sessions to finish
+    (a second SIGINT/SIGTERM ends the wait). Sessions still open afterwards are cut; their clients
+    resume elsewhere with their committed text."""
+    service.draining = True
+    await health.enter_graceful_shutdown()
+    if not service.sessions or timeout_s <= 0:
+        return
+    again = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, again.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    logger.info("draining: %d open sessions have up to %g s to finish", len(service.sessions), timeout_s)
+    print(f"edgespec: draining {len(service.sessions)} open sessions (up to {timeout_s:g} s)", flush=True)
+    deadline = loop.time() + timeout_s
+    while service.sessions and not again.is_set() and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if service.sessions:
+        logger.warning("stopping with %d sessions still open: their clients resume elsewhere", len(service.sessions))
 
 
 class RunningServer:

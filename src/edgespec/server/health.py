@@ -4,7 +4,8 @@ Two gRPC services beside ``Verifier``:
 
 - ``grpc.health.v1.Health`` (the standard one a load balancer or ``grpc_health_probe`` speaks):
   SERVING for the whole server (``""``) and for ``edgespec.v1.Verifier`` only while a target model
-  is loaded, NOT_SERVING once the server enters its shutdown.
+  is loaded and its pass thread runs, NOT_SERVING once the server begins its shutdown (while it
+  drains its open sessions) or when the pass thread is gone.
 - ``edgespec.v1.VerifierInfo.GetLimits``: the session limits a request must fit (prompt tokens,
   new tokens, context window, message size), so an edge refuses an oversized request itself,
   before it tokenizes more than it must or opens a session.
@@ -54,8 +55,9 @@ class VerifierHealth(health.aio.HealthServicer):
         self.shutting_down = False
 
     def verifier_status(self) -> int:
-        loaded = getattr(getattr(self.verifier, "runtime", None), "model", None) is not None
-        serving = loaded and not self.shutting_down
+        """SERVING while the service would serve a new session (``VerifierService.serving``: a model
+        loaded, its pass thread running, no shutdown begun) and this server has not begun its own."""
+        serving = bool(getattr(self.verifier, "serving", False)) and not self.shutting_down
         return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
 
     async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> health_pb2.HealthCheckResponse:  # noqa: N802

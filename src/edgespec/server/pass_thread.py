@@ -87,6 +87,11 @@ class BatchScheduler:
             self._thread.start()
 
     @property
+    def running(self) -> bool:
+        """Whether queued jobs will run: not closed, and the compute thread (if it has one) alive."""
+        return not self._closed and (self._thread is None or self._thread.is_alive())
+
+    @property
     def queued(self) -> int:
         return len(self._queue)
 

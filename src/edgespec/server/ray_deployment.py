@@ -17,11 +17,13 @@ import os
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
+from grpc_health.v1 import health_pb2
 from ray import serve
 from ray.exceptions import TaskCancelledError
 from ray.serve.grpc_util import RayServegRPCContext
 
 from edgespec.server.auth import FIRST_MESSAGE_WAIT_S, expected_header, refusal_for
+from edgespec.server.health import VERIFIER_SERVICE, VerifierHealth
 from edgespec.server.replica_spec import DEPLOYMENT_NAME, SESSION_LOG, ReplicaSpec
 from edgespec.transport import edgespec_pb2 as pb
 
@@ -77,6 +79,9 @@ class VerifierReplica:
         token = self.spec.token()
         self._expected = expected_header(token) if token else None
         self.service = load_service(self.spec)
+        # The grpc.health.v1 servicer `edgespec serve` registers, asked in-process: Ray's proxy
+        # forwards only the Verifier service, so Serve's own health check is where it is heard.
+        self.health = VerifierHealth(self.service)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.served = 0
         logger.info(
@@ -118,6 +123,15 @@ class VerifierReplica:
         finally:
             if session_id != "-":
                 self._log("ended", session_id)
+
+    async def check_health(self) -> None:
+        """Serve's health check (every ``health_check_period_s``): the verifier's grpc.health.v1 answer
+        for the Verifier service. Anything but SERVING (no model, a dead pass thread) raises, and
+        Serve stops routing to this replica, kills it and starts a replacement."""
+        reply = await self.health.Check(health_pb2.HealthCheckRequest(service=VERIFIER_SERVICE), None)
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            raise RuntimeError(f"replica {self.replica_id} (pid {os.getpid()}): the verifier reports {status}")
 
     def _log(self, event: str, session_id: str) -> None:
         logger.info(

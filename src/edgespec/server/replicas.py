@@ -61,6 +61,8 @@ class ClusterConfig:
     min_replicas: int | None = None
     max_replicas: int | None = None
     sessions_per_replica: float = 8.0
+    # Serve's graceful_shutdown_timeout_s: how long a stopping replica waits for its open sessions.
+    drain_timeout_s: float = GRACEFUL_SHUTDOWN_S
     # Applied by Ray Serve's proxy (RAY_SERVE_GRPC_MAX_MESSAGE_SIZE): bigger is RESOURCE_EXHAUSTED.
     max_message_bytes: int = 4 * 1024 * 1024
     # TLS: Ray's proxy has none, so nginx terminates it on host:port (see tls_front.py).
@@ -103,7 +105,7 @@ def deployment_options(config: ClusterConfig) -> dict[str, Any]:
         # One ongoing request = one open session; past the verifier's own admission limit a new
         # session would only be refused with BUSY, so Serve queues it for another replica instead.
         "max_ongoing_requests": spec.max_sessions,
-        "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_S,
+        "graceful_shutdown_timeout_s": config.drain_timeout_s,
         "health_check_period_s": 2.0,
         "health_check_timeout_s": 30.0,
         # A replica holds one target: one accelerator, or one CPU's worth of forwards here.

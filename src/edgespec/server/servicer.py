@@ -77,6 +77,8 @@ class VerifierService(pb_grpc.VerifierServicer):
         self.metrics = metrics if metrics is not None else NoMetrics()
         self.scheduler = BatchScheduler(runtime, admission, metrics=self.metrics)
         self.sessions: dict[str, ServerSession] = {}
+        # Set when the server begins its shutdown: open sessions finish, new ones are refused.
+        self.draining = False
         # Prompt prefixes' KV kept across sessions, per tenant (server/prefix_cache.py); 0: off.
         self.prefix_caches = (
             TenantPrefixCaches(runtime.model.config, prefix_cache_tokens) if prefix_cache_tokens > 0 else None
@@ -188,7 +190,9 @@ class VerifierService(pb_grpc.VerifierServicer):
     ) -> ServerSession:
         """Admit and open a session, prefill its prompt, answer ``opened``; in a mode where the
         server generates (cloud-ar, cloud-sd), generate it all before returning."""
-        check_admission(request, len(self.sessions), self.admission, self.limits, self.cloud_draft is not None)
+        check_admission(
+            request, len(self.sessions), self.admission, self.limits, self.cloud_draft is not None, self.draining
+        )
         sampling = sampling_from_wire(request.sampling)
         prompt_ids = requested_prompt(request, self.tokenizer)
         grammar = open_grammar(
@@ -267,6 +271,13 @@ class VerifierService(pb_grpc.VerifierServicer):
                 clock,
                 self.metrics,
             )
+
+    @property
+    def serving(self) -> bool:
+        """Whether a new session would be served: a model loaded, its pass thread running, no shutdown begun."""
+        # An engine without a `model` (llama.cpp) holds its model from construction on.
+        loaded = getattr(self.runtime, "model", self.runtime) is not None
+        return loaded and self.scheduler.running and not self.draining
 
     def shutdown(self) -> None:
         self.scheduler.close()
