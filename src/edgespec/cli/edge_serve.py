@@ -117,6 +117,22 @@ def add_edge_serve_parser(subparsers: Any) -> None:
         metavar="N",
         help="the edge's own cap on prompt tokens, below the verifier's (default: the verifier's limit)",
     )
+    probes = parser.add_argument_group("readiness (GET /ready)", "how /ready asks the cloud verifier's grpc.health.v1")
+    probes.add_argument(
+        "--ready-probe-interval",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="reuse the cloud's health answer for S seconds: /ready is never staler than that, and the verifier "
+        "hears one check per S from this edge however often /ready is probed (default 2)",
+    )
+    probes.add_argument(
+        "--ready-probe-timeout",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="a cloud that has not answered its health check after S seconds is not ready (default 1)",
+    )
     add_model_arguments(parser)
     add_recovery_arguments(parser)
     add_client_security_arguments(parser)
@@ -130,6 +146,13 @@ def request_limits(args: argparse.Namespace) -> RequestLimits:
         body_timeout_s=args.body_timeout,
         max_prompt_tokens=args.max_prompt_tokens,
     )
+
+
+def ready_probe(args: argparse.Namespace) -> Any:
+    """How /ready asks the cloud (a ``ReadyProbe``); bad values fail before any model loads."""
+    from edgespec.openai_api.cloud_health import ReadyProbe
+
+    return ReadyProbe(interval_s=args.ready_probe_interval, timeout_s=args.ready_probe_timeout)
 
 
 def resolve_api_key(key: str | None, key_file: Path | None) -> str | None:
@@ -202,6 +225,7 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
 
     # Bad settings fail here, before the draft loads.
     security = client_security(args)
+    probe = ready_probe(args)
     api_key = resolve_api_key(args.api_key, args.api_key_file)
     mode = Mode.parse(args.mode)
     GenerationConfig(gamma=args.gamma, adaptive_gamma=args.adaptive_gamma, max_gamma=args.max_gamma)
@@ -241,7 +265,7 @@ def cmd_edge_serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     uvicorn.run(
-        create_app(backend, api_key, request_limits(args)),
+        create_app(backend, api_key, request_limits(args), probe),
         host=args.host,
         port=args.port,
         log_level="info" if args.log or args.verbose else "warning",

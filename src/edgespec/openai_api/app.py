@@ -27,6 +27,7 @@ from edgespec.openai_api.backend import EdgeBackend, Failed, Finished, RequestRu
 from edgespec.openai_api.body_limit import BodyLimit
 from edgespec.openai_api.choices import ChoiceEvent, Choices
 from edgespec.openai_api.cloud import CloudRefused, CloudUnavailable
+from edgespec.openai_api.cloud_health import ReadyProbe
 from edgespec.openai_api.errors import OpenAIError, install_error_handlers
 from edgespec.openai_api.limits import RequestLimits
 from edgespec.openai_api.logprobs import TokenStrings, chat_logprobs, completion_logprobs
@@ -123,7 +124,12 @@ def check_api_key(api_key: str | None):  # type: ignore[no-untyped-def]
     return guard
 
 
-def create_app(backend: EdgeBackend, api_key: str | None = None, limits: RequestLimits = RequestLimits()) -> FastAPI:
+def create_app(
+    backend: EdgeBackend,
+    api_key: str | None = None,
+    limits: RequestLimits = RequestLimits(),
+    ready_probe: ReadyProbe = ReadyProbe(),
+) -> FastAPI:
     """The ASGI app. ``api_key``: required from every /v1 request when set (/health, /ready and
     /metrics stay open); ``limits``: what one request may cost before it is refused.
 
@@ -159,7 +165,7 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
     # The outermost middleware is added last: every response is counted, the body limit's too.
     app.add_middleware(BodyLimit, limits=limits, on_refusal=refused)
     app.add_middleware(CountResponses, metrics=metrics)
-    add_probe_routes(app, backend, metrics)
+    add_probe_routes(app, backend, metrics, ready_probe)
     strings = TokenStrings(backend.tokenizer)
     api = APIRouter(prefix="/v1", dependencies=[Depends(check_api_key(api_key))])
 

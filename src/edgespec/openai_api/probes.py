@@ -2,7 +2,8 @@
 
 - ``GET /health``: the process answers (always 200), with the cloud's reachability and the slots.
 - ``GET /ready``: 200 only when a request would start now: the draft models loaded, the cloud
-  verifier reachable (and its limits known), a slot free; otherwise 503 in OpenAI's error shape
+  verifier SERVING by its grpc.health.v1 (an answer at most one probe interval old,
+  ``cloud_health.py``) and its limits known, a slot free; otherwise 503 in OpenAI's error shape
   naming what is missing, so a load balancer sends requests elsewhere.
 - ``GET /metrics``: Prometheus' text format (``metrics.py``).
 """
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from edgespec.core.modes import Mode
 from edgespec.openai_api.backend import EdgeBackend
 from edgespec.openai_api.cloud import CloudRefused, CloudUnavailable
+from edgespec.openai_api.cloud_health import CloudHealth, ReadyProbe
 from edgespec.openai_api.errors import OpenAIError
 from edgespec.openai_api.metrics import EdgeMetrics
 
@@ -29,19 +31,23 @@ def models_loaded(backend: EdgeBackend) -> bool:
     return not backend.settings.mode.uses_draft or all(slot.draft is not None for slot in backend.slots)
 
 
-async def cloud_problem(backend: EdgeBackend) -> str | None:
+async def cloud_problem(backend: EdgeBackend, cloud: CloudHealth) -> str | None:
     """Why the cloud cannot serve a request now, or None."""
     if backend.settings.mode is Mode.EDGE_ONLY:
         return None
+    problem = await cloud.problem()
+    if problem is not None:
+        return problem
     try:
-        await backend.check_reachable()
-        await backend.describe_cloud()
+        await backend.describe_cloud()  # probed once: the target and limits every request needs
     except (CloudUnavailable, CloudRefused) as error:
         return str(error)
     return None
 
 
-def add_probe_routes(app: FastAPI, backend: EdgeBackend, metrics: EdgeMetrics) -> None:
+def add_probe_routes(app: FastAPI, backend: EdgeBackend, metrics: EdgeMetrics, ready_probe: ReadyProbe) -> None:
+    cloud = CloudHealth(backend.settings.address, backend.settings.options.security, ready_probe)
+
     @app.get("/health")
     async def health() -> JSONResponse:
         try:
@@ -65,7 +71,7 @@ def add_probe_routes(app: FastAPI, backend: EdgeBackend, metrics: EdgeMetrics) -
         missing = []
         if not models_loaded(backend):
             missing.append("the draft models are not loaded")
-        problem = await cloud_problem(backend)
+        problem = await cloud_problem(backend, cloud)
         if problem is not None:
             missing.append(problem)
         if backend.free_slots == 0:
