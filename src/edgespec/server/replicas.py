@@ -162,12 +162,13 @@ def write_serve_config(config: ClusterConfig, path: Path) -> Path | None:
     assert config.tls_certificate is not None and config.tls_private_key is not None
     front = path.with_name(path.stem + "-tls-nginx.conf")
     workdir = Path("/var/lib/edgespec-nginx")
-    # On an ingress host the upstream is a Ray node's proxy; 127.0.0.1 when nginx runs on the head node.
+    # On an ingress host the upstreams are the Ray nodes' proxies (add a `server` line per node to
+    # its upstream block); 127.0.0.1 when nginx runs on the head node.
     front.write_text(
         nginx_config(
             "0.0.0.0",
             443,
-            config.port,
+            [f"127.0.0.1:{config.port}"],
             config.tls_certificate.resolve(),
             config.tls_private_key.resolve(),
             workdir,
@@ -278,7 +279,7 @@ def _tls_front(config: ClusterConfig, proxy_port: int) -> TlsFront:
     return TlsFront(
         config.host,
         config.port,
-        proxy_port,
+        [f"127.0.0.1:{proxy_port}"],
         config.tls_certificate,
         config.tls_private_key,
         config.spec.idle_timeout_s,

@@ -2,8 +2,15 @@
 --replicas --tls-cert ...` puts before Ray Serve's gRPC proxy, which has no TLS option.
 
 nginx terminates TLS (HTTP/2, ALPN h2), forwards each stream with its metadata (the auth token
-included) to the upstream, and keeps a stream open as long as the verifier's idle timeout allows.
-`nginx_config` is also the template an operator can take to a real ingress host.
+included) to one of its upstreams, and keeps a stream open as long as the verifier's idle timeout
+allows. `nginx_config` is also the template an operator can take to a real ingress host, with one
+upstream per Ray node's proxy or per `edgespec serve`.
+
+Open-source nginx has no active health checks, so upstreams are checked passively: one that
+refuses or drops a connection, or does not answer within the connect timeout, is out of rotation
+for ``FAIL_TIMEOUT_S`` and the stream goes to the next one (nothing has reached the verifier yet,
+so nothing is lost). A verifier that is up but draining answers new sessions with BUSY, which the
+edge client retries: round-robin sends the retry to another upstream.
 """
 
 from __future__ import annotations
@@ -15,19 +22,36 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 logger = logging.getLogger(__name__)
 
 NGINX_MISSING = "TLS with --replicas needs nginx (Debian: apt-get install nginx-light; `make install` does)"
+# How long an upstream that failed a connection stays out of rotation before nginx tries it again.
+FAIL_TIMEOUT_S = 10
+# A verifier that has not accepted a connection within this is passed over for the next upstream.
+CONNECT_TIMEOUT_S = 2
 
 
 def nginx_config(
-    host: str, port: int, upstream_port: int, certificate: Path, private_key: Path, workdir: Path, idle_timeout_s: float
+    host: str,
+    port: int,
+    upstreams: Sequence[str],
+    certificate: Path,
+    private_key: Path,
+    workdir: Path,
+    idle_timeout_s: float,
 ) -> str:
+    """nginx's config: TLS on ``host:port`` in front of the plaintext ``upstreams`` ("host:port" each)."""
+    if not upstreams:
+        raise ValueError("the TLS front needs at least one upstream")
     # A session's stream may sit idle up to the verifier's own idle timeout between messages;
     # nginx's 60 s defaults would cut it first.
     idle = f"{int(idle_timeout_s) + 30}s"
     listen = f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"
+    servers = "\n".join(
+        f"        server {upstream} max_fails=1 fail_timeout={FAIL_TIMEOUT_S}s;" for upstream in upstreams
+    )
     return f"""# edgespec: TLS in front of a plaintext gRPC endpoint (Ray Serve's proxy).
 daemon off;
 master_process on;
@@ -42,6 +66,9 @@ http {{
     fastcgi_temp_path {workdir}/fastcgi;
     uwsgi_temp_path {workdir}/uwsgi;
     scgi_temp_path {workdir}/scgi;
+    upstream edgespec_verifiers {{
+{servers}
+    }}
     server {{
         listen {listen} ssl http2;
         ssl_certificate {certificate};
@@ -53,7 +80,11 @@ http {{
         grpc_send_timeout {idle};
         http2_idle_timeout {idle};
         location / {{
-            grpc_pass grpc://127.0.0.1:{upstream_port};
+            grpc_pass grpc://edgespec_verifiers;
+            # A refused, dropped or silent connection: the next upstream, each tried once.
+            grpc_connect_timeout {CONNECT_TIMEOUT_S}s;
+            grpc_next_upstream error timeout;
+            grpc_next_upstream_tries {len(upstreams)};
         }}
     }}
 }}
@@ -61,10 +92,16 @@ http {{
 
 
 class TlsFront:
-    """nginx as a child process, TLS on ``host:port`` to plaintext ``127.0.0.1:upstream_port``."""
+    """nginx as a child process, TLS on ``host:port`` to the plaintext ``upstreams``."""
 
     def __init__(
-        self, host: str, port: int, upstream_port: int, certificate: Path, private_key: Path, idle_timeout_s: float
+        self,
+        host: str,
+        port: int,
+        upstreams: Sequence[str],
+        certificate: Path,
+        private_key: Path,
+        idle_timeout_s: float,
     ) -> None:
         binary = shutil.which("nginx") or next(
             (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
@@ -76,7 +113,7 @@ class TlsFront:
         conf = self.workdir / "nginx.conf"
         conf.write_text(
             nginx_config(
-                host, port, upstream_port, certificate.resolve(), private_key.resolve(), self.workdir, idle_timeout_s
+                host, port, upstreams, certificate.resolve(), private_key.resolve(), self.workdir, idle_timeout_s
             )
         )
         self.process = subprocess.Popen([binary, "-p", str(self.workdir), "-c", str(conf), "-e", "stderr"])
