@@ -101,3 +101,24 @@ def test_llamacpp_refuses_an_accelerator_and_unknown_engines() -> None:
         choose_engine("llamacpp", "smollm2-135m", "cuda", "none")
     with pytest.raises(ValueError, match="--engine"):
         choose_engine("vllm", "smollm2-135m", "cpu", "none")
+
+
+def test_a_verifier_on_llamacpp_exposes_its_metrics_with_the_kv_in_use(engine: LlamaCppEngine) -> None:
+    """serve --metrics-port on the llama.cpp engine: a scrape succeeds and the KV gauge counts the
+    open sessions' tokens at the engine's own bytes per token (keys and values, f16, every layer)."""
+    from prometheus_client import generate_latest
+
+    from edgespec.server.metrics import VerifierMetrics
+    from edgespec.server.servicer import VerifierService
+
+    metrics = VerifierMetrics()
+    service = VerifierService(engine, None, frozenset({2}), "smoke", metrics=metrics)
+    try:
+        assert b"edgespec_verifier_kv_cache_bytes 0.0" in generate_latest(metrics.registry)
+        # SmolLM2-135M: 30 layers, 3 KV heads of 64 dimensions.
+        assert engine.kv_bytes_per_token == 2 * 30 * 3 * 64 * 2
+        service.sessions["s"] = type("Open", (), {"kv": list(range(10))})()  # a session holding 10 tokens
+        assert metrics.registry.get_sample_value("edgespec_verifier_kv_cache_bytes") == 10 * engine.kv_bytes_per_token
+    finally:
+        service.sessions.clear()
+        service.shutdown()

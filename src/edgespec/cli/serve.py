@@ -92,7 +92,7 @@ def _add_admission_arguments(serve: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="open sessions; one more is refused with BUSY (default: as many as fit their worst-case KV cache in "
-        "memory beside the target, at most 64)",
+        "memory beside the target, at most 64; the llama.cpp engine: 8, their KV allocated up front)",
     )
     admission.add_argument(
         "--max-queued",
@@ -205,6 +205,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# Sessions the llama.cpp engine holds without --max-sessions (a CPU engine: passes are compute bound).
+LLAMACPP_DEFAULT_SESSIONS = 8
+
+
 def _serve_on_llamacpp(args: argparse.Namespace, config: Any) -> int:
     """`serve` with the llama.cpp engine: the target's GGUF, no exits (the guess-based modes only)."""
     import asyncio
@@ -223,7 +227,10 @@ def _serve_on_llamacpp(args: argparse.Namespace, config: Any) -> int:
             "them get none, and pre-drafting runs on send-time guesses",
             args.exits,
         )
-    engine = load_llamacpp_engine(args.target, args.max_sessions, args.session_context, args.threads)
+    # llama.cpp allocates every session's KV (--session-context tokens) up front: few by default.
+    sessions = args.max_sessions if args.max_sessions is not None else LLAMACPP_DEFAULT_SESSIONS
+    config = replace(config, admission=replace(config.admission, max_sessions=sessions))
+    engine = load_llamacpp_engine(args.target, sessions, args.session_context, args.threads)
     tokenizer, eos_ids = tokenizer_and_eos(args.target)
     cloud_draft = None
     if args.cloud_draft:

@@ -104,6 +104,7 @@ class LlamaCppEngine:
         self.context = LlamaContext(gguf_file, settings)
         self.gguf_file = Path(gguf_file)
         self.num_layers = self.context.num_layers
+        self.kv_bytes_per_token = self.context.kv_bytes_per_token
         self._pool_lock = threading.Lock()
         self._free: list[int] = list(range(settings.sequences - 1, -1, -1))
         self._compute = threading.Lock()

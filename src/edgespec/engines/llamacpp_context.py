@@ -90,6 +90,9 @@ class LlamaContext:
         vocab = lib.llama_model_get_vocab(self._model)
         self.vocab_size = int(lib.llama_vocab_n_tokens(vocab))
         self.num_layers = int(lib.llama_model_n_layer(self._model))
+        # Keys and values of every layer in llama.cpp's default f16 cache: what one token costs.
+        head_dim = int(lib.llama_model_n_embd(self._model)) // int(lib.llama_model_n_head(self._model))
+        self.kv_bytes_per_token = 2 * self.num_layers * int(lib.llama_model_n_head_kv(self._model)) * head_dim * 2
         self.trained_context = int(lib.llama_model_n_ctx_train(self._model))
         self.context_per_sequence = int(lib.llama_n_ctx_seq(self._ctx))
         self._batch = lib.llama_batch_init(settings.batch_tokens, 0, 1)

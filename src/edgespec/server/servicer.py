@@ -90,7 +90,8 @@ class VerifierService(pb_grpc.VerifierServicer):
     def kv_bytes(self) -> int:
         """KV cache bytes the open sessions' committed tokens hold (read from any thread)."""
         tokens = sum(len(session.kv) for session in list(self.sessions.values()))
-        return tokens * kv_bytes_per_token(self.runtime.model)
+        per_token = getattr(self.runtime, "kv_bytes_per_token", None)  # an engine's own (llama.cpp)
+        return tokens * (per_token if per_token is not None else kv_bytes_per_token(self.runtime.model))
 
     async def Session(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.ClientMessage], context: grpc.aio.ServicerContext

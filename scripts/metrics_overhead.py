@@ -1,0 +1,181 @@
+"""What scraping serve's metrics costs a 4-client benchmark, measured end to end.
+
+Two `edgespec serve` processes of the same model on one core: one without metrics, one with
+`--metrics-port`, scraped every second while it serves. Four edge clients (this process, on the
+other core) generate the same prompts against each in turn, the order alternating pair by pair
+(A B, B A, ...) so drift on a shared machine falls on both. Prints one JSON line per run and a
+summary: median wall times, their ratio, the host's load and CPU.
+
+    python scripts/metrics_overhead.py --model smollm2-135m --repeats 6
+
+Timings: run it at normal priority, on a machine as quiet as you can get; the summary says how
+loaded it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+
+from edgespec.bench.processes import edgespec_command, free_port, pin_to_core, wait_for_port
+from edgespec.client.edge_client import ClientOptions, EdgeClient
+from edgespec.core.config import GenerationConfig
+from edgespec.core.modes import Mode
+from edgespec.hostinfo import cpu_model
+from edgespec.models.draft import DraftRuntime
+from edgespec.models.loading import load_model
+from edgespec.prompting import render_prompt
+
+CLIENTS = 4
+PROMPTS = (
+    "Write a Python function that reverses a linked list.",
+    "Explain what a hash map is in two sentences.",
+    "List three uses of binary search.",
+    "Write a haiku about compilers.",
+)
+
+
+@dataclass
+class Verifier:
+    name: str  # "metrics off" or "metrics on, scraped"
+    process: subprocess.Popen[bytes]
+    port: int
+    metrics_port: int | None
+
+
+def start_verifier(model: str, metrics: bool, core: int | None) -> Verifier:
+    port = free_port()
+    metrics_port = free_port() if metrics else None
+    args = ["serve", "--target", model, "--dtype", "float32", "--exits", "none", "--port", str(port)]
+    args += ["--threads", "1", "--max-sessions", str(CLIENTS)]
+    if metrics_port is not None:
+        args += ["--metrics-port", str(metrics_port)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        edgespec_command(*args),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        preexec_fn=pin_to_core(core),
+    )
+    wait_for_port(port, process, 300.0, f"serve ({'metrics' if metrics else 'no metrics'})")
+    return Verifier("metrics on, scraped" if metrics else "metrics off", process, port, metrics_port)
+
+
+class Scraper:
+    """GET /metrics every ``interval_s`` while running, as Prometheus would."""
+
+    def __init__(self, port: int, interval_s: float) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.interval_s = interval_s
+        self.scrapes = 0
+        self.bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            with urllib.request.urlopen(self.url, timeout=10) as response:
+                self.bytes += len(response.read())
+            self.scrapes += 1
+
+
+async def one_run(address: str, drafts: list[DraftRuntime], prompts: list[list[int]], new_tokens: int) -> list:
+    config = GenerationConfig(max_new_tokens=new_tokens, gamma=4)
+    options = ClientOptions(connect_timeout_s=30.0, read_timeout_s=120.0)
+    clients = [EdgeClient(address, draft, options) for draft in drafts]
+    results = await asyncio.gather(
+        *(client.agenerate(prompt, Mode.SD, config) for client, prompt in zip(clients, prompts))
+    )
+    return [result.tokens for result in results]
+
+
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m", help="target and draft (the smoke model by default)")
+    parser.add_argument("--repeats", type=int, default=6, help="runs per setting (alternating)")
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--scrape-interval", type=float, default=1.0, metavar="S")
+    args = parser.parse_args()
+
+    cores = os.cpu_count() or 1
+    server_core, client_core = (0, 1) if cores >= 2 else (None, None)
+    if client_core is not None:
+        os.sched_setaffinity(0, {client_core})
+    import torch
+
+    torch.set_num_threads(1)
+    loaded = load_model(args.model, "float32")
+    drafts = [DraftRuntime(loaded.model) for _ in range(CLIENTS)]  # shared weights, own caches
+    prompts = [render_prompt(loaded.tokenizer, text) for text in PROMPTS]
+    verifiers = [start_verifier(args.model, metrics, server_core) for metrics in (False, True)]
+    walls: dict[str, list[float]] = {v.name: [] for v in verifiers}
+    outputs: dict[str, list] = {}
+    load_before = load_average()
+    try:
+        for verifier in verifiers:  # warm-up: first sessions pay one-time costs
+            asyncio.run(one_run(f"127.0.0.1:{verifier.port}", drafts, prompts, 4))
+        for repeat in range(args.repeats):
+            order = verifiers if repeat % 2 == 0 else verifiers[::-1]
+            for verifier in order:
+                address = f"127.0.0.1:{verifier.port}"
+                scraper = Scraper(verifier.metrics_port, args.scrape_interval) if verifier.metrics_port else None
+                started = time.perf_counter()
+                if scraper is not None:
+                    with scraper:
+                        tokens = asyncio.run(one_run(address, drafts, prompts, args.new_tokens))
+                else:
+                    tokens = asyncio.run(one_run(address, drafts, prompts, args.new_tokens))
+                wall = time.perf_counter() - started
+                walls[verifier.name].append(wall)
+                outputs.setdefault(verifier.name, tokens)
+                row = {"repeat": repeat, "setting": verifier.name, "wall_s": round(wall, 3), "load": load_average()}
+                if scraper is not None:
+                    row.update(scrapes=scraper.scrapes, scrape_bytes=scraper.bytes)
+                print(json.dumps(row), flush=True)
+    finally:
+        for verifier in verifiers:
+            verifier.process.terminate()
+            verifier.process.wait(timeout=30)
+    off, on = (statistics.median(walls[v.name]) for v in verifiers)
+    summary = {
+        "median_wall_s": {v.name: round(statistics.median(walls[v.name]), 3) for v in verifiers},
+        "ratio_on_over_off": round(on / off, 4),
+        "spread_off_s": [round(min(walls["metrics off"]), 3), round(max(walls["metrics off"]), 3)],
+        "spread_on_s": [round(min(walls["metrics on, scraped"]), 3), round(max(walls["metrics on, scraped"]), 3)],
+        "same_tokens": outputs["metrics off"] == outputs["metrics on, scraped"],
+        "clients": CLIENTS,
+        "new_tokens": args.new_tokens,
+        "model": args.model,
+        "scrape_interval_s": args.scrape_interval,
+        "load_before": load_before,
+        "load_after": load_average(),
+        "cpu": cpu_model(),
+    }
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
