@@ -4,7 +4,9 @@ Two `edgespec serve` processes of the same model on one core: one without metric
 `--metrics-port`, scraped every second while it serves. Four edge clients (this process, on the
 other core) generate the same prompts against each in turn, the order alternating pair by pair
 (A B, B A, ...) so drift on a shared machine falls on both. Prints one JSON line per run and a
-summary: median wall times, their ratio, the host's load and CPU.
+summary: median wall times and their ratio, and the same for the verifier process's CPU seconds
+(user + system), which other work on a shared machine disturbs far less than wall time; the
+host's load and CPU.
 
     python scripts/metrics_overhead.py --model smollm2-135m --repeats 6
 
@@ -18,13 +20,15 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
+
+import psutil
 
 from edgespec.bench.processes import edgespec_command, free_port, pin_to_core, wait_for_port
 from edgespec.client.edge_client import ClientOptions, EdgeClient
@@ -72,29 +76,42 @@ def start_verifier(model: str, metrics: bool, core: int | None) -> Verifier:
 
 
 class Scraper:
-    """GET /metrics every ``interval_s`` while running, as Prometheus would."""
+    """GET /metrics every ``interval_s`` while running, as Prometheus would: a process of its own
+    (on the clients' core), so neither the clients' interpreter nor the verifier's pays for the
+    scraping side."""
 
-    def __init__(self, port: int, interval_s: float) -> None:
-        self.url = f"http://127.0.0.1:{port}/metrics"
-        self.interval_s = interval_s
+    def __init__(self, port: int, interval_s: float, core: int | None) -> None:
+        self.command = [sys.executable, __file__, "--scrape", f"http://127.0.0.1:{port}/metrics"]
+        self.command += ["--scrape-interval", str(interval_s)]
+        self.core = core
         self.scrapes = 0
         self.bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> Scraper:
-        self._thread.start()
+        self._process = subprocess.Popen(
+            self.command, stdout=subprocess.PIPE, text=True, preexec_fn=pin_to_core(self.core)
+        )
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        self._process.send_signal(signal.SIGINT)
+        out, _ = self._process.communicate(timeout=30)
+        self.scrapes, self.bytes = (int(value) for value in out.split())
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            with urllib.request.urlopen(self.url, timeout=10) as response:
-                self.bytes += len(response.read())
-            self.scrapes += 1
+
+def scrape_until_interrupted(url: str, interval_s: float) -> int:
+    """The scraper process: scrape, print "scrapes bytes" when interrupted."""
+    scrapes = size = 0
+    try:
+        while True:
+            time.sleep(interval_s)
+            with urllib.request.urlopen(url, timeout=10) as response:
+                size += len(response.read())
+            scrapes += 1
+    except KeyboardInterrupt:
+        pass
+    print(scrapes, size, flush=True)
+    return 0
 
 
 async def one_run(address: str, drafts: list[DraftRuntime], prompts: list[list[int]], new_tokens: int) -> list:
@@ -107,8 +124,44 @@ async def one_run(address: str, drafts: list[DraftRuntime], prompts: list[list[i
     return [result.tokens for result in results]
 
 
+def server_cpu_s(verifier: Verifier) -> float:
+    """CPU seconds (user + system) the verifier process has used so far, all its threads."""
+    times = psutil.Process(verifier.process.pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def load_average() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def summarize(
+    walls: dict[str, list[float]],
+    cpus: dict[str, list[float]],
+    outputs: dict[str, list],
+    args: argparse.Namespace,
+    load_before: str,
+) -> dict:
+    """Medians, their ratios (metrics on over off) and the conditions they were measured in."""
+    names = list(walls)
+    off, on = (statistics.median(walls[name]) for name in names)
+    cpu_off, cpu_on = (statistics.median(cpus[name]) for name in names)
+    summary = {
+        "median_wall_s": {name: round(statistics.median(walls[name]), 3) for name in names},
+        "ratio_on_over_off": round(on / off, 4),
+        "median_server_cpu_s": {name: round(statistics.median(cpus[name]), 3) for name in names},
+        "cpu_ratio_on_over_off": round(cpu_on / cpu_off, 4),
+        "spread_off_s": [round(min(walls["metrics off"]), 3), round(max(walls["metrics off"]), 3)],
+        "spread_on_s": [round(min(walls["metrics on, scraped"]), 3), round(max(walls["metrics on, scraped"]), 3)],
+        "same_tokens": outputs["metrics off"] == outputs["metrics on, scraped"],
+        "clients": CLIENTS,
+        "new_tokens": args.new_tokens,
+        "model": args.model,
+        "scrape_interval_s": args.scrape_interval,
+        "load_before": load_before,
+        "load_after": load_average(),
+        "cpu": cpu_model(),
+    }
+    return summary
 
 
 def main() -> int:
@@ -117,7 +170,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=6, help="runs per setting (alternating)")
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--scrape-interval", type=float, default=1.0, metavar="S")
+    parser.add_argument("--scrape", metavar="URL", help=argparse.SUPPRESS)  # the scraper process
     args = parser.parse_args()
+    if args.scrape:
+        return scrape_until_interrupted(args.scrape, args.scrape_interval)
 
     cores = os.cpu_count() or 1
     server_core, client_core = (0, 1) if cores >= 2 else (None, None)
@@ -131,6 +187,7 @@ def main() -> int:
     prompts = [render_prompt(loaded.tokenizer, text) for text in PROMPTS]
     verifiers = [start_verifier(args.model, metrics, server_core) for metrics in (False, True)]
     walls: dict[str, list[float]] = {v.name: [] for v in verifiers}
+    cpus: dict[str, list[float]] = {v.name: [] for v in verifiers}
     outputs: dict[str, list] = {}
     load_before = load_average()
     try:
@@ -140,7 +197,10 @@ def main() -> int:
             order = verifiers if repeat % 2 == 0 else verifiers[::-1]
             for verifier in order:
                 address = f"127.0.0.1:{verifier.port}"
-                scraper = Scraper(verifier.metrics_port, args.scrape_interval) if verifier.metrics_port else None
+                scraper = (
+                    Scraper(verifier.metrics_port, args.scrape_interval, client_core) if verifier.metrics_port else None
+                )
+                cpu_before = server_cpu_s(verifier)
                 started = time.perf_counter()
                 if scraper is not None:
                     with scraper:
@@ -148,9 +208,17 @@ def main() -> int:
                 else:
                     tokens = asyncio.run(one_run(address, drafts, prompts, args.new_tokens))
                 wall = time.perf_counter() - started
+                cpu = server_cpu_s(verifier) - cpu_before
                 walls[verifier.name].append(wall)
+                cpus[verifier.name].append(cpu)
                 outputs.setdefault(verifier.name, tokens)
-                row = {"repeat": repeat, "setting": verifier.name, "wall_s": round(wall, 3), "load": load_average()}
+                row = {
+                    "repeat": repeat,
+                    "setting": verifier.name,
+                    "wall_s": round(wall, 3),
+                    "server_cpu_s": round(cpu, 3),
+                }
+                row["load"] = load_average()
                 if scraper is not None:
                     row.update(scrapes=scraper.scrapes, scrape_bytes=scraper.bytes)
                 print(json.dumps(row), flush=True)
@@ -158,21 +226,7 @@ def main() -> int:
         for verifier in verifiers:
             verifier.process.terminate()
             verifier.process.wait(timeout=30)
-    off, on = (statistics.median(walls[v.name]) for v in verifiers)
-    summary = {
-        "median_wall_s": {v.name: round(statistics.median(walls[v.name]), 3) for v in verifiers},
-        "ratio_on_over_off": round(on / off, 4),
-        "spread_off_s": [round(min(walls["metrics off"]), 3), round(max(walls["metrics off"]), 3)],
-        "spread_on_s": [round(min(walls["metrics on, scraped"]), 3), round(max(walls["metrics on, scraped"]), 3)],
-        "same_tokens": outputs["metrics off"] == outputs["metrics on, scraped"],
-        "clients": CLIENTS,
-        "new_tokens": args.new_tokens,
-        "model": args.model,
-        "scrape_interval_s": args.scrape_interval,
-        "load_before": load_before,
-        "load_after": load_average(),
-        "cpu": cpu_model(),
-    }
+    summary = summarize(walls, cpus, outputs, args, load_before)
     print(json.dumps(summary), flush=True)
     return 0
 
