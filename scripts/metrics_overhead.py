@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -25,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 
 import psutil
@@ -75,14 +75,30 @@ def start_verifier(model: str, metrics: bool, core: int | None) -> Verifier:
     return Verifier("metrics on, scraped" if metrics else "metrics off", process, port, metrics_port)
 
 
+# The scraper process's program: standard library only, so it starts in milliseconds; scrapes
+# until interrupted, then prints "scrapes bytes".
+SCRAPER = """
+import sys, time, urllib.request
+url, interval, scrapes, size = sys.argv[1], float(sys.argv[2]), 0, 0
+try:
+    while True:
+        time.sleep(interval)
+        with urllib.request.urlopen(url, timeout=10) as response:
+            size += len(response.read())
+        scrapes += 1
+except KeyboardInterrupt:
+    pass
+print(scrapes, size, flush=True)
+"""
+
+
 class Scraper:
     """GET /metrics every ``interval_s`` while running, as Prometheus would: a process of its own
     (on the clients' core), so neither the clients' interpreter nor the verifier's pays for the
     scraping side."""
 
     def __init__(self, port: int, interval_s: float, core: int | None) -> None:
-        self.command = [sys.executable, __file__, "--scrape", f"http://127.0.0.1:{port}/metrics"]
-        self.command += ["--scrape-interval", str(interval_s)]
+        self.command = [sys.executable, "-c", SCRAPER, f"http://127.0.0.1:{port}/metrics", str(interval_s)]
         self.core = core
         self.scrapes = 0
         self.bytes = 0
@@ -97,21 +113,6 @@ class Scraper:
         self._process.send_signal(signal.SIGINT)
         out, _ = self._process.communicate(timeout=30)
         self.scrapes, self.bytes = (int(value) for value in out.split())
-
-
-def scrape_until_interrupted(url: str, interval_s: float) -> int:
-    """The scraper process: scrape, print "scrapes bytes" when interrupted."""
-    scrapes = size = 0
-    try:
-        while True:
-            time.sleep(interval_s)
-            with urllib.request.urlopen(url, timeout=10) as response:
-                size += len(response.read())
-            scrapes += 1
-    except KeyboardInterrupt:
-        pass
-    print(scrapes, size, flush=True)
-    return 0
 
 
 async def one_run(address: str, drafts: list[DraftRuntime], prompts: list[list[int]], new_tokens: int) -> list:
@@ -170,10 +171,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=6, help="runs per setting (alternating)")
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--scrape-interval", type=float, default=1.0, metavar="S")
-    parser.add_argument("--scrape", metavar="URL", help=argparse.SUPPRESS)  # the scraper process
     args = parser.parse_args()
-    if args.scrape:
-        return scrape_until_interrupted(args.scrape, args.scrape_interval)
 
     cores = os.cpu_count() or 1
     server_core, client_core = (0, 1) if cores >= 2 else (None, None)
@@ -200,15 +198,13 @@ def main() -> int:
                 scraper = (
                     Scraper(verifier.metrics_port, args.scrape_interval, client_core) if verifier.metrics_port else None
                 )
-                cpu_before = server_cpu_s(verifier)
-                started = time.perf_counter()
-                if scraper is not None:
-                    with scraper:
-                        tokens = asyncio.run(one_run(address, drafts, prompts, args.new_tokens))
-                else:
+                # The scraper is up before the clock starts: its start is no part of the run.
+                with scraper if scraper is not None else contextlib.nullcontext():
+                    cpu_before = server_cpu_s(verifier)
+                    started = time.perf_counter()
                     tokens = asyncio.run(one_run(address, drafts, prompts, args.new_tokens))
-                wall = time.perf_counter() - started
-                cpu = server_cpu_s(verifier) - cpu_before
+                    wall = time.perf_counter() - started
+                    cpu = server_cpu_s(verifier) - cpu_before
                 walls[verifier.name].append(wall)
                 cpus[verifier.name].append(cpu)
                 outputs.setdefault(verifier.name, tokens)
