@@ -50,7 +50,7 @@ PROMPTS = (
 
 @dataclass
 class Verifier:
-    name: str  # "metrics off" or "metrics on, scraped"
+    name: str  # "metrics off" or "metrics on"
     process: subprocess.Popen[bytes]
     port: int
     metrics_port: int | None
@@ -72,7 +72,7 @@ def start_verifier(model: str, metrics: bool, core: int | None) -> Verifier:
         preexec_fn=pin_to_core(core),
     )
     wait_for_port(port, process, 300.0, f"serve ({'metrics' if metrics else 'no metrics'})")
-    return Verifier("metrics on, scraped" if metrics else "metrics off", process, port, metrics_port)
+    return Verifier("metrics on" if metrics else "metrics off", process, port, metrics_port)
 
 
 # The scraper process's program: standard library only, so it starts in milliseconds; scrapes
@@ -151,9 +151,8 @@ def summarize(
         "ratio_on_over_off": round(on / off, 4),
         "median_server_cpu_s": {name: round(statistics.median(cpus[name]), 3) for name in names},
         "cpu_ratio_on_over_off": round(cpu_on / cpu_off, 4),
-        "spread_off_s": [round(min(walls["metrics off"]), 3), round(max(walls["metrics off"]), 3)],
-        "spread_on_s": [round(min(walls["metrics on, scraped"]), 3), round(max(walls["metrics on, scraped"]), 3)],
-        "same_tokens": outputs["metrics off"] == outputs["metrics on, scraped"],
+        "spread_wall_s": {name: [round(min(walls[name]), 3), round(max(walls[name]), 3)] for name in names},
+        "same_tokens": outputs[names[0]] == outputs[names[1]],
         "clients": CLIENTS,
         "new_tokens": args.new_tokens,
         "model": args.model,
@@ -170,7 +169,9 @@ def main() -> int:
     parser.add_argument("--model", default="smollm2-135m", help="target and draft (the smoke model by default)")
     parser.add_argument("--repeats", type=int, default=6, help="runs per setting (alternating)")
     parser.add_argument("--new-tokens", type=int, default=48)
-    parser.add_argument("--scrape-interval", type=float, default=1.0, metavar="S")
+    parser.add_argument(
+        "--scrape-interval", type=float, default=1.0, metavar="S", help="0: metrics kept but never scraped"
+    )
     args = parser.parse_args()
 
     cores = os.cpu_count() or 1
@@ -196,7 +197,9 @@ def main() -> int:
             for verifier in order:
                 address = f"127.0.0.1:{verifier.port}"
                 scraper = (
-                    Scraper(verifier.metrics_port, args.scrape_interval, client_core) if verifier.metrics_port else None
+                    Scraper(verifier.metrics_port, args.scrape_interval, client_core)
+                    if verifier.metrics_port and args.scrape_interval > 0
+                    else None
                 )
                 # The scraper is up before the clock starts: its start is no part of the run.
                 with scraper if scraper is not None else contextlib.nullcontext():

@@ -162,10 +162,11 @@ open_faults = st.one_of(
         with_open("prompt_ids", st.lists(ids, min_size=LIMITS.max_prompt_tokens + 1, max_size=400)),
     ),
     case("prompt oov", "OUT_OF_VOCABULARY", with_open("prompt_ids", with_one_oov(st.integers(0, 10)))),
+    case("zero max_new_tokens", "BAD_REQUEST", with_open("max_new_tokens", st.just(0))),
     case(
         "max_new_tokens",
         "TOO_LARGE",
-        with_open("max_new_tokens", st.one_of(st.just(0), st.integers(LIMITS.max_new_tokens + 1, 2**32 - 1))),
+        with_open("max_new_tokens", st.integers(LIMITS.max_new_tokens + 1, 2**32 - 1)),
     ),
     case("committed too long", "TOO_LARGE", committed_too_long()),
     case("committed oov", "OUT_OF_VOCABULARY", committed_out_of_vocabulary()),
