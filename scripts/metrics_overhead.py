@@ -50,7 +50,6 @@ PROMPTS = (
 
 @dataclass
 class Verifier:
-    name: str  # "metrics off" or "metrics on"
     process: subprocess.Popen[bytes]
     port: int
     metrics_port: int | None
@@ -72,7 +71,7 @@ def start_verifier(model: str, metrics: bool, core: int | None) -> Verifier:
         preexec_fn=pin_to_core(core),
     )
     wait_for_port(port, process, 300.0, f"serve ({'metrics' if metrics else 'no metrics'})")
-    return Verifier("metrics on" if metrics else "metrics off", process, port, metrics_port)
+    return Verifier(process, port, metrics_port)
 
 
 # The scraper process's program: standard library only, so it starts in milliseconds; scrapes
@@ -172,6 +171,11 @@ def main() -> int:
     parser.add_argument(
         "--scrape-interval", type=float, default=1.0, metavar="S", help="0: metrics kept but never scraped"
     )
+    parser.add_argument(
+        "--same-server",
+        action="store_true",
+        help="one verifier with metrics, runs scraped and not scraped alternating (no process-to-process difference)",
+    )
     args = parser.parse_args()
 
     cores = os.cpu_count() or 1
@@ -184,23 +188,27 @@ def main() -> int:
     loaded = load_model(args.model, "float32")
     drafts = [DraftRuntime(loaded.model) for _ in range(CLIENTS)]  # shared weights, own caches
     prompts = [render_prompt(loaded.tokenizer, text) for text in PROMPTS]
-    verifiers = [start_verifier(args.model, metrics, server_core) for metrics in (False, True)]
-    walls: dict[str, list[float]] = {v.name: [] for v in verifiers}
-    cpus: dict[str, list[float]] = {v.name: [] for v in verifiers}
+    if args.same_server:  # scraping alone: one verifier with metrics, scraped or not
+        verifiers = [start_verifier(args.model, True, server_core)]
+        settings = [("metrics on, not scraped", verifiers[0], False), ("metrics on, scraped", verifiers[0], True)]
+    else:
+        verifiers = [start_verifier(args.model, metrics, server_core) for metrics in (False, True)]
+        scraping = args.scrape_interval > 0
+        settings = [
+            ("metrics off", verifiers[0], False),
+            ("metrics on" + (", scraped" if scraping else ""), verifiers[1], scraping),
+        ]
+    walls: dict[str, list[float]] = {name: [] for name, _, _ in settings}
+    cpus: dict[str, list[float]] = {name: [] for name, _, _ in settings}
     outputs: dict[str, list] = {}
     load_before = load_average()
     try:
         for verifier in verifiers:  # warm-up: first sessions pay one-time costs
             asyncio.run(one_run(f"127.0.0.1:{verifier.port}", drafts, prompts, 4))
         for repeat in range(args.repeats):
-            order = verifiers if repeat % 2 == 0 else verifiers[::-1]
-            for verifier in order:
+            for name, verifier, scrape in settings if repeat % 2 == 0 else settings[::-1]:
                 address = f"127.0.0.1:{verifier.port}"
-                scraper = (
-                    Scraper(verifier.metrics_port, args.scrape_interval, client_core)
-                    if verifier.metrics_port and args.scrape_interval > 0
-                    else None
-                )
+                scraper = Scraper(verifier.metrics_port, args.scrape_interval, client_core) if scrape else None
                 # The scraper is up before the clock starts: its start is no part of the run.
                 with scraper if scraper is not None else contextlib.nullcontext():
                     cpu_before = server_cpu_s(verifier)
@@ -208,15 +216,10 @@ def main() -> int:
                     tokens = asyncio.run(one_run(address, drafts, prompts, args.new_tokens))
                     wall = time.perf_counter() - started
                     cpu = server_cpu_s(verifier) - cpu_before
-                walls[verifier.name].append(wall)
-                cpus[verifier.name].append(cpu)
-                outputs.setdefault(verifier.name, tokens)
-                row = {
-                    "repeat": repeat,
-                    "setting": verifier.name,
-                    "wall_s": round(wall, 3),
-                    "server_cpu_s": round(cpu, 3),
-                }
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+                outputs.setdefault(name, tokens)
+                row = {"repeat": repeat, "setting": name, "wall_s": round(wall, 3), "server_cpu_s": round(cpu, 3)}
                 row["load"] = load_average()
                 if scraper is not None:
                     row.update(scrapes=scraper.scrapes, scrape_bytes=scraper.bytes)
