@@ -8,7 +8,12 @@ summary: median wall times and their ratio, and the same for the verifier proces
 (user + system), which other work on a shared machine disturbs far less than wall time; the
 host's load and CPU.
 
-    python scripts/metrics_overhead.py --model smollm2-135m --repeats 6
+`--same-server` measures scraping alone: one verifier with metrics, its runs scraped and not
+scraped alternating, so no difference between two processes (which can exceed 10 % on a loaded
+host) enters the ratio.
+
+    python scripts/metrics_overhead.py --same-server --repeats 4
+    python scripts/metrics_overhead.py --repeats 6
 
 Timings: run it at normal priority, on a machine as quiet as you can get; the summary says how
 loaded it was.
