@@ -147,5 +147,6 @@ def test_with_tls_the_config_comes_with_an_nginx_front(tmp_path: Path) -> None:
     front = write_serve_config(config, tmp_path / "serve.yaml")
     assert front is not None and front.name == "serve-tls-nginx.conf"
     text = front.read_text()
-    assert "grpc_pass grpc://127.0.0.1:9200;" in text and "listen 0.0.0.0:443 ssl http2;" in text
+    assert "server 127.0.0.1:9200 max_fails=1" in text and "grpc_pass grpc://edgespec_verifiers;" in text
+    assert "listen 0.0.0.0:443 ssl http2;" in text
     assert f"ssl_certificate {(tmp_path / 'cert.pem').resolve()};" in text
