@@ -1,7 +1,8 @@
 """A tiny real tokenizer (96 ids, like tiny_models.VOCAB) whose chat template knows tools: the JSON
 tokenizer's characters, ``<tool_call>`` and ``</tool_call>`` as single added tokens (as in
 Qwen2.5's tokenizer) and a copy of Qwen2.5's chat template, which renders ``tools``, assistant
-``tool_calls`` and ``tool`` messages. For the tool-calling tests."""
+``tool_calls`` and ``tool`` messages (its fixed instructions shortened, so prompts fit a tiny model's
+context; its logic unchanged). For the tool-calling tests."""
 
 from __future__ import annotations
 
