@@ -297,3 +297,21 @@ def test_a_model_without_a_tool_template_gets_a_400_naming_it(verifier: Verifier
         assert caught.value.body["param"] == "tools" and caught.value.body["code"] == "unsupported_parameter"
     finally:
         serve_.stop()
+
+
+def test_sampled_calls_follow_the_schema_and_repeat_with_a_seed(edge: EdgeServe) -> None:
+    options: dict[str, Any] = dict(tool_choice="required", parallel_tool_calls=False, n=2, seed=7, temperature=1.0)
+    replies = [
+        edge.client().chat.completions.create(
+            model=TARGET_NAME, messages=ask("weather"), tools=TOOLS, max_tokens=MAX_TOKENS, **options
+        )
+        for _ in range(2)
+    ]
+    assert [calls_of(c.message) for c in replies[0].choices] == [calls_of(c.message) for c in replies[1].choices]
+    for choice in replies[0].choices:
+        ((name, arguments),) = calls_of(choice.message)
+        assert choice.finish_reason == "tool_calls"
+        if name == "get_weather":
+            GetWeather.model_validate_json(arguments)
+        else:
+            assert name == "now" and json.loads(arguments) == {}
