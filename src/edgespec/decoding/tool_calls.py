@@ -64,11 +64,11 @@ def check_tool_support(tokenizer: Any) -> None:
 
 
 def _template_variables(template: str) -> set[str]:
-    from jinja2 import Environment, meta
+    from jinja2 import Environment, TemplateSyntaxError, meta
 
     try:
         return set(meta.find_undeclared_variables(Environment().parse(template)))
-    except Exception:  # a template jinja2 cannot parse alone (custom extensions): look at its text
+    except TemplateSyntaxError:  # tags of an extension (transformers adds some): look at the text
         return {"tools"} if "tools" in template else set()
 
 
