@@ -1,7 +1,8 @@
 """A real tool call on the real pair: Qwen2.5-Coder-1.5B (fp32) verifying over gRPC, 0.5B drafting
 under the tool grammar in `sd`, the prompt rendered by Qwen's own chat template with the tools.
 The answer equals `transformers` `generate` on the target with the same grammar as a logits
-processor (greedy, fp32), and its call's arguments are valid for the tool's schema."""
+processor (greedy, fp32), and its call's arguments are valid for the tool's schema. One call
+per answer: allowed parallel calls, the target went on to a second call past the token budget."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def test_a_real_tool_call_under_sd_equals_masked_generate(target: LoadedModel, a
     tokenizer = target.tokenizer
     eos = sorted(eos_token_ids(target.model, tokenizer))
     functions = [ToolFunction("get_weather", WEATHER_PARAMETERS)]
-    grammar = tool_grammar(tokenizer, functions, choice, eos_ids=eos)
+    grammar = tool_grammar(tokenizer, functions, choice, parallel=False, eos_ids=eos)
     assert grammar is not None
     prompt = render_prompt(tokenizer, MESSAGES, tools=TOOLS)
     started = time.perf_counter()
@@ -92,7 +93,7 @@ def test_a_real_tool_call_under_sd_equals_masked_generate(target: LoadedModel, a
     assert result.tokens == expected
     parsed = parse_tool_calls(tokenizer.decode(result.tokens, skip_special_tokens=True))
     if choice == "required":
-        assert [call.name for call in parsed.calls] == ["get_weather"]
+        assert [call.name for call in parsed.calls] == ["get_weather"] and result.tokens[-1] in eos
     for call in parsed.calls:
         arguments = json.loads(call.arguments)
         assert set(arguments) == {"city", "unit", "days"} and arguments["unit"] in ("celsius", "fahrenheit")

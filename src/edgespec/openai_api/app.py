@@ -181,7 +181,8 @@ def create_app(backend: EdgeBackend, api_key: str | None = None, limits: Request
     @api.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         arrived = time.monotonic()
-        tools_grammar = await request_tool_grammar(body, backend)  # first: a model without tools drops them
+        # Before the prompt is rendered: a template that cannot show tools would drop them silently.
+        tools_grammar = await request_tool_grammar(body, backend)
         admitted = await admit_chat(backend, body, limits)
         grammar = tools_grammar if body.calls_tools else await request_grammar(body.response_format, backend)
         tools = ToolStream(body.choices) if body.calls_tools else None  # the answer is read back as calls
