@@ -44,6 +44,10 @@ _EXPORTS: dict[str, str] = {
     "TargetRuntime": "edgespec.models.target",
     "render_prompt": "edgespec.prompting",
     "eos_token_ids": "edgespec.prompting",
+    # Tool calls: the grammar a tool choice generates under, and the reader of the answer.
+    "ToolFunction": "edgespec.decoding.tool_calls",
+    "tool_grammar": "edgespec.decoding.tool_calls",
+    "parse_tool_calls": "edgespec.decoding.tool_call_parser",
     # The cloud: the gRPC verifier.
     "ServerConfig": "edgespec.server.app",
     "serve": "edgespec.server.app",
@@ -80,6 +84,8 @@ if TYPE_CHECKING:  # type checkers and IDEs see the names without the lazy loadi
     from edgespec.core.generation import TextEvent, apply_events
     from edgespec.core.modes import Mode
     from edgespec.core.stats import GenerationStats
+    from edgespec.decoding.tool_call_parser import parse_tool_calls
+    from edgespec.decoding.tool_calls import ToolFunction, tool_grammar
     from edgespec.drivers.local_engine import LocalEngine
     from edgespec.link import PROFILES, LinkEmulator, LinkProfile
     from edgespec.models.draft import DraftRuntime

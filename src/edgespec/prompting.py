@@ -5,9 +5,15 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 
-def render_prompt(tokenizer: Any, prompt: str | Sequence[dict[str, str]], raw: bool = False) -> list[int]:
+def render_prompt(
+    tokenizer: Any,
+    prompt: str | Sequence[dict[str, Any]],
+    raw: bool = False,
+    tools: Sequence[dict[str, Any]] | None = None,
+) -> list[int]:
     """Token ids for ``prompt``: a user message (or a list of chat messages) rendered with the
-    model's chat template and the assistant turn opened; ``raw`` text is encoded as is."""
+    model's chat template and the assistant turn opened; ``raw`` text is encoded as is. ``tools``
+    (OpenAI's function definitions) go to the template, which shows them to the model its way."""
     if raw:
         if not isinstance(prompt, str):
             raise ValueError("a raw prompt must be plain text, not chat messages")
@@ -16,7 +22,8 @@ def render_prompt(tokenizer: Any, prompt: str | Sequence[dict[str, str]], raw: b
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("this model has no chat template; pass --raw to send the prompt as plain text")
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        options = {"tools": list(tools)} if tools else {}
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **options)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise ValueError("the prompt encodes to no tokens")

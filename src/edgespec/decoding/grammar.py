@@ -71,7 +71,9 @@ class _Pieces:
         self._tokenizer = tokenizer
         self.eos_token_id = eos[0] if eos else tokenizer.eos_token_id
         self.bos_token_id = None
-        self.special_token_ids = list(tokenizer.all_special_ids)
+        # Every added token counts as special, as llguidance reads a Rust tokenizer: a grammar can then
+        # name one (``<tool_call>``) as the single token it is.
+        self.special_token_ids = sorted({*tokenizer.all_special_ids, *tokenizer.get_added_vocab().values()})
         self.tokens = [tokenizer.convert_ids_to_tokens(index).encode("utf-8") for index in range(len(tokenizer))]
 
     def __call__(self, text: str | bytes) -> list[int]:

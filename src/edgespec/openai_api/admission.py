@@ -89,8 +89,14 @@ async def admit_chat(backend: EdgeBackend, body: ChatCompletionRequest, limits: 
     bounds = await prompt_limits(backend, limits)
     check_max_tokens(body.token_limit, bounds, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
     messages = [message.as_template_message() for message in body.messages]
-    check_prompt_chars(sum(len(message["content"]) for message in messages), bounds, backend.longest_token, "messages")
-    prompt_ids = await tokenize(lambda: render_prompt(backend.tokenizer, messages), "messages")
+    # Text the prompt holds for sure (content, calls' arguments): a lower bound on its characters.
+    chars = sum(
+        len(message.text) + sum(len(call.function.arguments) for call in message.tool_calls or [])
+        for message in body.messages
+    )
+    check_prompt_chars(chars, bounds, backend.longest_token, "messages")
+    tools = [tool.as_template_tool() for tool in body.tools or []]
+    prompt_ids = await tokenize(lambda: render_prompt(backend.tokenizer, messages, tools=tools), "messages")
     return Admitted(prompt_ids, budget(backend, body.token_limit, len(prompt_ids), bounds, "messages"))
 
 

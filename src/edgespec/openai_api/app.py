@@ -25,7 +25,7 @@ from edgespec.core.stats import GenerationStats
 from edgespec.openai_api.admission import Admitted, admit_chat, admit_completion, cloud_refused, cloud_unavailable
 from edgespec.openai_api.backend import EdgeBackend, Failed, Finished, RequestRun, SamplingRequest, TextDelta
 from edgespec.openai_api.body_limit import BodyLimit
-from edgespec.openai_api.choices import ChoiceEvent, Choices
+from edgespec.openai_api.choices import ChoiceResult, Choices, collect
 from edgespec.openai_api.cloud import CloudRefused, CloudUnavailable
 from edgespec.openai_api.cloud_health import ReadyProbe
 from edgespec.openai_api.errors import OpenAIError, install_error_handlers
@@ -40,7 +40,6 @@ from edgespec.openai_api.schemas import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatDelta,
-    ChatMessageOut,
     Completion,
     CompletionChoice,
     CompletionRequest,
@@ -51,6 +50,8 @@ from edgespec.openai_api.schemas import (
 )
 from edgespec.openai_api.streaming import ChunkFormat, stream_events
 from edgespec.openai_api.structured import request_grammar
+from edgespec.openai_api.tool_replies import ToolStream, chat_message
+from edgespec.openai_api.tools import request_tool_grammar
 
 logger = logging.getLogger(__name__)
 
@@ -186,8 +187,11 @@ def create_app(
     @api.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         arrived = time.monotonic()
+        # Before the prompt is rendered: a template that cannot show tools would drop them silently.
+        tools_grammar = await request_tool_grammar(body, backend)
         admitted = await admit_chat(backend, body, limits)
-        grammar = await request_grammar(body.response_format, backend)
+        grammar = tools_grammar if body.calls_tools else await request_grammar(body.response_format, backend)
+        tools = ToolStream(body.choices) if body.calls_tools else None  # the answer is read back as calls
         ident, created, model = (
             f"chatcmpl-{secrets.token_hex(12)}",
             int(time.time()),
@@ -209,17 +213,30 @@ def create_app(
                     ChatChunkChoice(
                         index=index,
                         delta=delta,
-                        finish_reason=finished.finish_reason if finished else None,
+                        finish_reason=reason(index, finished) if finished else None,
                         logprobs=logprobs(entries),
                     )
                 ],
                 edgespec=edgespec_info(finished.stats) if finished else None,
             )
 
+        def reason(index: int, finished: Finished) -> str:
+            return tools.finish_reason(index, finished.finish_reason) if tools else finished.finish_reason
+
+        def text_chunk(index: int, delta: TextDelta) -> ChatCompletionChunk | None:
+            if tools is None:
+                return chunk(index, ChatDelta(content=delta.text), entries=delta.logprobs)
+            shown = tools.text(index, delta.text, delta.logprobs)
+            return chunk(index, shown[0], entries=shown[1]) if shown else None
+
+        def final_chunk(index: int, finished: Finished) -> ChatCompletionChunk:
+            delta, entries = tools.final(index, finished.logprobs) if tools else (ChatDelta(), finished.logprobs)
+            return chunk(index, delta, finished, entries)
+
         chunks = ChunkFormat(
             opening=lambda index: chunk(index, ChatDelta(role="assistant", content="")),
-            text=lambda index, delta: chunk(index, ChatDelta(content=delta.text), entries=delta.logprobs),
-            final=lambda index, finished: chunk(index, ChatDelta(), finished, finished.logprobs),
+            text=text_chunk,
+            final=final_chunk,
             usage=lambda ended: ChatCompletionChunk(
                 id=ident, created=created, model=model, choices=[], usage=usage_of(ended)
             ),
@@ -233,11 +250,12 @@ def create_app(
                 choices=[
                     ChatChoice(
                         index=index,
-                        message=ChatMessageOut(content=text),
-                        finish_reason=finished.finish_reason,
+                        message=out,
+                        finish_reason=reason,
                         logprobs=chat_logprobs(entries, strings) if wants_logprobs else None,
                     )
                     for index, (text, finished, entries) in enumerate(results)
+                    for out, reason in [chat_message(text, finished.finish_reason, body.calls_tools)]
                 ],
                 usage=usage_of([finished for _, finished, _ in results]),
                 edgespec=edgespec_info(results[0][1].stats),
@@ -371,27 +389,3 @@ def record_run(metrics: EdgeMetrics, run: RequestRun) -> None:
         metrics.ended_early(reason)
         detail = ended.error.message if isinstance(ended, Failed) else "the client left or the request was cancelled"
         logger.info("%s: generation ended early (%s) after %.2f s: %s", endpoint, reason, seconds, detail)
-
-
-# One choice's whole answer: its text, how it ended, and its tokens' log-probabilities (when asked).
-ChoiceResult = tuple[str, Finished, tuple[TokenLogprob, ...]]
-
-
-async def collect(first: list[ChoiceEvent], choices: Choices) -> list[ChoiceResult]:
-    """Every choice's whole answer, in choice order."""
-    parts: list[list[str]] = [[] for _ in range(choices.n)]
-    entries: list[list[TokenLogprob]] = [[] for _ in range(choices.n)]
-    finished: dict[int, Finished] = {}
-    pending = list(reversed(first))
-    while len(finished) < choices.n:
-        tagged = pending.pop() if pending else await choices.next_event()
-        event, index = tagged.event, tagged.index
-        if isinstance(event, TextDelta):
-            parts[index].append(event.text)
-            entries[index].extend(event.logprobs)
-        elif isinstance(event, Finished):
-            finished[index] = event
-            entries[index].extend(event.logprobs)
-        elif isinstance(event, Failed):
-            raise event.error
-    return [("".join(parts[index]), finished[index], tuple(entries[index])) for index in range(choices.n)]

@@ -12,8 +12,9 @@ import asyncio
 import logging
 from dataclasses import dataclass, replace
 
+from edgespec.core.logprobs import TokenLogprob
 from edgespec.openai_api.admission import cloud_unavailable
-from edgespec.openai_api.backend import EdgeBackend, Event, Failed, SamplingRequest, TextDelta
+from edgespec.openai_api.backend import EdgeBackend, Event, Failed, Finished, SamplingRequest, TextDelta
 from edgespec.openai_api.cloud import CloudUnavailable
 from edgespec.openai_api.errors import OpenAIError, bad_request
 from edgespec.openai_api.schemas import SEED_MODULUS
@@ -106,3 +107,27 @@ class Choices:
                     return
         finally:
             run.close()
+
+
+# One choice's whole answer: its text, how it ended, and its tokens' log-probabilities (when asked).
+ChoiceResult = tuple[str, Finished, tuple[TokenLogprob, ...]]
+
+
+async def collect(first: list[ChoiceEvent], choices: Choices) -> list[ChoiceResult]:
+    """Every choice's whole answer, in choice order."""
+    parts: list[list[str]] = [[] for _ in range(choices.n)]
+    entries: list[list[TokenLogprob]] = [[] for _ in range(choices.n)]
+    finished: dict[int, Finished] = {}
+    pending = list(reversed(first))
+    while len(finished) < choices.n:
+        tagged = pending.pop() if pending else await choices.next_event()
+        event, index = tagged.event, tagged.index
+        if isinstance(event, TextDelta):
+            parts[index].append(event.text)
+            entries[index].extend(event.logprobs)
+        elif isinstance(event, Finished):
+            finished[index] = event
+            entries[index].extend(event.logprobs)
+        elif isinstance(event, Failed):
+            raise event.error
+    return [("".join(parts[index]), finished[index], tuple(entries[index])) for index in range(choices.n)]

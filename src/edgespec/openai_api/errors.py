@@ -53,6 +53,11 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return OpenAIError(400, message, "invalid_request_error", param, code)
 
 
+def unsupported(name: str, what: str) -> ValueError:
+    """A validator's refusal of a parameter edgespec does not implement (answered as ``unsupported_parameter``)."""
+    return ValueError(f"unsupported: {name} {what} is not supported by edgespec")
+
+
 class InvalidText(ValueError):
     """A request string that is not valid Unicode; ``path`` names it (``messages.0.content``)."""
 

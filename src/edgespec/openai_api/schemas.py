@@ -1,8 +1,8 @@
 """Request and response bodies of the OpenAI-compatible API (pydantic).
 
 Requests forbid unknown fields, so a parameter this server does not implement is a 400, never a
-silent ignore. Parameters OpenAI defines but edgespec cannot honour (tools,
-penalties, ...) are declared so that their neutral values (what many clients send by default)
+silent ignore. Parameters OpenAI defines but edgespec cannot honour (penalties,
+``logit_bias``, ...) are declared so that their neutral values (what many clients send by default)
 pass, and anything else is refused with the parameter named.
 """
 
@@ -12,9 +12,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgespec.openai_api.errors import InvalidText
+from edgespec.openai_api.chat_messages import ChatMessage
+from edgespec.openai_api.errors import InvalidText, unsupported
 from edgespec.openai_api.logprobs import ChatLogprobs, CompletionLogprobs
 from edgespec.openai_api.response_format import ResponseFormat
+from edgespec.openai_api.tool_schemas import NamedToolChoice, ToolCall, ToolCallDelta, ToolChoice, ToolDefinition
 
 # The verifier accepts temperatures of 0 (greedy) or in [0.001, 100]; OpenAI's range is [0, 2].
 MIN_SAMPLING_TEMPERATURE = 0.001
@@ -27,10 +29,6 @@ MAX_TOP_LOGPROBS = 20  # OpenAI's limits: chat's top_logprobs, the legacy comple
 MAX_COMPLETION_LOGPROBS = 5
 # Each choice is a generation of its own (a slot, a cloud session): a request may ask this many.
 MAX_CHOICES = 16
-
-
-def _unsupported(name: str, what: str) -> ValueError:
-    return ValueError(f"unsupported: {name} {what} is not supported by edgespec")
 
 
 def check_unicode(body: Any) -> None:
@@ -111,7 +109,7 @@ class _Request(BaseModel):
         if value is not None and value < 1:
             raise ValueError("must be at least 1")
         if value is not None and value > MAX_CHOICES:
-            raise _unsupported("n", f"= {value} (at most {MAX_CHOICES} choices per request)")
+            raise unsupported("n", f"= {value} (at most {MAX_CHOICES} choices per request)")
         return value
 
     @property
@@ -122,14 +120,14 @@ class _Request(BaseModel):
     @classmethod
     def _no_penalty(cls, value: float | None, info: Any) -> float | None:
         if value not in (None, 0.0):
-            raise _unsupported(info.field_name, "other than 0")
+            raise unsupported(info.field_name, "other than 0")
         return value
 
     @field_validator("logit_bias")
     @classmethod
     def _no_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         if value:
-            raise _unsupported("logit_bias", "")
+            raise unsupported("logit_bias", "")
         return value
 
     @property
@@ -151,61 +149,41 @@ class _Request(BaseModel):
         return self
 
 
-class TextPart(BaseModel):
-    # Other part types (images, audio) carry other fields: let them through to be refused by type.
-    model_config = ConfigDict(extra="allow")
-    type: str
-    text: str | None = None
-
-    @model_validator(mode="after")
-    def _text_only(self) -> TextPart:
-        if self.type != "text" or self.text is None:
-            raise _unsupported("content part type", repr(self.type))
-        return self
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    # "developer" is OpenAI's newer name for the system role; tool messages are not supported.
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
-    name: str | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _no_name(cls, value: str | None) -> str | None:
-        if value is not None:
-            raise _unsupported("name", "on a message")
-        return value
-
-    def as_template_message(self) -> dict[str, str]:
-        text = self.content if isinstance(self.content, str) else "".join(part.text or "" for part in self.content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
-
-
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
 
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
-        if value:
-            raise _unsupported("tools", "(function calling)")
-        return value
+    @model_validator(mode="after")
+    def _tool_choice_among_tools(self) -> ChatCompletionRequest:
+        names = [tool.function.name for tool in self.tools or []]
+        if len(set(names)) < len(names):
+            raise InvalidText("tools", "two functions have the same name")
+        if self.tool_choice is not None and not self.tools:
+            raise InvalidText("tool_choice", "is only allowed when tools are given")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            message = f"names {self.tool_choice.function.name!r}, and no tool has that name ({', '.join(names)})"
+            raise InvalidText("tool_choice", message)
+        if self.calls_tools and self.response_format is not None and self.response_format.type != "text":
+            raise InvalidText("response_format", "cannot be combined with tools: a tool call has its own grammar")
+        return self
 
-    @field_validator("tool_choice")
-    @classmethod
-    def _no_tool_choice(cls, value: Any) -> Any:
-        if value not in (None, "none"):
-            raise _unsupported("tool_choice", "(function calling)")
-        return value
+    @property
+    def tool_choice_name(self) -> str:
+        """none, auto, required or the function's name; OpenAI's default is auto when tools are given."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return self.tool_choice or ("auto" if self.tools else "none")
+
+    @property
+    def calls_tools(self) -> bool:
+        """The answer may hold tool calls (so it is read back as content and calls)."""
+        return bool(self.tools) and self.tool_choice_name != "none"
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
@@ -247,7 +225,7 @@ class CompletionRequest(_Request):
     def _one_prompt(cls, value: Any) -> Any:
         if isinstance(value, list) and value and isinstance(value[0], (str, list)):
             if len(value) != 1:
-                raise _unsupported("prompt", "with several prompts in one request")
+                raise unsupported("prompt", "with several prompts in one request")
             value = value[0]
         if len(value) == 0:
             raise ValueError("must not be empty")
@@ -257,21 +235,21 @@ class CompletionRequest(_Request):
     @classmethod
     def _no_echo(cls, value: bool | None) -> bool | None:
         if value:
-            raise _unsupported("echo", "")
+            raise unsupported("echo", "")
         return value
 
     @field_validator("suffix")
     @classmethod
     def _no_suffix(cls, value: str | None) -> str | None:
         if value:
-            raise _unsupported("suffix", "(insertion)")
+            raise unsupported("suffix", "(insertion)")
         return value
 
     @field_validator("best_of")
     @classmethod
     def _no_best_of(cls, value: int | None) -> int | None:
         if value not in (None, 1):
-            raise _unsupported("best_of", f"= {value}")
+            raise unsupported("best_of", f"= {value}")
         return value
 
     @property
@@ -311,7 +289,8 @@ class EdgespecInfo(BaseModel):
 
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None  # None when the answer is tool calls only
+    tool_calls: list[ToolCall] | None = Field(default=None, exclude_if=lambda calls: calls is None)
 
 
 class ChatChoice(BaseModel):
@@ -334,6 +313,7 @@ class ChatCompletion(BaseModel):
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):

@@ -35,7 +35,7 @@ class ChunkFormat:
     def __init__(
         self,
         opening: Callable[[int], BaseModel | None],
-        text: Callable[[int, TextDelta], BaseModel],
+        text: Callable[[int, TextDelta], BaseModel | None],
         final: Callable[[int, Finished], BaseModel],
         usage: Callable[[list[Finished]], BaseModel],
     ) -> None:
@@ -62,7 +62,9 @@ async def stream_events(
             tagged = pending.popleft() if pending else await choices.next_event()
             event = tagged.event
             if isinstance(event, TextDelta):
-                yield sse(chunks.text(tagged.index, event))
+                shown = chunks.text(tagged.index, event)
+                if shown is not None:  # None: nothing to show yet (text held back)
+                    yield sse(shown)
             elif isinstance(event, Finished):
                 yield sse(chunks.final(tagged.index, event))
                 finished[tagged.index] = event
