@@ -114,7 +114,7 @@ def run_window(args: argparse.Namespace) -> int:
                     seed = load_verifier(seed_file, edge)
                     point = marker_speedup(traces, seed, seed, modes, link_for(wan, seed), config)
                     markers.append(("seed: Jetson + A100 + 7B (assumed)", seed.forward_ms[1], point))
-            title = f"verifier: {verifier.name.split(' + ')[0]}\nedge: {edge.name}"
+            title = f"verifier's cost shape: {verifier.name.split(' + ')[0]}\nedge: {edge.name}"
             panels.append(
                 Panel(
                     title,

@@ -41,21 +41,28 @@ def plot_window(panels: Sequence[Panel], title: str, baseline: str, path: Path) 
     values = [v for panel in panels for row in panel.best for v in row]
     norm = TwoSlopeNorm(vmin=min(min(values), 0.95), vcenter=1.0, vmax=max(max(values), 1.05))
     levels = np.linspace(norm.vmin, norm.vmax, 25)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.6), squeeze=False)
+    columns = min(2, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.2 * columns, 4.8 * rows), squeeze=False, layout="constrained")
+    used = list(axes.flat)[: len(panels)]
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.remove()
     filled = None
-    for ax, panel in zip(axes[0], panels):
+    for ax, panel in zip(used, panels):
         x, y = np.meshgrid(panel.decode_ms, panel.rtt_ms)
         z = np.array(panel.best).T  # [rtt, decode]
         filled = ax.contourf(x, y, z, levels=levels, cmap="RdBu", norm=norm)
         if z.min() < 1.0 < z.max():
             edge = ax.contour(x, y, z, levels=[1.0], colors="black", linewidths=2)
             ax.clabel(edge, fmt={1.0: "1.0"}, fontsize=8)
-        for shape, marker in zip(MARKER_SHAPES, panel.markers):
+        elif z.max() <= 1.0:
+            ax.text(0.97, 0.05, "no crossing: never wins here", transform=ax.transAxes, ha="right", fontsize=8)
+        for index, (shape, marker) in enumerate(zip(MARKER_SHAPES, panel.markers)):
             ax.scatter(
                 marker.decode_ms,
                 marker.rtt_ms,
                 marker=shape,
-                s=70,
+                s=max(40, 160 - 50 * index),  # later markers smaller: settings at one point stay visible
                 facecolor="yellow",
                 edgecolor="black",
                 zorder=3,
@@ -69,9 +76,9 @@ def plot_window(panels: Sequence[Panel], title: str, baseline: str, path: Path) 
         ax.plot([], [], color="black", linewidth=2, label="1.0: the window's edge")
         ax.legend(fontsize=7, loc="upper left", framealpha=0.85)
     assert filled is not None
-    fig.colorbar(filled, ax=axes[0].tolist(), label=f"best mode's tokens/s ÷ {baseline}'s (blue: speculation wins)")
+    fig.colorbar(filled, ax=used, label=f"best mode's tokens/s ÷ {baseline}'s (blue: speculation wins)")
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    drawn = [[text.get_text() for text in ax.get_legend().get_texts()] for ax in axes[0]]
+    drawn = [[text.get_text() for text in ax.get_legend().get_texts()] for ax in used]
     plt.close(fig)
     return drawn
