@@ -70,7 +70,6 @@ def run_window(args: argparse.Namespace) -> int:
     """Long because it is the command's whole recipe: panels (verifier shape x edge), their
     markers, the thresholds and the capacity crossing, then the files."""
     from edgespec.cli.trace import split_list
-    from edgespec.drivers.cost_profile import h200_profile
     from edgespec.drivers.trace import load_traces
     from edgespec.link import PROFILES
     from edgespec.sim.engine_profile import WINDOW_DATA, load_verifier, with_edge
@@ -91,9 +90,7 @@ def run_window(args: argparse.Namespace) -> int:
     fastest_name = Path(args.hardware).stem
     shapes: dict[str, Any] = {"cpu": lambda edge: load_verifier(args.hardware, edge)}
     if args.gpu != "none":
-        shapes["gpu"] = lambda edge: (
-            with_edge(h200_profile(None), edge) if args.gpu == "h200" else load_verifier(args.gpu, edge)
-        )
+        shapes["gpu"] = lambda edge: with_edge(_gpu_verifier(args.gpu), edge)
     seed_file = args.seed_setting or str(WINDOW_DATA / "verifier-a100-7b-assumed.json")
     wan = PROFILES[links[0]]
     panels, summary_panels = [], []
@@ -143,13 +140,16 @@ def run_window(args: argparse.Namespace) -> int:
         host_edge = next(iter(edges.values()))
         capacity = capacity_crossing(traces, load_verifier(args.hardware, host_edge), links[0], counts, config)
         capacity["edge"] = host_edge.name
-    baseline = f"cloud-ar on {fastest_name} (the fastest engine here; GPU panels: the GPU's own)"
+    baseline = (
+        f"cloud-ar on {fastest_name} (CPU panels: the fastest engine this host runs); GPU panels: the GPU "
+        "profile's own cloud-ar"
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     drawn = plot_window(
         panels,
-        f"Where per-request speculation pays (simulated; {len(traces)} traces, γ = {args.gamma}; "
-        f"markers at the {links[0]} round trip)",
+        f"Where per-request speculation pays (simulated; {len(traces)} traces, γ = {args.gamma}; markers at the "
+        f"{links[0]} round trip)\nbaseline: {baseline}",
         "the fastest cloud-ar",
         out / "window.png",
     )
@@ -165,9 +165,20 @@ def run_window(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpu_verifier(spec: str) -> Any:
+    """The GPU panels' verifier: the H200's measured costs, or a hardware profile file."""
+    from edgespec.drivers.cost_profile import HardwareProfile, h200_profile
+
+    if spec != "h200":
+        return HardwareProfile.load(spec)
+    profile = h200_profile(None)
+    profile.name = "H200, 1.5B target, eager transformers (random weights)"
+    return profile
+
+
 def _threshold_cell(found: dict[str, Any]) -> str:
     if found["kind"] == "never":
-        return f"never (≤ {found['searched_ms'][1]:g} ms)"
+        return f"never (searched up to {found['searched_ms'][1]:g} ms)"
     if found["kind"] == "always":
         return f"≤ {found['decode_ms']:g} ms (always)"
     return f"{found['decode_ms']:.1f} ms"
@@ -188,7 +199,7 @@ def render_window(summary: dict[str, Any]) -> str:
             "",
             f"## Smallest target decode time at which each mode beats the fastest cloud-ar: {link}",
             "",
-            "| mode | " + " | ".join(f"{p['verifier_shape']} shape, edge {p['edge']}" for p in panels) + " |",
+            "| mode | " + " | ".join(f"{p['verifier']}" for p in panels) + " |",
             "|---|" + "---|" * len(panels),
         ]
         for mode in modes:
@@ -199,8 +210,7 @@ def render_window(summary: dict[str, Any]) -> str:
     for p in panels:
         for m in p["markers"]:
             lines.append(
-                f"| {p['verifier_shape']}, {p['edge']} | {m['label']} | {m['decode_ms']:.1f} | {m['best_mode']} "
-                f"| {m['best']:.2f}× |"
+                f"| {p['verifier']} | {m['label']} | {m['decode_ms']:.1f} | {m['best_mode']} | {m['best']:.2f}× |"
             )
     capacity = summary["capacity"]
     if capacity:
