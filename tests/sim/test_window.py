@@ -166,3 +166,26 @@ def test_simulate_window_writes_the_map_the_thresholds_and_the_capacity_crossing
     assert set(summary["capacity"]["points"]) == {"1", "2"}
     assert (tmp_path / "w" / "window.png").read_bytes()[:4] == b"\x89PNG"
     assert "Smallest target decode time at which each mode beats the fastest cloud-ar: wan" in capsys.readouterr().out
+
+
+def test_a_plain_simulate_run_takes_the_verifier_from_engine_output_and_the_draft_from_the_edge(
+    tmp_path, engine_costs
+) -> None:
+    from edgespec.cli import main
+
+    write_traces(
+        tmp_path / "traces",
+        [always_accepted_trace("a")],
+        {"target": "tiny", "draft": "tiny", "dtype": "float32", "exits": "none"},
+    )
+    (tmp_path / "engine.json").write_text(json.dumps(engine_costs))
+    EDGE.save(tmp_path / "edge.json")
+    args = ["simulate", "--traces", str(tmp_path / "traces"), "--hardware", str(tmp_path / "engine.json")]
+    args += ["--edge", str(tmp_path / "edge.json"), "--modes", "cloud-ar,sd", "--profiles", "lan", "--no-plots"]
+    assert main([*args, "--max-new-tokens", str(NEW_TOKENS), "--out", str(tmp_path / "sim")]) == 0
+    hardware = json.loads((tmp_path / "sim" / "summary.json").read_text())["config"]["hardware"]
+    assert hardware["forward_ms"] == {
+        "1": engine_costs["fastest_ms"]["decode"],
+        "5": engine_costs["fastest_ms"]["verify"],
+    }
+    assert hardware["draft_ms_per_token"] == EDGE.draft_ms_per_token
