@@ -69,11 +69,12 @@ def edge_specs(args: argparse.Namespace) -> list[str]:
 def run_window(args: argparse.Namespace) -> int:
     """Long because it is the command's whole recipe: panels (verifier shape x edge), their
     markers, the thresholds and the capacity crossing, then the files."""
+    from edgespec.cli.simulate import DEFAULT_MODES, _sim_config
     from edgespec.cli.trace import split_list
     from edgespec.drivers.trace import load_traces
     from edgespec.link import PROFILES
     from edgespec.sim.engine_profile import WINDOW_DATA, load_verifier, with_edge
-    from edgespec.sim.simulate import SimConfig, link_for
+    from edgespec.sim.simulate import link_for
     from edgespec.sim.window import best_mode_grid, capacity_crossing, marker_speedup, thresholds
     from edgespec.sim.window_plot import Marker, Panel, plot_window
 
@@ -82,10 +83,11 @@ def run_window(args: argparse.Namespace) -> int:
             "--window needs --hardware FILE.json: the fastest engine's `edgespec profile engine --out` file"
         )
     traces = load_traces(args.traces)
-    modes = WINDOW_MODES if args.modes == "cloud-ar,sd,sd-ee,sd-ee-predraft,sd-ee-pipelined,cloud-sd" else None
-    modes = modes or split_list(args.modes)
+    # The default modes name cloud-sd and sd-ee, which need costs a target engine's file does not
+    # hold (a server-side draft, exits): the window compares the guess-based modes.
+    modes = WINDOW_MODES if args.modes == DEFAULT_MODES else split_list(args.modes)
     links = split_list(args.profiles)
-    config = SimConfig(modes=modes, max_new_tokens=args.max_new_tokens, gamma=args.gamma, draft_stop=args.draft_stop)
+    config = _sim_config(args, modes, 1)
     edges = {spec: resolve_edge(spec, args) for spec in edge_specs(args)}
     fastest_name = Path(args.hardware).stem
     shapes: dict[str, Any] = {"cpu": lambda edge: load_verifier(args.hardware, edge)}
