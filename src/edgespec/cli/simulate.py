@@ -13,7 +13,7 @@ from typing import Any
 from edgespec.bench.metrics import PriceModel
 from edgespec.cli.options import add_round_policy_arguments
 from edgespec.cli.simulate_report import capacity_ratio_sentence, compare_with_bench, render_comparison
-from edgespec.cli.simulate_window import add_window_arguments, edge_specs, resolve_edge, run_window
+from edgespec.cli.simulate_window import WINDOW_MODES, add_window_arguments, edge_specs, resolve_edge, run_window
 from edgespec.cli.trace import split_list
 from edgespec.core.modes import Mode
 from edgespec.models.presets import DEFAULT_DRAFT, DEFAULT_TARGET
@@ -163,8 +163,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     from edgespec.hostinfo import host_facts
     from edgespec.sim.simulate import simulate
 
-    if args.window:
-        return run_window(args)
+    if args.window:  # the default modes include some a target engine's costs cannot price (exits, cloud-sd)
+        modes = WINDOW_MODES if args.modes == DEFAULT_MODES else split_list(args.modes)
+        return run_window(args, _sim_config(args, modes, 1))
     traces = load_traces(args.traces)
     meta = json.loads((Path(args.traces) / "meta.json").read_text())
     counts = _client_counts(args, traces)

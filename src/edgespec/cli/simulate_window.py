@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# The guess-based modes: sd-ee needs exits and cloud-sd a server-side draft, which a target
+# engine's cost file does not price.
 WINDOW_MODES = ("cloud-ar", "sd", "sd-ee-predraft", "sd-ee-pipelined")
 MAP_DECODE_MS = (5, 10, 20, 40, 80, 160, 320, 640)
 MAP_RTT_MS = (0, 10, 25, 50, 100, 150, 200)
@@ -66,10 +68,11 @@ def edge_specs(args: argparse.Namespace) -> list[str]:
     return list(split_list(args.edge or ("host,jetson-orin" if args.window else "host")))
 
 
-def run_window(args: argparse.Namespace) -> int:
-    """Long because it is the command's whole recipe: panels (verifier shape x edge), their
+def run_window(args: argparse.Namespace, config: Any) -> int:
+    """The window for ``config`` (a `SimConfig` of the compared modes, one client).
+
+    Long because it is the command's whole recipe: panels (verifier shape x edge), their
     markers, the thresholds and the capacity crossing, then the files."""
-    from edgespec.cli.simulate import DEFAULT_MODES, _sim_config
     from edgespec.cli.trace import split_list
     from edgespec.drivers.trace import load_traces
     from edgespec.link import PROFILES
@@ -83,11 +86,8 @@ def run_window(args: argparse.Namespace) -> int:
             "--window needs --hardware FILE.json: the fastest engine's `edgespec profile engine --out` file"
         )
     traces = load_traces(args.traces)
-    # The default modes name cloud-sd and sd-ee, which need costs a target engine's file does not
-    # hold (a server-side draft, exits): the window compares the guess-based modes.
-    modes = WINDOW_MODES if args.modes == DEFAULT_MODES else split_list(args.modes)
+    modes = config.modes
     links = split_list(args.profiles)
-    config = _sim_config(args, modes, 1)
     edges = {spec: resolve_edge(spec, args) for spec in edge_specs(args)}
     fastest_name = Path(args.hardware).stem
     shapes: dict[str, Any] = {"cpu": lambda edge: load_verifier(args.hardware, edge)}
