@@ -107,6 +107,9 @@ def add_profile_parser(commands: Any) -> None:
     engine.add_argument("--block", type=int, default=5, help="tokens a verify feeds (logits at each)")
     engine.add_argument("--sessions", default="1,2,4", help="sessions per batched verify")
     engine.add_argument("--repeats", type=int, default=10)
+    engine.add_argument(
+        "--out", type=Path, default=None, help="also write the figures here (`simulate --hardware FILE` reads them)"
+    )
     engine.set_defaults(handler=run_profile_engine)
 
 
@@ -223,5 +226,9 @@ def run_profile_engine(args: argparse.Namespace) -> int:
         engine = TransformersEngine(load_model(args.target, args.dtype).model)
     config = TimingConfig(context=args.context, block=args.block, sessions=sessions, repeats=args.repeats)
     measured = time_engine(engine, config, on_step=lambda name, ms: print(f"{name}: {ms} ms", file=sys.stderr))
-    print(json.dumps({"target": args.target, "threads": args.threads, **measured, "host": host_facts()}, indent=2))
+    results = {"target": args.target, "threads": args.threads, **measured, "host": host_facts()}
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
     return 0

@@ -13,6 +13,7 @@ from typing import Any
 from edgespec.bench.metrics import PriceModel
 from edgespec.cli.options import add_round_policy_arguments
 from edgespec.cli.simulate_report import capacity_ratio_sentence, compare_with_bench, render_comparison
+from edgespec.cli.simulate_window import WINDOW_MODES, add_window_arguments, edge_specs, resolve_edge, run_window
 from edgespec.cli.trace import split_list
 from edgespec.core.modes import Mode
 from edgespec.models.presets import DEFAULT_DRAFT, DEFAULT_TARGET
@@ -35,7 +36,8 @@ def add_simulate_parser(subparsers: Any) -> None:
     sim.add_argument(
         "--hardware",
         default="host",
-        help="host (probed here, cached) | h200 (measured costs) | FILE.json",
+        help="host (probed here, cached) | h200 (measured costs) | FILE.json (a hardware profile, or an engine's "
+        "costs from `edgespec profile engine --out`, with --edge's draft)",
     )
     sim.add_argument("--target", default=DEFAULT_TARGET, help="for --hardware host: the model to probe")
     sim.add_argument("--draft", default=DEFAULT_DRAFT)
@@ -87,6 +89,7 @@ def add_simulate_parser(subparsers: Any) -> None:
         help="a measured `edgespec bench` summary of the same prompts: report simulated vs measured tokens/s per mode",
     )
     sim.add_argument("--out", default="out/simulate")
+    add_window_arguments(sim)
     sim.set_defaults(handler=run_simulate)
 
 
@@ -99,6 +102,10 @@ def resolve_hardware(args: argparse.Namespace) -> Any:
     if args.hardware == "h200":
         edge = cache_path(args.target, args.draft, args.draft_backend, _dtype(args.dtype))
         return h200_profile(HardwareProfile.load(edge) if edge.is_file() else None)
+    from edgespec.sim.engine_profile import is_engine_costs, load_verifier
+
+    if args.edge is not None or is_engine_costs(json.loads(Path(args.hardware).read_text())):
+        return load_verifier(args.hardware, resolve_edge(edge_specs(args)[0], args))
     return HardwareProfile.load(args.hardware)
 
 
@@ -156,6 +163,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     from edgespec.hostinfo import host_facts
     from edgespec.sim.simulate import simulate
 
+    if args.window:  # the default modes include some a target engine's costs cannot price (exits, cloud-sd)
+        modes = WINDOW_MODES if args.modes == DEFAULT_MODES else split_list(args.modes)
+        return run_window(args, _sim_config(args, modes, 1))
     traces = load_traces(args.traces)
     meta = json.loads((Path(args.traces) / "meta.json").read_text())
     counts = _client_counts(args, traces)

@@ -239,3 +239,34 @@ def host_profile(target: str, draft: str, backend: str, dtype: str, refresh: boo
     profile = probe_host(target, draft, backend, dtype)
     profile.save(path)
     return profile
+
+
+def edge_cache_path(draft: str, backend: str) -> Path:
+    return cache_path("edge", draft, backend, "native").with_name(f"edge-{draft.replace('/', '_')}-{backend}.json")
+
+
+def probe_edge(draft_name: str, backend: str, refresh: bool = False) -> HardwareProfile:
+    """This host as an edge device alone: the draft's costs (one thread) and the protocol's per
+    message, without loading the target (what `simulate --edge host` needs); cached."""
+    from edgespec.models.loading import load_draft
+
+    path = edge_cache_path(draft_name, backend)
+    if path.is_file() and not refresh:
+        return HardwareProfile.load(path)
+    logger.info("probing this host's draft (under a minute); cached at %s", path)
+    torch.set_num_threads(1)
+    draft, _ = load_draft(draft_name, backend, "auto", threads=1)
+    draft_ms, draft_prefill_ms = _draft_costs(draft)
+    del draft
+    profile = HardwareProfile(
+        name="this host's edge",
+        forward_ms={1: 0.0},  # no verifier: only the edge half of this profile is read
+        prefill_ms_per_token=0.0,
+        draft_ms_per_token=draft_ms,
+        draft_prefill_ms_per_token=draft_prefill_ms,
+        message_overhead_ms=measure_message_overhead_ms(),
+        source=f"probed {time.strftime('%Y-%m-%d %H:%M')}: draft {draft_name} on {backend}, one thread",
+        host=host_facts(threads_per_process=1),
+    )
+    profile.save(path)
+    return profile
