@@ -64,8 +64,7 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("robot-reuse",): ("edgespec robot-reuse --where local --mode sd --steps 4",),
     ("profile",): ("edgespec profile engine --engine llamacpp --threads 1", "edgespec profile ops"),
     ("profile", "batched"): (
-        "edgespec profile batched --config /models/Qwen2.5-Coder-1.5B --gammas 0,4,8 --batches 1,8,32 "
-        "--out costs.json",
+        "edgespec profile batched --config /models/Qwen2.5-Coder-1.5B --gammas 0,4,8 --batches 1,8,32 --out costs.json",
     ),
     ("profile", "passes"): ("edgespec profile passes --target qwen2.5-coder-1.5b --repeats 3",),
     ("profile", "exits"): ("edgespec profile exits --exits logit-lens:14,21 --repeats 3",),
