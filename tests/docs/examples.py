@@ -156,7 +156,9 @@ def run_page(examples: list[Example], models: str, workdir: Path, timeout_s: flo
         "EXAMPLE_VENV": str(venv),
     }
 
-    env = {**os.environ, **environment, "PYTHONPATH": str(ROOT / "src"), "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
+    # Without the docs-check switch: a page's `make test` must not run the pages again.
+    inherited = {name: value for name, value in os.environ.items() if name != "EDGESPEC_DOCS_CHECK"}
+    env = {**inherited, **environment, "PYTHONPATH": str(ROOT / "src"), "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
     return subprocess.run(
         ["bash", str(script)], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
     )
