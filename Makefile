@@ -5,7 +5,7 @@ STAMP := $(VENV)/.edgespec-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROMPT ?= Write a Python function that returns the n-th Fibonacci number, with a docstring.
 
-.PHONY: install demo test lint test-fast docs real-check robot-demo proto clean
+.PHONY: install demo test lint test-fast docs docs-check real-check robot-demo proto clean
 
 $(STAMP): pyproject.toml
 	# nginx: the TLS front of `edgespec serve --replicas --tls-cert` (Ray Serve's proxy has no TLS).
@@ -50,6 +50,14 @@ test-fast: install lint
 MKDOCS_BUILD = NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 docs: install
 	$(MKDOCS_BUILD)
+
+# Every code block of the README, getting started and the guides, run page by page as a reader
+# would (tests/docs/examples.py): those marked smoke on the small smoke model (tens of minutes on a
+# loaded CPU), those marked real-pair as written (hours). The test suite runs only the cheap ones.
+# `make docs-check DOCS_CHECK=smoke` for the first part alone.
+DOCS_CHECK ?= smoke,real-pair
+docs-check: install
+	EDGESPEC_DOCS_CHECK=$(DOCS_CHECK) $(PY) -m pytest -q -m slow tests/docs/test_examples.py
 
 # The Qwen pair's table in docs/measurements/qwen-pair.md: bf16 and fp32, MT-bench and HumanEval prompts.
 real-check: install

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import html
 import re
+import textwrap
 from typing import Iterator
 
 MARKER = "<!-- cli-reference -->"
@@ -54,8 +55,16 @@ def _render_command(name: str, parser: argparse.ArgumentParser, depth: int) -> s
         lines += [_render_action(action, formatter) for action in actions]
         lines.append("")
     if parser.epilog:
-        lines += [_escape(parser.epilog), ""]
+        lines += _render_epilog(parser.epilog)
     return "\n".join(lines).rstrip()
+
+
+def _render_epilog(epilog: str) -> list[str]:
+    # The examples are command lines: shown as a shell block, copied as written.
+    title, _, body = epilog.partition("\n")
+    if title == "examples:":
+        return ["**examples**", "", "```sh", textwrap.dedent(body).strip(), "```", ""]
+    return [_escape(epilog), ""]
 
 
 def _usage(parser: argparse.ArgumentParser) -> str:

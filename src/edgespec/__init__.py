@@ -35,6 +35,9 @@ _EXPORTS: dict[str, str] = {
     "ConnectionLost": "edgespec.client.edge_client",
     "ServerError": "edgespec.client.edge_client",
     "RecoveryPolicy": "edgespec.client.recovery",
+    "ClientSecurity": "edgespec.transport.security",
+    "Grammar": "edgespec.core.grammar",
+    "tokenizer_fingerprint": "edgespec.decoding.grammar",
     "LocalEngine": "edgespec.drivers.local_engine",
     # Models: presets, local directories and GGUF files; the runtimes the drivers use.
     "load_model": "edgespec.models.loading",
@@ -82,8 +85,10 @@ if TYPE_CHECKING:  # type checkers and IDEs see the names without the lazy loadi
     from edgespec.client.recovery import RecoveryPolicy
     from edgespec.core.config import GREEDY, GenerationConfig, GenerationResult, SamplingParams
     from edgespec.core.generation import TextEvent, apply_events
+    from edgespec.core.grammar import Grammar
     from edgespec.core.modes import Mode
     from edgespec.core.stats import GenerationStats
+    from edgespec.decoding.grammar import tokenizer_fingerprint
     from edgespec.decoding.tool_call_parser import parse_tool_calls
     from edgespec.decoding.tool_calls import ToolFunction, tool_grammar
     from edgespec.drivers.local_engine import LocalEngine
@@ -94,3 +99,4 @@ if TYPE_CHECKING:  # type checkers and IDEs see the names without the lazy loadi
     from edgespec.prompting import eos_token_ids, render_prompt
     from edgespec.server.app import RunningServer, ServerConfig, serve
     from edgespec.sim.simulate import SimConfig, simulate
+    from edgespec.transport.security import ClientSecurity

@@ -87,6 +87,18 @@ def test_a_certificate_without_its_key_is_refused(tmp_path: Path) -> None:
         server_security(build_parser().parse_args(["serve", "--tls-cert", str(tmp_path / "cert.pem")]))
 
 
+@pytest.mark.parametrize("missing", ["cert.pem", "key.pem"])
+def test_a_missing_certificate_or_key_file_is_named(tmp_path: Path, missing: str) -> None:
+    (tmp_path / "cert.pem").write_bytes(self_signed_pair()[0])
+    (tmp_path / "key.pem").write_bytes(self_signed_pair()[1])
+    (tmp_path / missing).unlink()
+    args = build_parser().parse_args(
+        ["serve", "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")]
+    )
+    with pytest.raises(ValueError, match=f"{tmp_path / missing}: no such file"):
+        server_security(args)
+
+
 def test_a_key_that_does_not_match_the_certificate_is_refused_before_the_model_loads(tmp_path: Path) -> None:
     (tmp_path / "cert.pem").write_bytes(self_signed_pair()[0])
     (tmp_path / "key.pem").write_bytes(self_signed_pair()[1])

@@ -256,8 +256,9 @@ def plot_speedups(summary: dict[str, Any], path: Path) -> None:
         axis.bar([i + index * width for i in range(len(profiles))], values, width, label=mode)
     axis.axhline(1.0, color="black", linewidth=0.8)
     axis.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(profiles))], profiles)
-    axis.set_ylabel("tokens/s ÷ cloud-ar tokens/s")
-    axis.set_title("Speedup over cloud autoregressive decoding")
+    axis.set_xlabel("emulated link between edge and cloud")
+    axis.set_ylabel("tokens/s ÷ cloud-ar tokens/s (×)")
+    axis.set_title("Speedup over cloud autoregressive decoding (above 1: faster than cloud-ar)")
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -265,29 +266,69 @@ def plot_speedups(summary: dict[str, Any], path: Path) -> None:
 
 
 def plot_timeline(record: dict[str, Any], path: Path, max_rounds: int = 6) -> None:
-    """Who is busy when, for the first rounds of one generation."""
+    """Who is busy when, for the first rounds of one generation: the edge's drafting, the cloud's
+    passes, and between them the link row. The timeline records no send and receive instants, so a
+    round's time in flight (uplink, queue and downlink together) is drawn as the gap between the end
+    of its block's drafting and the start of its verify; instants the link delivers (early verdicts,
+    outages) are ticks. Without any of these (`cloud-ar` streams decodes) the row is dropped and the
+    title says so."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     events = [e for e in record["stats"]["timeline"] if e["round"] < max_rounds]
-    lanes = {"edge": 2, "link": 1, "cloud": 0}
+    spans = [e for e in events if e["actor"] != "link"]
+    ticks = [e for e in events if e["actor"] == "link"]
+    in_flight = _in_flight_spans(spans)
+    lanes = {"edge": 2, "link": 1, "cloud": 0} if in_flight or ticks else {"edge": 1, "cloud": 0}
     colours = {"draft": "tab:blue", "pre-draft": "tab:cyan", "verify (server)": "tab:red", "decode": "tab:red"}
-    figure, axis = plt.subplots(figsize=(11, 3))
-    for event in events:
-        lane = lanes.get(event["actor"], 1)
-        width = max(event["end_s"] - event["start_s"], 0.002)
+    figure, axis = plt.subplots(figsize=(11, 3.4))
+    shown: dict[str, str] = {}
+    for event in spans:
         colour = colours.get(event["what"], "tab:orange")
-        axis.broken_barh([(event["start_s"], width)], (lane - 0.35, 0.7), facecolors=colour)
-        if event["what"].startswith("early"):
-            axis.text(event["start_s"], lane + 0.38, event["what"].replace("early@", "e"), fontsize=6)
+        width = max(event["end_s"] - event["start_s"], 0.002)
+        axis.broken_barh([(event["start_s"], width)], (lanes[event["actor"]] - 0.35, 0.7), facecolors=colour)
+        shown.setdefault(event["what"], colour)
+    for start, end in in_flight:
+        axis.broken_barh([(start, end - start)], (lanes["link"] - 0.2, 0.4), facecolors="tab:gray")
+    for event in ticks:
+        axis.vlines(event["start_s"], lanes["link"] - 0.45, lanes["link"] + 0.45, colors="black", linewidth=1)
+        axis.text(event["start_s"], lanes["link"] + 0.48, event["what"].replace("early@", "e"), fontsize=6)
+    handles = [Patch(color=colour, label=what) for what, colour in shown.items()]
+    if in_flight:
+        handles.append(Patch(color="tab:gray", label="in flight: link + queue (send to verify)"))
+    if ticks:
+        handles.append(Line2D([], [], color="black", label="arrives at the edge (eL: early verdict of exit L)"))
+    axis.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     axis.set_yticks(list(lanes.values()), list(lanes))
-    axis.set_xlabel("seconds since the request")
-    axis.set_title(f"Round timeline: {record['mode']} on {record['profile']} ({record['prompt_id']})")
+    axis.set_xlabel("seconds since the request (s)")
+    axis.set_ylabel("who is busy")
+    no_link = "" if "link" in lanes else "; no link row: nothing in flight between rounds"
+    axis.set_title(
+        f"Round timeline, first {max_rounds} rounds: {record['mode']} on {record['profile']} "
+        f"({record['prompt_id']}){no_link}",
+        fontsize=10,
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def _in_flight_spans(spans: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """Per round, from the end of the edge's drafting of its block to the start of its verify."""
+    drafted = {}
+    for event in spans:
+        if event["actor"] == "edge" and event["what"] in ("draft", "pre-draft"):
+            drafted[event["round"]] = max(drafted.get(event["round"], 0.0), event["end_s"])
+    flights = []
+    for event in spans:
+        if event["actor"] == "cloud" and event["what"] == "verify (server)" and event["round"] in drafted:
+            if event["start_s"] > drafted[event["round"]]:
+                flights.append((drafted[event["round"]], event["start_s"]))
+    return flights
 
 
 def render_sweep(summary: dict[str, Any]) -> str:

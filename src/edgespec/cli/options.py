@@ -270,6 +270,9 @@ def server_security(args: argparse.Namespace) -> ServerSecurity:
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("--tls-cert and --tls-key go together")
     if args.tls_cert is not None:
+        for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+            if not path.is_file():  # ssl's own error would not say which file
+                raise ValueError(f"{flag} {path}: no such file")
         # gRPC would only say "failed to bind", and only after the model has loaded.
         try:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(args.tls_cert, args.tls_key)

@@ -115,9 +115,9 @@ def add_profile_parser(commands: Any) -> None:
 
 def _progress(total: int, description: str) -> Any:
     """A progress bar on a terminal; silent when output goes to a file."""
-    from tqdm import tqdm
+    from edgespec.cli.progress import progress
 
-    return tqdm(total=total, desc=description, disable=not sys.stderr.isatty(), leave=False)
+    return progress(total=total, desc=description, unit="shape")
 
 
 def run_profile_batched(args: argparse.Namespace) -> int:

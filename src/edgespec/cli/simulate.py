@@ -325,13 +325,14 @@ def _capacity_sweeps(
 ) -> tuple[str, Any]:
     """A --clients sweep per link into ``summary``; returns its report and the first link's points."""
     from edgespec.capacity import capacity_table, default_slo, plot_capacity, render_capacity_markdown
+    from edgespec.cli.progress import progress
     from edgespec.link import PROFILES
     from edgespec.sim.simulate import clients_sweep, link_for
 
     capacity_report = ""
     first_link_points = None
     summary["sweep"], summary["capacity"] = {}, {}
-    for name in links:
+    for name in progress(links, desc="capacity sweeps", unit="link"):
         points = clients_sweep(traces, hardware, link_for(PROFILES[name], hardware), name, config.modes, counts, config)
         if name == links[0]:
             first_link_points = points

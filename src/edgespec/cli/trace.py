@@ -8,6 +8,7 @@ import shlex
 import sys
 from typing import Any
 
+from edgespec.cli.progress import progress
 from edgespec.models.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 
@@ -42,7 +43,6 @@ def add_trace_parser(subparsers: Any) -> None:
 
 def run_trace(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
     from edgespec.data.prompt_sets import load_prompts
     from edgespec.drivers.trace import write_traces
@@ -62,7 +62,7 @@ def run_trace(args: argparse.Namespace) -> int:
     eos = eos_token_ids(target.model, target.tokenizer)
     records = [(name, record) for name in split_list(args.prompts) for record in load_prompts(name, args.num_prompts)]
     traces = []
-    for name, record in tqdm(records, desc="tracing", unit="prompt"):
+    for name, record in progress(records, desc="tracing", unit="prompt"):
         prompt_ids = render_prompt(
             target.tokenizer,
             record.text if not record.is_chat else record.messages,

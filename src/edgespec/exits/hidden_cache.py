@@ -192,7 +192,7 @@ def build_training_cache(
     _, _, head = decoder_parts(model)
     pending: dict[str, list[torch.Tensor]] = {}
     pending_ids: list[str] = []
-    progress = tqdm(total=num_sources, initial=done, desc="caching hidden states", unit="seq")
+    progress = tqdm(total=num_sources, initial=done, desc="caching hidden states", unit="seq", disable=None)
     try:
         for index, source in enumerate(sources):
             if index >= num_sources:

@@ -63,7 +63,7 @@ def record_rounds(
     guesser = DraftRuntime(draft_model)
     tap = LayerTap(target_model, layers)
     config = GenerationConfig(max_new_tokens=max_new_tokens, gamma=gamma, eos_ids=frozenset(eos_ids))
-    progress = tqdm(total=num_prompts, initial=done, desc="recording speculative rounds", unit="prompt")
+    progress = tqdm(total=num_prompts, initial=done, desc="recording speculative rounds", unit="prompt", disable=None)
     try:
         for index, (prompt_id, prompt) in enumerate(prompts):
             if index >= num_prompts:

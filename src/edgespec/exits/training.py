@@ -247,7 +247,10 @@ def train_exits(
     vocab = head_weight.shape[0]
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     bar = tqdm(
-        total=config.steps, initial=start, desc=f"train {config.kind} exits {list(config.layers)}", disable=not progress
+        total=config.steps,
+        initial=start,
+        desc=f"train {config.kind} exits {list(config.layers)}",
+        disable=None if progress else True,
     )
     step = start
     for step in range(start, end):
