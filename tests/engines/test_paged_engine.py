@@ -14,15 +14,27 @@ from transformers.generation.continuous_batching.utils import build_attention_ma
 
 from edgespec.engines.interface import TargetEngine
 from edgespec.engines.paged import PagedEngine, PoolExhausted, PoolSettings
-from edgespec.engines.paged_inputs import causal_block_mask, read_bucket, token_bucket
+from edgespec.engines.paged_inputs import (
+    PassRow,
+    causal_block_mask,
+    per_session_pays,
+    read_bucket,
+    token_bucket,
+    width_bucket,
+)
 from edgespec.models.target import ScoreRequest
 from tests.support.tiny_models import VOCAB, greedy_reference, tiny_model
 
 SETTINGS = PoolSettings(sessions=12, session_tokens=256, page_size=16, pass_tokens=512)
 
 
-def engine_for(family: str, bucketed: bool = False, settings: PoolSettings = SETTINGS) -> PagedEngine:
-    return PagedEngine(tiny_model(family, seed=0), settings, cuda_graphs=False, bucketed=bucketed)
+LAYOUTS = ["packed", "per-session"]
+
+
+def engine_for(
+    family: str, bucketed: bool = False, settings: PoolSettings = SETTINGS, layout: str = "auto"
+) -> PagedEngine:
+    return PagedEngine(tiny_model(family, seed=0), settings, cuda_graphs=False, bucketed=bucketed, layout=layout)
 
 
 def decode(engine: PagedEngine, prompt: list[int], count: int) -> list[int]:
@@ -43,17 +55,19 @@ def test_the_paged_engine_is_a_target_engine() -> None:
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 @pytest.mark.parametrize("bucketed", [False, True], ids=["exact", "bucketed"])
-def test_greedy_decoding_equals_generate(family: str, bucketed: bool) -> None:
-    engine = engine_for(family, bucketed)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_greedy_decoding_equals_generate(family: str, bucketed: bool, layout: str) -> None:
+    engine = engine_for(family, bucketed, layout=layout)
     for prompt in prompts(3):
         assert decode(engine, prompt, 30) == greedy_reference(engine.model, prompt, 30)
 
 
 @pytest.mark.parametrize("bucketed", [False, True], ids=["exact", "bucketed"])
-def test_one_packed_pass_scores_every_session_like_alone(bucketed: bool) -> None:
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_one_pass_scores_every_session_like_alone(bucketed: bool, layout: str) -> None:
     """Eight sessions of different lengths, fed different amounts (a prefill chunk, verify blocks,
     a decode), greedy and sampled rows mixed: each row equals the same session scored alone."""
-    engine = engine_for("qwen2", bucketed)
+    engine = engine_for("qwen2", bucketed, layout=layout)
     sequences = [prompt + [5, 9, 2, 7][: index % 4 + 1] for index, prompt in enumerate(prompts(8))]
     tails = [min(len(s), 1 + index % 5) for index, s in enumerate(sequences)]
     caches = [engine.new_cache() for _ in sequences]
@@ -74,13 +88,14 @@ def test_one_packed_pass_scores_every_session_like_alone(bucketed: bool) -> None
             torch.testing.assert_close(got, alone, rtol=0, atol=1e-5)
 
 
-def test_a_rewind_leaves_the_pool_as_if_the_rejected_tokens_were_never_fed() -> None:
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_rewind_leaves_the_pool_as_if_the_rejected_tokens_were_never_fed(layout: str) -> None:
     """Two sessions take the same 40-token block past a page boundary except for its rejected part
     (different tokens after the first 3), keep 3, and go on: every layer's entries and the next
     logits are bit for bit the same, so nothing rejected survives; the blocks wholly past the kept
     length went back to the pool; and both equal a session that never saw a rejection (to rounding:
     its prefix ran in a pass of another shape)."""
-    engine = engine_for("qwen2")
+    engine = engine_for("qwen2", layout=layout)
     prompt = prompts(1, seed=4)[0][:20]
     committed = prompt + [11, 12, 13, 44]  # 3 accepted, then the correction
     generator = torch.Generator().manual_seed(0)
@@ -146,8 +161,16 @@ def test_the_block_mask_is_transformers_own() -> None:
     assert torch.equal(causal_block_mask(q_session, q_position, k_session, k_position, torch.float32), theirs)
 
 
+def test_the_cheaper_layout_is_chosen_per_pass() -> None:
+    verifies = [PassRow(f"s{i}", 300, (1, 2, 3, 4, 5), 5) for i in range(64)]
+    assert per_session_pays(verifies, hidden=1536)  # 64 equal blocks: packed attention is 64x the work
+    one_prefill = [PassRow("s", 0, tuple(range(128)), 1), PassRow("t", 40, (1,), 1)]
+    assert not per_session_pays(one_prefill, hidden=1536)  # padding the decode to 128 rows costs more
+
+
 def test_buckets_pad_little() -> None:
     assert [token_bucket(n) for n in (1, 8, 9, 100)] == [8, 8, 16, 128]
+    assert [width_bucket(n) for n in (1, 3, 5, 7, 100)] == [1, 3, 6, 8, 128]
     for count in (1, 256, 257, 700, 1500, 40000):
         size = read_bucket(count)
         assert count <= size <= max(256, count * 1.25 + 1)

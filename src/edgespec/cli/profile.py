@@ -91,6 +91,12 @@ def add_profile_parser(commands: Any) -> None:
         "(a tiny 28-layer Qwen2 under the torch profiler): on a launch-bound GPU each is a kernel launch.",
     )
     ops.add_argument("--sessions", type=int, default=64)
+    ops.add_argument(
+        "--engine",
+        choices=("transformers", "paged"),
+        default="transformers",
+        help="eager transformers (per-session caches) or the paged engine (one pool, packed passes)",
+    )
     ops.set_defaults(handler=run_profile_ops)
 
     engine = kinds.add_parser(
@@ -196,9 +202,16 @@ def run_profile_ops(args: argparse.Namespace) -> int:
     from edgespec.sim.profiling import count_pass_operations, launch_bound_target
 
     torch.set_num_threads(1)
-    counted = count_pass_operations(TargetRuntime(launch_bound_target()), args.sessions)
+    model = launch_bound_target()
+    if args.engine == "paged":
+        from edgespec.engines.paged import PagedEngine, PoolSettings
+
+        engine: Any = PagedEngine(model, PoolSettings(sessions=args.sessions + 1, session_tokens=512))
+    else:
+        engine = TargetRuntime(model)
+    counted = count_pass_operations(engine, args.sessions)
     print(
-        f"{counted['sessions']} sessions, one pass: {counted['operations']} operations "
+        f"{args.engine}: {counted['sessions']} sessions, one pass: {counted['operations']} operations "
         f"({counted['memory_moves']} moving memory), {counted['ms']:.1f} ms on this CPU"
     )
     return 0

@@ -26,7 +26,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from edgespec.engines.paged_inputs import PassRow, pack
+from edgespec.engines.paged_attention import ATTENTION_NAME
+from edgespec.engines.paged_inputs import PassRow, pack, pack_per_session, per_session_pays
 from edgespec.engines.paged_pool import PoolExhausted, PoolSettings, SessionPool
 from edgespec.models.kv import valid_prefix
 from edgespec.models.target import SLIDING_WINDOW_BLOCK_ROOM, ScoreRequest
@@ -77,11 +78,16 @@ class PagedEngine:
         settings: PoolSettings = PoolSettings(),
         cuda_graphs: bool = True,
         bucketed: bool | None = None,
+        layout: str = "auto",
     ) -> None:
         """``cuda_graphs``: replay captured graphs of bucketed passes (CUDA only; off on a CPU).
-        ``bucketed``: pad passes to the graphs' buckets even without graphs (default: with graphs)."""
-        if getattr(model.config, "_attn_implementation", None) != "sdpa":
-            model.set_attn_implementation("sdpa")  # the paged path's mask-based attention
+        ``bucketed``: pad passes to the graphs' buckets even without graphs (default: with graphs).
+        ``layout``: "packed" (transformers' block-diagonal SDPA), "per-session" (``paged_attention.py``)
+        or "auto": per pass, whichever costs less."""
+        if layout not in ("auto", "packed", "per-session"):
+            raise ValueError(f"layout must be auto, packed or per-session, got {layout!r}")
+        self.layout = layout
+        model.set_attn_implementation(ATTENTION_NAME)  # SDPA over the pool, packed or per session
         self.model = model
         self.num_layers = int(model.config.num_hidden_layers)
         parameter = next(model.parameters())
@@ -196,7 +202,9 @@ class PagedEngine:
         the pass) or float32 logits on the host."""
         fed = sum(len(row.new) for row in rows)
         bucketed = self.bucketed and fed <= self.pool.settings.pass_tokens
-        packed = pack(self.pool, rows, self.dtype, bucketed)
+        hidden = int(self.model.config.hidden_size)
+        per_session = self.layout == "per-session" or (self.layout == "auto" and per_session_pays(rows, hidden))
+        packed = (pack_per_session if per_session else pack)(self.pool, rows, self.dtype, bucketed)
         if bucketed and self.graphs is not None:
             logits, ids = self.graphs.run(packed)
         else:

@@ -1,5 +1,5 @@
 """Captured CUDA graphs for the paged engine's bucketed passes: one graph per (query tokens, read
-rows) bucket, captured the first time that shape runs and replayed after, so a pass costs a few
+rows, session slots) bucket, captured the first time that shape runs and replayed after, so a pass costs a few
 input copies and one launch instead of a kernel launch per operation (an eager pass over a 28-layer
 model launches hundreds, which bounds a small batch's speed on a fast accelerator).
 
@@ -42,7 +42,7 @@ class GraphedPasses:
         if device.type != "cuda":
             raise ValueError("captured graphs need a CUDA device")
         self.model = model
-        self._graphs: dict[tuple[int, int], _Captured] = {}
+        self._graphs: dict[tuple[int, int, int], _Captured] = {}
         self._pool = torch.cuda.graph_pool_handle()
         self._logits = torch.empty((most_tokens, vocab), dtype=dtype, device=device)
         self._ids = torch.empty(most_tokens, dtype=torch.long, device=device)
@@ -82,8 +82,8 @@ class GraphedPasses:
         with torch.cuda.graph(graph, pool=self._pool):
             self._forward(inputs)
         self.captures += 1
-        tokens, reads = packed.shape_key
-        logger.info("captured the paged pass graph for %d tokens x %d read rows", tokens, reads)
+        tokens, reads, slots = packed.shape_key
+        logger.info("captured the paged pass graph for %d tokens x %d read rows (%d slots)", tokens, reads, slots)
         return _Captured(graph, inputs)
 
 

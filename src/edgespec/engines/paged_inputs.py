@@ -47,13 +47,40 @@ class PackedPass:
     read_tokens: int
     wanted_rows: list[range]  # per PassRow: its rows in the output logits
     padded: bool
+    slots: int = 0  # per-session layout: sessions' slots (0: packed, block-diagonal)
 
     @property
-    def shape_key(self) -> tuple[int, int]:
-        return self.query_tokens, self.read_tokens
+    def shape_key(self) -> tuple[int, int, int]:
+        return self.query_tokens, self.read_tokens, self.slots
+
+
+def per_session_pays(rows: Sequence[PassRow], hidden: int) -> bool:
+    """Whether the per-session layout (``paged_attention.py``) costs less than the packed one: the
+    packed pass's attention scores every query against every read row, the per-session one pads
+    each session's queries to the widest (so its projections and MLP run on padding). A token's
+    non-attention work is counted as about 6 x hidden attention cells (24 h^2 flops against 4 h)."""
+    fed = [len(row.new) for row in rows]
+    total = [row.past + len(row.new) for row in rows]
+    packed = sum(fed) * sum(total) + 6 * hidden * sum(fed)
+    per_session = len(rows) * max(fed) * max(total) + 6 * hidden * len(rows) * max(fed)
+    return per_session < packed
+
+
+# Slot widths of a bucketed per-session pass: powers of two and three times them (1, 2, 3, 4, 6, 8, 12, ...),
+# so a verify block's 5 rows pad to 6, not 8.
+_WIDTHS = sorted({1 << k for k in range(16)} | {3 << k for k in range(15)})
+
+
+def width_bucket(count: int) -> int:
+    return next(width for width in _WIDTHS if width >= count)
+
+
+def slot_bucket(count: int) -> int:
+    return 1 << (count - 1).bit_length()
 
 
 def token_bucket(count: int) -> int:
+    """Query tokens of a bucketed packed pass: a power of two, at least ``SMALLEST_TOKEN_BUCKET``."""
     return max(SMALLEST_TOKEN_BUCKET, 1 << (count - 1).bit_length())
 
 
@@ -155,3 +182,70 @@ def pack(pool: SessionPool, rows: Sequence[PassRow], dtype: torch.dtype, buckete
         is_causal=False,
     )
     return PackedPass(kwargs, query_tokens, read_tokens, wanted_rows, bucketed)
+
+
+def pack_per_session(pool: SessionPool, rows: Sequence[PassRow], dtype: torch.dtype, bucketed: bool) -> PackedPass:
+    """The inputs of one pass in the per-session layout (``paged_attention.py``): session b's new
+    tokens at query positions [b x width, b x width + fed), its history read into rows
+    [b x span, (b + 1) x span) (the pool's own read indices, padded with its trash row), and a
+    [slots, 1, width, span] causal mask. Padding writes to the pool's trash rows and sees nothing.
+
+    Long because it fills the slots' parallel arrays in one walk over the rows."""
+    fed = [len(row.new) for row in rows]
+    totals = [row.past + len(row.new) for row in rows]
+    slots = slot_bucket(len(rows)) if bucketed else len(rows)
+    width = width_bucket(max(fed)) if bucketed else max(fed)
+    span = read_bucket(max(totals)) if bucketed else max(totals)
+    input_ids = [0] * (slots * width)
+    positions = [0] * (slots * width)
+    write_index = [pool.write_trash] * (slots * width)
+    read_index = [pool.read_trash] * (slots * span)
+    query_position = [-1] * (slots * width)  # -1: padding, sees no key
+    wanted_rows: list[range] = []
+    for number, row in enumerate(rows):
+        read, write = pool.indices(row.request_id, row.past, len(row.new))
+        first = number * width
+        input_ids[first : first + fed[number]] = row.new
+        positions[first : first + fed[number]] = range(row.past, totals[number])
+        query_position[first : first + fed[number]] = range(row.past, totals[number])
+        write_index[first : first + fed[number]] = write
+        read_index[number * span : number * span + totals[number]] = read
+        wanted_rows.append(range(first + fed[number] - row.wanted, first + fed[number]))
+    wanted_index = list(range(slots * width)) if bucketed else [i for rows_ in wanted_rows for i in rows_]
+    if not bucketed:
+        offsets, kept = [], 0
+        for wanted in wanted_rows:
+            offsets.append(range(kept, kept + len(wanted)))
+            kept += len(wanted)
+        wanted_rows = offsets
+    device = pool.device
+
+    def on_device(values: list[int], dtype: torch.dtype = torch.long) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+    queries = on_device(query_position).view(slots, 1, width, 1)
+    keys = torch.arange(span, device=device).view(1, 1, 1, span)
+    mask = torch.zeros((slots, 1, width, span), dtype=dtype, device=device)
+    mask.masked_fill_(keys > queries, torch.finfo(dtype).min)  # padding rows (-1) see nothing
+    cu_q = [0]
+    cu_k = [0]
+    for count, total in zip(fed, totals):
+        cu_q.append(cu_q[-1] + count)
+        cu_k.append(cu_k[-1] + total)
+    kwargs: dict[str, Any] = dict(
+        input_ids=on_device(input_ids)[None],
+        position_ids=on_device(positions)[None],
+        attention_mask=mask,
+        cu_seq_lens_q=on_device(cu_q, torch.int32),
+        cu_seq_lens_k={"full_attention": on_device(cu_k, torch.int32)},
+        max_length_q=max(fed),
+        max_length_k={"full_attention": max(totals)},
+        write_index=[on_device(write_index)],
+        read_index=[on_device(read_index)],
+        logits_to_keep=on_device(wanted_index),
+        cache=pool.cache,
+        use_cache=False,
+        is_causal=False,
+        session_slots=slots,
+    )
+    return PackedPass(kwargs, slots * width, slots * span, wanted_rows, bucketed, slots)
