@@ -33,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from edgespec.drivers.trace import Trace  # noqa: E402
+from edgespec.drivers.trace import Trace, load_traces  # noqa: E402
 from edgespec.sim.pass_diagnostics import (  # noqa: E402
     GarbageCollections,
     in_server_pass_ms,
@@ -42,7 +42,6 @@ from edgespec.sim.pass_diagnostics import (  # noqa: E402
     profile_isolated_passes,
 )
 from edgespec.sim.scripted import ScriptedDraft, repeating_target, scripted_trace  # noqa: E402
-from edgespec.sim.trace import load_traces  # noqa: E402
 
 
 def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
