@@ -80,18 +80,18 @@ paged)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD/src || exit 1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$stage/gpu.txt"
     python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$stage/gpu.txt"
-    timeout 60 python3 -m pytest -q tests/engines/test_paged_gpu.py > "$stage/paged_gpu_check.log" 2>&1; check=$?
+    timeout 50 python3 -m pytest -q tests/engines/test_paged_gpu.py > "$stage/paged_gpu_check.log" 2>&1; check=$?
     echo "graph check rc=$check"; tail -2 "$stage/paged_gpu_check.log"; snap
     graphs=""; [ "$check" = 0 ] || graphs="--no-cuda-graphs"
-    timeout 90 python3 scripts/gpu_paged_costs.py --config .devcarry/qwen1.5b --out "$stage/costs-1.5b" $graphs \
+    timeout 80 python3 scripts/gpu_paged_costs.py --config .devcarry/qwen1.5b --out "$stage/costs-1.5b" $graphs \
         --profile-out "$stage/h200-paged-profile.json" --edge-profile .devcarry/host.json 2>&1 | grep -v Warning; snap
-    timeout 60 python3 scripts/gpu_paged_costs.py --config .devcarry/qwen7b --out "$stage/costs-7b" $graphs \
+    timeout 50 python3 scripts/gpu_paged_costs.py --config .devcarry/qwen7b --out "$stage/costs-7b" $graphs \
         --gammas 4 --batches 1,8,32,64,128 --repeats 3 2>&1 | grep -v Warning; snap
     check="python3 scripts/gpu_capacity_check.py --config .devcarry/qwen1.5b --traces out/traces-bench --edge-profile .devcarry/host.json --max-new-tokens 48 --max-batch 64"
     point() { name=$1; limit=$2; shift 2; timeout "$limit" $check "$@" --out "$stage/capacity-$name.json" 2>&1 | grep -v Warning | tail -4; snap; }
-    point paged-64 160 --engine paged $graphs --clients 64 --modes cloud-ar,sd,sd-ee-pipelined,cloud-sd --cloud-draft-config .devcarry/qwen0.5b
-    point paged-128 70 --engine paged $graphs --clients 128 --modes cloud-ar,sd --max-batch 128
-    point eager-64 70 --engine transformers --clients 64 --modes cloud-ar,sd
+    point paged-64 150 --engine paged $graphs --clients 64 --modes cloud-ar,sd,sd-ee-pipelined,cloud-sd --cloud-draft-config .devcarry/qwen0.5b
+    point paged-128 60 --engine paged $graphs --clients 128 --modes cloud-ar,sd --max-batch 128
+    point eager-64 60 --engine transformers --clients 64 --modes cloud-ar,sd
     echo done ;;
 *)
     sed -n 2,26p "$0"; exit 2 ;;
