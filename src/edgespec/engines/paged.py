@@ -94,7 +94,7 @@ class PagedEngine:
         self.dtype = parameter.dtype
         self.pool = SessionPool(model.config, settings, parameter.device, parameter.dtype)
         self._compute = threading.Lock()
-        self._closed_lock = threading.Lock()
+        self._closed_lock = threading.RLock()  # a finalizer may run while it is held
         self._closed: list[
             str
         ] = []  # sessions collected since the last pass: their blocks are freed on the pass thread

@@ -87,7 +87,7 @@ class SessionPool:
                 "rewound after a rejection (use --engine transformers)"
             )
         self.allocator = self.cache.cache_allocators[FULL_ATTENTION]
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a collection inside it may release a session (finalizer)
         self._reserved = 0
         self._next_id = 0
 
