@@ -48,9 +48,10 @@ PY
     # The generated gRPC code needs protobuf >= the version it was made with: carry this venv's;
     # and pytest (with its dependencies) and tqdm for the correctness tests and `edgespec profile`.
     # The paged engine drives transformers' continuous-batching internals of this venv's version
-    # (the device image has an older transformers): carry it, with the hub client and kernels it needs.
+    # (the device image has an older transformers): carry it, with the hub client and kernels it
+    # imports, and their own needs in this venv's versions.
     for package in grpcio protobuf grpcio-reflection pytest pluggy iniconfig packaging pygments tqdm \
-        transformers huggingface-hub kernels; do
+        transformers huggingface-hub kernels httpx2 httpcore2 truststore tomlkit click idna anyio hf-xet h11 regex filelock; do
         version=$($python -c "import importlib.metadata as m; print(m.version('$package'))")
         python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
             --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "$package==$version"
