@@ -205,7 +205,7 @@ class PagedEngine:
         hidden = int(self.model.config.hidden_size)
         per_session = self.layout == "per-session" or (self.layout == "auto" and per_session_pays(rows, hidden))
         packed = (pack_per_session if per_session else pack)(self.pool, rows, self.dtype, bucketed)
-        if bucketed and self.graphs is not None:
+        if bucketed and self.graphs is not None and packed.query_tokens <= self.pool.settings.pass_tokens:
             logits, ids = self.graphs.run(packed)
         else:
             logits = self.model(**packed.kwargs).logits[0]  # [wanted rows (all, when bucketed), vocab]

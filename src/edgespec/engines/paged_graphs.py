@@ -24,7 +24,10 @@ from edgespec.engines.paged_inputs import PackedPass
 
 logger = logging.getLogger(__name__)
 
-_TENSOR_INPUTS = ("input_ids", "position_ids", "attention_mask", "cu_seq_lens_q", "logits_to_keep")
+# The tensors a replay reads. The cumulative lengths (``cu_seq_lens_*``) vary with the number of
+# sessions, which a bucket does not fix; the SDPA paths never read them (only flash attention
+# does), so a graph keeps those of its capture.
+_TENSOR_INPUTS = ("input_ids", "position_ids", "attention_mask", "logits_to_keep")
 
 
 @dataclass
@@ -92,7 +95,6 @@ def _static_copy(kwargs: dict[str, Any]) -> dict[str, Any]:
     static = dict(kwargs)
     for name in _TENSOR_INPUTS:
         static[name] = kwargs[name].clone()
-    static["cu_seq_lens_k"] = {k: v.clone() for k, v in kwargs["cu_seq_lens_k"].items()}
     static["write_index"] = [t.clone() for t in kwargs["write_index"]]
     static["read_index"] = [t.clone() for t in kwargs["read_index"]]
     return static
@@ -101,8 +103,6 @@ def _static_copy(kwargs: dict[str, Any]) -> dict[str, Any]:
 def _copy_inputs(static: dict[str, Any], kwargs: dict[str, Any]) -> None:
     for name in _TENSOR_INPUTS:
         static[name].copy_(kwargs[name], non_blocking=True)
-    for name, tensor in kwargs["cu_seq_lens_k"].items():
-        static["cu_seq_lens_k"][name].copy_(tensor, non_blocking=True)
     for target, tensor in zip(static["write_index"], kwargs["write_index"]):
         target.copy_(tensor, non_blocking=True)
     for target, tensor in zip(static["read_index"], kwargs["read_index"]):
