@@ -22,6 +22,7 @@ from edgespec.engines.paged_inputs import (
     token_bucket,
     width_bucket,
 )
+from edgespec.engines.timing import TimingConfig, time_engine
 from edgespec.models.target import ScoreRequest
 from tests.support.tiny_models import VOCAB, greedy_reference, tiny_model
 
@@ -144,6 +145,13 @@ def test_a_full_pool_refuses_the_next_session_and_a_closed_one_makes_room() -> N
     assert engine.check_fits(10, 10) is None
     with pytest.raises(ValueError, match="tokens a session may hold"):
         engine.check_fits(30, 40)
+
+
+def test_profile_engine_times_every_shape_on_the_paged_engine() -> None:
+    engine = engine_for("qwen2")
+    measured = time_engine(engine, TimingConfig(context=8, block=3, sessions=(1, 4), repeats=2))
+    assert measured["engine"] == "paged" and set(measured["fastest_ratios"]) == {"verify_x4_over_x1"}
+    assert all(len(cache) == 8 for cache in list(engine.live_caches) if cache is not engine.kv)  # rolled back
 
 
 def test_the_block_mask_is_transformers_own() -> None:

@@ -106,7 +106,7 @@ def add_profile_parser(commands: Any) -> None:
         "engine (llama.cpp on the target's GGUF, or transformers), on --threads threads.",
     )
     engine.add_argument("--target", default=DEFAULT_TARGET)
-    engine.add_argument("--engine", choices=("llamacpp", "transformers"), default="llamacpp")
+    engine.add_argument("--engine", choices=("llamacpp", "paged", "transformers"), default="llamacpp")
     engine.add_argument("--dtype", default="bfloat16", help="transformers engine only")
     engine.add_argument("--threads", type=int, default=1)
     engine.add_argument("--context", type=int, default=128, help="tokens already cached per session")
@@ -233,7 +233,14 @@ def run_profile_engine(args: argparse.Namespace) -> int:
         from edgespec.models.loading import load_model
 
         torch.set_num_threads(args.threads)
-        engine = TransformersEngine(load_model(args.target, args.dtype).model)
+        model = load_model(args.target, args.dtype).model
+        if args.engine == "paged":
+            from edgespec.engines.paged import PagedEngine, PoolSettings
+
+            tokens = args.context + 2 * args.block + 64
+            engine = PagedEngine(model, PoolSettings(sessions=max(sessions) + 1, session_tokens=tokens))
+        else:
+            engine = TransformersEngine(model)
     config = TimingConfig(context=args.context, block=args.block, sessions=sessions, repeats=args.repeats)
     measured = time_engine(engine, config, on_step=lambda name, ms: print(f"{name}: {ms} ms", file=sys.stderr))
     print(json.dumps({"target": args.target, "threads": args.threads, **measured, "host": host_facts()}, indent=2))
