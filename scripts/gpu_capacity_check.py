@@ -69,6 +69,7 @@ def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
                 runtime.score_tail(list(range(100, 164)), 1, kv=kv)
                 requests.append(ScoreRequest(list(range(100, 164 + rows)), rows, kv))
             runtime.score_batch(requests)
+    del requests, kv  # the warm-up's sessions end here (the paged engine's pool wants them back)
     isolated = isolated_pass_ms(runtime, args.device)
     profiles: list[str] = []
     if args.profile_passes:
@@ -122,8 +123,10 @@ def target_engine(args: argparse.Namespace) -> Any:
     if args.engine == "paged":
         from edgespec.engines.paged import PagedEngine, PoolSettings
 
-        # Every client, the warm-up's and the diagnostics' sessions (up to 32 at once) and the engine's own.
-        settings = PoolSettings(sessions=args.clients + 40, session_tokens=args.session_context)
+        # Every client, the warm-up's and the diagnostics' sessions (two batches' worth alive at once while
+        # the next is built) and the engine's own.
+        sessions = args.clients + 3 * max(32, args.max_batch) + 2
+        settings = PoolSettings(sessions=sessions, session_tokens=args.session_context)
         return PagedEngine(model, settings, cuda_graphs=not args.no_cuda_graphs)
     from edgespec.models.target import TargetRuntime
 
