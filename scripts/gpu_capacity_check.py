@@ -33,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from edgespec.drivers.trace import Trace  # noqa: E402
+from edgespec.drivers.trace import Trace, load_traces  # noqa: E402
 from edgespec.sim.pass_diagnostics import (  # noqa: E402
     GarbageCollections,
     in_server_pass_ms,
@@ -42,16 +42,15 @@ from edgespec.sim.pass_diagnostics import (  # noqa: E402
     profile_isolated_passes,
 )
 from edgespec.sim.scripted import ScriptedDraft, repeating_target, scripted_trace  # noqa: E402
-from edgespec.sim.trace import load_traces  # noqa: E402
 
 
 def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
     """The verifier, in its own process."""
     import torch
 
-    from edgespec.models.target import ScoreRequest, TargetRuntime
+    from edgespec.models.target import ScoreRequest
     from edgespec.server.app import RunningServer, ServerConfig
-    from edgespec.server.scheduler import AdmissionLimits
+    from edgespec.server.limits import AdmissionLimits
     from edgespec.server.servicer import VerifierService
 
     if args.server_threads:
@@ -60,7 +59,7 @@ def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
         # Torch releases the GIL around every op; with gRPC's threads waiting, the pass thread can wait a
         # whole switch interval (5 ms by default) to get it back.
         sys.setswitchinterval(args.switch_interval_ms / 1000)
-    runtime = TargetRuntime(repeating_target(args.config, args.dtype, args.device), None)
+    runtime = target_engine(args)
     # Warm the kernels of every batch shape a run can meet, so no pass pays a first-call cost.
     for size in sorted({1, 2, 4, 8, 16, 32, min(64, args.max_batch), args.max_batch}):
         for rows in (1, 5):
@@ -70,6 +69,7 @@ def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
                 runtime.score_tail(list(range(100, 164)), 1, kv=kv)
                 requests.append(ScoreRequest(list(range(100, 164 + rows)), rows, kv))
             runtime.score_batch(requests)
+    del requests, kv  # the warm-up's sessions end here (the paged engine's pool wants them back)
     isolated = isolated_pass_ms(runtime, args.device)
     profiles: list[str] = []
     if args.profile_passes:
@@ -83,7 +83,15 @@ def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
         max_batch_rows=max(max_batch_rows, args.max_batch * 9),
         prefill_chunk=prefill_chunk,
     )
-    service = VerifierService(runtime, tokenizer=None, eos_ids=frozenset(), admission=admission)
+    cloud_draft = None
+    if args.cloud_draft_config:
+        from edgespec.server.cloud_draft import CloudDraft
+
+        draft_model = repeating_target(args.cloud_draft_config, args.dtype, args.device)
+        cloud_draft = CloudDraft(draft_model, max_batch=args.max_batch)
+    service = VerifierService(
+        runtime, tokenizer=None, eos_ids=frozenset(), admission=admission, cloud_draft=cloud_draft
+    )
     server = RunningServer(service, ServerConfig(port=0, admission=admission))
     service.scheduler.stats = type(service.scheduler.stats)()  # the warm-up is not the run
     collections = GarbageCollections()
@@ -106,6 +114,23 @@ def serve(args: argparse.Namespace, ports: Any, stop: Any, stats: Any) -> None:
         path.write_text("\n\n".join(profiles) + "\n")
     server.stop(grace=1.0)
     stats.put(summary)
+
+
+def target_engine(args: argparse.Namespace) -> Any:
+    """The repeating random-weight target on the engine asked for: eager transformers, or the paged
+    engine (one KV pool, packed passes, captured graphs unless --no-cuda-graphs)."""
+    model = repeating_target(args.config, args.dtype, args.device)
+    if args.engine == "paged":
+        from edgespec.engines.paged import PagedEngine, PoolSettings
+
+        # Every client, the warm-up's and the diagnostics' sessions (two batches' worth alive at once while
+        # the next is built) and the engine's own.
+        sessions = args.clients + 3 * max(32, args.max_batch) + 2
+        settings = PoolSettings(sessions=sessions, session_tokens=args.session_context)
+        return PagedEngine(model, settings, cuda_graphs=not args.no_cuda_graphs)
+    from edgespec.models.target import TargetRuntime
+
+    return TargetRuntime(model, None)
 
 
 def relay(upstream: int, link: str, ports: Any, stop: Any) -> None:
@@ -242,6 +267,14 @@ def main() -> int:
         type=int,
         default=0,
         help="profile this many in-server passes (and passes alone): OUT-MODE-N-profile.txt",
+    )
+    parser.add_argument("--engine", choices=("transformers", "paged"), default="transformers")
+    parser.add_argument("--session-context", type=int, default=1536, help="paged engine: tokens a session may hold")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="paged engine: every pass eager")
+    parser.add_argument(
+        "--cloud-draft-config",
+        help="directory holding the draft's config.json: serve cloud-sd with a random-weight draft in its shapes "
+        "(repeating like the target: it agrees with every token, cloud-sd's best case)",
     )
     parser.add_argument("--processes", type=int, default=8, help="client processes (the clients are spread over them)")
     parser.add_argument("--timeout-s", type=float, default=300)

@@ -85,7 +85,9 @@ def test_a_released_sequence_is_reused_clean(engine: LlamaCppEngine) -> None:
     [
         ("auto", "smollm2-135m", "cpu", "none", "llamacpp"),
         ("auto", "smollm2-135m", "cpu", "auto", "transformers"),  # exits: only transformers has them
-        ("auto", "smollm2-135m", "cuda", "none", "transformers"),
+        ("auto", "smollm2-135m", "cuda", "none", "paged"),  # an accelerator: the paged engine
+        ("auto", "smollm2-135m", "cuda", "auto", "transformers"),
+        ("paged", "smollm2-135m", "cpu", "none", "paged"),
         ("llamacpp", "smollm2-135m", "cpu", "auto", "llamacpp"),  # exits are off, and serve says so
         ("transformers", "smollm2-135m", "cpu", "none", "transformers"),
     ],

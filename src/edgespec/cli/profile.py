@@ -91,6 +91,12 @@ def add_profile_parser(commands: Any) -> None:
         "(a tiny 28-layer Qwen2 under the torch profiler): on a launch-bound GPU each is a kernel launch.",
     )
     ops.add_argument("--sessions", type=int, default=64)
+    ops.add_argument(
+        "--engine",
+        choices=("transformers", "paged"),
+        default="transformers",
+        help="eager transformers (per-session caches) or the paged engine (one pool, packed passes)",
+    )
     ops.set_defaults(handler=run_profile_ops)
 
     engine = kinds.add_parser(
@@ -100,7 +106,7 @@ def add_profile_parser(commands: Any) -> None:
         "engine (llama.cpp on the target's GGUF, or transformers), on --threads threads.",
     )
     engine.add_argument("--target", default=DEFAULT_TARGET)
-    engine.add_argument("--engine", choices=("llamacpp", "transformers"), default="llamacpp")
+    engine.add_argument("--engine", choices=("llamacpp", "paged", "transformers"), default="llamacpp")
     engine.add_argument("--dtype", default="bfloat16", help="transformers engine only")
     engine.add_argument("--threads", type=int, default=1)
     engine.add_argument("--context", type=int, default=128, help="tokens already cached per session")
@@ -199,9 +205,16 @@ def run_profile_ops(args: argparse.Namespace) -> int:
     from edgespec.sim.profiling import count_pass_operations, launch_bound_target
 
     torch.set_num_threads(1)
-    counted = count_pass_operations(TargetRuntime(launch_bound_target()), args.sessions)
+    model = launch_bound_target()
+    if args.engine == "paged":
+        from edgespec.engines.paged import PagedEngine, PoolSettings
+
+        engine: Any = PagedEngine(model, PoolSettings(sessions=args.sessions + 1, session_tokens=512))
+    else:
+        engine = TargetRuntime(model)
+    counted = count_pass_operations(engine, args.sessions)
     print(
-        f"{counted['sessions']} sessions, one pass: {counted['operations']} operations "
+        f"{args.engine}: {counted['sessions']} sessions, one pass: {counted['operations']} operations "
         f"({counted['memory_moves']} moving memory), {counted['ms']:.1f} ms on this CPU"
     )
     return 0
@@ -223,7 +236,14 @@ def run_profile_engine(args: argparse.Namespace) -> int:
         from edgespec.models.loading import load_model
 
         torch.set_num_threads(args.threads)
-        engine = TransformersEngine(load_model(args.target, args.dtype).model)
+        model = load_model(args.target, args.dtype).model
+        if args.engine == "paged":
+            from edgespec.engines.paged import PagedEngine, PoolSettings
+
+            tokens = args.context + 2 * args.block + 64
+            engine = PagedEngine(model, PoolSettings(sessions=max(sessions) + 1, session_tokens=tokens))
+        else:
+            engine = TransformersEngine(model)
     config = TimingConfig(context=args.context, block=args.block, sessions=sessions, repeats=args.repeats)
     measured = time_engine(engine, config, on_step=lambda name, ms: print(f"{name}: {ms} ms", file=sys.stderr))
     results = {"target": args.target, "threads": args.threads, **measured, "host": host_facts()}

@@ -59,19 +59,25 @@ def add_serve_parser(commands: Any) -> None:
     )
     serve.add_argument(
         "--engine",
-        choices=("auto", "llamacpp", "transformers"),
+        choices=("auto", "llamacpp", "paged", "transformers"),
         default="auto",
         help="what runs the target: llamacpp (its own GGUF through llama.cpp, CPU; no exits: early verdicts are off), "
-        "transformers (eager PyTorch, exits), or auto: llama.cpp for a GGUF target on the CPU with --exits none, "
+        "paged (transformers over one paged KV pool, packed passes, CUDA graphs; no exits), transformers (eager "
+        "PyTorch, exits), or auto: with --exits none llama.cpp for a GGUF target on the CPU and paged on CUDA, "
         "else transformers",
+    )
+    serve.add_argument(
+        "--no-cuda-graphs",
+        action="store_true",
+        help="paged engine: run every pass eagerly instead of replaying captured CUDA graphs",
     )
     serve.add_argument(
         "--session-context",
         type=int,
         default=2048,
         metavar="TOKENS",
-        help="llama.cpp engine: tokens one session may hold (prompt + new tokens + a draft block); allocated up "
-        "front for --max-sessions sessions",
+        help="llama.cpp and paged engines: tokens one session may hold (prompt + new tokens + a draft block); "
+        "reserved up front for --max-sessions sessions",
     )
     serve.add_argument(
         "--cloud-draft",
@@ -168,8 +174,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = server_config(args)
     from edgespec.engines.selection import choose_engine
 
-    if choose_engine(args.engine, args.target, args.device, args.exits) == "llamacpp":
+    chosen = choose_engine(args.engine, args.target, args.device, args.exits)
+    if chosen == "llamacpp":
         return _serve_on_llamacpp(args, config)
+    if chosen == "paged":
+        return _serve_on_paged(args, config)
     if args.threads:
         torch.set_num_threads(args.threads)
     available = available_bytes(args.device)  # before the target takes its share
@@ -239,6 +248,50 @@ def _serve_on_llamacpp(args: argparse.Namespace, config: Any) -> int:
         cloud_draft = CloudDraft.load(args.cloud_draft, args.dtype, args.device, max_batch=args.max_batch)
     name = f"{engine.gguf_file.stem} (llama.cpp GGUF)"
     asyncio.run(serve(None, tokenizer, eos_ids, None, config, target_name=name, cloud_draft=cloud_draft, engine=engine))
+    return 0
+
+
+def _serve_on_paged(args: argparse.Namespace, config: Any) -> int:
+    """`serve` with the paged engine: the target in `transformers` over one paged KV pool sized for
+    --max-sessions sessions of --session-context tokens; no exits (the guess-based modes only)."""
+    import asyncio
+    import logging
+
+    import torch
+
+    from edgespec.engines.paged import PagedEngine, PoolSettings
+    from edgespec.models.loading import load_model
+    from edgespec.prompting import eos_token_ids
+    from edgespec.server.app import serve
+    from edgespec.server.limits import DEFAULT_MAX_SESSIONS
+
+    if args.prefix_cache_tokens:
+        raise ValueError("--prefix-cache-tokens is not available with the paged engine yet: use --engine transformers")
+    if args.exits != "none":
+        logging.getLogger(__name__).warning(
+            "the paged engine has no exits: early verdicts are off (--exits %s ignored); pre-drafting runs on "
+            "send-time guesses",
+            args.exits,
+        )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sessions = args.max_sessions or DEFAULT_MAX_SESSIONS
+    config = replace(config, admission=replace(config.admission, max_sessions=sessions))
+    target = load_model(args.target, args.dtype)
+    target.model.to(args.device)
+    settings = PoolSettings(sessions=sessions + 1, session_tokens=args.session_context)  # + the engine's own
+    engine = PagedEngine(target.model, settings, cuda_graphs=not args.no_cuda_graphs)
+    cloud_draft = None
+    if args.cloud_draft:
+        from edgespec.server.cloud_draft import CloudDraft
+
+        cloud_draft = CloudDraft.load(args.cloud_draft, args.dtype, args.device, max_batch=args.max_batch)
+        cloud_draft.check_pairs_with(engine.vocab_size)
+    name = f"{target.name} ({target.dtype}, paged)"
+    eos_ids = eos_token_ids(target.model, target.tokenizer)
+    asyncio.run(
+        serve(None, target.tokenizer, eos_ids, None, config, target_name=name, cloud_draft=cloud_draft, engine=engine)
+    )
     return 0
 
 

@@ -2,7 +2,8 @@
 
 The server (``server/``) and the round code (``decoding/block_scoring.py``) call a target through
 these few members only; `transformers` (``engines/transformers_engine.py``, today's
-``TargetRuntime``) and llama.cpp (``engines/llamacpp.py``) both provide them, so every mode runs
+``TargetRuntime``), the paged engine (``engines/paged.py``) and llama.cpp (``engines/llamacpp.py``)
+all provide them, so every mode runs
 unchanged on either. A session's cache is the engine's own object; callers only say what the
 committed sequence is now (``sync`` / ``rollback``) and never compute rollback lengths.
 """
@@ -18,7 +19,7 @@ import torch
 from edgespec.models.exit_heads import ExitHeads
 from edgespec.models.target import ScoreRequest
 
-ENGINE_NAMES = ("auto", "llamacpp", "transformers")
+ENGINE_NAMES = ("auto", "llamacpp", "paged", "transformers")
 
 
 @runtime_checkable
@@ -41,7 +42,7 @@ class SessionCache(Protocol):
 class TargetEngine(Protocol):
     """A target model that scores many sessions' tokens in one pass."""
 
-    engine_name: str  # "transformers" or "llamacpp": benchmarks name it in every row
+    engine_name: str  # "transformers", "paged" or "llamacpp": benchmarks name it in every row
     exits: ExitHeads | None  # None: the engine gives no early verdicts
     num_layers: int
     live_caches: weakref.WeakSet

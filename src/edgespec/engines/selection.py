@@ -1,9 +1,10 @@
-"""Which engine serves a target (``serve --engine auto|llamacpp|transformers``), and loading the
+"""Which engine serves a target (``serve --engine auto|llamacpp|paged|transformers``), and loading the
 llama.cpp one with what a server needs beside it (tokenizer, end-of-sequence ids).
 
-``auto``: a GGUF target (a preset or a ``.gguf`` file) on the CPU, with no exits asked for, runs on
-llama.cpp, the engine a CPU user would run for it; anything else on `transformers` (an HF
-directory, an accelerator, or exits: llama.cpp gives no cheap intermediate hidden states).
+``auto``: with no exits asked for, a GGUF target (a preset or a ``.gguf`` file) on the CPU runs on
+llama.cpp, the engine a CPU user would run for it, and any target on an accelerator runs on the
+paged engine (one paged KV pool, packed passes, captured graphs); exits, and an HF directory on
+the CPU, run on eager `transformers` (neither llama.cpp nor the paged engine gives early verdicts).
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ def is_gguf_target(target: str) -> bool:
 
 
 def choose_engine(requested: str, target: str, device: str = "cpu", exits: str = "none") -> str:
-    """The engine ``requested`` means for this target, device and ``--exits``: "llamacpp" or
-    "transformers" (ValueError for an unknown name or a combination that cannot run)."""
+    """The engine ``requested`` means for this target, device and ``--exits``: "llamacpp", "paged"
+    or "transformers" (ValueError for an unknown name or a combination that cannot run)."""
     if requested not in ENGINE_NAMES:
         raise ValueError(f"--engine must be one of {', '.join(ENGINE_NAMES)}, got {requested!r}")
-    if requested == "transformers":
+    if requested in ("transformers", "paged"):
         return requested
     gguf = is_gguf_target(target)
     if requested == "llamacpp":
@@ -44,7 +45,11 @@ def choose_engine(requested: str, target: str, device: str = "cpu", exits: str =
         if device != "cpu":
             raise ValueError("the llama.cpp engine runs on the CPU here: use --device cpu or --engine transformers")
         return requested
-    return "llamacpp" if gguf and device == "cpu" and exits == "none" else "transformers"
+    if exits != "none":
+        return "transformers"
+    if device == "cpu":
+        return "llamacpp" if gguf else "transformers"
+    return "paged" if device.startswith("cuda") else "transformers"
 
 
 def gguf_file(target: str) -> Path:

@@ -22,12 +22,14 @@ from edgespec.decoding.early import EarlyVerdict, EarlyVerdictJudge
 from edgespec.decoding.grammar import GrammarMatcher, apply_mask
 from edgespec.decoding.logprobs import token_logprobs
 from edgespec.decoding.verification import RoundUniforms
+from edgespec.engines.paged_pool import PoolExhausted
 from edgespec.models.target import ScoreRequest, TargetRuntime
 from edgespec.sampling import token_from_forward
 from edgespec.server.admission import check_generation_fits
 from edgespec.server.jobs import Job
 from edgespec.server.limits import SessionLimits
 from edgespec.server.prefix_cache import PrefixCache
+from edgespec.server.refusals import Refused
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,10 @@ class ServerSession:
         if prefix_cache:
             self.kv, self.reused_prefix = prefix_cache.acquire([*prompt_ids, *committed_ids][:-1])
         else:
-            self.kv, self.reused_prefix = runtime.new_cache(), 0
+            try:
+                self.kv, self.reused_prefix = runtime.new_cache(), 0
+            except PoolExhausted as error:  # an engine's KV pool has no room for one more session
+                raise Refused("BUSY", str(error)) from None
         runtime.live_caches.add(self.kv)
         self.sampling = sampling
         self.seed = seed  # verification uniforms are keyed by (seed, position): see RoundUniforms.at
