@@ -197,6 +197,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+PREFIX_SEQUENCES = 8
+
+
 def _serve_on_llamacpp(args: argparse.Namespace, config: Any) -> int:
     """`serve` with the llama.cpp engine: the target's GGUF, no exits (the guess-based modes only)."""
     import asyncio
@@ -205,17 +208,16 @@ def _serve_on_llamacpp(args: argparse.Namespace, config: Any) -> int:
     from edgespec.engines.selection import load_llamacpp_engine, tokenizer_and_eos
     from edgespec.server.app import serve
 
-    if args.prefix_cache_tokens:
-        raise ValueError(
-            "--prefix-cache-tokens is not available with the llama.cpp engine yet: use --engine transformers"
-        )
     if args.exits != "none":
         logging.getLogger(__name__).warning(
             "the llama.cpp engine has no exits: early verdicts are off (--exits %s ignored); sessions asking for "
             "them get none, and pre-drafting runs on send-time guesses",
             args.exits,
         )
-    engine = load_llamacpp_engine(args.target, args.max_sessions, args.session_context, args.threads)
+    # With a prefix store, a few sequences more keep finished sessions' prefixes (sessions reclaim them).
+    stored = PREFIX_SEQUENCES if args.prefix_cache_tokens else 0
+    sessions = config.admission.max_sessions + stored
+    engine = load_llamacpp_engine(args.target, sessions, args.session_context, args.threads)
     tokenizer, eos_ids = tokenizer_and_eos(args.target)
     cloud_draft = None
     if args.cloud_draft:
