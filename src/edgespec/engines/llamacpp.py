@@ -6,6 +6,8 @@ into one ``llama_decode`` batch, each token tagged with its session's sequence i
 position, logits kept at every position a verdict reads. Rolling back after a rejection is a
 ``llama_memory_seq_rm`` of the rejected positions, done on the pass thread right before the
 session's next tokens are fed (so a rollback decided on another thread never races a decode).
+A session starting from a stored prompt prefix (``llamacpp_prefix.py``) has the stored sequence
+copied into its own the same way, on the pass thread before its first feed.
 
 Verdicts: a greedy row is the argmax of llama.cpp's logits row, read in place. A sampled verdict
 (rejection sampling) needs the target's whole distribution at every block position, so each of
