@@ -20,14 +20,21 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Protocol, Sequence
 
 from edgespec.models.kv import valid_prefix
 
-if TYPE_CHECKING:
-    from edgespec.engines.llamacpp import LlamaCppEngine, LlamaSequence
-
 logger = logging.getLogger(__name__)
+
+
+class SequenceEngine(Protocol):
+    """What the store needs of the llama.cpp engine (which imports this module, so not the class):
+    new sequences (``LlamaSequence``: ``seq_id``, ``tokens``, ``copy_from``, ``frozen``) and the
+    set of stores it asks for sequences back."""
+
+    prefix_stores: Any
+
+    def new_cache(self) -> Any: ...
 
 
 @dataclass
@@ -43,14 +50,14 @@ class LlamaPrefixStats:
 @dataclass
 class _Entry:
     tokens: tuple[int, ...]
-    sequence: "LlamaSequence"  # frozen: copied from, never fed
+    sequence: Any  # a LlamaSequence, frozen: copied from, never fed
     last_used: int
 
 
 class LlamaPrefixCache:
     """Finished sessions' sequences keyed by their tokens, at most ``max_tokens`` tokens in all."""
 
-    def __init__(self, engine: "LlamaCppEngine", max_tokens: int = 32_768, min_reuse: int = 8) -> None:
+    def __init__(self, engine: SequenceEngine, max_tokens: int = 32_768, min_reuse: int = 8) -> None:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         if min_reuse < 1:
@@ -71,7 +78,7 @@ class LlamaPrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def acquire(self, sequence: Sequence[int], keep_uncached: int = 1) -> tuple["LlamaSequence", int]:
+    def acquire(self, sequence: Sequence[int], keep_uncached: int = 1) -> tuple[Any, int]:
         """A new sequence for ``sequence`` that will hold its longest stored prefix (leaving at least
         the last ``keep_uncached`` tokens to be fed), and how many positions that is."""
         cache = self.engine.new_cache()
@@ -93,7 +100,7 @@ class LlamaPrefixCache:
         logger.debug("prefix store: sequence %d reuses %d of %d positions", cache.seq_id, length, len(sequence))
         return cache, length
 
-    def offer(self, kv: "LlamaSequence", length: int | None = None) -> bool:
+    def offer(self, kv: Any, length: int | None = None) -> bool:
         """Keep a finished session's sequence for later prompts (its first ``length`` tokens; default
         all it holds). Returns whether it was stored (not when too short, larger than the budget,
         or already covered by a stored entry). A stored sequence is never fed again."""
