@@ -24,3 +24,5 @@ def test_every_shape_is_timed_on_an_engine() -> None:
     assert measured["prefill"]["tokens"] == 8 and measured["prefill"]["ms"] > 0
     assert all(measured["fastest_ms"][k] <= measured["median_ms"][k] for k in measured["median_ms"])
     assert set(measured["fastest_ratios"]) == {"verify_x2_over_x1"}
+    assert set(measured["fastest_cpu_ms"]) == set(measured["fastest_ms"])
+    assert all(ms > 0 for ms in measured["fastest_cpu_ms"].values())

@@ -216,6 +216,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # Sessions the llama.cpp engine holds without --max-sessions (a CPU engine: passes are compute bound).
 LLAMACPP_DEFAULT_SESSIONS = 8
+# Sequences kept beyond the sessions for finished sessions' prompt prefixes (sessions reclaim them).
+PREFIX_SEQUENCES = 8
 
 
 def _serve_on_llamacpp(args: argparse.Namespace, config: Any) -> int:
@@ -226,10 +228,6 @@ def _serve_on_llamacpp(args: argparse.Namespace, config: Any) -> int:
     from edgespec.engines.selection import load_llamacpp_engine, tokenizer_and_eos
     from edgespec.server.app import serve
 
-    if args.prefix_cache_tokens:
-        raise ValueError(
-            "--prefix-cache-tokens is not available with the llama.cpp engine yet: use --engine transformers"
-        )
     if args.exits != "none":
         logging.getLogger(__name__).warning(
             "the llama.cpp engine has no exits: early verdicts are off (--exits %s ignored); sessions asking for "
@@ -239,7 +237,9 @@ def _serve_on_llamacpp(args: argparse.Namespace, config: Any) -> int:
     # llama.cpp allocates every session's KV (--session-context tokens) up front: few by default.
     sessions = args.max_sessions if args.max_sessions is not None else LLAMACPP_DEFAULT_SESSIONS
     config = replace(config, admission=replace(config.admission, max_sessions=sessions))
-    engine = load_llamacpp_engine(args.target, sessions, args.session_context, args.threads)
+    # With a prefix store, a few sequences more keep finished sessions' prefixes (sessions reclaim them).
+    stored = PREFIX_SEQUENCES if args.prefix_cache_tokens else 0
+    engine = load_llamacpp_engine(args.target, sessions + stored, args.session_context, args.threads)
     tokenizer, eos_ids = tokenizer_and_eos(args.target)
     cloud_draft = None
     if args.cloud_draft:

@@ -6,6 +6,8 @@ into one ``llama_decode`` batch, each token tagged with its session's sequence i
 position, logits kept at every position a verdict reads. Rolling back after a rejection is a
 ``llama_memory_seq_rm`` of the rejected positions, done on the pass thread right before the
 session's next tokens are fed (so a rollback decided on another thread never races a decode).
+A session starting from a stored prompt prefix (``llamacpp_prefix.py``) has the stored sequence
+copied into its own the same way, on the pass thread before its first feed.
 
 Verdicts: a greedy row is the argmax of llama.cpp's logits row, read in place. A sampled verdict
 (rejection sampling) needs the target's whole distribution at every block position, so each of
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 
 from edgespec.engines.llamacpp_context import BatchToken, ContextSettings, LlamaContext, RowReader
+from edgespec.engines.llamacpp_prefix import LlamaPrefixCache
 from edgespec.models.kv import valid_prefix
 from edgespec.models.target import SLIDING_WINDOW_BLOCK_ROOM, ScoreRequest
 
@@ -50,6 +53,11 @@ class LlamaSequence:
     def __init__(self, seq_id: int) -> None:
         self.seq_id = seq_id
         self.tokens: list[int] = []
+        # A stored prefix to copy in before this sequence is next fed (the source stays alive while
+        # it waits), so a copy decided on another thread never races a decode.
+        self.copy_from: LlamaSequence | None = None
+        # A sequence kept by a prefix store: it is copied from, never fed again.
+        self.frozen = False
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -110,6 +118,9 @@ class LlamaCppEngine:
         self._compute = threading.Lock()
         self.live_caches: weakref.WeakSet[LlamaSequence] = weakref.WeakSet()
         self.batch_sizes: collections.Counter[int] = collections.Counter()
+        self.tokens_fed = 0  # every token any pass has fed: what prefix reuse saves shows here
+        # Prefix stores holding sequences, asked to give one back when the pool runs dry.
+        self.prefix_stores: weakref.WeakSet[LlamaPrefixCache] = weakref.WeakSet()
         self.kv = self.new_cache()
 
     @property
@@ -136,19 +147,33 @@ class LlamaCppEngine:
 
     def new_cache(self) -> LlamaSequence:
         """A sequence of its own for a new session (its stale entries go before its first feed)."""
-        with self._pool_lock:
-            if not self._free:
-                gc.collect()  # sessions ended but not yet collected give their sequences back
-            if not self._free:
-                raise RuntimeError(
-                    f"all {self.context.settings.sequences} llama.cpp sequences are in use: "
-                    "start the engine with more sequences (serve --max-sessions)"
-                )
-            seq_id = self._free.pop()
+        seq_id = self._take_free()
+        if seq_id is None:
+            gc.collect()  # sessions ended but not yet collected give their sequences back
+            seq_id = self._take_free()
+        while seq_id is None and self._reclaim_from_stores():
+            seq_id = self._take_free()  # an evicted entry's id comes back unless a pending copy holds it
+        if seq_id is None:
+            raise RuntimeError(
+                f"all {self.context.settings.sequences} llama.cpp sequences are in use: "
+                "start the engine with more sequences (serve --max-sessions)"
+            )
         sequence = LlamaSequence(seq_id)
         weakref.finalize(sequence, self._release, seq_id)
         self.live_caches.add(sequence)
         return sequence
+
+    def _take_free(self) -> int | None:
+        with self._pool_lock:
+            return self._free.pop() if self._free else None
+
+    def new_prefix_store(self, max_tokens: int) -> LlamaPrefixCache:
+        """A prompt-prefix store on this engine's sequences (``serve --prefix-cache-tokens``)."""
+        return LlamaPrefixCache(self, max_tokens)
+
+    def _reclaim_from_stores(self) -> bool:
+        """Ask the prefix stores to drop their least recently used entry: sessions come first."""
+        return any(store.evict_oldest() for store in list(self.prefix_stores))
 
     def _release(self, seq_id: int) -> None:
         with self._pool_lock:
@@ -177,6 +202,8 @@ class LlamaCppEngine:
         sequences = [self._own(request.kv) for request in requests]
         if len({s.seq_id for s in sequences}) != len(sequences):
             raise ValueError("a session appears twice in one batch: each needs a sequence of its own")
+        if any(s.frozen for s in sequences):
+            raise ValueError("a sequence kept by a prefix store is copied from, never fed")
         for request in requests:
             if request.tail < 1 or request.tail > len(request.sequence):
                 raise ValueError(f"tail must be in 1..{len(request.sequence)}, got {request.tail}")
@@ -184,6 +211,7 @@ class LlamaCppEngine:
             pendings = [s.sync(r.sequence, keep_uncached=r.tail) for s, r in zip(sequences, requests)]
             batch: list[BatchToken] = []
             for sequence, pending, request in zip(sequences, pendings, requests):
+                self._copy_pending_prefix(sequence)
                 held = len(sequence.tokens)
                 self.context.remove_from(sequence.seq_id, held)  # entries rolled back since its last pass
                 first_read = len(pending) - request.tail
@@ -196,7 +224,17 @@ class LlamaCppEngine:
             for sequence, pending in zip(sequences, pendings):
                 sequence.tokens.extend(pending)
             self.batch_sizes[len(requests)] += 1
+            self.tokens_fed += len(batch)
         return rows.outputs
+
+    def _copy_pending_prefix(self, sequence: LlamaSequence) -> None:
+        """Copy in the stored prefix a new session starts from (its own stale entries go first)."""
+        source = sequence.copy_from
+        if source is None:
+            return
+        self.context.remove_from(sequence.seq_id, 0)
+        self.context.copy_sequence(source.seq_id, sequence.seq_id)
+        sequence.copy_from = None  # the source may go back to the pool now
 
     def _own(self, cache: object) -> LlamaSequence:
         if not isinstance(cache, LlamaSequence):

@@ -109,6 +109,12 @@ class LlamaContext:
         if not self._lib.llama_memory_seq_rm(self._memory, seq, start, -1):
             raise RuntimeError(f"llama.cpp could not remove positions {start}.. of sequence {seq}")
 
+    def copy_sequence(self, source: int, target: int) -> None:
+        """Give sequence ``target`` every KV entry of ``source`` (``target`` must be empty). Each
+        sequence has a KV stream of its own, and llama.cpp copies between streams only whole: a
+        caller wanting a prefix removes the rest afterwards (``remove_from``)."""
+        self._lib.llama_memory_seq_cp(self._memory, source, target, -1, -1)
+
     def decode(self, tokens: Sequence[BatchToken], rows: "RowReader") -> None:
         """Run ``tokens`` (any mix of sequences) through the model, in as few ``llama_decode``
         calls as the batch size allows; ``rows`` reads each wanted position's logits while they

@@ -21,7 +21,7 @@ import hashlib
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from transformers import PretrainedConfig
@@ -134,10 +134,20 @@ class TenantPrefixCaches:
     stores, the least recently used dropped first (behind a token check there is one identity;
     on a server without auth every client is the same tenant)."""
 
-    def __init__(self, config: PretrainedConfig, max_tokens: int, max_tenants: int = 8, min_reuse: int = 8) -> None:
+    def __init__(
+        self,
+        config: PretrainedConfig | None,
+        max_tokens: int,
+        max_tenants: int = 8,
+        min_reuse: int = 8,
+        new_store: Callable[[], Any] | None = None,
+    ) -> None:
+        """``new_store``: how a tenant's store is made where the engine keeps its KV itself (the
+        llama.cpp engine's sequences); None: KV snapshots of ``config``'s model."""
         if max_tenants < 1:
             raise ValueError(f"max_tenants must be >= 1, got {max_tenants}")
-        PrefixCache(config, max_tokens, min_reuse)  # checks the limits now, not at the first session
+        self._new_store = new_store or (lambda: PrefixCache(config, max_tokens, min_reuse))  # type: ignore[arg-type]
+        self._new_store()  # checks the limits now, not at the first session
         self.config = config
         self.max_tokens = max_tokens
         self.max_tenants = max_tenants
@@ -153,15 +163,24 @@ class TenantPrefixCaches:
         raw = credential if isinstance(credential, bytes) else credential.encode("utf-8", "replace")
         return hashlib.sha256(raw).hexdigest()
 
-    def for_tenant(self, identity: str) -> PrefixCache:
+    def for_tenant(self, identity: str) -> Any:
         with self._lock:
             store = self._stores.get(identity)
             if store is None:
-                store = self._stores[identity] = PrefixCache(self.config, self.max_tokens, self.min_reuse)
+                store = self._stores[identity] = self._new_store()
                 while len(self._stores) > self.max_tenants:
                     self._stores.popitem(last=False)
             self._stores.move_to_end(identity)
             return store
+
+    @classmethod
+    def for_runtime(cls, runtime: Any, max_tokens: int) -> "TenantPrefixCaches":
+        """Stores of the kind ``runtime`` keeps: its own (``new_prefix_store``) where it has them,
+        else KV snapshots of its model."""
+        new_prefix_store = getattr(runtime, "new_prefix_store", None)
+        if new_prefix_store is not None:
+            return cls(None, max_tokens, new_store=lambda: new_prefix_store(max_tokens))
+        return cls(runtime.model.config, max_tokens)
 
     def stats(self) -> PrefixCacheStats:
         """Summed over the tenants' stores."""

@@ -81,7 +81,7 @@ class VerifierService(pb_grpc.VerifierServicer):
         self.draining = False
         # Prompt prefixes' KV kept across sessions, per tenant (server/prefix_cache.py); 0: off.
         self.prefix_caches = (
-            TenantPrefixCaches(runtime.model.config, prefix_cache_tokens) if prefix_cache_tokens > 0 else None
+            TenantPrefixCaches.for_runtime(runtime, prefix_cache_tokens) if prefix_cache_tokens > 0 else None
         )
         self.metrics.watch(
             admission.max_sessions, lambda: len(self.sessions), lambda: self.scheduler.queued, self.kv_bytes
