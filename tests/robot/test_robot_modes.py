@@ -63,9 +63,9 @@ class Recording:
         self.inner = inner
         self.prompts: list[list[int]] = []
 
-    def decide(self, messages: list[dict]) -> Decision:
+    def decide(self, messages: list[dict], schema: dict | None = None) -> Decision:
         self.prompts.append(render_prompt(self.inner.tokenizer, messages))
-        return self.inner.decide(messages)
+        return self.inner.decide(messages, schema)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,9 @@ def world() -> Go2World:
 
 def run(world: Go2World, generate, mode: Mode) -> tuple[EpisodeResult, Recording]:
     decider = Recording(ModelDecider(generate, action_tokenizer(), mode, CONFIG))
-    return Episode(world, decider, EpisodeConfig(TASK, max_steps=STEPS)).run(), decider
+    # Free text: the unconstrained baseline, whose invalid replies are re-asked
+    # (tests/robot/test_robot_action_schema.py decides through the schema).
+    return Episode(world, decider, EpisodeConfig(TASK, max_steps=STEPS, action_schema=False)).run(), decider
 
 
 def fingerprint(result: EpisodeResult) -> list[tuple]:
