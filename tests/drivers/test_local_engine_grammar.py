@@ -54,7 +54,9 @@ def target_model() -> torch.nn.Module:
 def engine(with_tokenizer: bool = True) -> LocalEngine:
     exits = ExitHeads([ExitSpec(2), ExitSpec(3)], target_model().config.hidden_size)
     draft = DraftRuntime(layer_skip_copy(tiny_model("qwen2", seed=0), keep=3))
-    return LocalEngine(TargetRuntime(tiny_model("qwen2", seed=0), exits), draft, tokenizer=tokenizer() if with_tokenizer else None)
+    return LocalEngine(
+        TargetRuntime(tiny_model("qwen2", seed=0), exits), draft, tokenizer=tokenizer() if with_tokenizer else None
+    )
 
 
 def config(grammar: Grammar, **fields) -> GenerationConfig:  # type: ignore[no-untyped-def]

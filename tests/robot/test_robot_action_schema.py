@@ -114,7 +114,9 @@ def test_every_reply_the_schema_admits_is_a_valid_feasible_action(
     grammar = Grammar("json_schema", json.dumps(action_schema(wall_ahead_m, separators)), "")
     compiled = GrammarMatcher(grammar, tokenizer(), len(tokenizer()), [EOS])
     admitted = [text for text in candidates(separators) if schema_admits(text, compiled)]
-    assert all(is_valid(text, wall_ahead_m) for text in admitted), [t for t in admitted if not is_valid(t, wall_ahead_m)]
+    assert all(is_valid(text, wall_ahead_m) for text in admitted), [
+        t for t in admitted if not is_valid(t, wall_ahead_m)
+    ]
     # ... and at the robot's resolution it leaves out no valid action: every whole degree, every
     # tenth of a metre the wall allows, and stop (other spellings of those, "-0", "3.0", are valid too).
     item, key = separators

@@ -101,7 +101,12 @@ class RealCloud:
             # Its sequence is the committed text, where the session's matcher stands.
             constrained = {"grammar": self.grammar.copy()} if self.grammar is not None else {}
             return self.draft.draft(
-                job.sequence, job.gamma, sampling, seed=seed + DRAFT_SEED_OFFSET, stop_below=job.stop_below, **constrained
+                job.sequence,
+                job.gamma,
+                sampling,
+                seed=seed + DRAFT_SEED_OFFSET,
+                stop_below=job.stop_below,
+                **constrained,
             )
         grammar = self.grammar
         if job.kind is JobKind.DECODE:

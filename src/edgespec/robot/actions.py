@@ -161,4 +161,3 @@ def _object(kind: str, arguments: dict[str, Any]) -> dict[str, Any]:
         "required": ["action", *arguments],
         "additionalProperties": False,
     }
-

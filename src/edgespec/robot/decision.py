@@ -58,7 +58,6 @@ class ModelDecider:
             stats["reused_prompt_tokens"] = reused
         return Decision(text, list(result.tokens), len(prompt_ids), latency, float(result.stats.ttft_s), stats)
 
-
     def _grammar(self, schema: dict[str, Any]) -> Grammar:
         from edgespec.decoding.grammar import tokenizer_fingerprint
 
