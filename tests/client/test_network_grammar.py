@@ -169,6 +169,8 @@ def test_the_in_process_engine_refuses_what_it_cannot_honour() -> None:
     from edgespec.drivers.local_engine import LocalEngine
 
     engine = LocalEngine(TargetRuntime(target_model()), DraftRuntime(layer_skip_draft()))
-    for asked in ({"grammar": GRAMMARS["regex"]}, {"logprobs": 1}):
-        with pytest.raises(ValueError, match="over the network"):
-            engine.generate(PROMPT, Mode.SD, GenerationConfig(max_new_tokens=4, **asked))
+    with pytest.raises(ValueError, match="over the network"):
+        engine.generate(PROMPT, Mode.SD, GenerationConfig(max_new_tokens=4, logprobs=1))
+    # Grammars it applies (tests/drivers/test_local_engine_grammar.py), given a tokenizer to compile them with.
+    with pytest.raises(ValueError, match="tokenizer"):
+        engine.generate(PROMPT, Mode.SD, GenerationConfig(max_new_tokens=4, grammar=GRAMMARS["regex"]))

@@ -19,7 +19,7 @@ class Scripted:
     def __init__(self, ttfts: list[float], tokens: list[int]) -> None:
         self.ttfts, self.tokens, self.asked = list(ttfts), tokens, 0
 
-    def decide(self, messages: list[dict[str, Any]]) -> Decision:
+    def decide(self, messages: list[dict[str, Any]], schema: dict[str, Any] | None = None) -> Decision:
         self.asked += 1
         ttft = self.ttfts.pop(0)
         return Decision(text="walk 1", tokens=self.tokens, prompt_tokens=100, latency_s=ttft + 1.0, ttft_s=ttft)

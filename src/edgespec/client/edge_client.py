@@ -170,6 +170,8 @@ class EdgeClient:
     @staticmethod
     def _result(run: EdgeRun) -> GenerationResult:
         run.gen.stats.total_s = run.now()
+        if run.grammar is not None:
+            run.gen.stats.edge_mask_s = run.grammar.clock.seconds
         return GenerationResult(tokens=run.gen.new_tokens, stats=run.gen.stats, logprobs=run.logprobs)
 
     # ------------------------------------------------------------------ sessions and outages

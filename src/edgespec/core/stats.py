@@ -40,6 +40,10 @@ class GenerationStats:
     server_draft_s: float = 0.0  # cloud-sd: the server's own drafting (also inside server_verify_s: busy time)
     server_queued_s: float = 0.0  # blocks waiting at the server for a pass to start, as it reported
     dropped: int = 0  # pipelined pre-drafts the server dropped (assumption did not hold)
+    # Under a grammar: seconds each side spent in its grammar work (masks, advancing, rollback);
+    # server_mask_s is known in process only (the wire does not carry it).
+    edge_mask_s: float = 0.0
+    server_mask_s: float = 0.0
     pipelined: int = 0  # rounds verified straight from a pipelined pre-draft
     # Network failures (zero when nothing failed):
     connection_losses: int = 0  # outages: a session with the server failed (link or server died)

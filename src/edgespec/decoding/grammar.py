@@ -15,8 +15,10 @@ import hashlib
 import json
 import logging
 import threading
+import time
 import weakref
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -105,15 +107,44 @@ def check_grammar(grammar: Grammar, tokenizer: Any, eos_ids: Sequence[int] = ())
         raise GrammarError(f"the {grammar.kind} does not compile: {problem}")
 
 
+class MaskClock:
+    """Seconds spent in a side's grammar work (masks, advancing, rolling back), shared by a matcher
+    and its copies: what constrained decoding costs that side per round. Nested calls count once."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._depth = 0
+
+    @contextmanager
+    def timing(self) -> Iterator[None]:
+        self._depth += 1
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self.seconds += time.perf_counter() - start
+
+
 class GrammarMatcher:
     """One generation's grammar state: the mask for the next position, advanced token by token
-    along the committed text; ``block_masks`` and ``settle`` carry it through a verify round."""
+    along the committed text; ``block_masks`` and ``settle`` carry it through a verify round.
+    ``clock`` accumulates the time its work takes."""
 
-    def __init__(self, grammar: Grammar, tokenizer: Any, vocab_size: int, eos_ids: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        grammar: Grammar,
+        tokenizer: Any,
+        vocab_size: int,
+        eos_ids: Sequence[int] = (),
+        clock: MaskClock | None = None,
+    ) -> None:
         from llguidance import LLMatcher
 
         check_grammar(grammar, tokenizer, eos_ids)
         compiled = grammar_tokenizer(tokenizer, eos_ids)
+        self.clock = clock if clock is not None else MaskClock()
         self._matcher = LLMatcher(compiled, grammar_source(grammar))
         self.vocab_size = vocab_size  # the model's rows (may exceed the tokenizer's ids: padding)
         self._tentative = 0  # block tokens consumed to compute masks, not yet settled
@@ -123,17 +154,25 @@ class GrammarMatcher:
 
     def advance(self, tokens: Sequence[int]) -> None:
         """Committed tokens (a resumed session's, a decoded one); GrammarError if the grammar forbids one."""
-        for token in tokens:
-            if not self._matcher.consume_token(int(token)):
-                raise GrammarError(f"token {token} breaks the grammar: {self._matcher.get_error()}")
+        with self.clock.timing():
+            for token in tokens:
+                if not self._matcher.consume_token(int(token)):
+                    raise GrammarError(f"token {token} breaks the grammar: {self._matcher.get_error()}")
+
+    def rollback(self, count: int) -> None:
+        """Forget the last ``count`` tokens taken."""
+        with self.clock.timing():
+            if count > 0 and not self._matcher.rollback(count):
+                raise GrammarError(f"cannot roll the grammar back by {count}: {self._matcher.get_error()}")
 
     def mask(self) -> torch.Tensor:
         """[vocab] bool: the ids the grammar allows next."""
-        allowed = torch.zeros(self.vocab_size, dtype=torch.bool)
-        bias = torch.frombuffer(bytearray(self._matcher.compute_logit_bias()), dtype=torch.uint8) > 0
-        width = min(len(bias), self.vocab_size)
-        allowed[:width] = bias[:width]
-        return allowed
+        with self.clock.timing():
+            allowed = torch.zeros(self.vocab_size, dtype=torch.bool)
+            bias = torch.frombuffer(bytearray(self._matcher.compute_logit_bias()), dtype=torch.uint8) > 0
+            width = min(len(bias), self.vocab_size)
+            allowed[:width] = bias[:width]
+            return allowed
 
     @property
     def stopped(self) -> bool:
@@ -142,19 +181,25 @@ class GrammarMatcher:
 
     def forced(self) -> list[int]:
         """The tokens the grammar allows as the only continuation here (keys, punctuation)."""
-        return [int(token) for token in self._matcher.compute_ff_tokens()]
+        with self.clock.timing():
+            return [int(token) for token in self._matcher.compute_ff_tokens()]
 
     def copy(self) -> GrammarMatcher:
-        """An independent matcher in the same state (a draft advances its own)."""
+        """An independent matcher in the same state (a draft advances its own), on the same clock."""
         twin = object.__new__(GrammarMatcher)
-        twin._matcher, twin.vocab_size, twin._eos = self._matcher.deep_copy(), self.vocab_size, self._eos
-        twin._tentative = 0
+        with self.clock.timing():
+            twin._matcher, twin.vocab_size, twin._eos = self._matcher.deep_copy(), self.vocab_size, self._eos
+        twin._tentative, twin.clock = 0, self.clock
         return twin
 
     def block_masks(self, tokens: Sequence[int]) -> torch.Tensor:
         """[gamma + 1, vocab] bool: row i is the mask after the block's first i tokens. Past a
         token the grammar forbids, rows allow everything: that token is rejected, so they are
         never read; past an EOS too: the text ends there, and the round core clips the rest."""
+        with self.clock.timing():
+            return self._block_masks(tokens)
+
+    def _block_masks(self, tokens: Sequence[int]) -> torch.Tensor:
         rows = torch.ones(len(tokens) + 1, self.vocab_size, dtype=torch.bool)
         for position in range(len(tokens) + 1):
             rows[position] = self.mask()
@@ -171,6 +216,10 @@ class GrammarMatcher:
     def settle(self, tokens: Sequence[int], accepted: int, next_token: int) -> None:
         """After the verdict on ``tokens``: keep the accepted ones, drop the rest, take the next
         token. Past an EOS nothing is taken: the text ended there (the round core clips it)."""
+        with self.clock.timing():
+            self._settle(tokens, accepted, next_token)
+
+    def _settle(self, tokens: Sequence[int], accepted: int, next_token: int) -> None:
         if self._tentative > accepted:
             self._matcher.rollback(self._tentative - accepted)
         kept = [int(token) for token in tokens[self._tentative : accepted]]  # an accepted EOS, not yet taken
@@ -195,6 +244,7 @@ class EdgeGrammar:
         self, grammar: Grammar, tokenizer: Any, vocab_size: int, prompt_len: int, eos_ids: Sequence[int] = ()
     ) -> None:
         self._committed = GrammarMatcher(grammar, tokenizer, vocab_size, eos_ids)
+        self.clock = self._committed.clock
         self._prompt_len = prompt_len
         self._consumed = 0  # generated tokens the committed matcher has taken
 
@@ -212,3 +262,40 @@ class EdgeGrammar:
         except GrammarError as error:
             logger.debug("drafting without the grammar: %s", error)
             return None
+
+
+class SequenceGrammar:
+    """The grammar on an edge that sees only each draft's starting sequence, not which of it is
+    committed (the in-process engine's): one matcher kept along the last sequence, rolled back
+    to what the next shares with it and advanced over the rest, so a draft costs the tokens that
+    changed, not the whole text."""
+
+    def __init__(
+        self, grammar: Grammar, tokenizer: Any, vocab_size: int, prompt_len: int, eos_ids: Sequence[int] = ()
+    ) -> None:
+        self._matcher = GrammarMatcher(grammar, tokenizer, vocab_size, eos_ids)
+        self.clock = self._matcher.clock
+        self._prompt_len = prompt_len
+        self._taken: list[int] = []  # the generated tokens the matcher has consumed
+
+    def for_draft(self, sequence: Sequence[int]) -> GrammarMatcher | None:
+        """A matcher after ``sequence`` (prompt included); None where it has left the grammar or
+        the grammar has ended (the draft then drafts freely; the verifier alone masks)."""
+        generated = [int(token) for token in sequence[self._prompt_len :]]
+        shared = 0
+        for had, has in zip(self._taken, generated):
+            if had != has:
+                break
+            shared += 1
+        try:
+            self._matcher.rollback(len(self._taken) - shared)
+            del self._taken[shared:]
+            for token in generated[shared:]:
+                if self._matcher.stopped:
+                    return None
+                self._matcher.advance([token])
+                self._taken.append(token)
+        except GrammarError as error:
+            logger.debug("drafting without the grammar: %s", error)
+            return None
+        return self._matcher.copy()

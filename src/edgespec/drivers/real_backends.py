@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from edgespec.core.block import DraftBlock
 from edgespec.core.config import DRAFT_SEED_OFFSET, SamplingParams
 from edgespec.decoding.block_scoring import begin_round
+from edgespec.decoding.grammar import GrammarMatcher, SequenceGrammar, apply_mask
 from edgespec.decoding.verification import RoundUniforms
 from edgespec.drivers.backend_interface import CloudJob, JobKind, VerifyResult
 from edgespec.models.draft import DraftRuntime
@@ -27,8 +28,10 @@ class RealEdge:
         candidates: bool = False,
         alternatives: bool = False,
         stop_below: float = 0.0,
+        grammar: SequenceGrammar | None = None,
     ) -> None:
         self.runtime = draft
+        self.grammar = grammar  # the draft drafts under the verifier's mask (None: freely)
         self.sampling = sampling
         self.seed = seed + DRAFT_SEED_OFFSET
         self.candidates = candidates  # keep the draft's top ids per token, for candidate-id exits
@@ -37,6 +40,7 @@ class RealEdge:
 
     def draft(self, sequence: Sequence[int], gamma: int, min_tokens: int = 1) -> tuple[DraftBlock, float]:
         start = time.perf_counter()
+        grammar = self.grammar.for_draft(sequence) if self.grammar is not None else None
         block = self.runtime.draft(
             sequence,
             gamma,
@@ -46,13 +50,17 @@ class RealEdge:
             alternatives=self.alternatives,
             stop_below=self.stop_below,
             min_tokens=min_tokens,
+            **({"grammar": grammar} if grammar is not None else {}),
         )
         return block, time.perf_counter() - start
 
 
 class RealCloud:
     """The target, one forward per job (in process there is one session, so no batching); with
-    ``draft``, the server's own draft model too (cloud-sd: a "draft" job, the server's compute)."""
+    ``draft``, the server's own draft model too (cloud-sd: a "draft" job, the server's compute).
+    ``grammar``: the session's matcher at its committed text; every verified position and every
+    decoded token is masked by it, as the server's session masks them, and the server's own
+    draft drafts under it."""
 
     def __init__(
         self,
@@ -60,8 +68,10 @@ class RealCloud:
         kv: TrackedCache | None = None,
         draft: DraftRuntime | None = None,
         exit_candidates: bool = True,
+        grammar: GrammarMatcher | None = None,
     ) -> None:
         self.target = target
+        self.grammar = grammar
         # Exits score only the draft's candidate ids when the block carries them (False: whole vocabulary).
         self.exit_candidates = exit_candidates
         self.kv = kv if kv is not None else target.kv
@@ -88,13 +98,27 @@ class RealCloud:
             if self.draft is None:
                 raise ValueError("cloud-sd needs a draft model on the server")
             # The draft's randomness is the one an edge draft would use: the same seed offset.
+            # Its sequence is the committed text, where the session's matcher stands.
+            constrained = {"grammar": self.grammar.copy()} if self.grammar is not None else {}
             return self.draft.draft(
-                job.sequence, job.gamma, sampling, seed=seed + DRAFT_SEED_OFFSET, stop_below=job.stop_below
+                job.sequence,
+                job.gamma,
+                sampling,
+                seed=seed + DRAFT_SEED_OFFSET,
+                stop_below=job.stop_below,
+                **constrained,
             )
+        grammar = self.grammar
         if job.kind is JobKind.DECODE:
-            scored = self.target.score_tail(job.sequence, 1, kv=self.kv, argmax_only=sampling.greedy)[0]
+            argmax_only = sampling.greedy and grammar is None
+            scored = self.target.score_tail(job.sequence, 1, kv=self.kv, argmax_only=argmax_only)[0]
+            if grammar is not None:
+                scored = apply_mask(scored, grammar.mask())
             uniform = None if sampling.greedy else RoundUniforms.for_decode(seed, len(job.sequence))
-            return token_from_forward(scored, sampling, uniform)
+            token = token_from_forward(scored, sampling, uniform)
+            if grammar is not None:
+                grammar.advance([token])
+            return token
         assert job.block is not None
         pending = begin_round(
             self.target,
@@ -106,6 +130,12 @@ class RealCloud:
             job.with_exits,
             kv=self.kv,
             candidates=job.block.candidates if self.exit_candidates else None,
+            full_logits=grammar is not None,
         )
-        verdict, judge = pending.finish(self.target.score(pending.request))
+        scored = self.target.score(pending.request)
+        if grammar is not None:
+            scored = apply_mask(scored, grammar.block_masks(job.block.tokens))
+        verdict, judge = pending.finish(scored)
+        if grammar is not None:
+            grammar.settle(job.block.tokens, verdict.accepted, verdict.next_token)
         return VerifyResult(verdict, judge.verdicts if judge is not None else [])

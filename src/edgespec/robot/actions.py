@@ -117,3 +117,47 @@ def check_feasible(action: Action, wall_ahead_m: float) -> None:
         raise ActionError(
             f"the wall is {wall_ahead_m:.1f} m straight ahead, so walking {action.metres:g} m would hit it: {hint}"
         )
+
+
+# The resolution the schema allows: whole degrees, tenths of a metre. The controller turns to within
+# 4 degrees and walks to within 3 cm, so finer numbers change nothing; and with bounded digits every
+# schema-valid reply is a few tokens long, so none is cut off by the token limit.
+WALK_STEP_M = 0.1
+SPACED = (", ", ": ")  # the layout of ACTION_FORMAT, the one the prompt shows the model
+COMPACT = (",", ":")
+
+
+def walk_limit(wall_ahead_m: float | None) -> float:
+    """The longest walk ``check_feasible`` accepts with the wall that far ahead, in whole tenths
+    (0.0: none is)."""
+    room = MAX_WALK_M if wall_ahead_m is None else min(MAX_WALK_M, wall_ahead_m - WALL_MARGIN_M)
+    return round(math.floor(max(0.0, room) / WALK_STEP_M + 1e-9) * WALK_STEP_M, 1)
+
+
+def action_schema(wall_ahead_m: float | None = None, separators: tuple[str, str] = SPACED) -> dict[str, Any]:
+    """The action language as a JSON schema: every reply it admits passes ``parse_action`` and
+    ``check_feasible`` (given the wall ``wall_ahead_m`` ahead), so constrained by it the model
+    cannot answer with an invalid action. ``separators`` (item, key, as ``json.dumps`` takes them)
+    fix the layout, since free whitespace would let a reply run on past the token limit; a walk is
+    left out where the wall leaves no room for the shortest one."""
+    item, key = separators
+    choices: list[dict[str, Any]] = [
+        _object("turn", {"degrees": {"type": "integer", "minimum": -int(MAX_TURN_DEG), "maximum": int(MAX_TURN_DEG)}})
+    ]
+    longest = walk_limit(wall_ahead_m)
+    if longest >= WALK_STEP_M:
+        # "minimum": one step, not "exclusiveMinimum": 0: llguidance admits 0 under the latter.
+        metres = {"type": "number", "minimum": WALK_STEP_M, "maximum": longest, "multipleOf": WALK_STEP_M}
+        choices.append(_object("walk", {"metres": metres}))
+    choices.append(_object("stop", {}))
+    layout = {"whitespace_flexible": False, "item_separator": item, "key_separator": key}
+    return {"anyOf": choices, "x-guidance": layout}
+
+
+def _object(kind: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"action": {"const": kind}, **arguments},
+        "required": ["action", *arguments],
+        "additionalProperties": False,
+    }

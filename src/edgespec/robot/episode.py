@@ -8,7 +8,16 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
-from edgespec.robot.actions import ACTION_FORMAT, Action, ActionError, Stop, check_feasible, parse_action
+from edgespec.robot.actions import (
+    ACTION_FORMAT,
+    SPACED,
+    Action,
+    ActionError,
+    Stop,
+    action_schema,
+    check_feasible,
+    parse_action,
+)
 from edgespec.robot.arena import Arena, ArenaObject
 from edgespec.robot.controller import Controller, MotionReport
 from edgespec.robot.decision import Decision, DecisionSource
@@ -43,6 +52,11 @@ class EpisodeConfig:
     success_distance_m: float = 0.6  # trunk centre to the goal's surface
     max_reasks: int = 2  # extra tries after an invalid reply, per step
     history_turns: int = 8  # earlier steps kept in the conversation (the oldest go first)
+    # Decide through the action schema (robot/actions.py): the target's reply is held to it, so
+    # every reply is a valid action and nothing is re-asked. False: free text, parsed and re-asked
+    # when invalid (the baseline).
+    action_schema: bool = True
+    schema_separators: tuple[str, str] = SPACED  # the JSON layout the schema fixes (item, key)
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
@@ -163,6 +177,13 @@ class Episode:
         result.final_distance_m = self.world.relative(self.goal)[0]
         return result
 
+    def _schema(self) -> dict[str, Any] | None:
+        """The schema this decision's reply is held to (None: free text): walks as long as the
+        wall ahead allows, so no reply can fail ``check_feasible`` either."""
+        if not self.config.action_schema:
+            return None
+        return action_schema(wall_ahead(self.world), self.config.schema_separators)
+
     def _decide(
         self, step: int, observation: str, messages: list[dict[str, Any]]
     ) -> tuple[Action | None, list[DecisionRecord], list[dict[str, Any]]]:
@@ -171,7 +192,7 @@ class Episode:
         records: list[DecisionRecord] = []
         first = len(messages) - 1
         for attempt in range(self.config.max_reasks + 1):
-            decision: Decision = self.decider.decide(messages)
+            decision: Decision = self.decider.decide(messages, self._schema())
             record = DecisionRecord(
                 step,
                 attempt,

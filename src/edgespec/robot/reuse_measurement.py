@@ -41,9 +41,9 @@ class PairedDecider:
         self.on_row = on_row
         self.rows: list[dict[str, Any]] = []
 
-    def decide(self, messages: list[dict[str, Any]]) -> Decision:
-        cold = self.cold.decide(messages)
-        warm = self.warm.decide(messages)
+    def decide(self, messages: list[dict[str, Any]], schema: dict[str, Any] | None = None) -> Decision:
+        cold = self.cold.decide(messages, schema)
+        warm = self.warm.decide(messages, schema)
         row = {
             "decision": len(self.rows) + 1,
             "prompt_tokens": warm.prompt_tokens,
