@@ -22,6 +22,16 @@ from edgespec.models.target import ScoreRequest
 ENGINE_NAMES = ("auto", "llamacpp", "paged", "transformers")
 
 
+def check_session_fits(length: int | None, prompt_tokens: int, max_new_tokens: int, holder: str) -> None:
+    """ValueError when a prompt and its new tokens exceed the ``length`` tokens a session may hold
+    in ``holder`` (None: no limit)."""
+    if length is not None and prompt_tokens + max_new_tokens > length:
+        raise ValueError(
+            f"a prompt of {prompt_tokens} tokens plus max_new_tokens {max_new_tokens} exceeds the "
+            f"{length} tokens a session may hold in {holder}"
+        )
+
+
 @runtime_checkable
 class SessionCache(Protocol):
     """One session's KV state inside an engine, and the tokens it holds."""

@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from edgespec.engines.interface import check_session_fits
 from edgespec.engines.llamacpp_context import BatchToken, ContextSettings, LlamaContext, RowReader
 from edgespec.engines.llamacpp_prefix import LlamaPrefixCache
 from edgespec.models.kv import valid_prefix
@@ -138,12 +139,7 @@ class LlamaCppEngine:
         return None
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
-        length = self.context_length
-        if length is not None and prompt_tokens + max_new_tokens > length:
-            raise ValueError(
-                f"a prompt of {prompt_tokens} tokens plus max_new_tokens {max_new_tokens} exceeds the "
-                f"{length} tokens a session may hold in the llama.cpp engine's context"
-            )
+        check_session_fits(self.context_length, prompt_tokens, max_new_tokens, "the llama.cpp engine's context")
 
     def new_cache(self) -> LlamaSequence:
         """A sequence of its own for a new session (its stale entries go before its first feed)."""

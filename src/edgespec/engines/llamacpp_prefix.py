@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
-from edgespec.models.kv import valid_prefix
+from edgespec.models.kv import longest_valid_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +84,7 @@ class LlamaPrefixCache:
         cache = self.engine.new_cache()
         with self._lock:
             self.stats.lookups += 1
-            best, length = None, 0
-            for entry in self._entries:
-                common = valid_prefix(entry.tokens, sequence, keep_uncached)
-                if common > length:
-                    best, length = entry, common
+            best, length = longest_valid_prefix(self._entries, sequence, keep_uncached)
             if best is None or length < self.min_reuse:
                 return cache, 0
             self._clock += 1

@@ -26,6 +26,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from edgespec.engines.interface import check_session_fits
 from edgespec.engines.paged_attention import ATTENTION_NAME
 from edgespec.engines.paged_inputs import PassRow, pack, pack_per_session, per_session_pays
 from edgespec.engines.paged_pool import PoolExhausted, PoolSettings, SessionPool
@@ -124,12 +125,7 @@ class PagedEngine:
         return None
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
-        length = self.context_length
-        if length is not None and prompt_tokens + max_new_tokens > length:
-            raise ValueError(
-                f"a prompt of {prompt_tokens} tokens plus max_new_tokens {max_new_tokens} exceeds the "
-                f"{length} tokens a session may hold in the paged engine's pool"
-            )
+        check_session_fits(self.context_length, prompt_tokens, max_new_tokens, "the paged engine's pool")
 
     def new_cache(self) -> PagedSession:
         """A session of the pool, its worst case reserved (``PoolExhausted`` when the pool is full)."""

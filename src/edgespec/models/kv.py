@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Sequence
+from typing import Iterable, Protocol, Sequence, TypeVar
 
 import torch
 from transformers import DynamicCache, PretrainedConfig
@@ -26,6 +26,26 @@ def valid_prefix(held: Sequence[int], sequence: Sequence[int], keep_uncached: in
     while common < limit and int(held[common]) == int(sequence[common]):
         common += 1
     return common
+
+
+class HoldsTokens(Protocol):
+    tokens: Sequence[int]
+
+
+Held = TypeVar("Held", bound=HoldsTokens)
+
+
+def longest_valid_prefix(
+    candidates: Iterable[Held], sequence: Sequence[int], keep_uncached: int = 1
+) -> tuple[Held | None, int]:
+    """The candidate whose held tokens stay valid for the most positions of ``sequence`` (as
+    ``valid_prefix`` counts them), and that count; (None, 0) when none shares a position."""
+    best, length = None, 0
+    for candidate in candidates:
+        common = valid_prefix(candidate.tokens, sequence, keep_uncached)
+        if common > length:
+            best, length = candidate, common
+    return best, length
 
 
 class TrackedCache:

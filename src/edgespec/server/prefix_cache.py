@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 from transformers import PretrainedConfig
 
-from edgespec.models.kv import TrackedCache, valid_prefix
+from edgespec.models.kv import TrackedCache, longest_valid_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +77,7 @@ class PrefixCache:
         cache = TrackedCache(self.config)
         with self._lock:
             self.stats.lookups += 1
-            best, length = None, 0
-            for entry in self._entries:
-                common = valid_prefix(entry.tokens, sequence, keep_uncached)
-                if common > length:
-                    best, length = entry, common
+            best, length = longest_valid_prefix(self._entries, sequence, keep_uncached)
             if best is None or length < self.min_reuse:
                 return cache, 0
             self._clock += 1
