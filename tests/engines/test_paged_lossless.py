@@ -115,9 +115,21 @@ def test_concurrent_sessions_share_packed_passes_and_each_equals_its_single_run(
     assert sum(count for size, count in engine.batch_sizes.items() if size > 1) > before, "no pass served two sessions"
 
 
-def test_a_full_pool_refuses_with_busy_and_serves_once_room_is_back(engine: PagedEngine, server: RunningServer) -> None:
+@pytest.fixture
+def own_server() -> Iterator[tuple[PagedEngine, RunningServer]]:
+    """An engine and server of this test's own: a session an earlier test left to the collector
+    could give its reservation back mid-test and make room for the request that must be refused."""
+    engine = PagedEngine(tiny_model("qwen2", seed=0), PoolSettings(sessions=4, session_tokens=192, page_size=16))
+    running = RunningServer(VerifierService(engine, tokenizer=None, eos_ids=frozenset()), ServerConfig(port=0))
+    yield engine, running
+    running.stop()
+
+
+def test_a_full_pool_refuses_with_busy_and_serves_once_room_is_back(
+    own_server: tuple[PagedEngine, RunningServer],
+) -> None:
+    engine, server = own_server
     address = f"127.0.0.1:{server.port}"
-    gc.collect()
     taken = []
     while True:  # every reservation left, held here as if by running sessions
         try:
