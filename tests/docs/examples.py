@@ -37,6 +37,8 @@ NOT_RUN_REASONS = {
     "synopsis": "a command synopsis with alternatives in brackets, each form run elsewhere",
     "file-format": "the format of a file, loaded by the test that names it",
     "own-models": "names model files the reader brings",
+    "tool-model": "needs a model whose chat template carries tool calls (the smoke model's cannot); "
+    "the tool-calls guide's real-pair examples run the same calls",
 }
 SMOKE_MODEL = "smollm2-135m"
 PRESETS = ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b")
